@@ -1,0 +1,310 @@
+//! otpauth:// URIs: good ones parse to the right values, each malformed one gets its own
+//! error, format → parse is the identity, and no string makes the parser panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use codereader_otp::{
+    Algorithm, Counter, Digits, KeyPolicy, KeyUri, OtpKind, Period, Secret, SecretError, UnixTime,
+    UriError,
+};
+use proptest::prelude::*;
+
+const RFC_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"; // "12345678901234567890"
+
+fn parse(uri: &str) -> Result<KeyUri, UriError> {
+    KeyUri::parse(uri, KeyPolicy::Rfc4226)
+}
+
+#[test]
+fn authenticator_style_uri() {
+    let uri = parse(&format!(
+        "otpauth://totp/ACME%20Co:john.doe@email.com?secret={RFC_SECRET}&issuer=ACME%20Co&algorithm=SHA1&digits=6&period=30&image=x"
+    ))
+    .unwrap();
+    assert_eq!(uri.issuer(), Some("ACME Co"));
+    assert_eq!(uri.account(), "john.doe@email.com");
+    assert_eq!(uri.algorithm(), Algorithm::Sha1);
+    assert_eq!(uri.digits(), Digits::SIX);
+    assert_eq!(
+        uri.kind(),
+        OtpKind::Totp {
+            period: Period::DEFAULT
+        }
+    );
+    assert_eq!(uri.secret().expose(), b"12345678901234567890");
+    let totp = uri.totp().unwrap();
+    assert_eq!(totp.code_at(UnixTime(59)).unwrap().as_str(), "287082");
+}
+
+#[test]
+fn lenient_where_apps_differ() {
+    // Upper-case scheme and type, lower-case padded secret, %3A separator with a space,
+    // issuer only in the parameter, '+' for space in a query value.
+    let uri = parse(
+        "OTPAUTH://HOTP/Example%3A%20alice?secret=gezdgnbvgy3tqojqgezdgnbvgy3tqojq&counter=7&issuer=Example",
+    )
+    .unwrap();
+    assert_eq!(uri.issuer(), Some("Example"));
+    assert_eq!(uri.account(), "alice");
+    assert_eq!(
+        uri.kind(),
+        OtpKind::Hotp {
+            counter: Counter(7)
+        }
+    );
+    let uri = parse(&format!(
+        "otpauth://totp/bob?secret={RFC_SECRET}======&issuer=Big+Bank"
+    ))
+    .unwrap();
+    assert_eq!(uri.issuer(), Some("Big Bank"));
+    assert_eq!(uri.account(), "bob");
+    let uri = parse(&format!(
+        "otpauth://totp/x?secret={RFC_SECRET}&algorithm=sha512&digits=8&period=60"
+    ))
+    .unwrap();
+    assert_eq!(uri.algorithm(), Algorithm::Sha512);
+    assert_eq!(uri.digits(), Digits::EIGHT);
+    assert_eq!(
+        uri.kind(),
+        OtpKind::Totp {
+            period: Period::new(60).unwrap()
+        }
+    );
+}
+
+#[test]
+fn legacy_short_keys_need_the_policy() {
+    let uri = "otpauth://totp/a?secret=JBSWY3DPEHPK3PXP"; // 10 bytes
+    assert_eq!(
+        parse(uri).unwrap_err(),
+        UriError::Secret(SecretError::TooShort { len: 10, min: 16 })
+    );
+    assert_eq!(
+        KeyUri::parse(uri, KeyPolicy::AllowLegacyShort)
+            .unwrap()
+            .secret()
+            .len(),
+        10
+    );
+}
+
+#[test]
+fn each_malformed_uri_gets_its_error() {
+    let s = RFC_SECRET;
+    let long = format!("otpauth://totp/a?secret={s}&x={}", "y".repeat(5000));
+    let table: Vec<(String, UriError)> = vec![
+        (
+            long.clone(),
+            UriError::TooLong {
+                len: long.len(),
+                max: 4096,
+            },
+        ),
+        ("".into(), UriError::NotOtpauth),
+        ("https://totp/a?secret=AAAA".into(), UriError::NotOtpauth),
+        ("otpauth:totp/a".into(), UriError::NotOtpauth),
+        (
+            format!("otpauth://motp/a?secret={s}"),
+            UriError::UnknownType,
+        ),
+        (format!("otpauth://totp?secret={s}"), UriError::MissingLabel),
+        (
+            format!("otpauth://totp/?secret={s}"),
+            UriError::MissingLabel,
+        ),
+        (
+            format!("otpauth://totp/Issuer:?secret={s}"),
+            UriError::EmptyAccount,
+        ),
+        (
+            format!("otpauth://totp/:bob?secret={s}"),
+            UriError::EmptyIssuer,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&issuer="),
+            UriError::EmptyIssuer,
+        ),
+        (
+            format!("otpauth://totp/a:b:c?secret={s}"),
+            UriError::ColonInName { part: "account" },
+        ),
+        (
+            format!("otpauth://totp/bob%20?secret={s}"),
+            UriError::SpaceAroundAccount,
+        ),
+        (
+            format!("otpauth://totp/b%zzob?secret={s}"),
+            UriError::BadPercentEncoding { part: "label" },
+        ),
+        (
+            format!("otpauth://totp/bob%2?secret={s}"),
+            UriError::BadPercentEncoding { part: "label" },
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&issuer=%E"),
+            UriError::BadPercentEncoding { part: "issuer" },
+        ),
+        (
+            format!("otpauth://totp/b%FFob?secret={s}"),
+            UriError::InvalidUtf8 { part: "label" },
+        ),
+        (
+            format!("otpauth://totp/bob?{s}"),
+            UriError::MalformedParameter { index: 1 },
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&secret={s}"),
+            UriError::DuplicateParameter { name: "secret" },
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&digits=6&digits=8"),
+            UriError::DuplicateParameter { name: "digits" },
+        ),
+        ("otpauth://totp/bob".into(), UriError::MissingSecret),
+        (
+            "otpauth://totp/bob?issuer=x".into(),
+            UriError::MissingSecret,
+        ),
+        (
+            "otpauth://totp/bob?secret=".into(),
+            UriError::Secret(SecretError::Empty),
+        ),
+        (
+            "otpauth://totp/bob?secret=GEZDGNBVGY3TQOJQ1EZDGNBVGY3TQOJQ".into(),
+            UriError::Secret(SecretError::InvalidBase32Character { position: 17 }),
+        ),
+        (
+            "otpauth://totp/bob?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQG".into(),
+            UriError::Secret(SecretError::InvalidBase32Length { len: 33 }),
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&algorithm=MD5"),
+            UriError::UnknownAlgorithm,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&digits=six"),
+            UriError::InvalidDigits,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&digits=-6"),
+            UriError::InvalidDigits,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&digits=99999999999"),
+            UriError::InvalidDigits,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&digits=10"),
+            UriError::Digits(Digits::new(10).unwrap_err()),
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&period=0"),
+            UriError::InvalidPeriod,
+        ),
+        (
+            format!("otpauth://totp/bob?secret={s}&period=30s"),
+            UriError::InvalidPeriod,
+        ),
+        (
+            format!("otpauth://hotp/bob?secret={s}"),
+            UriError::MissingCounter,
+        ),
+        (
+            format!("otpauth://hotp/bob?secret={s}&counter=18446744073709551616"),
+            UriError::InvalidCounter,
+        ),
+        (
+            format!("otpauth://hotp/bob?secret={s}&counter=+1"),
+            UriError::InvalidCounter,
+        ),
+        (
+            format!("otpauth://totp/A:bob?secret={s}&issuer=B"),
+            UriError::IssuerMismatch,
+        ),
+    ];
+    for (input, expected) in table {
+        let got = parse(&input);
+        assert_eq!(got.as_ref().err(), Some(&expected), "input {input:?}");
+        // Messages are for people: non-empty and never containing the secret.
+        let message = expected.to_string();
+        assert!(!message.is_empty());
+        assert!(!message.contains(s), "secret in message {message:?}");
+    }
+}
+
+#[test]
+fn errors_never_echo_the_secret() {
+    // A URI with the secret pasted without `secret=`: the message must not quote it.
+    let err = parse(&format!("otpauth://totp/bob?{RFC_SECRET}")).unwrap_err();
+    assert!(!err.to_string().contains(RFC_SECRET));
+    assert!(!format!("{err:?}").contains(RFC_SECRET));
+    let uri = parse(&format!("otpauth://totp/bob?secret={RFC_SECRET}")).unwrap();
+    assert!(!format!("{uri:?}").contains(RFC_SECRET));
+    assert!(!format!("{uri:?}").contains("1234567890"));
+}
+
+fn name() -> impl Strategy<Value = String> {
+    // Any printable text without colons, not starting or ending with white space.
+    "[^:\\s\\x00-\\x1f][^:\\x00-\\x1f]{0,20}[^:\\s\\x00-\\x1f]|[^:\\s\\x00-\\x1f]"
+}
+
+fn key_uri() -> impl Strategy<Value = KeyUri> {
+    (
+        prop::bool::ANY,
+        1u64..100_000,
+        any::<u64>(),
+        prop::option::of(name()),
+        name(),
+        prop::collection::vec(any::<u8>(), 16..=64),
+        0usize..3,
+        6u32..=8,
+    )
+        .prop_map(
+            |(totp, period, counter, issuer, account, secret, alg, digits)| {
+                let kind = if totp {
+                    OtpKind::Totp {
+                        period: Period::new(period).unwrap(),
+                    }
+                } else {
+                    OtpKind::Hotp {
+                        counter: Counter(counter),
+                    }
+                };
+                KeyUri::new(
+                    kind,
+                    issuer,
+                    account,
+                    Secret::new(secret, KeyPolicy::Rfc4226).unwrap(),
+                    Algorithm::ALL[alg],
+                    Digits::new(digits).unwrap(),
+                )
+                .unwrap()
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn format_then_parse_is_identity(uri in key_uri()) {
+        let text = uri.to_uri_string();
+        let back = parse(&text);
+        prop_assert_eq!(back.as_ref().ok(), Some(&uri), "{:?}", back.as_ref().err());
+    }
+
+    #[test]
+    fn parse_never_panics(text in ".{0,300}") {
+        let _ = parse(&text);
+        let _ = KeyUri::parse(&text, KeyPolicy::AllowLegacyShort);
+    }
+
+    #[test]
+    fn parse_never_panics_on_near_misses(
+        kind in "(?i)(totp|hotp|xotp)",
+        label in "[a-zA-Z0-9%:+ ]{0,20}",
+        query in "((secret|issuer|digits|period|counter|algorithm|x)=[A-Za-z0-9%+=-]{0,40}&?){0,6}",
+    ) {
+        let _ = parse(&format!("otpauth://{kind}/{label}?{query}"));
+    }
+}
