@@ -52,8 +52,16 @@ pub(crate) fn ensure(packages: &[&str]) -> Result<(), String> {
             .status()
             .map_err(|e| format!("cannot run apt-get: {e}"))
     };
-    apt(&["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    apt(&["-o", "DPkg::Lock::Timeout=600", "update", "-q"])?;
+    // Wait for a concurrent apt/dpkg (unattended upgrades, another task) instead of failing.
+    let mut args = vec![
+        "-o",
+        "DPkg::Lock::Timeout=600",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
     let status = apt(&args)?;
     if status.success() {
