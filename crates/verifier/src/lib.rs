@@ -1,0 +1,1 @@
+//! Verifies one-time codes exactly once.
