@@ -219,6 +219,11 @@ impl Verifier {
         &self.policy
     }
 
+    /// Gives the store back, e.g. to build a verifier with another keyring or policy.
+    pub fn into_store(self) -> Box<dyn Store> {
+        self.store
+    }
+
     /// The store (for operations this type does not wrap).
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
