@@ -383,9 +383,21 @@ impl Verifier {
             .store
             .record_failure(&record.id, now, self.policy.max_failures, &audit)?
         {
-            Some(failures) => Ok(Outcome::Rejected {
-                attempts_left: self.policy.max_failures.saturating_sub(failures),
-            }),
+            Some(failures) => {
+                let attempts_left = self.policy.max_failures.saturating_sub(failures);
+                if attempts_left == 0 {
+                    // Operators look for the moment a token locked; say it in the trail.
+                    self.store.append_audit(&Self::audit(
+                        Some(&record.id),
+                        record.user.as_ref(),
+                        "lock",
+                        "ok",
+                        now,
+                        caller,
+                    ))?;
+                }
+                Ok(Outcome::Rejected { attempts_left })
+            }
             None => {
                 let outcome = self.lost_race(&record.id)?;
                 self.log(record, action, &outcome, now, caller)?;

@@ -172,6 +172,15 @@ fn lockout_and_admin_unlock(make: Factory<'_>) {
     );
     let state = v.show(Subject::Token(&t)).unwrap().unwrap().state;
     assert_eq!((state.failures, state.locked_at), (3, Some(later)));
+    let trail = v.audit_trail(&t, 3).unwrap();
+    let tail: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [("verify", "rejected"), ("lock", "ok"), ("verify", "locked")]
+    );
     // Without auto-unlock it stays locked a day later.
     let day = UnixTime(later.0 + 86_400);
     assert_eq!(
@@ -336,6 +345,29 @@ fn unknown_disabled_deleted(make: Factory<'_>) {
         ))
     ));
     accepted(&verify(&v, &u, &code(9, s), NOW));
+    // A batch is all or nothing: a new serial beside an existing one goes in neither.
+    let batch = [
+        codereader_verifier::Enrollment {
+            id: id("NEW"),
+            params: totp_params(),
+            secret: secret(10),
+            counter: Counter(0),
+        },
+        codereader_verifier::Enrollment {
+            id: u.clone(),
+            params: totp_params(),
+            secret: secret(10),
+            counter: Counter(0),
+        },
+    ];
+    assert_eq!(
+        v.enroll(&batch, NOW, &caller()).unwrap_err(),
+        codereader_verifier::VerifyError::Store(codereader_verifier::StoreError::Duplicate {
+            token: u.clone()
+        })
+    );
+    assert!(v.show(Subject::Token(&id("NEW"))).unwrap().is_none());
+    assert_eq!(v.enroll(&batch[..1], NOW, &caller()).map(|_| ()), Ok(()));
 }
 
 fn activation_binds_a_user(make: Factory<'_>) {

@@ -239,52 +239,92 @@ const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, perio
      nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
      FROM tokens WHERE user_id = $1";
 
+/// After a batch insert hit a unique violation: which token was it (one already stored, or
+/// one given twice)?
+fn duplicate_among(client: &mut Client, tokens: &[NewToken]) -> StoreError {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = tokens.iter().find(|t| !seen.insert(&t.id)) {
+        return StoreError::Duplicate {
+            token: t.id.clone(),
+        };
+    }
+    let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+    let existing = client
+        .query_opt(
+            "SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id LIMIT 1",
+            &[&ids],
+        )
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get::<_, String>(0).ok());
+    match existing.and_then(|id| tokens.iter().find(|t| t.id.as_str() == id)) {
+        Some(t) => StoreError::Duplicate {
+            token: t.id.clone(),
+        },
+        None => StoreError::Database {
+            backend: "postgres",
+            reason: "unique violation on insert".to_owned(),
+        },
+    }
+}
+
 impl Store for PgStore {
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
         let columns = tokens
             .iter()
             .map(TokenColumns::of)
             .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
+        let kinds: Vec<&str> = columns.iter().map(|c| c.kind).collect();
+        let algorithms: Vec<&str> = columns.iter().map(|c| c.algorithm).collect();
+        let digits: Vec<i64> = columns.iter().map(|c| c.digits).collect();
+        let periods: Vec<i64> = columns.iter().map(|c| c.period).collect();
+        let t0s: Vec<i64> = columns.iter().map(|c| c.t0).collect();
+        let key_ids: Vec<&str> = columns
+            .iter()
+            .map(|c| c.token.seed.key_id.as_str())
+            .collect();
+        let nonces: Vec<&[u8]> = columns.iter().map(|c| &c.token.seed.nonce[..]).collect();
+        let sealed: Vec<&[u8]> = columns
+            .iter()
+            .map(|c| c.token.seed.ciphertext.as_slice())
+            .collect();
+        let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
         let a = AuditParams::of(audit)?;
         self.with(|conn| {
             let mut tx = conn.client.transaction().map_err(db)?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
-                                         nonce, sealed, next_value)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .map_err(db)?;
-            for c in &columns {
-                let t = c.token;
-                let nonce = &t.seed.nonce[..];
-                tx.execute(
-                    &insert,
-                    &[
-                        &t.id.as_str(),
-                        &c.kind,
-                        &c.algorithm,
-                        &c.digits,
-                        &c.period,
-                        &c.t0,
-                        &t.seed.key_id.as_str(),
-                        &nonce,
-                        &t.seed.ciphertext,
-                        &c.next,
-                    ],
-                )
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        StoreError::Duplicate {
-                            token: t.id.clone(),
-                        }
-                    } else {
-                        db(e)
-                    }
-                })?;
+            // One statement for the whole batch: arrays unnested into rows, so a large
+            // import costs one round trip instead of one per token.
+            let inserted = tx.execute(
+                "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                     nonce, sealed, next_value)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
+                                      $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[],
+                                      $9::BYTEA[], $10::BIGINT[])",
+                &[
+                    &ids,
+                    &kinds,
+                    &algorithms,
+                    &digits,
+                    &periods,
+                    &t0s,
+                    &key_ids,
+                    &nonces,
+                    &sealed,
+                    &nexts,
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    drop(tx);
+                    return Err(duplicate_among(&mut conn.client, tokens));
+                }
+                Err(e) => return Err(db(e)),
             }
             tx.execute(
-                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
             )
             .map_err(db)?;
