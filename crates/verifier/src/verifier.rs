@@ -7,7 +7,7 @@
 //! locked, disabled), so concurrent callers never both win.
 
 use codereader_otp::pskc::{self, PreSharedKey};
-use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError, Totp};
+use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
 
 use crate::outcome::{Accepted, Matched, Outcome};
@@ -257,19 +257,21 @@ impl Verifier {
     fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
         let secret = self.keyring.open(&record.id, &record.seed)?;
         let p = record.params;
-        Ok(match p.kind {
+        // One HMAC key schedule per verification: TOTP is HOTP over the step, so the step is
+        // computed here (checked, like `Totp::step_at`) rather than by a second generator.
+        let current = match p.kind {
             TokenKind::Totp { period, t0 } => {
-                let totp = Totp::new(&secret, p.algorithm, p.digits, period, t0);
-                let current = totp.step_at(now)?.0;
-                Generator {
-                    hotp: Hotp::new(&secret, p.algorithm, p.digits),
-                    current: Some(current),
-                }
+                let elapsed = now.0.checked_sub(t0.0).ok_or(TimeError::BeforeT0 {
+                    time: now.0,
+                    t0: t0.0,
+                })?;
+                Some(elapsed / period.seconds())
             }
-            TokenKind::Hotp => Generator {
-                hotp: Hotp::new(&secret, p.algorithm, p.digits),
-                current: None,
-            },
+            TokenKind::Hotp => None,
+        };
+        Ok(Generator {
+            hotp: Hotp::new(&secret, p.algorithm, p.digits),
+            current,
         })
     }
 

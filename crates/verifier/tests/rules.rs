@@ -345,6 +345,25 @@ fn unknown_disabled_deleted(make: Factory<'_>) {
         ))
     ));
     accepted(&verify(&v, &u, &code(9, s), NOW));
+    // A clock before the token's T0 is an error, not a rejection (nothing is counted).
+    let future = enroll(
+        &v,
+        "F",
+        9,
+        codereader_verifier::TokenParams {
+            kind: codereader_verifier::TokenKind::Totp {
+                period: codereader_otp::Period::DEFAULT,
+                t0: UnixTime(NOW.0 + 1),
+            },
+            ..totp_params()
+        },
+        0,
+    );
+    assert!(matches!(
+        v.verify(Subject::Token(&future), &code(9, 0), NOW, &caller()),
+        Err(codereader_verifier::VerifyError::Time(_))
+    ));
+    assert_eq!(failures(&v, &future), 0);
     // A batch is all or nothing: a new serial beside an existing one goes in neither.
     let batch = [
         codereader_verifier::Enrollment {
@@ -576,7 +595,10 @@ fn import_pskc_and_otpauth(make: Factory<'_>) {
     );
 }
 
-const RULES: &[(&str, fn(Factory<'_>))] = &[
+/// A named rule.
+type Rule = (&'static str, fn(Factory<'_>));
+
+const RULES: &[Rule] = &[
     ("totp_window_edges", totp_window_edges),
     ("totp_replay", totp_replay_of_same_and_earlier_step),
     ("totp_drift", totp_drift_followed_across_many_logins),
