@@ -166,6 +166,83 @@ fn hmac_ns(n: u64) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    ticks / hz
+}
+
+/// `threads` threads share one verifier, each verifying its own token `per_thread` times.
+/// Returns (verifications per wall second, verifications per CPU second of this process).
+fn concurrent(store: Box<dyn Store>, threads: usize, per_thread: u64) -> (f64, f64) {
+    let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]));
+    let v = Verifier::new(store, keyring, Policy::default());
+    let caller = Caller::new("bench").unwrap();
+    let ids: Vec<TokenId> = (0..threads)
+        .map(|t| TokenId::new(format!("C{t}")).unwrap())
+        .collect();
+    let enrollments: Vec<Enrollment> = ids
+        .iter()
+        .map(|id| Enrollment {
+            id: id.clone(),
+            params: TokenParams {
+                kind: TokenKind::Totp {
+                    period: Period::DEFAULT,
+                    t0: UnixTime(0),
+                },
+                algorithm: Algorithm::Sha1,
+                digits: Digits::SIX,
+            },
+            secret: secret(),
+            counter: Counter(0),
+        })
+        .collect();
+    v.enroll(&enrollments, UnixTime(START), &caller).unwrap();
+    let hotp = Hotp::new(&secret(), Algorithm::Sha1, Digits::SIX);
+    let base = START / 30;
+    let codes: Vec<Code> = (0..per_thread)
+        .map(|i| hotp.code(Counter(base + i)))
+        .collect();
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let (wall, cpu) = std::thread::scope(|scope| {
+        for id in &ids {
+            let (v, codes, barrier, caller) = (&v, &codes, &barrier, &caller);
+            scope.spawn(move || {
+                barrier.wait();
+                for (i, code) in codes.iter().enumerate() {
+                    let now = UnixTime((base + i as u64) * 30);
+                    let o = v.verify(Subject::Token(id), code, now, caller).unwrap();
+                    assert!(matches!(o, Outcome::Accepted(_)), "{o:?}");
+                }
+            });
+        }
+        let cpu = cpu_seconds();
+        barrier.wait();
+        let start = Instant::now();
+        (start, cpu)
+    });
+    let total = (threads as u64 * per_thread) as f64;
+    (
+        total / wall.elapsed().as_secs_f64(),
+        total / (cpu_seconds() - cpu),
+    )
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
@@ -223,12 +300,54 @@ fn main() {
     row("pyotp verify (window 1)", python);
     row("raw HMAC-SHA1 (one code)", hmac);
     for case in &mut cases {
-        let n = if case.name == "memory" {
-            200_000
-        } else {
-            5_000
+        let n = match case.name {
+            "memory" => 200_000,
+            name if name.contains("FULL") || name.contains("postgres") => 1_000,
+            _ => 5_000,
         };
         let ns = best_ns(case, n);
         row(case.name, ns);
+    }
+
+    // Many callers at once, as a server has them: SQLite commits their writes together.
+    println!();
+    println!(
+        "{:<30} {:>14} {:>14}  (64 threads, distinct tokens, 2-core machine)",
+        "concurrent", "verifies/s", "per CPU-second"
+    );
+    let stores: Vec<(&str, Box<dyn Store>)> = vec![
+        (
+            "sqlite (synchronous=FULL)",
+            Box::new(
+                SqliteStore::open_with(
+                    dir.path().join("c-full.db"),
+                    SqliteOptions::default().with_durability(Durability::Full),
+                )
+                .unwrap(),
+            ),
+        ),
+        (
+            "sqlite (synchronous=NORMAL)",
+            Box::new(
+                SqliteStore::open_with(
+                    dir.path().join("c-normal.db"),
+                    SqliteOptions::default().with_durability(Durability::Normal),
+                )
+                .unwrap(),
+            ),
+        ),
+        ("postgres (fsync on)", {
+            let url = pg.create_database("concurrent").unwrap();
+            open_store(&url).unwrap()
+        }),
+    ];
+    for (name, store) in stores {
+        let (wall, per_cpu) = concurrent(store, 64, 300);
+        let note = if name.starts_with("postgres") {
+            " (server CPU not counted)"
+        } else {
+            ""
+        };
+        println!("{name:<30} {wall:>14.0} {per_cpu:>14.0}{note}");
     }
 }

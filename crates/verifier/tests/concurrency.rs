@@ -96,6 +96,52 @@ fn exactly_once(address: &str) {
     );
 }
 
+/// 64 threads sharing one verifier (one connection pool, and for SQLite one writer that
+/// commits racing writes together in one transaction): still exactly one acceptance.
+fn exactly_once_shared(address: &str) {
+    let v = Arc::new(verifier(open_store(address).unwrap(), Policy::default()));
+    let token = enroll(&v, "SHARED", 4, totp_params(), 0);
+    let barrier = Barrier::new(ATTEMPTS);
+    let c = code(4, step(NOW));
+    let labels: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..ATTEMPTS)
+            .map(|_| {
+                let (v, barrier, token) = (&v, &barrier, &token);
+                scope.spawn(move || {
+                    barrier.wait();
+                    v.verify(Subject::Token(token), &c, NOW, &caller())
+                        .unwrap()
+                        .label()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(count(&labels, "accepted"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
+    // Every attempt is in the audit trail: one acceptance, the rest replays.
+    let trail = v.audit_trail(&token, 1000).unwrap();
+    let accepted = trail.iter().filter(|e| e.outcome == "accepted").count();
+    let replayed = trail.iter().filter(|e| e.outcome == "replayed").count();
+    assert_eq!((accepted, replayed), (1, ATTEMPTS - 1));
+}
+
+#[test]
+fn sqlite_threads_sharing_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_once_shared(&format!(
+        "sqlite:{}",
+        dir.path().join("shared.db").display()
+    ));
+}
+
+#[test]
+fn postgres_threads_sharing_one_store() {
+    let pg = TempPostgres::start().unwrap();
+    exactly_once_shared(&pg.create_database("shared").unwrap());
+}
+
 #[test]
 fn sqlite_threads_with_separate_connections() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use codereader_otp::UnixTime;
 use postgres::error::SqlState;
@@ -89,11 +89,24 @@ impl Conn {
     }
 }
 
+/// Connections a [`PgStore`] opens at most, unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// The pool: idle connections and how many exist in all.
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
 /// Token state in a PostgreSQL database.
+///
+/// Holds at most `max_connections` connections; callers beyond that wait for one to come
+/// back, so a busy server cannot exhaust the database's connection slots.
 pub struct PgStore {
     config: Config,
-    idle: Mutex<Vec<Conn>>,
-    max_idle: usize,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -102,26 +115,40 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("hosts", &self.config.get_hosts())
             .field("dbname", &self.config.get_dbname())
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`, or a `key=value` string such as
-    /// `host=/run/postgresql dbname=codereader`) and runs any pending migrations.
+    /// `host=/run/postgresql dbname=codereader`) with at most [`DEFAULT_MAX_CONNECTIONS`]
+    /// connections, and runs any pending migrations.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// As [`PgStore::connect`], with at most `max_connections` (at least 1) connections.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn connect_with(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let config = Config::from_str(url).map_err(db)?;
         let store = PgStore {
             config,
-            idle: Mutex::new(Vec::new()),
-            max_idle: 32,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 1,
+            }),
+            returned: Condvar::new(),
+            max_connections: max_connections.max(1),
         };
         let mut conn = store.open()?;
         migrate(&mut conn.client)?;
-        store.give_back(conn);
+        store.give_back(Some(conn));
         Ok(store)
     }
 
@@ -132,27 +159,50 @@ impl PgStore {
         })
     }
 
-    fn give_back(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle && !conn.client.is_closed() {
-            idle.push(conn);
+    /// Returns a connection to the pool, or `None` for one that was dropped (broken).
+    fn give_back(&self, conn: Option<Conn>) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        match conn {
+            Some(c) if !c.client.is_closed() => pool.idle.push(c),
+            _ => pool.open = pool.open.saturating_sub(1),
+        }
+        drop(pool);
+        self.returned.notify_one();
+    }
+
+    /// Takes an idle connection, or the right to open one, waiting if all are in use.
+    fn take(&self) -> Option<Conn> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Some(c);
+            }
+            if pool.open < self.max_connections {
+                pool.open += 1;
+                return None;
+            }
+            pool = self
+                .returned
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
+    /// Runs `f` on a pooled connection. A connection whose closure failed is closed rather
+    /// than reused, in case it is left inside a transaction.
     fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut conn = match pooled {
+        let mut conn = match self.take() {
             Some(c) => c,
-            None => self.open()?,
+            None => match self.open() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.give_back(None);
+                    return Err(e);
+                }
+            },
         };
         let result = f(&mut conn);
-        if result.is_ok() {
-            self.give_back(conn);
-        }
+        self.give_back(result.is_ok().then_some(conn));
         result
     }
 }
