@@ -86,3 +86,13 @@ pub use crate::verifier::{
     Activation, Enrollment, ImportProblem, ImportReport, RotationReport, Subject, TokenInfo,
     Verifier, VerifyError,
 };
+
+/// The server shares one [`Verifier`] between blocking threads; this fails to compile if a
+/// change ever makes it (or a store) not `Send + Sync`.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Verifier>();
+    shared::<SqliteStore>();
+    shared::<PgStore>();
+    shared::<MemoryStore>();
+};
