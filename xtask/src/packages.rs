@@ -13,6 +13,8 @@ pub(crate) const DEMO: &[&str] = &[];
 pub(crate) const TEST: &[&str] = &[
     // otp: the independent implementation the cross-check runs.
     "oathtool",
+    // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
+    "postgresql",
 ];
 
 fn installed(package: &str) -> bool {
