@@ -232,13 +232,27 @@ fn worker(
     while let Ok(command) = commands.recv() {
         match command {
             Command::Play(utterance, settings) => {
-                speak(&utterance, settings, &mut renderer, synth.as_mut(), &mut producer, shared);
+                speak(
+                    &utterance,
+                    settings,
+                    &mut renderer,
+                    synth.as_mut(),
+                    &mut producer,
+                    shared,
+                );
                 last = Some(utterance);
                 finished += 1;
             }
             Command::Replay(settings) => {
                 if let Some(utterance) = &last {
-                    speak(utterance, settings, &mut renderer, synth.as_mut(), &mut producer, shared);
+                    speak(
+                        utterance,
+                        settings,
+                        &mut renderer,
+                        synth.as_mut(),
+                        &mut producer,
+                        shared,
+                    );
                 }
                 finished += 1;
             }
@@ -328,7 +342,8 @@ impl Sink for RingSink<'_> {
 fn open_stream(
     shared: &Arc<Shared>,
 ) -> Result<(cpal::Stream, OutputInfo, Producer<f32>), SpeechError> {
-    let device_err = |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
+    let device_err =
+        |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
     let host = cpal::default_host();
     let device = host
         .default_output_device()
@@ -356,7 +371,9 @@ fn open_stream(
         SampleFormat::F32 => build::<f32>(&device, config, consumer, s),
         SampleFormat::F64 => build::<f64>(&device, config, consumer, s),
         other => {
-            return Err(SpeechError::Device(format!("unsupported sample format {other}")));
+            return Err(SpeechError::Device(format!(
+                "unsupported sample format {other}"
+            )));
         }
     }
     .map_err(|e| device_err("cannot open output stream", &e))?;

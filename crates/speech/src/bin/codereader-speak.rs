@@ -37,13 +37,17 @@ struct Args {
 impl Args {
     fn parse() -> anyhow::Result<Self> {
         let mut raw = std::env::args().skip(1);
-        let command = raw.next().context("missing command (render, play or clips)")?;
+        let command = raw
+            .next()
+            .context("missing command (render, play or clips)")?;
         let mut options = HashMap::new();
         while let Some(flag) = raw.next() {
             let Some(name) = flag.strip_prefix("--") else {
                 bail!("unexpected argument `{flag}`");
             };
-            let value = raw.next().with_context(|| format!("--{name} needs a value"))?;
+            let value = raw
+                .next()
+                .with_context(|| format!("--{name} needs a value"))?;
             options.insert(name.to_owned(), value);
         }
         Ok(Self { command, options })

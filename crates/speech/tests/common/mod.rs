@@ -44,7 +44,11 @@ impl Drop for TempDir {
 pub fn pack_with_clips(root: &Path, tag: &str, speeds: &[Speed]) -> VoicePack {
     let dir = root.join(tag);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(voices_dir().join(tag).join("voice.toml"), dir.join("voice.toml")).unwrap();
+    std::fs::copy(
+        voices_dir().join(tag).join("voice.toml"),
+        dir.join("voice.toml"),
+    )
+    .unwrap();
     let pack = VoicePack::load(&dir).unwrap();
     let mut synth = Espeak::shared().unwrap().voice(&pack).unwrap();
     clips::render_clips(&pack, &mut synth, speeds, &dir.join("clips")).unwrap();
@@ -99,5 +103,9 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>, i32) {
     assert_eq!(spec.bits_per_sample, 16);
     let raw: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
     let peak = raw.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
-    (spec.sample_rate, raw.iter().map(|&s| f32::from(s) / 32768.0).collect(), peak)
+    (
+        spec.sample_rate,
+        raw.iter().map(|&s| f32::from(s) / 32768.0).collect(),
+        peak,
+    )
 }
