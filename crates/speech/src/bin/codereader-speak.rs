@@ -65,10 +65,14 @@ impl Args {
     }
 
     fn settings(&self) -> anyhow::Result<Settings> {
-        Ok(Settings {
-            speed: Speed::new(self.get_or("speed", "0").parse().context("--speed")?),
-            volume: Volume::new(self.get_or("volume", "-2").parse().context("--volume")?),
-        })
+        let mut settings = Settings::default();
+        if let Some(step) = self.options.get("speed") {
+            settings.speed = Speed::new(step.parse().context("--speed")?);
+        }
+        if let Some(step) = self.options.get("volume") {
+            settings.volume = Volume::new(step.parse().context("--volume")?);
+        }
+        Ok(settings)
     }
 }
 

@@ -109,3 +109,29 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>, i32) {
         peak,
     )
 }
+
+/// Pearson correlation of two equally long buffers (1.0 = same shape).
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len() as f64;
+    let mean = |x: &[f32]| x.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// Level below which a sample counts as silence (well under one 16-bit step).
+pub const SILENT: f32 = 1e-5;
+
+/// Index of the first and one past the last non-silent sample, if any.
+pub fn sound_bounds(x: &[f32]) -> Option<(usize, usize)> {
+    let first = x.iter().position(|s| s.abs() > SILENT)?;
+    let last = x.iter().rposition(|s| s.abs() > SILENT)?;
+    Some((first, last + 1))
+}
