@@ -129,6 +129,17 @@ impl VoicePack {
     /// # Errors
     /// A [`PackError`] naming the file and key of the first problem found.
     pub fn load(dir: &Path) -> Result<Self, PackError> {
+        let mut pack = Self::load_words(dir)?;
+        pack.clips = load_clips(&dir.join("clips"))?;
+        Ok(pack)
+    }
+
+    /// Loads and validates `voice.toml` only, ignoring any clips: for tools that (re)render
+    /// the clips, which must work even when the old ones are stale or broken.
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem found.
+    pub fn load_words(dir: &Path) -> Result<Self, PackError> {
         let file = dir.join("voice.toml");
         let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
             file: file.clone(),
@@ -221,7 +232,6 @@ impl VoicePack {
         bounds.finish()?;
         root.finish()?;
 
-        let clips = load_clips(&dir.join("clips"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             tag,
@@ -233,7 +243,7 @@ impl VoicePack {
             grouping,
             pauses,
             six_digit_code_ms,
-            clips,
+            clips: None,
         })
     }
 
