@@ -1,0 +1,180 @@
+//! The espeak-ng C API, wrapped: the only module of this crate that contains `unsafe`.
+//!
+//! espeak-ng keeps global, non-thread-safe state. Every function here takes an
+//! [`EspeakToken`], which only [`initialize`] creates and which is neither `Send` nor `Sync`:
+//! the thread that initialised espeak-ng is therefore the only thread that can call it, which
+//! is how [`crate::synth::Espeak`]'s owner thread serialises all calls.
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+use std::ffi::{CStr, c_int, c_short, c_void};
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr;
+
+use espeakng_sys as sys;
+
+/// What a synthesis callback tells espeak-ng after receiving a chunk.
+pub(crate) type ChunkFn<'a> = dyn FnMut(&[i16]) -> bool + 'a;
+
+thread_local! {
+    /// The chunk consumer of the `synth` call running on this thread, or null between calls.
+    /// A fat raw pointer because it lives only for the duration of one `espeak_Synth` call,
+    /// during which espeak-ng calls [`synth_callback`] synchronously on this same thread.
+    static CURRENT: Cell<Option<*mut ChunkFn<'static>>> = const { Cell::new(None) };
+}
+
+/// Proof that espeak-ng was initialised on the current thread; deliberately `!Send + !Sync`.
+#[derive(Debug)]
+pub(crate) struct EspeakToken {
+    sample_rate: u32,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl EspeakToken {
+    /// Output sample rate espeak-ng reported at initialisation (22 050 Hz for espeak-ng 1.51).
+    pub(crate) fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+}
+
+/// Why an espeak-ng call failed.
+#[derive(Debug)]
+pub(crate) enum FfiError {
+    /// `espeak_Initialize` returned an error (no data directory, usually).
+    Initialize(c_int),
+    /// A call returned an `espeak_ERROR` other than `EE_OK`.
+    Call(&'static str, c_int),
+}
+
+/// Initialises espeak-ng in synchronous mode with our synthesis callback.
+///
+/// `buffer_ms` is the length of the chunks espeak-ng hands to the callback; small chunks
+/// give an early first sample.
+pub(crate) fn initialize(buffer_ms: u16) -> Result<EspeakToken, FfiError> {
+    // SAFETY: espeak_Initialize takes plain integers and a null path (use the compiled-in
+    // data directory); DONT_EXIT stops it from calling exit() when the data is missing.
+    // It is called once, from the owner thread, before any other espeak call.
+    let rate = unsafe {
+        sys::espeak_Initialize(
+            sys::espeak_AUDIO_OUTPUT_AUDIO_OUTPUT_SYNCHRONOUS,
+            c_int::from(buffer_ms),
+            ptr::null(),
+            sys::espeakINITIALIZE_DONT_EXIT as c_int,
+        )
+    };
+    let Ok(sample_rate) = u32::try_from(rate) else {
+        return Err(FfiError::Initialize(rate));
+    };
+    if sample_rate == 0 {
+        return Err(FfiError::Initialize(rate));
+    }
+    // SAFETY: `synth_callback` has exactly the `t_espeak_callback` signature and never
+    // unwinds (it catches panics); espeak-ng stores the pointer for later synchronous calls.
+    unsafe { sys::espeak_SetSynthCallback(Some(synth_callback)) };
+    Ok(EspeakToken {
+        sample_rate,
+        _not_send: PhantomData,
+    })
+}
+
+fn check(call: &'static str, code: sys::espeak_ERROR) -> Result<(), FfiError> {
+    if code == sys::espeak_ERROR_EE_OK {
+        Ok(())
+    } else {
+        Err(FfiError::Call(call, code))
+    }
+}
+
+/// Selects a voice by name (e.g. `"da"`, `"en-gb"`).
+pub(crate) fn set_voice(_token: &EspeakToken, name: &CStr) -> Result<(), FfiError> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call; espeak-ng
+    // copies it. The token proves we are on the initialised owner thread.
+    let code = unsafe { sys::espeak_SetVoiceByName(name.as_ptr()) };
+    check("espeak_SetVoiceByName", code)
+}
+
+/// Sets the speaking rate in words per minute (espeak-ng clamps to 80..=450).
+pub(crate) fn set_rate(_token: &EspeakToken, words_per_minute: u16) -> Result<(), FfiError> {
+    // SAFETY: plain integer arguments; owner thread (token).
+    let code = unsafe {
+        sys::espeak_SetParameter(
+            sys::espeak_PARAMETER_espeakRATE,
+            c_int::from(words_per_minute),
+            0,
+        )
+    };
+    check("espeak_SetParameter(rate)", code)
+}
+
+/// Sets espeak-ng's own amplitude (0..=200, 100 is its default).
+pub(crate) fn set_volume(_token: &EspeakToken, volume: u8) -> Result<(), FfiError> {
+    // SAFETY: plain integer arguments; owner thread (token).
+    let code = unsafe {
+        sys::espeak_SetParameter(sys::espeak_PARAMETER_espeakVOLUME, c_int::from(volume), 0)
+    };
+    check("espeak_SetParameter(volume)", code)
+}
+
+/// Synthesises `text` (UTF-8) and hands each chunk of 16-bit mono samples to `on_chunk` as
+/// soon as espeak-ng produces it. `on_chunk` returns `false` to abort the synthesis.
+pub(crate) fn synth(
+    _token: &EspeakToken,
+    text: &CStr,
+    on_chunk: &mut ChunkFn<'_>,
+) -> Result<(), FfiError> {
+    let raw: *mut ChunkFn<'_> = on_chunk;
+    // SAFETY: only erases the lifetime of the trait object pointer. The pointer is stored in
+    // CURRENT for the duration of the espeak_Synth call below and cleared right after it, so
+    // it is never used after `on_chunk`'s borrow ends.
+    let raw: *mut ChunkFn<'static> = unsafe { std::mem::transmute(raw) };
+    CURRENT.with(|c| c.set(Some(raw)));
+    let bytes = text.to_bytes_with_nul();
+    // SAFETY: `text` is NUL-terminated UTF-8 that outlives the call and `size` covers it with
+    // its terminator; the position arguments are zero, as the header documents for "from the
+    // start"; null identifier and user data are allowed. In synchronous mode espeak_Synth
+    // returns only after the last callback, all on this thread.
+    let code = unsafe {
+        sys::espeak_Synth(
+            bytes.as_ptr().cast::<c_void>(),
+            bytes.len(),
+            0,
+            sys::espeak_POSITION_TYPE_POS_CHARACTER,
+            0,
+            sys::espeakCHARS_UTF8,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    CURRENT.with(|c| c.set(None));
+    check("espeak_Synth", code)
+}
+
+/// espeak-ng's synthesis callback: forwards samples to the consumer in `CURRENT`.
+///
+/// Returns 0 to continue, 1 to abort (consumer asked to stop, is missing, or panicked).
+unsafe extern "C" fn synth_callback(
+    wav: *mut c_short,
+    numsamples: c_int,
+    _events: *mut sys::espeak_EVENT,
+) -> c_int {
+    let Some(consumer) = CURRENT.with(Cell::get) else {
+        return 1;
+    };
+    let len = usize::try_from(numsamples).unwrap_or(0);
+    if wav.is_null() || len == 0 {
+        // A null buffer marks the end of synthesis; an empty one carries only events.
+        return 0;
+    }
+    // SAFETY: espeak-ng passes `numsamples` valid, initialised i16 samples at `wav`, which
+    // stay valid until this callback returns; we only read them.
+    let samples: &[i16] = unsafe { std::slice::from_raw_parts(wav, len) };
+    // SAFETY: `consumer` was set by `synth` from a live `&mut` borrow on this thread and is
+    // cleared before that borrow ends; espeak-ng calls us synchronously inside that call, and
+    // never re-entrantly, so this is the only live reference.
+    let consumer: &mut ChunkFn<'static> = unsafe { &mut *consumer };
+    match catch_unwind(AssertUnwindSafe(|| consumer(samples))) {
+        Ok(true) => 0,
+        Ok(false) | Err(_) => 1,
+    }
+}

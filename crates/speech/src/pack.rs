@@ -1,0 +1,551 @@
+//! Voice packs: `voices/<tag>/voice.toml` (+ optional `clips/`), loaded and validated.
+//!
+//! Adding a language is adding a directory: nothing here names a language. Loading checks
+//! every key (unknown keys are errors, so typos surface), every digit word and prompt, the
+//! grouping and pauses, and, if the pack has clips, every clip's WAV format and sample rate.
+//!
+//! Format of `voice.toml` (all keys required):
+//!
+//! ```toml
+//! [language]
+//! tag = "da"              # must equal the directory name
+//! name = "Dansk"          # the language's own name
+//! espeak_voice = "da"     # espeak-ng voice name
+//! default_rate = 150      # words per minute at speed step 0 (80..=450)
+//!
+//! [digits]                # the word for each digit 0..=9
+//! 0 = "nul"
+//! # ... through 9
+//!
+//! [prompts]               # one per `Prompt::key()`
+//! intro = "Din kode er"
+//! # replay_intro, volume_up, volume_down, faster, slower, language_name, no_token,
+//! # clock_not_set, device_blocked, audio_fault, low_battery, clock_backwards
+//!
+//! [grouping]              # group sizes per code length; each must add up to the length
+//! 6 = [3, 3]
+//! 7 = [4, 3]
+//! 8 = [4, 4]
+//!
+//! [pauses]                # milliseconds at speed step 0
+//! around_earcon = 150
+//! after_intro = 450
+//! between_digits = 250
+//! between_groups = 750
+//!
+//! [bounds]                # accepted length of a six-digit code utterance at step 0, ms
+//! six_digit_code_ms = [2500, 9000]
+//! ```
+//!
+//! Clips are optional. A pack has them when `clips/clips.toml` exists:
+//!
+//! ```toml
+//! source = "espeak-ng"    # or "recorded"
+//! sample_rate = 22050
+//! speeds = [-1, 0, 1]     # speed steps rendered; recorded packs usually have [0]
+//! ```
+//!
+//! and then `clips/<stem>@<step>.wav` for every phrase stem ([`PhraseKey::clip_stem`]) and
+//! listed step, e.g. `clips/digit-7@0.wav`, `clips/intro@-1.wav`: mono, 16-bit PCM.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+use crate::error::PackError;
+use crate::plan::{Phrase, PhraseKey, Prompt, SampleRate, Speed};
+
+/// Pauses between segments, milliseconds at speed step 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pauses {
+    /// Between an earcon and speech.
+    pub around_earcon_ms: u32,
+    /// After the intro, before the first digit.
+    pub after_intro_ms: u32,
+    /// Between digits of one group.
+    pub between_digits_ms: u32,
+    /// Between groups; validated to be longer than `between_digits_ms`.
+    pub between_groups_ms: u32,
+}
+
+/// Where a pack's clips come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipSource {
+    /// Rendered from espeak-ng (by [`crate::clips::render_clips`]).
+    EspeakNg,
+    /// Recorded by a person.
+    Recorded,
+}
+
+/// A pack's pre-rendered clips (validated: every file exists with the declared format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClipSet {
+    /// Where they come from.
+    pub source: ClipSource,
+    /// Their sample rate.
+    pub sample_rate: SampleRate,
+    /// The speed steps rendered.
+    pub speeds: Vec<Speed>,
+    /// The `clips/` directory.
+    pub dir: PathBuf,
+}
+
+impl ClipSet {
+    /// File name of a phrase's clip at a speed step: `digit-7@0.wav`.
+    pub fn file_name(key: PhraseKey, speed: Speed) -> String {
+        format!("{}@{}.wav", key.clip_stem(), speed.step())
+    }
+
+    /// The listed step nearest to `speed` (ties go to the slower step).
+    pub fn nearest_speed(&self, speed: Speed) -> Speed {
+        self.speeds
+            .iter()
+            .copied()
+            .min_by_key(|s| (i16::from(s.step()) - i16::from(speed.step())).abs())
+            .unwrap_or_default()
+    }
+}
+
+/// A validated voice pack for one language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoicePack {
+    dir: PathBuf,
+    tag: String,
+    name: String,
+    espeak_voice: String,
+    default_rate: u16,
+    digits: Vec<String>,
+    prompts: Vec<String>,
+    grouping: BTreeMap<usize, Vec<usize>>,
+    pauses: Pauses,
+    six_digit_code_ms: (u32, u32),
+    clips: Option<ClipSet>,
+}
+
+impl VoicePack {
+    /// Loads and validates the pack in `dir` (which holds `voice.toml`).
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem found.
+    pub fn load(dir: &Path) -> Result<Self, PackError> {
+        let mut pack = Self::load_words(dir)?;
+        pack.clips = load_clips(&dir.join("clips"))?;
+        Ok(pack)
+    }
+
+    /// Loads and validates `voice.toml` only, ignoring any clips: for tools that (re)render
+    /// the clips, which must work even when the old ones are stale or broken.
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem found.
+    pub fn load_words(dir: &Path) -> Result<Self, PackError> {
+        let file = dir.join("voice.toml");
+        let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| PackError::Syntax {
+                file: file.clone(),
+                message: e.message().to_owned(),
+            })?;
+        let mut root = Section::new(&file, "", &table);
+
+        let mut language = root.table("language")?;
+        let tag = language.string("tag")?;
+        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !dir_name.is_empty() && dir_name != tag {
+            return Err(language.bad(
+                "tag",
+                format!("is `{tag}` but the directory is `{dir_name}`"),
+            ));
+        }
+        let name = language.string("name")?;
+        let espeak_voice = language.string("espeak_voice")?;
+        let default_rate = language.integer("default_rate", 80, 450)?;
+        let default_rate = u16::try_from(default_rate).unwrap_or(175);
+        language.finish()?;
+
+        let mut digit_table = root.table("digits")?;
+        let mut digits = Vec::with_capacity(10);
+        for d in 0..10 {
+            digits.push(digit_table.string(&d.to_string())?);
+        }
+        digit_table.finish()?;
+
+        let mut prompt_table = root.table("prompts")?;
+        let mut prompts = Vec::with_capacity(Prompt::ALL.len());
+        for p in Prompt::ALL {
+            prompts.push(prompt_table.string(p.key())?);
+        }
+        prompt_table.finish()?;
+
+        let mut group_table = root.table("grouping")?;
+        let mut grouping = BTreeMap::new();
+        for len in 6..=8usize {
+            let key = len.to_string();
+            let sizes = group_table.integers(&key)?;
+            if sizes.contains(&0) || sizes.iter().sum::<usize>() != len {
+                return Err(group_table.bad(
+                    &key,
+                    format!("groups must be non-empty and add up to {len}"),
+                ));
+            }
+            grouping.insert(len, sizes);
+        }
+        group_table.finish()?;
+
+        let mut pause_table = root.table("pauses")?;
+        let ms = |s: &mut Section<'_>, k: &str| -> Result<u32, PackError> {
+            s.integer(k, 0, 5000).map(|v| u32::try_from(v).unwrap_or(0))
+        };
+        let pauses = Pauses {
+            around_earcon_ms: ms(&mut pause_table, "around_earcon")?,
+            after_intro_ms: ms(&mut pause_table, "after_intro")?,
+            between_digits_ms: ms(&mut pause_table, "between_digits")?,
+            between_groups_ms: ms(&mut pause_table, "between_groups")?,
+        };
+        if pauses.between_groups_ms <= pauses.between_digits_ms {
+            return Err(pause_table.bad(
+                "between_groups",
+                "must be longer than between_digits".into(),
+            ));
+        }
+        pause_table.finish()?;
+
+        let mut bounds = root.table("bounds")?;
+        let range = bounds.integers("six_digit_code_ms")?;
+        let six_digit_code_ms = match range.as_slice() {
+            [lo, hi] if lo < hi => (
+                u32::try_from(*lo).unwrap_or(u32::MAX),
+                u32::try_from(*hi).unwrap_or(u32::MAX),
+            ),
+            _ => {
+                return Err(bounds.bad(
+                    "six_digit_code_ms",
+                    "must be [min, max] with min < max".into(),
+                ));
+            }
+        };
+        bounds.finish()?;
+        root.finish()?;
+
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tag,
+            name,
+            espeak_voice,
+            default_rate,
+            digits,
+            prompts,
+            grouping,
+            pauses,
+            six_digit_code_ms,
+            clips: None,
+        })
+    }
+
+    /// The pack's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Language tag, e.g. `da`.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The language's own name, e.g. `Dansk`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// espeak-ng voice name.
+    pub fn espeak_voice(&self) -> &str {
+        &self.espeak_voice
+    }
+
+    /// Words per minute at speed step 0.
+    pub fn default_rate(&self) -> u16 {
+        self.default_rate
+    }
+
+    /// Pauses between segments.
+    pub fn pauses(&self) -> Pauses {
+        self.pauses
+    }
+
+    /// Accepted length of a six-digit code utterance at speed step 0, in ms.
+    pub fn six_digit_code_ms(&self) -> (u32, u32) {
+        self.six_digit_code_ms
+    }
+
+    /// Group sizes for a code of `len` digits (one group if `len` is not 6..=8).
+    pub fn grouping(&self, len: usize) -> Vec<usize> {
+        self.grouping
+            .get(&len)
+            .cloned()
+            .unwrap_or_else(|| vec![len])
+    }
+
+    /// The pack's clips, if it has any.
+    pub fn clips(&self) -> Option<&ClipSet> {
+        self.clips.as_ref()
+    }
+
+    /// Text of a digit word or prompt.
+    pub fn text(&self, key: PhraseKey) -> &str {
+        match key {
+            PhraseKey::Digit(d) => self.digits.get(usize::from(d)).map_or("", String::as_str),
+            PhraseKey::Prompt(p) => self.prompts.get(p.index()).map_or("", String::as_str),
+        }
+    }
+
+    /// A phrase (key and text) of this pack.
+    pub fn phrase(&self, key: PhraseKey) -> Phrase {
+        Phrase {
+            key,
+            text: self.text(key).to_owned(),
+        }
+    }
+}
+
+/// All packs of a `voices/` directory, by language tag.
+#[derive(Debug, Clone)]
+pub struct VoiceLibrary {
+    packs: BTreeMap<String, VoicePack>,
+}
+
+impl VoiceLibrary {
+    /// Loads every `<dir>/*/voice.toml`; fails on the first invalid pack.
+    ///
+    /// # Errors
+    /// [`PackError`] of the first bad pack, or [`PackError::Empty`] if there is none.
+    pub fn load(dir: &Path) -> Result<Self, PackError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| PackError::Io {
+            file: dir.to_path_buf(),
+            source,
+        })?;
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| PackError::Io {
+                file: dir.to_path_buf(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.join("voice.toml").is_file() {
+                subdirs.push(path);
+            }
+        }
+        subdirs.sort();
+        let mut packs = BTreeMap::new();
+        for sub in subdirs {
+            let pack = VoicePack::load(&sub)?;
+            packs.insert(pack.tag.clone(), pack);
+        }
+        if packs.is_empty() {
+            return Err(PackError::Empty {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(Self { packs })
+    }
+
+    /// Language tags, sorted.
+    pub fn languages(&self) -> impl Iterator<Item = &str> {
+        self.packs.keys().map(String::as_str)
+    }
+
+    /// The pack for a tag.
+    pub fn pack(&self, tag: &str) -> Option<&VoicePack> {
+        self.packs.get(tag)
+    }
+
+    /// All packs, sorted by tag.
+    pub fn packs(&self) -> impl Iterator<Item = &VoicePack> {
+        self.packs.values()
+    }
+}
+
+fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+    let file = dir.join("clips.toml");
+    if !file.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| PackError::Syntax {
+            file: file.clone(),
+            message: e.message().to_owned(),
+        })?;
+    let mut root = Section::new(&file, "", &table);
+    let source = match root.string("source")?.as_str() {
+        "espeak-ng" => ClipSource::EspeakNg,
+        "recorded" => ClipSource::Recorded,
+        other => {
+            return Err(root.bad(
+                "source",
+                format!("`{other}` is neither `espeak-ng` nor `recorded`"),
+            ));
+        }
+    };
+    let rate = root.integer("sample_rate", 8000, 192_000)?;
+    let sample_rate = SampleRate::new(u32::try_from(rate).unwrap_or(0))
+        .map_err(|_| root.bad("sample_rate", "must be non-zero".into()))?;
+    let mut speeds = BTreeSet::new();
+    for step in root.signed_integers("speeds")? {
+        let min = i64::from(Speed::MIN.step());
+        let max = i64::from(Speed::MAX.step());
+        if !(min..=max).contains(&step) {
+            return Err(root.bad("speeds", format!("step {step} outside {min}..={max}")));
+        }
+        speeds.insert(Speed::new(i8::try_from(step).unwrap_or(0)));
+    }
+    if speeds.is_empty() {
+        return Err(root.bad("speeds", "lists no speed step".into()));
+    }
+    root.finish()?;
+    for speed in &speeds {
+        for key in PhraseKey::all() {
+            check_clip(&dir.join(ClipSet::file_name(key, *speed)), sample_rate)?;
+        }
+    }
+    Ok(Some(ClipSet {
+        source,
+        sample_rate,
+        speeds: speeds.into_iter().collect(),
+        dir: dir.to_path_buf(),
+    }))
+}
+
+fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
+    let bad = |reason: String| PackError::BadClip {
+        file: file.to_path_buf(),
+        reason,
+    };
+    if !file.is_file() {
+        return Err(bad("missing".into()));
+    }
+    let reader = hound::WavReader::open(file).map_err(|e| bad(e.to_string()))?;
+    let spec = reader.spec();
+    if spec.channels != 1 {
+        return Err(bad(format!("{} channels, expected mono", spec.channels)));
+    }
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        return Err(bad("not 16-bit integer PCM".into()));
+    }
+    if spec.sample_rate != rate.hz() {
+        return Err(PackError::ClipSampleRate {
+            file: file.to_path_buf(),
+            expected: rate.hz(),
+            found: spec.sample_rate,
+        });
+    }
+    if reader.len() == 0 {
+        return Err(bad("no samples".into()));
+    }
+    Ok(())
+}
+
+/// A TOML table being read: remembers which keys were used so leftovers are errors.
+struct Section<'a> {
+    file: &'a Path,
+    prefix: String,
+    table: &'a Table,
+    used: BTreeSet<String>,
+}
+
+impl<'a> Section<'a> {
+    fn new(file: &'a Path, prefix: &str, table: &'a Table) -> Self {
+        Self {
+            file,
+            prefix: prefix.to_owned(),
+            table,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    fn bad(&self, key: &str, reason: String) -> PackError {
+        PackError::BadValue {
+            file: self.file.to_path_buf(),
+            key: self.path(key),
+            reason,
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Result<&'a Value, PackError> {
+        self.used.insert(key.to_owned());
+        self.table.get(key).ok_or_else(|| PackError::MissingKey {
+            file: self.file.to_path_buf(),
+            key: self.path(key),
+        })
+    }
+
+    fn table(&mut self, key: &str) -> Result<Section<'a>, PackError> {
+        let path = self.path(key);
+        match self.get(key)? {
+            Value::Table(t) => Ok(Section::new(self.file, &path, t)),
+            _ => Err(self.bad(key, "must be a table".into())),
+        }
+    }
+
+    fn string(&mut self, key: &str) -> Result<String, PackError> {
+        match self.get(key)? {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Value::String(_) => Err(self.bad(key, "must not be empty".into())),
+            _ => Err(self.bad(key, "must be a string".into())),
+        }
+    }
+
+    fn integer(&mut self, key: &str, min: i64, max: i64) -> Result<i64, PackError> {
+        match self.get(key)? {
+            Value::Integer(i) if (min..=max).contains(i) => Ok(*i),
+            Value::Integer(i) => Err(self.bad(key, format!("{i} outside {min}..={max}"))),
+            _ => Err(self.bad(key, "must be an integer".into())),
+        }
+    }
+
+    fn signed_integers(&mut self, key: &str) -> Result<Vec<i64>, PackError> {
+        let Value::Array(items) = self.get(key)? else {
+            return Err(self.bad(key, "must be an array of integers".into()));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::Integer(i) => Ok(*i),
+                _ => Err(self.bad(key, "must be an array of integers".into())),
+            })
+            .collect()
+    }
+
+    fn integers(&mut self, key: &str) -> Result<Vec<usize>, PackError> {
+        self.signed_integers(key)?
+            .into_iter()
+            .map(|i| usize::try_from(i).map_err(|_| self.bad(key, format!("{i} is negative"))))
+            .collect()
+    }
+
+    fn finish(self) -> Result<(), PackError> {
+        match self.table.keys().find(|k| !self.used.contains(k.as_str())) {
+            Some(k) => Err(PackError::UnknownKey {
+                file: self.file.to_path_buf(),
+                key: self.path(k),
+            }),
+            None => Ok(()),
+        }
+    }
+}

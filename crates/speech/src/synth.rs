@@ -1,0 +1,318 @@
+//! Synthesis backends behind one trait: espeak-ng (one owner thread) and pre-rendered clips.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::thread;
+
+use crate::error::SpeechError;
+use crate::ffi;
+use crate::pack::{ClipSet, VoicePack};
+use crate::plan::{Phrase, PhraseKey, SampleRate, Speed};
+
+/// Turns one phrase into 16-bit mono samples at [`Synth::sample_rate`], chunk by chunk.
+pub trait Synth: Send {
+    /// Rate of the samples this backend produces.
+    fn sample_rate(&self) -> SampleRate;
+
+    /// Speaks `phrase` at `speed`, handing samples to `out` as they are produced; `out`
+    /// returns `false` to stop early (then `speak` returns `Ok`).
+    ///
+    /// # Errors
+    /// Backend failures: espeak-ng errors, a missing clip.
+    fn speak(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError>;
+}
+
+/// espeak-ng's chunk length: short chunks give an early first sample.
+const ESPEAK_BUFFER_MS: u16 = 10;
+
+/// espeak-ng's own amplitude parameter; chosen so speech peaks near -3 dBFS at volume MAX.
+const ESPEAK_VOLUME: u8 = 100;
+
+struct Job {
+    voice: CString,
+    wpm: u16,
+    text: CString,
+    reply: mpsc::Sender<Reply>,
+}
+
+enum Reply {
+    Chunk(Vec<i16>),
+    Done(Result<(), SpeechError>),
+}
+
+/// Handle to the process-wide espeak-ng owner thread. Cheap to clone; every call from every
+/// handle is serialised on that one thread, which initialised espeak-ng once.
+#[derive(Debug, Clone)]
+pub struct Espeak {
+    jobs: mpsc::Sender<Job>,
+    sample_rate: SampleRate,
+}
+
+/// Why the engine could not start (kept in [`ENGINE`], so a failure is reported every time).
+#[derive(Debug, Clone, Copy)]
+enum StartError {
+    /// The owner thread could not be spawned or died during initialisation.
+    Thread,
+    /// `espeak_Initialize` (or the first parameter call) failed with this code.
+    Init(i32),
+}
+
+static ENGINE: OnceLock<Result<Espeak, StartError>> = OnceLock::new();
+
+impl Espeak {
+    /// The shared engine, starting its owner thread and initialising espeak-ng on first use.
+    ///
+    /// # Errors
+    /// [`SpeechError::EspeakInit`] if espeak-ng cannot initialise (e.g. no `espeak-ng-data`),
+    /// [`SpeechError::EspeakThread`] if the thread could not start; the failure is sticky.
+    pub fn shared() -> Result<Espeak, SpeechError> {
+        match ENGINE.get_or_init(Self::start) {
+            Ok(engine) => Ok(engine.clone()),
+            Err(StartError::Thread) => Err(SpeechError::EspeakThread),
+            Err(StartError::Init(code)) => Err(SpeechError::EspeakInit(*code)),
+        }
+    }
+
+    fn start() -> Result<Espeak, StartError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, i32>>();
+        let spawned = thread::Builder::new()
+            .name("espeak-ng".into())
+            .spawn(move || owner_thread(&rx, &ready_tx));
+        if spawned.is_err() {
+            return Err(StartError::Thread);
+        }
+        match ready_rx.recv() {
+            Ok(Ok(hz)) => {
+                // `initialize` rejects a zero rate, so this error cannot happen.
+                let sample_rate = SampleRate::new(hz).map_err(|_| StartError::Init(0))?;
+                Ok(Espeak { jobs, sample_rate })
+            }
+            Ok(Err(code)) => Err(StartError::Init(code)),
+            Err(_) => Err(StartError::Thread),
+        }
+    }
+
+    /// espeak-ng's output rate.
+    pub fn sample_rate(&self) -> SampleRate {
+        self.sample_rate
+    }
+
+    /// A synthesiser speaking with `pack`'s espeak-ng voice and default rate.
+    ///
+    /// # Errors
+    /// [`SpeechError::NulInText`] if the voice name contains a NUL byte.
+    pub fn voice(&self, pack: &VoicePack) -> Result<EspeakSynth, SpeechError> {
+        Ok(EspeakSynth {
+            engine: self.clone(),
+            voice: CString::new(pack.espeak_voice()).map_err(|_| SpeechError::NulInText)?,
+            default_wpm: pack.default_rate(),
+            cache: HashMap::new(),
+            cached_samples: 0,
+        })
+    }
+}
+
+fn ffi_error(e: ffi::FfiError) -> SpeechError {
+    match e {
+        ffi::FfiError::Initialize(code) => SpeechError::EspeakInit(code),
+        ffi::FfiError::Call(call, code) => SpeechError::Espeak { call, code },
+    }
+}
+
+/// The one thread that talks to espeak-ng.
+fn owner_thread(jobs: &mpsc::Receiver<Job>, ready: &mpsc::Sender<Result<u32, i32>>) {
+    let token = match ffi::initialize(ESPEAK_BUFFER_MS) {
+        Ok(token) => token,
+        Err(ffi::FfiError::Initialize(code) | ffi::FfiError::Call(_, code)) => {
+            let _ = ready.send(Err(code));
+            return;
+        }
+    };
+    if let Err(ffi::FfiError::Call(_, code) | ffi::FfiError::Initialize(code)) =
+        ffi::set_volume(&token, ESPEAK_VOLUME)
+    {
+        let _ = ready.send(Err(code));
+        return;
+    }
+    let _ = ready.send(Ok(token.sample_rate()));
+    let mut current: Option<(CString, u16)> = None;
+    while let Ok(job) = jobs.recv() {
+        let result = run_job(&token, &mut current, &job);
+        let _ = job.reply.send(Reply::Done(result));
+    }
+}
+
+fn run_job(
+    token: &ffi::EspeakToken,
+    current: &mut Option<(CString, u16)>,
+    job: &Job,
+) -> Result<(), SpeechError> {
+    let voice_changed = current.as_ref().is_none_or(|(v, _)| *v != job.voice);
+    if voice_changed {
+        // Forget the state first: if selecting fails, the next job must try again.
+        *current = None;
+        ffi::set_voice(token, &job.voice).map_err(ffi_error)?;
+    }
+    if voice_changed || current.as_ref().is_some_and(|(_, w)| *w != job.wpm) {
+        ffi::set_rate(token, job.wpm).map_err(ffi_error)?;
+    }
+    *current = Some((job.voice.clone(), job.wpm));
+    let mut on_chunk = |samples: &[i16]| job.reply.send(Reply::Chunk(samples.to_vec())).is_ok();
+    ffi::synth(token, &job.text, &mut on_chunk).map_err(ffi_error)
+}
+
+/// espeak-ng speaking one pack's voice; see [`Espeak::voice`].
+///
+/// A device says the same few phrases (ten digit words, a dozen prompts) again and again, so
+/// each complete phrase is kept, per text and rate, and replayed from memory the next time:
+/// after the first code, a code costs no synthesis at all, and a replay is sample-identical.
+/// The cache holds at most [`EspeakSynth::CACHE_SAMPLES`] samples (then it starts afresh).
+#[derive(Debug, Clone)]
+pub struct EspeakSynth {
+    engine: Espeak,
+    voice: CString,
+    default_wpm: u16,
+    cache: HashMap<(u16, String), Vec<i16>>,
+    cached_samples: usize,
+}
+
+impl EspeakSynth {
+    /// Most samples the phrase cache holds (about 8 MB: every phrase of a pack at several
+    /// speeds).
+    pub const CACHE_SAMPLES: usize = 4 << 20;
+
+    /// Forgets every cached phrase, so the next ones are synthesised afresh.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cached_samples = 0;
+    }
+}
+
+impl Synth for EspeakSynth {
+    fn sample_rate(&self) -> SampleRate {
+        self.engine.sample_rate
+    }
+
+    fn speak(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
+        let wpm = speed.words_per_minute(self.default_wpm);
+        let key = (wpm, phrase.text.clone());
+        if let Some(samples) = self.cache.get(&key) {
+            for chunk in samples.chunks(CLIP_CHUNK) {
+                if !out(chunk) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let text = CString::new(phrase.text.as_str()).map_err(|_| SpeechError::NulInText)?;
+        let (reply, replies) = mpsc::channel();
+        self.engine
+            .jobs
+            .send(Job {
+                voice: self.voice.clone(),
+                wpm,
+                text,
+                reply,
+            })
+            .map_err(|_| SpeechError::EspeakThread)?;
+        let mut whole = Vec::new();
+        loop {
+            match replies.recv() {
+                Ok(Reply::Chunk(samples)) => {
+                    whole.extend_from_slice(&samples);
+                    if !out(&samples) {
+                        // Dropping the receiver makes the owner thread's next send fail,
+                        // which aborts the synthesis there. A partial phrase is not cached.
+                        return Ok(());
+                    }
+                }
+                Ok(Reply::Done(result)) => {
+                    result?;
+                    if self.cached_samples + whole.len() > Self::CACHE_SAMPLES {
+                        self.clear_cache();
+                    }
+                    self.cached_samples += whole.len();
+                    self.cache.insert(key, whole);
+                    return Ok(());
+                }
+                Err(_) => return Err(SpeechError::EspeakThread),
+            }
+        }
+    }
+}
+
+/// Plays a pack's pre-rendered clips (all loaded into memory up front).
+#[derive(Debug, Clone)]
+pub struct ClipSynth {
+    clips: ClipSet,
+    samples: HashMap<(PhraseKey, Speed), Vec<i16>>,
+}
+
+/// Chunk length handed to the consumer, so the first samples arrive at once.
+const CLIP_CHUNK: usize = 256;
+
+impl ClipSynth {
+    /// Loads every clip of `pack`.
+    ///
+    /// # Errors
+    /// [`SpeechError::NoClips`] if the pack has none; [`SpeechError::Pack`] if a clip became
+    /// unreadable since the pack was validated.
+    pub fn load(pack: &VoicePack) -> Result<Self, SpeechError> {
+        let clips = pack
+            .clips()
+            .cloned()
+            .ok_or_else(|| SpeechError::NoClips(pack.tag().to_owned()))?;
+        let mut samples = HashMap::new();
+        for &speed in &clips.speeds {
+            for key in PhraseKey::all() {
+                let file = clips.dir.join(ClipSet::file_name(key, speed));
+                let bad = |reason: String| crate::error::PackError::BadClip {
+                    file: file.clone(),
+                    reason,
+                };
+                let mut reader = hound::WavReader::open(&file).map_err(|e| bad(e.to_string()))?;
+                let data: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
+                samples.insert((key, speed), data.map_err(|e| bad(e.to_string()))?);
+            }
+        }
+        Ok(Self { clips, samples })
+    }
+}
+
+impl Synth for ClipSynth {
+    fn sample_rate(&self) -> SampleRate {
+        self.clips.sample_rate
+    }
+
+    fn speak(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
+        let speed = self.clips.nearest_speed(speed);
+        let clip = self
+            .samples
+            .get(&(phrase.key, speed))
+            .ok_or_else(|| SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)))?;
+        for chunk in clip.chunks(CLIP_CHUNK) {
+            if !out(chunk) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
