@@ -4,6 +4,8 @@
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings and `cargo test --workspace`.
+//! - `voices`: render every voice pack's clips (`voices/<lang>/clips/`) from espeak-ng at
+//!   every speed step, through the speech crate's `codereader-speak clips`.
 //!
 //! Kept to the standard library so it compiles in seconds on a fresh machine.
 
@@ -17,6 +19,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("voices") => voices(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_help();
             Ok(())
@@ -38,6 +41,7 @@ fn print_help() {
          Tasks:\n  \
          demo    show the current code of a demo token (installs what it needs)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
+         voices  render voices/<lang>/clips/*.wav from espeak-ng at every speed step\n  \
          help    this text"
     );
 }
@@ -108,4 +112,42 @@ fn test(_args: &[String]) -> Result<(), String> {
         "cargo test --doc",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )
+}
+
+/// Renders the clips of every pack in `voices/` (or of the tags given as arguments).
+fn voices(args: &[String]) -> Result<(), String> {
+    packages::ensure(packages::VOICES)?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask has no parent directory")?
+        .join("voices");
+    let mut tags: Vec<String> = Vec::new();
+    let entries = std::fs::read_dir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("{}: {e}", root.display()))?
+            .path();
+        let tag = path.file_name().and_then(|n| n.to_str());
+        if let (true, Some(tag)) = (path.join("voice.toml").is_file(), tag) {
+            tags.push(tag.to_owned());
+        }
+    }
+    tags.sort();
+    if let Some(unknown) = args.iter().find(|a| !tags.contains(a)) {
+        return Err(format!("no voice pack `{unknown}` in {}", root.display()));
+    }
+    if !args.is_empty() {
+        tags.retain(|t| args.contains(t));
+    }
+    for tag in &tags {
+        run(
+            &format!("clips for `{tag}`"),
+            cargo()
+                .args(["run", "--quiet", "--package", "codereader-speech"])
+                .args(["--bin", "codereader-speak", "--", "clips", "--voices"])
+                .arg(&root)
+                .args(["--lang", tag]),
+        )?;
+    }
+    Ok(())
 }

@@ -7,12 +7,36 @@
 use std::process::{Command, Stdio};
 
 /// What `cargo xtask demo` needs.
-pub(crate) const DEMO: &[&str] = &[];
+pub(crate) const DEMO: &[&str] = &[
+    // speech (linked by the device that speaks the demo code): build and run time.
+    "libclang-dev",
+    "libespeak-ng-dev",
+    "espeak-ng-data",
+    "libasound2-dev",
+    "pkg-config",
+];
 
 /// What `cargo xtask test` (and so CI) needs.
 pub(crate) const TEST: &[&str] = &[
     // otp: the independent implementation the cross-check runs.
     "oathtool",
+    // speech: bindgen for espeakng-sys, espeak-ng's library and voice data, ALSA for cpal.
+    "libclang-dev",
+    "libespeak-ng-dev",
+    "espeak-ng-data",
+    "libasound2-dev",
+    "pkg-config",
+    // speech: the `espeak-ng -w` baseline the benchmark runs (built and run once by tests).
+    "espeak-ng",
+];
+
+/// What `cargo xtask voices` needs: building the speech crate and running espeak-ng.
+pub(crate) const VOICES: &[&str] = &[
+    "libclang-dev",
+    "libespeak-ng-dev",
+    "espeak-ng-data",
+    "libasound2-dev",
+    "pkg-config",
 ];
 
 fn installed(package: &str) -> bool {

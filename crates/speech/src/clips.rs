@@ -27,6 +27,17 @@ pub fn render_clips(
         path: out_dir.to_path_buf(),
         source,
     })?;
+    // Until the new set is complete, no manifest claims the directory holds a valid set.
+    let file = out_dir.join("clips.toml");
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SpeechError::Io {
+                path: file,
+                source: e,
+            });
+        }
+        _ => {}
+    }
     let rate = synth.sample_rate();
     let mut count = 0;
     for &speed in speeds {
@@ -53,7 +64,6 @@ pub fn render_clips(
         rate.hz(),
         steps.join(", ")
     );
-    let file = out_dir.join("clips.toml");
     let tmp = out_dir.join("clips.toml.tmp");
     std::fs::write(&tmp, manifest)
         .and_then(|()| std::fs::rename(&tmp, &file))

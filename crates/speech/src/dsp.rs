@@ -58,7 +58,13 @@ pub fn limit(samples: &mut [f32], rate: SampleRate) {
     }
     let needed: Vec<f32> = samples
         .iter()
-        .map(|s| if s.abs() > CEILING { CEILING / s.abs() } else { 1.0 })
+        .map(|s| {
+            if s.abs() > CEILING {
+                CEILING / s.abs()
+            } else {
+                1.0
+            }
+        })
         .collect();
     let attack = 1.0 / rate.samples_for_ms(2).max(1) as f32;
     let release = 1.0 / rate.samples_for_ms(60).max(1) as f32;
@@ -183,7 +189,10 @@ mod tests {
             assert!(e[0].abs() < 1e-3 && e[e.len() - 1].abs() < 0.02);
             assert!(e.iter().all(|s| s.abs() <= EARCON_LEVEL + 1e-6));
             // No jump between neighbouring samples larger than a 880 Hz sine allows.
-            let max_step = e.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0f32, f32::max);
+            let max_step = e
+                .windows(2)
+                .map(|w| (w[1] - w[0]).abs())
+                .fold(0f32, f32::max);
             assert!(max_step < 0.07, "step {max_step}");
         }
     }

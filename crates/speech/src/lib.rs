@@ -66,8 +66,8 @@ pub use live::{LivePlayer, OutputInfo};
 pub use pack::{ClipSet, ClipSource, Pauses, VoiceLibrary, VoicePack};
 pub use pipeline::{RenderReport, Renderer, SegmentSpan};
 pub use plan::{
-    CodeIntro, Earcon, Phrase, PhraseKey, Prompt, SampleRate, Segment, Settings, Speed,
-    SpokenCode, Utterance, Volume,
+    CodeIntro, Earcon, Phrase, PhraseKey, Prompt, SampleRate, Segment, Settings, Speed, SpokenCode,
+    Utterance, Volume,
 };
 pub use sink::{MemorySink, Sink, WavSink};
 pub use synth::{ClipSynth, Espeak, EspeakSynth, Synth};

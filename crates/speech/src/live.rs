@@ -45,14 +45,18 @@ pub struct OutputInfo {
 /// State shared between the player, its worker thread and the audio callback (atomics only).
 #[derive(Debug, Default)]
 struct Shared {
-    /// Bumped by every stop (and every new play).
+    /// Bumped by every stop and every new play or replay; a request plays only while this
+    /// still equals the generation it was given.
     stop_gen: AtomicU64,
-    /// Generation the worker is currently playing; audio plays only while equal to `stop_gen`.
+    /// Generation whose audio is in the ring; the callback plays only while it equals
+    /// `stop_gen`, and discards the ring otherwise.
     play_gen: AtomicU64,
-    /// Requests sent / finished (played to the end of the ring, or stopped).
+    /// Requests sent / finished (played to the end of the ring, stopped, or superseded).
     requested: AtomicU64,
     completed: AtomicU64,
-    /// Callbacks that found the ring empty while a request was still running.
+    /// `true` from the first sample the worker pushed for a request until its render ended.
+    rendering: AtomicBool,
+    /// Callbacks that found the ring empty while the render was still running (a gap).
     underruns: AtomicU64,
     /// Utterance samples handed to the device.
     frames_played: AtomicU64,
@@ -64,11 +68,17 @@ impl Shared {
     fn busy(&self) -> bool {
         self.completed.load(Ordering::Acquire) != self.requested.load(Ordering::Acquire)
     }
+
+    /// Starts a new request: stops the current one and returns the new generation.
+    fn next_generation(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::AcqRel);
+        self.stop_gen.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
+    }
 }
 
 enum Command {
-    Play(Utterance, Settings),
-    Replay(Settings),
+    Play(Utterance, Settings, u64),
+    Replay(Settings, u64),
     SetSynth(Box<dyn Synth>),
     Shutdown,
 }
@@ -133,9 +143,8 @@ impl LivePlayer {
     /// # Errors
     /// [`SpeechError::Device`] if the playback thread has ended.
     pub fn play(&self, utterance: Utterance, settings: Settings) -> Result<(), SpeechError> {
-        self.stop();
-        self.shared.requested.fetch_add(1, Ordering::AcqRel);
-        self.send(Command::Play(utterance, settings))
+        let generation = self.shared.next_generation();
+        self.send(Command::Play(utterance, settings, generation))
     }
 
     /// Stops whatever is playing and plays the last utterance again (with new settings).
@@ -144,9 +153,8 @@ impl LivePlayer {
     /// # Errors
     /// [`SpeechError::Device`] if the playback thread has ended.
     pub fn replay(&self, settings: Settings) -> Result<(), SpeechError> {
-        self.stop();
-        self.shared.requested.fetch_add(1, Ordering::AcqRel);
-        self.send(Command::Replay(settings))
+        let generation = self.shared.next_generation();
+        self.send(Command::Replay(settings, generation))
     }
 
     /// Switches the synthesiser (e.g. after a language change); applies from the next play.
@@ -157,7 +165,8 @@ impl LivePlayer {
         self.send(Command::SetSynth(synth))
     }
 
-    /// Silences playback at once (from the device's next callback on).
+    /// Silences playback at once: from the device's next callback on, queued audio is
+    /// discarded and the render is abandoned. [`LivePlayer::replay`] plays it again.
     pub fn stop(&self) {
         self.shared.stop_gen.fetch_add(1, Ordering::AcqRel);
     }
@@ -231,14 +240,36 @@ fn worker(
     let mut finished = 0u64;
     while let Ok(command) = commands.recv() {
         match command {
-            Command::Play(utterance, settings) => {
-                speak(&utterance, settings, &mut renderer, synth.as_mut(), &mut producer, shared);
+            Command::Play(utterance, settings, generation) => {
+                let job = Job {
+                    settings,
+                    generation,
+                };
+                speak(
+                    &utterance,
+                    job,
+                    &mut renderer,
+                    synth.as_mut(),
+                    &mut producer,
+                    shared,
+                );
                 last = Some(utterance);
                 finished += 1;
             }
-            Command::Replay(settings) => {
+            Command::Replay(settings, generation) => {
                 if let Some(utterance) = &last {
-                    speak(utterance, settings, &mut renderer, synth.as_mut(), &mut producer, shared);
+                    let job = Job {
+                        settings,
+                        generation,
+                    };
+                    speak(
+                        utterance,
+                        job,
+                        &mut renderer,
+                        synth.as_mut(),
+                        &mut producer,
+                        shared,
+                    );
                 }
                 finished += 1;
             }
@@ -253,21 +284,32 @@ fn worker(
     drop(stream);
 }
 
+/// One play request as the worker sees it.
+#[derive(Clone, Copy)]
+struct Job {
+    settings: Settings,
+    generation: u64,
+}
+
 /// Renders one utterance into the ring and waits until the device has taken all of it (or a
 /// stop arrives).
 fn speak(
     utterance: &Utterance,
-    settings: Settings,
+    job: Job,
     renderer: &mut Renderer,
     synth: &mut dyn Synth,
     producer: &mut Producer<f32>,
     shared: &Shared,
 ) {
-    let generation = shared.stop_gen.load(Ordering::Acquire);
-    // The callback discards queued audio while stopped; wait for that before un-stopping.
+    let cancelled = || shared.stop_gen.load(Ordering::Acquire) != job.generation;
+    if cancelled() {
+        // Stopped or superseded before it started.
+        return;
+    }
+    // While `play_gen` is stale the callback discards what is queued: wait for that, so the
+    // new utterance never starts with the tail of the old one.
     wait_for_empty_ring(producer, shared, None);
-    shared.play_gen.store(generation, Ordering::Release);
-    let cancelled = || shared.stop_gen.load(Ordering::Acquire) != generation;
+    shared.play_gen.store(job.generation, Ordering::Release);
     let mut sink = RingSink {
         producer,
         shared,
@@ -276,7 +318,8 @@ fn speak(
     };
     // A failed render simply ends this utterance; the device reports audio faults via
     // `LivePlayer::failed`.
-    let _ = renderer.render(utterance, synth, settings, &mut sink, &cancelled);
+    let _ = renderer.render(utterance, synth, job.settings, &mut sink, &cancelled);
+    shared.rendering.store(false, Ordering::Release);
     wait_for_empty_ring(producer, shared, Some(&cancelled));
 }
 
@@ -318,6 +361,9 @@ impl Sink for RingSink<'_> {
             let (pushed, remainder) = self.producer.push_partial_slice(rest);
             if pushed.is_empty() {
                 thread::sleep(Duration::from_millis(2));
+            } else {
+                // From the first sample on, an empty ring is a gap in the speech.
+                self.shared.rendering.store(true, Ordering::Release);
             }
             rest = remainder;
         }
@@ -328,7 +374,8 @@ impl Sink for RingSink<'_> {
 fn open_stream(
     shared: &Arc<Shared>,
 ) -> Result<(cpal::Stream, OutputInfo, Producer<f32>), SpeechError> {
-    let device_err = |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
+    let device_err =
+        |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
     let host = cpal::default_host();
     let device = host
         .default_output_device()
@@ -356,7 +403,9 @@ fn open_stream(
         SampleFormat::F32 => build::<f32>(&device, config, consumer, s),
         SampleFormat::F64 => build::<f64>(&device, config, consumer, s),
         other => {
-            return Err(SpeechError::Device(format!("unsupported sample format {other}")));
+            return Err(SpeechError::Device(format!(
+                "unsupported sample format {other}"
+            )));
         }
     }
     .map_err(|e| device_err("cannot open output stream", &e))?;
@@ -427,8 +476,8 @@ where
     }
     if played > 0 {
         shared.frames_played.fetch_add(played, Ordering::Relaxed);
-        if ran_dry && shared.busy() {
-            shared.underruns.fetch_add(1, Ordering::Relaxed);
-        }
+    }
+    if ran_dry && !stopped && shared.rendering.load(Ordering::Acquire) {
+        shared.underruns.fetch_add(1, Ordering::Relaxed);
     }
 }

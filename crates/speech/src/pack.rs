@@ -129,22 +129,38 @@ impl VoicePack {
     /// # Errors
     /// A [`PackError`] naming the file and key of the first problem found.
     pub fn load(dir: &Path) -> Result<Self, PackError> {
+        let mut pack = Self::load_words(dir)?;
+        pack.clips = load_clips(&dir.join("clips"))?;
+        Ok(pack)
+    }
+
+    /// Loads and validates `voice.toml` only, ignoring any clips: for tools that (re)render
+    /// the clips, which must work even when the old ones are stale or broken.
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem found.
+    pub fn load_words(dir: &Path) -> Result<Self, PackError> {
         let file = dir.join("voice.toml");
         let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
             file: file.clone(),
             source,
         })?;
-        let table: Table = text.parse().map_err(|e: toml::de::Error| PackError::Syntax {
-            file: file.clone(),
-            message: e.message().to_owned(),
-        })?;
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| PackError::Syntax {
+                file: file.clone(),
+                message: e.message().to_owned(),
+            })?;
         let mut root = Section::new(&file, "", &table);
 
         let mut language = root.table("language")?;
         let tag = language.string("tag")?;
         let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !dir_name.is_empty() && dir_name != tag {
-            return Err(language.bad("tag", format!("is `{tag}` but the directory is `{dir_name}`")));
+            return Err(language.bad(
+                "tag",
+                format!("is `{tag}` but the directory is `{dir_name}`"),
+            ));
         }
         let name = language.string("name")?;
         let espeak_voice = language.string("espeak_voice")?;
@@ -171,8 +187,11 @@ impl VoicePack {
         for len in 6..=8usize {
             let key = len.to_string();
             let sizes = group_table.integers(&key)?;
-            if sizes.iter().any(|&s| s == 0) || sizes.iter().sum::<usize>() != len {
-                return Err(group_table.bad(&key, format!("groups must be non-empty and add up to {len}")));
+            if sizes.contains(&0) || sizes.iter().sum::<usize>() != len {
+                return Err(group_table.bad(
+                    &key,
+                    format!("groups must be non-empty and add up to {len}"),
+                ));
             }
             grouping.insert(len, sizes);
         }
@@ -189,7 +208,10 @@ impl VoicePack {
             between_groups_ms: ms(&mut pause_table, "between_groups")?,
         };
         if pauses.between_groups_ms <= pauses.between_digits_ms {
-            return Err(pause_table.bad("between_groups", "must be longer than between_digits".into()));
+            return Err(pause_table.bad(
+                "between_groups",
+                "must be longer than between_digits".into(),
+            ));
         }
         pause_table.finish()?;
 
@@ -200,12 +222,16 @@ impl VoicePack {
                 u32::try_from(*lo).unwrap_or(u32::MAX),
                 u32::try_from(*hi).unwrap_or(u32::MAX),
             ),
-            _ => return Err(bounds.bad("six_digit_code_ms", "must be [min, max] with min < max".into())),
+            _ => {
+                return Err(bounds.bad(
+                    "six_digit_code_ms",
+                    "must be [min, max] with min < max".into(),
+                ));
+            }
         };
         bounds.finish()?;
         root.finish()?;
 
-        let clips = load_clips(&dir.join("clips"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             tag,
@@ -217,7 +243,7 @@ impl VoicePack {
             grouping,
             pauses,
             six_digit_code_ms,
-            clips,
+            clips: None,
         })
     }
 
@@ -258,7 +284,10 @@ impl VoicePack {
 
     /// Group sizes for a code of `len` digits (one group if `len` is not 6..=8).
     pub fn grouping(&self, len: usize) -> Vec<usize> {
-        self.grouping.get(&len).cloned().unwrap_or_else(|| vec![len])
+        self.grouping
+            .get(&len)
+            .cloned()
+            .unwrap_or_else(|| vec![len])
     }
 
     /// The pack's clips, if it has any.
@@ -349,16 +378,21 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
         file: file.clone(),
         source,
     })?;
-    let table: Table = text.parse().map_err(|e: toml::de::Error| PackError::Syntax {
-        file: file.clone(),
-        message: e.message().to_owned(),
-    })?;
+    let table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| PackError::Syntax {
+            file: file.clone(),
+            message: e.message().to_owned(),
+        })?;
     let mut root = Section::new(&file, "", &table);
     let source = match root.string("source")?.as_str() {
         "espeak-ng" => ClipSource::EspeakNg,
         "recorded" => ClipSource::Recorded,
         other => {
-            return Err(root.bad("source", format!("`{other}` is neither `espeak-ng` nor `recorded`")));
+            return Err(root.bad(
+                "source",
+                format!("`{other}` is neither `espeak-ng` nor `recorded`"),
+            ));
         }
     };
     let rate = root.integer("sample_rate", 8000, 192_000)?;

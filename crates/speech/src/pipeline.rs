@@ -105,7 +105,9 @@ impl Renderer {
             }
             let mut audio = match segment {
                 Segment::Earcon(kind) => dsp::earcon(*kind, self.rate),
-                Segment::Pause { ms } => vec![0.0; self.rate.samples_for_ms(settings.speed.scale_ms(*ms))],
+                Segment::Pause { ms } => {
+                    vec![0.0; self.rate.samples_for_ms(settings.speed.scale_ms(*ms))]
+                }
                 Segment::Speech(phrase) => {
                     let mut raw: Vec<i16> = Vec::new();
                     synth.speak(phrase, settings.speed, &mut |chunk| {

@@ -154,10 +154,12 @@ impl Sink for WavSink {
             return Ok(());
         };
         for &s in samples {
-            writer.write_sample(to_i16(s)).map_err(|e| SpeechError::Wav {
-                path: self.tmp.clone(),
-                message: e.to_string(),
-            })?;
+            writer
+                .write_sample(to_i16(s))
+                .map_err(|e| SpeechError::Wav {
+                    path: self.tmp.clone(),
+                    message: e.to_string(),
+                })?;
         }
         self.written += samples.len();
         Ok(())

@@ -27,7 +27,10 @@ fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
 
     let (lo, hi) = pack.six_digit_code_ms();
     let ms = samples.len() as u64 * 1000 / u64::from(rate);
-    assert!((u64::from(lo)..=u64::from(hi)).contains(&ms), "{label}: {ms} ms outside {lo}..{hi}");
+    assert!(
+        (u64::from(lo)..=u64::from(hi)).contains(&ms),
+        "{label}: {ms} ms outside {lo}..{hi}"
+    );
 
     // Find where the intro ends and the end earcon starts from the plan's spans, then let
     // energy segmentation alone find the digits between them.
@@ -44,7 +47,13 @@ fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
 
     let gaps: Vec<usize> = found.windows(2).map(|w| w[1].start - w[0].end).collect();
     let group_gap = gaps[2];
-    let max_digit_gap = gaps.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, g)| *g).max().unwrap();
+    let max_digit_gap = gaps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, g)| *g)
+        .max()
+        .unwrap();
     assert!(
         group_gap > max_digit_gap + (rate as usize) / 10,
         "{label}: group pause {group_gap} not longer than digit pauses {gaps:?}"
@@ -54,7 +63,12 @@ fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
 #[test]
 fn espeak_codes_in_danish_and_english_analyse_correctly() {
     let espeak = Espeak::shared().unwrap();
-    for (tag, rate) in [("da", 22_050), ("en", 16_000), ("da", 48_000), ("en", 44_100)] {
+    for (tag, rate) in [
+        ("da", 22_050),
+        ("en", 16_000),
+        ("da", 48_000),
+        ("en", 44_100),
+    ] {
         let pack = VoicePack::load(&voices_dir().join(tag)).unwrap();
         let mut synth = espeak.voice(&pack).unwrap();
         check(&pack, &mut synth, rate, &format!("espeak-{tag}-{rate}"));
@@ -80,8 +94,13 @@ fn each_volume_step_changes_rms_by_the_step_size() {
     let mut previous: Option<f64> = None;
     let mut step = Volume::MIN;
     loop {
-        let settings = Settings { volume: step, ..Settings::default() };
-        let (samples, _) = renderer.render_to_vec(&utterance, &mut synth, settings).unwrap();
+        let settings = Settings {
+            volume: step,
+            ..Settings::default()
+        };
+        let (samples, _) = renderer
+            .render_to_vec(&utterance, &mut synth, settings)
+            .unwrap();
         assert!(samples.iter().all(|s| s.abs() < 1.0));
         let level = 20.0 * rms(&samples).log10();
         if let Some(prev) = previous {
@@ -111,8 +130,15 @@ fn faster_speed_is_shorter_and_slower_is_longer() {
     let lengths: Vec<usize> = Speed::ALL
         .iter()
         .map(|&speed| {
-            let settings = Settings { speed, ..Settings::default() };
-            renderer.render_to_vec(&utterance, &mut synth, settings).unwrap().1.samples
+            let settings = Settings {
+                speed,
+                ..Settings::default()
+            };
+            renderer
+                .render_to_vec(&utterance, &mut synth, settings)
+                .unwrap()
+                .1
+                .samples
         })
         .collect();
     assert!(lengths.windows(2).all(|w| w[1] < w[0]), "{lengths:?}");
@@ -127,7 +153,9 @@ fn every_prompt_renders_audible_speech_in_both_languages() {
         let mut renderer = Renderer::new(SampleRate::ESPEAK);
         for prompt in Prompt::ALL {
             let utterance = Utterance::prompt(&pack, prompt);
-            let (samples, _) = renderer.render_to_vec(&utterance, &mut synth, Settings::default()).unwrap();
+            let (samples, _) = renderer
+                .render_to_vec(&utterance, &mut synth, Settings::default())
+                .unwrap();
             assert!(samples.len() > 22_050 / 5, "{tag} {prompt:?} too short");
             assert!(rms(&samples) > 0.01, "{tag} {prompt:?} silent");
         }
@@ -141,17 +169,28 @@ fn clip_backend_matches_espeak_backend_segment_by_segment() {
     let utterance = Utterance::code(&pack, CODE, CodeIntro::First).unwrap();
     let mut renderer = Renderer::new(SampleRate::ESPEAK);
     for speed in [Speed::new(-1), Speed::new(0)] {
-        let settings = Settings { speed, ..Settings::default() };
+        let settings = Settings {
+            speed,
+            ..Settings::default()
+        };
         let mut espeak = Espeak::shared().unwrap().voice(&pack).unwrap();
         let mut clips = ClipSynth::load(&pack).unwrap();
-        let (_, a) = renderer.render_to_vec(&utterance, &mut espeak, settings).unwrap();
-        let (_, b) = renderer.render_to_vec(&utterance, &mut clips, settings).unwrap();
+        let (_, a) = renderer
+            .render_to_vec(&utterance, &mut espeak, settings)
+            .unwrap();
+        let (_, b) = renderer
+            .render_to_vec(&utterance, &mut clips, settings)
+            .unwrap();
         // espeak-ng adds a little randomness (a few samples per word), so the clips, rendered
         // from it earlier, match each segment's length within 10 ms, not exactly.
         assert_eq!(a.spans.len(), b.spans.len());
         for (x, y) in a.spans.iter().zip(&b.spans) {
             let (lx, ly) = (x.end - x.start, y.end - y.start);
-            assert!(lx.abs_diff(ly) <= 221, "segment {}: {lx} vs {ly} samples", x.index);
+            assert!(
+                lx.abs_diff(ly) <= 221,
+                "segment {}: {lx} vs {ly} samples",
+                x.index
+            );
         }
     }
 }

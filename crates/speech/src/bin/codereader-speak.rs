@@ -4,7 +4,7 @@
 //! ```text
 //! codereader-speak render --voices DIR --lang TAG --code DIGITS --out FILE [--rate HZ] [COMMON]
 //! codereader-speak play   --voices DIR --lang TAG --code DIGITS [COMMON]
-//! codereader-speak clips  --voices DIR --lang TAG [--speeds -1,0,1] [--out DIR]
+//! codereader-speak clips  --voices DIR --lang TAG [--speeds -3,...,3] [--out DIR]
 //! COMMON: [--backend espeak|clips] [--speed STEP] [--volume STEP]
 //! ```
 
@@ -37,13 +37,17 @@ struct Args {
 impl Args {
     fn parse() -> anyhow::Result<Self> {
         let mut raw = std::env::args().skip(1);
-        let command = raw.next().context("missing command (render, play or clips)")?;
+        let command = raw
+            .next()
+            .context("missing command (render, play or clips)")?;
         let mut options = HashMap::new();
         while let Some(flag) = raw.next() {
             let Some(name) = flag.strip_prefix("--") else {
                 bail!("unexpected argument `{flag}`");
             };
-            let value = raw.next().with_context(|| format!("--{name} needs a value"))?;
+            let value = raw
+                .next()
+                .with_context(|| format!("--{name} needs a value"))?;
             options.insert(name.to_owned(), value);
         }
         Ok(Self { command, options })
@@ -61,10 +65,14 @@ impl Args {
     }
 
     fn settings(&self) -> anyhow::Result<Settings> {
-        Ok(Settings {
-            speed: Speed::new(self.get_or("speed", "0").parse().context("--speed")?),
-            volume: Volume::new(self.get_or("volume", "-2").parse().context("--volume")?),
-        })
+        let mut settings = Settings::default();
+        if let Some(step) = self.options.get("speed") {
+            settings.speed = Speed::new(step.parse().context("--speed")?);
+        }
+        if let Some(step) = self.options.get("volume") {
+            settings.volume = Volume::new(step.parse().context("--volume")?);
+        }
+        Ok(settings)
     }
 }
 
@@ -79,8 +87,13 @@ fn synth_for(args: &Args, pack: &VoicePack) -> anyhow::Result<Box<dyn Synth>> {
 fn run() -> anyhow::Result<()> {
     let args = Args::parse()?;
     let voices = PathBuf::from(args.get("voices")?);
-    let library = VoiceLibrary::load(&voices)?;
     let lang = args.get("lang")?;
+    if args.command == "clips" {
+        // Only the words: the old clips may be stale or broken, which is why we re-render.
+        let pack = VoicePack::load_words(&voices.join(lang))?;
+        return render_clips(&args, &pack);
+    }
+    let library = VoiceLibrary::load(&voices)?;
     let pack = library
         .pack(lang)
         .with_context(|| format!("no voice pack `{lang}` in {}", voices.display()))?;
@@ -124,22 +137,38 @@ fn run() -> anyhow::Result<()> {
                 player.underruns()
             );
         }
-        "clips" => {
-            let speeds = args
-                .get_or("speeds", "0")
-                .split(',')
-                .map(|s| s.trim().parse::<i8>().map(Speed::new))
-                .collect::<Result<Vec<_>, _>>()
-                .context("--speeds")?;
-            let out = args
-                .options
-                .get("out")
-                .map_or_else(|| pack.dir().join("clips"), PathBuf::from);
-            let mut synth = Espeak::shared()?.voice(pack)?;
-            let n = clips::render_clips(pack, &mut synth, &speeds, &out)?;
-            println!("wrote {n} clips to {}", out.display());
-        }
         other => bail!("unknown command `{other}`"),
     }
+    Ok(())
+}
+
+/// `clips`: renders every digit word and prompt at each speed step (default: all steps) into
+/// `<pack>/clips` (or `--out`), then checks that the result loads as a valid clip set.
+fn render_clips(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
+    let speeds = match args.options.get("speeds") {
+        None => Speed::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().parse::<i8>().map(Speed::new))
+            .collect::<Result<Vec<_>, _>>()
+            .context("--speeds")?,
+    };
+    let out = args
+        .options
+        .get("out")
+        .map_or_else(|| pack.dir().join("clips"), PathBuf::from);
+    let mut synth = Espeak::shared()?.voice(pack)?;
+    let n = clips::render_clips(pack, &mut synth, &speeds, &out)?;
+    if out == pack.dir().join("clips") {
+        let reloaded = VoicePack::load(pack.dir()).context("the rendered clips do not load")?;
+        anyhow::ensure!(reloaded.clips().is_some(), "no clips after rendering");
+    }
+    let steps: Vec<String> = speeds.iter().map(|s| s.step().to_string()).collect();
+    println!(
+        "{}: wrote {n} clips (speed steps {}) to {}",
+        pack.tag(),
+        steps.join(","),
+        out.display()
+    );
     Ok(())
 }

@@ -44,7 +44,11 @@ impl Drop for TempDir {
 pub fn pack_with_clips(root: &Path, tag: &str, speeds: &[Speed]) -> VoicePack {
     let dir = root.join(tag);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(voices_dir().join(tag).join("voice.toml"), dir.join("voice.toml")).unwrap();
+    std::fs::copy(
+        voices_dir().join(tag).join("voice.toml"),
+        dir.join("voice.toml"),
+    )
+    .unwrap();
     let pack = VoicePack::load(&dir).unwrap();
     let mut synth = Espeak::shared().unwrap().voice(&pack).unwrap();
     clips::render_clips(&pack, &mut synth, speeds, &dir.join("clips")).unwrap();
@@ -99,5 +103,35 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>, i32) {
     assert_eq!(spec.bits_per_sample, 16);
     let raw: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
     let peak = raw.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
-    (spec.sample_rate, raw.iter().map(|&s| f32::from(s) / 32768.0).collect(), peak)
+    (
+        spec.sample_rate,
+        raw.iter().map(|&s| f32::from(s) / 32768.0).collect(),
+        peak,
+    )
+}
+
+/// Pearson correlation of two equally long buffers (1.0 = same shape).
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len() as f64;
+    let mean = |x: &[f32]| x.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// Level below which a sample counts as silence (well under one 16-bit step).
+pub const SILENT: f32 = 1e-5;
+
+/// Index of the first and one past the last non-silent sample, if any.
+pub fn sound_bounds(x: &[f32]) -> Option<(usize, usize)> {
+    let first = x.iter().position(|s| s.abs() > SILENT)?;
+    let last = x.iter().rposition(|s| s.abs() > SILENT)?;
+    Some((first, last + 1))
 }

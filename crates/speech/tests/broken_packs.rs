@@ -1,0 +1,406 @@
+//! Acceptance: broken voice packs, table-driven. Each gives its specific error naming the file
+//! and key; none panics (also under random byte damage).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use codereader_speech::{PackError, VoiceLibrary, VoicePack};
+use common::{TempDir, voices_dir};
+
+/// The error we expect, by variant, with the file name and key it must name.
+#[derive(Debug)]
+enum Want {
+    Syntax,
+    Unknown(&'static str),
+    Missing(&'static str),
+    Bad(&'static str),
+    Io,
+}
+
+/// Copies the shipped English pack into `root/en`, lets `edit` change `voice.toml`'s text,
+/// and returns the pack directory.
+fn pack_with(root: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let dir = root.join("en");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(voices_dir().join("en/voice.toml")).unwrap();
+    std::fs::write(dir.join("voice.toml"), edit(text)).unwrap();
+    dir
+}
+
+fn replace(from: &'static str, to: &'static str) -> impl FnOnce(String) -> String {
+    move |text| {
+        assert!(text.contains(from), "fixture lost `{from}`");
+        text.replacen(from, to, 1)
+    }
+}
+
+fn check(case: &str, result: Result<VoicePack, PackError>, file: &str, want: &Want) {
+    let err = match result {
+        Ok(_) => panic!("{case}: loaded a broken pack"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    let (named, key) = match (&err, want) {
+        (PackError::Syntax { file, .. }, Want::Syntax) => (file, None),
+        (PackError::Io { file, .. }, Want::Io) => (file, None),
+        (PackError::UnknownKey { file, key }, Want::Unknown(k))
+        | (PackError::MissingKey { file, key }, Want::Missing(k))
+        | (PackError::BadValue { file, key, .. }, Want::Bad(k)) => {
+            assert_eq!(key, k, "{case}: wrong key in {message}");
+            (file, Some(*k))
+        }
+        _ => panic!("{case}: expected {want:?}, got {err:?}"),
+    };
+    assert!(
+        named.ends_with(file),
+        "{case}: names {}, not {file}",
+        named.display()
+    );
+    assert!(
+        message.contains(file),
+        "{case}: message `{message}` lacks the file"
+    );
+    if let Some(k) = key {
+        assert!(
+            message.contains(k),
+            "{case}: message `{message}` lacks the key"
+        );
+    }
+}
+
+#[test]
+fn broken_voice_toml_files_each_give_their_error() {
+    type Edit = Box<dyn FnOnce(String) -> String>;
+    let table: Vec<(&str, Edit, Want)> = vec![
+        (
+            "missing digit word",
+            Box::new(replace("7 = \"seven\"\n", "")),
+            Want::Missing("digits.7"),
+        ),
+        (
+            "empty digit word",
+            Box::new(replace("0 = \"zero\"", "0 = \"  \"")),
+            Want::Bad("digits.0"),
+        ),
+        (
+            "digit word not a string",
+            Box::new(replace("1 = \"one\"", "1 = 1")),
+            Want::Bad("digits.1"),
+        ),
+        (
+            "eleventh digit",
+            Box::new(replace("9 = \"nine\"", "9 = \"nine\"\n10 = \"ten\"")),
+            Want::Unknown("digits.10"),
+        ),
+        (
+            "unknown prompt",
+            Box::new(replace("[prompts]", "[prompts]\nintro_x = \"Hi\"")),
+            Want::Unknown("prompts.intro_x"),
+        ),
+        (
+            "missing prompt",
+            Box::new(replace("low_battery = \"The battery is low.\"\n", "")),
+            Want::Missing("prompts.low_battery"),
+        ),
+        (
+            "missing table",
+            Box::new(|t: String| t.replace("[pauses]", "[pauses_old]")),
+            Want::Missing("pauses"),
+        ),
+        (
+            "unknown table",
+            Box::new(|t: String| format!("{t}\n[extra]\nx = 1\n")),
+            Want::Unknown("extra"),
+        ),
+        (
+            "tag differs from directory",
+            Box::new(replace("tag = \"en\"", "tag = \"de\"")),
+            Want::Bad("language.tag"),
+        ),
+        (
+            "rate not a number",
+            Box::new(replace("default_rate = 155", "default_rate = \"fast\"")),
+            Want::Bad("language.default_rate"),
+        ),
+        (
+            "rate out of range",
+            Box::new(replace("default_rate = 155", "default_rate = 1000")),
+            Want::Bad("language.default_rate"),
+        ),
+        (
+            "groups do not add up",
+            Box::new(replace("6 = [3, 3]", "6 = [3, 2]")),
+            Want::Bad("grouping.6"),
+        ),
+        (
+            "empty group",
+            Box::new(replace("8 = [4, 4]", "8 = [8, 0]")),
+            Want::Bad("grouping.8"),
+        ),
+        (
+            "negative group",
+            Box::new(replace("7 = [4, 3]", "7 = [8, -1]")),
+            Want::Bad("grouping.7"),
+        ),
+        (
+            "group pause not longer",
+            Box::new(replace("between_groups = 750", "between_groups = 250")),
+            Want::Bad("pauses.between_groups"),
+        ),
+        (
+            "pause too long",
+            Box::new(replace("after_intro = 450", "after_intro = 99999")),
+            Want::Bad("pauses.after_intro"),
+        ),
+        (
+            "bounds reversed",
+            Box::new(replace("[3000, 9000]", "[9000, 3000]")),
+            Want::Bad("bounds.six_digit_code_ms"),
+        ),
+        (
+            "bounds not a pair",
+            Box::new(replace("[3000, 9000]", "[3000]")),
+            Want::Bad("bounds.six_digit_code_ms"),
+        ),
+        (
+            "not TOML",
+            Box::new(|t: String| t.replace("[digits]", "[digits")),
+            Want::Syntax,
+        ),
+        (
+            "language not a table",
+            Box::new(|t: String| {
+                format!("language = 3\n{}", t.replace("[language]", "[language_x]"))
+            }),
+            Want::Bad("language"),
+        ),
+    ];
+    for (case, edit, want) in table {
+        let root = TempDir::new("broken");
+        let dir = pack_with(root.path(), edit);
+        check(case, VoicePack::load(&dir), "voice.toml", &want);
+    }
+}
+
+#[test]
+fn missing_and_unreadable_files_are_io_errors() {
+    let root = TempDir::new("broken-io");
+    check(
+        "no voice.toml",
+        VoicePack::load(&root.path().join("en")),
+        "voice.toml",
+        &Want::Io,
+    );
+    let dir = pack_with(root.path(), |t| t);
+    std::fs::write(dir.join("voice.toml"), [0xff, 0xfe, 0x00]).unwrap();
+    check("not UTF-8", VoicePack::load(&dir), "voice.toml", &Want::Io);
+    let empty = TempDir::new("broken-empty");
+    match VoiceLibrary::load(empty.path()) {
+        Err(PackError::Empty { dir }) => assert_eq!(dir, empty.path()),
+        other => panic!("empty library: {other:?}"),
+    }
+}
+
+/// Writes a valid clip set (short tones) for the English pack at speed 0, so each case can
+/// break exactly one thing.
+fn pack_with_clips(root: &Path, manifest: &str) -> PathBuf {
+    let dir = pack_with(root, |t| t);
+    let clips = dir.join("clips");
+    std::fs::create_dir_all(&clips).unwrap();
+    std::fs::write(clips.join("clips.toml"), manifest).unwrap();
+    let stems = (0..10).map(|d| format!("digit-{d}")).chain(
+        codereader_speech::Prompt::ALL
+            .iter()
+            .map(|p| p.key().to_owned()),
+    );
+    for stem in stems {
+        write_wav(&clips.join(format!("{stem}@0.wav")), 22_050, 1, 16);
+    }
+    dir
+}
+
+fn write_wav(path: &Path, rate: u32, channels: u16, bits: u16) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: bits,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..2205 * u32::from(channels) {
+        let s = ((i as f32 * 0.1).sin() * 8000.0) as i32;
+        if bits == 8 {
+            w.write_sample(s as i8 / 100).unwrap();
+        } else {
+            w.write_sample(s as i16).unwrap();
+        }
+    }
+    w.finalize().unwrap();
+}
+
+const MANIFEST: &str = "source = \"recorded\"\nsample_rate = 22050\nspeeds = [0]\n";
+
+#[test]
+fn broken_clips_each_give_their_error() {
+    // The fixture itself is valid: every case below breaks one thing.
+    let root = TempDir::new("clips-ok");
+    let pack = VoicePack::load(&pack_with_clips(root.path(), MANIFEST)).unwrap();
+    assert!(pack.clips().is_some());
+
+    let manifests: [(&str, &str, Want); 6] = [
+        (
+            "unknown source",
+            "source = \"robot\"\nsample_rate = 22050\nspeeds = [0]\n",
+            Want::Bad("source"),
+        ),
+        (
+            "speed step out of range",
+            "source = \"recorded\"\nsample_rate = 22050\nspeeds = [9]\n",
+            Want::Bad("speeds"),
+        ),
+        (
+            "no speed step",
+            "source = \"recorded\"\nsample_rate = 22050\nspeeds = []\n",
+            Want::Bad("speeds"),
+        ),
+        (
+            "unknown key",
+            "source = \"recorded\"\nsample_rate = 22050\nspeeds = [0]\nvolume = 3\n",
+            Want::Unknown("volume"),
+        ),
+        (
+            "missing rate",
+            "source = \"recorded\"\nspeeds = [0]\n",
+            Want::Missing("sample_rate"),
+        ),
+        ("not TOML", "source = \n", Want::Syntax),
+    ];
+    for (case, manifest, want) in manifests {
+        let root = TempDir::new("clips-manifest");
+        let dir = pack_with_clips(root.path(), manifest);
+        check(case, VoicePack::load(&dir), "clips.toml", &want);
+    }
+
+    type Damage = fn(&Path);
+    let damages: [(&str, &str, Damage, &str); 5] = [
+        (
+            "missing clip",
+            "digit-3@0.wav",
+            |p| std::fs::remove_file(p).unwrap(),
+            "missing",
+        ),
+        (
+            "stereo clip",
+            "intro@0.wav",
+            |p| write_wav(p, 22_050, 2, 16),
+            "2 channels",
+        ),
+        (
+            "8-bit clip",
+            "digit-0@0.wav",
+            |p| write_wav(p, 22_050, 1, 8),
+            "16-bit",
+        ),
+        (
+            "not a WAV",
+            "low_battery@0.wav",
+            |p| std::fs::write(p, b"RIFF nonsense").unwrap(),
+            "",
+        ),
+        (
+            "empty clip",
+            "faster@0.wav",
+            |p| {
+                let spec = hound::WavSpec {
+                    channels: 1,
+                    sample_rate: 22_050,
+                    bits_per_sample: 16,
+                    sample_format: hound::SampleFormat::Int,
+                };
+                hound::WavWriter::create(p, spec)
+                    .unwrap()
+                    .finalize()
+                    .unwrap();
+            },
+            "no samples",
+        ),
+    ];
+    for (case, file, damage, reason_part) in damages {
+        let root = TempDir::new("clips-damage");
+        let dir = pack_with_clips(root.path(), MANIFEST);
+        damage(&dir.join("clips").join(file));
+        match VoicePack::load(&dir) {
+            Err(PackError::BadClip {
+                file: named,
+                reason,
+            }) => {
+                assert!(named.ends_with(file), "{case}: names {}", named.display());
+                assert!(reason.contains(reason_part), "{case}: reason `{reason}`");
+            }
+            other => panic!("{case}: expected BadClip for {file}, got {other:?}"),
+        }
+    }
+
+    let root = TempDir::new("clips-rate");
+    let dir = pack_with_clips(root.path(), MANIFEST);
+    write_wav(&dir.join("clips/digit-9@0.wav"), 16_000, 1, 16);
+    match VoicePack::load(&dir) {
+        Err(PackError::ClipSampleRate {
+            file,
+            expected,
+            found,
+        }) => {
+            assert!(file.ends_with("digit-9@0.wav"));
+            assert_eq!((expected, found), (22_050, 16_000));
+        }
+        other => panic!("wrong rate: {other:?}"),
+    }
+}
+
+/// Random byte damage to a valid `voice.toml` never panics: every outcome is a pack or a
+/// `PackError`. (A small deterministic stand-in for the fuzz target.)
+#[test]
+fn damaged_voice_toml_never_panics() {
+    let text = std::fs::read(voices_dir().join("en/voice.toml")).unwrap();
+    let root = TempDir::new("damage");
+    let dir = root.path().join("en");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut errors) = (0, 0);
+    for _ in 0..400 {
+        let mut damaged = text.clone();
+        for _ in 0..=(next() % 4) {
+            if damaged.is_empty() {
+                break;
+            }
+            let at = (next() % damaged.len() as u64) as usize;
+            match next() % 3 {
+                0 => damaged[at] = (next() % 256) as u8,
+                1 => {
+                    damaged.remove(at);
+                }
+                _ => damaged.truncate(at),
+            }
+        }
+        std::fs::write(dir.join("voice.toml"), &damaged).unwrap();
+        match VoicePack::load(&dir) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                errors += 1;
+            }
+        }
+    }
+    assert!(
+        errors > 300,
+        "damage mostly rejected: {ok} loaded, {errors} errors"
+    );
+}
