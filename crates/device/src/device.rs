@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
 use zeroize::Zeroizing;
 
-use crate::cli::{Failure, build_floor, now, prompt_for};
+use crate::cli::{Exit, Failure, build_floor, now, prompt_for};
 use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
@@ -386,6 +386,15 @@ pub fn run(
         start_gpio(button.clone(), events.clone());
     }
     let only_terminal = config.input.evdev.is_empty() && config.gpio.is_empty();
+    if terminal.is_none() && only_terminal {
+        return Err(Failure {
+            exit: Exit::Config,
+            error: anyhow::anyhow!(
+                "no input: standard input is not a terminal and the config lists no evdev \
+                 device ([input] evdev) and no GPIO button ([[gpio]])"
+            ),
+        });
+    }
     drop(events);
     let mut device = Device {
         state,
