@@ -59,7 +59,14 @@ pub(crate) fn demo(_args: &[String]) -> Result<(), String> {
     let enrolled = codereader(
         &bin,
         &state,
-        &["enroll", "--replace", "--serial", "0000-4711", "--uri", DEMO_URI],
+        &[
+            "enroll",
+            "--replace",
+            "--serial",
+            "0000-4711",
+            "--uri",
+            DEMO_URI,
+        ],
     )?;
     println!("xtask: {}", check("enrolling the demo token", &enrolled)?);
     let code = check("computing the code", &codereader(&bin, &state, &["code"])?)?;
@@ -70,7 +77,9 @@ pub(crate) fn demo(_args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     if spoken.status.code() != Some(EXIT_NO_AUDIO) {
-        return Err(check("speaking the code", &spoken).err().unwrap_or_default());
+        return Err(check("speaking the code", &spoken)
+            .err()
+            .unwrap_or_default());
     }
     let wav = work.join("code.wav");
     let wav_arg = wav.to_string_lossy().into_owned();

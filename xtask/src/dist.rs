@@ -110,10 +110,7 @@ pub(crate) fn dist(args: &[String]) -> Result<(), String> {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--target" => {
-                target = rest
-                    .next()
-                    .ok_or("--target needs a target triple")?
-                    .clone();
+                target = rest.next().ok_or("--target needs a target triple")?.clone();
             }
             other => return Err(format!("dist: unknown argument '{other}'")),
         }
@@ -151,8 +148,8 @@ pub(crate) fn dist(args: &[String]) -> Result<(), String> {
 /// Installs the cross toolchain, builds the arm64 sysroot and sets the environment.
 fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
     packages::ensure(packages::DIST_PI)?;
-    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]))
-        .unwrap_or_default();
+    let installed =
+        capture(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l == PI_TARGET) {
         run(
             "installing the Rust standard library for the Pi",
@@ -163,7 +160,10 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
         })?;
     }
     let sysroot = target_dir().join("dist/sysroot-arm64");
-    if !sysroot.join("usr/lib/aarch64-linux-gnu/libespeak-ng.so").exists() {
+    if !sysroot
+        .join("usr/lib/aarch64-linux-gnu/libespeak-ng.so")
+        .exists()
+    {
         build_sysroot(&sysroot)?;
     }
     let lib = sysroot.join("usr/lib/aarch64-linux-gnu");
@@ -203,7 +203,11 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
 fn build_sysroot(sysroot: &Path) -> Result<(), String> {
     let apt_dir = target_dir().join("dist/apt-arm64");
     let debs = apt_dir.join("debs");
-    for dir in [apt_dir.join("lists/partial"), apt_dir.join("cache/archives/partial"), debs.clone()] {
+    for dir in [
+        apt_dir.join("lists/partial"),
+        apt_dir.join("cache/archives/partial"),
+        debs.clone(),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let apt_options = |command: &mut Command| {
@@ -213,7 +217,10 @@ fn build_sysroot(sysroot: &Path) -> Result<(), String> {
             .arg("-o")
             .arg("APT::Architectures::=arm64")
             .arg("-o")
-            .arg(format!("Dir::State::Lists={}", apt_dir.join("lists").display()))
+            .arg(format!(
+                "Dir::State::Lists={}",
+                apt_dir.join("lists").display()
+            ))
             .arg("-o")
             .arg(format!("Dir::Cache={}", apt_dir.join("cache").display()))
             .arg("-o")
@@ -263,7 +270,10 @@ fn package(binary: &Path, target: &str, epoch: &str, cross: bool) -> Result<(), 
             device.join("PACKAGING.md"),
             stage.join("share/doc/codereader/PACKAGING.md"),
         ),
-        (root().join("README.md"), stage.join("share/doc/codereader/README.md")),
+        (
+            root().join("README.md"),
+            stage.join("share/doc/codereader/README.md"),
+        ),
     ];
     for (from, to) in &copies {
         if let Some(parent) = to.parent() {
@@ -274,7 +284,11 @@ fn package(binary: &Path, target: &str, epoch: &str, cross: bool) -> Result<(), 
     std::fs::create_dir_all(stage.join("share/codereader"))
         .map_err(|e| format!("{}: {e}", stage.display()))?;
     copy_tree(&root(), &stage)?;
-    let strip = if cross { "aarch64-linux-gnu-strip" } else { "strip" };
+    let strip = if cross {
+        "aarch64-linux-gnu-strip"
+    } else {
+        "strip"
+    };
     if Command::new(strip)
         .arg(stage.join("bin/codereader"))
         .status()

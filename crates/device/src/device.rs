@@ -543,30 +543,57 @@ fn read_evdev(path: &Path, grab: bool, chords: &[Chord], events: &Sender<Event>)
         path.display(),
         device.name().unwrap_or("unnamed")
     ));
-    let mut held: Vec<EvKey> = Vec::new();
+    let mut chords = ChordTracker::new(chords.to_vec());
     loop {
         for event in device.fetch_events()? {
             if let evdev::EventSummary::Key(_, code, value) = event.destructure() {
-                let key = EvKey(code);
-                match value {
-                    1 => {
-                        let chord = chords
-                            .iter()
-                            .find(|c| c.key == key && held.contains(&c.hold));
-                        let event = match chord {
-                            Some(chord) => Event::Action(chord.action),
-                            None => Event::Ev(key),
-                        };
-                        held.push(key);
-                        if events.send(event).is_err() {
-                            return Ok(());
-                        }
+                if let Some(event) = chords.key(EvKey(code), value) {
+                    if events.send(event).is_err() {
+                        return Ok(());
                     }
-                    0 => held.retain(|k| *k != key),
-                    // Auto-repeat (2) is ignored: holding a key does not repeat its action.
-                    _ => {}
                 }
             }
+        }
+    }
+}
+
+/// Turns evdev key events into [`Event`]s: presses only (auto-repeat and releases do
+/// nothing, so holding a key never repeats its action), and a configured chord's action when
+/// its key is pressed while its hold key is down.
+#[derive(Debug)]
+struct ChordTracker {
+    chords: Vec<Chord>,
+    held: Vec<EvKey>,
+}
+
+impl ChordTracker {
+    fn new(chords: Vec<Chord>) -> Self {
+        ChordTracker {
+            chords,
+            held: Vec::new(),
+        }
+    }
+
+    /// `value` is evdev's: 1 press, 0 release, 2 auto-repeat.
+    fn key(&mut self, key: EvKey, value: i32) -> Option<Event> {
+        match value {
+            1 => {
+                let chord = self
+                    .chords
+                    .iter()
+                    .find(|c| c.key == key && self.held.contains(&c.hold));
+                let event = match chord {
+                    Some(chord) => Event::Action(chord.action),
+                    None => Event::Ev(key),
+                };
+                self.held.push(key);
+                Some(event)
+            }
+            0 => {
+                self.held.retain(|k| *k != key);
+                None
+            }
+            _ => None,
         }
     }
 }
@@ -621,5 +648,37 @@ fn read_gpio(button: &Gpio, events: &Sender<Event>) -> Result<(), gpiocdev::Erro
         if events.send(Event::Action(button.action)).is_err() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> EvKey {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn chords_fire_only_while_the_hold_key_is_down() {
+        let mut t = ChordTracker::new(vec![Chord {
+            hold: key("KEY_F1"),
+            key: key("KEY_1"),
+            action: Action::Status,
+        }]);
+        assert!(matches!(t.key(key("KEY_1"), 1), Some(Event::Ev(k)) if k == key("KEY_1")));
+        assert!(t.key(key("KEY_1"), 0).is_none());
+        assert!(matches!(t.key(key("KEY_F1"), 1), Some(Event::Ev(_))));
+        assert!(
+            t.key(key("KEY_F1"), 2).is_none(),
+            "auto-repeat must not act"
+        );
+        assert!(matches!(
+            t.key(key("KEY_1"), 1),
+            Some(Event::Action(Action::Status))
+        ));
+        assert!(t.key(key("KEY_1"), 0).is_none());
+        assert!(t.key(key("KEY_F1"), 0).is_none());
+        assert!(matches!(t.key(key("KEY_1"), 1), Some(Event::Ev(_))));
     }
 }
