@@ -27,7 +27,9 @@ use crate::{cargo, packages, run};
 const PI_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// arm64 packages whose libraries and headers the cross link needs (espeak-ng's and ALSA's,
-/// with what they link in turn).
+/// with what they link in turn). The C library itself comes from Debian's
+/// `libc6-dev-arm64-cross`: the arm64 `libc6-dev` names absolute paths in its linker scripts,
+/// which would point the linker at the host's `/lib`.
 const ARM64_LIBS: &[&str] = &[
     "libespeak-ng1",
     "libespeak-ng-dev",
@@ -35,9 +37,6 @@ const ARM64_LIBS: &[&str] = &[
     "libsonic0",
     "libasound2",
     "libasound2-dev",
-    "libc6",
-    "libc6-dev",
-    "libgcc-s1",
     "libpulse0",
     "libdbus-1-3",
     "libsystemd0",
@@ -173,7 +172,8 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
         .env(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
             format!(
-                "-C link-arg=-L{l} -C link-arg=-Wl,-rpath-link,{l} -C link-arg=-Wl,-rpath-link,{l2}",
+                "-C link-arg=-L{l} -C link-arg=-Wl,-rpath-link,{l} -C link-arg=-Wl,-rpath-link,{l2} \
+                 -C link-arg=-Wl,-rpath-link,{l}/pulseaudio",
                 l = lib.display(),
                 l2 = lib2.display()
             ),
