@@ -153,7 +153,7 @@ fn key_to_first_sample(c: &mut Criterion) {
         let w = worker(voices, "da");
         let pack = voices.pack("da").unwrap();
         for (kind, state) in [("totp", &totp), ("hotp", &hotp)] {
-            let mut press = |which: fn((Duration, Duration)) -> Duration, iters: u64| {
+            let press = |which: fn((Duration, Duration)) -> Duration, iters: u64| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
