@@ -25,6 +25,8 @@ pub(crate) const DIST_PI: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-
 pub(crate) const TEST: &[&str] = &[
     // otp: the independent implementation the cross-check runs.
     "oathtool",
+    // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
+    "postgresql",
     // speech: bindgen for espeakng-sys, espeak-ng's library and voice data, ALSA for cpal.
     "libclang-dev",
     "libespeak-ng-dev",

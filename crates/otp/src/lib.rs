@@ -3,7 +3,8 @@
 //! This crate is the arithmetic every other part of codereader trusts, so it is kept pure:
 //! it never reads the clock (time is always an argument), never does I/O and never logs.
 //! Secrets live in [`Secret`], which is zeroized on drop and never printed; codes live in
-//! [`Code`], which keeps leading zeros and compares in constant time.
+//! [`Code`], which keeps leading zeros and compares in constant time. Token vendors' PSKC
+//! files (RFC 6030) are read by [`pskc::parse`].
 //!
 //! ```
 //! use codereader_otp::{Algorithm, Digits, KeyPolicy, Period, Secret, Totp, UnixTime};
@@ -17,6 +18,7 @@
 mod base32;
 mod code;
 mod hotp;
+pub mod pskc;
 mod secret;
 mod totp;
 mod uri;

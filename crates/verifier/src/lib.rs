@@ -1,0 +1,98 @@
+//! Verifies one-time codes exactly once: the rules a backend applies to a typed code
+//! (windows, drift, replay, lockout, resync, activation) and the stores that keep token state
+//! (SQLite, PostgreSQL, and memory for tests).
+//!
+//! The crate is synchronous: an async server calls [`Verifier`] from a blocking pool
+//! (`tokio::task::spawn_blocking`); [`Verifier`] and every [`Store`] are `Send + Sync`.
+//! The clock is an argument (`now`), like in the `otp` crate, so the rules test without
+//! sleeping.
+//!
+//! # Map
+//! - Setting up: [`open_store`] (`sqlite:PATH` or `postgres://...`, migrations run at
+//!   open), [`Kek::load_or_create`] (creates a 0600 key file if missing),
+//!   [`Keyring`] (current key plus older ones during a rotation), [`Verifier::new`] with a
+//!   [`Policy`].
+//! - Checking codes: [`Verifier::verify`] by [`Subject::Token`] or [`Subject::User`] returns
+//!   an [`Outcome`]; [`Verifier::activate`] binds a token to a user with a valid code;
+//!   [`Verifier::resync`] takes two consecutive codes.
+//! - Adding tokens: [`Verifier::enroll`] with [`Enrollment`] (from parameters or
+//!   [`Enrollment::from_uri`]), [`Verifier::import_pskc`] (RFC 6030, per-key report).
+//! - Operating: [`Verifier::show`] and [`Verifier::list`] ([`TokenInfo`], never a seed),
+//!   [`Verifier::unlock`], [`Verifier::set_enabled`], [`Verifier::delete`],
+//!   [`Verifier::rotate`], [`Verifier::audit_trail`].
+//!
+//! # Invariants
+//! - A step or counter is accepted at most once, and never after a later one: the store's
+//!   compare-and-set (`UPDATE ... WHERE next_value <= $matched`) decides between racing
+//!   callers, in one process or many, on one server or several.
+//! - Failures are counted by the store in one conditional update, never read-modify-write.
+//! - Seeds are AES-256-GCM sealed with the token id as associated data; neither seeds nor
+//!   codes appear in errors, `Debug` output or the audit trail.
+//!
+//! ```
+//! use codereader_otp::{Algorithm, Code, Digits, KeyPolicy, Period, Secret, UnixTime};
+//! use codereader_verifier::{
+//!     Caller, Enrollment, Kek, KeyId, Keyring, MemoryStore, Outcome, Policy, Subject,
+//!     TokenId, TokenKind, TokenParams, Verifier,
+//! };
+//! use codereader_otp::{Counter, Totp};
+//!
+//! let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1")?, [7; 32]));
+//! let verifier = Verifier::new(Box::new(MemoryStore::new()), keyring, Policy::default());
+//! let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226)?;
+//! let params = TokenParams {
+//!     kind: TokenKind::Totp { period: Period::DEFAULT, t0: UnixTime(0) },
+//!     algorithm: Algorithm::Sha1,
+//!     digits: Digits::SIX,
+//! };
+//! let id = TokenId::new("SN-1")?;
+//! let admin = Caller::new("admin")?;
+//! let now = UnixTime(1_700_000_000);
+//! verifier.enroll(
+//!     &[Enrollment { id: id.clone(), params, secret: secret.clone(), counter: Counter(0) }],
+//!     now,
+//!     &admin,
+//! )?;
+//! let totp = Totp::new(&secret, Algorithm::Sha1, Digits::SIX, Period::DEFAULT, UnixTime(0));
+//! let code: Code = totp.code_at(now)?;
+//! let outcome = verifier.verify(Subject::Token(&id), &code, now, &admin)?;
+//! assert!(matches!(outcome, Outcome::Accepted(_)));
+//! // The same code again is a replay, never a second success.
+//! assert_eq!(verifier.verify(Subject::Token(&id), &code, now, &admin)?, Outcome::Replayed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod outcome;
+mod policy;
+mod scan;
+mod seal;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod token;
+mod verifier;
+
+pub use crate::outcome::{Accepted, Matched, Outcome};
+pub use crate::policy::{FailureDelay, Policy};
+pub use crate::seal::{Kek, Keyring, NONCE_LEN, SealError, SealedSeed};
+pub use crate::store::memory::MemoryStore;
+pub use crate::store::postgres::PgStore;
+pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
+pub use crate::store::{AuditEvent, Store, StoreError, open_store};
+pub use crate::token::{
+    Caller, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState, UserId,
+};
+pub use crate::verifier::{
+    Activation, Enrollment, ImportProblem, ImportReport, RotationReport, Subject, TokenInfo,
+    Verifier, VerifyError,
+};
+
+/// The server shares one [`Verifier`] between blocking threads; this fails to compile if a
+/// change ever makes it (or a store) not `Send + Sync`.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Verifier>();
+    shared::<SqliteStore>();
+    shared::<PgStore>();
+    shared::<MemoryStore>();
+};

@@ -1,0 +1,119 @@
+//! The operator's choices: window sizes, lockout, delays, resync range.
+//!
+//! A `Policy` is plain data with RFC-minded defaults; the rules in [`crate::Verifier`] read it
+//! and nothing else, so a deployment's behaviour is visible in one place.
+
+/// How the verifier treats codes and failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// TOTP: steps accepted either side of the expected step (RFC 6238 §5.2). Default 1.
+    pub totp_window: u32,
+    /// HOTP: counters accepted ahead of the next expected one (RFC 4226 §7.4). Default 10.
+    pub hotp_look_ahead: u32,
+    /// Consecutive failures that lock a token (RFC 4226 §7.3). Default 3.
+    pub max_failures: u32,
+    /// If set, a locked token unlocks by itself this many seconds after it was locked.
+    /// Default: none (an administrator unlocks).
+    pub auto_unlock_after: Option<u64>,
+    /// If set, the growing delay between failures (RFC 4226 §7.3 delay scheme).
+    pub failure_delay: Option<FailureDelay>,
+    /// Resync, TOTP: steps either side of the current step searched for two consecutive codes.
+    /// Default 2880 (±24 h at 30 s).
+    pub resync_totp_window: u32,
+    /// Resync, HOTP: counters ahead of the next expected one searched. Default 100.
+    pub resync_hotp_look_ahead: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            totp_window: 1,
+            hotp_look_ahead: 10,
+            max_failures: 3,
+            auto_unlock_after: None,
+            failure_delay: None,
+            resync_totp_window: 2880,
+            resync_hotp_look_ahead: 100,
+        }
+    }
+}
+
+impl Policy {
+    /// Sets [`Policy::totp_window`].
+    #[must_use]
+    pub fn with_totp_window(mut self, steps: u32) -> Self {
+        self.totp_window = steps;
+        self
+    }
+    /// Sets [`Policy::hotp_look_ahead`].
+    #[must_use]
+    pub fn with_hotp_look_ahead(mut self, counters: u32) -> Self {
+        self.hotp_look_ahead = counters;
+        self
+    }
+    /// Sets [`Policy::max_failures`] (at least 1).
+    #[must_use]
+    pub fn with_max_failures(mut self, failures: u32) -> Self {
+        self.max_failures = failures.max(1);
+        self
+    }
+    /// Sets [`Policy::auto_unlock_after`].
+    #[must_use]
+    pub fn with_auto_unlock_after(mut self, seconds: Option<u64>) -> Self {
+        self.auto_unlock_after = seconds;
+        self
+    }
+    /// Sets [`Policy::failure_delay`].
+    #[must_use]
+    pub fn with_failure_delay(mut self, delay: Option<FailureDelay>) -> Self {
+        self.failure_delay = delay;
+        self
+    }
+    /// Sets the resync ranges.
+    #[must_use]
+    pub fn with_resync(mut self, totp_steps: u32, hotp_counters: u32) -> Self {
+        self.resync_totp_window = totp_steps;
+        self.resync_hotp_look_ahead = hotp_counters;
+        self
+    }
+}
+
+/// After `n` consecutive failures, the next attempt is refused until
+/// `base_seconds * 2^(n-1)` seconds (at most `max_seconds`) have passed since the last failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureDelay {
+    /// The delay after the first failure.
+    pub base_seconds: u64,
+    /// The longest delay.
+    pub max_seconds: u64,
+}
+
+impl FailureDelay {
+    /// The wait after `failures` consecutive failures.
+    pub fn after(self, failures: u32) -> u64 {
+        if failures == 0 {
+            return 0;
+        }
+        let doublings = (failures - 1).min(63);
+        self.base_seconds
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_grows_and_caps() {
+        let d = FailureDelay {
+            base_seconds: 2,
+            max_seconds: 60,
+        };
+        let waits: Vec<u64> = (0..8).map(|n| d.after(n)).collect();
+        assert_eq!(waits, [0, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(d.after(u32::MAX), 60);
+    }
+}

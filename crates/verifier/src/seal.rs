@@ -1,0 +1,435 @@
+//! Seeds at rest: AES-256-GCM under a key-encryption key (KEK) read from a file.
+//!
+//! The token id is the associated data, so a sealed seed copied onto another token's row does
+//! not open. Every seal names the KEK that made it ([`KeyId`]), so a [`Keyring`] can hold the
+//! current key and older ones while [`crate::Verifier::rotate`] re-seals everything under the
+//! current key.
+
+use std::fmt;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use codereader_otp::{KeyPolicy, Secret};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::token::{KeyId, TokenId};
+
+/// Length of an AES-GCM nonce in bytes.
+pub const NONCE_LEN: usize = 12;
+
+/// Why a key could not be loaded or a seed could not be sealed or opened. Never carries key
+/// or seed bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The KEK file could not be read.
+    #[error("cannot read the key-encryption key file: {reason}")]
+    Unreadable {
+        /// The I/O error, as text.
+        reason: String,
+    },
+    /// The KEK file may be read by other users.
+    #[error("the key-encryption key file is readable by group or others (mode {mode:o}); use 0600")]
+    Permissions {
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// The KEK file holds neither 32 raw bytes nor 64 hexadecimal digits.
+    #[error("the key-encryption key file must hold 32 bytes or 64 hex digits")]
+    BadKeyFormat,
+    /// The seal names a KEK the keyring does not have.
+    #[error("the seed of token {token} is sealed under key {key}, which is not in the keyring")]
+    UnknownKey {
+        /// The token.
+        token: TokenId,
+        /// The missing key.
+        key: KeyId,
+    },
+    /// Authentication failed: wrong key, wrong token id or tampered data.
+    #[error("the seed of token {token} does not open under key {key} (wrong key or tampered)")]
+    Tampered {
+        /// The token.
+        token: TokenId,
+        /// The key tried.
+        key: KeyId,
+    },
+    /// The opened seed is not a valid secret.
+    #[error("the seed of token {token} is not a valid secret")]
+    BadSeed {
+        /// The token.
+        token: TokenId,
+    },
+    /// The operating system random generator failed.
+    #[error("no randomness available for a nonce")]
+    Random,
+}
+
+/// A key-encryption key: 256 bits, zeroized on drop, never printed.
+pub struct Kek {
+    id: KeyId,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for Kek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Kek({}, [redacted])", self.id)
+    }
+}
+
+impl Kek {
+    /// A KEK from its 32 bytes.
+    pub fn from_bytes(id: KeyId, mut bytes: [u8; 32]) -> Self {
+        let cipher = Aes256Gcm::new(&bytes.into());
+        bytes.zeroize();
+        Kek { id, cipher }
+    }
+
+    /// A KEK from its 32 bytes, named by its fingerprint (see [`Kek::fingerprint`]).
+    pub fn from_key(bytes: [u8; 32]) -> Self {
+        let id = Self::fingerprint(&bytes);
+        Self::from_bytes(id, bytes)
+    }
+
+    /// The name a key gets when none is given: `kek-` and 16 hex digits of SHA-256 over a
+    /// fixed label and the key. The same key always gets the same name, so a keyring built
+    /// from files finds the key that sealed a seed without anyone naming keys; the digest
+    /// reveals nothing usable about the key.
+    pub fn fingerprint(bytes: &[u8; 32]) -> KeyId {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"codereader key-encryption key id\0");
+        h.update(bytes);
+        let digest = h.finalize();
+        let hex = data_encoding::HEXLOWER.encode(&digest[..8]);
+        // 20 printable ASCII characters: always a valid id.
+        KeyId::new(format!("kek-{hex}")).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A fresh random KEK.
+    ///
+    /// # Errors
+    /// [`SealError::Random`] if the system has no randomness.
+    pub fn generate() -> Result<Self, SealError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+        Ok(Self::from_key(*bytes))
+    }
+
+    /// Reads a KEK from a file holding 32 raw bytes or 64 hex digits (surrounding whitespace
+    /// allowed), named by its fingerprint. On Unix the file must not be readable by group or
+    /// others.
+    ///
+    /// # Errors
+    /// [`SealError::Unreadable`], [`SealError::Permissions`] or [`SealError::BadKeyFormat`].
+    pub fn from_file(path: &Path) -> Result<Self, SealError> {
+        let unreadable = |e: std::io::Error| SealError::Unreadable {
+            reason: e.to_string(),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(unreadable)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(SealError::Permissions { mode: mode & 0o777 });
+            }
+        }
+        let content = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
+        let mut key = Zeroizing::new([0u8; 32]);
+        if content.len() == 32 {
+            key.copy_from_slice(&content);
+        } else {
+            let text = std::str::from_utf8(&content).map_err(|_| SealError::BadKeyFormat)?;
+            let text = text.trim().as_bytes();
+            if text.len() != 64 {
+                return Err(SealError::BadKeyFormat);
+            }
+            let decoded = Zeroizing::new(
+                data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(text)
+                    .map_err(|_| SealError::BadKeyFormat)?,
+            );
+            key.copy_from_slice(&decoded);
+        }
+        Ok(Kek::from_key(*key))
+    }
+
+    /// Reads the KEK at `path`, or, if there is no file, creates one with a fresh random key
+    /// (64 hex digits, mode 0600, written to a temporary file, fsynced and renamed into place
+    /// so that a crash never leaves half a key). Returns the key and whether it was created.
+    ///
+    /// # Errors
+    /// As [`Kek::from_file`], plus [`SealError::Unreadable`] if the file cannot be written.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Ok((Self::from_file(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SealError::Unreadable {
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let io = |e: std::io::Error| SealError::Unreadable {
+            reason: e.to_string(),
+        };
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+        let mut text = Zeroizing::new(data_encoding::HEXLOWER.encode(bytes.as_ref()));
+        text.push('\n');
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile_in(dir).map_err(io)?;
+        {
+            use std::io::Write;
+            tmp.1.write_all(text.as_bytes()).map_err(io)?;
+            tmp.1.sync_all().map_err(io)?;
+        }
+        // Another process may have created the key meanwhile: keep theirs (hard link fails
+        // if the target exists), so two servers never end up with different keys.
+        let linked = std::fs::hard_link(&tmp.0, path);
+        let _ = std::fs::remove_file(&tmp.0);
+        match linked {
+            Ok(()) => {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+                Ok((Self::from_key(*bytes), true))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::from_file(path)?, false))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The key's name.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+}
+
+/// Creates a new file with a random name in `dir`, readable only by its owner.
+fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let mut name = [0u8; 8];
+    getrandom::fill(&mut name).map_err(|_| std::io::Error::other("no randomness"))?;
+    let path = dir.join(format!(
+        ".kek-{}.tmp",
+        data_encoding::HEXLOWER.encode(&name)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path)?;
+    Ok((path, file))
+}
+
+/// A seed as stored: which KEK sealed it, the nonce, and ciphertext with tag.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSeed {
+    /// The KEK that sealed it.
+    pub key_id: KeyId,
+    /// The AES-GCM nonce (random, never reused under one key in practice).
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for SealedSeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SealedSeed(key {}, {} bytes)",
+            self.key_id,
+            self.ciphertext.len()
+        )
+    }
+}
+
+/// The current KEK, which seals, plus older ones, which only open.
+#[derive(Debug)]
+pub struct Keyring {
+    current: Kek,
+    older: Vec<Kek>,
+}
+
+impl Keyring {
+    /// A keyring that seals and opens with `current`.
+    pub fn new(current: Kek) -> Self {
+        Keyring {
+            current,
+            older: Vec::new(),
+        }
+    }
+
+    /// Adds an older key that can still open seeds (until they are rotated).
+    #[must_use]
+    pub fn with_older(mut self, older: Kek) -> Self {
+        self.older.push(older);
+        self
+    }
+
+    /// The id of the key that seals.
+    pub fn current_id(&self) -> &KeyId {
+        &self.current.id
+    }
+
+    /// Seals `secret` for `token` under the current key with a fresh random nonce.
+    ///
+    /// # Errors
+    /// [`SealError::Random`] if the system has no randomness.
+    pub fn seal(&self, token: &TokenId, secret: &Secret) -> Result<SealedSeed, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| SealError::Random)?;
+        let ciphertext = self
+            .current
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: secret.expose(),
+                    aad: token.as_str().as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Random)?;
+        Ok(SealedSeed {
+            key_id: self.current.id.clone(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens the seed of `token`.
+    ///
+    /// # Errors
+    /// [`SealError::UnknownKey`], [`SealError::Tampered`] or [`SealError::BadSeed`].
+    pub fn open(&self, token: &TokenId, sealed: &SealedSeed) -> Result<Secret, SealError> {
+        let kek = std::iter::once(&self.current)
+            .chain(&self.older)
+            .find(|k| k.id == sealed.key_id)
+            .ok_or_else(|| SealError::UnknownKey {
+                token: token.clone(),
+                key: sealed.key_id.clone(),
+            })?;
+        let plain = kek
+            .cipher
+            .decrypt(
+                &Nonce::from(sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: token.as_str().as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Tampered {
+                token: token.clone(),
+                key: sealed.key_id.clone(),
+            })?;
+        // Seeds were checked on import; a legacy short key may have been allowed then.
+        Secret::new(plain, KeyPolicy::AllowLegacyShort).map_err(|_| SealError::BadSeed {
+            token: token.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kek(name: &str, byte: u8) -> Kek {
+        Kek::from_bytes(KeyId::new(name).unwrap(), [byte; 32])
+    }
+
+    #[test]
+    fn seals_open_only_for_their_token_and_key() {
+        let ring = Keyring::new(kek("k1", 1));
+        let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226).unwrap();
+        let a = TokenId::new("A").unwrap();
+        let b = TokenId::new("B").unwrap();
+        let sealed = ring.seal(&a, &secret).unwrap();
+        assert_ne!(&sealed.ciphertext[..20], secret.expose());
+        assert_eq!(ring.open(&a, &sealed).unwrap(), secret);
+        assert!(matches!(
+            ring.open(&b, &sealed),
+            Err(SealError::Tampered { .. })
+        ));
+        let mut flipped = sealed.clone();
+        flipped.ciphertext[0] ^= 1;
+        assert!(matches!(
+            ring.open(&a, &flipped),
+            Err(SealError::Tampered { .. })
+        ));
+        let other = Keyring::new(kek("k2", 2));
+        assert!(matches!(
+            other.open(&a, &sealed),
+            Err(SealError::UnknownKey { .. })
+        ));
+        let rotated = Keyring::new(kek("k2", 2)).with_older(kek("k1", 1));
+        assert_eq!(rotated.open(&a, &sealed).unwrap(), secret);
+        assert!(!format!("{:?}", kek("k9", 7)).contains("07"));
+    }
+
+    #[test]
+    fn kek_file_formats() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "{}", "ab".repeat(32)).unwrap();
+        drop(f);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(
+                Kek::from_file(&path).unwrap_err(),
+                SealError::Permissions { mode: 0o644 }
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let from_hex = Kek::from_file(&path).unwrap();
+        assert_eq!(from_hex.id(), &Kek::fingerprint(&[0xab; 32]));
+        assert!(from_hex.id().as_str().starts_with("kek-"));
+        let ring = Keyring::new(from_hex);
+        let same = Keyring::new(Kek::from_key([0xab; 32]));
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![5; 20], KeyPolicy::Rfc4226).unwrap();
+        assert_eq!(
+            same.open(&t, &ring.seal(&t, &secret).unwrap()).unwrap(),
+            secret
+        );
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(Kek::from_file(&path).unwrap_err(), SealError::BadKeyFormat);
+    }
+
+    #[test]
+    fn load_or_create_makes_a_private_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let (a, created) = Kek::load_or_create(&path).unwrap();
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (b, created) = Kek::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a.id(), b.id());
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![9; 20], KeyPolicy::Rfc4226).unwrap();
+        let sealed = Keyring::new(a).seal(&t, &secret).unwrap();
+        assert_eq!(Keyring::new(b).open(&t, &sealed).unwrap(), secret);
+        // Only the key file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,258 @@
+//! An in-memory [`Store`] for unit tests and benchmarks of the rules; not for production
+//! (nothing survives the process). One mutex makes every operation atomic, which is the
+//! contract the SQL stores meet with conditional updates.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use codereader_otp::UnixTime;
+
+use super::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use crate::seal::SealedSeed;
+use crate::token::{KeyId, TokenId, TokenState, UserId};
+
+#[derive(Debug, Default)]
+struct Inner {
+    tokens: HashMap<TokenId, TokenRecord>,
+    users: HashMap<UserId, TokenId>,
+    audit: Vec<AuditEvent>,
+}
+
+/// Token state in a `HashMap` behind a mutex.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied update: every operation
+        // below computes first and mutates last, so the poisoned data is still consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        for t in tokens {
+            if inner.tokens.contains_key(&t.id) || !seen.insert(&t.id) {
+                return Err(StoreError::Duplicate {
+                    token: t.id.clone(),
+                });
+            }
+        }
+        for t in tokens {
+            inner.tokens.insert(
+                t.id.clone(),
+                TokenRecord {
+                    id: t.id.clone(),
+                    user: None,
+                    params: t.params,
+                    seed: t.seed.clone(),
+                    state: TokenState::fresh(t.next),
+                },
+            );
+        }
+        inner.audit.push(audit.clone());
+        Ok(())
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.lock().tokens.get(id).cloned())
+    }
+
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .users
+            .get(user)
+            .and_then(|id| inner.tokens.get(id))
+            .cloned())
+    }
+
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<TokenRecord> = inner
+            .tokens
+            .values()
+            .filter(|t| after.is_none_or(|a| &t.id > a))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if let Some(user) = &advance.bind {
+            if inner.users.contains_key(user) {
+                return Err(StoreError::UserTaken { user: user.clone() });
+            }
+        }
+        let Some(t) = inner.tokens.get_mut(&advance.token) else {
+            return Ok(false);
+        };
+        let s = &mut t.state;
+        let blocked = s.locked_at.is_some() || s.failures >= advance.max_failures;
+        if !s.enabled
+            || (blocked && !advance.unlock)
+            || s.next > advance.lowest
+            || (advance.bind.is_some() && t.user.is_some())
+        {
+            return Ok(false);
+        }
+        s.next = advance.accepted.saturating_add(1);
+        s.drift = advance.drift;
+        s.failures = 0;
+        s.last_failure_at = None;
+        if advance.unlock {
+            s.locked_at = None;
+        }
+        if let Some(user) = &advance.bind {
+            t.user = Some(user.clone());
+            inner.users.insert(user.clone(), advance.token.clone());
+        }
+        inner.audit.push(audit.clone());
+        Ok(true)
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = inner.tokens.get_mut(token) else {
+            return Ok(None);
+        };
+        let s = &mut t.state;
+        if !s.enabled || s.locked_at.is_some() {
+            return Ok(None);
+        }
+        s.failures = s.failures.saturating_add(1);
+        s.last_failure_at = Some(now);
+        if s.failures >= max_failures {
+            s.locked_at = Some(now);
+        }
+        let failures = s.failures;
+        inner.audit.push(audit.clone());
+        Ok(Some(failures))
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = inner.tokens.get_mut(token) else {
+            return Ok(false);
+        };
+        let s = &mut t.state;
+        if locked_at.is_some() && s.locked_at != locked_at {
+            return Ok(false);
+        }
+        s.locked_at = None;
+        s.failures = 0;
+        s.last_failure_at = None;
+        inner.audit.push(audit.clone());
+        Ok(true)
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = inner.tokens.get_mut(token) else {
+            return Ok(false);
+        };
+        t.state.enabled = enabled;
+        inner.audit.push(audit.clone());
+        Ok(true)
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = inner.tokens.remove(token) else {
+            return Ok(false);
+        };
+        if let Some(user) = &t.user {
+            inner.users.remove(user);
+        }
+        inner.audit.push(audit.clone());
+        Ok(true)
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.lock().audit.push(event.clone());
+        Ok(())
+    }
+
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<AuditEvent> = inner
+            .audit
+            .iter()
+            .rev()
+            .filter(|e| e.token.as_ref() == Some(token))
+            .take(limit)
+            .cloned()
+            .collect();
+        found.reverse();
+        Ok(found)
+    }
+
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<_> = inner
+            .tokens
+            .values()
+            .filter(|t| &t.seed.key_id != current && after.is_none_or(|a| &t.id > a))
+            .map(|t| (t.id.clone(), t.seed.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn replace_seed(
+        &self,
+        token: &TokenId,
+        old: &SealedSeed,
+        new: &SealedSeed,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.tokens.get_mut(token) {
+            Some(t) if &t.seed == old => {
+                t.seed = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
