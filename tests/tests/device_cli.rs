@@ -450,3 +450,88 @@ fn settings_persist_and_bad_config_names_the_key() {
         assert!(stderr(&out).contains(key), "{}", stderr(&out));
     }
 }
+
+fn pskc_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/otp/tests/data/pskc")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn enroll_from_pskc_plain_and_encrypted_matches_oathtool() {
+    for (file, key) in [
+        ("rfc6030-figure3.xml", None),
+        (
+            "rfc6030-figure6.xml",
+            Some("12345678901234567890123456789012"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pskc_file(file);
+        let mut args = vec!["enroll", "--pskc", &path, "--serial", "987654321"];
+        if let Some(key) = key {
+            args.extend(["--pskc-key", key]);
+        }
+        let out = ok(&codereader(dir.path(), &args));
+        assert!(
+            out.contains("hotp") && out.contains("8 digits"),
+            "{file}: {out}"
+        );
+        let status = ok(&codereader(dir.path(), &["status"]));
+        assert!(status.contains("serial: 987654321"), "{status}");
+        for counter in 0..3 {
+            let ours = ok(&codereader(dir.path(), &["code"]));
+            let theirs = oathtool(&[
+                "--hotp",
+                "--digits=8",
+                &format!("--counter={counter}"),
+                SECRET_HEX,
+            ]);
+            assert_eq!(ours.trim(), theirs, "{file}, counter {counter}");
+        }
+    }
+    // Wrong serial, missing or wrong pre-shared key, a weak key: clear errors, nothing stored.
+    let table: [(&str, &[&str], &str); 4] = [
+        (
+            "rfc6030-figure3.xml",
+            &["--serial", "1"],
+            "no key with serial `1`; it has: 987654321",
+        ),
+        (
+            "rfc6030-figure6.xml",
+            &["--serial", "987654321"],
+            "cannot be used",
+        ),
+        (
+            "rfc6030-figure6.xml",
+            &[
+                "--serial",
+                "987654321",
+                "--pskc-key",
+                "00000000000000000000000000000000",
+            ],
+            "cannot be used",
+        ),
+        (
+            "rfc6030-figure2.xml",
+            &["--serial", "12345678"],
+            "cannot be used",
+        ),
+    ];
+    for (file, extra, expected) in table {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pskc_file(file);
+        let mut args = vec!["enroll", "--pskc", &path];
+        args.extend_from_slice(extra);
+        let out = codereader(dir.path(), &args);
+        assert!(!out.status.success(), "{file} {extra:?} was accepted");
+        assert!(
+            stderr(&out).contains(expected),
+            "{file} {extra:?}: {}",
+            stderr(&out)
+        );
+        assert!(!dir.path().join("token.toml").exists());
+    }
+}

@@ -30,7 +30,7 @@ use codereader::state::{StateDir, Token};
 use codereader::voice::{self, Message, Voices};
 use codereader_e2e::{AlsaCapture, Pty};
 use codereader_otp::{KeyPolicy, KeyUri, UnixTime};
-use codereader_speech::{Renderer, SampleRate, SpeechError, Sink, Speed, Utterance, clips};
+use codereader_speech::{Renderer, SampleRate, Sink, SpeechError, Speed, Utterance, clips};
 use criterion::{Criterion, criterion_group};
 
 const T: UnixTime = UnixTime(2_000_000_000);
@@ -148,7 +148,9 @@ fn key_to_first_sample(c: &mut Criterion) {
         "otpauth://hotp/B:a?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=0",
     );
     let mut group = c.benchmark_group("key_to_first_sample");
-    group.sample_size(30).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
     for (backend, voices) in [("espeak", &espeak), ("clips", &clip_voices)] {
         let w = worker(voices, "da");
         let pack = voices.pack("da").unwrap();
@@ -179,9 +181,12 @@ fn key_to_first_sample(c: &mut Criterion) {
             });
         }
     }
-    let intro = espeak.pack("da").unwrap().text(codereader_speech::PhraseKey::Prompt(
-        codereader_speech::Prompt::Intro,
-    ));
+    let intro = espeak
+        .pack("da")
+        .unwrap()
+        .text(codereader_speech::PhraseKey::Prompt(
+            codereader_speech::Prompt::Intro,
+        ));
     let intro = intro.to_owned();
     group.bench_function("baseline/espeak-ng_process_first_byte", |b| {
         b.iter_custom(|iters| {
@@ -195,7 +200,12 @@ fn key_to_first_sample(c: &mut Criterion) {
                     .spawn()
                     .expect("espeak-ng (Debian package espeak-ng) must be installed");
                 let mut byte = [0u8; 1];
-                child.stdout.as_mut().unwrap().read_exact(&mut byte).unwrap();
+                child
+                    .stdout
+                    .as_mut()
+                    .unwrap()
+                    .read_exact(&mut byte)
+                    .unwrap();
                 total += start.elapsed();
                 let _ = child.kill();
                 let _ = child.wait();
@@ -223,7 +233,10 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 fn resident_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    enrolled(&state, "otpauth://totp/B:a?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+    enrolled(
+        &state,
+        "otpauth://totp/B:a?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+    );
     let capture = AlsaCapture::start(tmp.path()).unwrap();
     let pty = Pty::open().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_codereader"))

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_otp::{KeyPolicy, KeyUri, UnixTime};
+use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
 use codereader_speech::{LivePlayer, Prompt, Renderer, SampleRate};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
 use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
-use crate::state::{Basis, Progress, StateDir, StateError, TakeError, Token};
+use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
 use crate::voice::{self, Message, Voices};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
@@ -330,14 +330,15 @@ fn enroll(state: &StateDir, args: EnrollArgs) -> Result<(), Failure> {
         });
         let parsed = KeyUri::parse(&uri, policy).context("the otpauth URI is not valid")?;
         Token::from_uri(&parsed, args.serial)
+    } else if let Some(path) = &args.pskc {
+        pskc_token(
+            path,
+            args.serial.as_deref(),
+            args.pskc_key.as_deref(),
+            policy,
+        )?
     } else {
-        return Err(Failure {
-            exit: Exit::Failure,
-            error: anyhow!(
-                "enrolling from a PSKC file is not yet supported by this build (the PSKC parser \
-                 is not merged yet); enroll with --uri instead"
-            ),
-        });
+        return Err(anyhow!("give --uri or --pskc").into());
     };
     state.enroll(&token, args.replace)?;
     let who = match &token.label.issuer {
@@ -352,6 +353,70 @@ fn enroll(state: &StateDir, args: EnrollArgs) -> Result<(), Failure> {
         state.token_path().display()
     );
     Ok(())
+}
+
+/// Reads the key with `serial` (its serial number, or its key id) from a PSKC file.
+fn pskc_token(
+    path: &Path,
+    serial: Option<&str>,
+    psk_hex: Option<&str>,
+    policy: KeyPolicy,
+) -> anyhow::Result<Token> {
+    let serial = serial.ok_or_else(|| anyhow!("--pskc needs --serial SERIAL"))?;
+    let xml = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let psk = psk_hex
+        .map(pskc::PreSharedKey::from_hex)
+        .transpose()
+        .context("bad --pskc-key")?;
+    let entries = pskc::parse(&xml, psk.as_ref(), policy)
+        .with_context(|| format!("{} cannot be used", path.display()))?;
+    let names: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.serial.clone().or_else(|| e.key_id.clone()))
+        .collect();
+    let entry = entries
+        .into_iter()
+        .find(|e| e.serial.as_deref() == Some(serial) || e.key_id.as_deref() == Some(serial))
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no key with serial `{serial}`; it has: {}",
+                path.display(),
+                if names.is_empty() {
+                    "no keys".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let key = entry.result.map_err(|e| {
+        anyhow!(
+            "{}: key number {} (serial `{serial}`) cannot be used: {e}",
+            path.display(),
+            entry.index
+        )
+    })?;
+    let progress = match key.kind {
+        OtpKind::Totp { period } => Progress::Totp {
+            period,
+            t0: UnixTime(0),
+            last_step: None,
+        },
+        OtpKind::Hotp { counter } => Progress::Hotp { next: counter },
+    };
+    let label = Label {
+        issuer: key.issuer.clone(),
+        account: key.name().to_owned(),
+        serial: Some(serial.to_owned()),
+    };
+    Ok(Token::new(
+        label,
+        key.secret.clone(),
+        key.algorithm,
+        key.digits,
+        progress,
+    ))
 }
 
 fn code(state: &StateDir, at: Option<u64>) -> Result<(), Failure> {
