@@ -2,8 +2,10 @@
 //! sample and to a whole code in a WAV file, beside the baseline of spawning `espeak-ng -w`
 //! for the same words, all in the same run. `cargo bench -p codereader-speech`.
 //!
-//! After criterion's own report, a table gives each case's median over repeated runs in this
-//! process and its ratio to the `espeak-ng -w` baseline measured just before it.
+//! "uncached" clears the espeak backend's phrase cache before each run, so every phrase is
+//! synthesised; "cached" is the warm device after its first code. After criterion's own
+//! report, a table gives each case's median over repeated runs in this process and its ratio
+//! to the `espeak-ng -w` baseline measured just before it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::cell::Cell;
@@ -12,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codereader_speech::{
-    ClipSynth, CodeIntro, Espeak, PhraseKey, Prompt, Renderer, SampleRate, Settings, Sink,
-    SpeechError, Synth, Utterance, VoicePack, clips,
+    ClipSynth, CodeIntro, Espeak, EspeakSynth, PhraseKey, Prompt, Renderer, SampleRate, Settings,
+    Sink, SpeechError, Synth, Utterance, VoicePack, clips,
 };
 use criterion::{Criterion, black_box};
 
@@ -23,7 +25,7 @@ const CODE: &str = "471293";
 struct Fixture {
     tag: &'static str,
     pack: VoicePack,
-    espeak: Box<dyn Synth>,
+    espeak: EspeakSynth,
     clips: Box<dyn Synth>,
     utterance: Utterance,
     /// The same words as one text for the `espeak-ng` command line.
@@ -68,7 +70,7 @@ impl Fixture {
         Self {
             tag,
             renderers,
-            espeak: Box::new(espeak),
+            espeak,
             clips: Box::new(clips),
             pack,
             utterance,
@@ -80,7 +82,11 @@ impl Fixture {
     /// The backend and the prepared renderer for `rate`.
     fn parts(&mut self, backend: &str, rate: u32) -> (&mut dyn Synth, &mut Renderer, &Utterance) {
         let synth = match backend {
-            "espeak" => self.espeak.as_mut(),
+            "espeak" => &mut self.espeak,
+            "espeak-uncached" => {
+                self.espeak.clear_cache();
+                &mut self.espeak
+            }
             _ => self.clips.as_mut(),
         };
         let renderer = if rate == 48_000 {
@@ -158,20 +164,28 @@ fn espeak_cli(f: &Fixture) {
 
 type Case = (&'static str, fn(&mut Fixture));
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 9] = [
     ("baseline: spawn `espeak-ng -w` per code", |f| espeak_cli(f)),
-    ("espeak: whole code to WAV", |f| whole_code_wav(f, "espeak")),
-    ("clips: whole code to WAV", |f| whole_code_wav(f, "clips")),
-    ("espeak: first spoken sample (22.05 kHz)", |f| {
-        first_samples(f, "espeak", 22_050, 3)
+    ("espeak, uncached: whole code to WAV", |f| {
+        whole_code_wav(f, "espeak-uncached")
     }),
-    ("espeak: first spoken sample (48 kHz)", |f| {
+    ("espeak, cached: whole code to WAV", |f| {
+        whole_code_wav(f, "espeak")
+    }),
+    ("clips: whole code to WAV", |f| whole_code_wav(f, "clips")),
+    ("espeak, uncached: first spoken sample, 48 kHz", |f| {
+        first_samples(f, "espeak-uncached", 48_000, 3)
+    }),
+    ("espeak, cached: first spoken sample, 48 kHz", |f| {
         first_samples(f, "espeak", 48_000, 3)
     }),
-    ("clips: first spoken sample (48 kHz)", |f| {
+    ("clips: first spoken sample, 48 kHz", |f| {
         first_samples(f, "clips", 48_000, 3)
     }),
-    ("either: first sample (start earcon, 48 kHz)", |f| {
+    ("espeak: first sample (start earcon), 48 kHz", |f| {
+        first_samples(f, "espeak", 48_000, 1)
+    }),
+    ("clips: first sample (start earcon), 48 kHz", |f| {
         first_samples(f, "clips", 48_000, 1)
     }),
 ];
@@ -217,8 +231,8 @@ fn main() {
                 f.tag
             );
             let baseline = median_of(f, CASES[0].1);
-            for (name, case) in CASES {
-                let t = median_of(f, case);
+            for (i, (name, case)) in CASES.into_iter().enumerate() {
+                let t = if i == 0 { baseline } else { median_of(f, case) };
                 let ratio = baseline.as_secs_f64() / t.as_secs_f64();
                 println!(
                     "  {name:<46} {:>10.3} ms  {ratio:>8.1}x",

@@ -20,13 +20,16 @@
 //!   [`Utterance::prompt`] says one prompt ([`Prompt`]: errors and feedback).
 //!   [`Settings`] holds the [`Speed`] and [`Volume`] steps.
 //! * [`synth`]: the [`Synth`] trait and its backends: [`EspeakSynth`] (espeak-ng's C library,
-//!   all calls serialised on one owner thread that initialised it once, see [`Espeak::shared`])
-//!   and [`ClipSynth`] (a pack's pre-rendered clips, see [`clips::render_clips`]).
+//!   all calls serialised on one owner thread that initialised it once, see [`Espeak::shared`];
+//!   each finished phrase is cached, so a warm device synthesises nothing) and [`ClipSynth`]
+//!   (a pack's pre-rendered clips, see [`clips::render_clips`] and `cargo xtask voices`).
 //! * [`pipeline`]: [`Renderer`] renders segment by segment: synthesise, trim, resample with
 //!   rubato to the sink's rate, apply the volume in dB, limit peaks below -1 dBFS, write.
 //! * [`sink`]: [`MemorySink`] and [`WavSink`] (hound, mono 16-bit, written atomically).
 //! * [`live`]: [`LivePlayer`] plays on the default cpal output device, whatever its sample
-//!   format, rate and channel count; [`LivePlayer::stop`] silences it at once.
+//!   format, rate and channel count; [`LivePlayer::stop`] silences it at once,
+//!   [`LivePlayer::replay`] says the last utterance again, [`LivePlayer::is_playing`] and
+//!   [`LivePlayer::wait_until_idle`] tell when it has finished.
 //!
 //! # Invariants
 //!

@@ -61,8 +61,10 @@ impl Sink for MemorySink {
 
 /// Writes a mono 16-bit PCM WAV file with `hound`.
 ///
-/// The data goes to `<path>.tmp` and is renamed over `path` (after `fsync`) by
-/// [`WavSink::finish`], so a reader never sees a half-written file.
+/// The data goes to `<path>.tmp` and is renamed over `path` by [`WavSink::finish`], so a
+/// reader never sees a half-written file. It is deliberately not `fsync`ed: a spoken code is
+/// stale within a minute, so surviving a power cut is worth nothing, while a sync costs more
+/// than rendering the whole code.
 pub struct WavSink {
     path: PathBuf,
     tmp: PathBuf,
@@ -114,10 +116,10 @@ impl WavSink {
         self.written
     }
 
-    /// Completes the header, syncs and moves the file into place; returns the sample count.
+    /// Completes the header and moves the file into place; returns the sample count.
     ///
     /// # Errors
-    /// [`SpeechError::Wav`] or [`SpeechError::Io`] if finishing, syncing or renaming fails.
+    /// [`SpeechError::Wav`] or [`SpeechError::Io`] if finishing or renaming fails.
     pub fn finish(mut self) -> Result<usize, SpeechError> {
         let wav_err = |path: &Path, e: hound::Error| SpeechError::Wav {
             path: path.to_path_buf(),
@@ -126,20 +128,10 @@ impl WavSink {
         if let Some(writer) = self.writer.take() {
             writer.finalize().map_err(|e| wav_err(&self.tmp, e))?;
         }
-        let io_err = |path: &Path, source| SpeechError::Io {
-            path: path.to_path_buf(),
+        std::fs::rename(&self.tmp, &self.path).map_err(|source| SpeechError::Io {
+            path: self.path.clone(),
             source,
-        };
-        File::open(&self.tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_err(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename durable; a directory that cannot be opened is not an error.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        })?;
         Ok(self.written)
     }
 }
@@ -153,13 +145,20 @@ impl Sink for WavSink {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(());
         };
-        for &s in samples {
-            writer
-                .write_sample(to_i16(s))
-                .map_err(|e| SpeechError::Wav {
-                    path: self.tmp.clone(),
-                    message: e.to_string(),
-                })?;
+        // hound's 16-bit block writer is several times faster than one `write_sample` per
+        // sample. It panics when given more samples than reserved, or fewer at `flush` (and
+        // on a non-16-bit spec, which `create` rules out): each block reserves exactly the
+        // length of its chunk.
+        for chunk in samples.chunks(4096) {
+            let reserved = u32::try_from(chunk.len()).unwrap_or(4096);
+            let mut block = writer.get_i16_writer(reserved);
+            for &s in chunk {
+                block.write_sample(to_i16(s));
+            }
+            block.flush().map_err(|e| SpeechError::Wav {
+                path: self.tmp.clone(),
+                message: e.to_string(),
+            })?;
         }
         self.written += samples.len();
         Ok(())

@@ -104,6 +104,8 @@ impl Espeak {
             engine: self.clone(),
             voice: CString::new(pack.espeak_voice()).map_err(|_| SpeechError::NulInText)?,
             default_wpm: pack.default_rate(),
+            cache: HashMap::new(),
+            cached_samples: 0,
         })
     }
 }
@@ -158,11 +160,30 @@ fn run_job(
 }
 
 /// espeak-ng speaking one pack's voice; see [`Espeak::voice`].
+///
+/// A device says the same few phrases (ten digit words, a dozen prompts) again and again, so
+/// each complete phrase is kept, per text and rate, and replayed from memory the next time:
+/// after the first code, a code costs no synthesis at all, and a replay is sample-identical.
+/// The cache holds at most [`EspeakSynth::CACHE_SAMPLES`] samples (then it starts afresh).
 #[derive(Debug, Clone)]
 pub struct EspeakSynth {
     engine: Espeak,
     voice: CString,
     default_wpm: u16,
+    cache: HashMap<(u16, String), Vec<i16>>,
+    cached_samples: usize,
+}
+
+impl EspeakSynth {
+    /// Most samples the phrase cache holds (about 8 MB: every phrase of a pack at several
+    /// speeds).
+    pub const CACHE_SAMPLES: usize = 4 << 20;
+
+    /// Forgets every cached phrase, so the next ones are synthesised afresh.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cached_samples = 0;
+    }
 }
 
 impl Synth for EspeakSynth {
@@ -176,27 +197,47 @@ impl Synth for EspeakSynth {
         speed: Speed,
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
+        let wpm = speed.words_per_minute(self.default_wpm);
+        let key = (wpm, phrase.text.clone());
+        if let Some(samples) = self.cache.get(&key) {
+            for chunk in samples.chunks(CLIP_CHUNK) {
+                if !out(chunk) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let text = CString::new(phrase.text.as_str()).map_err(|_| SpeechError::NulInText)?;
         let (reply, replies) = mpsc::channel();
         self.engine
             .jobs
             .send(Job {
                 voice: self.voice.clone(),
-                wpm: speed.words_per_minute(self.default_wpm),
+                wpm,
                 text,
                 reply,
             })
             .map_err(|_| SpeechError::EspeakThread)?;
+        let mut whole = Vec::new();
         loop {
             match replies.recv() {
                 Ok(Reply::Chunk(samples)) => {
+                    whole.extend_from_slice(&samples);
                     if !out(&samples) {
                         // Dropping the receiver makes the owner thread's next send fail,
-                        // which aborts the synthesis there.
+                        // which aborts the synthesis there. A partial phrase is not cached.
                         return Ok(());
                     }
                 }
-                Ok(Reply::Done(result)) => return result,
+                Ok(Reply::Done(result)) => {
+                    result?;
+                    if self.cached_samples + whole.len() > Self::CACHE_SAMPLES {
+                        self.clear_cache();
+                    }
+                    self.cached_samples += whole.len();
+                    self.cache.insert(key, whole);
+                    return Ok(());
+                }
                 Err(_) => return Err(SpeechError::EspeakThread),
             }
         }

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
     let run = capture(root.path(), "stop-replay", cmd);
     check_stop_and_replay(&run, root.path(), &clip_root);
     println!("live stop/replay: ok");
+    check_missing_device(root.path());
+    println!("live missing device: ok");
     println!(
         "live_alsa: all passed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -379,8 +381,55 @@ fn check_stop_and_replay(run: &Run, dir: &Path, voices: &Path) {
     );
 }
 
+/// A machine whose default PCM is a sound card that does not exist: opening the player is a
+/// clear `SpeechError::Device`, and the command line tool exits non-zero saying so.
+fn check_missing_device(dir: &Path) {
+    let conf = dir.join("no-card.asoundrc");
+    std::fs::write(
+        &conf,
+        "pcm.!default { type hw; card 97 }\nctl.!default { type hw; card 97 }\n",
+    )
+    .unwrap();
+    let alsa_path = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let output = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, "no-device")
+        .env("ALSA_CONFIG_PATH", &alsa_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("device error: audio device:"), "{stdout}");
+    let output = Command::new(env!("CARGO_BIN_EXE_codereader-speak"))
+        .args(["play", "--lang", "da", "--code", CODE, "--voices"])
+        .arg(voices_dir())
+        .env("ALSA_CONFIG_PATH", &alsa_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "played without a sound card");
+    assert!(stderr.contains("audio device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Child side: plays, stops after ~0.8 s of audio, waits, replays; reports counters.
 fn child(scenario: &str) {
+    if scenario == "no-device" {
+        let pack = VoicePack::load(&voices_dir().join("da")).unwrap();
+        let synth = codereader_speech::Espeak::shared()
+            .unwrap()
+            .voice(&pack)
+            .unwrap();
+        match LivePlayer::open_default(Box::new(synth)) {
+            Err(e @ codereader_speech::SpeechError::Device(_)) => println!("device error: {e}"),
+            Err(e) => panic!("wrong error: {e:?}"),
+            Ok(player) => panic!("opened a card that does not exist: {:?}", player.info()),
+        }
+        return;
+    }
     assert_eq!(scenario, "stop-replay", "unknown child scenario");
     let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
     let pack = VoicePack::load(&voices.join("en")).unwrap();

@@ -194,3 +194,60 @@ fn clip_backend_matches_espeak_backend_segment_by_segment() {
         }
     }
 }
+
+/// Median fundamental frequency of the voiced 40 ms frames, by autocorrelation (60-400 Hz).
+fn median_pitch(x: &[f32], rate: u32) -> f64 {
+    let frame = rate as usize / 25;
+    let (min_lag, max_lag) = (rate as usize / 400, rate as usize / 60);
+    let mut pitches: Vec<f64> = x
+        .chunks_exact(frame)
+        .filter(|f| rms(f) > 0.03)
+        .filter_map(|f| {
+            let energy: f64 = f.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+            let (lag, score) = (min_lag..max_lag)
+                .map(|lag| {
+                    let c: f64 = f[..frame - lag]
+                        .iter()
+                        .zip(&f[lag..])
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    (lag, c / energy)
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            (score > 0.5).then(|| f64::from(rate) / lag as f64)
+        })
+        .collect();
+    assert!(pitches.len() >= 5, "too few voiced frames");
+    pitches.sort_by(f64::total_cmp);
+    pitches[pitches.len() / 2]
+}
+
+#[test]
+fn speed_changes_the_rate_not_the_pitch() {
+    let espeak = Espeak::shared().unwrap();
+    for tag in ["da", "en"] {
+        let pack = VoicePack::load(&voices_dir().join(tag)).unwrap();
+        let mut synth = espeak.voice(&pack).unwrap();
+        let utterance = Utterance::prompt(&pack, Prompt::NoToken);
+        let mut renderer = Renderer::new(SampleRate::ESPEAK);
+        let mut render = |speed| {
+            let settings = Settings {
+                speed,
+                ..Settings::default()
+            };
+            renderer
+                .render_to_vec(&utterance, &mut synth, settings)
+                .unwrap()
+                .0
+        };
+        let (slow, fast) = (render(Speed::MIN), render(Speed::MAX));
+        // Three steps each way: 1.15^6 = 2.3 times the rate.
+        let ratio = slow.len() as f64 / fast.len() as f64;
+        assert!(ratio > 1.8, "{tag}: slow/fast duration ratio {ratio:.2}");
+        let (p_slow, p_fast) = (median_pitch(&slow, 22_050), median_pitch(&fast, 22_050));
+        assert!(
+            (p_slow / p_fast - 1.0).abs() < 0.1,
+            "{tag}: pitch {p_slow:.0} Hz slow vs {p_fast:.0} Hz fast"
+        );
+    }
+}
