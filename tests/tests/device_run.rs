@@ -205,3 +205,74 @@ fn keys_speak_replay_stop_change_volume_and_language() {
         "utterances (s): {secs:?}; volume step {change:.2} dB; r(en) {to_en:.2}, r(da) {to_da:.2}"
     );
 }
+
+/// Without a sound card `run` keeps going, says so in the log, and starts speaking once the
+/// device appears (ALSA rereads its changed configuration on the next open).
+#[test]
+fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
+    run_ok(&state, &["enroll", "--uri", &uri]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let working = std::fs::read_to_string(capture.dir.join("asound.conf")).unwrap();
+    let conf = dir.path().join("switching.conf");
+    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
+    let pty = Pty::open().unwrap();
+    let mut child = Command::new(codereader_bin())
+        .args(["run", "--at", &T.to_string()])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+        .env("ALSA_CONFIG_PATH", format!("/usr/share/alsa/alsa.conf:{}", conf.display()))
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::clone(&log);
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            lines.lock().unwrap().push(line.trim_end_matches('\r').to_owned());
+        }
+    });
+    let wait_for = |needle: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "no {needle:?} in {:?}", log.lock().unwrap());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("no audio device", 20);
+    wait_for("ready", 20);
+    let mut keys = pty.master.try_clone().unwrap();
+    // A key without a sound card: the code is taken and logged, nothing crashes.
+    keys.write_all(b"s").unwrap();
+    wait_for("speaking the code", 10);
+    assert!(child.try_wait().unwrap().is_none(), "run ended without a sound card");
+    // The sound card appears.
+    std::fs::write(&conf, working).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capture.started().is_none() {
+        assert!(Instant::now() < deadline, "the device was not opened: {:?}", log.lock().unwrap());
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_for("audio: ", 5);
+    keys.write_all(b"s").unwrap();
+    thread::sleep(Duration::from_secs(7));
+    keys.write_all(b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not quit");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let audio = capture.audio();
+    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
+    assert!(loudest > 0.01, "nothing was played after the device appeared");
+    let spans = audio.spans(loudest * 0.01, 1000);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert!(spans[0].seconds(audio.rate) > 3.0, "{spans:?}");
+}
