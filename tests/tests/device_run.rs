@@ -224,7 +224,10 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
         .env("CODEREADER_STATE", &state)
         .env("CODEREADER_VOICES", voices_dir())
         .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-        .env("ALSA_CONFIG_PATH", format!("/usr/share/alsa/alsa.conf:{}", conf.display()))
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
         .stdin(pty.slave.try_clone().unwrap())
         .stdout(pty.slave.try_clone().unwrap())
         .stderr(Stdio::piped())
@@ -236,13 +239,20 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
-            lines.lock().unwrap().push(line.trim_end_matches('\r').to_owned());
+            lines
+                .lock()
+                .unwrap()
+                .push(line.trim_end_matches('\r').to_owned());
         }
     });
     let wait_for = |needle: &str, secs: u64| {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(Instant::now() < deadline, "no {needle:?} in {:?}", log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                log.lock().unwrap()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     };
@@ -252,12 +262,19 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
     // A key without a sound card: the code is taken and logged, nothing crashes.
     keys.write_all(b"s").unwrap();
     wait_for("speaking the code", 10);
-    assert!(child.try_wait().unwrap().is_none(), "run ended without a sound card");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run ended without a sound card"
+    );
     // The sound card appears.
     std::fs::write(&conf, working).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while capture.started().is_none() {
-        assert!(Instant::now() < deadline, "the device was not opened: {:?}", log.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the device was not opened: {:?}",
+            log.lock().unwrap()
+        );
         thread::sleep(Duration::from_millis(20));
     }
     wait_for("audio: ", 5);
@@ -271,8 +288,65 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
     }
     let audio = capture.audio();
     let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
-    assert!(loudest > 0.01, "nothing was played after the device appeared");
+    assert!(
+        loudest > 0.01,
+        "nothing was played after the device appeared"
+    );
     let spans = audio.spans(loudest * 0.01, 1000);
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert!(spans[0].seconds(audio.rate) > 3.0, "{spans:?}");
+}
+
+/// `speak` without `--wav` plays on the sound card what `--wav` would have written.
+#[test]
+fn speak_plays_the_rendered_code_on_the_sound_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
+    run_ok(&state, &["enroll", "--uri", &uri]);
+    let at = T.to_string();
+    let wav = dir.path().join("en.wav");
+    run_ok(
+        &state,
+        &[
+            "speak",
+            "--at",
+            &at,
+            "--lang",
+            "en",
+            "--wav",
+            wav.to_str().unwrap(),
+        ],
+    );
+    let (length, envelope) = reference(&wav);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let out = Command::new(codereader_bin())
+        .args(["speak", "--at", &at, "--lang", "en"])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+        .env("ALSA_CONFIG_PATH", &capture.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `speak` returns once the device has taken the last sample; let the capture catch up.
+    thread::sleep(Duration::from_millis(300));
+    let audio = capture.audio();
+    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
+    let spans = audio.spans(loudest * 0.01, 1000);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let played = spans[0].seconds(audio.rate);
+    assert!(
+        (played - length).abs() < 0.1 * length,
+        "played {played} s, rendered {length} s"
+    );
+    let r = correlation(&audio.slice(spans[0]).envelope(), &envelope);
+    assert!(
+        r > 0.9,
+        "played audio does not match the rendering (r = {r})"
+    );
 }

@@ -869,4 +869,35 @@ mod tests {
         assert_eq!(state.accept_clock().unwrap(), Some(TimeStep(60_000_000)));
         state.take_code(UnixTime(1_799_999_999), floor).unwrap();
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid() -> Vec<u8> {
+            encode(&uri_token(HOTP)).as_bytes().to_vec()
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn any_changed_byte_is_detected(index in 0usize..10_000, flip in 1u8..=255) {
+                let mut bytes = valid();
+                let i = index % bytes.len();
+                bytes[i] ^= flip;
+                prop_assert!(decode(&bytes).is_err(), "byte {} changed and still accepted", i);
+            }
+
+            #[test]
+            fn any_truncation_is_detected(len in 0usize..10_000) {
+                let bytes = valid();
+                let len = len % bytes.len();
+                prop_assert!(decode(&bytes[..len]).is_err(), "cut to {} bytes and still accepted", len);
+            }
+        }
+    }
 }
