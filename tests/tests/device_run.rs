@@ -350,3 +350,101 @@ fn speak_plays_the_rendered_code_on_the_sound_card() {
         "played audio does not match the rendering (r = {r})"
     );
 }
+
+/// In `run` an HOTP code is prepared (its counter stored) before the key press, so the press
+/// does not wait for the disk; each press still speaks a new counter, and a counter prepared
+/// but never spoken is skipped, never reused.
+#[test]
+fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = format!("otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter=0");
+    run_ok(&state, &["enroll", "--uri", &uri]);
+    let conf = dir.path().join("none.conf");
+    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
+    let pty = Pty::open().unwrap();
+    let mut child = Command::new(codereader_bin())
+        .arg("run")
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::clone(&log);
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            lines
+                .lock()
+                .unwrap()
+                .push(line.trim_end_matches('\r').to_owned());
+        }
+    });
+    let count = |needle: &str| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let wait_for = |needle: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("ready", 1);
+    wait_for("HOTP counter 0 is ready", 1);
+    let mut keys = pty.master.try_clone().unwrap();
+    keys.write_all(b"s").unwrap();
+    wait_for("speaking the code of HOTP counter 0", 1);
+    wait_for("HOTP counter 1 is ready", 1);
+    // Another process takes a counter meanwhile: the prepared one must not be spoken.
+    let out = Command::new(codereader_bin())
+        .arg("code")
+        .env("CODEREADER_STATE", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    keys.write_all(b"s").unwrap();
+    wait_for("the token changed since the code was prepared", 1);
+    wait_for("speaking the code of HOTP counter 3", 1);
+    wait_for("HOTP counter 4 is ready", 1);
+    keys.write_all(b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not quit");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        count_in(&log, "speaking the code of HOTP counter 1"),
+        0,
+        "{log:?}"
+    );
+    let out = Command::new(codereader_bin())
+        .arg("status")
+        .env("CODEREADER_STATE", &state)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("next counter: 5"), "{status}");
+}
+
+fn count_in(log: &[String], needle: &str) -> usize {
+    log.iter().filter(|l| l.contains(needle)).count()
+}

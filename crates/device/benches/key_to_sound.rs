@@ -1,10 +1,13 @@
 //! Device benchmarks: key event to first sample, and the resident memory of `codereader run`.
 //!
 //! *Key to first sample* runs what `codereader run` does for the speak key: decode the key
-//! from terminal bytes, look up its action, take the code from the state directory (TOTP in
-//! the same step: a read; HOTP: a durable write first), plan the utterance, hand it to a
-//! worker thread (as the live player does) that renders into a sink standing in for the
-//! audio ring. Measured to the first sample (the start earcon) and to the first *speech*
+//! from terminal bytes, look up its action, take the code from the state directory, plan the
+//! utterance, hand it to a worker thread (as the live player does) that renders into a sink
+//! standing in for the audio ring. `run-totp`: every press in a new time step, recorded on
+//! disk after speech has started; `run-hotp`: the code was reserved (counter stored) before
+//! the press. For comparison `speak-totp`/`speak-hotp`: the one-shot command's order, with the
+//! durable write (file fsync, rename, directory fsync) before the first sample. Measured to
+//! the first sample (the start earcon) and to the first *speech*
 //! sample (the intro phrase), with the espeak-ng backend and with clips rendered from it.
 //! Baseline in the same run: spawning `espeak-ng --stdout` for the intro and waiting for its
 //! first byte of audio, what a shell-script device would do.
@@ -18,7 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::Path as FsPath;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -101,7 +104,7 @@ fn sink_done() -> bool {
     false
 }
 
-fn enrolled(dir: &Path, uri: &str) -> StateDir {
+fn enrolled(dir: &FsPath, uri: &str) -> StateDir {
     let state = StateDir::new(dir);
     let uri = KeyUri::parse(uri, KeyPolicy::Rfc4226).unwrap();
     state.enroll(&Token::from_uri(&uri, None), true).unwrap();
@@ -109,8 +112,8 @@ fn enrolled(dir: &Path, uri: &str) -> StateDir {
 }
 
 /// Copies `voices/` and renders clips at speed step 0 into the copy.
-fn voices_with_clips(dir: &Path) -> Voices {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
+fn voices_with_clips(dir: &FsPath) -> Voices {
+    let source = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
     let status = Command::new("cp")
         .arg("-r")
         .arg(&source)
@@ -128,10 +131,40 @@ fn voices_with_clips(dir: &Path) -> Voices {
     Voices::load(&dir.join("voices"), SynthChoice::Clips).unwrap()
 }
 
+/// How the code is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `run`, TOTP: the new step is recorded after speech starts.
+    TotpRun,
+    /// `run`, HOTP: the code was reserved (its counter stored) before the key press.
+    HotpRun,
+    /// `speak`, TOTP: the new step is stored before speaking.
+    TotpCli,
+    /// `speak`, HOTP: the counter is stored before speaking.
+    HotpCli,
+}
+
+impl Path {
+    const ALL: [Path; 4] = [Path::TotpRun, Path::HotpRun, Path::TotpCli, Path::HotpCli];
+
+    fn is_hotp(self) -> bool {
+        matches!(self, Path::HotpRun | Path::HotpCli)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::TotpRun => "run-totp",
+            Path::HotpRun => "run-hotp",
+            Path::TotpCli => "speak-totp",
+            Path::HotpCli => "speak-hotp",
+        }
+    }
+}
+
 fn key_to_first_sample(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let espeak = Voices::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices"),
+        &FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../../voices"),
         SynthChoice::Espeak,
     )
     .unwrap();
@@ -154,29 +187,53 @@ fn key_to_first_sample(c: &mut Criterion) {
     for (backend, voices) in [("espeak", &espeak), ("clips", &clip_voices)] {
         let w = worker(voices, "da");
         let pack = voices.pack("da").unwrap();
-        for (kind, state) in [("totp", &totp), ("hotp", &hotp)] {
-            let press = |which: fn((Duration, Duration)) -> Duration, iters: u64| {
+        for path in Path::ALL {
+            let state = if path.is_hotp() { &hotp } else { &totp };
+            let mut time = T.0;
+            let mut reserved = state.reserve().unwrap();
+            let mut press = |which: fn((Duration, Duration)) -> Duration, iters: u64| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
+                    // A user presses about once a minute: every TOTP press is in a new step.
+                    time += 60;
                     let start = Instant::now();
                     let mut decoder = TermDecoder::default();
                     let key = decoder.feed(b" ", true)[0];
                     assert_eq!(keymap.action(key), Some(Action::Speak));
-                    let taken = state.take_code(T, UnixTime(0)).unwrap();
+                    let (taken, unrecorded) = match path {
+                        Path::TotpRun => state
+                            .take_code_record_later(UnixTime(time), UnixTime(0))
+                            .unwrap(),
+                        Path::HotpRun => (
+                            state.claim(reserved.take().unwrap()).unwrap().unwrap(),
+                            None,
+                        ),
+                        Path::TotpCli | Path::HotpCli => {
+                            (state.take_code(UnixTime(time), UnixTime(0)).unwrap(), None)
+                        }
+                    };
                     let message = Message::Code {
                         code: taken.code.as_str(),
                         replay: false,
                     };
                     let utterance = voice::plan(pack, &message).unwrap();
                     w.jobs.send((utterance, start)).unwrap();
+                    // What `run` does once speech has started.
+                    if let Some(step) = unrecorded {
+                        state.record_step(step).unwrap();
+                    }
+                    if path == Path::HotpRun {
+                        reserved = state.reserve().unwrap();
+                    }
                     total += which(w.done.recv().unwrap());
                 }
                 total
             };
-            group.bench_function(format!("{backend}/{kind}/first_sample"), |b| {
+            let name = path.name();
+            group.bench_function(format!("{backend}/{name}/first_sample"), |b| {
                 b.iter_custom(|iters| press(|(first, _)| first, iters));
             });
-            group.bench_function(format!("{backend}/{kind}/first_speech_sample"), |b| {
+            group.bench_function(format!("{backend}/{name}/first_speech_sample"), |b| {
                 b.iter_custom(|iters| press(|(_, speech)| speech, iters));
             });
         }

@@ -22,7 +22,7 @@ use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
-use crate::state::{Basis, Progress, StateDir, TakeError};
+use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
 use crate::voice::{self, Message, Voices};
 
 /// How often a missing audio device or evdev device is looked for again.
@@ -97,6 +97,7 @@ struct Device<'a> {
     player: Option<LivePlayer>,
     last_attempt: Option<Instant>,
     last_code: Option<LastCode>,
+    reserved: Option<Reserved>,
     at: Option<u64>,
 }
 
@@ -184,9 +185,49 @@ impl Device<'_> {
         }
     }
 
+    /// Takes the next HOTP code ahead of time (its counter durably used up now), so that the
+    /// key press does not wait for the disk. Costs one unspoken counter when `run` ends.
+    fn prepare(&mut self) {
+        if self.reserved.is_some() {
+            return;
+        }
+        match self.state.reserve() {
+            Ok(Some(reserved)) => {
+                if let Basis::Counter(c) = reserved.basis() {
+                    log(&format!(
+                        "HOTP counter {} is ready for the next key press",
+                        c.0
+                    ));
+                }
+                self.reserved = Some(reserved);
+            }
+            Ok(None) => {}
+            // Said when a key is pressed; no need to repeat it here.
+            Err(_) => {}
+        }
+    }
+
     fn speak_code(&mut self) {
-        match self.state.take_code(now(self.at), build_floor()) {
-            Ok(taken) => {
+        let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
+            Some(Ok(Some(taken))) => Some(taken),
+            Some(Ok(None)) => {
+                log("the token changed since the code was prepared; taking a new one");
+                None
+            }
+            Some(Err(e)) => {
+                log(&format!("error: {e}"));
+                None
+            }
+            None => None,
+        };
+        let result = match claimed {
+            Some(taken) => Ok((taken, None)),
+            None => self
+                .state
+                .take_code_record_later(now(self.at), build_floor()),
+        };
+        match result {
+            Ok((taken, unrecorded)) => {
                 match taken.basis {
                     Basis::Counter(c) => log(&format!("speaking the code of HOTP counter {}", c.0)),
                     Basis::Step { step, seconds_left } => log(&format!(
@@ -202,6 +243,13 @@ impl Device<'_> {
                     code,
                     basis: taken.basis,
                 });
+                // Speech has started; now the disk (off the key-to-sound path).
+                if let Some(step) = unrecorded {
+                    if let Err(e) = self.state.record_step(step) {
+                        log(&format!("error: cannot record the time step: {e}"));
+                    }
+                }
+                self.prepare();
             }
             Err(e) => {
                 log(&format!("error: {e}"));
@@ -403,9 +451,11 @@ pub fn run(
         player: None,
         last_attempt: None,
         last_code: None,
+        reserved: None,
         at: options.at,
     };
     device.ensure_player(true);
+    device.prepare();
     if state.load().is_err() {
         log("warning: no usable token; the speak key will say so");
     }

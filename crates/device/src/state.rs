@@ -156,7 +156,7 @@ pub enum Progress {
 }
 
 /// An enrolled token: secret, parameters and progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     /// Who it is for.
     pub label: Label,
@@ -286,6 +286,29 @@ pub enum TakeError {
     State(#[from] StateError),
 }
 
+/// When a new TOTP step is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepRecord {
+    /// Before the code is returned.
+    Now,
+    /// By the caller, with [`StateDir::record_step`], once speech has started.
+    Later,
+}
+
+/// An HOTP code taken ahead of the key press, with the token as it was stored then.
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    taken: TakenCode,
+    stored: Token,
+}
+
+impl Reserved {
+    /// The reserved counter.
+    pub fn basis(&self) -> Basis {
+        self.taken.basis
+    }
+}
+
 /// A state directory: where the token lives.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -379,8 +402,86 @@ impl StateDir {
     /// # Errors
     /// [`TakeError::ClockNotSet`], [`TakeError::ClockBackwards`], or state errors.
     pub fn take_code(&self, now: UnixTime, floor: UnixTime) -> Result<TakenCode, TakeError> {
+        self.take(now, floor, StepRecord::Now)
+            .map(|(taken, _, _)| taken)
+    }
+
+    /// Like [`StateDir::take_code`], but a new TOTP step is not written yet: the caller
+    /// starts speaking first and then calls [`StateDir::record_step`] with the returned step,
+    /// keeping the durable write off the path from key to sound. (HOTP counters are always
+    /// stored first.)
+    ///
+    /// # Errors
+    /// As [`StateDir::take_code`].
+    pub fn take_code_record_later(
+        &self,
+        now: UnixTime,
+        floor: UnixTime,
+    ) -> Result<(TakenCode, Option<TimeStep>), TakeError> {
+        self.take(now, floor, StepRecord::Later)
+            .map(|(taken, step, _)| (taken, step))
+    }
+
+    /// Records that the code of TOTP `step` was given (a later step already recorded wins).
+    ///
+    /// # Errors
+    /// State errors.
+    pub fn record_step(&self, step: TimeStep) -> Result<(), StateError> {
         let _lock = self.lock()?;
         let mut token = self.load()?;
+        if let Progress::Totp {
+            period,
+            t0,
+            last_step,
+        } = token.progress
+        {
+            if last_step.is_none_or(|last| last < step) {
+                token.progress = Progress::Totp {
+                    period,
+                    t0,
+                    last_step: Some(step),
+                };
+                self.store(&token)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an HOTP code ahead of the key press: its counter is durably used up now, and the
+    /// returned [`Reserved`] may be spoken later if the token has not changed meanwhile
+    /// (see [`StateDir::claim`]). `None` for a TOTP token.
+    ///
+    /// # Errors
+    /// As [`StateDir::take_code`].
+    pub fn reserve(&self) -> Result<Option<Reserved>, TakeError> {
+        if !matches!(self.load()?.progress, Progress::Hotp { .. }) {
+            return Ok(None);
+        }
+        // The time arguments are not used for an HOTP token.
+        let (taken, _, stored) = self.take(UnixTime(0), UnixTime(0), StepRecord::Now)?;
+        Ok(Some(Reserved { taken, stored }))
+    }
+
+    /// The reserved code, if the token on disk is still exactly as the reservation left it
+    /// (same token, no counter taken by anyone since); otherwise `None` and the reserved
+    /// counter is simply never spoken.
+    ///
+    /// # Errors
+    /// State errors.
+    pub fn claim(&self, reserved: Reserved) -> Result<Option<TakenCode>, StateError> {
+        let now = self.load()?;
+        Ok((now == reserved.stored).then_some(reserved.taken))
+    }
+
+    fn take(
+        &self,
+        now: UnixTime,
+        floor: UnixTime,
+        record: StepRecord,
+    ) -> Result<(TakenCode, Option<TimeStep>, Token), TakeError> {
+        let _lock = self.lock()?;
+        let mut token = self.load()?;
+        let mut unrecorded = None;
         let taken = match token.progress {
             Progress::Hotp { next } => {
                 let following = next.next().ok_or(StateError::CounterExhausted)?;
@@ -419,12 +520,17 @@ impl StateDir {
                     }
                 }
                 if last_step != Some(step) {
-                    token.progress = Progress::Totp {
-                        period,
-                        t0,
-                        last_step: Some(step),
-                    };
-                    self.store(&token)?;
+                    match record {
+                        StepRecord::Now => {
+                            token.progress = Progress::Totp {
+                                period,
+                                t0,
+                                last_step: Some(step),
+                            };
+                            self.store(&token)?;
+                        }
+                        StepRecord::Later => unrecorded = Some(step),
+                    }
                 }
                 let next_start = totp
                     .step_start(TimeStep(step.0.saturating_add(1)))
@@ -438,7 +544,7 @@ impl StateDir {
                 }
             }
         };
-        Ok(taken)
+        Ok((taken, unrecorded, token))
     }
 
     /// After the clock ran backwards and was checked by a person: forget the last spoken TOTP
@@ -807,6 +913,67 @@ mod tests {
         // RFC 4226 appendix D, secret "12345678901234567890".
         assert_eq!(first.code.as_str(), "162583");
         assert_eq!(second.code.as_str(), "399871");
+    }
+
+    #[test]
+    fn reserved_codes_are_claimed_only_while_the_token_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.enroll(&uri_token(HOTP), false).unwrap();
+        let reserved = state.reserve().unwrap().unwrap();
+        assert_eq!(reserved.basis(), Basis::Counter(Counter(7)));
+        assert_eq!(
+            state.load().unwrap().progress,
+            Progress::Hotp { next: Counter(8) }
+        );
+        let claimed = state.claim(reserved).unwrap().unwrap();
+        assert_eq!(claimed.code.as_str(), "162583");
+        // Someone else takes a counter after the reservation: the reserved one is dropped.
+        let reserved = state.reserve().unwrap().unwrap();
+        assert_eq!(reserved.basis(), Basis::Counter(Counter(8)));
+        let other = state.take_code(UnixTime(0), UnixTime(0)).unwrap();
+        assert_eq!(other.basis, Basis::Counter(Counter(9)));
+        assert!(state.claim(reserved).unwrap().is_none());
+        // Re-enrolled with the same counter: a different token, so dropped too.
+        let reserved = state.reserve().unwrap().unwrap();
+        state.enroll(&uri_token(TOTP), true).unwrap();
+        assert!(state.claim(reserved).unwrap().is_none());
+        assert!(
+            state.reserve().unwrap().is_none(),
+            "TOTP tokens are not reserved"
+        );
+    }
+
+    #[test]
+    fn totp_step_recorded_later_still_guards_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.enroll(&uri_token(TOTP), false).unwrap();
+        let floor = UnixTime(0);
+        let (taken, step) = state
+            .take_code_record_later(UnixTime(1_800_000_010), floor)
+            .unwrap();
+        assert_eq!(step, Some(TimeStep(60_000_000)));
+        assert!(matches!(
+            state.load().unwrap().progress,
+            Progress::Totp {
+                last_step: None,
+                ..
+            }
+        ));
+        state.record_step(step.unwrap()).unwrap();
+        assert!(matches!(taken.basis, Basis::Step { .. }));
+        let err = state.take_code(UnixTime(1_799_999_000), floor).unwrap_err();
+        assert!(matches!(err, TakeError::ClockBackwards { .. }), "{err}");
+        // An older record never overwrites a newer one.
+        state.record_step(TimeStep(5)).unwrap();
+        assert!(matches!(
+            state.load().unwrap().progress,
+            Progress::Totp {
+                last_step: Some(TimeStep(60_000_000)),
+                ..
+            }
+        ));
     }
 
     #[test]
