@@ -145,9 +145,14 @@ impl LivePlayer {
     }
 
     fn send(&self, command: Command) -> Result<(), SpeechError> {
-        self.commands
-            .send(command)
-            .map_err(|_| SpeechError::Device("playback thread ended".into()))
+        let is_request = matches!(command, Command::Play(..) | Command::Replay(..));
+        self.commands.send(command).map_err(|_| {
+            if is_request {
+                // Nobody will finish it: do not leave `is_playing` true forever.
+                self.shared.completed.fetch_add(1, Ordering::AcqRel);
+            }
+            SpeechError::Device("playback thread ended".into())
+        })
     }
 
     /// Stops whatever is playing and plays `utterance`; returns at once.

@@ -55,7 +55,16 @@ pub struct Espeak {
     sample_rate: SampleRate,
 }
 
-static ENGINE: OnceLock<Result<Espeak, i32>> = OnceLock::new();
+/// Why the engine could not start (kept in [`ENGINE`], so a failure is reported every time).
+#[derive(Debug, Clone, Copy)]
+enum StartError {
+    /// The owner thread could not be spawned or died during initialisation.
+    Thread,
+    /// `espeak_Initialize` (or the first parameter call) failed with this code.
+    Init(i32),
+}
+
+static ENGINE: OnceLock<Result<Espeak, StartError>> = OnceLock::new();
 
 impl Espeak {
     /// The shared engine, starting its owner thread and initialising espeak-ng on first use.
@@ -66,27 +75,28 @@ impl Espeak {
     pub fn shared() -> Result<Espeak, SpeechError> {
         match ENGINE.get_or_init(Self::start) {
             Ok(engine) => Ok(engine.clone()),
-            Err(-1000) => Err(SpeechError::EspeakThread),
-            Err(code) => Err(SpeechError::EspeakInit(*code)),
+            Err(StartError::Thread) => Err(SpeechError::EspeakThread),
+            Err(StartError::Init(code)) => Err(SpeechError::EspeakInit(*code)),
         }
     }
 
-    fn start() -> Result<Espeak, i32> {
+    fn start() -> Result<Espeak, StartError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, i32>>();
         let spawned = thread::Builder::new()
             .name("espeak-ng".into())
             .spawn(move || owner_thread(&rx, &ready_tx));
         if spawned.is_err() {
-            return Err(-1000);
+            return Err(StartError::Thread);
         }
         match ready_rx.recv() {
             Ok(Ok(hz)) => {
-                let sample_rate = SampleRate::new(hz).map_err(|_| 0)?;
+                // `initialize` rejects a zero rate, so this error cannot happen.
+                let sample_rate = SampleRate::new(hz).map_err(|_| StartError::Init(0))?;
                 Ok(Espeak { jobs, sample_rate })
             }
-            Ok(Err(code)) => Err(code),
-            Err(_) => Err(-1000),
+            Ok(Err(code)) => Err(StartError::Init(code)),
+            Err(_) => Err(StartError::Thread),
         }
     }
 

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -105,33 +105,42 @@ fn capture(dir: &Path, label: &str, mut cmd: Command) -> Run {
     .unwrap();
     let alsa_path = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
 
-    // The reader opens the FIFO at once (the child's open of the PCM waits for it), then
-    // drains it at the device's byte rate once the child has said what that is.
-    let (rate_tx, rate_rx) = mpsc::channel::<f64>();
+    // The reader opens the FIFO at once (the child's open of the PCM waits for it) and keeps
+    // it open until the child has exited: ALSA may open and close the file several times
+    // (probing, then the stream), and a FIFO without a reader would block the next open.
+    // It drains at `PACE` times the device's byte rate; until the child has said what that
+    // is, at the rate of 48 kHz stereo f32.
+    let byte_rate = Arc::new(AtomicU64::new(48_000 * 2 * 4));
     let opened = Arc::new(AtomicBool::new(false));
+    let child_done = Arc::new(AtomicBool::new(false));
     let reader = {
         let fifo = fifo.clone();
-        let opened = Arc::clone(&opened);
+        let (byte_rate, opened, child_done) = (
+            Arc::clone(&byte_rate),
+            Arc::clone(&opened),
+            Arc::clone(&child_done),
+        );
         thread::spawn(move || -> Vec<u8> {
             let mut file = std::fs::File::open(&fifo).unwrap();
             opened.store(true, Ordering::Release);
-            let Ok(bytes_per_second) = rate_rx.recv() else {
-                let mut rest = Vec::new();
-                let _ = file.read_to_end(&mut rest);
-                return rest;
-            };
-            let start = Instant::now();
             let mut data = Vec::new();
             let mut buf = vec![0u8; 1 << 16];
+            let mut allowed = 0.0;
+            let mut last = Instant::now();
             loop {
-                let due = (start.elapsed().as_secs_f64() * bytes_per_second * PACE) as usize;
-                let want = due.saturating_sub(data.len()).min(buf.len());
+                let now = Instant::now();
+                allowed +=
+                    (now - last).as_secs_f64() * byte_rate.load(Ordering::Acquire) as f64 * PACE;
+                last = now;
+                let want = (allowed as usize).saturating_sub(data.len()).min(buf.len());
                 if want == 0 {
                     thread::sleep(Duration::from_millis(2));
                     continue;
                 }
                 match file.read(&mut buf[..want]) {
-                    Ok(0) => return data,
+                    Ok(0) if child_done.load(Ordering::Acquire) => return data,
+                    // No writer right now (between ALSA's opens): wait for the next.
+                    Ok(0) => thread::sleep(Duration::from_millis(2)),
                     Ok(n) => data.extend_from_slice(&buf[..n]),
                     Err(e) => panic!("reading the FIFO: {e}"),
                 }
@@ -145,8 +154,30 @@ fn capture(dir: &Path, label: &str, mut cmd: Command) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A hung child must fail the test, not hang CI: kill it (by its id) after two minutes.
+    let watchdog = {
+        let (pid, child_done) = (child.id(), Arc::clone(&child_done));
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !child_done.load(Ordering::Acquire) {
+                if Instant::now() > deadline {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
+    let stderr = {
+        let mut pipe = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
     let mut info = HashMap::new();
-    let mut rate_sent = false;
     let stdout = BufReader::new(child.stdout.take().unwrap());
     for line in stdout.lines() {
         let line = line.unwrap();
@@ -155,25 +186,26 @@ fn capture(dir: &Path, label: &str, mut cmd: Command) -> Run {
                 info.insert(k.to_owned(), v.to_owned());
             }
         }
-        if !rate_sent && info.contains_key("format") {
-            let bytes = sample_bytes(&info["format"]);
-            let rate: f64 = info["rate"].parse().unwrap();
-            let channels: f64 = info["channels"].parse().unwrap();
-            rate_tx.send(rate * channels * bytes as f64).unwrap();
-            rate_sent = true;
+        if line.starts_with("device ") {
+            let bytes = sample_bytes(&info["format"]) as u64;
+            let rate: u64 = info["rate"].parse().unwrap();
+            let channels: u64 = info["channels"].parse().unwrap();
+            byte_rate.store(rate * channels * bytes, Ordering::Release);
         }
     }
-    let output = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
+    child_done.store(true, Ordering::Release);
+    let killed = watchdog.join().unwrap();
     if !opened.load(Ordering::Acquire) {
         // The child never opened the PCM: release the reader blocked in `open`.
         let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
     }
-    drop(rate_tx);
     let raw = reader.join().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{label}: child failed: {stderr}");
+    let stderr = stderr.join().unwrap();
+    assert!(!killed, "{label}: child hung and was killed: {stderr}");
+    assert!(status.success(), "{label}: child failed: {stderr}");
     assert!(
-        rate_sent,
+        info.contains_key("format"),
         "{label}: child never reported its device: {stderr}"
     );
 
