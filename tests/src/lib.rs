@@ -31,6 +31,25 @@ pub fn codereader_bin() -> PathBuf {
          or `cargo test --workspace`, which build it",
         bin.display()
     );
+    // `cargo test -p codereader-e2e` alone does not rebuild another package's binary: refuse
+    // to test an old one.
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["crates/device/src", "crates/speech/src", "crates/otp/src"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(root.join(dir)).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    if let (Some(built), Some(newest)) = (built, newest) {
+        assert!(
+            built >= newest,
+            "{} is older than its sources: run `cargo build -p codereader` (or test with \
+             `cargo test -p codereader -p codereader-e2e`)",
+            bin.display()
+        );
+    }
     bin
 }
 

@@ -424,6 +424,11 @@ fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
     wait_for("the token changed since the code was prepared", 1);
     wait_for("speaking the code of HOTP counter 3", 1);
     wait_for("HOTP counter 4 is ready", 1);
+    // Volume up from the default (-2) three times: -1, 0, then the end of the range, where
+    // no "louder" is said (only a tone) and nothing changes.
+    keys.write_all(b"+++").unwrap();
+    wait_for("volume 0 (at the end of the range)", 1);
+    assert_eq!(count("volume -1"), 1);
     keys.write_all(b"q").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
@@ -443,6 +448,10 @@ fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
         .unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("next counter: 5"), "{status}");
+    let settings = std::fs::read_to_string(state.join("settings.toml")).unwrap();
+    assert!(settings.contains("volume = 0"), "{settings}");
+    // The missing sound card is logged once, not at every retry or key press.
+    assert_eq!(count_in(&log, "no audio device"), 1, "{log:?}");
 }
 
 fn count_in(log: &[String], needle: &str) -> usize {

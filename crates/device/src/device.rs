@@ -98,6 +98,8 @@ struct Device<'a> {
     last_attempt: Option<Instant>,
     last_code: Option<LastCode>,
     reserved: Option<Reserved>,
+    /// The last audio failure logged, so that retries do not repeat it.
+    audio_error: Option<String>,
     at: Option<u64>,
 }
 
@@ -125,6 +127,7 @@ impl Device<'_> {
         };
         match LivePlayer::open_default(synth) {
             Ok(player) => {
+                self.audio_error = None;
                 let info = player.info();
                 log(&format!(
                     "audio: {} Hz, {} channel(s), {}",
@@ -134,10 +137,18 @@ impl Device<'_> {
                 ));
                 self.player = Some(player);
             }
-            Err(e) => log(&format!(
-                "error: no audio device ({e}); trying again every {} s",
-                RETRY.as_secs()
-            )),
+            Err(e) => {
+                // Said once per kind of failure, not at every retry: the journal of a device
+                // without headphones plugged in must not fill up.
+                let message = e.to_string();
+                if self.audio_error.as_ref() != Some(&message) {
+                    log(&format!(
+                        "error: no audio device ({message}); trying again every {} s",
+                        RETRY.as_secs()
+                    ));
+                    self.audio_error = Some(message);
+                }
+            }
         }
     }
 
@@ -345,8 +356,14 @@ impl Device<'_> {
             Action::Stop => log("stopped"),
             Action::VolumeUp | Action::VolumeDown => {
                 let step = if action == Action::VolumeUp { 1 } else { -1 };
-                self.listening.volume = (self.listening.volume + step)
-                    .clamp(*VOLUME_RANGE.start(), *VOLUME_RANGE.end());
+                let old = self.listening.volume;
+                self.listening.volume =
+                    (old + step).clamp(*VOLUME_RANGE.start(), *VOLUME_RANGE.end());
+                if self.listening.volume == old {
+                    log(&format!("volume {old} (at the end of the range)"));
+                    self.say(&Message::Limit);
+                    return true;
+                }
                 self.save_listening();
                 log(&format!("volume {}", self.listening.volume));
                 let prompt = if action == Action::VolumeUp {
@@ -358,8 +375,13 @@ impl Device<'_> {
             }
             Action::Faster | Action::Slower => {
                 let step = if action == Action::Faster { 1 } else { -1 };
-                self.listening.rate =
-                    (self.listening.rate + step).clamp(*RATE_RANGE.start(), *RATE_RANGE.end());
+                let old = self.listening.rate;
+                self.listening.rate = (old + step).clamp(*RATE_RANGE.start(), *RATE_RANGE.end());
+                if self.listening.rate == old {
+                    log(&format!("rate {old} (at the end of the range)"));
+                    self.say(&Message::Limit);
+                    return true;
+                }
                 self.save_listening();
                 log(&format!("rate {}", self.listening.rate));
                 let prompt = if action == Action::Faster {
@@ -452,6 +474,7 @@ pub fn run(
         last_attempt: None,
         last_code: None,
         reserved: None,
+        audio_error: None,
         at: options.at,
     };
     device.ensure_player(true);

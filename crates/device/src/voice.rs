@@ -164,6 +164,8 @@ pub enum Message<'a> {
     },
     /// One prompt: feedback or an error.
     Prompt(Prompt),
+    /// A setting is already at its end: a short tone instead of "louder" that is not louder.
+    Limit,
     /// Status: the serial's last digits, then each problem's prompt.
     Status {
         /// Up to four digits of the token's serial number.
@@ -188,6 +190,7 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Utterance::code(pack, code, intro)
         }
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
+        Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
         Message::Status {
             serial_digits,
             problems,
