@@ -457,3 +457,80 @@ fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
 fn count_in(log: &[String], needle: &str) -> usize {
     log.iter().filter(|l| l.contains(needle)).count()
 }
+
+/// Configured evdev and GPIO inputs that are not there (keypad unplugged, no such chip) are
+/// reported and retried; the terminal keeps working, and status is spoken.
+#[test]
+fn missing_evdev_and_gpio_inputs_are_reported_and_the_terminal_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
+    run_ok(&state, &["enroll", "--uri", &uri, "--serial", "0012-3456"]);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[input]\nevdev = [\"/nonexistent/event-kbd\"]\n\n[[gpio]]\nchip = \"/nonexistent/gpiochip9\"\nline = 17\naction = \"speak\"\n\n[[evdev_chord]]\nhold = \"KEY_F1\"\nkey = \"KEY_1\"\naction = \"status\"\n",
+    )
+    .unwrap();
+    let conf = dir.path().join("none.conf");
+    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
+    let pty = Pty::open().unwrap();
+    let mut child = Command::new(codereader_bin())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--at",
+            &T.to_string(),
+        ])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::clone(&log);
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            lines
+                .lock()
+                .unwrap()
+                .push(line.trim_end_matches('\r').to_owned());
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("ready");
+    wait_for("input device /nonexistent/event-kbd");
+    wait_for("GPIO /nonexistent/gpiochip9 line 17");
+    let mut keys = pty.master.try_clone().unwrap();
+    keys.write_all(b"i").unwrap();
+    wait_for("status: serial …3456, 0 problem(s)");
+    keys.write_all(b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "run did not quit");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{:?}", log.lock().unwrap());
+}
