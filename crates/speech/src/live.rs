@@ -72,6 +72,8 @@ struct Shared {
     underruns: AtomicU64,
     /// Utterance samples handed to the device.
     frames_played: AtomicU64,
+    /// Utterance samples the worker pushed into the ring.
+    frames_queued: AtomicU64,
     /// The stream reported an error.
     failed: AtomicBool,
 }
@@ -210,6 +212,12 @@ impl LivePlayer {
     /// Callbacks that ran dry while an utterance was still being rendered.
     pub fn underruns(&self) -> u64 {
         self.shared.underruns.load(Ordering::Relaxed)
+    }
+
+    /// Utterance samples (frames) pushed into the ring so far: the first one marks when a
+    /// request's audio is ready for the device (it starts sounding after [`LEAD_MS`]).
+    pub fn frames_queued(&self) -> u64 {
+        self.shared.frames_queued.load(Ordering::Acquire)
     }
 
     /// Utterance samples (frames) handed to the device so far.
@@ -386,6 +394,9 @@ impl Sink for RingSink<'_> {
             if pushed.is_empty() {
                 thread::sleep(Duration::from_millis(2));
             } else {
+                self.shared
+                    .frames_queued
+                    .fetch_add(pushed.len() as u64, Ordering::Release);
                 // From the first sample on, an empty ring is a gap in the speech.
                 self.shared.rendering.store(true, Ordering::Release);
                 let capacity = self.producer.buffer().capacity();

@@ -334,6 +334,12 @@ fn check_full_play(run: &Run, dir: &Path, voices: &Path, tag: &str, backend: &st
         0,
         "{what}: the ring ran dry mid-utterance"
     );
+    // Everything rendered into the ring reached the device: nothing dropped or repeated.
+    assert_eq!(
+        run.number("frames"),
+        run.number("queued"),
+        "{what}: frames lost"
+    );
     let reference = reference(dir, voices, tag, backend, run.rate);
     assert!(
         run.audio.iter().all(|s| s.abs() < 0.999),

@@ -245,3 +245,55 @@ fn every_prompt_is_its_own_utterance_without_earcons() {
         );
     }
 }
+
+/// A synthesiser that fails on its third phrase, as a broken backend would.
+struct FailsLater(usize);
+
+impl Synth for FailsLater {
+    fn sample_rate(&self) -> SampleRate {
+        SampleRate::ESPEAK
+    }
+
+    fn speak(
+        &mut self,
+        phrase: &Phrase,
+        _: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
+        self.0 += 1;
+        if self.0 == 3 {
+            return Err(SpeechError::NoClip(format!("{:?}", phrase.key)));
+        }
+        out(&[1000; 2205]);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_render_leaves_an_existing_wav_untouched() {
+    let pack = VoicePack::load(&voices_dir().join("en")).unwrap();
+    let utterance = Utterance::code(&pack, "471293", CodeIntro::First).unwrap();
+    let dir = common::TempDir::new("wav-fail");
+    let path = dir.path().join("code.wav");
+    std::fs::write(&path, b"the previous file").unwrap();
+    let mut renderer = Renderer::new(SampleRate::ESPEAK);
+    let result = renderer.render_to_wav(&utterance, &mut FailsLater(0), Settings::default(), &path);
+    assert!(matches!(result, Err(SpeechError::NoClip(_))), "{result:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"the previous file");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "temporary file left behind");
+
+    // An unwritable place is a typed error naming the file, not a panic.
+    let nowhere = dir.path().join("missing-dir/code.wav");
+    match renderer.render_to_wav(
+        &utterance,
+        &mut FailsLater(0),
+        Settings::default(),
+        &nowhere,
+    ) {
+        Err(SpeechError::Wav { path, .. }) => {
+            assert!(path.starts_with(dir.path().join("missing-dir")))
+        }
+        other => panic!("{other:?}"),
+    }
+}

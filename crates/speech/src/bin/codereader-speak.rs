@@ -132,8 +132,9 @@ fn run() -> anyhow::Result<()> {
                 bail!("the output stream reported an error");
             }
             println!(
-                "played frames={} underruns={}",
+                "played frames={} queued={} underruns={}",
                 player.frames_played(),
+                player.frames_queued(),
                 player.underruns()
             );
         }
