@@ -35,11 +35,14 @@ pub fn codereader_bin() -> PathBuf {
     // to test an old one.
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The library modules the binary is built from (`src/*.rs`; not other binaries in
+    // `src/bin/`, which do not make this one stale).
     let newest = ["crates/device/src", "crates/speech/src", "crates/otp/src"]
         .iter()
         .filter_map(|dir| std::fs::read_dir(root.join(dir)).ok())
         .flatten()
         .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "rs"))
         .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
         .max();
     if let (Some(built), Some(newest)) = (built, newest) {
