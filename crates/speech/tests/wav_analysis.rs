@@ -44,6 +44,23 @@ fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
     let digits_region = &samples[intro.end..end_earcon.start];
     let found = segments(digits_region, rate, 120);
     assert_eq!(found.len(), 6, "{label}: digit segments {found:?}");
+    // The same without any help from the plan: the whole file segments into start earcon,
+    // intro, six digits, end earcon, and the six are the ones found above.
+    let whole = segments(&samples, rate, 120);
+    assert_eq!(
+        whole.len(),
+        9,
+        "{label}: segments of the whole file {whole:?}"
+    );
+    let frame = rate as usize / 100;
+    for (w, f) in whole[2..8].iter().zip(&found) {
+        // Both are on 10 ms frame grids, offset from each other.
+        let (start, end) = (f.start + intro.end, f.end + intro.end);
+        assert!(
+            w.start.abs_diff(start) <= frame && w.end.abs_diff(end) <= frame,
+            "{label}: {w:?} vs {start}..{end}"
+        );
+    }
 
     let gaps: Vec<usize> = found.windows(2).map(|w| w[1].start - w[0].end).collect();
     let group_gap = gaps[2];
