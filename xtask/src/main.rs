@@ -1,6 +1,9 @@
 //! Project chores, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! - `demo`: the README's main job: install what it needs, then show a demo token's code.
+//! - `demo`: the README's main job: install what it needs, enrol a demo token and speak its
+//!   current code (into `target/demo/code.wav` when there is no sound card).
+//! - `dist`: a release tarball of the device program (`--target aarch64-unknown-linux-gnu`
+//!   for a Raspberry Pi; see `crates/device/PACKAGING.md`).
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings and `cargo test --workspace`.
@@ -12,12 +15,15 @@
 use std::env;
 use std::process::{Command, ExitCode};
 
+mod demo;
+mod dist;
 mod packages;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo(&args[1..]),
+        Some("demo") => demo::demo(&args[1..]),
+        Some("dist") => dist::dist(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("voices") => voices(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
@@ -39,7 +45,8 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          Tasks:\n  \
-         demo    show the current code of a demo token (installs what it needs)\n  \
+         demo    speak the current code of a demo token (installs what it needs)\n  \
+         dist    release tarball of the device program [--target TRIPLE]\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
          voices  render voices/<lang>/clips/*.wav from espeak-ng at every speed step\n  \
          help    this text"
@@ -62,21 +69,6 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{step}: failed ({status})"))
     }
-}
-
-fn demo(_args: &[String]) -> Result<(), String> {
-    packages::ensure(packages::DEMO)?;
-    run(
-        "demo token",
-        cargo().args([
-            "run",
-            "--quiet",
-            "--package",
-            "codereader-otp",
-            "--example",
-            "demo",
-        ]),
-    )
 }
 
 fn test(_args: &[String]) -> Result<(), String> {

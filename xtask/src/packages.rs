@@ -16,6 +16,11 @@ pub(crate) const DEMO: &[&str] = &[
     "pkg-config",
 ];
 
+/// What `cargo xtask dist --target aarch64-unknown-linux-gnu` needs besides [`DEMO`]: the
+/// cross linker and the arm64 C library (the arm64 espeak-ng and ALSA libraries are unpacked
+/// into a private sysroot, see `xtask/src/dist.rs`).
+pub(crate) const DIST_PI: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
+
 /// What `cargo xtask test` (and so CI) needs.
 pub(crate) const TEST: &[&str] = &[
     // otp: the independent implementation the cross-check runs.

@@ -1,0 +1,706 @@
+//! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
+use codereader_speech::{LivePlayer, Prompt, Renderer, SampleRate};
+use zeroize::Zeroizing;
+
+use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
+use crate::device;
+use crate::keys::{Action, EvKey, TermKey};
+use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
+use crate::voice::{self, Message, Voices};
+
+/// Exit status for each kind of failure, so scripts and the service manager can tell them
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Anything not listed below.
+    Failure = 1,
+    /// No token is enrolled.
+    NoToken = 3,
+    /// The state cannot be read or written (it was left untouched).
+    State = 4,
+    /// The clock is not set or ran backwards: no code was given.
+    Clock = 5,
+    /// No audio device.
+    Audio = 6,
+    /// Bad config or settings.
+    Config = 7,
+}
+
+const EXIT_HELP: &str = "\
+Exit status: 0 done; 1 other failure; 2 bad command line; 3 no token enrolled; 4 state \
+unreadable or unwritable (left untouched); 5 clock not set or moved backwards (no code given); \
+6 no audio device; 7 bad config or settings.";
+
+/// codereader: the talking token. One key speaks the current one-time code.
+#[derive(Debug, Parser)]
+#[command(name = "codereader", version, about, long_about = None, after_help = EXIT_HELP)]
+pub struct Cli {
+    /// State directory (token and user settings) [default: $XDG_STATE_HOME/codereader,
+    /// /var/lib/codereader for the system service].
+    #[arg(long, global = true, env = "CODEREADER_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Config file [default: $XDG_CONFIG_HOME/codereader/config.toml, then
+    /// /etc/codereader/config.toml, else built-in defaults].
+    #[arg(long, global = true, env = "CODEREADER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Voice packs directory (one subdirectory per language).
+    #[arg(long, global = true, env = "CODEREADER_VOICES", value_name = "DIR")]
+    pub voices: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a token (from an otpauth:// URI or a PSKC file). The secret is never printed.
+    Enroll(EnrollArgs),
+    /// Print the current code (for sighted helpers, scripts and tests). For an HOTP token this
+    /// uses up a counter, exactly like speaking it.
+    Code(CodeArgs),
+    /// Speak the current code once, on the sound card or into a WAV file.
+    Speak(SpeakArgs),
+    /// Show the settings, or change them (kept across restarts).
+    Settings(SettingsArgs),
+    /// The device loop: keys from the terminal, evdev devices and GPIO lines, as configured.
+    Run(RunArgs),
+    /// Show the clock's state; after the clock ran backwards and was checked, accept it.
+    Clock(ClockArgs),
+    /// Show the enrolled token (never its secret) and the clock's state.
+    Status,
+}
+
+/// `enroll` options.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// otpauth://totp/... or otpauth://hotp/... URI; `-` reads it from standard input (keeps
+    /// the secret out of the shell history and the process list).
+    #[arg(
+        long,
+        value_name = "URI",
+        conflicts_with = "pskc",
+        required_unless_present = "pskc"
+    )]
+    pub uri: Option<String>,
+    /// PSKC (RFC 6030) key container file.
+    #[arg(long, value_name = "FILE", requires = "serial")]
+    pub pskc: Option<PathBuf>,
+    /// Serial number of the token (selects the key in a PSKC file; spoken by `status`).
+    #[arg(long, value_name = "SERIAL")]
+    pub serial: Option<String>,
+    /// Pre-shared key (hex) that decrypts an encrypted PSKC file.
+    #[arg(long, value_name = "HEX", requires = "pskc")]
+    pub pskc_key: Option<String>,
+    /// Overwrite an enrolled token.
+    #[arg(long)]
+    pub replace: bool,
+    /// Accept secrets shorter than 128 bits (some old tokens have 80-bit secrets).
+    #[arg(long)]
+    pub allow_short_secret: bool,
+}
+
+/// `code` options.
+#[derive(Debug, Args)]
+pub struct CodeArgs {
+    /// Use this time (seconds since 1970) instead of the clock.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub at: Option<u64>,
+}
+
+/// `speak` options.
+#[derive(Debug, Args)]
+pub struct SpeakArgs {
+    /// Write the speech to this WAV file (mono, 16-bit, 22 050 Hz) instead of playing it.
+    #[arg(long, value_name = "FILE")]
+    pub wav: Option<PathBuf>,
+    /// Language (a voice pack tag such as da or en) for this time only.
+    #[arg(long, value_name = "TAG")]
+    pub lang: Option<String>,
+    /// Rate step for this time only (-3 slowest .. 3 fastest).
+    #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
+    pub rate: Option<i8>,
+    /// Volume step for this time only (-8 quietest .. 0 loudest, 3 dB each).
+    #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
+    pub volume: Option<i8>,
+    /// Use this time (seconds since 1970) instead of the clock.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub at: Option<u64>,
+}
+
+/// `settings` options; without any, the settings are shown.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Language (voice pack tag).
+    #[arg(long, value_name = "TAG")]
+    pub lang: Option<String>,
+    /// Volume step (-8 quietest .. 0 loudest).
+    #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
+    pub volume: Option<i8>,
+    /// Rate step (-3 slowest .. 3 fastest).
+    #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
+    pub rate: Option<i8>,
+    /// Bind terminal keys: ACTION=KEY[,KEY...] (e.g. speak=space,s). Repeatable.
+    #[arg(long, value_name = "ACTION=KEYS")]
+    pub bind: Vec<String>,
+    /// Bind evdev keys: ACTION=KEY[,KEY...] (e.g. speak=KEY_KPENTER). Repeatable.
+    #[arg(long, value_name = "ACTION=KEYS")]
+    pub evdev_bind: Vec<String>,
+    /// Forget every change (back to the config's values).
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Use this fixed time (seconds since 1970) instead of the clock (headless tests).
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub at: Option<u64>,
+    /// Do not read keys from the terminal even if the config says so.
+    #[arg(long)]
+    pub no_terminal: bool,
+}
+
+/// `clock` options.
+#[derive(Debug, Args)]
+pub struct ClockArgs {
+    /// The clock was checked and is right: give codes again although it moved backwards.
+    #[arg(long)]
+    pub accept: bool,
+}
+
+/// Earliest believable time: when this program was built.
+pub fn build_floor() -> UnixTime {
+    UnixTime(
+        env!("CODEREADER_BUILD_EPOCH")
+            .parse::<u64>()
+            .unwrap_or_default(),
+    )
+}
+
+/// The current time, or `at`.
+pub fn now(at: Option<u64>) -> UnixTime {
+    UnixTime(at.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }))
+}
+
+/// The state directory from `--state`/`CODEREADER_STATE`, or the XDG default.
+///
+/// # Errors
+/// When neither `XDG_STATE_HOME` nor `HOME` is set.
+pub fn state_dir(explicit: Option<&Path>) -> anyhow::Result<StateDir> {
+    if let Some(dir) = explicit {
+        return Ok(StateDir::new(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(StateDir::new(PathBuf::from(dir).join("codereader")));
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Ok(StateDir::new(
+            PathBuf::from(home).join(".local/state/codereader"),
+        ));
+    }
+    bail!("no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME")
+}
+
+/// An error with the exit status it should give.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit status.
+    pub exit: Exit,
+    /// The error.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        Failure {
+            exit: exit_for(&error),
+            error,
+        }
+    }
+}
+
+/// The exit status for an error, by its kind anywhere in its chain.
+pub fn exit_for(error: &anyhow::Error) -> Exit {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<StateError>() {
+            return match e {
+                StateError::NoToken { .. } => Exit::NoToken,
+                _ => Exit::State,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<TakeError>() {
+            return match e {
+                TakeError::State(StateError::NoToken { .. }) => Exit::NoToken,
+                TakeError::State(_) => Exit::State,
+                _ => Exit::Clock,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return Exit::Config;
+        }
+        if let Some(codereader_speech::SpeechError::Device(_)) = cause.downcast_ref() {
+            return Exit::Audio;
+        }
+    }
+    Exit::Failure
+}
+
+/// The spoken form of a failure to give a code: what a blind user hears instead of a code.
+pub fn prompt_for(error: &TakeError) -> Prompt {
+    match error {
+        TakeError::ClockNotSet { .. } => Prompt::ClockNotSet,
+        TakeError::ClockBackwards { .. } => Prompt::ClockBackwards,
+        TakeError::State(StateError::NoToken { .. }) => Prompt::NoToken,
+        // There is no prompt for damaged state yet: "device blocked" tells the user the
+        // device cannot give codes and needs a helper.
+        _ => Prompt::DeviceBlocked,
+    }
+}
+
+/// Runs the program; `main` is this plus the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run_command(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("codereader: error: {:#}", failure.error);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> Result<(), Failure> {
+    let state = state_dir(cli.state.as_deref())?;
+    match cli.command {
+        Command::Enroll(args) => enroll(&state, args),
+        Command::Code(args) => code(&state, args.at),
+        Command::Speak(args) => speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
+        Command::Settings(args) => {
+            settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
+        }
+        Command::Run(args) => {
+            let config = Config::find(cli.config.as_deref())?;
+            device::run(
+                &state,
+                &config,
+                cli.voices.as_deref(),
+                &device::RunOptions {
+                    at: args.at,
+                    terminal: config.input.terminal && !args.no_terminal,
+                },
+            )
+        }
+        Command::Clock(args) => clock(&state, args.accept),
+        Command::Status => status(&state),
+    }
+}
+
+fn enroll(state: &StateDir, args: EnrollArgs) -> Result<(), Failure> {
+    let policy = if args.allow_short_secret {
+        KeyPolicy::AllowLegacyShort
+    } else {
+        KeyPolicy::Rfc4226
+    };
+    let token = if let Some(uri) = args.uri {
+        let uri = Zeroizing::new(if uri == "-" {
+            let mut text = Zeroizing::new(String::new());
+            io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the URI from standard input")?;
+            text.trim().to_owned()
+        } else {
+            uri
+        });
+        let parsed = KeyUri::parse(&uri, policy).context("the otpauth URI is not valid")?;
+        Token::from_uri(&parsed, args.serial)
+    } else if let Some(path) = &args.pskc {
+        pskc_token(
+            path,
+            args.serial.as_deref(),
+            args.pskc_key.as_deref(),
+            policy,
+        )?
+    } else {
+        return Err(anyhow!("give --uri or --pskc").into());
+    };
+    state.enroll(&token, args.replace)?;
+    let who = match &token.label.issuer {
+        Some(issuer) => format!("{issuer}:{}", token.label.account),
+        None => token.label.account.clone(),
+    };
+    println!(
+        "enrolled {} token {who} ({} digits, {}) in {}",
+        token.kind_name(),
+        token.digits(),
+        token.algorithm(),
+        state.token_path().display()
+    );
+    Ok(())
+}
+
+/// Reads the key with `serial` (its serial number, or its key id) from a PSKC file.
+fn pskc_token(
+    path: &Path,
+    serial: Option<&str>,
+    psk_hex: Option<&str>,
+    policy: KeyPolicy,
+) -> anyhow::Result<Token> {
+    let serial = serial.ok_or_else(|| anyhow!("--pskc needs --serial SERIAL"))?;
+    let xml = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let psk = psk_hex
+        .map(pskc::PreSharedKey::from_hex)
+        .transpose()
+        .context("bad --pskc-key")?;
+    let entries = pskc::parse(&xml, psk.as_ref(), policy)
+        .with_context(|| format!("{} cannot be used", path.display()))?;
+    let names: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.serial.clone().or_else(|| e.key_id.clone()))
+        .collect();
+    let entry = entries
+        .into_iter()
+        .find(|e| e.serial.as_deref() == Some(serial) || e.key_id.as_deref() == Some(serial))
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no key with serial `{serial}`; it has: {}",
+                path.display(),
+                if names.is_empty() {
+                    "no keys".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let key = entry.result.map_err(|e| {
+        anyhow!(
+            "{}: key number {} (serial `{serial}`) cannot be used: {e}",
+            path.display(),
+            entry.index
+        )
+    })?;
+    let progress = match key.kind {
+        OtpKind::Totp { period } => Progress::Totp {
+            period,
+            t0: UnixTime(0),
+            last_step: None,
+        },
+        OtpKind::Hotp { counter } => Progress::Hotp { next: counter },
+    };
+    let label = Label {
+        issuer: key.issuer.clone(),
+        account: key.name().to_owned(),
+        serial: Some(serial.to_owned()),
+    };
+    Ok(Token::new(
+        label,
+        key.secret.clone(),
+        key.algorithm,
+        key.digits,
+        progress,
+    ))
+}
+
+fn code(state: &StateDir, at: Option<u64>) -> Result<(), Failure> {
+    let taken = state.take_code(now(at), build_floor())?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", taken.code.as_str()).context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// Loads the config, the user's settings and their combination.
+///
+/// # Errors
+/// [`ConfigError`]s.
+pub fn load_settings(
+    state: &StateDir,
+    config: Option<&Path>,
+) -> Result<(Config, UserSettings, Effective), ConfigError> {
+    let config = Config::find(config)?;
+    let user = UserSettings::load(state.path())?;
+    let effective = Effective::new(&config, &user, state.path())?;
+    Ok((config, user, effective))
+}
+
+fn speak(
+    state: &StateDir,
+    config_path: Option<&Path>,
+    voices_dir: Option<&Path>,
+    args: &SpeakArgs,
+) -> Result<(), Failure> {
+    let (config, _user, effective) = load_settings(state, config_path)?;
+    let mut listening = effective.listening;
+    if let Some(lang) = &args.lang {
+        listening.language.clone_from(lang);
+    }
+    if let Some(rate) = args.rate {
+        check_step("--rate", rate, &RATE_RANGE)?;
+        listening.rate = rate;
+    }
+    if let Some(volume) = args.volume {
+        check_step("--volume", volume, &VOLUME_RANGE)?;
+        listening.volume = volume;
+    }
+    let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
+    let voices = Voices::load(&dir, config.synth)?;
+    let pack = voices.pack(&listening.language)?;
+    let settings = voice::speech_settings(&listening);
+    // Open the sound card before taking the code: without audio, no HOTP counter is used.
+    let player = match &args.wav {
+        Some(_) => None,
+        None => Some(
+            LivePlayer::open_default(voices.synth(pack)?)
+                .context("cannot speak: no working audio output device")?,
+        ),
+    };
+    let (message, result) = match state.take_code(now(args.at), build_floor()) {
+        Ok(taken) => {
+            if let Basis::Counter(c) = taken.basis {
+                eprintln!("codereader: speaking HOTP counter {}", c.0);
+            }
+            (Some(taken.code), Ok(()))
+        }
+        Err(e) => (None, Err(e)),
+    };
+    let utterance = match (&message, &result) {
+        (Some(code), _) => voice::plan(
+            pack,
+            &Message::Code {
+                code: code.as_str(),
+                replay: false,
+            },
+        )?,
+        (None, Err(e)) => voice::plan(pack, &Message::Prompt(prompt_for(e)))?,
+        (None, Ok(())) => return Ok(()),
+    };
+    match (&args.wav, player) {
+        (Some(path), _) => {
+            let mut synth = voices.synth(pack)?;
+            Renderer::new(SampleRate::ESPEAK)
+                .render_to_wav(&utterance, synth.as_mut(), settings, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        (None, Some(player)) => {
+            player.play(utterance, settings)?;
+            // Long enough for the slowest code; normal codes take about five seconds.
+            if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
+                return Err(Failure {
+                    exit: Exit::Audio,
+                    error: anyhow!("the audio output failed while speaking"),
+                });
+            }
+        }
+        (None, None) => {}
+    }
+    result.map_err(Failure::from)
+}
+
+fn check_step(flag: &str, value: i8, range: &std::ops::RangeInclusive<i8>) -> anyhow::Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        bail!(
+            "{flag} {value} is out of range; use {} to {}",
+            range.start(),
+            range.end()
+        )
+    }
+}
+
+/// Parses `ACTION=KEY[,KEY...]`, checking each key with `K`'s parser.
+fn parse_bind<K: std::str::FromStr>(text: &str) -> anyhow::Result<(Action, Vec<String>)>
+where
+    K::Err: std::error::Error + Send + Sync + 'static,
+{
+    let (action, keys) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("`{text}`: expected ACTION=KEY[,KEY...]"))?;
+    let action: Action = action.trim().parse()?;
+    let keys: Vec<String> = keys
+        .split(',')
+        .map(|k| match k {
+            " " => k.to_owned(),
+            _ => k.trim().to_owned(),
+        })
+        .filter(|k| !k.is_empty())
+        .collect();
+    for key in &keys {
+        key.parse::<K>()?;
+    }
+    Ok((action, keys))
+}
+
+fn settings(
+    state: &StateDir,
+    config_path: Option<&Path>,
+    voices_dir: Option<&Path>,
+    args: &SettingsArgs,
+) -> Result<(), Failure> {
+    let config = Config::find(config_path)?;
+    let mut user = if args.reset {
+        UserSettings::default()
+    } else {
+        UserSettings::load(state.path())?
+    };
+    let changing = args.reset
+        || args.lang.is_some()
+        || args.volume.is_some()
+        || args.rate.is_some()
+        || !args.bind.is_empty()
+        || !args.evdev_bind.is_empty();
+    if let Some(lang) = &args.lang {
+        let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
+        Voices::load(&dir, config.synth)?.pack(lang)?;
+        user.language = Some(lang.clone());
+    }
+    if let Some(volume) = args.volume {
+        check_step("--volume", volume, &VOLUME_RANGE)?;
+        user.volume = Some(i64::from(volume));
+    }
+    if let Some(rate) = args.rate {
+        check_step("--rate", rate, &RATE_RANGE)?;
+        user.rate = Some(i64::from(rate));
+    }
+    for bind in &args.bind {
+        let (action, keys) = parse_bind::<TermKey>(bind)?;
+        user.keys.insert(action.name().to_owned(), keys);
+    }
+    for bind in &args.evdev_bind {
+        let (action, keys) = parse_bind::<EvKey>(bind)?;
+        user.evdev_keys.insert(action.name().to_owned(), keys);
+    }
+    // Validate the combination (e.g. a key bound twice) before saving anything.
+    let effective = Effective::new(&config, &user, state.path())?;
+    if changing {
+        user.save(state.path())?;
+    }
+    let l = &effective.listening;
+    let mut out = io::stdout().lock();
+    let source = config.source.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let mut text = format!(
+        "config: {source}\nsettings: {}\nlanguage = {}\nvolume = {} (of {}..{}, {} dB)\nrate = {} (of {}..{})\n",
+        state.path().join(crate::config::SETTINGS_FILE).display(),
+        l.language,
+        l.volume,
+        VOLUME_RANGE.start(),
+        VOLUME_RANGE.end(),
+        f32::from(l.volume) * codereader_speech::Volume::STEP_DB,
+        l.rate,
+        RATE_RANGE.start(),
+        RATE_RANGE.end(),
+    );
+    text.push_str("[keys]\n");
+    for (action, keys) in effective.keys.bindings() {
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        text.push_str(&format!("{action} = {}\n", names.join(", ")));
+    }
+    text.push_str("[evdev_keys]\n");
+    for (action, keys) in effective.evdev_keys.bindings() {
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        text.push_str(&format!("{action} = {}\n", names.join(", ")));
+    }
+    out.write_all(text.as_bytes())
+        .context("cannot write to standard output")?;
+    Ok(())
+}
+
+fn clock(state: &StateDir, accept: bool) -> Result<(), Failure> {
+    let token = state.load()?;
+    let now = now(None);
+    let floor = build_floor();
+    if accept {
+        match state.accept_clock()? {
+            Some(step) => println!(
+                "accepted the clock; codes are given again (the last one given was for step {step})"
+            ),
+            None => println!("nothing to accept: the clock has not moved backwards"),
+        }
+        return Ok(());
+    }
+    println!("{}", clock_state(&token, now, floor));
+    Ok(())
+}
+
+/// One line describing the clock for `token`.
+pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
+    match token.progress {
+        Progress::Hotp { .. } => "clock: not used (HOTP token)".to_owned(),
+        Progress::Totp {
+            period, last_step, ..
+        } => {
+            if now.0 < floor.0 {
+                return format!(
+                    "clock: NOT SET (reads {} s, before the build at {})",
+                    now.0, floor.0
+                );
+            }
+            let step = now.0 / period.seconds();
+            match last_step {
+                Some(last) if last.0 > step => format!(
+                    "clock: MOVED BACKWARDS (now step {step}, a code for step {} was given); \
+                     check it, then run `codereader clock --accept`",
+                    last.0
+                ),
+                _ => format!("clock: ok ({} s since 1970)", now.0),
+            }
+        }
+    }
+}
+
+fn status(state: &StateDir) -> Result<(), Failure> {
+    let token = state.load()?;
+    let label = &token.label;
+    println!(
+        "token: {} {}{}",
+        token.kind_name(),
+        label
+            .issuer
+            .as_ref()
+            .map_or_else(String::new, |i| format!("{i}:")),
+        label.account
+    );
+    if let Some(serial) = &label.serial {
+        println!("serial: {serial}");
+    }
+    println!(
+        "digits: {}, algorithm: {}",
+        token.digits(),
+        token.algorithm()
+    );
+    match token.progress {
+        Progress::Hotp { next } => println!("next counter: {}", next.0),
+        Progress::Totp {
+            period, last_step, ..
+        } => println!(
+            "period: {} s, last step given: {}",
+            period.seconds(),
+            last_step.map_or_else(|| "none".to_owned(), |s| s.to_string())
+        ),
+    }
+    println!("{}", clock_state(&token, now(None), build_floor()));
+    if let Some(percent) = device::battery_percent() {
+        println!("battery: {percent} %");
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The talking token: the `codereader` program a blind user's device runs. One key speaks the
+//! current one-time code into the headphones.
+//!
+//! The binary is a thin shell over this library ([`cli::main`]), so the end-to-end tests and
+//! benchmarks use exactly the code the device runs.
+//!
+//! - [`state`]: the token on disk (versioned, checksummed, mode 0600, atomic durable writes);
+//!   [`state::StateDir::take_code`] stores the progress *before* a code is returned, so no
+//!   HOTP counter is ever spoken twice, and refuses codes when the clock is not set or ran
+//!   backwards.
+//! - [`config`]: the config file (set up once) and the user's settings (kept in the state
+//!   directory).
+//! - [`keys`]: actions and their single-key bindings.
+//! - [`voice`]: voice packs, synthesiser choice and what the device says.
+//! - [`device`]: the `run` loop with terminal, evdev and GPIO input.
+//! - [`cli`]: the command line.
+//!
+//! Invariants: the secret is never printed or logged, and no error message quotes the state
+//! file's content; a state file that cannot be trusted is never rewritten.
+
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod keys;
+pub mod state;
+pub mod voice;

@@ -1,0 +1,226 @@
+//! The device's side of the speech crate: finding the voice packs, choosing the synthesiser,
+//! and planning what the device says (codes, feedback, errors, status).
+
+use std::path::{Path, PathBuf};
+
+use codereader_speech::{
+    ClipSynth, CodeIntro, Earcon, Espeak, PhraseKey, Prompt, Segment, Settings, SpeechError, Speed,
+    Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+};
+
+use crate::config::{Listening, SynthChoice};
+
+/// Why the voices cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VoiceError {
+    /// The voice packs failed to load.
+    #[error("voice packs in {dir}: {source}")]
+    Load {
+        /// The voices directory.
+        dir: PathBuf,
+        /// The speech crate's error.
+        source: codereader_speech::PackError,
+    },
+    /// No pack for the language asked for.
+    #[error("no voice pack for language `{tag}`; available: {available}")]
+    UnknownLanguage {
+        /// The tag asked for.
+        tag: String,
+        /// The tags there are.
+        available: String,
+    },
+    /// The synthesiser could not start.
+    #[error("cannot start the synthesiser for `{tag}`: {source}")]
+    Synth {
+        /// Language.
+        tag: String,
+        /// Why.
+        source: SpeechError,
+    },
+}
+
+/// Where the voice packs are: `explicit` (`--voices`, `CODEREADER_VOICES`), the config's
+/// `voices`, `../share/codereader/voices` beside the program (an installed tarball),
+/// `/usr/share/codereader/voices`, and last the source tree's `voices/` (development).
+pub fn locate_voices(explicit: Option<&Path>, configured: Option<&Path>) -> PathBuf {
+    if let Some(dir) = explicit.or(configured) {
+        return dir.to_path_buf();
+    }
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|prefix| prefix.join("share/codereader/voices"))
+    });
+    let candidates = beside_exe.into_iter().chain([
+        PathBuf::from("/usr/share/codereader/voices"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices"),
+    ]);
+    let mut last = PathBuf::from("/usr/share/codereader/voices");
+    for dir in candidates {
+        if dir.is_dir() {
+            return dir;
+        }
+        last = dir;
+    }
+    last
+}
+
+/// The loaded voice packs and the synthesiser choice.
+#[derive(Debug)]
+pub struct Voices {
+    library: VoiceLibrary,
+    choice: SynthChoice,
+}
+
+impl Voices {
+    /// Loads every pack in `dir`.
+    ///
+    /// # Errors
+    /// [`VoiceError::Load`].
+    pub fn load(dir: &Path, choice: SynthChoice) -> Result<Self, VoiceError> {
+        let library = VoiceLibrary::load(dir).map_err(|source| VoiceError::Load {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Voices { library, choice })
+    }
+
+    /// Language tags, sorted.
+    pub fn languages(&self) -> Vec<String> {
+        self.library.languages().map(str::to_owned).collect()
+    }
+
+    /// The pack for `tag`.
+    ///
+    /// # Errors
+    /// [`VoiceError::UnknownLanguage`].
+    pub fn pack(&self, tag: &str) -> Result<&VoicePack, VoiceError> {
+        self.library
+            .pack(tag)
+            .ok_or_else(|| VoiceError::UnknownLanguage {
+                tag: tag.to_owned(),
+                available: self.languages().join(", "),
+            })
+    }
+
+    /// The pack for `tag`, or else the first one (so errors can still be spoken).
+    pub fn pack_or_first(&self, tag: &str) -> Option<&VoicePack> {
+        self.library
+            .pack(tag)
+            .or_else(|| self.library.packs().next())
+    }
+
+    /// The language after `tag`, wrapping around.
+    pub fn next_language(&self, tag: &str) -> String {
+        let tags = self.languages();
+        let next = tags
+            .iter()
+            .position(|t| t == tag)
+            .map_or(0, |i| (i + 1) % tags.len().max(1));
+        tags.get(next).cloned().unwrap_or_else(|| tag.to_owned())
+    }
+
+    /// A synthesiser for `pack`, as the config chose.
+    ///
+    /// # Errors
+    /// [`VoiceError::Synth`].
+    pub fn synth(&self, pack: &VoicePack) -> Result<Box<dyn Synth>, VoiceError> {
+        let wrap = |source| VoiceError::Synth {
+            tag: pack.tag().to_owned(),
+            source,
+        };
+        let use_clips = match self.choice {
+            SynthChoice::Clips => true,
+            SynthChoice::Espeak => false,
+            SynthChoice::Auto => pack.clips().is_some(),
+        };
+        if use_clips {
+            Ok(Box::new(ClipSynth::load(pack).map_err(wrap)?))
+        } else {
+            let engine = Espeak::shared().map_err(wrap)?;
+            Ok(Box::new(engine.voice(pack).map_err(wrap)?))
+        }
+    }
+}
+
+/// The speech crate's settings for the user's volume and rate steps.
+pub fn speech_settings(listening: &Listening) -> Settings {
+    Settings {
+        speed: Speed::new(listening.rate),
+        volume: Volume::new(listening.volume),
+    }
+}
+
+/// What the device says.
+#[derive(Debug, Clone)]
+pub enum Message<'a> {
+    /// A code, first time or again.
+    Code {
+        /// The digits.
+        code: &'a str,
+        /// "Again" instead of "Your code is".
+        replay: bool,
+    },
+    /// One prompt: feedback or an error.
+    Prompt(Prompt),
+    /// A setting is already at its end: a short tone instead of "louder" that is not louder.
+    Limit,
+    /// Status: the serial's last digits, then each problem's prompt.
+    Status {
+        /// Up to four digits of the token's serial number.
+        serial_digits: &'a str,
+        /// Problems to report (clock, battery), in order.
+        problems: &'a [Prompt],
+    },
+}
+
+/// Plans `message` in `pack`'s language.
+///
+/// # Errors
+/// [`SpeechError::InvalidCode`] if a code is not 6 to 8 digits.
+pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, SpeechError> {
+    match message {
+        Message::Code { code, replay } => {
+            let intro = if *replay {
+                CodeIntro::Replay
+            } else {
+                CodeIntro::First
+            };
+            Utterance::code(pack, code, intro)
+        }
+        Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
+        Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
+        Message::Status {
+            serial_digits,
+            problems,
+        } => {
+            let pauses = pack.pauses();
+            let mut segments = vec![
+                Segment::Earcon(Earcon::Start),
+                Segment::Pause {
+                    ms: pauses.around_earcon_ms,
+                },
+            ];
+            for (i, d) in serial_digits.bytes().filter(u8::is_ascii_digit).enumerate() {
+                if i > 0 {
+                    segments.push(Segment::Pause {
+                        ms: pauses.between_digits_ms,
+                    });
+                }
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d - b'0'))));
+            }
+            for prompt in *problems {
+                segments.push(Segment::Pause {
+                    ms: pauses.between_groups_ms,
+                });
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+            }
+            segments.push(Segment::Pause {
+                ms: pauses.around_earcon_ms,
+            });
+            segments.push(Segment::Earcon(Earcon::End));
+            Ok(Utterance::from_segments(segments))
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! End-to-end tests of the `codereader` binary's one-shot commands: enrol, code (checked
+//! against Debian's `oathtool`), speak to WAV (segmented), spoken errors, damaged state
+//! files, settings and config errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use codereader_e2e::{Audio, code_segments, codereader_bin, voices_dir};
+
+/// RFC 4226's secret "12345678901234567890" in base32 and hex.
+const SECRET_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+const SECRET_HEX: &str = "3132333435363738393031323334353637383930";
+/// A time after any build of this program (2033-05-18).
+const T: u64 = 2_000_000_000;
+
+fn codereader(state: &Path, args: &[&str]) -> Output {
+    Command::new(codereader_bin())
+        .args(args)
+        .env("CODEREADER_STATE", state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env_remove("CODEREADER_CONFIG")
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn oathtool(args: &[&str]) -> String {
+    let out = Command::new("oathtool")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run oathtool ({e}); install it with: apt-get install oathtool")
+        });
+    assert!(out.status.success(), "oathtool {args:?}: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn code_equals_oathtool_for_totp_and_hotp_tokens() {
+    let cases: [(&str, &str, &str, u64); 3] = [
+        ("SHA1", "6", "30", 30),
+        ("SHA256", "8", "60", 60),
+        ("SHA512", "7", "30", 30),
+    ];
+    for (algorithm, digits, period, step) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!(
+            "otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank&algorithm={algorithm}&digits={digits}&period={period}"
+        );
+        let out = ok(&codereader(dir.path(), &["enroll", "--uri", &uri]));
+        assert!(
+            !out.contains(SECRET_B32),
+            "enroll printed the secret: {out}"
+        );
+        // Several times, increasing (a later step is always allowed).
+        for t in [T, T + step - 1, T + step, T + 12_345] {
+            let ours = ok(&codereader(dir.path(), &["code", "--at", &t.to_string()]));
+            let mode = algorithm.to_lowercase();
+            let theirs = oathtool(&[
+                &format!("--totp={mode}"),
+                &format!("--digits={digits}"),
+                &format!("--time-step-size={period}s"),
+                &format!("--now=@{t}"),
+                SECRET_HEX,
+            ]);
+            assert_eq!(ours.trim(), theirs, "{algorithm} {digits} digits at {t}");
+        }
+    }
+    // HOTP: each `code` uses the next counter.
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter=5");
+    ok(&codereader(dir.path(), &["enroll", "--uri", &uri]));
+    for counter in 5..10 {
+        let ours = ok(&codereader(dir.path(), &["code"]));
+        let theirs = oathtool(&["--hotp", &format!("--counter={counter}"), SECRET_HEX]);
+        assert_eq!(ours.trim(), theirs, "counter {counter}");
+    }
+}
+
+fn enroll_totp(state: &Path) {
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
+    ok(&codereader(
+        state,
+        &["enroll", "--uri", &uri, "--serial", "4711-0815"],
+    ));
+}
+
+#[test]
+fn speak_wav_has_six_digit_segments_in_each_language() {
+    for lang in ["da", "en"] {
+        let dir = tempfile::tempdir().unwrap();
+        enroll_totp(dir.path());
+        let wav = dir.path().join("code.wav");
+        let at = T.to_string();
+        ok(&codereader(
+            dir.path(),
+            &[
+                "speak",
+                "--wav",
+                wav.to_str().unwrap(),
+                "--at",
+                &at,
+                "--lang",
+                lang,
+            ],
+        ));
+        let audio = Audio::read_wav(&wav).unwrap();
+        assert_eq!(audio.rate, 22_050);
+        assert!(audio.peak() < 1.0, "{lang}: clipped");
+        let parts = code_segments(&audio);
+        assert_eq!(
+            parts.digits.len(),
+            6,
+            "{lang}: expected earcon, intro, 6 digits, earcon; found {:?}",
+            parts.spans
+        );
+        // The pause between the two groups of three is the longest between digits.
+        let gaps: Vec<usize> = parts
+            .digits
+            .windows(2)
+            .map(|w| w[1].start - w[0].end)
+            .collect();
+        let longest = gaps.iter().enumerate().max_by_key(|(_, g)| **g).unwrap().0;
+        assert_eq!(longest, 2, "{lang}: gaps {gaps:?}");
+    }
+}
+
+#[test]
+fn failures_are_spoken_and_give_their_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("e.wav");
+    let w = wav.to_str().unwrap();
+    // No token: exit 3, and the WAV says so.
+    let out = codereader(dir.path(), &["speak", "--wav", w, "--lang", "en"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no token is enrolled"),
+        "{}",
+        stderr(&out)
+    );
+    let spoken = Audio::read_wav(&wav).unwrap();
+    assert!(
+        spoken.samples.len() > 22_050 / 2,
+        "the error was not spoken"
+    );
+    // Clock not set: exit 5, spoken, and no code printed.
+    enroll_totp(dir.path());
+    let out = codereader(dir.path(), &["speak", "--wav", w, "--at", "1000"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("clock is not set"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!Audio::read_wav(&wav).unwrap().samples.is_empty());
+    let out = codereader(dir.path(), &["code", "--at", "1000"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    // Clock moved back past the last step given: exit 5, no code.
+    ok(&codereader(dir.path(), &["code", "--at", &T.to_string()]));
+    let out = codereader(dir.path(), &["code", "--at", &(T - 60).to_string()]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("moved backwards"), "{}", stderr(&out));
+    let out = codereader(
+        dir.path(),
+        &["speak", "--wav", w, "--at", &(T - 60).to_string()],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    // Unknown language: clear error.
+    let out = codereader(dir.path(), &["speak", "--wav", w, "--lang", "xx"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no voice pack for language `xx`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn live_speak_without_a_sound_card_fails_clearly_and_uses_no_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter=0");
+    ok(&codereader(dir.path(), &["enroll", "--uri", &uri]));
+    // An ALSA default device that does not exist, whatever the machine has.
+    let conf = dir.path().join("asound.conf");
+    fs::write(
+        &conf,
+        "pcm.!default { type hw; card 31 }\nctl.!default { type hw; card 31 }\n",
+    )
+    .unwrap();
+    let out = Command::new(codereader_bin())
+        .args(["speak"])
+        .env("CODEREADER_STATE", dir.path())
+        .env("CODEREADER_VOICES", voices_dir())
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no working audio output device"),
+        "{}",
+        stderr(&out)
+    );
+    let status = ok(&codereader(dir.path(), &["status"]));
+    assert!(status.contains("next counter: 0"), "{status}");
+}
+
+#[test]
+fn enroll_keeps_the_secret_out_of_output_and_needs_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
+    // From standard input, so the secret is not in the process list.
+    let mut child = Command::new(codereader_bin())
+        .args(["enroll", "--uri", "-"])
+        .env("CODEREADER_STATE", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(uri.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = format!("{}{}", ok(&out), stderr(&out));
+    assert!(!all.contains(SECRET_B32) && !all.contains("GEZDG"), "{all}");
+    let token = dir.path().join("token.toml");
+    assert_eq!(fs::metadata(&token).unwrap().mode() & 0o777, 0o600);
+    let before = fs::read(&token).unwrap();
+    let other = "otpauth://hotp/X:y?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&counter=1";
+    let out = codereader(dir.path(), &["enroll", "--uri", other]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--replace"), "{}", stderr(&out));
+    assert_eq!(fs::read(&token).unwrap(), before);
+    ok(&codereader(
+        dir.path(),
+        &["enroll", "--uri", other, "--replace"],
+    ));
+    assert!(ok(&codereader(dir.path(), &["status"])).contains("hotp"));
+    // A bad URI: a clear error that does not echo the input.
+    let out = codereader(
+        dir.path(),
+        &[
+            "enroll",
+            "--replace",
+            "--uri",
+            "otpauth://totp/A:b?secret=MZXW6!!!",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not valid"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("MZXW6"), "{}", stderr(&out));
+}
+
+/// Everything about a file that must not change.
+fn fingerprint(path: &Path) -> (Vec<u8>, u32, i64, i64) {
+    let meta = fs::metadata(path).unwrap();
+    (
+        fs::read(path).unwrap(),
+        meta.mode(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+#[test]
+fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
+    type Damage = fn(&Path);
+    let table: [(&str, Damage, &str); 7] = [
+        (
+            "bit flip",
+            |p| {
+                let mut b = fs::read(p).unwrap();
+                let i = b.len() / 2;
+                b[i] ^= 0x04;
+                fs::write(p, b).unwrap();
+            },
+            "checksum does not match",
+        ),
+        (
+            "truncated",
+            |p| {
+                let b = fs::read(p).unwrap();
+                fs::write(p, &b[..b.len() / 2]).unwrap();
+            },
+            "truncated",
+        ),
+        (
+            "cut inside the checksum",
+            |p| {
+                let b = fs::read(p).unwrap();
+                fs::write(p, &b[..b.len() - 10]).unwrap();
+            },
+            "truncated",
+        ),
+        ("empty", |p| fs::write(p, b"").unwrap(), "empty"),
+        (
+            "binary garbage",
+            |p| fs::write(p, [0xffu8, 0xfe, 0x00, 0x13, 0x37]).unwrap(),
+            "not UTF-8",
+        ),
+        (
+            "readable by others",
+            |p| fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap(),
+            "must be 0600",
+        ),
+        (
+            "future version",
+            |p| {
+                let t = fs::read_to_string(p).unwrap();
+                fs::write(p, t.replace("format = 1", "format = 2")).unwrap();
+            },
+            "newer codereader (state format 2",
+        ),
+    ];
+    for (name, damage, expected) in table {
+        let dir = tempfile::tempdir().unwrap();
+        enroll_totp(dir.path());
+        let token = dir.path().join("token.toml");
+        damage(&token);
+        let before = fingerprint(&token);
+        let wav = dir.path().join("e.wav");
+        let at = T.to_string();
+        for args in [
+            vec!["code", "--at", &at],
+            vec!["speak", "--wav", wav.to_str().unwrap(), "--at", &at],
+            vec!["status"],
+            vec!["clock", "--accept"],
+        ] {
+            let out = codereader(dir.path(), &args);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "{name}, {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(expected),
+                "{name}, {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("left untouched"),
+                "{name}: {}",
+                stderr(&out)
+            );
+            assert!(!stderr(&out).contains("GEZDG"), "{name}: secret in error");
+            assert!(out.stdout.is_empty(), "{name}: printed {:?}", out.stdout);
+            assert_eq!(
+                fingerprint(&token),
+                before,
+                "{name}, {args:?}: file changed"
+            );
+        }
+        // Enrolling over it without --replace does not touch it either.
+        let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}");
+        let out = codereader(dir.path(), &["enroll", "--uri", &uri]);
+        assert!(!out.status.success(), "{name}");
+        assert_eq!(
+            fingerprint(&token),
+            before,
+            "{name}: enroll changed the file"
+        );
+    }
+}
+
+#[test]
+fn settings_persist_and_bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let shown = ok(&codereader(dir.path(), &["settings"]));
+    assert!(
+        shown.contains("language = da") && shown.contains("volume = -2"),
+        "{shown}"
+    );
+    ok(&codereader(
+        dir.path(),
+        &[
+            "settings",
+            "--volume",
+            "-5",
+            "--rate",
+            "2",
+            "--lang",
+            "en",
+            "--bind",
+            "speak=k,enter",
+        ],
+    ));
+    let shown = ok(&codereader(dir.path(), &["settings"]));
+    for expected in [
+        "language = en",
+        "volume = -5",
+        "rate = 2",
+        "speak = k, enter",
+    ] {
+        assert!(shown.contains(expected), "missing {expected:?} in\n{shown}");
+    }
+    // Conflicting binding, out-of-range value, unknown language: refused, nothing saved.
+    let saved = fs::read(dir.path().join("settings.toml")).unwrap();
+    for args in [
+        &["settings", "--bind", "stop=k"][..],
+        &["settings", "--volume", "4"],
+        &["settings", "--lang", "xx"],
+        &["settings", "--bind", "jump=j"],
+    ] {
+        let out = codereader(dir.path(), args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(fs::read(dir.path().join("settings.toml")).unwrap(), saved);
+    }
+    ok(&codereader(dir.path(), &["settings", "--reset"]));
+    assert!(ok(&codereader(dir.path(), &["settings"])).contains("language = da"));
+    // A bad config file names the key and gives exit status 7.
+    let config = dir.path().join("config.toml");
+    for (text, key) in [
+        ("volume = 3\n", "volume"),
+        ("[input]\nterminl = true\n", "terminl"),
+    ] {
+        fs::write(&config, text).unwrap();
+        let out = codereader(
+            dir.path(),
+            &["--config", config.to_str().unwrap(), "settings"],
+        );
+        assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+        assert!(stderr(&out).contains(key), "{}", stderr(&out));
+    }
+}
+
+fn pskc_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/otp/tests/data/pskc")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn enroll_from_pskc_plain_and_encrypted_matches_oathtool() {
+    for (file, key) in [
+        ("rfc6030-figure3.xml", None),
+        (
+            "rfc6030-figure6.xml",
+            Some("12345678901234567890123456789012"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pskc_file(file);
+        let mut args = vec!["enroll", "--pskc", &path, "--serial", "987654321"];
+        if let Some(key) = key {
+            args.extend(["--pskc-key", key]);
+        }
+        let out = ok(&codereader(dir.path(), &args));
+        assert!(
+            out.contains("hotp") && out.contains("8 digits"),
+            "{file}: {out}"
+        );
+        let status = ok(&codereader(dir.path(), &["status"]));
+        assert!(status.contains("serial: 987654321"), "{status}");
+        for counter in 0..3 {
+            let ours = ok(&codereader(dir.path(), &["code"]));
+            let theirs = oathtool(&[
+                "--hotp",
+                "--digits=8",
+                &format!("--counter={counter}"),
+                SECRET_HEX,
+            ]);
+            assert_eq!(ours.trim(), theirs, "{file}, counter {counter}");
+        }
+    }
+    // Wrong serial, missing or wrong pre-shared key, a weak key: clear errors, nothing stored.
+    let table: [(&str, &[&str], &str); 4] = [
+        (
+            "rfc6030-figure3.xml",
+            &["--serial", "1"],
+            "no key with serial `1`; it has: 987654321",
+        ),
+        (
+            "rfc6030-figure6.xml",
+            &["--serial", "987654321"],
+            "cannot be used",
+        ),
+        (
+            "rfc6030-figure6.xml",
+            &[
+                "--serial",
+                "987654321",
+                "--pskc-key",
+                "00000000000000000000000000000000",
+            ],
+            "cannot be used",
+        ),
+        (
+            "rfc6030-figure2.xml",
+            &["--serial", "12345678"],
+            "cannot be used",
+        ),
+    ];
+    for (file, extra, expected) in table {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pskc_file(file);
+        let mut args = vec!["enroll", "--pskc", &path];
+        args.extend_from_slice(extra);
+        let out = codereader(dir.path(), &args);
+        assert!(!out.status.success(), "{file} {extra:?} was accepted");
+        assert!(
+            stderr(&out).contains(expected),
+            "{file} {extra:?}: {}",
+            stderr(&out)
+        );
+        assert!(!dir.path().join("token.toml").exists());
+    }
+}

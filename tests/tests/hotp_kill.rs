@@ -1,0 +1,121 @@
+//! HOTP safety under kill -9: 200 `speak` runs, many killed at random moments (while loading,
+//! while writing the state, while synthesising). No counter may be spoken twice, and the state
+//! file must parse after every kill.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Instant;
+
+use codereader_e2e::{codereader_bin, voices_dir};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const RUNS: usize = 200;
+const SEED: u64 = 0x4b11_1e9d;
+
+fn next_counter(state: &std::path::Path) -> u64 {
+    let out = Command::new(codereader_bin())
+        .arg("status")
+        .env("CODEREADER_STATE", state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "state unreadable after a kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("next counter: "))
+        .unwrap_or_else(|| panic!("no counter in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn two_hundred_speaks_with_kill_9_never_reuse_a_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = "otpauth://hotp/Bank:bob?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=0";
+    let out = Command::new(codereader_bin())
+        .args(["enroll", "--uri", uri])
+        .env("CODEREADER_STATE", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let speak = |i: usize| {
+        Command::new(codereader_bin())
+            .args(["speak", "--wav"])
+            .arg(dir.path().join(format!("{i}.wav")))
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // How long one uninterrupted speak takes here, so that kills land all over it.
+    let t = Instant::now();
+    let out = speak(RUNS).wait_with_output().unwrap();
+    assert!(out.status.success());
+    let full = t.elapsed();
+    let mut spoken: Vec<u64> = vec![0];
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let (mut killed, mut finished) = (0, 0);
+    for i in 0..RUNS {
+        let before = next_counter(&state);
+        let mut child = speak(i);
+        let delay = full.mul_f64(rng.gen_range(0.0..1.2));
+        thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if status.success() {
+            finished += 1;
+        } else {
+            killed += 1;
+        }
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        let after = next_counter(&state);
+        // The counter only ever moves forward, by at most one per run.
+        assert!(
+            after == before || after == before + 1,
+            "run {i}: {before} -> {after}"
+        );
+        for line in log.lines() {
+            if let Some(n) = line.strip_prefix("codereader: speaking HOTP counter ") {
+                let n: u64 = n.trim().parse().unwrap();
+                // Said only after the next counter was stored.
+                assert!(
+                    n < after,
+                    "run {i}: spoke {n} but the state says next is {after}"
+                );
+                spoken.push(n);
+            }
+        }
+    }
+    let unique: BTreeSet<u64> = spoken.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        spoken.len(),
+        "a counter was spoken twice: {spoken:?}"
+    );
+    assert!(
+        killed >= RUNS / 4,
+        "only {killed} runs were killed: the test did not test"
+    );
+    assert!(finished >= RUNS / 10, "only {finished} runs finished");
+    println!(
+        "{killed} killed, {finished} finished, {} codes spoken",
+        spoken.len()
+    );
+}
