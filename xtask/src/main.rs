@@ -4,6 +4,9 @@
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings and `cargo test --workspace`.
+//! - `bench-verifier`: load-test the verifier HTTP service on loopback (SQLite and
+//!   PostgreSQL) and print verifies/s and p50/p99 latency; extra arguments go to the load
+//!   generator (`crates/server/benches/load.rs`).
 //!
 //! Kept to the standard library so it compiles in seconds on a fresh machine.
 
@@ -17,6 +20,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench-verifier") => bench_verifier(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_help();
             Ok(())
@@ -38,6 +42,8 @@ fn print_help() {
          Tasks:\n  \
          demo    show the current code of a demo token (installs what it needs)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
+         bench-verifier [--seconds S] [--connections C] [--stores sqlite,postgres]\n          \
+                 load-test the verifier service on loopback; prints verifies/s, p50, p99\n  \
          help    this text"
     );
 }
@@ -107,5 +113,23 @@ fn test(_args: &[String]) -> Result<(), String> {
     run(
         "cargo test --doc",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
+    )
+}
+
+fn bench_verifier(args: &[String]) -> Result<(), String> {
+    // PostgreSQL (and everything else the server's tests need) comes from the TEST list.
+    packages::ensure(packages::TEST)?;
+    run(
+        "verifier load benchmark",
+        cargo()
+            .args([
+                "bench",
+                "--package",
+                "codereader-verifier-server",
+                "--bench",
+                "load",
+                "--",
+            ])
+            .args(args),
     )
 }

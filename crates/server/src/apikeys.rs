@@ -102,7 +102,9 @@ impl ApiKeys {
             let [scope, name, hash] = fields[..] else {
                 return Err(bad("expected 'SCOPE NAME SHA256-HEX'"));
             };
-            let scope: Scope = scope.parse().map_err(|e: anyhow::Error| bad(&e.to_string()))?;
+            let scope: Scope = scope
+                .parse()
+                .map_err(|e: anyhow::Error| bad(&e.to_string()))?;
             let hash = data_encoding::HEXLOWER_PERMISSIVE
                 .decode(hash.as_bytes())
                 .ok()
@@ -232,7 +234,10 @@ mod tests {
         assert!(!text.contains(&verify.key[KEY_PREFIX.len()..]));
         let keys = ApiKeys::load(&path).unwrap();
         assert_eq!(keys.entries().len(), 2);
-        assert_eq!(keys.find(verify.key.as_bytes()).unwrap().scope, Scope::Verify);
+        assert_eq!(
+            keys.find(verify.key.as_bytes()).unwrap().scope,
+            Scope::Verify
+        );
         let found = keys.find(admin.key.as_bytes()).unwrap();
         assert_eq!((found.scope, found.name.as_str()), (Scope::Admin, "ops"));
         assert!(keys.find(b"crv_0000").is_none());
@@ -245,8 +250,13 @@ mod tests {
     fn malformed_files_name_the_line() {
         let err = ApiKeys::parse("# c\nverify k1 00\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
-        let err = ApiKeys::parse("root k1 ".to_owned() + &"0".repeat(64)).unwrap_err();
+        let err = ApiKeys::parse(&("root k1 ".to_owned() + &"0".repeat(64))).unwrap_err();
         assert!(err.to_string().contains("unknown scope"), "{err}");
-        assert!(ApiKeys::load(Path::new("/nonexistent/keys")).unwrap().entries().is_empty());
+        assert!(
+            ApiKeys::load(Path::new("/nonexistent/keys"))
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
     }
 }

@@ -164,12 +164,9 @@ struct CallerName(String);
 
 /// The application: routes and middleware.
 pub fn router(state: Shared, limits: Limits) -> Router {
-    let verify_routes = Router::new()
-        .route("/v1/verify", post(verify))
-        .route_layer(middleware::from_fn_with_state(
-            (state.clone(), Scope::Verify),
-            require_scope,
-        ));
+    let verify_routes = Router::new().route("/v1/verify", post(verify)).route_layer(
+        middleware::from_fn_with_state((state.clone(), Scope::Verify), require_scope),
+    );
     let admin_routes = Router::new()
         .route("/v1/tokens", post(enroll))
         .route(

@@ -102,8 +102,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         file.write_all(contents)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync directory {}", dir.display()))
@@ -130,7 +129,12 @@ pub struct KekFile {
 
 impl std::fmt::Debug for KekFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KekFile({}, {}, [redacted])", self.path.display(), self.id)
+        write!(
+            f,
+            "KekFile({}, {}, [redacted])",
+            self.path.display(),
+            self.id
+        )
     }
 }
 
@@ -244,7 +248,12 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             write_atomic(&path, &[7u8; 32]).unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(read_kek(&path).unwrap_err().to_string().contains("chmod 600"));
+            assert!(
+                read_kek(&path)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("chmod 600")
+            );
         }
     }
 }

@@ -190,8 +190,7 @@ pub trait TokenService: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`ServiceError::Invalid`] for a malformed serial or user id; [`ServiceError::Store`].
-    fn verify(&self, target: &Target, code: &Code, caller: &str)
-    -> Result<Decision, ServiceError>;
+    fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError>;
 
     /// Enrols a new token with `serial`.
     ///

@@ -115,7 +115,10 @@ impl Server {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if let Some(url) = line.trim().strip_prefix("codereader-verifier: listening on http://") {
+                if let Some(url) = line
+                    .trim()
+                    .strip_prefix("codereader-verifier: listening on http://")
+                {
                     let _ = tx.send(url.parse::<SocketAddr>().unwrap());
                 }
                 line.clear();
@@ -126,10 +129,7 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "server did not start: {}",
-                    self.stderr.lock().unwrap()
-                );
+                panic!("server did not start: {}", self.stderr.lock().unwrap());
             }
         }
         self.child = Some(child);
@@ -246,7 +246,12 @@ impl Conn {
     }
 
     /// POSTs JSON.
-    pub async fn post(&mut self, path: &str, key: &str, body: &Value) -> Result<Reply, hyper::Error> {
+    pub async fn post(
+        &mut self,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<Reply, hyper::Error> {
         self.send(
             "POST",
             path,
@@ -274,7 +279,9 @@ impl Client {
         body: Vec<u8>,
     ) -> Reply {
         let mut conn = Conn::open(self.addr).await.unwrap();
-        conn.send(method, path, key, content_type, body).await.unwrap()
+        conn.send(method, path, key, content_type, body)
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
@@ -298,7 +305,9 @@ impl Client {
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     // The server may answer (413) and close before reading everything; a failed write is fine.
     let _ = stream.write_all(request);
     let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -62,7 +62,10 @@ impl Postgres {
     /// initdb + start; waits until it accepts connections.
     pub fn start() -> Postgres {
         let bin = bin_dir();
-        let dir = tempfile::Builder::new().prefix("codereader-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("codereader-pg")
+            .tempdir()
+            .unwrap();
         let data = dir.path().join("data");
         if is_root() {
             let ok = Command::new("chown")
@@ -74,7 +77,16 @@ impl Postgres {
             assert!(ok, "chown of the PostgreSQL directory failed");
         }
         let out = as_pg_user(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
@@ -91,7 +103,14 @@ impl Postgres {
                 .arg(&data)
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
                 .arg(dir.path())
-                .args(["-c", "fsync=on", "-c", "max_connections=300", "-c", "shared_buffers=128MB"])
+                .args([
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "max_connections=300",
+                    "-c",
+                    "shared_buffers=128MB",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

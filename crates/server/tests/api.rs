@@ -1,0 +1,13 @@
+//! End-to-end tests of the real `codereader-verifier` binary over HTTP on 127.0.0.1: token
+//! life cycle, auth, malformed input, concurrency on SQLite and PostgreSQL, crash safety.
+
+mod common;
+
+#[path = "api/concurrency.rs"]
+mod concurrency;
+#[path = "api/fault.rs"]
+mod fault;
+#[path = "api/flows.rs"]
+mod flows;
+#[path = "api/malformed.rs"]
+mod malformed;
