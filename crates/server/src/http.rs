@@ -27,41 +27,7 @@ use tokio::net::TcpListener;
 use crate::apikeys::{ApiKeys, Scope};
 use crate::metrics::Metrics;
 use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
-use crate::wire;
-
-/// The stable values of the `error` field.
-pub mod codes {
-    /// No `Authorization: Bearer` header, or an unknown key (401).
-    pub const UNAUTHORIZED: &str = "unauthorized";
-    /// The key's scope does not allow this call (403).
-    pub const FORBIDDEN: &str = "forbidden";
-    /// The body is empty where JSON is expected (400).
-    pub const EMPTY_BODY: &str = "empty_body";
-    /// The body is not JSON (400).
-    pub const INVALID_JSON: &str = "invalid_json";
-    /// The JSON has a missing field, a wrong type or an unknown field (400).
-    pub const INVALID_REQUEST: &str = "invalid_request";
-    /// A code is not 6 to 8 ASCII digits (400).
-    pub const INVALID_CODE: &str = "invalid_code";
-    /// A serial or user id is empty, too long or has control characters (400).
-    pub const INVALID_ID: &str = "invalid_id";
-    /// The body exceeds the size cap (413).
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
-    /// The import body is neither JSON nor XML (415).
-    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
-    /// No such token (404).
-    pub const UNKNOWN_TOKEN: &str = "unknown_token";
-    /// No such route (404).
-    pub const NOT_FOUND: &str = "not_found";
-    /// The route exists but not with this method (405).
-    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    /// The store failed; retry later (503).
-    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
-    /// The request took longer than the server's per-request timeout (503).
-    pub const TIMEOUT: &str = "timeout";
-    /// A bug (500).
-    pub const INTERNAL: &str = "internal";
-}
+use crate::wire::{self, codes};
 
 /// An error response.
 #[derive(Debug)]
