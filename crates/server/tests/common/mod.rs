@@ -309,8 +309,9 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     // The server may answer (413) and close before reading everything; a failed write is fine.
+    // No half-close after writing: hyper treats it as the client going away. Requests sent
+    // here carry `Connection: close`, so the server closes after its answer.
     let _ = stream.write_all(request);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut text = Vec::new();
     let _ = stream.read_to_end(&mut text);
     let text = String::from_utf8_lossy(&text).into_owned();
