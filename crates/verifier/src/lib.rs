@@ -1,1 +1,66 @@
-//! Verifies one-time codes exactly once.
+//! Verifies one-time codes exactly once: the rules a backend applies to a typed code
+//! (windows, drift, replay, lockout, resync, activation) and the stores that keep token state
+//! (SQLite, PostgreSQL, and memory for tests).
+//!
+//! The crate is synchronous: an async server calls [`Verifier`] from a blocking pool
+//! (`tokio::task::spawn_blocking`); [`Verifier`] and every [`Store`] are `Send + Sync`.
+//! The clock is an argument (`now`), like in the `otp` crate, so the rules test without
+//! sleeping.
+//!
+//! ```
+//! use codereader_otp::{Algorithm, Code, Digits, KeyPolicy, Period, Secret, UnixTime};
+//! use codereader_verifier::{
+//!     Caller, Enrollment, Kek, KeyId, Keyring, MemoryStore, Outcome, Policy, Subject,
+//!     TokenId, TokenKind, TokenParams, Verifier,
+//! };
+//! use codereader_otp::{Counter, Totp};
+//!
+//! let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1")?, [7; 32]));
+//! let verifier = Verifier::new(Box::new(MemoryStore::new()), keyring, Policy::default());
+//! let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226)?;
+//! let params = TokenParams {
+//!     kind: TokenKind::Totp { period: Period::DEFAULT, t0: UnixTime(0) },
+//!     algorithm: Algorithm::Sha1,
+//!     digits: Digits::SIX,
+//! };
+//! let id = TokenId::new("SN-1")?;
+//! let admin = Caller::new("admin")?;
+//! let now = UnixTime(1_700_000_000);
+//! verifier.enroll(
+//!     &[Enrollment { id: id.clone(), params, secret: secret.clone(), counter: Counter(0) }],
+//!     now,
+//!     &admin,
+//! )?;
+//! let totp = Totp::new(&secret, Algorithm::Sha1, Digits::SIX, Period::DEFAULT, UnixTime(0));
+//! let code: Code = totp.code_at(now)?;
+//! let outcome = verifier.verify(Subject::Token(&id), &code, now, &admin)?;
+//! assert!(matches!(outcome, Outcome::Accepted(_)));
+//! // The same code again is a replay, never a second success.
+//! assert_eq!(verifier.verify(Subject::Token(&id), &code, now, &admin)?, Outcome::Replayed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod outcome;
+mod policy;
+mod scan;
+mod seal;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod token;
+mod verifier;
+
+pub use crate::outcome::{Accepted, Matched, Outcome};
+pub use crate::policy::{FailureDelay, Policy};
+pub use crate::seal::{Kek, Keyring, NONCE_LEN, SealError, SealedSeed};
+pub use crate::store::memory::MemoryStore;
+pub use crate::store::postgres::PgStore;
+pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
+pub use crate::store::{AuditEvent, Store, StoreError, open_store};
+pub use crate::token::{
+    Caller, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState, UserId,
+};
+pub use crate::verifier::{
+    Activation, Enrollment, ImportProblem, ImportReport, RotationReport, Subject, TokenInfo,
+    Verifier, VerifyError,
+};

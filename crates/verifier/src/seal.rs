@@ -85,19 +85,54 @@ impl Kek {
         Kek { id, cipher }
     }
 
+    /// A KEK from its 32 bytes, named by its fingerprint (see [`Kek::fingerprint`]).
+    pub fn from_key(bytes: [u8; 32]) -> Self {
+        let id = Self::fingerprint(&bytes);
+        Self::from_bytes(id, bytes)
+    }
+
+    /// The name a key gets when none is given: `kek-` and 16 hex digits of SHA-256 over a
+    /// fixed label and the key. The same key always gets the same name, so a keyring built
+    /// from files finds the key that sealed a seed without anyone naming keys; the digest
+    /// reveals nothing usable about the key.
+    pub fn fingerprint(bytes: &[u8; 32]) -> KeyId {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"codereader key-encryption key id\0");
+        h.update(bytes);
+        let digest = h.finalize();
+        let hex = data_encoding::HEXLOWER.encode(&digest[..8]);
+        // 20 printable ASCII characters: always a valid id.
+        KeyId::new(format!("kek-{hex}")).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A fresh random KEK.
+    ///
+    /// # Errors
+    /// [`SealError::Random`] if the system has no randomness.
+    pub fn generate() -> Result<Self, SealError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+        Ok(Self::from_key(*bytes))
+    }
+
     /// Reads a KEK from a file holding 32 raw bytes or 64 hex digits (surrounding whitespace
-    /// allowed). On Unix the file must not be readable by group or others.
+    /// allowed), named by its fingerprint. On Unix the file must not be readable by group or
+    /// others.
     ///
     /// # Errors
     /// [`SealError::Unreadable`], [`SealError::Permissions`] or [`SealError::BadKeyFormat`].
-    pub fn from_file(id: KeyId, path: &Path) -> Result<Self, SealError> {
+    pub fn from_file(path: &Path) -> Result<Self, SealError> {
         let unreadable = |e: std::io::Error| SealError::Unreadable {
             reason: e.to_string(),
         };
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(unreadable)?.permissions().mode();
+            let mode = std::fs::metadata(path)
+                .map_err(unreadable)?
+                .permissions()
+                .mode();
             if mode & 0o077 != 0 {
                 return Err(SealError::Permissions { mode: mode & 0o777 });
             }
@@ -119,13 +154,83 @@ impl Kek {
             );
             key.copy_from_slice(&decoded);
         }
-        Ok(Kek::from_bytes(id, *key))
+        Ok(Kek::from_key(*key))
+    }
+
+    /// Reads the KEK at `path`, or, if there is no file, creates one with a fresh random key
+    /// (64 hex digits, mode 0600, written to a temporary file, fsynced and renamed into place
+    /// so that a crash never leaves half a key). Returns the key and whether it was created.
+    ///
+    /// # Errors
+    /// As [`Kek::from_file`], plus [`SealError::Unreadable`] if the file cannot be written.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Ok((Self::from_file(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SealError::Unreadable {
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let io = |e: std::io::Error| SealError::Unreadable {
+            reason: e.to_string(),
+        };
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+        let mut text = Zeroizing::new(data_encoding::HEXLOWER.encode(bytes.as_ref()));
+        text.push('\n');
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile_in(dir).map_err(io)?;
+        {
+            use std::io::Write;
+            tmp.1.write_all(text.as_bytes()).map_err(io)?;
+            tmp.1.sync_all().map_err(io)?;
+        }
+        // Another process may have created the key meanwhile: keep theirs (hard link fails
+        // if the target exists), so two servers never end up with different keys.
+        let linked = std::fs::hard_link(&tmp.0, path);
+        let _ = std::fs::remove_file(&tmp.0);
+        match linked {
+            Ok(()) => {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+                Ok((Self::from_key(*bytes), true))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::from_file(path)?, false))
+            }
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// The key's name.
     pub fn id(&self) -> &KeyId {
         &self.id
     }
+}
+
+/// Creates a new file with a random name in `dir`, readable only by its owner.
+fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let mut name = [0u8; 8];
+    getrandom::fill(&mut name).map_err(|_| std::io::Error::other("no randomness"))?;
+    let path = dir.join(format!(
+        ".kek-{}.tmp",
+        data_encoding::HEXLOWER.encode(&name)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path)?;
+    Ok((path, file))
 }
 
 /// A seed as stored: which KEK sealed it, the nonce, and ciphertext with tag.
@@ -252,12 +357,21 @@ mod tests {
         let sealed = ring.seal(&a, &secret).unwrap();
         assert_ne!(&sealed.ciphertext[..20], secret.expose());
         assert_eq!(ring.open(&a, &sealed).unwrap(), secret);
-        assert!(matches!(ring.open(&b, &sealed), Err(SealError::Tampered { .. })));
+        assert!(matches!(
+            ring.open(&b, &sealed),
+            Err(SealError::Tampered { .. })
+        ));
         let mut flipped = sealed.clone();
         flipped.ciphertext[0] ^= 1;
-        assert!(matches!(ring.open(&a, &flipped), Err(SealError::Tampered { .. })));
+        assert!(matches!(
+            ring.open(&a, &flipped),
+            Err(SealError::Tampered { .. })
+        ));
         let other = Keyring::new(kek("k2", 2));
-        assert!(matches!(other.open(&a, &sealed), Err(SealError::UnknownKey { .. })));
+        assert!(matches!(
+            other.open(&a, &sealed),
+            Err(SealError::UnknownKey { .. })
+        ));
         let rotated = Keyring::new(kek("k2", 2)).with_older(kek("k1", 1));
         assert_eq!(rotated.open(&a, &sealed).unwrap(), secret);
         assert!(!format!("{:?}", kek("k9", 7)).contains("07"));
@@ -276,21 +390,46 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert_eq!(
-                Kek::from_file(KeyId::new("k").unwrap(), &path).unwrap_err(),
+                Kek::from_file(&path).unwrap_err(),
                 SealError::Permissions { mode: 0o644 }
             );
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let from_hex = Kek::from_file(KeyId::new("k").unwrap(), &path).unwrap();
+        let from_hex = Kek::from_file(&path).unwrap();
+        assert_eq!(from_hex.id(), &Kek::fingerprint(&[0xab; 32]));
+        assert!(from_hex.id().as_str().starts_with("kek-"));
         let ring = Keyring::new(from_hex);
-        let same = Keyring::new(Kek::from_bytes(KeyId::new("k").unwrap(), [0xab; 32]));
+        let same = Keyring::new(Kek::from_key([0xab; 32]));
         let t = TokenId::new("T").unwrap();
         let secret = Secret::new(vec![5; 20], KeyPolicy::Rfc4226).unwrap();
-        assert_eq!(same.open(&t, &ring.seal(&t, &secret).unwrap()).unwrap(), secret);
-        std::fs::write(&path, b"short").unwrap();
         assert_eq!(
-            Kek::from_file(KeyId::new("k").unwrap(), &path).unwrap_err(),
-            SealError::BadKeyFormat
+            same.open(&t, &ring.seal(&t, &secret).unwrap()).unwrap(),
+            secret
         );
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(Kek::from_file(&path).unwrap_err(), SealError::BadKeyFormat);
+    }
+
+    #[test]
+    fn load_or_create_makes_a_private_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let (a, created) = Kek::load_or_create(&path).unwrap();
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (b, created) = Kek::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a.id(), b.id());
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![9; 20], KeyPolicy::Rfc4226).unwrap();
+        let sealed = Keyring::new(a).seal(&t, &secret).unwrap();
+        assert_eq!(Keyring::new(b).open(&t, &sealed).unwrap(), secret);
+        // Only the key file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

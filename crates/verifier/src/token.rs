@@ -180,7 +180,10 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        assert_eq!(TokenId::new("").unwrap_err(), IdError::Empty { what: "token id" });
+        assert_eq!(
+            TokenId::new("").unwrap_err(),
+            IdError::Empty { what: "token id" }
+        );
         assert_eq!(
             UserId::new("a\nb").unwrap_err(),
             IdError::Control { what: "user id" }

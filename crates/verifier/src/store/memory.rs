@@ -1,5 +1,6 @@
 //! An in-memory [`Store`] for unit tests and benchmarks of the rules; not for production
-//! (nothing survives the process). One mutex makes every operation atomic.
+//! (nothing survives the process). One mutex makes every operation atomic, which is the
+//! contract the SQL stores meet with conditional updates.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -78,16 +79,39 @@ impl Store for MemoryStore {
             .cloned())
     }
 
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<TokenRecord> = inner
+            .tokens
+            .values()
+            .filter(|t| after.is_none_or(|a| &t.id > a))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
         let mut inner = self.lock();
+        if let Some(user) = &advance.bind {
+            if inner.users.contains_key(user) {
+                return Err(StoreError::UserTaken { user: user.clone() });
+            }
+        }
         let Some(t) = inner.tokens.get_mut(&advance.token) else {
             return Ok(false);
         };
         let s = &mut t.state;
+        let blocked = s.locked_at.is_some() || s.failures >= advance.max_failures;
         if !s.enabled
-            || s.locked_at.is_some()
-            || s.failures >= advance.max_failures
+            || (blocked && !advance.unlock)
             || s.next > advance.lowest
+            || (advance.bind.is_some() && t.user.is_some())
         {
             return Ok(false);
         }
@@ -95,6 +119,13 @@ impl Store for MemoryStore {
         s.drift = advance.drift;
         s.failures = 0;
         s.last_failure_at = None;
+        if advance.unlock {
+            s.locked_at = None;
+        }
+        if let Some(user) = &advance.bind {
+            t.user = Some(user.clone());
+            inner.users.insert(user.clone(), advance.token.clone());
+        }
         inner.audit.push(audit.clone());
         Ok(true)
     }
@@ -104,6 +135,7 @@ impl Store for MemoryStore {
         token: &TokenId,
         now: UnixTime,
         max_failures: u32,
+        audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
         let mut inner = self.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
@@ -118,10 +150,17 @@ impl Store for MemoryStore {
         if s.failures >= max_failures {
             s.locked_at = Some(now);
         }
-        Ok(Some(s.failures))
+        let failures = s.failures;
+        inner.audit.push(audit.clone());
+        Ok(Some(failures))
     }
 
-    fn unlock(&self, token: &TokenId, locked_at: Option<UnixTime>) -> Result<bool, StoreError> {
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
             return Ok(false);
@@ -133,31 +172,34 @@ impl Store for MemoryStore {
         s.locked_at = None;
         s.failures = 0;
         s.last_failure_at = None;
+        inner.audit.push(audit.clone());
         Ok(true)
     }
 
-    fn set_enabled(&self, token: &TokenId, enabled: bool) -> Result<bool, StoreError> {
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        Ok(inner
-            .tokens
-            .get_mut(token)
-            .map(|t| t.state.enabled = enabled)
-            .is_some())
-    }
-
-    fn assign_user(&self, token: &TokenId, user: &UserId) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        if inner.users.contains_key(user) {
-            return Err(StoreError::UserTaken { user: user.clone() });
-        }
         let Some(t) = inner.tokens.get_mut(token) else {
             return Ok(false);
         };
-        if t.user.is_some() {
+        t.state.enabled = enabled;
+        inner.audit.push(audit.clone());
+        Ok(true)
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = inner.tokens.remove(token) else {
             return Ok(false);
+        };
+        if let Some(user) = &t.user {
+            inner.users.remove(user);
         }
-        t.user = Some(user.clone());
-        inner.users.insert(user.clone(), token.clone());
+        inner.audit.push(audit.clone());
         Ok(true)
     }
 
@@ -166,26 +208,31 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn audit_trail(&self, token: &TokenId) -> Result<Vec<AuditEvent>, StoreError> {
-        Ok(self
-            .lock()
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<AuditEvent> = inner
             .audit
             .iter()
+            .rev()
             .filter(|e| e.token.as_ref() == Some(token))
+            .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        found.reverse();
+        Ok(found)
     }
 
     fn seeds_not_under(
         &self,
         current: &KeyId,
+        after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
         let inner = self.lock();
         let mut found: Vec<_> = inner
             .tokens
             .values()
-            .filter(|t| &t.seed.key_id != current)
+            .filter(|t| &t.seed.key_id != current && after.is_none_or(|a| &t.id > a))
             .map(|t| (t.id.clone(), t.seed.clone()))
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));

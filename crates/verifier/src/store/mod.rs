@@ -15,8 +15,11 @@ use crate::seal::{NONCE_LEN, SealedSeed};
 use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
 pub mod memory;
+mod open;
 pub mod postgres;
 pub mod sqlite;
+
+pub use open::open_store;
 
 /// Why a store operation failed. Never carries seeds or codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +61,9 @@ pub enum StoreError {
         /// The newest version this program can migrate to.
         known: i64,
     },
+    /// The store address is neither `sqlite:PATH` nor `postgres://...`.
+    #[error("unknown store address; expected sqlite:PATH or postgres://...")]
+    BadAddress,
     /// A value does not fit the database's signed 64-bit integers.
     #[error("{what} does not fit in a signed 64-bit integer")]
     OutOfRange {
@@ -103,6 +109,8 @@ pub struct Advance {
     pub(crate) accepted: u64,
     pub(crate) drift: i64,
     pub(crate) max_failures: u32,
+    pub(crate) unlock: bool,
+    pub(crate) bind: Option<UserId>,
 }
 
 impl Advance {
@@ -123,9 +131,18 @@ impl Advance {
     pub fn drift(&self) -> i64 {
         self.drift
     }
-    /// The update applies only while the token has fewer failures than this (not locked).
+    /// Unless [`Advance::unlock`], the update applies only while the token has fewer failures
+    /// than this and is not locked.
     pub fn max_failures(&self) -> u32 {
         self.max_failures
+    }
+    /// A resync: applies to a locked token too, and clears the lock.
+    pub fn unlock(&self) -> bool {
+        self.unlock
+    }
+    /// An activation: applies only to an unbound token, and binds it to this user.
+    pub fn bind(&self) -> Option<&UserId> {
+        self.bind.as_ref()
     }
 }
 
@@ -136,8 +153,8 @@ pub struct AuditEvent {
     pub token: Option<TokenId>,
     /// The user concerned, if known.
     pub user: Option<UserId>,
-    /// What was asked: "verify", "resync", "activate", "unlock", "enable", "disable",
-    /// "import", "rotate".
+    /// What was asked: "verify", "resync", "activate", "unlock", "auto-unlock", "enable",
+    /// "disable", "delete", "import", "enroll", "rotate".
     pub action: String,
     /// What happened: an [`crate::Outcome::label`] or "ok".
     pub outcome: String,
@@ -147,10 +164,12 @@ pub struct AuditEvent {
     pub caller: Caller,
 }
 
-/// Persistent token state. Implementations must make [`Store::advance`] and
-/// [`Store::record_failure`] atomic conditional updates.
+/// Persistent token state. Every method is one atomic step in the store; the verifier never
+/// holds a lock or a transaction across calls. Implementations must make [`Store::advance`]
+/// and [`Store::record_failure`] single conditional updates so that concurrent callers (other
+/// threads, processes or servers) can neither both win nor lose an increment.
 pub trait Store: Send + Sync {
-    /// Inserts all tokens in one transaction, or none.
+    /// Inserts all tokens in one transaction, or none, and appends `audit`.
     ///
     /// # Errors
     /// [`StoreError::Duplicate`] if an id exists; [`StoreError::Database`].
@@ -168,18 +187,31 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
     fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Compare-and-set: if the token is enabled, not locked, has fewer than
-    /// `max_failures` failures and `next <= advance.lowest()`, sets `next` to
-    /// `accepted + 1`, remembers the drift, clears failures and appends `audit`, atomically.
-    /// Returns whether it applied.
+    /// Up to `limit` tokens with ids greater than `after`, in id order.
     ///
     /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Compare-and-set: if the token is enabled, `next <= advance.lowest()`, and (unless
+    /// [`Advance::unlock`]) not locked with fewer than `max_failures` failures, and (with
+    /// [`Advance::bind`]) not bound to a user: sets `next` to `accepted + 1`, remembers the
+    /// drift, clears failures (and the lock), binds the user, and appends `audit`, all
+    /// atomically. Returns whether it applied.
+    ///
+    /// # Errors
+    /// [`StoreError::UserTaken`] if binding would give a user two tokens;
     /// [`StoreError::Database`].
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError>;
 
-    /// If the token is enabled and not locked, adds one failure, remembers `now`, and locks the
-    /// token (at `now`) when failures reach `max_failures`. Returns the new failure count, or
-    /// `None` if the token was locked, disabled or missing.
+    /// If the token is enabled and not locked: adds one failure, remembers `now`, locks the
+    /// token (at `now`) when failures reach `max_failures`, and appends `audit`, atomically.
+    /// Returns the new failure count, or `None` if the token was locked, disabled or missing
+    /// (then nothing is written).
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -188,28 +220,39 @@ pub trait Store: Send + Sync {
         token: &TokenId,
         now: UnixTime,
         max_failures: u32,
+        audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError>;
 
     /// Clears the lock and failures. With `Some(t)`, only if the token was locked at `t`
     /// (automatic unlock racing with others); with `None`, unconditionally (administrator).
-    /// Returns whether a row changed.
+    /// Appends `audit` if a row changed. Returns whether a row changed.
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    fn unlock(&self, token: &TokenId, locked_at: Option<UnixTime>) -> Result<bool, StoreError>;
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
 
-    /// Enables or disables a token. Returns whether the token exists.
+    /// Enables or disables a token and appends `audit`. Returns whether the token exists.
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    fn set_enabled(&self, token: &TokenId, enabled: bool) -> Result<bool, StoreError>;
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
 
-    /// Binds an unassigned token to `user`. Returns false if the token is missing or already
-    /// bound.
+    /// Deletes a token (its audit trail stays) and appends `audit`. Returns whether it
+    /// existed.
     ///
     /// # Errors
-    /// [`StoreError::UserTaken`] if the user has another token; [`StoreError::Database`].
-    fn assign_user(&self, token: &TokenId, user: &UserId) -> Result<bool, StoreError>;
+    /// [`StoreError::Database`].
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError>;
 
     /// Appends to the audit trail.
     ///
@@ -217,19 +260,21 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Database`].
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
-    /// The audit trail of one token, oldest first.
+    /// The last `limit` audit events of one token, oldest first.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    fn audit_trail(&self, token: &TokenId) -> Result<Vec<AuditEvent>, StoreError>;
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 
-    /// Up to `limit` seeds not sealed under `current`.
+    /// Up to `limit` seeds with token ids greater than `after`, in id order, that are not
+    /// sealed under `current`.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
     fn seeds_not_under(
         &self,
         current: &KeyId,
+        after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError>;
 

@@ -1,0 +1,628 @@
+//! The shared store: PostgreSQL, for several verifier servers on one database.
+//!
+//! Every state change is a single SQL statement (a data-modifying CTE updates the token and
+//! appends the audit line together), so it is atomic without an explicit transaction and
+//! costs one round trip. Under READ COMMITTED, a second concurrent `UPDATE` of the same row
+//! waits for the first to commit and then re-checks its `WHERE` clause against the new row:
+//! with the same code, exactly one wins.
+//!
+//! The `postgres` crate is blocking; each thread borrows a client (with its prepared
+//! statements) from a small pool, so the store is `Send + Sync`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+
+use codereader_otp::UnixTime;
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls, Statement};
+
+use super::{
+    Advance, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS, TokenColumns,
+    TokenRecord, audit_from_row, to_i64,
+};
+use crate::seal::SealedSeed;
+use crate::token::{KeyId, TokenId, UserId};
+
+/// Migrations, applied in order inside one transaction under an advisory lock (several
+/// servers may start at once); `codereader_schema.version` says how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens and the audit trail.
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('totp', 'hotp')),
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        t0 BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        nonce BYTEA NOT NULL,
+        sealed BYTEA NOT NULL,
+        next_value BIGINT NOT NULL,
+        drift BIGINT NOT NULL DEFAULT 0,
+        failures BIGINT NOT NULL DEFAULT 0,
+        last_failure_at BIGINT,
+        locked_at BIGINT,
+        enabled BOOLEAN NOT NULL DEFAULT TRUE
+     );
+     CREATE TABLE audit (
+        seq BIGSERIAL PRIMARY KEY,
+        token_id TEXT,
+        user_id TEXT,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        caller TEXT NOT NULL
+     );
+     CREATE INDEX audit_by_token ON audit (token_id, seq);",
+];
+
+/// An arbitrary constant naming the migration advisory lock.
+const MIGRATION_LOCK: i64 = 0x636f_6465_7265_6164;
+
+fn db(e: postgres::Error) -> StoreError {
+    StoreError::Database {
+        backend: "postgres",
+        reason: e.to_string(),
+    }
+}
+
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// A client with the statements it has prepared.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// Token state in a PostgreSQL database.
+pub struct PgStore {
+    config: Config,
+    idle: Mutex<Vec<Conn>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration may hold a password: show only where it points.
+        f.debug_struct("PgStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, or a `key=value` string such as
+    /// `host=/run/postgresql dbname=codereader`) and runs any pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = Config::from_str(url).map_err(db)?;
+        let store = PgStore {
+            config,
+            idle: Mutex::new(Vec::new()),
+            max_idle: 32,
+        };
+        let mut conn = store.open()?;
+        migrate(&mut conn.client)?;
+        store.give_back(conn);
+        Ok(store)
+    }
+
+    fn open(&self) -> Result<Conn, StoreError> {
+        Ok(Conn {
+            client: self.config.connect(NoTls).map_err(db)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle && !conn.client.is_closed() {
+            idle.push(conn);
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let result = f(&mut conn);
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction().map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(db)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS codereader_schema (version BIGINT NOT NULL)")
+        .map_err(db)?;
+    let version: i64 = tx
+        .query_opt("SELECT version FROM codereader_schema", &[])
+        .map_err(db)?
+        .map_or(0, |r| r.get(0));
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.batch_execute(sql).map_err(db)?;
+    }
+    tx.execute("DELETE FROM codereader_schema", &[])
+        .map_err(db)?;
+    tx.execute(
+        "INSERT INTO codereader_schema (version) VALUES ($1)",
+        &[&known],
+    )
+    .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+fn raw_token(row: &postgres::Row) -> Result<RawToken, StoreError> {
+    let get = |e: postgres::Error| db(e);
+    Ok(RawToken {
+        id: row.try_get(0).map_err(get)?,
+        user: row.try_get(1).map_err(get)?,
+        kind: row.try_get(2).map_err(get)?,
+        algorithm: row.try_get(3).map_err(get)?,
+        digits: row.try_get(4).map_err(get)?,
+        period: row.try_get(5).map_err(get)?,
+        t0: row.try_get(6).map_err(get)?,
+        key_id: row.try_get(7).map_err(get)?,
+        nonce: row.try_get(8).map_err(get)?,
+        sealed: row.try_get(9).map_err(get)?,
+        next: row.try_get(10).map_err(get)?,
+        drift: row.try_get(11).map_err(get)?,
+        failures: row.try_get(12).map_err(get)?,
+        last_failure_at: row.try_get(13).map_err(get)?,
+        locked_at: row.try_get(14).map_err(get)?,
+        enabled: row.try_get(15).map_err(get)?,
+    })
+}
+
+/// The audit columns as statement parameters.
+struct AuditParams {
+    token: Option<String>,
+    user: Option<String>,
+    action: String,
+    outcome: String,
+    at: i64,
+    caller: String,
+}
+
+impl AuditParams {
+    fn of(e: &AuditEvent) -> Result<Self, StoreError> {
+        Ok(AuditParams {
+            token: e.token.as_ref().map(|t| t.as_str().to_owned()),
+            user: e.user.as_ref().map(|u| u.as_str().to_owned()),
+            action: e.action.clone(),
+            outcome: e.outcome.clone(),
+            at: to_i64(e.at.0, "time")?,
+            caller: e.caller.as_str().to_owned(),
+        })
+    }
+}
+
+const SELECT_BY_ID: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE id = $1";
+const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE user_id = $1";
+
+impl Store for PgStore {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        let columns = tokens
+            .iter()
+            .map(TokenColumns::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let mut tx = conn.client.transaction().map_err(db)?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                         nonce, sealed, next_value)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .map_err(db)?;
+            for c in &columns {
+                let t = c.token;
+                let nonce = &t.seed.nonce[..];
+                tx.execute(
+                    &insert,
+                    &[
+                        &t.id.as_str(),
+                        &c.kind,
+                        &c.algorithm,
+                        &c.digits,
+                        &c.period,
+                        &c.t0,
+                        &t.seed.key_id.as_str(),
+                        &nonce,
+                        &t.seed.ciphertext,
+                        &c.next,
+                    ],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Duplicate {
+                            token: t.id.clone(),
+                        }
+                    } else {
+                        db(e)
+                    }
+                })?;
+            }
+            tx.execute(
+                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|conn| {
+            let s = conn.statement(SELECT_BY_ID).map_err(db)?;
+            let row = conn.client.query_opt(&s, &[&id.as_str()]).map_err(db)?;
+            row.map(|r| raw_token(&r)?.into_record()).transpose()
+        })
+    }
+
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|conn| {
+            let s = conn.statement(SELECT_BY_USER).map_err(db)?;
+            let row = conn.client.query_opt(&s, &[&user.as_str()]).map_err(db)?;
+            row.map(|r| raw_token(&r)?.into_record()).transpose()
+        })
+    }
+
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(|a| a.as_str().to_owned());
+        self.with(|conn| {
+            let rows = conn
+                .client
+                .query(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM tokens
+                          WHERE $1::TEXT IS NULL OR id > $1 ORDER BY id LIMIT $2"
+                    ),
+                    &[&after, &limit],
+                )
+                .map_err(db)?;
+            rows.iter().map(|r| raw_token(r)?.into_record()).collect()
+        })
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
+        let lowest = to_i64(advance.lowest, "counter")?;
+        let max = i64::from(advance.max_failures);
+        let bind = advance.bind.as_ref().map(|u| u.as_str().to_owned());
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH moved AS (
+                        UPDATE tokens
+                           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
+                               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
+                               user_id = COALESCE($7, user_id)
+                         WHERE id = $1 AND enabled AND next_value <= $4
+                           AND ($6 OR (locked_at IS NULL AND failures < $5))
+                           AND ($7::TEXT IS NULL OR user_id IS NULL)
+                     RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved",
+                )
+                .map_err(db)?;
+            let inserted = conn
+                .client
+                .execute(
+                    &s,
+                    &[
+                        &advance.token.as_str(),
+                        &next,
+                        &advance.drift,
+                        &lowest,
+                        &max,
+                        &advance.unlock,
+                        &bind,
+                        &a.user,
+                        &a.action,
+                        &a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(|e| match &advance.bind {
+                    Some(user) if is_unique_violation(&e) => {
+                        StoreError::UserTaken { user: user.clone() }
+                    }
+                    _ => db(e),
+                })?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        let now = to_i64(now.0, "time")?;
+        let max = i64::from(max_failures);
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH failed AS (
+                        UPDATE tokens
+                           SET failures = failures + 1, last_failure_at = $2,
+                               locked_at = CASE WHEN failures + 1 >= $3 THEN $2 ELSE locked_at END
+                         WHERE id = $1 AND enabled AND locked_at IS NULL
+                     RETURNING id, failures),
+                     logged AS (
+                        INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                        SELECT id, $4::TEXT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT FROM failed)
+                     SELECT failures FROM failed",
+                )
+                .map_err(db)?;
+            let row = conn
+                .client
+                .query_opt(
+                    &s,
+                    &[
+                        &token.as_str(),
+                        &now,
+                        &max,
+                        &a.user,
+                        &a.action,
+                        &a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            row.map(|r| {
+                let f: i64 = r.try_get(0).map_err(db)?;
+                u32::try_from(f).map_err(|_| StoreError::Corrupt {
+                    token: token.to_string(),
+                    reason: "bad failures".to_owned(),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH opened AS (
+                        UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
+                         WHERE id = $1 AND ($2::BIGINT IS NULL OR locked_at = $2)
+                     RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM opened",
+                )
+                .map_err(db)?;
+            let n = conn
+                .client
+                .execute(
+                    &s,
+                    &[
+                        &token.as_str(),
+                        &locked_at,
+                        &a.user,
+                        &a.action,
+                        &a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let n = conn
+                .client
+                .execute(
+                    "WITH changed AS (
+                        UPDATE tokens SET enabled = $2 WHERE id = $1 RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM changed",
+                    &[
+                        &token.as_str(),
+                        &enabled,
+                        &a.user,
+                        &a.action,
+                        &a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let a = AuditParams::of(audit)?;
+        self.with(|conn| {
+            let n = conn
+                .client
+                .execute(
+                    "WITH gone AS (DELETE FROM tokens WHERE id = $1 RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $2::TEXT, $3::TEXT, $4::TEXT, $5::BIGINT, $6::TEXT FROM gone",
+                    &[
+                        &token.as_str(),
+                        &a.user,
+                        &a.action,
+                        &a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let a = AuditParams::of(event)?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .map_err(db)?;
+            conn.client
+                .execute(
+                    &s,
+                    &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|conn| {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT token_id, user_id, action, outcome, at, caller FROM audit
+                      WHERE token_id = $1 ORDER BY seq DESC LIMIT $2",
+                    &[&token.as_str(), &limit],
+                )
+                .map_err(db)?;
+            let mut events = rows
+                .iter()
+                .map(|r| {
+                    audit_from_row(
+                        r.try_get(0).map_err(db)?,
+                        r.try_get(1).map_err(db)?,
+                        r.try_get(2).map_err(db)?,
+                        r.try_get(3).map_err(db)?,
+                        r.try_get(4).map_err(db)?,
+                        r.try_get(5).map_err(db)?,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            events.reverse();
+            Ok(events)
+        })
+    }
+
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(|a| a.as_str().to_owned());
+        self.with(|conn| {
+            let rows = conn
+                .client
+                .query(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM tokens
+                          WHERE key_id <> $1 AND ($2::TEXT IS NULL OR id > $2)
+                          ORDER BY id LIMIT $3"
+                    ),
+                    &[&current.as_str(), &after, &limit],
+                )
+                .map_err(db)?;
+            rows.iter()
+                .map(|r| raw_token(r)?.into_record().map(|t| (t.id, t.seed)))
+                .collect()
+        })
+    }
+
+    fn replace_seed(
+        &self,
+        token: &TokenId,
+        old: &SealedSeed,
+        new: &SealedSeed,
+    ) -> Result<bool, StoreError> {
+        let (new_nonce, old_nonce) = (&new.nonce[..], &old.nonce[..]);
+        self.with(|conn| {
+            let n = conn
+                .client
+                .execute(
+                    "UPDATE tokens SET key_id = $2, nonce = $3, sealed = $4
+                      WHERE id = $1 AND key_id = $5 AND nonce = $6 AND sealed = $7",
+                    &[
+                        &token.as_str(),
+                        &new.key_id.as_str(),
+                        &new_nonce,
+                        &new.ciphertext,
+                        &old.key_id.as_str(),
+                        &old_nonce,
+                        &old.ciphertext,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+}

@@ -1,0 +1,595 @@
+//! The embedded store: one SQLite file in WAL mode, shared safely by threads and processes.
+//!
+//! Each thread borrows its own connection from a small pool (rusqlite connections are not
+//! `Sync`), so the store is `Send + Sync` for an async server's blocking pool. Concurrency
+//! between connections, threads or processes is SQLite's: every state change is one
+//! `UPDATE ... WHERE` inside a `BEGIN IMMEDIATE` transaction, so writers queue on the
+//! database lock (with a busy timeout) and the second of two racing writers finds the row
+//! already moved on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use codereader_otp::UnixTime;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Advance, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS, TokenColumns,
+    TokenRecord, audit_from_row, to_i64,
+};
+use crate::seal::SealedSeed;
+use crate::token::{KeyId, TokenId, UserId};
+
+/// Migrations, applied in order; the database's `user_version` says how many ran. Never edit
+/// one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens and the audit trail.
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        user_id TEXT UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('totp', 'hotp')),
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        t0 INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        nonce BLOB NOT NULL,
+        sealed BLOB NOT NULL,
+        next_value INTEGER NOT NULL,
+        drift INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_failure_at INTEGER,
+        locked_at INTEGER,
+        enabled INTEGER NOT NULL DEFAULT 1
+     ) WITHOUT ROWID;
+     CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        token_id TEXT,
+        user_id TEXT,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        caller TEXT NOT NULL
+     );
+     CREATE INDEX audit_by_token ON audit (token_id, seq);",
+];
+
+/// How hard SQLite works to keep a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: every commit is fsynced before it returns; an accepted code stays
+    /// used even after a power cut. The default.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: commits survive a crash of the process (kill -9) but the last
+    /// ones may be lost on power failure, which could let a just-accepted code be accepted
+    /// again after the reboot. Faster; for operators who accept that.
+    Normal,
+}
+
+/// Options for [`SqliteStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// How long a writer waits for the database lock before failing.
+    pub busy_timeout: Duration,
+    /// Idle connections kept for reuse.
+    pub max_idle: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Full,
+            busy_timeout: Duration::from_secs(10),
+            max_idle: 32,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Sets [`SqliteOptions::durability`].
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// Token state in an SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database {
+        backend: "sqlite",
+        reason: e.to_string(),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with default options, and runs any
+    /// pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens with explicit options.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let store = SqliteStore {
+            path: path.as_ref().to_path_buf(),
+            options,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut conn = store.connect()?;
+        // WAL is a property of the file: set once, every later connection sees it.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        migrate(&mut conn)?;
+        store.give_back(conn);
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(self.options.busy_timeout).map_err(db)?;
+        let sync = match self.options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.options.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `f` on a pooled connection. A connection whose closure failed is dropped rather
+    /// than reused, in case it is left inside a transaction.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let result = f(&mut conn);
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(db)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
+fn raw_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawToken> {
+    Ok(RawToken {
+        id: row.get(0)?,
+        user: row.get(1)?,
+        kind: row.get(2)?,
+        algorithm: row.get(3)?,
+        digits: row.get(4)?,
+        period: row.get(5)?,
+        t0: row.get(6)?,
+        key_id: row.get(7)?,
+        nonce: row.get(8)?,
+        sealed: row.get(9)?,
+        next: row.get(10)?,
+        drift: row.get(11)?,
+        failures: row.get(12)?,
+        last_failure_at: row.get(13)?,
+        locked_at: row.get(14)?,
+        enabled: row.get(15)?,
+    })
+}
+
+fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.token.as_ref().map(TokenId::as_str),
+            e.user.as_ref().map(UserId::as_str),
+            e.action,
+            e.outcome,
+            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
+            e.caller.as_str(),
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
+fn select_one(
+    conn: &Connection,
+    where_clause: &str,
+    key: &str,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {where_clause} = ?1");
+    let raw = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([key], raw_token).optional())
+        .map_err(db)?;
+    raw.map(RawToken::into_record).transpose()
+}
+
+impl Store for SqliteStore {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        let columns = tokens
+            .iter()
+            .map(TokenColumns::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                             nonce, sealed, next_value)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )
+                    .map_err(db)?;
+                for c in &columns {
+                    let t = c.token;
+                    insert
+                        .execute(params![
+                            t.id.as_str(),
+                            c.kind,
+                            c.algorithm,
+                            c.digits,
+                            c.period,
+                            c.t0,
+                            t.seed.key_id.as_str(),
+                            &t.seed.nonce[..],
+                            &t.seed.ciphertext,
+                            c.next,
+                        ])
+                        .map_err(|e| {
+                            if is_unique_violation(&e) {
+                                StoreError::Duplicate {
+                                    token: t.id.clone(),
+                                }
+                            } else {
+                                db(e)
+                            }
+                        })?;
+                }
+            }
+            insert_audit(&tx, audit)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|conn| select_one(conn, "id", id.as_str()))
+    }
+
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|conn| select_one(conn, "user_id", user.as_str()))
+    }
+
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|conn| {
+            let raws = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(params![after.map(TokenId::as_str), limit], raw_token)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db)?;
+            raws.into_iter().map(RawToken::into_record).collect()
+        })
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
+        let lowest = to_i64(advance.lowest, "counter")?;
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tokens
+                        SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
+                            locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
+                            user_id = COALESCE(?7, user_id)
+                      WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
+                        AND (?6 OR (locked_at IS NULL AND failures < ?5))
+                        AND (?7 IS NULL OR user_id IS NULL)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        advance.token.as_str(),
+                        next,
+                        advance.drift,
+                        lowest,
+                        advance.max_failures,
+                        advance.unlock,
+                        advance.bind.as_ref().map(UserId::as_str),
+                    ])
+                })
+                .map_err(|e| match &advance.bind {
+                    Some(user) if is_unique_violation(&e) => {
+                        StoreError::UserTaken { user: user.clone() }
+                    }
+                    _ => db(e),
+                })?;
+            if changed == 1 {
+                insert_audit(&tx, audit)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        let now = to_i64(now.0, "time")?;
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            // Right-hand sides see the row before the update, so `failures + 1` is the new
+            // count in both places.
+            let failures: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE tokens
+                        SET failures = failures + 1, last_failure_at = ?2,
+                            locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END
+                      WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
+                  RETURNING failures",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![token.as_str(), now, max_failures], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(db)?;
+            if failures.is_some() {
+                insert_audit(&tx, audit)?;
+            }
+            tx.commit().map_err(db)?;
+            failures
+                .map(|f| {
+                    u32::try_from(f).map_err(|_| StoreError::Corrupt {
+                        token: token.to_string(),
+                        reason: "bad failures".to_owned(),
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
+                      WHERE id = ?1 AND (?2 IS NULL OR locked_at = ?2)",
+                )
+                .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(&tx, audit)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .execute(
+                    "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
+                    params![token.as_str(), enabled],
+                )
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(&tx, audit)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(&tx, audit)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.with(|conn| insert_audit(conn, event))
+    }
+
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT token_id, user_id, action, outcome, at, caller FROM audit
+                      WHERE token_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![token.as_str(), limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db)?;
+            let mut events = rows
+                .into_iter()
+                .map(|(t, u, a, o, at, c)| audit_from_row(t, u, a, o, at, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            events.reverse();
+            Ok(events)
+        })
+    }
+
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens
+              WHERE key_id <> ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+        );
+        self.with(|conn| {
+            let raws = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![current.as_str(), after.map(TokenId::as_str), limit],
+                        raw_token,
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db)?;
+            raws.into_iter()
+                .map(|r| r.into_record().map(|t| (t.id, t.seed)))
+                .collect()
+        })
+    }
+
+    fn replace_seed(
+        &self,
+        token: &TokenId,
+        old: &SealedSeed,
+        new: &SealedSeed,
+    ) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4
+                      WHERE id = ?1 AND key_id = ?5 AND nonce = ?6 AND sealed = ?7",
+                    params![
+                        token.as_str(),
+                        new.key_id.as_str(),
+                        &new.nonce[..],
+                        &new.ciphertext,
+                        old.key_id.as_str(),
+                        &old.nonce[..],
+                        &old.ciphertext,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+}

@@ -1,0 +1,891 @@
+//! The rules: windows, drift, replay, lockout, delays, resync, activation, and the
+//! administrative operations, over any [`Store`].
+//!
+//! Every operation reads the token, decides, and then asks the store for one conditional
+//! update; nothing is held between the read and the write. If another caller changed the token
+//! in between, the update does not apply and the operation re-reads to say why (replayed,
+//! locked, disabled), so concurrent callers never both win.
+
+use codereader_otp::pskc::{self, PreSharedKey};
+use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError, Totp};
+use codereader_otp::{TimeStep, UnixTime};
+
+use crate::outcome::{Accepted, Matched, Outcome};
+use crate::policy::Policy;
+use crate::scan::{Scan, scan, scan_pair};
+use crate::seal::{Keyring, SealError, SealedSeed};
+use crate::store::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use crate::token::{Caller, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
+
+/// Why an operation could not be carried out. Outcomes of verification (a wrong code, a locked
+/// token) are not errors: see [`Outcome`]. Never carries codes or seeds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A seed could not be sealed or opened.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The time given is before the token's T0 (a broken clock).
+    #[error("the time is before the token's start time: {0}")]
+    Time(#[from] TimeError),
+    /// An administrative operation named a token that does not exist.
+    #[error("no token {token}")]
+    UnknownToken {
+        /// The token.
+        token: TokenId,
+    },
+    /// An identifier taken from an import is not acceptable.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// The PSKC document as a whole is unusable.
+    #[error("PSKC: {0}")]
+    Pskc(#[from] pskc::PskcError),
+}
+
+/// What a verification is about: a token by serial, or the token bound to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A token by serial.
+    Token(&'a TokenId),
+    /// The token bound to a user.
+    User(&'a UserId),
+}
+
+/// The result of [`Verifier::activate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activation {
+    /// The code was right; the token is now bound to the user.
+    Activated(Accepted),
+    /// The token is already bound to a user (nothing was checked or used).
+    AlreadyBound,
+    /// The user already has a token (nothing was checked or used).
+    UserHasToken,
+    /// The code was not accepted; the outcome says why (it counts like any verification).
+    Refused(Outcome),
+}
+
+/// A token as an operator may see it: everything but the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its serial.
+    pub id: TokenId,
+    /// The user it is bound to, if activated.
+    pub user: Option<UserId>,
+    /// How it makes codes.
+    pub params: TokenParams,
+    /// Its verification state.
+    pub state: TokenState,
+    /// The key-encryption key its seed is sealed under.
+    pub key_id: KeyId,
+}
+
+impl From<TokenRecord> for TokenInfo {
+    fn from(t: TokenRecord) -> Self {
+        TokenInfo {
+            id: t.id,
+            user: t.user,
+            params: t.params,
+            state: t.state,
+            key_id: t.seed.key_id,
+        }
+    }
+}
+
+/// A token to enroll from parameters.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// Its serial.
+    pub id: TokenId,
+    /// How it makes codes.
+    pub params: TokenParams,
+    /// The seed (sealed before it reaches the store).
+    pub secret: Secret,
+    /// HOTP: the first counter the token will use. TOTP: ignored (any current step is fine).
+    pub counter: Counter,
+}
+
+impl Enrollment {
+    /// An enrollment from an otpauth URI (TOTP with T0 = 0).
+    pub fn from_uri(id: TokenId, uri: &KeyUri) -> Self {
+        let (kind, counter) = match uri.kind() {
+            OtpKind::Totp { period } => (
+                TokenKind::Totp {
+                    period,
+                    t0: UnixTime(0),
+                },
+                Counter(0),
+            ),
+            OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
+        };
+        Enrollment {
+            id,
+            params: TokenParams {
+                kind,
+                algorithm: uri.algorithm(),
+                digits: uri.digits(),
+            },
+            secret: uri.secret().clone(),
+            counter,
+        }
+    }
+}
+
+/// One key of a PSKC file that was not imported, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProblem {
+    /// 1-based position of the key in the file.
+    pub index: usize,
+    /// The key's serial or id, if it had one.
+    pub name: Option<String>,
+    /// Why, in words that never contain key material.
+    pub reason: String,
+}
+
+/// What [`Verifier::import_pskc`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportReport {
+    /// Tokens imported (all in one transaction).
+    pub imported: Vec<TokenId>,
+    /// Keys refused, each with its reason.
+    pub refused: Vec<ImportProblem>,
+}
+
+/// What [`Verifier::rotate`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RotationReport {
+    /// Seeds re-sealed under the current key.
+    pub resealed: usize,
+    /// Seeds that could not be opened with any key of the keyring.
+    pub failed: Vec<(TokenId, SealError)>,
+}
+
+/// The verifier: a store, the keyring that opens its seeds, and the policy.
+///
+/// `Send + Sync`: share one in an `Arc` and call it from blocking threads.
+pub struct Verifier {
+    store: Box<dyn Store>,
+    keyring: Keyring,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keyring", &self.keyring)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The window a verification scans, and how to turn a match into drift.
+struct Window {
+    lo: u64,
+    hi: u64,
+    /// The value drift is measured from: the current step (TOTP) or `next` (HOTP).
+    origin: u64,
+}
+
+fn drift_of(value: u64, origin: u64) -> i64 {
+    let d = i128::from(value) - i128::from(origin);
+    i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn clamp(value: i128) -> u64 {
+    u64::try_from(value.max(0)).unwrap_or(u64::MAX)
+}
+
+/// The generator for a token and, for TOTP, the current step.
+struct Generator {
+    hotp: Hotp,
+    current: Option<u64>,
+}
+
+impl Verifier {
+    /// A verifier over `store`, opening and sealing seeds with `keyring`.
+    pub fn new(store: Box<dyn Store>, keyring: Keyring, policy: Policy) -> Self {
+        Verifier {
+            store,
+            keyring,
+            policy,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The store (for operations this type does not wrap).
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn audit(
+        token: Option<&TokenId>,
+        user: Option<&UserId>,
+        action: &str,
+        outcome: &str,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> AuditEvent {
+        AuditEvent {
+            token: token.cloned(),
+            user: user.cloned(),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            at: now,
+            caller: caller.clone(),
+        }
+    }
+
+    fn record(&self, subject: Subject<'_>) -> Result<Option<TokenRecord>, VerifyError> {
+        Ok(match subject {
+            Subject::Token(id) => self.store.token(id)?,
+            Subject::User(user) => self.store.token_of_user(user)?,
+        })
+    }
+
+    fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
+        let secret = self.keyring.open(&record.id, &record.seed)?;
+        let p = record.params;
+        Ok(match p.kind {
+            TokenKind::Totp { period, t0 } => {
+                let totp = Totp::new(&secret, p.algorithm, p.digits, period, t0);
+                let current = totp.step_at(now)?.0;
+                Generator {
+                    hotp: Hotp::new(&secret, p.algorithm, p.digits),
+                    current: Some(current),
+                }
+            }
+            TokenKind::Hotp => Generator {
+                hotp: Hotp::new(&secret, p.algorithm, p.digits),
+                current: None,
+            },
+        })
+    }
+
+    /// The verification window: TOTP, `totp_window` steps either side of the current step
+    /// moved by the remembered drift; HOTP, from the last used counter (to recognise a replay
+    /// of the last code) to `hotp_look_ahead` past the next one.
+    fn window(&self, g: &Generator, state: &TokenState) -> Window {
+        match g.current {
+            Some(current) => {
+                let centre = i128::from(current) + i128::from(state.drift);
+                let w = i128::from(self.policy.totp_window);
+                Window {
+                    lo: clamp(centre - w),
+                    hi: clamp(centre + w),
+                    origin: current,
+                }
+            }
+            None => Window {
+                lo: state.next.saturating_sub(1),
+                hi: state
+                    .next
+                    .saturating_add(u64::from(self.policy.hotp_look_ahead)),
+                origin: state.next,
+            },
+        }
+    }
+
+    fn matched(record: &TokenRecord, value: u64) -> Matched {
+        match record.params.kind {
+            TokenKind::Totp { .. } => Matched::Step(TimeStep(value)),
+            TokenKind::Hotp => Matched::Counter(Counter(value)),
+        }
+    }
+
+    /// When a locked token unlocks by itself, if the policy allows that.
+    fn unlock_time(&self, locked_at: UnixTime) -> Option<UnixTime> {
+        self.policy
+            .auto_unlock_after
+            .map(|s| UnixTime(locked_at.0.saturating_add(s)))
+    }
+
+    /// The checks before any code is looked at: enabled, locked (with automatic unlock),
+    /// growing delay. `None` means go ahead with `state` (possibly just unlocked).
+    fn gate(
+        &self,
+        record: &mut TokenRecord,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Option<Outcome>, VerifyError> {
+        let state = &mut record.state;
+        if !state.enabled {
+            return Ok(Some(Outcome::Disabled));
+        }
+        let locked_at = state.locked_at.or_else(|| {
+            // A policy lowered since the failures were counted: treat as locked now.
+            (state.failures >= self.policy.max_failures).then_some(state.last_failure_at?)
+        });
+        if let Some(at) = locked_at {
+            match self.unlock_time(at) {
+                Some(until) if now >= until => {
+                    let audit =
+                        Self::audit(Some(&record.id), None, "auto-unlock", "ok", now, caller);
+                    // Only the caller whose compare-and-set wins writes the unlock; either
+                    // way the token is unlocked now.
+                    self.store.unlock(&record.id, state.locked_at, &audit)?;
+                    state.locked_at = None;
+                    state.failures = 0;
+                    state.last_failure_at = None;
+                }
+                until => return Ok(Some(Outcome::Locked { until })),
+            }
+        }
+        if let (Some(delay), Some(last)) = (self.policy.failure_delay, state.last_failure_at) {
+            let retry_at = UnixTime(last.0.saturating_add(delay.after(state.failures)));
+            if state.failures > 0 && now < retry_at {
+                return Ok(Some(Outcome::TooSoon { retry_at }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// After a compare-and-set did not apply: why not, from the current row.
+    fn lost_race(&self, id: &TokenId) -> Result<Outcome, VerifyError> {
+        Ok(match self.store.token(id)? {
+            None => Outcome::UnknownToken,
+            Some(t) if !t.state.enabled => Outcome::Disabled,
+            Some(t) if t.state.locked_at.is_some() => Outcome::Locked {
+                until: t.state.locked_at.and_then(|at| self.unlock_time(at)),
+            },
+            Some(_) => Outcome::Replayed,
+        })
+    }
+
+    /// Counts a failure and says how many attempts are left.
+    fn fail(
+        &self,
+        record: &TokenRecord,
+        action: &str,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let audit = Self::audit(
+            Some(&record.id),
+            record.user.as_ref(),
+            action,
+            "rejected",
+            now,
+            caller,
+        );
+        match self
+            .store
+            .record_failure(&record.id, now, self.policy.max_failures, &audit)?
+        {
+            Some(failures) => Ok(Outcome::Rejected {
+                attempts_left: self.policy.max_failures.saturating_sub(failures),
+            }),
+            None => {
+                let outcome = self.lost_race(&record.id)?;
+                self.log(record, action, &outcome, now, caller)?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    fn log(
+        &self,
+        record: &TokenRecord,
+        action: &str,
+        outcome: &Outcome,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Self::audit(
+            Some(&record.id),
+            record.user.as_ref(),
+            action,
+            outcome.label(),
+            now,
+            caller,
+        );
+        Ok(self.store.append_audit(&audit)?)
+    }
+
+    /// Checks `code` for a token (by serial or by user) at time `now`, and uses it up if it is
+    /// right: the same step or counter, or an earlier one, is never accepted again.
+    ///
+    /// Wrong codes count towards the lock; replays, refusals of locked or disabled tokens and
+    /// too-early retries do not. Every outcome goes to the audit trail with `caller`.
+    ///
+    /// # Errors
+    /// [`VerifyError`] when the store fails, a seed does not open, or `now` is before T0.
+    pub fn verify(
+        &self,
+        subject: Subject<'_>,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let Some(record) = self.record(subject)? else {
+            let (token, user) = match subject {
+                Subject::Token(t) => (Some(t), None),
+                Subject::User(u) => (None, Some(u)),
+            };
+            let outcome = Outcome::UnknownToken;
+            let audit = Self::audit(token, user, "verify", outcome.label(), now, caller);
+            self.store.append_audit(&audit)?;
+            return Ok(outcome);
+        };
+        self.check(record, code, None, now, caller)
+    }
+
+    fn check(
+        &self,
+        mut record: TokenRecord,
+        code: &Code,
+        bind: Option<&UserId>,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let action = if bind.is_some() { "activate" } else { "verify" };
+        if let Some(outcome) = self.gate(&mut record, now, caller)? {
+            self.log(&record, action, &outcome, now, caller)?;
+            return Ok(outcome);
+        }
+        let g = self.generator(&record, now)?;
+        let w = self.window(&g, &record.state);
+        match scan(&g.hotp, code, w.lo, w.hi, record.state.next) {
+            Scan::Fresh(value) => {
+                let drift = drift_of(value, w.origin);
+                let advance = Advance {
+                    token: record.id.clone(),
+                    lowest: value,
+                    accepted: value,
+                    drift,
+                    max_failures: self.policy.max_failures,
+                    unlock: false,
+                    bind: bind.cloned(),
+                };
+                let audit = Self::audit(
+                    Some(&record.id),
+                    bind.or(record.user.as_ref()),
+                    action,
+                    "accepted",
+                    now,
+                    caller,
+                );
+                if self.store.advance(&advance, &audit)? {
+                    Ok(Outcome::Accepted(Accepted {
+                        token: record.id.clone(),
+                        matched: Self::matched(&record, value),
+                        drift,
+                    }))
+                } else {
+                    let outcome = self.lost_race(&record.id)?;
+                    self.log(&record, action, &outcome, now, caller)?;
+                    Ok(outcome)
+                }
+            }
+            Scan::Stale => {
+                let outcome = Outcome::Replayed;
+                self.log(&record, action, &outcome, now, caller)?;
+                Ok(outcome)
+            }
+            Scan::Miss => self.fail(&record, action, now, caller),
+        }
+    }
+
+    /// Binds an unassigned token to `user` if `code` is a valid code of it (proof of
+    /// possession). The code is used up like any verified code.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
+    pub fn activate(
+        &self,
+        token: &TokenId,
+        user: &UserId,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Activation, VerifyError> {
+        let record = self
+            .store
+            .token(token)?
+            .ok_or_else(|| VerifyError::UnknownToken {
+                token: token.clone(),
+            })?;
+        if record.user.is_some() {
+            self.store.append_audit(&Self::audit(
+                Some(token),
+                Some(user),
+                "activate",
+                "already-bound",
+                now,
+                caller,
+            ))?;
+            return Ok(Activation::AlreadyBound);
+        }
+        if self.store.token_of_user(user)?.is_some() {
+            self.store.append_audit(&Self::audit(
+                Some(token),
+                Some(user),
+                "activate",
+                "user-has-token",
+                now,
+                caller,
+            ))?;
+            return Ok(Activation::UserHasToken);
+        }
+        match self.check(record, code, Some(user), now, caller) {
+            Ok(Outcome::Accepted(a)) => Ok(Activation::Activated(a)),
+            Ok(Outcome::Replayed) => {
+                // The compare-and-set also refuses a token someone else just bound.
+                match self.store.token(token)? {
+                    Some(t) if t.user.is_some() => Ok(Activation::AlreadyBound),
+                    _ => Ok(Activation::Refused(Outcome::Replayed)),
+                }
+            }
+            Ok(other) => Ok(Activation::Refused(other)),
+            Err(VerifyError::Store(StoreError::UserTaken { .. })) => Ok(Activation::UserHasToken),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Re-establishes a token whose clock or counter ran far away: `first` and `second` must
+    /// be consecutive codes found within the resync range (TOTP: `resync_totp_window` steps
+    /// either side of now; HOTP: `resync_hotp_look_ahead` counters ahead). On success the
+    /// drift or counter moves there, the pair counts as one use, and a lock is lifted.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
+    pub fn resync(
+        &self,
+        token: &TokenId,
+        first: &Code,
+        second: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let record = self
+            .store
+            .token(token)?
+            .ok_or_else(|| VerifyError::UnknownToken {
+                token: token.clone(),
+            })?;
+        if !record.state.enabled {
+            let outcome = Outcome::Disabled;
+            self.log(&record, "resync", &outcome, now, caller)?;
+            return Ok(outcome);
+        }
+        let g = self.generator(&record, now)?;
+        let (lo, hi, origin) = match g.current {
+            Some(current) => {
+                let w = i128::from(self.policy.resync_totp_window);
+                (
+                    clamp(i128::from(current) - w),
+                    clamp(i128::from(current) + w),
+                    current,
+                )
+            }
+            None => (
+                record.state.next,
+                record
+                    .state
+                    .next
+                    .saturating_add(u64::from(self.policy.resync_hotp_look_ahead)),
+                record.state.next,
+            ),
+        };
+        let Some(value) = scan_pair(&g.hotp, first, second, lo, hi, record.state.next) else {
+            if record.state.locked_at.is_some() {
+                let outcome = Outcome::Locked {
+                    until: record.state.locked_at.and_then(|at| self.unlock_time(at)),
+                };
+                self.log(&record, "resync", &outcome, now, caller)?;
+                return Ok(outcome);
+            }
+            return self.fail(&record, "resync", now, caller);
+        };
+        let accepted = value.saturating_add(1);
+        let drift = drift_of(accepted, origin);
+        let advance = Advance {
+            token: record.id.clone(),
+            lowest: value,
+            accepted,
+            drift,
+            max_failures: self.policy.max_failures,
+            unlock: true,
+            bind: None,
+        };
+        let audit = Self::audit(
+            Some(&record.id),
+            record.user.as_ref(),
+            "resync",
+            "accepted",
+            now,
+            caller,
+        );
+        if self.store.advance(&advance, &audit)? {
+            Ok(Outcome::Accepted(Accepted {
+                token: record.id.clone(),
+                matched: Self::matched(&record, accepted),
+                drift,
+            }))
+        } else {
+            let outcome = self.lost_race(&record.id)?;
+            self.log(&record, "resync", &outcome, now, caller)?;
+            Ok(outcome)
+        }
+    }
+
+    /// Administrator unlock: clears the lock and the failure count.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn unlock(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Self::audit(Some(token), None, "unlock", "ok", now, caller);
+        if self.store.unlock(token, None, &audit)? {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// Disables (`false`) or re-enables (`true`) a token.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let action = if enabled { "enable" } else { "disable" };
+        let audit = Self::audit(Some(token), None, action, "ok", now, caller);
+        if self.store.set_enabled(token, enabled, &audit)? {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// Deletes a token; its audit trail stays.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn delete(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Self::audit(Some(token), None, "delete", "ok", now, caller);
+        if self.store.delete_token(token, &audit)? {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// A token's parameters and state, without its seed.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn show(&self, subject: Subject<'_>) -> Result<Option<TokenInfo>, VerifyError> {
+        Ok(self.record(subject)?.map(TokenInfo::from))
+    }
+
+    /// Up to `limit` tokens after `after`, in serial order, without seeds.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn list(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenInfo>, VerifyError> {
+        Ok(self
+            .store
+            .list_tokens(after, limit)?
+            .into_iter()
+            .map(TokenInfo::from)
+            .collect())
+    }
+
+    /// The last `limit` audit events of a token, oldest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_trail(
+        &self,
+        token: &TokenId,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, VerifyError> {
+        Ok(self.store.audit_trail(token, limit)?)
+    }
+
+    fn sealed(&self, e: &Enrollment) -> Result<NewToken, VerifyError> {
+        let seed: SealedSeed = self.keyring.seal(&e.id, &e.secret)?;
+        let next = match e.params.kind {
+            TokenKind::Totp { .. } => 0,
+            TokenKind::Hotp => e.counter.0,
+        };
+        Ok(NewToken {
+            id: e.id.clone(),
+            params: e.params,
+            seed,
+            next,
+        })
+    }
+
+    /// Adds tokens (unassigned), all in one transaction or none.
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`] (inside [`VerifyError::Store`]) if a serial exists;
+    /// [`VerifyError::Seal`].
+    pub fn enroll(
+        &self,
+        tokens: &[Enrollment],
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let sealed = tokens
+            .iter()
+            .map(|e| self.sealed(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = tokens.first().map(|e| &e.id);
+        let outcome = format!("{} token(s)", tokens.len());
+        let audit = Self::audit(first, None, "enroll", &outcome, now, caller);
+        Ok(self.store.insert_tokens(&sealed, &audit)?)
+    }
+
+    /// Imports a PSKC file: each good key becomes a token named by its serial (or key id);
+    /// bad keys, and keys whose serial already exists, are reported one by one; the good ones
+    /// go in together in one transaction.
+    ///
+    /// # Errors
+    /// [`VerifyError::Pskc`] if the file as a whole is unusable; [`VerifyError::Store`] (for
+    /// example a serial inserted concurrently, in which case nothing was imported).
+    pub fn import_pskc(
+        &self,
+        xml: &[u8],
+        psk: Option<&PreSharedKey>,
+        key_policy: KeyPolicy,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<ImportReport, VerifyError> {
+        let entries = pskc::parse(xml, psk, key_policy)?;
+        let mut report = ImportReport::default();
+        let mut good = Vec::new();
+        for entry in entries {
+            let name = entry.serial.clone().or_else(|| entry.key_id.clone());
+            let problem = |reason: String| ImportProblem {
+                index: entry.index,
+                name: name.clone(),
+                reason,
+            };
+            let key = match entry.result {
+                Ok(key) => key,
+                Err(e) => {
+                    report.refused.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            let id = match TokenId::new(key.name()) {
+                Ok(id) => id,
+                Err(e) => {
+                    report.refused.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            if self.store.token(&id)?.is_some() {
+                report
+                    .refused
+                    .push(problem(format!("token {id} already exists")));
+                continue;
+            }
+            let (kind, counter) = match key.kind {
+                OtpKind::Totp { period } => (
+                    TokenKind::Totp {
+                        period,
+                        t0: UnixTime(0),
+                    },
+                    Counter(0),
+                ),
+                OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
+            };
+            good.push(Enrollment {
+                id,
+                params: TokenParams {
+                    kind,
+                    algorithm: key.algorithm,
+                    digits: key.digits,
+                },
+                secret: key.secret,
+                counter,
+            });
+        }
+        if !good.is_empty() {
+            let sealed = good
+                .iter()
+                .map(|e| self.sealed(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let outcome = format!("{} imported, {} refused", good.len(), report.refused.len());
+            let audit = Self::audit(None, None, "import", &outcome, now, caller);
+            self.store.insert_tokens(&sealed, &audit)?;
+        }
+        report.imported = good.into_iter().map(|e| e.id).collect();
+        Ok(report)
+    }
+
+    /// Re-seals every seed not sealed under the keyring's current key. Safe to run while
+    /// verifications go on (each seal is replaced by compare-and-set) and to re-run after an
+    /// interruption.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`] or [`VerifyError::Seal`] (no randomness).
+    pub fn rotate(&self, now: UnixTime, caller: &Caller) -> Result<RotationReport, VerifyError> {
+        const BATCH: usize = 500;
+        let current = self.keyring.current_id().clone();
+        let mut report = RotationReport::default();
+        let mut after: Option<TokenId> = None;
+        loop {
+            let batch = self
+                .store
+                .seeds_not_under(&current, after.as_ref(), BATCH)?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (id, old) in batch {
+                match self.keyring.open(&id, &old) {
+                    Ok(secret) => {
+                        let new = self.keyring.seal(&id, &secret)?;
+                        if self.store.replace_seed(&id, &old, &new)? {
+                            report.resealed += 1;
+                        }
+                    }
+                    Err(e) => report.failed.push((id, e)),
+                }
+            }
+        }
+        let outcome = format!(
+            "{} resealed under {current}, {} failed",
+            report.resealed,
+            report.failed.len()
+        );
+        self.store
+            .append_audit(&Self::audit(None, None, "rotate", &outcome, now, caller))?;
+        Ok(report)
+    }
+}
