@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Conn, Server, base32, hotp, pg::Postgres};
+use codereader_verifier::testing::{PgOptions, TempPostgres};
+use common::{Conn, Server, base32, hotp};
 use serde_json::json;
 
 struct Options {
@@ -160,7 +161,8 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     let server = match store {
         "sqlite" => Server::start(None),
         "postgres" => {
-            pg = Postgres::start();
+            // Durable commits, like the SQLite store's default.
+            pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
             Server::start(Some(&pg.url()))
         }
         other => panic!("unknown store {other}"),

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use codereader_verifier::Kek;
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
 use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
-use codereader_verifier_server::state::{self, KekFile};
+use codereader_verifier_server::state;
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -83,6 +84,11 @@ struct ServeArgs {
     /// Consecutive failures that lock a token.
     #[arg(long, default_value_t = 3)]
     max_failures: u32,
+    /// SQLite: fsync only at checkpoints (`synchronous=NORMAL`). Commits survive a crash of
+    /// the process but the last ones may be lost on power failure, so a just-accepted code
+    /// could be accepted again after a reboot. Off by default.
+    #[arg(long)]
+    sqlite_normal_sync: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -210,17 +216,25 @@ fn kek_path(arg: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-fn load_kek(path: &Path) -> Result<KekFile> {
-    let kek = state::load_or_create_kek(path)?;
-    if kek.created {
+fn load_kek(path: &Path) -> Result<Kek> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        state::create_private_dir(parent)?;
+    }
+    let (kek, created) = Kek::load_or_create(path)
+        .with_context(|| format!("key-encryption key {}", path.display()))?;
+    if created {
         eprintln!(
             "codereader-verifier: created a new key-encryption key ({}) in {} (mode 0600). \
              Back it up: the stored seeds cannot be opened without it.",
-            kek.id,
+            kek.id(),
             path.display()
         );
     }
     Ok(kek)
+}
+
+fn read_kek(path: &Path) -> Result<Kek> {
+    Kek::from_file(path).with_context(|| format!("key-encryption key {}", path.display()))
 }
 
 fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
@@ -234,19 +248,12 @@ fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
 
 fn open_library(store: &StoreArgs, config: LibraryConfig) -> Result<Library> {
     let kek = load_kek(&kek_path(store.kek_file.as_deref())?)?;
-    let mut older = Vec::new();
-    for path in &store.old_kek_file {
-        let bytes = state::read_kek(path)?;
-        let id = state::kek_id(&bytes);
-        older.push(KekFile {
-            path: path.clone(),
-            bytes,
-            id,
-            created: false,
-        });
-    }
-    let db = db_spec(store.db.as_deref())?;
-    Library::open(&db, &kek, &older, config)
+    let older = store
+        .old_kek_file
+        .iter()
+        .map(|p| read_kek(p))
+        .collect::<Result<Vec<_>>>()?;
+    Library::open(&db_spec(store.db.as_deref())?, kek, older, config)
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -264,7 +271,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let config = LibraryConfig {
         max_failures: args.max_failures,
-        pool_size: args.blocking_threads.clamp(1, 64),
+        sqlite_full_sync: !args.sqlite_normal_sync,
     };
     let library = open_library(&args.store, config)?;
     let limits = Limits {
@@ -395,16 +402,28 @@ fn token(command: TokenCommand) -> Result<()> {
             new_kek_file,
             store,
         } => {
-            let library = open_library(&store, config)?;
+            // The new key seals; the current one and any older ones open.
             let new = load_kek(&new_kek_file)?;
-            let count = library.rotate(&new, &caller)?;
+            let new_id = new.id().to_string();
+            let mut older = vec![read_kek(&kek_path(store.kek_file.as_deref())?)?];
+            for path in &store.old_kek_file {
+                older.push(read_kek(path)?);
+            }
+            let library = Library::open(&db_spec(store.db.as_deref())?, new, older, config)?;
+            let report = library.rotate(&caller)?;
+            for (serial, reason) in &report.failed {
+                writeln!(out, "cannot open the seed of {serial}: {reason}")?;
+            }
             writeln!(
                 out,
-                "re-encrypted {count} seed(s) under {} ({}); run with --kek-file {}",
-                new.id,
-                new.path.display(),
-                new.path.display()
+                "re-encrypted {} seed(s) under {new_id} ({}); from now on run with --kek-file {}",
+                report.resealed,
+                new_kek_file.display(),
+                new_kek_file.display()
             )?;
+            if !report.failed.is_empty() {
+                bail!("{} seed(s) could not be re-encrypted", report.failed.len());
+            }
         }
     }
     Ok(())

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::common::{Conn, Server, base32, hotp, pg::Postgres};
+use codereader_verifier::testing::TempPostgres;
+
+use crate::common::{Conn, Server, base32, hotp};
 
 const REQUESTS: usize = 500;
 const SEED: &[u8] = b"concurrency test seed 0001";
@@ -69,7 +71,7 @@ async fn same_code_500_times_at_once_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_code_500_times_at_once_postgres() {
-    let pg = Postgres::start();
+    let pg = TempPostgres::start().unwrap();
     let server = Server::start(Some(&pg.url()));
     same_code_once(&server).await;
 }

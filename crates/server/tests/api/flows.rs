@@ -63,14 +63,22 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
     assert_eq!(r.str("token"), "H-1");
     assert_eq!(verify(hotp(SEED, 0, 6)).await.str("result"), "replayed");
     // A code a little ahead (inside the look-ahead window) is accepted and passes the ones
-    // before it.
+    // before it: the skipped counter 2 is never accepted afterwards (HOTP cannot tell an old
+    // code from a wrong one beyond the last used counter, so it counts as a failure).
     let r = verify(hotp(SEED, 3, 6)).await;
     assert_eq!(
         (r.str("result"), &r.body["counter"]),
         ("accepted", &json!(3))
     );
     assert_eq!(r.body["drift"], 2);
-    assert_eq!(verify(hotp(SEED, 2, 6)).await.str("result"), "replayed");
+    assert_eq!(verify(hotp(SEED, 3, 6)).await.str("result"), "replayed");
+    let r = verify(hotp(SEED, 2, 6)).await;
+    assert_eq!(
+        (r.str("result"), &r.body["attempts_left"]),
+        ("rejected", &json!(2))
+    );
+    // A success resets the failure count.
+    assert_eq!(verify(hotp(SEED, 4, 6)).await.str("result"), "accepted");
 
     // Three wrong codes lock the token; then even the right code is refused.
     let valid: Vec<String> = (0..40).map(|i| hotp(SEED, i, 6)).collect();
@@ -85,7 +93,7 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
         );
         assert_eq!(r.body["attempts_left"], left);
     }
-    assert_eq!(verify(hotp(SEED, 4, 6)).await.str("result"), "locked");
+    assert_eq!(verify(hotp(SEED, 5, 6)).await.str("result"), "locked");
     let r = c.get("/v1/tokens/H-1", Some(ak)).await;
     assert_eq!(
         (r.status, &r.body["locked"], &r.body["failures"]),
@@ -102,7 +110,7 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
         "{:?}",
         r.body
     );
-    assert_eq!(verify(hotp(SEED, 4, 6)).await.str("result"), "accepted");
+    assert_eq!(verify(hotp(SEED, 5, 6)).await.str("result"), "accepted");
 
     // Disable: nothing is accepted any more, and the state says so.
     let r = c
@@ -114,7 +122,7 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
         "{:?}",
         r.body
     );
-    assert_eq!(verify(hotp(SEED, 5, 6)).await.str("result"), "disabled");
+    assert_eq!(verify(hotp(SEED, 6, 6)).await.str("result"), "disabled");
 
     let r = c
         .post(
@@ -128,13 +136,13 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
     let metrics = c.get("/metrics", None).await;
     let text = metrics.body.as_str().unwrap_or_default().to_owned();
     for line in [
-        "codereader_verifies_total{outcome=\"accepted\"} 3\n",
-        "codereader_verifies_total{outcome=\"rejected\"} 3\n",
+        "codereader_verifies_total{outcome=\"accepted\"} 4\n",
+        "codereader_verifies_total{outcome=\"rejected\"} 4\n",
         "codereader_verifies_total{outcome=\"replayed\"} 2\n",
         "codereader_verifies_total{outcome=\"locked\"} 1\n",
         "codereader_verifies_total{outcome=\"disabled\"} 1\n",
         "codereader_verifies_total{outcome=\"unknown\"} 1\n",
-        "codereader_verify_duration_seconds_count 11\n",
+        "codereader_verify_duration_seconds_count 13\n",
         "codereader_store_errors_total 0\n",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
@@ -407,7 +415,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         .await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
 
-    // The same serial again: refused, and the token's state is untouched.
+    // The same serial again: the key is refused (reported), and the token is untouched.
     let r = c
         .send(
             "POST",
@@ -418,8 +426,17 @@ async fn import_pskc_plaintext_and_preshared_key() {
         )
         .await;
     assert_eq!(
-        (r.status, r.str("error")),
-        (409, "duplicate_token"),
+        (r.status, &r.body["imported"]),
+        (200, &json!([])),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["rejected"][0]["id"], "987654321", "{:?}", r.body);
+    assert!(
+        r.body["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
         "{:?}",
         r.body
     );
@@ -443,9 +460,16 @@ async fn import_pskc_plaintext_and_preshared_key() {
             json!({"pskc": fig6, "preshared_key": "00000000000000000000000000000000"}),
         )
         .await;
+    // A wrong pre-shared key: the key's MAC does not verify; it is reported, not imported.
     assert_eq!(
-        (r.status, r.str("error")),
-        (400, "invalid_pskc"),
+        (r.status, &r.body["imported"]),
+        (200, &json!([])),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        r.body["rejected"].as_array().unwrap().len(),
+        1,
         "{:?}",
         r.body
     );

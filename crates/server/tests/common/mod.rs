@@ -1,11 +1,10 @@
 //! Test harness shared by the end-to-end tests and the load benchmark: starts the real
 //! `codereader-verifier` binary on 127.0.0.1 (port 0, the address read from its output),
 //! creates its API keys with the binary's own `api-key create`, talks HTTP/1.1 to it with
-//! hyper, and starts a throwaway PostgreSQL cluster when a test needs one.
+//! hyper. PostgreSQL comes from the verifier library's harness
+//! (`codereader_verifier::testing::TempPostgres`, feature `testing`).
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod pg;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
