@@ -9,7 +9,8 @@
 //!
 //! Bounded in count and time: `--seconds S` per phase (default 5), `--max-requests N` per
 //! phase (default 400000), `--connections C` (default 32), `--tokens T` (default 2000),
-//! `--stores sqlite,postgres`.
+//! `--stores sqlite,sqlite-normal,postgres` (sqlite-normal: `--sqlite-normal-sync`),
+//! `--store-concurrency N` (passed to the server).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -30,6 +31,7 @@ struct Options {
     connections: usize,
     tokens: usize,
     stores: Vec<String>,
+    store_concurrency: Option<String>,
 }
 
 fn options() -> Options {
@@ -38,7 +40,8 @@ fn options() -> Options {
         max_requests: 400_000,
         connections: 32,
         tokens: 2000,
-        stores: vec!["sqlite".into(), "postgres".into()],
+        stores: vec!["sqlite".into(), "sqlite-normal".into(), "postgres".into()],
+        store_concurrency: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -50,6 +53,7 @@ fn options() -> Options {
             "--connections" => o.connections = value.parse().expect("--connections N"),
             "--tokens" => o.tokens = value.parse().expect("--tokens N"),
             "--stores" => o.stores = value.split(',').map(str::to_owned).collect(),
+            "--store-concurrency" => o.store_concurrency = Some(value),
             _ => {
                 // `cargo bench` adds `--bench`; anything else unknown is ignored too.
                 i += 1;
@@ -158,14 +162,24 @@ fn seed(i: usize) -> Vec<u8> {
 
 async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     let pg;
+    let mut extra = Vec::new();
+    if let Some(n) = &o.store_concurrency {
+        extra.extend(["--store-concurrency", n.as_str()]);
+    }
     let server = match store {
-        "sqlite" => Server::start(None),
-        "postgres" => {
-            // Durable commits, like the SQLite store's default.
-            pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
-            Server::start(Some(&pg.url()))
+        // The default: every commit fsynced.
+        "sqlite" => Server::start_with(None, &extra),
+        // synchronous=NORMAL: survives kill -9, not a power cut.
+        "sqlite-normal" => {
+            extra.push("--sqlite-normal-sync");
+            Server::start_with(None, &extra)
         }
-        other => panic!("unknown store {other}"),
+        "postgres" => {
+            // Durable commits (fsync on), like the SQLite store's default.
+            pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            Server::start_with(Some(&pg.url()), &extra)
+        }
+        other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
     };
     eprintln!("bench-verifier: {store}: enrolling {} tokens", o.tokens);
     let mut conn = Conn::open(server.addr).await.unwrap();

@@ -23,6 +23,7 @@ use codereader_otp::{Code, CodeError};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::apikeys::{ApiKeys, Scope};
 use crate::metrics::Metrics;
@@ -104,15 +105,19 @@ pub struct AppState {
     service: Arc<dyn TokenService>,
     keys: ApiKeys,
     metrics: Metrics,
+    store_calls: Arc<Semaphore>,
 }
 
 impl AppState {
-    /// A server for `service`, admitting `keys`.
-    pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys) -> Self {
+    /// A server for `service`, admitting `keys`, running at most `store_concurrency` store
+    /// calls at once (the others wait their turn in a fair queue instead of contending for
+    /// database locks: SQLite has a single writer, and its busy handler sleeps).
+    pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys, store_concurrency: usize) -> Self {
         AppState {
             service,
             keys,
             metrics: Metrics::default(),
+            store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
         }
     }
 
@@ -300,19 +305,10 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {
-    let service = state.service.clone();
-    match tokio::task::spawn_blocking(move || service.ping()).await {
-        Ok(Ok(())) => axum::Json(json!({"status": "ok"})).into_response(),
-        Ok(Err(_)) => {
-            state.metrics.record_store_error();
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::STORE_UNAVAILABLE,
-                "the token store does not answer",
-            )
-            .into_response()
-        }
-        Err(_) => internal(),
+    // A store round trip: a server whose database is gone is not healthy (503).
+    match blocking(&state, |s| s.ping()).await {
+        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
@@ -325,15 +321,6 @@ async fn metrics(State(state): State<Shared>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-fn internal() -> Response {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        codes::INTERNAL,
-        "internal error",
-    )
-    .into_response()
 }
 
 /// Reads a JSON body into `T`, with stable error codes for each way it can be wrong.
@@ -393,7 +380,27 @@ async fn blocking<T: Send + 'static>(
     call: impl FnOnce(&dyn TokenService) -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let service = state.service.clone();
-    match tokio::task::spawn_blocking(move || call(service.as_ref())).await {
+    // The permit travels with the blocking call, so a request that times out does not free
+    // its slot while its store call is still running.
+    let permit = state
+        .store_calls
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::STORE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
+    match tokio::task::spawn_blocking(move || {
+        let result = call(service.as_ref());
+        drop(permit);
+        result
+    })
+    .await
+    {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
             if matches!(error, ServiceError::Store(_)) {

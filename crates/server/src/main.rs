@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
+    /// Store calls running at once; more wait in a fair queue. Default: 1 for SQLite (one
+    /// writer at a time anyway; queueing beats its sleeping busy handler), 32 for PostgreSQL.
+    #[arg(long)]
+    store_concurrency: Option<usize>,
     /// Threads running the HTTP machinery (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -273,6 +277,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_failures: args.max_failures,
         sqlite_full_sync: !args.sqlite_normal_sync,
     };
+    let db = db_spec(args.store.db.as_deref())?;
+    let store_concurrency = args.store_concurrency.unwrap_or(match db {
+        DbSpec::Sqlite(_) => 1,
+        DbSpec::Postgres(_) => 32,
+    });
     let library = open_library(&args.store, config)?;
     let limits = Limits {
         max_body: args.max_body,
@@ -292,7 +301,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let state = Arc::new(AppState::new(Arc::new(library), keys));
+        let state = Arc::new(AppState::new(Arc::new(library), keys, store_concurrency));
         let router = http::router(state, limits);
         {
             let mut out = std::io::stdout().lock();

@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "api/cli.rs"]
+mod cli;
 #[path = "api/concurrency.rs"]
 mod concurrency;
 #[path = "api/fault.rs"]

@@ -128,18 +128,22 @@ async fn crash_during_load(mut server: Server) {
             next > counter,
             "token F-{i}: counter {counter} was accepted, next is {next}"
         );
-        // ...and the last one is recognised as used.
-        let body = json!({"token": format!("F-{i}"), "code": hotp(&seed(i), counter, 6)});
-        let r = conn
-            .post("/v1/verify", &server.verify_key, &body)
-            .await
-            .unwrap();
-        assert_eq!(
-            r.str("result"),
-            "replayed",
-            "token F-{i} counter {counter}: {:?}",
-            r.body
-        );
+        // ...and the last one is recognised as used, if it is the last one stored (a later
+        // code may have been committed with its answer lost in the kill: then it is simply
+        // not accepted, checked below).
+        if next == counter + 1 {
+            let body = json!({"token": format!("F-{i}"), "code": hotp(&seed(i), counter, 6)});
+            let r = conn
+                .post("/v1/verify", &server.verify_key, &body)
+                .await
+                .unwrap();
+            assert_eq!(
+                r.str("result"),
+                "replayed",
+                "token F-{i} counter {counter}: {:?}",
+                r.body
+            );
+        }
     }
     // No accepted code is accepted again (older HOTP codes count as failures and may lock the
     // token; what matters is that none is "accepted").

@@ -650,3 +650,54 @@ async fn sigterm_finishes_the_request_in_flight() {
         "still listening after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_is_503_and_counted() {
+    let pg = codereader_verifier::testing::TempPostgres::start().unwrap();
+    let server = Server::start(Some(&pg.url()));
+    let c = server.client();
+    let r = c
+        .post(
+            "/v1/tokens",
+            &server.admin_key,
+            json!({"serial": "P-1", "kind": "hotp", "secret": base32(SEED)}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = c
+        .post(
+            "/v1/verify",
+            &server.verify_key,
+            json!({"token": "P-1", "code": hotp(SEED, 0, 6)}),
+        )
+        .await;
+    assert_eq!(r.str("result"), "accepted");
+
+    // The database goes away: verifications are 503 `store_unavailable`, never 500, and
+    // never a decision made without the store.
+    drop(pg);
+    let r = c
+        .post(
+            "/v1/verify",
+            &server.verify_key,
+            json!({"token": "P-1", "code": hotp(SEED, 1, 6)}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.str("error")),
+        (503, "store_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert!(!r.body.to_string().contains("127.0.0.1"), "{:?}", r.body);
+    let r = c.get("/healthz", None).await;
+    assert_eq!((r.status, r.str("error")), (503, "store_unavailable"));
+    let metrics = c.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        !text.contains("codereader_store_errors_total 0\n"),
+        "store errors not counted:\n{text}"
+    );
+    assert!(text.contains("codereader_store_errors_total "), "{text}");
+    assert!(!server.stderr.lock().unwrap().contains("panicked"));
+}

@@ -66,6 +66,13 @@ impl Server {
     pub fn start_with(db: Option<&str>, extra: &[&str]) -> Server {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().join("state");
+        let mut server = Self::start_in(dir, db, extra);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on the state directory `dir` (which the caller keeps), with new API keys.
+    pub fn start_in(dir: PathBuf, db: Option<&str>, extra: &[&str]) -> Server {
         let verify_key = create_key(&dir, "verify");
         let admin_key = create_key(&dir, "admin");
         let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
@@ -82,7 +89,7 @@ impl Server {
             admin_key,
             args,
             stderr: Arc::new(Mutex::new(String::new())),
-            _temp: Some(temp),
+            _temp: None,
         };
         server.spawn();
         server
