@@ -237,3 +237,33 @@ fn cut(text: &str, start: &str, end: &str) -> String {
     let b = text[a..].find(end).unwrap() + a + end.len();
     format!("{}{}", &text[..a], &text[b..])
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes give a document error or entries, never a panic.
+        #[test]
+        fn on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = pskc::parse(&bytes, Some(&psk()), KeyPolicy::Rfc4226);
+        }
+
+        /// Figure 6 with one byte changed: anything from a parse error to a MAC mismatch,
+        /// never a panic, and never a key whose secret differs from the figure's.
+        #[test]
+        fn on_mutated_figure6(position in 0..FIGURE6.len(), byte in any::<u8>()) {
+            let mut bytes = FIGURE6.as_bytes().to_vec();
+            bytes[position] = byte;
+            if let Ok(entries) = pskc::parse(&bytes, Some(&psk()), KeyPolicy::Rfc4226) {
+                for e in entries {
+                    if let Ok(key) = e.result {
+                        prop_assert_eq!(key.secret.expose(), b"12345678901234567890");
+                    }
+                }
+            }
+        }
+    }
+}

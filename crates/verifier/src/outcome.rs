@@ -80,7 +80,8 @@ impl Outcome {
         }
     }
 
-    /// A short stable label, as written to the audit trail.
+    /// A short stable label, as written to the audit trail (where a failure is always
+    /// "rejected", followed by a "lock" event when it locked the token).
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Accepted(_) => "accepted",

@@ -7,7 +7,7 @@
 //! locked, disabled), so concurrent callers never both win.
 
 use codereader_otp::pskc::{self, PreSharedKey};
-use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError, Totp};
+use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
 
 use crate::outcome::{Accepted, Matched, Outcome};
@@ -219,6 +219,11 @@ impl Verifier {
         &self.policy
     }
 
+    /// Gives the store back, e.g. to build a verifier with another keyring or policy.
+    pub fn into_store(self) -> Box<dyn Store> {
+        self.store
+    }
+
     /// The store (for operations this type does not wrap).
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
@@ -252,19 +257,21 @@ impl Verifier {
     fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
         let secret = self.keyring.open(&record.id, &record.seed)?;
         let p = record.params;
-        Ok(match p.kind {
+        // One HMAC key schedule per verification: TOTP is HOTP over the step, so the step is
+        // computed here (checked, like `Totp::step_at`) rather than by a second generator.
+        let current = match p.kind {
             TokenKind::Totp { period, t0 } => {
-                let totp = Totp::new(&secret, p.algorithm, p.digits, period, t0);
-                let current = totp.step_at(now)?.0;
-                Generator {
-                    hotp: Hotp::new(&secret, p.algorithm, p.digits),
-                    current: Some(current),
-                }
+                let elapsed = now.0.checked_sub(t0.0).ok_or(TimeError::BeforeT0 {
+                    time: now.0,
+                    t0: t0.0,
+                })?;
+                Some(elapsed / period.seconds())
             }
-            TokenKind::Hotp => Generator {
-                hotp: Hotp::new(&secret, p.algorithm, p.digits),
-                current: None,
-            },
+            TokenKind::Hotp => None,
+        };
+        Ok(Generator {
+            hotp: Hotp::new(&secret, p.algorithm, p.digits),
+            current,
         })
     }
 
@@ -378,9 +385,21 @@ impl Verifier {
             .store
             .record_failure(&record.id, now, self.policy.max_failures, &audit)?
         {
-            Some(failures) => Ok(Outcome::Rejected {
-                attempts_left: self.policy.max_failures.saturating_sub(failures),
-            }),
+            Some(failures) => {
+                let attempts_left = self.policy.max_failures.saturating_sub(failures);
+                if attempts_left == 0 {
+                    // Operators look for the moment a token locked; say it in the trail.
+                    self.store.append_audit(&Self::audit(
+                        Some(&record.id),
+                        record.user.as_ref(),
+                        "lock",
+                        "ok",
+                        now,
+                        caller,
+                    ))?;
+                }
+                Ok(Outcome::Rejected { attempts_left })
+            }
             None => {
                 let outcome = self.lost_race(&record.id)?;
                 self.log(record, action, &outcome, now, caller)?;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use codereader_otp::UnixTime;
 use postgres::error::SqlState;
@@ -89,11 +89,24 @@ impl Conn {
     }
 }
 
+/// Connections a [`PgStore`] opens at most, unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// The pool: idle connections and how many exist in all.
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
 /// Token state in a PostgreSQL database.
+///
+/// Holds at most `max_connections` connections; callers beyond that wait for one to come
+/// back, so a busy server cannot exhaust the database's connection slots.
 pub struct PgStore {
     config: Config,
-    idle: Mutex<Vec<Conn>>,
-    max_idle: usize,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -102,26 +115,40 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("hosts", &self.config.get_hosts())
             .field("dbname", &self.config.get_dbname())
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`, or a `key=value` string such as
-    /// `host=/run/postgresql dbname=codereader`) and runs any pending migrations.
+    /// `host=/run/postgresql dbname=codereader`) with at most [`DEFAULT_MAX_CONNECTIONS`]
+    /// connections, and runs any pending migrations.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// As [`PgStore::connect`], with at most `max_connections` (at least 1) connections.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn connect_with(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let config = Config::from_str(url).map_err(db)?;
         let store = PgStore {
             config,
-            idle: Mutex::new(Vec::new()),
-            max_idle: 32,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 1,
+            }),
+            returned: Condvar::new(),
+            max_connections: max_connections.max(1),
         };
         let mut conn = store.open()?;
         migrate(&mut conn.client)?;
-        store.give_back(conn);
+        store.give_back(Some(conn));
         Ok(store)
     }
 
@@ -132,27 +159,50 @@ impl PgStore {
         })
     }
 
-    fn give_back(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle && !conn.client.is_closed() {
-            idle.push(conn);
+    /// Returns a connection to the pool, or `None` for one that was dropped (broken).
+    fn give_back(&self, conn: Option<Conn>) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        match conn {
+            Some(c) if !c.client.is_closed() => pool.idle.push(c),
+            _ => pool.open = pool.open.saturating_sub(1),
+        }
+        drop(pool);
+        self.returned.notify_one();
+    }
+
+    /// Takes an idle connection, or the right to open one, waiting if all are in use.
+    fn take(&self) -> Option<Conn> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Some(c);
+            }
+            if pool.open < self.max_connections {
+                pool.open += 1;
+                return None;
+            }
+            pool = self
+                .returned
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
+    /// Runs `f` on a pooled connection. A connection whose closure failed is closed rather
+    /// than reused, in case it is left inside a transaction.
     fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut conn = match pooled {
+        let mut conn = match self.take() {
             Some(c) => c,
-            None => self.open()?,
+            None => match self.open() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.give_back(None);
+                    return Err(e);
+                }
+            },
         };
         let result = f(&mut conn);
-        if result.is_ok() {
-            self.give_back(conn);
-        }
+        self.give_back(result.is_ok().then_some(conn));
         result
     }
 }
@@ -239,52 +289,92 @@ const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, perio
      nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
      FROM tokens WHERE user_id = $1";
 
+/// After a batch insert hit a unique violation: which token was it (one already stored, or
+/// one given twice)?
+fn duplicate_among(client: &mut Client, tokens: &[NewToken]) -> StoreError {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = tokens.iter().find(|t| !seen.insert(&t.id)) {
+        return StoreError::Duplicate {
+            token: t.id.clone(),
+        };
+    }
+    let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+    let existing = client
+        .query_opt(
+            "SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id LIMIT 1",
+            &[&ids],
+        )
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get::<_, String>(0).ok());
+    match existing.and_then(|id| tokens.iter().find(|t| t.id.as_str() == id)) {
+        Some(t) => StoreError::Duplicate {
+            token: t.id.clone(),
+        },
+        None => StoreError::Database {
+            backend: "postgres",
+            reason: "unique violation on insert".to_owned(),
+        },
+    }
+}
+
 impl Store for PgStore {
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
         let columns = tokens
             .iter()
             .map(TokenColumns::of)
             .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
+        let kinds: Vec<&str> = columns.iter().map(|c| c.kind).collect();
+        let algorithms: Vec<&str> = columns.iter().map(|c| c.algorithm).collect();
+        let digits: Vec<i64> = columns.iter().map(|c| c.digits).collect();
+        let periods: Vec<i64> = columns.iter().map(|c| c.period).collect();
+        let t0s: Vec<i64> = columns.iter().map(|c| c.t0).collect();
+        let key_ids: Vec<&str> = columns
+            .iter()
+            .map(|c| c.token.seed.key_id.as_str())
+            .collect();
+        let nonces: Vec<&[u8]> = columns.iter().map(|c| &c.token.seed.nonce[..]).collect();
+        let sealed: Vec<&[u8]> = columns
+            .iter()
+            .map(|c| c.token.seed.ciphertext.as_slice())
+            .collect();
+        let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
         let a = AuditParams::of(audit)?;
         self.with(|conn| {
             let mut tx = conn.client.transaction().map_err(db)?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
-                                         nonce, sealed, next_value)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .map_err(db)?;
-            for c in &columns {
-                let t = c.token;
-                let nonce = &t.seed.nonce[..];
-                tx.execute(
-                    &insert,
-                    &[
-                        &t.id.as_str(),
-                        &c.kind,
-                        &c.algorithm,
-                        &c.digits,
-                        &c.period,
-                        &c.t0,
-                        &t.seed.key_id.as_str(),
-                        &nonce,
-                        &t.seed.ciphertext,
-                        &c.next,
-                    ],
-                )
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        StoreError::Duplicate {
-                            token: t.id.clone(),
-                        }
-                    } else {
-                        db(e)
-                    }
-                })?;
+            // One statement for the whole batch: arrays unnested into rows, so a large
+            // import costs one round trip instead of one per token.
+            let inserted = tx.execute(
+                "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                     nonce, sealed, next_value)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
+                                      $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[],
+                                      $9::BYTEA[], $10::BIGINT[])",
+                &[
+                    &ids,
+                    &kinds,
+                    &algorithms,
+                    &digits,
+                    &periods,
+                    &t0s,
+                    &key_ids,
+                    &nonces,
+                    &sealed,
+                    &nexts,
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    drop(tx);
+                    return Err(duplicate_among(&mut conn.client, tokens));
+                }
+                Err(e) => return Err(db(e)),
             }
             tx.execute(
-                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
             )
             .map_err(db)?;

@@ -8,7 +8,7 @@
 //! already moved on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use codereader_otp::UnixTime;
@@ -100,11 +100,99 @@ impl SqliteOptions {
 }
 
 /// Token state in an SQLite database file.
-#[derive(Debug)]
+///
+/// Reads use pooled connections. Writes go to one writer thread per store, which runs every
+/// write waiting in its queue inside one transaction (each in its own savepoint, so one
+/// failing write does not undo the others) and commits once: group commit. Under load one
+/// fsync then covers many verifications, which is what makes `synchronous = FULL` fast
+/// enough; no caller hears about its write before the commit that holds it.
 pub struct SqliteStore {
     path: PathBuf,
     options: SqliteOptions,
     idle: Mutex<Vec<Connection>>,
+    writer: Option<Writer>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called with the commit's result once the batch holding a write is committed (or not).
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write: runs on the writer's connection (or is told why it cannot) and returns what to do
+/// after the commit.
+type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Finish + Send>;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 512;
+
+struct Writer {
+    queue: mpsc::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Database {
+        backend: "sqlite",
+        reason: "the writer thread has stopped".to_owned(),
+    }
+}
+
+fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(db);
+        let finishers: Vec<Finish> = match &began {
+            Ok(()) => jobs.into_iter().map(|job| job(Ok(&conn))).collect(),
+            Err(e) => jobs.into_iter().map(|job| job(Err(e.clone()))).collect(),
+        };
+        let committed = match began {
+            // Every job was already told why it could not run.
+            Err(_) => Ok(()),
+            // Some errors (disk full, I/O) make SQLite roll the whole transaction back by
+            // itself: then nothing of the batch is kept and every job must hear so.
+            Ok(()) if conn.is_autocommit() => Err(StoreError::Database {
+                backend: "sqlite",
+                reason: "the transaction was rolled back".to_owned(),
+            }),
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                db(e)
+            }),
+        };
+        for finish in finishers {
+            finish(committed.clone());
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint: its writes stay only if it succeeds.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.prepare_cached("SAVEPOINT job")
+        .and_then(|mut s| s.execute([]))
+        .map_err(db)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        conn.execute_batch("RELEASE job")
+    } else {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+    };
+    end.map_err(db)?;
+    result
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -133,17 +221,29 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
-        let store = SqliteStore {
+        let mut store = SqliteStore {
             path: path.as_ref().to_path_buf(),
             options,
             idle: Mutex::new(Vec::new()),
+            writer: None,
         };
         let mut conn = store.connect()?;
         // WAL is a property of the file: set once, every later connection sees it.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         migrate(&mut conn)?;
-        store.give_back(conn);
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".to_owned())
+            .spawn(move || write_loop(conn, jobs))
+            .map_err(|e| StoreError::Database {
+                backend: "sqlite",
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        store.writer = Some(Writer {
+            queue,
+            thread: Some(thread),
+        });
         Ok(store)
     }
 
@@ -198,6 +298,39 @@ impl SqliteStore {
             self.give_back(conn);
         }
         result
+    }
+}
+
+impl SqliteStore {
+    /// Queues `f` for the writer and waits until the batch holding it is committed.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
+        let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(|c| in_savepoint(c, f));
+            Box::new(move |committed: Result<(), StoreError>| {
+                // The caller may have gone (it cannot, it waits); nothing to do if so.
+                let _ = reply.send(committed.and(result));
+            })
+        });
+        writer.queue.send(job).map_err(|_| writer_gone())?;
+        answer.recv().map_err(|_| writer_gone())?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer loop after the writes already queued.
+        if let Some(mut writer) = self.writer.take() {
+            let thread = writer.thread.take();
+            drop(writer);
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -278,14 +411,16 @@ fn select_one(
 
 impl Store for SqliteStore {
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
-        let columns = tokens
-            .iter()
-            .map(TokenColumns::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        // Checked here, before the batch, so that a bad value fails only this call.
+        for t in tokens {
+            TokenColumns::of(t)?;
+        }
+        let (tokens, audit) = (tokens.to_vec(), audit.clone());
+        self.write(move |tx| {
+            let columns = tokens
+                .iter()
+                .map(TokenColumns::of)
+                .collect::<Result<Vec<_>, _>>()?;
             {
                 let mut insert = tx
                     .prepare_cached(
@@ -320,8 +455,8 @@ impl Store for SqliteStore {
                         })?;
                 }
             }
-            insert_audit(&tx, audit)?;
-            tx.commit().map_err(db)
+            insert_audit(tx, &audit)?;
+            Ok(())
         })
     }
 
@@ -357,10 +492,8 @@ impl Store for SqliteStore {
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
         let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
         let lowest = to_i64(advance.lowest, "counter")?;
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        let (advance, audit) = (advance.clone(), audit.clone());
+        self.write(move |tx| {
             let changed = tx
                 .prepare_cached(
                     "UPDATE tokens
@@ -389,9 +522,8 @@ impl Store for SqliteStore {
                     _ => db(e),
                 })?;
             if changed == 1 {
-                insert_audit(&tx, audit)?;
+                insert_audit(tx, &audit)?;
             }
-            tx.commit().map_err(db)?;
             Ok(changed == 1)
         })
     }
@@ -404,10 +536,8 @@ impl Store for SqliteStore {
         audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
         let now = to_i64(now.0, "time")?;
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        let (token, audit) = (token.clone(), audit.clone());
+        self.write(move |tx| {
             // Right-hand sides see the row before the update, so `failures + 1` is the new
             // count in both places.
             let failures: Option<i64> = tx
@@ -424,9 +554,8 @@ impl Store for SqliteStore {
                 })
                 .map_err(db)?;
             if failures.is_some() {
-                insert_audit(&tx, audit)?;
+                insert_audit(tx, &audit)?;
             }
-            tx.commit().map_err(db)?;
             failures
                 .map(|f| {
                     u32::try_from(f).map_err(|_| StoreError::Corrupt {
@@ -445,10 +574,8 @@ impl Store for SqliteStore {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        let (token, audit) = (token.clone(), audit.clone());
+        self.write(move |tx| {
             let changed = tx
                 .prepare_cached(
                     "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
@@ -457,9 +584,8 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
                 .map_err(db)?;
             if changed == 1 {
-                insert_audit(&tx, audit)?;
+                insert_audit(tx, &audit)?;
             }
-            tx.commit().map_err(db)?;
             Ok(changed == 1)
         })
     }
@@ -470,10 +596,8 @@ impl Store for SqliteStore {
         enabled: bool,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        let (token, audit) = (token.clone(), audit.clone());
+        self.write(move |tx| {
             let changed = tx
                 .execute(
                     "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
@@ -481,31 +605,28 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             if changed == 1 {
-                insert_audit(&tx, audit)?;
+                insert_audit(tx, &audit)?;
             }
-            tx.commit().map_err(db)?;
             Ok(changed == 1)
         })
     }
 
     fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
-        self.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
+        let (token, audit) = (token.clone(), audit.clone());
+        self.write(move |tx| {
             let changed = tx
                 .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
                 .map_err(db)?;
             if changed == 1 {
-                insert_audit(&tx, audit)?;
+                insert_audit(tx, &audit)?;
             }
-            tx.commit().map_err(db)?;
             Ok(changed == 1)
         })
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.with(|conn| insert_audit(conn, event))
+        let event = event.clone();
+        self.write(move |conn| insert_audit(conn, &event))
     }
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -573,7 +694,8 @@ impl Store for SqliteStore {
         old: &SealedSeed,
         new: &SealedSeed,
     ) -> Result<bool, StoreError> {
-        self.with(|conn| {
+        let (token, old, new) = (token.clone(), old.clone(), new.clone());
+        self.write(move |conn| {
             let changed = conn
                 .execute(
                     "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4

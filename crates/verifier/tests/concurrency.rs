@@ -1,0 +1,267 @@
+//! Exactly once under contention: 64 simultaneous verifications of the same valid code give
+//! exactly one acceptance, across threads with separate connections, across processes
+//! (SQLite), and against a real PostgreSQL; and 64 simultaneous wrong codes lose no failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use codereader_otp::Code;
+use codereader_verifier::testing::TempPostgres;
+use codereader_verifier::{Outcome, Policy, Store, Subject, TokenId, open_store};
+use common::*;
+
+const ATTEMPTS: usize = 64;
+
+/// Runs `ATTEMPTS` verifications of `code` at once, each thread with its own store (its own
+/// connection), and returns the outcome labels.
+fn race(open: &(dyn Fn() -> Box<dyn Store> + Sync), token: &TokenId, code: Code) -> Vec<String> {
+    let barrier = Barrier::new(ATTEMPTS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..ATTEMPTS)
+            .map(|_| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let v = verifier(open(), Policy::default().with_max_failures(1000));
+                    barrier.wait();
+                    v.verify(Subject::Token(token), &code, NOW, &caller())
+                        .unwrap()
+                        .label()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn count(labels: &[String], label: &str) -> usize {
+    labels.iter().filter(|l| *l == label).count()
+}
+
+/// The shared checks for one store address.
+fn exactly_once(address: &str) {
+    let open = || open_store(address).unwrap();
+    let v = verifier(open(), Policy::default().with_max_failures(1000));
+    let token = enroll(&v, "RACE", 1, totp_params(), 0);
+    let labels = race(&open, &token, code(1, step(NOW)));
+    assert_eq!(count(&labels, "accepted"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
+
+    // Wrong codes at once: every one is counted (no lost increments).
+    let wrong = enroll(&v, "WRONG", 2, totp_params(), 0);
+    let labels = race(&open, &wrong, wrong_code(2, step(NOW)));
+    assert_eq!(count(&labels, "rejected"), ATTEMPTS, "{labels:?}");
+    let state = v.show(Subject::Token(&wrong)).unwrap().unwrap().state;
+    assert_eq!(state.failures, ATTEMPTS as u32);
+
+    // With the default lock at 3, exactly 3 failures are counted and the rest see the lock.
+    let strict = verifier(open(), Policy::default());
+    let locked = enroll(&strict, "LOCK", 3, totp_params(), 0);
+    let barrier = Barrier::new(ATTEMPTS);
+    let bad = wrong_code(3, step(NOW));
+    let labels: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..ATTEMPTS)
+            .map(|_| {
+                let (barrier, locked) = (&barrier, &locked);
+                scope.spawn(move || {
+                    let v = verifier(open(), Policy::default());
+                    barrier.wait();
+                    v.verify(Subject::Token(locked), &bad, NOW, &caller())
+                        .unwrap()
+                        .label()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The third failure is the one that locks ("rejected-locked": no attempts left).
+    assert_eq!(count(&labels, "rejected"), 2, "{labels:?}");
+    assert_eq!(count(&labels, "rejected-locked"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "locked"), ATTEMPTS - 3, "{labels:?}");
+    assert_eq!(
+        strict
+            .show(Subject::Token(&locked))
+            .unwrap()
+            .unwrap()
+            .state
+            .failures,
+        3
+    );
+}
+
+/// 64 threads sharing one verifier (one connection pool, and for SQLite one writer that
+/// commits racing writes together in one transaction): still exactly one acceptance.
+fn exactly_once_shared(address: &str) {
+    let v = Arc::new(verifier(open_store(address).unwrap(), Policy::default()));
+    let token = enroll(&v, "SHARED", 4, totp_params(), 0);
+    let barrier = Barrier::new(ATTEMPTS);
+    let c = code(4, step(NOW));
+    let labels: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..ATTEMPTS)
+            .map(|_| {
+                let (v, barrier, token) = (&v, &barrier, &token);
+                scope.spawn(move || {
+                    barrier.wait();
+                    v.verify(Subject::Token(token), &c, NOW, &caller())
+                        .unwrap()
+                        .label()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(count(&labels, "accepted"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
+    // Every attempt is in the audit trail: one acceptance, the rest replays.
+    let trail = v.audit_trail(&token, 1000).unwrap();
+    let accepted = trail.iter().filter(|e| e.outcome == "accepted").count();
+    let replayed = trail.iter().filter(|e| e.outcome == "replayed").count();
+    assert_eq!((accepted, replayed), (1, ATTEMPTS - 1));
+}
+
+#[test]
+fn sqlite_threads_sharing_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_once_shared(&format!(
+        "sqlite:{}",
+        dir.path().join("shared.db").display()
+    ));
+}
+
+#[test]
+fn postgres_threads_sharing_one_store() {
+    let pg = TempPostgres::start().unwrap();
+    exactly_once_shared(&pg.create_database("shared").unwrap());
+}
+
+#[test]
+fn sqlite_threads_with_separate_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_once(&format!("sqlite:{}", dir.path().join("race.db").display()));
+}
+
+#[test]
+fn postgres_threads_with_separate_connections() {
+    let pg = TempPostgres::start().unwrap();
+    exactly_once(&pg.create_database("race").unwrap());
+}
+
+/// Set in the environment of the child processes of [`sqlite_separate_processes`].
+const CHILD_ENV: &str = "CODEREADER_RACE_DIR";
+const PROCESSES: usize = 16;
+
+/// One test, two roles. Run normally it is the parent: it enrolls a token, starts
+/// `PROCESSES` copies of this test binary running only this test, each racing
+/// `ATTEMPTS / PROCESSES` threads on the same database file at one signal, and counts their
+/// outcomes. Run with [`CHILD_ENV`] set, it is one of those children.
+#[test]
+fn sqlite_separate_processes() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("race.db");
+    let address = format!("sqlite:{}", db.display());
+    let v = verifier(open_store(&address).unwrap(), Policy::default());
+    let token = enroll(&v, "RACE", 1, totp_params(), 0);
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|n| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "sqlite_separate_processes",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, dir.path())
+                .env("CODEREADER_RACE_CHILD", n.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Start them together once all are ready (each leaves a file when it is).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready_count(dir.path()) < PROCESSES {
+        assert!(Instant::now() < deadline, "children did not get ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let mut labels = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        labels.extend(
+            stdout
+                .lines()
+                // The harness may have printed "test ... " on the same line first.
+                .filter_map(|l| l.split_once("OUTCOME ").map(|(_, o)| o.trim().to_owned())),
+        );
+    }
+    assert_eq!(labels.len(), ATTEMPTS, "{labels:?}");
+    assert_eq!(count(&labels, "accepted"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
+    assert_eq!(
+        v.verify(Subject::Token(&token), &code(1, step(NOW)), NOW, &caller())
+            .unwrap(),
+        Outcome::Replayed
+    );
+}
+
+fn ready_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+        })
+        .count()
+}
+
+fn child(dir: &Path) {
+    let n = std::env::var("CODEREADER_RACE_CHILD").unwrap();
+    let address = format!("sqlite:{}", dir.join("race.db").display());
+    let token = id("RACE");
+    let per_process = ATTEMPTS / PROCESSES;
+    let verifiers: Vec<_> = (0..per_process)
+        .map(|_| Arc::new(verifier(open_store(&address).unwrap(), Policy::default())))
+        .collect();
+    std::fs::write(dir.join(format!("ready-{n}")), b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join("go").exists() {
+        assert!(Instant::now() < deadline, "no go signal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = code(1, step(NOW));
+    let handles: Vec<_> = verifiers
+        .into_iter()
+        .map(|v| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                v.verify(Subject::Token(&token), &c, NOW, &caller())
+                    .unwrap()
+                    .label()
+                    .to_owned()
+            })
+        })
+        .collect();
+    for h in handles {
+        println!("OUTCOME {}", h.join().unwrap());
+    }
+}

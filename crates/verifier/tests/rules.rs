@@ -1,0 +1,663 @@
+//! Every rule of the verifier, run against each store: memory, SQLite, and a real PostgreSQL.
+//!
+//! A rule is a function of a factory that makes a verifier with a fresh, empty store and a
+//! given policy; the same table runs on all three stores, so the SQL stores are held to the
+//! exact behaviour of the reference in-memory one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use codereader_otp::pskc::PreSharedKey;
+use codereader_otp::{Code, Counter, KeyPolicy, KeyUri, TimeStep, UnixTime};
+use codereader_verifier::testing::TempPostgres;
+use codereader_verifier::{
+    Activation, FailureDelay, Kek, KeyId, Keyring, Matched, MemoryStore, Outcome, Policy,
+    SqliteStore, Subject, UserId, Verifier, open_store,
+};
+use common::*;
+
+type Factory<'a> = &'a dyn Fn(Policy) -> Verifier;
+
+fn accepted(o: &Outcome) -> (Matched, i64) {
+    match o {
+        Outcome::Accepted(a) => (a.matched(), a.drift()),
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+fn verify(v: &Verifier, token: &codereader_verifier::TokenId, c: &Code, now: UnixTime) -> Outcome {
+    v.verify(Subject::Token(token), c, now, &caller()).unwrap()
+}
+
+fn failures(v: &Verifier, token: &codereader_verifier::TokenId) -> u32 {
+    v.show(Subject::Token(token))
+        .unwrap()
+        .unwrap()
+        .state
+        .failures
+}
+
+fn totp_window_edges(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let s = step(NOW);
+    for (name, offset, want) in [
+        ("minus2", -2i64, None),
+        ("minus1", -1, Some(-1)),
+        ("zero", 0, Some(0)),
+        ("plus1", 1, Some(1)),
+        ("plus2", 2, None),
+    ] {
+        let t = enroll(&v, name, 1, totp_params(), 0);
+        let value = s.checked_add_signed(offset).unwrap();
+        let outcome = verify(&v, &t, &code(1, value), NOW);
+        match want {
+            Some(drift) => {
+                assert_eq!(
+                    accepted(&outcome),
+                    (Matched::Step(TimeStep(value)), drift),
+                    "{name}"
+                );
+            }
+            None => assert_eq!(outcome, Outcome::Rejected { attempts_left: 2 }, "{name}"),
+        }
+    }
+    // A wider window is the operator's choice.
+    let wide = make(Policy::default().with_totp_window(2));
+    let t = enroll(&wide, "wide", 1, totp_params(), 0);
+    assert_eq!(accepted(&verify(&wide, &t, &code(1, s + 2), NOW)).1, 2);
+}
+
+fn totp_replay_of_same_and_earlier_step(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "T", 1, totp_params(), 0);
+    let s = step(NOW);
+    accepted(&verify(&v, &t, &code(1, s), NOW));
+    assert_eq!(verify(&v, &t, &code(1, s), NOW), Outcome::Replayed);
+    // An earlier step, still inside the window, is never accepted after a later one.
+    assert_eq!(verify(&v, &t, &code(1, s - 1), NOW), Outcome::Replayed);
+    // Even 29 s later, when the same step is still current.
+    assert_eq!(
+        verify(&v, &t, &code(1, s), UnixTime(NOW.0 + 19)),
+        Outcome::Replayed
+    );
+    // Replays are refused but are not counted as guesses.
+    assert_eq!(failures(&v, &t), 0);
+    // The next step is fine.
+    accepted(&verify(&v, &t, &code(1, s + 1), UnixTime(NOW.0 + 30)));
+}
+
+fn totp_drift_followed_across_many_logins(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "T", 1, totp_params(), 0);
+    // The token's clock gains one step every three logins, 60 logins over a year; with a ±1
+    // window only drift centring keeps it working.
+    let mut now = NOW;
+    for login in 0..60u64 {
+        let ahead = login / 3;
+        let value = step(now) + ahead;
+        let (matched, drift) = accepted(&verify(&v, &t, &code(1, value), now));
+        assert_eq!(matched, Matched::Step(TimeStep(value)), "login {login}");
+        assert_eq!(drift, ahead as i64, "login {login}");
+        now = UnixTime(now.0 + 6 * 86_400 + 7);
+    }
+    assert_eq!(v.show(Subject::Token(&t)).unwrap().unwrap().state.drift, 19);
+    // The window is centred on the drift: a code from the server's own current step is now
+    // far outside it.
+    assert_eq!(
+        verify(&v, &t, &code(1, step(now)), now),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+}
+
+fn hotp_look_ahead_edges(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let a = enroll(&v, "A", 2, hotp_params(), 100);
+    let b = enroll(&v, "B", 2, hotp_params(), 100);
+    // Ten past the expected counter is the edge of the window.
+    assert_eq!(
+        accepted(&verify(&v, &a, &code(2, 110), NOW)),
+        (Matched::Counter(Counter(110)), 10)
+    );
+    assert_eq!(
+        verify(&v, &b, &code(2, 111), NOW),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    // The counter moved past 110: 110 is a replay, 109 is gone, 111 is next.
+    assert_eq!(verify(&v, &a, &code(2, 110), NOW), Outcome::Replayed);
+    assert_eq!(
+        verify(&v, &a, &code(2, 105), NOW),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    assert_eq!(
+        accepted(&verify(&v, &a, &code(2, 111), NOW)),
+        (Matched::Counter(Counter(111)), 0)
+    );
+    assert_eq!(v.show(Subject::Token(&a)).unwrap().unwrap().state.next, 112);
+    // The expected counter itself, on the other token.
+    assert_eq!(accepted(&verify(&v, &b, &code(2, 100), NOW)).1, 0);
+}
+
+fn lockout_and_admin_unlock(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "T", 3, totp_params(), 0);
+    let s = step(NOW);
+    let wrong = wrong_code(3, s);
+    // Success resets the count.
+    assert_eq!(
+        verify(&v, &t, &wrong, NOW),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    assert_eq!(
+        verify(&v, &t, &wrong, NOW),
+        Outcome::Rejected { attempts_left: 1 }
+    );
+    accepted(&verify(&v, &t, &code(3, s), NOW));
+    assert_eq!(failures(&v, &t), 0);
+    let later = UnixTime(NOW.0 + 30);
+    for left in [2, 1, 0] {
+        assert_eq!(
+            verify(&v, &t, &wrong, later),
+            Outcome::Rejected {
+                attempts_left: left
+            }
+        );
+    }
+    // Locked: even the right code is refused, and not counted.
+    assert_eq!(
+        verify(&v, &t, &code(3, s + 1), later),
+        Outcome::Locked { until: None }
+    );
+    let state = v.show(Subject::Token(&t)).unwrap().unwrap().state;
+    assert_eq!((state.failures, state.locked_at), (3, Some(later)));
+    let trail = v.audit_trail(&t, 3).unwrap();
+    let tail: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [("verify", "rejected"), ("lock", "ok"), ("verify", "locked")]
+    );
+    // Without auto-unlock it stays locked a day later.
+    let day = UnixTime(later.0 + 86_400);
+    assert_eq!(
+        verify(&v, &t, &code(3, step(day)), day),
+        Outcome::Locked { until: None }
+    );
+    v.unlock(&t, day, &caller()).unwrap();
+    accepted(&verify(&v, &t, &code(3, step(day)), day));
+    assert!(matches!(
+        v.unlock(&id("nope"), day, &caller()),
+        Err(codereader_verifier::VerifyError::UnknownToken { .. })
+    ));
+}
+
+fn automatic_unlock(make: Factory<'_>) {
+    let v = make(Policy::default().with_auto_unlock_after(Some(300)));
+    let t = enroll(&v, "T", 4, totp_params(), 0);
+    let wrong = wrong_code(4, step(NOW));
+    for _ in 0..3 {
+        verify(&v, &t, &wrong, NOW);
+    }
+    let until = UnixTime(NOW.0 + 300);
+    let almost = UnixTime(NOW.0 + 299);
+    assert_eq!(
+        verify(&v, &t, &code(4, step(almost)), almost),
+        Outcome::Locked { until: Some(until) }
+    );
+    accepted(&verify(&v, &t, &code(4, step(until)), until));
+    assert_eq!(failures(&v, &t), 0);
+}
+
+fn growing_delay(make: Factory<'_>) {
+    let delay = FailureDelay {
+        base_seconds: 2,
+        max_seconds: 60,
+    };
+    let v = make(
+        Policy::default()
+            .with_failure_delay(Some(delay))
+            .with_max_failures(10),
+    );
+    let t = enroll(&v, "T", 5, totp_params(), 0);
+    let wrong = wrong_code(5, step(NOW));
+    assert_eq!(
+        verify(&v, &t, &wrong, NOW),
+        Outcome::Rejected { attempts_left: 9 }
+    );
+    let at = |s: u64| UnixTime(NOW.0 + s);
+    // After one failure, 2 s; after two, 4 s more. Too-early tries are not counted.
+    assert_eq!(
+        verify(&v, &t, &code(5, step(NOW)), at(1)),
+        Outcome::TooSoon { retry_at: at(2) }
+    );
+    assert_eq!(
+        verify(&v, &t, &wrong, at(2)),
+        Outcome::Rejected { attempts_left: 8 }
+    );
+    assert_eq!(
+        verify(&v, &t, &wrong, at(5)),
+        Outcome::TooSoon { retry_at: at(6) }
+    );
+    assert_eq!(failures(&v, &t), 2);
+    accepted(&verify(&v, &t, &code(5, step(at(6))), at(6)));
+}
+
+fn resync_totp_and_hotp(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "T", 6, totp_params(), 0);
+    let s = step(NOW);
+    // The token's clock is 100 steps (50 min) fast: normal verification fails.
+    assert!(matches!(
+        verify(&v, &t, &code(6, s + 100), NOW),
+        Outcome::Rejected { .. }
+    ));
+    // Two codes that are not consecutive do not resync.
+    assert!(matches!(
+        v.resync(&t, &code(6, s + 100), &code(6, s + 102), NOW, &caller())
+            .unwrap(),
+        Outcome::Rejected { .. }
+    ));
+    let o = v
+        .resync(&t, &code(6, s + 100), &code(6, s + 101), NOW, &caller())
+        .unwrap();
+    assert_eq!(accepted(&o), (Matched::Step(TimeStep(s + 101)), 101));
+    assert_eq!(failures(&v, &t), 0);
+    // The pair counts as one use: both codes are spent.
+    assert_eq!(verify(&v, &t, &code(6, s + 101), NOW), Outcome::Replayed);
+    assert_eq!(verify(&v, &t, &code(6, s + 100), NOW), Outcome::Replayed);
+    // From now on the window follows the token's clock.
+    let later = UnixTime(NOW.0 + 60);
+    assert_eq!(accepted(&verify(&v, &t, &code(6, s + 102), later)).1, 100);
+
+    let h = enroll(&v, "H", 7, hotp_params(), 0);
+    assert!(matches!(
+        verify(&v, &h, &code(7, 50), NOW),
+        Outcome::Rejected { .. }
+    ));
+    let o = v
+        .resync(&h, &code(7, 50), &code(7, 51), NOW, &caller())
+        .unwrap();
+    assert_eq!(accepted(&o).0, Matched::Counter(Counter(51)));
+    assert_eq!(v.show(Subject::Token(&h)).unwrap().unwrap().state.next, 52);
+    // Beyond the resync range (100 ahead) nothing is found.
+    assert!(matches!(
+        v.resync(&h, &code(7, 200), &code(7, 201), NOW, &caller())
+            .unwrap(),
+        Outcome::Rejected { .. }
+    ));
+    // A resync also lifts a lock.
+    for _ in 0..3 {
+        verify(&v, &h, &wrong_code(7, 60), NOW);
+    }
+    assert!(matches!(
+        verify(&v, &h, &code(7, 52), NOW),
+        Outcome::Locked { .. }
+    ));
+    accepted(
+        &v.resync(&h, &code(7, 60), &code(7, 61), NOW, &caller())
+            .unwrap(),
+    );
+    accepted(&verify(&v, &h, &code(7, 62), NOW));
+}
+
+fn unknown_disabled_deleted(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let s = step(NOW);
+    assert_eq!(
+        verify(&v, &id("missing"), &code(1, s), NOW),
+        Outcome::UnknownToken
+    );
+    let nobody = UserId::new("nobody").unwrap();
+    assert_eq!(
+        v.verify(Subject::User(&nobody), &code(1, s), NOW, &caller())
+            .unwrap(),
+        Outcome::UnknownToken
+    );
+    let t = enroll(&v, "T", 8, totp_params(), 0);
+    v.set_enabled(&t, false, NOW, &caller()).unwrap();
+    assert_eq!(verify(&v, &t, &code(8, s), NOW), Outcome::Disabled);
+    assert_eq!(failures(&v, &t), 0);
+    v.set_enabled(&t, true, NOW, &caller()).unwrap();
+    accepted(&verify(&v, &t, &code(8, s), NOW));
+    v.delete(&t, NOW, &caller()).unwrap();
+    assert_eq!(verify(&v, &t, &code(8, s + 1), NOW), Outcome::UnknownToken);
+    assert!(v.delete(&t, NOW, &caller()).is_err());
+    // Enrolling the same serial twice is refused and changes nothing.
+    let u = enroll(&v, "U", 9, totp_params(), 0);
+    let again = v.enroll(
+        &[codereader_verifier::Enrollment {
+            id: u.clone(),
+            params: totp_params(),
+            secret: secret(10),
+            counter: Counter(0),
+        }],
+        NOW,
+        &caller(),
+    );
+    assert!(matches!(
+        again,
+        Err(codereader_verifier::VerifyError::Store(
+            codereader_verifier::StoreError::Duplicate { .. }
+        ))
+    ));
+    accepted(&verify(&v, &u, &code(9, s), NOW));
+    // A clock before the token's T0 is an error, not a rejection (nothing is counted).
+    let future = enroll(
+        &v,
+        "F",
+        9,
+        codereader_verifier::TokenParams {
+            kind: codereader_verifier::TokenKind::Totp {
+                period: codereader_otp::Period::DEFAULT,
+                t0: UnixTime(NOW.0 + 1),
+            },
+            ..totp_params()
+        },
+        0,
+    );
+    assert!(matches!(
+        v.verify(Subject::Token(&future), &code(9, 0), NOW, &caller()),
+        Err(codereader_verifier::VerifyError::Time(_))
+    ));
+    assert_eq!(failures(&v, &future), 0);
+    // A batch is all or nothing: a new serial beside an existing one goes in neither.
+    let batch = [
+        codereader_verifier::Enrollment {
+            id: id("NEW"),
+            params: totp_params(),
+            secret: secret(10),
+            counter: Counter(0),
+        },
+        codereader_verifier::Enrollment {
+            id: u.clone(),
+            params: totp_params(),
+            secret: secret(10),
+            counter: Counter(0),
+        },
+    ];
+    assert_eq!(
+        v.enroll(&batch, NOW, &caller()).unwrap_err(),
+        codereader_verifier::VerifyError::Store(codereader_verifier::StoreError::Duplicate {
+            token: u.clone()
+        })
+    );
+    assert!(v.show(Subject::Token(&id("NEW"))).unwrap().is_none());
+    assert_eq!(v.enroll(&batch[..1], NOW, &caller()).map(|_| ()), Ok(()));
+}
+
+fn activation_binds_a_user(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let s = step(NOW);
+    let t = enroll(&v, "T", 11, totp_params(), 0);
+    let other = enroll(&v, "O", 12, totp_params(), 0);
+    let alice = UserId::new("alice").unwrap();
+    assert_eq!(
+        v.verify(Subject::User(&alice), &code(11, s), NOW, &caller())
+            .unwrap(),
+        Outcome::UnknownToken
+    );
+    assert_eq!(
+        v.activate(&t, &alice, &wrong_code(11, s), NOW, &caller())
+            .unwrap(),
+        Activation::Refused(Outcome::Rejected { attempts_left: 2 })
+    );
+    assert!(matches!(
+        v.activate(&t, &alice, &code(11, s), NOW, &caller())
+            .unwrap(),
+        Activation::Activated(_)
+    ));
+    let info = v.show(Subject::User(&alice)).unwrap().unwrap();
+    assert_eq!(
+        (info.id.clone(), info.user.clone()),
+        (t.clone(), Some(alice.clone()))
+    );
+    assert_eq!(info.state.failures, 0);
+    // The activation code is used up; the next step verifies by user.
+    assert_eq!(
+        v.verify(Subject::User(&alice), &code(11, s), NOW, &caller())
+            .unwrap(),
+        Outcome::Replayed
+    );
+    let later = UnixTime(NOW.0 + 30);
+    accepted(
+        &v.verify(Subject::User(&alice), &code(11, s + 1), later, &caller())
+            .unwrap(),
+    );
+    let bob = UserId::new("bob").unwrap();
+    assert_eq!(
+        v.activate(&t, &bob, &code(11, s + 2), UnixTime(NOW.0 + 60), &caller())
+            .unwrap(),
+        Activation::AlreadyBound
+    );
+    assert_eq!(
+        v.activate(&other, &alice, &code(12, s), NOW, &caller())
+            .unwrap(),
+        Activation::UserHasToken
+    );
+    // Neither refusal used the codes.
+    accepted(&verify(&v, &other, &code(12, s), NOW));
+}
+
+fn audit_trail_without_codes(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "T", 13, totp_params(), 0);
+    let s = step(NOW);
+    let right = code(13, s);
+    let wrong = wrong_code(13, s);
+    let desk = codereader_verifier::Caller::new("helpdesk").unwrap();
+    v.verify(Subject::Token(&t), &wrong, NOW, &desk).unwrap();
+    v.verify(Subject::Token(&t), &right, NOW, &desk).unwrap();
+    v.verify(Subject::Token(&t), &right, NOW, &desk).unwrap();
+    v.set_enabled(&t, false, NOW, &caller()).unwrap();
+    v.verify(Subject::Token(&t), &right, NOW, &desk).unwrap();
+    let trail = v.audit_trail(&t, 100).unwrap();
+    let got: Vec<(&str, &str, &str)> = trail
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str(), e.caller.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("enroll", "1 token(s)", "test"),
+            ("verify", "rejected", "helpdesk"),
+            ("verify", "accepted", "helpdesk"),
+            ("verify", "replayed", "helpdesk"),
+            ("disable", "ok", "test"),
+            ("verify", "disabled", "helpdesk"),
+        ]
+    );
+    assert!(
+        trail
+            .iter()
+            .all(|e| e.at == NOW && e.token.as_ref() == Some(&t))
+    );
+    // No text field of the trail carries either code (times are numbers, checked above).
+    for e in &trail {
+        for field in [
+            e.action.as_str(),
+            e.outcome.as_str(),
+            e.caller.as_str(),
+            t.as_str(),
+        ] {
+            assert!(!field.contains(right.as_str()) && !field.contains(wrong.as_str()));
+        }
+    }
+    assert_eq!(v.audit_trail(&t, 2).unwrap(), trail[4..].to_vec());
+}
+
+fn rotation_reseals_every_seed(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let s = step(NOW);
+    let tokens: Vec<_> = (0..7u8)
+        .map(|i| enroll(&v, &format!("R{i}"), 20 + i, totp_params(), 0))
+        .collect();
+    let k2 = Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32]);
+    let both = Keyring::new(k2).with_older(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]));
+    let v = Verifier::new(v.into_store(), both, Policy::default());
+    let report = v.rotate(NOW, &caller()).unwrap();
+    assert_eq!((report.resealed, report.failed.len()), (7, 0));
+    assert_eq!(v.rotate(NOW, &caller()).unwrap().resealed, 0);
+    // Only the new key is needed now.
+    let only_new = Keyring::new(Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32]));
+    let v = Verifier::new(v.into_store(), only_new, Policy::default());
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(
+            v.show(Subject::Token(t)).unwrap().unwrap().key_id.as_str(),
+            "k2"
+        );
+        accepted(&verify(&v, t, &code(20 + i as u8, s), NOW));
+    }
+    // A seed under a key the keyring lacks is a typed error, not a panic or a rejection.
+    let stranger = Verifier::new(
+        v.into_store(),
+        Keyring::new(Kek::from_bytes(KeyId::new("k3").unwrap(), [3; 32])),
+        Policy::default(),
+    );
+    assert!(matches!(
+        stranger.verify(Subject::Token(&tokens[0]), &code(20, s + 1), NOW, &caller()),
+        Err(codereader_verifier::VerifyError::Seal(
+            codereader_verifier::SealError::UnknownKey { .. }
+        ))
+    ));
+}
+
+fn import_pskc_and_otpauth(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let figure6 = include_str!("../../otp/tests/data/pskc/rfc6030-figure6.xml");
+    let psk = PreSharedKey::from_hex("12345678901234567890123456789012").unwrap();
+    let report = v
+        .import_pskc(
+            figure6.as_bytes(),
+            Some(&psk),
+            KeyPolicy::Rfc4226,
+            NOW,
+            &caller(),
+        )
+        .unwrap();
+    assert_eq!(report.imported, [id("987654321")]);
+    assert!(report.refused.is_empty());
+    // RFC 4226 appendix D, 8 digits: counter 0 gives 84755224.
+    let t = id("987654321");
+    assert_eq!(
+        accepted(&verify(&v, &t, &Code::parse("84755224").unwrap(), NOW)),
+        (Matched::Counter(Counter(0)), 0)
+    );
+    assert!(v.show(Subject::Token(&t)).unwrap().unwrap().user.is_none());
+
+    // The same token again, plus the broken-key table: only the new good key goes in.
+    let broken = include_str!("../../otp/tests/data/pskc/broken-keys.xml");
+    let report = v
+        .import_pskc(broken.as_bytes(), None, KeyPolicy::Rfc4226, NOW, &caller())
+        .unwrap();
+    assert_eq!(report.imported, [id("GOOD-1"), id("GOOD-2")]);
+    let refused: Vec<usize> = report.refused.iter().map(|p| p.index).collect();
+    assert_eq!(refused, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14]);
+    assert_eq!(report.refused[0].name.as_deref(), Some("NO-ID"));
+    assert_eq!(report.refused[0].reason, "the key has no Id attribute");
+    let again = v
+        .import_pskc(broken.as_bytes(), None, KeyPolicy::Rfc4226, NOW, &caller())
+        .unwrap();
+    assert!(again.imported.is_empty());
+    assert!(
+        again
+            .refused
+            .iter()
+            .any(|p| p.index == 1 && p.reason == "token GOOD-1 already exists")
+    );
+    // A document that is not PSKC at all is one error.
+    assert!(matches!(
+        v.import_pskc(b"<x/>", None, KeyPolicy::Rfc4226, NOW, &caller()),
+        Err(codereader_verifier::VerifyError::Pskc(_))
+    ));
+
+    let uri: KeyUri = "otpauth://hotp/Bank:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=5"
+        .parse()
+        .unwrap();
+    let h = id("URI-1");
+    v.enroll(
+        &[codereader_verifier::Enrollment::from_uri(h.clone(), &uri)],
+        NOW,
+        &caller(),
+    )
+    .unwrap();
+    // RFC 4226 appendix D, counter 5: 254676; counters before 5 are not valid.
+    assert_eq!(
+        verify(&v, &h, &Code::parse("359152").unwrap(), NOW),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    assert_eq!(
+        accepted(&verify(&v, &h, &Code::parse("254676").unwrap(), NOW)),
+        (Matched::Counter(Counter(5)), 0)
+    );
+}
+
+/// A named rule.
+type Rule = (&'static str, fn(Factory<'_>));
+
+const RULES: &[Rule] = &[
+    ("totp_window_edges", totp_window_edges),
+    ("totp_replay", totp_replay_of_same_and_earlier_step),
+    ("totp_drift", totp_drift_followed_across_many_logins),
+    ("hotp_look_ahead", hotp_look_ahead_edges),
+    ("lockout", lockout_and_admin_unlock),
+    ("auto_unlock", automatic_unlock),
+    ("growing_delay", growing_delay),
+    ("resync", resync_totp_and_hotp),
+    ("unknown_disabled_deleted", unknown_disabled_deleted),
+    ("activation", activation_binds_a_user),
+    ("audit", audit_trail_without_codes),
+    ("rotation", rotation_reseals_every_seed),
+    ("import", import_pskc_and_otpauth),
+];
+
+fn run_all(make: Factory<'_>) {
+    for (name, rule) in RULES {
+        eprintln!("rule {name}");
+        rule(make);
+    }
+}
+
+#[test]
+fn rules_on_memory() {
+    run_all(&|policy| verifier(Box::new(MemoryStore::new()), policy));
+}
+
+#[test]
+fn rules_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    run_all(&|policy| {
+        let path = dir
+            .path()
+            .join(format!("{}.db", n.fetch_add(1, Ordering::Relaxed)));
+        verifier(Box::new(SqliteStore::open(path).unwrap()), policy)
+    });
+}
+
+#[test]
+fn rules_on_postgres() {
+    let pg = TempPostgres::start().unwrap();
+    let n = AtomicUsize::new(0);
+    run_all(&|policy| {
+        let name = format!("rules{}", n.fetch_add(1, Ordering::Relaxed));
+        let url = pg.create_database(&name).unwrap();
+        verifier(open_store(&url).unwrap(), policy)
+    });
+}
+
+#[test]
+fn sqlite_state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let address = format!("sqlite:{}", path.display());
+    let v = verifier(open_store(&address).unwrap(), Policy::default());
+    let t = enroll(&v, "T", 1, totp_params(), 0);
+    accepted(&verify(&v, &t, &code(1, step(NOW)), NOW));
+    drop(v);
+    let v = verifier(open_store(&address).unwrap(), Policy::default());
+    assert_eq!(verify(&v, &t, &code(1, step(NOW)), NOW), Outcome::Replayed);
+}
