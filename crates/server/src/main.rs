@@ -78,8 +78,9 @@ struct ServeArgs {
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
-    /// Store calls running at once; more wait in a fair queue. Default: 1 for SQLite (one
-    /// writer at a time anyway; queueing beats its sleeping busy handler), 32 for PostgreSQL.
+    /// Store calls running at once; more wait in a fair queue. Default: 2 for SQLite (one
+    /// writer at a time anyway, and queueing here beats its sleeping busy handler; the
+    /// second lets one call compute while the other commits), 32 for PostgreSQL.
     #[arg(long)]
     store_concurrency: Option<usize>,
     /// Threads running the HTTP machinery (default: one per core).
@@ -279,7 +280,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
-        DbSpec::Sqlite(_) => 1,
+        DbSpec::Sqlite(_) => 2,
         DbSpec::Postgres(_) => 32,
     });
     let library = open_library(&args.store, config)?;
