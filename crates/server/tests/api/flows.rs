@@ -706,3 +706,78 @@ async fn store_outage_is_503_and_counted() {
     assert!(text.contains("codereader_store_errors_total "), "{text}");
     assert!(!server.stderr.lock().unwrap().contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_store_hits_the_request_timeout_then_recovers() {
+    let pg = codereader_verifier::testing::TempPostgres::start().unwrap();
+    let server = Server::start_with(Some(&pg.url()), &["--request-timeout-ms", "700"]);
+    let c = server.client();
+    let r = c
+        .post(
+            "/v1/tokens",
+            &server.admin_key,
+            json!({"serial": "S-1", "kind": "hotp", "secret": base32(SEED)}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    // Another session locks the tokens table: the verification cannot proceed.
+    let url = pg.url();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let started = std::time::Instant::now();
+    let r = c
+        .post(
+            "/v1/verify",
+            &server.verify_key,
+            json!({"token": "S-1", "code": hotp(SEED, 0, 6)}),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!((r.status, r.str("error")), (503, "timeout"), "{:?}", r.body);
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+
+    // The verification that timed out still runs to its end once the lock is gone (a
+    // blocking store call cannot be cancelled): its code becomes used, so a client that gave
+    // up and retries learns "replayed", never a second "accepted".
+    let mut next = json!(null);
+    for _ in 0..50 {
+        next = c.get("/v1/tokens/S-1", Some(&server.admin_key)).await.body["next"].clone();
+        if next == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next, json!(1));
+    let r = c
+        .post(
+            "/v1/verify",
+            &server.verify_key,
+            json!({"token": "S-1", "code": hotp(SEED, 0, 6)}),
+        )
+        .await;
+    assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
+    let r = c
+        .post(
+            "/v1/verify",
+            &server.verify_key,
+            json!({"token": "S-1", "code": hotp(SEED, 1, 6)}),
+        )
+        .await;
+    assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+}
