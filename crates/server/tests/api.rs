@@ -14,5 +14,7 @@ mod concurrency;
 mod fault;
 #[path = "api/flows.rs"]
 mod flows;
+#[path = "api/fuzz.rs"]
+mod fuzz;
 #[path = "api/malformed.rs"]
 mod malformed;
