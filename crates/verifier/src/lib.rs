@@ -7,6 +7,28 @@
 //! The clock is an argument (`now`), like in the `otp` crate, so the rules test without
 //! sleeping.
 //!
+//! # Map
+//! - Setting up: [`open_store`] (`sqlite:PATH` or `postgres://...`, migrations run at
+//!   open), [`Kek::load_or_create`] (creates a 0600 key file if missing),
+//!   [`Keyring`] (current key plus older ones during a rotation), [`Verifier::new`] with a
+//!   [`Policy`].
+//! - Checking codes: [`Verifier::verify`] by [`Subject::Token`] or [`Subject::User`] returns
+//!   an [`Outcome`]; [`Verifier::activate`] binds a token to a user with a valid code;
+//!   [`Verifier::resync`] takes two consecutive codes.
+//! - Adding tokens: [`Verifier::enroll`] with [`Enrollment`] (from parameters or
+//!   [`Enrollment::from_uri`]), [`Verifier::import_pskc`] (RFC 6030, per-key report).
+//! - Operating: [`Verifier::show`] and [`Verifier::list`] ([`TokenInfo`], never a seed),
+//!   [`Verifier::unlock`], [`Verifier::set_enabled`], [`Verifier::delete`],
+//!   [`Verifier::rotate`], [`Verifier::audit_trail`].
+//!
+//! # Invariants
+//! - A step or counter is accepted at most once, and never after a later one: the store's
+//!   compare-and-set (`UPDATE ... WHERE next_value <= $matched`) decides between racing
+//!   callers, in one process or many, on one server or several.
+//! - Failures are counted by the store in one conditional update, never read-modify-write.
+//! - Seeds are AES-256-GCM sealed with the token id as associated data; neither seeds nor
+//!   codes appear in errors, `Debug` output or the audit trail.
+//!
 //! ```
 //! use codereader_otp::{Algorithm, Code, Digits, KeyPolicy, Period, Secret, UnixTime};
 //! use codereader_verifier::{
@@ -63,4 +85,14 @@ pub use crate::token::{
 pub use crate::verifier::{
     Activation, Enrollment, ImportProblem, ImportReport, RotationReport, Subject, TokenInfo,
     Verifier, VerifyError,
+};
+
+/// The server shares one [`Verifier`] between blocking threads; this fails to compile if a
+/// change ever makes it (or a store) not `Send + Sync`.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Verifier>();
+    shared::<SqliteStore>();
+    shared::<PgStore>();
+    shared::<MemoryStore>();
 };

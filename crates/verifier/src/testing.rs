@@ -140,6 +140,7 @@ impl TempPostgres {
     /// [`HarnessError`] naming the step that failed, with its output.
     pub fn start_with(options: PgOptions) -> Result<Self, HarnessError> {
         let bin = find_bin()?;
+        sweep_orphans(&bin);
         let dir = tempfile::Builder::new()
             .prefix("codereader-pg-")
             .tempdir()
@@ -153,6 +154,10 @@ impl TempPostgres {
         } else {
             None
         };
+        // Who owns this server: a later start stops it if this process died without dropping
+        // it (killed test run), so killed runs do not leave servers behind.
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+            .map_err(step("writing the owner file"))?;
         let mut server = TempPostgres {
             dir,
             bin,
@@ -296,6 +301,42 @@ impl TempPostgres {
     /// The server's directory (data, socket, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Stops and removes servers of earlier runs whose owning process is gone.
+fn sweep_orphans(bin: &Path) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let dir = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("codereader-pg-"));
+        let owner = std::fs::read_to_string(dir.join("owner.pid")).ok();
+        let Some(pid) = owner.and_then(|p| p.trim().parse::<u32>().ok()) else {
+            continue;
+        };
+        if !is_ours || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let data = dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let mut command = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+                c
+            } else {
+                Command::new(bin.join("pg_ctl"))
+            };
+            let _ = command
+                .args(["stop", "-m", "immediate", "-w", "-D"])
+                .arg(&data)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
