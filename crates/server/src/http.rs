@@ -110,8 +110,8 @@ pub struct AppState {
 
 impl AppState {
     /// A server for `service`, admitting `keys`, running at most `store_concurrency` store
-    /// calls at once (the others wait their turn in a fair queue instead of contending for
-    /// database locks: SQLite has a single writer, and its busy handler sleeps).
+    /// calls at once (the others wait their turn in a fair queue, holding no thread, rather
+    /// than contending inside the store for connections or locks).
     pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys, store_concurrency: usize) -> Self {
         AppState {
             service,

@@ -78,9 +78,10 @@ struct ServeArgs {
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
-    /// Store calls running at once; more wait in a fair queue. Default: 2 for SQLite (one
-    /// writer at a time anyway, and queueing here beats its sleeping busy handler; the
-    /// second lets one call compute while the other commits), 32 for PostgreSQL.
+    /// Store calls running at once; more wait in a fair queue without holding a thread.
+    /// Default: SQLite, `--blocking-threads` (its single writer thread commits whatever is
+    /// queued in one transaction, so more callers mean bigger batches per fsync);
+    /// PostgreSQL, the library's connection pool size.
     #[arg(long)]
     store_concurrency: Option<usize>,
     /// Threads running the HTTP machinery (default: one per core).
@@ -280,8 +281,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
-        DbSpec::Sqlite(_) => 2,
-        DbSpec::Postgres(_) => 32,
+        DbSpec::Sqlite(_) => args.blocking_threads,
+        DbSpec::Postgres(_) => codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
     });
     let library = open_library(&args.store, config)?;
     let limits = Limits {
