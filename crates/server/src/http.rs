@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -103,7 +103,7 @@ impl Default for Limits {
 /// What every handler shares.
 pub struct AppState {
     service: Arc<dyn TokenService>,
-    keys: ApiKeys,
+    keys: RwLock<Arc<ApiKeys>>,
     metrics: Metrics,
     store_calls: Arc<Semaphore>,
 }
@@ -115,7 +115,7 @@ impl AppState {
     pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys, store_concurrency: usize) -> Self {
         AppState {
             service,
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
             metrics: Metrics::default(),
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
         }
@@ -124,6 +124,19 @@ impl AppState {
     /// The server's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Replaces the admitted keys (after the API-key file changed); requests already past
+    /// the auth check are not affected.
+    pub fn replace_keys(&self, keys: ApiKeys) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    fn keys(&self) -> Arc<ApiKeys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -267,7 +280,8 @@ async fn require_scope(
     let Some(presented) = presented else {
         return unauthorized("an `Authorization: Bearer KEY` header is required");
     };
-    let Some(entry) = state.keys.find(presented.as_bytes()) else {
+    let keys = state.keys();
+    let Some(entry) = keys.find(presented.as_bytes()) else {
         return unauthorized("unknown API key");
     };
     if entry.scope != scope {

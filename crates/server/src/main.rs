@@ -203,7 +203,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "Created API key '{}' with scope {} in {}.\n\
+                "Created API key '{}' with scope {} in {}\n\
+                 (a running server picks it up on SIGHUP).\n\
                  It is shown only now; store it safely. Key: {}",
                 created.entry.name,
                 created.entry.scope,
@@ -304,6 +305,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         let state = Arc::new(AppState::new(Arc::new(library), keys, store_concurrency));
+        reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
         {
             let mut out = std::io::stdout().lock();
@@ -321,6 +323,45 @@ fn serve(args: ServeArgs) -> Result<()> {
         eprintln!("codereader-verifier: stopped");
         Ok(())
     })
+}
+
+/// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs
+/// take effect without a restart. A file that does not parse keeps the old keys.
+fn reload_keys_on_sighup(state: Arc<AppState>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "codereader-verifier: cannot watch SIGHUP ({e}); keys load at start only"
+                );
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match ApiKeys::load(&path) {
+                    Ok(keys) => {
+                        let count = keys.entries().len();
+                        state.replace_keys(keys);
+                        eprintln!(
+                            "codereader-verifier: reloaded {count} API key(s) from {}",
+                            path.display()
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("codereader-verifier: SIGHUP: keeping the old API keys: {e:#}")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, path);
+    }
 }
 
 fn token(command: TokenCommand) -> Result<()> {

@@ -781,3 +781,51 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
         .await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_reload_on_sighup() {
+    let server = Server::start(None);
+    let c = server.client();
+    let body = json!({"token": "nobody", "code": "123456"});
+    let new_key = crate::common::create_key(&server.dir, "verify");
+    // Created while the server runs: not known yet.
+    let r = c.post("/v1/verify", &new_key, body.clone()).await;
+    assert_eq!(r.status, 401);
+    server.signal("HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        if server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("reloaded 3 API key(s)")
+        {
+            status = c.post("/v1/verify", &new_key, body.clone()).await.status;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "{}", server.stderr.lock().unwrap());
+    // A damaged file keeps the old keys.
+    std::fs::write(server.dir.join("api-keys"), "verify broken\n").unwrap();
+    server.signal("HUP");
+    for _ in 0..100 {
+        if server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("keeping the old API keys")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("keeping the old API keys")
+    );
+    assert_eq!(c.post("/v1/verify", &new_key, body).await.status, 200);
+}

@@ -167,6 +167,16 @@ impl Server {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// A client for this server.
     pub fn client(&self) -> Client {
         Client { addr: self.addr }
