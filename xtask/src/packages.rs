@@ -15,6 +15,8 @@ pub(crate) const TEST: &[&str] = &[
     "oathtool",
     // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
     "postgresql",
+    // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
+    "procps",
 ];
 
 fn installed(package: &str) -> bool {
