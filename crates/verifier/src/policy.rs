@@ -16,7 +16,10 @@ pub struct Policy {
     /// If set, a locked token unlocks by itself this many seconds after it was locked.
     /// Default: none (an administrator unlocks).
     pub auto_unlock_after: Option<u64>,
-    /// If set, the growing delay between failures (RFC 4226 §7.3 delay scheme).
+    /// If set, the growing delay between failures (RFC 4226 §7.3 delay scheme). The delay is
+    /// checked against the state read before the attempt, so attempts arriving at the same
+    /// instant may all pass it; the lock (`max_failures`) is the hard limit, counted
+    /// atomically.
     pub failure_delay: Option<FailureDelay>,
     /// Resync, TOTP: steps either side of the current step searched for two consecutive codes.
     /// Default 2880 (±24 h at 30 s).

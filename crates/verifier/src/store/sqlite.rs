@@ -186,12 +186,11 @@ fn in_savepoint<T>(
         .and_then(|mut s| s.execute([]))
         .map_err(db)?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        conn.execute_batch("RELEASE job")
-    } else {
-        conn.execute_batch("ROLLBACK TO job; RELEASE job")
-    };
-    end.map_err(db)?;
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    if result.is_err() {
+        run("ROLLBACK TO job").map_err(db)?;
+    }
+    run("RELEASE job").map_err(db)?;
     result
 }
 
