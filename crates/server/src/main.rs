@@ -81,7 +81,7 @@ struct ServeArgs {
     /// Store calls running at once; more wait in a fair queue without holding a thread.
     /// Default: SQLite, `--blocking-threads` (its single writer thread commits whatever is
     /// queued in one transaction, so more callers mean bigger batches per fsync);
-    /// PostgreSQL, the library's connection pool size.
+    /// PostgreSQL, `--pg-connections`.
     #[arg(long)]
     store_concurrency: Option<usize>,
     /// Threads running the HTTP machinery (default: one per core).
@@ -95,6 +95,9 @@ struct ServeArgs {
     /// could be accepted again after a reboot. Off by default.
     #[arg(long)]
     sqlite_normal_sync: bool,
+    /// PostgreSQL: most connections this server opens.
+    #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
+    pg_connections: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,11 +282,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     let config = LibraryConfig {
         max_failures: args.max_failures,
         sqlite_full_sync: !args.sqlite_normal_sync,
+        pg_connections: args.pg_connections.max(1),
     };
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
         DbSpec::Sqlite(_) => args.blocking_threads,
-        DbSpec::Postgres(_) => codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
+        DbSpec::Postgres(_) => args.pg_connections.max(1),
     });
     let library = open_library(&args.store, config)?;
     let limits = Limits {

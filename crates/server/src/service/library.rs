@@ -56,6 +56,8 @@ pub struct LibraryConfig {
     pub max_failures: u32,
     /// SQLite: fsync every commit (`true`, the default) or only survive process crashes.
     pub sqlite_full_sync: bool,
+    /// PostgreSQL: most connections open at once.
+    pub pg_connections: usize,
 }
 
 impl Default for LibraryConfig {
@@ -63,6 +65,7 @@ impl Default for LibraryConfig {
         LibraryConfig {
             max_failures: 3,
             sqlite_full_sync: true,
+            pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
