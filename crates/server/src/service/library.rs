@@ -33,15 +33,22 @@ impl DbSpec {
     /// Parses `sqlite:PATH`, `postgres://...`, `postgresql://...` or a plain path (SQLite).
     ///
     /// # Errors
-    /// When the text is empty.
+    /// When the path is empty or the scheme unknown.
     pub fn parse(text: &str) -> Result<Self> {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(DbSpec::Postgres(text.to_owned()));
         }
-        let path = text
+        let path = match text
             .strip_prefix("sqlite://")
             .or_else(|| text.strip_prefix("sqlite:"))
-            .unwrap_or(text);
+        {
+            Some(path) => path,
+            // `mysql://...` is a mistake, not a file name.
+            None if text.contains("://") => {
+                bail!("unknown database '{text}': use sqlite:PATH or postgres://...")
+            }
+            None => text,
+        };
         if path.is_empty() {
             bail!("--db needs sqlite:PATH or postgres://...");
         }
@@ -120,6 +127,27 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
     ServiceError::Invalid {
         code,
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_specs() {
+        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
+        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
+        assert_eq!(
+            DbSpec::parse("sqlite:///a/b.db").unwrap(),
+            sqlite("/a/b.db")
+        );
+        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
+        let pg = "postgresql://u@127.0.0.1:5/db";
+        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
+        assert!(DbSpec::parse("sqlite:").is_err());
+        assert!(DbSpec::parse("").is_err());
+        assert!(DbSpec::parse("mysql://x/y").is_err());
     }
 }
 

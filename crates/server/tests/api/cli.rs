@@ -167,6 +167,33 @@ async fn offline_commands_then_serve_after_kek_rotation() {
         text(&out.stderr)
     );
 
+    // A key-encryption key readable by others is refused, naming the file; so is an
+    // unknown database scheme. Nothing starts half-configured.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let loose = dir.join("kek-loose");
+        std::fs::copy(dir.join("kek2"), &loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loose = loose.display().to_string();
+        let out = run(&dir, &["token", "list", "--kek-file", &loose], "");
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(&loose), "{}", text(&out.stderr));
+        let out = run(
+            &dir,
+            &["serve", "--kek-file", &loose, "--listen", "127.0.0.1:0"],
+            "",
+        );
+        assert!(!out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = run(&dir, &["token", "list", "--db", "mysql://x/y"], "");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown database"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // api-key create: the key is the last word, and only its hash is in the file.
     let out = run_cli(
         &dir,
