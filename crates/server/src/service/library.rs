@@ -130,27 +130,6 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_specs() {
-        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
-        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
-        assert_eq!(
-            DbSpec::parse("sqlite:///a/b.db").unwrap(),
-            sqlite("/a/b.db")
-        );
-        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
-        let pg = "postgresql://u@127.0.0.1:5/db";
-        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
-        assert!(DbSpec::parse("sqlite:").is_err());
-        assert!(DbSpec::parse("").is_err());
-        assert!(DbSpec::parse("mysql://x/y").is_err());
-    }
-}
-
 impl From<VerifyError> for ServiceError {
     fn from(error: VerifyError) -> Self {
         match error {
@@ -489,5 +468,26 @@ impl TokenService for Library {
         let probe = token_id("healthz-probe")?;
         self.verifier.show(Subject::Token(&probe))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_specs() {
+        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
+        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
+        assert_eq!(
+            DbSpec::parse("sqlite:///a/b.db").unwrap(),
+            sqlite("/a/b.db")
+        );
+        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
+        let pg = "postgresql://u@127.0.0.1:5/db";
+        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
+        assert!(DbSpec::parse("sqlite:").is_err());
+        assert!(DbSpec::parse("").is_err());
+        assert!(DbSpec::parse("mysql://x/y").is_err());
     }
 }
