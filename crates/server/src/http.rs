@@ -220,27 +220,28 @@ pub async fn serve(
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The SIGTERM handler is installed when this is
+/// called (inside the runtime), not when the future is first polled, so a SIGTERM that
+/// arrives right after the server announced itself still drains instead of killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate())
+            .map_err(|e| eprintln!("codereader-verifier: cannot watch SIGTERM ({e}); Ctrl-C only"))
+            .ok()
+    };
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt => {}
             }
-            Err(e) => {
-                eprintln!("codereader-verifier: cannot watch SIGTERM ({e}); Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = interrupt.await;
     }
 }
 

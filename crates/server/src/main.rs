@@ -293,7 +293,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
-        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime
@@ -304,6 +304,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let shutdown = http::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -319,7 +320,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         http::serve(
             listener,
             router,
-            http::shutdown_signal(),
+            shutdown,
             limits.request_timeout + Duration::from_secs(5),
         )
         .await
