@@ -5,7 +5,7 @@
 //!   and [`service::Library`], its implementation over `codereader-verifier`;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
-//! - [`state`]: the state directory, default paths and the key-encryption-key file;
+//! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`wire`]: the JSON request and response bodies (only this crate knows JSON).
 
