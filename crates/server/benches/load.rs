@@ -3,9 +3,10 @@
 //! then drives keep-alive connections with valid, never-used codes (every verification is
 //! a real accept: read, HMAC, compare-and-set, audit) and prints verifies/s and latency.
 //!
-//! Baseline, measured in the same run against the same server: requests that pass auth and
-//! JSON parsing but carry a malformed code (answered 400 before any store work) — the HTTP
-//! floor of this machine, so the table shows what the store costs on top.
+//! Baselines, measured in the same run: requests that pass auth and JSON parsing but carry a
+//! malformed code (answered 400 before any store work) — the HTTP floor of this machine —
+//! and the library alone, in process, on the same store with as many threads as there are
+//! connections — what the verifications cost without HTTP. The table shows both ratios.
 //!
 //! Bounded in count and time: `--seconds S` per phase (default 5), `--max-requests N` per
 //! phase (default 400000), `--connections C` (default 32), `--tokens T` (default 2000),
@@ -171,6 +172,7 @@ fn seed(i: usize) -> Vec<u8> {
 
 async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     let pg;
+    let mut pg_url = None;
     let mut extra = Vec::new();
     if let Some(n) = &o.store_concurrency {
         extra.extend(["--store-concurrency", n.as_str()]);
@@ -186,6 +188,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         "postgres" => {
             // Durable commits (fsync on), like the SQLite store's default.
             pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            pg_url = Some(pg.url());
             Server::start_with(Some(&pg.url()), &extra)
         }
         other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
@@ -229,10 +232,113 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         })
         .collect();
     let verify = drive(&server, bodies, 200, Some("accepted"), o.seconds).await;
+    let library = in_process(store, &server, pg_url.as_deref(), o);
     vec![
         (format!("{store}: floor (400, no store)"), floor),
         (format!("{store}: verify (accepted)"), verify),
+        (format!("{store}: library in process"), library),
     ]
+}
+
+/// The library without HTTP: `connections` threads verify fresh HOTP codes of their own
+/// tokens on the same database the server uses (the server is idle meanwhile).
+fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -> Phase {
+    use codereader_otp::{Algorithm, Counter, Digits, KeyPolicy, Secret, UnixTime};
+    use codereader_verifier::{
+        Caller, Durability, Enrollment, Kek, Keyring, Outcome, PgStore, Policy, SqliteOptions,
+        SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
+    };
+    let boxed: Box<dyn Store> = match pg_url {
+        Some(url) => Box::new(PgStore::connect(url).unwrap()),
+        None => {
+            let durability = if store == "sqlite-normal" {
+                Durability::Normal
+            } else {
+                Durability::Full
+            };
+            Box::new(
+                SqliteStore::open_with(
+                    server.dir.join("verifier.sqlite"),
+                    SqliteOptions::default().with_durability(durability),
+                )
+                .unwrap(),
+            )
+        }
+    };
+    let verifier = Verifier::new(
+        boxed,
+        Keyring::new(Kek::generate().unwrap()),
+        Policy::default(),
+    );
+    let caller = Caller::new("bench").unwrap();
+    let now = UnixTime(1_700_000_000);
+    let tokens: Vec<Enrollment> = (0..o.tokens)
+        .map(|i| Enrollment {
+            id: TokenId::new(format!("I-{i}")).unwrap(),
+            params: TokenParams {
+                kind: TokenKind::Hotp,
+                algorithm: Algorithm::Sha1,
+                digits: Digits::SIX,
+            },
+            secret: Secret::new(seed(i), KeyPolicy::Rfc4226).unwrap(),
+            counter: Counter(0),
+        })
+        .collect();
+    verifier.enroll(&tokens, now, &caller).unwrap();
+    let per_thread = o.max_requests / o.connections;
+    let codes: Vec<Vec<(TokenId, codereader_otp::Code)>> = (0..o.connections)
+        .map(|j| {
+            let owned: Vec<usize> = (j..o.tokens).step_by(o.connections).collect();
+            (0..per_thread)
+                .map(|n| {
+                    let token = owned[n % owned.len()];
+                    let counter = (n / owned.len()) as u64;
+                    let code =
+                        codereader_otp::Code::parse(&hotp(&seed(token), counter, 6)).unwrap();
+                    (TokenId::new(format!("I-{token}")).unwrap(), code)
+                })
+                .collect()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let started = Instant::now();
+    let results: Vec<(Vec<u32>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = codes
+            .iter()
+            .map(|list| {
+                let (verifier, caller) = (&verifier, &caller);
+                scope.spawn(move || {
+                    let mut latencies = Vec::with_capacity(list.len());
+                    let mut unexpected = 0;
+                    for (id, code) in list {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let outcome = verifier.verify(Subject::Token(id), code, now, caller);
+                        latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        if !matches!(outcome, Ok(Outcome::Accepted(_))) {
+                            unexpected += 1;
+                        }
+                    }
+                    (latencies, unexpected)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<u32> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    Phase {
+        requests: latencies.len(),
+        elapsed,
+        unexpected: results.iter().map(|(_, u)| u).sum(),
+        latencies,
+    }
 }
 
 fn main() {
@@ -252,24 +358,32 @@ fn main() {
         rows.extend(runtime.block_on(run_store(store, &o)));
     }
     println!(
-        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11}",
-        "phase", "requests", "per second", "p50 ms", "p99 ms", "vs floor", "unexpected"
+        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "phase",
+        "requests",
+        "per second",
+        "p50 ms",
+        "p99 ms",
+        "vs floor",
+        "vs library",
+        "unexpected"
     );
-    let mut floor = f64::NAN;
-    for (name, phase) in &rows {
-        if name.contains("floor") {
-            floor = phase.rate();
+    for chunk in rows.chunks(3) {
+        let floor = chunk[0].1.rate();
+        let library = chunk.get(2).map_or(f64::NAN, |(_, p)| p.rate());
+        for (name, phase) in chunk {
+            println!(
+                "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>8.2}x {:>10.2}x {:>11}",
+                name,
+                phase.requests,
+                phase.rate(),
+                phase.percentile(0.50),
+                phase.percentile(0.99),
+                phase.rate() / floor,
+                phase.rate() / library,
+                phase.unexpected
+            );
         }
-        println!(
-            "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>8.2}x {:>11}",
-            name,
-            phase.requests,
-            phase.rate(),
-            phase.percentile(0.50),
-            phase.percentile(0.99),
-            phase.rate() / floor,
-            phase.unexpected
-        );
     }
     println!(
         "\ngoal (issue 6): >= 50000 verifies/s with p99 < 5 ms on SQLite (2 cores); \
