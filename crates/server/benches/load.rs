@@ -232,7 +232,14 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         })
         .collect();
     let verify = drive(&server, bodies, 200, Some("accepted"), o.seconds).await;
-    let library = in_process(store, &server, pg_url.as_deref(), o);
+    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
+    // start inside this one.
+    let library = std::thread::scope(|scope| {
+        scope
+            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
+            .join()
+            .unwrap()
+    });
     vec![
         (format!("{store}: floor (400, no store)"), floor),
         (format!("{store}: verify (accepted)"), verify),
