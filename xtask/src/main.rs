@@ -9,6 +9,9 @@
 //!   warnings and `cargo test --workspace`.
 //! - `voices`: render every voice pack's clips (`voices/<lang>/clips/`) from espeak-ng at
 //!   every speed step, through the speech crate's `codereader-speak clips`.
+//! - `bench-verifier`: load-test the verifier HTTP service on loopback (SQLite and
+//!   PostgreSQL) and print verifies/s and p50/p99 latency; extra arguments go to the load
+//!   generator (`crates/server/benches/load.rs`).
 //!
 //! Kept to the standard library so it compiles in seconds on a fresh machine.
 
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         Some("dist") => dist::dist(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("voices") => voices(&args[1..]),
+        Some("bench-verifier") => bench_verifier(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_help();
             Ok(())
@@ -49,6 +53,8 @@ fn print_help() {
          dist    release tarball of the device program [--target TRIPLE]\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
          voices  render voices/<lang>/clips/*.wav from espeak-ng at every speed step\n  \
+         bench-verifier [--seconds S] [--connections C] [--stores sqlite,postgres]\n          \
+                 load-test the verifier service on loopback; prints verifies/s, p50, p99\n  \
          help    this text"
     );
 }
@@ -142,4 +148,22 @@ fn voices(args: &[String]) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+fn bench_verifier(args: &[String]) -> Result<(), String> {
+    // PostgreSQL (and everything else the server's tests need) comes from the TEST list.
+    packages::ensure(packages::TEST)?;
+    run(
+        "verifier load benchmark",
+        cargo()
+            .args([
+                "bench",
+                "--package",
+                "codereader-verifier-server",
+                "--bench",
+                "load",
+                "--",
+            ])
+            .args(args),
+    )
 }

@@ -35,6 +35,8 @@ pub(crate) const TEST: &[&str] = &[
     "espeak-ng",
     // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
     "postgresql",
+    // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
+    "procps",
 ];
 
 /// What `cargo xtask voices` needs: building the speech crate and running espeak-ng.

@@ -1,0 +1,403 @@
+//! Load generator for `cargo xtask bench-verifier`: starts the real server (release build)
+//! on 127.0.0.1 for SQLite and for a throwaway PostgreSQL, enrols HOTP tokens over HTTP,
+//! then drives keep-alive connections with valid, never-used codes (every verification is
+//! a real accept: read, HMAC, compare-and-set, audit) and prints verifies/s and latency.
+//!
+//! Baselines, measured in the same run: requests that pass auth and JSON parsing but carry a
+//! malformed code (answered 400 before any store work) — the HTTP floor of this machine —
+//! and the library alone, in process, on the same store with as many threads as there are
+//! connections — what the verifications cost without HTTP. The table shows both ratios.
+//!
+//! Bounded in count and time: `--seconds S` per phase (default 5), `--max-requests N` per
+//! phase (default 400000), `--connections C` (default 32), `--tokens T` (default 2000),
+//! `--stores sqlite,sqlite-normal,postgres` (sqlite-normal: `--sqlite-normal-sync`),
+//! `--store-concurrency N` (passed to the server).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use codereader_verifier::testing::{PgOptions, TempPostgres};
+use common::{Conn, Server, base32, hotp};
+use serde_json::json;
+
+struct Options {
+    seconds: u64,
+    max_requests: usize,
+    connections: usize,
+    tokens: usize,
+    stores: Vec<String>,
+    store_concurrency: Option<String>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        seconds: 5,
+        max_requests: 400_000,
+        connections: 32,
+        tokens: 2000,
+        stores: vec!["sqlite".into(), "sqlite-normal".into(), "postgres".into()],
+        store_concurrency: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--seconds" => o.seconds = value.parse().expect("--seconds N"),
+            "--max-requests" => o.max_requests = value.parse().expect("--max-requests N"),
+            "--connections" => o.connections = value.parse().expect("--connections N"),
+            "--tokens" => o.tokens = value.parse().expect("--tokens N"),
+            "--stores" => o.stores = value.split(',').map(str::to_owned).collect(),
+            "--store-concurrency" => o.store_concurrency = Some(value),
+            _ => {
+                // `cargo bench` adds `--bench`; anything else unknown is ignored too.
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+    // Then only a small smoke run checks that the generator still works: no load test in CI.
+    if !args.iter().any(|a| a == "--bench") {
+        o.seconds = 1;
+        o.max_requests = 1000;
+        o.connections = 4;
+        o.tokens = 40;
+        o.stores = vec!["sqlite".into()];
+    }
+    o.seconds = o.seconds.clamp(1, 60);
+    o.max_requests = o.max_requests.clamp(1000, 5_000_000);
+    o.connections = o.connections.clamp(1, 1000);
+    o.tokens = o.tokens.clamp(o.connections, 100_000);
+    o
+}
+
+struct Phase {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<u32>,
+    unexpected: usize,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies[i]) / 1000.0
+    }
+}
+
+/// Sends each connection's bodies in order until they run out or time is up.
+async fn drive(
+    server: &Server,
+    bodies: Vec<Vec<Vec<u8>>>,
+    expect_status: u16,
+    expect_result: Option<&'static str>,
+    seconds: u64,
+) -> Phase {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for list in bodies {
+        let (addr, key, stop) = (server.addr, server.verify_key.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await.unwrap();
+            let mut latencies = Vec::with_capacity(list.len());
+            let mut unexpected = 0usize;
+            for body in &list {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let r = conn
+                    .send(
+                        "POST",
+                        "/v1/verify",
+                        Some(&key),
+                        Some("application/json"),
+                        body.clone(),
+                    )
+                    .await
+                    .unwrap();
+                latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if r.status != expect_status
+                    || expect_result.is_some_and(|want| r.str("result") != want)
+                {
+                    unexpected += 1;
+                }
+            }
+            (latencies, unexpected)
+        }));
+    }
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut latencies = Vec::new();
+    let mut unexpected = 0;
+    for task in tasks {
+        let (l, u) = task.await.unwrap();
+        latencies.extend(l);
+        unexpected += u;
+    }
+    let elapsed = started.elapsed();
+    timer.abort();
+    latencies.sort_unstable();
+    Phase {
+        requests: latencies.len(),
+        elapsed,
+        latencies,
+        unexpected,
+    }
+}
+
+fn seed(i: usize) -> Vec<u8> {
+    format!("bench-seed-{i:010}-padding").into_bytes()
+}
+
+async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
+    let pg;
+    let mut pg_url = None;
+    let mut extra = Vec::new();
+    if let Some(n) = &o.store_concurrency {
+        extra.extend(["--store-concurrency", n.as_str()]);
+    }
+    let server = match store {
+        // The default: every commit fsynced.
+        "sqlite" => Server::start_with(None, &extra),
+        // synchronous=NORMAL: survives kill -9, not a power cut.
+        "sqlite-normal" => {
+            extra.push("--sqlite-normal-sync");
+            Server::start_with(None, &extra)
+        }
+        "postgres" => {
+            // Durable commits (fsync on), like the SQLite store's default.
+            pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            pg_url = Some(pg.url());
+            Server::start_with(Some(&pg.url()), &extra)
+        }
+        other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
+    };
+    eprintln!("bench-verifier: {store}: enrolling {} tokens", o.tokens);
+    let mut conn = Conn::open(server.addr).await.unwrap();
+    for i in 0..o.tokens {
+        let body = json!({"serial": format!("B-{i}"), "kind": "hotp", "secret": base32(&seed(i))});
+        let r = conn
+            .post("/v1/tokens", &server.admin_key, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+
+    // Baseline: the HTTP floor (auth + JSON + code check, no store).
+    let per_conn = o.max_requests / o.connections;
+    let floor_bodies: Vec<Vec<Vec<u8>>> = (0..o.connections)
+        .map(|_| vec![br#"{"token": "B-0", "code": "12345x"}"#.to_vec(); per_conn])
+        .collect();
+    let floor = drive(&server, floor_bodies, 400, None, o.seconds).await;
+
+    // Verifications: connection j owns tokens j, j+C, ...; it walks their counters in turn,
+    // so every request carries a valid code that was never used.
+    eprintln!(
+        "bench-verifier: {store}: precomputing {} codes",
+        per_conn * o.connections
+    );
+    let bodies: Vec<Vec<Vec<u8>>> = (0..o.connections)
+        .map(|j| {
+            let owned: Vec<usize> = (j..o.tokens).step_by(o.connections).collect();
+            (0..per_conn)
+                .map(|n| {
+                    let token = owned[n % owned.len()];
+                    let counter = (n / owned.len()) as u64;
+                    json!({"token": format!("B-{token}"), "code": hotp(&seed(token), counter, 6)})
+                        .to_string()
+                        .into_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    let verify = drive(&server, bodies, 200, Some("accepted"), o.seconds).await;
+    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
+    // start inside this one.
+    let library = std::thread::scope(|scope| {
+        scope
+            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
+            .join()
+            .unwrap()
+    });
+    vec![
+        (format!("{store}: floor (400, no store)"), floor),
+        (format!("{store}: verify (accepted)"), verify),
+        (format!("{store}: library in process"), library),
+    ]
+}
+
+/// The library without HTTP: `connections` threads verify fresh HOTP codes of their own
+/// tokens on the same database the server uses (the server is idle meanwhile).
+fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -> Phase {
+    use codereader_otp::{Algorithm, Counter, Digits, KeyPolicy, Secret, UnixTime};
+    use codereader_verifier::{
+        Caller, Durability, Enrollment, Kek, Keyring, Outcome, PgStore, Policy, SqliteOptions,
+        SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
+    };
+    let boxed: Box<dyn Store> = match pg_url {
+        Some(url) => Box::new(PgStore::connect(url).unwrap()),
+        None => {
+            let durability = if store == "sqlite-normal" {
+                Durability::Normal
+            } else {
+                Durability::Full
+            };
+            Box::new(
+                SqliteStore::open_with(
+                    server.dir.join("verifier.sqlite"),
+                    SqliteOptions::default().with_durability(durability),
+                )
+                .unwrap(),
+            )
+        }
+    };
+    let verifier = Verifier::new(
+        boxed,
+        Keyring::new(Kek::generate().unwrap()),
+        Policy::default(),
+    );
+    let caller = Caller::new("bench").unwrap();
+    let now = UnixTime(1_700_000_000);
+    let tokens: Vec<Enrollment> = (0..o.tokens)
+        .map(|i| Enrollment {
+            id: TokenId::new(format!("I-{i}")).unwrap(),
+            params: TokenParams {
+                kind: TokenKind::Hotp,
+                algorithm: Algorithm::Sha1,
+                digits: Digits::SIX,
+            },
+            secret: Secret::new(seed(i), KeyPolicy::Rfc4226).unwrap(),
+            counter: Counter(0),
+        })
+        .collect();
+    verifier.enroll(&tokens, now, &caller).unwrap();
+    let per_thread = o.max_requests / o.connections;
+    let codes: Vec<Vec<(TokenId, codereader_otp::Code)>> = (0..o.connections)
+        .map(|j| {
+            let owned: Vec<usize> = (j..o.tokens).step_by(o.connections).collect();
+            (0..per_thread)
+                .map(|n| {
+                    let token = owned[n % owned.len()];
+                    let counter = (n / owned.len()) as u64;
+                    let code =
+                        codereader_otp::Code::parse(&hotp(&seed(token), counter, 6)).unwrap();
+                    (TokenId::new(format!("I-{token}")).unwrap(), code)
+                })
+                .collect()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let started = Instant::now();
+    let results: Vec<(Vec<u32>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = codes
+            .iter()
+            .map(|list| {
+                let (verifier, caller) = (&verifier, &caller);
+                scope.spawn(move || {
+                    let mut latencies = Vec::with_capacity(list.len());
+                    let mut unexpected = 0;
+                    for (id, code) in list {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let outcome = verifier.verify(Subject::Token(id), code, now, caller);
+                        latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        if !matches!(outcome, Ok(Outcome::Accepted(_))) {
+                            unexpected += 1;
+                        }
+                    }
+                    (latencies, unexpected)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<u32> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    Phase {
+        requests: latencies.len(),
+        elapsed,
+        unexpected: results.iter().map(|(_, u)| u).sum(),
+        latencies,
+    }
+}
+
+fn main() {
+    let o = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench-verifier: {cores} cores shared by server and load generator; {} connections, \
+         {} tokens, at most {} s and {} requests per phase",
+        o.connections, o.tokens, o.seconds, o.max_requests
+    );
+    let mut rows = Vec::new();
+    for store in &o.stores {
+        rows.extend(runtime.block_on(run_store(store, &o)));
+    }
+    println!(
+        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "phase",
+        "requests",
+        "per second",
+        "p50 ms",
+        "p99 ms",
+        "vs floor",
+        "vs library",
+        "unexpected"
+    );
+    for chunk in rows.chunks(3) {
+        let floor = chunk[0].1.rate();
+        let library = chunk.get(2).map_or(f64::NAN, |(_, p)| p.rate());
+        for (name, phase) in chunk {
+            println!(
+                "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>8.2}x {:>10.2}x {:>11}",
+                name,
+                phase.requests,
+                phase.rate(),
+                phase.percentile(0.50),
+                phase.percentile(0.99),
+                phase.rate() / floor,
+                phase.rate() / library,
+                phase.unexpected
+            );
+        }
+    }
+    println!(
+        "\ngoal (issue 6): >= 50000 verifies/s with p99 < 5 ms on SQLite (2 cores); \
+         'unexpected' must be 0 (every verify accepted)"
+    );
+    if rows.iter().any(|(_, p)| p.unexpected > 0) {
+        eprintln!("bench-verifier: some answers were not the expected ones");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,262 @@
+//! The API-key file: which bearer keys may call the HTTP API, and with which scope.
+//!
+//! A key is 256 random bits shown once when created (`crv_` and 64 hex digits). The file
+//! keeps only its SHA-256: keys are high-entropy, so a plain hash cannot be brute-forced and
+//! a stolen file lets nobody in. Checking a request hashes the presented key and compares it
+//! with every stored hash in constant time, without stopping at the first match.
+//!
+//! File format, one key a line (`#` comments and blank lines ignored):
+//! `SCOPE NAME SHA256-HEX`, e.g. `verify key-1f2e3d4c 9a0b...`.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::Zeroizing;
+
+use crate::state::write_atomic;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `POST /v1/verify` only: what the log-on backend needs.
+    Verify,
+    /// Token administration (`/v1/tokens...`): enrolment, import, activation, resync,
+    /// unlock, disable. Deliberately not a superset of `verify`: one key, one job.
+    Admin,
+}
+
+impl Scope {
+    /// Its name in the file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Verify => "verify",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "verify" => Ok(Scope::Verify),
+            "admin" => Ok(Scope::Admin),
+            other => bail!("unknown scope '{other}' (expected verify or admin)"),
+        }
+    }
+}
+
+/// Prefix of every key, so leaked keys are easy to recognise in logs and by secret scanners.
+pub const KEY_PREFIX: &str = "crv_";
+
+/// One stored key: its scope, a name for the audit trail, and the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// What it may do.
+    pub scope: Scope,
+    /// Its name, recorded as the caller in the audit trail.
+    pub name: String,
+    hash: [u8; 32],
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyEntry({}, {})", self.scope, self.name)
+    }
+}
+
+/// The keys the server accepts.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    entries: Vec<KeyEntry>,
+}
+
+fn hash_key(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl ApiKeys {
+    /// Parses the file's text.
+    ///
+    /// # Errors
+    /// A malformed line, named by its number (the line itself is not echoed).
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| anyhow::anyhow!("line {}: {why}", index + 1);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [scope, name, hash] = fields[..] else {
+                return Err(bad("expected 'SCOPE NAME SHA256-HEX'"));
+            };
+            let scope: Scope = scope
+                .parse()
+                .map_err(|e: anyhow::Error| bad(&e.to_string()))?;
+            let hash = data_encoding::HEXLOWER_PERMISSIVE
+                .decode(hash.as_bytes())
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(|| bad("the hash must be 64 hex digits"))?;
+            entries.push(KeyEntry {
+                scope,
+                name: name.to_owned(),
+                hash,
+            });
+        }
+        Ok(ApiKeys { entries })
+    }
+
+    /// Reads the file; a missing file means no keys (every `/v1` call is refused).
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                Self::parse(&text).with_context(|| format!("API-key file {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ApiKeys::default()),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot read API-key file {}", path.display()))
+            }
+        }
+    }
+
+    /// The stored keys.
+    pub fn entries(&self) -> &[KeyEntry] {
+        &self.entries
+    }
+
+    /// The entry whose key `presented` is, if any. Hashes once and compares with every entry
+    /// in constant time; the time taken does not depend on which entry (if any) matched.
+    pub fn find(&self, presented: &[u8]) -> Option<&KeyEntry> {
+        let hash = hash_key(presented);
+        let mut found: Option<&KeyEntry> = None;
+        for entry in &self.entries {
+            let equal: Choice = entry.hash.ct_eq(&hash);
+            // Branch-free selection would need a conditional move over references; the
+            // branch below only runs after the constant-time comparison of each entry, and
+            // every entry is compared whatever the outcome.
+            if bool::from(equal) {
+                found = Some(entry);
+            }
+        }
+        found
+    }
+
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut text = String::from(
+            "# codereader-verifier API keys: SCOPE NAME SHA256-HEX-OF-KEY, one a line.\n\
+             # Only hashes are kept; a lost key cannot be recovered, create a new one.\n",
+        );
+        for entry in &self.entries {
+            text.push_str(&format!(
+                "{} {} {}\n",
+                entry.scope,
+                entry.name,
+                data_encoding::HEXLOWER.encode(&entry.hash)
+            ));
+        }
+        text
+    }
+}
+
+/// A freshly created key: the secret text (shown once) and its entry.
+pub struct NewKey {
+    /// `crv_` and 64 hex digits; wiped on drop.
+    pub key: Zeroizing<String>,
+    /// What was stored.
+    pub entry: KeyEntry,
+}
+
+/// Creates a key with `scope`, appends its hash to the file at `path` (atomically, mode
+/// 0600, creating the file if needed) and returns it. `name` defaults to `key-` and 8 hex
+/// digits of the hash.
+///
+/// # Errors
+/// When the file cannot be read or written, or `name` is taken or not a single word.
+pub fn create_key(path: &Path, scope: Scope, name: Option<&str>) -> Result<NewKey> {
+    let mut keys = ApiKeys::load(path)?;
+    let mut random = Zeroizing::new([0u8; 32]);
+    getrandom::fill(random.as_mut()).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = Zeroizing::new(format!(
+        "{KEY_PREFIX}{}",
+        data_encoding::HEXLOWER.encode(random.as_ref())
+    ));
+    let hash = hash_key(key.as_bytes());
+    let name = match name {
+        Some(n) => {
+            if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_graphic()) {
+                bail!("a key name is 1 to 64 printable ASCII characters without spaces");
+            }
+            n.to_owned()
+        }
+        None => format!("key-{}", data_encoding::HEXLOWER.encode(&hash[..4])),
+    };
+    if keys.entries.iter().any(|e| e.name == name) {
+        bail!("a key named '{name}' already exists");
+    }
+    let entry = KeyEntry { scope, name, hash };
+    keys.entries.push(entry.clone());
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::state::create_private_dir(parent)?;
+    }
+    write_atomic(path, keys.render().as_bytes())?;
+    Ok(NewKey { key, entry })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_keys_are_found_with_their_scope_and_only_hashes_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let verify = create_key(&path, Scope::Verify, None).unwrap();
+        let admin = create_key(&path, Scope::Admin, Some("ops")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(verify.key.as_str()));
+        assert!(!text.contains(&verify.key[KEY_PREFIX.len()..]));
+        let keys = ApiKeys::load(&path).unwrap();
+        assert_eq!(keys.entries().len(), 2);
+        assert_eq!(
+            keys.find(verify.key.as_bytes()).unwrap().scope,
+            Scope::Verify
+        );
+        let found = keys.find(admin.key.as_bytes()).unwrap();
+        assert_eq!((found.scope, found.name.as_str()), (Scope::Admin, "ops"));
+        assert!(keys.find(b"crv_0000").is_none());
+        assert!(keys.find(b"").is_none());
+        assert!(create_key(&path, Scope::Admin, Some("ops")).is_err());
+        assert!(create_key(&path, Scope::Admin, Some("two words")).is_err());
+    }
+
+    #[test]
+    fn malformed_files_name_the_line() {
+        let err = ApiKeys::parse("# c\nverify k1 00\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = ApiKeys::parse(&("root k1 ".to_owned() + &"0".repeat(64))).unwrap_err();
+        assert!(err.to_string().contains("unknown scope"), "{err}");
+        assert!(
+            ApiKeys::load(Path::new("/nonexistent/keys"))
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
+    }
+}

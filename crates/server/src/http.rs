@@ -1,0 +1,640 @@
+//! The HTTP API: routes, bearer-key auth with scopes, body and time limits, JSON errors
+//! with stable codes, metrics, and a graceful shutdown that finishes in-flight requests.
+//!
+//! Every error is a JSON body `{"error": CODE, "message": TEXT}` whose `error` is one of
+//! [`codes`] and never changes meaning; `message` is for people and may change. Malformed
+//! input is a 4xx, never a 500: the only 5xx are a failing store (503), a request that ran
+//! out of time (503), and bugs (500).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use codereader_otp::{Code, CodeError};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::apikeys::{ApiKeys, Scope};
+use crate::metrics::Metrics;
+use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
+use crate::wire::{self, codes};
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status, stable code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.code, "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let message = error.to_string();
+        match error {
+            ServiceError::Invalid { code, .. } => Self::bad_request(code, message),
+            ServiceError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, codes::UNKNOWN_TOKEN, message)
+            }
+            ServiceError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
+            ServiceError::Store(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::STORE_UNAVAILABLE,
+                "the token store is unavailable; retry later",
+            ),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL, message),
+        }
+    }
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, in bytes, except for imports.
+    pub max_body: usize,
+    /// Largest PSKC import body, in bytes.
+    pub max_import_body: usize,
+    /// Longest time one request may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 64 * 1024,
+            max_import_body: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    service: Arc<dyn TokenService>,
+    keys: RwLock<Arc<ApiKeys>>,
+    metrics: Metrics,
+    store_calls: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// A server for `service`, admitting `keys`, running at most `store_concurrency` store
+    /// calls at once (the others wait their turn in a fair queue, holding no thread, rather
+    /// than contending inside the store for connections or locks).
+    pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys, store_concurrency: usize) -> Self {
+        AppState {
+            service,
+            keys: RwLock::new(Arc::new(keys)),
+            metrics: Metrics::default(),
+            store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
+        }
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replaces the admitted keys (after the API-key file changed); requests already past
+    /// the auth check are not affected.
+    pub fn replace_keys(&self, keys: ApiKeys) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    fn keys(&self) -> Arc<ApiKeys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// Who made a request: the name of its API key, recorded in the audit trail.
+#[derive(Debug, Clone)]
+struct CallerName(String);
+
+/// The application: routes and middleware.
+pub fn router(state: Shared, limits: Limits) -> Router {
+    let verify_routes = Router::new().route("/v1/verify", post(verify)).route_layer(
+        middleware::from_fn_with_state((state.clone(), Scope::Verify), require_scope),
+    );
+    let admin_routes = Router::new()
+        .route("/v1/tokens", post(enroll))
+        .route(
+            "/v1/tokens/import",
+            post(import).layer(DefaultBodyLimit::max(limits.max_import_body)),
+        )
+        .route("/v1/tokens/{serial}", get(show).delete(disable))
+        .route("/v1/tokens/{serial}/activate", post(activate))
+        .route("/v1/tokens/{serial}/resync", post(resync))
+        .route("/v1/tokens/{serial}/unlock", post(unlock))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Scope::Admin),
+            require_scope,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(verify_routes)
+        .merge(admin_routes)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), limits.request_timeout),
+            time_limit,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting
+/// connections and lets in-flight requests finish (for at most `grace`).
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
+    let server = std::pin::pin!(server.into_future());
+    // Until the signal, the server runs alone; after it, it gets `grace` to drain.
+    let mut server = server;
+    tokio::select! {
+        result = &mut server => return result,
+        _ = stopping_rx => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            eprintln!(
+                "codereader-verifier: in-flight requests did not finish within {}s; exiting",
+                grace.as_secs()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The SIGTERM handler is installed when this is
+/// called (inside the runtime), not when the future is first polled, so a SIGTERM that
+/// arrives right after the server announced itself still drains instead of killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let term = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate())
+            .map_err(|e| eprintln!("codereader-verifier: cannot watch SIGTERM ({e}); Ctrl-C only"))
+            .ok()
+    };
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt => {}
+            }
+            return;
+        }
+        let _ = interrupt.await;
+    }
+}
+
+async fn time_limit(
+    State((state, limit)): State<(Shared, Duration)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        // The store call may still complete in its blocking thread; the client only learns
+        // that the answer did not come in time (and may retry: a used code then says "replayed").
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::TIMEOUT,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    };
+    state.metrics.record_status(response.status().as_u16());
+    response
+}
+
+async fn require_scope(
+    State((state, scope)): State<(Shared, Scope)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        });
+    let Some(presented) = presented else {
+        return unauthorized("an `Authorization: Bearer KEY` header is required");
+    };
+    let keys = state.keys();
+    let Some(entry) = keys.find(presented.as_bytes()) else {
+        return unauthorized("unknown API key");
+    };
+    if entry.scope != scope {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::FORBIDDEN,
+            format!("this call needs a key with scope '{scope}'"),
+        )
+        .into_response();
+    }
+    let caller = CallerName(format!("api:{}", entry.name));
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        "this route does not take this method",
+    )
+}
+
+async fn healthz(State(state): State<Shared>) -> Response {
+    // A store round trip: a server whose database is gone is not healthy (503).
+    match blocking(&state, |s| s.ping()).await {
+        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Reads a JSON body into `T`, with stable error codes for each way it can be wrong.
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            codes::EMPTY_BODY,
+            "the request body is empty; a JSON object is expected",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::bad_request(codes::INVALID_REQUEST, e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::bad_request(codes::INVALID_JSON, format!("the body is not JSON: {e}"))
+            }
+        }
+    })
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::BODY_TOO_LARGE,
+            "the request body is larger than the server accepts",
+        )
+    } else {
+        ApiError::bad_request(codes::INVALID_REQUEST, rejection.body_text())
+    }
+}
+
+fn path_serial(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(serial)| serial)
+        .map_err(|e| ApiError::bad_request(codes::INVALID_ID, e.body_text()))
+}
+
+fn parse_code(field: &str, text: &str) -> Result<Code, ApiError> {
+    Code::parse(text).map_err(|e| {
+        let why = match e {
+            CodeError::Empty => "is empty".to_owned(),
+            CodeError::WrongLength { len } => format!("has {len} characters; 6 to 8 are needed"),
+            CodeError::NotDigit { position } => {
+                format!("has a character other than 0-9 at position {position}")
+            }
+            _ => "is not 6 to 8 ASCII digits".to_owned(),
+        };
+        ApiError::bad_request(codes::INVALID_CODE, format!("`{field}` {why}"))
+    })
+}
+
+/// Runs a blocking service call off the async threads; counts store errors.
+async fn blocking<T: Send + 'static>(
+    state: &Shared,
+    call: impl FnOnce(&dyn TokenService) -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let service = state.service.clone();
+    // The permit travels with the blocking call, so a request that times out does not free
+    // its slot while its store call is still running.
+    let permit = state
+        .store_calls
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::STORE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
+    match tokio::task::spawn_blocking(move || {
+        let result = call(service.as_ref());
+        drop(permit);
+        result
+    })
+    .await
+    {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            if matches!(error, ServiceError::Store(_)) {
+                state.metrics.record_store_error();
+                eprintln!("codereader-verifier: {error}");
+            }
+            Err(error.into())
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            "internal error",
+        )),
+    }
+}
+
+fn caller_of(request_caller: Option<axum::Extension<CallerName>>) -> String {
+    request_caller.map_or_else(|| "api:unknown".to_owned(), |c| c.0.0.clone())
+}
+
+async fn verify(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request: wire::VerifyRequest = parse_json(body)?;
+    let target = match (request.token, request.user) {
+        (Some(token), None) => Target::Token(token),
+        (None, Some(user)) => Target::User(user),
+        _ => {
+            return Err(ApiError::bad_request(
+                codes::INVALID_REQUEST,
+                "give exactly one of `token` and `user`",
+            ));
+        }
+    };
+    let code = parse_code("code", &request.code)?;
+    let caller = caller_of(caller);
+    let started = Instant::now();
+    let decision = blocking(&state, move |s| s.verify(&target, &code, &caller)).await?;
+    state
+        .metrics
+        .record_verify(decision.label(), started.elapsed());
+    Ok(axum::Json(wire::decision(&decision)))
+}
+
+async fn enroll(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: wire::EnrollRequest = parse_json(body)?;
+    let enrollment = match (request.uri, request.secret) {
+        (Some(uri), None) => {
+            if request.kind.is_some()
+                || request.algorithm.is_some()
+                || request.digits.is_some()
+                || request.period.is_some()
+                || request.counter.is_some()
+            {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_REQUEST,
+                    "with `uri`, the parameters come from the URI; give no others",
+                ));
+            }
+            Enrollment::Uri(uri)
+        }
+        (None, Some(secret)) => {
+            let hotp = match request.kind.as_deref() {
+                None | Some("totp") => false,
+                Some("hotp") => true,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        codes::INVALID_REQUEST,
+                        "`kind` is \"totp\" or \"hotp\"",
+                    ));
+                }
+            };
+            if !hotp && request.counter.is_some() || hotp && request.period.is_some() {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_REQUEST,
+                    "`counter` is for HOTP tokens and `period` for TOTP tokens",
+                ));
+            }
+            Enrollment::Params {
+                hotp,
+                secret_base32: secret,
+                algorithm: request.algorithm.unwrap_or_else(|| "SHA1".to_owned()),
+                digits: request.digits.unwrap_or(6),
+                period: request.period.unwrap_or(30),
+                counter: request.counter.unwrap_or(0),
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                codes::INVALID_REQUEST,
+                "give exactly one of `uri` and `secret`",
+            ));
+        }
+    };
+    let caller = caller_of(caller);
+    let serial = request.serial;
+    let view = blocking(&state, move |s| s.enroll(&serial, &enrollment, &caller)).await?;
+    Ok((StatusCode::CREATED, axum::Json(wire::token(&view))).into_response())
+}
+
+async fn import(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let (pskc, psk_hex) = if content_type == "application/json" {
+        let request: wire::ImportRequest = parse_json(body)?;
+        (request.pskc, request.preshared_key)
+    } else if content_type.ends_with("/xml") || content_type.ends_with("+xml") {
+        let body = body.map_err(body_error)?;
+        let text = String::from_utf8(body.to_vec()).map_err(|_| {
+            ApiError::bad_request(codes::INVALID_REQUEST, "the PSKC document is not UTF-8")
+        })?;
+        (text, None)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            codes::UNSUPPORTED_MEDIA_TYPE,
+            "send application/json ({\"pskc\": ...}) or application/pskc+xml",
+        ));
+    };
+    let psk = match psk_hex {
+        Some(hex) => Some(zeroize::Zeroizing::new(
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(hex.trim().as_bytes())
+                .map_err(|_| {
+                    ApiError::bad_request(codes::INVALID_REQUEST, "`preshared_key` must be hex")
+                })?,
+        )),
+        None => None,
+    };
+    let caller = caller_of(caller);
+    let report = blocking(&state, move |s| {
+        s.import_pskc(&pskc, psk.as_ref().map(|k| k.as_slice()), &caller)
+    })
+    .await?;
+    Ok(axum::Json(wire::import_report(&report)))
+}
+
+async fn show(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let view = blocking(&state, move |s| s.show(&serial)).await?;
+    Ok(axum::Json(wire::token(&view)))
+}
+
+async fn disable(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let caller = caller_of(caller);
+    let view = blocking(&state, move |s| s.disable(&serial, &caller)).await?;
+    Ok(axum::Json(wire::token(&view)))
+}
+
+async fn unlock(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let caller = caller_of(caller);
+    let view = blocking(&state, move |s| s.unlock(&serial, &caller)).await?;
+    Ok(axum::Json(wire::token(&view)))
+}
+
+async fn activate(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let request: wire::ActivateRequest = parse_json(body)?;
+    let code = parse_code("code", &request.code)?;
+    let caller = caller_of(caller);
+    let user = request.user;
+    let user_out = user.clone();
+    let decision = blocking(&state, move |s| s.activate(&serial, &user, &code, &caller)).await?;
+    let mut body = wire::decision(&decision);
+    if let (Decision::Accepted { .. }, Some(object)) = (&decision, body.as_object_mut()) {
+        object.insert("user".to_owned(), Value::String(user_out));
+    }
+    Ok(axum::Json(body))
+}
+
+async fn resync(
+    State(state): State<Shared>,
+    caller: Option<axum::Extension<CallerName>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let request: wire::ResyncRequest = parse_json(body)?;
+    let first = parse_code("code", &request.code)?;
+    let second = parse_code("next_code", &request.next_code)?;
+    let caller = caller_of(caller);
+    let decision = blocking(&state, move |s| s.resync(&serial, &first, &second, &caller)).await?;
+    Ok(axum::Json(wire::decision(&decision)))
+}

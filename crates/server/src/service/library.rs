@@ -1,0 +1,493 @@
+//! [`TokenService`] over the `codereader-verifier` library: the only file that knows the
+//! library's types, so changes to its API stay here.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use codereader_otp::pskc::PreSharedKey;
+use codereader_otp::{
+    Algorithm, Code, Counter, Digits, KeyPolicy, KeyUri, Period, Secret, UnixTime,
+};
+use codereader_verifier::{
+    Activation, Caller, Durability, Enrollment as LibEnrollment, Kek, Keyring,
+    Matched as LibMatched, Outcome, PgStore, Policy, SqliteOptions, SqliteStore, Store, StoreError,
+    Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
+};
+
+use super::{
+    Decision, Enrollment, ImportReport, Matched, ServiceError, Target, TokenService, TokenView,
+};
+use crate::wire::codes;
+
+/// Which database holds the tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbSpec {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://...` or `postgresql://...`).
+    Postgres(String),
+}
+
+impl DbSpec {
+    /// Parses `sqlite:PATH`, `postgres://...`, `postgresql://...` or a plain path (SQLite).
+    ///
+    /// # Errors
+    /// When the path is empty or the scheme unknown.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(DbSpec::Postgres(text.to_owned()));
+        }
+        let path = match text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+        {
+            Some(path) => path,
+            // `mysql://...` is a mistake, not a file name.
+            None if text.contains("://") => {
+                bail!("unknown database '{text}': use sqlite:PATH or postgres://...")
+            }
+            None => text,
+        };
+        if path.is_empty() {
+            bail!("--db needs sqlite:PATH or postgres://...");
+        }
+        Ok(DbSpec::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// Choices passed to the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibraryConfig {
+    /// Consecutive failures that lock a token.
+    pub max_failures: u32,
+    /// SQLite: fsync every commit (`true`, the default) or only survive process crashes.
+    pub sqlite_full_sync: bool,
+    /// PostgreSQL: most connections open at once.
+    pub pg_connections: usize,
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        LibraryConfig {
+            max_failures: 3,
+            sqlite_full_sync: true,
+            pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// The verifier library with its store and keys.
+pub struct Library {
+    verifier: Verifier,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.verifier.fmt(f)
+    }
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// Seeds re-sealed under the new key.
+    pub resealed: usize,
+    /// Tokens whose seed no key of the keyring opens, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+fn caller_id(caller: &str) -> Result<Caller, ServiceError> {
+    Caller::new(caller).map_err(|e| ServiceError::Internal(format!("caller name: {e}")))
+}
+
+fn token_id(serial: &str) -> Result<TokenId, ServiceError> {
+    TokenId::new(serial).map_err(|e| ServiceError::Invalid {
+        code: codes::INVALID_ID,
+        message: e.to_string(),
+    })
+}
+
+fn user_id(user: &str) -> Result<UserId, ServiceError> {
+    UserId::new(user).map_err(|e| ServiceError::Invalid {
+        code: codes::INVALID_ID,
+        message: e.to_string(),
+    })
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<VerifyError> for ServiceError {
+    fn from(error: VerifyError) -> Self {
+        match error {
+            VerifyError::Store(StoreError::Database { backend, reason }) => {
+                ServiceError::Store(format!("{backend}: {reason}"))
+            }
+            VerifyError::Store(StoreError::Duplicate { token }) => ServiceError::Conflict {
+                code: codes::DUPLICATE_TOKEN,
+                message: format!("token {token} already exists"),
+            },
+            VerifyError::Store(StoreError::UserTaken { user }) => ServiceError::Conflict {
+                code: codes::USER_TAKEN,
+                message: format!("user {user} already has a token"),
+            },
+            VerifyError::UnknownToken { token } => ServiceError::NotFound {
+                serial: token.to_string(),
+            },
+            VerifyError::Id(e) => invalid(codes::INVALID_ID, e.to_string()),
+            VerifyError::Pskc(e) => invalid(codes::INVALID_PSKC, format!("PSKC: {e}")),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
+    Ok(match outcome {
+        Outcome::Accepted(a) => Decision::Accepted {
+            token: a.token().to_string(),
+            matched: match a.matched() {
+                LibMatched::Step(s) => Matched::Step(s.0),
+                LibMatched::Counter(c) => Matched::Counter(c.0),
+            },
+            drift: a.drift(),
+        },
+        Outcome::Rejected { attempts_left } => Decision::Rejected { attempts_left },
+        Outcome::Locked { until } => Decision::Locked {
+            until: until.map(|t| t.0),
+        },
+        Outcome::Replayed => Decision::Replayed,
+        Outcome::TooSoon { retry_at } => Decision::TooSoon {
+            retry_at: retry_at.0,
+        },
+        Outcome::UnknownToken => Decision::Unknown,
+        Outcome::Disabled => Decision::Disabled,
+        other => {
+            return Err(ServiceError::Internal(format!(
+                "outcome '{}' unknown to the server",
+                other.label()
+            )));
+        }
+    })
+}
+
+fn view(info: TokenInfo) -> TokenView {
+    let (kind, period) = match info.params.kind {
+        TokenKind::Totp { period, .. } => ("totp", Some(period.seconds())),
+        TokenKind::Hotp => ("hotp", None),
+    };
+    TokenView {
+        serial: info.id.to_string(),
+        user: info.user.map(|u| u.to_string()),
+        kind,
+        algorithm: info.params.algorithm.name(),
+        digits: info.params.digits.get(),
+        period,
+        next: info.state.next,
+        drift: info.state.drift,
+        failures: info.state.failures,
+        locked_at: info.state.locked_at.map(|t| t.0),
+        enabled: info.state.enabled,
+        key_id: info.key_id.to_string(),
+    }
+}
+
+impl Library {
+    /// Opens the store (running its migrations); `current` seals new seeds, `current` and
+    /// `older` open existing ones.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or migrated.
+    pub fn open(db: &DbSpec, current: Kek, older: Vec<Kek>, config: LibraryConfig) -> Result<Self> {
+        let store: Box<dyn Store> = match db {
+            DbSpec::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    crate::state::create_private_dir(parent)?;
+                }
+                let durability = if config.sqlite_full_sync {
+                    Durability::Full
+                } else {
+                    Durability::Normal
+                };
+                Box::new(
+                    SqliteStore::open_with(
+                        path,
+                        SqliteOptions::default().with_durability(durability),
+                    )
+                    .with_context(|| format!("cannot open the SQLite store {}", path.display()))?,
+                )
+            }
+            DbSpec::Postgres(url) => {
+                Box::new(PgStore::connect(url).context("cannot open the PostgreSQL store")?)
+            }
+        };
+        let mut keyring = Keyring::new(current);
+        for kek in older {
+            keyring = keyring.with_older(kek);
+        }
+        let policy = Policy::default().with_max_failures(config.max_failures);
+        Ok(Library {
+            verifier: Verifier::new(store, keyring, policy),
+        })
+    }
+
+    /// Re-seals every seed under the current key.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`] and the like; seeds that do not open are reported, not errors.
+    pub fn rotate(&self, caller: &str) -> Result<Rotation, ServiceError> {
+        let report = self.verifier.rotate(now(), &caller_id(caller)?)?;
+        Ok(Rotation {
+            resealed: report.resealed,
+            failed: report
+                .failed
+                .into_iter()
+                .map(|(id, e)| (id.to_string(), e.to_string()))
+                .collect(),
+        })
+    }
+
+    fn lib_enrollment(
+        serial: TokenId,
+        enrollment: &Enrollment,
+    ) -> Result<LibEnrollment, ServiceError> {
+        match enrollment {
+            Enrollment::Uri(text) => {
+                let uri = KeyUri::parse(text, KeyPolicy::Rfc4226)
+                    .map_err(|e| invalid(codes::INVALID_URI, e.to_string()))?;
+                Ok(LibEnrollment::from_uri(serial, &uri))
+            }
+            Enrollment::Params {
+                hotp,
+                secret_base32,
+                algorithm,
+                digits,
+                period,
+                counter,
+            } => {
+                let secret = Secret::from_base32(secret_base32, KeyPolicy::Rfc4226)
+                    .map_err(|e| invalid(codes::INVALID_SECRET, e.to_string()))?;
+                let algorithm: Algorithm = algorithm.parse().map_err(|_| {
+                    invalid(
+                        codes::INVALID_PARAMETERS,
+                        "`algorithm` is SHA1, SHA256 or SHA512",
+                    )
+                })?;
+                let digits = Digits::new(*digits)
+                    .map_err(|_| invalid(codes::INVALID_PARAMETERS, "`digits` is 6, 7 or 8"))?;
+                let kind = if *hotp {
+                    TokenKind::Hotp
+                } else {
+                    TokenKind::Totp {
+                        period: Period::new(*period).map_err(|_| {
+                            invalid(codes::INVALID_PARAMETERS, "`period` must be at least 1")
+                        })?,
+                        t0: UnixTime(0),
+                    }
+                };
+                Ok(LibEnrollment {
+                    id: serial,
+                    params: TokenParams {
+                        kind,
+                        algorithm,
+                        digits,
+                    },
+                    secret,
+                    counter: Counter(*counter),
+                })
+            }
+        }
+    }
+
+    fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
+        self.verifier
+            .show(Subject::Token(serial))?
+            .map(view)
+            .ok_or_else(|| ServiceError::NotFound {
+                serial: serial.to_string(),
+            })
+    }
+}
+
+impl TokenService for Library {
+    fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError> {
+        let caller = caller_id(caller)?;
+        let outcome = match target {
+            Target::Token(serial) => {
+                let id = token_id(serial)?;
+                self.verifier
+                    .verify(Subject::Token(&id), code, now(), &caller)?
+            }
+            Target::User(user) => {
+                let id = user_id(user)?;
+                self.verifier
+                    .verify(Subject::User(&id), code, now(), &caller)?
+            }
+        };
+        decision(outcome)
+    }
+
+    fn enroll(
+        &self,
+        serial: &str,
+        enrollment: &Enrollment,
+        caller: &str,
+    ) -> Result<TokenView, ServiceError> {
+        let id = token_id(serial)?;
+        let lib = Self::lib_enrollment(id.clone(), enrollment)?;
+        self.verifier
+            .enroll(std::slice::from_ref(&lib), now(), &caller_id(caller)?)?;
+        self.info(&id)
+    }
+
+    fn import_pskc(
+        &self,
+        pskc: &str,
+        preshared_key: Option<&[u8]>,
+        caller: &str,
+    ) -> Result<ImportReport, ServiceError> {
+        let psk = match preshared_key {
+            Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
+                |_| {
+                    invalid(
+                        codes::INVALID_REQUEST,
+                        "the pre-shared key must be 16 bytes (32 hex digits)",
+                    )
+                },
+            )?)),
+            None => None,
+        };
+        let report = self.verifier.import_pskc(
+            pskc.as_bytes(),
+            psk.as_ref(),
+            KeyPolicy::Rfc4226,
+            now(),
+            &caller_id(caller)?,
+        )?;
+        Ok(ImportReport {
+            imported: report.imported.iter().map(ToString::to_string).collect(),
+            rejected: report
+                .refused
+                .into_iter()
+                .map(|p| {
+                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
+                    (name, p.reason)
+                })
+                .collect(),
+        })
+    }
+
+    fn show(&self, serial: &str) -> Result<TokenView, ServiceError> {
+        self.info(&token_id(serial)?)
+    }
+
+    fn list(&self) -> Result<Vec<TokenView>, ServiceError> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        let mut after: Option<TokenId> = None;
+        loop {
+            let page = self.verifier.list(after.as_ref(), PAGE)?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|t| t.id.clone());
+            all.extend(page.into_iter().map(view));
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    fn activate(
+        &self,
+        serial: &str,
+        user: &str,
+        code: &Code,
+        caller: &str,
+    ) -> Result<Decision, ServiceError> {
+        let (id, user) = (token_id(serial)?, user_id(user)?);
+        match self
+            .verifier
+            .activate(&id, &user, code, now(), &caller_id(caller)?)?
+        {
+            Activation::Activated(a) => decision(Outcome::Accepted(a)),
+            Activation::AlreadyBound => Err(ServiceError::Conflict {
+                code: codes::ALREADY_ACTIVE,
+                message: format!("token {id} is already bound to a user"),
+            }),
+            Activation::UserHasToken => Err(ServiceError::Conflict {
+                code: codes::USER_TAKEN,
+                message: format!("user {user} already has a token"),
+            }),
+            Activation::Refused(outcome) => decision(outcome),
+            _ => Err(ServiceError::Internal(
+                "activation result unknown to the server".into(),
+            )),
+        }
+    }
+
+    fn resync(
+        &self,
+        serial: &str,
+        first: &Code,
+        second: &Code,
+        caller: &str,
+    ) -> Result<Decision, ServiceError> {
+        let id = token_id(serial)?;
+        decision(
+            self.verifier
+                .resync(&id, first, second, now(), &caller_id(caller)?)?,
+        )
+    }
+
+    fn unlock(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {
+        let id = token_id(serial)?;
+        self.verifier.unlock(&id, now(), &caller_id(caller)?)?;
+        self.info(&id)
+    }
+
+    fn disable(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {
+        let id = token_id(serial)?;
+        self.verifier
+            .set_enabled(&id, false, now(), &caller_id(caller)?)?;
+        self.info(&id)
+    }
+
+    fn ping(&self) -> Result<(), ServiceError> {
+        // One read round trip: the probe serial does not exist, which is fine.
+        let probe = token_id("healthz-probe")?;
+        self.verifier.show(Subject::Token(&probe))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_specs() {
+        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
+        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
+        assert_eq!(
+            DbSpec::parse("sqlite:///a/b.db").unwrap(),
+            sqlite("/a/b.db")
+        );
+        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
+        let pg = "postgresql://u@127.0.0.1:5/db";
+        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
+        assert!(DbSpec::parse("sqlite:").is_err());
+        assert!(DbSpec::parse("").is_err());
+        assert!(DbSpec::parse("mysql://x/y").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! The boundary between the HTTP layer and the verifier library.
+//!
+//! [`TokenService`] is synchronous, like the library and its stores: the HTTP handlers call it
+//! from `tokio::task::spawn_blocking`. Its types carry no JSON and no library types, so the
+//! mapping from the library's outcomes and errors lives in one place
+//! ([`library`]), and the offline commands use the very same calls as the server.
+
+use codereader_otp::Code;
+use zeroize::Zeroizing;
+
+pub mod library;
+
+pub use library::Library;
+
+/// Whose token a verification is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A token by serial.
+    Token(String),
+    /// The token bound to a user.
+    User(String),
+}
+
+/// The value a code matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// A TOTP time step.
+    Step(u64),
+    /// An HOTP counter.
+    Counter(u64),
+}
+
+/// What a verification (or activation, or resync) decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The code was right and is now used.
+    Accepted {
+        /// The token's serial.
+        token: String,
+        /// The step or counter it matched.
+        matched: Matched,
+        /// Steps or counters away from the expected value.
+        drift: i64,
+    },
+    /// The code was wrong.
+    Rejected {
+        /// Failures left before the token locks (0: it is now locked).
+        attempts_left: u32,
+    },
+    /// The token is locked.
+    Locked {
+        /// When it unlocks by itself (Unix seconds), if the policy says so.
+        until: Option<u64>,
+    },
+    /// The code was right but already used (or an earlier one was).
+    Replayed,
+    /// No such token, or no token bound to that user.
+    Unknown,
+    /// The token is disabled.
+    Disabled,
+    /// The growing delay after failures has not passed; nothing was checked.
+    TooSoon {
+        /// When to try again (Unix seconds).
+        retry_at: u64,
+    },
+}
+
+impl Decision {
+    /// The stable label used on the wire and in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Accepted { .. } => "accepted",
+            Decision::Rejected { .. } => "rejected",
+            Decision::Locked { .. } => "locked",
+            Decision::Replayed => "replayed",
+            Decision::Unknown => "unknown",
+            Decision::Disabled => "disabled",
+            Decision::TooSoon { .. } => "too_soon",
+        }
+    }
+}
+
+/// Why an operation failed. Messages never contain codes or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request is well-formed JSON but a value is not acceptable (a bad serial, URI,
+    /// secret, PSKC file...). `code` is the stable machine-readable error code.
+    #[error("{message}")]
+    Invalid {
+        /// Stable error code.
+        code: &'static str,
+        /// What is wrong, for people.
+        message: String,
+    },
+    /// No token with this serial.
+    #[error("no token {serial}")]
+    NotFound {
+        /// The serial asked for.
+        serial: String,
+    },
+    /// The operation conflicts with the stored state (duplicate serial, user already has a
+    /// token, token already activated).
+    #[error("{message}")]
+    Conflict {
+        /// Stable error code.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
+    /// The database failed; the request may be retried.
+    #[error("store error: {0}")]
+    Store(String),
+    /// Something that should not happen (a seed that does not open under any known key...).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How to make a token for enrolment.
+#[derive(Clone)]
+pub enum Enrollment {
+    /// An `otpauth://totp/...` or `otpauth://hotp/...` URI.
+    Uri(Zeroizing<String>),
+    /// Parameters one by one.
+    Params {
+        /// TOTP or HOTP.
+        hotp: bool,
+        /// The secret in base32.
+        secret_base32: Zeroizing<String>,
+        /// "SHA1", "SHA256" or "SHA512".
+        algorithm: String,
+        /// 6 to 8.
+        digits: u32,
+        /// TOTP seconds per step.
+        period: u64,
+        /// HOTP first counter.
+        counter: u64,
+    },
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Enrollment([redacted])")
+    }
+}
+
+/// A token's state, without any secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenView {
+    /// Its serial.
+    pub serial: String,
+    /// The user it is bound to.
+    pub user: Option<String>,
+    /// "totp" or "hotp".
+    pub kind: &'static str,
+    /// "SHA1", "SHA256" or "SHA512".
+    pub algorithm: &'static str,
+    /// Code length.
+    pub digits: u32,
+    /// TOTP period in seconds.
+    pub period: Option<u64>,
+    /// The lowest step or counter that may still be accepted.
+    pub next: u64,
+    /// Remembered drift.
+    pub drift: i64,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// When it was locked (Unix seconds), if it is.
+    pub locked_at: Option<u64>,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Name of the key-encryption key its seed is sealed under.
+    pub key_id: String,
+}
+
+/// What a PSKC import did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportReport {
+    /// Serials imported.
+    pub imported: Vec<String>,
+    /// Keys refused: (key id or position, reason).
+    pub rejected: Vec<(String, String)>,
+}
+
+/// The operations of the verifier, as the server and the offline commands use them.
+///
+/// Every call is blocking (it talks to the database); `caller` is recorded in the audit trail.
+pub trait TokenService: Send + Sync + 'static {
+    /// Verifies `code` for `target` now.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`] for a malformed serial or user id; [`ServiceError::Store`].
+    fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError>;
+
+    /// Enrols a new token with `serial`.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`], [`ServiceError::Conflict`] (serial taken), [`ServiceError::Store`].
+    fn enroll(
+        &self,
+        serial: &str,
+        enrollment: &Enrollment,
+        caller: &str,
+    ) -> Result<TokenView, ServiceError>;
+
+    /// Imports the keys of a PSKC document; `preshared_key` opens encrypted ones.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`] when the document cannot be read at all, or no key in it is
+    /// usable; [`ServiceError::Conflict`]; [`ServiceError::Store`].
+    fn import_pskc(
+        &self,
+        pskc: &str,
+        preshared_key: Option<&[u8]>,
+        caller: &str,
+    ) -> Result<ImportReport, ServiceError>;
+
+    /// The token with `serial`.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
+    fn show(&self, serial: &str) -> Result<TokenView, ServiceError>;
+
+    /// All tokens, by serial.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    fn list(&self) -> Result<Vec<TokenView>, ServiceError>;
+
+    /// Binds the unassigned token `serial` to `user` if `code` is valid for it.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Conflict`] (already bound, user taken),
+    /// [`ServiceError::Invalid`], [`ServiceError::Store`].
+    fn activate(
+        &self,
+        serial: &str,
+        user: &str,
+        code: &Code,
+        caller: &str,
+    ) -> Result<Decision, ServiceError>;
+
+    /// Re-establishes the counter or drift from two consecutive codes.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
+    fn resync(
+        &self,
+        serial: &str,
+        first: &Code,
+        second: &Code,
+        caller: &str,
+    ) -> Result<Decision, ServiceError>;
+
+    /// Clears the lock and failures of `serial`.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
+    fn unlock(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError>;
+
+    /// Disables `serial`: it accepts nothing any more.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
+    fn disable(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError>;
+
+    /// Whether the store answers (for `/healthz`).
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    fn ping(&self) -> Result<(), ServiceError>;
+}

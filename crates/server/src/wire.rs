@@ -1,0 +1,232 @@
+//! The JSON bodies of the HTTP API: requests as serde types, responses built from the
+//! service's types. Documented in `openapi.yaml`; field names here are the contract.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::service::{Decision, ImportReport, Matched, TokenView};
+
+/// The stable values of the `error` field.
+pub mod codes {
+    /// No `Authorization: Bearer` header, or an unknown key (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The key's scope does not allow this call (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// The body is empty where JSON is expected (400).
+    pub const EMPTY_BODY: &str = "empty_body";
+    /// The body is not JSON (400).
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// The JSON has a missing field, a wrong type or an unknown field (400).
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    /// A code is not 6 to 8 ASCII digits (400).
+    pub const INVALID_CODE: &str = "invalid_code";
+    /// A serial or user id is empty, too long or has control characters (400).
+    pub const INVALID_ID: &str = "invalid_id";
+    /// The body exceeds the size cap (413).
+    pub const BODY_TOO_LARGE: &str = "body_too_large";
+    /// The import body is neither JSON nor XML (415).
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// No such token (404).
+    pub const UNKNOWN_TOKEN: &str = "unknown_token";
+    /// No such route (404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The route exists but not with this method (405).
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// The store failed; retry later (503).
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+    /// The request took longer than the server's per-request timeout (503).
+    pub const TIMEOUT: &str = "timeout";
+    /// A bug (500).
+    pub const INTERNAL: &str = "internal";
+    /// An otpauth URI that does not parse (400).
+    pub const INVALID_URI: &str = "invalid_uri";
+    /// A secret that is not base32 or too short (400).
+    pub const INVALID_SECRET: &str = "invalid_secret";
+    /// Token parameters out of range: digits, period, algorithm (400).
+    pub const INVALID_PARAMETERS: &str = "invalid_parameters";
+    /// A PSKC document that cannot be used at all, or without one usable key (400).
+    pub const INVALID_PSKC: &str = "invalid_pskc";
+    /// A token with this serial exists (409).
+    pub const DUPLICATE_TOKEN: &str = "duplicate_token";
+    /// The token is already bound to a user (409).
+    pub const ALREADY_ACTIVE: &str = "already_active";
+    /// The user already has a token (409).
+    pub const USER_TAKEN: &str = "user_taken";
+
+    /// Every code, for documentation checks.
+    pub const ALL: &[&str] = &[
+        UNAUTHORIZED,
+        FORBIDDEN,
+        EMPTY_BODY,
+        INVALID_JSON,
+        INVALID_REQUEST,
+        INVALID_CODE,
+        INVALID_ID,
+        BODY_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        UNKNOWN_TOKEN,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        STORE_UNAVAILABLE,
+        TIMEOUT,
+        INTERNAL,
+        INVALID_URI,
+        INVALID_SECRET,
+        INVALID_PARAMETERS,
+        INVALID_PSKC,
+        DUPLICATE_TOKEN,
+        ALREADY_ACTIVE,
+        USER_TAKEN,
+    ];
+}
+
+/// `POST /v1/verify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The token's serial (exactly one of `token` and `user`).
+    pub token: Option<String>,
+    /// The user whose token it is.
+    pub user: Option<String>,
+    /// The typed code.
+    pub code: String,
+}
+
+/// `POST /v1/tokens`: enrol from a URI or from parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The new token's serial.
+    pub serial: String,
+    /// An `otpauth://` URI (then no other parameter may be given).
+    pub uri: Option<Zeroizing<String>>,
+    /// "totp" (default) or "hotp".
+    pub kind: Option<String>,
+    /// The secret, base32.
+    pub secret: Option<Zeroizing<String>>,
+    /// "SHA1" (default), "SHA256", "SHA512".
+    pub algorithm: Option<String>,
+    /// 6 (default) to 8.
+    pub digits: Option<u32>,
+    /// TOTP step in seconds (default 30).
+    pub period: Option<u64>,
+    /// HOTP first counter (default 0).
+    pub counter: Option<u64>,
+}
+
+/// `POST /v1/tokens/import` with a JSON body (a raw XML body is accepted too).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The PSKC document.
+    pub pskc: String,
+    /// The pre-shared key for encrypted keys, in hex.
+    pub preshared_key: Option<Zeroizing<String>>,
+}
+
+/// `POST /v1/tokens/{serial}/activate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// The user to bind the token to.
+    pub user: String,
+    /// A current code of the token, proving possession.
+    pub code: String,
+}
+
+/// `POST /v1/tokens/{serial}/resync`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncRequest {
+    /// A code.
+    pub code: String,
+    /// The code that follows it.
+    pub next_code: String,
+}
+
+/// The body of a decision.
+pub fn decision(decision: &Decision) -> Value {
+    let result = decision.label();
+    match decision {
+        Decision::Accepted {
+            token,
+            matched,
+            drift,
+        } => {
+            let (name, value) = match matched {
+                Matched::Step(s) => ("step", *s),
+                Matched::Counter(c) => ("counter", *c),
+            };
+            json!({"result": result, "token": token, name: value, "drift": drift})
+        }
+        Decision::Rejected { attempts_left } => {
+            json!({"result": result, "attempts_left": attempts_left})
+        }
+        Decision::Locked { until } => json!({"result": result, "until": until}),
+        Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
+        Decision::Replayed | Decision::Unknown | Decision::Disabled => json!({"result": result}),
+    }
+}
+
+/// The body describing a token (never its secret).
+pub fn token(view: &TokenView) -> Value {
+    json!({
+        "serial": view.serial,
+        "user": view.user,
+        "kind": view.kind,
+        "algorithm": view.algorithm,
+        "digits": view.digits,
+        "period": view.period,
+        "next": view.next,
+        "drift": view.drift,
+        "failures": view.failures,
+        "locked": view.locked_at.is_some(),
+        "locked_at": view.locked_at,
+        "enabled": view.enabled,
+        "key_id": view.key_id,
+    })
+}
+
+/// The body of an import report.
+pub fn import_report(report: &ImportReport) -> Value {
+    let rejected: Vec<Value> = report
+        .rejected
+        .iter()
+        .map(|(id, reason)| json!({"id": id, "reason": reason}))
+        .collect();
+    json!({"imported": report.imported, "rejected": rejected})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codes;
+
+    const OPENAPI: &str = include_str!("../openapi.yaml");
+
+    #[test]
+    fn openapi_documents_every_error_code_and_route() {
+        for code in codes::ALL {
+            assert!(
+                OPENAPI.contains(&format!("- {code}\n")),
+                "{code} not in openapi.yaml"
+            );
+        }
+        for route in [
+            "/v1/verify:",
+            "/v1/tokens:",
+            "/v1/tokens/import:",
+            "/v1/tokens/{serial}:",
+            "/v1/tokens/{serial}/activate:",
+            "/v1/tokens/{serial}/resync:",
+            "/v1/tokens/{serial}/unlock:",
+            "/healthz:",
+            "/metrics:",
+        ] {
+            assert!(
+                OPENAPI.contains(&format!("\n  {route}\n")),
+                "{route} not in openapi.yaml"
+            );
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Test harness shared by the end-to-end tests and the load benchmark: starts the real
+//! `codereader-verifier` binary on 127.0.0.1 (port 0, the address read from its output),
+//! creates its API keys with the binary's own `api-key create`, talks HTTP/1.1 to it with
+//! hyper. PostgreSQL comes from the verifier library's harness
+//! (`codereader_verifier::testing::TempPostgres`, feature `testing`).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_codereader-verifier");
+
+/// A running server and everything needed to restart it.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub verify_key: String,
+    pub admin_key: String,
+    args: Vec<String>,
+    pub stderr: Arc<Mutex<String>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Runs the binary with `args` and `CODEREADER_STATE=dir`; returns stdout, panics on failure.
+pub fn run_cli(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("CODEREADER_STATE", dir)
+        .output()
+        .expect("run codereader-verifier");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Creates an API key with `scope` through the CLI; returns the key (the last word printed).
+pub fn create_key(dir: &Path, scope: &str) -> String {
+    let out = run_cli(dir, &["api-key", "create", "--scope", scope]);
+    out.split_whitespace().last().unwrap().to_owned()
+}
+
+impl Server {
+    /// A fresh state directory, a verify and an admin key, and a server on the default SQLite
+    /// store (no `--db`) or on `db`.
+    pub fn start(db: Option<&str>) -> Server {
+        Self::start_with(db, &[])
+    }
+
+    /// Like [`Server::start`] with extra `serve` arguments.
+    pub fn start_with(db: Option<&str>, extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("state");
+        let mut server = Self::start_in(dir, db, extra);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on the state directory `dir` (which the caller keeps), with new API keys.
+    pub fn start_in(dir: PathBuf, db: Option<&str>, extra: &[&str]) -> Server {
+        let verify_key = create_key(&dir, "verify");
+        let admin_key = create_key(&dir, "admin");
+        let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        if let Some(db) = db {
+            args.push("--db".into());
+            args.push(db.into());
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut server = Server {
+            child: None,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            dir,
+            verify_key,
+            admin_key,
+            args,
+            stderr: Arc::new(Mutex::new(String::new())),
+            _temp: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the binary (again) with the same state and arguments.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(BIN)
+            .args(&self.args)
+            .env("CODEREADER_STATE", &self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start codereader-verifier");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                log.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(url) = line
+                    .trim()
+                    .strip_prefix("codereader-verifier: listening on http://")
+                {
+                    let _ = tx.send(url.parse::<SocketAddr>().unwrap());
+                }
+                line.clear();
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start: {}", self.stderr.lock().unwrap());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A response: status and body (JSON if it parses, else `Value::String` of the text).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+}
+
+impl Reply {
+    /// `body[field]` as a string, or "".
+    pub fn str(&self, field: &str) -> &str {
+        self.body[field].as_str().unwrap_or("")
+    }
+}
+
+/// One HTTP/1.1 connection (keep-alive).
+pub struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender })
+    }
+
+    /// Sends one request and reads the whole reply.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Reply, hyper::Error> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Reply {
+            status,
+            body,
+            content_type,
+        })
+    }
+
+    /// POSTs JSON.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<Reply, hyper::Error> {
+        self.send(
+            "POST",
+            path,
+            Some(key),
+            Some("application/json"),
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+}
+
+/// Opens a fresh connection per call: simple, and what a test of one request wants.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut conn = Conn::open(self.addr).await.unwrap();
+        conn.send(method, path, key, content_type, body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.send(
+            "POST",
+            path,
+            Some(key),
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        self.send("GET", path, key, None, Vec::new()).await
+    }
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns the status line's code and the rest,
+/// for requests hyper would refuse to build (or a body larger than the server reads).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The server may answer (413) and close before reading everything; a failed write is fine.
+    // No half-close after writing: hyper treats it as the client going away. Requests sent
+    // here carry `Connection: close`, so the server closes after its answer.
+    let _ = stream.write_all(request);
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The HOTP code of `secret` (raw bytes) at `counter`, with `digits` digits, SHA-1.
+pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
+    use codereader_otp::{Algorithm, Counter, Digits, Hotp, KeyPolicy, Secret};
+    let secret = Secret::new(secret.to_vec(), KeyPolicy::Rfc4226).unwrap();
+    let hotp = Hotp::new(&secret, Algorithm::Sha1, Digits::new(digits).unwrap());
+    hotp.code(Counter(counter)).as_str().to_owned()
+}
+
+/// Base32 (no padding) of raw bytes, for otpauth URIs.
+pub fn base32(bytes: &[u8]) -> String {
+    data_encoding::BASE32_NOPAD.encode(bytes)
+}
