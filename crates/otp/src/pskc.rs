@@ -148,7 +148,7 @@ pub enum KeyError {
     },
     /// The secret is not acceptable (length).
     #[error("bad secret: {0}")]
-    Secret(#[from] SecretError),
+    Secret(SecretError),
     /// The key is encrypted but no pre-shared key was given.
     #[error("the key is encrypted; a pre-shared key is needed to import it")]
     NeedsPreSharedKey,
@@ -179,6 +179,14 @@ pub enum KeyError {
     /// Another key of the same file has the same serial (or id).
     #[error("another key in the file has the same serial")]
     Duplicate,
+}
+
+// The inner error is part of the message, not a `source()`: a chain printer (anyhow's
+// `{:#}`) would otherwise say the same thing twice.
+impl From<SecretError> for KeyError {
+    fn from(e: SecretError) -> Self {
+        KeyError::Secret(e)
+    }
 }
 
 /// One usable key from a PSKC document.

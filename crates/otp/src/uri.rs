@@ -105,7 +105,7 @@ pub enum UriError {
     MissingSecret,
     /// The secret is not acceptable.
     #[error("bad secret: {0}")]
-    Secret(#[from] SecretError),
+    Secret(SecretError),
     /// `algorithm` is not SHA1, SHA256 or SHA512.
     #[error("unknown algorithm; expected SHA1, SHA256 or SHA512")]
     UnknownAlgorithm,
@@ -114,7 +114,7 @@ pub enum UriError {
     InvalidDigits,
     /// `digits` is a number outside 6..=8.
     #[error("bad digits parameter: {0}")]
-    Digits(#[from] DigitsError),
+    Digits(DigitsError),
     /// `period` is not a positive whole number of seconds.
     #[error("the period parameter must be a whole number of seconds, at least 1")]
     InvalidPeriod,
@@ -127,6 +127,20 @@ pub enum UriError {
     /// The label's issuer and the `issuer` parameter differ.
     #[error("the issuer in the label and the issuer parameter differ")]
     IssuerMismatch,
+}
+
+// The inner errors are part of the message, not `source()`s: a chain printer (anyhow's
+// `{:#}`) would otherwise say the same thing twice.
+impl From<SecretError> for UriError {
+    fn from(e: SecretError) -> Self {
+        UriError::Secret(e)
+    }
+}
+
+impl From<DigitsError> for UriError {
+    fn from(e: DigitsError) -> Self {
+        UriError::Digits(e)
+    }
 }
 
 /// A parsed otpauth URI: everything needed to compute the token's codes.

@@ -243,6 +243,22 @@ fn errors_never_echo_the_secret() {
     assert!(!format!("{uri:?}").contains("1234567890"));
 }
 
+#[test]
+fn nested_errors_are_said_once() {
+    // The inner error is in the message and is not also a `source()`, so printing the whole
+    // chain (as `anyhow` does with `{:#}`) does not repeat it.
+    for uri in [
+        "otpauth://totp/x?secret=GEZDGNBVGY3TQOJQ",
+        "otpauth://totp/x?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits=9",
+    ] {
+        let err = parse(uri).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none(), "{err}");
+        let text = err.to_string();
+        let inner = text.split_once(": ").map(|(_, inner)| inner).unwrap();
+        assert!(!inner.is_empty() && !inner.contains(": bad"), "{text}");
+    }
+}
+
 fn name() -> impl Strategy<Value = String> {
     // Any printable text without colons, not starting or ending with white space.
     "[^:\\s\\x00-\\x1f][^:\\x00-\\x1f]{0,20}[^:\\s\\x00-\\x1f]|[^:\\s\\x00-\\x1f]"
