@@ -10,7 +10,7 @@ use serde_json::json;
 
 use codereader_verifier::testing::TempPostgres;
 
-use crate::common::{Conn, Server, base32, hotp};
+use crate::common::{Conn, Server, hotp};
 
 const GOOD_TOKENS: usize = 16;
 const BAD_TOKENS: usize = 64;
@@ -32,11 +32,7 @@ async fn crash_during_load(mut server: Server) {
     let c = server.client();
     for i in 0..GOOD_TOKENS + BAD_TOKENS {
         let r = c
-            .post(
-                "/v1/tokens",
-                &server.admin_key,
-                json!({"serial": format!("F-{i}"), "kind": "hotp", "secret": base32(&seed(i))}),
-            )
+            .add_hotp(&server.admin_key, &format!("F-{i}"), &seed(i))
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
@@ -114,13 +110,7 @@ async fn crash_during_load(mut server: Server) {
     for (&i, &counter) in &last {
         // The stored state has moved past every counter answered "accepted"...
         let r = conn
-            .send(
-                "GET",
-                &format!("/v1/tokens/F-{i}"),
-                Some(&server.admin_key),
-                None,
-                Vec::new(),
-            )
+            .get(&format!("/v1/tokens/F-{i}"), Some(&server.admin_key))
             .await
             .unwrap();
         let next = r.body["next"].as_u64().unwrap();
@@ -162,13 +152,7 @@ async fn crash_during_load(mut server: Server) {
     }
     for i in GOOD_TOKENS..GOOD_TOKENS + BAD_TOKENS {
         let r = conn
-            .send(
-                "GET",
-                &format!("/v1/tokens/F-{i}"),
-                Some(&server.admin_key),
-                None,
-                Vec::new(),
-            )
+            .get(&format!("/v1/tokens/F-{i}"), Some(&server.admin_key))
             .await
             .unwrap();
         let failures = r.body["failures"].as_u64().unwrap();
