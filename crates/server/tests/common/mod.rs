@@ -282,6 +282,17 @@ impl Conn {
     pub async fn get(&mut self, path: &str, key: Option<&str>) -> Result<Reply, hyper::Error> {
         self.send("GET", path, key, None, Vec::new()).await
     }
+
+    /// Verifies `code` for the token `serial` (verify `key`).
+    pub async fn verify(
+        &mut self,
+        key: &str,
+        serial: &str,
+        code: &str,
+    ) -> Result<Reply, hyper::Error> {
+        self.post("/v1/verify", key, &json!({"token": serial, "code": code}))
+            .await
+    }
 }
 
 /// Opens a fresh connection per call: simple, and what a test of one request wants.
