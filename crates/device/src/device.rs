@@ -64,7 +64,11 @@ pub fn log(message: &str) {
     } else {
         "\n"
     };
-    let _ = write!(io::stderr().lock(), "codereader: {message}{end}");
+    // One write for the whole line: standard error is unbuffered, and a formatted write
+    // would go out piece by piece, so a process killed mid-line (kill -9 while speaking)
+    // could leave half a line, e.g. a counter message without its number.
+    let line = format!("codereader: {message}{end}");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The battery charge in percent, if the platform reports a battery.
