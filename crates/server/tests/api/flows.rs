@@ -181,26 +181,14 @@ async fn totp_enroll_by_uri_activate_verify_by_user() {
 
     // Activation proves possession with a current code.
     let near: Vec<String> = (-2..=2).map(code_at).collect();
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "alice", "code": wrong_code(&near)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "alice", &wrong_code(&near)).await;
     assert_eq!(
         (r.status, r.str("result")),
         (200, "rejected"),
         "{:?}",
         r.body
     );
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "alice", "code": code_at(0)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "alice", &code_at(0)).await;
     assert_eq!(
         (r.status, r.str("result"), r.str("user")),
         (200, "accepted", "alice"),
@@ -209,13 +197,7 @@ async fn totp_enroll_by_uri_activate_verify_by_user() {
     );
     let r = c.get("/v1/tokens/T-1", Some(ak)).await;
     assert_eq!((r.str("user"), &r.body["failures"]), ("alice", &json!(0)));
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "bob", "code": code_at(1)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "bob", &code_at(1)).await;
     assert_eq!(r.status, 409, "{:?}", r.body);
 
     // By user: the activation code is used; the next step's code (inside the window) is not.
@@ -241,11 +223,7 @@ async fn resync_hotp_and_totp() {
     let r = c.verify(vk, "H-2", &hotp(SEED, 50, 6)).await;
     assert_eq!(r.str("result"), "rejected", "{:?}", r.body);
     let r = c
-        .post(
-            "/v1/tokens/H-2/resync",
-            ak,
-            json!({"code": hotp(SEED, 50, 6), "next_code": hotp(SEED, 52, 6)}),
-        )
+        .resync(ak, "H-2", &hotp(SEED, 50, 6), &hotp(SEED, 52, 6))
         .await;
     assert_eq!(
         r.str("result"),
@@ -254,11 +232,7 @@ async fn resync_hotp_and_totp() {
         r.body
     );
     let r = c
-        .post(
-            "/v1/tokens/H-2/resync",
-            ak,
-            json!({"code": hotp(SEED, 50, 6), "next_code": hotp(SEED, 51, 6)}),
-        )
+        .resync(ak, "H-2", &hotp(SEED, 50, 6), &hotp(SEED, 51, 6))
         .await;
     assert_eq!(
         (r.status, r.str("result")),
@@ -297,13 +271,7 @@ async fn resync_hotp_and_totp() {
     };
     let r = c.verify(vk, "T-2", &ahead(100)).await;
     assert_eq!(r.str("result"), "rejected");
-    let r = c
-        .post(
-            "/v1/tokens/T-2/resync",
-            ak,
-            json!({"code": ahead(100), "next_code": ahead(101)}),
-        )
-        .await;
+    let r = c.resync(ak, "T-2", &ahead(100), &ahead(101)).await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     // The window is now centred on the drift: the token's next code is accepted.
     let r = c.verify(vk, "T-2", &ahead(102)).await;
@@ -367,11 +335,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         1,
     );
     let r = c2
-        .post(
-            "/v1/tokens/import",
-            &other.admin_key,
-            json!({"pskc": fig6, "preshared_key": "00000000000000000000000000000000"}),
-        )
+        .import_json(&other.admin_key, &fig6, "00000000000000000000000000000000")
         .await;
     // A wrong pre-shared key: the key's MAC does not verify; it is reported, not imported.
     assert_eq!(
@@ -387,11 +351,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         r.body
     );
     let r = c2
-        .post(
-            "/v1/tokens/import",
-            &other.admin_key,
-            json!({"pskc": fig6, "preshared_key": "12345678901234567890123456789012"}),
-        )
+        .import_json(&other.admin_key, &fig6, "12345678901234567890123456789012")
         .await;
     assert_eq!(
         (r.status, &r.body["imported"]),

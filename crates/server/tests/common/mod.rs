@@ -353,6 +353,36 @@ impl Client {
             .await
     }
 
+    /// Binds the token `serial` to `user`, proven with its current `code` (admin `key`).
+    pub async fn activate(&self, key: &str, serial: &str, user: &str, code: &str) -> Reply {
+        self.post(
+            &format!("/v1/tokens/{serial}/activate"),
+            key,
+            json!({"user": user, "code": code}),
+        )
+        .await
+    }
+
+    /// Resynchronises the token `serial` with two consecutive codes (admin `key`).
+    pub async fn resync(&self, key: &str, serial: &str, code: &str, next_code: &str) -> Reply {
+        self.post(
+            &format!("/v1/tokens/{serial}/resync"),
+            key,
+            json!({"code": code, "next_code": next_code}),
+        )
+        .await
+    }
+
+    /// Imports the PSKC document `pskc` sent as JSON with the hex `preshared_key`.
+    pub async fn import_json(&self, key: &str, pskc: &str, preshared_key: &str) -> Reply {
+        self.post(
+            "/v1/tokens/import",
+            key,
+            json!({"pskc": pskc, "preshared_key": preshared_key}),
+        )
+        .await
+    }
+
     /// Imports the PSKC document `xml` sent as a raw `application/pskc+xml` body.
     pub async fn import_xml(&self, key: &str, xml: Vec<u8>) -> Reply {
         self.send(
