@@ -153,6 +153,12 @@ impl Audio {
         spans
     }
 
+    /// RMS of the loudest 10 ms frame (0 for silence), the level that sound and silence are
+    /// told apart relative to.
+    pub fn loudest_frame(&self) -> f32 {
+        self.envelope().iter().fold(0.0f32, |m, r| m.max(*r))
+    }
+
     /// RMS over a span.
     pub fn rms(&self, span: Span) -> f32 {
         let s = &self.samples[span.start..span.end];
@@ -206,8 +212,7 @@ pub struct CodeSegments {
 /// -40 dB relative to the loudest frame, and parts are separated by at least 120 ms of
 /// silence (the plan puts 150 ms and more between parts; words have shorter gaps inside).
 pub fn code_segments(audio: &Audio) -> CodeSegments {
-    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
-    let spans = audio.spans(loudest * 0.01, 120);
+    let spans = audio.spans(audio.loudest_frame() * 0.01, 120);
     let digits = if spans.len() >= 3 {
         spans[2..spans.len() - 1].to_vec()
     } else {

@@ -5,14 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_e2e::{AlsaCapture, Audio, Pty, Span, codereader_bin, correlation, voices_dir};
+use tempfile::TempDir;
 
 const SECRET_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 const T: u64 = 2_000_000_000;
@@ -32,12 +34,54 @@ fn run_ok(state: &Path, args: &[&str]) {
     );
 }
 
-/// The first-to-last sound of a reference rendering, in seconds, and its envelope.
-fn reference(path: &Path) -> (f64, Vec<f32>) {
-    let audio = Audio::read_wav(path).unwrap();
-    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
-    let spans = audio.spans(loudest * 0.01, 1000);
-    assert_eq!(spans.len(), 1, "reference {}: {spans:?}", path.display());
+/// The TOTP token most tests enrol.
+fn totp_uri() -> String {
+    format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank")
+}
+
+/// A temporary directory whose `state/` has the token of `uri` enrolled (with `extra`
+/// arguments to `enroll`).
+fn enrolled(uri: &str, extra: &[&str]) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut args = vec!["enroll", "--uri", uri];
+    args.extend_from_slice(extra);
+    run_ok(&state, &args);
+    (dir, state)
+}
+
+/// Writes to `conf` an ALSA configuration whose default device is a sound card that does
+/// not exist; returns the value for `ALSA_CONFIG_PATH`.
+fn alsa_without_sound_card(conf: &Path) -> String {
+    std::fs::write(conf, "pcm.!default { type hw; card 31 }\n").unwrap();
+    format!("/usr/share/alsa/alsa.conf:{}", conf.display())
+}
+
+/// The stretches of sound in `audio`, split at a second of silence: one a spoken code or
+/// prompt (the pauses inside one are shorter).
+fn utterances(audio: &Audio) -> Vec<Span> {
+    audio.spans(audio.loudest_frame() * 0.01, 1000)
+}
+
+/// Renders the code at `T` in `lang` to `wav`; returns its first-to-last sound in seconds
+/// and its envelope, the reference the played audio is compared with.
+fn reference(state: &Path, lang: &str, wav: &Path) -> (f64, Vec<f32>) {
+    let at = T.to_string();
+    run_ok(
+        state,
+        &[
+            "speak",
+            "--at",
+            &at,
+            "--lang",
+            lang,
+            "--wav",
+            wav.to_str().unwrap(),
+        ],
+    );
+    let audio = Audio::read_wav(wav).unwrap();
+    let spans = utterances(&audio);
+    assert_eq!(spans.len(), 1, "reference {}: {spans:?}", wav.display());
     let whole = audio.slice(spans[0]);
     (spans[0].seconds(audio.rate), whole.envelope())
 }
@@ -46,69 +90,127 @@ fn db(ratio: f32) -> f32 {
     20.0 * ratio.log10()
 }
 
-#[test]
-fn keys_speak_replay_stop_change_volume_and_language() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
-    run_ok(&state, &["enroll", "--uri", &uri]);
-    let at = T.to_string();
-    let (ref_da, ref_en) = (dir.path().join("da.wav"), dir.path().join("en.wav"));
-    for (lang, wav) in [("da", &ref_da), ("en", &ref_en)] {
-        run_ok(
-            &state,
-            &[
-                "speak",
-                "--at",
-                &at,
-                "--lang",
-                lang,
-                "--wav",
-                wav.to_str().unwrap(),
-            ],
-        );
-    }
-    let (len_da, env_da) = reference(&ref_da);
-    let (len_en, env_en) = reference(&ref_en);
-
-    let capture = AlsaCapture::start(dir.path()).unwrap();
-    let pty = Pty::open().unwrap();
-    let mut child = Command::new(codereader_bin())
-        .args(["run", "--at", &at])
-        .env("CODEREADER_STATE", &state)
-        .env("CODEREADER_VOICES", voices_dir())
-        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-        .env("ALSA_CONFIG_PATH", &capture.config_path)
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::clone(&log);
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            lines
-                .lock()
-                .unwrap()
-                .push(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let logged = |needle: &str| log.lock().unwrap().iter().any(|l| l.contains(needle));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(logged("ready") && capture.started().is_some()) {
-        assert!(
-            Instant::now() < deadline,
-            "run did not start: {:?}",
-            log.lock().unwrap()
-        );
+/// Polls `done` every 20 ms; fails with the message `why()` once `secs` seconds have passed.
+fn wait_until(secs: u64, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
         thread::sleep(Duration::from_millis(20));
     }
-    let mut keys = pty.master.try_clone().unwrap();
+}
+
+/// A `codereader run` on a pseudo-terminal, its log (standard error) collected line by line.
+struct Running {
+    child: Child,
+    keys: File,
+    log: Arc<Mutex<Vec<String>>>,
+    // The child's end of the terminal stays open as long as the test runs.
+    _pty: Pty,
+}
+
+impl Running {
+    /// Spawns `command` with the terminal as its input and output.
+    fn start(command: &mut Command) -> Running {
+        let pty = Pty::open().unwrap();
+        let mut child = command
+            .stdin(pty.slave.try_clone().unwrap())
+            .stdout(pty.slave.try_clone().unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(line.trim_end_matches('\r').to_owned());
+            }
+        });
+        Running {
+            child,
+            keys: pty.master.try_clone().unwrap(),
+            log,
+            _pty: pty,
+        }
+    }
+
+    /// The log so far.
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many lines of the log so far contain `needle`.
+    fn count(&self, needle: &str) -> usize {
+        count_in(&self.log.lock().unwrap(), needle)
+    }
+
+    /// Whether a line of the log so far contains `needle`.
+    fn logged(&self, needle: &str) -> bool {
+        self.count(needle) > 0
+    }
+
+    /// Waits until a line of the log contains `needle`; fails after `secs` seconds.
+    fn wait_for(&self, needle: &str, secs: u64) {
+        wait_until(
+            secs,
+            || self.logged(needle),
+            || format!("no {needle:?} in {:?}", self.log()),
+        );
+    }
+
+    /// Types `keys` on the terminal.
+    fn press(&mut self, keys: &str) {
+        self.keys.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Waits up to 10 s for the program to end; its exit status.
+    fn wait_for_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run did not quit: {:?}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn count_in(log: &[String], needle: &str) -> usize {
+    log.iter().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn keys_speak_replay_stop_change_volume_and_language() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let at = T.to_string();
+    let (len_da, env_da) = reference(&state, "da", &dir.path().join("da.wav"));
+    let (len_en, env_en) = reference(&state, "en", &dir.path().join("en.wav"));
+
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &at])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
     let mut press = |key: &str, wait: f64| {
-        keys.write_all(key.as_bytes()).unwrap();
+        run.press(key);
         thread::sleep(Duration::from_secs_f64(wait));
     };
     let quiet = 1.5; // silence after each utterance, longer than any pause inside one
@@ -121,19 +223,8 @@ fn keys_speak_replay_stop_change_volume_and_language() {
     press("l", 1.5 + quiet); // 6: "English"
     press("s", len_en + quiet); // 7: the code in English
     press("q", 0.0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run did not quit: {:?}",
-            log.lock().unwrap()
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
-    let log = log.lock().unwrap().clone();
+    let status = run.wait_for_exit();
+    let log = run.log();
     assert!(status.success(), "run failed: {log:?}");
     for needle in [
         "speaking the code of time step",
@@ -149,8 +240,7 @@ fn keys_speak_replay_stop_change_volume_and_language() {
     }
 
     let audio = capture.audio();
-    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
-    let utterances: Vec<Span> = audio.spans(loudest * 0.01, 1000);
+    let utterances: Vec<Span> = utterances(&audio);
     let secs: Vec<f64> = utterances.iter().map(|s| s.seconds(audio.rate)).collect();
     assert_eq!(
         utterances.len(),
@@ -210,89 +300,45 @@ fn keys_speak_replay_stop_change_volume_and_language() {
 /// device appears (ALSA rereads its changed configuration on the next open).
 #[test]
 fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
-    run_ok(&state, &["enroll", "--uri", &uri]);
+    let (dir, state) = enrolled(&totp_uri(), &[]);
     let capture = AlsaCapture::start(dir.path()).unwrap();
     let working = std::fs::read_to_string(capture.dir.join("asound.conf")).unwrap();
     let conf = dir.path().join("switching.conf");
-    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
-    let pty = Pty::open().unwrap();
-    let mut child = Command::new(codereader_bin())
-        .args(["run", "--at", &T.to_string()])
-        .env("CODEREADER_STATE", &state)
-        .env("CODEREADER_VOICES", voices_dir())
-        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-        .env(
-            "ALSA_CONFIG_PATH",
-            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
-        )
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::clone(&log);
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            lines
-                .lock()
-                .unwrap()
-                .push(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let wait_for = |needle: &str, secs: u64| {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in {:?}",
-                log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("no audio device", 20);
-    wait_for("ready", 20);
-    let mut keys = pty.master.try_clone().unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", alsa_without_sound_card(&conf)),
+    );
+    run.wait_for("no audio device", 20);
+    run.wait_for("ready", 20);
     // A key without a sound card: the code is taken and logged, nothing crashes.
-    keys.write_all(b"s").unwrap();
-    wait_for("speaking the code", 10);
+    run.press("s");
+    run.wait_for("speaking the code", 10);
     assert!(
-        child.try_wait().unwrap().is_none(),
+        run.child.try_wait().unwrap().is_none(),
         "run ended without a sound card"
     );
     // The sound card appears.
     std::fs::write(&conf, working).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while capture.started().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the device was not opened: {:?}",
-            log.lock().unwrap()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    wait_for("audio: ", 5);
-    keys.write_all(b"s").unwrap();
+    wait_until(
+        10,
+        || capture.started().is_some(),
+        || format!("the device was not opened: {:?}", run.log()),
+    );
+    run.wait_for("audio: ", 5);
+    run.press("s");
     thread::sleep(Duration::from_secs(7));
-    keys.write_all(b"q").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "run did not quit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    run.press("q");
+    run.wait_for_exit();
     let audio = capture.audio();
-    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
     assert!(
-        loudest > 0.01,
+        audio.loudest_frame() > 0.01,
         "nothing was played after the device appeared"
     );
-    let spans = audio.spans(loudest * 0.01, 1000);
+    let spans = utterances(&audio);
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert!(spans[0].seconds(audio.rate) > 3.0, "{spans:?}");
 }
@@ -300,25 +346,9 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
 /// `speak` without `--wav` plays on the sound card what `--wav` would have written.
 #[test]
 fn speak_plays_the_rendered_code_on_the_sound_card() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
-    run_ok(&state, &["enroll", "--uri", &uri]);
+    let (dir, state) = enrolled(&totp_uri(), &[]);
     let at = T.to_string();
-    let wav = dir.path().join("en.wav");
-    run_ok(
-        &state,
-        &[
-            "speak",
-            "--at",
-            &at,
-            "--lang",
-            "en",
-            "--wav",
-            wav.to_str().unwrap(),
-        ],
-    );
-    let (length, envelope) = reference(&wav);
+    let (length, envelope) = reference(&state, "en", &dir.path().join("en.wav"));
     let capture = AlsaCapture::start(dir.path()).unwrap();
     let out = Command::new(codereader_bin())
         .args(["speak", "--at", &at, "--lang", "en"])
@@ -336,8 +366,7 @@ fn speak_plays_the_rendered_code_on_the_sound_card() {
     // `speak` returns once the device has taken the last sample; let the capture catch up.
     thread::sleep(Duration::from_millis(300));
     let audio = capture.audio();
-    let loudest = audio.envelope().iter().fold(0.0f32, |m, r| m.max(*r));
-    let spans = audio.spans(loudest * 0.01, 1000);
+    let spans = utterances(&audio);
     assert_eq!(spans.len(), 1, "{spans:?}");
     let played = spans[0].seconds(audio.rate);
     assert!(
@@ -356,63 +385,24 @@ fn speak_plays_the_rendered_code_on_the_sound_card() {
 /// but never spoken is skipped, never reused.
 #[test]
 fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
     let uri = format!("otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter=0");
-    run_ok(&state, &["enroll", "--uri", &uri]);
-    let conf = dir.path().join("none.conf");
-    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
-    let pty = Pty::open().unwrap();
-    let mut child = Command::new(codereader_bin())
-        .arg("run")
-        .env("CODEREADER_STATE", &state)
-        .env("CODEREADER_VOICES", voices_dir())
-        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-        .env(
-            "ALSA_CONFIG_PATH",
-            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
-        )
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::clone(&log);
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            lines
-                .lock()
-                .unwrap()
-                .push(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let count = |needle: &str| {
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    };
-    let wait_for = |needle: &str, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in {:?}",
-                log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("ready", 1);
-    wait_for("HOTP counter 0 is ready", 1);
-    let mut keys = pty.master.try_clone().unwrap();
-    keys.write_all(b"s").unwrap();
-    wait_for("speaking the code of HOTP counter 0", 1);
-    wait_for("HOTP counter 1 is ready", 1);
+    let (dir, state) = enrolled(&uri, &[]);
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .arg("run")
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.path().join("none.conf")),
+            ),
+    );
+    run.wait_for("ready", 20);
+    run.wait_for("HOTP counter 0 is ready", 20);
+    run.press("s");
+    run.wait_for("speaking the code of HOTP counter 0", 20);
+    run.wait_for("HOTP counter 1 is ready", 20);
     // Another process takes a counter meanwhile: the prepared one must not be spoken.
     let out = Command::new(codereader_bin())
         .arg("code")
@@ -420,22 +410,18 @@ fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    keys.write_all(b"s").unwrap();
-    wait_for("the token changed since the code was prepared", 1);
-    wait_for("speaking the code of HOTP counter 3", 1);
-    wait_for("HOTP counter 4 is ready", 1);
+    run.press("s");
+    run.wait_for("the token changed since the code was prepared", 20);
+    run.wait_for("speaking the code of HOTP counter 3", 20);
+    run.wait_for("HOTP counter 4 is ready", 20);
     // Volume up from the default (-2) three times: -1, 0, then the end of the range, where
     // no "louder" is said (only a tone) and nothing changes.
-    keys.write_all(b"+++").unwrap();
-    wait_for("volume 0 (at the end of the range)", 1);
-    assert_eq!(count("volume -1"), 1);
-    keys.write_all(b"q").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "run did not quit");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let log = log.lock().unwrap().clone();
+    run.press("+++");
+    run.wait_for("volume 0 (at the end of the range)", 20);
+    assert_eq!(run.count("volume -1"), 1);
+    run.press("q");
+    run.wait_for_exit();
+    let log = run.log();
     assert_eq!(
         count_in(&log, "speaking the code of HOTP counter 1"),
         0,
@@ -454,83 +440,39 @@ fn run_prepares_hotp_codes_and_never_reuses_a_counter() {
     assert_eq!(count_in(&log, "no audio device"), 1, "{log:?}");
 }
 
-fn count_in(log: &[String], needle: &str) -> usize {
-    log.iter().filter(|l| l.contains(needle)).count()
-}
-
 /// Configured evdev and GPIO inputs that are not there (keypad unplugged, no such chip) are
 /// reported and retried; the terminal keeps working, and status is spoken.
 #[test]
 fn missing_evdev_and_gpio_inputs_are_reported_and_the_terminal_still_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank");
-    run_ok(&state, &["enroll", "--uri", &uri, "--serial", "0012-3456"]);
+    let (dir, state) = enrolled(&totp_uri(), &["--serial", "0012-3456"]);
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
         "[input]\nevdev = [\"/nonexistent/event-kbd\"]\n\n[[gpio]]\nchip = \"/nonexistent/gpiochip9\"\nline = 17\naction = \"speak\"\n\n[[evdev_chord]]\nhold = \"KEY_F1\"\nkey = \"KEY_1\"\naction = \"status\"\n",
     )
     .unwrap();
-    let conf = dir.path().join("none.conf");
-    std::fs::write(&conf, "pcm.!default { type hw; card 31 }\n").unwrap();
-    let pty = Pty::open().unwrap();
-    let mut child = Command::new(codereader_bin())
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "run",
-            "--at",
-            &T.to_string(),
-        ])
-        .env("CODEREADER_STATE", &state)
-        .env("CODEREADER_VOICES", voices_dir())
-        .env(
-            "ALSA_CONFIG_PATH",
-            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
-        )
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::clone(&log);
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            lines
-                .lock()
-                .unwrap()
-                .push(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in {:?}",
-                log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("ready");
-    wait_for("input device /nonexistent/event-kbd");
-    wait_for("GPIO /nonexistent/gpiochip9 line 17");
-    let mut keys = pty.master.try_clone().unwrap();
-    keys.write_all(b"i").unwrap();
-    wait_for("status: serial …3456, 0 problem(s)");
-    keys.write_all(b"q").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "run did not quit");
-        thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{:?}", log.lock().unwrap());
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "run",
+                "--at",
+                &T.to_string(),
+            ])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.path().join("none.conf")),
+            ),
+    );
+    run.wait_for("ready", 20);
+    run.wait_for("input device /nonexistent/event-kbd", 20);
+    run.wait_for("GPIO /nonexistent/gpiochip9 line 17", 20);
+    run.press("i");
+    run.wait_for("status: serial …3456, 0 problem(s)", 20);
+    run.press("q");
+    let status = run.wait_for_exit();
+    assert!(status.success(), "{:?}", run.log());
 }

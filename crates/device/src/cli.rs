@@ -474,7 +474,7 @@ fn speak(
     let (message, result) = match state.take_code(now(args.at), build_floor()) {
         Ok(taken) => {
             if let Basis::Counter(c) = taken.basis {
-                eprintln!("codereader: speaking HOTP counter {}", c.0);
+                device::log(&format!("speaking HOTP counter {}", c.0));
             }
             (Some(taken.code), Ok(()))
         }

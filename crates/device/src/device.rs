@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::ops::RangeInclusive;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,7 +64,11 @@ pub fn log(message: &str) {
     } else {
         "\n"
     };
-    let _ = write!(io::stderr().lock(), "codereader: {message}{end}");
+    // One write for the whole line: standard error is unbuffered, and a formatted write
+    // would go out piece by piece, so a process killed mid-line (kill -9 while speaking)
+    // could leave half a line, e.g. a counter message without its number.
+    let line = format!("codereader: {message}{end}");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The battery charge in percent, if the platform reports a battery.
@@ -348,6 +353,32 @@ impl Device<'_> {
         });
     }
 
+    /// Moves the listening setting `name` (the field `setting` picks) one step up or down
+    /// within `range`, saves it and says `prompt`. At the end of the range nothing changes:
+    /// the limit tone is played instead.
+    fn step_listening(
+        &mut self,
+        name: &str,
+        setting: fn(&mut Listening) -> &mut i8,
+        range: &RangeInclusive<i8>,
+        up: bool,
+        prompt: Prompt,
+    ) {
+        let step = if up { 1 } else { -1 };
+        let value = setting(&mut self.listening);
+        let old = *value;
+        *value = (old + step).clamp(*range.start(), *range.end());
+        let new = *value;
+        if new == old {
+            log(&format!("{name} {old} (at the end of the range)"));
+            self.say(&Message::Limit);
+            return;
+        }
+        self.save_listening();
+        log(&format!("{name} {new}"));
+        self.say(&Message::Prompt(prompt));
+    }
+
     /// Does `action`; `false` means quit.
     fn act(&mut self, action: Action) -> bool {
         match action {
@@ -355,41 +386,18 @@ impl Device<'_> {
             Action::Replay => self.replay(),
             Action::Stop => log("stopped"),
             Action::VolumeUp | Action::VolumeDown => {
-                let step = if action == Action::VolumeUp { 1 } else { -1 };
-                let old = self.listening.volume;
-                self.listening.volume =
-                    (old + step).clamp(*VOLUME_RANGE.start(), *VOLUME_RANGE.end());
-                if self.listening.volume == old {
-                    log(&format!("volume {old} (at the end of the range)"));
-                    self.say(&Message::Limit);
-                    return true;
-                }
-                self.save_listening();
-                log(&format!("volume {}", self.listening.volume));
-                let prompt = if action == Action::VolumeUp {
+                let up = action == Action::VolumeUp;
+                let prompt = if up {
                     Prompt::VolumeUp
                 } else {
                     Prompt::VolumeDown
                 };
-                self.say(&Message::Prompt(prompt));
+                self.step_listening("volume", |l| &mut l.volume, &VOLUME_RANGE, up, prompt);
             }
             Action::Faster | Action::Slower => {
-                let step = if action == Action::Faster { 1 } else { -1 };
-                let old = self.listening.rate;
-                self.listening.rate = (old + step).clamp(*RATE_RANGE.start(), *RATE_RANGE.end());
-                if self.listening.rate == old {
-                    log(&format!("rate {old} (at the end of the range)"));
-                    self.say(&Message::Limit);
-                    return true;
-                }
-                self.save_listening();
-                log(&format!("rate {}", self.listening.rate));
-                let prompt = if action == Action::Faster {
-                    Prompt::Faster
-                } else {
-                    Prompt::Slower
-                };
-                self.say(&Message::Prompt(prompt));
+                let up = action == Action::Faster;
+                let prompt = if up { Prompt::Faster } else { Prompt::Slower };
+                self.step_listening("rate", |l| &mut l.rate, &RATE_RANGE, up, prompt);
             }
             Action::NextLanguage => {
                 self.listening.language = self.voices.next_language(&self.listening.language);

@@ -5,8 +5,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use serde_json::json;
-
 use crate::common::{BIN, Server, base32, hotp, run_cli};
 
 const SEED: &[u8] = b"12345678901234567890";
@@ -142,11 +140,7 @@ async fn offline_commands_then_serve_after_kek_rotation() {
     );
     let c = server.client();
     let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "CLI-1", "code": hotp(SEED, 0, 6)}),
-        )
+        .verify(&server.verify_key, "CLI-1", &hotp(SEED, 0, 6))
         .await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     assert_eq!(server.terminate().code(), Some(0));

@@ -8,20 +8,14 @@ use tokio::sync::Barrier;
 
 use codereader_verifier::testing::TempPostgres;
 
-use crate::common::{Conn, Server, base32, hotp};
+use crate::common::{Conn, Server, hotp};
 
 const REQUESTS: usize = 500;
 const SEED: &[u8] = b"concurrency test seed 0001";
 
 async fn same_code_once(server: &Server) {
     let c = server.client();
-    let r = c
-        .post(
-            "/v1/tokens",
-            &server.admin_key,
-            json!({"serial": "C-1", "kind": "hotp", "secret": base32(SEED)}),
-        )
-        .await;
+    let r = c.add_hotp(&server.admin_key, "C-1", SEED).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let code = hotp(SEED, 0, 6);
     let body = json!({"token": "C-1", "code": code});

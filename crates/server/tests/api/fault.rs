@@ -6,11 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
-
 use codereader_verifier::testing::TempPostgres;
 
-use crate::common::{Conn, Server, base32, hotp};
+use crate::common::{Conn, Server, hotp};
 
 const GOOD_TOKENS: usize = 16;
 const BAD_TOKENS: usize = 64;
@@ -32,11 +30,7 @@ async fn crash_during_load(mut server: Server) {
     let c = server.client();
     for i in 0..GOOD_TOKENS + BAD_TOKENS {
         let r = c
-            .post(
-                "/v1/tokens",
-                &server.admin_key,
-                json!({"serial": format!("F-{i}"), "kind": "hotp", "secret": base32(&seed(i))}),
-            )
+            .add_hotp(&server.admin_key, &format!("F-{i}"), &seed(i))
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
@@ -51,8 +45,8 @@ async fn crash_during_load(mut server: Server) {
                 return;
             };
             for counter in 0..10_000u64 {
-                let body = json!({"token": format!("F-{i}"), "code": hotp(&seed(i), counter, 6)});
-                match conn.post("/v1/verify", &key, &body).await {
+                let code = hotp(&seed(i), counter, 6);
+                match conn.verify(&key, &format!("F-{i}"), &code).await {
                     Ok(r) if r.str("result") == "accepted" => {
                         accepted.lock().unwrap().push((i, counter));
                     }
@@ -72,8 +66,7 @@ async fn crash_during_load(mut server: Server) {
             // tokens; a third would lock the token and hide later failures.
             for _ in 0..2 {
                 tokio::time::sleep(Duration::from_millis(5 * (i as u64 % 40))).await;
-                let body = json!({"token": format!("F-{i}"), "code": wrong(i)});
-                match conn.post("/v1/verify", &key, &body).await {
+                match conn.verify(&key, &format!("F-{i}"), &wrong(i)).await {
                     Ok(r) if r.str("result") == "rejected" => {
                         *rejected.lock().unwrap().entry(i).or_default() += 1;
                     }
@@ -114,13 +107,7 @@ async fn crash_during_load(mut server: Server) {
     for (&i, &counter) in &last {
         // The stored state has moved past every counter answered "accepted"...
         let r = conn
-            .send(
-                "GET",
-                &format!("/v1/tokens/F-{i}"),
-                Some(&server.admin_key),
-                None,
-                Vec::new(),
-            )
+            .get(&format!("/v1/tokens/F-{i}"), Some(&server.admin_key))
             .await
             .unwrap();
         let next = r.body["next"].as_u64().unwrap();
@@ -132,9 +119,9 @@ async fn crash_during_load(mut server: Server) {
         // code may have been committed with its answer lost in the kill: then it is simply
         // not accepted, checked below).
         if next == counter + 1 {
-            let body = json!({"token": format!("F-{i}"), "code": hotp(&seed(i), counter, 6)});
+            let code = hotp(&seed(i), counter, 6);
             let r = conn
-                .post("/v1/verify", &server.verify_key, &body)
+                .verify(&server.verify_key, &format!("F-{i}"), &code)
                 .await
                 .unwrap();
             assert_eq!(
@@ -148,9 +135,9 @@ async fn crash_during_load(mut server: Server) {
     // No accepted code is accepted again (older HOTP codes count as failures and may lock the
     // token; what matters is that none is "accepted").
     for &(i, counter) in &accepted {
-        let body = json!({"token": format!("F-{i}"), "code": hotp(&seed(i), counter, 6)});
+        let code = hotp(&seed(i), counter, 6);
         let r = conn
-            .post("/v1/verify", &server.verify_key, &body)
+            .verify(&server.verify_key, &format!("F-{i}"), &code)
             .await
             .unwrap();
         assert_ne!(
@@ -162,13 +149,7 @@ async fn crash_during_load(mut server: Server) {
     }
     for i in GOOD_TOKENS..GOOD_TOKENS + BAD_TOKENS {
         let r = conn
-            .send(
-                "GET",
-                &format!("/v1/tokens/F-{i}"),
-                Some(&server.admin_key),
-                None,
-                Vec::new(),
-            )
+            .get(&format!("/v1/tokens/F-{i}"), Some(&server.admin_key))
             .await
             .unwrap();
         let failures = r.body["failures"].as_u64().unwrap();

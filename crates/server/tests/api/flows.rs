@@ -48,10 +48,7 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
     );
     assert_eq!(r.body["failures"], 0);
 
-    let verify = |code: String| async move {
-        c.post("/v1/verify", vk, json!({"token": "H-1", "code": code}))
-            .await
-    };
+    let verify = |code: String| async move { c.verify(vk, "H-1", &code).await };
     let r = verify(hotp(SEED, 0, 6)).await;
     assert_eq!(
         (r.status, r.str("result")),
@@ -124,17 +121,10 @@ async fn hotp_enroll_verify_replay_lockout_unlock_disable() {
     );
     assert_eq!(verify(hotp(SEED, 6, 6)).await.str("result"), "disabled");
 
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "nobody", "code": "123456"}),
-        )
-        .await;
+    let r = c.verify(vk, "nobody", "123456").await;
     assert_eq!((r.status, r.str("result")), (200, "unknown"));
 
-    let metrics = c.get("/metrics", None).await;
-    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let text = c.metrics().await;
     for line in [
         "codereader_verifies_total{outcome=\"accepted\"} 4\n",
         "codereader_verifies_total{outcome=\"rejected\"} 4\n",
@@ -186,37 +176,19 @@ async fn totp_enroll_by_uri_activate_verify_by_user() {
     };
 
     // Not bound yet: verifying by user finds nothing.
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"user": "alice", "code": code_at(0)}),
-        )
-        .await;
+    let r = c.verify_user(vk, "alice", &code_at(0)).await;
     assert_eq!(r.str("result"), "unknown");
 
     // Activation proves possession with a current code.
     let near: Vec<String> = (-2..=2).map(code_at).collect();
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "alice", "code": wrong_code(&near)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "alice", &wrong_code(&near)).await;
     assert_eq!(
         (r.status, r.str("result")),
         (200, "rejected"),
         "{:?}",
         r.body
     );
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "alice", "code": code_at(0)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "alice", &code_at(0)).await;
     assert_eq!(
         (r.status, r.str("result"), r.str("user")),
         (200, "accepted", "alice"),
@@ -225,31 +197,13 @@ async fn totp_enroll_by_uri_activate_verify_by_user() {
     );
     let r = c.get("/v1/tokens/T-1", Some(ak)).await;
     assert_eq!((r.str("user"), &r.body["failures"]), ("alice", &json!(0)));
-    let r = c
-        .post(
-            "/v1/tokens/T-1/activate",
-            ak,
-            json!({"user": "bob", "code": code_at(1)}),
-        )
-        .await;
+    let r = c.activate(ak, "T-1", "bob", &code_at(1)).await;
     assert_eq!(r.status, 409, "{:?}", r.body);
 
     // By user: the activation code is used; the next step's code (inside the window) is not.
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"user": "alice", "code": code_at(0)}),
-        )
-        .await;
+    let r = c.verify_user(vk, "alice", &code_at(0)).await;
     assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"user": "alice", "code": code_at(1)}),
-        )
-        .await;
+    let r = c.verify_user(vk, "alice", &code_at(1)).await;
     assert_eq!(
         (r.str("result"), r.str("token")),
         ("accepted", "T-1"),
@@ -263,29 +217,13 @@ async fn resync_hotp_and_totp() {
     let server = Server::start(None);
     let c = server.client();
     let (vk, ak) = (server.verify_key.as_str(), server.admin_key.as_str());
-    let r = c
-        .post(
-            "/v1/tokens",
-            ak,
-            json!({"serial": "H-2", "kind": "hotp", "secret": base32(SEED)}),
-        )
-        .await;
+    let r = c.add_hotp(ak, "H-2", SEED).await;
     assert_eq!(r.status, 201);
     // Counter 50 is beyond the look-ahead (10): a plain verify refuses it.
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "H-2", "code": hotp(SEED, 50, 6)}),
-        )
-        .await;
+    let r = c.verify(vk, "H-2", &hotp(SEED, 50, 6)).await;
     assert_eq!(r.str("result"), "rejected", "{:?}", r.body);
     let r = c
-        .post(
-            "/v1/tokens/H-2/resync",
-            ak,
-            json!({"code": hotp(SEED, 50, 6), "next_code": hotp(SEED, 52, 6)}),
-        )
+        .resync(ak, "H-2", &hotp(SEED, 50, 6), &hotp(SEED, 52, 6))
         .await;
     assert_eq!(
         r.str("result"),
@@ -294,11 +232,7 @@ async fn resync_hotp_and_totp() {
         r.body
     );
     let r = c
-        .post(
-            "/v1/tokens/H-2/resync",
-            ak,
-            json!({"code": hotp(SEED, 50, 6), "next_code": hotp(SEED, 51, 6)}),
-        )
+        .resync(ak, "H-2", &hotp(SEED, 50, 6), &hotp(SEED, 51, 6))
         .await;
     assert_eq!(
         (r.status, r.str("result")),
@@ -307,21 +241,9 @@ async fn resync_hotp_and_totp() {
         r.body
     );
     assert_eq!(r.body["counter"], 51);
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "H-2", "code": hotp(SEED, 51, 6)}),
-        )
-        .await;
+    let r = c.verify(vk, "H-2", &hotp(SEED, 51, 6)).await;
     assert_eq!(r.str("result"), "replayed");
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "H-2", "code": hotp(SEED, 52, 6)}),
-        )
-        .await;
+    let r = c.verify(vk, "H-2", &hotp(SEED, 52, 6)).await;
     assert_eq!(
         (r.str("result"), &r.body["counter"]),
         ("accepted", &json!(52))
@@ -347,30 +269,12 @@ async fn resync_hotp_and_totp() {
             .as_str()
             .to_owned()
     };
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "T-2", "code": ahead(100)}),
-        )
-        .await;
+    let r = c.verify(vk, "T-2", &ahead(100)).await;
     assert_eq!(r.str("result"), "rejected");
-    let r = c
-        .post(
-            "/v1/tokens/T-2/resync",
-            ak,
-            json!({"code": ahead(100), "next_code": ahead(101)}),
-        )
-        .await;
+    let r = c.resync(ak, "T-2", &ahead(100), &ahead(101)).await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     // The window is now centred on the drift: the token's next code is accepted.
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "T-2", "code": ahead(102)}),
-        )
-        .await;
+    let r = c.verify(vk, "T-2", &ahead(102)).await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     assert!(r.body["drift"].as_i64().unwrap() >= 100, "{:?}", r.body);
 }
@@ -389,15 +293,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
 
     // Raw XML body, plaintext key (RFC 6030 figure 3).
     let fig3 = figure("rfc6030-figure3.xml").into_bytes();
-    let r = c
-        .send(
-            "POST",
-            "/v1/tokens/import",
-            Some(ak),
-            Some("application/pskc+xml"),
-            fig3.clone(),
-        )
-        .await;
+    let r = c.import_xml(ak, fig3.clone()).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["imported"], json!(["987654321"]));
     assert_eq!(r.body["rejected"], json!([]));
@@ -406,25 +302,11 @@ async fn import_pskc_plaintext_and_preshared_key() {
         (r.str("kind"), &r.body["digits"], &r.body["user"]),
         ("hotp", &json!(8), &json!(null))
     );
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "987654321", "code": first}),
-        )
-        .await;
+    let r = c.verify(vk, "987654321", first).await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
 
     // The same serial again: the key is refused (reported), and the token is untouched.
-    let r = c
-        .send(
-            "POST",
-            "/v1/tokens/import",
-            Some(ak),
-            Some("application/pskc+xml"),
-            fig3,
-        )
-        .await;
+    let r = c.import_xml(ak, fig3).await;
     assert_eq!(
         (r.status, &r.body["imported"]),
         (200, &json!([])),
@@ -440,13 +322,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         "{:?}",
         r.body
     );
-    let r = c
-        .post(
-            "/v1/verify",
-            vk,
-            json!({"token": "987654321", "code": first}),
-        )
-        .await;
+    let r = c.verify(vk, "987654321", first).await;
     assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
 
     // JSON body with the pre-shared key (RFC 6030 figure 6), on a second server.
@@ -459,11 +335,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         1,
     );
     let r = c2
-        .post(
-            "/v1/tokens/import",
-            &other.admin_key,
-            json!({"pskc": fig6, "preshared_key": "00000000000000000000000000000000"}),
-        )
+        .import_json(&other.admin_key, &fig6, "00000000000000000000000000000000")
         .await;
     // A wrong pre-shared key: the key's MAC does not verify; it is reported, not imported.
     assert_eq!(
@@ -479,11 +351,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         r.body
     );
     let r = c2
-        .post(
-            "/v1/tokens/import",
-            &other.admin_key,
-            json!({"pskc": fig6, "preshared_key": "12345678901234567890123456789012"}),
-        )
+        .import_json(&other.admin_key, &fig6, "12345678901234567890123456789012")
         .await;
     assert_eq!(
         (r.status, &r.body["imported"]),
@@ -491,13 +359,7 @@ async fn import_pskc_plaintext_and_preshared_key() {
         "{:?}",
         r.body
     );
-    let r = c2
-        .post(
-            "/v1/verify",
-            &other.verify_key,
-            json!({"token": "987654321", "code": second}),
-        )
-        .await;
+    let r = c2.verify(&other.verify_key, "987654321", second).await;
     assert_eq!(
         (r.str("result"), &r.body["counter"]),
         ("accepted", &json!(1)),
@@ -604,13 +466,7 @@ async fn sigterm_finishes_the_request_in_flight() {
     let mut server = Server::start(None);
     let ak = server.admin_key.clone();
     let c = server.client();
-    let r = c
-        .post(
-            "/v1/tokens",
-            &ak,
-            json!({"serial": "H-3", "kind": "hotp", "secret": base32(SEED)}),
-        )
-        .await;
+    let r = c.add_hotp(&ak, "H-3", SEED).await;
     assert_eq!(r.status, 201);
     let body = json!({"token": "H-3", "code": hotp(SEED, 0, 6)}).to_string();
     let addr = server.addr;
@@ -661,33 +517,15 @@ async fn store_outage_is_503_and_counted() {
     let pg = codereader_verifier::testing::TempPostgres::start().unwrap();
     let server = Server::start(Some(&pg.url()));
     let c = server.client();
-    let r = c
-        .post(
-            "/v1/tokens",
-            &server.admin_key,
-            json!({"serial": "P-1", "kind": "hotp", "secret": base32(SEED)}),
-        )
-        .await;
+    let r = c.add_hotp(&server.admin_key, "P-1", SEED).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "P-1", "code": hotp(SEED, 0, 6)}),
-        )
-        .await;
+    let r = c.verify(&server.verify_key, "P-1", &hotp(SEED, 0, 6)).await;
     assert_eq!(r.str("result"), "accepted");
 
     // The database goes away: verifications are 503 `store_unavailable`, never 500, and
     // never a decision made without the store.
     drop(pg);
-    let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "P-1", "code": hotp(SEED, 1, 6)}),
-        )
-        .await;
+    let r = c.verify(&server.verify_key, "P-1", &hotp(SEED, 1, 6)).await;
     assert_eq!(
         (r.status, r.str("error")),
         (503, "store_unavailable"),
@@ -697,8 +535,7 @@ async fn store_outage_is_503_and_counted() {
     assert!(!r.body.to_string().contains("127.0.0.1"), "{:?}", r.body);
     let r = c.get("/healthz", None).await;
     assert_eq!((r.status, r.str("error")), (503, "store_unavailable"));
-    let metrics = c.get("/metrics", None).await;
-    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let text = c.metrics().await;
     assert!(
         !text.contains("codereader_store_errors_total 0\n"),
         "store errors not counted:\n{text}"
@@ -712,13 +549,7 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
     let pg = codereader_verifier::testing::TempPostgres::start().unwrap();
     let server = Server::start_with(Some(&pg.url()), &["--request-timeout-ms", "700"]);
     let c = server.client();
-    let r = c
-        .post(
-            "/v1/tokens",
-            &server.admin_key,
-            json!({"serial": "S-1", "kind": "hotp", "secret": base32(SEED)}),
-        )
-        .await;
+    let r = c.add_hotp(&server.admin_key, "S-1", SEED).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 
     // Another session locks the tokens table: the verification cannot proceed.
@@ -736,13 +567,7 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
     });
     locked_rx.recv().unwrap();
     let started = std::time::Instant::now();
-    let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "S-1", "code": hotp(SEED, 0, 6)}),
-        )
-        .await;
+    let r = c.verify(&server.verify_key, "S-1", &hotp(SEED, 0, 6)).await;
     let waited = started.elapsed();
     assert_eq!((r.status, r.str("error")), (503, "timeout"), "{:?}", r.body);
     assert!(
@@ -764,21 +589,9 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(next, json!(1));
-    let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "S-1", "code": hotp(SEED, 0, 6)}),
-        )
-        .await;
+    let r = c.verify(&server.verify_key, "S-1", &hotp(SEED, 0, 6)).await;
     assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
-    let r = c
-        .post(
-            "/v1/verify",
-            &server.verify_key,
-            json!({"token": "S-1", "code": hotp(SEED, 1, 6)}),
-        )
-        .await;
+    let r = c.verify(&server.verify_key, "S-1", &hotp(SEED, 1, 6)).await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
 }
 

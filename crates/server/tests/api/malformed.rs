@@ -62,11 +62,7 @@ async fn malformed_requests_get_their_4xx_and_error_code() {
     let server = Server::start(None);
     let c = server.client();
     let r = c
-        .post(
-            "/v1/tokens",
-            &server.admin_key,
-            json!({"serial": "M-1", "kind": "hotp", "secret": base32(b"12345678901234567890")}),
-        )
+        .add_hotp(&server.admin_key, "M-1", b"12345678901234567890")
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 
@@ -414,8 +410,7 @@ async fn malformed_requests_get_their_4xx_and_error_code() {
     // Still healthy; no 5xx was ever answered, and the token was never touched.
     let r = c.get("/healthz", None).await;
     assert_eq!(r.status, 200);
-    let metrics = c.get("/metrics", None).await;
-    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let text = c.metrics().await;
     assert!(
         text.contains("codereader_http_responses_total{class=\"5xx\"} 0\n"),
         "{text}"

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_codereader-verifier");
@@ -277,6 +277,22 @@ impl Conn {
         )
         .await
     }
+
+    /// GETs `path`.
+    pub async fn get(&mut self, path: &str, key: Option<&str>) -> Result<Reply, hyper::Error> {
+        self.send("GET", path, key, None, Vec::new()).await
+    }
+
+    /// Verifies `code` for the token `serial` (verify `key`).
+    pub async fn verify(
+        &mut self,
+        key: &str,
+        serial: &str,
+        code: &str,
+    ) -> Result<Reply, hyper::Error> {
+        self.post("/v1/verify", key, &json!({"token": serial, "code": code}))
+            .await
+    }
 }
 
 /// Opens a fresh connection per call: simple, and what a test of one request wants.
@@ -313,6 +329,76 @@ impl Client {
 
     pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
         self.send("GET", path, key, None, Vec::new()).await
+    }
+
+    /// Enrols an HOTP token `serial` with the raw `secret` (admin `key`); 201 on success.
+    pub async fn add_hotp(&self, key: &str, serial: &str, secret: &[u8]) -> Reply {
+        self.post(
+            "/v1/tokens",
+            key,
+            json!({"serial": serial, "kind": "hotp", "secret": base32(secret)}),
+        )
+        .await
+    }
+
+    /// Verifies `code` for the token `serial` (verify `key`).
+    pub async fn verify(&self, key: &str, serial: &str, code: &str) -> Reply {
+        self.post("/v1/verify", key, json!({"token": serial, "code": code}))
+            .await
+    }
+
+    /// Verifies `code` for the token bound to `user` (verify `key`).
+    pub async fn verify_user(&self, key: &str, user: &str, code: &str) -> Reply {
+        self.post("/v1/verify", key, json!({"user": user, "code": code}))
+            .await
+    }
+
+    /// Binds the token `serial` to `user`, proven with its current `code` (admin `key`).
+    pub async fn activate(&self, key: &str, serial: &str, user: &str, code: &str) -> Reply {
+        self.post(
+            &format!("/v1/tokens/{serial}/activate"),
+            key,
+            json!({"user": user, "code": code}),
+        )
+        .await
+    }
+
+    /// Resynchronises the token `serial` with two consecutive codes (admin `key`).
+    pub async fn resync(&self, key: &str, serial: &str, code: &str, next_code: &str) -> Reply {
+        self.post(
+            &format!("/v1/tokens/{serial}/resync"),
+            key,
+            json!({"code": code, "next_code": next_code}),
+        )
+        .await
+    }
+
+    /// Imports the PSKC document `pskc` sent as JSON with the hex `preshared_key`.
+    pub async fn import_json(&self, key: &str, pskc: &str, preshared_key: &str) -> Reply {
+        self.post(
+            "/v1/tokens/import",
+            key,
+            json!({"pskc": pskc, "preshared_key": preshared_key}),
+        )
+        .await
+    }
+
+    /// Imports the PSKC document `xml` sent as a raw `application/pskc+xml` body.
+    pub async fn import_xml(&self, key: &str, xml: Vec<u8>) -> Reply {
+        self.send(
+            "POST",
+            "/v1/tokens/import",
+            Some(key),
+            Some("application/pskc+xml"),
+            xml,
+        )
+        .await
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let metrics = self.get("/metrics", None).await;
+        metrics.body.as_str().unwrap_or_default().to_owned()
     }
 }
 
