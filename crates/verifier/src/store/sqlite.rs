@@ -385,8 +385,8 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
         s.execute(params![
             e.token.as_ref().map(TokenId::as_str),
             e.user.as_ref().map(UserId::as_str),
-            e.action,
-            e.outcome,
+            e.action.as_ref(),
+            e.outcome.as_ref(),
             to_i64(e.at.0, "time").unwrap_or(i64::MAX),
             e.caller.as_str(),
         ])
