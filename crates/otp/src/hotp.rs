@@ -164,7 +164,13 @@ impl Hotp {
 }
 
 /// SHA-1's initial state (FIPS 180-4 §5.3.1).
-const SHA1_H0: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+const SHA1_H0: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
 /// SHA-1's block size in bytes.
 const SHA1_BLOCK: usize = 64;
 

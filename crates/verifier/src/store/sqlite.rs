@@ -395,14 +395,18 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn select_one(
-    conn: &Connection,
-    where_clause: &str,
-    key: &str,
-) -> Result<Option<TokenRecord>, StoreError> {
-    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {where_clause} = ?1");
+/// The two single-token reads, spelled out so that a read builds no SQL text (the statement
+/// cache is keyed by it). A test checks they select [`TOKEN_COLUMNS`].
+const SELECT_BY_ID: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE id = ?1";
+const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE user_id = ?1";
+
+fn select_one(conn: &Connection, sql: &str, key: &str) -> Result<Option<TokenRecord>, StoreError> {
     let raw = conn
-        .prepare_cached(&sql)
+        .prepare_cached(sql)
         .and_then(|mut s| s.query_row([key], raw_token).optional())
         .map_err(db)?;
     raw.map(RawToken::into_record).transpose()
@@ -460,11 +464,11 @@ impl Store for SqliteStore {
     }
 
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, "id", id.as_str()))
+        self.with(|conn| select_one(conn, SELECT_BY_ID, id.as_str()))
     }
 
     fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, "user_id", user.as_str()))
+        self.with(|conn| select_one(conn, SELECT_BY_USER, user.as_str()))
     }
 
     fn list_tokens(
@@ -712,5 +716,20 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             Ok(changed == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_reads_select_the_token_columns() {
+        for (sql, key) in [(SELECT_BY_ID, "id"), (SELECT_BY_USER, "user_id")] {
+            assert_eq!(
+                sql,
+                format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {key} = ?1")
+            );
+        }
     }
 }
