@@ -84,8 +84,9 @@ impl Counter {
 }
 
 /// An HMAC state with the key already absorbed. The inner and outer hash states are
-/// key-equivalent material; with the `zeroize` features of `hmac`, `sha1` and `sha2` they are
-/// wiped on drop, which [`_prepared_states_zeroize_on_drop`] checks at compile time.
+/// key-equivalent material: [`Sha1Key`] wipes itself on drop, and with the `zeroize` features
+/// of `hmac` and `sha2` so do the others, which [`_prepared_states_zeroize_on_drop`] checks at
+/// compile time.
 #[derive(Clone)]
 enum PreparedKey {
     Sha1(Sha1Key),
@@ -103,6 +104,7 @@ fn prepare<M: KeyInit>(key: &[u8]) -> M {
 fn _prepared_states_zeroize_on_drop() {
     fn check<T: zeroize::ZeroizeOnDrop>() {}
     // `HmacCore` holds two hash cores (inner and outer state); each wipes itself on drop.
+    check::<Sha1Key>();
     check::<sha1::block_api::Sha1Core>();
     check::<sha2::block_api::Sha256VarCore>();
     check::<sha2::block_api::Sha512VarCore>();

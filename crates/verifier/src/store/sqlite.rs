@@ -76,7 +76,10 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// How long a writer waits for the database lock before failing.
     pub busy_timeout: Duration,
-    /// Idle connections kept for reuse.
+    /// Idle connections kept for reuse. Set it to at least the number of callers that read
+    /// at once (a server's store concurrency): a reader finding the pool empty opens a new
+    /// connection, and one returned to a full pool is closed, so a pool smaller than the
+    /// concurrency opens and closes a connection on many reads.
     pub max_idle: usize,
 }
 
@@ -95,6 +98,13 @@ impl SqliteOptions {
     #[must_use]
     pub fn with_durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Sets [`SqliteOptions::max_idle`].
+    #[must_use]
+    pub fn with_max_idle(mut self, connections: usize) -> Self {
+        self.max_idle = connections;
         self
     }
 }
