@@ -88,7 +88,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(10),
-            max_idle: 32,
+            max_idle: 64,
         }
     }
 }
