@@ -2,8 +2,11 @@
 //! measured in the same run: `cargo bench -p codereader-otp`.
 //!
 //! Three rows per algorithm (criterion prints each as elements/s):
-//! - `hmac_prepared`: one HMAC of an 8-byte counter from a prepared key state (the floor);
-//! - `hotp_code`: a whole code (HMAC + truncation + decimal formatting);
+//! - `hmac_prepared`: one HMAC of an 8-byte counter from a prepared key state, with the
+//!   generic `hmac` crate (the floor for SHA-256 and SHA-512, which use it);
+//! - `hotp_code`: a whole code (HMAC + truncation + decimal formatting). For SHA-1 this may
+//!   beat `hmac_prepared`: the crate computes HMAC-SHA-1 on the compression function
+//!   directly (two compressions, no generic buffers);
 //! - `hmac_unprepared`: HMAC including the key schedule, i.e. what computing a code would
 //!   cost without preparing the key once per secret.
 

@@ -4,6 +4,11 @@
 //! once in [`Hotp::new`]; every code then starts from a copy of that prepared state, so
 //! computing many codes for one token (a verifier's window, a benchmark) costs only the two
 //! compression passes over the counter.
+//!
+//! HMAC-SHA-1, by far the most common token algorithm, runs on the SHA-1 compression function
+//! directly ([`Sha1Key`]): the counter and the inner digest each fit one padded block, so a
+//! code is exactly two compressions on stack arrays, without the generic `hmac` machinery's
+//! buffers, copies and wipes. SHA-256 and SHA-512 go through `hmac`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -79,11 +84,12 @@ impl Counter {
 }
 
 /// An HMAC state with the key already absorbed. The inner and outer hash states are
-/// key-equivalent material; with the `zeroize` features of `hmac`, `sha1` and `sha2` they are
-/// wiped on drop, which [`_prepared_states_zeroize_on_drop`] checks at compile time.
+/// key-equivalent material: [`Sha1Key`] wipes itself on drop, and with the `zeroize` features
+/// of `hmac` and `sha2` so do the others, which [`_prepared_states_zeroize_on_drop`] checks at
+/// compile time.
 #[derive(Clone)]
 enum PreparedKey {
-    Sha1(Hmac<Sha1>),
+    Sha1(Sha1Key),
     Sha256(Hmac<Sha256>),
     Sha512(Hmac<Sha512>),
 }
@@ -98,6 +104,7 @@ fn prepare<M: KeyInit>(key: &[u8]) -> M {
 fn _prepared_states_zeroize_on_drop() {
     fn check<T: zeroize::ZeroizeOnDrop>() {}
     // `HmacCore` holds two hash cores (inner and outer state); each wipes itself on drop.
+    check::<Sha1Key>();
     check::<sha1::block_api::Sha1Core>();
     check::<sha2::block_api::Sha256VarCore>();
     check::<sha2::block_api::Sha512VarCore>();
@@ -125,7 +132,7 @@ impl Hotp {
     pub fn new(secret: &Secret, algorithm: Algorithm, digits: Digits) -> Self {
         let bytes = secret.expose();
         let key = match algorithm {
-            Algorithm::Sha1 => PreparedKey::Sha1(prepare(bytes)),
+            Algorithm::Sha1 => PreparedKey::Sha1(Sha1Key::new(bytes)),
             Algorithm::Sha256 => PreparedKey::Sha256(prepare(bytes)),
             Algorithm::Sha512 => PreparedKey::Sha512(prepare(bytes)),
         };
@@ -140,7 +147,7 @@ impl Hotp {
     pub fn code(&self, counter: Counter) -> Code {
         let message = counter.0.to_be_bytes();
         let value = match &self.key {
-            PreparedKey::Sha1(k) => truncate(&mac(k, &message)),
+            PreparedKey::Sha1(k) => truncate(&k.mac(&message)),
             PreparedKey::Sha256(k) => truncate(&mac(k, &message)),
             PreparedKey::Sha512(k) => truncate(&mac(k, &message)),
         };
@@ -155,6 +162,77 @@ impl Hotp {
     /// The token's code length.
     pub fn digits(&self) -> Digits {
         self.digits
+    }
+}
+
+/// SHA-1's initial state (FIPS 180-4 §5.3.1).
+const SHA1_H0: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
+/// SHA-1's block size in bytes.
+const SHA1_BLOCK: usize = 64;
+
+/// HMAC-SHA-1 (RFC 2104) with the key absorbed: the SHA-1 states after the inner (`ipad`) and
+/// outer (`opad`) key blocks. These are key-equivalent, so they are wiped on drop.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+struct Sha1Key {
+    inner: [u32; 5],
+    outer: [u32; 5],
+}
+
+impl Sha1Key {
+    fn new(key: &[u8]) -> Self {
+        let mut block = zeroize::Zeroizing::new([0u8; SHA1_BLOCK]);
+        if key.len() > SHA1_BLOCK {
+            // RFC 2104 §2: keys longer than a block are hashed first.
+            let mut digest: [u8; 20] = <Sha1 as sha1::Digest>::digest(key).into();
+            block[..20].copy_from_slice(&digest);
+            zeroize::Zeroize::zeroize(&mut digest);
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut pad = zeroize::Zeroizing::new([0u8; SHA1_BLOCK]);
+        let mut absorbed = |byte: u8| {
+            for (p, k) in pad.iter_mut().zip(block.iter()) {
+                *p = k ^ byte;
+            }
+            let mut state = SHA1_H0;
+            sha1::block_api::compress(&mut state, std::slice::from_ref(&*pad));
+            state
+        };
+        Sha1Key {
+            inner: absorbed(0x36),
+            outer: absorbed(0x5c),
+        }
+    }
+
+    /// HMAC-SHA-1 of an 8-byte message (the counter): one compression for the inner hash
+    /// (64 key bytes already absorbed + 8 message bytes, padded into one block) and one for
+    /// the outer (64 + the 20-byte inner digest, padded into one block).
+    fn mac(&self, message: &[u8; 8]) -> [u8; 20] {
+        let mut block = [0u8; SHA1_BLOCK];
+        block[..8].copy_from_slice(message);
+        block[8] = 0x80;
+        block[56..].copy_from_slice(&(((SHA1_BLOCK + 8) * 8) as u64).to_be_bytes());
+        let mut state = self.inner;
+        sha1::block_api::compress(&mut state, std::slice::from_ref(&block));
+        let mut block = [0u8; SHA1_BLOCK];
+        for (chunk, word) in block[..20].chunks_exact_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        block[20] = 0x80;
+        block[56..].copy_from_slice(&(((SHA1_BLOCK + 20) * 8) as u64).to_be_bytes());
+        state = self.outer;
+        sha1::block_api::compress(&mut state, std::slice::from_ref(&block));
+        let mut out = [0u8; 20];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        out
     }
 }
 
@@ -189,6 +267,21 @@ mod tests {
         }
         assert_eq!("SHA-256".parse::<Algorithm>().unwrap(), Algorithm::Sha256);
         assert_eq!("MD5".parse::<Algorithm>(), Err(AlgorithmError));
+    }
+
+    #[test]
+    fn sha1_fast_path_matches_the_hmac_crate() {
+        // Key lengths around the block size (64): shorter keys are padded, longer ones hashed.
+        for len in [1usize, 10, 20, 63, 64, 65, 100, 128] {
+            let key: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let fast = Sha1Key::new(&key);
+            let generic: Hmac<Sha1> = prepare(&key);
+            for counter in [0u64, 1, 59, 0x0123_4567_89ab_cdef, u64::MAX] {
+                let message = counter.to_be_bytes();
+                let expected = mac(&generic, &message);
+                assert_eq!(&fast.mac(&message)[..], expected.as_ref(), "len {len}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! Bounded in count and time: `--seconds S` per phase (default 5), `--max-requests N` per
 //! phase (default 400000), `--connections C` (default 32), `--tokens T` (default 2000),
 //! `--stores sqlite,sqlite-normal,postgres` (sqlite-normal: `--sqlite-normal-sync`),
-//! `--store-concurrency N` (passed to the server).
+//! `--store-concurrency N` (passed to the server), `--server-arg ARG` (repeatable: any other
+//! `serve` option, e.g. `--server-arg --worker-threads --server-arg 1`, to compare tunings).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -33,6 +34,7 @@ struct Options {
     tokens: usize,
     stores: Vec<String>,
     store_concurrency: Option<String>,
+    server_args: Vec<String>,
 }
 
 fn options() -> Options {
@@ -43,6 +45,7 @@ fn options() -> Options {
         tokens: 2000,
         stores: vec!["sqlite".into(), "sqlite-normal".into(), "postgres".into()],
         store_concurrency: None,
+        server_args: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -55,6 +58,7 @@ fn options() -> Options {
             "--tokens" => o.tokens = value.parse().expect("--tokens N"),
             "--stores" => o.stores = value.split(',').map(str::to_owned).collect(),
             "--store-concurrency" => o.store_concurrency = Some(value),
+            "--server-arg" => o.server_args.push(value),
             _ => {
                 // `cargo bench` adds `--bench`; anything else unknown is ignored too.
                 i += 1;
@@ -177,6 +181,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     if let Some(n) = &o.store_concurrency {
         extra.extend(["--store-concurrency", n.as_str()]);
     }
+    extra.extend(o.server_args.iter().map(String::as_str));
     let server = match store {
         // The default: every commit fsynced.
         "sqlite" => Server::start_with(None, &extra),

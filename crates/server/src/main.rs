@@ -279,16 +279,18 @@ fn serve(args: ServeArgs) -> Result<()> {
             keys_path.display()
         );
     }
-    let config = LibraryConfig {
-        max_failures: args.max_failures,
-        sqlite_full_sync: !args.sqlite_normal_sync,
-        pg_connections: args.pg_connections.max(1),
-    };
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
         DbSpec::Sqlite(_) => args.blocking_threads,
         DbSpec::Postgres(_) => args.pg_connections.max(1),
     });
+    let config = LibraryConfig {
+        max_failures: args.max_failures,
+        sqlite_full_sync: !args.sqlite_normal_sync,
+        pg_connections: args.pg_connections.max(1),
+        // Every store call that may run at once keeps its read connection open.
+        sqlite_connections: store_concurrency.max(1),
+    };
     let library = open_library(&args.store, config)?;
     let limits = Limits {
         max_body: args.max_body,

@@ -2,8 +2,11 @@
 //!
 //! Identifiers are newtypes so that a serial can never be passed where a user id is meant.
 //! They are validated once (non-empty, bounded, printable) and then trusted everywhere.
+//! They are shared (`Arc<str>`): a verification copies a token id into its record, its audit
+//! line and its proof, and copying must not cost an allocation each time.
 
 use std::fmt;
+use std::sync::Arc;
 
 use codereader_otp::{Algorithm, Digits, Period, UnixTime};
 
@@ -59,7 +62,7 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates and wraps an identifier.
@@ -68,9 +71,9 @@ macro_rules! id_type {
             /// [`IdError`] when it is empty, longer than [`MAX_ID_LEN`] bytes or contains a
             /// control character.
             pub fn new(text: impl Into<String>) -> Result<Self, IdError> {
-                let text = text.into();
+                let text: String = text.into();
                 check_id($what, &text)?;
-                Ok(Self(text))
+                Ok(Self(Arc::from(text)))
             }
 
             /// The identifier as text.

@@ -6,6 +6,8 @@
 //! in between, the update does not apply and the operation re-reads to say why (replayed,
 //! locked, disabled), so concurrent callers never both win.
 
+use std::borrow::Cow;
+
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
@@ -232,16 +234,16 @@ impl Verifier {
     fn audit(
         token: Option<&TokenId>,
         user: Option<&UserId>,
-        action: &str,
-        outcome: &str,
+        action: &'static str,
+        outcome: impl Into<Cow<'static, str>>,
         now: UnixTime,
         caller: &Caller,
     ) -> AuditEvent {
         AuditEvent {
             token: token.cloned(),
             user: user.cloned(),
-            action: action.to_owned(),
-            outcome: outcome.to_owned(),
+            action: Cow::Borrowed(action),
+            outcome: outcome.into(),
             at: now,
             caller: caller.clone(),
         }
@@ -369,7 +371,7 @@ impl Verifier {
     fn fail(
         &self,
         record: &TokenRecord,
-        action: &str,
+        action: &'static str,
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
@@ -411,7 +413,7 @@ impl Verifier {
     fn log(
         &self,
         record: &TokenRecord,
-        action: &str,
+        action: &'static str,
         outcome: &Outcome,
         now: UnixTime,
         caller: &Caller,
@@ -784,7 +786,7 @@ impl Verifier {
             .collect::<Result<Vec<_>, _>>()?;
         let first = tokens.first().map(|e| &e.id);
         let outcome = format!("{} token(s)", tokens.len());
-        let audit = Self::audit(first, None, "enroll", &outcome, now, caller);
+        let audit = Self::audit(first, None, "enroll", outcome, now, caller);
         Ok(self.store.insert_tokens(&sealed, &audit)?)
     }
 
@@ -860,7 +862,7 @@ impl Verifier {
                 .map(|e| self.sealed(e))
                 .collect::<Result<Vec<_>, _>>()?;
             let outcome = format!("{} imported, {} refused", good.len(), report.refused.len());
-            let audit = Self::audit(None, None, "import", &outcome, now, caller);
+            let audit = Self::audit(None, None, "import", outcome, now, caller);
             self.store.insert_tokens(&sealed, &audit)?;
         }
         report.imported = good.into_iter().map(|e| e.id).collect();
@@ -904,7 +906,7 @@ impl Verifier {
             report.failed.len()
         );
         self.store
-            .append_audit(&Self::audit(None, None, "rotate", &outcome, now, caller))?;
+            .append_audit(&Self::audit(None, None, "rotate", outcome, now, caller))?;
         Ok(report)
     }
 }

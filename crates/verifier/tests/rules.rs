@@ -173,10 +173,7 @@ fn lockout_and_admin_unlock(make: Factory<'_>) {
     let state = v.show(Subject::Token(&t)).unwrap().unwrap().state;
     assert_eq!((state.failures, state.locked_at), (3, Some(later)));
     let trail = v.audit_trail(&t, 3).unwrap();
-    let tail: Vec<(&str, &str)> = trail
-        .iter()
-        .map(|e| (e.action.as_str(), e.outcome.as_str()))
-        .collect();
+    let tail: Vec<(&str, &str)> = trail.iter().map(|e| (&*e.action, &*e.outcome)).collect();
     assert_eq!(
         tail,
         [("verify", "rejected"), ("lock", "ok"), ("verify", "locked")]
@@ -457,7 +454,7 @@ fn audit_trail_without_codes(make: Factory<'_>) {
     let trail = v.audit_trail(&t, 100).unwrap();
     let got: Vec<(&str, &str, &str)> = trail
         .iter()
-        .map(|e| (e.action.as_str(), e.outcome.as_str(), e.caller.as_str()))
+        .map(|e| (&*e.action, &*e.outcome, e.caller.as_str()))
         .collect();
     assert_eq!(
         got,
@@ -477,12 +474,7 @@ fn audit_trail_without_codes(make: Factory<'_>) {
     );
     // No text field of the trail carries either code (times are numbers, checked above).
     for e in &trail {
-        for field in [
-            e.action.as_str(),
-            e.outcome.as_str(),
-            e.caller.as_str(),
-            t.as_str(),
-        ] {
+        for field in [&*e.action, &*e.outcome, e.caller.as_str(), t.as_str()] {
             assert!(!field.contains(right.as_str()) && !field.contains(wrong.as_str()));
         }
     }

@@ -65,6 +65,9 @@ pub struct LibraryConfig {
     pub sqlite_full_sync: bool,
     /// PostgreSQL: most connections open at once.
     pub pg_connections: usize,
+    /// SQLite: read connections kept open for reuse; at least the store calls that run at
+    /// once, or reads keep opening and closing connections.
+    pub sqlite_connections: usize,
 }
 
 impl Default for LibraryConfig {
@@ -73,6 +76,7 @@ impl Default for LibraryConfig {
             max_failures: 3,
             sqlite_full_sync: true,
             pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
+            sqlite_connections: SqliteOptions::default().max_idle,
         }
     }
 }
@@ -224,14 +228,17 @@ impl Library {
                 Box::new(
                     SqliteStore::open_with(
                         path,
-                        SqliteOptions::default().with_durability(durability),
+                        SqliteOptions::default()
+                            .with_durability(durability)
+                            .with_max_idle(config.sqlite_connections.max(1)),
                     )
                     .with_context(|| format!("cannot open the SQLite store {}", path.display()))?,
                 )
             }
-            DbSpec::Postgres(url) => {
-                Box::new(PgStore::connect(url).context("cannot open the PostgreSQL store")?)
-            }
+            DbSpec::Postgres(url) => Box::new(
+                PgStore::connect_with(url, config.pg_connections)
+                    .context("cannot open the PostgreSQL store")?,
+            ),
         };
         let mut keyring = Keyring::new(current);
         for kek in older {

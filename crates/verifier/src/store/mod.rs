@@ -9,6 +9,8 @@
 //! The API is synchronous (rusqlite and the `postgres` crate are blocking); an async server
 //! calls it from `tokio::task::spawn_blocking`.
 
+use std::borrow::Cow;
+
 use codereader_otp::{Algorithm, Digits, Period, UnixTime};
 
 use crate::seal::{NONCE_LEN, SealedSeed};
@@ -147,6 +149,10 @@ impl Advance {
 }
 
 /// One line of the audit trail. There is deliberately no field for the code.
+///
+/// The verifier's actions and outcomes are fixed labels (`Cow::Borrowed`), so writing an
+/// audit line on every verification allocates nothing; lines read back from a database own
+/// their text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
     /// The token concerned, if known.
@@ -155,9 +161,9 @@ pub struct AuditEvent {
     pub user: Option<UserId>,
     /// What was asked: "verify", "resync", "activate", "unlock", "auto-unlock", "enable",
     /// "disable", "delete", "import", "enroll", "rotate".
-    pub action: String,
+    pub action: Cow<'static, str>,
     /// What happened: an [`crate::Outcome::label`] or "ok".
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// When.
     pub at: UnixTime,
     /// Who asked.
@@ -439,8 +445,8 @@ pub(crate) fn audit_from_row(
             .map(UserId::new)
             .transpose()
             .map_err(|_| corrupt("bad audit user"))?,
-        action,
-        outcome,
+        action: Cow::Owned(action),
+        outcome: Cow::Owned(outcome),
         at: UnixTime(u64::try_from(at).map_err(|_| corrupt("bad audit time"))?),
         caller: Caller::new(caller).map_err(|_| corrupt("bad audit caller"))?,
     })

@@ -274,8 +274,8 @@ impl AuditParams {
         Ok(AuditParams {
             token: e.token.as_ref().map(|t| t.as_str().to_owned()),
             user: e.user.as_ref().map(|u| u.as_str().to_owned()),
-            action: e.action.clone(),
-            outcome: e.outcome.clone(),
+            action: e.action.to_string(),
+            outcome: e.outcome.to_string(),
             at: to_i64(e.at.0, "time")?,
             caller: e.caller.as_str().to_owned(),
         })

@@ -76,7 +76,10 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// How long a writer waits for the database lock before failing.
     pub busy_timeout: Duration,
-    /// Idle connections kept for reuse.
+    /// Idle connections kept for reuse. Set it to at least the number of callers that read
+    /// at once (a server's store concurrency): a reader finding the pool empty opens a new
+    /// connection, and one returned to a full pool is closed, so a pool smaller than the
+    /// concurrency opens and closes a connection on many reads.
     pub max_idle: usize,
 }
 
@@ -85,7 +88,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(10),
-            max_idle: 32,
+            max_idle: 64,
         }
     }
 }
@@ -95,6 +98,13 @@ impl SqliteOptions {
     #[must_use]
     pub fn with_durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Sets [`SqliteOptions::max_idle`].
+    #[must_use]
+    pub fn with_max_idle(mut self, connections: usize) -> Self {
+        self.max_idle = connections;
         self
     }
 }
@@ -385,8 +395,8 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
         s.execute(params![
             e.token.as_ref().map(TokenId::as_str),
             e.user.as_ref().map(UserId::as_str),
-            e.action,
-            e.outcome,
+            e.action.as_ref(),
+            e.outcome.as_ref(),
             to_i64(e.at.0, "time").unwrap_or(i64::MAX),
             e.caller.as_str(),
         ])
@@ -395,14 +405,18 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn select_one(
-    conn: &Connection,
-    where_clause: &str,
-    key: &str,
-) -> Result<Option<TokenRecord>, StoreError> {
-    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {where_clause} = ?1");
+/// The two single-token reads, spelled out so that a read builds no SQL text (the statement
+/// cache is keyed by it). A test checks they select [`TOKEN_COLUMNS`].
+const SELECT_BY_ID: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE id = ?1";
+const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
+     nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
+     FROM tokens WHERE user_id = ?1";
+
+fn select_one(conn: &Connection, sql: &str, key: &str) -> Result<Option<TokenRecord>, StoreError> {
     let raw = conn
-        .prepare_cached(&sql)
+        .prepare_cached(sql)
         .and_then(|mut s| s.query_row([key], raw_token).optional())
         .map_err(db)?;
     raw.map(RawToken::into_record).transpose()
@@ -460,11 +474,11 @@ impl Store for SqliteStore {
     }
 
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, "id", id.as_str()))
+        self.with(|conn| select_one(conn, SELECT_BY_ID, id.as_str()))
     }
 
     fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, "user_id", user.as_str()))
+        self.with(|conn| select_one(conn, SELECT_BY_USER, user.as_str()))
     }
 
     fn list_tokens(
@@ -712,5 +726,20 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             Ok(changed == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_reads_select_the_token_columns() {
+        for (sql, key) in [(SELECT_BY_ID, "id"), (SELECT_BY_USER, "user_id")] {
+            assert_eq!(
+                sql,
+                format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {key} = ?1")
+            );
+        }
     }
 }
