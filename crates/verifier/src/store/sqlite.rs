@@ -215,6 +215,30 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
 
+/// Creates a missing database file with mode 0600 before SQLite opens it: the file holds
+/// sealed seeds, user bindings and the audit trail, which are nobody else's business. SQLite
+/// gives its `-wal` and `-shm` files the database file's mode. An existing file is left as
+/// it is (its owner chose its mode); a `file:` URI is SQLite's to create.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database {
+            backend: "sqlite",
+            reason: format!("cannot create {}: {e}", path.display()),
+        }),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with default options, and runs any
     /// pending migrations.
@@ -230,6 +254,7 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        create_private(path.as_ref())?;
         let mut store = SqliteStore {
             path: path.as_ref().to_path_buf(),
             options,
@@ -740,6 +765,30 @@ mod tests {
                 sql,
                 format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {key} = ?1")
             );
+        }
+    }
+
+    #[test]
+    fn a_new_database_and_its_wal_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verifier.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        let event = AuditEvent {
+            token: None,
+            user: None,
+            action: "enroll".into(),
+            outcome: "ok".into(),
+            at: UnixTime(1_700_000_000),
+            caller: crate::Caller::new("test").unwrap(),
+        };
+        store.append_audit(&event).unwrap();
+        for name in ["verifier.sqlite", "verifier.sqlite-wal"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
         }
     }
 }
