@@ -62,6 +62,7 @@ pub mod live;
 pub mod pack;
 pub mod pipeline;
 pub mod plan;
+pub mod recorded;
 pub mod sink;
 pub mod synth;
 
@@ -74,5 +75,6 @@ pub use plan::{
     CodeIntro, Earcon, Phrase, PhraseKey, Prompt, SampleRate, Segment, Settings, Speed, SpokenCode,
     Utterance, Volume,
 };
+pub use recorded::{RecordingLimits, RecordingProblem, check_recorded};
 pub use sink::{MemorySink, Sink, WavSink};
 pub use synth::{ClipSynth, Espeak, EspeakSynth, Synth};

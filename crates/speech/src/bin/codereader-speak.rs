@@ -5,11 +5,14 @@
 //! codereader-speak render --voices DIR --lang TAG --code DIGITS --out FILE [--rate HZ] [COMMON]
 //! codereader-speak play   --voices DIR --lang TAG --code DIGITS [COMMON]
 //! codereader-speak clips  --voices DIR --lang TAG [--voice NAME] [--speeds -3,...,3] [--out DIR]
+//! codereader-speak check  --voices DIR --lang TAG [--voice NAME]
 //! codereader-speak codes  --voices DIR --lang TAG (--voice NAME | --engine SPEC)
 //!                         --count N [--seed S] --out DIR
 //! COMMON: [--backend espeak|clips] [--voice NAME] [--speed STEP] [--volume STEP]
 //! ```
 //!
+//! `check` validates recorded voices (every recorded voice of the pack, or `--voice`):
+//! every word present, levels in range, no clipping, silence trimmed; it lists every problem.
 //! `clips` renders each voice's clips (all of the pack's voices unless `--voice`) with the
 //! engine the voice names, with a progress bar on stderr. `codes` is the intelligibility
 //! harness's renderer: it renders the voice's clips at speed step 0 into `OUT/clips` (or uses
@@ -107,6 +110,10 @@ fn run() -> anyhow::Result<()> {
         // Only the words: the old clips may be stale or broken, which is why we re-render.
         let pack = VoicePack::load_words(&voices.join(lang))?;
         return render_clips(&args, &pack);
+    }
+    if args.command == "check" {
+        let pack = VoicePack::load_words(&voices.join(lang))?;
+        return check_recorded(&args, &pack);
     }
     if args.command == "codes" {
         let pack = VoicePack::load(&voices.join(lang))?;
@@ -245,6 +252,45 @@ fn render_voice_clips(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
         spec.engine,
         steps.join(","),
         out.display()
+    );
+    Ok(())
+}
+
+/// `check`: validates recorded voices; fails listing every problem.
+fn check_recorded(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
+    let names = match args.options.get("voice") {
+        Some(name) => vec![name.clone()],
+        None => pack
+            .voices()
+            .iter()
+            .filter(|v| v.engine == Engine::Recorded)
+            .map(|v| v.name.clone())
+            .collect(),
+    };
+    let mut failed = 0;
+    for name in &names {
+        let voice = pack.with_voice_words(name)?;
+        let problems = codereader_speech::check_recorded(
+            &voice,
+            &codereader_speech::RecordingLimits::default(),
+        );
+        if problems.is_empty() {
+            println!("{}/{name}: recorded voice ok", pack.tag());
+        } else {
+            failed += 1;
+            println!("{}/{name}: {} problem(s):", pack.tag(), problems.len());
+            for p in &problems {
+                println!("  {p}");
+            }
+        }
+    }
+    if names.is_empty() {
+        println!("{}: no recorded voice to check", pack.tag());
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} recorded voice(s) of `{}` failed the check",
+        pack.tag()
     );
     Ok(())
 }
