@@ -89,6 +89,9 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
 
 fn test(_args: &[String]) -> Result<(), String> {
     packages::ensure(packages::TEST)?;
+    // The speech crate's intelligibility test needs PocketSphinx (PyPI, pinned, in a
+    // virtualenv under target/); it is told where with CODEREADER_ASR_PYTHON.
+    let asr_python = intelligibility::recognizer_python()?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
@@ -113,7 +116,9 @@ fn test(_args: &[String]) -> Result<(), String> {
     )?;
     run(
         "cargo test",
-        cargo().args(["test", "--workspace", "--all-targets", "--locked"]),
+        cargo()
+            .args(["test", "--workspace", "--all-targets", "--locked"])
+            .env("CODEREADER_ASR_PYTHON", &asr_python),
     )?;
     // `--all-targets` skips doc tests; run them too.
     run(
