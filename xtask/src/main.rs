@@ -130,7 +130,7 @@ fn test(_args: &[String]) -> Result<(), String> {
 /// Renders the clips of every voice of every pack in `voices/` (or of the tags given as
 /// arguments) with the engine each voice names; with `--check`, validates the recorded voices
 /// instead (nothing is rendered).
-fn voices(args: &[String]) -> Result<(), String> {
+pub(crate) fn voices(args: &[String]) -> Result<(), String> {
     let check = args.iter().any(|a| a == "--check");
     let args: Vec<String> = args.iter().filter(|a| *a != "--check").cloned().collect();
     let args = args.as_slice();
