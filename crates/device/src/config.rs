@@ -582,6 +582,16 @@ mod tests {
         assert_eq!(config.evdev_keys, defaults.evdev_keys);
         assert_eq!(config.input, defaults.input);
         assert_eq!(config.synth, defaults.synth);
+        assert_eq!(config.voice, defaults.voice);
+    }
+
+    #[test]
+    fn the_voice_table_picks_a_voice_per_language() {
+        let config = parse("[voice]\nen = \"espeak\"\nda = \"anna\"").unwrap();
+        assert_eq!(config.voice.get("en").map(String::as_str), Some("espeak"));
+        assert_eq!(config.voice.get("da").map(String::as_str), Some("anna"));
+        let err = parse("[voice]\nen = 3").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("string"), "{err}");
     }
 
     #[test]

@@ -270,3 +270,51 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn shipped() -> Voices {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
+        Voices::load(&dir, SynthChoice::Espeak).unwrap()
+    }
+
+    fn picks(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(t, v)| ((*t).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_language_speaks_its_default_unless_the_config_picks_another() {
+        let voices = shipped();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+        assert_eq!(voices.pack("da").unwrap().voice().name, "espeak");
+        let voices = voices.choosing(&picks(&[("en", "espeak")])).unwrap();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "espeak");
+        assert_eq!(voices.pack_or_first("en").unwrap().voice().name, "espeak");
+        let (names, now) = voices.voice_names("en").unwrap();
+        assert_eq!(names, ["flite-slt", "espeak"]);
+        assert_eq!(now, "espeak");
+    }
+
+    #[test]
+    fn an_unknown_voice_or_language_is_a_clear_error() {
+        match shipped().choosing(&picks(&[("en", "robot")])) {
+            Err(e @ VoiceError::Voice { .. }) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains("robot") && m.contains("flite-slt, espeak"),
+                    "{m}"
+                );
+            }
+            other => panic!("expected VoiceError::Voice, got {other:?}"),
+        }
+        assert!(matches!(
+            shipped().choosing(&picks(&[("xx", "espeak")])),
+            Err(VoiceError::UnknownLanguage { .. })
+        ));
+    }
+}
