@@ -54,10 +54,11 @@ fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
     );
     let frame = rate as usize / 100;
     for (w, f) in whole[2..8].iter().zip(&found) {
-        // Both are on 10 ms frame grids, offset from each other.
+        // Both are on 10 ms frame grids, offset from each other, and a boundary frame whose
+        // RMS is near the threshold can fall either way: within two frames.
         let (start, end) = (f.start + intro.end, f.end + intro.end);
         assert!(
-            w.start.abs_diff(start) <= frame && w.end.abs_diff(end) <= frame,
+            w.start.abs_diff(start) <= 2 * frame && w.end.abs_diff(end) <= 2 * frame,
             "{label}: {w:?} vs {start}..{end}"
         );
     }
@@ -206,13 +207,15 @@ fn clip_backend_matches_espeak_backend_segment_by_segment() {
         let (_, b) = renderer
             .render_to_vec(&utterance, &mut clips, settings)
             .unwrap();
-        // espeak-ng adds a little randomness (a few samples per word), so the clips, rendered
-        // from it earlier, match each segment's length within 10 ms, not exactly.
+        // espeak-ng's output for a phrase varies a little with what the engine spoke before
+        // (measured: 260 samples, 12 ms, on the intro when the tests run one at a time, on
+        // main as well), so the clips, rendered from it earlier, match each segment's length
+        // within 20 ms, not exactly.
         assert_eq!(a.spans.len(), b.spans.len());
         for (x, y) in a.spans.iter().zip(&b.spans) {
             let (lx, ly) = (x.end - x.start, y.end - y.start);
             assert!(
-                lx.abs_diff(ly) <= 221,
+                lx.abs_diff(ly) <= 441,
                 "segment {}: {lx} vs {ly} samples",
                 x.index
             );
