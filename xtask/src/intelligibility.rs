@@ -25,6 +25,11 @@ const CANDIDATES: &[(&str, &str)] = &[
     ("flite kal16", "flite:kal16"),
     ("flite awb", "flite:awb"),
     ("flite rms", "flite:rms"),
+    ("festival kal_diphone", "festival:kal_diphone"),
+    (
+        "festival cmu_us_slt_arctic_hts",
+        "festival:cmu_us_slt_arctic_hts",
+    ),
 ];
 
 /// The workspace root (xtask's parent).
@@ -99,6 +104,7 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
         }
     }
     packages::ensure(packages::VOICES)?;
+    packages::ensure(packages::INTELLIGIBILITY)?;
     let python = recognizer_python()?;
     let root = root()?;
     let voices = root.join("voices");

@@ -56,6 +56,11 @@ pub(crate) const VOICES: &[&str] = &[
     "python3-venv",
 ];
 
+/// What `cargo xtask intelligibility` needs besides [`VOICES`]: the Festival voices it also
+/// measures (no shipped voice uses Festival).
+pub(crate) const INTELLIGIBILITY: &[&str] =
+    &["festival", "festvox-kallpc16k", "festvox-us-slt-hts"];
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])

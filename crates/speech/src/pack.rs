@@ -45,6 +45,7 @@
 //! default = "flite-slt"
 //! espeak = { engine = "espeak-ng", voice = "en" }
 //! flite-slt = { engine = "flite", voice = "slt" }
+//! kal = { engine = "festival", voice = "kal_diphone" }
 //! alice = { engine = "recorded" }
 //! ```
 //!
@@ -54,7 +55,7 @@
 //! without `[voices]`: `clips/clips.toml`):
 //!
 //! ```toml
-//! source = "flite"        # "espeak-ng", "flite" or "recorded"
+//! source = "flite"        # "espeak-ng", "flite", "festival" or "recorded"
 //! sample_rate = 22050
 //! speeds = [-1, 0, 1]     # speed steps rendered; recorded packs usually have [0]
 //! ```
@@ -91,6 +92,8 @@ pub enum ClipSource {
     EspeakNg,
     /// Rendered by the flite command line.
     Flite,
+    /// Rendered by Festival's text2wave.
+    Festival,
     /// Recorded by a person.
     Recorded,
 }
@@ -101,6 +104,7 @@ impl ClipSource {
         match self {
             ClipSource::EspeakNg => "espeak-ng",
             ClipSource::Flite => "flite",
+            ClipSource::Festival => "festival",
             ClipSource::Recorded => "recorded",
         }
     }
@@ -114,6 +118,8 @@ pub enum Engine {
     EspeakNg(String),
     /// The flite command line with this voice (`slt`, `kal`, `awb`, `rms`).
     Flite(String),
+    /// Festival's `text2wave` with this voice (`kal_diphone`, `cmu_us_slt_arctic_hts`).
+    Festival(String),
     /// A person recorded the clips (`voices/RECORDING.md`); nothing renders them.
     Recorded,
 }
@@ -124,6 +130,7 @@ impl Engine {
         match spec.split_once(':') {
             Some(("espeak-ng", v)) if !v.is_empty() => Some(Engine::EspeakNg(v.to_owned())),
             Some(("flite", v)) if !v.is_empty() => Some(Engine::Flite(v.to_owned())),
+            Some(("festival", v)) if !v.is_empty() => Some(Engine::Festival(v.to_owned())),
             None if spec == "recorded" => Some(Engine::Recorded),
             _ => None,
         }
@@ -134,6 +141,7 @@ impl Engine {
         match self {
             Engine::EspeakNg(_) => ClipSource::EspeakNg,
             Engine::Flite(_) => ClipSource::Flite,
+            Engine::Festival(_) => ClipSource::Festival,
             Engine::Recorded => ClipSource::Recorded,
         }
     }
@@ -144,6 +152,7 @@ impl std::fmt::Display for Engine {
         match self {
             Engine::EspeakNg(v) => write!(f, "espeak-ng:{v}"),
             Engine::Flite(v) => write!(f, "flite:{v}"),
+            Engine::Festival(v) => write!(f, "festival:{v}"),
             Engine::Recorded => f.write_str("recorded"),
         }
     }
@@ -556,11 +565,12 @@ fn read_voices(mut section: Section<'_>, dir: &Path) -> Result<Vec<VoiceSpec>, P
         let engine = match entry.string("engine")?.as_str() {
             "espeak-ng" => Engine::EspeakNg(entry.string("voice")?),
             "flite" => Engine::Flite(entry.string("voice")?),
+            "festival" => Engine::Festival(entry.string("voice")?),
             "recorded" => Engine::Recorded,
             other => {
                 return Err(entry.bad(
                     "engine",
-                    format!("`{other}` is not `espeak-ng`, `flite` or `recorded`"),
+                    format!("`{other}` is not `espeak-ng`, `flite`, `festival` or `recorded`"),
                 ));
             }
         };
@@ -614,11 +624,12 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
     let source = match root.string("source")?.as_str() {
         "espeak-ng" => ClipSource::EspeakNg,
         "flite" => ClipSource::Flite,
+        "festival" => ClipSource::Festival,
         "recorded" => ClipSource::Recorded,
         other => {
             return Err(root.bad(
                 "source",
-                format!("`{other}` is not `espeak-ng`, `flite` or `recorded`"),
+                format!("`{other}` is not `espeak-ng`, `flite`, `festival` or `recorded`"),
             ));
         }
     };

@@ -18,7 +18,7 @@
 //! harness's renderer: it renders the voice's clips at speed step 0 into `OUT/clips` (or uses
 //! a recorded voice's clips), then `N` random codes from a seeded generator through the
 //! normal pipeline at 16 kHz into `OUT/NNNN.wav`, listing `NNNN.wav CODE` in `OUT/codes.txt`.
-//! `--engine` is `espeak-ng:VOICE` or `flite:VOICE`, for trying voices no pack ships yet.
+//! `--engine` is `espeak-ng:VOICE`, `flite:VOICE` or `festival:VOICE`, for trying voices no pack ships yet.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -174,6 +174,7 @@ fn engine_synth(engine: &Engine, pack: &VoicePack) -> anyhow::Result<Box<dyn Syn
     Ok(match engine {
         Engine::EspeakNg(_) => Box::new(Espeak::shared()?.voice(pack)?),
         Engine::Flite(voice) => Box::new(FliteSynth::new(voice, pack.default_rate())?),
+        Engine::Festival(voice) => Box::new(FliteSynth::festival(voice, pack.default_rate())?),
         other => bail!("the engine `{other}` does not render clips"),
     })
 }
