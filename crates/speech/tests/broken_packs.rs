@@ -129,7 +129,7 @@ fn broken_voice_toml_files_each_give_their_error() {
         ),
         (
             "unknown engine",
-            Box::new(replace("engine = \"flite\"", "engine = \"festival\"")),
+            Box::new(replace("engine = \"flite\"", "engine = \"mbrola\"")),
             Want::Bad("voices.flite-slt.engine"),
         ),
         (
