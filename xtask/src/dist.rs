@@ -312,8 +312,11 @@ fn package(binary: &Path, target: &str, epoch: &str, cross: bool) -> Result<(), 
     Ok(())
 }
 
-/// Copies the voice packs (with any rendered clips) and the licence texts.
+/// Renders every voice's clips (the device plays clips; without them a flite voice such as
+/// English's default would fall back to espeak-ng), then copies the voice packs and the
+/// licence texts.
 fn copy_tree(root: &Path, stage: &Path) -> Result<(), String> {
+    crate::voices(&[])?;
     run(
         "copying voice packs",
         Command::new("cp")

@@ -7,8 +7,12 @@
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings and `cargo test --workspace`.
-//! - `voices`: render every voice pack's clips (`voices/<lang>/clips/`) from espeak-ng at
-//!   every speed step, through the speech crate's `codereader-speak clips`.
+//! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
+//!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
+//!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
+//!   voices instead (`voices/RECORDING.md`).
+//! - `intelligibility [--count N] [--seed S]`: share of random six-digit codes an offline
+//!   recognizer (PocketSphinx) hears exactly, per English voice (`docs/voices.md`).
 //! - `bench-verifier`: load-test the verifier HTTP service on loopback (SQLite and
 //!   PostgreSQL) and print verifies/s and p50/p99 latency; extra arguments go to the load
 //!   generator (`crates/server/benches/load.rs`).
@@ -20,6 +24,7 @@ use std::process::{Command, ExitCode};
 
 mod demo;
 mod dist;
+mod intelligibility;
 mod packages;
 
 fn main() -> ExitCode {
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         Some("dist") => dist::dist(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("voices") => voices(&args[1..]),
+        Some("intelligibility") => intelligibility::intelligibility(&args[1..]),
         Some("bench-verifier") => bench_verifier(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_help();
@@ -52,7 +58,11 @@ fn print_help() {
          demo    speak the current code of a demo token (installs what it needs)\n  \
          dist    release tarball of the device program [--target TRIPLE]\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
-         voices  render voices/<lang>/clips/*.wav from espeak-ng at every speed step\n  \
+         voices [--check] [TAG...]\n          \
+                 render every voice's clips with its engine at every speed step;\n          \
+                 --check: validate recorded voices (voices/RECORDING.md)\n  \
+         intelligibility [--count N] [--seed S]\n          \
+                 share of random codes an offline recognizer hears exactly, per English voice\n  \
          bench-verifier [--seconds S] [--connections C] [--stores sqlite,postgres]\n          \
                  load-test the verifier service on loopback; prints verifies/s, p50, p99\n  \
          help    this text"
@@ -79,6 +89,9 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
 
 fn test(_args: &[String]) -> Result<(), String> {
     packages::ensure(packages::TEST)?;
+    // The speech crate's intelligibility test needs PocketSphinx (PyPI, pinned, in a
+    // virtualenv under target/); it is told where with CODEREADER_ASR_PYTHON.
+    let asr_python = intelligibility::recognizer_python()?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
@@ -103,7 +116,9 @@ fn test(_args: &[String]) -> Result<(), String> {
     )?;
     run(
         "cargo test",
-        cargo().args(["test", "--workspace", "--all-targets", "--locked"]),
+        cargo()
+            .args(["test", "--workspace", "--all-targets", "--locked"])
+            .env("CODEREADER_ASR_PYTHON", &asr_python),
     )?;
     // `--all-targets` skips doc tests; run them too.
     run(
@@ -112,9 +127,18 @@ fn test(_args: &[String]) -> Result<(), String> {
     )
 }
 
-/// Renders the clips of every pack in `voices/` (or of the tags given as arguments).
-fn voices(args: &[String]) -> Result<(), String> {
-    packages::ensure(packages::VOICES)?;
+/// Renders the clips of every voice of every pack in `voices/` (or of the tags given as
+/// arguments) with the engine each voice names; with `--check`, validates the recorded voices
+/// instead (nothing is rendered).
+pub(crate) fn voices(args: &[String]) -> Result<(), String> {
+    let check = args.iter().any(|a| a == "--check");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--check").cloned().collect();
+    let args = args.as_slice();
+    packages::ensure(if check {
+        packages::DEMO
+    } else {
+        packages::VOICES
+    })?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("xtask has no parent directory")?
@@ -137,12 +161,13 @@ fn voices(args: &[String]) -> Result<(), String> {
     if !args.is_empty() {
         tags.retain(|t| args.contains(t));
     }
+    let command = if check { "check" } else { "clips" };
     for tag in &tags {
         run(
-            &format!("clips for `{tag}`"),
+            &format!("{command} voices of `{tag}`"),
             cargo()
                 .args(["run", "--quiet", "--package", "codereader-speech"])
-                .args(["--bin", "codereader-speak", "--", "clips", "--voices"])
+                .args(["--bin", "codereader-speak", "--", command, "--voices"])
                 .arg(&root)
                 .args(["--lang", tag]),
         )?;

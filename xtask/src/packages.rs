@@ -33,20 +33,33 @@ pub(crate) const TEST: &[&str] = &[
     "pkg-config",
     // speech: the `espeak-ng -w` baseline the benchmark runs (built and run once by tests).
     "espeak-ng",
+    // speech: the flite voices' clips (the English default) and the intelligibility test's
+    // virtualenv for PocketSphinx (from PyPI).
+    "flite",
+    "python3-venv",
     // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
     "postgresql",
     // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
     "procps",
 ];
 
-/// What `cargo xtask voices` needs: building the speech crate and running espeak-ng.
+/// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech
+/// crate, the engines that render clips (espeak-ng's library, the flite command line), and a
+/// Python virtualenv for the recognizer (PocketSphinx comes from PyPI into `target/`).
 pub(crate) const VOICES: &[&str] = &[
     "libclang-dev",
     "libespeak-ng-dev",
     "espeak-ng-data",
     "libasound2-dev",
     "pkg-config",
+    "flite",
+    "python3-venv",
 ];
+
+/// What `cargo xtask intelligibility` needs besides [`VOICES`]: the Festival voices it also
+/// measures (no shipped voice uses Festival).
+pub(crate) const INTELLIGIBILITY: &[&str] =
+    &["festival", "festvox-kallpc16k", "festvox-us-slt-hts"];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")

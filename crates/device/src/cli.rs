@@ -460,7 +460,7 @@ fn speak(
         listening.volume = volume;
     }
     let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-    let voices = Voices::load(&dir, config.synth)?;
+    let voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
     let pack = voices.pack(&listening.language)?;
     let settings = voice::speech_settings(&listening);
     // Open the sound card before taking the code: without audio, no HOTP counter is used.
@@ -568,7 +568,9 @@ fn settings(
         || !args.evdev_bind.is_empty();
     if let Some(lang) = &args.lang {
         let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-        Voices::load(&dir, config.synth)?.pack(lang)?;
+        Voices::load(&dir, config.synth)?
+            .choosing(&config.voice)?
+            .pack(lang)?;
         user.language = Some(lang.clone());
     }
     if let Some(volume) = args.volume {

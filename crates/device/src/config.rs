@@ -150,6 +150,7 @@ pub struct ChordConfig {
 struct RawConfig {
     voices: Option<PathBuf>,
     synth: Option<SynthChoice>,
+    voice: Option<BTreeMap<String, String>>,
     language: Option<String>,
     volume: Option<i64>,
     rate: Option<i64>,
@@ -198,6 +199,9 @@ pub struct Config {
     pub voices: Option<PathBuf>,
     /// Synthesiser choice.
     pub synth: SynthChoice,
+    /// The voice chosen per language tag (`[voice] en = "espeak"`); a language not listed
+    /// speaks its pack's default voice, the clearest by measurement (`docs/voices.md`).
+    pub voice: BTreeMap<String, String>,
     /// Starting settings.
     pub defaults: Listening,
     /// Input sources.
@@ -297,6 +301,7 @@ impl Config {
             source: None,
             voices: None,
             synth: SynthChoice::Auto,
+            voice: BTreeMap::new(),
             defaults: Listening::default(),
             input: InputConfig::default(),
             keys: keys::default_terminal_keys(),
@@ -331,6 +336,8 @@ impl Config {
         config.source = Some(path.to_path_buf());
         config.voices = raw.voices;
         config.synth = raw.synth.unwrap_or_default();
+        // Names are checked against the packs when the voices load (`Voices::choosing`).
+        config.voice = raw.voice.unwrap_or_default();
         if let Some(language) = raw.language {
             config.defaults.language = language;
         }
@@ -575,6 +582,16 @@ mod tests {
         assert_eq!(config.evdev_keys, defaults.evdev_keys);
         assert_eq!(config.input, defaults.input);
         assert_eq!(config.synth, defaults.synth);
+        assert_eq!(config.voice, defaults.voice);
+    }
+
+    #[test]
+    fn the_voice_table_picks_a_voice_per_language() {
+        let config = parse("[voice]\nen = \"espeak\"\nda = \"anna\"").unwrap();
+        assert_eq!(config.voice.get("en").map(String::as_str), Some("espeak"));
+        assert_eq!(config.voice.get("da").map(String::as_str), Some("anna"));
+        let err = parse("[voice]\nen = 3").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("string"), "{err}");
     }
 
     #[test]

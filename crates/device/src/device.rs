@@ -435,7 +435,7 @@ pub fn run(
     let user = UserSettings::load(state.path())?;
     let effective = Effective::new(config, &user, state.path())?;
     let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-    let voices = Voices::load(&dir, config.synth)?;
+    let voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
     let mut listening = effective.listening.clone();
     if let Err(e) = voices.pack(&listening.language) {
         log(&format!(

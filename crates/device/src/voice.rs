@@ -1,6 +1,7 @@
 //! The device's side of the speech crate: finding the voice packs, choosing the synthesiser,
 //! and planning what the device says (codes, feedback, errors, status).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use codereader_speech::{
@@ -29,6 +30,14 @@ pub enum VoiceError {
         tag: String,
         /// The tags there are.
         available: String,
+    },
+    /// A chosen voice is not in its language's pack, or its clips are broken.
+    #[error("voice for `{tag}`: {source}")]
+    Voice {
+        /// Language.
+        tag: String,
+        /// The speech crate's error.
+        source: codereader_speech::PackError,
     },
     /// The synthesiser could not start.
     #[error("cannot start the synthesiser for `{tag}`: {source}")]
@@ -66,10 +75,12 @@ pub fn locate_voices(explicit: Option<&Path>, configured: Option<&Path>) -> Path
     last
 }
 
-/// The loaded voice packs and the synthesiser choice.
+/// The loaded voice packs, the voice chosen per language and the synthesiser choice.
 #[derive(Debug)]
 pub struct Voices {
     library: VoiceLibrary,
+    /// Packs speaking a voice the user chose instead of the pack's default.
+    chosen: BTreeMap<String, VoicePack>,
     choice: SynthChoice,
 }
 
@@ -83,7 +94,40 @@ impl Voices {
             dir: dir.to_path_buf(),
             source,
         })?;
-        Ok(Voices { library, choice })
+        Ok(Voices {
+            library,
+            chosen: BTreeMap::new(),
+            choice,
+        })
+    }
+
+    /// Speaks each language in `picks` (tag -> voice name, the config's `[voice]`) with that
+    /// voice instead of its pack's default.
+    ///
+    /// # Errors
+    /// [`VoiceError::UnknownLanguage`] or [`VoiceError::Voice`] (no such voice: the message
+    /// lists the pack's voices; or its clips are broken).
+    pub fn choosing(mut self, picks: &BTreeMap<String, String>) -> Result<Self, VoiceError> {
+        for (tag, name) in picks {
+            let pack = self
+                .pack(tag)?
+                .with_voice(name)
+                .map_err(|source| VoiceError::Voice {
+                    tag: tag.clone(),
+                    source,
+                })?;
+            self.chosen.insert(tag.clone(), pack);
+        }
+        Ok(self)
+    }
+
+    /// The voices of `tag`'s pack (default first) and the one speaking now.
+    ///
+    /// # Errors
+    /// [`VoiceError::UnknownLanguage`].
+    pub fn voice_names(&self, tag: &str) -> Result<(Vec<String>, String), VoiceError> {
+        let pack = self.pack(tag)?;
+        Ok((pack.voice_names(), pack.voice().name.clone()))
     }
 
     /// Language tags, sorted.
@@ -96,8 +140,9 @@ impl Voices {
     /// # Errors
     /// [`VoiceError::UnknownLanguage`].
     pub fn pack(&self, tag: &str) -> Result<&VoicePack, VoiceError> {
-        self.library
-            .pack(tag)
+        self.chosen
+            .get(tag)
+            .or_else(|| self.library.pack(tag))
             .ok_or_else(|| VoiceError::UnknownLanguage {
                 tag: tag.to_owned(),
                 available: self.languages().join(", "),
@@ -106,8 +151,9 @@ impl Voices {
 
     /// The pack for `tag`, or else the first one (so errors can still be spoken).
     pub fn pack_or_first(&self, tag: &str) -> Option<&VoicePack> {
-        self.library
-            .pack(tag)
+        self.chosen
+            .get(tag)
+            .or_else(|| self.library.pack(tag))
             .or_else(|| self.library.packs().next())
     }
 
@@ -222,5 +268,53 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             segments.push(Segment::Earcon(Earcon::End));
             Ok(Utterance::from_segments(segments))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn shipped() -> Voices {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
+        Voices::load(&dir, SynthChoice::Espeak).unwrap()
+    }
+
+    fn picks(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(t, v)| ((*t).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_language_speaks_its_default_unless_the_config_picks_another() {
+        let voices = shipped();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+        assert_eq!(voices.pack("da").unwrap().voice().name, "espeak");
+        let voices = voices.choosing(&picks(&[("en", "espeak")])).unwrap();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "espeak");
+        assert_eq!(voices.pack_or_first("en").unwrap().voice().name, "espeak");
+        let (names, now) = voices.voice_names("en").unwrap();
+        assert_eq!(names, ["flite-slt", "espeak"]);
+        assert_eq!(now, "espeak");
+    }
+
+    #[test]
+    fn an_unknown_voice_or_language_is_a_clear_error() {
+        match shipped().choosing(&picks(&[("en", "robot")])) {
+            Err(e @ VoiceError::Voice { .. }) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains("robot") && m.contains("flite-slt, espeak"),
+                    "{m}"
+                );
+            }
+            other => panic!("expected VoiceError::Voice, got {other:?}"),
+        }
+        assert!(matches!(
+            shipped().choosing(&picks(&[("xx", "espeak")])),
+            Err(VoiceError::UnknownLanguage { .. })
+        ));
     }
 }

@@ -41,16 +41,20 @@ impl Fixture {
         let dir = root.join(tag);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(voices.join(tag).join("voice.toml"), dir.join("voice.toml")).unwrap();
-        let words = VoicePack::load_words(&dir).unwrap();
+        // The `espeak` voice's clips, so that clips and espeak say the same thing.
+        let words = VoicePack::load_words(&dir)
+            .unwrap()
+            .with_voice_words("espeak")
+            .unwrap();
         let mut espeak = Espeak::shared().unwrap().voice(&words).unwrap();
         clips::render_clips(
             &words,
             &mut espeak,
             &[Default::default()],
-            &dir.join("clips"),
+            &words.voice().clips_dir,
         )
         .unwrap();
-        let pack = VoicePack::load(&dir).unwrap();
+        let pack = VoicePack::load(&dir).unwrap().with_voice("espeak").unwrap();
         let clips = ClipSynth::load(&pack).unwrap();
         let utterance = Utterance::code(&pack, CODE, CodeIntro::First).unwrap();
         // Intro, then the two groups, with sentence and comma pauses like the plan's.

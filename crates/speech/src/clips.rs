@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::dsp::{to_f32, trim_silence};
 use crate::error::SpeechError;
-use crate::pack::{ClipSet, VoicePack};
+use crate::pack::{ClipSet, ClipSource, VoicePack};
 use crate::plan::{PhraseKey, Speed};
 use crate::sink::{Sink, WavSink};
 use crate::synth::Synth;
@@ -23,6 +23,30 @@ pub fn render_clips(
     speeds: &[Speed],
     out_dir: &Path,
 ) -> Result<usize, SpeechError> {
+    render_clips_from(
+        pack,
+        synth,
+        ClipSource::EspeakNg,
+        speeds,
+        out_dir,
+        &mut |_, _| {},
+    )
+}
+
+/// [`render_clips`] for any engine: the manifest declares `source`, and `progress` is told
+/// (done, total) after each clip.
+///
+/// # Errors
+/// Synthesis or file errors.
+pub fn render_clips_from(
+    pack: &VoicePack,
+    synth: &mut dyn Synth,
+    source: ClipSource,
+    speeds: &[Speed],
+    out_dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<usize, SpeechError> {
+    let total = speeds.len() * PhraseKey::all().count();
     std::fs::create_dir_all(out_dir).map_err(|source| SpeechError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -55,12 +79,14 @@ pub fn render_clips(
             sink.write(trimmed)?;
             sink.finish()?;
             count += 1;
+            progress(count, total);
         }
     }
     let steps: Vec<String> = speeds.iter().map(|s| s.step().to_string()).collect();
     let manifest = format!(
         "# Written by codereader_speech::render_clips; do not edit by hand.\n\
-         source = \"espeak-ng\"\nsample_rate = {}\nspeeds = [{}]\n",
+         source = \"{}\"\nsample_rate = {}\nspeeds = [{}]\n",
+        source.name(),
         rate.hz(),
         steps.join(", ")
     );

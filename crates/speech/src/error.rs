@@ -66,6 +66,16 @@ pub enum PackError {
         /// Rate found in the WAV header.
         found: u32,
     },
+    /// A voice name the pack does not have.
+    #[error("voice pack `{tag}` has no voice `{voice}`; it has: {available}")]
+    UnknownVoice {
+        /// Language tag.
+        tag: String,
+        /// The name asked for.
+        voice: String,
+        /// The names there are.
+        available: String,
+    },
     /// The voices directory holds no pack at all.
     #[error("{dir}: no voice pack (no */voice.toml)")]
     Empty {
@@ -113,6 +123,9 @@ pub enum SpeechError {
     /// The pack has no pre-rendered clips, so the clip backend cannot be used.
     #[error("voice pack `{0}` has no clips")]
     NoClips(String),
+    /// The flite command line failed (only when rendering flite clips).
+    #[error("flite: {0}")]
+    Flite(String),
     /// Resampling failed.
     #[error("resampler: {0}")]
     Resample(String),

@@ -57,20 +57,24 @@ pub mod clips;
 pub mod dsp;
 pub mod error;
 mod ffi;
+pub mod flite;
 pub mod live;
 pub mod pack;
 pub mod pipeline;
 pub mod plan;
+pub mod recorded;
 pub mod sink;
 pub mod synth;
 
 pub use error::{PackError, SpeechError};
+pub use flite::FliteSynth;
 pub use live::{LivePlayer, OutputInfo};
-pub use pack::{ClipSet, ClipSource, Pauses, VoiceLibrary, VoicePack};
+pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};
 pub use pipeline::{RenderReport, Renderer, SegmentSpan};
 pub use plan::{
     CodeIntro, Earcon, Phrase, PhraseKey, Prompt, SampleRate, Segment, Settings, Speed, SpokenCode,
     Utterance, Volume,
 };
+pub use recorded::{RecordingLimits, RecordingProblem, check_recorded};
 pub use sink::{MemorySink, Sink, WavSink};
 pub use synth::{ClipSynth, Espeak, EspeakSynth, Synth};

@@ -37,16 +37,31 @@
 //! six_digit_code_ms = [2500, 9000]
 //! ```
 //!
-//! Clips are optional. A pack has them when `clips/clips.toml` exists:
+//! Optionally, several voices for the language, each naming the engine that renders its
+//! clips (see [`Engine`]); `default` is the one a device uses unless the user picks another:
 //!
 //! ```toml
-//! source = "espeak-ng"    # or "recorded"
+//! [voices]
+//! default = "flite-slt"
+//! espeak = { engine = "espeak-ng", voice = "en" }
+//! flite-slt = { engine = "flite", voice = "slt" }
+//! kal = { engine = "festival", voice = "kal_diphone" }
+//! alice = { engine = "recorded" }
+//! ```
+//!
+//! Without `[voices]` the pack has one voice, `espeak`, speaking `language.espeak_voice`.
+//!
+//! Clips are optional. A voice has them when `clips/<voice>/clips.toml` exists (for a pack
+//! without `[voices]`: `clips/clips.toml`):
+//!
+//! ```toml
+//! source = "flite"        # "espeak-ng", "flite", "festival" or "recorded"
 //! sample_rate = 22050
 //! speeds = [-1, 0, 1]     # speed steps rendered; recorded packs usually have [0]
 //! ```
 //!
-//! and then `clips/<stem>@<step>.wav` for every phrase stem ([`PhraseKey::clip_stem`]) and
-//! listed step, e.g. `clips/digit-7@0.wav`, `clips/intro@-1.wav`: mono, 16-bit PCM.
+//! and then `<stem>@<step>.wav` beside it for every phrase stem ([`PhraseKey::clip_stem`])
+//! and listed step, e.g. `clips/flite-slt/digit-7@0.wav`: mono, 16-bit PCM.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -71,11 +86,87 @@ pub struct Pauses {
 
 /// Where a pack's clips come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClipSource {
     /// Rendered from espeak-ng (by [`crate::clips::render_clips`]).
     EspeakNg,
+    /// Rendered by the flite command line.
+    Flite,
+    /// Rendered by Festival's text2wave.
+    Festival,
     /// Recorded by a person.
     Recorded,
+}
+
+impl ClipSource {
+    /// The name used in `clips.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClipSource::EspeakNg => "espeak-ng",
+            ClipSource::Flite => "flite",
+            ClipSource::Festival => "festival",
+            ClipSource::Recorded => "recorded",
+        }
+    }
+}
+
+/// The engine that renders a voice's clips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// espeak-ng's library with this voice name (e.g. `en`, `en-us`, `da`).
+    EspeakNg(String),
+    /// The flite command line with this voice (`slt`, `kal`, `awb`, `rms`).
+    Flite(String),
+    /// Festival's `text2wave` with this voice (`kal_diphone`, `cmu_us_slt_arctic_hts`).
+    Festival(String),
+    /// A person recorded the clips (`voices/RECORDING.md`); nothing renders them.
+    Recorded,
+}
+
+impl Engine {
+    /// Parses `espeak-ng:VOICE`, `flite:VOICE` or `recorded`.
+    pub fn parse(spec: &str) -> Option<Engine> {
+        match spec.split_once(':') {
+            Some(("espeak-ng", v)) if !v.is_empty() => Some(Engine::EspeakNg(v.to_owned())),
+            Some(("flite", v)) if !v.is_empty() => Some(Engine::Flite(v.to_owned())),
+            Some(("festival", v)) if !v.is_empty() => Some(Engine::Festival(v.to_owned())),
+            None if spec == "recorded" => Some(Engine::Recorded),
+            _ => None,
+        }
+    }
+
+    /// What the clips it renders declare as their source.
+    pub fn clip_source(&self) -> ClipSource {
+        match self {
+            Engine::EspeakNg(_) => ClipSource::EspeakNg,
+            Engine::Flite(_) => ClipSource::Flite,
+            Engine::Festival(_) => ClipSource::Festival,
+            Engine::Recorded => ClipSource::Recorded,
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::EspeakNg(v) => write!(f, "espeak-ng:{v}"),
+            Engine::Flite(v) => write!(f, "flite:{v}"),
+            Engine::Festival(v) => write!(f, "festival:{v}"),
+            Engine::Recorded => f.write_str("recorded"),
+        }
+    }
+}
+
+/// One voice of a pack: a name and the engine that renders its clips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceSpec {
+    /// Name, unique within the pack (`espeak`, `flite-slt`).
+    pub name: String,
+    /// The engine.
+    pub engine: Engine,
+    /// Where its clips live.
+    pub clips_dir: PathBuf,
 }
 
 /// A pack's pre-rendered clips (validated: every file exists with the declared format).
@@ -120,6 +211,8 @@ pub struct VoicePack {
     grouping: BTreeMap<usize, Vec<usize>>,
     pauses: Pauses,
     six_digit_code_ms: (u32, u32),
+    voices: Vec<VoiceSpec>,
+    selected: usize,
     clips: Option<ClipSet>,
 }
 
@@ -130,8 +223,71 @@ impl VoicePack {
     /// A [`PackError`] naming the file and key of the first problem found.
     pub fn load(dir: &Path) -> Result<Self, PackError> {
         let mut pack = Self::load_words(dir)?;
-        pack.clips = load_clips(&dir.join("clips"))?;
+        pack.clips = ClipSet::load(&pack.voice().clips_dir)?;
         Ok(pack)
+    }
+
+    /// The same pack speaking its voice `name`, with that voice's clips (if any) loaded.
+    ///
+    /// # Errors
+    /// [`PackError::UnknownVoice`], or a clip problem of that voice.
+    pub fn with_voice(&self, name: &str) -> Result<Self, PackError> {
+        let mut pack = self.with_voice_words(name)?;
+        pack.clips = ClipSet::load(&pack.voice().clips_dir)?;
+        Ok(pack)
+    }
+
+    /// Like [`VoicePack::with_voice`] but without loading clips (for tools that render them).
+    ///
+    /// # Errors
+    /// [`PackError::UnknownVoice`].
+    pub fn with_voice_words(&self, name: &str) -> Result<Self, PackError> {
+        let selected = self
+            .voices
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| PackError::UnknownVoice {
+                tag: self.tag.clone(),
+                voice: name.to_owned(),
+                available: self.voice_names().join(", "),
+            })?;
+        let mut pack = self.clone();
+        pack.selected = selected;
+        pack.clips = None;
+        Ok(pack)
+    }
+
+    /// The same words spoken by an ad-hoc espeak-ng voice (no clips): for measuring voices
+    /// a pack does not ship.
+    pub fn with_espeak_voice(&self, espeak_voice: &str) -> Self {
+        let mut pack = self.clone();
+        pack.voices = vec![VoiceSpec {
+            name: format!("espeak-{espeak_voice}"),
+            engine: Engine::EspeakNg(espeak_voice.to_owned()),
+            clips_dir: self
+                .dir
+                .join("clips")
+                .join(format!("espeak-{espeak_voice}")),
+        }];
+        pack.selected = 0;
+        pack.clips = None;
+        pack
+    }
+
+    /// The pack's voices; the first is the default.
+    pub fn voices(&self) -> &[VoiceSpec] {
+        &self.voices
+    }
+
+    /// Names of the pack's voices, the default first.
+    pub fn voice_names(&self) -> Vec<String> {
+        self.voices.iter().map(|v| v.name.clone()).collect()
+    }
+
+    /// The voice this pack speaks with (the default unless [`VoicePack::with_voice`] chose).
+    pub fn voice(&self) -> &VoiceSpec {
+        // `voices` is never empty and `selected` always indexes it (both set by this module).
+        &self.voices[self.selected.min(self.voices.len().saturating_sub(1))]
     }
 
     /// Loads and validates `voice.toml` only, ignoring any clips: for tools that (re)render
@@ -230,6 +386,14 @@ impl VoicePack {
             }
         };
         bounds.finish()?;
+        let voices = match root.optional_table("voices")? {
+            None => vec![VoiceSpec {
+                name: "espeak".to_owned(),
+                engine: Engine::EspeakNg(espeak_voice.clone()),
+                clips_dir: dir.join("clips"),
+            }],
+            Some(section) => read_voices(section, dir)?,
+        };
         root.finish()?;
 
         Ok(Self {
@@ -243,6 +407,8 @@ impl VoicePack {
             grouping,
             pauses,
             six_digit_code_ms,
+            voices,
+            selected: 0,
             clips: None,
         })
     }
@@ -262,9 +428,13 @@ impl VoicePack {
         &self.name
     }
 
-    /// espeak-ng voice name.
+    /// espeak-ng voice name: the selected voice's if it is an espeak-ng voice, else the
+    /// language's `espeak_voice` (what speaks when there are no clips).
     pub fn espeak_voice(&self) -> &str {
-        &self.espeak_voice
+        match &self.voice().engine {
+            Engine::EspeakNg(v) => v,
+            _ => &self.espeak_voice,
+        }
     }
 
     /// Words per minute at speed step 0.
@@ -369,6 +539,72 @@ impl VoiceLibrary {
     }
 }
 
+/// Reads `[voices]`: `default = NAME` and `NAME = { engine = ..., voice = ... }` entries;
+/// the default is put first.
+fn read_voices(mut section: Section<'_>, dir: &Path) -> Result<Vec<VoiceSpec>, PackError> {
+    let default = section.string("default")?;
+    let names: Vec<String> = section
+        .table
+        .keys()
+        .filter(|k| k.as_str() != "default")
+        .cloned()
+        .collect();
+    let mut voices = Vec::new();
+    for name in names {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(section.bad(
+                &name,
+                "voice names are ASCII letters, digits, - and _".into(),
+            ));
+        }
+        let mut entry = section.table(&name)?;
+        let engine = match entry.string("engine")?.as_str() {
+            "espeak-ng" => Engine::EspeakNg(entry.string("voice")?),
+            "flite" => Engine::Flite(entry.string("voice")?),
+            "festival" => Engine::Festival(entry.string("voice")?),
+            "recorded" => Engine::Recorded,
+            other => {
+                return Err(entry.bad(
+                    "engine",
+                    format!("`{other}` is not `espeak-ng`, `flite`, `festival` or `recorded`"),
+                ));
+            }
+        };
+        entry.finish()?;
+        let clips_dir = dir.join("clips").join(&name);
+        voices.push(VoiceSpec {
+            name,
+            engine,
+            clips_dir,
+        });
+    }
+    let Some(first) = voices.iter().position(|v| v.name == default) else {
+        return Err(section.bad(
+            "default",
+            format!("names no voice of this pack: `{default}`"),
+        ));
+    };
+    let default_voice = voices.remove(first);
+    voices.insert(0, default_voice);
+    section.finish()?;
+    Ok(voices)
+}
+
+impl ClipSet {
+    /// Loads and validates the clip set in `dir` (`clips.toml` and every clip it implies);
+    /// `None` if `dir` has no `clips.toml`.
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the first bad file.
+    pub fn load(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+        load_clips(dir)
+    }
+}
+
 fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
     let file = dir.join("clips.toml");
     if !file.exists() {
@@ -387,11 +623,13 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
     let mut root = Section::new(&file, "", &table);
     let source = match root.string("source")?.as_str() {
         "espeak-ng" => ClipSource::EspeakNg,
+        "flite" => ClipSource::Flite,
+        "festival" => ClipSource::Festival,
         "recorded" => ClipSource::Recorded,
         other => {
             return Err(root.bad(
                 "source",
-                format!("`{other}` is neither `espeak-ng` nor `recorded`"),
+                format!("`{other}` is not `espeak-ng`, `flite`, `festival` or `recorded`"),
             ));
         }
     };
@@ -493,6 +731,14 @@ impl<'a> Section<'a> {
             file: self.file.to_path_buf(),
             key: self.path(key),
         })
+    }
+
+    fn optional_table(&mut self, key: &str) -> Result<Option<Section<'a>>, PackError> {
+        if self.table.contains_key(key) {
+            self.table(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn table(&mut self, key: &str) -> Result<Section<'a>, PackError> {

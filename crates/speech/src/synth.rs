@@ -275,6 +275,14 @@ impl ClipSynth {
             .clips()
             .cloned()
             .ok_or_else(|| SpeechError::NoClips(pack.tag().to_owned()))?;
+        Self::from_clips(clips)
+    }
+
+    /// Loads every clip of a validated clip set.
+    ///
+    /// # Errors
+    /// [`SpeechError::Pack`] if a clip became unreadable since the set was validated.
+    pub fn from_clips(clips: ClipSet) -> Result<Self, SpeechError> {
         let mut samples = HashMap::new();
         for &speed in &clips.speeds {
             for key in PhraseKey::all() {

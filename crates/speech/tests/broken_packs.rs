@@ -115,6 +115,42 @@ fn broken_voice_toml_files_each_give_their_error() {
             Want::Unknown("extra"),
         ),
         (
+            "default names no voice",
+            Box::new(replace(
+                "default = \"flite-slt\"",
+                "default = \"flite-xyz\"",
+            )),
+            Want::Bad("voices.default"),
+        ),
+        (
+            "voice without default",
+            Box::new(replace("default = \"flite-slt\"\n", "")),
+            Want::Missing("voices.default"),
+        ),
+        (
+            "unknown engine",
+            Box::new(replace("engine = \"flite\"", "engine = \"mbrola\"")),
+            Want::Bad("voices.flite-slt.engine"),
+        ),
+        (
+            "flite voice without a voice name",
+            Box::new(replace(", voice = \"slt\"", "")),
+            Want::Missing("voices.flite-slt.voice"),
+        ),
+        (
+            "unknown key in a voice",
+            Box::new(replace("voice = \"slt\"", "voice = \"slt\", speed = 2")),
+            Want::Unknown("voices.flite-slt.speed"),
+        ),
+        (
+            "voice entry not a table",
+            Box::new(replace(
+                "espeak = { engine = \"espeak-ng\", voice = \"en\" }",
+                "espeak = \"en\"",
+            )),
+            Want::Bad("voices.espeak"),
+        ),
+        (
             "tag differs from directory",
             Box::new(replace("tag = \"en\"", "tag = \"de\"")),
             Want::Bad("language.tag"),
@@ -207,7 +243,7 @@ fn missing_and_unreadable_files_are_io_errors() {
 /// break exactly one thing.
 fn pack_with_clips(root: &Path, manifest: &str) -> PathBuf {
     let dir = pack_with(root, |t| t);
-    let clips = dir.join("clips");
+    let clips = dir.join("clips/flite-slt");
     std::fs::create_dir_all(&clips).unwrap();
     std::fs::write(clips.join("clips.toml"), manifest).unwrap();
     let stems = (0..10).map(|d| format!("digit-{d}")).chain(
@@ -330,7 +366,7 @@ fn broken_clips_each_give_their_error() {
     for (case, file, damage, reason_part) in damages {
         let root = TempDir::new("clips-damage");
         let dir = pack_with_clips(root.path(), MANIFEST);
-        damage(&dir.join("clips").join(file));
+        damage(&dir.join("clips/flite-slt").join(file));
         match VoicePack::load(&dir) {
             Err(PackError::BadClip {
                 file: named,
@@ -345,7 +381,7 @@ fn broken_clips_each_give_their_error() {
 
     let root = TempDir::new("clips-rate");
     let dir = pack_with_clips(root.path(), MANIFEST);
-    write_wav(&dir.join("clips/digit-9@0.wav"), 16_000, 1, 16);
+    write_wav(&dir.join("clips/flite-slt/digit-9@0.wav"), 16_000, 1, 16);
     match VoicePack::load(&dir) {
         Err(PackError::ClipSampleRate {
             file,

@@ -6,18 +6,18 @@ mod common;
 
 use std::process::Command;
 
-use codereader_speech::{ClipSource, PackError, Speed, VoicePack};
-use common::{TempDir, voices_dir};
+use codereader_speech::{ClipSource, PackError, PhraseKey, Speed, VoicePack};
+use common::{TempDir, read_wav, voices_dir};
 
 #[test]
 fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
     let root = TempDir::new("clips-tool");
     let dir = root.path().join("da");
-    std::fs::create_dir_all(dir.join("clips")).unwrap();
+    std::fs::create_dir_all(dir.join("clips/espeak")).unwrap();
     std::fs::copy(voices_dir().join("da/voice.toml"), dir.join("voice.toml")).unwrap();
     // A stale manifest whose clips are missing: the pack does not load...
     std::fs::write(
-        dir.join("clips/clips.toml"),
+        dir.join("clips/espeak/clips.toml"),
         "source = \"espeak-ng\"\nsample_rate = 22050\nspeeds = [0]\n",
     )
     .unwrap();
@@ -42,7 +42,7 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
     assert_eq!(clips.speeds, [Speed::new(-1), Speed::new(0), Speed::new(2)]);
     assert_eq!(clips.sample_rate.hz(), 22_050);
     // 10 digit words and 13 prompts per speed step.
-    let wavs = std::fs::read_dir(dir.join("clips"))
+    let wavs = std::fs::read_dir(dir.join("clips/espeak"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -53,4 +53,74 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
         })
         .count();
     assert_eq!(wavs, 3 * 23);
+}
+
+/// The English pack's voices each render with their own engine, and a faster flite step is
+/// shorter but keeps its pitch (each step is rendered by flite, not resampled).
+#[test]
+fn every_voice_renders_with_its_engine_and_speed_keeps_pitch() {
+    let root = TempDir::new("clips-voices");
+    let dir = root.path().join("en");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(voices_dir().join("en/voice.toml"), dir.join("voice.toml")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_codereader-speak"))
+        .args(["clips", "--lang", "en", "--speeds", "0,3", "--voices"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pack = VoicePack::load(&dir).unwrap();
+    assert_eq!(pack.voice().name, "flite-slt", "the default voice");
+    assert_eq!(pack.clips().unwrap().source, ClipSource::Flite);
+    let espeak = pack.with_voice("espeak").unwrap();
+    assert_eq!(espeak.clips().unwrap().source, ClipSource::EspeakNg);
+
+    let stem = PhraseKey::Digit(9).clip_stem();
+    let clip = |step: i8| read_wav(&dir.join(format!("clips/flite-slt/{stem}@{step}.wav")));
+    let (rate, normal, _) = clip(0);
+    let (_, fast, _) = clip(3);
+    assert!(
+        (fast.len() as f64) < normal.len() as f64 * 0.85,
+        "step 3 ({}) is not shorter than step 0 ({})",
+        fast.len(),
+        normal.len()
+    );
+    let (f0_normal, f0_fast) = (pitch(&normal, rate), pitch(&fast, rate));
+    assert!(
+        (f0_fast / f0_normal - 1.0).abs() < 0.12,
+        "pitch moved: {f0_normal:.0} Hz at step 0, {f0_fast:.0} Hz at step 3"
+    );
+}
+
+/// Median fundamental frequency (Hz) of the voiced 40 ms frames, by autocorrelation over
+/// 70..400 Hz.
+fn pitch(x: &[f32], rate: u32) -> f64 {
+    let frame = rate as usize / 25;
+    let (lo, hi) = (rate as usize / 400, rate as usize / 70);
+    let mut found = Vec::new();
+    for w in x.chunks(frame).filter(|w| w.len() == frame) {
+        let energy: f64 = w.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+        if energy / (frame as f64) < 1e-3 {
+            continue;
+        }
+        let ac = |lag: usize| -> f64 {
+            w.iter()
+                .zip(&w[lag..])
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum()
+        };
+        let (lag, best) = (lo..hi)
+            .map(|lag| (lag, ac(lag)))
+            .fold((0, f64::MIN), |m, c| if c.1 > m.1 { c } else { m });
+        if best > 0.4 * energy {
+            found.push(f64::from(rate) / lag as f64);
+        }
+    }
+    assert!(found.len() >= 3, "too few voiced frames");
+    found.sort_by(f64::total_cmp);
+    found[found.len() / 2]
 }

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         ("en", "clips", clip_root.clone()),
     ] {
         let mut cmd = Command::new(&bin);
+        // The `espeak` voice (every shipped pack has one), which is what the clips hold.
         cmd.args(["play", "--lang", tag, "--code", CODE, "--backend", backend])
+            .args(["--voice", "espeak"])
             .arg("--voices")
             .arg(&voices);
         let run = capture(root.path(), &format!("{tag}-{backend}"), cmd);
@@ -278,6 +280,8 @@ fn reference(dir: &Path, voices: &Path, tag: &str, backend: &str, rate: u32) -> 
             CODE,
             "--backend",
             backend,
+            "--voice",
+            "espeak",
         ])
         .arg("--voices")
         .arg(voices)
@@ -470,7 +474,10 @@ fn child(scenario: &str) {
     }
     assert_eq!(scenario, "stop-replay", "unknown child scenario");
     let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
-    let pack = VoicePack::load(&voices.join("en")).unwrap();
+    let pack = VoicePack::load(&voices.join("en"))
+        .unwrap()
+        .with_voice("espeak")
+        .unwrap();
     let synth = ClipSynth::load(&pack).unwrap();
     let player = LivePlayer::open_default(Box::new(synth)).unwrap();
     let info = player.info().clone();

@@ -208,13 +208,15 @@ fn clip_backend_matches_espeak_backend_segment_by_segment() {
         let (_, b) = renderer
             .render_to_vec(&utterance, &mut clips, settings)
             .unwrap();
-        // espeak-ng adds a little randomness (a few samples per word), so the clips, rendered
-        // from it earlier, match each segment's length within 10 ms, not exactly.
+        // espeak-ng's output for a phrase varies a little with what the engine spoke before
+        // (measured: 260 samples, 12 ms, on the intro when the tests run one at a time, on
+        // main as well), so the clips, rendered from it earlier, match each segment's length
+        // within 20 ms, not exactly.
         assert_eq!(a.spans.len(), b.spans.len());
         for (x, y) in a.spans.iter().zip(&b.spans) {
             let (lx, ly) = (x.end - x.start, y.end - y.start);
             assert!(
-                lx.abs_diff(ly) <= 221,
+                lx.abs_diff(ly) <= 441,
                 "segment {}: {lx} vs {ly} samples",
                 x.index
             );

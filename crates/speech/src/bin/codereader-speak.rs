@@ -4,9 +4,21 @@
 //! ```text
 //! codereader-speak render --voices DIR --lang TAG --code DIGITS --out FILE [--rate HZ] [COMMON]
 //! codereader-speak play   --voices DIR --lang TAG --code DIGITS [COMMON]
-//! codereader-speak clips  --voices DIR --lang TAG [--speeds -3,...,3] [--out DIR]
-//! COMMON: [--backend espeak|clips] [--speed STEP] [--volume STEP]
+//! codereader-speak clips  --voices DIR --lang TAG [--voice NAME] [--speeds -3,...,3] [--out DIR]
+//! codereader-speak check  --voices DIR --lang TAG [--voice NAME]
+//! codereader-speak codes  --voices DIR --lang TAG (--voice NAME | --engine SPEC)
+//!                         --count N [--seed S] --out DIR
+//! COMMON: [--backend espeak|clips] [--voice NAME] [--speed STEP] [--volume STEP]
 //! ```
+//!
+//! `check` validates recorded voices (every recorded voice of the pack, or `--voice`):
+//! every word present, levels in range, no clipping, silence trimmed; it lists every problem.
+//! `clips` renders each voice's clips (all of the pack's voices unless `--voice`) with the
+//! engine the voice names, with a progress bar on stderr. `codes` is the intelligibility
+//! harness's renderer: it renders the voice's clips at speed step 0 into `OUT/clips` (or uses
+//! a recorded voice's clips), then `N` random codes from a seeded generator through the
+//! normal pipeline at 16 kHz into `OUT/NNNN.wav`, listing `NNNN.wav CODE` in `OUT/codes.txt`.
+//! `--engine` is `espeak-ng:VOICE`, `flite:VOICE` or `festival:VOICE`, for trying voices no pack ships yet.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,9 +26,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use std::io::Write;
+
 use codereader_speech::{
-    ClipSynth, CodeIntro, Espeak, LivePlayer, Renderer, SampleRate, Settings, Speed, Synth,
-    Utterance, VoiceLibrary, VoicePack, Volume, clips,
+    ClipSet, ClipSynth, CodeIntro, Engine, Espeak, FliteSynth, LivePlayer, Renderer, SampleRate,
+    Settings, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume, clips,
 };
 
 fn main() -> ExitCode {
@@ -77,6 +91,10 @@ impl Args {
 }
 
 fn synth_for(args: &Args, pack: &VoicePack) -> anyhow::Result<Box<dyn Synth>> {
+    let pack = &match args.options.get("voice") {
+        Some(name) => pack.with_voice(name)?,
+        None => pack.clone(),
+    };
     Ok(match args.get_or("backend", "espeak") {
         "espeak" => Box::new(Espeak::shared()?.voice(pack)?),
         "clips" => Box::new(ClipSynth::load(pack)?),
@@ -92,6 +110,14 @@ fn run() -> anyhow::Result<()> {
         // Only the words: the old clips may be stale or broken, which is why we re-render.
         let pack = VoicePack::load_words(&voices.join(lang))?;
         return render_clips(&args, &pack);
+    }
+    if args.command == "check" {
+        let pack = VoicePack::load_words(&voices.join(lang))?;
+        return check_recorded(&args, &pack);
+    }
+    if args.command == "codes" {
+        let pack = VoicePack::load(&voices.join(lang))?;
+        return render_codes(&args, &pack);
     }
     let library = VoiceLibrary::load(&voices)?;
     let pack = library
@@ -143,9 +169,59 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `clips`: renders every digit word and prompt at each speed step (default: all steps) into
-/// `<pack>/clips` (or `--out`), then checks that the result loads as a valid clip set.
+/// A synthesiser for an engine that renders clips (not for recorded voices).
+fn engine_synth(engine: &Engine, pack: &VoicePack) -> anyhow::Result<Box<dyn Synth>> {
+    Ok(match engine {
+        Engine::EspeakNg(_) => Box::new(Espeak::shared()?.voice(pack)?),
+        Engine::Flite(voice) => Box::new(FliteSynth::new(voice, pack.default_rate())?),
+        Engine::Festival(voice) => Box::new(FliteSynth::festival(voice, pack.default_rate())?),
+        other => bail!("the engine `{other}` does not render clips"),
+    })
+}
+
+/// A progress bar on stderr: `label [#####.....] done/total`.
+fn progress_bar(label: &str) -> impl FnMut(usize, usize) + '_ {
+    move |done, total| {
+        let width = 30;
+        let filled = (done * width).checked_div(total).unwrap_or(width);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r  {label:<18} [{}{}] {done}/{total}",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        if done == total {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}
+
+/// `clips`: renders each voice's clips (every voice, or `--voice`) with its engine.
 fn render_clips(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
+    let names = match args.options.get("voice") {
+        Some(name) => vec![name.clone()],
+        None => pack.voice_names(),
+    };
+    for name in names {
+        let voice = pack.with_voice_words(&name)?;
+        if voice.voice().engine == Engine::Recorded {
+            println!(
+                "{}/{name}: recorded voice, nothing to render (check it with `cargo xtask voices --check`)",
+                pack.tag()
+            );
+            continue;
+        }
+        render_voice_clips(args, &voice)?;
+    }
+    Ok(())
+}
+
+/// Renders every digit word and prompt of the pack's selected voice at each speed step
+/// (default: all steps) into its clips directory (or `--out`), then checks that the result
+/// loads as a valid clip set.
+fn render_voice_clips(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
     let speeds = match args.options.get("speeds") {
         None => Speed::ALL.to_vec(),
         Some(list) => list
@@ -154,21 +230,151 @@ fn render_clips(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()
             .context("--speeds")?,
     };
+    let spec = pack.voice();
     let out = args
         .options
         .get("out")
-        .map_or_else(|| pack.dir().join("clips"), PathBuf::from);
-    let mut synth = Espeak::shared()?.voice(pack)?;
-    let n = clips::render_clips(pack, &mut synth, &speeds, &out)?;
-    if out == pack.dir().join("clips") {
-        let reloaded = VoicePack::load(pack.dir()).context("the rendered clips do not load")?;
-        anyhow::ensure!(reloaded.clips().is_some(), "no clips after rendering");
-    }
+        .map_or_else(|| spec.clips_dir.clone(), PathBuf::from);
+    let mut synth = engine_synth(&spec.engine, pack)?;
+    let label = format!("{}/{}", pack.tag(), spec.name);
+    let n = clips::render_clips_from(
+        pack,
+        synth.as_mut(),
+        spec.engine.clip_source(),
+        &speeds,
+        &out,
+        &mut progress_bar(&label),
+    )?;
+    let loaded = ClipSet::load(&out).context("the rendered clips do not load")?;
+    anyhow::ensure!(loaded.is_some(), "no clips after rendering");
     let steps: Vec<String> = speeds.iter().map(|s| s.step().to_string()).collect();
     println!(
-        "{}: wrote {n} clips (speed steps {}) to {}",
-        pack.tag(),
+        "{label} ({}): wrote {n} clips (speed steps {}) to {}",
+        spec.engine,
         steps.join(","),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `check`: validates recorded voices; fails listing every problem.
+fn check_recorded(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
+    let names = match args.options.get("voice") {
+        Some(name) => vec![name.clone()],
+        None => pack
+            .voices()
+            .iter()
+            .filter(|v| v.engine == Engine::Recorded)
+            .map(|v| v.name.clone())
+            .collect(),
+    };
+    let mut failed = 0;
+    for name in &names {
+        let voice = pack.with_voice_words(name)?;
+        let problems = codereader_speech::check_recorded(
+            &voice,
+            &codereader_speech::RecordingLimits::default(),
+        );
+        if problems.is_empty() {
+            println!("{}/{name}: recorded voice ok", pack.tag());
+        } else {
+            failed += 1;
+            println!("{}/{name}: {} problem(s):", pack.tag(), problems.len());
+            for p in &problems {
+                println!("  {p}");
+            }
+        }
+    }
+    if names.is_empty() {
+        println!("{}: no recorded voice to check", pack.tag());
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} recorded voice(s) of `{}` failed the check",
+        pack.tag()
+    );
+    Ok(())
+}
+
+/// A small seeded generator (SplitMix64) so that every voice hears the same codes.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn code(&mut self) -> String {
+        (0..6)
+            .map(|_| char::from(b'0' + (self.next() % 10) as u8))
+            .collect()
+    }
+}
+
+/// `codes`: the intelligibility harness's renderer (see the module docs).
+fn render_codes(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
+    let count: usize = args.get("count")?.parse().context("--count")?;
+    let seed: u64 = args.get_or("seed", "7").parse().context("--seed")?;
+    let out = PathBuf::from(args.get("out")?);
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    let (engine, pack) = match (args.options.get("engine"), args.options.get("voice")) {
+        (Some(spec), None) => (
+            Engine::parse(spec).with_context(|| format!("--engine `{spec}`"))?,
+            pack.clone(),
+        ),
+        (None, Some(name)) => {
+            let voice = pack.with_voice(name)?;
+            (voice.voice().engine.clone(), voice)
+        }
+        _ => bail!("give exactly one of --voice and --engine"),
+    };
+    let clip_set = if engine == Engine::Recorded {
+        pack.clips()
+            .cloned()
+            .context("the recorded voice has no clips")?
+    } else {
+        // Espeak takes its voice name from the pack; an --engine override needs a pack
+        // whose selected voice is that espeak voice.
+        let pack = match &engine {
+            Engine::EspeakNg(v) => pack.with_espeak_voice(v),
+            _ => pack.clone(),
+        };
+        let mut synth = engine_synth(&engine, &pack)?;
+        let dir = out.join("clips");
+        clips::render_clips_from(
+            &pack,
+            synth.as_mut(),
+            engine.clip_source(),
+            &[Speed::default()],
+            &dir,
+            &mut |_, _| {},
+        )?;
+        ClipSet::load(&dir)?.context("no clips after rendering")?
+    };
+    let mut synth = ClipSynth::from_clips(clip_set)?;
+    let mut renderer = Renderer::new(SampleRate::new(16_000)?);
+    let mut rng = SplitMix(seed);
+    let mut list = String::new();
+    for i in 0..count {
+        let code = rng.code();
+        let file = format!("{i:04}.wav");
+        let utterance = Utterance::code(&pack, &code, CodeIntro::First)?;
+        renderer.render_to_wav(
+            &utterance,
+            &mut synth,
+            Settings::default(),
+            &out.join(&file),
+        )?;
+        list.push_str(&format!("{file} {code}\n"));
+    }
+    std::fs::write(out.join("codes.txt"), list).context("codes.txt")?;
+    println!(
+        "{}: {count} codes by {engine} in {}",
+        pack.tag(),
         out.display()
     );
     Ok(())

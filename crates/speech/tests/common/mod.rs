@@ -39,8 +39,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Copies the shipped pack `tag` into `root/<tag>` and renders its clips there from espeak-ng
-/// at `speeds`; returns the reloaded (validated) pack, which now has clips.
+/// Copies the shipped pack `tag` into `root/<tag>` and renders its `espeak` voice's clips
+/// there from espeak-ng at `speeds`; returns the reloaded (validated) pack speaking that
+/// voice, which now has clips.
 pub fn pack_with_clips(root: &Path, tag: &str, speeds: &[Speed]) -> VoicePack {
     let dir = root.join(tag);
     std::fs::create_dir_all(&dir).unwrap();
@@ -49,10 +50,13 @@ pub fn pack_with_clips(root: &Path, tag: &str, speeds: &[Speed]) -> VoicePack {
         dir.join("voice.toml"),
     )
     .unwrap();
-    let pack = VoicePack::load(&dir).unwrap();
+    let pack = VoicePack::load_words(&dir)
+        .unwrap()
+        .with_voice_words("espeak")
+        .unwrap();
     let mut synth = Espeak::shared().unwrap().voice(&pack).unwrap();
-    clips::render_clips(&pack, &mut synth, speeds, &dir.join("clips")).unwrap();
-    let pack = VoicePack::load(&dir).unwrap();
+    clips::render_clips(&pack, &mut synth, speeds, &pack.voice().clips_dir).unwrap();
+    let pack = VoicePack::load(&dir).unwrap().with_voice("espeak").unwrap();
     assert!(pack.clips().is_some());
     pack
 }
