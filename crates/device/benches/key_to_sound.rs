@@ -20,6 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path as FsPath;
 use std::process::{Command, Stdio};
@@ -121,14 +122,26 @@ fn voices_with_clips(dir: &FsPath) -> Voices {
         .status()
         .unwrap();
     assert!(status.success());
+    // Every pack's `espeak` voice, so that both backends speak the same words with the same
+    // engine: the clips are that voice's own (`clips/espeak/`), rendered here.
+    let espeak_voice = |voices: &Voices| -> BTreeMap<String, String> {
+        voices
+            .languages()
+            .into_iter()
+            .map(|lang| (lang, "espeak".to_owned()))
+            .collect()
+    };
     let espeak = Voices::load(&dir.join("voices"), SynthChoice::Espeak).unwrap();
+    let espeak = espeak.choosing(&espeak_voice(&espeak)).unwrap();
     for lang in espeak.languages() {
         let pack = espeak.pack(&lang).unwrap();
         let mut synth = espeak.synth(pack).unwrap();
-        let out = dir.join("voices").join(&lang).join("clips");
-        clips::render_clips(pack, synth.as_mut(), &[Speed::new(0)], &out).unwrap();
+        let out = &pack.voice().clips_dir;
+        clips::render_clips(pack, synth.as_mut(), &[Speed::new(0)], out).unwrap();
     }
-    Voices::load(&dir.join("voices"), SynthChoice::Clips).unwrap()
+    let with_clips = Voices::load(&dir.join("voices"), SynthChoice::Clips).unwrap();
+    let picks = espeak_voice(&with_clips);
+    with_clips.choosing(&picks).unwrap()
 }
 
 /// How the code is taken.
