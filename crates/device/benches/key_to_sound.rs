@@ -132,7 +132,8 @@ fn voices_with_clips(dir: &FsPath) -> Voices {
             .collect()
     };
     let espeak = Voices::load(&dir.join("voices"), SynthChoice::Espeak).unwrap();
-    let espeak = espeak.choosing(&espeak_voice(&espeak)).unwrap();
+    let picks = espeak_voice(&espeak);
+    let espeak = espeak.choosing(&picks).unwrap();
     for lang in espeak.languages() {
         let pack = espeak.pack(&lang).unwrap();
         let mut synth = espeak.synth(pack).unwrap();
