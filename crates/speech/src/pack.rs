@@ -297,16 +297,7 @@ impl VoicePack {
     /// A [`PackError`] naming the file and key of the first problem found.
     pub fn load_words(dir: &Path) -> Result<Self, PackError> {
         let file = dir.join("voice.toml");
-        let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        let table: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| PackError::Syntax {
-                file: file.clone(),
-                message: e.message().to_owned(),
-            })?;
+        let table = read_toml(&file)?;
         let mut root = Section::new(&file, "", &table);
 
         let mut language = root.table("language")?;
@@ -605,21 +596,25 @@ impl ClipSet {
     }
 }
 
+/// Reads and parses one TOML file of a pack; errors name the file.
+fn read_toml(file: &Path) -> Result<Table, PackError> {
+    let text = std::fs::read_to_string(file).map_err(|source| PackError::Io {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    text.parse()
+        .map_err(|e: toml::de::Error| PackError::Syntax {
+            file: file.to_path_buf(),
+            message: e.message().to_owned(),
+        })
+}
+
 fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
     let file = dir.join("clips.toml");
     if !file.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&file).map_err(|source| PackError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let table: Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| PackError::Syntax {
-            file: file.clone(),
-            message: e.message().to_owned(),
-        })?;
+    let table = read_toml(&file)?;
     let mut root = Section::new(&file, "", &table);
     let source = match root.string("source")?.as_str() {
         "espeak-ng" => ClipSource::EspeakNg,
