@@ -62,6 +62,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod keycache;
 mod outcome;
 mod policy;
 mod scan;
@@ -83,8 +84,8 @@ pub use crate::token::{
     Caller, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState, UserId,
 };
 pub use crate::verifier::{
-    Activation, Enrollment, ImportProblem, ImportReport, RotationReport, Subject, TokenInfo,
-    Verifier, VerifyError,
+    Activation, Enrollment, ImportProblem, ImportReport, OwnedSubject, RotationReport, Subject,
+    TokenInfo, Verifier, VerifyError,
 };
 
 /// The server shares one [`Verifier`] between blocking threads; this fails to compile if a

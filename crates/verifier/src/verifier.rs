@@ -12,6 +12,7 @@ use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
 
+use crate::keycache::KeyCache;
 use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
@@ -54,6 +55,26 @@ pub enum Subject<'a> {
     Token(&'a TokenId),
     /// The token bound to a user.
     User(&'a UserId),
+}
+
+/// A [`Subject`] that owns its id, for work that outlives the caller's borrow
+/// ([`Verifier::verify_then`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedSubject {
+    /// A token by serial.
+    Token(TokenId),
+    /// The token bound to a user.
+    User(UserId),
+}
+
+impl OwnedSubject {
+    /// Borrowed, as the synchronous calls take it.
+    pub fn as_subject(&self) -> Subject<'_> {
+        match self {
+            OwnedSubject::Token(t) => Subject::Token(t),
+            OwnedSubject::User(u) => Subject::User(u),
+        }
+    }
 }
 
 /// The result of [`Verifier::activate`].
@@ -172,6 +193,7 @@ pub struct Verifier {
     store: Box<dyn Store>,
     keyring: Keyring,
     policy: Policy,
+    keys: Option<KeyCache>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -179,6 +201,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("keyring", &self.keyring)
             .field("policy", &self.policy)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -213,7 +236,21 @@ impl Verifier {
             store,
             keyring,
             policy,
+            keys: None,
         }
+    }
+
+    /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
+    /// memory, so that verifying them again skips opening the seal and the key schedule
+    /// (roughly a third of an in-memory verification). 0 turns the cache off, which is the
+    /// default. The cache never holds token state and is used only for a stored seal
+    /// identical to the one it was made from; entries are wiped on eviction and when their
+    /// token is deleted. It keeps key material in memory longer, in a process that holds the
+    /// key-encryption key anyway.
+    #[must_use]
+    pub fn with_key_cache(mut self, capacity: usize) -> Self {
+        self.keys = KeyCache::new(capacity);
+        self
     }
 
     /// The policy in force.
@@ -249,15 +286,37 @@ impl Verifier {
         }
     }
 
-    fn record(&self, subject: Subject<'_>) -> Result<Option<TokenRecord>, VerifyError> {
+    fn record(
+        &self,
+        store: &dyn Store,
+        subject: Subject<'_>,
+    ) -> Result<Option<TokenRecord>, VerifyError> {
         Ok(match subject {
-            Subject::Token(id) => self.store.token(id)?,
-            Subject::User(user) => self.store.token_of_user(user)?,
+            Subject::Token(id) => store.token(id)?,
+            Subject::User(user) => store.token_of_user(user)?,
         })
     }
 
-    fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
+    /// The prepared HMAC key of a token: from the cache if it holds one made from this very
+    /// seal, else opened and prepared (and cached, if there is a cache).
+    fn hotp(&self, record: &TokenRecord) -> Result<Hotp, VerifyError> {
+        let p = record.params;
+        if let Some(hotp) = self
+            .keys
+            .as_ref()
+            .and_then(|k| k.get(&record.id, &record.seed, p))
+        {
+            return Ok(hotp);
+        }
         let secret = self.keyring.open(&record.id, &record.seed)?;
+        let hotp = Hotp::new(&secret, p.algorithm, p.digits);
+        if let Some(keys) = &self.keys {
+            keys.put(&record.id, &record.seed, p, hotp.clone());
+        }
+        Ok(hotp)
+    }
+
+    fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
         let p = record.params;
         // One HMAC key schedule per verification: TOTP is HOTP over the step, so the step is
         // computed here (checked, like `Totp::step_at`) rather than by a second generator.
@@ -272,7 +331,7 @@ impl Verifier {
             TokenKind::Hotp => None,
         };
         Ok(Generator {
-            hotp: Hotp::new(&secret, p.algorithm, p.digits),
+            hotp: self.hotp(record)?,
             current,
         })
     }
@@ -319,6 +378,7 @@ impl Verifier {
     /// growing delay. `None` means go ahead with `state` (possibly just unlocked).
     fn gate(
         &self,
+        store: &dyn Store,
         record: &mut TokenRecord,
         now: UnixTime,
         caller: &Caller,
@@ -338,7 +398,7 @@ impl Verifier {
                         Self::audit(Some(&record.id), None, "auto-unlock", "ok", now, caller);
                     // Only the caller whose compare-and-set wins writes the unlock; either
                     // way the token is unlocked now.
-                    self.store.unlock(&record.id, state.locked_at, &audit)?;
+                    store.unlock(&record.id, state.locked_at, &audit)?;
                     state.locked_at = None;
                     state.failures = 0;
                     state.last_failure_at = None;
@@ -356,8 +416,8 @@ impl Verifier {
     }
 
     /// After a compare-and-set did not apply: why not, from the current row.
-    fn lost_race(&self, id: &TokenId) -> Result<Outcome, VerifyError> {
-        Ok(match self.store.token(id)? {
+    fn lost_race(&self, store: &dyn Store, id: &TokenId) -> Result<Outcome, VerifyError> {
+        Ok(match store.token(id)? {
             None => Outcome::UnknownToken,
             Some(t) if !t.state.enabled => Outcome::Disabled,
             Some(t) if t.state.locked_at.is_some() => Outcome::Locked {
@@ -370,6 +430,7 @@ impl Verifier {
     /// Counts a failure and says how many attempts are left.
     fn fail(
         &self,
+        store: &dyn Store,
         record: &TokenRecord,
         action: &'static str,
         now: UnixTime,
@@ -383,15 +444,13 @@ impl Verifier {
             now,
             caller,
         );
-        match self
-            .store
-            .record_failure(&record.id, now, self.policy.max_failures, &audit)?
+        match store.record_failure(&record.id, now, self.policy.max_failures, &audit)?
         {
             Some(failures) => {
                 let attempts_left = self.policy.max_failures.saturating_sub(failures);
                 if attempts_left == 0 {
                     // Operators look for the moment a token locked; say it in the trail.
-                    self.store.append_audit(&Self::audit(
+                    store.append_audit(&Self::audit(
                         Some(&record.id),
                         record.user.as_ref(),
                         "lock",
@@ -403,8 +462,8 @@ impl Verifier {
                 Ok(Outcome::Rejected { attempts_left })
             }
             None => {
-                let outcome = self.lost_race(&record.id)?;
-                self.log(record, action, &outcome, now, caller)?;
+                let outcome = self.lost_race(store, &record.id)?;
+                self.log(store, record, action, &outcome, now, caller)?;
                 Ok(outcome)
             }
         }
@@ -412,6 +471,7 @@ impl Verifier {
 
     fn log(
         &self,
+        store: &dyn Store,
         record: &TokenRecord,
         action: &'static str,
         outcome: &Outcome,
@@ -426,7 +486,7 @@ impl Verifier {
             now,
             caller,
         );
-        Ok(self.store.append_audit(&audit)?)
+        Ok(store.append_audit(&audit)?)
     }
 
     /// Checks `code` for a token (by serial or by user) at time `now`, and uses it up if it is
@@ -444,21 +504,56 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
-        let Some(record) = self.record(subject)? else {
+        self.verify_on(self.store.as_ref(), subject, code, now, caller)
+    }
+
+    /// [`Verifier::verify`] where the store does its writes, for async callers: the store
+    /// runs the whole verification (read, decision, compare-and-set, audit) as one unit of
+    /// work ([`Store::submit`]) and `done` hears the outcome only once everything it wrote is
+    /// committed. SQLite queues the work for its writer thread and returns at once, so an
+    /// async server awaits `done` without tying up a thread; other stores run it before
+    /// returning (call them from a blocking thread: [`Store::queues_work`] says which).
+    pub fn verify_then(
+        self: &std::sync::Arc<Self>,
+        subject: OwnedSubject,
+        code: Code,
+        now: UnixTime,
+        caller: Caller,
+        done: impl FnOnce(Result<Outcome, VerifyError>) + Send + 'static,
+    ) {
+        let this = std::sync::Arc::clone(self);
+        self.store.submit(Box::new(move |store: &dyn Store| {
+            let result = this.verify_on(store, subject.as_subject(), &code, now, &caller);
+            Box::new(move |committed: Result<(), StoreError>| {
+                done(committed.map_err(VerifyError::from).and(result));
+            })
+        }));
+    }
+
+    fn verify_on(
+        &self,
+        store: &dyn Store,
+        subject: Subject<'_>,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let Some(record) = self.record(store, subject)? else {
             let (token, user) = match subject {
                 Subject::Token(t) => (Some(t), None),
                 Subject::User(u) => (None, Some(u)),
             };
             let outcome = Outcome::UnknownToken;
             let audit = Self::audit(token, user, "verify", outcome.label(), now, caller);
-            self.store.append_audit(&audit)?;
+            store.append_audit(&audit)?;
             return Ok(outcome);
         };
-        self.check(record, code, None, now, caller)
+        self.check(store, record, code, None, now, caller)
     }
 
     fn check(
         &self,
+        store: &dyn Store,
         mut record: TokenRecord,
         code: &Code,
         bind: Option<&UserId>,
@@ -466,8 +561,8 @@ impl Verifier {
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
         let action = if bind.is_some() { "activate" } else { "verify" };
-        if let Some(outcome) = self.gate(&mut record, now, caller)? {
-            self.log(&record, action, &outcome, now, caller)?;
+        if let Some(outcome) = self.gate(store, &mut record, now, caller)? {
+            self.log(store, &record, action, &outcome, now, caller)?;
             return Ok(outcome);
         }
         let g = self.generator(&record, now)?;
@@ -492,24 +587,24 @@ impl Verifier {
                     now,
                     caller,
                 );
-                if self.store.advance(&advance, &audit)? {
+                if store.advance(&advance, &audit)? {
                     Ok(Outcome::Accepted(Accepted {
                         token: record.id.clone(),
                         matched: Self::matched(&record, value),
                         drift,
                     }))
                 } else {
-                    let outcome = self.lost_race(&record.id)?;
-                    self.log(&record, action, &outcome, now, caller)?;
+                    let outcome = self.lost_race(store, &record.id)?;
+                    self.log(store, &record, action, &outcome, now, caller)?;
                     Ok(outcome)
                 }
             }
             Scan::Stale => {
                 let outcome = Outcome::Replayed;
-                self.log(&record, action, &outcome, now, caller)?;
+                self.log(store, &record, action, &outcome, now, caller)?;
                 Ok(outcome)
             }
-            Scan::Miss => self.fail(&record, action, now, caller),
+            Scan::Miss => self.fail(store, &record, action, now, caller),
         }
     }
 
@@ -526,6 +621,7 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Activation, VerifyError> {
+        let store = self.store.as_ref();
         let record = self
             .store
             .token(token)?
@@ -554,7 +650,7 @@ impl Verifier {
             ))?;
             return Ok(Activation::UserHasToken);
         }
-        match self.check(record, code, Some(user), now, caller) {
+        match self.check(store, record, code, Some(user), now, caller) {
             Ok(Outcome::Accepted(a)) => Ok(Activation::Activated(a)),
             Ok(Outcome::Replayed) => {
                 // The compare-and-set also refuses a token someone else just bound.
@@ -584,6 +680,7 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
+        let store = self.store.as_ref();
         let record = self
             .store
             .token(token)?
@@ -592,7 +689,7 @@ impl Verifier {
             })?;
         if !record.state.enabled {
             let outcome = Outcome::Disabled;
-            self.log(&record, "resync", &outcome, now, caller)?;
+            self.log(store, &record, "resync", &outcome, now, caller)?;
             return Ok(outcome);
         }
         let g = self.generator(&record, now)?;
@@ -619,10 +716,10 @@ impl Verifier {
                 let outcome = Outcome::Locked {
                     until: record.state.locked_at.and_then(|at| self.unlock_time(at)),
                 };
-                self.log(&record, "resync", &outcome, now, caller)?;
+                self.log(store, &record, "resync", &outcome, now, caller)?;
                 return Ok(outcome);
             }
-            return self.fail(&record, "resync", now, caller);
+            return self.fail(store, &record, "resync", now, caller);
         };
         let accepted = value.saturating_add(1);
         let drift = drift_of(accepted, origin);
@@ -650,8 +747,8 @@ impl Verifier {
                 drift,
             }))
         } else {
-            let outcome = self.lost_race(&record.id)?;
-            self.log(&record, "resync", &outcome, now, caller)?;
+            let outcome = self.lost_race(store, &record.id)?;
+            self.log(store, &record, "resync", &outcome, now, caller)?;
             Ok(outcome)
         }
     }
@@ -709,7 +806,11 @@ impl Verifier {
         caller: &Caller,
     ) -> Result<(), VerifyError> {
         let audit = Self::audit(Some(token), None, "delete", "ok", now, caller);
-        if self.store.delete_token(token, &audit)? {
+        let deleted = self.store.delete_token(token, &audit)?;
+        if let Some(keys) = &self.keys {
+            keys.remove(token);
+        }
+        if deleted {
             Ok(())
         } else {
             Err(VerifyError::UnknownToken {
@@ -723,7 +824,7 @@ impl Verifier {
     /// # Errors
     /// [`VerifyError::Store`].
     pub fn show(&self, subject: Subject<'_>) -> Result<Option<TokenInfo>, VerifyError> {
-        Ok(self.record(subject)?.map(TokenInfo::from))
+        Ok(self.record(self.store.as_ref(), subject)?.map(TokenInfo::from))
     }
 
     /// Up to `limit` tokens after `after`, in serial order, without seeds.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use codereader_otp::Code;
 use codereader_verifier::testing::TempPostgres;
-use codereader_verifier::{Outcome, Policy, Store, Subject, TokenId, open_store};
+use codereader_verifier::{Outcome, OwnedSubject, Policy, Store, Subject, TokenId, open_store};
 use common::*;
 
 const ATTEMPTS: usize = 64;
@@ -125,6 +125,72 @@ fn exactly_once_shared(address: &str) {
     let accepted = trail.iter().filter(|e| e.outcome == "accepted").count();
     let replayed = trail.iter().filter(|e| e.outcome == "replayed").count();
     assert_eq!((accepted, replayed), (1, ATTEMPTS - 1));
+}
+
+/// Half the callers submit their verification as one unit of work ([`Verifier::verify_then`],
+/// what the HTTP server does: on SQLite it runs on the writer thread) and half call
+/// [`Verifier::verify`]; the same code still wins exactly once, and wrong codes lock at
+/// exactly 3.
+fn exactly_once_submitted(address: &str) {
+    let v = Arc::new(verifier(open_store(address).unwrap(), Policy::default()));
+    let run = |token: &TokenId, c: Code| -> Vec<String> {
+        let barrier = Barrier::new(ATTEMPTS);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..ATTEMPTS)
+                .map(|i| {
+                    let (v, barrier) = (&v, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let outcome = if i % 2 == 0 {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            v.verify_then(
+                                OwnedSubject::Token(token.clone()),
+                                c,
+                                NOW,
+                                caller(),
+                                move |r| tx.send(r).unwrap(),
+                            );
+                            rx.recv().unwrap()
+                        } else {
+                            v.verify(Subject::Token(token), &c, NOW, &caller())
+                        };
+                        outcome.unwrap().label().to_owned()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let token = enroll(&v, "SUBMIT", 5, totp_params(), 0);
+    let labels = run(&token, code(5, step(NOW)));
+    assert_eq!(count(&labels, "accepted"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
+    let locked = enroll(&v, "SUBMIT-LOCK", 6, totp_params(), 0);
+    let labels = run(&locked, wrong_code(6, step(NOW)));
+    assert_eq!(count(&labels, "rejected"), 2, "{labels:?}");
+    assert_eq!(count(&labels, "rejected-locked"), 1, "{labels:?}");
+    assert_eq!(count(&labels, "locked"), ATTEMPTS - 3, "{labels:?}");
+    let trail = v.audit_trail(&token, 1000).unwrap();
+    assert_eq!(
+        trail.iter().filter(|e| e.action == "verify").count(),
+        ATTEMPTS,
+        "every attempt is audited once"
+    );
+}
+
+#[test]
+fn sqlite_submitted_and_direct_calls_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_once_submitted(&format!(
+        "sqlite:{}",
+        dir.path().join("submitted.db").display()
+    ));
+}
+
+#[test]
+fn postgres_submitted_and_direct_calls_mixed() {
+    let pg = TempPostgres::start().unwrap();
+    exactly_once_submitted(&pg.create_database("submitted").unwrap());
 }
 
 #[test]

@@ -618,6 +618,64 @@ fn rules_on_memory() {
     run_all(&|policy| verifier(Box::new(MemoryStore::new()), policy));
 }
 
+/// The key cache must change nothing a caller can see: every rule again, with it on.
+#[test]
+fn rules_on_memory_with_key_cache() {
+    run_all(&|policy| verifier(Box::new(MemoryStore::new()), policy).with_key_cache(1000));
+}
+
+#[test]
+fn rules_on_sqlite_with_key_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    run_all(&|policy| {
+        let path = dir
+            .path()
+            .join(format!("{}.db", n.fetch_add(1, Ordering::Relaxed)));
+        verifier(Box::new(SqliteStore::open(path).unwrap()), policy).with_key_cache(1000)
+    });
+}
+
+/// A cached key is used only for the very seal it came from: a token deleted and enrolled
+/// again under the same serial with another seed, a re-sealed seed, and a seal tampered with
+/// in the store all behave exactly as without the cache.
+#[test]
+fn key_cache_follows_the_stored_seal() {
+    let v = verifier(Box::new(MemoryStore::new()), Policy::default()).with_key_cache(4);
+    let s = step(NOW);
+    let t = enroll(&v, "T", 1, totp_params(), 0);
+    accepted(&verify(&v, &t, &code(1, s), NOW));
+    v.delete(&t, NOW, &caller()).unwrap();
+    let t = enroll(&v, "T", 2, totp_params(), 0);
+    // The old seed's next code is wrong now; the new seed's is right.
+    assert!(matches!(
+        verify(&v, &t, &code(1, s + 1), UnixTime(NOW.0 + 30)),
+        Outcome::Rejected { .. }
+    ));
+    accepted(&verify(&v, &t, &code(2, s + 1), UnixTime(NOW.0 + 30)));
+    // Rotation re-seals: the cached entry no longer matches, the new seal opens.
+    let rotated = Verifier::new(
+        v.into_store(),
+        Keyring::new(Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32]))
+            .with_older(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32])),
+        Policy::default(),
+    )
+    .with_key_cache(4);
+    accepted(&verify(&rotated, &t, &code(2, s + 2), UnixTime(NOW.0 + 60)));
+    rotated.rotate(UnixTime(NOW.0 + 60), &caller()).unwrap();
+    accepted(&verify(&rotated, &t, &code(2, s + 3), UnixTime(NOW.0 + 90)));
+    // A seal changed in the store (here: swapped for another token's) is opened, and fails
+    // like it does without a cache, although a key for this token is cached.
+    let other = enroll(&rotated, "O", 3, totp_params(), 0);
+    let mine = rotated.store().token(&t).unwrap().unwrap().seed;
+    let theirs = rotated.store().token(&other).unwrap().unwrap().seed;
+    assert!(rotated.store().replace_seed(&t, &mine, &theirs).unwrap());
+    assert!(matches!(
+        rotated.verify(Subject::Token(&t), &code(2, s + 4), UnixTime(NOW.0 + 120), &caller()),
+        Err(codereader_verifier::VerifyError::Seal(_))
+    ));
+}
+
 #[test]
 fn rules_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -170,6 +170,14 @@ pub struct AuditEvent {
     pub caller: Caller,
 }
 
+/// Told whether the writes of a unit of [`Work`] were committed (`Ok`) or not.
+pub type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A unit of work for [`Store::submit`]: it runs against the store it is given (which may be
+/// a view of the store inside its current transaction) and returns what to do once its writes
+/// are committed.
+pub type Work = Box<dyn FnOnce(&dyn Store) -> Finish + Send>;
+
 /// Persistent token state. Every method is one atomic step in the store; the verifier never
 /// holds a lock or a transaction across calls. Implementations must make [`Store::advance`]
 /// and [`Store::record_failure`] single conditional updates so that concurrent callers (other
@@ -294,6 +302,21 @@ pub trait Store: Send + Sync {
         old: &SealedSeed,
         new: &SealedSeed,
     ) -> Result<bool, StoreError>;
+
+    /// Runs `work` and then its [`Finish`] with whether its writes were committed. Each
+    /// operation `work` makes is atomic as usual; the work as a whole is not one transaction.
+    ///
+    /// A store with a writer thread of its own (SQLite) queues the work there and returns at
+    /// once: the work then reads and writes on the writer's connection inside its group
+    /// commit, without the hand-offs of separate calls, and the finish runs on that thread
+    /// after the commit. Other stores run both before returning ([`Store::queues_work`] is
+    /// false), so an async caller must call them from a blocking thread.
+    fn submit(&self, work: Work);
+
+    /// Whether [`Store::submit`] returns at once, leaving the work to a thread of the store.
+    fn queues_work(&self) -> bool {
+        false
+    }
 }
 
 /// A token row as SQL stores hold it, before checking.

@@ -15,8 +15,8 @@ use codereader_otp::UnixTime;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Advance, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS, TokenColumns,
-    TokenRecord, audit_from_row, to_i64,
+    Advance, AuditEvent, Finish, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
+    TokenColumns, TokenRecord, Work, audit_from_row, to_i64,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -132,11 +132,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Called with the commit's result once the batch holding a write is committed (or not).
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write: runs on the writer's connection (or is told why it cannot) and returns what to do
-/// after the commit.
-type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Finish + Send>;
+/// after the commit. The connection sits in a mutex only so that [`Tx`], the view submitted
+/// work gets, is `Sync` as every store must be; only the writer thread ever locks it.
+type Job = Box<dyn FnOnce(Result<&Mutex<Connection>, StoreError>) -> Finish + Send>;
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -154,6 +153,8 @@ fn writer_gone() -> StoreError {
 }
 
 fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
+    let shared = Mutex::new(conn);
+    let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -162,11 +163,12 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(db);
+        let began = lock().execute_batch("BEGIN IMMEDIATE").map_err(db);
         let finishers: Vec<Finish> = match &began {
-            Ok(()) => jobs.into_iter().map(|job| job(Ok(&conn))).collect(),
+            Ok(()) => jobs.into_iter().map(|job| job(Ok(&shared))).collect(),
             Err(e) => jobs.into_iter().map(|job| job(Err(e.clone()))).collect(),
         };
+        let conn = lock();
         let committed = match began {
             // Every job was already told why it could not run.
             Err(_) => Ok(()),
@@ -181,6 +183,7 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
                 db(e)
             }),
         };
+        drop(conn);
         for finish in finishers {
             finish(committed.clone());
         }
@@ -344,7 +347,9 @@ impl SqliteStore {
         let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(|c| in_savepoint(c, f));
+            let result = conn.and_then(|m| {
+                in_savepoint(&m.lock().unwrap_or_else(PoisonError::into_inner), f)
+            });
             Box::new(move |committed: Result<(), StoreError>| {
                 // The caller may have gone (it cannot, it waits); nothing to do if so.
                 let _ = reply.send(committed.and(result));
@@ -361,7 +366,10 @@ impl Drop for SqliteStore {
         if let Some(mut writer) = self.writer.take() {
             let thread = writer.thread.take();
             drop(writer);
-            if let Some(t) = thread {
+            // Submitted work holds what holds the store (a verifier), so the last owner can
+            // let go of it on the writer thread itself; that thread ends by itself once the
+            // queue is closed and drained, and cannot wait for itself.
+            if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
                 let _ = t.join();
             }
         }
@@ -447,6 +455,287 @@ fn select_one(conn: &Connection, sql: &str, key: &str) -> Result<Option<TokenRec
     raw.map(RawToken::into_record).transpose()
 }
 
+/// The operations on one connection, inside whatever transaction it is in. The store's own
+/// methods run these on a pooled connection (reads) or in a savepoint on the writer's (writes);
+/// [`Tx`] runs them directly on the writer's, for [`Store::submit`] work.
+mod on {
+    use super::*;
+
+    pub(super) fn insert_tokens(
+        tx: &Connection,
+        tokens: &[NewToken],
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let columns = tokens
+            .iter()
+            .map(TokenColumns::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                         nonce, sealed, next_value)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(db)?;
+            for c in &columns {
+                let t = c.token;
+                insert
+                    .execute(params![
+                        t.id.as_str(),
+                        c.kind,
+                        c.algorithm,
+                        c.digits,
+                        c.period,
+                        c.t0,
+                        t.seed.key_id.as_str(),
+                        &t.seed.nonce[..],
+                        &t.seed.ciphertext,
+                        c.next,
+                    ])
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Duplicate {
+                                token: t.id.clone(),
+                            }
+                        } else {
+                            db(e)
+                        }
+                    })?;
+            }
+        }
+        insert_audit(tx, audit)
+    }
+
+    pub(super) fn list_tokens(
+        conn: &Connection,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let raws = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![after.map(TokenId::as_str), limit], raw_token)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db)?;
+        raws.into_iter().map(RawToken::into_record).collect()
+    }
+
+    pub(super) fn advance(
+        tx: &Connection,
+        advance: &Advance,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
+        let lowest = to_i64(advance.lowest, "counter")?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE tokens
+                    SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
+                        locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
+                        user_id = COALESCE(?7, user_id)
+                  WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
+                    AND (?6 OR (locked_at IS NULL AND failures < ?5))
+                    AND (?7 IS NULL OR user_id IS NULL)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    advance.token.as_str(),
+                    next,
+                    advance.drift,
+                    lowest,
+                    advance.max_failures,
+                    advance.unlock,
+                    advance.bind.as_ref().map(UserId::as_str),
+                ])
+            })
+            .map_err(|e| match &advance.bind {
+                Some(user) if is_unique_violation(&e) => StoreError::UserTaken { user: user.clone() },
+                _ => db(e),
+            })?;
+        if changed == 1 {
+            insert_audit(tx, audit)?;
+        }
+        Ok(changed == 1)
+    }
+
+    pub(super) fn record_failure(
+        tx: &Connection,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        let now = to_i64(now.0, "time")?;
+        // Right-hand sides see the row before the update, so `failures + 1` is the new count
+        // in both places.
+        let failures: Option<i64> = tx
+            .prepare_cached(
+                "UPDATE tokens
+                    SET failures = failures + 1, last_failure_at = ?2,
+                        locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END
+                  WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
+              RETURNING failures",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![token.as_str(), now, max_failures], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db)?;
+        if failures.is_some() {
+            insert_audit(tx, audit)?;
+        }
+        failures
+            .map(|f| {
+                u32::try_from(f).map_err(|_| StoreError::Corrupt {
+                    token: token.to_string(),
+                    reason: "bad failures".to_owned(),
+                })
+            })
+            .transpose()
+    }
+
+    pub(super) fn unlock(
+        tx: &Connection,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
+                  WHERE id = ?1 AND (?2 IS NULL OR locked_at = ?2)",
+            )
+            .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
+            .map_err(db)?;
+        if changed == 1 {
+            insert_audit(tx, audit)?;
+        }
+        Ok(changed == 1)
+    }
+
+    pub(super) fn set_enabled(
+        tx: &Connection,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let changed = tx
+            .execute(
+                "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
+                params![token.as_str(), enabled],
+            )
+            .map_err(db)?;
+        if changed == 1 {
+            insert_audit(tx, audit)?;
+        }
+        Ok(changed == 1)
+    }
+
+    pub(super) fn delete_token(
+        tx: &Connection,
+        token: &TokenId,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let changed = tx
+            .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
+            .map_err(db)?;
+        if changed == 1 {
+            insert_audit(tx, audit)?;
+        }
+        Ok(changed == 1)
+    }
+
+    pub(super) fn audit_trail(
+        conn: &Connection,
+        token: &TokenId,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = conn
+            .prepare_cached(
+                "SELECT token_id, user_id, action, outcome, at, caller FROM audit
+                  WHERE token_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![token.as_str(), limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db)?;
+        let mut events = rows
+            .into_iter()
+            .map(|(t, u, a, o, at, c)| audit_from_row(t, u, a, o, at, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    pub(super) fn seeds_not_under(
+        conn: &Connection,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens
+              WHERE key_id <> ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+        );
+        let raws = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(
+                    params![current.as_str(), after.map(TokenId::as_str), limit],
+                    raw_token,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db)?;
+        raws.into_iter()
+            .map(|r| r.into_record().map(|t| (t.id, t.seed)))
+            .collect()
+    }
+
+    pub(super) fn replace_seed(
+        conn: &Connection,
+        token: &TokenId,
+        old: &SealedSeed,
+        new: &SealedSeed,
+    ) -> Result<bool, StoreError> {
+        let changed = conn
+            .execute(
+                "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4
+                  WHERE id = ?1 AND key_id = ?5 AND nonce = ?6 AND sealed = ?7",
+                params![
+                    token.as_str(),
+                    new.key_id.as_str(),
+                    &new.nonce[..],
+                    &new.ciphertext,
+                    old.key_id.as_str(),
+                    &old.nonce[..],
+                    &old.ciphertext,
+                ],
+            )
+            .map_err(db)?;
+        Ok(changed == 1)
+    }
+}
+
 impl Store for SqliteStore {
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
         // Checked here, before the batch, so that a bad value fails only this call.
@@ -454,48 +743,7 @@ impl Store for SqliteStore {
             TokenColumns::of(t)?;
         }
         let (tokens, audit) = (tokens.to_vec(), audit.clone());
-        self.write(move |tx| {
-            let columns = tokens
-                .iter()
-                .map(TokenColumns::of)
-                .collect::<Result<Vec<_>, _>>()?;
-            {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
-                                             nonce, sealed, next_value)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    )
-                    .map_err(db)?;
-                for c in &columns {
-                    let t = c.token;
-                    insert
-                        .execute(params![
-                            t.id.as_str(),
-                            c.kind,
-                            c.algorithm,
-                            c.digits,
-                            c.period,
-                            c.t0,
-                            t.seed.key_id.as_str(),
-                            &t.seed.nonce[..],
-                            &t.seed.ciphertext,
-                            c.next,
-                        ])
-                        .map_err(|e| {
-                            if is_unique_violation(&e) {
-                                StoreError::Duplicate {
-                                    token: t.id.clone(),
-                                }
-                            } else {
-                                db(e)
-                            }
-                        })?;
-                }
-            }
-            insert_audit(tx, &audit)?;
-            Ok(())
-        })
+        self.write(move |tx| on::insert_tokens(tx, &tokens, &audit))
     }
 
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
@@ -511,59 +759,12 @@ impl Store for SqliteStore {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
-        );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(|conn| {
-            let raws = conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(params![after.map(TokenId::as_str), limit], raw_token)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(db)?;
-            raws.into_iter().map(RawToken::into_record).collect()
-        })
+        self.with(|conn| on::list_tokens(conn, after, limit))
     }
 
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
-        let lowest = to_i64(advance.lowest, "counter")?;
         let (advance, audit) = (advance.clone(), audit.clone());
-        self.write(move |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE tokens
-                        SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
-                            locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
-                            user_id = COALESCE(?7, user_id)
-                      WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
-                        AND (?6 OR (locked_at IS NULL AND failures < ?5))
-                        AND (?7 IS NULL OR user_id IS NULL)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        advance.token.as_str(),
-                        next,
-                        advance.drift,
-                        lowest,
-                        advance.max_failures,
-                        advance.unlock,
-                        advance.bind.as_ref().map(UserId::as_str),
-                    ])
-                })
-                .map_err(|e| match &advance.bind {
-                    Some(user) if is_unique_violation(&e) => {
-                        StoreError::UserTaken { user: user.clone() }
-                    }
-                    _ => db(e),
-                })?;
-            if changed == 1 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(changed == 1)
-        })
+        self.write(move |tx| on::advance(tx, &advance, &audit))
     }
 
     fn record_failure(
@@ -573,36 +774,8 @@ impl Store for SqliteStore {
         max_failures: u32,
         audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
-        let now = to_i64(now.0, "time")?;
         let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| {
-            // Right-hand sides see the row before the update, so `failures + 1` is the new
-            // count in both places.
-            let failures: Option<i64> = tx
-                .prepare_cached(
-                    "UPDATE tokens
-                        SET failures = failures + 1, last_failure_at = ?2,
-                            locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END
-                      WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
-                  RETURNING failures",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![token.as_str(), now, max_failures], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(db)?;
-            if failures.is_some() {
-                insert_audit(tx, &audit)?;
-            }
-            failures
-                .map(|f| {
-                    u32::try_from(f).map_err(|_| StoreError::Corrupt {
-                        token: token.to_string(),
-                        reason: "bad failures".to_owned(),
-                    })
-                })
-                .transpose()
-        })
+        self.write(move |tx| on::record_failure(tx, &token, now, max_failures, &audit))
     }
 
     fn unlock(
@@ -611,21 +784,8 @@ impl Store for SqliteStore {
         locked_at: Option<UnixTime>,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
         let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
-                      WHERE id = ?1 AND (?2 IS NULL OR locked_at = ?2)",
-                )
-                .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
-                .map_err(db)?;
-            if changed == 1 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(changed == 1)
-        })
+        self.write(move |tx| on::unlock(tx, &token, locked_at, &audit))
     }
 
     fn set_enabled(
@@ -635,31 +795,12 @@ impl Store for SqliteStore {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
-                    params![token.as_str(), enabled],
-                )
-                .map_err(db)?;
-            if changed == 1 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(changed == 1)
-        })
+        self.write(move |tx| on::set_enabled(tx, &token, enabled, &audit))
     }
 
     fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
         let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| {
-            let changed = tx
-                .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
-                .map_err(db)?;
-            if changed == 1 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(changed == 1)
-        })
+        self.write(move |tx| on::delete_token(tx, &token, &audit))
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -668,34 +809,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(|conn| {
-            let rows = conn
-                .prepare_cached(
-                    "SELECT token_id, user_id, action, outcome, at, caller FROM audit
-                      WHERE token_id = ?1 ORDER BY seq DESC LIMIT ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![token.as_str(), limit], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(db)?;
-            let mut events = rows
-                .into_iter()
-                .map(|(t, u, a, o, at, c)| audit_from_row(t, u, a, o, at, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            events.reverse();
-            Ok(events)
-        })
+        self.with(|conn| on::audit_trail(conn, token, limit))
     }
 
     fn seeds_not_under(
@@ -704,26 +818,7 @@ impl Store for SqliteStore {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens
-              WHERE key_id <> ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
-        );
-        self.with(|conn| {
-            let raws = conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(
-                        params![current.as_str(), after.map(TokenId::as_str), limit],
-                        raw_token,
-                    )?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(db)?;
-            raws.into_iter()
-                .map(|r| r.into_record().map(|t| (t.id, t.seed)))
-                .collect()
-        })
+        self.with(|conn| on::seeds_not_under(conn, current, after, limit))
     }
 
     fn replace_seed(
@@ -733,24 +828,135 @@ impl Store for SqliteStore {
         new: &SealedSeed,
     ) -> Result<bool, StoreError> {
         let (token, old, new) = (token.clone(), old.clone(), new.clone());
-        self.write(move |conn| {
-            let changed = conn
-                .execute(
-                    "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4
-                      WHERE id = ?1 AND key_id = ?5 AND nonce = ?6 AND sealed = ?7",
-                    params![
-                        token.as_str(),
-                        new.key_id.as_str(),
-                        &new.nonce[..],
-                        &new.ciphertext,
-                        old.key_id.as_str(),
-                        &old.nonce[..],
-                        &old.ciphertext,
-                    ],
-                )
-                .map_err(db)?;
-            Ok(changed == 1)
-        })
+        self.write(move |conn| on::replace_seed(conn, &token, &old, &new))
+    }
+
+    fn submit(&self, work: Work) {
+        let job: Job = Box::new(move |conn| work(&Tx { conn }));
+        let sent = match self.writer.as_ref() {
+            Some(w) => w.queue.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        // No writer: the work still runs, and hears of the failure from every call it makes
+        // and from its finish.
+        if let Err(job) = sent {
+            let finish = job(Err(writer_gone()));
+            finish(Err(writer_gone()));
+        }
+    }
+
+    fn queues_work(&self) -> bool {
+        true
+    }
+}
+
+/// The writer's view of the store for [`Store::submit`] work: every call runs at once on the
+/// writer's connection, inside the batch's transaction (writes each in a savepoint, as the
+/// store's own writes are), so a verification's read sees every write committed or queued
+/// before it and its writes commit with the batch. If the batch could not begin, every call
+/// fails with that reason.
+struct Tx<'c> {
+    conn: Result<&'c Mutex<Connection>, StoreError>,
+}
+
+impl Tx<'_> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.conn.clone()?;
+        f(&conn.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.read(|c| in_savepoint(c, f))
+    }
+}
+
+impl Store for Tx<'_> {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|c| on::insert_tokens(c, tokens, audit))
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| select_one(c, SELECT_BY_ID, id.as_str()))
+    }
+
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| select_one(c, SELECT_BY_USER, user.as_str()))
+    }
+
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|c| on::list_tokens(c, after, limit))
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|c| on::advance(c, advance, audit))
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        self.write(|c| on::record_failure(c, token, now, max_failures, audit))
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.write(|c| on::unlock(c, token, locked_at, audit))
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.write(|c| on::set_enabled(c, token, enabled, audit))
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|c| on::delete_token(c, token, audit))
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|c| insert_audit(c, event))
+    }
+
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.read(|c| on::audit_trail(c, token, limit))
+    }
+
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        self.read(|c| on::seeds_not_under(c, current, after, limit))
+    }
+
+    fn replace_seed(
+        &self,
+        token: &TokenId,
+        old: &SealedSeed,
+        new: &SealedSeed,
+    ) -> Result<bool, StoreError> {
+        self.write(|c| on::replace_seed(c, token, old, new))
+    }
+
+    /// Already on the writer: run it here; it commits with the batch in progress.
+    fn submit(&self, work: Work) {
+        let finish = work(self);
+        finish(self.conn.clone().map(|_| ()));
     }
 }
 
