@@ -106,7 +106,13 @@ pub struct AppState {
     keys: RwLock<Arc<ApiKeys>>,
     metrics: Metrics,
     store_calls: Arc<Semaphore>,
+    queued_verifies: Arc<Semaphore>,
 }
+
+/// Most verifications handed to a store's own thread and not answered yet; more wait (holding
+/// no thread) until one is answered, so an overload cannot grow the store's queue without
+/// bound. Far above what one SQLite writer commits in one batch.
+const MAX_QUEUED_VERIFIES: usize = 4096;
 
 impl AppState {
     /// A server for `service`, admitting `keys`, running at most `store_concurrency` store
@@ -118,6 +124,7 @@ impl AppState {
             keys: RwLock::new(Arc::new(keys)),
             metrics: Metrics::default(),
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
+            queued_verifies: Arc::new(Semaphore::new(MAX_QUEUED_VERIFIES)),
         }
     }
 
@@ -409,27 +416,70 @@ async fn blocking<T: Send + 'static>(
                 "the server is shutting down",
             )
         })?;
-    match tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let result = call(service.as_ref());
         drop(permit);
         result
     })
-    .await
-    {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => {
+    .await;
+    answer(state, result.ok())
+}
+
+/// A service call's result as the API answers it (`None`: the call never answered, e.g. it
+/// panicked); counts and logs store errors.
+fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<T, ApiError> {
+    match result {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(error)) => {
             if matches!(error, ServiceError::Store(_)) {
                 state.metrics.record_store_error();
                 eprintln!("codereader-verifier: {error}");
             }
             Err(error.into())
         }
-        Err(_) => Err(ApiError::new(
+        None => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             codes::INTERNAL,
             "internal error",
         )),
     }
+}
+
+/// Verifies on the store's own thread when it has one (SQLite's writer: the request then
+/// waits for the group commit without holding any thread), else on a blocking thread.
+async fn verify_code(
+    state: &Shared,
+    target: Target,
+    code: Code,
+    caller: String,
+) -> Result<Decision, ApiError> {
+    if !state.service.verifies_in_background() {
+        return blocking(state, move |s| s.verify(&target, &code, &caller)).await;
+    }
+    let permit = state
+        .queued_verifies
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::STORE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
+    let (reply, decision) = tokio::sync::oneshot::channel();
+    state.service.verify_then(
+        target,
+        code,
+        &caller,
+        Box::new(move |result| {
+            drop(permit);
+            // The request may have timed out and gone; the work is done and audited anyway.
+            let _ = reply.send(result);
+        }),
+    );
+    answer(state, decision.await.ok())
 }
 
 fn caller_of(request_caller: Option<axum::Extension<CallerName>>) -> String {
@@ -455,7 +505,7 @@ async fn verify(
     let code = parse_code("code", &request.code)?;
     let caller = caller_of(caller);
     let started = Instant::now();
-    let decision = blocking(&state, move |s| s.verify(&target, &code, &caller)).await?;
+    let decision = verify_code(&state, target, code, caller).await?;
     state
         .metrics
         .record_verify(decision.label(), started.elapsed());

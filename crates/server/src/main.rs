@@ -98,6 +98,11 @@ struct ServeArgs {
     /// PostgreSQL: most connections this server opens.
     #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
     pg_connections: usize,
+    /// Keep the prepared HMAC keys of up to this many recently verified tokens in memory, so
+    /// their seeds need not be decrypted again (0: off, the default). Saves about half a
+    /// microsecond per verification; cached keys stay in memory until evicted.
+    #[arg(long, default_value_t = 0)]
+    key_cache: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,6 +295,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         pg_connections: args.pg_connections.max(1),
         // Every store call that may run at once keeps its read connection open.
         sqlite_connections: store_concurrency.max(1),
+        key_cache: args.key_cache,
     };
     let library = open_library(&args.store, config)?;
     let limits = Limits {

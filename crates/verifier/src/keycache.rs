@@ -72,7 +72,10 @@ impl KeyCache {
 
     /// The prepared key for `id` if it was made from exactly this seal and these parameters.
     pub(crate) fn get(&self, id: &TokenId, seed: &SealedSeed, params: TokenParams) -> Option<Hotp> {
-        let shard = self.shard(id).lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         shard
             .get(id)
             .filter(|e| e.params == params && e.seed == *seed)
@@ -82,7 +85,10 @@ impl KeyCache {
     /// Remembers `hotp` for `id`, made from `seed` and `params`; evicts an arbitrary entry of
     /// the shard when it is full.
     pub(crate) fn put(&self, id: &TokenId, seed: &SealedSeed, params: TokenParams, hotp: Hotp) {
-        let mut shard = self.shard(id).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard && !shard.contains_key(id) {
             // Which entry goes is decided by the map's randomly keyed hash order: no caller
             // can aim evictions at a particular token.
@@ -166,7 +172,11 @@ mod tests {
         assert!(cache.get(&id, &other, params(Digits::SIX)).is_none());
         assert!(cache.get(&id, &seed(1), params(Digits::EIGHT)).is_none());
         let stranger = TokenId::new("T2").unwrap();
-        assert!(cache.get(&stranger, &seed(1), params(Digits::SIX)).is_none());
+        assert!(
+            cache
+                .get(&stranger, &seed(1), params(Digits::SIX))
+                .is_none()
+        );
         cache.remove(&id);
         assert!(cache.get(&id, &seed(1), params(Digits::SIX)).is_none());
     }

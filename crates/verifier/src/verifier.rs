@@ -444,8 +444,7 @@ impl Verifier {
             now,
             caller,
         );
-        match store.record_failure(&record.id, now, self.policy.max_failures, &audit)?
-        {
+        match store.record_failure(&record.id, now, self.policy.max_failures, &audit)? {
             Some(failures) => {
                 let attempts_left = self.policy.max_failures.saturating_sub(failures);
                 if attempts_left == 0 {
@@ -824,7 +823,9 @@ impl Verifier {
     /// # Errors
     /// [`VerifyError::Store`].
     pub fn show(&self, subject: Subject<'_>) -> Result<Option<TokenInfo>, VerifyError> {
-        Ok(self.record(self.store.as_ref(), subject)?.map(TokenInfo::from))
+        Ok(self
+            .record(self.store.as_ref(), subject)?
+            .map(TokenInfo::from))
     }
 
     /// Up to `limit` tokens after `after`, in serial order, without seeds.

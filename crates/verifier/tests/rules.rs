@@ -671,7 +671,12 @@ fn key_cache_follows_the_stored_seal() {
     let theirs = rotated.store().token(&other).unwrap().unwrap().seed;
     assert!(rotated.store().replace_seed(&t, &mine, &theirs).unwrap());
     assert!(matches!(
-        rotated.verify(Subject::Token(&t), &code(2, s + 4), UnixTime(NOW.0 + 120), &caller()),
+        rotated.verify(
+            Subject::Token(&t),
+            &code(2, s + 4),
+            UnixTime(NOW.0 + 120),
+            &caller()
+        ),
         Err(codereader_verifier::VerifyError::Seal(_))
     ));
 }

@@ -182,10 +182,23 @@ pub struct ImportReport {
     pub rejected: Vec<(String, String)>,
 }
 
+/// Receives the decision of [`TokenService::verify_then`].
+pub type Done = Box<dyn FnOnce(Result<Decision, ServiceError>) + Send>;
+
 /// The operations of the verifier, as the server and the offline commands use them.
 ///
 /// Every call is blocking (it talks to the database); `caller` is recorded in the audit trail.
 pub trait TokenService: Send + Sync + 'static {
+    /// Verifies `code` for `target` now and hands the decision to `done`. If
+    /// [`TokenService::verifies_in_background`], this returns at once and `done` runs later on
+    /// a thread of the store's (after the commit that makes the decision durable), so an async
+    /// caller need not block a thread; otherwise it runs before returning, like
+    /// [`TokenService::verify`].
+    fn verify_then(&self, target: Target, code: Code, caller: &str, done: Done);
+
+    /// Whether [`TokenService::verify_then`] returns before the work is done.
+    fn verifies_in_background(&self) -> bool;
+
     /// Verifies `code` for `target` now.
     ///
     /// # Errors

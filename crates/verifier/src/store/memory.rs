@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use codereader_otp::UnixTime;
 
-use super::{Work, Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use super::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord, Work};
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, TokenState, UserId};
 

@@ -17,9 +17,9 @@ use codereader_otp::UnixTime;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
 
-use super::{Work, 
+use super::{
     Advance, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS, TokenColumns,
-    TokenRecord, audit_from_row, to_i64,
+    TokenRecord, Work, audit_from_row, to_i64,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};

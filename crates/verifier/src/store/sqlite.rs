@@ -347,9 +347,8 @@ impl SqliteStore {
         let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(|m| {
-                in_savepoint(&m.lock().unwrap_or_else(PoisonError::into_inner), f)
-            });
+            let result = conn
+                .and_then(|m| in_savepoint(&m.lock().unwrap_or_else(PoisonError::into_inner), f));
             Box::new(move |committed: Result<(), StoreError>| {
                 // The caller may have gone (it cannot, it waits); nothing to do if so.
                 let _ = reply.send(committed.and(result));
@@ -555,7 +554,9 @@ mod on {
                 ])
             })
             .map_err(|e| match &advance.bind {
-                Some(user) if is_unique_violation(&e) => StoreError::UserTaken { user: user.clone() },
+                Some(user) if is_unique_violation(&e) => {
+                    StoreError::UserTaken { user: user.clone() }
+                }
                 _ => db(e),
             })?;
         if changed == 1 {
@@ -860,12 +861,18 @@ struct Tx<'c> {
 }
 
 impl Tx<'_> {
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.conn.clone()?;
         f(&conn.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.read(|c| in_savepoint(c, f))
     }
 }
