@@ -172,6 +172,7 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
     println!("xtask: recognising (PocketSphinx, one-word digit grammar per energy segment)");
     let output = Command::new(&python)
         .arg(root.join("crates/speech/tools/recognize_digits.py"))
+        .args(["--speed", &speed])
         .args(runs.iter().map(|(_, d)| d))
         .output()
         .map_err(|e| format!("cannot run the recognizer: {e}"))?;
