@@ -633,6 +633,63 @@ mod tests {
         }
     }
 
+    /// `tests/data/settings-format-1.toml` was written by `codereader settings --volume -5
+    /// --rate 2 --lang en --bind speak=k,enter --evdev-bind status=KEY_F2` built from main at
+    /// d524e46 (settings format 1, before the `[voice]` table).
+    #[test]
+    fn format_1_settings_load_unchanged_and_are_saved_as_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = include_str!("../tests/data/settings-format-1.toml");
+        assert!(old.contains("format = 1"), "{old}");
+        fs::write(dir.path().join(SETTINGS_FILE), old).unwrap();
+        let check = |user: &UserSettings| {
+            assert_eq!(user.language.as_deref(), Some("en"));
+            assert_eq!(user.volume, Some(-5));
+            assert_eq!(user.rate, Some(2));
+            assert_eq!(user.keys.get("speak").unwrap(), &["k", "enter"]);
+            assert_eq!(user.keys.len(), 1);
+            assert_eq!(user.evdev_keys.get("status").unwrap(), &["KEY_F2"]);
+            assert_eq!(user.evdev_keys.len(), 1);
+        };
+        let mut user = UserSettings::load(dir.path()).unwrap();
+        check(&user);
+        assert!(user.voice.is_empty());
+        // Loading wrote nothing.
+        assert_eq!(
+            fs::read_to_string(dir.path().join(SETTINGS_FILE)).unwrap(),
+            old
+        );
+        let eff = Effective::new(&Config::defaults(), &user, dir.path()).unwrap();
+        assert_eq!(eff.listening.volume, -5);
+        assert_eq!(eff.keys.action(TermKey::Char('k')), Some(Action::Speak));
+        user.voice.insert("en".into(), "espeak".into());
+        user.save(dir.path()).unwrap();
+        let text = fs::read_to_string(dir.path().join(SETTINGS_FILE)).unwrap();
+        assert!(text.contains("format = 2"), "{text}");
+        let back = UserSettings::load(dir.path()).unwrap();
+        check(&back);
+        assert_eq!(back.voice.get("en").map(String::as_str), Some("espeak"));
+        assert_eq!(back.format, SETTINGS_FORMAT);
+    }
+
+    #[test]
+    fn a_newer_settings_format_is_refused_even_with_keys_unknown_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        let text = "format = 3\nlanguage = \"en\"\n[earcons]\nstart = \"bell\"\n";
+        fs::write(&path, text).unwrap();
+        let err = UserSettings::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::FutureVersion { found: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        // A damaged file (not TOML) is a syntax error naming the file.
+        fs::write(&path, "format = 2\nvoice = [\n").unwrap();
+        let err = UserSettings::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(SETTINGS_FILE), "{err}");
+    }
+
     #[test]
     fn user_settings_override_and_persist() {
         let dir = tempfile::tempdir().unwrap();

@@ -410,6 +410,79 @@ mod tests {
         assert_eq!(now, "espeak");
     }
 
+    /// The shipped packs' `voice.toml` files without any clips (a development machine may
+    /// have rendered clips into `voices/`).
+    fn packs_without_clips() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
+        for tag in ["da", "en"] {
+            std::fs::create_dir(dir.path().join(tag)).unwrap();
+            std::fs::copy(
+                shipped.join(tag).join("voice.toml"),
+                dir.path().join(tag).join("voice.toml"),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_users_choices_apply_and_those_that_cannot_are_reported() {
+        let voices = shipped().choosing(&picks(&[("en", "espeak")])).unwrap();
+        let mut voices = voices;
+        let problems = voices.choosing_leniently(&picks(&[
+            ("da", "espeak"),
+            ("en", "robot"),
+            ("xx", "espeak"),
+        ]));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("`robot`")
+                && problems[0].contains("flite-slt, espeak")
+                && problems[0].contains("speaking `espeak` instead"),
+            "{}",
+            problems[0]
+        );
+        assert!(problems[1].contains("`xx`"), "{}", problems[1]);
+        // The config's choice still speaks English; the valid choice applied.
+        assert_eq!(voices.pack("en").unwrap().voice().name, "espeak");
+        assert_eq!(voices.pack("da").unwrap().voice().name, "espeak");
+        voices.choose("en", "flite-slt").unwrap();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+        assert!(voices.choose("en", "robot").is_err());
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+    }
+
+    #[test]
+    fn a_voice_without_clips_spoken_by_espeak_is_noted() {
+        let dir = packs_without_clips();
+        let voices = Voices::load(dir.path(), SynthChoice::Auto).unwrap();
+        let note = voices.fallback_note(voices.pack("en").unwrap()).unwrap();
+        for part in [
+            "`flite-slt`",
+            "flite:slt",
+            "live espeak-ng (voice `en`)",
+            "cargo xtask voices en",
+        ] {
+            assert!(note.contains(part), "{part:?} missing in {note}");
+        }
+        // An espeak-ng voice without clips is spoken by espeak-ng as it should be.
+        assert!(voices.fallback_note(voices.pack("da").unwrap()).is_none());
+        let voices = voices.choosing(&picks(&[("en", "espeak")])).unwrap();
+        assert!(voices.fallback_note(voices.pack("en").unwrap()).is_none());
+        // With synth = "espeak" the config asked for espeak-ng: nothing to note.
+        let voices = Voices::load(dir.path(), SynthChoice::Espeak).unwrap();
+        assert!(voices.fallback_note(voices.pack("en").unwrap()).is_none());
+        let listing = Voices::load(dir.path(), SynthChoice::Auto)
+            .unwrap()
+            .listing();
+        assert!(
+            listing.contains("* flite-slt (flite:slt; pack default; NO CLIPS"),
+            "{listing}"
+        );
+        assert!(listing.contains("  espeak (espeak-ng:en; no clips"), "{listing}");
+    }
+
     #[test]
     fn an_unknown_voice_or_language_is_a_clear_error() {
         match shipped().choosing(&picks(&[("en", "robot")])) {
