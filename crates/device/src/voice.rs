@@ -480,7 +480,10 @@ mod tests {
             listing.contains("* flite-slt (flite:slt; pack default; NO CLIPS"),
             "{listing}"
         );
-        assert!(listing.contains("  espeak (espeak-ng:en; no clips"), "{listing}");
+        assert!(
+            listing.contains("  espeak (espeak-ng:en; no clips"),
+            "{listing}"
+        );
     }
 
     #[test]
