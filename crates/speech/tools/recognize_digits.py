@@ -10,8 +10,9 @@ Method (the same for every voice):
    speech crate's WAV analysis does: 10 ms frames with RMS above -40 dBFS are sound, runs
    separated by at most 120 ms of quiet are merged, runs shorter than 40 ms dropped. At
    another rate step every duration, pauses included, is scaled by 1.15^-STEP (the speech
-   crate's `Speed`), and so is the 120 ms: at step 2 the pause around an earcon is 113 ms,
-   and a fixed 120 ms would merge the last digit with the end earcon.
+   crate's `Speed`), and so are the 120 ms here and the 150 ms of step 3: at step 2 the
+   pause around an earcon is 113 ms, and a fixed 120 ms would merge the last digit with the
+   end earcon; at step -3 words are half as long again, and so are their quiet edges.
 2. The code must segment into start earcon, intro (one or more segments: flite's "your
    code is" has a gap), N digit segments, end earcon; the digit segments are the N before
    the end earcon. Fewer than N + 3 segments is a miss (a digit was lost or merged).
@@ -83,7 +84,7 @@ def segments(x, merge_ms):
     return [s for s in spans if s[1] - s[0] >= RATE * 40 // 1000]
 
 
-def widen(found, spans, margin=RATE * 150 // 1000):
+def widen(found, spans, margin):
     out = []
     for s, e in spans:
         i = found.index([s, e])
@@ -110,6 +111,7 @@ def main(args):
         speed = int(args[1])
         args = args[2:]
     merge_ms = round(120 / 1.15**speed)
+    margin = round(RATE * 0.150 / 1.15**speed)
     dirs = args
     dec = decoder()
     for d in dirs:
@@ -124,7 +126,7 @@ def main(args):
             if len(spans) != len(code):
                 heard = f"<{len(found)} segments>"
             else:
-                heard = "".join(hear(dec, x[s:e]) for s, e in widen(found, spans))
+                heard = "".join(hear(dec, x[s:e]) for s, e in widen(found, spans, margin))
                 digits_ok += sum(a == b for a, b in zip(heard, code))
             digits += len(code)
             total += 1
