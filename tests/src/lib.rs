@@ -3,7 +3,9 @@
 //! capture of what the sound card plays through ALSA's `file` plugin, paced in real time.
 //!
 //! The `codereader` binary is looked up next to the test executable (`target/<profile>/`);
-//! `cargo test --workspace` and `cargo test -p codereader -p codereader-e2e` build it.
+//! `cargo test --workspace` and `cargo test -p codereader -p codereader-e2e` build it. The
+//! voice tests also render clips with the speech crate's `codereader-speak`, which
+//! `cargo test --workspace` builds too (otherwise: `cargo build -p codereader-speech`).
 
 use std::fs::File;
 use std::io::{self, Read};
