@@ -673,3 +673,55 @@ fn run_says_once_that_a_voice_without_clips_is_spoken_by_espeak() {
         assert!(lines[0].contains(part), "{part:?} missing in {}", lines[0]);
     }
 }
+
+/// A voice whose clips are broken (a stale manifest without its clips) is skipped by the
+/// next-voice key, with the reason in the log; the key goes on to the next usable voice.
+#[test]
+fn the_next_voice_key_skips_a_voice_whose_clips_are_broken() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    let pack = voices.join("en/voice.toml");
+    let text = std::fs::read_to_string(&pack).unwrap();
+    std::fs::write(
+        &pack,
+        format!("{text}x-broken = {{ engine = \"espeak-ng\", voice = \"en-us\" }}\n"),
+    )
+    .unwrap();
+    let clips = voices.join("en/clips/x-broken");
+    std::fs::create_dir_all(&clips).unwrap();
+    std::fs::write(
+        clips.join("clips.toml"),
+        "source = \"espeak-ng\"\nsample_rate = 22050\nspeeds = [0]\n",
+    )
+    .unwrap();
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.path().join("none.conf")),
+            ),
+    );
+    run.wait_for("ready (language en, voice flite-slt)", 20);
+    // Two presses go round the three voices: espeak once, x-broken skipped, back to slt.
+    run.press("v");
+    run.wait_for("voice espeak (en)", 10);
+    run.press("v");
+    run.wait_for("voice flite-slt (en)", 10);
+    run.press("q");
+    run.wait_for_exit();
+    let log = run.log();
+    let skipped: Vec<&String> = log.iter().filter(|l| l.contains("skipping it")).collect();
+    assert_eq!(skipped.len(), 1, "{log:?}");
+    assert!(
+        skipped[0].contains("x-broken") && skipped[0].contains("missing"),
+        "{}",
+        skipped[0]
+    );
+    let saved = std::fs::read_to_string(state.join("settings.toml")).unwrap();
+    assert!(saved.contains("en = \"flite-slt\""), "{saved}");
+}
