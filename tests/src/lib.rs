@@ -3,7 +3,9 @@
 //! capture of what the sound card plays through ALSA's `file` plugin, paced in real time.
 //!
 //! The `codereader` binary is looked up next to the test executable (`target/<profile>/`);
-//! `cargo test --workspace` and `cargo test -p codereader -p codereader-e2e` build it.
+//! `cargo test --workspace` and `cargo test -p codereader -p codereader-e2e` build it. The
+//! voice tests also render clips with the speech crate's `codereader-speak`, which
+//! `cargo test --workspace` builds too (otherwise: `cargo build -p codereader-speech`).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,27 +19,46 @@ use std::time::{Duration, Instant};
 /// # Panics
 /// If it has not been built (then the message says how to build it).
 pub fn codereader_bin() -> PathBuf {
+    // The library modules the binary is built from (`src/*.rs`; not other binaries in
+    // `src/bin/`, which do not make this one stale).
+    let sources = ["crates/device/src", "crates/speech/src", "crates/otp/src"];
+    built_bin("codereader", "codereader", &sources)
+}
+
+/// The speech crate's `codereader-speak` binary of this build (renders voice clips).
+///
+/// # Panics
+/// If it has not been built (then the message says how to build it).
+pub fn codereader_speak_bin() -> PathBuf {
+    built_bin(
+        "codereader-speak",
+        "codereader-speech",
+        &["crates/speech/src", "crates/speech/src/bin"],
+    )
+}
+
+/// The binary `name` of package `package` next to the test executable, checked to be newer
+/// than the sources in `sources` (directories relative to the workspace root).
+fn built_bin(name: &str, package: &str, sources: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/codereader
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let bin = dir.join("codereader");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: run these tests with `cargo test -p codereader -p codereader-e2e` \
-         or `cargo test --workspace`, which build it",
+        "{} is missing: build it with `cargo build -p {package}` before \
+         `cargo test -p codereader-e2e`, or test with `cargo test --workspace`",
         bin.display()
     );
     // `cargo test -p codereader-e2e` alone does not rebuild another package's binary: refuse
     // to test an old one.
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // The library modules the binary is built from (`src/*.rs`; not other binaries in
-    // `src/bin/`, which do not make this one stale).
-    let newest = ["crates/device/src", "crates/speech/src", "crates/otp/src"]
+    let newest = sources
         .iter()
         .filter_map(|dir| std::fs::read_dir(root.join(dir)).ok())
         .flatten()
@@ -48,8 +69,8 @@ pub fn codereader_bin() -> PathBuf {
     if let (Some(built), Some(newest)) = (built, newest) {
         assert!(
             built >= newest,
-            "{} is older than its sources: run `cargo build -p codereader` (or test with \
-             `cargo test -p codereader -p codereader-e2e`)",
+            "{} is older than its sources: run `cargo build -p {package}` first (or test \
+             with `cargo test --workspace`)",
             bin.display()
         );
     }

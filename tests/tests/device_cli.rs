@@ -535,3 +535,247 @@ fn enroll_from_pskc_plain_and_encrypted_matches_oathtool() {
         assert!(!dir.path().join("token.toml").exists());
     }
 }
+
+/// The shipped packs' `voice.toml` files, without any clips, in `dir/voices` (a development
+/// machine may have rendered clips into the repository's `voices/`).
+fn packs_without_clips(dir: &Path) -> std::path::PathBuf {
+    let voices = dir.join("voices");
+    for tag in ["da", "en"] {
+        fs::create_dir_all(voices.join(tag)).unwrap();
+        fs::copy(
+            voices_dir().join(tag).join("voice.toml"),
+            voices.join(tag).join("voice.toml"),
+        )
+        .unwrap();
+    }
+    voices
+}
+
+/// `codereader --voices VOICES ARGS...`.
+fn with_voices(state: &Path, voices: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--voices", voices.to_str().unwrap()];
+    all.extend_from_slice(args);
+    codereader(state, &all)
+}
+
+#[test]
+fn settings_choose_and_list_the_voice_of_each_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let voices = packs_without_clips(dir.path());
+    let state = dir.path().join("state");
+    let file = state.join("settings.toml");
+    let settings = |args: &[&str]| {
+        let mut all = vec!["settings"];
+        all.extend_from_slice(args);
+        with_voices(&state, &voices, &all)
+    };
+    let listed = ok(&settings(&["--list-voices"]));
+    for line in [
+        "da (Dansk): speaking espeak",
+        "  * espeak (espeak-ng:da; pack default;",
+        "en (English): speaking flite-slt",
+        "  * flite-slt (flite:slt; pack default; NO CLIPS",
+        "    espeak (espeak-ng:en; no clips",
+    ] {
+        assert!(listed.contains(line), "{line:?} missing in\n{listed}");
+    }
+    assert!(!file.exists(), "listing saved settings");
+    // The current language (the built-in default, da) has one voice: choosing it works.
+    assert!(ok(&settings(&["--voice", "espeak"])).contains("da = espeak (of espeak)"));
+    // --voice goes with the language set in the same command.
+    let shown = ok(&settings(&["--lang", "en", "--voice", "espeak"]));
+    for line in [
+        "language = en",
+        "en = espeak (of flite-slt, espeak)",
+        "da = espeak",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing in\n{shown}");
+    }
+    // And alone, with the current language (now en).
+    assert!(ok(&settings(&["--voice", "flite-slt"])).contains("en = flite-slt (of"));
+    assert!(ok(&settings(&["--language", "en", "--voice", "espeak"])).contains("en = espeak"));
+    assert!(ok(&settings(&["--list-voices"])).contains("en (English): speaking espeak"));
+    let saved = fs::read_to_string(&file).unwrap();
+    assert!(
+        saved.contains("format = 2")
+            && saved.contains("[voice]")
+            && saved.contains("en = \"espeak\""),
+        "{saved}"
+    );
+    // An unknown voice: the voices there are, the same exit status as an unknown language,
+    // nothing saved.
+    let unknown_language = settings(&["--lang", "xx"]).status.code();
+    assert_eq!(unknown_language, Some(1));
+    for (args, available) in [
+        (&["--voice", "robot"][..], "it has: flite-slt, espeak"),
+        (&["--lang", "da", "--voice", "flite-slt"], "it has: espeak"),
+    ] {
+        let out = settings(args);
+        assert_eq!(out.status.code(), unknown_language, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(args[args.len() - 1]) && err.contains(available),
+            "{args:?}: {err}"
+        );
+        assert_eq!(fs::read_to_string(&file).unwrap(), saved, "{args:?}");
+    }
+    // --list-voices changes nothing, so it takes no change with it.
+    let out = settings(&["--list-voices", "--voice", "espeak"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Reset forgets the voices too.
+    let shown = ok(&settings(&["--reset"]));
+    assert!(shown.contains("en = flite-slt"), "{shown}");
+}
+
+#[test]
+fn a_voice_without_clips_says_once_which_voice_speaks_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_without_clips(dir.path());
+    let wav = dir.path().join("code.wav");
+    let at = T.to_string();
+    let speak = |extra: &[&str]| {
+        let mut args = vec!["speak", "--wav", wav.to_str().unwrap(), "--at", &at];
+        args.extend_from_slice(extra);
+        let out = with_voices(dir.path(), &voices, &args);
+        ok(&out);
+        stderr(&out)
+    };
+    let err = speak(&["--lang", "en"]);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("has no clips")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    for part in [
+        "voice `flite-slt` of `en` (flite:slt)",
+        &voices.join("en/clips/flite-slt").display().to_string(),
+        "live espeak-ng (voice `en`) speaks instead",
+        "`cargo xtask voices en`",
+    ] {
+        assert!(lines[0].contains(part), "{part:?} missing in {}", lines[0]);
+    }
+    // The code was still spoken.
+    assert_eq!(
+        code_segments(&Audio::read_wav(&wav).unwrap()).digits.len(),
+        6
+    );
+    // espeak-ng voices are spoken by espeak-ng: nothing to say.
+    for extra in [
+        &["--lang", "en", "--voice", "espeak"][..],
+        &["--lang", "da"],
+    ] {
+        let err = speak(extra);
+        assert!(!err.contains("has no clips"), "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn a_chosen_voice_that_is_gone_falls_back_and_keeps_the_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_without_clips(dir.path());
+    ok(&with_voices(
+        dir.path(),
+        &voices,
+        &[
+            "settings", "--lang", "en", "--volume", "-5", "--voice", "espeak",
+        ],
+    ));
+    // A new version of the pack renames the voice.
+    let pack = voices.join("en/voice.toml");
+    let text = fs::read_to_string(&pack).unwrap();
+    fs::write(&pack, text.replace("\nespeak = {", "\nespeak-classic = {")).unwrap();
+    let file = dir.path().join("settings.toml");
+    let before = fingerprint(&file);
+    let wav = dir.path().join("code.wav");
+    let out = with_voices(
+        dir.path(),
+        &voices,
+        &[
+            "speak",
+            "--wav",
+            wav.to_str().unwrap(),
+            "--at",
+            &T.to_string(),
+        ],
+    );
+    ok(&out);
+    let err = stderr(&out);
+    for part in [
+        "settings.toml",
+        "the voice chosen for `en`, `espeak`, cannot be used",
+        "it has: flite-slt, espeak-classic",
+        "speaking `flite-slt` instead",
+    ] {
+        assert!(err.contains(part), "{part:?} missing in {err}");
+    }
+    assert_eq!(
+        code_segments(&Audio::read_wav(&wav).unwrap()).digits.len(),
+        6
+    );
+    let shown = ok(&with_voices(dir.path(), &voices, &["settings"]));
+    for line in [
+        "language = en",
+        "volume = -5",
+        "en = flite-slt (of flite-slt, espeak-classic)",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing in\n{shown}");
+    }
+    assert_eq!(fingerprint(&file), before, "the settings file was changed");
+}
+
+/// `crates/device/tests/data/settings-format-1.toml` was written by `codereader settings` of
+/// main at d524e46 (settings format 1, before the voice choice).
+#[test]
+fn settings_of_the_previous_format_load_unchanged_and_newer_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/device/tests/data/settings-format-1.toml");
+    fs::copy(&old, &file).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let before = fingerprint(&file);
+    let expected = [
+        "language = en",
+        "volume = -5",
+        "rate = 2",
+        "speak = k, enter",
+        "status = KEY_F2",
+    ];
+    let shown = ok(&codereader(dir.path(), &["settings"]));
+    for line in expected {
+        assert!(shown.contains(line), "{line:?} missing in\n{shown}");
+    }
+    assert_eq!(fingerprint(&file), before, "showing changed the file");
+    // The first change writes format 2 and keeps everything else.
+    let shown = ok(&codereader(dir.path(), &["settings", "--voice", "espeak"]));
+    for line in expected.iter().chain(&["en = espeak"]) {
+        assert!(shown.contains(line), "{line:?} missing in\n{shown}");
+    }
+    let saved = fs::read_to_string(&file).unwrap();
+    for part in [
+        "format = 2",
+        "volume = -5",
+        "rate = 2",
+        "speak = [\"k\", \"enter\"]",
+        "status = [\"KEY_F2\"]",
+        "en = \"espeak\"",
+    ] {
+        assert!(saved.contains(part), "{part:?} missing in\n{saved}");
+    }
+    // A newer format, with keys this build does not know: refused, left untouched.
+    fs::write(
+        &file,
+        saved.replace("format = 2", "format = 3") + "\n[earcons]\nstart = \"bell\"\n",
+    )
+    .unwrap();
+    let before = fingerprint(&file);
+    for args in [&["settings"][..], &["settings", "--voice", "flite-slt"]] {
+        let out = codereader(dir.path(), args);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("newer codereader (format 3"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(fingerprint(&file), before, "{args:?} changed the file");
+    }
+}

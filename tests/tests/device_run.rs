@@ -1,7 +1,7 @@
 //! `codereader run` driven through a pseudo-terminal, with what it plays captured through
 //! ALSA's `file` plugin (paced in real time, see `AlsaCapture`). Keys speak, replay, stop
-//! mid-utterance, lower the volume and change the language; the captured audio must show
-//! each effect.
+//! mid-utterance, lower the volume, change the language and the voice; the captured audio
+//! must show each effect.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_e2e::{AlsaCapture, Audio, Pty, Span, codereader_bin, correlation, voices_dir};
+use codereader_e2e::{
+    AlsaCapture, Audio, Pty, Span, codereader_bin, codereader_speak_bin, correlation, voices_dir,
+};
 use tempfile::TempDir;
 
 const SECRET_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
@@ -475,4 +477,251 @@ fn missing_evdev_and_gpio_inputs_are_reported_and_the_terminal_still_works() {
     run.press("q");
     let status = run.wait_for_exit();
     assert!(status.success(), "{:?}", run.log());
+}
+
+/// The shipped packs' `voice.toml` files in `dir/voices`, without clips; with `render`, the
+/// English voices' clips at speed step 0, rendered by the speech crate's `codereader-speak`
+/// (flite for `flite-slt`, espeak-ng for `espeak`), as `cargo xtask voices` would.
+fn packs(dir: &Path, render: bool) -> PathBuf {
+    let voices = dir.join("voices");
+    for tag in ["da", "en"] {
+        std::fs::create_dir_all(voices.join(tag)).unwrap();
+        std::fs::copy(
+            voices_dir().join(tag).join("voice.toml"),
+            voices.join(tag).join("voice.toml"),
+        )
+        .unwrap();
+    }
+    if render {
+        let out = Command::new(codereader_speak_bin())
+            .args(["clips", "--lang", "en", "--speeds", "0", "--voices"])
+            .arg(&voices)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rendering the clips: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    voices
+}
+
+/// Runs `codereader --voices VOICES ARGS...` with the state in `state`; its standard error.
+fn run_with_voices(state: &Path, voices: &Path, args: &[&str]) -> String {
+    let out = Command::new(codereader_bin())
+        .arg("--voices")
+        .arg(voices)
+        .args(args)
+        .env("CODEREADER_STATE", state)
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {err}");
+    err
+}
+
+/// The code at `T` rendered to `wav` with `extra` `speak` arguments: its length in seconds
+/// and envelope.
+fn voice_reference(state: &Path, voices: &Path, extra: &[&str], wav: &Path) -> (f64, Vec<f32>) {
+    let at = T.to_string();
+    let mut args = vec!["speak", "--at", &at, "--wav", wav.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let err = run_with_voices(state, voices, &args);
+    assert!(!err.contains("has no clips"), "{err}");
+    let audio = Audio::read_wav(wav).unwrap();
+    let spans = utterances(&audio);
+    assert_eq!(spans.len(), 1, "reference {}: {spans:?}", wav.display());
+    (
+        spans[0].seconds(audio.rate),
+        audio.slice(spans[0]).envelope(),
+    )
+}
+
+/// The next-voice key (v) switches English from its default voice (flite's slt, clips) to
+/// espeak-ng and back, saying the language's name in the new voice at once; the codes played
+/// afterwards match that voice's rendering, not the other's. Danish has one voice: the key
+/// says so and changes nothing.
+#[test]
+fn the_next_voice_key_switches_the_voice_and_the_codes_are_spoken_in_it() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), true);
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let (len_slt, env_slt) = voice_reference(&state, &voices, &[], &dir.path().join("slt.wav"));
+    let (len_esp, env_esp) = voice_reference(
+        &state,
+        &voices,
+        &["--voice", "espeak"],
+        &dir.path().join("espeak.wav"),
+    );
+
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
+    assert!(
+        run.logged("ready (language en, voice flite-slt)"),
+        "{:?}",
+        run.log()
+    );
+    let mut press = |key: &str, wait: f64| {
+        run.press(key);
+        thread::sleep(Duration::from_secs_f64(wait));
+    };
+    let quiet = 1.5;
+    press("s", len_slt + quiet); // 1: the code, flite slt
+    press("v", 1.5 + quiet); // 2: "English" in espeak-ng
+    press("s", len_esp + quiet); // 3: the code, espeak-ng
+    press("v", 1.5 + quiet); // 4: "English" in flite slt again (wrapped around)
+    press("l", 1.5 + quiet); // 5: "Dansk"
+    press("v", 3.0 + quiet); // 6: "Der er ingen anden stemme."
+    press("q", 0.0);
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "run failed: {log:?}");
+    for needle in [
+        "voice espeak (en)",
+        "voice flite-slt (en)",
+        "language da",
+        "voice espeak (da): there is no other voice",
+    ] {
+        assert_eq!(count_in(&log, needle), 1, "{needle:?} in {log:?}");
+    }
+    assert_eq!(count_in(&log, "has no clips"), 0, "{log:?}");
+
+    let audio = capture.audio();
+    let spans = utterances(&audio);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    assert_eq!(spans.len(), 6, "utterances (s): {secs:?}; log: {log:?}");
+    let r = |i: usize, reference: &[f32]| correlation(&audio.slice(spans[i]).envelope(), reference);
+    // 1: flite's slt, as rendered.
+    let (slt_slt, slt_esp) = (r(0, &env_slt), r(0, &env_esp));
+    assert!(
+        (secs[0] - len_slt).abs() < 0.15 * len_slt && slt_slt > 0.8 && slt_slt > slt_esp + 0.1,
+        "first code {} s (slt {len_slt} s, espeak {len_esp} s): r(slt) {slt_slt}, r(espeak) {slt_esp}",
+        secs[0]
+    );
+    // 3: after the key, espeak-ng's rendering and not slt's.
+    let (esp_esp, esp_slt) = (r(2, &env_esp), r(2, &env_slt));
+    assert!(
+        (secs[2] - len_esp).abs() < 0.15 * len_esp && esp_esp > 0.8 && esp_esp > esp_slt + 0.1,
+        "code after next_voice {} s (espeak {len_esp} s, slt {len_slt} s): r(espeak) {esp_esp}, r(slt) {esp_slt}",
+        secs[2]
+    );
+    // 2, 4, 5: a word each; 6: a sentence.
+    for i in [1, 3, 4] {
+        assert!(secs[i] < 1.5, "utterance {} lasted {} s", i + 1, secs[i]);
+    }
+    assert!(secs[5] > secs[4], "\"no other voice\" {} s", secs[5]);
+    // The choice was saved: English back at its default after the wrap; Danish untouched.
+    let saved = std::fs::read_to_string(state.join("settings.toml")).unwrap();
+    assert!(
+        saved.contains("en = \"flite-slt\"")
+            && !saved.contains("da = ")
+            && saved.contains("language = \"da\""),
+        "{saved}"
+    );
+    println!(
+        "utterances (s): {secs:?}; r(slt, espeak) first {slt_slt:.2}, {slt_esp:.2}; after the key {esp_slt:.2}, {esp_esp:.2}"
+    );
+}
+
+/// Without rendered clips the default English voice is spoken by live espeak-ng: `run` says
+/// so in one line, once, however often the voice comes back.
+#[test]
+fn run_says_once_that_a_voice_without_clips_is_spoken_by_espeak() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.path().join("none.conf")),
+            ),
+    );
+    run.wait_for("ready", 20);
+    run.press("v");
+    run.wait_for("voice espeak (en)", 10);
+    run.press("v");
+    run.wait_for("voice flite-slt (en)", 10);
+    run.press("q");
+    run.wait_for_exit();
+    let log = run.log();
+    let lines: Vec<&String> = log.iter().filter(|l| l.contains("has no clips")).collect();
+    assert_eq!(lines.len(), 1, "{log:?}");
+    for part in [
+        "voice `flite-slt` of `en`",
+        "live espeak-ng (voice `en`) speaks instead",
+        "cargo xtask voices en",
+    ] {
+        assert!(lines[0].contains(part), "{part:?} missing in {}", lines[0]);
+    }
+}
+
+/// A voice whose clips are broken (a stale manifest without its clips) is skipped by the
+/// next-voice key, with the reason in the log; the key goes on to the next usable voice.
+#[test]
+fn the_next_voice_key_skips_a_voice_whose_clips_are_broken() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    let pack = voices.join("en/voice.toml");
+    let text = std::fs::read_to_string(&pack).unwrap();
+    std::fs::write(
+        &pack,
+        format!("{text}x-broken = {{ engine = \"espeak-ng\", voice = \"en-us\" }}\n"),
+    )
+    .unwrap();
+    let clips = voices.join("en/clips/x-broken");
+    std::fs::create_dir_all(&clips).unwrap();
+    std::fs::write(
+        clips.join("clips.toml"),
+        "source = \"espeak-ng\"\nsample_rate = 22050\nspeeds = [0]\n",
+    )
+    .unwrap();
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.path().join("none.conf")),
+            ),
+    );
+    run.wait_for("ready (language en, voice flite-slt)", 20);
+    // Two presses go round the three voices: espeak once, x-broken skipped, back to slt.
+    run.press("v");
+    run.wait_for("voice espeak (en)", 10);
+    run.press("v");
+    run.wait_for("voice flite-slt (en)", 10);
+    run.press("q");
+    run.wait_for_exit();
+    let log = run.log();
+    let skipped: Vec<&String> = log.iter().filter(|l| l.contains("skipping it")).collect();
+    assert_eq!(skipped.len(), 1, "{log:?}");
+    assert!(
+        skipped[0].contains("x-broken") && skipped[0].contains("missing"),
+        "{}",
+        skipped[0]
+    );
+    let saved = std::fs::read_to_string(state.join("settings.toml")).unwrap();
+    assert!(saved.contains("en = \"flite-slt\""), "{saved}");
 }

@@ -91,16 +91,36 @@ fn shipped_voices(voices: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// `--count N --seed S --speed STEP --only ID,...`: `--speed` is the device's rate step the
+/// codes are spoken at (default 0); `--only` measures just the voices named, by their id: a
+/// shipped English voice's name (`flite-slt`, `espeak`) or a candidate's engine spec
+/// (`espeak-ng:en-us`, `flite:rms`, ...).
 pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
     let mut count = "100".to_owned();
     let mut seed = "7".to_owned();
+    let mut speed = "0".to_owned();
+    let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--count" => count.clone_from(value),
             "--seed" => seed.clone_from(value),
-            other => return Err(format!("unknown option {other}; use --count N --seed S")),
+            "--speed" => {
+                let step: i8 = value
+                    .parse()
+                    .map_err(|_| format!("--speed {value}: not a step from -3 to 3"))?;
+                if !(-3..=3).contains(&step) {
+                    return Err(format!("--speed {value}: not a step from -3 to 3"));
+                }
+                speed.clone_from(value);
+            }
+            "--only" => only = Some(value.split(',').map(|v| v.trim().to_owned()).collect()),
+            other => {
+                return Err(format!(
+                    "unknown option {other}; use --count N --seed S --speed STEP --only ID,..."
+                ));
+            }
         }
     }
     packages::ensure(packages::VOICES)?;
@@ -111,15 +131,29 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
     let out = root.join("target/intelligibility");
     let _ = std::fs::remove_dir_all(&out);
     let mut runs: Vec<(String, PathBuf)> = Vec::new();
-    let mut jobs: Vec<(String, Vec<String>)> = shipped_voices(&voices)?
+    // (label, id for --only, codereader-speak's voice selector)
+    let mut jobs: Vec<(String, String, Vec<String>)> = shipped_voices(&voices)?
         .into_iter()
-        .map(|(label, name)| (label, vec!["--voice".to_owned(), name]))
+        .map(|(label, name)| (label, name.clone(), vec!["--voice".to_owned(), name]))
         .collect();
-    jobs.extend(
-        CANDIDATES
-            .iter()
-            .map(|(label, spec)| ((*label).to_owned(), vec!["--engine".into(), (*spec).into()])),
-    );
+    jobs.extend(CANDIDATES.iter().map(|(label, spec)| {
+        (
+            (*label).to_owned(),
+            (*spec).to_owned(),
+            vec!["--engine".into(), (*spec).into()],
+        )
+    }));
+    if let Some(only) = &only {
+        if let Some(unknown) = only.iter().find(|id| !jobs.iter().any(|j| &j.1 == *id)) {
+            let ids: Vec<&str> = jobs.iter().map(|j| j.1.as_str()).collect();
+            return Err(format!(
+                "--only: no voice `{unknown}`; the ids are: {}",
+                ids.join(", ")
+            ));
+        }
+        jobs.retain(|j| only.contains(&j.1));
+    }
+    let jobs: Vec<(String, Vec<String>)> = jobs.into_iter().map(|(l, _, s)| (l, s)).collect();
     for (i, (label, selector)) in jobs.into_iter().enumerate() {
         let dir = out.join(format!("{i:02}"));
         run(
@@ -128,7 +162,8 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
                 .args(["run", "--quiet", "--package", "codereader-speech"])
                 .args(["--bin", "codereader-speak", "--", "codes", "--voices"])
                 .arg(&voices)
-                .args(["--lang", "en", "--count", &count, "--seed", &seed, "--out"])
+                .args(["--lang", "en", "--count", &count, "--seed", &seed])
+                .args(["--speed", &speed, "--out"])
                 .arg(&dir)
                 .args(&selector),
         )?;
@@ -137,6 +172,7 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
     println!("xtask: recognising (PocketSphinx, one-word digit grammar per energy segment)");
     let output = Command::new(&python)
         .arg(root.join("crates/speech/tools/recognize_digits.py"))
+        .args(["--speed", &speed])
         .args(runs.iter().map(|(_, d)| d))
         .output()
         .map_err(|e| format!("cannot run the recognizer: {e}"))?;
@@ -173,6 +209,9 @@ pub(crate) fn intelligibility(args: &[String]) -> Result<(), String> {
                 .join(" ")
         );
     }
-    println!("\nN = {count} random six-digit codes, seed {seed}, the same for every voice.");
+    println!(
+        "\nN = {count} random six-digit codes, seed {seed}, speed step {speed}, the same for \
+         every voice."
+    );
     Ok(())
 }

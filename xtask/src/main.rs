@@ -11,8 +11,9 @@
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
 //!   voices instead (`voices/RECORDING.md`).
-//! - `intelligibility [--count N] [--seed S]`: share of random six-digit codes an offline
-//!   recognizer (PocketSphinx) hears exactly, per English voice (`docs/voices.md`).
+//! - `intelligibility [--count N] [--seed S] [--speed STEP] [--only ID,...]`: share of random
+//!   six-digit codes an offline recognizer (PocketSphinx) hears exactly, per English voice, at
+//!   a rate step (default 0) (`docs/voices.md`).
 //! - `bench-verifier`: load-test the verifier HTTP service on loopback (SQLite and
 //!   PostgreSQL) and print verifies/s and p50/p99 latency; extra arguments go to the load
 //!   generator (`crates/server/benches/load.rs`).
@@ -61,8 +62,9 @@ fn print_help() {
          voices [--check] [TAG...]\n          \
                  render every voice's clips with its engine at every speed step;\n          \
                  --check: validate recorded voices (voices/RECORDING.md)\n  \
-         intelligibility [--count N] [--seed S]\n          \
-                 share of random codes an offline recognizer hears exactly, per English voice\n  \
+         intelligibility [--count N] [--seed S] [--speed STEP] [--only ID,...]\n          \
+                 share of random codes an offline recognizer hears exactly, per English voice\n          \
+                 (--only flite-slt,espeak,espeak-ng:en-us,...: just those voices)\n  \
          bench-verifier [--seconds S] [--connections C] [--stores sqlite,postgres]\n          \
                  load-test the verifier service on loopback; prints verifies/s, p50, p99\n  \
          help    this text"

@@ -133,6 +133,9 @@ pub struct SpeakArgs {
     /// Volume step for this time only (-8 quietest .. 0 loudest, 3 dB each).
     #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
     pub volume: Option<i8>,
+    /// Voice for this time only (a voice of the language; `settings --list-voices`).
+    #[arg(long, value_name = "NAME")]
+    pub voice: Option<String>,
     /// Use this time (seconds since 1970) instead of the clock.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
@@ -142,8 +145,18 @@ pub struct SpeakArgs {
 #[derive(Debug, Args)]
 pub struct SettingsArgs {
     /// Language (voice pack tag).
-    #[arg(long, value_name = "TAG")]
+    #[arg(long, visible_alias = "language", value_name = "TAG")]
     pub lang: Option<String>,
+    /// Voice of the language (the one --lang sets, else the current one), by its name in
+    /// the voice pack; --list-voices lists them.
+    #[arg(long, value_name = "NAME")]
+    pub voice: Option<String>,
+    /// List the voices of every language (the one speaking marked *), changing nothing.
+    #[arg(
+        long,
+        conflicts_with_all = ["lang", "voice", "volume", "rate", "bind", "evdev_bind", "reset"]
+    )]
+    pub list_voices: bool,
     /// Volume step (-8 quietest .. 0 loudest).
     #[arg(long, value_name = "STEP", allow_negative_numbers = true)]
     pub volume: Option<i8>,
@@ -440,13 +453,35 @@ pub fn load_settings(
     Ok((config, user, effective))
 }
 
+/// Loads the voice packs for `config` and applies the voice choices: the config's `[voice]`
+/// strictly (a voice it names must exist), then the user's (kept in the state directory)
+/// leniently: a choice that cannot be followed is logged, naming the settings file, and
+/// that language speaks the config's or pack's default voice; nothing is changed on disk.
+///
+/// # Errors
+/// [`voice::VoiceError`]s of the packs or of the config's choices.
+pub fn load_voices(
+    state: &StateDir,
+    config: &Config,
+    user: &UserSettings,
+    voices_dir: Option<&Path>,
+) -> Result<Voices, voice::VoiceError> {
+    let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
+    let mut voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
+    let settings = state.path().join(crate::config::SETTINGS_FILE);
+    for problem in voices.choosing_leniently(&user.voice) {
+        device::log(&format!("warning: {}: {problem}", settings.display()));
+    }
+    Ok(voices)
+}
+
 fn speak(
     state: &StateDir,
     config_path: Option<&Path>,
     voices_dir: Option<&Path>,
     args: &SpeakArgs,
 ) -> Result<(), Failure> {
-    let (config, _user, effective) = load_settings(state, config_path)?;
+    let (config, user, effective) = load_settings(state, config_path)?;
     let mut listening = effective.listening;
     if let Some(lang) = &args.lang {
         listening.language.clone_from(lang);
@@ -459,9 +494,14 @@ fn speak(
         check_step("--volume", volume, &VOLUME_RANGE)?;
         listening.volume = volume;
     }
-    let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-    let voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
+    let mut voices = load_voices(state, &config, &user, voices_dir)?;
+    if let Some(name) = &args.voice {
+        voices.choose(&listening.language, name)?;
+    }
     let pack = voices.pack(&listening.language)?;
+    if let Some(note) = voices.fallback_note(pack) {
+        device::log(&format!("warning: {note}"));
+    }
     let settings = voice::speech_settings(&listening);
     // Open the sound card before taking the code: without audio, no HOTP counter is used.
     let player = match &args.wav {
@@ -562,16 +602,38 @@ fn settings(
     };
     let changing = args.reset
         || args.lang.is_some()
+        || args.voice.is_some()
         || args.volume.is_some()
         || args.rate.is_some()
         || !args.bind.is_empty()
         || !args.evdev_bind.is_empty();
-    if let Some(lang) = &args.lang {
-        let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-        Voices::load(&dir, config.synth)?
-            .choosing(&config.voice)?
-            .pack(lang)?;
+    // The packs are needed to check a language or voice and to list the voices; for showing
+    // the settings only, a pack problem is shown instead of failing.
+    let needs_voices = args.list_voices || args.lang.is_some() || args.voice.is_some();
+    let mut voices = match load_voices(state, &config, &user, voices_dir) {
+        Ok(voices) => Ok(voices),
+        Err(e) if needs_voices => return Err(e.into()),
+        Err(e) => Err(e),
+    };
+    if let (true, Ok(voices)) = (args.list_voices, &voices) {
+        io::stdout()
+            .lock()
+            .write_all(voices.listing().as_bytes())
+            .context("cannot write to standard output")?;
+        return Ok(());
+    }
+    if let (Some(lang), Ok(voices)) = (&args.lang, &voices) {
+        voices.pack(lang)?;
         user.language = Some(lang.clone());
+    }
+    if let (Some(name), Ok(voices)) = (&args.voice, &mut voices) {
+        // The language this voice is for: the one set in this command, else the current one.
+        let tag = user
+            .language
+            .clone()
+            .unwrap_or_else(|| config.defaults.language.clone());
+        voices.choose(&tag, name)?;
+        user.voice.insert(tag, name.clone());
     }
     if let Some(volume) = args.volume {
         check_step("--volume", volume, &VOLUME_RANGE)?;
@@ -612,6 +674,17 @@ fn settings(
         RATE_RANGE.start(),
         RATE_RANGE.end(),
     );
+    text.push_str("[voice]\n");
+    match &voices {
+        Ok(voices) => {
+            for tag in voices.languages() {
+                if let Ok((names, now)) = voices.voice_names(&tag) {
+                    text.push_str(&format!("{tag} = {now} (of {})\n", names.join(", ")));
+                }
+            }
+        }
+        Err(e) => text.push_str(&format!("# the voice packs cannot be used: {e}\n")),
+    }
     text.push_str("[keys]\n");
     for (action, keys) in effective.keys.bindings() {
         let names: Vec<String> = keys.iter().map(ToString::to_string).collect();

@@ -19,7 +19,12 @@ use crate::state::{StateError, write_atomic};
 pub const SETTINGS_FILE: &str = "settings.toml";
 
 /// The settings format this build writes and the newest it reads.
-pub const SETTINGS_FORMAT: u32 = 1;
+///
+/// Format 2 added the `[voice]` table (the user's voice per language). A format-1 file has
+/// none, so it loads as it is (every other key means the same) and is written back as
+/// format 2 on the next change. A format-1 codereader refuses a format-2 file instead of
+/// dropping the voice choice.
+pub const SETTINGS_FORMAT: u32 = 2;
 
 /// A config or settings problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -433,6 +438,11 @@ pub struct UserSettings {
     /// Rate step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<i64>,
+    /// The voice per language tag (format 2), overriding the config's `[voice]` table. A
+    /// voice the pack no longer has is reported and the config's or pack's default speaks
+    /// (see `cli::load_voices`); the entry is kept, so reinstalling the voice brings it back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub voice: BTreeMap<String, String>,
     /// Terminal key bindings that replace the config's, per action.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys: BTreeMap<String, Vec<String>>,
@@ -446,10 +456,12 @@ fn settings_format() -> u32 {
 }
 
 impl UserSettings {
-    /// Loads `DIR/settings.toml`; a missing file means no changes yet.
+    /// Loads `DIR/settings.toml`; a missing file means no changes yet. Older formats are
+    /// read as they are (see [`SETTINGS_FORMAT`]); nothing is written.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the file and key.
+    /// [`ConfigError`] naming the file and key; [`ConfigError::FutureVersion`] for a file of
+    /// a newer format (whatever else it holds).
     pub fn load(state_dir: &Path) -> Result<Self, ConfigError> {
         let path = state_dir.join(SETTINGS_FILE);
         let text = match fs::read_to_string(&path) {
@@ -457,18 +469,23 @@ impl UserSettings {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(ConfigError::Io { path, source }),
         };
-        let settings: UserSettings = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
             path: path.clone(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
-        if settings.format > SETTINGS_FORMAT {
-            return Err(ConfigError::FutureVersion {
-                path,
-                found: settings.format,
-                supported: SETTINGS_FORMAT,
-            });
+        };
+        // The format first: a newer format may have keys this build does not know, and
+        // "written by a newer codereader" is the message that helps then.
+        let table: toml::Table = text.parse().map_err(syntax)?;
+        if let Some(found) = table.get("format").and_then(toml::Value::as_integer) {
+            if found > i64::from(SETTINGS_FORMAT) {
+                return Err(ConfigError::FutureVersion {
+                    path,
+                    found: u32::try_from(found).unwrap_or(u32::MAX),
+                    supported: SETTINGS_FORMAT,
+                });
+            }
         }
-        Ok(settings)
+        toml::from_str(&text).map_err(syntax)
     }
 
     /// Saves atomically and durably (mode 0600).
@@ -614,6 +631,63 @@ mod tests {
             assert!(err.contains(key), "{text:?}: {err}");
             assert!(err.contains("/etc/codereader/config.toml"), "{err}");
         }
+    }
+
+    /// `tests/data/settings-format-1.toml` was written by `codereader settings --volume -5
+    /// --rate 2 --lang en --bind speak=k,enter --evdev-bind status=KEY_F2` built from main at
+    /// d524e46 (settings format 1, before the `[voice]` table).
+    #[test]
+    fn format_1_settings_load_unchanged_and_are_saved_as_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = include_str!("../tests/data/settings-format-1.toml");
+        assert!(old.contains("format = 1"), "{old}");
+        fs::write(dir.path().join(SETTINGS_FILE), old).unwrap();
+        let check = |user: &UserSettings| {
+            assert_eq!(user.language.as_deref(), Some("en"));
+            assert_eq!(user.volume, Some(-5));
+            assert_eq!(user.rate, Some(2));
+            assert_eq!(user.keys.get("speak").unwrap(), &["k", "enter"]);
+            assert_eq!(user.keys.len(), 1);
+            assert_eq!(user.evdev_keys.get("status").unwrap(), &["KEY_F2"]);
+            assert_eq!(user.evdev_keys.len(), 1);
+        };
+        let mut user = UserSettings::load(dir.path()).unwrap();
+        check(&user);
+        assert!(user.voice.is_empty());
+        // Loading wrote nothing.
+        assert_eq!(
+            fs::read_to_string(dir.path().join(SETTINGS_FILE)).unwrap(),
+            old
+        );
+        let eff = Effective::new(&Config::defaults(), &user, dir.path()).unwrap();
+        assert_eq!(eff.listening.volume, -5);
+        assert_eq!(eff.keys.action(TermKey::Char('k')), Some(Action::Speak));
+        user.voice.insert("en".into(), "espeak".into());
+        user.save(dir.path()).unwrap();
+        let text = fs::read_to_string(dir.path().join(SETTINGS_FILE)).unwrap();
+        assert!(text.contains("format = 2"), "{text}");
+        let back = UserSettings::load(dir.path()).unwrap();
+        check(&back);
+        assert_eq!(back.voice.get("en").map(String::as_str), Some("espeak"));
+        assert_eq!(back.format, SETTINGS_FORMAT);
+    }
+
+    #[test]
+    fn a_newer_settings_format_is_refused_even_with_keys_unknown_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        let text = "format = 3\nlanguage = \"en\"\n[earcons]\nstart = \"bell\"\n";
+        fs::write(&path, text).unwrap();
+        let err = UserSettings::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::FutureVersion { found: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        // A damaged file (not TOML) is a syntax error naming the file.
+        fs::write(&path, "format = 2\nvoice = [\n").unwrap();
+        let err = UserSettings::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(SETTINGS_FILE), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Codes are taken from the state (progress stored before speaking), feedback and errors are
 //! spoken in the user's language, and settings changes are saved at once.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::ops::RangeInclusive;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
 use zeroize::Zeroizing;
 
-use crate::cli::{Exit, Failure, build_floor, now, prompt_for};
+use crate::cli::{Exit, Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
@@ -105,6 +106,9 @@ struct Device<'a> {
     reserved: Option<Reserved>,
     /// The last audio failure logged, so that retries do not repeat it.
     audio_error: Option<String>,
+    /// Voices (`tag/name`) already reported as speaking through live espeak-ng for lack of
+    /// clips, so the journal says it once per voice, not at every reopening.
+    fallbacks_logged: BTreeSet<String>,
     at: Option<u64>,
 }
 
@@ -130,6 +134,7 @@ impl Device<'_> {
                 return;
             }
         };
+        self.log_fallback();
         match LivePlayer::open_default(synth) {
             Ok(player) => {
                 self.audio_error = None;
@@ -181,6 +186,79 @@ impl Device<'_> {
                 self.player = None;
             }
         }
+    }
+
+    /// Logs, once per voice, that the current voice has no clips and live espeak-ng speaks
+    /// instead (see [`Voices::fallback_note`]).
+    fn log_fallback(&mut self) {
+        let Some(pack) = self.pack() else { return };
+        let Some(note) = self.voices.fallback_note(pack) else {
+            return;
+        };
+        let key = format!("{}/{}", pack.tag(), pack.voice().name);
+        if self.fallbacks_logged.insert(key) {
+            log(&format!("warning: {note}"));
+        }
+    }
+
+    /// Gives the player the synthesiser of the current language and voice.
+    fn switch_synth(&mut self) {
+        if let (Some(player), Some(pack)) = (&self.player, self.pack()) {
+            match self.voices.synth(pack) {
+                Ok(synth) => {
+                    if let Err(e) = player.set_synth(synth) {
+                        log(&format!("error: {e}"));
+                    }
+                }
+                Err(e) => log(&format!("error: {e}")),
+            }
+        }
+        self.log_fallback();
+    }
+
+    /// Switches the current language to its next voice (wrapping around), saves the choice
+    /// and says the language's name in the new voice, so the user hears the change at once
+    /// (the replay key then says the last code in it). A voice that cannot be used (its
+    /// clips are broken) is skipped and logged. With no other voice, says so and changes
+    /// nothing.
+    fn next_voice(&mut self) {
+        let tag = self.listening.language.clone();
+        let (names, now) = match self.voices.voice_names(&tag) {
+            Ok(found) => found,
+            Err(e) => {
+                log(&format!("error: {e}"));
+                return;
+            }
+        };
+        let here = names.iter().position(|n| *n == now).unwrap_or(0);
+        let mut chosen = None;
+        for k in 1..names.len() {
+            let Some(name) = names.get((here + k) % names.len()) else {
+                continue;
+            };
+            match self.voices.choose(&tag, name) {
+                Ok(()) => {
+                    chosen = Some(name.clone());
+                    break;
+                }
+                Err(e) => log(&format!("error: {e}; skipping it")),
+            }
+        }
+        let Some(name) = chosen else {
+            log(&format!("voice {now} ({tag}): there is no other voice"));
+            self.say(&Message::Prompt(Prompt::NoOtherVoice));
+            return;
+        };
+        let result = UserSettings::load(self.state.path()).and_then(|mut user| {
+            user.voice.insert(tag.clone(), name.clone());
+            user.save(self.state.path())
+        });
+        if let Err(e) = result {
+            log(&format!("error: cannot save the settings: {e}"));
+        }
+        log(&format!("voice {name} ({tag})"));
+        self.switch_synth();
+        self.say(&Message::Prompt(Prompt::LanguageName));
     }
 
     fn stop(&self) {
@@ -403,18 +481,10 @@ impl Device<'_> {
                 self.listening.language = self.voices.next_language(&self.listening.language);
                 self.save_listening();
                 log(&format!("language {}", self.listening.language));
-                if let (Some(player), Some(pack)) = (&self.player, self.pack()) {
-                    match self.voices.synth(pack) {
-                        Ok(synth) => {
-                            if let Err(e) = player.set_synth(synth) {
-                                log(&format!("error: {e}"));
-                            }
-                        }
-                        Err(e) => log(&format!("error: {e}")),
-                    }
-                }
+                self.switch_synth();
                 self.say(&Message::Prompt(Prompt::LanguageName));
             }
+            Action::NextVoice => self.next_voice(),
             Action::Status => self.status(),
             Action::Quit => return false,
         }
@@ -434,8 +504,7 @@ pub fn run(
 ) -> Result<(), Failure> {
     let user = UserSettings::load(state.path())?;
     let effective = Effective::new(config, &user, state.path())?;
-    let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-    let voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
+    let voices = load_voices(state, config, &user, voices_dir)?;
     let mut listening = effective.listening.clone();
     if let Err(e) = voices.pack(&listening.language) {
         log(&format!(
@@ -483,6 +552,7 @@ pub fn run(
         last_code: None,
         reserved: None,
         audio_error: None,
+        fallbacks_logged: BTreeSet::new(),
         at: options.at,
     };
     device.ensure_player(true);
@@ -496,8 +566,11 @@ pub fn run(
         .get(&Action::Speak)
         .map(|k| k.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    let voice = device
+        .pack()
+        .map_or_else(String::new, |p| format!(", voice {}", p.voice().name));
     log(&format!(
-        "ready (language {}); speak: {}",
+        "ready (language {}{voice}); speak: {}",
         device.listening.language,
         speak_keys.join(", ")
     ));

@@ -27,6 +27,8 @@ pub enum Action {
     Slower,
     /// Switch to the next language.
     NextLanguage,
+    /// Switch to the next voice of the current language.
+    NextVoice,
     /// Say the token's serial digits and what is wrong (clock, battery), if anything.
     Status,
     /// End `codereader run` (terminal only by default).
@@ -35,7 +37,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order the help lists them.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Speak,
         Action::Replay,
         Action::Stop,
@@ -44,6 +46,7 @@ impl Action {
         Action::Faster,
         Action::Slower,
         Action::NextLanguage,
+        Action::NextVoice,
         Action::Status,
         Action::Quit,
     ];
@@ -59,6 +62,7 @@ impl Action {
             Action::Faster => "faster",
             Action::Slower => "slower",
             Action::NextLanguage => "next_language",
+            Action::NextVoice => "next_voice",
             Action::Status => "status",
             Action::Quit => "quit",
         }
@@ -74,7 +78,7 @@ impl fmt::Display for Action {
 /// A name that is not an action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown action `{0}`; the actions are: speak, replay, stop, volume_up, volume_down, faster, slower, next_language, status, quit"
+    "unknown action `{0}`; the actions are: speak, replay, stop, volume_up, volume_down, faster, slower, next_language, next_voice, status, quit"
 )]
 pub struct UnknownAction(pub String);
 
@@ -313,7 +317,7 @@ impl<K: Ord + Copy + fmt::Display> KeyMap<K> {
 
 /// Default terminal keys: one key per action, mnemonic where possible, plus the arrows.
 pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
-    let table: [(Action, &[&str]); 10] = [
+    let table: [(Action, &[&str]); 11] = [
         (Action::Speak, &["space", "enter", "s"]),
         (Action::Replay, &["r"]),
         (Action::Stop, &["x", "escape"]),
@@ -322,6 +326,7 @@ pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
         (Action::Faster, &["]", "right"]),
         (Action::Slower, &["[", "left"]),
         (Action::NextLanguage, &["l"]),
+        (Action::NextVoice, &["v"]),
         (Action::Status, &["i"]),
         (Action::Quit, &["q", "ctrl-c"]),
     ];
@@ -331,7 +336,7 @@ pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
 /// Default evdev keys: a numeric keypad, media keys and a single big button (which usually
 /// sends Enter or `BTN_0`).
 pub fn default_evdev_keys() -> BTreeMap<Action, Vec<String>> {
-    let table: [(Action, &[&str]); 9] = [
+    let table: [(Action, &[&str]); 10] = [
         (
             Action::Speak,
             &["KEY_KPENTER", "KEY_ENTER", "KEY_SPACE", "KEY_KP5", "BTN_0"],
@@ -349,6 +354,7 @@ pub fn default_evdev_keys() -> BTreeMap<Action, Vec<String>> {
         (Action::Faster, &["KEY_KP6", "KEY_RIGHT"]),
         (Action::Slower, &["KEY_KP4", "KEY_LEFT"]),
         (Action::NextLanguage, &["KEY_KPSLASH", "KEY_L"]),
+        (Action::NextVoice, &["KEY_KP7", "KEY_V"]),
         (Action::Status, &["KEY_KPASTERISK", "KEY_I"]),
     ];
     to_owned_table(&table)

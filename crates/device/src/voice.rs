@@ -5,23 +5,26 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use codereader_speech::{
-    ClipSynth, CodeIntro, Earcon, Espeak, PhraseKey, Prompt, Segment, Settings, SpeechError, Speed,
-    Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+    ClipSynth, CodeIntro, Earcon, Engine, Espeak, PhraseKey, Prompt, Segment, Settings,
+    SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
 };
 
 use crate::config::{Listening, SynthChoice};
 
 /// Why the voices cannot be used.
+///
+/// Each message includes its cause (the speech crate's error), so the cause is not also
+/// chained as `source()`: `{:#}` would print it twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VoiceError {
     /// The voice packs failed to load.
-    #[error("voice packs in {dir}: {source}")]
+    #[error("voice packs in {dir}: {error}{}", render_hint(.error))]
     Load {
         /// The voices directory.
         dir: PathBuf,
         /// The speech crate's error.
-        source: codereader_speech::PackError,
+        error: codereader_speech::PackError,
     },
     /// No pack for the language asked for.
     #[error("no voice pack for language `{tag}`; available: {available}")]
@@ -32,21 +35,33 @@ pub enum VoiceError {
         available: String,
     },
     /// A chosen voice is not in its language's pack, or its clips are broken.
-    #[error("voice for `{tag}`: {source}")]
+    #[error("voice for `{tag}`: {error}")]
     Voice {
         /// Language.
         tag: String,
         /// The speech crate's error.
-        source: codereader_speech::PackError,
+        error: codereader_speech::PackError,
     },
     /// The synthesiser could not start.
-    #[error("cannot start the synthesiser for `{tag}`: {source}")]
+    #[error("cannot start the synthesiser for `{tag}`: {error}")]
     Synth {
         /// Language.
         tag: String,
         /// Why.
-        source: SpeechError,
+        error: SpeechError,
     },
+}
+
+/// For a clip problem: how to render the clips afresh (clips rendered by an older version
+/// lack the newer prompts).
+fn render_hint(error: &codereader_speech::PackError) -> &'static str {
+    match error {
+        codereader_speech::PackError::BadClip { .. }
+        | codereader_speech::PackError::ClipSampleRate { .. } => {
+            "; render the clips again with `cargo xtask voices`"
+        }
+        _ => "",
+    }
 }
 
 /// Where the voice packs are: `explicit` (`--voices`, `CODEREADER_VOICES`), the config's
@@ -90,9 +105,9 @@ impl Voices {
     /// # Errors
     /// [`VoiceError::Load`].
     pub fn load(dir: &Path, choice: SynthChoice) -> Result<Self, VoiceError> {
-        let library = VoiceLibrary::load(dir).map_err(|source| VoiceError::Load {
+        let library = VoiceLibrary::load(dir).map_err(|error| VoiceError::Load {
             dir: dir.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(Voices {
             library,
@@ -109,16 +124,111 @@ impl Voices {
     /// lists the pack's voices; or its clips are broken).
     pub fn choosing(mut self, picks: &BTreeMap<String, String>) -> Result<Self, VoiceError> {
         for (tag, name) in picks {
-            let pack = self
-                .pack(tag)?
-                .with_voice(name)
-                .map_err(|source| VoiceError::Voice {
-                    tag: tag.clone(),
-                    source,
-                })?;
-            self.chosen.insert(tag.clone(), pack);
+            self.choose(tag, name)?;
         }
         Ok(self)
+    }
+
+    /// Speaks each language in `picks` (the user's choices, kept in the state directory)
+    /// with that voice where possible. A choice that cannot be followed (the language or the
+    /// voice is gone, or the voice's clips are broken) leaves that language speaking what it
+    /// spoke before (the config's choice or the pack's default) and gives a message saying
+    /// so; the others still apply.
+    pub fn choosing_leniently(&mut self, picks: &BTreeMap<String, String>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (tag, name) in picks {
+            if let Err(e) = self.choose(tag, name) {
+                let why = match &e {
+                    VoiceError::Voice { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                };
+                let instead = match self.pack(tag) {
+                    Ok(pack) => format!("speaking `{}` instead", pack.voice().name),
+                    Err(_) => "the choice is ignored".to_owned(),
+                };
+                problems.push(format!(
+                    "the voice chosen for `{tag}`, `{name}`, cannot be used ({why}); {instead}"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Speaks `tag` with its voice `name` from now on.
+    ///
+    /// # Errors
+    /// [`VoiceError::UnknownLanguage`], or [`VoiceError::Voice`] (no such voice: the message
+    /// lists the pack's voices; or its clips are broken). Nothing changes then.
+    pub fn choose(&mut self, tag: &str, name: &str) -> Result<(), VoiceError> {
+        let pack = self
+            .pack(tag)?
+            .with_voice(name)
+            .map_err(|error| VoiceError::Voice {
+                tag: tag.to_owned(),
+                error,
+            })?;
+        self.chosen.insert(tag.to_owned(), pack);
+        Ok(())
+    }
+
+    /// Whether `pack`'s voice is spoken by something else than it names: under
+    /// `synth = "auto"`, a voice whose engine is not espeak-ng but which has no clips is
+    /// spoken by live espeak-ng. Then the one line that says so, which voice speaks instead
+    /// and how to render the clips.
+    pub fn fallback_note(&self, pack: &VoicePack) -> Option<String> {
+        let voice = pack.voice();
+        let falls_back = self.choice == SynthChoice::Auto
+            && pack.clips().is_none()
+            && !matches!(voice.engine, Engine::EspeakNg(_));
+        falls_back.then(|| {
+            format!(
+                "voice `{}` of `{}` ({}) has no clips in {}, so live espeak-ng (voice `{}`) \
+                 speaks instead; render the clips with `cargo xtask voices {}`",
+                voice.name,
+                pack.tag(),
+                voice.engine,
+                voice.clips_dir.display(),
+                pack.espeak_voice(),
+                pack.tag()
+            )
+        })
+    }
+
+    /// Every language's voices, for `codereader settings --list-voices`: per language its
+    /// name, the voice speaking now and each voice with its engine and clips.
+    pub fn listing(&self) -> String {
+        let mut text = String::new();
+        for tag in self.languages() {
+            let Ok(pack) = self.pack(&tag) else { continue };
+            let now = pack.voice().name.clone();
+            text.push_str(&format!("{tag} ({}): speaking {now}\n", pack.name()));
+            for (i, voice) in pack.voices().iter().enumerate() {
+                let mut notes = vec![voice.engine.to_string()];
+                if i == 0 {
+                    notes.push("pack default".to_owned());
+                }
+                notes.push(match pack.with_voice(&voice.name) {
+                    Err(e) => format!("BROKEN: {e}"),
+                    Ok(voiced) => match (voiced.clips(), &voice.engine) {
+                        (Some(clips), _) => {
+                            let steps: Vec<String> =
+                                clips.speeds.iter().map(|s| s.step().to_string()).collect();
+                            format!("clips at speed steps {}", steps.join(", "))
+                        }
+                        (None, Engine::EspeakNg(_)) => "no clips: live espeak-ng".to_owned(),
+                        (None, _) if self.choice == SynthChoice::Auto => format!(
+                            "NO CLIPS: live espeak-ng `{}` speaks instead; render them with \
+                             `cargo xtask voices {tag}`",
+                            voiced.espeak_voice()
+                        ),
+                        (None, _) => "NO CLIPS".to_owned(),
+                    },
+                });
+                let mark = if voice.name == now { "*" } else { " " };
+                text.push_str(&format!("  {mark} {} ({})\n", voice.name, notes.join("; ")));
+            }
+        }
+        text
     }
 
     /// The voices of `tag`'s pack (default first) and the one speaking now.
@@ -172,9 +282,9 @@ impl Voices {
     /// # Errors
     /// [`VoiceError::Synth`].
     pub fn synth(&self, pack: &VoicePack) -> Result<Box<dyn Synth>, VoiceError> {
-        let wrap = |source| VoiceError::Synth {
+        let wrap = |error| VoiceError::Synth {
             tag: pack.tag().to_owned(),
-            source,
+            error,
         };
         let use_clips = match self.choice {
             SynthChoice::Clips => true,
@@ -298,6 +408,82 @@ mod tests {
         let (names, now) = voices.voice_names("en").unwrap();
         assert_eq!(names, ["flite-slt", "espeak"]);
         assert_eq!(now, "espeak");
+    }
+
+    /// The shipped packs' `voice.toml` files without any clips (a development machine may
+    /// have rendered clips into `voices/`).
+    fn packs_without_clips() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");
+        for tag in ["da", "en"] {
+            std::fs::create_dir(dir.path().join(tag)).unwrap();
+            std::fs::copy(
+                shipped.join(tag).join("voice.toml"),
+                dir.path().join(tag).join("voice.toml"),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_users_choices_apply_and_those_that_cannot_are_reported() {
+        let voices = shipped().choosing(&picks(&[("en", "espeak")])).unwrap();
+        let mut voices = voices;
+        let problems = voices.choosing_leniently(&picks(&[
+            ("da", "espeak"),
+            ("en", "robot"),
+            ("xx", "espeak"),
+        ]));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("`robot`")
+                && problems[0].contains("flite-slt, espeak")
+                && problems[0].contains("speaking `espeak` instead"),
+            "{}",
+            problems[0]
+        );
+        assert!(problems[1].contains("`xx`"), "{}", problems[1]);
+        // The config's choice still speaks English; the valid choice applied.
+        assert_eq!(voices.pack("en").unwrap().voice().name, "espeak");
+        assert_eq!(voices.pack("da").unwrap().voice().name, "espeak");
+        voices.choose("en", "flite-slt").unwrap();
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+        assert!(voices.choose("en", "robot").is_err());
+        assert_eq!(voices.pack("en").unwrap().voice().name, "flite-slt");
+    }
+
+    #[test]
+    fn a_voice_without_clips_spoken_by_espeak_is_noted() {
+        let dir = packs_without_clips();
+        let voices = Voices::load(dir.path(), SynthChoice::Auto).unwrap();
+        let note = voices.fallback_note(voices.pack("en").unwrap()).unwrap();
+        for part in [
+            "`flite-slt`",
+            "flite:slt",
+            "live espeak-ng (voice `en`)",
+            "cargo xtask voices en",
+        ] {
+            assert!(note.contains(part), "{part:?} missing in {note}");
+        }
+        // An espeak-ng voice without clips is spoken by espeak-ng as it should be.
+        assert!(voices.fallback_note(voices.pack("da").unwrap()).is_none());
+        let voices = voices.choosing(&picks(&[("en", "espeak")])).unwrap();
+        assert!(voices.fallback_note(voices.pack("en").unwrap()).is_none());
+        // With synth = "espeak" the config asked for espeak-ng: nothing to note.
+        let voices = Voices::load(dir.path(), SynthChoice::Espeak).unwrap();
+        assert!(voices.fallback_note(voices.pack("en").unwrap()).is_none());
+        let listing = Voices::load(dir.path(), SynthChoice::Auto)
+            .unwrap()
+            .listing();
+        assert!(
+            listing.contains("* flite-slt (flite:slt; pack default; NO CLIPS"),
+            "{listing}"
+        );
+        assert!(
+            listing.contains("  espeak (espeak-ng:en; no clips"),
+            "{listing}"
+        );
     }
 
     #[test]

@@ -110,11 +110,13 @@ pub enum Prompt {
     LowBattery,
     /// Error: the clock moved backwards.
     ClockBackwards,
+    /// Feedback: the user asked for the next voice, but the language has no other voice.
+    NoOtherVoice,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 13] = [
+    pub const ALL: [Prompt; 14] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -128,6 +130,7 @@ impl Prompt {
         Prompt::AudioFault,
         Prompt::LowBattery,
         Prompt::ClockBackwards,
+        Prompt::NoOtherVoice,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -146,6 +149,7 @@ impl Prompt {
             Prompt::AudioFault => "audio_fault",
             Prompt::LowBattery => "low_battery",
             Prompt::ClockBackwards => "clock_backwards",
+            Prompt::NoOtherVoice => "no_other_voice",
         }
     }
 

@@ -1,13 +1,18 @@
 """Offline intelligibility check of spoken codes: which digits does a recognizer hear?
 
 Reads DIR/codes.txt ("NNNN.wav CODE" lines, written by `codereader-speak codes`) for each
-DIR given, and prints per directory the share of codes heard exactly.
+DIR given, and prints per directory the share of codes heard exactly. `--speed STEP` first
+says the codes were spoken at that rate step (default 0).
 
 Method (the same for every voice):
 1. Each WAV (mono 16-bit, 16 kHz, rendered through codereader's pipeline: start earcon,
    intro, six digit words with pauses, end earcon) is segmented by energy exactly as the
    speech crate's WAV analysis does: 10 ms frames with RMS above -40 dBFS are sound, runs
-   separated by at most 120 ms of quiet are merged, runs shorter than 40 ms dropped.
+   separated by at most 120 ms of quiet are merged, runs shorter than 40 ms dropped. At
+   another rate step every duration, pauses included, is scaled by 1.15^-STEP (the speech
+   crate's `Speed`), and so are the 120 ms here and the 150 ms of step 3: at step 2 the
+   pause around an earcon is 113 ms, and a fixed 120 ms would merge the last digit with the
+   end earcon; at step -3 words are half as long again, and so are their quiet edges.
 2. The code must segment into start earcon, intro (one or more segments: flite's "your
    code is" has a gap), N digit segments, end earcon; the digit segments are the N before
    the end earcon. Fewer than N + 3 segments is a miss (a digit was lost or merged).
@@ -63,7 +68,7 @@ def read_wav(path):
     return data
 
 
-def segments(x, merge_ms=120):
+def segments(x, merge_ms):
     frame = RATE // 100
     spans = []
     for i in range(0, len(x), frame):
@@ -79,7 +84,7 @@ def segments(x, merge_ms=120):
     return [s for s in spans if s[1] - s[0] >= RATE * 40 // 1000]
 
 
-def widen(found, spans, margin=RATE * 150 // 1000):
+def widen(found, spans, margin):
     out = []
     for s, e in spans:
         i = found.index([s, e])
@@ -100,7 +105,14 @@ def hear(dec, samples):
     return str(WORDS.index(word)) if word in WORDS else "?"
 
 
-def main(dirs):
+def main(args):
+    speed = 0
+    if args[:1] == ["--speed"]:
+        speed = int(args[1])
+        args = args[2:]
+    merge_ms = round(120 / 1.15**speed)
+    margin = round(RATE * 0.150 / 1.15**speed)
+    dirs = args
     dec = decoder()
     for d in dirs:
         exact = total = digits_ok = digits = 0
@@ -109,12 +121,12 @@ def main(dirs):
             lines = [l.split() for l in f if l.strip()]
         for name, code in lines:
             x = read_wav(os.path.join(d, name))
-            found = segments(x)
+            found = segments(x, merge_ms)
             spans = found[-len(code) - 1 : -1] if len(found) >= len(code) + 3 else []
             if len(spans) != len(code):
                 heard = f"<{len(found)} segments>"
             else:
-                heard = "".join(hear(dec, x[s:e]) for s, e in widen(found, spans))
+                heard = "".join(hear(dec, x[s:e]) for s, e in widen(found, spans, margin))
                 digits_ok += sum(a == b for a, b in zip(heard, code))
             digits += len(code)
             total += 1

@@ -7,7 +7,7 @@
 //! codereader-speak clips  --voices DIR --lang TAG [--voice NAME] [--speeds -3,...,3] [--out DIR]
 //! codereader-speak check  --voices DIR --lang TAG [--voice NAME]
 //! codereader-speak codes  --voices DIR --lang TAG (--voice NAME | --engine SPEC)
-//!                         --count N [--seed S] --out DIR
+//!                         --count N [--seed S] [--speed STEP] --out DIR
 //! COMMON: [--backend espeak|clips] [--voice NAME] [--speed STEP] [--volume STEP]
 //! ```
 //!
@@ -15,8 +15,8 @@
 //! every word present, levels in range, no clipping, silence trimmed; it lists every problem.
 //! `clips` renders each voice's clips (all of the pack's voices unless `--voice`) with the
 //! engine the voice names, with a progress bar on stderr. `codes` is the intelligibility
-//! harness's renderer: it renders the voice's clips at speed step 0 into `OUT/clips` (or uses
-//! a recorded voice's clips), then `N` random codes from a seeded generator through the
+//! harness's renderer: it renders the voice's clips at speed step `--speed` (default 0) into
+//! `OUT/clips` (or uses a recorded voice's clips), then `N` random codes from a seeded generator through the
 //! normal pipeline at 16 kHz into `OUT/NNNN.wav`, listing `NNNN.wav CODE` in `OUT/codes.txt`.
 //! `--engine` is `espeak-ng:VOICE`, `flite:VOICE` or `festival:VOICE`, for trying voices no pack ships yet.
 
@@ -320,6 +320,11 @@ fn render_codes(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
     let count: usize = args.get("count")?.parse().context("--count")?;
     let seed: u64 = args.get_or("seed", "7").parse().context("--seed")?;
     let out = PathBuf::from(args.get("out")?);
+    // `--speed` is the device's rate step: clips rendered at that step, pauses scaled to it.
+    let settings = Settings {
+        speed: args.settings()?.speed,
+        ..Settings::default()
+    };
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let (engine, pack) = match (args.options.get("engine"), args.options.get("voice")) {
         (Some(spec), None) => (
@@ -349,7 +354,7 @@ fn render_codes(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
             &pack,
             synth.as_mut(),
             engine.clip_source(),
-            &[Speed::default()],
+            &[settings.speed],
             &dir,
             &mut |_, _| {},
         )?;
@@ -363,18 +368,14 @@ fn render_codes(args: &Args, pack: &VoicePack) -> anyhow::Result<()> {
         let code = rng.code();
         let file = format!("{i:04}.wav");
         let utterance = Utterance::code(&pack, &code, CodeIntro::First)?;
-        renderer.render_to_wav(
-            &utterance,
-            &mut synth,
-            Settings::default(),
-            &out.join(&file),
-        )?;
+        renderer.render_to_wav(&utterance, &mut synth, settings, &out.join(&file))?;
         list.push_str(&format!("{file} {code}\n"));
     }
     std::fs::write(out.join("codes.txt"), list).context("codes.txt")?;
     println!(
-        "{}: {count} codes by {engine} in {}",
+        "{}: {count} codes by {engine} at speed step {} in {}",
         pack.tag(),
+        settings.speed.step(),
         out.display()
     );
     Ok(())
