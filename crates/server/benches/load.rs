@@ -253,12 +253,14 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
 }
 
 /// The library without HTTP: `connections` threads verify fresh HOTP codes of their own
-/// tokens on the same database the server uses (the server is idle meanwhile).
+/// tokens on the same database the server uses (the server is idle meanwhile), the way the
+/// server does: [`Verifier::verify_then`] (on SQLite, the whole verification on the writer
+/// thread), each thread waiting for its answer.
 fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -> Phase {
     use codereader_otp::{Algorithm, Counter, Digits, KeyPolicy, Secret, UnixTime};
     use codereader_verifier::{
-        Caller, Durability, Enrollment, Kek, Keyring, Outcome, PgStore, Policy, SqliteOptions,
-        SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
+        Caller, Durability, Enrollment, Kek, Keyring, Outcome, OwnedSubject, PgStore, Policy,
+        SqliteOptions, SqliteStore, Store, TokenId, TokenKind, TokenParams, Verifier,
     };
     let boxed: Box<dyn Store> = match pg_url {
         Some(url) => Box::new(PgStore::connect(url).unwrap()),
@@ -277,11 +279,11 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
             )
         }
     };
-    let verifier = Verifier::new(
+    let verifier = std::sync::Arc::new(Verifier::new(
         boxed,
         Keyring::new(Kek::generate().unwrap()),
         Policy::default(),
-    );
+    ));
     let caller = Caller::new("bench").unwrap();
     let now = UnixTime(1_700_000_000);
     let tokens: Vec<Enrollment> = (0..o.tokens)
@@ -327,7 +329,17 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
                             break;
                         }
                         let t = Instant::now();
-                        let outcome = verifier.verify(Subject::Token(id), code, now, caller);
+                        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+                        verifier.verify_then(
+                            OwnedSubject::Token(id.clone()),
+                            *code,
+                            now,
+                            caller.clone(),
+                            move |r| {
+                                let _ = reply.send(r);
+                            },
+                        );
+                        let outcome = answer.recv().unwrap();
                         latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                         if !matches!(outcome, Ok(Outcome::Accepted(_))) {
                             unexpected += 1;
