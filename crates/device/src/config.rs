@@ -503,11 +503,18 @@ impl UserSettings {
             "# codereader user settings; change them with `codereader settings` or the keys.\n{body}"
         );
         if !state_dir.exists() {
-            fs::create_dir_all(state_dir).map_err(|source| StateError::Io {
-                path: state_dir.to_path_buf(),
-                action: "create the directory",
-                source,
-            })?;
+            // The token's secret will live here too: private from the start, as the token
+            // store makes it.
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(|source| StateError::Io {
+                    path: state_dir.to_path_buf(),
+                    action: "create the directory",
+                    source,
+                })?;
         }
         write_atomic(state_dir, SETTINGS_FILE, text.as_bytes())?;
         Ok(())
@@ -631,6 +638,21 @@ mod tests {
             assert!(err.contains(key), "{text:?}: {err}");
             assert!(err.contains("/etc/codereader/config.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn saving_settings_creates_a_private_state_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        let user = UserSettings {
+            volume: Some(2),
+            ..UserSettings::default()
+        };
+        user.save(&state).unwrap();
+        let mode = fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        assert_eq!(UserSettings::load(&state).unwrap().volume, Some(2));
     }
 
     /// `tests/data/settings-format-1.toml` was written by `codereader settings --volume -5
