@@ -135,7 +135,15 @@ impl std::fmt::Debug for SqliteStore {
 /// A write: runs on the writer's connection (or is told why it cannot) and returns what to do
 /// after the commit. The connection sits in a mutex only so that [`Tx`], the view submitted
 /// work gets, is `Sync` as every store must be; only the writer thread ever locks it.
-type Job = Box<dyn FnOnce(Result<&Mutex<Connection>, StoreError>) -> Finish + Send>;
+type Job = Box<dyn FnOnce(Slot<'_>) -> Finish + Send>;
+
+/// What a job runs with.
+struct Slot<'c> {
+    /// The writer's connection, or why the batch could not begin.
+    conn: Result<&'c Mutex<Connection>, StoreError>,
+    /// Where work submitted from inside a job leaves its finish, to run after the commit.
+    later: &'c Mutex<Vec<Finish>>,
+}
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -164,10 +172,17 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
             }
         }
         let began = lock().execute_batch("BEGIN IMMEDIATE").map_err(db);
-        let finishers: Vec<Finish> = match &began {
-            Ok(()) => jobs.into_iter().map(|job| job(Ok(&shared))).collect(),
-            Err(e) => jobs.into_iter().map(|job| job(Err(e.clone()))).collect(),
-        };
+        let later = Mutex::new(Vec::new());
+        let mut finishers: Vec<Finish> = jobs
+            .into_iter()
+            .map(|job| {
+                job(Slot {
+                    conn: began.clone().map(|()| &shared),
+                    later: &later,
+                })
+            })
+            .collect();
+        finishers.extend(later.into_inner().unwrap_or_else(PoisonError::into_inner));
         let conn = lock();
         let committed = match began {
             // Every job was already told why it could not run.
@@ -346,8 +361,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        let job: Job = Box::new(move |conn| {
-            let result = conn
+        let job: Job = Box::new(move |slot| {
+            let result = slot
+                .conn
                 .and_then(|m| in_savepoint(&m.lock().unwrap_or_else(PoisonError::into_inner), f));
             Box::new(move |committed: Result<(), StoreError>| {
                 // The caller may have gone (it cannot, it waits); nothing to do if so.
@@ -833,7 +849,12 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, work: Work) {
-        let job: Job = Box::new(move |conn| work(&Tx { conn }));
+        let job: Job = Box::new(move |slot| {
+            work(&Tx {
+                conn: slot.conn,
+                later: slot.later,
+            })
+        });
         let sent = match self.writer.as_ref() {
             Some(w) => w.queue.send(job).map_err(|e| e.0),
             None => Err(job),
@@ -841,8 +862,15 @@ impl Store for SqliteStore {
         // No writer: the work still runs, and hears of the failure from every call it makes
         // and from its finish.
         if let Err(job) = sent {
-            let finish = job(Err(writer_gone()));
-            finish(Err(writer_gone()));
+            let later = Mutex::new(Vec::new());
+            let finish = job(Slot {
+                conn: Err(writer_gone()),
+                later: &later,
+            });
+            let nested = later.into_inner().unwrap_or_else(PoisonError::into_inner);
+            for finish in std::iter::once(finish).chain(nested) {
+                finish(Err(writer_gone()));
+            }
         }
     }
 
@@ -858,6 +886,7 @@ impl Store for SqliteStore {
 /// fails with that reason.
 struct Tx<'c> {
     conn: Result<&'c Mutex<Connection>, StoreError>,
+    later: &'c Mutex<Vec<Finish>>,
 }
 
 impl Tx<'_> {
@@ -960,10 +989,14 @@ impl Store for Tx<'_> {
         self.write(|c| on::replace_seed(c, token, old, new))
     }
 
-    /// Already on the writer: run it here; it commits with the batch in progress.
+    /// Already on the writer: run it here; it commits with the batch in progress, and its
+    /// finish runs after that commit with the batch's own.
     fn submit(&self, work: Work) {
         let finish = work(self);
-        finish(self.conn.clone().map(|_| ()));
+        self.later
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(finish);
     }
 }
 
@@ -979,6 +1012,51 @@ mod tests {
                 format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {key} = ?1")
             );
         }
+    }
+
+    fn event(action: &'static str) -> AuditEvent {
+        AuditEvent {
+            token: Some(TokenId::new("T").unwrap()),
+            user: None,
+            action: action.into(),
+            outcome: "ok".into(),
+            at: UnixTime(1_700_000_000),
+            caller: crate::Caller::new("test").unwrap(),
+        }
+    }
+
+    /// Submitted work runs on the writer and hears of its commit afterwards; work it submits
+    /// in turn joins the same batch and also hears only after the commit. Each finish reads
+    /// the trail through a pooled reader connection, which sees committed data only.
+    #[test]
+    fn submitted_work_and_work_it_submits_finish_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let token = TokenId::new("T").unwrap();
+        type Heard = (&'static str, Result<(), StoreError>, usize);
+        let (tx, rx) = mpsc::channel::<Heard>();
+        let finish = |name: &'static str| -> Finish {
+            let (tx, store, token) = (tx.clone(), store.clone(), token.clone());
+            Box::new(move |r| {
+                let seen = store.audit_trail(&token, 10).unwrap().len();
+                tx.send((name, r, seen)).unwrap();
+            })
+        };
+        let (outer, inner) = (finish("outer"), finish("inner"));
+        store.submit(Box::new(move |s: &dyn Store| {
+            s.append_audit(&event("outer")).unwrap();
+            s.submit(Box::new(move |s: &dyn Store| {
+                s.append_audit(&event("inner")).unwrap();
+                inner
+            }));
+            outer
+        }));
+        let mut heard: Vec<Heard> = (0..2).map(|_| rx.recv().unwrap()).collect();
+        heard.sort_by_key(|(name, _, _)| *name);
+        assert_eq!(heard, vec![("inner", Ok(()), 2), ("outer", Ok(()), 2)]);
+        let trail = store.audit_trail(&token, 10).unwrap();
+        let actions: Vec<&str> = trail.iter().map(|e| e.action.as_ref()).collect();
+        assert_eq!(actions, ["outer", "inner"]);
     }
 
     #[test]
