@@ -339,6 +339,9 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             "newer codereader (state format 2",
         ),
     ];
+    // Samples of the spoken error per case: a damaged file says the token must be set up
+    // again, the others that the device is blocked (a much shorter sentence).
+    let mut spoken = Vec::new();
     for (name, damage, expected) in table {
         let dir = tempfile::tempdir().unwrap();
         enroll_totp(dir.path());
@@ -377,6 +380,9 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
                 before,
                 "{name}, {args:?}: file changed"
             );
+            if args[0] == "speak" {
+                spoken.push((name, Audio::read_wav(&wav).unwrap().samples.len()));
+            }
         }
         // Enrolling over it without --replace does not touch it either.
         let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}");
@@ -386,6 +392,15 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             fingerprint(&token),
             before,
             "{name}: enroll changed the file"
+        );
+    }
+    let (damaged, blocked) = spoken.split_at(5);
+    let longest_blocked = blocked.iter().map(|(_, n)| *n).max().unwrap();
+    assert!(longest_blocked > 0, "{spoken:?}");
+    for (name, n) in damaged {
+        assert!(
+            *n * 2 > longest_blocked * 3,
+            "{name}: the damaged-state sentence was not spoken: {spoken:?}"
         );
     }
 }

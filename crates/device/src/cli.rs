@@ -281,8 +281,11 @@ pub fn prompt_for(error: &TakeError) -> Prompt {
         TakeError::ClockNotSet { .. } => Prompt::ClockNotSet,
         TakeError::ClockBackwards { .. } => Prompt::ClockBackwards,
         TakeError::State(StateError::NoToken { .. }) => Prompt::NoToken,
-        // There is no prompt for damaged state yet: "device blocked" tells the user the
-        // device cannot give codes and needs a helper.
+        // Damaged or truncated: the token must be enrolled again; the user should hear that,
+        // not just that the device is blocked.
+        TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
+        // The rest (a file too open or not ours, written by a newer program, unreadable)
+        // need a helper, not a new enrolment: the device cannot give codes.
         _ => Prompt::DeviceBlocked,
     }
 }
@@ -778,4 +781,30 @@ fn status(state: &StateDir) -> Result<(), Failure> {
         println!("battery: {percent} %");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn each_state_failure_gets_its_spoken_prompt() {
+        let path = PathBuf::from("/state/token.toml");
+        let damaged = TakeError::State(StateError::Corrupt {
+            path: path.clone(),
+            reason: "checksum does not match".into(),
+        });
+        assert_eq!(prompt_for(&damaged), Prompt::StateDamaged);
+        let newer = TakeError::State(StateError::FutureVersion {
+            path,
+            found: 9,
+            supported: 1,
+        });
+        assert_eq!(prompt_for(&newer), Prompt::DeviceBlocked);
+        let exhausted = TakeError::State(StateError::CounterExhausted);
+        assert_eq!(prompt_for(&exhausted), Prompt::DeviceBlocked);
+        let clock = TakeError::ClockNotSet { now: 1, floor: 2 };
+        assert_eq!(prompt_for(&clock), Prompt::ClockNotSet);
+    }
 }

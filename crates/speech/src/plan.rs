@@ -112,11 +112,13 @@ pub enum Prompt {
     ClockBackwards,
     /// Feedback: the user asked for the next voice, but the language has no other voice.
     NoOtherVoice,
+    /// Error: the token's stored data is damaged; the device must be set up again.
+    StateDamaged,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 14] = [
+    pub const ALL: [Prompt; 15] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -131,6 +133,7 @@ impl Prompt {
         Prompt::LowBattery,
         Prompt::ClockBackwards,
         Prompt::NoOtherVoice,
+        Prompt::StateDamaged,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -150,6 +153,7 @@ impl Prompt {
             Prompt::LowBattery => "low_battery",
             Prompt::ClockBackwards => "clock_backwards",
             Prompt::NoOtherVoice => "no_other_voice",
+            Prompt::StateDamaged => "state_damaged",
         }
     }
 

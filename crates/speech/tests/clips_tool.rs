@@ -52,7 +52,7 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
                 .is_some_and(|x| x == "wav")
         })
         .count();
-    assert_eq!(wavs, 3 * 24);
+    assert_eq!(wavs, 3 * 25);
 }
 
 /// The English pack's voices each render with their own engine, and a faster flite step is
