@@ -386,6 +386,43 @@ fn unknown_disabled_deleted(make: Factory<'_>) {
     assert_eq!(v.enroll(&batch[..1], NOW, &caller()).map(|_| ()), Ok(()));
 }
 
+/// A serial's trail covers its whole life: attempts before it existed, its enrolment, its
+/// deletion, attempts after, and a new enrolment under the same serial.
+fn audit_trail_outlives_the_token(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let z = id("Z");
+    let s = step(NOW);
+    assert_eq!(verify(&v, &z, &code(20, s), NOW), Outcome::UnknownToken);
+    enroll(&v, "Z", 20, totp_params(), 0);
+    accepted(&verify(&v, &z, &code(20, s), NOW));
+    v.delete(&z, NOW, &caller()).unwrap();
+    assert_eq!(verify(&v, &z, &code(20, s + 1), NOW), Outcome::UnknownToken);
+    // Another serial's lines in between belong to it alone.
+    let other = enroll(&v, "Y", 21, totp_params(), 0);
+    accepted(&verify(&v, &other, &code(21, s), NOW));
+    enroll(&v, "Z", 22, totp_params(), 0);
+    accepted(&verify(&v, &z, &code(22, s), NOW));
+    let trail = v.audit_trail(&z, 100).unwrap();
+    let got: Vec<(&str, &str)> = trail.iter().map(|e| (&*e.action, &*e.outcome)).collect();
+    assert_eq!(
+        got,
+        [
+            ("verify", "unknown-token"),
+            ("enroll", "1 token(s)"),
+            ("verify", "accepted"),
+            ("delete", "ok"),
+            ("verify", "unknown-token"),
+            ("enroll", "1 token(s)"),
+            ("verify", "accepted"),
+        ]
+    );
+    assert!(trail.iter().all(|e| e.token.as_ref() == Some(&z)));
+    assert_eq!(v.audit_trail(&z, 3).unwrap(), trail[4..].to_vec());
+    assert!(v.audit_trail(&z, 0).unwrap().is_empty());
+    assert_eq!(v.audit_trail(&other, 100).unwrap().len(), 2);
+    assert!(v.audit_trail(&id("never"), 100).unwrap().is_empty());
+}
+
 fn activation_binds_a_user(make: Factory<'_>) {
     let v = make(Policy::default());
     let s = step(NOW);
@@ -602,6 +639,7 @@ const RULES: &[Rule] = &[
     ("unknown_disabled_deleted", unknown_disabled_deleted),
     ("activation", activation_binds_a_user),
     ("audit", audit_trail_without_codes),
+    ("audit_outlives_token", audit_trail_outlives_the_token),
     ("rotation", rotation_reseals_every_seed),
     ("import", import_pskc_and_otpauth),
 ];
