@@ -637,6 +637,21 @@ fn the_next_voice_key_switches_the_voice_and_the_codes_are_spoken_in_it() {
     );
 }
 
+/// `codereader run` at time `T` with `voices`, no config file and no sound card.
+fn run_without_sound_card(dir: &Path, state: &Path, voices: &Path) -> Running {
+    Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", state)
+            .env("CODEREADER_VOICES", voices)
+            .env("XDG_CONFIG_HOME", dir.join("no-config"))
+            .env(
+                "ALSA_CONFIG_PATH",
+                alsa_without_sound_card(&dir.join("none.conf")),
+            ),
+    )
+}
+
 /// Without rendered clips the default English voice is spoken by live espeak-ng: `run` says
 /// so in one line, once, however often the voice comes back.
 #[test]
@@ -644,17 +659,7 @@ fn run_says_once_that_a_voice_without_clips_is_spoken_by_espeak() {
     let (dir, state) = enrolled(&totp_uri(), &[]);
     let voices = packs(dir.path(), false);
     run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
-    let mut run = Running::start(
-        Command::new(codereader_bin())
-            .args(["run", "--at", &T.to_string()])
-            .env("CODEREADER_STATE", &state)
-            .env("CODEREADER_VOICES", &voices)
-            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-            .env(
-                "ALSA_CONFIG_PATH",
-                alsa_without_sound_card(&dir.path().join("none.conf")),
-            ),
-    );
+    let mut run = run_without_sound_card(dir.path(), &state, &voices);
     run.wait_for("ready", 20);
     run.press("v");
     run.wait_for("voice espeak (en)", 10);
@@ -695,17 +700,7 @@ fn the_next_voice_key_skips_a_voice_whose_clips_are_broken() {
     )
     .unwrap();
     run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
-    let mut run = Running::start(
-        Command::new(codereader_bin())
-            .args(["run", "--at", &T.to_string()])
-            .env("CODEREADER_STATE", &state)
-            .env("CODEREADER_VOICES", &voices)
-            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-            .env(
-                "ALSA_CONFIG_PATH",
-                alsa_without_sound_card(&dir.path().join("none.conf")),
-            ),
-    );
+    let mut run = run_without_sound_card(dir.path(), &state, &voices);
     run.wait_for("ready (language en, voice flite-slt)", 20);
     // Two presses go round the three voices: espeak once, x-broken skipped, back to slt.
     run.press("v");
