@@ -22,6 +22,12 @@ use serde_json::{Value, json};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_codereader-verifier");
 
+/// The server binary to start: [`BIN`], or `CODEREADER_VERIFIER_BIN` when set, so that the
+/// load benchmark can compare two builds (A/B) with the same load generator.
+fn bin() -> String {
+    std::env::var("CODEREADER_VERIFIER_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A running server and everything needed to restart it.
 pub struct Server {
     child: Option<Child>,
@@ -36,7 +42,7 @@ pub struct Server {
 
 /// Runs the binary with `args` and `CODEREADER_STATE=dir`; returns stdout, panics on failure.
 pub fn run_cli(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .env("CODEREADER_STATE", dir)
         .output()
@@ -98,7 +104,7 @@ impl Server {
     /// Starts the binary (again) with the same state and arguments.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(&self.args)
             .env("CODEREADER_STATE", &self.dir)
             .stdout(Stdio::piped())
@@ -175,6 +181,12 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The server process's id, while it runs.
+    #[allow(dead_code)] // used by the load benchmark only
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A client for this server.
