@@ -508,6 +508,49 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Appends `e`, a line about the existing row `token`, and runs `update`, which changes that
+/// row and must set its `last_audit` to the sequence number it is given; it says whether it
+/// changed the row (`Some`) or not (`None`, and then the line is removed again). This is
+/// [`insert_audit`] after the update in two statements instead of four: the line reads its
+/// predecessor from the row in its own `INSERT`, and the head moves with the update itself
+/// rather than in an update of its own. Run it inside a savepoint (as every write is), so an
+/// error leaves neither the line nor the change.
+fn audited_update<T>(
+    conn: &Connection,
+    token: &TokenId,
+    e: &AuditEvent,
+    update: impl FnOnce(i64) -> Result<Option<T>, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    debug_assert_eq!(
+        e.token.as_ref(),
+        Some(token),
+        "a line about the row it changes"
+    );
+    conn.prepare_cached(
+        "INSERT INTO audit (token_id, user_id, action, outcome, at, caller, prev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT last_audit FROM tokens WHERE id = ?1))",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            token.as_str(),
+            e.user.as_ref().map(UserId::as_str),
+            e.action.as_ref(),
+            e.outcome.as_ref(),
+            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
+            e.caller.as_str(),
+        ])
+    })
+    .map_err(db)?;
+    let seq = conn.last_insert_rowid();
+    let changed = update(seq)?;
+    if changed.is_none() {
+        conn.prepare_cached("DELETE FROM audit WHERE seq = ?1")
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(db)?;
+    }
+    Ok(changed)
+}
+
 /// The two single-token reads, spelled out so that a read builds no SQL text (the statement
 /// cache is keyed by it). A test checks they select [`TOKEN_COLUMNS`].
 const SELECT_BY_ID: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
@@ -610,37 +653,38 @@ mod on {
     ) -> Result<bool, StoreError> {
         let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
         let lowest = to_i64(advance.lowest, "counter")?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE tokens
-                    SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
-                        locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
-                        user_id = COALESCE(?7, user_id)
-                  WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
-                    AND (?6 OR (locked_at IS NULL AND failures < ?5))
-                    AND (?7 IS NULL OR user_id IS NULL)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    advance.token.as_str(),
-                    next,
-                    advance.drift,
-                    lowest,
-                    advance.max_failures,
-                    advance.unlock,
-                    advance.bind.as_ref().map(UserId::as_str),
-                ])
-            })
-            .map_err(|e| match &advance.bind {
-                Some(user) if is_unique_violation(&e) => {
-                    StoreError::UserTaken { user: user.clone() }
-                }
-                _ => db(e),
-            })?;
-        if changed == 1 {
-            insert_audit(tx, audit)?;
-        }
-        Ok(changed == 1)
+        let changed = audited_update(tx, &advance.token, audit, |seq| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE tokens
+                        SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
+                            locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
+                            user_id = COALESCE(?7, user_id), last_audit = ?8
+                      WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
+                        AND (?6 OR (locked_at IS NULL AND failures < ?5))
+                        AND (?7 IS NULL OR user_id IS NULL)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        advance.token.as_str(),
+                        next,
+                        advance.drift,
+                        lowest,
+                        advance.max_failures,
+                        advance.unlock,
+                        advance.bind.as_ref().map(UserId::as_str),
+                        seq,
+                    ])
+                })
+                .map_err(|e| match &advance.bind {
+                    Some(user) if is_unique_violation(&e) => {
+                        StoreError::UserTaken { user: user.clone() }
+                    }
+                    _ => db(e),
+                })?;
+            Ok((n == 1).then_some(()))
+        })?;
+        Ok(changed.is_some())
     }
 
     pub(super) fn record_failure(
@@ -651,24 +695,25 @@ mod on {
         audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
         let now = to_i64(now.0, "time")?;
-        // Right-hand sides see the row before the update, so `failures + 1` is the new count
-        // in both places.
-        let failures: Option<i64> = tx
-            .prepare_cached(
+        let failures: Option<i64> = audited_update(tx, token, audit, |seq| {
+            // Right-hand sides see the row before the update, so `failures + 1` is the new
+            // count in both places.
+            tx.prepare_cached(
                 "UPDATE tokens
                     SET failures = failures + 1, last_failure_at = ?2,
-                        locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END
+                        locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END,
+                        last_audit = ?4
                   WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
               RETURNING failures",
             )
             .and_then(|mut s| {
-                s.query_row(params![token.as_str(), now, max_failures], |r| r.get(0))
-                    .optional()
+                s.query_row(params![token.as_str(), now, max_failures, seq], |r| {
+                    r.get(0)
+                })
+                .optional()
             })
-            .map_err(db)?;
-        if failures.is_some() {
-            insert_audit(tx, audit)?;
-        }
+            .map_err(db)
+        })?;
         failures
             .map(|f| {
                 u32::try_from(f).map_err(|_| StoreError::Corrupt {
@@ -1206,6 +1251,62 @@ mod tests {
             .optional()
             .unwrap();
         assert_eq!(index, None);
+    }
+
+    /// A state change that finds the row moved on (a lost compare-and-set, a locked token)
+    /// leaves no audit line behind, and the lines that stay form one chain.
+    #[test]
+    fn changes_that_do_not_apply_leave_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id, nonce,
+                                     sealed, next_value)
+                 VALUES ('T', 'hotp', 'SHA1', 6, 30, 0, 'k1', zeroblob(12), x'00', 0)",
+                [],
+            )
+            .unwrap();
+        let token = TokenId::new("T").unwrap();
+        let advance = Advance {
+            token: token.clone(),
+            lowest: 5,
+            accepted: 5,
+            drift: 0,
+            max_failures: 3,
+            unlock: false,
+            bind: None,
+        };
+        let now = UnixTime(1_700_000_000);
+        store.append_audit(&event("enroll")).unwrap();
+        assert!(store.advance(&advance, &event("accept")).unwrap());
+        assert!(!store.advance(&advance, &event("lost")).unwrap());
+        for n in 1..=3 {
+            let f = store
+                .record_failure(&token, now, 3, &event("fail"))
+                .unwrap();
+            assert_eq!(f, Some(n));
+        }
+        // Locked now: the failure is not recorded, and neither is its line.
+        let locked = store.record_failure(&token, now, 3, &event("fail-locked"));
+        assert_eq!(locked.unwrap(), None);
+        let mut later = advance.clone();
+        (later.lowest, later.accepted) = (9, 9);
+        assert!(!store.advance(&later, &event("locked")).unwrap());
+        let actions: Vec<String> = store
+            .audit_trail(&token, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.action.to_string())
+            .collect();
+        assert_eq!(actions, ["enroll", "accept", "fail", "fail", "fail"]);
+        let lines: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(lines, 5);
     }
 
     #[test]
