@@ -1,6 +1,8 @@
 //! Seeds at rest under damage: a sealed seed with any byte flipped, cut short or naming
 //! another key opens to a typed error (never a panic, never a wrong seed), a verification
 //! against it fails with that error and changes nothing, and the intact seal works again.
+//! The key-encryption key file of any content gives its key or a typed error and is never
+//! changed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -152,4 +154,80 @@ fn damaged_seal_in_sqlite_changes_nothing() {
             check_store(&v, &damage)
         })
         .unwrap();
+}
+
+/// The key-encryption key file: 32 raw bytes, or 64 hex digits with white space around.
+fn kek_model(content: &[u8]) -> Option<[u8; 32]> {
+    if content.len() == 32 {
+        return Some(content.try_into().unwrap());
+    }
+    let text = std::str::from_utf8(content).ok()?.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap();
+    }
+    Some(key)
+}
+
+fn kek_file() -> impl Strategy<Value = Vec<u8>> {
+    let hex =
+        any::<[u8; 32]>().prop_map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..100),
+        any::<[u8; 32]>().prop_map(|k| k.to_vec()),
+        (hex.clone(), "[ \t\n]{0,3}", "[ \t\n]{0,3}", any::<bool>()).prop_map(
+            |(h, a, b, upper)| {
+                let h = if upper { h.to_ascii_uppercase() } else { h };
+                format!("{a}{h}{b}").into_bytes()
+            }
+        ),
+        (hex, any::<prop::sample::Index>(), "[g-z#=]", any::<bool>()).prop_map(
+            |(h, at, c, cut)| {
+                let mut h = h.into_bytes();
+                let i = at.index(h.len());
+                if cut {
+                    h.truncate(i);
+                } else {
+                    h[i] = c.as_bytes()[0];
+                }
+                h
+            }
+        ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any file content: the key the model reads (named by its fingerprint) or
+    /// `BadKeyFormat`, whose message shows nothing of the file; the file is not changed.
+    #[test]
+    fn kek_file_of_any_content(content in kek_file()) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        std::fs::write(&path, &content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let got = codereader_verifier::Kek::from_file(&path);
+        match kek_model(&content) {
+            Some(key) => {
+                let kek = got.unwrap();
+                prop_assert_eq!(kek.id(), &codereader_verifier::Kek::fingerprint(&key));
+            }
+            None => {
+                let err = got.unwrap_err();
+                prop_assert_eq!(&err, &SealError::BadKeyFormat);
+                let shown = format!("{err} {err:?}");
+                let text = String::from_utf8_lossy(&content);
+                let text = text.trim();
+                if text.len() >= 8 {
+                    prop_assert!(!shown.contains(text), "{}", shown);
+                }
+            }
+        }
+        prop_assert!(std::fs::read(&path).unwrap() == content, "the key file was changed");
+    }
 }
