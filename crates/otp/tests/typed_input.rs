@@ -46,7 +46,8 @@ proptest! {
         prop_assert_eq!(got.map(|c| c.as_str().to_owned()), want.clone());
         if let Err(e) = want {
             let shown = format!("{e} {e:?}");
-            if text.chars().count() >= 3 {
+            // Shorter inputs can coincide with the message's own words and numbers ("6 ").
+            if text.chars().count() >= 5 {
                 prop_assert!(!shown.contains(&text), "{:?} echoed in {:?}", text, shown);
             }
         }
@@ -149,7 +150,8 @@ proptest! {
         if let Err(e) = got {
             let shown = format!("{e} {e:?}");
             let compact: String = text.chars().filter(|c| *c != ' ').collect();
-            if compact.len() >= 4 {
+            // Shorter inputs can coincide with the message's own words ("bits").
+            if compact.len() >= 8 {
                 prop_assert!(!shown.contains(&compact), "{:?} echoed in {:?}", text, shown);
             }
         }
