@@ -23,15 +23,39 @@ const CHECKSUM_KEY: &str = "checksum = \"sha256:";
 const NOW: UnixTime = UnixTime(1_900_000_000);
 const FLOOR: UnixTime = UnixTime(1_700_000_000);
 
-/// A state directory with a token enrolled the normal way, and the file's bytes.
+/// A state directory holding the file a normal enrolment of `uri` writes, and its bytes.
+/// The file is made once per URI (enrolling fsyncs) and copied into each case's directory.
 fn enrolled(uri: &str) -> (tempfile::TempDir, StateDir, Vec<u8>) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    static FILES: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    let bytes = {
+        let mut files = FILES.lock().unwrap();
+        if let Some((_, bytes)) = files.iter().find(|(u, _)| u == uri) {
+            bytes.clone()
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let state = StateDir::new(dir.path().join("state"));
+            let parsed: KeyUri = uri.parse().unwrap();
+            state
+                .enroll(&Token::from_uri(&parsed, Some("SN-1".into())), false)
+                .unwrap();
+            let bytes = fs::read(state.token_path()).unwrap();
+            files.push((uri.to_owned(), bytes.clone()));
+            bytes
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
-    let state = StateDir::new(dir.path().join("state"));
-    let uri: KeyUri = uri.parse().unwrap();
-    state
-        .enroll(&Token::from_uri(&uri, Some("SN-1".into())), false)
+    let path = dir.path().join("state");
+    fs::DirBuilder::new().mode(0o700).create(&path).unwrap();
+    let state = StateDir::new(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(state.token_path())
         .unwrap();
-    let bytes = fs::read(state.token_path()).unwrap();
+    std::io::Write::write_all(&mut file, &bytes).unwrap();
+    assert!(state.load().is_ok(), "the copied token file does not load");
     (dir, state, bytes)
 }
 
