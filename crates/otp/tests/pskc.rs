@@ -266,4 +266,165 @@ mod never_panics {
             }
         }
     }
+
+    const FILES: &[(&str, &str)] = &[
+        ("figure2", FIGURE2),
+        ("figure3", FIGURE3),
+        ("figure6", FIGURE6),
+        ("broken-keys", BROKEN),
+    ];
+    const SECRET: &[u8] = b"12345678901234567890";
+    const SECRET_BASE64: &str = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=";
+
+    /// Errors never show the seed, in any of the spellings a file holds it.
+    fn check_no_secret(entries: &[pskc::PskcEntry]) -> Result<(), TestCaseError> {
+        for e in entries {
+            if let Err(err) = &e.result {
+                let shown = format!("{err} {err:?}");
+                prop_assert!(!shown.contains("1234567890"), "{}", shown);
+                prop_assert!(!shown.contains(SECRET_BASE64), "{}", shown);
+            }
+        }
+        Ok(())
+    }
+
+    /// Figure 6 with the text of the one element `tag` replaced by `text`.
+    fn figure6_with(tag: &str, text: &str) -> String {
+        let open = format!("<{tag}>");
+        let close = format!("</{tag}>");
+        let a = FIGURE6.find(&open).unwrap() + open.len();
+        let b = FIGURE6[a..].find(&close).unwrap() + a;
+        format!("{}{text}{}", &FIGURE6[..a], &FIGURE6[b..])
+    }
+
+    fn xml_escape(text: &str) -> String {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        data_encoding::BASE64.encode(bytes)
+    }
+
+    fn the_key(entries: Vec<pskc::PskcEntry>) -> Result<PskcKey, KeyError> {
+        assert_eq!(entries.len(), 1);
+        entries.into_iter().next().unwrap().result
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any file cut before the end of its root element is not well-formed XML: a
+        /// document error with a position, never entries from half a file.
+        #[test]
+        fn truncated_files_are_refused_whole(file in 0..FILES.len(), at in any::<prop::sample::Index>()) {
+            let (name, text) = FILES[file];
+            let end = text.rfind("</KeyContainer>").unwrap() + "</KeyContainer>".len();
+            let cut = at.index(end);
+            let got = pskc::parse(&text.as_bytes()[..cut], Some(&psk()), KeyPolicy::Rfc4226);
+            prop_assert!(
+                matches!(got, Err(pskc::PskcError::Xml { .. })),
+                "{} cut at {}: {:?}", name, cut, got.map(|e| e.len())
+            );
+        }
+
+        /// A wrong pre-shared key never yields a key: the MAC key does not decrypt, or (when
+        /// its padding happens to look right) the value's MAC does not match.
+        #[test]
+        fn wrong_pre_shared_key_yields_no_key(bytes in any::<[u8; 16]>()) {
+            prop_assume!(bytes != *b"\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12");
+            let wrong = PreSharedKey::new(bytes);
+            let entries = pskc::parse(FIGURE6.as_bytes(), Some(&wrong), KeyPolicy::Rfc4226).unwrap();
+            check_no_secret(&entries)?;
+            let got = the_key(entries);
+            prop_assert!(matches!(
+                got,
+                Err(KeyError::Decrypt { field: "MAC key" } | KeyError::MacMismatch)
+            ), "{:?}", got);
+        }
+
+        /// Any other ValueMAC (any length) is a MAC mismatch, and nothing is decrypted.
+        #[test]
+        fn wrong_value_mac_is_a_mismatch(mac in prop::collection::vec(any::<u8>(), 0..40)) {
+            let xml = figure6_with("ValueMAC", &base64(&mac));
+            prop_assume!(base64(&mac) != "Su+NvtQfmvfJzF6bmQiJqoLRExc=");
+            let entries = pskc::parse(xml.as_bytes(), Some(&psk()), KeyPolicy::Rfc4226).unwrap();
+            check_no_secret(&entries)?;
+            prop_assert_eq!(the_key(entries).err(), Some(KeyError::MacMismatch));
+        }
+
+        /// A flipped bit anywhere in the encrypted secret (IV or ciphertext), or a cut of it,
+        /// is caught by the MAC before decryption.
+        #[test]
+        fn damaged_ciphertext_is_a_mismatch(at in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<bool>()) {
+            let original = data_encoding::BASE64
+                .decode(b"AAECAwQFBgcICQoLDA0OD+cIHItlB3Wra1DUpxVvOx2lef1VmNPCMl8jwZqIUqGv")
+                .unwrap();
+            let mut sealed = original.clone();
+            let i = at.index(sealed.len());
+            if cut {
+                sealed.truncate(i);
+            } else {
+                sealed[i] ^= 1 << bit;
+            }
+            let xml = FIGURE6.replace(
+                "AAECAwQFBgcICQoLDA0OD+cIHItlB3Wra1DUpxVvOx2lef1VmNPCMl8jwZqIUqGv",
+                &base64(&sealed),
+            );
+            let entries = pskc::parse(xml.as_bytes(), Some(&psk()), KeyPolicy::Rfc4226).unwrap();
+            check_no_secret(&entries)?;
+            prop_assert_eq!(the_key(entries).err(), Some(KeyError::MacMismatch));
+        }
+
+        /// Huge, empty or odd text in the elements a vendor fills in: serials, names and
+        /// issuers are taken as written (trimmed), counters must be whole numbers that fit,
+        /// and the seed is never affected.
+        #[test]
+        fn huge_and_empty_elements(
+            which in 0usize..4,
+            text in prop_oneof![
+                Just(String::new()),
+                "\\PC{0,40}",
+                "[0-9]{1,30}",
+                (any::<char>(), 1000usize..100_000).prop_map(|(c, n)| c.to_string().repeat(n)),
+            ],
+        ) {
+            // XML 1.0 allows neither these characters nor a CR that is not normalised away.
+            prop_assume!(!text.chars().any(|c| (c < ' ' && !matches!(c, '\t' | '\n')) || c == '\u{fffe}' || c == '\u{ffff}'));
+            let tag = ["SerialNo", "Manufacturer", "Issuer", "PlainValue"][which];
+            let xml = figure6_with(tag, &xml_escape(&text));
+            let entries = pskc::parse(xml.as_bytes(), Some(&psk()), KeyPolicy::Rfc4226).unwrap();
+            check_no_secret(&entries)?;
+            let got = the_key(entries);
+            let expected = text.trim();
+            match tag {
+                "PlainValue" => {
+                    let number = if !expected.is_empty() && expected.bytes().all(|b| b.is_ascii_digit()) {
+                        expected.parse::<u64>().ok()
+                    } else {
+                        None
+                    };
+                    match number {
+                        Some(n) => {
+                            let key = got.unwrap();
+                            prop_assert_eq!(key.kind, OtpKind::Hotp { counter: Counter(n) });
+                            prop_assert_eq!(key.secret.expose(), SECRET);
+                        }
+                        None => prop_assert_eq!(got.err(), Some(KeyError::BadNumber { field: "Counter" })),
+                    }
+                }
+                _ => {
+                    let key = got.unwrap();
+                    let field = match tag {
+                        "SerialNo" => key.serial.as_deref(),
+                        "Manufacturer" => key.manufacturer.as_deref(),
+                        _ => key.issuer.as_deref(),
+                    };
+                    prop_assert_eq!(field, Some(expected));
+                    prop_assert_eq!(key.secret.expose(), SECRET);
+                }
+            }
+        }
+    }
 }

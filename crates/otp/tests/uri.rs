@@ -324,3 +324,241 @@ proptest! {
         let _ = parse(&format!("otpauth://{kind}/{label}?{query}"));
     }
 }
+
+/// Mutations of valid URIs (the strings a QR code or a paste can deliver), each with what it
+/// must give: no panic, errors that never contain the secret, and the exact verdict where
+/// the mutation decides it.
+mod mutated {
+    use super::*;
+
+    /// The secret as it appears in `uri`'s text, upper and lower case.
+    fn secret_texts(uri: &KeyUri) -> [String; 2] {
+        let upper = uri.secret().to_base32();
+        let lower = upper.to_ascii_lowercase();
+        [upper, lower]
+    }
+
+    /// Checks what every outcome of parsing a mutation of `original` must satisfy.
+    fn check_outcome(
+        original: &KeyUri,
+        text: &str,
+        got: &Result<KeyUri, UriError>,
+    ) -> Result<(), TestCaseError> {
+        match got {
+            Err(e) => {
+                let shown = format!("{e} {e:?}");
+                for secret in secret_texts(original) {
+                    prop_assert!(!shown.contains(&secret), "secret in error {shown:?}");
+                }
+                prop_assert!(!e.to_string().is_empty());
+            }
+            Ok(uri) => {
+                // Whatever was accepted formats to a URI that gives the same value again.
+                let again = parse(&uri.to_uri_string());
+                prop_assert_eq!(again.as_ref().ok(), Some(uri), "from {:?}", text);
+            }
+        }
+        Ok(())
+    }
+
+    /// `otpauth://KIND/` and the rest: label and query.
+    fn split(text: &str) -> (&str, &str, &str) {
+        let (head, rest) = text.split_at("otpauth://totp/".len());
+        let (label, query) = rest.split_once('?').unwrap();
+        (head, label, query)
+    }
+
+    fn escape_all(text: &str, lower: bool) -> String {
+        text.bytes()
+            .map(|b| {
+                if lower {
+                    format!("%{b:02x}")
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// One byte replaced by any byte (lossily back to text): never a panic, never the
+        /// secret in an error; if still accepted, the result is itself a stable URI.
+        #[test]
+        fn flipped_byte(uri in key_uri(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = uri.to_uri_string().into_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let got = parse(&text);
+            check_outcome(&uri, &text, &got)?;
+        }
+
+        /// Cut anywhere: never a panic, never the secret in an error. A cut inside the
+        /// scheme or type is a specific error, not a generic one.
+        #[test]
+        fn truncated(uri in key_uri(), at in any::<prop::sample::Index>()) {
+            let full = uri.to_uri_string();
+            let cut = at.index(full.len());
+            let text = full.get(..cut).unwrap_or("");
+            let got = parse(text);
+            check_outcome(&uri, text, &got)?;
+            if cut < "otpauth://".len() {
+                prop_assert_eq!(got.err(), Some(UriError::NotOtpauth));
+            } else if cut <= "otpauth://totp/".len() {
+                prop_assert!(matches!(
+                    got,
+                    Err(UriError::UnknownType | UriError::MissingLabel)
+                ), "{:?} -> {:?}", text, got);
+            }
+        }
+
+        /// Any known parameter given twice is refused by name, whatever the second value.
+        #[test]
+        fn duplicated_parameter(uri in key_uri(), pick in any::<prop::sample::Index>(), value in "[A-Za-z0-9%+=.-]{0,20}") {
+            let text = uri.to_uri_string();
+            let (_, _, query) = split(&text);
+            let names: Vec<&str> = query.split('&').map(|p| p.split_once('=').unwrap().0).collect();
+            let name = names[pick.index(names.len())];
+            let doubled = format!("{text}&{name}={value}");
+            let got = parse(&doubled);
+            check_outcome(&uri, &doubled, &got)?;
+            prop_assert_eq!(got.err().map(|e| e.to_string()),
+                Some(UriError::DuplicateParameter { name: match name {
+                    "secret" => "secret", "issuer" => "issuer", "algorithm" => "algorithm",
+                    "digits" => "digits", "period" => "period", _ => "counter",
+                }}.to_string()));
+        }
+
+        /// Unknown parameters (anything without `&` or `#`, even broken escapes) change
+        /// nothing: apps add `image`, `color` and others.
+        #[test]
+        fn unknown_parameters_are_ignored(
+            uri in key_uri(),
+            name in "[a-z_]{1,12}",
+            value in "[^&#]{0,200}",
+            first in any::<bool>(),
+        ) {
+            prop_assume!(!["secret", "issuer", "algorithm", "digits", "period", "counter"]
+                .contains(&name.as_str()));
+            let text = uri.to_uri_string();
+            let (head, label, query) = split(&text);
+            let extra = format!("{name}={value}");
+            let text = if first {
+                format!("{head}{label}?{extra}&{query}")
+            } else {
+                format!("{head}{label}?{query}&{extra}")
+            };
+            prop_assume!(text.len() <= 4096);
+            let got = parse(&text);
+            prop_assert_eq!(got.as_ref().ok(), Some(&uri), "{:?}", got.as_ref().err());
+        }
+
+        /// Huge numbers in digits, period or counter get that parameter's error, and a URI
+        /// over the size cap is refused before anything else is looked at.
+        #[test]
+        fn huge_values(uri in key_uri(), which in 0usize..3, digits in "[1-9][0-9]{20,40}", padding in 0usize..5000) {
+            let text = uri.to_uri_string();
+            let name = ["digits", "period", "counter"][which];
+            let is_totp = matches!(uri.kind(), OtpKind::Totp { .. });
+            let present = match name {
+                "digits" => true,
+                "period" => is_totp,
+                _ => !is_totp,
+            };
+            prop_assume!(present);
+            // Sometimes thousands of digits: past the size cap.
+            let digits = if padding > 4000 { format!("{digits}{}", "9".repeat(padding)) } else { digits };
+            let (head, label, query) = split(&text);
+            let query: Vec<String> = query
+                .split('&')
+                .map(|p| if p.starts_with(&format!("{name}=")) { format!("{name}={digits}") } else { p.to_owned() })
+                .collect();
+            let text = format!("{head}{label}?{}", query.join("&"));
+            let got = parse(&text);
+            check_outcome(&uri, &text, &got)?;
+            let want = if text.len() > 4096 {
+                UriError::TooLong { len: text.len(), max: 4096 }
+            } else {
+                match name {
+                    "digits" => UriError::InvalidDigits,
+                    "period" => UriError::InvalidPeriod,
+                    _ => UriError::InvalidCounter,
+                }
+            };
+            prop_assert_eq!(got.err(), Some(want));
+        }
+
+        /// Percent-encoding every byte of the label and of the secret and issuer values (in
+        /// upper or lower case hex) gives the same key: escapes are decoded exactly once.
+        #[test]
+        fn fully_escaped_parts_give_the_same_key(uri in key_uri(), lower in any::<bool>()) {
+            let text = uri.to_uri_string();
+            let (head, label, query) = split(&text);
+            let plain_label = match uri.issuer() {
+                Some(issuer) => format!("{issuer}:{}", uri.account()),
+                None => uri.account().to_owned(),
+            };
+            let _ = label;
+            let query: Vec<String> = query
+                .split('&')
+                .map(|p| {
+                    let (name, _) = p.split_once('=').unwrap();
+                    match name {
+                        "secret" => format!("secret={}", escape_all(&uri.secret().to_base32(), lower)),
+                        "issuer" => format!("issuer={}", escape_all(uri.issuer().unwrap(), lower)),
+                        _ => p.to_owned(),
+                    }
+                })
+                .collect();
+            let text = format!("{head}{}?{}", escape_all(&plain_label, lower), query.join("&"));
+            prop_assume!(text.len() <= 4096);
+            let got = parse(&text);
+            prop_assert_eq!(got.as_ref().ok(), Some(&uri), "{:?}", got.as_ref().err());
+        }
+
+        /// A broken escape (a `%` followed by fewer than two hex digits) anywhere in the
+        /// label, or an escape that decodes to bytes that are not UTF-8, is refused with the
+        /// error that names the label.
+        #[test]
+        fn broken_escapes_in_the_label(
+            uri in key_uri(),
+            at in any::<prop::sample::Index>(),
+            escape in prop_oneof![
+                "%", "%[0-9A-Fa-f]", "%[G-Zg-z][0-9A-Fa-f]", "%[0-9A-Fa-f][G-Zg-z]",
+                "%[89A-Fa-f][0-9A-Fa-f]",
+            ],
+        ) {
+            let text = uri.to_uri_string();
+            let (head, _, query) = split(&text);
+            let plain_label = match uri.issuer() {
+                Some(issuer) => format!("{issuer}:{}", uri.account()),
+                None => uri.account().to_owned(),
+            };
+            // Split at a character boundary and escape every byte on both sides, so the
+            // inserted escape is followed by a complete `%XX` or by the end of the label.
+            let boundaries: Vec<usize> = plain_label
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([plain_label.len()])
+                .collect();
+            let i = boundaries[at.index(boundaries.len())];
+            let text = format!(
+                "{head}{}{escape}{}?{query}",
+                escape_all(&plain_label[..i], false),
+                escape_all(&plain_label[i..], false)
+            );
+            let got = parse(&text);
+            check_outcome(&uri, &text, &got)?;
+            let lone_high_byte = escape.len() == 3
+                && u8::from_str_radix(&escape[1..], 16).is_ok_and(|b| b >= 0x80);
+            let want = if lone_high_byte {
+                UriError::InvalidUtf8 { part: "label" }
+            } else {
+                UriError::BadPercentEncoding { part: "label" }
+            };
+            prop_assert_eq!(got.err(), Some(want), "{:?}", text);
+        }
+    }
+}

@@ -102,9 +102,10 @@ impl ApiKeys {
             let [scope, name, hash] = fields[..] else {
                 return Err(bad("expected 'SCOPE NAME SHA256-HEX'"));
             };
+            // Not Scope's own message: it quotes the field, which may be a pasted key.
             let scope: Scope = scope
                 .parse()
-                .map_err(|e: anyhow::Error| bad(&e.to_string()))?;
+                .map_err(|_| bad("unknown scope (expected verify or admin)"))?;
             let hash = data_encoding::HEXLOWER_PERMISSIVE
                 .decode(hash.as_bytes())
                 .ok()
@@ -258,5 +259,55 @@ mod tests {
                 .entries()
                 .is_empty()
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A line of an API-key file as people get it wrong: the right fields, fields in the
+        /// wrong order, a raw key pasted where the hash goes or anywhere else.
+        fn line(key: String) -> impl Strategy<Value = String> {
+            let field = prop_oneof![
+                Just("verify".to_owned()),
+                Just("admin".to_owned()),
+                "[a-z]{1,8}",
+                "[0-9a-f]{64}",
+                "[0-9a-fA-F]{0,70}",
+                Just(key),
+                "\\PC{0,12}",
+            ];
+            prop::collection::vec(field, 0..5).prop_map(|f| f.join(" "))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Any file: keys or an error naming the line, which never repeats a key pasted
+            /// into it; every line of a parsed file that is not blank or a comment is a key.
+            #[test]
+            fn malformed_lines_never_echo_a_key(
+                key in "crv_[A-Za-z0-9]{30,43}",
+                lines in prop::collection::vec(line("@".to_owned()), 1..6),
+            ) {
+                let lines: Vec<String> = lines.iter().map(|l| l.replace('@', &key)).collect();
+                let text = lines.join("\n");
+                match ApiKeys::parse(&text) {
+                    Ok(keys) => {
+                        let used = text
+                            .lines()
+                            .filter(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
+                            .count();
+                        prop_assert_eq!(keys.entries().len(), used);
+                    }
+                    Err(e) => {
+                        let shown = format!("{e:#}");
+                        prop_assert!(shown.starts_with("line "), "{}", shown);
+                        prop_assert!(!shown.contains(&key), "{}", shown);
+                        prop_assert!(!shown.contains(&key[KEY_PREFIX.len()..]), "{}", shown);
+                    }
+                }
+            }
+        }
     }
 }

@@ -357,12 +357,39 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::bad_request(codes::INVALID_REQUEST, e.to_string()),
+            Category::Data => {
+                ApiError::bad_request(codes::INVALID_REQUEST, without_value(&e.to_string()))
+            }
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request(codes::INVALID_JSON, format!("the body is not JSON: {e}"))
             }
         }
     })
+}
+
+/// serde's "invalid type: integer `482915`, expected a string" without the value: a code
+/// or secret sent with the wrong type must not come back in the message (callers log
+/// messages). Field names and the expected type stay, they are what helps.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        // The expected part is serde's own text and follows the value; the value may
+        // contain anything, so look for the last ", expected ".
+        let Some(at) = rest.rfind(", expected ") else {
+            return format!("{prefix}a value of the wrong type");
+        };
+        let (unexpected, expected) = rest.split_at(at);
+        // "integer `5`", "string \"abc\"", "floating point `1.5`": keep the kind only.
+        let kind = unexpected
+            .split(['`', '"'])
+            .next()
+            .unwrap_or_default()
+            .trim_end();
+        return format!("{prefix}{kind}{expected}");
+    }
+    message.to_owned()
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {

@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "api/bodies.rs"]
+mod bodies;
 #[path = "api/cli.rs"]
 mod cli;
 #[path = "api/concurrency.rs"]

@@ -440,3 +440,154 @@ fn damaged_voice_toml_never_panics() {
         "damage mostly rejected: {ok} loaded, {errors} errors"
     );
 }
+
+/// Properties of loading `voice.toml`: arbitrary bytes and values of the wrong type give a
+/// typed error naming the file (and the exact key), and loading never changes the file.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(voices_dir().join("en/voice.toml")).unwrap()
+    }
+
+    /// Writes `bytes` as `en/voice.toml` under a fresh directory, loads it, and checks the
+    /// file is unchanged; returns the result.
+    fn load_bytes(bytes: &[u8]) -> Result<Result<VoicePack, PackError>, TestCaseError> {
+        let root = TempDir::new("prop");
+        let dir = root.path().join("en");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("voice.toml");
+        std::fs::write(&file, bytes).unwrap();
+        let result = VoicePack::load(&dir);
+        prop_assert!(
+            std::fs::read(&file).unwrap() == bytes,
+            "loading changed voice.toml"
+        );
+        if let Err(e) = &result {
+            prop_assert!(e.to_string().contains("voice.toml"), "{}", e);
+        }
+        Ok(result)
+    }
+
+    /// The `key = value` lines of the shipped pack, with their dotted key and what kind of
+    /// value they hold: `"` string, `[` array, `{` table, `0` integer.
+    fn leaves(text: &str) -> Vec<(usize, String, char)> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+            } else if let Some((key, value)) = line.split_once(" = ") {
+                if !line.starts_with('#') {
+                    let kind = match value.trim_start().chars().next().unwrap() {
+                        c @ ('"' | '[' | '{') => c,
+                        _ => '0',
+                    };
+                    out.push((n, format!("{section}.{}", key.trim()), kind));
+                }
+            }
+        }
+        out
+    }
+
+    /// `text` as a TOML basic string.
+    fn toml_string(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// TOML values of each kind (`"`, `[`, `{`, `0`, and bool and float).
+    fn other_kind() -> impl Strategy<Value = (char, String)> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| ('0', n.to_string())),
+            "\\PC{0,20}".prop_map(|s| ('"', toml_string(&s))),
+            Just(('[', "[1, \"x\"]".to_owned())),
+            Just(('[', "[]".to_owned())),
+            Just(('{', "{ a = 1 }".to_owned())),
+            Just(('b', "true".to_owned())),
+            Just(('f', "1.5".to_owned())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes are never a pack: a typed error, the file untouched.
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let result = load_bytes(&bytes)?;
+            prop_assert!(matches!(
+                result,
+                Err(PackError::Syntax { .. } | PackError::Io { .. } | PackError::MissingKey { .. }
+                    | PackError::BadValue { .. } | PackError::UnknownKey { .. })
+            ), "{:?}", result.map(|p| p.tag().to_owned()));
+        }
+
+        /// Any one value of the shipped pack replaced by a value of another kind is refused
+        /// as a bad value of exactly that key.
+        #[test]
+        fn a_value_of_the_wrong_kind_names_its_key(pick in any::<prop::sample::Index>(), (kind, value) in other_kind()) {
+            let text = shipped();
+            let leaves = leaves(&text);
+            let (line, key, original) = &leaves[pick.index(leaves.len())];
+            prop_assume!(kind != *original);
+            let edited: Vec<String> = text
+                .lines()
+                .enumerate()
+                .map(|(n, l)| {
+                    if n == *line {
+                        format!("{} = {value}", l.split_once(" = ").unwrap().0)
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            let result = load_bytes(edited.join("\n").as_bytes())?;
+            match result {
+                Err(PackError::BadValue { key: named, .. }) => prop_assert_eq!(&named, key),
+                other => prop_assert!(false, "{} = {}: {:?}", key, value, other.map(|p| p.tag().to_owned())),
+            }
+        }
+
+        /// Huge or odd strings and numbers in any value: a pack or a typed error, never a
+        /// panic, the file untouched.
+        #[test]
+        fn huge_and_odd_values(
+            pick in any::<prop::sample::Index>(),
+            value in prop_oneof![
+                (any::<char>(), 1000usize..50_000).prop_map(|(c, n)| toml_string(&c.to_string().repeat(n))),
+                "\\PC{0,30}".prop_map(|s| toml_string(&s)),
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("\"\"".to_owned()),
+                Just("\"   \"".to_owned()),
+            ],
+        ) {
+            let text = shipped();
+            let leaves = leaves(&text);
+            let (line, _, _) = &leaves[pick.index(leaves.len())];
+            let edited: Vec<String> = text
+                .lines()
+                .enumerate()
+                .map(|(n, l)| {
+                    if n == *line {
+                        format!("{} = {value}", l.split_once(" = ").unwrap().0)
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            let _ = load_bytes(edited.join("\n").as_bytes())?;
+        }
+    }
+}

@@ -947,6 +947,17 @@ impl Verifier {
                 ),
                 OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
             };
+            // Numbers the store cannot hold (signed 64-bit) refuse this key, not the file.
+            let period = match kind {
+                TokenKind::Totp { period, .. } => period.seconds(),
+                TokenKind::Hotp => 1,
+            };
+            if let Err(e) = crate::store::to_i64(counter.0, "counter")
+                .and_then(|_| crate::store::to_i64(period, "period"))
+            {
+                report.refused.push(problem(e.to_string()));
+                continue;
+            }
             good.push(Enrollment {
                 id,
                 params: TokenParams {

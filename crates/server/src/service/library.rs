@@ -166,6 +166,21 @@ impl From<VerifyError> for ServiceError {
     }
 }
 
+/// An enrolment's counter, period or T0 that the store cannot hold (its integers are signed
+/// 64-bit) is the caller's input: a 400 naming it, not a 500.
+fn storable(error: VerifyError) -> ServiceError {
+    match error {
+        VerifyError::Store(StoreError::OutOfRange { what }) => invalid(
+            codes::INVALID_PARAMETERS,
+            format!(
+                "the {what} is too large: at most {} can be stored",
+                i64::MAX
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
 fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
     Ok(match outcome {
         Outcome::Accepted(a) => Decision::Accepted {
@@ -386,7 +401,8 @@ impl TokenService for Library {
         let id = token_id(serial)?;
         let lib = Self::lib_enrollment(id.clone(), enrollment)?;
         self.verifier
-            .enroll(std::slice::from_ref(&lib), now(), &caller_id(caller)?)?;
+            .enroll(std::slice::from_ref(&lib), now(), &caller_id(caller)?)
+            .map_err(storable)?;
         self.info(&id)
     }
 
@@ -407,13 +423,16 @@ impl TokenService for Library {
             )?)),
             None => None,
         };
-        let report = self.verifier.import_pskc(
-            pskc.as_bytes(),
-            psk.as_ref(),
-            KeyPolicy::Rfc4226,
-            now(),
-            &caller_id(caller)?,
-        )?;
+        let report = self
+            .verifier
+            .import_pskc(
+                pskc.as_bytes(),
+                psk.as_ref(),
+                KeyPolicy::Rfc4226,
+                now(),
+                &caller_id(caller)?,
+            )
+            .map_err(storable)?;
         Ok(ImportReport {
             imported: report.imported.iter().map(ToString::to_string).collect(),
             rejected: report
