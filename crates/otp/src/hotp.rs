@@ -96,8 +96,10 @@ impl Counter {
 #[derive(Clone)]
 enum PreparedKey {
     Sha1(Sha1Key),
-    Sha256(Hmac<Sha256>),
-    Sha512(Hmac<Sha512>),
+    // Boxed: the generic HMAC states are large (a `Hotp` holding one inline is 320 bytes),
+    // and verifiers move and clone SHA-1 keys, by far the most common, on every request.
+    Sha256(Box<Hmac<Sha256>>),
+    Sha512(Box<Hmac<Sha512>>),
 }
 
 // HMAC accepts keys of any length (longer ones are hashed first), so `new_from_slice`
@@ -139,8 +141,8 @@ impl Hotp {
         let bytes = secret.expose();
         let key = match algorithm {
             Algorithm::Sha1 => PreparedKey::Sha1(Sha1Key::new(bytes)),
-            Algorithm::Sha256 => PreparedKey::Sha256(prepare(bytes)),
-            Algorithm::Sha512 => PreparedKey::Sha512(prepare(bytes)),
+            Algorithm::Sha256 => PreparedKey::Sha256(Box::new(prepare(bytes))),
+            Algorithm::Sha512 => PreparedKey::Sha512(Box::new(prepare(bytes))),
         };
         Hotp {
             key,
@@ -154,10 +156,10 @@ impl Hotp {
         let message = counter.0.to_be_bytes();
         let value = match &self.key {
             PreparedKey::Sha1(k) => truncate(&k.mac(&message)),
-            PreparedKey::Sha256(k) => truncate(&mac(k, &message)),
-            PreparedKey::Sha512(k) => truncate(&mac(k, &message)),
+            PreparedKey::Sha256(k) => truncate(&mac(k.as_ref(), &message)),
+            PreparedKey::Sha512(k) => truncate(&mac(k.as_ref(), &message)),
         };
-        Code::from_value(value % self.digits.modulus(), self.digits)
+        Code::from_value(value, self.digits)
     }
 
     /// The codes of `first..=last` in order, each with its counter; nothing if `first` is
@@ -188,16 +190,12 @@ impl Hotp {
 
     /// [`Hotp::codes`] on a given backend (tests force the portable one).
     pub(crate) fn codes_with(&self, backend: Backend, first: Counter, last: Counter) -> Codes<'_> {
-        let left = if first > last {
-            0
-        } else {
-            u128::from(last.0 - first.0) + 1
-        };
         Codes {
             hotp: self,
             backend,
             next: first.0,
-            left,
+            last: last.0,
+            exhausted: first > last,
             values: [0; MAX_LANES],
             start: first.0,
             taken: 0,
@@ -209,8 +207,12 @@ impl Hotp {
     fn truncated<const N: usize>(&self, backend: Backend, counters: &[u64; N]) -> [u32; N] {
         match &self.key {
             PreparedKey::Sha1(k) => k.truncated(backend, counters),
-            PreparedKey::Sha256(k) => counters.map(|c| truncate(&mac(k, &c.to_be_bytes()))),
-            PreparedKey::Sha512(k) => counters.map(|c| truncate(&mac(k, &c.to_be_bytes()))),
+            PreparedKey::Sha256(k) => {
+                counters.map(|c| truncate(&mac(k.as_ref(), &c.to_be_bytes())))
+            }
+            PreparedKey::Sha512(k) => {
+                counters.map(|c| truncate(&mac(k.as_ref(), &c.to_be_bytes())))
+            }
         }
     }
 
@@ -257,8 +259,8 @@ const MAX_LANES: usize = 4;
 /// How many of `left` counters to compute together next: groups as even as possible (a
 /// window of 10 is 4, 3, 3 rather than 4, 4, 2), since a group costs about as much as its
 /// longest chain.
-fn group_len(left: u128) -> usize {
-    let max = MAX_LANES as u128;
+fn group_len(left: u64) -> usize {
+    let max = MAX_LANES as u64;
     let groups = left.div_ceil(max);
     // At most `MAX_LANES`: the cast cannot truncate.
     left.div_ceil(groups.max(1)).min(max) as usize
@@ -270,9 +272,11 @@ fn group_len(left: u128) -> usize {
 pub struct Codes<'a> {
     hotp: &'a Hotp,
     backend: Backend,
-    /// The first counter not yet computed, and how many are left to compute (up to 2^64).
+    /// The first counter not yet computed and the last of the range; `exhausted` once
+    /// `last` is computed (or the range was empty).
     next: u64,
-    left: u128,
+    last: u64,
+    exhausted: bool,
     /// Truncated values computed ahead: `values[..ready]`, of counters `start..`, of which
     /// the first `taken` have been returned.
     values: [u32; MAX_LANES],
@@ -292,31 +296,49 @@ impl fmt::Debug for Codes<'_> {
 }
 
 impl Codes<'_> {
+    /// Counters not yet computed (up to 2^64).
+    fn left(&self) -> u128 {
+        if self.exhausted {
+            0
+        } else {
+            u128::from(self.last - self.next) + 1
+        }
+    }
+
     /// Codes not yet returned.
     fn remaining(&self) -> u128 {
-        self.left + (self.ready - self.taken) as u128
+        self.left() + (self.ready - self.taken) as u128
     }
 
     /// Computes the next group of counters into `values`.
     fn refill(&mut self) {
-        let n = group_len(self.left);
-        self.start = self.next;
         self.taken = 0;
+        if self.exhausted {
+            self.ready = 0;
+            return;
+        }
+        // Saturates only for the whole range (2^64 left), where any length above
+        // `MAX_LANES` gives the same group.
+        let n = group_len((self.last - self.next).saturating_add(1));
+        self.start = self.next;
         self.ready = n;
         match n {
-            0 => {}
             1 => self.fill::<1>(),
             2 => self.fill::<2>(),
             3 => self.fill::<3>(),
             _ => self.fill::<MAX_LANES>(),
         }
-        self.left -= n as u128;
-        // Wraps only after the last counter, u64::MAX, when nothing is left.
-        self.next = self.next.wrapping_add(n as u64);
+        // `n` counters from `next` end at or before `last`, so this does not wrap.
+        let end = self.next.wrapping_add(n as u64 - 1);
+        if end == self.last {
+            self.exhausted = true;
+        } else {
+            self.next = end + 1;
+        }
     }
 
     fn fill<const N: usize>(&mut self) {
-        // `left >= N`, so these stay within the range and do not wrap.
+        // At least `N` are left, so these stay within the range and do not wrap.
         let counters: [u64; N] = std::array::from_fn(|i| self.next.wrapping_add(i as u64));
         let values = self.hotp.truncated(self.backend, &counters);
         self.values[..N].copy_from_slice(&values);
@@ -334,7 +356,7 @@ impl Iterator for Codes<'_> {
         let counter = Counter(self.start.wrapping_add(self.taken as u64));
         self.taken += 1;
         let digits = self.hotp.digits;
-        Some((counter, Code::from_value(value % digits.modulus(), digits)))
+        Some((counter, Code::from_value(value, digits)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -607,12 +629,12 @@ mod tests {
 
     #[test]
     fn groups_are_even_and_cover_the_range() {
-        let groups = |mut left: u128| {
+        let groups = |mut left: u64| {
             let mut out = Vec::new();
             while left > 0 {
                 let n = group_len(left);
                 out.push(n);
-                left -= n as u128;
+                left -= n as u64;
             }
             out
         };
@@ -623,7 +645,7 @@ mod tests {
         assert_eq!(groups(5), [3, 2]);
         assert_eq!(groups(10), [4, 3, 3]);
         assert_eq!(groups(201).len(), 51);
-        assert_eq!(group_len(1 << 64), MAX_LANES);
+        assert_eq!(group_len(u64::MAX), MAX_LANES);
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! early exit, so the time taken reveals neither whether nor where a code matched.
 //!
 //! The loops run over public bounds (the window comes from the policy and the stored state,
-//! never from the code) and accumulate results with `subtle` selections. The candidates come
-//! from [`Hotp::codes`], which computes them several at a time (interleaved HMAC-SHA-1 on
-//! CPUs with SHA-NI: a ±1 window's three codes cost little more than one alone) in groups
-//! whose sizes depend only on the window's length.
+//! never from the code) and accumulate results with `subtle` selections; only the code
+//! comparisons are secret (whether a value is already used is public, like the window).
+//!
+//! The candidates come from [`Hotp::codes`], which computes them several at a time, in
+//! groups whose sizes depend only on the window's length: on CPUs with SHA-NI their
+//! HMAC-SHA-1 compressions run interleaved, and a ±1 window's three codes cost about 60% of
+//! computing them one by one (the `verify` benchmark prints both rates).
 
 use codereader_otp::{Code, Counter, Hotp};
-use subtle::{Choice, ConditionallySelectable, ConstantTimeEq, ConstantTimeLess};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 /// What a window scan found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +32,11 @@ pub(crate) fn scan(hotp: &Hotp, code: &Code, lo: u64, hi: u64, next: u64) -> Sca
     // `lo > hi` scans `lo` alone, as callers have always been given.
     for (Counter(value), candidate) in hotp.codes(Counter(lo), Counter(hi.max(lo))) {
         let equal = candidate.ct_eq(code);
-        let fresh = !value.ct_lt(&next);
-        let take = equal & fresh & !found;
-        chosen.conditional_assign(&value, take);
-        found |= equal & fresh;
+        // Whether a value is used depends on the stored state, not on the code: public.
+        let fresh = Choice::from(u8::from(value >= next));
+        let usable = equal & fresh;
+        chosen.conditional_assign(&value, usable & !found);
+        found |= usable;
         stale |= equal & !fresh;
     }
     if bool::from(found) {
@@ -63,7 +67,8 @@ pub(crate) fn scan_pair(
     let mut previous_first = start.ct_eq(first);
     for (Counter(counter), candidate) in codes {
         let value = counter - 1;
-        let pair = previous_first & candidate.ct_eq(second) & !value.ct_lt(&next);
+        let fresh = Choice::from(u8::from(value >= next));
+        let pair = previous_first & candidate.ct_eq(second) & fresh;
         chosen.conditional_assign(&value, pair & !found);
         found |= pair;
         previous_first = candidate.ct_eq(first);
