@@ -27,7 +27,8 @@ pub(crate) enum Scan {
 /// Scans `lo..=hi` for `code`; values below `next` count as used.
 pub(crate) fn scan(hotp: &Hotp, code: &Code, lo: u64, hi: u64, next: u64) -> Scan {
     let mut found = Choice::from(0);
-    let mut stale = Choice::from(0);
+    // Any match: without a fresh one, every match was of a used value.
+    let mut matched = Choice::from(0);
     let mut chosen = 0u64;
     // `lo > hi` scans `lo` alone, as callers have always been given.
     for (Counter(value), candidate) in hotp.codes(Counter(lo), Counter(hi.max(lo))) {
@@ -37,11 +38,11 @@ pub(crate) fn scan(hotp: &Hotp, code: &Code, lo: u64, hi: u64, next: u64) -> Sca
         let usable = equal & fresh;
         chosen.conditional_assign(&value, usable & !found);
         found |= usable;
-        stale |= equal & !fresh;
+        matched |= equal;
     }
     if bool::from(found) {
         Scan::Fresh(chosen)
-    } else if bool::from(stale) {
+    } else if bool::from(matched) {
         Scan::Stale
     } else {
         Scan::Miss
