@@ -252,8 +252,8 @@ impl Backend {
 }
 
 /// The most counters [`Codes`] computes together: four interleaved SHA-1 compressions still
-/// beat three per compression on the machine `shani.rs` describes, and more would not fit the
-/// 16 SSE registers the SHA instructions can address.
+/// beat three per compression on the machine `shani.rs` describes, barely; more lanes would
+/// only spill more of the 16 SSE registers the SHA instructions can address to the stack.
 const MAX_LANES: usize = 4;
 
 /// How many of `left` counters to compute together next: groups as even as possible (a

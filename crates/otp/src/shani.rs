@@ -6,11 +6,13 @@
 //! result, so a single HMAC is bound by the instruction's latency and leaves the SHA unit idle
 //! most of the time. Compressions of different counters are independent, so issuing them
 //! step by step side by side lets the core overlap them. Measured on the development machine
-//! (AMD EPYC, Zen 4, one core) with a stand-alone loop, per compression: about 50 ns alone,
-//! 28 ns with two in flight, 23 ns with three, 21 ns with four. A verifier's TOTP window of
-//! ±1 step is three codes, six compressions: computed together they cost about half as much
-//! as one after the other (the `codes` benchmark of this crate and the verifier's `verify`
-//! benchmark print both rates from the same run).
+//! (AMD EPYC, Zen 4, KVM, one core) with a stand-alone loop of this code, per compression:
+//! 49-62 ns alone, 26-32 ns with two in flight, 23-24 ns with three, 19-23 ns with four
+//! (16 SSE registers hold about two lanes' state; more spill, which is why four gain
+//! little over three). A verifier's TOTP window of ±1 step is three codes, six
+//! compressions: a whole window (HMACs, truncation, formatting) takes about 60% of the time
+//! of three single codes, e.g. 206 ns against 316-383 ns (the `codes` benchmark of this
+//! crate and the verifier's `verify` benchmark print both rates from the same run).
 //!
 //! Soundness: the intrinsics may only run on a CPU that has them. [`ShaNi`] is the proof:
 //! only [`ShaNi::detect`] makes one, after checking the CPU at run time, and the single
