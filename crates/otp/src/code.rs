@@ -40,11 +40,6 @@ impl Digits {
     pub fn get(self) -> u32 {
         u32::from(self.0)
     }
-
-    /// 10 to the power of the count: the modulus of the truncated HMAC value.
-    pub(crate) fn modulus(self) -> u32 {
-        10u32.pow(u32::from(self.0))
-    }
 }
 
 impl Default for Digits {
@@ -120,14 +115,21 @@ impl Code {
         })
     }
 
-    /// Formats a truncated HOTP value with exactly `digits` digits, zero-padded.
-    pub(crate) fn from_value(mut value: u32, digits: Digits) -> Self {
-        let len = digits.0;
-        let mut ascii = [0u8; 8];
-        for slot in ascii[..usize::from(len)].iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
+    /// The code of a truncated HOTP value: its last `digits` decimal digits, zero-padded
+    /// (RFC 4226 §5.3: the value modulo 10^digits).
+    pub(crate) fn from_value(value: u32, digits: Digits) -> Self {
+        // The last eight digits, each from its own division by a constant (which compiles to
+        // a multiplication), rather than a chain of divisions by ten: they are computed in
+        // parallel, and a verifier formats every code of its window. Most significant first.
+        let places = [10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+        let mut word = 0u64;
+        for (i, place) in places.into_iter().enumerate() {
+            word |= u64::from(b'0' + (value / place % 10) as u8) << (8 * i);
         }
+        // Byte i of the little-endian word is the i-th of the eight digits; dropping the
+        // leading `8 - len` ones leaves zero bytes after the code, as `parse` does.
+        let len = digits.0;
+        let ascii = (word >> (8 * (8 - u32::from(len)))).to_le_bytes();
         Code { ascii, len }
     }
 
@@ -151,8 +153,13 @@ impl fmt::Debug for Code {
 
 impl ConstantTimeEq for Code {
     fn ct_eq(&self, other: &Self) -> Choice {
-        // Unused bytes are zero in both, so comparing all eight is exact and branch-free.
-        self.ascii.ct_eq(&other.ascii) & self.len.ct_eq(&other.len)
+        // Unused bytes are zero in both, so comparing all eight is exact and branch-free. The
+        // digits and the length are folded into one word compared once: `subtle` would compare
+        // a byte slice byte by byte, each result behind an optimisation barrier (a call and a
+        // volatile read), and a verifier compares every code of its window.
+        let diff = (u64::from_ne_bytes(self.ascii) ^ u64::from_ne_bytes(other.ascii))
+            | u64::from(self.len ^ other.len);
+        diff.ct_eq(&0)
     }
 }
 
@@ -211,6 +218,49 @@ mod tests {
                 "input {input:?}"
             );
         }
+    }
+
+    #[test]
+    fn values_are_reduced_and_formatted_like_the_rfc_says() {
+        // RFC 4226 §5.3: Snum mod 10^Digit, zero-padded; any u32 (truncation gives 31 bits).
+        let mut values = vec![0, 1, 9, 10, 99_999, 1_000_000, 12_345_678, 99_999_999];
+        values.extend([100_000_000, 2_147_483_647, u32::MAX]);
+        values.extend((0..20_000u32).map(|i| i.wrapping_mul(2_654_435_761)));
+        for value in values {
+            for digits in [Digits::SIX, Digits::SEVEN, Digits::EIGHT] {
+                let n = digits.get();
+                let expected = format!("{:0n$}", value % 10u32.pow(n), n = n as usize);
+                let code = Code::from_value(value, digits);
+                assert_eq!(code.as_str(), expected, "{value} in {n} digits");
+                assert_eq!(code, Code::parse(&expected).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn equality_sees_every_digit_and_the_length() {
+        let base = Code::parse("12345678").unwrap();
+        assert_eq!(base, Code::parse("12345678").unwrap());
+        for position in 0..8 {
+            let mut text = *b"12345678";
+            text[position] = b'9';
+            let other = Code::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+            assert_ne!(base, other, "digit {position}");
+        }
+        // Same leading digits, different lengths; and values that print alike in fewer digits.
+        assert_ne!(base, Code::parse("1234567").unwrap());
+        assert_ne!(
+            Code::parse("123456").unwrap(),
+            Code::parse("1234560").unwrap()
+        );
+        assert_ne!(
+            Code::from_value(4721, Digits::SIX),
+            Code::from_value(4721, Digits::SEVEN)
+        );
+        assert_eq!(
+            Code::from_value(4721, Digits::SIX),
+            Code::parse("004721").unwrap()
+        );
     }
 
     #[test]

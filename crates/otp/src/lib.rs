@@ -20,11 +20,13 @@ mod code;
 mod hotp;
 pub mod pskc;
 mod secret;
+#[cfg(target_arch = "x86_64")]
+mod shani;
 mod totp;
 mod uri;
 
 pub use crate::code::{Code, CodeError, Digits, DigitsError};
-pub use crate::hotp::{Algorithm, AlgorithmError, Counter, Hotp};
+pub use crate::hotp::{Algorithm, AlgorithmError, Codes, Counter, Hotp};
 pub use crate::secret::{KeyPolicy, MAX_SECRET_LEN, MIN_SECRET_LEN, Secret, SecretError};
 pub use crate::totp::{Period, PeriodError, TimeError, TimeStep, Totp, UnixTime};
 pub use crate::uri::{KeyUri, OtpKind, UriError};

@@ -457,7 +457,7 @@ fn decrypt(
     sealed: &[u8],
     field: &'static str,
 ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    if sealed.len() < 32 || sealed.len() % 16 != 0 {
+    if sealed.len() < 32 || !sealed.len().is_multiple_of(16) {
         return Err(KeyError::Decrypt { field });
     }
     let (iv, ciphertext) = sealed.split_at(16);

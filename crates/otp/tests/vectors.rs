@@ -67,6 +67,51 @@ fn rfc6238_appendix_b_all_algorithms() {
 }
 
 #[test]
+fn rfc4226_appendix_d_as_windows() {
+    let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226).unwrap();
+    let hotp = Hotp::new(&secret, Algorithm::Sha1, Digits::SIX);
+    let expected: Vec<(u64, String)> = rows(include_str!("data/rfc4226.txt"))
+        .map(|row| (row[0].parse().unwrap(), row[1].to_owned()))
+        .collect();
+    for first in 0..10 {
+        for last in first..10 {
+            let got: Vec<(u64, String)> = hotp
+                .codes(Counter(first), Counter(last))
+                .map(|(counter, code)| (counter.0, code.as_str().to_owned()))
+                .collect();
+            assert_eq!(got, expected[first as usize..=last as usize]);
+        }
+    }
+}
+
+#[test]
+fn rfc6238_appendix_b_in_verifier_windows() {
+    // Each vector's step in the middle of a ±1 and at every place of a ±4 window, as a
+    // verifier scans them.
+    let mut checked = 0;
+    for row in rows(include_str!("data/rfc6238.txt")) {
+        let step: u64 = row[0].parse::<u64>().unwrap() / 30;
+        let algorithm: Algorithm = row[1].parse().unwrap();
+        let hotp = Hotp::new(&rfc6238_seed(algorithm), algorithm, Digits::EIGHT);
+        let window: Vec<_> = hotp.codes(Counter(step - 1), Counter(step + 1)).collect();
+        assert_eq!(window.len(), 3);
+        assert_eq!(window[1].0, Counter(step));
+        assert_eq!(window[1].1.as_str(), row[2], "{algorithm} step {step}");
+        // (The first vector is step 1: windows there start at 0.)
+        for offset in 0..9 {
+            let first = step.saturating_sub(offset);
+            let (counter, code) = hotp
+                .codes(Counter(first), Counter(first + 8))
+                .nth((step - first) as usize)
+                .unwrap();
+            assert_eq!((counter, code.as_str()), (Counter(step), row[2]));
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 18);
+}
+
+#[test]
 fn six_digit_code_is_the_low_digits_of_the_eight_digit_one() {
     let secret = rfc6238_seed(Algorithm::Sha1);
     let six = Totp::new(
