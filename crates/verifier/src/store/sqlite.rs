@@ -455,6 +455,46 @@ fn raw_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawToken> {
     })
 }
 
+/// Where a new audit line's predecessor comes from.
+enum Prev {
+    /// Known already (or none).
+    Given(Option<i64>),
+    /// The head on the line's token row, read by the `INSERT` itself.
+    OnRow,
+}
+
+/// Inserts one audit line about `token`; the caller moves the chain's head.
+fn insert_line(
+    conn: &Connection,
+    token: Option<&str>,
+    e: &AuditEvent,
+    prev: Prev,
+) -> Result<(), StoreError> {
+    let (given, on_row) = match prev {
+        Prev::Given(p) => (p, false),
+        Prev::OnRow => (None, true),
+    };
+    conn.prepare_cached(
+        "INSERT INTO audit (token_id, user_id, action, outcome, at, caller, prev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                 CASE WHEN ?8 THEN (SELECT last_audit FROM tokens WHERE id = ?1) ELSE ?7 END)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            token,
+            e.user.as_ref().map(UserId::as_str),
+            e.action.as_ref(),
+            e.outcome.as_ref(),
+            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
+            e.caller.as_str(),
+            given,
+            on_row,
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
 /// Appends an audit line and, for a line about a token, makes it the head of that serial's
 /// chain: on its token row, or in `audit_heads` when the serial has no row (unknown, or
 /// deleted). Runs inside the caller's transaction, so the head cannot move in between.
@@ -478,22 +518,7 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
             }
         }
     };
-    conn.prepare_cached(
-        "INSERT INTO audit (token_id, user_id, action, outcome, at, caller, prev)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            token,
-            e.user.as_ref().map(UserId::as_str),
-            e.action.as_ref(),
-            e.outcome.as_ref(),
-            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
-            e.caller.as_str(),
-            prev,
-        ])
-    })
-    .map_err(db)?;
+    insert_line(conn, token, e, Prev::Given(prev))?;
     let Some(t) = token else { return Ok(()) };
     let seq = conn.last_insert_rowid();
     let sql = if on_row {
@@ -526,21 +551,7 @@ fn audited_update<T>(
         Some(token),
         "a line about the row it changes"
     );
-    conn.prepare_cached(
-        "INSERT INTO audit (token_id, user_id, action, outcome, at, caller, prev)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT last_audit FROM tokens WHERE id = ?1))",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            token.as_str(),
-            e.user.as_ref().map(UserId::as_str),
-            e.action.as_ref(),
-            e.outcome.as_ref(),
-            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
-            e.caller.as_str(),
-        ])
-    })
-    .map_err(db)?;
+    insert_line(conn, Some(token.as_str()), e, Prev::OnRow)?;
     let seq = conn.last_insert_rowid();
     let changed = update(seq)?;
     if changed.is_none() {
