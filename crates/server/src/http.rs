@@ -357,9 +357,10 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => {
-                ApiError::bad_request(codes::INVALID_REQUEST, without_value(&e.to_string()))
-            }
+            Category::Data => ApiError::bad_request(
+                codes::INVALID_REQUEST,
+                without_value(&without_field_name(&e.to_string())),
+            ),
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request(codes::INVALID_JSON, format!("the body is not JSON: {e}"))
             }
@@ -390,6 +391,25 @@ fn without_value(message: &str) -> String {
         return format!("{prefix}{kind}{expected}");
     }
     message.to_owned()
+}
+
+/// serde's "unknown field `482915`, expected one of `token`, `user`, `code`" without the
+/// name: a field that is not part of the API may be a code or a secret pasted in the wrong
+/// place (`{"token":"SN-1","482915":""}`), so no part of it comes back. The documented
+/// names that are expected, and where the field is, stay.
+fn without_field_name(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field ") else {
+        return message.to_owned();
+    };
+    // serde's own text follows the name and holds no ", expected " or ", there are no
+    // fields"; the name may hold anything, so look for the last one.
+    let tail = rest
+        .rfind(", expected ")
+        .or_else(|| rest.rfind(", there are no fields"))
+        .map_or("", |at| &rest[at..]);
+    // serde_json appends " at line L column C" after serde's text; keep it when the tail
+    // was found (it is part of the tail), else there is nothing safe to keep.
+    format!("unknown field (its name is not repeated){tail}")
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
