@@ -88,6 +88,10 @@ pub struct Limits {
     pub max_import_body: usize,
     /// Longest time one request may take.
     pub request_timeout: Duration,
+    /// Longest time a request's body may take to arrive, counted from the end of its head;
+    /// a body still incomplete then is a 408 `body_timeout` (the client's fault), never a
+    /// 5xx. A body still arriving when `request_timeout` runs out is a 408 too.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -96,6 +100,7 @@ impl Default for Limits {
             max_body: 64 * 1024,
             max_import_body: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -181,7 +186,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(middleware::from_fn_with_state(
-            (state.clone(), limits.request_timeout),
+            (state.clone(), limits),
             time_limit,
         ))
         .with_state(state)
@@ -253,12 +258,16 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 }
 
 async fn time_limit(
-    State((state, limit)): State<(Shared, Duration)>,
+    State((state, limits)): State<(Shared, Limits)>,
     request: Request,
     next: Next,
 ) -> Response {
+    let limit = limits.request_timeout;
+    let (request, body) = BodyDeadline::wrap(request, limits.body_timeout);
     let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(_) if body.expired() => body_timeout(limits.body_timeout),
         Ok(response) => response,
+        Err(_) if body.waiting() => body_timeout(limit.min(limits.body_timeout)),
         // The store call may still complete in its blocking thread; the client only learns
         // that the answer did not come in time (and may retry: a used code then says "replayed").
         Err(_) => ApiError::new(
@@ -734,4 +743,108 @@ async fn resync(
     let caller = caller_of(caller);
     let decision = blocking(&state, move |s| s.resync(&serial, &first, &second, &caller)).await?;
     Ok(axum::Json(wire::decision(&decision)))
+}
+
+/// How far a request's body has come: set by its [`BodyDeadline`], read by [`time_limit`]
+/// to tell a client that stalled (408) from a server that did (503).
+#[derive(Debug, Default)]
+struct BodyProgress {
+    /// The handler is waiting for bytes the client has not sent.
+    waiting: std::sync::atomic::AtomicBool,
+    /// The body deadline passed before the body was complete.
+    expired: std::sync::atomic::AtomicBool,
+}
+
+impl BodyProgress {
+    fn waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn expired(&self) -> bool {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A request body that fails once its deadline passes (a body shorter than its
+/// Content-Length, or one sent a byte now and then), so that a stalled client costs the
+/// server one timer, not a request slot until the request timeout, and gets a 4xx.
+struct BodyDeadline {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    progress: Arc<BodyProgress>,
+}
+
+impl BodyDeadline {
+    /// `request` with its body under a deadline `limit` from now, and the body's progress.
+    fn wrap(request: Request, limit: Duration) -> (Request, Arc<BodyProgress>) {
+        let progress = Arc::new(BodyProgress::default());
+        let shared = progress.clone();
+        let request = request.map(|inner| {
+            axum::body::Body::new(BodyDeadline {
+                inner,
+                deadline: Box::pin(tokio::time::sleep(limit)),
+                progress: shared,
+            })
+        });
+        (request, progress)
+    }
+}
+
+impl http_body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.progress.waiting.store(false, Relaxed);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    this.progress.waiting.store(false, Relaxed);
+                    this.progress.expired.store(true, Relaxed);
+                    return Poll::Ready(Some(Err(axum::Error::new(
+                        "the request body did not arrive in time",
+                    ))));
+                }
+                this.progress.waiting.store(true, Relaxed);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // Keeps the Content-Length visible to the body cap, which refuses an announced
+        // oversized body before reading it.
+        self.inner.size_hint()
+    }
+}
+
+/// 408 for a body that did not arrive within `limit`. The connection closes after it: the
+/// rest of the body may still come, and would be read as the next request.
+fn body_timeout(limit: Duration) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        codes::BODY_TIMEOUT,
+        format!(
+            "the request body did not arrive within {} ms; send the whole body at once",
+            limit.as_millis()
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -75,6 +75,10 @@ struct ServeArgs {
     /// Longest time one request may take, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// Longest time a request body may take to arrive after its head, in milliseconds; a
+    /// body still incomplete then (shorter than its Content-Length) is a 408.
+    #[arg(long, default_value_t = 5_000)]
+    body_timeout_ms: u64,
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
@@ -302,6 +306,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime

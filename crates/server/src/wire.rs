@@ -25,6 +25,9 @@ pub mod codes {
     pub const INVALID_ID: &str = "invalid_id";
     /// The body exceeds the size cap (413).
     pub const BODY_TOO_LARGE: &str = "body_too_large";
+    /// The body did not arrive within the body deadline, e.g. shorter than its
+    /// Content-Length (408).
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     /// The import body is neither JSON nor XML (415).
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     /// No such token (404).
@@ -64,6 +67,7 @@ pub mod codes {
         INVALID_CODE,
         INVALID_ID,
         BODY_TOO_LARGE,
+        BODY_TIMEOUT,
         UNSUPPORTED_MEDIA_TYPE,
         UNKNOWN_TOKEN,
         NOT_FOUND,
