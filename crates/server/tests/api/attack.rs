@@ -6,7 +6,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::{Server, raw_request};
+use std::sync::Arc;
+
+use codereader_verifier::testing::TempPostgres;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::common::{Conn, Server, hotp, raw_request};
 
 /// A verify request head announcing `length` body bytes, followed by `body`.
 fn verify_head(key: &str, length: usize, body: &str) -> String {
@@ -95,4 +101,74 @@ fn a_stalled_body_is_a_408_after_the_body_deadline() {
         );
         assert!(!server.stderr.lock().unwrap().contains("panicked"));
     }
+}
+
+/// Issue 15, item 2: on PostgreSQL, a SIGTERM after load panicked ("Cannot start a runtime
+/// from within a runtime") and could abort (SIGABRT): the synchronous client's connections
+/// were dropped on an async thread. After 300 concurrent verifies (right and wrong codes on
+/// 30 tokens), SIGTERM drains and the server exits 0 without any panic.
+#[test]
+fn sigterm_after_load_on_postgres_exits_0() {
+    let pg = TempPostgres::start().unwrap();
+    load_then_sigterm(Server::start_with(
+        Some(&pg.url()),
+        &["--max-failures", "1000"],
+    ));
+}
+
+/// The same on the default SQLite store.
+#[test]
+fn sigterm_after_load_on_sqlite_exits_0() {
+    load_then_sigterm(Server::start_with(None, &["--max-failures", "1000"]));
+}
+
+fn load_then_sigterm(mut server: Server) {
+    const TOKENS: usize = 30;
+    const REQUESTS: usize = 300;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let c = server.client();
+        let seeds: Vec<Vec<u8>> = (0..TOKENS)
+            .map(|i| format!("sigterm test seed {i:04}").into_bytes())
+            .collect();
+        for (i, seed) in seeds.iter().enumerate() {
+            let r = c.add_hotp(&server.admin_key, &format!("P-{i}"), seed).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+        }
+        let mut conns = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            conns.push(Conn::open(server.addr).await.unwrap());
+        }
+        let barrier = Arc::new(Barrier::new(REQUESTS));
+        let mut tasks = Vec::with_capacity(REQUESTS);
+        for (n, mut conn) in conns.into_iter().enumerate() {
+            let barrier = barrier.clone();
+            let key = server.verify_key.clone();
+            let token = n % TOKENS;
+            // Every tenth request carries the token's next code, the others a wrong one.
+            let code = if n / TOKENS == 0 {
+                hotp(&seeds[token], 0, 6)
+            } else {
+                "000000".to_owned()
+            };
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let body = json!({"token": format!("P-{token}"), "code": code});
+                conn.post("/v1/verify", &key, &body).await.unwrap()
+            }));
+        }
+        let mut accepted = 0;
+        for task in tasks {
+            let r = task.await.unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            accepted += usize::from(r.str("result") == "accepted");
+        }
+        assert_eq!(accepted, TOKENS);
+    });
+    let status = server.terminate();
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("runtime"), "{stderr}");
+    assert!(stderr.contains("codereader-verifier: stopped"), "{stderr}");
 }
