@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_verifier::Kek;
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
+use codereader_verifier_server::connections::{self, ConnLimits};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
 use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
@@ -79,6 +80,18 @@ struct ServeArgs {
     /// body still incomplete then (shorter than its Content-Length) is a 408.
     #[arg(long, default_value_t = 5_000)]
     body_timeout_ms: u64,
+    /// Longest time a request head may take to arrive, from its first byte (from the
+    /// connection being accepted, for its first request), in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    head_timeout_ms: u64,
+    /// Longest time a kept-alive connection may stay silent after an answer, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// Most client connections held at once. Default: what the descriptor limit leaves
+    /// beside the store's connections (the soft limit is first raised to the hard one).
+    /// Beyond it, a new connection closes the one that has waited longest for a request.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
@@ -308,6 +321,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
         body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
     };
+    let conn_limits = connection_limits(&args, store_concurrency, config);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime
         .enable_all()
@@ -330,17 +344,50 @@ fn serve(args: ServeArgs) -> Result<()> {
             writeln!(out, "codereader-verifier: listening on http://{local}")?;
             out.flush()?;
         }
-        http::serve(
+        connections::serve(
             listener,
             router,
             shutdown,
             limits.request_timeout + Duration::from_secs(5),
+            conn_limits,
         )
         .await
         .context("server failed")?;
         eprintln!("codereader-verifier: stopped");
         Ok(())
     })
+}
+
+/// The connection deadlines, and the cap: what the descriptor limit (raised to its hard
+/// value) leaves beside the store's own descriptors, or `--max-connections` within that.
+fn connection_limits(
+    args: &ServeArgs,
+    store_concurrency: usize,
+    config: LibraryConfig,
+) -> ConnLimits {
+    let store_connections = match args.store.db.as_deref().map(DbSpec::parse) {
+        Some(Ok(DbSpec::Postgres(_))) => config.pg_connections,
+        _ => store_concurrency,
+    };
+    let reserved = connections::reserved_descriptors(store_connections);
+    let (budget, limit) = connections::descriptor_budget(reserved);
+    let max_connections = match args.max_connections {
+        Some(n) if n > budget => {
+            eprintln!(
+                "codereader-verifier: --max-connections {n} does not fit the descriptor limit \
+                 ({}); holding at most {budget}",
+                limit.map_or_else(|| "none".to_owned(), |l| l.to_string())
+            );
+            budget
+        }
+        Some(n) => n.max(1),
+        None => budget,
+    };
+    ConnLimits {
+        head_timeout: Duration::from_millis(args.head_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
+        max_connections,
+    }
 }
 
 /// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs

@@ -172,3 +172,201 @@ fn load_then_sigterm(mut server: Server) {
     assert!(!stderr.contains("runtime"), "{stderr}");
     assert!(stderr.contains("codereader-verifier: stopped"), "{stderr}");
 }
+
+/// One request on a fresh connection (`Connection: close`), answered within `limit`:
+/// the status and how long the answer took.
+fn timed_request(addr: std::net::SocketAddr, request: &str, limit: Duration) -> (u16, Duration) {
+    let started = Instant::now();
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, limit) else {
+        return (0, started.elapsed());
+    };
+    stream.set_read_timeout(Some(limit)).unwrap();
+    stream.set_write_timeout(Some(limit)).unwrap();
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, started.elapsed());
+    }
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    (
+        status_of(&String::from_utf8_lossy(&text)),
+        started.elapsed(),
+    )
+}
+
+/// Raises this test process's own descriptor limit, for the barrage's sockets.
+fn enough_descriptors(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let soft = getrlimit(Resource::Nofile).current;
+    assert!(
+        soft.is_none_or(|n| n >= needed),
+        "the test needs {needed} descriptors; the hard limit allows {soft:?}"
+    );
+}
+
+/// Issue 15, item 1: 1,138 connections sending a request head a line at a time held every
+/// descriptor of a server limited to 1024, and `/healthz` timed out. Under that limit, a
+/// barrage of 1,100 such connections (more than the descriptors) now leaves `/healthz` and
+/// a verification from a well-behaved client answering within 2 s all along: the server
+/// holds what its descriptors allow and closes the connections that waited longest.
+#[test]
+fn slow_header_barrage_under_1024_descriptors_leaves_the_server_answering() {
+    const BARRAGE: usize = 1100;
+    enough_descriptors(BARRAGE as u64 + 500);
+    let server = Server::start_with_nofile(1024, None, &[]);
+    let pid = server.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(open_files[3..5], ["1024", "1024"], "{limits}");
+
+    const SEED: &[u8] = b"barrage test seed 0001";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c = server.client();
+    let r = runtime.block_on(c.add_hotp(&server.admin_key, "B-1", SEED));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    let addr = server.addr;
+    let attack = std::thread::spawn(move || {
+        let mut streams = Vec::with_capacity(BARRAGE);
+        for _ in 0..BARRAGE {
+            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = s.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n");
+                streams.push(s);
+            }
+        }
+        // One more header line each, every second, for 4 s: never a whole head.
+        let mut closed = 0;
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_secs(1));
+            closed = 0;
+            for s in &mut streams {
+                if s.write_all(b"X-Slow: 1\r\n").is_err() {
+                    closed += 1;
+                }
+            }
+        }
+        (streams.len(), closed)
+    });
+
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let verify = |code: &str| {
+        let body = format!(r#"{{"token":"B-1","code":"{code}"}}"#);
+        verify_head(&server.verify_key, body.len(), &body)
+            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+    };
+    let mut probes = 0;
+    let mut slowest = Duration::ZERO;
+    let mut counter = 0;
+    while !attack.is_finished() {
+        let (status, took) = timed_request(addr, healthz, Duration::from_secs(2));
+        assert_eq!(status, 200, "/healthz after {took:?}, probe {probes}");
+        slowest = slowest.max(took);
+        let (status, took) = timed_request(
+            addr,
+            &verify(&hotp(SEED, counter, 6)),
+            Duration::from_secs(2),
+        );
+        assert_eq!(status, 200, "verify after {took:?}, probe {probes}");
+        counter += 1;
+        slowest = slowest.max(took);
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (opened, closed) = attack.join().unwrap();
+    assert!(probes >= 10, "{probes} probes");
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    assert!(opened >= BARRAGE - 10, "only {opened} connections opened");
+    // More connections than descriptors: the server closed some to stay below its limit.
+    assert!(closed >= BARRAGE - 1024, "{closed} of {opened} closed");
+    // Every probe's code was accepted, in order: each verification really ran.
+    let r = runtime.block_on(c.get("/v1/tokens/B-1", Some(&server.admin_key)));
+    assert_eq!(r.body["next"], serde_json::json!(counter), "{:?}", r.body);
+    assert!(!server.stderr.lock().unwrap().contains("panicked"));
+}
+
+/// The deadlines behind that: a request head must be whole within the head timeout of its
+/// first byte however steadily it trickles, a connection that sends nothing is closed after
+/// the head timeout, and a kept-alive connection silent after an answer after the idle
+/// timeout.
+#[test]
+fn heads_and_idle_connections_have_deadlines() {
+    let server = Server::start_with(
+        None,
+        &["--head-timeout-ms", "800", "--idle-timeout-ms", "600"],
+    );
+    let closed_after = |stream: &mut TcpStream, started: Instant| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&rest).into_owned(),
+        )
+    };
+
+    // A header line every 100 ms: bytes keep coming, the head never ends.
+    let mut trickle = TcpStream::connect(server.addr).unwrap();
+    let started = Instant::now();
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    while started.elapsed() < Duration::from_secs(3) {
+        if trickle.write_all(b"X-Slow: 1\r\n").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (took, _) = closed_after(&mut trickle, started);
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        "trickling head closed after {took:?}"
+    );
+
+    // Nothing at all.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let (took, rest) = closed_after(&mut silent, Instant::now());
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        "silent connection closed after {took:?}"
+    );
+
+    // One answer, then silence on the kept-alive connection.
+    let mut kept = TcpStream::connect(server.addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 4096];
+    let mut got = 0;
+    while !String::from_utf8_lossy(&answer[..got]).contains("\"ok\"") {
+        let n = kept.read(&mut answer[got..]).unwrap();
+        assert!(n > 0, "closed before answering");
+        got += n;
+    }
+    let (took, rest) = closed_after(&mut kept, Instant::now());
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "idle connection closed after {took:?}"
+    );
+    // The server itself is fine.
+    let (status, _) = timed_request(
+        server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert_eq!(status, 200);
+}
