@@ -36,6 +36,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a Retry-After header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -45,6 +47,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -56,7 +59,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.code, "message": self.message});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -508,9 +517,25 @@ async fn verify_code(
     target: Target,
     code: Code,
     caller: String,
+    client: Option<String>,
 ) -> Result<Decision, ApiError> {
     if !state.service.verifies_in_background() {
-        return blocking(state, move |s| s.verify(&target, &code, &caller)).await;
+        return blocking(state, move |s| {
+            // The store answers before `verify_from` returns.
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.verify_from(
+                target,
+                code,
+                &caller,
+                client.as_deref(),
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            rx.recv()
+                .unwrap_or_else(|_| Err(ServiceError::Internal("no decision".into())))
+        })
+        .await;
     }
     let permit = state
         .queued_verifies
@@ -525,10 +550,11 @@ async fn verify_code(
             )
         })?;
     let (reply, decision) = tokio::sync::oneshot::channel();
-    state.service.verify_then(
+    state.service.verify_from(
         target,
         code,
         &caller,
+        client.as_deref(),
         Box::new(move |result| {
             drop(permit);
             // The request may have timed out and gone; the work is done and audited anyway.
@@ -540,6 +566,21 @@ async fn verify_code(
 
 fn caller_of(request_caller: Option<axum::Extension<CallerName>>) -> String {
     request_caller.map_or_else(|| "api:unknown".to_owned(), |c| c.0.0.clone())
+}
+
+/// 429 `rate_limited` with Retry-After, for a client that has spent its failure budget.
+fn rate_limited(retry_at: u64) -> ApiError {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let wait = retry_at.saturating_sub(now).max(1);
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        codes::RATE_LIMITED,
+        format!("too many failed attempts from this client; retry in {wait} s"),
+    );
+    error.retry_after = Some(wait);
+    error
 }
 
 async fn verify(
@@ -561,10 +602,13 @@ async fn verify(
     let code = parse_code("code", &request.code)?;
     let caller = caller_of(caller);
     let started = Instant::now();
-    let decision = verify_code(&state, target, code, caller).await?;
+    let decision = verify_code(&state, target, code, caller, request.client).await?;
     state
         .metrics
         .record_verify(decision.label(), started.elapsed());
+    if let Decision::RateLimited { retry_at } = decision {
+        return Err(rate_limited(retry_at));
+    }
     Ok(axum::Json(wire::decision(&decision)))
 }
 

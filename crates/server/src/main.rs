@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::Kek;
+use codereader_verifier::{ClientBudget, FailureDelay, Kek};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits};
 use codereader_verifier_server::http::{self, AppState, Limits};
@@ -107,6 +107,33 @@ struct ServeArgs {
     /// Consecutive failures that lock a token.
     #[arg(long, default_value_t = 3)]
     max_failures: u32,
+    /// Failed verifications a client (the request's `client`) may make per
+    /// `--client-window-s` before it gets 429 (0: no budget).
+    #[arg(long, default_value_t = 20)]
+    client_failures: u32,
+    /// The window of `--client-failures`, in seconds; the budget refills evenly over it.
+    #[arg(long, default_value_t = 60)]
+    client_window_s: u64,
+    /// After a token's first failure, refuse its next attempt (`too_soon`) for this many
+    /// seconds, doubling with each further failure (0: no delay).
+    #[arg(long, default_value_t = 0)]
+    failure_delay_s: u64,
+    /// The longest delay of `--failure-delay-s`, in seconds.
+    #[arg(long, default_value_t = 300)]
+    failure_delay_max_s: u64,
+    /// Make locks temporary: the first lasts this many seconds after the last failure, each
+    /// later one (one more failure after a lock ends) twice as long. 0 (the default): a
+    /// lock lasts until an administrator unlocks the token.
+    #[arg(long, default_value_t = 0)]
+    lock_period_s: u64,
+    /// The longest temporary lock, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    lock_period_max_s: u64,
+    /// Answer a verification for an unknown serial or user exactly like a wrong code
+    /// (`rejected`, then without `attempts_left` for every token), so answers do not tell
+    /// which serials exist.
+    #[arg(long)]
+    unknown_as_rejected: bool,
     /// SQLite: fsync only at checkpoints (`synchronous=NORMAL`). Commits survive a crash of
     /// the process but the last ones may be lost on power failure, so a just-accepted code
     /// could be accepted again after a reboot. Off by default.
@@ -313,6 +340,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         // Every store call that may run at once keeps its read connection open.
         sqlite_connections: store_concurrency.max(1),
         key_cache: args.key_cache,
+        client_budget: (args.client_failures > 0).then_some(ClientBudget {
+            failures: args.client_failures,
+            window_seconds: args.client_window_s.max(1),
+        }),
+        failure_delay: doubling(args.failure_delay_s, args.failure_delay_max_s),
+        temporary_lock: doubling(args.lock_period_s, args.lock_period_max_s),
+        unknown_as_rejected: args.unknown_as_rejected,
     };
     let library = open_library(&args.store, config)?;
     let limits = Limits {
@@ -355,6 +389,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         .context("server failed")?;
         eprintln!("codereader-verifier: stopped");
         Ok(())
+    })
+}
+
+/// A doubling wait from `base` seconds up to `max` (0: none).
+fn doubling(base: u64, max: u64) -> Option<FailureDelay> {
+    (base > 0).then_some(FailureDelay {
+        base_seconds: base,
+        max_seconds: max.max(base),
     })
 }
 

@@ -40,6 +40,8 @@ pub mod codes {
     pub const STORE_UNAVAILABLE: &str = "store_unavailable";
     /// The request took longer than the server's per-request timeout (503).
     pub const TIMEOUT: &str = "timeout";
+    /// The client has spent its failure budget; see Retry-After (429).
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// A bug (500).
     pub const INTERNAL: &str = "internal";
     /// An otpauth URI that does not parse (400).
@@ -74,6 +76,7 @@ pub mod codes {
         METHOD_NOT_ALLOWED,
         STORE_UNAVAILABLE,
         TIMEOUT,
+        RATE_LIMITED,
         INTERNAL,
         INVALID_URI,
         INVALID_SECRET,
@@ -95,6 +98,9 @@ pub struct VerifyRequest {
     pub user: Option<String>,
     /// The typed code.
     pub code: String,
+    /// Whom the attempt comes from, as the backend saw it (the end user's address, say):
+    /// failures are budgeted per client.
+    pub client: Option<String>,
 }
 
 /// `POST /v1/tokens`: enrol from a URI or from parameters.
@@ -164,9 +170,15 @@ pub fn decision(decision: &Decision) -> Value {
             };
             json!({"result": result, "token": token, name: value, "drift": drift})
         }
-        Decision::Rejected { attempts_left } => {
+        Decision::Rejected {
+            attempts_left: Some(attempts_left),
+        } => {
             json!({"result": result, "attempts_left": attempts_left})
         }
+        Decision::Rejected {
+            attempts_left: None,
+        } => json!({"result": result}),
+        Decision::RateLimited { retry_at } => json!({"result": result, "retry_at": retry_at}),
         Decision::Locked { until } => json!({"result": result, "until": until}),
         Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
         Decision::Replayed | Decision::Unknown | Decision::Disabled => json!({"result": result}),

@@ -370,3 +370,153 @@ fn heads_and_idle_connections_have_deadlines() {
     );
     assert_eq!(status, 200);
 }
+
+/// Issue 15, item 5: with a verify key and a list of serials, 2,000 wrong codes locked 200
+/// of 200 tokens, never a 429. Now failures are budgeted per client (default 20 a minute):
+/// of 40 wrong codes from one client, each for another token, the first 20 are checked
+/// (`rejected`) and the rest get 429 `rate_limited` with Retry-After, unchecked and
+/// counting against no token, while another client's right code is accepted.
+#[test]
+fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
+    const SEED: &[u8] = b"budget test seed 000001";
+    let server = Server::start(None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c = server.client();
+    runtime.block_on(async {
+        for i in 0..40 {
+            let seed = format!("budget test seed {i:06}");
+            let r = c
+                .add_hotp(&server.admin_key, &format!("R-{i}"), seed.as_bytes())
+                .await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+        }
+        let attacker = "203.0.113.7";
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            let serial = format!("R-{i}");
+            let seed = format!("budget test seed {i:06}");
+            // A code that is certainly wrong for this token.
+            let right = hotp(seed.as_bytes(), 0, 6);
+            let wrong = if right == "000000" {
+                "000001"
+            } else {
+                "000000"
+            };
+            let body = json!({"token": serial, "code": wrong, "client": attacker});
+            let r = c.post("/v1/verify", &server.verify_key, body).await;
+            statuses.push((r.status, r.retry_after));
+        }
+        assert!(
+            statuses[..20].iter().all(|(s, _)| *s == 200),
+            "{statuses:?}"
+        );
+        assert!(
+            statuses[20..].iter().all(|(s, _)| *s == 429),
+            "{statuses:?}"
+        );
+        for (_, retry_after) in &statuses[20..] {
+            let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+            assert!((1..=3).contains(&seconds), "{statuses:?}");
+        }
+        let r = c
+            .post(
+                "/v1/verify",
+                &server.verify_key,
+                json!({"token": "R-39", "code": "000000", "client": attacker}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.str("error")),
+            (429, "rate_limited"),
+            "{:?}",
+            r.body
+        );
+        // Checked codes counted against their tokens; refused ones against none.
+        for i in [0, 19, 20, 39] {
+            let r = c
+                .get(&format!("/v1/tokens/R-{i}"), Some(&server.admin_key))
+                .await;
+            let want = if i < 20 { 1 } else { 0 };
+            assert_eq!(r.body["failures"], json!(want), "R-{i}: {:?}", r.body);
+        }
+        // Another client, and a backend that names none, are not held back.
+        let r = c.add_hotp(&server.admin_key, "GOOD-1", SEED).await;
+        assert_eq!(r.status, 201);
+        let r = c
+            .post(
+                "/v1/verify",
+                &server.verify_key,
+                json!({"token": "GOOD-1", "code": hotp(SEED, 0, 6), "client": "198.51.100.2"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.str("result")),
+            (200, "accepted"),
+            "{:?}",
+            r.body
+        );
+        let r = c
+            .verify(&server.verify_key, "GOOD-1", &hotp(SEED, 1, 6))
+            .await;
+        assert_eq!(
+            (r.status, r.str("result")),
+            (200, "accepted"),
+            "{:?}",
+            r.body
+        );
+        let metrics = c.metrics().await;
+        assert!(
+            metrics.contains("codereader_verifies_total{outcome=\"rate_limited\"} 21\n"),
+            "{metrics}"
+        );
+    });
+}
+
+/// The other answers to the attack, as `serve` options: unknown serials answered exactly
+/// like a wrong code, a growing delay per token, and temporary locks that double.
+#[test]
+fn unknown_serials_delays_and_temporary_locks_through_the_server() {
+    const SEED: &[u8] = b"options test seed 00001";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = Server::start_with(None, &["--unknown-as-rejected"]);
+        let c = server.client();
+        let r = c.add_hotp(&server.admin_key, "K-1", SEED).await;
+        assert_eq!(r.status, 201);
+        let wrong = if hotp(SEED, 0, 6) == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        let known = c.verify(&server.verify_key, "K-1", wrong).await;
+        let unknown = c.verify(&server.verify_key, "NO-SUCH-1", wrong).await;
+        assert_eq!(
+            (known.status, &known.body),
+            (200, &json!({"result": "rejected"}))
+        );
+        assert_eq!((unknown.status, &unknown.body), (known.status, &known.body));
+
+        let server = Server::start_with(None, &["--failure-delay-s", "30"]);
+        let c = server.client();
+        c.add_hotp(&server.admin_key, "D-1", SEED).await;
+        let r = c.verify(&server.verify_key, "D-1", wrong).await;
+        assert_eq!(r.str("result"), "rejected", "{:?}", r.body);
+        let r = c.verify(&server.verify_key, "D-1", &hotp(SEED, 0, 6)).await;
+        assert_eq!(r.str("result"), "too_soon", "{:?}", r.body);
+
+        let server = Server::start_with(None, &["--lock-period-s", "600"]);
+        let c = server.client();
+        c.add_hotp(&server.admin_key, "L-1", SEED).await;
+        for _ in 0..3 {
+            c.verify(&server.verify_key, "L-1", wrong).await;
+        }
+        let r = c.verify(&server.verify_key, "L-1", &hotp(SEED, 0, 6)).await;
+        assert_eq!(r.str("result"), "locked", "{:?}", r.body);
+        let until = r.body["until"].as_u64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!((now + 590..=now + 601).contains(&until), "{until} vs {now}");
+    });
+}

@@ -39,7 +39,7 @@ fn endpoints() -> Vec<Endpoint> {
             name: "verify",
             path: "/v1/verify",
             key_is_admin: false,
-            body: json!({"token": "T-1", "code": CODE}),
+            body: json!({"token": "T-1", "code": CODE, "client": "192.0.2.1"}),
             required: &["code"],
         },
         Endpoint {
@@ -162,6 +162,7 @@ fn must_not_repeat(name: &str) -> bool {
 
 /// Field names the API knows, per request type (all of them: `deny_unknown_fields`).
 const KNOWN: &[&str] = &[
+    "client",
     "token",
     "user",
     "code",

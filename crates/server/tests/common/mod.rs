@@ -235,6 +235,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub content_type: String,
+    /// The Retry-After header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -291,6 +293,11 @@ impl Conn {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.into_body().collect().await?.to_bytes();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -298,6 +305,7 @@ impl Conn {
             status,
             body,
             content_type,
+            retry_after,
         })
     }
 
