@@ -364,7 +364,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         runtime.worker_threads(n.max(1));
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let shutdown = http::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -389,7 +389,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         .context("server failed")?;
         eprintln!("codereader-verifier: stopped");
         Ok(())
-    })
+    });
+    // A store call still running past the grace period (a query stuck on a lock, say) must
+    // not keep the process from exiting: dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 /// A doubling wait from `base` seconds up to `max` (0: none).

@@ -520,3 +520,40 @@ fn unknown_serials_delays_and_temporary_locks_through_the_server() {
         assert!((now + 590..=now + 601).contains(&until), "{until} vs {now}");
     });
 }
+
+/// Draining has an end: a store call stuck past the request timeout (another session holds
+/// a lock on the tokens) no longer keeps the process from exiting after SIGTERM.
+#[test]
+fn sigterm_exits_0_while_a_store_call_is_stuck() {
+    const SEED: &[u8] = b"stuck store test seed 01";
+    let pg = TempPostgres::start().unwrap();
+    let mut server = Server::start_with(Some(&pg.url()), &["--request-timeout-ms", "300"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c = server.client();
+    let r = runtime.block_on(c.add_hotp(&server.admin_key, "S-1", SEED));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let url = pg.url();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let r = runtime.block_on(c.verify(&server.verify_key, "S-1", &hotp(SEED, 0, 6)));
+    assert_eq!((r.status, r.str("error")), (503, "timeout"), "{:?}", r.body);
+    let started = Instant::now();
+    let status = server.terminate();
+    let took = started.elapsed();
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
