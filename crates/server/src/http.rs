@@ -121,6 +121,8 @@ pub struct AppState {
     metrics: Metrics,
     store_calls: Arc<Semaphore>,
     queued_verifies: Arc<Semaphore>,
+    /// Least time a `rejected` verification takes to answer (zero: no floor).
+    rejected_floor: Duration,
 }
 
 /// Most verifications handed to a store's own thread and not answered yet; more wait (holding
@@ -139,7 +141,19 @@ impl AppState {
             metrics: Metrics::default(),
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
             queued_verifies: Arc::new(Semaphore::new(MAX_QUEUED_VERIFIES)),
+            rejected_floor: Duration::ZERO,
         }
+    }
+
+    /// Makes every `rejected` verification take at least `floor` to answer, waiting
+    /// without holding a thread. With unknown serials answered like wrong codes, the store
+    /// work still differs (a wrong code updates its token, an unknown serial only writes an
+    /// audit line: 1.9 against 1.25 ms on SQLite in a debug build), so without a floor
+    /// above that difference the time would tell them apart.
+    #[must_use]
+    pub fn with_rejected_floor(mut self, floor: Duration) -> Self {
+        self.rejected_floor = floor;
+        self
     }
 
     /// The server's counters.
@@ -608,6 +622,9 @@ async fn verify(
         .record_verify(decision.label(), started.elapsed());
     if let Decision::RateLimited { retry_at } = decision {
         return Err(rate_limited(retry_at));
+    }
+    if matches!(decision, Decision::Rejected { .. }) {
+        tokio::time::sleep_until((started + state.rejected_floor).into()).await;
     }
     Ok(axum::Json(wire::decision(&decision)))
 }

@@ -134,6 +134,11 @@ struct ServeArgs {
     /// which serials exist.
     #[arg(long)]
     unknown_as_rejected: bool,
+    /// With `--unknown-as-rejected`: the least time, in milliseconds, any `rejected`
+    /// verification takes to answer, so that the time does not tell unknown serials from
+    /// known ones either (their store work differs by about a millisecond).
+    #[arg(long, default_value_t = 50)]
+    rejected_floor_ms: u64,
     /// SQLite: fsync only at checkpoints (`synchronous=NORMAL`). Commits survive a crash of
     /// the process but the last ones may be lost on power failure, so a just-accepted code
     /// could be accepted again after a reboot. Off by default.
@@ -370,7 +375,15 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let state = Arc::new(AppState::new(Arc::new(library), keys, store_concurrency));
+        let rejected_floor = if args.unknown_as_rejected {
+            Duration::from_millis(args.rejected_floor_ms)
+        } else {
+            Duration::ZERO
+        };
+        let state = Arc::new(
+            AppState::new(Arc::new(library), keys, store_concurrency)
+                .with_rejected_floor(rejected_floor),
+        );
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
         {
