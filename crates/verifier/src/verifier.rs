@@ -278,8 +278,10 @@ impl Verifier {
         }
     }
 
-    /// Until when a temporary lock holds `state`, if it does.
-    fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
+    /// Under [`Policy::temporary_lock`], until when the lock of a token in `state` lasts
+    /// (which may be past already); `None` when it has no temporary lock. A token locked
+    /// this way keeps `locked_at` empty: the lock follows from its failures.
+    pub fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
         let lock = self.policy.temporary_lock?;
         let last = state.last_failure_at?;
         let over = state.failures.checked_sub(self.policy.max_failures)?;

@@ -367,10 +367,21 @@ impl Library {
         }
     }
 
+    /// [`view`], showing a temporary lock that still holds as a lock since the last failure.
+    fn view_now(&self, info: TokenInfo) -> TokenView {
+        let until = self.verifier.temporary_lock_until(&info.state);
+        let last_failure = info.state.last_failure_at;
+        let mut shown = view(info);
+        if until.is_some_and(|until| now() < until) {
+            shown.locked_at = last_failure.map(|t| t.0);
+        }
+        shown
+    }
+
     fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
         self.verifier
             .show(Subject::Token(serial))?
-            .map(view)
+            .map(|info| self.view_now(info))
             .ok_or_else(|| ServiceError::NotFound {
                 serial: serial.to_string(),
             })
@@ -512,7 +523,7 @@ impl TokenService for Library {
             let page = self.verifier.list(after.as_ref(), PAGE)?;
             let full = page.len() == PAGE;
             after = page.last().map(|t| t.id.clone());
-            all.extend(page.into_iter().map(view));
+            all.extend(page.into_iter().map(|info| self.view_now(info)));
             if !full {
                 return Ok(all);
             }

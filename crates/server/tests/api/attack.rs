@@ -528,6 +528,16 @@ fn unknown_serials_delays_and_temporary_locks_through_the_server() {
             .unwrap()
             .as_secs();
         assert!((now + 590..=now + 601).contains(&until), "{until} vs {now}");
+        let r = c.get("/v1/tokens/L-1", Some(&server.admin_key)).await;
+        assert_eq!(r.body["locked"], json!(true), "{:?}", r.body);
+        assert_eq!(r.body["failures"], json!(3), "{:?}", r.body);
+        // An administrator's unlock ends it at once.
+        let r = c
+            .post("/v1/tokens/L-1/unlock", &server.admin_key, json!({}))
+            .await;
+        assert_eq!(r.body["locked"], json!(false), "{:?}", r.body);
+        let r = c.verify(&server.verify_key, "L-1", &hotp(SEED, 0, 6)).await;
+        assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     });
 }
 
