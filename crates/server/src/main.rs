@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::Kek;
+use codereader_verifier::{ClientBudget, FailureDelay, Kek};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
+use codereader_verifier_server::connections::{self, ConnLimits};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
 use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
@@ -75,6 +76,22 @@ struct ServeArgs {
     /// Longest time one request may take, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// Longest time a request body may take to arrive after its head, in milliseconds; a
+    /// body still incomplete then (shorter than its Content-Length) is a 408.
+    #[arg(long, default_value_t = 5_000)]
+    body_timeout_ms: u64,
+    /// Longest time a request head may take to arrive, from its first byte (from the
+    /// connection being accepted, for its first request), in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    head_timeout_ms: u64,
+    /// Longest time a kept-alive connection may stay silent after an answer, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// Most client connections held at once. Default: what the descriptor limit leaves
+    /// beside the store's connections (the soft limit is first raised to the hard one).
+    /// Beyond it, a new connection closes the one that has waited longest for a request.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Threads running store calls (the store is blocking).
     #[arg(long, default_value_t = 64)]
     blocking_threads: usize,
@@ -90,6 +107,38 @@ struct ServeArgs {
     /// Consecutive failures that lock a token.
     #[arg(long, default_value_t = 3)]
     max_failures: u32,
+    /// Failed verifications a client (the request's `client`) may make per
+    /// `--client-window-s` before it gets 429 (0: no budget).
+    #[arg(long, default_value_t = 20)]
+    client_failures: u32,
+    /// The window of `--client-failures`, in seconds; the budget refills evenly over it.
+    #[arg(long, default_value_t = 60)]
+    client_window_s: u64,
+    /// After a token's first failure, refuse its next attempt (`too_soon`) for this many
+    /// seconds, doubling with each further failure (0: no delay).
+    #[arg(long, default_value_t = 0)]
+    failure_delay_s: u64,
+    /// The longest delay of `--failure-delay-s`, in seconds.
+    #[arg(long, default_value_t = 300)]
+    failure_delay_max_s: u64,
+    /// Make locks temporary: the first lasts this many seconds after the last failure, each
+    /// later one (one more failure after a lock ends) twice as long. 0 (the default): a
+    /// lock lasts until an administrator unlocks the token.
+    #[arg(long, default_value_t = 0)]
+    lock_period_s: u64,
+    /// The longest temporary lock, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    lock_period_max_s: u64,
+    /// Answer a verification for an unknown serial or user exactly like a wrong code
+    /// (`rejected`, then without `attempts_left` for every token), so answers do not tell
+    /// which serials exist.
+    #[arg(long)]
+    unknown_as_rejected: bool,
+    /// With `--unknown-as-rejected`: the least time, in milliseconds, any `rejected`
+    /// verification takes to answer, so that the time does not tell unknown serials from
+    /// known ones either (their store work differs by about a millisecond).
+    #[arg(long, default_value_t = 50)]
+    rejected_floor_ms: u64,
     /// SQLite: fsync only at checkpoints (`synchronous=NORMAL`). Commits survive a crash of
     /// the process but the last ones may be lost on power failure, so a just-accepted code
     /// could be accepted again after a reboot. Off by default.
@@ -296,13 +345,22 @@ fn serve(args: ServeArgs) -> Result<()> {
         // Every store call that may run at once keeps its read connection open.
         sqlite_connections: store_concurrency.max(1),
         key_cache: args.key_cache,
+        client_budget: (args.client_failures > 0).then_some(ClientBudget {
+            failures: args.client_failures,
+            window_seconds: args.client_window_s.max(1),
+        }),
+        failure_delay: doubling(args.failure_delay_s, args.failure_delay_max_s),
+        temporary_lock: doubling(args.lock_period_s, args.lock_period_max_s),
+        unknown_as_rejected: args.unknown_as_rejected,
     };
     let library = open_library(&args.store, config)?;
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
     };
+    let conn_limits = connection_limits(&args, store_concurrency, config);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime
         .enable_all()
@@ -311,13 +369,21 @@ fn serve(args: ServeArgs) -> Result<()> {
         runtime.worker_threads(n.max(1));
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let shutdown = http::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let state = Arc::new(AppState::new(Arc::new(library), keys, store_concurrency));
+        let rejected_floor = if args.unknown_as_rejected {
+            Duration::from_millis(args.rejected_floor_ms)
+        } else {
+            Duration::ZERO
+        };
+        let state = Arc::new(
+            AppState::new(Arc::new(library), keys, store_concurrency)
+                .with_rejected_floor(rejected_floor),
+        );
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
         {
@@ -325,17 +391,62 @@ fn serve(args: ServeArgs) -> Result<()> {
             writeln!(out, "codereader-verifier: listening on http://{local}")?;
             out.flush()?;
         }
-        http::serve(
+        connections::serve(
             listener,
             router,
             shutdown,
             limits.request_timeout + Duration::from_secs(5),
+            conn_limits,
         )
         .await
         .context("server failed")?;
         eprintln!("codereader-verifier: stopped");
         Ok(())
+    });
+    // A store call still running past the grace period (a query stuck on a lock, say) must
+    // not keep the process from exiting: dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+/// A doubling wait from `base` seconds up to `max` (0: none).
+fn doubling(base: u64, max: u64) -> Option<FailureDelay> {
+    (base > 0).then_some(FailureDelay {
+        base_seconds: base,
+        max_seconds: max.max(base),
     })
+}
+
+/// The connection deadlines, and the cap: what the descriptor limit (raised to its hard
+/// value) leaves beside the store's own descriptors, or `--max-connections` within that.
+fn connection_limits(
+    args: &ServeArgs,
+    store_concurrency: usize,
+    config: LibraryConfig,
+) -> ConnLimits {
+    let store_connections = match args.store.db.as_deref().map(DbSpec::parse) {
+        Some(Ok(DbSpec::Postgres(_))) => config.pg_connections,
+        _ => store_concurrency,
+    };
+    let reserved = connections::reserved_descriptors(store_connections);
+    let (budget, limit) = connections::descriptor_budget(reserved);
+    let max_connections = match args.max_connections {
+        Some(n) if n > budget => {
+            eprintln!(
+                "codereader-verifier: --max-connections {n} does not fit the descriptor limit \
+                 ({}); holding at most {budget}",
+                limit.map_or_else(|| "none".to_owned(), |l| l.to_string())
+            );
+            budget
+        }
+        Some(n) => n.max(1),
+        None => budget,
+    };
+    ConnLimits {
+        head_timeout: Duration::from_millis(args.head_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
+        max_connections,
+    }
 }
 
 /// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs

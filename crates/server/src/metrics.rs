@@ -8,8 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Outcome labels, in the order of the counters.
-pub const OUTCOMES: [&str; 7] = [
-    "accepted", "rejected", "locked", "replayed", "unknown", "disabled", "too_soon",
+pub const OUTCOMES: [&str; 8] = [
+    "accepted",
+    "rejected",
+    "locked",
+    "replayed",
+    "unknown",
+    "disabled",
+    "too_soon",
+    "rate_limited",
 ];
 
 /// Upper bounds of the latency histogram buckets, in seconds.

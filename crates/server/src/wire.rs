@@ -25,6 +25,9 @@ pub mod codes {
     pub const INVALID_ID: &str = "invalid_id";
     /// The body exceeds the size cap (413).
     pub const BODY_TOO_LARGE: &str = "body_too_large";
+    /// The body did not arrive within the body deadline, e.g. shorter than its
+    /// Content-Length (408).
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     /// The import body is neither JSON nor XML (415).
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     /// No such token (404).
@@ -37,6 +40,8 @@ pub mod codes {
     pub const STORE_UNAVAILABLE: &str = "store_unavailable";
     /// The request took longer than the server's per-request timeout (503).
     pub const TIMEOUT: &str = "timeout";
+    /// The client has spent its failure budget; see Retry-After (429).
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// A bug (500).
     pub const INTERNAL: &str = "internal";
     /// An otpauth URI that does not parse (400).
@@ -64,12 +69,14 @@ pub mod codes {
         INVALID_CODE,
         INVALID_ID,
         BODY_TOO_LARGE,
+        BODY_TIMEOUT,
         UNSUPPORTED_MEDIA_TYPE,
         UNKNOWN_TOKEN,
         NOT_FOUND,
         METHOD_NOT_ALLOWED,
         STORE_UNAVAILABLE,
         TIMEOUT,
+        RATE_LIMITED,
         INTERNAL,
         INVALID_URI,
         INVALID_SECRET,
@@ -91,6 +98,9 @@ pub struct VerifyRequest {
     pub user: Option<String>,
     /// The typed code.
     pub code: String,
+    /// Whom the attempt comes from, as the backend saw it (the end user's address, say):
+    /// failures are budgeted per client.
+    pub client: Option<String>,
 }
 
 /// `POST /v1/tokens`: enrol from a URI or from parameters.
@@ -160,9 +170,15 @@ pub fn decision(decision: &Decision) -> Value {
             };
             json!({"result": result, "token": token, name: value, "drift": drift})
         }
-        Decision::Rejected { attempts_left } => {
+        Decision::Rejected {
+            attempts_left: Some(attempts_left),
+        } => {
             json!({"result": result, "attempts_left": attempts_left})
         }
+        Decision::Rejected {
+            attempts_left: None,
+        } => json!({"result": result}),
+        Decision::RateLimited { retry_at } => json!({"result": result, "retry_at": retry_at}),
         Decision::Locked { until } => json!({"result": result, "until": until}),
         Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
         Decision::Replayed | Decision::Unknown | Decision::Disabled => json!({"result": result}),

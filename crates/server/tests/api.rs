@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "api/attack.rs"]
+mod attack;
 #[path = "api/bodies.rs"]
 mod bodies;
 #[path = "api/cli.rs"]

@@ -62,6 +62,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod keycache;
 mod outcome;
 mod policy;
@@ -73,6 +74,7 @@ pub mod testing;
 mod token;
 mod verifier;
 
+pub use crate::budget::{Admission, ClientBudget};
 pub use crate::outcome::{Accepted, Matched, Outcome};
 pub use crate::policy::{FailureDelay, Policy};
 pub use crate::seal::{Kek, Keyring, NONCE_LEN, SealError, SealedSeed};
@@ -81,7 +83,8 @@ pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 pub use crate::store::{AuditEvent, Store, StoreError, open_store};
 pub use crate::token::{
-    Caller, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState, UserId,
+    Caller, ClientId, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState,
+    UserId,
 };
 pub use crate::verifier::{
     Activation, Enrollment, ImportProblem, ImportReport, OwnedSubject, RotationReport, Subject,

@@ -67,6 +67,12 @@ pub enum Outcome {
     },
     /// No such token (or no token bound to that user).
     UnknownToken,
+    /// The client has used up its failure budget ([`crate::ClientBudget`]); the code was not
+    /// checked and no token was touched.
+    RateLimited {
+        /// The first time the client's next attempt is considered.
+        retry_at: UnixTime,
+    },
     /// The token was disabled by an administrator.
     Disabled,
 }
@@ -80,6 +86,12 @@ impl Outcome {
         }
     }
 
+    /// Whether it spends a client's failure budget: anything but an accepted code or the
+    /// replay of a right one (a double submit is not an attack).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Outcome::Accepted(_) | Outcome::Replayed)
+    }
+
     /// A short stable label, as written to the audit trail (where a failure is always
     /// "rejected", followed by a "lock" event when it locked the token).
     pub fn label(&self) -> &'static str {
@@ -91,6 +103,7 @@ impl Outcome {
             Outcome::Replayed => "replayed",
             Outcome::TooSoon { .. } => "too-soon",
             Outcome::UnknownToken => "unknown-token",
+            Outcome::RateLimited { .. } => "rate-limited",
             Outcome::Disabled => "disabled",
         }
     }

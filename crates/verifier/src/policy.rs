@@ -21,6 +21,19 @@ pub struct Policy {
     /// instant may all pass it; the lock (`max_failures`) is the hard limit, counted
     /// atomically.
     pub failure_delay: Option<FailureDelay>,
+    /// If set, a lock is temporary and doubles: once `max_failures` consecutive failures
+    /// are reached the token refuses codes for `base_seconds` after the last failure; after
+    /// that one attempt is let through, and each further failure locks it again for twice as
+    /// long (at most `max_seconds`), until a right code or an administrator clears the
+    /// count. Default: none (the lock is permanent unless `auto_unlock_after` says otherwise;
+    /// MitID-style). Like the delay, it is checked against the state read before the
+    /// attempt; every failure is counted atomically.
+    pub temporary_lock: Option<FailureDelay>,
+    /// Answer a verification for an unknown serial or user exactly like a wrong code
+    /// ([`crate::Outcome::Rejected`], after a window's worth of code computations), so that
+    /// answers do not tell which serials exist. The audit trail still says `unknown-token`.
+    /// Default: off.
+    pub unknown_as_rejected: bool,
     /// Resync, TOTP: steps either side of the current step searched for two consecutive codes.
     /// Default 2880 (±24 h at 30 s).
     pub resync_totp_window: u32,
@@ -36,6 +49,8 @@ impl Default for Policy {
             max_failures: 3,
             auto_unlock_after: None,
             failure_delay: None,
+            temporary_lock: None,
+            unknown_as_rejected: false,
             resync_totp_window: 2880,
             resync_hotp_look_ahead: 100,
         }
@@ -73,6 +88,18 @@ impl Policy {
         self.failure_delay = delay;
         self
     }
+    /// Sets [`Policy::temporary_lock`].
+    #[must_use]
+    pub fn with_temporary_lock(mut self, lock: Option<FailureDelay>) -> Self {
+        self.temporary_lock = lock;
+        self
+    }
+    /// Sets [`Policy::unknown_as_rejected`].
+    #[must_use]
+    pub fn with_unknown_as_rejected(mut self, on: bool) -> Self {
+        self.unknown_as_rejected = on;
+        self
+    }
     /// Sets the resync ranges.
     #[must_use]
     pub fn with_resync(mut self, totp_steps: u32, hotp_counters: u32) -> Self {
@@ -82,8 +109,10 @@ impl Policy {
     }
 }
 
-/// After `n` consecutive failures, the next attempt is refused until
-/// `base_seconds * 2^(n-1)` seconds (at most `max_seconds`) have passed since the last failure.
+/// A doubling wait. As [`Policy::failure_delay`]: after `n` consecutive failures, the next
+/// attempt is refused until `base_seconds * 2^(n-1)` seconds (at most `max_seconds`) have
+/// passed since the last failure. As [`Policy::temporary_lock`]: the `k`-th lock lasts
+/// `base_seconds * 2^(k-1)` seconds (at most `max_seconds`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureDelay {
     /// The delay after the first failure.

@@ -114,6 +114,13 @@ id_type!(
 );
 
 id_type!(
+    /// Whom a verification came from, as the backend saw it (the end user's address, say):
+    /// the key of a [`crate::ClientBudget`].
+    ClientId,
+    "client id"
+);
+
+id_type!(
     /// The name of a key-encryption key; stored beside every seal so keys can be rotated.
     KeyId,
     "key id"

@@ -7,18 +7,22 @@
 //! locked, disabled), so concurrent callers never both win.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
 
+use crate::budget::{Admission, Budgets, ClientBudget};
 use crate::keycache::KeyCache;
 use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
 use crate::seal::{Keyring, SealError, SealedSeed};
 use crate::store::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
-use crate::token::{Caller, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
+use crate::token::{
+    Caller, ClientId, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId,
+};
 
 /// Why an operation could not be carried out. Outcomes of verification (a wrong code, a locked
 /// token) are not errors: see [`Outcome`]. Never carries codes or seeds.
@@ -194,6 +198,7 @@ pub struct Verifier {
     keyring: Keyring,
     policy: Policy,
     keys: Option<KeyCache>,
+    budgets: Option<Arc<Budgets>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -237,7 +242,52 @@ impl Verifier {
             keyring,
             policy,
             keys: None,
+            budgets: None,
         }
+    }
+
+    /// Budgets the failed attempts of each client ([`Verifier::admit`]); `None` (the
+    /// default) budgets nothing.
+    #[must_use]
+    pub fn with_client_budget(mut self, budget: Option<ClientBudget>) -> Self {
+        self.budgets = budget.map(Budgets::new);
+        self
+    }
+
+    /// Takes one attempt from `client`'s failure budget at `now`, before the attempt is made;
+    /// settle the [`Admission`] with the attempt's outcome. A client that has spent its
+    /// budget gets [`Outcome::RateLimited`]: make no attempt then (its code is not checked
+    /// and no token is touched). Without a budget or a client, everyone is admitted.
+    ///
+    /// # Errors
+    /// [`Outcome::RateLimited`], the client's answer.
+    pub fn admit(&self, client: Option<&ClientId>, now: UnixTime) -> Result<Admission, Outcome> {
+        match (&self.budgets, client) {
+            (Some(budgets), Some(client)) => Admission::take(budgets, client, now),
+            _ => Ok(Admission::free()),
+        }
+    }
+
+    /// The failure count the store locks at: the policy's, or never when locks are
+    /// temporary (the gate then decides from the count and the time of the last failure).
+    fn store_max_failures(&self) -> u32 {
+        if self.policy.temporary_lock.is_some() {
+            u32::MAX
+        } else {
+            self.policy.max_failures
+        }
+    }
+
+    /// Under [`Policy::temporary_lock`], until when the lock of a token in `state` lasts
+    /// (which may be past already); `None` when it has no temporary lock. A token locked
+    /// this way keeps `locked_at` empty: the lock follows from its failures.
+    pub fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
+        let lock = self.policy.temporary_lock?;
+        let last = state.last_failure_at?;
+        let over = state.failures.checked_sub(self.policy.max_failures)?;
+        Some(UnixTime(
+            last.0.saturating_add(lock.after(over.saturating_add(1))),
+        ))
     }
 
     /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
@@ -387,7 +437,15 @@ impl Verifier {
         if !state.enabled {
             return Ok(Some(Outcome::Disabled));
         }
+        if let Some(until) = self.temporary_lock_until(state) {
+            if now < until {
+                return Ok(Some(Outcome::Locked { until: Some(until) }));
+            }
+        }
         let locked_at = state.locked_at.or_else(|| {
+            if self.policy.temporary_lock.is_some() {
+                return None;
+            }
             // A policy lowered since the failures were counted: treat as locked now.
             (state.failures >= self.policy.max_failures).then_some(state.last_failure_at?)
         });
@@ -444,7 +502,7 @@ impl Verifier {
             now,
             caller,
         );
-        match store.record_failure(&record.id, now, self.policy.max_failures, &audit)? {
+        match store.record_failure(&record.id, now, self.store_max_failures(), &audit)? {
             Some(failures) => {
                 let attempts_left = self.policy.max_failures.saturating_sub(failures);
                 if attempts_left == 0 {
@@ -545,9 +603,30 @@ impl Verifier {
             let outcome = Outcome::UnknownToken;
             let audit = Self::audit(token, user, "verify", outcome.label(), now, caller);
             store.append_audit(&audit)?;
+            if self.policy.unknown_as_rejected {
+                return Ok(self.as_if_rejected(code));
+            }
             return Ok(outcome);
         };
         self.check(store, record, code, None, now, caller)
+    }
+
+    /// The answer to an unknown serial under [`Policy::unknown_as_rejected`]: a wrong code's,
+    /// after as many code computations as a HOTP token's window (with a throw-away key), so
+    /// that neither the answer nor its time tells that no such token exists.
+    fn as_if_rejected(&self, code: &Code) -> Outcome {
+        let digits = u32::try_from(code.as_str().len())
+            .ok()
+            .and_then(|n| codereader_otp::Digits::new(n).ok())
+            .unwrap_or(codereader_otp::Digits::SIX);
+        if let Ok(secret) = Secret::new(vec![0x5a; 20], KeyPolicy::Rfc4226) {
+            let hotp = Hotp::new(&secret, codereader_otp::Algorithm::Sha1, digits);
+            let hi = 1 + u64::from(self.policy.hotp_look_ahead);
+            std::hint::black_box(scan(&hotp, code, 0, hi, 1));
+        }
+        Outcome::Rejected {
+            attempts_left: self.policy.max_failures.saturating_sub(1),
+        }
     }
 
     fn check(
@@ -574,7 +653,7 @@ impl Verifier {
                     lowest: value,
                     accepted: value,
                     drift,
-                    max_failures: self.policy.max_failures,
+                    max_failures: self.store_max_failures(),
                     unlock: false,
                     bind: bind.cloned(),
                 };
@@ -727,7 +806,7 @@ impl Verifier {
             lowest: value,
             accepted,
             drift,
-            max_failures: self.policy.max_failures,
+            max_failures: self.store_max_failures(),
             unlock: true,
             bind: None,
         };

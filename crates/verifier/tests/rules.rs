@@ -243,6 +243,101 @@ fn growing_delay(make: Factory<'_>) {
     accepted(&verify(&v, &t, &code(5, step(at(6))), at(6)));
 }
 
+/// A temporary lock: after 3 failures, 60 s; then one attempt, and each further failure
+/// locks it for twice as long (capped); a right code clears it. Nothing touches `locked_at`.
+fn temporary_doubling_lock(make: Factory<'_>) {
+    let lock = FailureDelay {
+        base_seconds: 60,
+        max_seconds: 200,
+    };
+    let v = make(Policy::default().with_temporary_lock(Some(lock)));
+    let t = enroll(&v, "T", 11, hotp_params(), 0);
+    let at = |s: u64| UnixTime(NOW.0 + s);
+    let wrong = wrong_code(11, 0);
+    for left in [2, 1, 0] {
+        assert_eq!(
+            verify(&v, &t, &wrong, NOW),
+            Outcome::Rejected {
+                attempts_left: left
+            }
+        );
+    }
+    // Locked 60 s: even the right code is refused and not counted.
+    assert_eq!(
+        verify(&v, &t, &code(11, 0), at(59)),
+        Outcome::Locked {
+            until: Some(at(60))
+        }
+    );
+    assert_eq!(failures(&v, &t), 3);
+    // One more failure after it: locked twice as long, then four times, capped at 200 s.
+    assert_eq!(
+        verify(&v, &t, &wrong, at(60)),
+        Outcome::Rejected { attempts_left: 0 }
+    );
+    assert_eq!(
+        verify(&v, &t, &wrong, at(179)),
+        Outcome::Locked {
+            until: Some(at(180))
+        }
+    );
+    verify(&v, &t, &wrong, at(180));
+    assert_eq!(
+        verify(&v, &t, &wrong, at(181)),
+        Outcome::Locked {
+            until: Some(at(380))
+        }
+    );
+    verify(&v, &t, &wrong, at(380));
+    assert_eq!(
+        verify(&v, &t, &wrong, at(381)),
+        Outcome::Locked {
+            until: Some(at(580))
+        }
+    );
+    assert_eq!(failures(&v, &t), 6);
+    assert_eq!(
+        v.show(Subject::Token(&t)).unwrap().unwrap().state.locked_at,
+        None
+    );
+    // The right code after the lock clears everything.
+    accepted(&verify(&v, &t, &code(11, 0), at(580)));
+    assert_eq!(failures(&v, &t), 0);
+    assert_eq!(
+        verify(&v, &t, &wrong, at(581)),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    // The default stays the permanent lock.
+    let p = make(Policy::default());
+    let u = enroll(&p, "U", 12, hotp_params(), 0);
+    for _ in 0..3 {
+        verify(&p, &u, &wrong_code(12, 0), NOW);
+    }
+    assert_eq!(
+        verify(&p, &u, &code(12, 0), UnixTime(NOW.0 + 1_000_000)),
+        Outcome::Locked { until: None }
+    );
+}
+
+/// Unknown serials and users can answer like a wrong code; the trail still tells them apart.
+fn unknown_answered_as_rejected(make: Factory<'_>) {
+    let v = make(Policy::default().with_unknown_as_rejected(true));
+    let t = enroll(&v, "T", 13, hotp_params(), 0);
+    let wrong = wrong_code(13, 0);
+    let known = verify(&v, &t, &wrong, NOW);
+    let unknown = verify(&v, &id("missing"), &wrong, NOW);
+    assert_eq!(known, unknown);
+    assert_eq!(unknown, Outcome::Rejected { attempts_left: 2 });
+    let nobody = UserId::new("nobody").unwrap();
+    assert_eq!(
+        v.verify(Subject::User(&nobody), &code(13, 0), NOW, &caller())
+            .unwrap(),
+        Outcome::Rejected { attempts_left: 2 }
+    );
+    let trail = v.audit_trail(&id("missing"), 10).unwrap();
+    assert_eq!(trail.last().unwrap().outcome, "unknown-token");
+}
+
 fn resync_totp_and_hotp(make: Factory<'_>) {
     let v = make(Policy::default());
     let t = enroll(&v, "T", 6, totp_params(), 0);
@@ -642,6 +737,8 @@ const RULES: &[Rule] = &[
     ("audit_outlives_token", audit_trail_outlives_the_token),
     ("rotation", rotation_reseals_every_seed),
     ("import", import_pskc_and_otpauth),
+    ("temporary_lock", temporary_doubling_lock),
+    ("unknown_as_rejected", unknown_answered_as_rejected),
 ];
 
 fn run_all(make: Factory<'_>) {

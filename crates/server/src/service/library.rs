@@ -11,10 +11,10 @@ use codereader_otp::{
     Algorithm, Code, Counter, Digits, KeyPolicy, KeyUri, Period, Secret, UnixTime,
 };
 use codereader_verifier::{
-    Activation, Caller, Durability, Enrollment as LibEnrollment, Kek, Keyring,
-    Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy, SqliteOptions, SqliteStore,
-    Store, StoreError, Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier,
-    VerifyError,
+    Activation, Caller, ClientBudget, ClientId, Durability, Enrollment as LibEnrollment,
+    FailureDelay, Kek, Keyring, Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy,
+    SqliteOptions, SqliteStore, Store, StoreError, Subject, TokenId, TokenInfo, TokenKind,
+    TokenParams, UserId, Verifier, VerifyError,
 };
 
 use super::{
@@ -75,6 +75,15 @@ pub struct LibraryConfig {
     /// the seal and the key schedule on every verification; the server holds the
     /// key-encryption key in memory anyway.
     pub key_cache: usize,
+    /// Failed verifications allowed per client (`None`: no budget).
+    pub client_budget: Option<ClientBudget>,
+    /// The growing delay between attempts after failures, per token (`None`: none).
+    pub failure_delay: Option<FailureDelay>,
+    /// Locks that end by themselves, each twice as long as the one before (`None`: a lock
+    /// lasts until an administrator unlocks).
+    pub temporary_lock: Option<FailureDelay>,
+    /// Answer unknown serials and users exactly like a wrong code.
+    pub unknown_as_rejected: bool,
 }
 
 impl Default for LibraryConfig {
@@ -85,6 +94,10 @@ impl Default for LibraryConfig {
             pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
             sqlite_connections: SqliteOptions::default().max_idle,
             key_cache: 0,
+            client_budget: None,
+            failure_delay: None,
+            temporary_lock: None,
+            unknown_as_rejected: false,
         }
     }
 }
@@ -191,7 +204,9 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
             },
             drift: a.drift(),
         },
-        Outcome::Rejected { attempts_left } => Decision::Rejected { attempts_left },
+        Outcome::Rejected { attempts_left } => Decision::Rejected {
+            attempts_left: Some(attempts_left),
+        },
         Outcome::Locked { until } => Decision::Locked {
             until: until.map(|t| t.0),
         },
@@ -200,6 +215,9 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
             retry_at: retry_at.0,
         },
         Outcome::UnknownToken => Decision::Unknown,
+        Outcome::RateLimited { retry_at } => Decision::RateLimited {
+            retry_at: retry_at.0,
+        },
         Outcome::Disabled => Decision::Disabled,
         other => {
             return Err(ServiceError::Internal(format!(
@@ -267,10 +285,16 @@ impl Library {
         for kek in older {
             keyring = keyring.with_older(kek);
         }
-        let policy = Policy::default().with_max_failures(config.max_failures);
+        let policy = Policy::default()
+            .with_max_failures(config.max_failures)
+            .with_failure_delay(config.failure_delay)
+            .with_temporary_lock(config.temporary_lock)
+            .with_unknown_as_rejected(config.unknown_as_rejected);
         Ok(Library {
             verifier: Arc::new(
-                Verifier::new(store, keyring, policy).with_key_cache(config.key_cache),
+                Verifier::new(store, keyring, policy)
+                    .with_key_cache(config.key_cache)
+                    .with_client_budget(config.client_budget),
             ),
         })
     }
@@ -343,10 +367,21 @@ impl Library {
         }
     }
 
+    /// [`view`], showing a temporary lock that still holds as a lock since the last failure.
+    fn view_now(&self, info: TokenInfo) -> TokenView {
+        let until = self.verifier.temporary_lock_until(&info.state);
+        let last_failure = info.state.last_failure_at;
+        let mut shown = view(info);
+        if until.is_some_and(|until| now() < until) {
+            shown.locked_at = last_failure.map(|t| t.0);
+        }
+        shown
+    }
+
     fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
         self.verifier
             .show(Subject::Token(serial))?
-            .map(view)
+            .map(|info| self.view_now(info))
             .ok_or_else(|| ServiceError::NotFound {
                 serial: serial.to_string(),
             })
@@ -355,6 +390,21 @@ impl Library {
 
 impl TokenService for Library {
     fn verify_then(&self, target: Target, code: Code, caller: &str, done: Done) {
+        self.verify_from(target, code, caller, None, done);
+    }
+
+    fn verify_from(
+        &self,
+        target: Target,
+        code: Code,
+        caller: &str,
+        client: Option<&str>,
+        done: Done,
+    ) {
+        let client = match client.map(ClientId::new).transpose() {
+            Ok(client) => client,
+            Err(e) => return done(Err(invalid(codes::INVALID_ID, e.to_string()))),
+        };
         let subject = (|| -> Result<OwnedSubject, ServiceError> {
             Ok(match &target {
                 Target::Token(serial) => OwnedSubject::Token(token_id(serial)?),
@@ -365,9 +415,24 @@ impl TokenService for Library {
             (Ok(subject), Ok(caller)) => (subject, caller),
             (Err(e), _) | (_, Err(e)) => return done(Err(e)),
         };
+        let now = now();
+        let admission = match self.verifier.admit(client.as_ref(), now) {
+            Ok(admission) => admission,
+            Err(refusal) => return done(decision(refusal)),
+        };
+        // Unknown serials answered like wrong codes: then no answer says how many attempts
+        // are left either, or a count that never goes down would give them away.
+        let hide_attempts = self.verifier.policy().unknown_as_rejected;
         self.verifier
-            .verify_then(subject, code, now(), caller, move |result| {
-                done(result.map_err(ServiceError::from).and_then(decision));
+            .verify_then(subject, code, now, caller, move |result| {
+                admission.settle(result.as_ref().ok());
+                let answer = result.map_err(ServiceError::from).and_then(decision);
+                done(answer.map(|d| match d {
+                    Decision::Rejected { .. } if hide_attempts => Decision::Rejected {
+                        attempts_left: None,
+                    },
+                    other => other,
+                }));
             });
     }
 
@@ -458,7 +523,7 @@ impl TokenService for Library {
             let page = self.verifier.list(after.as_ref(), PAGE)?;
             let full = page.len() == PAGE;
             after = page.last().map(|t| t.id.clone());
-            all.extend(page.into_iter().map(view));
+            all.extend(page.into_iter().map(|info| self.view_now(info)));
             if !full {
                 return Ok(all);
             }

@@ -44,8 +44,9 @@ pub enum Decision {
     },
     /// The code was wrong.
     Rejected {
-        /// Failures left before the token locks (0: it is now locked).
-        attempts_left: u32,
+        /// Failures left before the token locks (0: it is now locked); not told when unknown
+        /// serials are answered like wrong codes (it would tell them apart).
+        attempts_left: Option<u32>,
     },
     /// The token is locked.
     Locked {
@@ -63,6 +64,11 @@ pub enum Decision {
         /// When to try again (Unix seconds).
         retry_at: u64,
     },
+    /// The client has spent its failure budget; nothing was checked, no token touched.
+    RateLimited {
+        /// When the client may try again (Unix seconds).
+        retry_at: u64,
+    },
 }
 
 impl Decision {
@@ -76,6 +82,7 @@ impl Decision {
             Decision::Unknown => "unknown",
             Decision::Disabled => "disabled",
             Decision::TooSoon { .. } => "too_soon",
+            Decision::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -195,6 +202,18 @@ pub trait TokenService: Send + Sync + 'static {
     /// caller need not block a thread; otherwise it runs before returning, like
     /// [`TokenService::verify`].
     fn verify_then(&self, target: Target, code: Code, caller: &str, done: Done);
+
+    /// [`TokenService::verify_then`] for an attempt made on behalf of `client` (the end
+    /// user's address as the backend saw it, say): a client that has spent its failure
+    /// budget gets [`Decision::RateLimited`] without its code being checked.
+    fn verify_from(
+        &self,
+        target: Target,
+        code: Code,
+        caller: &str,
+        client: Option<&str>,
+        done: Done,
+    );
 
     /// Whether [`TokenService::verify_then`] returns before the work is done.
     fn verifies_in_background(&self) -> bool;

@@ -39,7 +39,7 @@ fn endpoints() -> Vec<Endpoint> {
             name: "verify",
             path: "/v1/verify",
             key_is_admin: false,
-            body: json!({"token": "T-1", "code": CODE}),
+            body: json!({"token": "T-1", "code": CODE, "client": "192.0.2.1"}),
             required: &["code"],
         },
         Endpoint {
@@ -97,6 +97,8 @@ enum Mutation {
     Duplicate(prop::sample::Index),
     /// A field that is not part of the API.
     Unknown(String, Value),
+    /// A field set to an object whose one key is not part of the API.
+    NestedUnknown(prop::sample::Index, String),
     /// A field left out.
     Missing(prop::sample::Index),
     /// Not a JSON object at all: random bytes.
@@ -131,14 +133,36 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         2 => (index(), "\\PC{0,40}").prop_map(|(i, s)| Mutation::Odd(i, s)),
         1 => index().prop_map(Mutation::Duplicate),
         1 => ("[a-z_]{1,12}", other_value()).prop_map(|(k, v)| Mutation::Unknown(k, v)),
+        2 => (unknown_name(), other_value()).prop_map(|(k, v)| Mutation::Unknown(k, v)),
+        1 => (index(), unknown_name()).prop_map(|(i, k)| Mutation::NestedUnknown(i, k)),
         1 => index().prop_map(Mutation::Missing),
         1 => prop::collection::vec(any::<u8>(), 0..300).prop_map(Mutation::Bytes),
         1 => other_value().prop_filter("not an object", |v| !v.is_object()).prop_map(Mutation::NotObject),
     ]
 }
 
+/// Field names a caller may paste by mistake: codes, base32 secrets, anything.
+fn unknown_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(CODE.to_owned()),
+        "[0-9]{6,8}",
+        "[A-Z2-7]{16,32}",
+        "\\PC{1,24}",
+    ]
+}
+
+/// Whether a message that contains `name` must have repeated it: names of 6 characters or
+/// more that are not made of the words a message is written in.
+fn must_not_repeat(name: &str) -> bool {
+    name.chars().count() >= 6
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c == ' ')
+}
+
 /// Field names the API knows, per request type (all of them: `deny_unknown_fields`).
 const KNOWN: &[&str] = &[
+    "client",
     "token",
     "user",
     "code",
@@ -198,6 +222,7 @@ fn apply(endpoint: &Endpoint, mutation: &Mutation) -> (Vec<u8>, bool) {
             let unknown = !KNOWN.contains(&key.as_str());
             (with(key, value.clone()), unknown)
         }
+        Mutation::NestedUnknown(i, name) => (with(&pick(i), json!({ name.as_str(): 1 })), true),
         Mutation::Missing(i) => {
             let key = pick(i);
             let mut o = object.clone();
@@ -215,8 +240,9 @@ fn apply(endpoint: &Endpoint, mutation: &Mutation) -> (Vec<u8>, bool) {
     }
 }
 
-/// The strings a message must never repeat: codes and secrets the body held.
-fn sensitive(body: &[u8]) -> Vec<String> {
+/// The strings a message must never repeat: codes and secrets the body held, and names of
+/// fields that are not part of the API.
+fn sensitive(body: &[u8], mutation: &Mutation) -> Vec<String> {
     let mut out = vec![
         CODE.to_owned(),
         NEXT_CODE.to_owned(),
@@ -227,6 +253,11 @@ fn sensitive(body: &[u8]) -> Vec<String> {
         body.windows(s.len())
             .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
     });
+    if let Mutation::Unknown(name, _) | Mutation::NestedUnknown(_, name) = mutation {
+        if !KNOWN.contains(&name.as_str()) && must_not_repeat(name) {
+            out.push(name.clone());
+        }
+    }
     out
 }
 
@@ -272,7 +303,7 @@ fn mutated_bodies_get_a_json_4xx_and_lose_nothing() {
         runner
             .run(&mutation(), |mutation| {
                 let (body, certain) = apply(&endpoint, &mutation);
-                let secrets = sensitive(&body);
+                let secrets = sensitive(&body, &mutation);
                 let name = endpoint.name;
                 let reply = send("POST", endpoint.path, key, body).map_err(|e| {
                     TestCaseError::fail(format!("{name} {mutation:?}: connection failed: {e}"))
@@ -396,13 +427,87 @@ fn wrongly_typed_values_are_not_repeated() {
     let r = post(
         "/v1/verify",
         &server.verify_key,
-        json!({"token": "T-1", "code": "482915", "pin": 1}),
+        json!({"token": "T-1", "code": "482915", "digits": 1}),
     );
     assert!(
-        r.str("message").starts_with("unknown field `pin`"),
+        r.str("message")
+            .starts_with("unknown field (its name is not repeated), expected one of `token`"),
         "{:?}",
         r.body
     );
+}
+
+/// From an attack on the running service: a field name may be a code or a secret pasted in
+/// the wrong place, and the message named it ("unknown field `482915`"). No part of a name
+/// that is not a documented field comes back, on any endpoint; the documented names do.
+#[test]
+fn unknown_field_names_are_not_repeated() {
+    let server = Server::start(None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let post = |path: &str, key: &str, body: &[u8]| {
+        runtime.block_on(async {
+            let mut conn = Conn::open(server.addr).await.unwrap();
+            conn.send(
+                "POST",
+                path,
+                Some(key),
+                Some("application/json"),
+                body.to_vec(),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let secret = base32(b"a-new-seed-for-enrol!");
+    let names = [
+        CODE.to_owned(),
+        secret.clone(),
+        // A name built to look like the end of serde's own message.
+        format!("{CODE}`, expected one of `{CODE}"),
+        format!("{CODE}, there are no fields"),
+        // JSON escapes in the name (the body is raw text).
+        r#"p\u00e5-\"quoted\"-\u0000-name"#.to_owned(),
+    ];
+    for endpoint in endpoints() {
+        let key = if endpoint.key_is_admin {
+            &server.admin_key
+        } else {
+            &server.verify_key
+        };
+        for name in &names {
+            // A raw body, so that the name can be the issue's exact shape.
+            let mut body = endpoint.body.to_string();
+            body.pop();
+            body.push_str(&format!(",\"{name}\":\"\"}}"));
+            let r = post(endpoint.path, key, body.as_bytes());
+            assert_eq!(
+                (r.status, r.str("error")),
+                (400, "invalid_request"),
+                "{body}: {:?}",
+                r.body
+            );
+            let message = r.str("message");
+            assert!(
+                message.starts_with("unknown field (its name is not repeated), expected `")
+                    || message
+                        .starts_with("unknown field (its name is not repeated), expected one of `"),
+                "{message}"
+            );
+            assert!(message.contains(" at line 1 column "), "{message}");
+            for hidden in [CODE, secret.as_str(), "quoted", "there are no"] {
+                assert!(!message.contains(hidden), "{}: {message}", endpoint.name);
+            }
+        }
+    }
+    // The issue's own example, and a name that is only a code.
+    let r = post(
+        "/v1/verify",
+        &server.verify_key,
+        br#"{"token":"SN-1","482915":""}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.str("message").contains("482915"), "{:?}", r.body);
+    assert!(!r.body.to_string().contains("482915"), "{:?}", r.body);
 }
 
 /// Found by the barrage above: a counter or period that fits the API's unsigned 64 bits but

@@ -11,6 +11,7 @@ use codereader_verifier_server::wire::codes;
 use crate::common::{Conn, Server, base32};
 
 const FIELDS: &[&str] = &[
+    "client",
     "token",
     "user",
     "code",

@@ -37,6 +37,8 @@ pub struct Server {
     pub admin_key: String,
     args: Vec<String>,
     pub stderr: Arc<Mutex<String>>,
+    /// The descriptor limit (soft and hard) the server starts under, if not the test's own.
+    pub nofile: Option<u64>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -79,6 +81,10 @@ impl Server {
 
     /// A server on the state directory `dir` (which the caller keeps), with new API keys.
     pub fn start_in(dir: PathBuf, db: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_under(dir, db, extra, None)
+    }
+
+    fn start_under(dir: PathBuf, db: Option<&str>, extra: &[&str], nofile: Option<u64>) -> Server {
         let verify_key = create_key(&dir, "verify");
         let admin_key = create_key(&dir, "admin");
         let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
@@ -95,16 +101,38 @@ impl Server {
             admin_key,
             args,
             stderr: Arc::new(Mutex::new(String::new())),
+            nofile,
             _temp: None,
         };
         server.spawn();
         server
     }
 
+    /// Like [`Server::start_with`], the server running under a descriptor limit of `nofile`
+    /// (soft and hard, as `ulimit -n` sets them), the way systemd starts services with 1024.
+    pub fn start_with_nofile(nofile: u64, db: Option<&str>, extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("state");
+        let mut server = Self::start_under(dir, db, extra, Some(nofile));
+        server._temp = Some(temp);
+        server
+    }
+
     /// Starts the binary (again) with the same state and arguments.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(bin())
+        let mut command = match self.nofile {
+            // `exec` keeps the process id: signals reach the server itself.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = command
             .args(&self.args)
             .env("CODEREADER_STATE", &self.dir)
             .stdout(Stdio::piped())
@@ -207,6 +235,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub content_type: String,
+    /// The Retry-After header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -263,6 +293,11 @@ impl Conn {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.into_body().collect().await?.to_bytes();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -270,6 +305,7 @@ impl Conn {
             status,
             body,
             content_type,
+            retry_after,
         })
     }
 

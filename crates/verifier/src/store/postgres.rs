@@ -207,6 +207,41 @@ impl PgStore {
     }
 }
 
+impl Drop for PgStore {
+    /// Closes the pooled connections on a thread of their own. A `postgres::Client` says
+    /// goodbye to the server through a runtime of its own, which panics ("Cannot start a
+    /// runtime from within a runtime") on a thread that runs an async runtime, and the last
+    /// handle on a store shared by an async server may well go on such a thread while that
+    /// server shuts down; a panic there aborted the process. A new thread never runs one.
+    fn drop(&mut self) {
+        let pool = self.pool.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let idle = std::mem::take(&mut pool.idle);
+        if idle.is_empty() {
+            return;
+        }
+        let slot = std::sync::Arc::new(Mutex::new(Some(idle)));
+        let theirs = slot.clone();
+        let closer = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || {
+                let idle = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
+                drop(idle);
+            });
+        match closer {
+            Ok(thread) => {
+                // Closed before the store is gone, as callers expect of a drop.
+                let _ = thread.join();
+            }
+            Err(_) => {
+                // No thread to close them on: leave the sockets to the operating system
+                // rather than risk the panic (the process is most likely exiting).
+                let idle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                std::mem::forget(idle);
+            }
+        }
+    }
+}
+
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction().map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
