@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::apikeys::{ApiKeys, Scope};
 use crate::metrics::Metrics;
+use crate::sealwatch::SealWatch;
 use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
 use crate::wire::{self, codes};
 
@@ -107,6 +108,7 @@ pub struct AppState {
     metrics: Metrics,
     store_calls: Arc<Semaphore>,
     queued_verifies: Arc<Semaphore>,
+    seals: SealWatch,
 }
 
 /// Most verifications handed to a store's own thread and not answered yet; more wait (holding
@@ -125,6 +127,7 @@ impl AppState {
             metrics: Metrics::default(),
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
             queued_verifies: Arc::new(Semaphore::new(MAX_QUEUED_VERIFIES)),
+            seals: SealWatch::default(),
         }
     }
 
@@ -329,9 +332,43 @@ async fn method_not_allowed() -> ApiError {
 async fn healthz(State(state): State<Shared>) -> Response {
     // A store round trip: a server whose database is gone is not healthy (503).
     match blocking(&state, |s| s.ping()).await {
-        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Ok(()) => seal_health(&state),
         Err(error) => error.into_response(),
     }
+}
+
+/// Counts a seed that did not open and logs it, once per token and keyring.
+fn note_seal_error(state: &Shared, serial: &str, missing_key: bool, message: &str) {
+    state.metrics.record_seal_error();
+    let generation = state.service.keyring_generation();
+    if state.seals.record(generation, serial, missing_key) {
+        let hint = if missing_key {
+            " (the keyring is behind a rotation: SIGHUP reloads it)"
+        } else {
+            ""
+        };
+        eprintln!("codereader-verifier: {message}{hint}");
+    }
+}
+
+/// `/healthz` once the store answered: `ok`, or `degraded` while the keyring in use has met
+/// seeds it cannot open (503 if it lacks their key: see the `sealwatch` module).
+fn seal_health(state: &Shared) -> Response {
+    let health = state.seals.health(state.service.keyring_generation());
+    if health.missing_key == 0 && health.unopenable == 0 {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    }
+    let status = if health.missing_key > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": "degraded",
+        "seal_errors": {"missing_key": health.missing_key, "unopenable": health.unopenable},
+        "message": "seeds did not open under this server's keyring; see the log",
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
@@ -461,6 +498,14 @@ fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<
             if matches!(error, ServiceError::Store(_)) {
                 state.metrics.record_store_error();
                 eprintln!("codereader-verifier: {error}");
+            }
+            if let ServiceError::Seal {
+                serial,
+                missing_key,
+                message,
+            } = &error
+            {
+                note_seal_error(state, serial, *missing_key, message);
             }
             Err(error.into())
         }

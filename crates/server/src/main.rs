@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::Kek;
+use codereader_verifier::{Kek, KeyId, KeyringFile};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::http::{self, AppState, Limits};
+use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
 use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
 use codereader_verifier_server::state;
@@ -156,12 +157,27 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Re-encrypt every seed under a new key-encryption key (created if missing). Then run
-    /// servers with `--kek-file NEW`.
+    /// Rotate the key-encryption key: a new key becomes current in the keyring file named by
+    /// `--kek-file` (the old ones stay, to open), then every seed is re-encrypted under it.
+    /// Running servers follow on SIGHUP, or by themselves when they first meet a seed sealed
+    /// under the new key; a restart with the same command line keeps working.
     RotateKek {
-        /// The new key-encryption key.
-        #[arg(long, value_name = "FILE")]
-        new_kek_file: PathBuf,
+        /// Take the new key from this file (created if missing) instead of generating one.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["stage", "use_key"])]
+        new_kek_file: Option<PathBuf>,
+        /// Only add a new key that opens but does not seal yet (the first step with several
+        /// servers: copy the file to each and SIGHUP them before `--use`).
+        #[arg(long, conflicts_with = "use_key")]
+        stage: bool,
+        /// Make this key of the keyring file current (a staged key; or the current one, to
+        /// re-encrypt seeds enrolled under the old key meanwhile), then re-encrypt.
+        #[arg(long = "use", value_name = "KEY_ID")]
+        use_key: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove the keys that only open from the keyring file, once no seed needs them.
+    PruneKek {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -248,10 +264,6 @@ fn load_kek(path: &Path) -> Result<Kek> {
     Ok(kek)
 }
 
-fn read_kek(path: &Path) -> Result<Kek> {
-    Kek::from_file(path).with_context(|| format!("key-encryption key {}", path.display()))
-}
-
 fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
     match arg {
         Some(text) => DbSpec::parse(text),
@@ -262,13 +274,17 @@ fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
 }
 
 fn open_library(store: &StoreArgs, config: LibraryConfig) -> Result<Library> {
-    let kek = load_kek(&kek_path(store.kek_file.as_deref())?)?;
-    let older = store
-        .old_kek_file
-        .iter()
-        .map(|p| read_kek(p))
-        .collect::<Result<Vec<_>>>()?;
-    Library::open(&db_spec(store.db.as_deref())?, kek, older, config)
+    Library::open_with_key_files(&db_spec(store.db.as_deref())?, &key_files(store)?, config)
+}
+
+/// The keyring's files (the `--kek-file` one created if missing, saying so).
+fn key_files(store: &StoreArgs) -> Result<KeyFiles> {
+    let kek_file = kek_path(store.kek_file.as_deref())?;
+    load_kek(&kek_file)?;
+    Ok(KeyFiles {
+        kek_file,
+        old: store.old_kek_file.clone(),
+    })
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -298,6 +314,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         key_cache: args.key_cache,
     };
     let library = open_library(&args.store, config)?;
+    eprintln!(
+        "codereader-verifier: keyring {}",
+        library.describe_keyring()
+    );
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
@@ -317,7 +337,9 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        let state = Arc::new(AppState::new(Arc::new(library), keys, store_concurrency));
+        let library = Arc::new(library);
+        reload_keyring_on_sighup(library.clone());
+        let state = Arc::new(AppState::new(library, keys, store_concurrency));
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
         {
@@ -465,31 +487,18 @@ fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::RotateKek {
             new_kek_file,
+            stage,
+            use_key,
             store,
-        } => {
-            // The new key seals; the current one and any older ones open.
-            let new = load_kek(&new_kek_file)?;
-            let new_id = new.id().to_string();
-            let mut older = vec![read_kek(&kek_path(store.kek_file.as_deref())?)?];
-            for path in &store.old_kek_file {
-                older.push(read_kek(path)?);
-            }
-            let library = Library::open(&db_spec(store.db.as_deref())?, new, older, config)?;
-            let report = library.rotate(&caller)?;
-            for (serial, reason) in &report.failed {
-                writeln!(out, "cannot open the seed of {serial}: {reason}")?;
-            }
-            writeln!(
-                out,
-                "re-encrypted {} seed(s) under {new_id} ({}); from now on run with --kek-file {}",
-                report.resealed,
-                new_kek_file.display(),
-                new_kek_file.display()
-            )?;
-            if !report.failed.is_empty() {
-                bail!("{} seed(s) could not be re-encrypted", report.failed.len());
-            }
-        }
+        } => rotate_kek(
+            &mut out,
+            &store,
+            new_kek_file.as_deref(),
+            stage,
+            use_key.as_deref(),
+            &caller,
+        )?,
+        TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
     }
     Ok(())
 }
@@ -523,4 +532,141 @@ fn print_token(out: &mut impl Write, view: &TokenView) -> Result<()> {
     writeln!(out, "failures   {}", view.failures)?;
     writeln!(out, "key        {}", view.key_id)?;
     Ok(())
+}
+
+/// `token rotate-kek`: changes the keyring file first (so that whatever happens next, the
+/// file names a key for every seal), then re-encrypts.
+fn rotate_kek(
+    out: &mut impl Write,
+    store: &StoreArgs,
+    new_kek_file: Option<&Path>,
+    stage: bool,
+    use_key: Option<&str>,
+    caller: &str,
+) -> Result<()> {
+    let files = key_files(store)?;
+    let path = &files.kek_file;
+    let mut keyring = KeyringFile::read(path)
+        .with_context(|| format!("key-encryption key {}", path.display()))?;
+    if stage {
+        let id = keyring.stage_new()?;
+        keyring.write(path)?;
+        writeln!(
+            out,
+            "staged key {id} in {} (opens, does not seal yet). Copy the file to every server \
+             and send them SIGHUP; then run `token rotate-kek --use {id}`.",
+            path.display()
+        )?;
+        return Ok(());
+    }
+    let new_id = match (use_key, new_kek_file) {
+        (Some(id), _) => {
+            let id = KeyId::new(id).context("--use needs a key id")?;
+            keyring.promote(&id)?;
+            id
+        }
+        (None, Some(file)) => {
+            let new = load_kek(file)?;
+            let other = KeyringFile::read(file)
+                .with_context(|| format!("key-encryption key {}", file.display()))?;
+            let id = keyring.add_open(&other);
+            debug_assert_eq!(&id, new.id());
+            keyring.promote(&id)?;
+            id
+        }
+        (None, None) => {
+            let id = keyring.stage_new()?;
+            keyring.promote(&id)?;
+            id
+        }
+    };
+    keyring.write(path)?;
+    let library = Library::open_with_key_files(
+        &db_spec(store.db.as_deref())?,
+        &files,
+        LibraryConfig::default(),
+    )?;
+    let report = library.rotate(caller)?;
+    for (serial, reason) in &report.failed {
+        writeln!(out, "cannot open the seed of {serial}: {reason}")?;
+    }
+    writeln!(
+        out,
+        "re-encrypted {} seed(s) under {new_id}, now the current key of {} (the older keys \
+         stay in it, to open). Running servers pick it up on SIGHUP or when they meet a seed \
+         sealed under it; restarts need no new options.",
+        report.resealed,
+        path.display(),
+    )?;
+    if !report.failed.is_empty() {
+        bail!("{} seed(s) could not be re-encrypted", report.failed.len());
+    }
+    Ok(())
+}
+
+/// `token prune-kek`: drops the keys that only open, refusing while a seed is sealed under
+/// one of them.
+fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
+    let files = key_files(store)?;
+    let path = &files.kek_file;
+    let mut keyring = KeyringFile::read(path)
+        .with_context(|| format!("key-encryption key {}", path.display()))?;
+    let library = Library::open_with_key_files(
+        &db_spec(store.db.as_deref())?,
+        &files,
+        LibraryConfig::default(),
+    )?;
+    let left = library.seeds_not_under_current()?;
+    if left > 0 {
+        bail!(
+            "{left} seed(s) are still sealed under older keys; run \
+             `token rotate-kek --use {}` first",
+            keyring.current_id()
+        );
+    }
+    let removed = keyring.retire_open();
+    keyring.write(path)?;
+    let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "removed {} key(s) from {}{}{}; {} is the only key. Copy the file to every server and \
+         send them SIGHUP.",
+        removed.len(),
+        path.display(),
+        if removed.is_empty() { "" } else { ": " },
+        removed.join(" "),
+        keyring.current_id()
+    )?;
+    Ok(())
+}
+
+/// Reloads the keyring files on SIGHUP (beside the API keys, which their own handler
+/// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
+fn reload_keyring_on_sighup(library: Arc<Library>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let library = library.clone();
+                let result = tokio::task::spawn_blocking(move || library.reload_keyring()).await;
+                match result {
+                    Ok(Ok(described)) => {
+                        eprintln!("codereader-verifier: reloaded the keyring: {described}")
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("codereader-verifier: SIGHUP: keeping the old keyring: {e:#}")
+                    }
+                    Err(e) => eprintln!("codereader-verifier: SIGHUP: keyring reload: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = library;
+    }
 }

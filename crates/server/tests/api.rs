@@ -20,3 +20,5 @@ mod flows;
 mod fuzz;
 #[path = "api/malformed.rs"]
 mod malformed;
+#[path = "api/rotation.rs"]
+mod rotation;

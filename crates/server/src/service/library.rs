@@ -12,15 +12,16 @@ use codereader_otp::{
 };
 use codereader_verifier::{
     Activation, Caller, Durability, Enrollment as LibEnrollment, Kek, Keyring,
-    Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy, SqliteOptions, SqliteStore,
-    Store, StoreError, Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier,
-    VerifyError,
+    Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy, SealError, SqliteOptions,
+    SqliteStore, Store, StoreError, Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId,
+    Verifier, VerifyError,
 };
 
 use super::{
     Decision, Done, Enrollment, ImportReport, Matched, ServiceError, Target, TokenService,
     TokenView,
 };
+use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
 
 /// Which database holds the tokens.
@@ -92,6 +93,8 @@ impl Default for LibraryConfig {
 /// The verifier library with its store and keys.
 pub struct Library {
     verifier: Arc<Verifier>,
+    /// Where the keyring comes from, when it comes from files that may change.
+    key_files: Option<KeyFiles>,
 }
 
 impl std::fmt::Debug for Library {
@@ -161,8 +164,28 @@ impl From<VerifyError> for ServiceError {
             },
             VerifyError::Id(e) => invalid(codes::INVALID_ID, e.to_string()),
             VerifyError::Pskc(e) => invalid(codes::INVALID_PSKC, format!("PSKC: {e}")),
+            VerifyError::Seal(e) => seal_error(e),
             other => ServiceError::Internal(other.to_string()),
         }
+    }
+}
+
+/// A seed that does not open names its token, so the server can log it once per token and
+/// say whether its keyring is behind (a key it lacks) or the row is bad.
+fn seal_error(error: SealError) -> ServiceError {
+    let message = error.to_string();
+    match error {
+        SealError::UnknownKey { token, .. } => ServiceError::Seal {
+            serial: token.to_string(),
+            missing_key: true,
+            message,
+        },
+        SealError::Tampered { token, .. } | SealError::BadSeed { token } => ServiceError::Seal {
+            serial: token.to_string(),
+            missing_key: false,
+            message,
+        },
+        _ => ServiceError::Internal(message),
     }
 }
 
@@ -238,6 +261,77 @@ impl Library {
     /// # Errors
     /// When the database cannot be opened or migrated.
     pub fn open(db: &DbSpec, current: Kek, older: Vec<Kek>, config: LibraryConfig) -> Result<Self> {
+        let mut keyring = Keyring::new(current);
+        for kek in older {
+            keyring = keyring.with_older(kek);
+        }
+        Self::open_keyring(db, keyring, None, config)
+    }
+
+    /// Opens the store with the keyring read from `files`, and follows changes to them: a
+    /// seed sealed under a key not loaded yet makes the files be read again (at most once a
+    /// second), and [`Library::reload_keyring`] reads them on demand (SIGHUP).
+    ///
+    /// # Errors
+    /// When a key file or the database cannot be opened.
+    pub fn open_with_key_files(
+        db: &DbSpec,
+        files: &KeyFiles,
+        config: LibraryConfig,
+    ) -> Result<Self> {
+        let keyring = files.load()?;
+        Self::open_keyring(db, keyring, Some(files.clone()), config)
+    }
+
+    /// Reads the key files again and uses their keys from now on; returns a description of
+    /// the keyring (key ids only).
+    ///
+    /// # Errors
+    /// When this library's keys do not come from files, or a file cannot be read (the old
+    /// keyring stays in use).
+    pub fn reload_keyring(&self) -> Result<String> {
+        let Some(files) = &self.key_files else {
+            bail!("the keys were not read from files");
+        };
+        let keyring = files.load()?;
+        let described = crate::keyring::describe(&keyring);
+        self.verifier.replace_keyring(keyring);
+        Ok(described)
+    }
+
+    /// How many seeds are not sealed under the current key (0 once a rotation finished).
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn seeds_not_under_current(&self) -> Result<usize, ServiceError> {
+        const PAGE: usize = 1000;
+        let current = self.verifier.keyring().current_id().clone();
+        let (mut count, mut after) = (0, None);
+        loop {
+            let page = self
+                .verifier
+                .store()
+                .seeds_not_under(&current, after.as_ref(), PAGE)
+                .map_err(VerifyError::from)?;
+            count += page.len();
+            match page.last() {
+                Some((id, _)) if page.len() == PAGE => after = Some(id.clone()),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// The keyring in use, described by key ids.
+    pub fn describe_keyring(&self) -> String {
+        crate::keyring::describe(&self.verifier.keyring())
+    }
+
+    fn open_keyring(
+        db: &DbSpec,
+        keyring: Keyring,
+        key_files: Option<KeyFiles>,
+        config: LibraryConfig,
+    ) -> Result<Self> {
         let store: Box<dyn Store> = match db {
             DbSpec::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -263,15 +357,14 @@ impl Library {
                     .context("cannot open the PostgreSQL store")?,
             ),
         };
-        let mut keyring = Keyring::new(current);
-        for kek in older {
-            keyring = keyring.with_older(kek);
-        }
         let policy = Policy::default().with_max_failures(config.max_failures);
+        let mut verifier = Verifier::new(store, keyring, policy).with_key_cache(config.key_cache);
+        if let Some(files) = &key_files {
+            verifier = verifier.with_key_source(Box::new(FileKeySource::new(files.clone())));
+        }
         Ok(Library {
-            verifier: Arc::new(
-                Verifier::new(store, keyring, policy).with_key_cache(config.key_cache),
-            ),
+            verifier: Arc::new(verifier),
+            key_files,
         })
     }
 
@@ -518,6 +611,10 @@ impl TokenService for Library {
         self.verifier
             .set_enabled(&id, false, now(), &caller_id(caller)?)?;
         self.info(&id)
+    }
+
+    fn keyring_generation(&self) -> u64 {
+        self.verifier.keyring_generation()
     }
 
     fn ping(&self) -> Result<(), ServiceError> {

@@ -111,6 +111,17 @@ pub enum ServiceError {
     /// The database failed; the request may be retried.
     #[error("store error: {0}")]
     Store(String),
+    /// A token's seed did not open: sealed under a key this server has not loaded
+    /// (`missing_key`, after a rotation), or altered.
+    #[error("{message}")]
+    Seal {
+        /// The token.
+        serial: String,
+        /// Whether the seal names a key the keyring lacks (rather than failing to open).
+        missing_key: bool,
+        /// What happened (key ids, never key material).
+        message: String,
+    },
     /// Something that should not happen (a seed that does not open under any known key...).
     #[error("internal error: {0}")]
     Internal(String),
@@ -282,4 +293,10 @@ pub trait TokenService: Send + Sync + 'static {
     /// # Errors
     /// [`ServiceError::Store`].
     fn ping(&self) -> Result<(), ServiceError>;
+
+    /// Changes whenever the keyring is replaced (reloaded after a rotation), so that seal
+    /// errors met under an older keyring stop counting against health.
+    fn keyring_generation(&self) -> u64 {
+        0
+    }
 }
