@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -171,6 +171,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         .route("/v1/tokens/{serial}/activate", post(activate))
         .route("/v1/tokens/{serial}/resync", post(resync))
         .route("/v1/tokens/{serial}/unlock", post(unlock))
+        .route("/v1/tokens/{serial}/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Scope::Admin),
             require_scope,
@@ -759,4 +760,17 @@ async fn resync(
     let caller = caller_of(caller);
     let decision = blocking(&state, move |s| s.resync(&serial, &first, &second, &caller)).await?;
     Ok(axum::Json(wire::decision(&decision)))
+}
+
+async fn audit(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let (limit, before) = wire::audit_query(query.as_deref())
+        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    // One line more than asked tells whether there is a next page.
+    let lines = blocking(&state, move |s| s.audit(&serial, before, limit + 1)).await?;
+    Ok(axum::Json(wire::audit_page(lines, limit)))
 }

@@ -6,6 +6,7 @@
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod sealwatch;
 pub mod service;
 pub mod state;
+pub mod timefmt;
 pub mod wire;

@@ -17,8 +17,10 @@ use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
-use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
-use codereader_verifier_server::state;
+use codereader_verifier_server::service::{
+    AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
+};
+use codereader_verifier_server::{state, timefmt, wire};
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -173,6 +175,28 @@ enum TokenCommand {
         /// re-encrypt seeds enrolled under the old key meanwhile), then re-encrypt.
         #[arg(long = "use", value_name = "KEY_ID")]
         use_key: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show the audit trail: one token's latest lines (newest first), or with `--all --since T`
+    /// every line since T (oldest first), e.g. `--json` for a SIEM. Never a code or secret.
+    Audit {
+        /// The token's serial.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        serial: Option<String>,
+        /// Every token's lines (needs `--since`).
+        #[arg(long, requires = "since")]
+        all: bool,
+        /// With `--all`: from this time on (Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ, UTC).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Most lines to show (default: 50 for one token, all with `--all`).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object a line instead of columns.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -499,6 +523,47 @@ fn token(command: TokenCommand) -> Result<()> {
             &caller,
         )?,
         TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
+        TokenCommand::Audit {
+            serial,
+            all: _,
+            since,
+            limit,
+            json,
+            store,
+        } => {
+            let library = open_library(&store, config)?;
+            let show = |out: &mut dyn Write, line: &AuditLine| print_audit(out, line, json);
+            match serial {
+                Some(serial) => {
+                    let mut left = limit.unwrap_or(wire::DEFAULT_AUDIT_LIMIT);
+                    let mut before = None;
+                    while left > 0 {
+                        let page = library.audit(&serial, before, left.min(MAX_AUDIT_PAGE))?;
+                        let Some(last) = page.last() else { break };
+                        before = Some(last.seq);
+                        left -= page.len();
+                        for line in &page {
+                            show(&mut out, line)?;
+                        }
+                    }
+                }
+                None => {
+                    let since = timefmt::parse_time(since.as_deref().unwrap_or_default())
+                        .context("--since")?;
+                    let mut left = limit.unwrap_or(usize::MAX);
+                    let mut after = None;
+                    while left > 0 {
+                        let page = library.audit_since(since, after, left.min(MAX_AUDIT_PAGE))?;
+                        let Some(last) = page.last() else { break };
+                        after = Some(last.seq);
+                        left -= page.len();
+                        for line in &page {
+                            show(&mut out, line)?;
+                        }
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -669,4 +734,31 @@ fn reload_keyring_on_sighup(library: Arc<Library>) {
     {
         let _ = library;
     }
+}
+
+/// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a
+/// JSON object (one a line, for a SIEM).
+fn print_audit(out: &mut dyn Write, line: &AuditLine, json: bool) -> Result<()> {
+    if json {
+        let mut object = wire::audit_line(line);
+        if let Some(map) = object.as_object_mut() {
+            map.insert(
+                "time".to_owned(),
+                serde_json::Value::String(timefmt::rfc3339(line.at)),
+            );
+        }
+        writeln!(out, "{object}")?;
+    } else {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            timefmt::rfc3339(line.at),
+            line.token.as_deref().unwrap_or("-"),
+            line.action,
+            line.outcome,
+            line.caller,
+            line.user.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::service::{Decision, ImportReport, Matched, TokenView};
+use crate::service::{AuditLine, Decision, ImportReport, MAX_AUDIT_PAGE, Matched, TokenView};
 
 /// The stable values of the `error` field.
 pub mod codes {
@@ -188,6 +188,65 @@ pub fn token(view: &TokenView) -> Value {
     })
 }
 
+/// Lines of an audit page when `limit` is not given.
+pub const DEFAULT_AUDIT_LIMIT: usize = 50;
+
+/// The query of `GET /v1/tokens/{serial}/audit`: `limit` (1 to 1000, default 50) and
+/// `before` (the `next` of the previous page). Returns `(limit, before)`.
+///
+/// # Errors
+/// An unknown parameter or a value that is not a number in range, in words (never echoing
+/// the value).
+pub fn audit_query(raw: Option<&str>) -> Result<(usize, Option<u64>), String> {
+    let (mut limit, mut before) = (DEFAULT_AUDIT_LIMIT, None);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
+                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_AUDIT_PAGE}"))?;
+            }
+            "before" => {
+                before = Some(value.parse().map_err(|_| {
+                    "`before` is the `next` cursor of the previous page".to_owned()
+                })?);
+            }
+            _ => return Err("the query takes only `limit` and `before`".to_owned()),
+        }
+    }
+    Ok((limit, before))
+}
+
+/// One audit line (there is no field for a code or a secret).
+pub fn audit_line(line: &AuditLine) -> Value {
+    json!({
+        "seq": line.seq,
+        "at": line.at,
+        "token": line.token,
+        "user": line.user,
+        "action": line.action,
+        "outcome": line.outcome,
+        "caller": line.caller,
+    })
+}
+
+/// An audit page from up to `limit + 1` lines: the first `limit`, and the cursor of the
+/// next page if there was one more.
+pub fn audit_page(mut lines: Vec<AuditLine>, limit: usize) -> Value {
+    let more = lines.len() > limit;
+    lines.truncate(limit);
+    let next = if more {
+        lines.last().map(|l| l.seq.to_string())
+    } else {
+        None
+    };
+    let entries: Vec<Value> = lines.iter().map(audit_line).collect();
+    json!({"entries": entries, "next": next})
+}
+
 /// The body of an import report.
 pub fn import_report(report: &ImportReport) -> Value {
     let rejected: Vec<Value> = report
@@ -201,6 +260,24 @@ pub fn import_report(report: &ImportReport) -> Value {
 #[cfg(test)]
 mod tests {
     use super::codes;
+
+    #[test]
+    fn audit_queries() {
+        use super::{DEFAULT_AUDIT_LIMIT, audit_query};
+        assert_eq!(audit_query(None), Ok((DEFAULT_AUDIT_LIMIT, None)));
+        assert_eq!(audit_query(Some("limit=5&before=77")), Ok((5, Some(77))));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "before=",
+            "code=123456",
+            "limit",
+        ] {
+            let err = audit_query(Some(bad)).unwrap_err();
+            assert!(!err.contains("123456"), "{err}");
+        }
+    }
 
     const OPENAPI: &str = include_str!("../openapi.yaml");
 
@@ -220,6 +297,7 @@ mod tests {
             "/v1/tokens/{serial}/activate:",
             "/v1/tokens/{serial}/resync:",
             "/v1/tokens/{serial}/unlock:",
+            "/v1/tokens/{serial}/audit:",
             "/healthz:",
             "/metrics:",
         ] {

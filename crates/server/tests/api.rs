@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "api/audit.rs"]
+mod audit;
 #[path = "api/bodies.rs"]
 mod bodies;
 #[path = "api/cli.rs"]

@@ -20,7 +20,9 @@
 //!   [`Enrollment::from_uri`]), [`Verifier::import_pskc`] (RFC 6030, per-key report).
 //! - Operating: [`Verifier::show`] and [`Verifier::list`] ([`TokenInfo`], never a seed),
 //!   [`Verifier::unlock`], [`Verifier::set_enabled`], [`Verifier::delete`],
-//!   [`Verifier::rotate`], [`Verifier::audit_trail`].
+//!   [`Verifier::rotate`], [`Verifier::audit_trail`], [`Verifier::audit_page`] (one
+//!   token's lines, newest first, by cursor) and [`Verifier::audit_since`] (every line, for
+//!   export).
 //!
 //! # Invariants
 //! - A step or counter is accepted at most once, and never after a later one: the store's
@@ -82,7 +84,7 @@ pub use crate::seal::{Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
-pub use crate::store::{AuditEvent, Store, StoreError, open_store};
+pub use crate::store::{AuditEntry, AuditEvent, Store, StoreError, open_store};
 pub use crate::token::{
     Caller, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState, UserId,
 };

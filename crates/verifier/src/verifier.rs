@@ -19,7 +19,7 @@ use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
 use crate::seal::{Keyring, SealError, SealedSeed};
-use crate::store::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use crate::store::{Advance, AuditEntry, AuditEvent, NewToken, Store, StoreError, TokenRecord};
 use crate::token::{Caller, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
 /// Why an operation could not be carried out. Outcomes of verification (a wrong code, a locked
@@ -925,6 +925,33 @@ impl Verifier {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, VerifyError> {
         Ok(self.store.audit_trail(token, limit)?)
+    }
+
+    /// Up to `limit` audit lines of `token` older than the line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.audit_page(token, before, limit)?)
+    }
+
+    /// Up to `limit` audit lines of all tokens at `since` or later and after the line
+    /// `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.audit_since(since, after, limit)?)
     }
 
     fn sealed(&self, e: &Enrollment) -> Result<NewToken, VerifyError> {

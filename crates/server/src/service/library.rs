@@ -11,15 +11,15 @@ use codereader_otp::{
     Algorithm, Code, Counter, Digits, KeyPolicy, KeyUri, Period, Secret, UnixTime,
 };
 use codereader_verifier::{
-    Activation, Caller, Durability, Enrollment as LibEnrollment, Kek, Keyring,
+    Activation, AuditEntry, Caller, Durability, Enrollment as LibEnrollment, Kek, Keyring,
     Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy, SealError, SqliteOptions,
     SqliteStore, Store, StoreError, Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId,
     Verifier, VerifyError,
 };
 
 use super::{
-    Decision, Done, Enrollment, ImportReport, Matched, ServiceError, Target, TokenService,
-    TokenView,
+    AuditLine, Decision, Done, Enrollment, ImportReport, MAX_AUDIT_PAGE, Matched, ServiceError,
+    Target, TokenService, TokenView,
 };
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
@@ -251,6 +251,19 @@ fn view(info: TokenInfo) -> TokenView {
         locked_at: info.state.locked_at.map(|t| t.0),
         enabled: info.state.enabled,
         key_id: info.key_id.to_string(),
+    }
+}
+
+fn audit_line(entry: AuditEntry) -> AuditLine {
+    let e = entry.event;
+    AuditLine {
+        seq: entry.seq,
+        at: e.at.0,
+        token: e.token.map(|t| t.to_string()),
+        user: e.user.map(|u| u.to_string()),
+        action: e.action.into_owned(),
+        outcome: e.outcome.into_owned(),
+        caller: e.caller.to_string(),
     }
 }
 
@@ -611,6 +624,37 @@ impl TokenService for Library {
         self.verifier
             .set_enabled(&id, false, now(), &caller_id(caller)?)?;
         self.info(&id)
+    }
+
+    fn audit(
+        &self,
+        serial: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError> {
+        let id = token_id(serial)?;
+        let entries = self
+            .verifier
+            .audit_page(&id, before, limit.min(MAX_AUDIT_PAGE + 1))?;
+        if entries.is_empty() && before.is_none() {
+            // Neither a trail nor a token: a typo deserves a 404, not an empty page.
+            self.info(&id)?;
+        }
+        Ok(entries.into_iter().map(audit_line).collect())
+    }
+
+    fn audit_since(
+        &self,
+        since: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError> {
+        Ok(self
+            .verifier
+            .audit_since(UnixTime(since), after, limit.min(MAX_AUDIT_PAGE + 1))?
+            .into_iter()
+            .map(audit_line)
+            .collect())
     }
 
     fn keyring_generation(&self) -> u64 {

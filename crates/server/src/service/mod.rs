@@ -193,6 +193,30 @@ pub struct ImportReport {
     pub rejected: Vec<(String, String)>,
 }
 
+/// One line of the audit trail: who asked what about which token, and what came of it.
+/// There is no field for a code or a secret: the trail never had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine {
+    /// Position in the trail (a paging cursor; later lines have greater numbers).
+    pub seq: u64,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The token concerned, if any.
+    pub token: Option<String>,
+    /// The user concerned, if known.
+    pub user: Option<String>,
+    /// What was asked ("verify", "unlock"...).
+    pub action: String,
+    /// What came of it ("accepted", "ok"...).
+    pub outcome: String,
+    /// Who asked: `api:KEY-NAME` or `cli:USER`.
+    pub caller: String,
+}
+
+/// Most audit lines a page shows (a call returns at most one more, to tell whether there is
+/// a next page).
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
 /// Receives the decision of [`TokenService::verify_then`].
 pub type Done = Box<dyn FnOnce(Result<Decision, ServiceError>) + Send>;
 
@@ -287,6 +311,30 @@ pub trait TokenService: Send + Sync + 'static {
     /// # Errors
     /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
     fn disable(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError>;
+
+    /// Up to `limit` audit lines of `serial` older than the line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`] for a serial with neither a token nor a trail;
+    /// [`ServiceError::Invalid`]; [`ServiceError::Store`].
+    fn audit(
+        &self,
+        serial: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError>;
+
+    /// Up to `limit` audit lines of every token at `since` (Unix seconds) or later, after
+    /// the line `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    fn audit_since(
+        &self,
+        since: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError>;
 
     /// Whether the store answers (for `/healthz`).
     ///
