@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::apikeys::{ApiKeys, Scope};
+use crate::apikeys::{ApiKeys, Refusal, Scope};
 use crate::metrics::Metrics;
 use crate::sealwatch::SealWatch;
 use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
@@ -293,8 +293,10 @@ async fn require_scope(
         return unauthorized("an `Authorization: Bearer KEY` header is required");
     };
     let keys = state.keys();
-    let Some(entry) = keys.find(presented.as_bytes()) else {
-        return unauthorized("unknown API key");
+    let entry = match keys.check(presented.as_bytes(), crate::apikeys::unix_now()) {
+        Ok(entry) => entry,
+        Err(Refusal::Expired) => return unauthorized("the API key has expired"),
+        Err(_) => return unauthorized("unknown API key"),
     };
     if entry.scope != scope {
         return ApiError::new(

@@ -220,6 +220,25 @@ enum ApiKeyCommand {
         /// The API-key file. Default: `api-keys` in the state directory.
         #[arg(long, value_name = "FILE")]
         api_keys: Option<PathBuf>,
+        /// When the key stops being accepted (Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ, UTC). Default: never.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+    },
+    /// List the keys: name, scope, created, expiry (never the key or its hash).
+    List {
+        /// The API-key file. Default: `api-keys` in the state directory.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
+    },
+    /// Remove a key; a running server stops accepting it on SIGHUP.
+    Revoke {
+        /// The key's name (see `api-key list`).
+        #[arg(long)]
+        name: String,
+        /// The API-key file. Default: `api-keys` in the state directory.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
     },
 }
 
@@ -238,16 +257,30 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(command) => token(command),
+        Command::ApiKey(ApiKeyCommand::List { api_keys }) => list_api_keys(api_keys),
+        Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys }) => {
+            revoke_api_key(&name, api_keys)
+        }
         Command::ApiKey(ApiKeyCommand::Create {
             scope,
             name,
             api_keys,
+            expires,
         }) => {
             let path = match api_keys {
                 Some(p) => p,
                 None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
             };
-            let created = apikeys::create_key(&path, scope, name.as_deref())?;
+            let expires = expires
+                .map(|t| timefmt::parse_time(&t).context("--expires"))
+                .transpose()?;
+            let created = apikeys::create_key_at(
+                &path,
+                scope,
+                name.as_deref(),
+                apikeys::unix_now(),
+                expires,
+            )?;
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
@@ -760,5 +793,46 @@ fn print_audit(out: &mut dyn Write, line: &AuditLine, json: bool) -> Result<()> 
             line.user.as_deref().unwrap_or("-"),
         )?;
     }
+    Ok(())
+}
+
+fn api_keys_path(arg: Option<PathBuf>) -> Result<PathBuf> {
+    match arg {
+        Some(p) => Ok(p),
+        None => Ok(state::state_dir()?.join(state::DEFAULT_API_KEYS_FILE)),
+    }
+}
+
+/// `api-key list`: names, scopes and dates; never a key or a hash.
+fn list_api_keys(api_keys: Option<PathBuf>) -> Result<()> {
+    let keys = ApiKeys::load(&api_keys_path(api_keys)?)?;
+    let now = apikeys::unix_now();
+    let mut out = std::io::stdout().lock();
+    for entry in keys.entries() {
+        let when = |t: Option<u64>, none: &str| t.map_or_else(|| none.to_owned(), timefmt::rfc3339);
+        writeln!(
+            out,
+            "{}\t{}\tcreated {}\texpires {}{}",
+            entry.name,
+            entry.scope,
+            when(entry.created, "unknown"),
+            when(entry.expires, "never"),
+            if entry.expired(now) { "\texpired" } else { "" },
+        )?;
+    }
+    Ok(())
+}
+
+/// `api-key revoke --name N`.
+fn revoke_api_key(name: &str, api_keys: Option<PathBuf>) -> Result<()> {
+    let path = api_keys_path(api_keys)?;
+    let entry = apikeys::revoke_key(&path, name)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "revoked API key '{}' ({}) in {}; a running server stops accepting it on SIGHUP.",
+        entry.name,
+        entry.scope,
+        path.display()
+    )?;
     Ok(())
 }

@@ -20,6 +20,8 @@ mod fault;
 mod flows;
 #[path = "api/fuzz.rs"]
 mod fuzz;
+#[path = "api/keys.rs"]
+mod keys;
 #[path = "api/malformed.rs"]
 mod malformed;
 #[path = "api/rotation.rs"]
