@@ -162,7 +162,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         middleware::from_fn_with_state((state.clone(), Scope::Verify), require_scope),
     );
     let admin_routes = Router::new()
-        .route("/v1/tokens", post(enroll))
+        .route("/v1/tokens", post(enroll).get(list_tokens))
         .route(
             "/v1/tokens/import",
             post(import).layer(DefaultBodyLimit::max(limits.max_import_body)),
@@ -775,4 +775,15 @@ async fn audit(
     // One line more than asked tells whether there is a next page.
     let lines = blocking(&state, move |s| s.audit(&serial, before, limit + 1)).await?;
     Ok(axum::Json(wire::audit_page(lines, limit)))
+}
+
+async fn list_tokens(
+    State(state): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (after, limit) = wire::list_query(query.as_deref())
+        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    // One token more than asked tells whether there is a next page.
+    let views = blocking(&state, move |s| s.list_page(after.as_deref(), limit + 1)).await?;
+    Ok(axum::Json(wire::token_page(views, limit)))
 }

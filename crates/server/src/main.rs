@@ -130,6 +130,10 @@ enum TokenCommand {
         /// A file holding the pre-shared key (hex) for encrypted keys.
         #[arg(long, value_name = "FILE")]
         preshared_key_file: Option<PathBuf>,
+        /// Accept secrets shorter than 128 bits (RFC 4226 asks for at least that; some
+        /// legacy tokens, and RFC 6030's own first example, have shorter ones).
+        #[arg(long)]
+        allow_short_secret: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -475,13 +479,18 @@ fn token(command: TokenCommand) -> Result<()> {
                 Zeroizing::new(uri)
             };
             let library = open_library(&store, config)?;
+            let label = uri_label(&uri);
             let view = library.enroll(&serial, &Enrollment::Uri(uri), &caller)?;
             writeln!(out, "enrolled:")?;
             print_token(&mut out, &view)?;
+            if let Some(label) = label {
+                writeln!(out, "{label}")?;
+            }
         }
         TokenCommand::Import {
             pskc,
             preshared_key_file,
+            allow_short_secret,
             store,
         } => {
             let text = std::fs::read_to_string(&pskc)
@@ -501,18 +510,32 @@ fn token(command: TokenCommand) -> Result<()> {
                 None => None,
             };
             let library = open_library(&store, config)?;
-            let report = library.import_pskc(&text, psk.as_ref().map(|k| k.as_slice()), &caller)?;
+            let report = library.import_pskc_with(
+                &text,
+                psk.as_ref().map(|k| k.as_slice()),
+                allow_short_secret,
+                &caller,
+            )?;
             for (id, reason) in &report.rejected {
                 writeln!(out, "refused {id}: {reason}")?;
             }
-            writeln!(
-                out,
-                "imported {} token(s): {}",
-                report.imported.len(),
-                report.imported.join(" ")
-            )?;
+            print_imported(&mut out, &report.imported)?;
             if !report.rejected.is_empty() {
-                bail!("{} key(s) were refused", report.rejected.len());
+                // The library's reason says short keys need explicit permission; name it.
+                let short = !allow_short_secret
+                    && report
+                        .rejected
+                        .iter()
+                        .any(|(_, r)| r.contains("(128 bits)"));
+                bail!(
+                    "{} key(s) were refused{}",
+                    report.rejected.len(),
+                    if short {
+                        "; --allow-short-secret accepts secrets shorter than 128 bits"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         TokenCommand::List { store } => {
@@ -835,4 +858,38 @@ fn revoke_api_key(name: &str, api_keys: Option<PathBuf>) -> Result<()> {
         path.display()
     )?;
     Ok(())
+}
+
+/// "imported 2 token(s): A B", or "imported 0 token(s)" without a dangling colon.
+fn print_imported(out: &mut impl Write, imported: &[String]) -> Result<()> {
+    if imported.is_empty() {
+        writeln!(out, "imported 0 token(s)")?;
+    } else {
+        writeln!(
+            out,
+            "imported {} token(s): {}",
+            imported.len(),
+            imported.join(" ")
+        )?;
+    }
+    Ok(())
+}
+
+/// The account (and issuer) an otpauth URI names, for `token add` to show beside the
+/// unbound `user` line: enrolment does not bind a user (activation does, with a code).
+fn uri_label(uri: &str) -> Option<String> {
+    let parsed =
+        codereader_otp::KeyUri::parse(uri, codereader_otp::KeyPolicy::AllowLegacyShort).ok()?;
+    let account = parsed.account();
+    if account.is_empty() {
+        return None;
+    }
+    let issuer = parsed
+        .issuer()
+        .map(|i| format!(" at {i}"))
+        .unwrap_or_default();
+    Some(format!(
+        "account    {account}{issuer} (from the URI; `activate` binds the token to a user \
+         with a code)"
+    ))
 }

@@ -5,7 +5,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::service::{AuditLine, Decision, ImportReport, MAX_AUDIT_PAGE, Matched, TokenView};
+use crate::service::{
+    AuditLine, Decision, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched, TokenView,
+};
 
 /// The stable values of the `error` field.
 pub mod codes {
@@ -165,7 +167,10 @@ pub fn decision(decision: &Decision) -> Value {
         }
         Decision::Locked { until } => json!({"result": result, "until": until}),
         Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
-        Decision::Replayed | Decision::Unknown | Decision::Disabled => json!({"result": result}),
+        Decision::Replayed { token: Some(token) } => json!({"result": result, "token": token}),
+        Decision::Replayed { token: None } | Decision::Unknown | Decision::Disabled => {
+            json!({"result": result})
+        }
     }
 }
 
@@ -220,6 +225,78 @@ pub fn audit_query(raw: Option<&str>) -> Result<(usize, Option<u64>), String> {
     Ok((limit, before))
 }
 
+/// Tokens of a list page when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// The query of `GET /v1/tokens`: `after` (a serial, percent-encoded) and `limit` (1 to
+/// 1000, default 100). Returns `(after, limit)`.
+///
+/// # Errors
+/// An unknown parameter, a bad number or bad percent-encoding, in words.
+pub fn list_query(raw: Option<&str>) -> Result<(Option<String>, usize), String> {
+    let (mut after, mut limit) = (None, DEFAULT_LIST_LIMIT);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST_PAGE).contains(n))
+                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_LIST_PAGE}"))?;
+            }
+            "after" => {
+                after =
+                    Some(percent_decode(value).ok_or_else(|| {
+                        "`after` is a serial, percent-encoded as UTF-8".to_owned()
+                    })?);
+            }
+            _ => return Err("the query takes only `after` and `limit`".to_owned()),
+        }
+    }
+    Ok((after, limit))
+}
+
+/// Decodes `%XX` escapes and `+` (a space, as forms encode it); `None` for a bad escape or
+/// bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A list page from up to `limit + 1` tokens: the first `limit`, and the serial to pass as
+/// `after` for the next page if there was one more.
+pub fn token_page(mut views: Vec<TokenView>, limit: usize) -> Value {
+    let more = views.len() > limit;
+    views.truncate(limit);
+    let next = if more {
+        views.last().map(|v| v.serial.clone())
+    } else {
+        None
+    };
+    let tokens: Vec<Value> = views.iter().map(token).collect();
+    json!({"tokens": tokens, "next": next})
+}
+
 /// One audit line (there is no field for a code or a secret).
 pub fn audit_line(line: &AuditLine) -> Value {
     json!({
@@ -260,6 +337,26 @@ pub fn import_report(report: &ImportReport) -> Value {
 #[cfg(test)]
 mod tests {
     use super::codes;
+
+    #[test]
+    fn list_queries() {
+        use super::{DEFAULT_LIST_LIMIT, list_query};
+        assert_eq!(list_query(None), Ok((None, DEFAULT_LIST_LIMIT)));
+        assert_eq!(
+            list_query(Some("after=SN%201+x%C3%A6&limit=7")),
+            Ok((Some("SN 1 x\u{e6}".to_owned()), 7))
+        );
+        for bad in [
+            "after=%zz",
+            "after=%c3",
+            "after=%",
+            "limit=0",
+            "limit=1001",
+            "user=a",
+        ] {
+            assert!(list_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn audit_queries() {

@@ -22,6 +22,8 @@ mod flows;
 mod fuzz;
 #[path = "api/keys.rs"]
 mod keys;
+#[path = "api/listing.rs"]
+mod listing;
 #[path = "api/malformed.rs"]
 mod malformed;
 #[path = "api/rotation.rs"]

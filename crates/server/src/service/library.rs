@@ -18,8 +18,8 @@ use codereader_verifier::{
 };
 
 use super::{
-    AuditLine, Decision, Done, Enrollment, ImportReport, MAX_AUDIT_PAGE, Matched, ServiceError,
-    Target, TokenService, TokenView,
+    AuditLine, Decision, Done, Enrollment, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched,
+    ServiceError, Target, TokenService, TokenView,
 };
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
@@ -218,7 +218,7 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
         Outcome::Locked { until } => Decision::Locked {
             until: until.map(|t| t.0),
         },
-        Outcome::Replayed => Decision::Replayed,
+        Outcome::Replayed => Decision::Replayed { token: None },
         Outcome::TooSoon { retry_at } => Decision::TooSoon {
             retry_at: retry_at.0,
         },
@@ -231,6 +231,24 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
             )));
         }
     })
+}
+
+/// A replay names its token like an acceptance does: the serial asked for, or the token
+/// bound to the user asked for (one more read, only for replays by user).
+fn named(decision: Decision, verifier: &Verifier, subject: &OwnedSubject) -> Decision {
+    match decision {
+        Decision::Replayed { token: None } => Decision::Replayed {
+            token: match subject {
+                OwnedSubject::Token(id) => Some(id.to_string()),
+                OwnedSubject::User(_) => verifier
+                    .show(subject.as_subject())
+                    .ok()
+                    .flatten()
+                    .map(|info| info.id.to_string()),
+            },
+        },
+        other => other,
+    }
 }
 
 fn view(info: TokenInfo) -> TokenView {
@@ -449,6 +467,56 @@ impl Library {
         }
     }
 
+    /// Imports the keys of a PSKC document; with `allow_short`, secrets shorter than 128
+    /// bits (RFC 4226 asks for at least that) are accepted, as some legacy tokens need.
+    ///
+    /// # Errors
+    /// As [`TokenService::import_pskc`].
+    pub fn import_pskc_with(
+        &self,
+        pskc: &str,
+        preshared_key: Option<&[u8]>,
+        allow_short: bool,
+        caller: &str,
+    ) -> Result<ImportReport, ServiceError> {
+        let psk = match preshared_key {
+            Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
+                |_| {
+                    invalid(
+                        codes::INVALID_REQUEST,
+                        "the pre-shared key must be 16 bytes (32 hex digits)",
+                    )
+                },
+            )?)),
+            None => None,
+        };
+        let report = self
+            .verifier
+            .import_pskc(
+                pskc.as_bytes(),
+                psk.as_ref(),
+                if allow_short {
+                    KeyPolicy::AllowLegacyShort
+                } else {
+                    KeyPolicy::Rfc4226
+                },
+                now(),
+                &caller_id(caller)?,
+            )
+            .map_err(storable)?;
+        Ok(ImportReport {
+            imported: report.imported.iter().map(ToString::to_string).collect(),
+            rejected: report
+                .refused
+                .into_iter()
+                .map(|p| {
+                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
+                    (name, p.reason)
+                })
+                .collect(),
+        })
+    }
+
     fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
         self.verifier
             .show(Subject::Token(serial))?
@@ -471,9 +539,11 @@ impl TokenService for Library {
             (Ok(subject), Ok(caller)) => (subject, caller),
             (Err(e), _) | (_, Err(e)) => return done(Err(e)),
         };
+        let (verifier, asked) = (Arc::clone(&self.verifier), subject.clone());
         self.verifier
             .verify_then(subject, code, now(), caller, move |result| {
-                done(result.map_err(ServiceError::from).and_then(decision));
+                let result = result.map_err(ServiceError::from).and_then(decision);
+                done(result.map(|d| named(d, &verifier, &asked)));
             });
     }
 
@@ -483,19 +553,14 @@ impl TokenService for Library {
 
     fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError> {
         let caller = caller_id(caller)?;
-        let outcome = match target {
-            Target::Token(serial) => {
-                let id = token_id(serial)?;
-                self.verifier
-                    .verify(Subject::Token(&id), code, now(), &caller)?
-            }
-            Target::User(user) => {
-                let id = user_id(user)?;
-                self.verifier
-                    .verify(Subject::User(&id), code, now(), &caller)?
-            }
+        let subject = match target {
+            Target::Token(serial) => OwnedSubject::Token(token_id(serial)?),
+            Target::User(user) => OwnedSubject::User(user_id(user)?),
         };
-        decision(outcome)
+        let outcome = self
+            .verifier
+            .verify(subject.as_subject(), code, now(), &caller)?;
+        Ok(named(decision(outcome)?, &self.verifier, &subject))
     }
 
     fn enroll(
@@ -518,38 +583,7 @@ impl TokenService for Library {
         preshared_key: Option<&[u8]>,
         caller: &str,
     ) -> Result<ImportReport, ServiceError> {
-        let psk = match preshared_key {
-            Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
-                |_| {
-                    invalid(
-                        codes::INVALID_REQUEST,
-                        "the pre-shared key must be 16 bytes (32 hex digits)",
-                    )
-                },
-            )?)),
-            None => None,
-        };
-        let report = self
-            .verifier
-            .import_pskc(
-                pskc.as_bytes(),
-                psk.as_ref(),
-                KeyPolicy::Rfc4226,
-                now(),
-                &caller_id(caller)?,
-            )
-            .map_err(storable)?;
-        Ok(ImportReport {
-            imported: report.imported.iter().map(ToString::to_string).collect(),
-            rejected: report
-                .refused
-                .into_iter()
-                .map(|p| {
-                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
-                    (name, p.reason)
-                })
-                .collect(),
-        })
+        self.import_pskc_with(pskc, preshared_key, false, caller)
     }
 
     fn show(&self, serial: &str) -> Result<TokenView, ServiceError> {
@@ -569,6 +603,16 @@ impl TokenService for Library {
                 return Ok(all);
             }
         }
+    }
+
+    fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<TokenView>, ServiceError> {
+        let after = after.map(token_id).transpose()?;
+        Ok(self
+            .verifier
+            .list(after.as_ref(), limit.min(MAX_LIST_PAGE + 1))?
+            .into_iter()
+            .map(view)
+            .collect())
     }
 
     fn activate(
@@ -592,7 +636,11 @@ impl TokenService for Library {
                 code: codes::USER_TAKEN,
                 message: format!("user {user} already has a token"),
             }),
-            Activation::Refused(outcome) => decision(outcome),
+            Activation::Refused(outcome) => Ok(named(
+                decision(outcome)?,
+                &self.verifier,
+                &OwnedSubject::Token(id),
+            )),
             _ => Err(ServiceError::Internal(
                 "activation result unknown to the server".into(),
             )),
@@ -607,10 +655,14 @@ impl TokenService for Library {
         caller: &str,
     ) -> Result<Decision, ServiceError> {
         let id = token_id(serial)?;
-        decision(
-            self.verifier
-                .resync(&id, first, second, now(), &caller_id(caller)?)?,
-        )
+        let outcome = self
+            .verifier
+            .resync(&id, first, second, now(), &caller_id(caller)?)?;
+        Ok(named(
+            decision(outcome)?,
+            &self.verifier,
+            &OwnedSubject::Token(id),
+        ))
     }
 
     fn unlock(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {

@@ -53,7 +53,11 @@ pub enum Decision {
         until: Option<u64>,
     },
     /// The code was right but already used (or an earlier one was).
-    Replayed,
+    Replayed {
+        /// The token's serial, as for [`Decision::Accepted`] (unknown only if the token
+        /// vanished meanwhile).
+        token: Option<String>,
+    },
     /// No such token, or no token bound to that user.
     Unknown,
     /// The token is disabled.
@@ -72,7 +76,7 @@ impl Decision {
             Decision::Accepted { .. } => "accepted",
             Decision::Rejected { .. } => "rejected",
             Decision::Locked { .. } => "locked",
-            Decision::Replayed => "replayed",
+            Decision::Replayed { .. } => "replayed",
             Decision::Unknown => "unknown",
             Decision::Disabled => "disabled",
             Decision::TooSoon { .. } => "too_soon",
@@ -217,6 +221,9 @@ pub struct AuditLine {
 /// a next page).
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
+/// Most tokens a page of `GET /v1/tokens` shows.
+pub const MAX_LIST_PAGE: usize = 1000;
+
 /// Receives the decision of [`TokenService::verify_then`].
 pub type Done = Box<dyn FnOnce(Result<Decision, ServiceError>) + Send>;
 
@@ -274,6 +281,12 @@ pub trait TokenService: Send + Sync + 'static {
     /// # Errors
     /// [`ServiceError::Store`].
     fn list(&self) -> Result<Vec<TokenView>, ServiceError>;
+
+    /// Up to `limit` tokens with serials after `after`, in serial order.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`] for a malformed `after`; [`ServiceError::Store`].
+    fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<TokenView>, ServiceError>;
 
     /// Binds the unassigned token `serial` to `user` if `code` is valid for it.
     ///
