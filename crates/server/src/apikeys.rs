@@ -6,7 +6,9 @@
 //! with every stored hash in constant time, without stopping at the first match.
 //!
 //! File format, one key a line (`#` comments and blank lines ignored):
-//! `SCOPE NAME SHA256-HEX`, e.g. `verify key-1f2e3d4c 9a0b...`.
+//! `SCOPE NAME SHA256-HEX [created=UNIX] [expires=UNIX]`, e.g.
+//! `verify key-1f2e3d4c 9a0b... created=1764691200`. A key past its `expires` time is
+//! refused like an unknown one (with its own message); `api-key revoke` removes the line.
 
 use std::fmt;
 use std::path::Path;
@@ -67,6 +69,26 @@ pub struct KeyEntry {
     /// Its name, recorded as the caller in the audit trail.
     pub name: String,
     hash: [u8; 32],
+    /// When it was created (Unix seconds), if the file says.
+    pub created: Option<u64>,
+    /// When it stops being accepted (Unix seconds), if ever.
+    pub expires: Option<u64>,
+}
+
+impl KeyEntry {
+    /// Whether the key is past its expiry at `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|t| now >= t)
+    }
+}
+
+/// Why a presented key is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such key (or revoked).
+    Unknown,
+    /// The key expired.
+    Expired,
 }
 
 impl fmt::Debug for KeyEntry {
@@ -99,9 +121,22 @@ impl ApiKeys {
             }
             let bad = |why: &str| anyhow::anyhow!("line {}: {why}", index + 1);
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [scope, name, hash] = fields[..] else {
+            let [scope, name, hash, ref extra @ ..] = fields[..] else {
                 return Err(bad("expected 'SCOPE NAME SHA256-HEX'"));
             };
+            let (mut created, mut expires) = (None, None);
+            for field in extra {
+                let (slot, value) = match field.split_once('=') {
+                    Some(("created", v)) => (&mut created, v),
+                    Some(("expires", v)) => (&mut expires, v),
+                    _ => return Err(bad("after the hash only created=UNIX and expires=UNIX")),
+                };
+                *slot = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad("created= and expires= take Unix seconds"))?,
+                );
+            }
             // Not Scope's own message: it quotes the field, which may be a pasted key.
             let scope: Scope = scope
                 .parse()
@@ -115,6 +150,8 @@ impl ApiKeys {
                 scope,
                 name: name.to_owned(),
                 hash,
+                created,
+                expires,
             });
         }
         Ok(ApiKeys { entries })
@@ -158,6 +195,19 @@ impl ApiKeys {
         found
     }
 
+    /// The entry whose key `presented` is, if it is known and not expired at `now` (Unix
+    /// seconds). Compares with every entry in constant time, like [`ApiKeys::find`].
+    ///
+    /// # Errors
+    /// [`Refusal::Unknown`] or [`Refusal::Expired`].
+    pub fn check(&self, presented: &[u8], now: u64) -> Result<&KeyEntry, Refusal> {
+        match self.find(presented) {
+            None => Err(Refusal::Unknown),
+            Some(entry) if entry.expired(now) => Err(Refusal::Expired),
+            Some(entry) => Ok(entry),
+        }
+    }
+
     /// The file's text.
     pub fn render(&self) -> String {
         let mut text = String::from(
@@ -166,11 +216,18 @@ impl ApiKeys {
         );
         for entry in &self.entries {
             text.push_str(&format!(
-                "{} {} {}\n",
+                "{} {} {}",
                 entry.scope,
                 entry.name,
                 data_encoding::HEXLOWER.encode(&entry.hash)
             ));
+            if let Some(t) = entry.created {
+                text.push_str(&format!(" created={t}"));
+            }
+            if let Some(t) = entry.expires {
+                text.push_str(&format!(" expires={t}"));
+            }
+            text.push('\n');
         }
         text
     }
@@ -191,6 +248,30 @@ pub struct NewKey {
 /// # Errors
 /// When the file cannot be read or written, or `name` is taken or not a single word.
 pub fn create_key(path: &Path, scope: Scope, name: Option<&str>) -> Result<NewKey> {
+    create_key_at(path, scope, name, unix_now(), None)
+}
+
+/// The clock, for key creation and expiry checks.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Like [`create_key`], recording `now` as the creation time and an optional expiry.
+///
+/// # Errors
+/// As [`create_key`], and when `expires` is not after `now`.
+pub fn create_key_at(
+    path: &Path,
+    scope: Scope,
+    name: Option<&str>,
+    now: u64,
+    expires: Option<u64>,
+) -> Result<NewKey> {
+    if expires.is_some_and(|t| t <= now) {
+        bail!("the expiry must be in the future");
+    }
     let mut keys = ApiKeys::load(path)?;
     let mut random = Zeroizing::new([0u8; 32]);
     getrandom::fill(random.as_mut()).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -211,13 +292,33 @@ pub fn create_key(path: &Path, scope: Scope, name: Option<&str>) -> Result<NewKe
     if keys.entries.iter().any(|e| e.name == name) {
         bail!("a key named '{name}' already exists");
     }
-    let entry = KeyEntry { scope, name, hash };
+    let entry = KeyEntry {
+        scope,
+        name,
+        hash,
+        created: Some(now),
+        expires,
+    };
     keys.entries.push(entry.clone());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::state::create_private_dir(parent)?;
     }
     write_atomic(path, keys.render().as_bytes())?;
     Ok(NewKey { key, entry })
+}
+
+/// Removes the key named `name` from the file at `path` (atomically); returns its entry.
+///
+/// # Errors
+/// When there is no such key, or the file cannot be read or written.
+pub fn revoke_key(path: &Path, name: &str) -> Result<KeyEntry> {
+    let mut keys = ApiKeys::load(path)?;
+    let Some(at) = keys.entries.iter().position(|e| e.name == name) else {
+        bail!("no API key named '{name}' in {}", path.display());
+    };
+    let entry = keys.entries.remove(at);
+    write_atomic(path, keys.render().as_bytes())?;
+    Ok(entry)
 }
 
 #[cfg(test)]
@@ -245,6 +346,37 @@ mod tests {
         assert!(keys.find(b"").is_none());
         assert!(create_key(&path, Scope::Admin, Some("ops")).is_err());
         assert!(create_key(&path, Scope::Admin, Some("two words")).is_err());
+    }
+
+    #[test]
+    fn expiry_revocation_and_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let old = create_key_at(&path, Scope::Verify, Some("old"), 1000, None).unwrap();
+        let soon = create_key_at(&path, Scope::Verify, Some("soon"), 1000, Some(2000)).unwrap();
+        assert!(create_key_at(&path, Scope::Verify, Some("past"), 1000, Some(1000)).is_err());
+        let keys = ApiKeys::load(&path).unwrap();
+        assert_eq!(keys.check(soon.key.as_bytes(), 1999).unwrap().name, "soon");
+        assert_eq!(
+            keys.check(soon.key.as_bytes(), 2000).unwrap_err(),
+            Refusal::Expired
+        );
+        assert_eq!(keys.check(b"crv_x", 0).unwrap_err(), Refusal::Unknown);
+        let entry = &keys.entries()[0];
+        assert_eq!((entry.created, entry.expires), (Some(1000), None));
+        assert_eq!(revoke_key(&path, "old").unwrap().name, "old");
+        assert!(revoke_key(&path, "old").is_err());
+        let keys = ApiKeys::load(&path).unwrap();
+        assert_eq!(
+            keys.check(old.key.as_bytes(), 0).unwrap_err(),
+            Refusal::Unknown
+        );
+        assert_eq!(keys.entries().len(), 1);
+        // A line as earlier versions wrote it (no dates) still parses.
+        let line = format!("admin ops {}\n", "ab".repeat(32));
+        let keys = ApiKeys::parse(&line).unwrap();
+        assert_eq!(keys.entries()[0].created, None);
+        assert!(ApiKeys::parse(&format!("admin ops {} when=1\n", "ab".repeat(32))).is_err());
     }
 
     #[test]

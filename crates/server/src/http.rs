@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +25,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::apikeys::{ApiKeys, Scope};
+use crate::apikeys::{ApiKeys, Refusal, Scope};
 use crate::metrics::Metrics;
+use crate::sealwatch::SealWatch;
 use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
 use crate::wire::{self, codes};
 
@@ -123,6 +124,7 @@ pub struct AppState {
     queued_verifies: Arc<Semaphore>,
     /// Least time a `rejected` verification takes to answer (zero: no floor).
     rejected_floor: Duration,
+    seals: SealWatch,
 }
 
 /// Most verifications handed to a store's own thread and not answered yet; more wait (holding
@@ -142,6 +144,7 @@ impl AppState {
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
             queued_verifies: Arc::new(Semaphore::new(MAX_QUEUED_VERIFIES)),
             rejected_floor: Duration::ZERO,
+            seals: SealWatch::default(),
         }
     }
 
@@ -187,7 +190,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         middleware::from_fn_with_state((state.clone(), Scope::Verify), require_scope),
     );
     let admin_routes = Router::new()
-        .route("/v1/tokens", post(enroll))
+        .route("/v1/tokens", post(enroll).get(list_tokens))
         .route(
             "/v1/tokens/import",
             post(import).layer(DefaultBodyLimit::max(limits.max_import_body)),
@@ -196,6 +199,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         .route("/v1/tokens/{serial}/activate", post(activate))
         .route("/v1/tokens/{serial}/resync", post(resync))
         .route("/v1/tokens/{serial}/unlock", post(unlock))
+        .route("/v1/tokens/{serial}/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Scope::Admin),
             require_scope,
@@ -321,8 +325,10 @@ async fn require_scope(
         return unauthorized("an `Authorization: Bearer KEY` header is required");
     };
     let keys = state.keys();
-    let Some(entry) = keys.find(presented.as_bytes()) else {
-        return unauthorized("unknown API key");
+    let entry = match keys.check(presented.as_bytes(), crate::apikeys::unix_now()) {
+        Ok(entry) => entry,
+        Err(Refusal::Expired) => return unauthorized("the API key has expired"),
+        Err(_) => return unauthorized("unknown API key"),
     };
     if entry.scope != scope {
         return ApiError::new(
@@ -361,9 +367,43 @@ async fn method_not_allowed() -> ApiError {
 async fn healthz(State(state): State<Shared>) -> Response {
     // A store round trip: a server whose database is gone is not healthy (503).
     match blocking(&state, |s| s.ping()).await {
-        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Ok(()) => seal_health(&state),
         Err(error) => error.into_response(),
     }
+}
+
+/// Counts a seed that did not open and logs it, once per token and keyring.
+fn note_seal_error(state: &Shared, serial: &str, missing_key: bool, message: &str) {
+    state.metrics.record_seal_error();
+    let generation = state.service.keyring_generation();
+    if state.seals.record(generation, serial, missing_key) {
+        let hint = if missing_key {
+            " (the keyring is behind a rotation: SIGHUP reloads it)"
+        } else {
+            ""
+        };
+        eprintln!("codereader-verifier: {message}{hint}");
+    }
+}
+
+/// `/healthz` once the store answered: `ok`, or `degraded` while the keyring in use has met
+/// seeds it cannot open (503 if it lacks their key: see the `sealwatch` module).
+fn seal_health(state: &Shared) -> Response {
+    let health = state.seals.health(state.service.keyring_generation());
+    if health.missing_key == 0 && health.unopenable == 0 {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    }
+    let status = if health.missing_key > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": "degraded",
+        "seal_errors": {"missing_key": health.missing_key, "unopenable": health.unopenable},
+        "message": "seeds did not open under this server's keyring; see the log",
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
@@ -513,6 +553,14 @@ fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<
             if matches!(error, ServiceError::Store(_)) {
                 state.metrics.record_store_error();
                 eprintln!("codereader-verifier: {error}");
+            }
+            if let ServiceError::Seal {
+                serial,
+                missing_key,
+                message,
+            } = &error
+            {
+                note_seal_error(state, serial, *missing_key, message);
             }
             Err(error.into())
         }
@@ -908,4 +956,28 @@ fn body_timeout(limit: Duration) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+async fn audit(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let serial = path_serial(path)?;
+    let (limit, before) = wire::audit_query(query.as_deref())
+        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    // One line more than asked tells whether there is a next page.
+    let lines = blocking(&state, move |s| s.audit(&serial, before, limit + 1)).await?;
+    Ok(axum::Json(wire::audit_page(lines, limit)))
+}
+
+async fn list_tokens(
+    State(state): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (after, limit) = wire::list_query(query.as_deref())
+        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    // One token more than asked tells whether there is a next page.
+    let views = blocking(&state, move |s| s.list_page(after.as_deref(), limit + 1)).await?;
+    Ok(axum::Json(wire::token_page(views, limit)))
 }

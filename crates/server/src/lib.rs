@@ -6,14 +6,20 @@
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
+//! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
+//! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
 //! - [`wire`]: the JSON request and response bodies (only this crate knows JSON).
 
 pub mod apikeys;
 pub mod connections;
 pub mod http;
+pub mod keyring;
 pub mod metrics;
+pub mod sealwatch;
 pub mod service;
 pub mod state;
+pub mod timefmt;
 pub mod wire;

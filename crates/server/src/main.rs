@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::{ClientBudget, FailureDelay, Kek};
+use codereader_verifier::{ClientBudget, FailureDelay, Kek, KeyId, KeyringFile};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits};
 use codereader_verifier_server::http::{self, AppState, Limits};
+use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
-use codereader_verifier_server::service::{Enrollment, TokenService, TokenView};
-use codereader_verifier_server::state;
+use codereader_verifier_server::service::{
+    AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
+};
+use codereader_verifier_server::{state, timefmt, wire};
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -176,6 +179,10 @@ enum TokenCommand {
         /// A file holding the pre-shared key (hex) for encrypted keys.
         #[arg(long, value_name = "FILE")]
         preshared_key_file: Option<PathBuf>,
+        /// Accept secrets shorter than 128 bits (RFC 4226 asks for at least that; some
+        /// legacy tokens, and RFC 6030's own first example, have shorter ones).
+        #[arg(long)]
+        allow_short_secret: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -205,12 +212,49 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Re-encrypt every seed under a new key-encryption key (created if missing). Then run
-    /// servers with `--kek-file NEW`.
+    /// Rotate the key-encryption key: a new key becomes current in the keyring file named by
+    /// `--kek-file` (the old ones stay, to open), then every seed is re-encrypted under it.
+    /// Running servers follow on SIGHUP, or by themselves when they first meet a seed sealed
+    /// under the new key; a restart with the same command line keeps working.
     RotateKek {
-        /// The new key-encryption key.
-        #[arg(long, value_name = "FILE")]
-        new_kek_file: PathBuf,
+        /// Take the new key from this file (created if missing) instead of generating one.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["stage", "use_key"])]
+        new_kek_file: Option<PathBuf>,
+        /// Only add a new key that opens but does not seal yet (the first step with several
+        /// servers: copy the file to each and SIGHUP them before `--use`).
+        #[arg(long, conflicts_with = "use_key")]
+        stage: bool,
+        /// Make this key of the keyring file current (a staged key; or the current one, to
+        /// re-encrypt seeds enrolled under the old key meanwhile), then re-encrypt.
+        #[arg(long = "use", value_name = "KEY_ID")]
+        use_key: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show the audit trail: one token's latest lines (newest first), or with `--all --since T`
+    /// every line since T (oldest first), e.g. `--json` for a SIEM. Never a code or secret.
+    Audit {
+        /// The token's serial.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        serial: Option<String>,
+        /// Every token's lines (needs `--since`).
+        #[arg(long, requires = "since")]
+        all: bool,
+        /// With `--all`: from this time on (Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ, UTC).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Most lines to show (default: 50 for one token, all with `--all`).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object a line instead of columns.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove the keys that only open from the keyring file, once no seed needs them.
+    PruneKek {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -226,6 +270,25 @@ enum ApiKeyCommand {
         /// A name for the audit trail (default: derived from the key's hash).
         #[arg(long)]
         name: Option<String>,
+        /// The API-key file. Default: `api-keys` in the state directory.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
+        /// When the key stops being accepted (Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ, UTC). Default: never.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+    },
+    /// List the keys: name, scope, created, expiry (never the key or its hash).
+    List {
+        /// The API-key file. Default: `api-keys` in the state directory.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
+    },
+    /// Remove a key; a running server stops accepting it on SIGHUP.
+    Revoke {
+        /// The key's name (see `api-key list`).
+        #[arg(long)]
+        name: String,
         /// The API-key file. Default: `api-keys` in the state directory.
         #[arg(long, value_name = "FILE")]
         api_keys: Option<PathBuf>,
@@ -247,16 +310,30 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(command) => token(command),
+        Command::ApiKey(ApiKeyCommand::List { api_keys }) => list_api_keys(api_keys),
+        Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys }) => {
+            revoke_api_key(&name, api_keys)
+        }
         Command::ApiKey(ApiKeyCommand::Create {
             scope,
             name,
             api_keys,
+            expires,
         }) => {
             let path = match api_keys {
                 Some(p) => p,
                 None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
             };
-            let created = apikeys::create_key(&path, scope, name.as_deref())?;
+            let expires = expires
+                .map(|t| timefmt::parse_time(&t).context("--expires"))
+                .transpose()?;
+            let created = apikeys::create_key_at(
+                &path,
+                scope,
+                name.as_deref(),
+                apikeys::unix_now(),
+                expires,
+            )?;
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
@@ -297,10 +374,6 @@ fn load_kek(path: &Path) -> Result<Kek> {
     Ok(kek)
 }
 
-fn read_kek(path: &Path) -> Result<Kek> {
-    Kek::from_file(path).with_context(|| format!("key-encryption key {}", path.display()))
-}
-
 fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
     match arg {
         Some(text) => DbSpec::parse(text),
@@ -311,13 +384,17 @@ fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
 }
 
 fn open_library(store: &StoreArgs, config: LibraryConfig) -> Result<Library> {
-    let kek = load_kek(&kek_path(store.kek_file.as_deref())?)?;
-    let older = store
-        .old_kek_file
-        .iter()
-        .map(|p| read_kek(p))
-        .collect::<Result<Vec<_>>>()?;
-    Library::open(&db_spec(store.db.as_deref())?, kek, older, config)
+    Library::open_with_key_files(&db_spec(store.db.as_deref())?, &key_files(store)?, config)
+}
+
+/// The keyring's files (the `--kek-file` one created if missing, saying so).
+fn key_files(store: &StoreArgs) -> Result<KeyFiles> {
+    let kek_file = kek_path(store.kek_file.as_deref())?;
+    load_kek(&kek_file)?;
+    Ok(KeyFiles {
+        kek_file,
+        old: store.old_kek_file.clone(),
+    })
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -354,6 +431,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         unknown_as_rejected: args.unknown_as_rejected,
     };
     let library = open_library(&args.store, config)?;
+    eprintln!(
+        "codereader-verifier: keyring {}",
+        library.describe_keyring()
+    );
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
@@ -380,9 +461,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         } else {
             Duration::ZERO
         };
+        let library = Arc::new(library);
+        reload_keyring_on_sighup(library.clone());
         let state = Arc::new(
-            AppState::new(Arc::new(library), keys, store_concurrency)
-                .with_rejected_floor(rejected_floor),
+            AppState::new(library, keys, store_concurrency).with_rejected_floor(rejected_floor),
         );
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
@@ -507,13 +589,18 @@ fn token(command: TokenCommand) -> Result<()> {
                 Zeroizing::new(uri)
             };
             let library = open_library(&store, config)?;
+            let label = uri_label(&uri);
             let view = library.enroll(&serial, &Enrollment::Uri(uri), &caller)?;
             writeln!(out, "enrolled:")?;
             print_token(&mut out, &view)?;
+            if let Some(label) = label {
+                writeln!(out, "{label}")?;
+            }
         }
         TokenCommand::Import {
             pskc,
             preshared_key_file,
+            allow_short_secret,
             store,
         } => {
             let text = std::fs::read_to_string(&pskc)
@@ -533,18 +620,32 @@ fn token(command: TokenCommand) -> Result<()> {
                 None => None,
             };
             let library = open_library(&store, config)?;
-            let report = library.import_pskc(&text, psk.as_ref().map(|k| k.as_slice()), &caller)?;
+            let report = library.import_pskc_with(
+                &text,
+                psk.as_ref().map(|k| k.as_slice()),
+                allow_short_secret,
+                &caller,
+            )?;
             for (id, reason) in &report.rejected {
                 writeln!(out, "refused {id}: {reason}")?;
             }
-            writeln!(
-                out,
-                "imported {} token(s): {}",
-                report.imported.len(),
-                report.imported.join(" ")
-            )?;
+            print_imported(&mut out, &report.imported)?;
             if !report.rejected.is_empty() {
-                bail!("{} key(s) were refused", report.rejected.len());
+                // The library's reason says short keys need explicit permission; name it.
+                let short = !allow_short_secret
+                    && report
+                        .rejected
+                        .iter()
+                        .any(|(_, r)| r.contains("(128 bits)"));
+                bail!(
+                    "{} key(s) were refused{}",
+                    report.rejected.len(),
+                    if short {
+                        "; --allow-short-secret accepts secrets shorter than 128 bits"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         TokenCommand::List { store } => {
@@ -576,29 +677,57 @@ fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::RotateKek {
             new_kek_file,
+            stage,
+            use_key,
+            store,
+        } => rotate_kek(
+            &mut out,
+            &store,
+            new_kek_file.as_deref(),
+            stage,
+            use_key.as_deref(),
+            &caller,
+        )?,
+        TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
+        TokenCommand::Audit {
+            serial,
+            all: _,
+            since,
+            limit,
+            json,
             store,
         } => {
-            // The new key seals; the current one and any older ones open.
-            let new = load_kek(&new_kek_file)?;
-            let new_id = new.id().to_string();
-            let mut older = vec![read_kek(&kek_path(store.kek_file.as_deref())?)?];
-            for path in &store.old_kek_file {
-                older.push(read_kek(path)?);
-            }
-            let library = Library::open(&db_spec(store.db.as_deref())?, new, older, config)?;
-            let report = library.rotate(&caller)?;
-            for (serial, reason) in &report.failed {
-                writeln!(out, "cannot open the seed of {serial}: {reason}")?;
-            }
-            writeln!(
-                out,
-                "re-encrypted {} seed(s) under {new_id} ({}); from now on run with --kek-file {}",
-                report.resealed,
-                new_kek_file.display(),
-                new_kek_file.display()
-            )?;
-            if !report.failed.is_empty() {
-                bail!("{} seed(s) could not be re-encrypted", report.failed.len());
+            let library = open_library(&store, config)?;
+            let show = |out: &mut dyn Write, line: &AuditLine| print_audit(out, line, json);
+            match serial {
+                Some(serial) => {
+                    let mut left = limit.unwrap_or(wire::DEFAULT_AUDIT_LIMIT);
+                    let mut before = None;
+                    while left > 0 {
+                        let page = library.audit(&serial, before, left.min(MAX_AUDIT_PAGE))?;
+                        let Some(last) = page.last() else { break };
+                        before = Some(last.seq);
+                        left -= page.len();
+                        for line in &page {
+                            show(&mut out, line)?;
+                        }
+                    }
+                }
+                None => {
+                    let since = timefmt::parse_time(since.as_deref().unwrap_or_default())
+                        .context("--since")?;
+                    let mut left = limit.unwrap_or(usize::MAX);
+                    let mut after = None;
+                    while left > 0 {
+                        let page = library.audit_since(since, after, left.min(MAX_AUDIT_PAGE))?;
+                        let Some(last) = page.last() else { break };
+                        after = Some(last.seq);
+                        left -= page.len();
+                        for line in &page {
+                            show(&mut out, line)?;
+                        }
+                    }
+                }
             }
         }
     }
@@ -634,4 +763,243 @@ fn print_token(out: &mut impl Write, view: &TokenView) -> Result<()> {
     writeln!(out, "failures   {}", view.failures)?;
     writeln!(out, "key        {}", view.key_id)?;
     Ok(())
+}
+
+/// `token rotate-kek`: changes the keyring file first (so that whatever happens next, the
+/// file names a key for every seal), then re-encrypts.
+fn rotate_kek(
+    out: &mut impl Write,
+    store: &StoreArgs,
+    new_kek_file: Option<&Path>,
+    stage: bool,
+    use_key: Option<&str>,
+    caller: &str,
+) -> Result<()> {
+    let files = key_files(store)?;
+    let path = &files.kek_file;
+    let mut keyring = KeyringFile::read(path)
+        .with_context(|| format!("key-encryption key {}", path.display()))?;
+    if stage {
+        let id = keyring.stage_new()?;
+        keyring.write(path)?;
+        writeln!(
+            out,
+            "staged key {id} in {} (opens, does not seal yet). Copy the file to every server \
+             and send them SIGHUP; then run `token rotate-kek --use {id}`.",
+            path.display()
+        )?;
+        return Ok(());
+    }
+    let new_id = match (use_key, new_kek_file) {
+        (Some(id), _) => {
+            let id = KeyId::new(id).context("--use needs a key id")?;
+            keyring.promote(&id)?;
+            id
+        }
+        (None, Some(file)) => {
+            let new = load_kek(file)?;
+            let other = KeyringFile::read(file)
+                .with_context(|| format!("key-encryption key {}", file.display()))?;
+            let id = keyring.add_open(&other);
+            debug_assert_eq!(&id, new.id());
+            keyring.promote(&id)?;
+            id
+        }
+        (None, None) => {
+            let id = keyring.stage_new()?;
+            keyring.promote(&id)?;
+            id
+        }
+    };
+    keyring.write(path)?;
+    let library = Library::open_with_key_files(
+        &db_spec(store.db.as_deref())?,
+        &files,
+        LibraryConfig::default(),
+    )?;
+    let report = library.rotate(caller)?;
+    for (serial, reason) in &report.failed {
+        writeln!(out, "cannot open the seed of {serial}: {reason}")?;
+    }
+    writeln!(
+        out,
+        "re-encrypted {} seed(s) under {new_id}, now the current key of {} (the older keys \
+         stay in it, to open). Running servers pick it up on SIGHUP or when they meet a seed \
+         sealed under it; restarts need no new options.",
+        report.resealed,
+        path.display(),
+    )?;
+    if !report.failed.is_empty() {
+        bail!("{} seed(s) could not be re-encrypted", report.failed.len());
+    }
+    Ok(())
+}
+
+/// `token prune-kek`: drops the keys that only open, refusing while a seed is sealed under
+/// one of them.
+fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
+    let files = key_files(store)?;
+    let path = &files.kek_file;
+    let mut keyring = KeyringFile::read(path)
+        .with_context(|| format!("key-encryption key {}", path.display()))?;
+    let library = Library::open_with_key_files(
+        &db_spec(store.db.as_deref())?,
+        &files,
+        LibraryConfig::default(),
+    )?;
+    let left = library.seeds_not_under_current()?;
+    if left > 0 {
+        bail!(
+            "{left} seed(s) are still sealed under older keys; run \
+             `token rotate-kek --use {}` first",
+            keyring.current_id()
+        );
+    }
+    let removed = keyring.retire_open();
+    keyring.write(path)?;
+    let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "removed {} key(s) from {}{}{}; {} is the only key. Copy the file to every server and \
+         send them SIGHUP.",
+        removed.len(),
+        path.display(),
+        if removed.is_empty() { "" } else { ": " },
+        removed.join(" "),
+        keyring.current_id()
+    )?;
+    Ok(())
+}
+
+/// Reloads the keyring files on SIGHUP (beside the API keys, which their own handler
+/// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
+fn reload_keyring_on_sighup(library: Arc<Library>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let library = library.clone();
+                let result = tokio::task::spawn_blocking(move || library.reload_keyring()).await;
+                match result {
+                    Ok(Ok(described)) => {
+                        eprintln!("codereader-verifier: reloaded the keyring: {described}")
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("codereader-verifier: SIGHUP: keeping the old keyring: {e:#}")
+                    }
+                    Err(e) => eprintln!("codereader-verifier: SIGHUP: keyring reload: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = library;
+    }
+}
+
+/// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a
+/// JSON object (one a line, for a SIEM).
+fn print_audit(out: &mut dyn Write, line: &AuditLine, json: bool) -> Result<()> {
+    if json {
+        let mut object = wire::audit_line(line);
+        if let Some(map) = object.as_object_mut() {
+            map.insert(
+                "time".to_owned(),
+                serde_json::Value::String(timefmt::rfc3339(line.at)),
+            );
+        }
+        writeln!(out, "{object}")?;
+    } else {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            timefmt::rfc3339(line.at),
+            line.token.as_deref().unwrap_or("-"),
+            line.action,
+            line.outcome,
+            line.caller,
+            line.user.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
+
+fn api_keys_path(arg: Option<PathBuf>) -> Result<PathBuf> {
+    match arg {
+        Some(p) => Ok(p),
+        None => Ok(state::state_dir()?.join(state::DEFAULT_API_KEYS_FILE)),
+    }
+}
+
+/// `api-key list`: names, scopes and dates; never a key or a hash.
+fn list_api_keys(api_keys: Option<PathBuf>) -> Result<()> {
+    let keys = ApiKeys::load(&api_keys_path(api_keys)?)?;
+    let now = apikeys::unix_now();
+    let mut out = std::io::stdout().lock();
+    for entry in keys.entries() {
+        let when = |t: Option<u64>, none: &str| t.map_or_else(|| none.to_owned(), timefmt::rfc3339);
+        writeln!(
+            out,
+            "{}\t{}\tcreated {}\texpires {}{}",
+            entry.name,
+            entry.scope,
+            when(entry.created, "unknown"),
+            when(entry.expires, "never"),
+            if entry.expired(now) { "\texpired" } else { "" },
+        )?;
+    }
+    Ok(())
+}
+
+/// `api-key revoke --name N`.
+fn revoke_api_key(name: &str, api_keys: Option<PathBuf>) -> Result<()> {
+    let path = api_keys_path(api_keys)?;
+    let entry = apikeys::revoke_key(&path, name)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "revoked API key '{}' ({}) in {}; a running server stops accepting it on SIGHUP.",
+        entry.name,
+        entry.scope,
+        path.display()
+    )?;
+    Ok(())
+}
+
+/// "imported 2 token(s): A B", or "imported 0 token(s)" without a dangling colon.
+fn print_imported(out: &mut impl Write, imported: &[String]) -> Result<()> {
+    if imported.is_empty() {
+        writeln!(out, "imported 0 token(s)")?;
+    } else {
+        writeln!(
+            out,
+            "imported {} token(s): {}",
+            imported.len(),
+            imported.join(" ")
+        )?;
+    }
+    Ok(())
+}
+
+/// The account (and issuer) an otpauth URI names, for `token add` to show beside the
+/// unbound `user` line: enrolment does not bind a user (activation does, with a code).
+fn uri_label(uri: &str) -> Option<String> {
+    let parsed =
+        codereader_otp::KeyUri::parse(uri, codereader_otp::KeyPolicy::AllowLegacyShort).ok()?;
+    let account = parsed.account();
+    if account.is_empty() {
+        return None;
+    }
+    let issuer = parsed
+        .issuer()
+        .map(|i| format!(" at {i}"))
+        .unwrap_or_default();
+    Some(format!(
+        "account    {account}{issuer} (from the URI; `activate` binds the token to a user \
+         with a code)"
+    ))
 }

@@ -35,6 +35,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_nanos: AtomicU64,
     store_errors: AtomicU64,
+    seal_errors: AtomicU64,
     statuses: [AtomicU64; STATUS_CLASSES.len()],
 }
 
@@ -62,6 +63,11 @@ impl Metrics {
     /// Counts one failed store operation.
     pub fn record_store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one seed that did not open (a key the keyring lacks, or a bad seal).
+    pub fn record_seal_error(&self) {
+        self.seal_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one HTTP response.
@@ -128,6 +134,15 @@ impl Metrics {
             self.store_errors.load(Ordering::Relaxed)
         );
         out.push_str(
+            "# HELP codereader_seal_errors_total Seeds that did not open (key missing or bad seal).\n\
+             # TYPE codereader_seal_errors_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "codereader_seal_errors_total {}",
+            self.seal_errors.load(Ordering::Relaxed)
+        );
+        out.push_str(
             "# HELP codereader_http_responses_total HTTP responses, by status class.\n\
              # TYPE codereader_http_responses_total counter\n",
         );
@@ -153,6 +168,7 @@ mod tests {
         m.record_verify("rejected", Duration::from_millis(3));
         m.record_verify("accepted", Duration::from_secs(9));
         m.record_store_error();
+        m.record_seal_error();
         m.record_status(200);
         m.record_status(503);
         let text = m.render();
@@ -164,6 +180,7 @@ mod tests {
         assert!(text.contains("codereader_verify_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("codereader_verify_duration_seconds_count 3\n"));
         assert!(text.contains("codereader_store_errors_total 1\n"));
+        assert!(text.contains("codereader_seal_errors_total 1\n"));
         assert!(text.contains("codereader_http_responses_total{class=\"5xx\"} 1\n"));
         assert_eq!(m.verifies("accepted"), 2);
     }

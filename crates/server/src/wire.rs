@@ -5,7 +5,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::service::{Decision, ImportReport, Matched, TokenView};
+use crate::service::{
+    AuditLine, Decision, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched, TokenView,
+};
 
 /// The stable values of the `error` field.
 pub mod codes {
@@ -181,7 +183,10 @@ pub fn decision(decision: &Decision) -> Value {
         Decision::RateLimited { retry_at } => json!({"result": result, "retry_at": retry_at}),
         Decision::Locked { until } => json!({"result": result, "until": until}),
         Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
-        Decision::Replayed | Decision::Unknown | Decision::Disabled => json!({"result": result}),
+        Decision::Replayed { token: Some(token) } => json!({"result": result, "token": token}),
+        Decision::Replayed { token: None } | Decision::Unknown | Decision::Disabled => {
+            json!({"result": result})
+        }
     }
 }
 
@@ -204,6 +209,137 @@ pub fn token(view: &TokenView) -> Value {
     })
 }
 
+/// Lines of an audit page when `limit` is not given.
+pub const DEFAULT_AUDIT_LIMIT: usize = 50;
+
+/// The query of `GET /v1/tokens/{serial}/audit`: `limit` (1 to 1000, default 50) and
+/// `before` (the `next` of the previous page). Returns `(limit, before)`.
+///
+/// # Errors
+/// An unknown parameter or a value that is not a number in range, in words (never echoing
+/// the value).
+pub fn audit_query(raw: Option<&str>) -> Result<(usize, Option<u64>), String> {
+    let (mut limit, mut before) = (DEFAULT_AUDIT_LIMIT, None);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
+                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_AUDIT_PAGE}"))?;
+            }
+            "before" => {
+                before = Some(value.parse().map_err(|_| {
+                    "`before` is the `next` cursor of the previous page".to_owned()
+                })?);
+            }
+            _ => return Err("the query takes only `limit` and `before`".to_owned()),
+        }
+    }
+    Ok((limit, before))
+}
+
+/// Tokens of a list page when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// The query of `GET /v1/tokens`: `after` (a serial, percent-encoded) and `limit` (1 to
+/// 1000, default 100). Returns `(after, limit)`.
+///
+/// # Errors
+/// An unknown parameter, a bad number or bad percent-encoding, in words.
+pub fn list_query(raw: Option<&str>) -> Result<(Option<String>, usize), String> {
+    let (mut after, mut limit) = (None, DEFAULT_LIST_LIMIT);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST_PAGE).contains(n))
+                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_LIST_PAGE}"))?;
+            }
+            "after" => {
+                after =
+                    Some(percent_decode(value).ok_or_else(|| {
+                        "`after` is a serial, percent-encoded as UTF-8".to_owned()
+                    })?);
+            }
+            _ => return Err("the query takes only `after` and `limit`".to_owned()),
+        }
+    }
+    Ok((after, limit))
+}
+
+/// Decodes `%XX` escapes and `+` (a space, as forms encode it); `None` for a bad escape or
+/// bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A list page from up to `limit + 1` tokens: the first `limit`, and the serial to pass as
+/// `after` for the next page if there was one more.
+pub fn token_page(mut views: Vec<TokenView>, limit: usize) -> Value {
+    let more = views.len() > limit;
+    views.truncate(limit);
+    let next = if more {
+        views.last().map(|v| v.serial.clone())
+    } else {
+        None
+    };
+    let tokens: Vec<Value> = views.iter().map(token).collect();
+    json!({"tokens": tokens, "next": next})
+}
+
+/// One audit line (there is no field for a code or a secret).
+pub fn audit_line(line: &AuditLine) -> Value {
+    json!({
+        "seq": line.seq,
+        "at": line.at,
+        "token": line.token,
+        "user": line.user,
+        "action": line.action,
+        "outcome": line.outcome,
+        "caller": line.caller,
+    })
+}
+
+/// An audit page from up to `limit + 1` lines: the first `limit`, and the cursor of the
+/// next page if there was one more.
+pub fn audit_page(mut lines: Vec<AuditLine>, limit: usize) -> Value {
+    let more = lines.len() > limit;
+    lines.truncate(limit);
+    let next = if more {
+        lines.last().map(|l| l.seq.to_string())
+    } else {
+        None
+    };
+    let entries: Vec<Value> = lines.iter().map(audit_line).collect();
+    json!({"entries": entries, "next": next})
+}
+
 /// The body of an import report.
 pub fn import_report(report: &ImportReport) -> Value {
     let rejected: Vec<Value> = report
@@ -217,6 +353,44 @@ pub fn import_report(report: &ImportReport) -> Value {
 #[cfg(test)]
 mod tests {
     use super::codes;
+
+    #[test]
+    fn list_queries() {
+        use super::{DEFAULT_LIST_LIMIT, list_query};
+        assert_eq!(list_query(None), Ok((None, DEFAULT_LIST_LIMIT)));
+        assert_eq!(
+            list_query(Some("after=SN%201+x%C3%A6&limit=7")),
+            Ok((Some("SN 1 x\u{e6}".to_owned()), 7))
+        );
+        for bad in [
+            "after=%zz",
+            "after=%c3",
+            "after=%",
+            "limit=0",
+            "limit=1001",
+            "user=a",
+        ] {
+            assert!(list_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_queries() {
+        use super::{DEFAULT_AUDIT_LIMIT, audit_query};
+        assert_eq!(audit_query(None), Ok((DEFAULT_AUDIT_LIMIT, None)));
+        assert_eq!(audit_query(Some("limit=5&before=77")), Ok((5, Some(77))));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "before=",
+            "code=123456",
+            "limit",
+        ] {
+            let err = audit_query(Some(bad)).unwrap_err();
+            assert!(!err.contains("123456"), "{err}");
+        }
+    }
 
     const OPENAPI: &str = include_str!("../openapi.yaml");
 
@@ -236,6 +410,7 @@ mod tests {
             "/v1/tokens/{serial}/activate:",
             "/v1/tokens/{serial}/resync:",
             "/v1/tokens/{serial}/unlock:",
+            "/v1/tokens/{serial}/audit:",
             "/healthz:",
             "/metrics:",
         ] {

@@ -8,6 +8,8 @@ mod common;
 
 #[path = "api/attack.rs"]
 mod attack;
+#[path = "api/audit.rs"]
+mod audit;
 #[path = "api/bodies.rs"]
 mod bodies;
 #[path = "api/cli.rs"]
@@ -20,5 +22,11 @@ mod fault;
 mod flows;
 #[path = "api/fuzz.rs"]
 mod fuzz;
+#[path = "api/keys.rs"]
+mod keys;
+#[path = "api/listing.rs"]
+mod listing;
 #[path = "api/malformed.rs"]
 mod malformed;
+#[path = "api/rotation.rs"]
+mod rotation;

@@ -9,9 +9,10 @@
 //!
 //! # Map
 //! - Setting up: [`open_store`] (`sqlite:PATH` or `postgres://...`, migrations run at
-//!   open), [`Kek::load_or_create`] (creates a 0600 key file if missing),
-//!   [`Keyring`] (current key plus older ones during a rotation), [`Verifier::new`] with a
-//!   [`Policy`].
+//!   open), [`KeyringFile::load_or_create`] (creates a 0600 key file if missing; the file
+//!   holds the current key and the ones a rotation still needs), [`Keyring`] (current key
+//!   plus older ones, each a [`SealingKey`]), [`Verifier::new`] with a [`Policy`], and
+//!   [`Verifier::with_key_source`] to pick up a rotated keyring while running.
 //! - Checking codes: [`Verifier::verify`] by [`Subject::Token`] or [`Subject::User`] returns
 //!   an [`Outcome`]; [`Verifier::activate`] binds a token to a user with a valid code;
 //!   [`Verifier::resync`] takes two consecutive codes.
@@ -19,7 +20,9 @@
 //!   [`Enrollment::from_uri`]), [`Verifier::import_pskc`] (RFC 6030, per-key report).
 //! - Operating: [`Verifier::show`] and [`Verifier::list`] ([`TokenInfo`], never a seed),
 //!   [`Verifier::unlock`], [`Verifier::set_enabled`], [`Verifier::delete`],
-//!   [`Verifier::rotate`], [`Verifier::audit_trail`].
+//!   [`Verifier::rotate`], [`Verifier::audit_trail`], [`Verifier::audit_page`] (one
+//!   token's lines, newest first, by cursor) and [`Verifier::audit_since`] (every line, for
+//!   export).
 //!
 //! # Invariants
 //! - A step or counter is accepted at most once, and never after a later one: the store's
@@ -64,6 +67,7 @@
 
 mod budget;
 mod keycache;
+mod keyfile;
 mod outcome;
 mod policy;
 mod scan;
@@ -75,20 +79,21 @@ mod token;
 mod verifier;
 
 pub use crate::budget::{Admission, ClientBudget};
+pub use crate::keyfile::{KeyRole, KeyringFile};
 pub use crate::outcome::{Accepted, Matched, Outcome};
 pub use crate::policy::{FailureDelay, Policy};
-pub use crate::seal::{Kek, Keyring, NONCE_LEN, SealError, SealedSeed};
+pub use crate::seal::{Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed, SealingKey};
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
-pub use crate::store::{AuditEvent, Store, StoreError, open_store};
+pub use crate::store::{AuditEntry, AuditEvent, Store, StoreError, open_store};
 pub use crate::token::{
     Caller, ClientId, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState,
     UserId,
 };
 pub use crate::verifier::{
-    Activation, Enrollment, ImportProblem, ImportReport, OwnedSubject, RotationReport, Subject,
-    TokenInfo, Verifier, VerifyError,
+    Activation, Enrollment, ImportProblem, ImportReport, KeySource, OwnedSubject, RotationReport,
+    Subject, TokenInfo, Verifier, VerifyError,
 };
 
 /// The server shares one [`Verifier`] between blocking threads; this fails to compile if a

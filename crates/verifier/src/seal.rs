@@ -4,15 +4,22 @@
 //! not open. Every seal names the KEK that made it ([`KeyId`]), so a [`Keyring`] can hold the
 //! current key and older ones while [`crate::Verifier::rotate`] re-seals everything under the
 //! current key.
+//!
+//! The keyring holds keys through the [`SealingKey`] trait ("a key that seals and opens under
+//! an id"), not as bytes: a [`Kek`] read from a file is one kind; a key that never leaves a
+//! hardware security module can be another, and a keyring may mix them during a rotation
+//! from one kind to the other.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use codereader_otp::{KeyPolicy, Secret};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::keyfile::KeyringFile;
 use crate::token::{KeyId, TokenId};
 
 /// Length of an AES-GCM nonce in bytes.
@@ -63,6 +70,71 @@ pub enum SealError {
     /// The operating system random generator failed.
     #[error("no randomness available for a nonce")]
     Random,
+    /// A keyring file line is not `current HEX`, `open HEX` or a bare key, or the file does
+    /// not name exactly one current key. Never quotes the line (it may hold a key).
+    #[error("keyring file, line {line}: {reason}")]
+    BadKeyring {
+        /// 1-based line number (0: the file as a whole).
+        line: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A keyring file has no key with this id.
+    #[error("the keyring file has no key {key}")]
+    MissingKey {
+        /// The key asked for.
+        key: KeyId,
+    },
+    /// A key could not be used at all (for example a hardware module that does not answer).
+    #[error("key {key} is unavailable: {reason}")]
+    KeyUnavailable {
+        /// The key.
+        key: KeyId,
+        /// Why, without key material.
+        reason: String,
+    },
+}
+
+/// Why a [`SealingKey`] did not seal or open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFailure {
+    /// Authentication failed: the data was not sealed by this key for this token, or was
+    /// altered.
+    Rejected,
+    /// The key could not be used (device gone, session closed...); nothing was decided.
+    Unavailable(String),
+}
+
+/// A key that seals and opens seeds under its id: AES-256-GCM with a 96-bit nonce and the
+/// token id as associated data. [`Kek`] (bytes in memory, read from a file) implements it; a
+/// key held in a hardware security module can too, so that a [`Keyring`] rotates between
+/// kinds of keys without the stores or the verifier knowing.
+pub trait SealingKey: Send + Sync + fmt::Debug {
+    /// The key's name, stored beside every seal it makes.
+    fn id(&self) -> &KeyId;
+
+    /// Encrypts `plain` with `nonce` and associated data `aad`; returns ciphertext and tag.
+    ///
+    /// # Errors
+    /// [`KeyFailure::Unavailable`] if the key cannot be used.
+    fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, KeyFailure>;
+
+    /// Decrypts and authenticates what [`SealingKey::seal`] made.
+    ///
+    /// # Errors
+    /// [`KeyFailure::Rejected`] if authentication fails; [`KeyFailure::Unavailable`].
+    fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyFailure>;
 }
 
 /// A key-encryption key: 256 bits, zeroized on drop, never printed.
@@ -78,7 +150,7 @@ impl fmt::Debug for Kek {
 }
 
 impl Kek {
-    /// A KEK from its 32 bytes.
+    /// A KEK from its 32 bytes, named `id`.
     pub fn from_bytes(id: KeyId, mut bytes: [u8; 32]) -> Self {
         let cipher = Aes256Gcm::new(&bytes.into());
         bytes.zeroize();
@@ -116,96 +188,26 @@ impl Kek {
         Ok(Self::from_key(*bytes))
     }
 
-    /// Reads a KEK from a file holding 32 raw bytes or 64 hex digits (surrounding whitespace
-    /// allowed), named by its fingerprint. On Unix the file must not be readable by group or
-    /// others.
+    /// Reads the current key of a keyring file (see [`KeyringFile`]): 32 raw bytes, 64 hex
+    /// digits, or `current HEX` and `open HEX` lines. On Unix the file must not be readable
+    /// by group or others.
     ///
     /// # Errors
-    /// [`SealError::Unreadable`], [`SealError::Permissions`] or [`SealError::BadKeyFormat`].
+    /// [`SealError::Unreadable`], [`SealError::Permissions`], [`SealError::BadKeyFormat`] or
+    /// [`SealError::BadKeyring`].
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let unreadable = |e: std::io::Error| SealError::Unreadable {
-            reason: e.to_string(),
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(unreadable)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(SealError::Permissions { mode: mode & 0o777 });
-            }
-        }
-        let content = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
-        let mut key = Zeroizing::new([0u8; 32]);
-        if content.len() == 32 {
-            key.copy_from_slice(&content);
-        } else {
-            let text = std::str::from_utf8(&content).map_err(|_| SealError::BadKeyFormat)?;
-            let text = text.trim().as_bytes();
-            if text.len() != 64 {
-                return Err(SealError::BadKeyFormat);
-            }
-            let decoded = Zeroizing::new(
-                data_encoding::HEXLOWER_PERMISSIVE
-                    .decode(text)
-                    .map_err(|_| SealError::BadKeyFormat)?,
-            );
-            key.copy_from_slice(&decoded);
-        }
-        Ok(Kek::from_key(*key))
+        Ok(KeyringFile::read(path)?.current_kek())
     }
 
-    /// Reads the KEK at `path`, or, if there is no file, creates one with a fresh random key
-    /// (64 hex digits, mode 0600, written to a temporary file, fsynced and renamed into place
-    /// so that a crash never leaves half a key). Returns the key and whether it was created.
+    /// Reads the current key of the keyring file at `path`, or, if there is no file,
+    /// creates one with a fresh random key (see [`KeyringFile::load_or_create`]). Returns the
+    /// key and whether it was created.
     ///
     /// # Errors
     /// As [`Kek::from_file`], plus [`SealError::Unreadable`] if the file cannot be written.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
-        match std::fs::symlink_metadata(path) {
-            Ok(_) => return Ok((Self::from_file(path)?, false)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(SealError::Unreadable {
-                    reason: e.to_string(),
-                });
-            }
-        }
-        let io = |e: std::io::Error| SealError::Unreadable {
-            reason: e.to_string(),
-        };
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
-        let mut text = Zeroizing::new(data_encoding::HEXLOWER.encode(bytes.as_ref()));
-        text.push('\n');
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile_in(dir).map_err(io)?;
-        {
-            use std::io::Write;
-            tmp.1.write_all(text.as_bytes()).map_err(io)?;
-            tmp.1.sync_all().map_err(io)?;
-        }
-        // Another process may have created the key meanwhile: keep theirs (hard link fails
-        // if the target exists), so two servers never end up with different keys.
-        let linked = std::fs::hard_link(&tmp.0, path);
-        let _ = std::fs::remove_file(&tmp.0);
-        match linked {
-            Ok(()) => {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-                Ok((Self::from_key(*bytes), true))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Ok((Self::from_file(path)?, false))
-            }
-            Err(e) => Err(io(e)),
-        }
+        let (file, created) = KeyringFile::load_or_create(path)?;
+        Ok((file.current_kek(), created))
     }
 
     /// The key's name.
@@ -214,23 +216,34 @@ impl Kek {
     }
 }
 
-/// Creates a new file with a random name in `dir`, readable only by its owner.
-fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let mut name = [0u8; 8];
-    getrandom::fill(&mut name).map_err(|_| std::io::Error::other("no randomness"))?;
-    let path = dir.join(format!(
-        ".kek-{}.tmp",
-        data_encoding::HEXLOWER.encode(&name)
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+impl SealingKey for Kek {
+    fn id(&self) -> &KeyId {
+        &self.id
     }
-    let file = options.open(&path)?;
-    Ok((path, file))
+
+    fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, KeyFailure> {
+        self.cipher
+            .encrypt(&Nonce::from(*nonce), Payload { msg: plain, aad })
+            // AES-GCM fails only for inputs of gigabytes.
+            .map_err(|_| KeyFailure::Unavailable("the seed is too large to seal".to_owned()))
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyFailure> {
+        self.cipher
+            .decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| KeyFailure::Rejected)
+    }
 }
 
 /// A seed as stored: which KEK sealed it, the nonce, and ciphertext with tag.
@@ -255,54 +268,83 @@ impl fmt::Debug for SealedSeed {
     }
 }
 
-/// The current KEK, which seals, plus older ones, which only open.
-#[derive(Debug)]
+/// The current key, which seals, plus older ones, which only open.
+#[derive(Debug, Clone)]
 pub struct Keyring {
-    current: Kek,
-    older: Vec<Kek>,
+    current: Arc<dyn SealingKey>,
+    older: Vec<Arc<dyn SealingKey>>,
 }
 
 impl Keyring {
     /// A keyring that seals and opens with `current`.
-    pub fn new(current: Kek) -> Self {
+    pub fn new(current: impl SealingKey + 'static) -> Self {
         Keyring {
-            current,
+            current: Arc::new(current),
             older: Vec::new(),
         }
     }
 
     /// Adds an older key that can still open seeds (until they are rotated).
     #[must_use]
-    pub fn with_older(mut self, older: Kek) -> Self {
-        self.older.push(older);
+    pub fn with_older(mut self, older: impl SealingKey + 'static) -> Self {
+        self.older.push(Arc::new(older));
+        self
+    }
+
+    /// Adds every key of `other` (its current one too) as keys that only open, skipping ids
+    /// this keyring has already.
+    #[must_use]
+    pub fn with_older_ring(mut self, other: &Keyring) -> Self {
+        for key in other.keys() {
+            if !self.contains(key.id()) {
+                self.older.push(Arc::clone(key));
+            }
+        }
         self
     }
 
     /// The id of the key that seals.
     pub fn current_id(&self) -> &KeyId {
-        &self.current.id
+        self.current.id()
+    }
+
+    /// Whether a key named `id` is in the keyring.
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.keys().any(|k| k.id() == id)
+    }
+
+    /// The ids of every key, the current one first.
+    pub fn ids(&self) -> Vec<&KeyId> {
+        self.keys().map(|k| k.id()).collect()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Arc<dyn SealingKey>> {
+        std::iter::once(&self.current).chain(&self.older)
     }
 
     /// Seals `secret` for `token` under the current key with a fresh random nonce.
     ///
     /// # Errors
-    /// [`SealError::Random`] if the system has no randomness.
+    /// [`SealError::Random`] if the system has no randomness; [`SealError::KeyUnavailable`].
     pub fn seal(&self, token: &TokenId, secret: &Secret) -> Result<SealedSeed, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| SealError::Random)?;
         let ciphertext = self
             .current
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: secret.expose(),
-                    aad: token.as_str().as_bytes(),
+            .seal(&nonce, token.as_str().as_bytes(), secret.expose())
+            .map_err(|e| match e {
+                KeyFailure::Unavailable(reason) => SealError::KeyUnavailable {
+                    key: self.current.id().clone(),
+                    reason,
                 },
-            )
-            .map_err(|_| SealError::Random)?;
+                // Sealing authenticates nothing; a key that says so is unusable.
+                _ => SealError::KeyUnavailable {
+                    key: self.current.id().clone(),
+                    reason: "the key refused to seal".to_owned(),
+                },
+            })?;
         Ok(SealedSeed {
-            key_id: self.current.id.clone(),
+            key_id: self.current.id().clone(),
             nonce,
             ciphertext,
         })
@@ -311,31 +353,33 @@ impl Keyring {
     /// Opens the seed of `token`.
     ///
     /// # Errors
-    /// [`SealError::UnknownKey`], [`SealError::Tampered`] or [`SealError::BadSeed`].
+    /// [`SealError::UnknownKey`], [`SealError::Tampered`], [`SealError::BadSeed`] or
+    /// [`SealError::KeyUnavailable`].
     pub fn open(&self, token: &TokenId, sealed: &SealedSeed) -> Result<Secret, SealError> {
-        let kek = std::iter::once(&self.current)
-            .chain(&self.older)
-            .find(|k| k.id == sealed.key_id)
+        let kek = self
+            .keys()
+            .find(|k| *k.id() == sealed.key_id)
             .ok_or_else(|| SealError::UnknownKey {
                 token: token.clone(),
                 key: sealed.key_id.clone(),
             })?;
-        let plain = kek
-            .cipher
-            .decrypt(
-                &Nonce::from(sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad: token.as_str().as_bytes(),
+        let mut plain = kek
+            .open(&sealed.nonce, token.as_str().as_bytes(), &sealed.ciphertext)
+            .map_err(|e| match e {
+                KeyFailure::Unavailable(reason) => SealError::KeyUnavailable {
+                    key: sealed.key_id.clone(),
+                    reason,
                 },
-            )
-            .map_err(|_| SealError::Tampered {
-                token: token.clone(),
-                key: sealed.key_id.clone(),
+                _ => SealError::Tampered {
+                    token: token.clone(),
+                    key: sealed.key_id.clone(),
+                },
             })?;
         // Seeds were checked on import; a legacy short key may have been allowed then.
-        Secret::new(plain, KeyPolicy::AllowLegacyShort).map_err(|_| SealError::BadSeed {
-            token: token.clone(),
+        Secret::new(std::mem::take(&mut *plain), KeyPolicy::AllowLegacyShort).map_err(|_| {
+            SealError::BadSeed {
+                token: token.clone(),
+            }
         })
     }
 }

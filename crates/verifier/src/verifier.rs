@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
@@ -19,7 +21,7 @@ use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
 use crate::seal::{Keyring, SealError, SealedSeed};
-use crate::store::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use crate::store::{Advance, AuditEntry, AuditEvent, NewToken, Store, StoreError, TokenRecord};
 use crate::token::{
     Caller, ClientId, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId,
 };
@@ -190,12 +192,24 @@ pub struct RotationReport {
     pub failed: Vec<(TokenId, SealError)>,
 }
 
+/// Where a running verifier gets a newer keyring when a seed names a key it lacks: after a
+/// rotation another process re-sealed seeds under a key this one has not loaded yet. The
+/// server implements it by re-reading its keyring file.
+pub trait KeySource: Send + Sync {
+    /// A keyring to use from now on, or `None` when there is nothing newer (the source may
+    /// refuse to look again too soon: it is called on the verification path).
+    fn reload(&self) -> Option<Keyring>;
+}
+
 /// The verifier: a store, the keyring that opens its seeds, and the policy.
 ///
 /// `Send + Sync`: share one in an `Arc` and call it from blocking threads.
 pub struct Verifier {
     store: Box<dyn Store>,
-    keyring: Keyring,
+    keyring: RwLock<Arc<Keyring>>,
+    /// How many times the keyring was replaced.
+    keyring_generation: AtomicU64,
+    source: Option<Box<dyn KeySource>>,
     policy: Policy,
     keys: Option<KeyCache>,
     budgets: Option<Arc<Budgets>>,
@@ -204,7 +218,7 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("keyring", &self.keyring)
+            .field("keyring", &self.keyring())
             .field("policy", &self.policy)
             .field("keys", &self.keys)
             .finish_non_exhaustive()
@@ -239,7 +253,9 @@ impl Verifier {
     pub fn new(store: Box<dyn Store>, keyring: Keyring, policy: Policy) -> Self {
         Verifier {
             store,
-            keyring,
+            keyring: RwLock::new(Arc::new(keyring)),
+            keyring_generation: AtomicU64::new(0),
+            source: None,
             policy,
             keys: None,
             budgets: None,
@@ -288,6 +304,60 @@ impl Verifier {
         Some(UnixTime(
             last.0.saturating_add(lock.after(over.saturating_add(1))),
         ))
+    }
+
+    /// Asks `source` for a newer keyring whenever a seed names a key the keyring lacks, and
+    /// retries with it: a server then follows a rotation done by another process.
+    #[must_use]
+    pub fn with_key_source(mut self, source: Box<dyn KeySource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The keyring in use.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Uses `keyring` from now on (after the keyring file changed). Operations already
+    /// running finish with the keyring they started with.
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
+        self.keyring_generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the keyring was replaced (by [`Verifier::replace_keyring`] or its key
+    /// source): lets a server tell seal errors of the current keyring from older ones.
+    pub fn keyring_generation(&self) -> u64 {
+        self.keyring_generation.load(Ordering::Relaxed)
+    }
+
+    /// Opens a seed, asking the key source once for a newer keyring if the seed names a key
+    /// this one lacks.
+    fn open_seed(
+        &self,
+        ring: &Keyring,
+        token: &TokenId,
+        seed: &SealedSeed,
+    ) -> Result<Secret, SealError> {
+        match ring.open(token, seed) {
+            Err(SealError::UnknownKey { .. }) if self.source.is_some() => {
+                let newer = self.source.as_ref().and_then(|s| s.reload());
+                match newer {
+                    Some(newer) if newer.contains(&seed.key_id) => {
+                        let result = newer.open(token, seed);
+                        self.replace_keyring(newer);
+                        result
+                    }
+                    Some(newer) => {
+                        self.replace_keyring(newer);
+                        ring.open(token, seed)
+                    }
+                    None => ring.open(token, seed),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
@@ -358,7 +428,7 @@ impl Verifier {
         {
             return Ok(hotp);
         }
-        let secret = self.keyring.open(&record.id, &record.seed)?;
+        let secret = self.open_seed(&self.keyring(), &record.id, &record.seed)?;
         let hotp = Hotp::new(&secret, p.algorithm, p.digits);
         if let Some(keys) = &self.keys {
             keys.put(&record.id, &record.seed, p, hotp.clone());
@@ -936,8 +1006,35 @@ impl Verifier {
         Ok(self.store.audit_trail(token, limit)?)
     }
 
+    /// Up to `limit` audit lines of `token` older than the line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.audit_page(token, before, limit)?)
+    }
+
+    /// Up to `limit` audit lines of all tokens at `since` or later and after the line
+    /// `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.audit_since(since, after, limit)?)
+    }
+
     fn sealed(&self, e: &Enrollment) -> Result<NewToken, VerifyError> {
-        let seed: SealedSeed = self.keyring.seal(&e.id, &e.secret)?;
+        let seed: SealedSeed = self.keyring().seal(&e.id, &e.secret)?;
         let next = match e.params.kind {
             TokenKind::Totp { .. } => 0,
             TokenKind::Hotp => e.counter.0,
@@ -1069,7 +1166,8 @@ impl Verifier {
     /// [`VerifyError::Store`] or [`VerifyError::Seal`] (no randomness).
     pub fn rotate(&self, now: UnixTime, caller: &Caller) -> Result<RotationReport, VerifyError> {
         const BATCH: usize = 500;
-        let current = self.keyring.current_id().clone();
+        let keyring = self.keyring();
+        let current = keyring.current_id().clone();
         let mut report = RotationReport::default();
         let mut after: Option<TokenId> = None;
         loop {
@@ -1081,9 +1179,9 @@ impl Verifier {
             };
             after = Some(last.clone());
             for (id, old) in batch {
-                match self.keyring.open(&id, &old) {
+                match keyring.open(&id, &old) {
                     Ok(secret) => {
-                        let new = self.keyring.seal(&id, &secret)?;
+                        let new = keyring.seal(&id, &secret)?;
                         if self.store.replace_seed(&id, &old, &new)? {
                             report.resealed += 1;
                         }

@@ -11,16 +11,17 @@ use codereader_otp::{
     Algorithm, Code, Counter, Digits, KeyPolicy, KeyUri, Period, Secret, UnixTime,
 };
 use codereader_verifier::{
-    Activation, Caller, ClientBudget, ClientId, Durability, Enrollment as LibEnrollment,
-    FailureDelay, Kek, Keyring, Matched as LibMatched, Outcome, OwnedSubject, PgStore, Policy,
-    SqliteOptions, SqliteStore, Store, StoreError, Subject, TokenId, TokenInfo, TokenKind,
-    TokenParams, UserId, Verifier, VerifyError,
+    Activation, AuditEntry, Caller, ClientBudget, ClientId, Durability,
+    Enrollment as LibEnrollment, FailureDelay, Kek, Keyring, Matched as LibMatched, Outcome,
+    OwnedSubject, PgStore, Policy, SealError, SqliteOptions, SqliteStore, Store, StoreError,
+    Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
 };
 
 use super::{
-    Decision, Done, Enrollment, ImportReport, Matched, ServiceError, Target, TokenService,
-    TokenView,
+    AuditLine, Decision, Done, Enrollment, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched,
+    ServiceError, Target, TokenService, TokenView,
 };
+use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
 
 /// Which database holds the tokens.
@@ -105,6 +106,8 @@ impl Default for LibraryConfig {
 /// The verifier library with its store and keys.
 pub struct Library {
     verifier: Arc<Verifier>,
+    /// Where the keyring comes from, when it comes from files that may change.
+    key_files: Option<KeyFiles>,
 }
 
 impl std::fmt::Debug for Library {
@@ -174,8 +177,28 @@ impl From<VerifyError> for ServiceError {
             },
             VerifyError::Id(e) => invalid(codes::INVALID_ID, e.to_string()),
             VerifyError::Pskc(e) => invalid(codes::INVALID_PSKC, format!("PSKC: {e}")),
+            VerifyError::Seal(e) => seal_error(e),
             other => ServiceError::Internal(other.to_string()),
         }
+    }
+}
+
+/// A seed that does not open names its token, so the server can log it once per token and
+/// say whether its keyring is behind (a key it lacks) or the row is bad.
+fn seal_error(error: SealError) -> ServiceError {
+    let message = error.to_string();
+    match error {
+        SealError::UnknownKey { token, .. } => ServiceError::Seal {
+            serial: token.to_string(),
+            missing_key: true,
+            message,
+        },
+        SealError::Tampered { token, .. } | SealError::BadSeed { token } => ServiceError::Seal {
+            serial: token.to_string(),
+            missing_key: false,
+            message,
+        },
+        _ => ServiceError::Internal(message),
     }
 }
 
@@ -210,7 +233,7 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
         Outcome::Locked { until } => Decision::Locked {
             until: until.map(|t| t.0),
         },
-        Outcome::Replayed => Decision::Replayed,
+        Outcome::Replayed => Decision::Replayed { token: None },
         Outcome::TooSoon { retry_at } => Decision::TooSoon {
             retry_at: retry_at.0,
         },
@@ -226,6 +249,24 @@ fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
             )));
         }
     })
+}
+
+/// A replay names its token like an acceptance does: the serial asked for, or the token
+/// bound to the user asked for (one more read, only for replays by user).
+fn named(decision: Decision, verifier: &Verifier, subject: &OwnedSubject) -> Decision {
+    match decision {
+        Decision::Replayed { token: None } => Decision::Replayed {
+            token: match subject {
+                OwnedSubject::Token(id) => Some(id.to_string()),
+                OwnedSubject::User(_) => verifier
+                    .show(subject.as_subject())
+                    .ok()
+                    .flatten()
+                    .map(|info| info.id.to_string()),
+            },
+        },
+        other => other,
+    }
 }
 
 fn view(info: TokenInfo) -> TokenView {
@@ -249,6 +290,19 @@ fn view(info: TokenInfo) -> TokenView {
     }
 }
 
+fn audit_line(entry: AuditEntry) -> AuditLine {
+    let e = entry.event;
+    AuditLine {
+        seq: entry.seq,
+        at: e.at.0,
+        token: e.token.map(|t| t.to_string()),
+        user: e.user.map(|u| u.to_string()),
+        action: e.action.into_owned(),
+        outcome: e.outcome.into_owned(),
+        caller: e.caller.to_string(),
+    }
+}
+
 impl Library {
     /// Opens the store (running its migrations); `current` seals new seeds, `current` and
     /// `older` open existing ones.
@@ -256,6 +310,77 @@ impl Library {
     /// # Errors
     /// When the database cannot be opened or migrated.
     pub fn open(db: &DbSpec, current: Kek, older: Vec<Kek>, config: LibraryConfig) -> Result<Self> {
+        let mut keyring = Keyring::new(current);
+        for kek in older {
+            keyring = keyring.with_older(kek);
+        }
+        Self::open_keyring(db, keyring, None, config)
+    }
+
+    /// Opens the store with the keyring read from `files`, and follows changes to them: a
+    /// seed sealed under a key not loaded yet makes the files be read again (at most once a
+    /// second), and [`Library::reload_keyring`] reads them on demand (SIGHUP).
+    ///
+    /// # Errors
+    /// When a key file or the database cannot be opened.
+    pub fn open_with_key_files(
+        db: &DbSpec,
+        files: &KeyFiles,
+        config: LibraryConfig,
+    ) -> Result<Self> {
+        let keyring = files.load()?;
+        Self::open_keyring(db, keyring, Some(files.clone()), config)
+    }
+
+    /// Reads the key files again and uses their keys from now on; returns a description of
+    /// the keyring (key ids only).
+    ///
+    /// # Errors
+    /// When this library's keys do not come from files, or a file cannot be read (the old
+    /// keyring stays in use).
+    pub fn reload_keyring(&self) -> Result<String> {
+        let Some(files) = &self.key_files else {
+            bail!("the keys were not read from files");
+        };
+        let keyring = files.load()?;
+        let described = crate::keyring::describe(&keyring);
+        self.verifier.replace_keyring(keyring);
+        Ok(described)
+    }
+
+    /// How many seeds are not sealed under the current key (0 once a rotation finished).
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn seeds_not_under_current(&self) -> Result<usize, ServiceError> {
+        const PAGE: usize = 1000;
+        let current = self.verifier.keyring().current_id().clone();
+        let (mut count, mut after) = (0, None);
+        loop {
+            let page = self
+                .verifier
+                .store()
+                .seeds_not_under(&current, after.as_ref(), PAGE)
+                .map_err(VerifyError::from)?;
+            count += page.len();
+            match page.last() {
+                Some((id, _)) if page.len() == PAGE => after = Some(id.clone()),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// The keyring in use, described by key ids.
+    pub fn describe_keyring(&self) -> String {
+        crate::keyring::describe(&self.verifier.keyring())
+    }
+
+    fn open_keyring(
+        db: &DbSpec,
+        keyring: Keyring,
+        key_files: Option<KeyFiles>,
+        config: LibraryConfig,
+    ) -> Result<Self> {
         let store: Box<dyn Store> = match db {
             DbSpec::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -281,21 +406,20 @@ impl Library {
                     .context("cannot open the PostgreSQL store")?,
             ),
         };
-        let mut keyring = Keyring::new(current);
-        for kek in older {
-            keyring = keyring.with_older(kek);
-        }
         let policy = Policy::default()
             .with_max_failures(config.max_failures)
             .with_failure_delay(config.failure_delay)
             .with_temporary_lock(config.temporary_lock)
             .with_unknown_as_rejected(config.unknown_as_rejected);
+        let mut verifier = Verifier::new(store, keyring, policy)
+            .with_key_cache(config.key_cache)
+            .with_client_budget(config.client_budget);
+        if let Some(files) = &key_files {
+            verifier = verifier.with_key_source(Box::new(FileKeySource::new(files.clone())));
+        }
         Ok(Library {
-            verifier: Arc::new(
-                Verifier::new(store, keyring, policy)
-                    .with_key_cache(config.key_cache)
-                    .with_client_budget(config.client_budget),
-            ),
+            verifier: Arc::new(verifier),
+            key_files,
         })
     }
 
@@ -378,6 +502,56 @@ impl Library {
         shown
     }
 
+    /// Imports the keys of a PSKC document; with `allow_short`, secrets shorter than 128
+    /// bits (RFC 4226 asks for at least that) are accepted, as some legacy tokens need.
+    ///
+    /// # Errors
+    /// As [`TokenService::import_pskc`].
+    pub fn import_pskc_with(
+        &self,
+        pskc: &str,
+        preshared_key: Option<&[u8]>,
+        allow_short: bool,
+        caller: &str,
+    ) -> Result<ImportReport, ServiceError> {
+        let psk = match preshared_key {
+            Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
+                |_| {
+                    invalid(
+                        codes::INVALID_REQUEST,
+                        "the pre-shared key must be 16 bytes (32 hex digits)",
+                    )
+                },
+            )?)),
+            None => None,
+        };
+        let report = self
+            .verifier
+            .import_pskc(
+                pskc.as_bytes(),
+                psk.as_ref(),
+                if allow_short {
+                    KeyPolicy::AllowLegacyShort
+                } else {
+                    KeyPolicy::Rfc4226
+                },
+                now(),
+                &caller_id(caller)?,
+            )
+            .map_err(storable)?;
+        Ok(ImportReport {
+            imported: report.imported.iter().map(ToString::to_string).collect(),
+            rejected: report
+                .refused
+                .into_iter()
+                .map(|p| {
+                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
+                    (name, p.reason)
+                })
+                .collect(),
+        })
+    }
+
     fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
         self.verifier
             .show(Subject::Token(serial))?
@@ -423,11 +597,12 @@ impl TokenService for Library {
         // Unknown serials answered like wrong codes: then no answer says how many attempts
         // are left either, or a count that never goes down would give them away.
         let hide_attempts = self.verifier.policy().unknown_as_rejected;
+        let (verifier, asked) = (Arc::clone(&self.verifier), subject.clone());
         self.verifier
             .verify_then(subject, code, now, caller, move |result| {
                 admission.settle(result.as_ref().ok());
                 let answer = result.map_err(ServiceError::from).and_then(decision);
-                done(answer.map(|d| match d {
+                done(answer.map(|d| match named(d, &verifier, &asked) {
                     Decision::Rejected { .. } if hide_attempts => Decision::Rejected {
                         attempts_left: None,
                     },
@@ -442,19 +617,14 @@ impl TokenService for Library {
 
     fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError> {
         let caller = caller_id(caller)?;
-        let outcome = match target {
-            Target::Token(serial) => {
-                let id = token_id(serial)?;
-                self.verifier
-                    .verify(Subject::Token(&id), code, now(), &caller)?
-            }
-            Target::User(user) => {
-                let id = user_id(user)?;
-                self.verifier
-                    .verify(Subject::User(&id), code, now(), &caller)?
-            }
+        let subject = match target {
+            Target::Token(serial) => OwnedSubject::Token(token_id(serial)?),
+            Target::User(user) => OwnedSubject::User(user_id(user)?),
         };
-        decision(outcome)
+        let outcome = self
+            .verifier
+            .verify(subject.as_subject(), code, now(), &caller)?;
+        Ok(named(decision(outcome)?, &self.verifier, &subject))
     }
 
     fn enroll(
@@ -477,38 +647,7 @@ impl TokenService for Library {
         preshared_key: Option<&[u8]>,
         caller: &str,
     ) -> Result<ImportReport, ServiceError> {
-        let psk = match preshared_key {
-            Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
-                |_| {
-                    invalid(
-                        codes::INVALID_REQUEST,
-                        "the pre-shared key must be 16 bytes (32 hex digits)",
-                    )
-                },
-            )?)),
-            None => None,
-        };
-        let report = self
-            .verifier
-            .import_pskc(
-                pskc.as_bytes(),
-                psk.as_ref(),
-                KeyPolicy::Rfc4226,
-                now(),
-                &caller_id(caller)?,
-            )
-            .map_err(storable)?;
-        Ok(ImportReport {
-            imported: report.imported.iter().map(ToString::to_string).collect(),
-            rejected: report
-                .refused
-                .into_iter()
-                .map(|p| {
-                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
-                    (name, p.reason)
-                })
-                .collect(),
-        })
+        self.import_pskc_with(pskc, preshared_key, false, caller)
     }
 
     fn show(&self, serial: &str) -> Result<TokenView, ServiceError> {
@@ -528,6 +667,16 @@ impl TokenService for Library {
                 return Ok(all);
             }
         }
+    }
+
+    fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<TokenView>, ServiceError> {
+        let after = after.map(token_id).transpose()?;
+        Ok(self
+            .verifier
+            .list(after.as_ref(), limit.min(MAX_LIST_PAGE + 1))?
+            .into_iter()
+            .map(view)
+            .collect())
     }
 
     fn activate(
@@ -551,7 +700,11 @@ impl TokenService for Library {
                 code: codes::USER_TAKEN,
                 message: format!("user {user} already has a token"),
             }),
-            Activation::Refused(outcome) => decision(outcome),
+            Activation::Refused(outcome) => Ok(named(
+                decision(outcome)?,
+                &self.verifier,
+                &OwnedSubject::Token(id),
+            )),
             _ => Err(ServiceError::Internal(
                 "activation result unknown to the server".into(),
             )),
@@ -566,10 +719,14 @@ impl TokenService for Library {
         caller: &str,
     ) -> Result<Decision, ServiceError> {
         let id = token_id(serial)?;
-        decision(
-            self.verifier
-                .resync(&id, first, second, now(), &caller_id(caller)?)?,
-        )
+        let outcome = self
+            .verifier
+            .resync(&id, first, second, now(), &caller_id(caller)?)?;
+        Ok(named(
+            decision(outcome)?,
+            &self.verifier,
+            &OwnedSubject::Token(id),
+        ))
     }
 
     fn unlock(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {
@@ -583,6 +740,41 @@ impl TokenService for Library {
         self.verifier
             .set_enabled(&id, false, now(), &caller_id(caller)?)?;
         self.info(&id)
+    }
+
+    fn audit(
+        &self,
+        serial: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError> {
+        let id = token_id(serial)?;
+        let entries = self
+            .verifier
+            .audit_page(&id, before, limit.min(MAX_AUDIT_PAGE + 1))?;
+        if entries.is_empty() && before.is_none() {
+            // Neither a trail nor a token: a typo deserves a 404, not an empty page.
+            self.info(&id)?;
+        }
+        Ok(entries.into_iter().map(audit_line).collect())
+    }
+
+    fn audit_since(
+        &self,
+        since: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError> {
+        Ok(self
+            .verifier
+            .audit_since(UnixTime(since), after, limit.min(MAX_AUDIT_PAGE + 1))?
+            .into_iter()
+            .map(audit_line)
+            .collect())
+    }
+
+    fn keyring_generation(&self) -> u64 {
+        self.verifier.keyring_generation()
     }
 
     fn ping(&self) -> Result<(), ServiceError> {

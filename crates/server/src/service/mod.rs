@@ -54,7 +54,11 @@ pub enum Decision {
         until: Option<u64>,
     },
     /// The code was right but already used (or an earlier one was).
-    Replayed,
+    Replayed {
+        /// The token's serial, as for [`Decision::Accepted`] (unknown only if the token
+        /// vanished meanwhile).
+        token: Option<String>,
+    },
     /// No such token, or no token bound to that user.
     Unknown,
     /// The token is disabled.
@@ -78,7 +82,7 @@ impl Decision {
             Decision::Accepted { .. } => "accepted",
             Decision::Rejected { .. } => "rejected",
             Decision::Locked { .. } => "locked",
-            Decision::Replayed => "replayed",
+            Decision::Replayed { .. } => "replayed",
             Decision::Unknown => "unknown",
             Decision::Disabled => "disabled",
             Decision::TooSoon { .. } => "too_soon",
@@ -118,6 +122,17 @@ pub enum ServiceError {
     /// The database failed; the request may be retried.
     #[error("store error: {0}")]
     Store(String),
+    /// A token's seed did not open: sealed under a key this server has not loaded
+    /// (`missing_key`, after a rotation), or altered.
+    #[error("{message}")]
+    Seal {
+        /// The token.
+        serial: String,
+        /// Whether the seal names a key the keyring lacks (rather than failing to open).
+        missing_key: bool,
+        /// What happened (key ids, never key material).
+        message: String,
+    },
     /// Something that should not happen (a seed that does not open under any known key...).
     #[error("internal error: {0}")]
     Internal(String),
@@ -189,6 +204,33 @@ pub struct ImportReport {
     pub rejected: Vec<(String, String)>,
 }
 
+/// One line of the audit trail: who asked what about which token, and what came of it.
+/// There is no field for a code or a secret: the trail never had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine {
+    /// Position in the trail (a paging cursor; later lines have greater numbers).
+    pub seq: u64,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The token concerned, if any.
+    pub token: Option<String>,
+    /// The user concerned, if known.
+    pub user: Option<String>,
+    /// What was asked ("verify", "unlock"...).
+    pub action: String,
+    /// What came of it ("accepted", "ok"...).
+    pub outcome: String,
+    /// Who asked: `api:KEY-NAME` or `cli:USER`.
+    pub caller: String,
+}
+
+/// Most audit lines a page shows (a call returns at most one more, to tell whether there is
+/// a next page).
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Most tokens a page of `GET /v1/tokens` shows.
+pub const MAX_LIST_PAGE: usize = 1000;
+
 /// Receives the decision of [`TokenService::verify_then`].
 pub type Done = Box<dyn FnOnce(Result<Decision, ServiceError>) + Send>;
 
@@ -259,6 +301,12 @@ pub trait TokenService: Send + Sync + 'static {
     /// [`ServiceError::Store`].
     fn list(&self) -> Result<Vec<TokenView>, ServiceError>;
 
+    /// Up to `limit` tokens with serials after `after`, in serial order.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`] for a malformed `after`; [`ServiceError::Store`].
+    fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<TokenView>, ServiceError>;
+
     /// Binds the unassigned token `serial` to `user` if `code` is valid for it.
     ///
     /// # Errors
@@ -296,9 +344,39 @@ pub trait TokenService: Send + Sync + 'static {
     /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
     fn disable(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError>;
 
+    /// Up to `limit` audit lines of `serial` older than the line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`] for a serial with neither a token nor a trail;
+    /// [`ServiceError::Invalid`]; [`ServiceError::Store`].
+    fn audit(
+        &self,
+        serial: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError>;
+
+    /// Up to `limit` audit lines of every token at `since` (Unix seconds) or later, after
+    /// the line `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    fn audit_since(
+        &self,
+        since: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditLine>, ServiceError>;
+
     /// Whether the store answers (for `/healthz`).
     ///
     /// # Errors
     /// [`ServiceError::Store`].
     fn ping(&self) -> Result<(), ServiceError>;
+
+    /// Changes whenever the keyring is replaced (reloaded after a rotation), so that seal
+    /// errors met under an older keyring stop counting against health.
+    fn keyring_generation(&self) -> u64 {
+        0
+    }
 }

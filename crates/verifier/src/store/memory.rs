@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use codereader_otp::UnixTime;
 
-use super::{Advance, AuditEvent, NewToken, Store, StoreError, TokenRecord, Work};
+use super::{Advance, AuditEntry, AuditEvent, NewToken, Store, StoreError, TokenRecord, Work};
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, TokenState, UserId};
 
@@ -220,6 +220,60 @@ impl Store for MemoryStore {
             .collect();
         found.reverse();
         Ok(found)
+    }
+
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.lock();
+        // Line i (0-based) has sequence number i + 1.
+        let end = match before {
+            None => inner.audit.len(),
+            Some(b) => {
+                let at = usize::try_from(b.saturating_sub(1)).unwrap_or(usize::MAX);
+                // The cursor must be one of this token's lines, as in the SQL stores.
+                match inner.audit.get(at) {
+                    Some(e) if e.token.as_ref() == Some(token) => at,
+                    _ => 0,
+                }
+            }
+        };
+        Ok(inner.audit[..end]
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, e)| e.token.as_ref() == Some(token))
+            .take(limit)
+            .map(|(i, e)| AuditEntry {
+                seq: i as u64 + 1,
+                event: e.clone(),
+            })
+            .collect())
+    }
+
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.lock();
+        let start = usize::try_from(after.unwrap_or(0))
+            .unwrap_or(usize::MAX)
+            .min(inner.audit.len());
+        Ok(inner.audit[start..]
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.at >= since)
+            .take(limit)
+            .map(|(i, e)| AuditEntry {
+                seq: (start + i) as u64 + 1,
+                event: e.clone(),
+            })
+            .collect())
     }
 
     fn seeds_not_under(

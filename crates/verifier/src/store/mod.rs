@@ -170,6 +170,16 @@ pub struct AuditEvent {
     pub caller: Caller,
 }
 
+/// An audit line and its sequence number, which orders the whole trail (later lines have
+/// greater numbers) and serves as a paging cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the trail.
+    pub seq: u64,
+    /// The line.
+    pub event: AuditEvent,
+}
+
 /// Told whether the writes of a unit of [`Work`] were committed (`Ok`) or not.
 pub type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -279,6 +289,31 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Up to `limit` audit lines of one token older than the line `before` (from the newest,
+    /// if `None`), newest first. `before` must be one of this token's lines (the last of the
+    /// previous page); any other gives nothing. Lines of a deleted token stay readable.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` audit lines of every token (and of none), at `since` or later and after
+    /// the line `after`, oldest first: an export that resumes where it stopped.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Up to `limit` seeds with token ids greater than `after`, in id order, that are not
     /// sealed under `current`.
@@ -443,6 +478,22 @@ impl<'a> TokenColumns<'a> {
             token,
         })
     }
+}
+
+/// Parses a stored audit row with its sequence number.
+pub(crate) fn audit_entry(
+    seq: i64,
+    row: (Option<String>, Option<String>, String, String, i64, String),
+) -> Result<AuditEntry, StoreError> {
+    let (t, u, a, o, at, c) = row;
+    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt {
+        token: t.clone().unwrap_or_default(),
+        reason: "bad audit sequence number".to_owned(),
+    })?;
+    Ok(AuditEntry {
+        seq,
+        event: audit_from_row(t, u, a, o, at, c)?,
+    })
 }
 
 /// Parses a stored audit row.

@@ -18,8 +18,8 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::{
-    Advance, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS, TokenColumns,
-    TokenRecord, Work, audit_from_row, to_i64,
+    Advance, AuditEntry, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
+    TokenColumns, TokenRecord, Work, audit_entry, audit_from_row, to_i64,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -292,6 +292,21 @@ fn raw_token(row: &postgres::Row) -> Result<RawToken, StoreError> {
         locked_at: row.try_get(14).map_err(get)?,
         enabled: row.try_get(15).map_err(get)?,
     })
+}
+
+/// An audit row selected as `seq, token_id, user_id, action, outcome, at, caller`.
+fn pg_audit_entry(r: &postgres::Row) -> Result<AuditEntry, StoreError> {
+    audit_entry(
+        r.try_get(0).map_err(db)?,
+        (
+            r.try_get(1).map_err(db)?,
+            r.try_get(2).map_err(db)?,
+            r.try_get(3).map_err(db)?,
+            r.try_get(4).map_err(db)?,
+            r.try_get(5).map_err(db)?,
+            r.try_get(6).map_err(db)?,
+        ),
+    )
 }
 
 /// The audit columns as statement parameters.
@@ -694,6 +709,52 @@ impl Store for PgStore {
                 .collect::<Result<Vec<_>, _>>()?;
             events.reverse();
             Ok(events)
+        })
+    }
+
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.with(|conn| {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT seq, token_id, user_id, action, outcome, at, caller FROM audit
+                      WHERE token_id = $1
+                        AND ($2::BIGINT IS NULL OR seq < $2 AND EXISTS
+                             (SELECT 1 FROM audit c WHERE c.seq = $2 AND c.token_id = $1))
+                      ORDER BY seq DESC LIMIT $3",
+                    &[&token.as_str(), &before, &limit],
+                )
+                .map_err(db)?;
+            rows.iter().map(pg_audit_entry).collect()
+        })
+    }
+
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let since = to_i64(since.0, "time")?;
+        let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
+        self.with(|conn| {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT seq, token_id, user_id, action, outcome, at, caller FROM audit
+                      WHERE seq > $1 AND at >= $2 ORDER BY seq LIMIT $3",
+                    &[&after, &since, &limit],
+                )
+                .map_err(db)?;
+            rows.iter().map(pg_audit_entry).collect()
         })
     }
 

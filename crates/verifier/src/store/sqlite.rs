@@ -15,8 +15,8 @@ use codereader_otp::UnixTime;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Advance, AuditEvent, Finish, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
-    TokenColumns, TokenRecord, Work, audit_from_row, to_i64,
+    Advance, AuditEntry, AuditEvent, Finish, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
+    TokenColumns, TokenRecord, Work, audit_entry, audit_from_row, to_i64,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -241,6 +241,26 @@ fn in_savepoint<T>(
     }
     run("RELEASE job").map_err(db)?;
     result
+}
+
+/// An audit row selected as `seq, token_id, user_id, action, outcome, at, caller`.
+type AuditRow = (
+    i64,
+    (Option<String>, Option<String>, String, String, i64, String),
+);
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok((
+        r.get(0)?,
+        (
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ),
+    ))
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -838,6 +858,67 @@ mod on {
         Ok(events)
     }
 
+    pub(super) fn audit_page(
+        conn: &Connection,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let rows = conn
+            .prepare_cached(
+                // Newest first along the token's chain (see migration 2), from its head or
+                // from the line before the cursor (which must be one of this token's).
+                "WITH RECURSIVE chain (seq, n) AS (
+                     SELECT CASE WHEN ?2 IS NULL
+                            THEN COALESCE((SELECT last_audit FROM tokens WHERE id = ?1),
+                                          (SELECT last FROM audit_heads WHERE token_id = ?1))
+                            ELSE (SELECT prev FROM audit WHERE seq = ?2 AND token_id = ?1)
+                            END, 1
+                     UNION ALL
+                     SELECT a.prev, chain.n + 1 FROM chain JOIN audit a ON a.seq = chain.seq
+                      WHERE a.prev IS NOT NULL AND chain.n < ?3
+                 )
+                 SELECT a.seq, a.token_id, a.user_id, a.action, a.outcome, a.at, a.caller
+                   FROM chain JOIN audit a ON a.seq = chain.seq
+                  WHERE ?3 > 0
+                  ORDER BY a.seq DESC",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![token.as_str(), before, limit], audit_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|(seq, row)| audit_entry(seq, row))
+            .collect()
+    }
+
+    pub(super) fn audit_since(
+        conn: &Connection,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let since = to_i64(since.0, "time")?;
+        let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let rows = conn
+            .prepare_cached(
+                "SELECT seq, token_id, user_id, action, outcome, at, caller FROM audit
+                  WHERE seq > ?1 AND at >= ?2 ORDER BY seq LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![after, since, limit], audit_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|(seq, row)| audit_entry(seq, row))
+            .collect()
+    }
+
     pub(super) fn seeds_not_under(
         conn: &Connection,
         current: &KeyId,
@@ -963,6 +1044,24 @@ impl Store for SqliteStore {
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         self.with(|conn| on::audit_trail(conn, token, limit))
+    }
+
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|conn| on::audit_page(conn, token, before, limit))
+    }
+
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|conn| on::audit_since(conn, since, after, limit))
     }
 
     fn seeds_not_under(
@@ -1105,6 +1204,24 @@ impl Store for Tx<'_> {
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         self.read(|c| on::audit_trail(c, token, limit))
+    }
+
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|c| on::audit_page(c, token, before, limit))
+    }
+
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|c| on::audit_since(c, since, after, limit))
     }
 
     fn seeds_not_under(

@@ -1,0 +1,495 @@
+//! The keyring file: every key-encryption key a server needs, in the one file its
+//! `--kek-file` names, so that a rotation changes that file and a restart with the same
+//! command line keeps working.
+//!
+//! Format, one key a line (`#` comments and blank lines ignored):
+//!
+//! ```text
+//! current 0123...cdef   # seals new seeds, opens its own
+//! open    89ab...4567   # only opens: an older key, or a newer one being staged
+//! ```
+//!
+//! A file of one bare key (64 hex digits, or 32 raw bytes) is a keyring whose only key is
+//! current: the format every earlier version wrote. Keys are named by their fingerprint
+//! ([`Kek::fingerprint`]), never by a name in the file, so two copies of a file always agree
+//! on which key sealed what.
+//!
+//! Staging a key as `open` on every server before making it `current` anywhere is what lets
+//! several servers rotate without a moment where one seals under a key another lacks.
+
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::seal::{Kek, Keyring, SealError};
+use crate::token::KeyId;
+
+/// What a key of the file does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyRole {
+    /// Seals new seeds (exactly one per file) and opens.
+    Current,
+    /// Only opens.
+    Open,
+}
+
+impl KeyRole {
+    /// Its word in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyRole::Current => "current",
+            KeyRole::Open => "open",
+        }
+    }
+}
+
+struct Entry {
+    role: KeyRole,
+    id: KeyId,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// A keyring file's keys, in memory (zeroized on drop, never printed).
+pub struct KeyringFile {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for KeyringFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| format!("{} {}", e.role.name(), e.id))
+            .collect();
+        write!(f, "KeyringFile({ids:?})")
+    }
+}
+
+fn random_key() -> Result<Zeroizing<[u8; 32]>, SealError> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+    Ok(bytes)
+}
+
+fn unreadable(e: std::io::Error) -> SealError {
+    SealError::Unreadable {
+        reason: e.to_string(),
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    if text.len() != 64 {
+        return None;
+    }
+    let decoded = Zeroizing::new(
+        data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.as_bytes())
+            .ok()?,
+    );
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&decoded);
+    Some(key)
+}
+
+impl KeyringFile {
+    /// A keyring of one fresh random current key.
+    ///
+    /// # Errors
+    /// [`SealError::Random`].
+    pub fn generate() -> Result<Self, SealError> {
+        let mut file = KeyringFile {
+            entries: Vec::new(),
+        };
+        file.push(KeyRole::Current, random_key()?);
+        Ok(file)
+    }
+
+    fn push(&mut self, role: KeyRole, key: Zeroizing<[u8; 32]>) -> KeyId {
+        let id = Kek::fingerprint(&key);
+        if let Some(existing) = self.entries.iter_mut().find(|e| e.id == id) {
+            if role == KeyRole::Current {
+                existing.role = role;
+            }
+        } else {
+            self.entries.push(Entry {
+                role,
+                id: id.clone(),
+                key,
+            });
+        }
+        id
+    }
+
+    /// Parses a keyring file's content.
+    ///
+    /// # Errors
+    /// [`SealError::BadKeyFormat`] for a file that is neither text nor 32 raw bytes;
+    /// [`SealError::BadKeyring`] naming the first bad line, or line 0 when the file does not
+    /// name exactly one current key.
+    pub fn parse(content: &[u8]) -> Result<Self, SealError> {
+        let mut file = KeyringFile {
+            entries: Vec::new(),
+        };
+        if content.len() == 32 {
+            let mut key = Zeroizing::new([0u8; 32]);
+            key.copy_from_slice(content);
+            file.push(KeyRole::Current, key);
+            return Ok(file);
+        }
+        let text = std::str::from_utf8(content).map_err(|_| SealError::BadKeyFormat)?;
+        let mut currents = 0;
+        for (index, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason| SealError::BadKeyring {
+                line: index + 1,
+                reason,
+            };
+            let mut fields = line.split_whitespace();
+            let (role, hex) = match (fields.next(), fields.next(), fields.next()) {
+                (Some(hex), None, None) => (KeyRole::Current, hex),
+                (Some("current"), Some(hex), None) => (KeyRole::Current, hex),
+                (Some("open"), Some(hex), None) => (KeyRole::Open, hex),
+                _ => return Err(bad("expected `current HEX`, `open HEX` or a bare key")),
+            };
+            let key = decode_hex(hex).ok_or_else(|| {
+                if line.contains(char::is_whitespace) {
+                    bad("a key is 64 hex digits")
+                } else {
+                    // A file of one bad bare key: the message of the one-key format.
+                    SealError::BadKeyFormat
+                }
+            })?;
+            if role == KeyRole::Current {
+                currents += 1;
+                if currents > 1 {
+                    return Err(bad("a second current key; exactly one key seals"));
+                }
+            }
+            file.push(role, key);
+        }
+        if currents == 0 {
+            return Err(if file.entries.is_empty() {
+                SealError::BadKeyFormat
+            } else {
+                SealError::BadKeyring {
+                    line: 0,
+                    reason: "no current key; mark the key that seals `current`",
+                }
+            });
+        }
+        Ok(file)
+    }
+
+    /// Reads the keyring file at `path`. On Unix it must not be readable by group or others.
+    ///
+    /// # Errors
+    /// [`SealError::Unreadable`], [`SealError::Permissions`], or as [`KeyringFile::parse`].
+    pub fn read(path: &Path) -> Result<Self, SealError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(unreadable)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(SealError::Permissions { mode: mode & 0o777 });
+            }
+        }
+        let content = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
+        Self::parse(&content)
+    }
+
+    /// Reads the keyring file at `path`, or, if there is none, creates it with one fresh
+    /// random key (mode 0600, written to a temporary file, fsynced and linked into place, so
+    /// a crash never leaves half a key and two processes starting at once end up with the
+    /// same key). Returns the keyring and whether it was created.
+    ///
+    /// # Errors
+    /// As [`KeyringFile::read`], plus [`SealError::Unreadable`] if the file cannot be written.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Ok((Self::read(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+        let file = Self::generate()?;
+        let (dir, tmp) = write_temp(path, &file.render())?;
+        // Another process may have created the key meanwhile: keep theirs (a hard link fails
+        // if the target exists), so two servers never end up with different keys.
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir)?;
+                Ok((file, true))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::read(path)?, false))
+            }
+            Err(e) => Err(unreadable(e)),
+        }
+    }
+
+    /// Replaces the file at `path` with this keyring, atomically and durably (temporary file
+    /// with mode 0600, fsync, rename, fsync of the directory): a reader sees the old keyring
+    /// or the new one, never a torn file.
+    ///
+    /// # Errors
+    /// [`SealError::Unreadable`] if the file cannot be written.
+    pub fn write(&self, path: &Path) -> Result<(), SealError> {
+        let (dir, tmp) = write_temp(path, &self.render())?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(unreadable(e));
+        }
+        sync_dir(&dir)
+    }
+
+    /// The file's text: the current key first, then the others.
+    pub fn render(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::from(
+            "# codereader key-encryption keyring: `current` seals new seeds, every key opens.\n\
+             # Keep it mode 0600 and backed up; the seeds cannot be opened without it.\n",
+        ));
+        let current = self.entries.iter().filter(|e| e.role == KeyRole::Current);
+        let open = self.entries.iter().filter(|e| e.role != KeyRole::Current);
+        for entry in current.chain(open) {
+            text.push_str(entry.role.name());
+            text.push(' ');
+            text.push_str(&Zeroizing::new(
+                data_encoding::HEXLOWER.encode(entry.key.as_ref()),
+            ));
+            text.push('\n');
+        }
+        text
+    }
+
+    fn current(&self) -> &Entry {
+        // `parse` and every change keep exactly one current entry.
+        self.entries
+            .iter()
+            .find(|e| e.role == KeyRole::Current)
+            .unwrap_or_else(|| unreachable!("a keyring file always has a current key"))
+    }
+
+    /// The id of the key that seals.
+    pub fn current_id(&self) -> &KeyId {
+        &self.current().id
+    }
+
+    /// The key that seals.
+    pub fn current_kek(&self) -> Kek {
+        Kek::from_key(*self.current().key)
+    }
+
+    /// Every key's id and role, the current one first.
+    pub fn keys(&self) -> Vec<(KeyId, KeyRole)> {
+        let mut keys: Vec<(KeyId, KeyRole)> = self
+            .entries
+            .iter()
+            .map(|e| (e.id.clone(), e.role))
+            .collect();
+        keys.sort_by_key(|(_, role)| *role != KeyRole::Current);
+        keys
+    }
+
+    /// The keyring to seal and open with.
+    pub fn keyring(&self) -> Keyring {
+        let mut ring = Keyring::new(self.current_kek());
+        for entry in self.entries.iter().filter(|e| e.role != KeyRole::Current) {
+            ring = ring.with_older(Kek::from_key(*entry.key));
+        }
+        ring
+    }
+
+    /// Adds a fresh random key that only opens (staged, to be made current later with
+    /// [`KeyringFile::promote`]); returns its id.
+    ///
+    /// # Errors
+    /// [`SealError::Random`].
+    pub fn stage_new(&mut self) -> Result<KeyId, SealError> {
+        Ok(self.push(KeyRole::Open, random_key()?))
+    }
+
+    /// Adds the keys of `other` (its current one too) as keys that only open; returns the id
+    /// of `other`'s current key.
+    pub fn add_open(&mut self, other: &KeyringFile) -> KeyId {
+        for entry in &other.entries {
+            self.push(KeyRole::Open, entry.key.clone());
+        }
+        other.current_id().clone()
+    }
+
+    /// Makes the key `id` current; the key that was current only opens from now on.
+    ///
+    /// # Errors
+    /// [`SealError::MissingKey`] if the file has no such key.
+    pub fn promote(&mut self, id: &KeyId) -> Result<(), SealError> {
+        if !self.entries.iter().any(|e| e.id == *id) {
+            return Err(SealError::MissingKey { key: id.clone() });
+        }
+        for entry in &mut self.entries {
+            entry.role = if entry.id == *id {
+                KeyRole::Current
+            } else {
+                KeyRole::Open
+            };
+        }
+        Ok(())
+    }
+
+    /// Removes every key but the current one; returns the ids removed.
+    pub fn retire_open(&mut self) -> Vec<KeyId> {
+        let removed = self
+            .entries
+            .iter()
+            .filter(|e| e.role != KeyRole::Current)
+            .map(|e| e.id.clone())
+            .collect();
+        self.entries.retain(|e| e.role == KeyRole::Current);
+        removed
+    }
+}
+
+/// Writes `text` to a new private temporary file beside `path` and fsyncs it; returns the
+/// directory and the temporary file's path.
+fn write_temp(path: &Path, text: &str) -> Result<(PathBuf, PathBuf), SealError> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut name = [0u8; 8];
+    getrandom::fill(&mut name).map_err(|_| SealError::Random)?;
+    let tmp = dir.join(format!(
+        ".kek-{}.tmp",
+        data_encoding::HEXLOWER.encode(&name)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(unreadable(e));
+    }
+    Ok((dir, tmp))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SealError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::TokenId;
+    use codereader_otp::{KeyPolicy, Secret};
+
+    fn hex(byte: u8) -> String {
+        data_encoding::HEXLOWER.encode(&[byte; 32])
+    }
+
+    #[test]
+    fn formats_old_and_new() {
+        let bare = KeyringFile::parse(format!("{}\n", hex(1)).as_bytes()).unwrap();
+        assert_eq!(bare.current_id(), &Kek::fingerprint(&[1; 32]));
+        let raw = KeyringFile::parse(&[2; 32]).unwrap();
+        assert_eq!(raw.current_id(), &Kek::fingerprint(&[2; 32]));
+        let text = format!(
+            "# c\n\nopen {}\ncurrent {}  # the new one\n",
+            hex(1),
+            hex(2)
+        );
+        let file = KeyringFile::parse(text.as_bytes()).unwrap();
+        assert_eq!(file.current_id(), &Kek::fingerprint(&[2; 32]));
+        assert_eq!(file.keys().len(), 2);
+        // Rendering and parsing again gives the same keyring.
+        let again = KeyringFile::parse(file.render().as_bytes()).unwrap();
+        assert_eq!(again.keys(), file.keys());
+        assert!(!format!("{file:?}").contains(&hex(2)));
+    }
+
+    #[test]
+    fn bad_files_name_the_line_and_never_echo_a_key() {
+        let check = |text: String, line: usize| {
+            let err = KeyringFile::parse(text.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, SealError::BadKeyring { line: l, .. } if l == line),
+                "{err:?}"
+            );
+            assert!(!err.to_string().contains(&hex(7)[..20]), "{err}");
+        };
+        check(format!("current {}\ncurrent {}\n", hex(7), hex(8)), 2);
+        check(format!("open {}\n", hex(7)), 0);
+        check(format!("seal {}\n", hex(7)), 1);
+        check(format!("current {}ab\n", hex(7)), 1);
+        assert_eq!(
+            KeyringFile::parse(b"short\n").unwrap_err(),
+            SealError::BadKeyFormat
+        );
+        check(format!("current {} extra\n", hex(7)), 1);
+        assert_eq!(
+            KeyringFile::parse(b"# nothing\n").unwrap_err(),
+            SealError::BadKeyFormat
+        );
+    }
+
+    #[test]
+    fn stage_promote_retire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let (mut file, created) = KeyringFile::load_or_create(&path).unwrap();
+        assert!(created);
+        let first = file.current_id().clone();
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![3; 20], KeyPolicy::Rfc4226).unwrap();
+        let sealed = file.keyring().seal(&t, &secret).unwrap();
+
+        let staged = file.stage_new().unwrap();
+        assert_eq!(file.current_id(), &first);
+        file.write(&path).unwrap();
+        let read = KeyringFile::read(&path).unwrap();
+        assert_eq!(read.current_id(), &first);
+        assert!(read.keyring().contains(&staged));
+
+        file.promote(&staged).unwrap();
+        file.write(&path).unwrap();
+        let read = KeyringFile::read(&path).unwrap();
+        assert_eq!(read.current_id(), &staged);
+        // The old key still opens what it sealed.
+        assert_eq!(read.keyring().open(&t, &sealed).unwrap(), secret);
+        let missing = KeyId::new("kek-none").unwrap();
+        assert_eq!(
+            file.promote(&missing).unwrap_err(),
+            SealError::MissingKey { key: missing }
+        );
+
+        assert_eq!(file.retire_open(), vec![first]);
+        file.write(&path).unwrap();
+        assert_eq!(KeyringFile::read(&path).unwrap().keys().len(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Only the key file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
