@@ -444,3 +444,155 @@ fn speech_goes_on_without_the_braille_display_and_braille_without_the_sound_card
     assert!(log.contains("no working audio output device"), "{log}");
     assert!(log.contains("the other outputs go on"), "{log}");
 }
+
+/// A Speech Dispatcher started for the test: its own copy of Debian's config (ALSA output,
+/// espeak-ng module), a private runtime directory and socket, and ALSA's `file` plugin as
+/// its sound card, writing a WAV file.
+struct SpeechDispatcher {
+    _child: Killed,
+    socket: PathBuf,
+    wav: PathBuf,
+}
+
+impl SpeechDispatcher {
+    fn start(dir: &Path) -> SpeechDispatcher {
+        let conf = dir.join("speechd-conf");
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg("/etc/speech-dispatcher")
+            .arg(&conf)
+            .status()
+            .unwrap();
+        assert!(
+            copied.success(),
+            "no /etc/speech-dispatcher; install it with: apt-get install speech-dispatcher \
+             speech-dispatcher-espeak-ng"
+        );
+        let mut main = fs::OpenOptions::new()
+            .append(true)
+            .open(conf.join("speechd.conf"))
+            .unwrap();
+        main.write_all(
+            b"\nAudioOutputMethod \"alsa\"\nDefaultModule espeak-ng\n\
+              AddModule \"espeak-ng\" \"sd_espeak-ng\" \"espeak-ng.conf\"\n",
+        )
+        .unwrap();
+        let wav = dir.join("speechd.wav");
+        let alsa = dir.join("speechd-asound.conf");
+        fs::write(
+            &alsa,
+            format!(
+                "pcm.!default {{ type file; slave.pcm \"null\"; file \"{}\"; format \"wav\" }}\n",
+                wav.display()
+            ),
+        )
+        .unwrap();
+        let runtime = dir.join("run");
+        fs::create_dir(&runtime).unwrap();
+        let socket = runtime.join("speechd.sock");
+        let child = Command::new("speech-dispatcher")
+            .args(["-s", "-t", "0", "-C"])
+            .arg(&conf)
+            .arg("-S")
+            .arg(&socket)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("HOME", dir)
+            .env(
+                "ALSA_CONFIG_PATH",
+                format!("/usr/share/alsa/alsa.conf:{}", alsa.display()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start speech-dispatcher: {e}"));
+        let sd = SpeechDispatcher {
+            _child: Killed(child),
+            socket,
+            wav,
+        };
+        wait_until(
+            20,
+            || sd.socket.exists(),
+            || "speech-dispatcher never opened its socket".to_owned(),
+        );
+        sd
+    }
+
+    /// What it played: the WAV header's rate, the samples after it (the `file` plugin
+    /// writes the header's sizes only when it closes, so they are not trusted).
+    fn audio(&self) -> codereader_e2e::Audio {
+        let bytes = fs::read(&self.wav).unwrap();
+        assert!(bytes.len() > 44 && bytes.starts_with(b"RIFF"), "no WAV");
+        let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+        assert_eq!(&bytes[22..24], &[1, 0], "mono");
+        codereader_e2e::Audio::from_s16le(&bytes[44..], rate)
+    }
+}
+
+#[test]
+fn speak_via_speech_dispatcher_says_six_digit_words_grouped_with_earcons_on_the_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd = SpeechDispatcher::start(dir.path());
+    let (_d, state, conf) = setup("");
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let out = command(&state, &conf)
+        .args(["speak", "--output", "speechd", "--lang", "en", "--at"])
+        .arg(T.to_string())
+        .env(
+            "SPEECHD_ADDRESS",
+            format!("unix_socket:{}", sd.socket.display()),
+        )
+        .env("ALSA_CONFIG_PATH", &capture.config_path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    // Speech Dispatcher's audio: "Your code is", then six words; the longest silence between
+    // words is the pause between the groups (279 037), as on the device.
+    let spoken = sd.audio();
+    let spans = spoken.spans(spoken.loudest_frame() * 0.01, 120);
+    assert_eq!(
+        spans.len(),
+        7,
+        "expected the intro and six digit words: {spans:?}"
+    );
+    let digits = &spans[1..];
+    for (i, d) in digits.iter().enumerate() {
+        let s = d.seconds(spoken.rate);
+        assert!((0.1..1.2).contains(&s), "word {i} lasts {s} s");
+    }
+    let gaps: Vec<usize> = digits.windows(2).map(|w| w[1].start - w[0].end).collect();
+    let widest = gaps
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, g)| **g)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert_eq!(
+        widest, 2,
+        "the group pause is after the third digit: {gaps:?}"
+    );
+    // The earcons played on the sound card: two short tones, nothing else.
+    let card = capture.audio();
+    let tones = card.spans(card.loudest_frame() * 0.01, 120);
+    assert_eq!(tones.len(), 2, "{tones:?}");
+    for tone in tones {
+        assert!(tone.seconds(card.rate) < 0.6, "{tone:?}");
+    }
+    // Without Speech Dispatcher, and no other output: a clear error, no code taken.
+    let out = command(&state, &conf)
+        .args(["speak", "--output", "speechd", "--at"])
+        .arg(T.to_string())
+        .env(
+            "SPEECHD_ADDRESS",
+            format!("unix_socket:{}", dir.path().join("nobody.sock").display()),
+        )
+        .env("ALSA_CONFIG_PATH", &capture.config_path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot reach Speech Dispatcher"), "{log}");
+    assert!(!log.contains("speaking"), "{log}");
+}
