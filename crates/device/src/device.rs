@@ -26,6 +26,7 @@ use crate::config::{
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
 use crate::outputs::{Output, Senses};
+use crate::speechd::SpeechdVoice;
 use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
 use crate::voice::{self, Message, Voices};
 
@@ -118,6 +119,8 @@ struct Device<'a> {
     senses: Senses,
     /// Whether the sound card speaks (`outputs` has `speech`).
     speech_on: bool,
+    /// Speech Dispatcher, when it is the voice (`outputs` has `speechd`).
+    speechd: Option<SpeechdVoice>,
 }
 
 impl Device<'_> {
@@ -172,6 +175,16 @@ impl Device<'_> {
 
     fn say(&mut self, message: &Message<'_>) {
         self.show(message);
+        if let Some(speechd) = &mut self.speechd {
+            let Some(pack) = self.voices.pack_or_first(&self.listening.language) else {
+                return;
+            };
+            match voice::plan(pack, message) {
+                Ok(utterance) => speechd.say(&utterance, pack.tag(), &log),
+                Err(e) => log(&format!("error: {e}")),
+            }
+            return;
+        }
         if !self.speech_on {
             return;
         }
@@ -304,9 +317,12 @@ impl Device<'_> {
         self.say(&Message::Prompt(Prompt::LanguageName));
     }
 
-    fn stop(&self) {
+    fn stop(&mut self) {
         if let Some(player) = &self.player {
             player.stop();
+        }
+        if let Some(speechd) = &mut self.speechd {
+            speechd.stop();
         }
     }
 
@@ -621,6 +637,10 @@ pub fn run(
         at: options.at,
         senses,
         speech_on: config.outputs.has(Output::Speech),
+        speechd: config
+            .outputs
+            .has(Output::Speechd)
+            .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
     };
     device.ensure_player(true);
     device.prepare();

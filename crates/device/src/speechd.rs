@@ -275,25 +275,7 @@ impl Speechd {
     /// # Errors
     /// [`SpeechdError`]s; [`SpeechdError::Timeout`] when no end came within `limit`.
     pub fn speak(&mut self, segments: &[Segment], limit: Duration) -> Result<(), SpeechdError> {
-        self.command("SPEAK")?;
-        let mut body = String::new();
-        for line in ssml(segments).lines() {
-            // A line holding only "." would end the message: SSIP doubles a leading dot.
-            if line.starts_with('.') {
-                body.push('.');
-            }
-            body.push_str(line);
-            body.push_str("\r\n");
-        }
-        body.push_str(".\r\n");
-        self.writer.write_all(body.as_bytes())?;
-        let queued = self.expect_ok("SPEAK (message)")?;
-        // `225-<id>`: the message id whose end we wait for.
-        let id = queued
-            .first()
-            .and_then(|l| l.get(4..))
-            .unwrap_or_default()
-            .to_owned();
+        let id = self.queue(segments)?;
         let deadline = Instant::now() + limit;
         loop {
             if Instant::now() >= deadline {
@@ -321,6 +303,33 @@ impl Speechd {
         }
     }
 
+    /// Queues `segments` as one SSML message and returns its message id at once (the
+    /// events of its end are skipped by the next command).
+    ///
+    /// # Errors
+    /// [`SpeechdError`]s.
+    pub fn queue(&mut self, segments: &[Segment]) -> Result<String, SpeechdError> {
+        self.command("SPEAK")?;
+        let mut body = String::new();
+        for line in ssml(segments).lines() {
+            // A line holding only "." would end the message: SSIP doubles a leading dot.
+            if line.starts_with('.') {
+                body.push('.');
+            }
+            body.push_str(line);
+            body.push_str("\r\n");
+        }
+        body.push_str(".\r\n");
+        self.writer.write_all(body.as_bytes())?;
+        let queued = self.expect_ok("SPEAK (message)")?;
+        // `225-<id>`: the message id.
+        Ok(queued
+            .first()
+            .and_then(|l| l.get(4..))
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// Stops what we are saying.
     ///
     /// # Errors
@@ -328,6 +337,77 @@ impl Speechd {
     pub fn cancel(&mut self) -> Result<(), SpeechdError> {
         self.command("CANCEL self")?;
         Ok(())
+    }
+}
+
+/// Speech Dispatcher as the voice of `run`: connected when first needed, connected again
+/// after a failure (logged once per reason), never blocking the key loop (messages are
+/// queued, the stop key cancels them). `run` plays no earcons with it.
+#[derive(Debug)]
+pub struct SpeechdVoice {
+    address: Option<String>,
+    connection: Option<Speechd>,
+    language: Option<String>,
+    last_error: Option<String>,
+}
+
+impl SpeechdVoice {
+    /// For the config's address (`None`: `$SPEECHD_ADDRESS` or the default socket).
+    pub fn new(address: Option<String>) -> Self {
+        SpeechdVoice {
+            address,
+            connection: None,
+            language: None,
+            last_error: None,
+        }
+    }
+
+    fn connected(&mut self, language: &str) -> Result<&mut Speechd, SpeechdError> {
+        if self.connection.is_none() {
+            let address = SpeechdAddress::find(self.address.as_deref())?;
+            self.connection = Some(Speechd::connect(&address)?);
+            self.language = None;
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(SpeechdError::Io(io::ErrorKind::NotConnected.into()));
+        };
+        if self.language.as_deref() != Some(language) {
+            connection.set_language(language)?;
+            self.language = Some(language.to_owned());
+        }
+        Ok(connection)
+    }
+
+    /// Says the phrases and pauses of `utterance` in `language`; a failure is logged (once
+    /// per reason) and the next message tries a new connection.
+    pub fn say(&mut self, utterance: &Utterance, language: &str, log: &dyn Fn(&str)) {
+        let (_, words, _) = split_earcons(utterance);
+        if words.is_empty() {
+            return;
+        }
+        let result = self
+            .connected(language)
+            .and_then(|connection| connection.queue(&words));
+        match result {
+            Ok(_) => self.last_error = None,
+            Err(e) => {
+                self.connection = None;
+                let message = e.to_string();
+                if self.last_error.as_ref() != Some(&message) {
+                    log(&format!("error: speechd: {message}"));
+                    self.last_error = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Cancels what is being said.
+    pub fn stop(&mut self) {
+        if let Some(connection) = &mut self.connection {
+            if connection.cancel().is_err() {
+                self.connection = None;
+            }
+        }
     }
 }
 
