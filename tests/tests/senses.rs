@@ -656,3 +656,48 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
     );
     assert!(!text(&screen).contains("error"), "{}", text(&screen));
 }
+
+#[test]
+fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let brltty = Brltty::start(dir.path());
+    let (_d, state, conf) = setup(&braille_config(
+        &brltty.host,
+        "\"speech\", \"braille\", \"large\"",
+    ));
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let pty = Pty::open().unwrap();
+    let screen = collect(pty.master.try_clone().unwrap());
+    let mut keys = pty.master.try_clone().unwrap();
+    let mut run = Killed(
+        command(&state, &conf)
+            .args(["run", "--at", &T.to_string()])
+            .env("ALSA_CONFIG_PATH", &capture.config_path)
+            .stdin(pty.slave.try_clone().unwrap())
+            .stdout(pty.slave.try_clone().unwrap())
+            .stderr(pty.slave.try_clone().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(10, || text(&screen).contains("ready"), || text(&screen));
+    keys.write_all(b" ").unwrap();
+    brltty.wait_for("279 037", 5);
+    wait_until(
+        5,
+        || text(&screen).contains("valid for 10 more seconds"),
+        || text(&screen),
+    );
+    // And heard: the start earcon, the intro and six digits, the end earcon.
+    wait_until(
+        15,
+        || {
+            let audio = capture.audio();
+            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
+        },
+        || format!("too little speech: {}", text(&screen)),
+    );
+    keys.write_all(b"q").unwrap();
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", text(&screen));
+    assert!(!text(&screen).contains("error"), "{}", text(&screen));
+}
