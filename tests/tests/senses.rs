@@ -124,6 +124,47 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `codereader run --at T` on a pseudo-terminal (its input, output and log), `env` added.
+struct OnTerminal {
+    run: Killed,
+    /// Everything it wrote to the terminal.
+    screen: Arc<Mutex<Vec<u8>>>,
+    keys: File,
+    _pty: Pty,
+}
+
+impl OnTerminal {
+    fn start(state: &Path, conf: &Path, env: &[(&str, &str)]) -> OnTerminal {
+        let pty = Pty::open().unwrap();
+        let run = Killed(
+            command(state, conf)
+                .args(["run", "--at", &T.to_string()])
+                .envs(env.iter().copied())
+                .stdin(pty.slave.try_clone().unwrap())
+                .stdout(pty.slave.try_clone().unwrap())
+                .stderr(pty.slave.try_clone().unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let term = OnTerminal {
+            run,
+            screen: collect(pty.master.try_clone().unwrap()),
+            keys: pty.master.try_clone().unwrap(),
+            _pty: pty,
+        };
+        wait_until(10, || term.text().contains("ready"), || term.text());
+        term
+    }
+
+    fn text(&self) -> String {
+        text(&self.screen)
+    }
+
+    fn press(&mut self, keys: &str) {
+        self.keys.write_all(keys.as_bytes()).unwrap();
+    }
+}
+
 /// The block rendering of the code at T, as `code --large` prints it to a file.
 const LARGE_279037: &str = "\
 ██████  ██████  ██████      ██████  ██████  ██████
@@ -163,26 +204,14 @@ fn code_large_prints_the_code_in_block_digits_grouped_as_spoken() {
 #[test]
 fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
     let (_dir, state, conf) = setup("outputs = [\"large\"]\n");
-    let pty = Pty::open().unwrap();
-    let screen = collect(pty.master.try_clone().unwrap());
-    let mut keys = pty.master.try_clone().unwrap();
-    let mut run = Killed(
-        command(&state, &conf)
-            .args(["run", "--at", &T.to_string()])
-            .stdin(pty.slave.try_clone().unwrap())
-            .stdout(pty.slave.try_clone().unwrap())
-            .stderr(pty.slave.try_clone().unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, || text(&screen).contains("ready"), || text(&screen));
-    keys.write_all(b"s").unwrap();
+    let mut term = OnTerminal::start(&state, &conf, &[]);
+    term.press("s");
     wait_until(
         5,
-        || text(&screen).contains("valid for 10 more seconds"),
-        || text(&screen),
+        || term.text().contains("valid for 10 more seconds"),
+        || term.text(),
     );
-    let shown = text(&screen);
+    let shown = term.text();
     // Bright white on black, the digits as `code --large` draws them.
     assert!(shown.contains("\x1b[1;97;40m"), "{shown:?}");
     let first_line = LARGE_279037.lines().next().unwrap();
@@ -191,31 +220,31 @@ fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
     assert!(shown.contains(last_line), "{shown}");
     wait_until(
         3,
-        || text(&screen).contains("valid for 9 more seconds"),
-        || text(&screen),
+        || term.text().contains("valid for 9 more seconds"),
+        || term.text(),
     );
     // At expiry (10 s after the key) the screen is cleared and nothing is drawn again.
     wait_until(
         13,
-        || text(&screen).contains("valid for 1 more second "),
-        || text(&screen),
+        || term.text().contains("valid for 1 more second "),
+        || term.text(),
     );
     wait_until(
         3,
         || {
-            let t = text(&screen);
+            let t = term.text();
             let last = t.rfind("valid for 1 more second").unwrap();
             t[last..].contains("\x1b[2J\x1b[H")
         },
-        || text(&screen),
+        || term.text(),
     );
     thread::sleep(Duration::from_millis(1200));
-    let t = text(&screen);
+    let t = term.text();
     let cleared = t.rfind("\x1b[2J\x1b[H").unwrap();
     assert!(!t[cleared..].contains('█'), "drawn again after expiry");
-    keys.write_all(b"q").unwrap();
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", text(&screen));
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
 }
 
 /// A BRLTTY started for the test: `tt` driver (a 40-cell display on a pseudo-terminal),
@@ -329,6 +358,21 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
     );
 }
 
+/// `codereader run --at T` without a terminal, its log in `log`; returns once it is ready.
+fn headless(state: &Path, conf: &Path, log: &Path) -> Killed {
+    let run = Killed(
+        command(state, conf)
+            .args(["run", "--at", &T.to_string()])
+            .stdin(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logged = || fs::read_to_string(log).unwrap_or_default();
+    wait_until(10, || logged().contains("ready"), logged);
+    run
+}
+
 #[test]
 fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,21 +380,13 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
     let (_d, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
     // No terminal and no other input: the display's keys are the device's keys.
     let log = dir.path().join("run.log");
-    let mut run = Killed(
-        command(&state, &conf)
-            .args(["run", "--at", &T.to_string()])
-            .stdin(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = headless(&state, &conf, &log);
     let logged = || fs::read_to_string(&log).unwrap_or_default();
-    wait_until(
-        10,
-        || logged().contains("braille: display of 40 cells"),
-        logged,
+    assert!(
+        logged().contains("braille: display of 40 cells"),
+        "{}",
+        logged()
     );
-    wait_until(10, || logged().contains("ready"), logged);
     // `s` typed on the display's keyboard: speak (the terminal's binding).
     brltty.press("s");
     brltty.wait_for("279 037", 5);
@@ -370,17 +406,7 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
 
     // Without a token the spoken error is shown in braille too, in the user's language.
     let empty = dir.path().join("empty-state");
-    let log = dir.path().join("run2.log");
-    let mut run = Killed(
-        command(&empty, &conf)
-            .args(["run", "--at", &T.to_string()])
-            .stdin(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let logged = || fs::read_to_string(&log).unwrap_or_default();
-    wait_until(10, || logged().contains("ready"), logged);
+    let mut run = headless(&empty, &conf, &dir.path().join("run2.log"));
     brltty.press("s");
     brltty.wait_for("Der er ingen", 5);
     brltty.press("q");
@@ -607,24 +633,12 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
         "outputs = [\"speechd\"]\nlanguage = \"en\"\n[speechd]\naddress = \"unix_socket:{}\"\n",
         sd.socket.display()
     ));
-    let pty = Pty::open().unwrap();
-    let screen = collect(pty.master.try_clone().unwrap());
-    let mut keys = pty.master.try_clone().unwrap();
-    let mut run = Killed(
-        command(&state, &conf)
-            .args(["run", "--at", &T.to_string()])
-            .stdin(pty.slave.try_clone().unwrap())
-            .stdout(pty.slave.try_clone().unwrap())
-            .stderr(pty.slave.try_clone().unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, || text(&screen).contains("ready"), || text(&screen));
-    keys.write_all(b"s").unwrap();
+    let mut term = OnTerminal::start(&state, &conf, &[]);
+    term.press("s");
     wait_until(
         5,
-        || text(&screen).contains("speaking the code"),
-        || text(&screen),
+        || term.text().contains("speaking the code"),
+        || term.text(),
     );
     let words = || {
         let long = fs::metadata(&sd.wav).is_ok_and(|m| m.len() > 44);
@@ -640,21 +654,21 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
             format!(
                 "Speech Dispatcher did not say the code ({:?} parts): {}",
                 words(),
-                text(&screen)
+                term.text()
             )
         },
     );
-    keys.write_all(b"q").unwrap();
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", text(&screen));
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
     let spoken = sd.audio();
     assert_eq!(
         spoken.spans(spoken.loudest_frame() * 0.01, 120).len(),
         7,
         "{}",
-        text(&screen)
+        term.text()
     );
-    assert!(!text(&screen).contains("error"), "{}", text(&screen));
+    assert!(!term.text().contains("error"), "{}", term.text());
 }
 
 #[test]
@@ -666,26 +680,13 @@ fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
         "\"speech\", \"braille\", \"large\"",
     ));
     let capture = AlsaCapture::start(dir.path()).unwrap();
-    let pty = Pty::open().unwrap();
-    let screen = collect(pty.master.try_clone().unwrap());
-    let mut keys = pty.master.try_clone().unwrap();
-    let mut run = Killed(
-        command(&state, &conf)
-            .args(["run", "--at", &T.to_string()])
-            .env("ALSA_CONFIG_PATH", &capture.config_path)
-            .stdin(pty.slave.try_clone().unwrap())
-            .stdout(pty.slave.try_clone().unwrap())
-            .stderr(pty.slave.try_clone().unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(10, || text(&screen).contains("ready"), || text(&screen));
-    keys.write_all(b" ").unwrap();
+    let mut term = OnTerminal::start(&state, &conf, &[("ALSA_CONFIG_PATH", &capture.config_path)]);
+    term.press(" ");
     brltty.wait_for("279 037", 5);
     wait_until(
         5,
-        || text(&screen).contains("valid for 10 more seconds"),
-        || text(&screen),
+        || term.text().contains("valid for 10 more seconds"),
+        || term.text(),
     );
     // And heard: the start earcon, the intro and six digits, the end earcon.
     wait_until(
@@ -694,10 +695,10 @@ fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
             let audio = capture.audio();
             audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
         },
-        || format!("too little speech: {}", text(&screen)),
+        || format!("too little speech: {}", term.text()),
     );
-    keys.write_all(b"q").unwrap();
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", text(&screen));
-    assert!(!text(&screen).contains("error"), "{}", text(&screen));
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    assert!(!term.text().contains("error"), "{}", term.text());
 }
