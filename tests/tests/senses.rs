@@ -356,6 +356,23 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
         },
         || format!("not cleared: {:?}", brltty.shown()),
     );
+    // A failure is shown in braille in the user's language, and held there until a key.
+    let mut speak = Killed(
+        command(&dir.path().join("no-token"), &conf)
+            .args(["speak", "--at", &T.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    brltty.wait_for("Der er ingen", 10);
+    thread::sleep(Duration::from_millis(1000));
+    assert!(
+        speak.0.try_wait().unwrap().is_none(),
+        "the message went at once"
+    );
+    brltty.press("x");
+    let (status, _) = speak.wait(5);
+    assert_eq!(status.code(), Some(3), "no token: its exit status");
 }
 
 /// `codereader run --at T` without a terminal, its log in `log`; returns once it is ready.

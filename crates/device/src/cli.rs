@@ -662,10 +662,12 @@ fn speak(
     } else if uses(Output::Speech) {
         play(utterance.utterance)?;
     }
-    if utterance.shown.is_some() && senses.braille_connected() {
+    if senses.braille_connected() {
         // The code stays on the display until it expires or a key is pressed there (a
-        // counter-based code, which does not expire, for two minutes at most).
-        senses.hold(&braille_rx, Duration::from_secs(120));
+        // counter-based code, which does not expire, for two minutes at most); a message
+        // (no code) until a key, for twenty seconds at most.
+        let limit = if utterance.shown.is_some() { 120 } else { 20 };
+        senses.hold(&braille_rx, Duration::from_secs(limit));
     }
     result.map_err(Failure::from)
 }

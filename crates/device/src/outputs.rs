@@ -290,8 +290,9 @@ impl std::fmt::Debug for Senses {
 }
 
 impl Senses {
-    /// The outputs of `config` that are not audio. Large print needs `terminal` (standard
-    /// output is a terminal). Braille keys go to `keys`, if given. `log` writes one line to
+    /// The outputs of `config` that are not audio. Large print is for a caller reading keys
+    /// from a terminal (`terminal`, i.e. `run`), and needs standard output to be one too
+    /// (logged when it is not; other callers skip it without a word). Braille keys go to `keys`, if given. `log` writes one line to
     /// the journal.
     pub fn new(
         config: &OutputsConfig,
@@ -313,7 +314,7 @@ impl Senses {
             shown: None,
             log,
         };
-        if config.has(Output::Large) && !senses.large {
+        if config.has(Output::Large) && terminal && !senses.large {
             (senses.log)("warning: large print needs a terminal on standard output; not shown");
         }
         senses.connect();
@@ -445,7 +446,7 @@ impl Senses {
     }
 
     /// Waits until the shown code expires or a braille key arrives on `keys`, at most
-    /// `limit` (for `speak`, which shows the code and then ends).
+    /// `limit` (for `speak`, which shows the code or message and then ends).
     pub fn hold(&mut self, keys: &std::sync::mpsc::Receiver<BrailleKey>, limit: Duration) {
         let end = Instant::now() + limit;
         loop {

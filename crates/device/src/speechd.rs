@@ -204,8 +204,12 @@ impl Speechd {
             reader: BufReader::new(reader),
             writer,
         };
-        let user = std::env::var("USER").unwrap_or_else(|_| "user".to_owned());
-        let user: String = user.chars().filter(char::is_ascii_alphanumeric).collect();
+        let user: String = std::env::var("USER")
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let user = if user.is_empty() { "user" } else { &user };
         speechd.command(&format!("SET self CLIENT_NAME {user}:codereader:code"))?;
         speechd.command("SET self NOTIFICATION end on")?;
         speechd.command("SET self NOTIFICATION cancel on")?;
