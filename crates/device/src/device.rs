@@ -918,6 +918,27 @@ mod tests {
     }
 
     #[test]
+    fn braille_routing_and_panning_keys_speak_and_replay() {
+        let config = Config::defaults();
+        let dir = tempfile::tempdir().unwrap();
+        let effective = Effective::new(&config, &UserSettings::default(), dir.path()).unwrap();
+        let act = |key| braille_action(key, &effective);
+        assert_eq!(act(BrailleKey::Route(0)), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::Route(39)), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::PanRight), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::PanLeft), Some(Action::Replay));
+        assert_eq!(
+            act(BrailleKey::Typed(TermKey::Char('r'))),
+            Some(Action::Replay)
+        );
+        assert_eq!(
+            act(BrailleKey::Typed(TermKey::Char('q'))),
+            Some(Action::Quit)
+        );
+        assert_eq!(act(BrailleKey::Other), None);
+    }
+
+    #[test]
     fn chords_fire_only_while_the_hold_key_is_down() {
         let mut t = ChordTracker::new(vec![Chord {
             hold: key("KEY_F1"),
