@@ -41,6 +41,11 @@ pub(crate) const TEST: &[&str] = &[
     "postgresql",
     // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
     "procps",
+    // device: the braille test starts a real BRLTTY (its `tt` driver on a pseudo-terminal),
+    // the desktop-voice test a real Speech Dispatcher with its espeak-ng module.
+    "brltty",
+    "speech-dispatcher",
+    "speech-dispatcher-espeak-ng",
 ];
 
 /// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech

@@ -8,12 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
-use codereader_speech::{LivePlayer, Prompt, Renderer, SampleRate};
+use codereader_speech::{
+    LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
+};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
 use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
+use crate::outputs::Output;
+use crate::speechd::{Speechd, SpeechdAddress};
 use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
 use crate::voice::{self, Message, Voices};
 
@@ -116,6 +120,10 @@ pub struct CodeArgs {
     /// Use this time (seconds since 1970) instead of the clock.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
+    /// Print the code in large block digits, grouped as spoken, with the seconds it stays
+    /// valid (bright white on black on a terminal).
+    #[arg(long)]
+    pub large: bool,
 }
 
 /// `speak` options.
@@ -139,6 +147,11 @@ pub struct SpeakArgs {
     /// Use this time (seconds since 1970) instead of the clock.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
+    /// Outputs for this time only, instead of the config's `outputs`: speech (the sound
+    /// card), speechd (Speech Dispatcher, the desktop's voice), braille (BRLTTY).
+    /// Repeatable or comma-separated.
+    #[arg(long, value_name = "OUTPUT")]
+    pub output: Vec<String>,
 }
 
 /// `settings` options; without any, the settings are shown.
@@ -306,7 +319,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     let state = state_dir(cli.state.as_deref())?;
     match cli.command {
         Command::Enroll(args) => enroll(&state, args),
-        Command::Code(args) => code(&state, args.at),
+        Command::Code(args) => code(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
         Command::Speak(args) => speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
         Command::Settings(args) => {
             settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
@@ -435,11 +448,59 @@ fn pskc_token(
     ))
 }
 
-fn code(state: &StateDir, at: Option<u64>) -> Result<(), Failure> {
-    let taken = state.take_code(now(at), build_floor())?;
+fn code(
+    state: &StateDir,
+    config_path: Option<&Path>,
+    voices_dir: Option<&Path>,
+    args: &CodeArgs,
+) -> Result<(), Failure> {
+    // The grouping comes from the voice pack; looked up before a counter is used.
+    let grouping = args
+        .large
+        .then(|| Grouping::find(state, config_path, voices_dir));
+    let taken = state.take_code(now(args.at), build_floor())?;
+    let code = taken.code.as_str();
     let mut out = io::stdout().lock();
-    writeln!(out, "{}", taken.code.as_str()).context("cannot write to standard output")?;
+    let text = match grouping {
+        Some(grouping) => {
+            use std::io::IsTerminal;
+            let left = match taken.basis {
+                Basis::Step { seconds_left, .. } => Some(seconds_left),
+                Basis::Counter(_) => None,
+            };
+            let contrast = out.is_terminal();
+            crate::largeprint::block(code, &grouping.sizes(code.len()), left, contrast)
+        }
+        None => format!("{code}\n"),
+    };
+    out.write_all(text.as_bytes())
+        .context("cannot write to standard output")?;
     Ok(())
+}
+
+/// How codes are grouped: as the user's language's voice pack speaks them.
+#[derive(Debug, Clone)]
+pub struct Grouping(Option<VoicePack>);
+
+impl Grouping {
+    /// The pack of the user's language; without packs, halves (`482 915`).
+    pub fn find(state: &StateDir, config_path: Option<&Path>, voices_dir: Option<&Path>) -> Self {
+        let pack = load_settings(state, config_path)
+            .ok()
+            .and_then(|(config, user, effective)| {
+                let voices = load_voices(state, &config, &user, voices_dir).ok()?;
+                voices.pack_or_first(&effective.listening.language).cloned()
+            });
+        Grouping(pack)
+    }
+
+    /// Group sizes for a code of `len` digits.
+    pub fn sizes(&self, len: usize) -> Vec<usize> {
+        match &self.0 {
+            Some(pack) => pack.grouping(len),
+            None => vec![len / 2, len - len / 2],
+        }
+    }
 }
 
 /// Loads the config, the user's settings and their combination.
@@ -497,6 +558,11 @@ fn speak(
         check_step("--volume", volume, &VOLUME_RANGE)?;
         listening.volume = volume;
     }
+    let mut outputs = config.outputs.clone();
+    if !args.output.is_empty() {
+        outputs.list =
+            crate::outputs::parse_outputs(&args.output).map_err(|m| anyhow!("--output: {m}"))?;
+    }
     let mut voices = load_voices(state, &config, &user, voices_dir)?;
     if let Some(name) = &args.voice {
         voices.choose(&listening.language, name)?;
@@ -506,54 +572,154 @@ fn speak(
         device::log(&format!("warning: {note}"));
     }
     let settings = voice::speech_settings(&listening);
-    // Open the sound card before taking the code: without audio, no HOTP counter is used.
-    let player = match &args.wav {
-        Some(_) => None,
-        None => Some(
-            LivePlayer::open_default(voices.synth(pack)?)
-                .context("cannot speak: no working audio output device")?,
-        ),
-    };
-    let (message, result) = match state.take_code(now(args.at), build_floor()) {
-        Ok(taken) => {
-            if let Basis::Counter(c) = taken.basis {
-                device::log(&format!("speaking HOTP counter {}", c.0));
+    if let Some(path) = &args.wav {
+        // A WAV file is the sound card's speech, whatever the outputs say.
+        let (utterance, result) = take_and_plan(state, pack, args.at)?;
+        let mut synth = voices.synth(pack)?;
+        Renderer::new(SampleRate::ESPEAK)
+            .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return result.map_err(Failure::from);
+    }
+    // Open every output before taking the code: with none working, no HOTP counter is used.
+    // Each fails alone; the code is taken when at least one works.
+    let (braille_keys, braille_rx) = std::sync::mpsc::channel();
+    let mut senses = crate::outputs::Senses::new(
+        &outputs,
+        false,
+        Some(Box::new(move |key| braille_keys.send(key).is_ok())),
+        Box::new(device::log),
+    );
+    let braille = senses.braille_connected();
+    let uses = |o| outputs.has(o);
+    let mut speechd = None;
+    let mut failures = Vec::new();
+    if uses(Output::Speechd) {
+        let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
+            .and_then(|address| Speechd::connect(&address))
+            .and_then(|mut s| s.set_language(pack.tag()).map(|()| s));
+        match connected {
+            Ok(s) => speechd = Some(s),
+            Err(e) => failures.push(anyhow::Error::new(e).context("cannot speak via speechd")),
+        }
+    }
+    let player = if uses(Output::Speech) || speechd.is_some() {
+        match LivePlayer::open_default(voices.synth(pack)?) {
+            Ok(player) => Some(player),
+            Err(e) if uses(Output::Speech) => {
+                failures.push(
+                    anyhow::Error::new(e).context("cannot speak: no working audio output device"),
+                );
+                None
             }
-            (Some(taken.code), Ok(()))
-        }
-        Err(e) => (None, Err(e)),
-    };
-    let utterance = match (&message, &result) {
-        (Some(code), _) => voice::plan(
-            pack,
-            &Message::Code {
-                code: code.as_str(),
-                replay: false,
-            },
-        )?,
-        (None, Err(e)) => voice::plan(pack, &Message::Prompt(prompt_for(e)))?,
-        (None, Ok(())) => return Ok(()),
-    };
-    match (&args.wav, player) {
-        (Some(path), _) => {
-            let mut synth = voices.synth(pack)?;
-            Renderer::new(SampleRate::ESPEAK)
-                .render_to_wav(&utterance, synth.as_mut(), settings, path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        (None, Some(player)) => {
-            player.play(utterance, settings)?;
-            // Long enough for the slowest code; normal codes take about five seconds.
-            if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
-                return Err(Failure {
-                    exit: Exit::Audio,
-                    error: anyhow!("the audio output failed while speaking"),
-                });
+            Err(e) => {
+                // Speech Dispatcher has its own audio; only the earcons are lost.
+                device::log(&format!(
+                    "warning: no earcons: no audio output device ({e})"
+                ));
+                None
             }
         }
-        (None, None) => {}
+    } else {
+        None
+    };
+    let speaking = (uses(Output::Speech) && player.is_some()) || speechd.is_some();
+    if !speaking && !braille {
+        // Nothing works: the first failure says why (the sound card's gives exit status 6).
+        return Err(failures.into_iter().next().map_or_else(
+            || anyhow!("no output works (see the messages above)").into(),
+            Failure::from,
+        ));
+    }
+    for failure in &failures {
+        device::log(&format!("error: {failure:#}; the other outputs go on"));
+    }
+    let (utterance, result) = take_and_plan(state, pack, args.at)?;
+    match (&utterance.shown, &result) {
+        (Some((code, left)), _) => senses.show_code(code, &pack.grouping(code.len()), *left),
+        (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
+        (None, Ok(())) => {}
+    }
+    let play = |part: Utterance| -> Result<(), Failure> {
+        let Some(player) = &player else { return Ok(()) };
+        player.play(part, settings)?;
+        // Long enough for the slowest code; normal codes take about five seconds.
+        if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
+            return Err(Failure {
+                exit: Exit::Audio,
+                error: anyhow!("the audio output failed while speaking"),
+            });
+        }
+        Ok(())
+    };
+    if let Some(speechd) = &mut speechd {
+        let (head, words, tail) = crate::speechd::split_earcons(&utterance.utterance);
+        play(head)?;
+        speechd
+            .speak(&words, Duration::from_secs(60))
+            .context("Speech Dispatcher failed while speaking")?;
+        play(tail)?;
+    } else if uses(Output::Speech) {
+        play(utterance.utterance)?;
+    }
+    if senses.braille_connected() {
+        // The code stays on the display until it expires or a key is pressed there (a
+        // counter-based code, which does not expire, for two minutes at most); a message
+        // (no code) until a key, for twenty seconds at most.
+        let limit = if utterance.shown.is_some() { 120 } else { 20 };
+        senses.hold(&braille_rx, Duration::from_secs(limit));
     }
     result.map_err(Failure::from)
+}
+
+/// What `speak` says, and the code to show (with its seconds left) if there is one.
+struct Planned {
+    utterance: Utterance,
+    shown: Option<(Zeroizing<String>, Option<u64>)>,
+}
+
+/// Takes the code (or the reason there is none) and plans what to say.
+fn take_and_plan(
+    state: &StateDir,
+    pack: &VoicePack,
+    at: Option<u64>,
+) -> Result<(Planned, Result<(), TakeError>), Failure> {
+    match state.take_code(now(at), build_floor()) {
+        Ok(taken) => {
+            let left = match taken.basis {
+                Basis::Counter(c) => {
+                    device::log(&format!("speaking HOTP counter {}", c.0));
+                    None
+                }
+                Basis::Step { seconds_left, .. } => Some(seconds_left),
+            };
+            let code = Zeroizing::new(taken.code.as_str().to_owned());
+            let utterance = voice::plan(
+                pack,
+                &Message::Code {
+                    code: &code,
+                    replay: false,
+                },
+            )?;
+            Ok((
+                Planned {
+                    utterance,
+                    shown: Some((code, left)),
+                },
+                Ok(()),
+            ))
+        }
+        Err(e) => {
+            let utterance = voice::plan(pack, &Message::Prompt(prompt_for(&e)))?;
+            Ok((
+                Planned {
+                    utterance,
+                    shown: None,
+                },
+                Err(e),
+            ))
+        }
+    }
 }
 
 fn check_step(flag: &str, value: i8, range: &std::ops::RangeInclusive<i8>) -> anyhow::Result<()> {

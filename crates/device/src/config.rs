@@ -167,6 +167,9 @@ struct RawConfig {
     evdev_chord: Vec<ChordConfig>,
     #[serde(default)]
     gpio: Vec<GpioButton>,
+    outputs: Option<Vec<String>>,
+    braille: Option<crate::outputs::BrailleConfig>,
+    speechd: Option<crate::outputs::SpeechdConfig>,
 }
 
 /// A validated evdev chord.
@@ -219,6 +222,8 @@ pub struct Config {
     pub chords: Vec<Chord>,
     /// GPIO buttons.
     pub gpio: Vec<Gpio>,
+    /// Which outputs give the code (speech, speechd, braille, large) and how to reach them.
+    pub outputs: crate::outputs::OutputsConfig,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -313,6 +318,7 @@ impl Config {
             evdev_keys: keys::default_evdev_keys(),
             chords: Vec::new(),
             gpio: Vec::new(),
+            outputs: crate::outputs::OutputsConfig::default(),
         }
     }
 
@@ -353,6 +359,12 @@ impl Config {
             config.defaults.rate = step_in(path, "rate", v, &RATE_RANGE)?;
         }
         config.input = raw.input;
+        config.outputs = crate::outputs::OutputsConfig::from_raw(
+            path,
+            raw.outputs.as_deref(),
+            raw.braille.as_ref(),
+            raw.speechd.as_ref(),
+        )?;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }
@@ -607,6 +619,7 @@ mod tests {
         assert_eq!(config.input, defaults.input);
         assert_eq!(config.synth, defaults.synth);
         assert_eq!(config.voice, defaults.voice);
+        assert_eq!(config.outputs, defaults.outputs);
     }
 
     #[test]
@@ -632,6 +645,11 @@ mod tests {
             ("[[gpio]]\naction = \"speak\"", "line"),
             ("[input]\nterminal = \"yes\"", "terminal"),
             ("synth = \"robot\"", "synth"),
+            ("outputs = [\"speech\", \"smell\"]", "outputs"),
+            ("outputs = [\"speech\", \"speechd\"]", "outputs"),
+            ("[braille]\nhost = \"a:b\"", "braille.host"),
+            ("[braille]\nport = 1", "port"),
+            ("[speechd]\naddress = \"tcp\"", "speechd.address"),
         ];
         for (text, key) in table {
             let err = parse(text).unwrap_err().to_string();

@@ -16,14 +16,17 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
+use codereader_speech::{LivePlayer, PhraseKey, Prompt, Utterance, VoicePack};
 use zeroize::Zeroizing;
 
+use crate::braille::BrailleKey;
 use crate::cli::{Exit, Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
+use crate::outputs::{Output, Senses};
+use crate::speechd::SpeechdVoice;
 use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
 use crate::voice::{self, Message, Voices};
 
@@ -53,6 +56,8 @@ enum Event {
     Action(Action),
     /// The terminal closed (end of input).
     TermClosed,
+    /// A key of the braille display.
+    Braille(BrailleKey),
 }
 
 /// Set while the terminal is raw, so log lines carry their own carriage return.
@@ -110,6 +115,12 @@ struct Device<'a> {
     /// clips, so the journal says it once per voice, not at every reopening.
     fallbacks_logged: BTreeSet<String>,
     at: Option<u64>,
+    /// Braille display and large print.
+    senses: Senses,
+    /// Whether the sound card speaks (`outputs` has `speech`).
+    speech_on: bool,
+    /// Speech Dispatcher, when it is the voice (`outputs` has `speechd`).
+    speechd: Option<SpeechdVoice>,
 }
 
 impl Device<'_> {
@@ -119,7 +130,7 @@ impl Device<'_> {
 
     /// Opens the sound card if it is not open (at most every [`RETRY`]).
     fn ensure_player(&mut self, force: bool) {
-        if self.player.is_some() {
+        if self.player.is_some() || !self.speech_on {
             return;
         }
         if !force && self.last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
@@ -163,6 +174,20 @@ impl Device<'_> {
     }
 
     fn say(&mut self, message: &Message<'_>) {
+        self.show(message);
+        if let Some(speechd) = &mut self.speechd {
+            let Some(pack) = self.voices.pack_or_first(&self.listening.language) else {
+                return;
+            };
+            match voice::plan(pack, message) {
+                Ok(utterance) => speechd.say(&utterance, pack.tag(), &log),
+                Err(e) => log(&format!("error: {e}")),
+            }
+            return;
+        }
+        if !self.speech_on {
+            return;
+        }
         self.ensure_player(true);
         let Some(pack) = self.pack() else { return };
         let utterance: Utterance = match voice::plan(pack, message) {
@@ -186,6 +211,37 @@ impl Device<'_> {
                 self.player = None;
             }
         }
+    }
+
+    /// Shows what `message` says on the braille display (codes are shown by
+    /// [`Device::show_code`], with their validity).
+    fn show(&mut self, message: &Message<'_>) {
+        let Some(pack) = self.pack() else { return };
+        let text = match message {
+            Message::Prompt(prompt) => pack.phrase(PhraseKey::Prompt(*prompt)).text,
+            Message::Status {
+                serial_digits,
+                problems,
+            } => {
+                let mut text = (*serial_digits).to_owned();
+                for prompt in *problems {
+                    text.push_str(". ");
+                    text.push_str(&pack.phrase(PhraseKey::Prompt(*prompt)).text);
+                }
+                text
+            }
+            Message::Code { .. } | Message::Limit => return,
+        };
+        self.senses.show_text(&text);
+    }
+
+    /// Shows `code` (valid for `seconds_left`, `None` for a counter) on the braille display
+    /// and in large print.
+    fn show_code(&mut self, code: &str, seconds_left: Option<u64>) {
+        let sizes = self
+            .pack()
+            .map_or_else(|| vec![code.len()], |p| p.grouping(code.len()));
+        self.senses.show_code(code, &sizes, seconds_left);
     }
 
     /// Logs, once per voice, that the current voice has no clips and live espeak-ng speaks
@@ -261,9 +317,12 @@ impl Device<'_> {
         self.say(&Message::Prompt(Prompt::LanguageName));
     }
 
-    fn stop(&self) {
+    fn stop(&mut self) {
         if let Some(player) = &self.player {
             player.stop();
+        }
+        if let Some(speechd) = &mut self.speechd {
+            speechd.stop();
         }
     }
 
@@ -333,6 +392,11 @@ impl Device<'_> {
                     code: &code,
                     replay: false,
                 });
+                let left = match taken.basis {
+                    Basis::Step { seconds_left, .. } => Some(seconds_left),
+                    Basis::Counter(_) => None,
+                };
+                self.show_code(&code, left);
                 self.last_code = Some(LastCode {
                     code,
                     basis: taken.basis,
@@ -353,6 +417,8 @@ impl Device<'_> {
     }
 
     fn replay(&mut self) {
+        // Whether the last code is still valid, and for how many seconds (None: a counter).
+        let mut left = None;
         let still_valid = match &self.last_code {
             None => false,
             Some(LastCode {
@@ -367,7 +433,9 @@ impl Device<'_> {
             }) => match self.state.load().map(|t| t.progress) {
                 Ok(Progress::Totp { period, t0, .. }) => {
                     let now = now(self.at).0;
-                    now >= t0.0 && (now - t0.0) / period.seconds() == step.0
+                    let elapsed = now.saturating_sub(t0.0);
+                    left = Some(period.seconds() - elapsed % period.seconds());
+                    now >= t0.0 && elapsed / period.seconds() == step.0
                 }
                 _ => false,
             },
@@ -380,6 +448,7 @@ impl Device<'_> {
                     code: &code,
                     replay: true,
                 });
+                self.show_code(&code, left);
             }
             _ => self.speak_code(),
         }
@@ -532,13 +601,25 @@ pub fn run(
     for button in &config.gpio {
         start_gpio(button.clone(), events.clone());
     }
-    let only_terminal = config.input.evdev.is_empty() && config.gpio.is_empty();
+    let braille_keys = events.clone();
+    let senses = Senses::new(
+        &config.outputs,
+        terminal.is_some(),
+        Some(Box::new(move |key| {
+            braille_keys.send(Event::Braille(key)).is_ok()
+        })),
+        Box::new(log),
+    );
+    // A braille display's keys are input too (a deafblind user's device may have no other).
+    let only_terminal = config.input.evdev.is_empty()
+        && config.gpio.is_empty()
+        && !config.outputs.has(Output::Braille);
     if terminal.is_none() && only_terminal {
         return Err(Failure {
             exit: Exit::Config,
             error: anyhow::anyhow!(
                 "no input: standard input is not a terminal and the config lists no evdev \
-                 device ([input] evdev) and no GPIO button ([[gpio]])"
+                 device ([input] evdev), no GPIO button ([[gpio]]) and no braille output"
             ),
         });
     }
@@ -554,6 +635,12 @@ pub fn run(
         audio_error: None,
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
+        senses,
+        speech_on: config.outputs.has(Output::Speech),
+        speechd: config
+            .outputs
+            .has(Output::Speechd)
+            .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
     };
     device.ensure_player(true);
     device.prepare();
@@ -575,10 +662,11 @@ pub fn run(
         speak_keys.join(", ")
     ));
     loop {
-        let event = match rx.recv_timeout(RETRY) {
+        let event = match rx.recv_timeout(device.senses.next_tick(RETRY)) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
                 device.ensure_player(false);
+                device.senses.tick();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -593,9 +681,12 @@ pub fn run(
                 }
                 continue;
             }
+            Event::Braille(key) => braille_action(key, &effective),
         };
-        // Any key stops the speech in progress, bound or not.
+        // Any key stops the speech in progress, bound or not, and takes the shown message
+        // off the braille display.
         device.stop();
+        device.senses.key_pressed();
         if let Some(action) = action {
             if !device.act(action) {
                 break;
@@ -606,6 +697,19 @@ pub fn run(
     drop(terminal);
     log("bye");
     Ok(())
+}
+
+/// What a key of the braille display does: a routing key (above any cell) or panning right
+/// speaks the code, panning left replays it; keys typed on its braille keyboard mean what the
+/// same terminal key means (`[keys]`).
+fn braille_action(key: BrailleKey, effective: &Effective) -> Option<Action> {
+    match key {
+        BrailleKey::Route(_) | BrailleKey::PanRight => Some(Action::Speak),
+        BrailleKey::PanLeft => Some(Action::Replay),
+        BrailleKey::Typed(key) => effective.keys.action(key),
+        // Stops speech (as any key does) and nothing else.
+        _ => None,
+    }
 }
 
 /// The terminal in raw mode (single keys, no echo) until dropped.
@@ -811,6 +915,27 @@ mod tests {
 
     fn key(name: &str) -> EvKey {
         name.parse().unwrap()
+    }
+
+    #[test]
+    fn braille_routing_and_panning_keys_speak_and_replay() {
+        let config = Config::defaults();
+        let dir = tempfile::tempdir().unwrap();
+        let effective = Effective::new(&config, &UserSettings::default(), dir.path()).unwrap();
+        let act = |key| braille_action(key, &effective);
+        assert_eq!(act(BrailleKey::Route(0)), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::Route(39)), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::PanRight), Some(Action::Speak));
+        assert_eq!(act(BrailleKey::PanLeft), Some(Action::Replay));
+        assert_eq!(
+            act(BrailleKey::Typed(TermKey::Char('r'))),
+            Some(Action::Replay)
+        );
+        assert_eq!(
+            act(BrailleKey::Typed(TermKey::Char('q'))),
+            Some(Action::Quit)
+        );
+        assert_eq!(act(BrailleKey::Other), None);
     }
 
     #[test]

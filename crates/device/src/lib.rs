@@ -13,14 +13,21 @@
 //! - [`keys`]: actions and their single-key bindings.
 //! - [`voice`]: voice packs, synthesiser choice and what the device says.
 //! - [`device`]: the `run` loop with terminal, evdev and GPIO input.
+//! - [`outputs`]: which outputs give the code, and [`outputs::Senses`] for the non-audio
+//!   ones: [`braille`] (a BrlAPI client for BRLTTY) and [`largeprint`] (block digits);
+//!   [`speechd`] speaks through Speech Dispatcher (the desktop's voice).
 //! - [`cli`]: the command line.
 //!
 //! Invariants: the secret is never printed or logged, and no error message quotes the state
 //! file's content; a state file that cannot be trusted is never rewritten.
 
+pub mod braille;
 pub mod cli;
 pub mod config;
 pub mod device;
 pub mod keys;
+pub mod largeprint;
+pub mod outputs;
+pub mod speechd;
 pub mod state;
 pub mod voice;

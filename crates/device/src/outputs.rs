@@ -1,0 +1,536 @@
+//! Every sense: which outputs give the code (speech on the sound card, Speech Dispatcher,
+//! a braille display, large print), and [`Senses`], the non-audio ones the device and
+//! `speak` drive through one small interface.
+//!
+//! Each output fails alone: a braille display that is missing or goes away is logged once
+//! (again only when the reason changes) and looked for again every few seconds, while speech
+//! goes on; a terminal that cannot be written to only loses the large print.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::braille::{BrailleKey, BrailleSettings, Display};
+use crate::config::ConfigError;
+use crate::largeprint;
+
+/// How often a missing braille display is looked for again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// One way of giving the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Output {
+    /// Spoken on the sound card (the voice packs, espeak-ng or clips).
+    Speech,
+    /// Spoken by Speech Dispatcher, in the desktop's voice (earcons still on the sound card).
+    Speechd,
+    /// Written to a braille display through BRLTTY.
+    Braille,
+    /// Block digits on the terminal `run` reads keys from.
+    Large,
+}
+
+impl Output {
+    /// Its name in the config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Speech => "speech",
+            Output::Speechd => "speechd",
+            Output::Braille => "braille",
+            Output::Large => "large",
+        }
+    }
+}
+
+/// An output name that is none of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown output `{0}`; use speech, speechd, braille or large")]
+pub struct UnknownOutput(String);
+
+impl FromStr for Output {
+    type Err = UnknownOutput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "speech" => Ok(Output::Speech),
+            "speechd" => Ok(Output::Speechd),
+            "braille" => Ok(Output::Braille),
+            "large" => Ok(Output::Large),
+            other => Err(UnknownOutput(other.to_owned())),
+        }
+    }
+}
+
+/// Checks a list of outputs: known names, none twice, at least one, and one voice at most
+/// (`speech` and `speechd` together would say the code twice at once).
+///
+/// # Errors
+/// The message to show, naming the bad entry.
+pub fn parse_outputs<S: AsRef<str>>(names: &[S]) -> Result<Vec<Output>, String> {
+    let mut outputs = Vec::new();
+    for name in names {
+        for part in name.as_ref().split(',').filter(|p| !p.trim().is_empty()) {
+            let output: Output = part.parse().map_err(|e: UnknownOutput| e.to_string())?;
+            if outputs.contains(&output) {
+                return Err(format!("`{}` is listed twice", output.name()));
+            }
+            outputs.push(output);
+        }
+    }
+    if outputs.is_empty() {
+        return Err("no output: list at least one of speech, speechd, braille, large".into());
+    }
+    if outputs.contains(&Output::Speech) && outputs.contains(&Output::Speechd) {
+        return Err(
+            "`speech` and `speechd` are both voices; choose one (the code would be said twice)"
+                .into(),
+        );
+    }
+    Ok(outputs)
+}
+
+/// `[braille]` in the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrailleConfig {
+    /// BrlAPI host: `:N` (local socket), `HOST:N` (TCP port 4101 + N).
+    pub host: Option<String>,
+    /// Key file, when BRLTTY asks for key authorization.
+    pub key_file: Option<PathBuf>,
+    /// Virtual terminal number our text belongs to.
+    pub tty: Option<u32>,
+}
+
+/// `[speechd]` in the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechdConfig {
+    /// `unix_socket:PATH` or `inet_socket:HOST:PORT`.
+    pub address: Option<String>,
+}
+
+/// The outputs part of the config, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputsConfig {
+    /// The outputs, in the order given.
+    pub list: Vec<Output>,
+    /// How to reach BRLTTY.
+    pub braille: BrailleSettings,
+    /// Speech Dispatcher's address, if set (else `$SPEECHD_ADDRESS` or the default socket).
+    pub speechd_address: Option<String>,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            list: vec![Output::Speech],
+            braille: BrailleSettings::default(),
+            speechd_address: None,
+        }
+    }
+}
+
+impl OutputsConfig {
+    /// From the config file's `outputs`, `[braille]` and `[speechd]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Value`] naming the key.
+    pub fn from_raw(
+        path: &Path,
+        outputs: Option<&[String]>,
+        braille: Option<&BrailleConfig>,
+        speechd: Option<&SpeechdConfig>,
+    ) -> Result<Self, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            message,
+        };
+        let mut config = OutputsConfig::default();
+        if let Some(names) = outputs {
+            config.list = parse_outputs(names).map_err(|m| bad("outputs", m))?;
+        }
+        if let Some(b) = braille {
+            if let Some(host) = &b.host {
+                crate::braille::address(host).map_err(|e| bad("braille.host", e.to_string()))?;
+                config.braille.host.clone_from(host);
+            }
+            if let Some(file) = &b.key_file {
+                config.braille.key_file.clone_from(file);
+            }
+            if let Some(tty) = b.tty {
+                config.braille.tty = tty;
+            }
+        }
+        if let Some(address) = speechd.and_then(|s| s.address.as_ref()) {
+            crate::speechd::SpeechdAddress::parse(address)
+                .map_err(|e| bad("speechd.address", e.to_string()))?;
+            config.speechd_address = Some(address.clone());
+        }
+        Ok(config)
+    }
+
+    /// Whether `output` is on.
+    pub fn has(&self, output: Output) -> bool {
+        self.list.contains(&output)
+    }
+}
+
+/// Receives the keys pressed on the braille display (on the key thread); `false` means the
+/// receiver is gone and the thread should end.
+pub type KeySink = Box<dyn Fn(BrailleKey) -> bool + Send + Sync>;
+
+/// The braille display, connected or looked for.
+struct Braille {
+    settings: BrailleSettings,
+    display: Option<Display>,
+    last_attempt: Option<Instant>,
+    /// The last failure logged, so that retries do not repeat it.
+    last_error: Option<String>,
+    keys: Option<std::sync::Arc<KeySink>>,
+    /// What the display shows, to show again after a reconnection.
+    text: String,
+}
+
+impl Braille {
+    fn ensure(&mut self, log: &dyn Fn(&str)) {
+        if self.display.is_some() || self.last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match Display::connect(&self.settings) {
+            Ok((display, mut reader)) => {
+                log(&format!(
+                    "braille: display of {} cells at {}",
+                    display.cells(),
+                    display.address()
+                ));
+                self.last_error = None;
+                self.display = Some(display);
+                if let Some(keys) = self.keys.clone() {
+                    let spawned =
+                        thread::Builder::new()
+                            .name("braille-keys".into())
+                            .spawn(move || {
+                                while let Ok(pressed) = reader.next_keys() {
+                                    for key in pressed {
+                                        if !keys(key) {
+                                            return;
+                                        }
+                                    }
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        log(&format!("error: braille: cannot read its keys: {e}"));
+                    }
+                }
+                let text = std::mem::take(&mut self.text);
+                self.show(&text, log);
+            }
+            Err(e) => self.failed(&e.to_string(), log),
+        }
+    }
+
+    fn failed(&mut self, message: &str, log: &dyn Fn(&str)) {
+        if self.last_error.as_deref() != Some(message) {
+            log(&format!(
+                "warning: braille: {message}; the other outputs go on, and the display is \
+                 looked for every {} s",
+                RETRY.as_secs()
+            ));
+            self.last_error = Some(message.to_owned());
+        }
+    }
+
+    fn show(&mut self, text: &str, log: &dyn Fn(&str)) {
+        text.clone_into(&mut self.text);
+        self.ensure(log);
+        let Some(display) = &mut self.display else {
+            return;
+        };
+        if let Err(e) = display.show(text) {
+            self.display = None;
+            self.last_attempt = None;
+            self.failed(&e.to_string(), log);
+            // Once more, at once: BRLTTY may have restarted.
+            self.ensure(log);
+        }
+    }
+}
+
+/// What is shown now, until when.
+#[derive(Debug, Clone)]
+struct Shown {
+    code: String,
+    sizes: Vec<usize>,
+    /// `None`: a counter-based code, valid until used.
+    expires: Option<Instant>,
+    /// The validity last drawn, to redraw only when it changes.
+    drawn_seconds: Option<u64>,
+}
+
+/// The non-audio outputs: braille display and large print.
+pub struct Senses {
+    braille: Option<Braille>,
+    large: bool,
+    shown: Option<Shown>,
+    log: Box<dyn Fn(&str)>,
+}
+
+impl std::fmt::Debug for Senses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Senses")
+            .field("braille", &self.braille.is_some())
+            .field("large", &self.large)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Senses {
+    /// The outputs of `config` that are not audio. Large print is for a caller reading keys
+    /// from a terminal (`terminal`, i.e. `run`), and needs standard output to be one too
+    /// (logged when it is not; other callers skip it without a word). Braille keys go to `keys`, if given. `log` writes one line to
+    /// the journal.
+    pub fn new(
+        config: &OutputsConfig,
+        terminal: bool,
+        keys: Option<KeySink>,
+        log: Box<dyn Fn(&str)>,
+    ) -> Self {
+        let braille = config.has(Output::Braille).then(|| Braille {
+            settings: config.braille.clone(),
+            display: None,
+            last_attempt: None,
+            last_error: None,
+            keys: keys.map(std::sync::Arc::new),
+            text: String::new(),
+        });
+        let mut senses = Senses {
+            braille,
+            large: config.has(Output::Large) && terminal && io::stdout().is_terminal(),
+            shown: None,
+            log,
+        };
+        if config.has(Output::Large) && terminal && !senses.large {
+            (senses.log)("warning: large print needs a terminal on standard output; not shown");
+        }
+        senses.connect();
+        senses
+    }
+
+    /// Looks for the braille display now (it is also looked for at every [`Senses::tick`]).
+    pub fn connect(&mut self) {
+        if let Some(braille) = &mut self.braille {
+            braille.ensure(&self.log);
+        }
+    }
+
+    /// Whether a braille display is connected.
+    pub fn braille_connected(&self) -> bool {
+        self.braille.as_ref().is_some_and(|b| b.display.is_some())
+    }
+
+    /// Shows `code` grouped by `sizes`; `seconds_left` is its remaining validity (`None` for
+    /// a counter-based code). Shown until it expires or [`Senses::key_pressed`].
+    pub fn show_code(&mut self, code: &str, sizes: &[usize], seconds_left: Option<u64>) {
+        let line = largeprint::grouped(code, sizes);
+        if let Some(braille) = &mut self.braille {
+            braille.show(&line, &self.log);
+        }
+        self.shown = Some(Shown {
+            code: code.to_owned(),
+            sizes: sizes.to_vec(),
+            expires: seconds_left.map(|s| Instant::now() + Duration::from_secs(s)),
+            drawn_seconds: None,
+        });
+        self.draw();
+    }
+
+    /// Shows a short message (what the device says: errors, status) in braille.
+    pub fn show_text(&mut self, text: &str) {
+        if let Some(braille) = &mut self.braille {
+            braille.show(text, &self.log);
+        }
+    }
+
+    /// A key was pressed: the braille display is cleared (the key's action shows what it
+    /// shows next). Large print stays until the code expires.
+    pub fn key_pressed(&mut self) {
+        if let Some(braille) = &mut self.braille {
+            if !braille.text.is_empty() {
+                braille.show("", &self.log);
+            }
+        }
+    }
+
+    /// Whether a code is shown and still valid.
+    pub fn showing(&self) -> bool {
+        self.shown
+            .as_ref()
+            .is_some_and(|s| s.expires.is_none_or(|e| Instant::now() < e))
+    }
+
+    /// How long until [`Senses::tick`] has something to do.
+    pub fn next_tick(&self, idle: Duration) -> Duration {
+        match &self.shown {
+            Some(Shown {
+                expires: Some(e), ..
+            }) => {
+                let left = e.saturating_duration_since(Instant::now());
+                // The next whole second of the countdown.
+                let frac = Duration::from_nanos(u64::from(left.subsec_nanos()));
+                if frac.is_zero() {
+                    Duration::from_secs(1).min(idle)
+                } else {
+                    frac.min(idle)
+                }
+            }
+            _ => idle,
+        }
+    }
+
+    /// Updates the countdown, clears an expired code, looks for a missing display.
+    pub fn tick(&mut self) {
+        self.connect();
+        if let Some(Shown {
+            expires: Some(e), ..
+        }) = &self.shown
+        {
+            if Instant::now() >= *e {
+                self.shown = None;
+                if let Some(braille) = &mut self.braille {
+                    braille.show("", &self.log);
+                }
+                if self.large {
+                    self.write_terminal(largeprint::CLEAR_SCREEN);
+                }
+                return;
+            }
+        }
+        self.draw();
+    }
+
+    fn draw(&mut self) {
+        if !self.large {
+            return;
+        }
+        let Some(shown) = &mut self.shown else { return };
+        let seconds = shown.expires.map(|e| {
+            e.saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .ceil() as u64
+        });
+        if shown.drawn_seconds.is_some() && shown.drawn_seconds == seconds {
+            return;
+        }
+        shown.drawn_seconds = seconds;
+        let mut text = String::from(largeprint::CLEAR_SCREEN);
+        text.push_str(&largeprint::block(&shown.code, &shown.sizes, seconds, true));
+        // `run` keeps the terminal's output processing on, so newlines stay newlines.
+        self.write_terminal(&text);
+    }
+
+    fn write_terminal(&mut self, text: &str) {
+        let mut out = io::stdout().lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            (self.log)("warning: cannot write to the terminal; large print is off");
+            self.large = false;
+        }
+    }
+
+    /// Waits until the shown code expires or a braille key arrives on `keys`, at most
+    /// `limit` (for `speak`, which shows the code or message and then ends).
+    pub fn hold(&mut self, keys: &std::sync::mpsc::Receiver<BrailleKey>, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let now = Instant::now();
+            let until = match self.shown.as_ref().and_then(|s| s.expires) {
+                Some(e) => e.min(end),
+                None => end,
+            };
+            if now >= until {
+                break;
+            }
+            if keys.recv_timeout(until - now).is_ok() {
+                break;
+            }
+        }
+        self.shown = None;
+        if let Some(braille) = &mut self.braille {
+            braille.show("", &self.log);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn output_lists_are_checked() {
+        assert_eq!(
+            parse_outputs(&["speech", "braille", "large"]).unwrap(),
+            [Output::Speech, Output::Braille, Output::Large]
+        );
+        assert_eq!(
+            parse_outputs(&["speechd,braille"]).unwrap(),
+            [Output::Speechd, Output::Braille]
+        );
+        for (list, want) in [
+            (vec!["speech", "smell"], "`smell`"),
+            (vec!["braille", "braille"], "twice"),
+            (vec!["speech", "speechd"], "choose one"),
+            (vec![], "no output"),
+        ] {
+            let err = parse_outputs(&list).unwrap_err();
+            assert!(err.contains(want), "{list:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_display_is_logged_once_and_nothing_else_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let config = OutputsConfig {
+            list: vec![Output::Speech, Output::Braille],
+            braille: BrailleSettings {
+                host: ":0".into(),
+                key_file: dir.path().join("key"),
+                tty: 1,
+            },
+            speechd_address: None,
+        };
+        let mut config = config;
+        // A unix socket path that does not exist: `:N` maps under /var/lib/BrlAPI, so use a
+        // TCP port nothing listens on instead (bound then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        config.braille.host = format!("127.0.0.1:{}", port - 4101);
+        let mut senses = Senses::new(
+            &config,
+            false,
+            None,
+            Box::new(move |l| sink.lock().unwrap().push(l.to_owned())),
+        );
+        assert!(!senses.braille_connected());
+        senses.show_code("482915", &[3, 3], Some(30));
+        senses.show_text("Your code is");
+        senses.tick();
+        let logged = lines.lock().unwrap().clone();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("cannot reach BRLTTY"), "{logged:?}");
+        assert!(senses.showing());
+    }
+}
