@@ -409,3 +409,79 @@ async fn connection(
     }
     registry.remove(id);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max_connections: usize) -> Arc<Registry> {
+        Arc::new(Registry {
+            start: Instant::now(),
+            limits: ConnLimits {
+                head_timeout: Duration::from_millis(100),
+                idle_timeout: Duration::from_millis(300),
+                max_connections,
+            },
+            connections: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn ids(registry: &Registry) -> Vec<u64> {
+        registry
+            .connections
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_connection_goes_never_a_busy_one() {
+        let r = registry(3);
+        let (a, ta) = r.admit().unwrap();
+        let (b, _tb) = r.admit().unwrap();
+        let (c, _tc) = r.admit().unwrap();
+        // `a` is being answered; `b` has waited longest of the others (or as long as `c`,
+        // and came first).
+        let busy = Answering::begin(&r, &ta);
+        let (d, _) = r.admit().unwrap();
+        assert_eq!(ids(&r), [a, c, d], "{b} stays");
+        let (e, _) = r.admit().unwrap();
+        assert_eq!(ids(&r), [a, d, e]);
+        // When every held connection is being answered, a new one is refused.
+        let all: Vec<Answering> = r
+            .connections
+            .lock()
+            .unwrap()
+            .values()
+            .map(|t| Answering::begin(&r, t))
+            .collect();
+        assert!(r.admit().is_none());
+        drop((all, busy));
+        assert!(r.admit().is_some());
+    }
+
+    #[test]
+    fn deadlines_head_from_its_first_byte_idle_after_an_answer() {
+        let r = registry(10);
+        let (_, t) = r.admit().unwrap();
+        let now = r.now_ms();
+        // A new connection must send its first head within the head timeout.
+        assert!(!r.overdue(&t, now + 100));
+        assert!(r.overdue(&t, now + 101));
+        // Once answered, it may stay silent for the idle timeout...
+        drop(Answering::begin(&r, &t));
+        let answered = t.ready_at.load(Relaxed);
+        assert!(!r.overdue(&t, answered + 300));
+        assert!(r.overdue(&t, answered + 301));
+        // ...and a head begun then has the head timeout from its first byte.
+        t.head_started_at.store(answered + 250 + 1, Relaxed);
+        assert!(!r.overdue(&t, answered + 350));
+        assert!(r.overdue(&t, answered + 351));
+        // Never while it is being answered.
+        let _busy = Answering::begin(&r, &t);
+        assert!(!r.overdue(&t, u64::MAX));
+    }
+}
