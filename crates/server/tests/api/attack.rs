@@ -372,14 +372,19 @@ fn heads_and_idle_connections_have_deadlines() {
 }
 
 /// Issue 15, item 5: with a verify key and a list of serials, 2,000 wrong codes locked 200
-/// of 200 tokens, never a 429. Now failures are budgeted per client (default 20 a minute):
+/// of 200 tokens, never a 429. Now failures are budgeted per client (here 20 at once):
 /// of 40 wrong codes from one client, each for another token, the first 20 are checked
 /// (`rejected`) and the rest get 429 `rate_limited` with Retry-After, unchecked and
 /// counting against no token, while another client's right code is accepted.
 #[test]
 fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
     const SEED: &[u8] = b"budget test seed 000001";
-    let server = Server::start(None);
+    // 20 per 10 minutes rather than the default 20 per minute, so that no unit comes back
+    // while the test runs on a slow machine (one does every 30 s instead of every 3 s).
+    let server = Server::start_with(
+        None,
+        &["--client-failures", "20", "--client-window-s", "600"],
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let c = server.client();
     runtime.block_on(async {
@@ -416,7 +421,7 @@ fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
         );
         for (_, retry_after) in &statuses[20..] {
             let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
-            assert!((1..=3).contains(&seconds), "{statuses:?}");
+            assert!((1..=30).contains(&seconds), "{statuses:?}");
         }
         let r = c
             .post(
