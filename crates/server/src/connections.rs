@@ -10,7 +10,8 @@
 //!   answer is closed;
 //! - at most [`ConnLimits::max_connections`] are held (see [`descriptor_budget`]); a new
 //!   connection beyond that closes the one that has waited longest for a head (idle or
-//!   unfinished), never one whose request is being answered.
+//!   unfinished, or whose request's body is still awaited), never one whose request is
+//!   being answered.
 //!
 //! Requests in progress are not this module's business: the body deadline and the request
 //! timeout of [`crate::http`] bound them.
@@ -97,6 +98,9 @@ struct Tracked {
     answered: AtomicBool,
     /// Requests being answered (more than one only with pipelining).
     busy: AtomicUsize,
+    /// The request's handler is waiting for body bytes the client has not sent: the request
+    /// is unfinished, and nothing of it has reached the store.
+    awaiting_body: AtomicBool,
     /// Told to close.
     shed: Notify,
 }
@@ -145,6 +149,7 @@ impl Registry {
             head_started_at: AtomicU64::new(0),
             answered: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            awaiting_body: AtomicBool::new(false),
             shed: Notify::new(),
         });
         connections.insert(id, tracked.clone());
@@ -202,8 +207,40 @@ impl Answering {
 
 impl Drop for Answering {
     fn drop(&mut self) {
+        self.tracked.awaiting_body.store(false, Relaxed);
         self.tracked.ready_at.store(self.registry.now_ms(), Relaxed);
         self.tracked.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request body that notes when its handler waits for bytes the client has not sent.
+struct WatchedBody {
+    inner: Incoming,
+    tracked: Arc<Tracked>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        this.tracked
+            .awaiting_body
+            .store(frame.is_pending(), Relaxed);
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -335,12 +372,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// Closes the connection that has waited longest for a head (idle or unfinished), if one
-/// is not being answered; says whether one was.
+/// Closes the connection that has waited longest for a head (idle or unfinished, or whose
+/// request's body is still awaited), if there is one; says whether there was.
 fn shed_oldest(connections: &mut BTreeMap<u64, Arc<Tracked>>) -> bool {
     let victim = connections
         .iter()
-        .filter(|(_, c)| c.busy.load(Relaxed) == 0)
+        .filter(|(_, c)| c.busy.load(Relaxed) == 0 || c.awaiting_body.load(Relaxed))
         .min_by_key(|(id, c)| (c.ready_at.load(Relaxed), **id))
         .map(|(id, _)| *id);
     match victim.and_then(|id| connections.remove(&id)) {
@@ -376,7 +413,11 @@ async fn connection(
 ) {
     let service = TowerToHyperService::new(router);
     let marks = (registry.clone(), tracked.clone());
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut request = request.map(|inner| WatchedBody {
+            inner,
+            tracked: marks.1.clone(),
+        });
         request.extensions_mut().insert(ConnectInfo(remote));
         let answering = Answering::begin(&marks.0, &marks.1);
         let answer = hyper::service::Service::call(&service, request);
@@ -459,6 +500,16 @@ mod tests {
             .map(|t| Answering::begin(&r, t))
             .collect();
         assert!(r.admit().is_none());
+        // Unless one of them waits for a body its client does not send: that one goes.
+        let (waiting, tracked) = {
+            let connections = r.connections.lock().unwrap();
+            let (id, t) = connections.iter().nth(1).unwrap();
+            (*id, t.clone())
+        };
+        tracked.awaiting_body.store(true, Relaxed);
+        let (f, _) = r.admit().unwrap();
+        assert!(!ids(&r).contains(&waiting));
+        assert!(ids(&r).contains(&f));
         drop((all, busy));
         assert!(r.admit().is_some());
     }

@@ -582,3 +582,41 @@ fn sigterm_exits_0_while_a_store_call_is_stuck() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The same defence against a holder of a verify key who stalls request bodies instead of
+/// heads: with every connection the server may hold waiting for a body, a well-behaved
+/// client still gets its verification answered (the longest-waiting stalled request is
+/// closed; nothing of it had reached the store).
+#[test]
+fn stalled_bodies_at_the_connection_cap_do_not_lock_out_good_clients() {
+    const SEED: &[u8] = b"stalled bodies test seed";
+    const CAP: usize = 40;
+    let server = Server::start_with(None, &["--max-connections", "40"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c = server.client();
+    let r = runtime.block_on(c.add_hotp(&server.admin_key, "SB-1", SEED));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(verify_head(&server.verify_key, 100, "{\"token\":").as_bytes())
+            .unwrap();
+        stalled.push(s);
+    }
+    // Give the server time to read every head and start waiting for the bodies.
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(r#"{{"token":"SB-1","code":"{}"}}"#, hotp(SEED, 0, 6));
+    let request = verify_head(&server.verify_key, body.len(), &body)
+        .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let (status, took) = timed_request(server.addr, &request, Duration::from_secs(2));
+    assert_eq!(status, 200, "after {took:?}");
+    // The oldest stalled request was closed unanswered to make room.
+    stalled[0]
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stalled[0].read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let r = runtime.block_on(c.get("/v1/tokens/SB-1", Some(&server.admin_key)));
+    assert_eq!(r.body["next"], serde_json::json!(1), "{:?}", r.body);
+}
