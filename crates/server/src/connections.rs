@@ -10,7 +10,8 @@
 //!   answer is closed;
 //! - at most [`ConnLimits::max_connections`] are held (see [`descriptor_budget`]); a new
 //!   connection beyond that closes the one that has waited longest for a head (idle or
-//!   unfinished), never one whose request is being answered.
+//!   unfinished, or whose request's body is still awaited), never one whose request is
+//!   being answered.
 //!
 //! Requests in progress are not this module's business: the body deadline and the request
 //! timeout of [`crate::http`] bound them.
@@ -97,6 +98,9 @@ struct Tracked {
     answered: AtomicBool,
     /// Requests being answered (more than one only with pipelining).
     busy: AtomicUsize,
+    /// The request's handler is waiting for body bytes the client has not sent: the request
+    /// is unfinished, and nothing of it has reached the store.
+    awaiting_body: AtomicBool,
     /// Told to close.
     shed: Notify,
 }
@@ -145,6 +149,7 @@ impl Registry {
             head_started_at: AtomicU64::new(0),
             answered: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            awaiting_body: AtomicBool::new(false),
             shed: Notify::new(),
         });
         connections.insert(id, tracked.clone());
@@ -202,8 +207,40 @@ impl Answering {
 
 impl Drop for Answering {
     fn drop(&mut self) {
+        self.tracked.awaiting_body.store(false, Relaxed);
         self.tracked.ready_at.store(self.registry.now_ms(), Relaxed);
         self.tracked.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request body that notes when its handler waits for bytes the client has not sent.
+struct WatchedBody {
+    inner: Incoming,
+    tracked: Arc<Tracked>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        this.tracked
+            .awaiting_body
+            .store(frame.is_pending(), Relaxed);
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -335,12 +372,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// Closes the connection that has waited longest for a head (idle or unfinished), if one
-/// is not being answered; says whether one was.
+/// Closes the connection that has waited longest for a head (idle or unfinished, or whose
+/// request's body is still awaited), if there is one; says whether there was.
 fn shed_oldest(connections: &mut BTreeMap<u64, Arc<Tracked>>) -> bool {
     let victim = connections
         .iter()
-        .filter(|(_, c)| c.busy.load(Relaxed) == 0)
+        .filter(|(_, c)| c.busy.load(Relaxed) == 0 || c.awaiting_body.load(Relaxed))
         .min_by_key(|(id, c)| (c.ready_at.load(Relaxed), **id))
         .map(|(id, _)| *id);
     match victim.and_then(|id| connections.remove(&id)) {
@@ -376,7 +413,11 @@ async fn connection(
 ) {
     let service = TowerToHyperService::new(router);
     let marks = (registry.clone(), tracked.clone());
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut request = request.map(|inner| WatchedBody {
+            inner,
+            tracked: marks.1.clone(),
+        });
         request.extensions_mut().insert(ConnectInfo(remote));
         let answering = Answering::begin(&marks.0, &marks.1);
         let answer = hyper::service::Service::call(&service, request);
@@ -408,4 +449,90 @@ async fn connection(
         }
     }
     registry.remove(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max_connections: usize) -> Arc<Registry> {
+        Arc::new(Registry {
+            start: Instant::now(),
+            limits: ConnLimits {
+                head_timeout: Duration::from_millis(100),
+                idle_timeout: Duration::from_millis(300),
+                max_connections,
+            },
+            connections: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn ids(registry: &Registry) -> Vec<u64> {
+        registry
+            .connections
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_connection_goes_never_a_busy_one() {
+        let r = registry(3);
+        let (a, ta) = r.admit().unwrap();
+        let (b, _tb) = r.admit().unwrap();
+        let (c, _tc) = r.admit().unwrap();
+        // `a` is being answered; `b` has waited longest of the others (or as long as `c`,
+        // and came first).
+        let busy = Answering::begin(&r, &ta);
+        let (d, _) = r.admit().unwrap();
+        assert_eq!(ids(&r), [a, c, d], "{b} stays");
+        let (e, _) = r.admit().unwrap();
+        assert_eq!(ids(&r), [a, d, e]);
+        // When every held connection is being answered, a new one is refused.
+        let all: Vec<Answering> = r
+            .connections
+            .lock()
+            .unwrap()
+            .values()
+            .map(|t| Answering::begin(&r, t))
+            .collect();
+        assert!(r.admit().is_none());
+        // Unless one of them waits for a body its client does not send: that one goes.
+        let (waiting, tracked) = {
+            let connections = r.connections.lock().unwrap();
+            let (id, t) = connections.iter().nth(1).unwrap();
+            (*id, t.clone())
+        };
+        tracked.awaiting_body.store(true, Relaxed);
+        let (f, _) = r.admit().unwrap();
+        assert!(!ids(&r).contains(&waiting));
+        assert!(ids(&r).contains(&f));
+        drop((all, busy));
+        assert!(r.admit().is_some());
+    }
+
+    #[test]
+    fn deadlines_head_from_its_first_byte_idle_after_an_answer() {
+        let r = registry(10);
+        let (_, t) = r.admit().unwrap();
+        let now = r.now_ms();
+        // A new connection must send its first head within the head timeout.
+        assert!(!r.overdue(&t, now + 100));
+        assert!(r.overdue(&t, now + 101));
+        // Once answered, it may stay silent for the idle timeout...
+        drop(Answering::begin(&r, &t));
+        let answered = t.ready_at.load(Relaxed);
+        assert!(!r.overdue(&t, answered + 300));
+        assert!(r.overdue(&t, answered + 301));
+        // ...and a head begun then has the head timeout from its first byte.
+        t.head_started_at.store(answered + 250 + 1, Relaxed);
+        assert!(!r.overdue(&t, answered + 350));
+        assert!(r.overdue(&t, answered + 351));
+        // Never while it is being answered.
+        let _busy = Answering::begin(&r, &t);
+        assert!(!r.overdue(&t, u64::MAX));
+    }
 }

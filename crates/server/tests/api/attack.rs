@@ -372,14 +372,19 @@ fn heads_and_idle_connections_have_deadlines() {
 }
 
 /// Issue 15, item 5: with a verify key and a list of serials, 2,000 wrong codes locked 200
-/// of 200 tokens, never a 429. Now failures are budgeted per client (default 20 a minute):
+/// of 200 tokens, never a 429. Now failures are budgeted per client (here 20 at once):
 /// of 40 wrong codes from one client, each for another token, the first 20 are checked
 /// (`rejected`) and the rest get 429 `rate_limited` with Retry-After, unchecked and
 /// counting against no token, while another client's right code is accepted.
 #[test]
 fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
     const SEED: &[u8] = b"budget test seed 000001";
-    let server = Server::start(None);
+    // 20 per 10 minutes rather than the default 20 per minute, so that no unit comes back
+    // while the test runs on a slow machine (one does every 30 s instead of every 3 s).
+    let server = Server::start_with(
+        None,
+        &["--client-failures", "20", "--client-window-s", "600"],
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let c = server.client();
     runtime.block_on(async {
@@ -416,7 +421,7 @@ fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
         );
         for (_, retry_after) in &statuses[20..] {
             let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
-            assert!((1..=3).contains(&seconds), "{statuses:?}");
+            assert!((1..=30).contains(&seconds), "{statuses:?}");
         }
         let r = c
             .post(
@@ -576,4 +581,42 @@ fn sigterm_exits_0_while_a_store_call_is_stuck() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The same defence against a holder of a verify key who stalls request bodies instead of
+/// heads: with every connection the server may hold waiting for a body, a well-behaved
+/// client still gets its verification answered (the longest-waiting stalled request is
+/// closed; nothing of it had reached the store).
+#[test]
+fn stalled_bodies_at_the_connection_cap_do_not_lock_out_good_clients() {
+    const SEED: &[u8] = b"stalled bodies test seed";
+    const CAP: usize = 40;
+    let server = Server::start_with(None, &["--max-connections", "40"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c = server.client();
+    let r = runtime.block_on(c.add_hotp(&server.admin_key, "SB-1", SEED));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(verify_head(&server.verify_key, 100, "{\"token\":").as_bytes())
+            .unwrap();
+        stalled.push(s);
+    }
+    // Give the server time to read every head and start waiting for the bodies.
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(r#"{{"token":"SB-1","code":"{}"}}"#, hotp(SEED, 0, 6));
+    let request = verify_head(&server.verify_key, body.len(), &body)
+        .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let (status, took) = timed_request(server.addr, &request, Duration::from_secs(2));
+    assert_eq!(status, 200, "after {took:?}");
+    // The oldest stalled request was closed unanswered to make room.
+    stalled[0]
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stalled[0].read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let r = runtime.block_on(c.get("/v1/tokens/SB-1", Some(&server.admin_key)));
+    assert_eq!(r.body["next"], serde_json::json!(1), "{:?}", r.body);
 }
