@@ -6,6 +6,7 @@
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
@@ -20,4 +21,5 @@ pub mod sealwatch;
 pub mod service;
 pub mod state;
 pub mod timefmt;
+pub mod tls;
 pub mod wire;

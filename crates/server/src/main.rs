@@ -20,6 +20,7 @@ use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfi
 use codereader_verifier_server::service::{
     AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
 };
+use codereader_verifier_server::tls::{self, TlsFiles, TlsListener, TlsState};
 use codereader_verifier_server::{state, timefmt, wire};
 use zeroize::Zeroizing;
 
@@ -101,6 +102,17 @@ struct ServeArgs {
     /// PostgreSQL: most connections this server opens.
     #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
     pg_connections: usize,
+    /// Serve HTTPS only, with this PEM certificate chain (leaf first); needs `--tls-key`.
+    /// SIGHUP re-reads the certificate, key and client CAs.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by these PEM CAs (mutual TLS), on top of the
+    /// bearer keys.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Keep the prepared HMAC keys of up to this many recently verified tokens in memory, so
     /// their seeds need not be decrypted again (0: off, the default). Saves about half a
     /// microsecond per verification; cached keys stay in memory until evicted.
@@ -379,6 +391,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         "codereader-verifier: keyring {}",
         library.describe_keyring()
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsState::new(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        })?),
+        _ => None,
+    };
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
@@ -403,6 +423,21 @@ fn serve(args: ServeArgs) -> Result<()> {
         let state = Arc::new(AppState::new(library, keys, store_concurrency));
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
+        if let Some(tls) = tls {
+            tls::reload_on_sighup(tls.clone());
+            let listener = TlsListener::new(listener, tls)?;
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "codereader-verifier: listening on https://{local}")?;
+                out.flush()?;
+            }
+            let grace = limits.request_timeout + Duration::from_secs(5);
+            tls::serve_tls(listener, router, shutdown, grace)
+                .await
+                .context("server failed")?;
+            eprintln!("codereader-verifier: stopped");
+            return Ok(());
+        }
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "codereader-verifier: listening on http://{local}")?;

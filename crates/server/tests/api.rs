@@ -28,3 +28,5 @@ mod listing;
 mod malformed;
 #[path = "api/rotation.rs"]
 mod rotation;
+#[path = "api/tls.rs"]
+mod tls;
