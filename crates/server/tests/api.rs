@@ -30,3 +30,5 @@ mod malformed;
 mod rotation;
 #[path = "api/tls.rs"]
 mod tls;
+#[path = "api/cluster.rs"]
+mod cluster;
