@@ -12,6 +12,8 @@ mod audit;
 mod bodies;
 #[path = "api/cli.rs"]
 mod cli;
+#[path = "api/cluster.rs"]
+mod cluster;
 #[path = "api/concurrency.rs"]
 mod concurrency;
 #[path = "api/fault.rs"]
@@ -30,5 +32,3 @@ mod malformed;
 mod rotation;
 #[path = "api/tls.rs"]
 mod tls;
-#[path = "api/cluster.rs"]
-mod cluster;

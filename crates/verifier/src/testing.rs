@@ -302,6 +302,53 @@ impl TempPostgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Stops the server at once, as a crash or the loss of a primary would (clients see
+    /// their connections fail); [`TempPostgres::restart`] brings it back.
+    ///
+    /// # Errors
+    /// [`HarnessError::Step`] if `pg_ctl stop` fails.
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl stop",
+            &self.bin.join("pg_ctl"),
+            &[
+                "stop".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
+        )
+    }
+
+    /// Starts the server again (stopped or not) on the same port, data and settings (`pg_ctl
+    /// restart` reuses the options it was started with), after crash recovery.
+    ///
+    /// # Errors
+    /// [`HarnessError::Step`] if `pg_ctl restart` fails.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl restart",
+            &self.bin.join("pg_ctl"),
+            &[
+                "restart".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+            ],
+        )
+    }
 }
 
 /// Stops and removes servers of earlier runs whose owning process is gone.

@@ -69,7 +69,11 @@ async fn three_servers_on_one_postgres() {
 
     // Three wrong codes through the second server lock the token for all of them.
     let wrong = ["000000", "111111", "222222"];
-    assert!(wrong.iter().all(|w| (1..30).all(|c| hotp(SEED, c, 6) != *w)));
+    assert!(
+        wrong
+            .iter()
+            .all(|w| (1..30).all(|c| hotp(SEED, c, 6) != *w))
+    );
     let b = servers[1].client();
     for w in wrong {
         let r = b.verify(&servers[1].verify_key, "CL-1", w).await;
@@ -94,4 +98,43 @@ async fn three_servers_on_one_postgres() {
         .verify(&servers[0].verify_key, "CL-1", &next)
         .await;
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+}
+
+/// The database goes away (a primary lost, before failover completes) and comes back: the
+/// server answers 503 meanwhile, recovers by itself, and the code that could not be checked
+/// during the outage is accepted once afterwards (nothing was used while the store was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_then_recovery() {
+    let pg = TempPostgres::start().unwrap();
+    let server = Server::start(Some(&pg.url()));
+    let c = server.client();
+    assert_eq!(
+        c.add_hotp(&server.admin_key, "OUT-1", SEED).await.status,
+        201
+    );
+    let code = hotp(SEED, 0, 6);
+
+    pg.stop().unwrap();
+    let r = c.verify(&server.verify_key, "OUT-1", &code).await;
+    assert_eq!(
+        (r.status, r.str("error")),
+        (503, "store_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(c.get("/healthz", None).await.status, 503);
+
+    pg.restart().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let r = loop {
+        let r = c.verify(&server.verify_key, "OUT-1", &code).await;
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+    let r = c.verify(&server.verify_key, "OUT-1", &code).await;
+    assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
+    assert_eq!(c.get("/healthz", None).await.status, 200);
 }
