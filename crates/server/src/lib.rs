@@ -5,6 +5,7 @@
 //!   and [`service::Library`], its implementation over `codereader-verifier`;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
+//! - [`hangup`]: reloads run on SIGHUP (keyring, TLS certificate);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
@@ -14,6 +15,7 @@
 //! - [`wire`]: the JSON request and response bodies (only this crate knows JSON).
 
 pub mod apikeys;
+pub mod hangup;
 pub mod http;
 pub mod keyring;
 pub mod metrics;

@@ -21,7 +21,7 @@ use codereader_verifier_server::service::{
     AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
 };
 use codereader_verifier_server::tls::{self, TlsFiles, TlsListener, TlsState};
-use codereader_verifier_server::{state, timefmt, wire};
+use codereader_verifier_server::{hangup, state, timefmt, wire};
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -799,32 +799,9 @@ fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
 /// Reloads the keyring files on SIGHUP (beside the API keys, which their own handler
 /// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
 fn reload_keyring_on_sighup(library: Arc<Library>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                let library = library.clone();
-                let result = tokio::task::spawn_blocking(move || library.reload_keyring()).await;
-                match result {
-                    Ok(Ok(described)) => {
-                        eprintln!("codereader-verifier: reloaded the keyring: {described}")
-                    }
-                    Ok(Err(e)) => {
-                        eprintln!("codereader-verifier: SIGHUP: keeping the old keyring: {e:#}")
-                    }
-                    Err(e) => eprintln!("codereader-verifier: SIGHUP: keyring reload: {e}"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = library;
-    }
+    hangup::on_sighup("the keyring", move || {
+        library.reload_keyring().map(|d| format!(": {d}"))
+    });
 }
 
 /// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a

@@ -240,56 +240,18 @@ pub async fn serve_tls(
     grace: Duration,
 ) -> std::io::Result<()> {
     let router = router.layer(axum::middleware::map_request(as_socket_addr));
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
+    let (signal, stopping) = crate::http::stop_signal(shutdown);
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<PeerAddr>(),
     )
     .with_graceful_shutdown(signal);
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result,
-        _ = stopping_rx => {}
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            eprintln!(
-                "codereader-verifier: in-flight requests did not finish within {}s; exiting",
-                grace.as_secs()
-            );
-            Ok(())
-        }
-    }
+    crate::http::drain(server.into_future(), stopping, grace).await
 }
 
 /// Re-reads the certificate, key and client CAs on SIGHUP (after a renewal).
 pub fn reload_on_sighup(state: Arc<TlsState>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                let state = state.clone();
-                match tokio::task::spawn_blocking(move || state.reload()).await {
-                    Ok(Ok(())) => eprintln!("codereader-verifier: reloaded the TLS certificate"),
-                    Ok(Err(e)) => eprintln!(
-                        "codereader-verifier: SIGHUP: keeping the old TLS certificate: {e:#}"
-                    ),
-                    Err(e) => eprintln!("codereader-verifier: SIGHUP: TLS reload: {e}"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = state;
-    }
+    crate::hangup::on_sighup("the TLS certificate", move || {
+        state.reload().map(|()| String::new())
+    });
 }

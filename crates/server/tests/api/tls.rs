@@ -174,6 +174,24 @@ async fn request(
     ))
 }
 
+/// `/healthz` over HTTPS answers ok; returns the certificate the server presented.
+async fn healthy(addr: SocketAddr, config: Arc<ClientConfig>) -> CertificateDer<'static> {
+    let (cert, status, body) = request(addr, config, "GET", "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    cert
+}
+
+/// A verification over HTTPS with the bearer key: the token does not exist, so "unknown".
+async fn verify_unknown(addr: SocketAddr, config: Arc<ClientConfig>, key: &str) {
+    let body = json!({"token": "NOBODY", "code": "123456"});
+    let (_, status, body) = request(addr, config, "POST", "/v1/verify", Some(key), Some(body))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["result"]), (200, &json!("unknown")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_reload_and_mutual_tls() {
     let temp = tempfile::tempdir().unwrap();
@@ -185,29 +203,8 @@ async fn https_with_reload_and_mutual_tls() {
     let server = start(&state, &["--tls-cert", &cert_s, "--tls-key", &key_s]);
     let plain_client = client_config(&ca, None);
 
-    let (first_cert, status, body) = request(
-        server.addr,
-        plain_client.clone(),
-        "GET",
-        "/healthz",
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!((status, &body["status"]), (200, &json!("ok")));
-    let verify = json!({"token": "NOBODY", "code": "123456"});
-    let (_, status, body) = request(
-        server.addr,
-        plain_client.clone(),
-        "POST",
-        "/v1/verify",
-        Some(&verify_key),
-        Some(verify.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!((status, &body["result"]), (200, &json!("unknown")));
+    let first_cert = healthy(server.addr, plain_client.clone()).await;
+    verify_unknown(server.addr, plain_client.clone(), &verify_key).await;
 
     // Plain HTTP on the HTTPS port gets no HTTP answer at all.
     let (status, text) = raw_request(
@@ -238,17 +235,7 @@ async fn https_with_reload_and_mutual_tls() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (renewed, status, _) = request(
-        server.addr,
-        plain_client.clone(),
-        "GET",
-        "/healthz",
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
+    let renewed = healthy(server.addr, plain_client.clone()).await;
     assert_ne!(renewed, first_cert);
     drop(server);
 
@@ -281,15 +268,5 @@ async fn https_with_reload_and_mutual_tls() {
     .await;
     assert!(foreign.is_err(), "{foreign:?}");
     let with_cert = client_config(&ca, Some(&leaf(&ca, false)));
-    let (_, status, body) = request(
-        server.addr,
-        with_cert,
-        "POST",
-        "/v1/verify",
-        Some(&verify_key),
-        Some(verify),
-    )
-    .await
-    .unwrap();
-    assert_eq!((status, &body["result"]), (200, &json!("unknown")));
+    verify_unknown(server.addr, with_cert, &verify_key).await;
 }
