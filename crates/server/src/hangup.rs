@@ -4,8 +4,9 @@
 
 use anyhow::Result;
 
-/// On every SIGHUP, runs `reload` on a blocking thread and logs "reloaded WHAT: ..." with
-/// what it returns, or "keeping the old WHAT: ..." with its error. Call inside the runtime.
+/// On every SIGHUP, runs `reload` on a blocking thread and logs "reloaded " followed by
+/// what it returns (e.g. "the keyring: current kek-..."), or "keeping the old WHAT: ..."
+/// with its error. Call inside the runtime.
 pub fn on_sighup(what: &'static str, reload: impl Fn() -> Result<String> + Send + Sync + 'static) {
     #[cfg(unix)]
     {
@@ -25,7 +26,7 @@ pub fn on_sighup(what: &'static str, reload: impl Fn() -> Result<String> + Send 
                 let reload = reload.clone();
                 match tokio::task::spawn_blocking(move || reload()).await {
                     Ok(Ok(described)) => {
-                        eprintln!("codereader-verifier: reloaded {what}{described}")
+                        eprintln!("codereader-verifier: reloaded {described}")
                     }
                     Ok(Err(e)) => {
                         eprintln!("codereader-verifier: SIGHUP: keeping the old {what}: {e:#}")

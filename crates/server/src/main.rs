@@ -459,40 +459,12 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs
 /// take effect without a restart. A file that does not parse keeps the old keys.
 fn reload_keys_on_sighup(state: Arc<AppState>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "codereader-verifier: cannot watch SIGHUP ({e}); keys load at start only"
-                );
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                match ApiKeys::load(&path) {
-                    Ok(keys) => {
-                        let count = keys.entries().len();
-                        state.replace_keys(keys);
-                        eprintln!(
-                            "codereader-verifier: reloaded {count} API key(s) from {}",
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        eprintln!("codereader-verifier: SIGHUP: keeping the old API keys: {e:#}")
-                    }
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (state, path);
-    }
+    hangup::on_sighup("API keys", move || {
+        let keys = ApiKeys::load(&path)?;
+        let count = keys.entries().len();
+        state.replace_keys(keys);
+        Ok(format!("{count} API key(s) from {}", path.display()))
+    });
 }
 
 fn token(command: TokenCommand) -> Result<()> {
@@ -800,7 +772,9 @@ fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
 /// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
 fn reload_keyring_on_sighup(library: Arc<Library>) {
     hangup::on_sighup("the keyring", move || {
-        library.reload_keyring().map(|d| format!(": {d}"))
+        library
+            .reload_keyring()
+            .map(|d| format!("the keyring: {d}"))
     });
 }
 

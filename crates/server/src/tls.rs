@@ -252,6 +252,6 @@ pub async fn serve_tls(
 /// Re-reads the certificate, key and client CAs on SIGHUP (after a renewal).
 pub fn reload_on_sighup(state: Arc<TlsState>) {
     crate::hangup::on_sighup("the TLS certificate", move || {
-        state.reload().map(|()| String::new())
+        state.reload().map(|()| "the TLS certificate".to_owned())
     });
 }
