@@ -230,22 +230,45 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
+    let (signal, stopping) = stop_signal(shutdown);
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(signal);
-    let server = std::pin::pin!(server.into_future());
-    // Until the signal, the server runs alone; after it, it gets `grace` to drain.
-    let mut server = server;
+    drain(server.into_future(), stopping, grace).await
+}
+
+/// Splits `shutdown` into the signal a graceful server waits for and a receiver that says
+/// when it fired, for [`drain`].
+pub fn stop_signal(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    (signal, stopping_rx)
+}
+
+/// Runs `server` alone until `stopping` fires, then gives it `grace` to finish the requests
+/// in flight (after which the process may exit with them unanswered).
+///
+/// # Errors
+/// When the server fails.
+pub async fn drain(
+    server: impl Future<Output = std::io::Result<()>>,
+    stopping: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => return result,
-        _ = stopping_rx => {}
+        _ = stopping => {}
     }
     match tokio::time::timeout(grace, server).await {
         Ok(result) => result,

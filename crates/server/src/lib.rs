@@ -6,7 +6,9 @@
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
+//! - [`hangup`]: reloads run on SIGHUP (keyring, TLS certificate);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
@@ -15,6 +17,7 @@
 
 pub mod apikeys;
 pub mod connections;
+pub mod hangup;
 pub mod http;
 pub mod keyring;
 pub mod metrics;
@@ -22,4 +25,5 @@ pub mod sealwatch;
 pub mod service;
 pub mod state;
 pub mod timefmt;
+pub mod tls;
 pub mod wire;

@@ -21,7 +21,8 @@ use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfi
 use codereader_verifier_server::service::{
     AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
 };
-use codereader_verifier_server::{state, timefmt, wire};
+use codereader_verifier_server::tls::{self, TlsFiles, TlsListener, TlsState};
+use codereader_verifier_server::{hangup, state, timefmt, wire};
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Administer tokens directly in the store (no server needed).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -150,6 +151,17 @@ struct ServeArgs {
     /// PostgreSQL: most connections this server opens.
     #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
     pg_connections: usize,
+    /// Serve HTTPS only, with this PEM certificate chain (leaf first); needs `--tls-key`.
+    /// SIGHUP re-reads the certificate, key and client CAs.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by these PEM CAs (mutual TLS), on top of the
+    /// bearer keys.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Keep the prepared HMAC keys of up to this many recently verified tokens in memory, so
     /// their seeds need not be decrypted again (0: off, the default). Saves about half a
     /// microsecond per verification; cached keys stay in memory until evicted.
@@ -308,7 +320,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token(command) => token(command),
         Command::ApiKey(ApiKeyCommand::List { api_keys }) => list_api_keys(api_keys),
         Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys }) => {
@@ -435,6 +447,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         "codereader-verifier: keyring {}",
         library.describe_keyring()
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsState::new(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        })?),
+        _ => None,
+    };
     let limits = Limits {
         max_body: args.max_body,
         max_import_body: args.max_import_body,
@@ -468,6 +488,21 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
+        if let Some(tls) = tls {
+            tls::reload_on_sighup(tls.clone());
+            let listener = TlsListener::new(listener, tls)?;
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "codereader-verifier: listening on https://{local}")?;
+                out.flush()?;
+            }
+            let grace = limits.request_timeout + Duration::from_secs(5);
+            tls::serve_tls(listener, router, shutdown, grace)
+                .await
+                .context("server failed")?;
+            eprintln!("codereader-verifier: stopped");
+            return Ok(());
+        }
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "codereader-verifier: listening on http://{local}")?;
@@ -534,40 +569,12 @@ fn connection_limits(
 /// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs
 /// take effect without a restart. A file that does not parse keeps the old keys.
 fn reload_keys_on_sighup(state: Arc<AppState>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "codereader-verifier: cannot watch SIGHUP ({e}); keys load at start only"
-                );
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                match ApiKeys::load(&path) {
-                    Ok(keys) => {
-                        let count = keys.entries().len();
-                        state.replace_keys(keys);
-                        eprintln!(
-                            "codereader-verifier: reloaded {count} API key(s) from {}",
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        eprintln!("codereader-verifier: SIGHUP: keeping the old API keys: {e:#}")
-                    }
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (state, path);
-    }
+    hangup::on_sighup("API keys", move || {
+        let keys = ApiKeys::load(&path)?;
+        let count = keys.entries().len();
+        state.replace_keys(keys);
+        Ok(format!("{count} API key(s) from {}", path.display()))
+    });
 }
 
 fn token(command: TokenCommand) -> Result<()> {
@@ -874,32 +881,11 @@ fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
 /// Reloads the keyring files on SIGHUP (beside the API keys, which their own handler
 /// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
 fn reload_keyring_on_sighup(library: Arc<Library>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                let library = library.clone();
-                let result = tokio::task::spawn_blocking(move || library.reload_keyring()).await;
-                match result {
-                    Ok(Ok(described)) => {
-                        eprintln!("codereader-verifier: reloaded the keyring: {described}")
-                    }
-                    Ok(Err(e)) => {
-                        eprintln!("codereader-verifier: SIGHUP: keeping the old keyring: {e:#}")
-                    }
-                    Err(e) => eprintln!("codereader-verifier: SIGHUP: keyring reload: {e}"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = library;
-    }
+    hangup::on_sighup("the keyring", move || {
+        library
+            .reload_keyring()
+            .map(|d| format!("the keyring: {d}"))
+    });
 }
 
 /// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a

@@ -14,6 +14,8 @@ mod audit;
 mod bodies;
 #[path = "api/cli.rs"]
 mod cli;
+#[path = "api/cluster.rs"]
+mod cluster;
 #[path = "api/concurrency.rs"]
 mod concurrency;
 #[path = "api/fault.rs"]
@@ -30,3 +32,5 @@ mod listing;
 mod malformed;
 #[path = "api/rotation.rs"]
 mod rotation;
+#[path = "api/tls.rs"]
+mod tls;

@@ -302,6 +302,46 @@ impl TempPostgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Stops the server at once, as a crash or the loss of a primary would (clients see
+    /// their connections fail); [`TempPostgres::restart`] brings it back.
+    ///
+    /// # Errors
+    /// [`HarnessError::Step`] if `pg_ctl stop` fails.
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        self.pg_ctl("pg_ctl stop", "stop", &[])
+    }
+
+    /// Starts the server again (stopped or not) on the same port, data and settings (`pg_ctl
+    /// restart` reuses the options it was started with), after crash recovery.
+    ///
+    /// # Errors
+    /// [`HarnessError::Step`] if `pg_ctl restart` fails.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        let log = self.dir.path().join("server.log");
+        let args: [&std::ffi::OsStr; 4] =
+            ["-t".as_ref(), "60".as_ref(), "-l".as_ref(), log.as_os_str()];
+        self.pg_ctl("pg_ctl restart", "restart", &args)
+    }
+
+    /// `pg_ctl ACTION -m immediate -w EXTRA... -D DATA`.
+    fn pg_ctl(
+        &self,
+        what: &'static str,
+        action: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<(), HarnessError> {
+        let data = self.dir.path().join("data");
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            action.as_ref(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "-w".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-D".as_ref(), data.as_os_str()]);
+        self.run(what, &self.bin.join("pg_ctl"), &args)
+    }
 }
 
 /// Stops and removes servers of earlier runs whose owning process is gone.
@@ -345,20 +385,8 @@ impl Drop for TempPostgres {
         if self.port == 0 {
             return;
         }
-        let data = self.dir.path().join("data");
         // Immediate: nothing here needs a clean shutdown, and it is quick. Errors cannot be
         // reported from drop; the directory is removed either way.
-        let _ = self.run(
-            "pg_ctl stop",
-            &self.bin.join("pg_ctl"),
-            &[
-                "stop".as_ref(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "-D".as_ref(),
-                data.as_os_str(),
-            ],
-        );
+        let _ = self.stop();
     }
 }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
@@ -210,6 +210,8 @@ pub struct Verifier {
     /// How many times the keyring was replaced.
     keyring_generation: AtomicU64,
     source: Option<Box<dyn KeySource>>,
+    /// Held while the key source reloads.
+    reloading: Mutex<()>,
     policy: Policy,
     keys: Option<KeyCache>,
     budgets: Option<Arc<Budgets>>,
@@ -256,6 +258,7 @@ impl Verifier {
             keyring: RwLock::new(Arc::new(keyring)),
             keyring_generation: AtomicU64::new(0),
             source: None,
+            reloading: Mutex::new(()),
             policy,
             keys: None,
             budgets: None,
@@ -332,32 +335,31 @@ impl Verifier {
         self.keyring_generation.load(Ordering::Relaxed)
     }
 
-    /// Opens a seed, asking the key source once for a newer keyring if the seed names a key
-    /// this one lacks.
+    /// Opens a seed, asking the key source for a newer keyring if the seed names a key this
+    /// one lacks. Reloads are serialized: callers that met the same new key at once wait for
+    /// the first one's reload and use its keyring rather than all failing or all reading.
     fn open_seed(
         &self,
         ring: &Keyring,
         token: &TokenId,
         seed: &SealedSeed,
     ) -> Result<Secret, SealError> {
-        match ring.open(token, seed) {
-            Err(SealError::UnknownKey { .. }) if self.source.is_some() => {
-                let newer = self.source.as_ref().and_then(|s| s.reload());
-                match newer {
-                    Some(newer) if newer.contains(&seed.key_id) => {
-                        let result = newer.open(token, seed);
-                        self.replace_keyring(newer);
-                        result
-                    }
-                    Some(newer) => {
-                        self.replace_keyring(newer);
-                        ring.open(token, seed)
-                    }
-                    None => ring.open(token, seed),
-                }
-            }
-            other => other,
+        let result = ring.open(token, seed);
+        let (Err(SealError::UnknownKey { .. }), Some(source)) = (&result, &self.source) else {
+            return result;
+        };
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.keyring();
+        if current.contains(&seed.key_id) {
+            return current.open(token, seed);
         }
+        if let Some(newer) = source.reload() {
+            self.replace_keyring(newer);
+        }
+        self.keyring().open(token, seed)
     }
 
     /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in

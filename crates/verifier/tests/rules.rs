@@ -899,3 +899,73 @@ fn sqlite_state_survives_reopening() {
     let v = verifier(open_store(&address).unwrap(), Policy::default());
     assert_eq!(verify(&v, &t, &code(1, step(NOW)), NOW), Outcome::Replayed);
 }
+
+/// A verifier that meets a seed sealed under a key it has not loaded asks its key source once,
+/// uses the newer keyring from then on, and still reports a key nobody has as an error.
+#[test]
+fn key_source_follows_a_rotation_done_elsewhere() {
+    use codereader_verifier::{KeySource, SealError, VerifyError};
+    use std::sync::Arc;
+
+    struct Source {
+        calls: Arc<AtomicUsize>,
+        with_k2: bool,
+    }
+    impl KeySource for Source {
+        fn reload(&self) -> Option<Keyring> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let k1 = Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]);
+            Some(if self.with_k2 {
+                Keyring::new(Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32])).with_older(k1)
+            } else {
+                Keyring::new(k1)
+            })
+        }
+    }
+    let s = step(NOW);
+    // Another process rotated the store to k2.
+    let store = {
+        let v = verifier(Box::new(MemoryStore::new()), Policy::default());
+        enroll(&v, "T", 5, totp_params(), 0);
+        let rotated = Verifier::new(
+            v.into_store(),
+            Keyring::new(Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32]))
+                .with_older(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32])),
+            Policy::default(),
+        );
+        rotated.rotate(NOW, &caller()).unwrap();
+        rotated.into_store()
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = verifier(store, Policy::default()).with_key_source(Box::new(Source {
+        calls: calls.clone(),
+        with_k2: true,
+    }));
+    let t = id("T");
+    accepted(&verify(&v, &t, &code(5, s), NOW));
+    accepted(&verify(&v, &t, &code(5, s + 1), UnixTime(NOW.0 + 30)));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert_eq!(v.keyring_generation(), 1);
+    assert_eq!(v.keyring().current_id().as_str(), "k2");
+
+    // A source that has no newer key: the error says which key is missing.
+    let store = v.into_store();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let v = verifier(store, Policy::default()).with_key_source(Box::new(Source {
+        calls: calls.clone(),
+        with_k2: false,
+    }));
+    let err = v
+        .verify(
+            Subject::Token(&t),
+            &code(5, s + 2),
+            UnixTime(NOW.0 + 60),
+            &caller(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Seal(SealError::UnknownKey { key, .. }) if key.as_str() == "k2"),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}

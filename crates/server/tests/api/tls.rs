@@ -1,0 +1,272 @@
+//! HTTPS on the server's own port: a self-signed CA made here, a server certificate it
+//! issued, plain HTTP refused on that port, mutual TLS refusing a client without a
+//! certificate, and a renewed certificate picked up on SIGHUP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
+use serde_json::{Value, json};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use crate::common::{BIN, create_key, raw_request};
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+fn new_ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "codereader test CA");
+    Ca {
+        cert: params.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+/// A leaf certificate issued by `ca`: for the server (localhost, 127.0.0.1) or a client.
+fn leaf(ca: &Ca, server: bool) -> (Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    (params.signed_by(&key, &ca.cert, &ca.key).unwrap(), key)
+}
+
+fn write_pair(dir: &Path, name: &str, (cert, key): &(Certificate, KeyPair)) -> (PathBuf, PathBuf) {
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// A running `serve` over HTTPS.
+struct TlsServer {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(state: &Path, args: &[&str]) -> TlsServer {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("CODEREADER_STATE", state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (log, err) = (stderr.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            log.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let Some(addr) = line
+        .trim()
+        .strip_prefix("codereader-verifier: listening on https://")
+    else {
+        let _ = child.kill();
+        panic!("{line:?} {}", stderr.lock().unwrap());
+    };
+    TlsServer {
+        addr: addr.parse().unwrap(),
+        child,
+        stderr,
+    }
+}
+
+fn client_config(ca: &Ca, client: Option<&(Certificate, KeyPair)>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// One HTTPS request on a fresh connection; the server's certificate and the reply, or the
+/// error that stopped it.
+async fn request(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Result<(CertificateDer<'static>, u16, Value), String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = sender
+        .send_request(builder.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((
+        peer,
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// `/healthz` over HTTPS answers ok; returns the certificate the server presented.
+async fn healthy(addr: SocketAddr, config: Arc<ClientConfig>) -> CertificateDer<'static> {
+    let (cert, status, body) = request(addr, config, "GET", "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    cert
+}
+
+/// A verification over HTTPS with the bearer key: the token does not exist, so "unknown".
+async fn verify_unknown(addr: SocketAddr, config: Arc<ClientConfig>, key: &str) {
+    let body = json!({"token": "NOBODY", "code": "123456"});
+    let (_, status, body) = request(addr, config, "POST", "/v1/verify", Some(key), Some(body))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["result"]), (200, &json!("unknown")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_reload_and_mutual_tls() {
+    let temp = tempfile::tempdir().unwrap();
+    let state = temp.path().join("state");
+    let verify_key = create_key(&state, "verify");
+    let ca = new_ca();
+    let (cert, key) = write_pair(temp.path(), "server", &leaf(&ca, true));
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let server = start(&state, &["--tls-cert", &cert_s, "--tls-key", &key_s]);
+    let plain_client = client_config(&ca, None);
+
+    let first_cert = healthy(server.addr, plain_client.clone()).await;
+    verify_unknown(server.addr, plain_client.clone(), &verify_key).await;
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer at all.
+    let (status, text) = raw_request(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 0, "{text}");
+    assert!(!text.contains("HTTP/1.1"), "{text}");
+
+    // A renewed certificate: new connections get it after SIGHUP.
+    write_pair(temp.path(), "server", &leaf(&ca, true));
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("reloaded the TLS certificate")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            server.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let renewed = healthy(server.addr, plain_client.clone()).await;
+    assert_ne!(renewed, first_cert);
+    drop(server);
+
+    // Mutual TLS: no client certificate, no service; one issued by the CA, served.
+    let ca_file = temp.path().join("clients-ca.crt");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let ca_s = ca_file.display().to_string();
+    let server = start(
+        &state,
+        &[
+            "--tls-cert",
+            &cert_s,
+            "--tls-key",
+            &key_s,
+            "--client-ca",
+            &ca_s,
+        ],
+    );
+    let refused = request(server.addr, plain_client, "GET", "/healthz", None, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let stranger = new_ca();
+    let foreign = request(
+        server.addr,
+        client_config(&ca, Some(&leaf(&stranger, false))),
+        "GET",
+        "/healthz",
+        None,
+        None,
+    )
+    .await;
+    assert!(foreign.is_err(), "{foreign:?}");
+    let with_cert = client_config(&ca, Some(&leaf(&ca, false)));
+    verify_unknown(server.addr, with_cert, &verify_key).await;
+}
