@@ -407,8 +407,9 @@ fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
             } else {
                 "000000"
             };
-            let body = json!({"token": serial, "code": wrong, "client": attacker});
-            let r = c.post("/v1/verify", &server.verify_key, body).await;
+            let r = c
+                .verify_from(&server.verify_key, &serial, wrong, attacker)
+                .await;
             statuses.push((r.status, r.retry_after));
         }
         assert!(
@@ -424,11 +425,7 @@ fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
             assert!((1..=30).contains(&seconds), "{statuses:?}");
         }
         let r = c
-            .post(
-                "/v1/verify",
-                &server.verify_key,
-                json!({"token": "R-39", "code": "000000", "client": attacker}),
-            )
+            .verify_from(&server.verify_key, "R-39", "000000", attacker)
             .await;
         assert_eq!(
             (r.status, r.str("error")),
@@ -448,10 +445,11 @@ fn forty_wrong_codes_from_one_client_get_429_after_the_budget() {
         let r = c.add_hotp(&server.admin_key, "GOOD-1", SEED).await;
         assert_eq!(r.status, 201);
         let r = c
-            .post(
-                "/v1/verify",
+            .verify_from(
                 &server.verify_key,
-                json!({"token": "GOOD-1", "code": hotp(SEED, 0, 6), "client": "198.51.100.2"}),
+                "GOOD-1",
+                &hotp(SEED, 0, 6),
+                "198.51.100.2",
             )
             .await;
         assert_eq!(
@@ -557,26 +555,13 @@ fn sigterm_exits_0_while_a_store_call_is_stuck() {
     let c = server.client();
     let r = runtime.block_on(c.add_hotp(&server.admin_key, "S-1", SEED));
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let url = pg.url();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        let _ = release_rx.recv();
-        tx.commit().unwrap();
-    });
-    locked_rx.recv().unwrap();
+    let lock = crate::common::TokensLocked::take(&pg.url());
     let r = runtime.block_on(c.verify(&server.verify_key, "S-1", &hotp(SEED, 0, 6)));
     assert_eq!((r.status, r.str("error")), (503, "timeout"), "{:?}", r.body);
     let started = Instant::now();
     let status = server.terminate();
     let took = started.elapsed();
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
+    lock.release();
     let stderr = server.stderr.lock().unwrap().clone();
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(took < Duration::from_secs(8), "{took:?}");

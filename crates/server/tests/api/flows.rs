@@ -553,19 +553,7 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
     assert_eq!(r.status, 201, "{:?}", r.body);
 
     // Another session locks the tokens table: the verification cannot proceed.
-    let url = pg.url();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-        tx.commit().unwrap();
-    });
-    locked_rx.recv().unwrap();
+    let lock = crate::common::TokensLocked::take(&pg.url());
     let started = std::time::Instant::now();
     let r = c.verify(&server.verify_key, "S-1", &hotp(SEED, 0, 6)).await;
     let waited = started.elapsed();
@@ -574,8 +562,7 @@ async fn slow_store_hits_the_request_timeout_then_recovers() {
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
+    lock.release();
 
     // The verification that timed out still runs to its end once the lock is gone (a
     // blocking store call cannot be cancelled): its code becomes used, so a client that gave

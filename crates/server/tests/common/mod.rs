@@ -395,6 +395,16 @@ impl Client {
             .await
     }
 
+    /// Verifies `code` for the token `serial` on behalf of `client` (verify `key`).
+    pub async fn verify_from(&self, key: &str, serial: &str, code: &str, client: &str) -> Reply {
+        self.post(
+            "/v1/verify",
+            key,
+            json!({"token": serial, "code": code, "client": client}),
+        )
+        .await
+    }
+
     /// Verifies `code` for the token bound to `user` (verify `key`).
     pub async fn verify_user(&self, key: &str, user: &str, code: &str) -> Reply {
         self.post("/v1/verify", key, json!({"user": user, "code": code}))
@@ -484,4 +494,37 @@ pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
 /// Base32 (no padding) of raw bytes, for otpauth URIs.
 pub fn base32(bytes: &[u8]) -> String {
     data_encoding::BASE32_NOPAD.encode(bytes)
+}
+
+/// Another PostgreSQL session holding `LOCK TABLE tokens` (so that every store call on the
+/// tokens waits) until [`TokensLocked::release`].
+pub struct TokensLocked {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl TokensLocked {
+    /// Takes the lock on the database at `url`; returns once it is held.
+    pub fn take(url: &str) -> TokensLocked {
+        let url = url.to_owned();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            tx.commit().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        TokensLocked { release, holder }
+    }
+
+    /// Ends the other session's transaction, and with it the lock.
+    pub fn release(self) {
+        let _ = self.release.send(());
+        self.holder.join().unwrap();
+    }
 }
