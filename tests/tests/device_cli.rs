@@ -794,3 +794,133 @@ fn settings_of_the_previous_format_load_unchanged_and_newer_ones_are_refused() {
         assert_eq!(fingerprint(&file), before, "{args:?} changed the file");
     }
 }
+
+/// `dir/voices` with the shipped packs and the English default voice's (flite slt) clips at
+/// speed step 0, rendered by the speech crate's `codereader-speak` as `cargo xtask voices`
+/// would.
+fn packs_with_english_clips(dir: &Path) -> std::path::PathBuf {
+    let voices = packs_without_clips(dir);
+    let out = Command::new(codereader_e2e::codereader_speak_bin())
+        .args([
+            "clips",
+            "--lang",
+            "en",
+            "--voice",
+            "flite-slt",
+            "--speeds",
+            "0",
+        ])
+        .arg("--voices")
+        .arg(&voices)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering the clips: {}",
+        stderr(&out)
+    );
+    voices
+}
+
+/// Damages clips of every kind a voice has (a digit word missing, the intro and another
+/// digit overwritten with garbage, a prompt at the wrong sample rate) in `voices`' English
+/// flite clips, for the digits of `code`.
+fn damage_clips(voices: &Path, code: &str) {
+    let clips = voices.join("en/clips/flite-slt");
+    let digit = |i: usize| format!("digit-{}@0.wav", &code[i..=i]);
+    fs::remove_file(clips.join(digit(0))).unwrap();
+    fs::write(clips.join("intro@0.wav"), b"RIFF garbage, not a WAV file").unwrap();
+    let last = clips.join(digit(5));
+    if last.exists() {
+        fs::write(&last, [0u8; 300]).unwrap();
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wrong_rate = hound::WavWriter::create(clips.join("no_token@0.wav"), spec).unwrap();
+    for i in 0..4000 {
+        wrong_rate.write_sample((i % 50) as i16 * 100).unwrap();
+    }
+    wrong_rate.finalize().unwrap();
+}
+
+/// Missing and damaged clips (a digit, the intro, a prompt; several at once) no longer stop
+/// `speak`: live espeak-ng says those phrases, the whole code is spoken, and the problem is
+/// one line on standard error that does not tell which digits the code has.
+#[test]
+fn damaged_and_missing_clips_are_spoken_by_espeak_and_the_whole_code_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_with_english_clips(dir.path());
+    let at = T.to_string();
+    let code = ok(&codereader(dir.path(), &["code", "--at", &at]))
+        .trim()
+        .to_owned();
+    let wav = dir.path().join("code.wav");
+    let speak = |state: &Path| {
+        with_voices(
+            state,
+            &voices,
+            &[
+                "speak",
+                "--wav",
+                wav.to_str().unwrap(),
+                "--at",
+                &at,
+                "--lang",
+                "en",
+            ],
+        )
+    };
+    let whole = speak(dir.path());
+    assert!(!stderr(&whole).contains("warning"), "{}", stderr(&whole));
+    let intact = code_segments(&Audio::read_wav(&wav).unwrap());
+    assert_eq!(intact.digits.len(), 6, "{:?}", intact.spans);
+
+    damage_clips(&voices, &code);
+    let out = speak(dir.path());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let audio = Audio::read_wav(&wav).unwrap();
+    let parts = code_segments(&audio);
+    assert_eq!(
+        parts.digits.len(),
+        6,
+        "earcon, intro, 6 digits, earcon expected: {:?}; {err}",
+        parts.spans
+    );
+    // Every digit is audible speech, not a click.
+    for span in &parts.digits {
+        assert!(span.seconds(audio.rate) > 0.15, "{:?}", parts.spans);
+    }
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    for part in [
+        "voice `flite-slt` of `en`",
+        "live espeak-ng (voice `en`)",
+        "cargo xtask voices en",
+    ] {
+        assert!(
+            warnings[0].contains(part),
+            "{part:?} missing in {}",
+            warnings[0]
+        );
+    }
+    // The line names the first damaged file in sorted order (digit clips sort first) and how
+    // many more there are, never which phrase was being spoken.
+    assert!(
+        warnings[0].contains("and 3 more") || warnings[0].contains("and 2 more"),
+        "{}",
+        warnings[0]
+    );
+
+    // A prompt whose clip has the wrong rate: the error is still spoken, by espeak-ng.
+    let empty = dir.path().join("no-token");
+    let out = speak(&empty);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let spoken = Audio::read_wav(&wav).unwrap();
+    assert!(spoken.samples.len() > 22_050, "the error was not spoken");
+}

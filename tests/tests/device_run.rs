@@ -720,3 +720,79 @@ fn the_next_voice_key_skips_a_voice_whose_clips_are_broken() {
     let saved = std::fs::read_to_string(state.join("settings.toml")).unwrap();
     assert!(saved.contains("en = \"flite-slt\""), "{saved}");
 }
+
+/// Missing and damaged clips (a digit word, the intro) do not stop `run`: it says once that
+/// another voice speaks for damaged recordings, logs the problem once, and every code is
+/// spoken whole (the damaged phrases by live espeak-ng).
+#[test]
+fn run_with_damaged_clips_announces_it_once_and_speaks_every_code_whole() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), true);
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let at = T.to_string();
+    let out = Command::new(codereader_bin())
+        .args(["code", "--at", &at])
+        .env("CODEREADER_STATE", &state)
+        .output()
+        .unwrap();
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let clips = voices.join("en/clips/flite-slt");
+    for (i, damage) in [(0, None), (3, Some(&b"not a WAV"[..]))] {
+        let file = clips.join(format!("digit-{}@0.wav", &code[i..=i]));
+        match damage {
+            None => {
+                let _ = std::fs::remove_file(file);
+            }
+            Some(bytes) => std::fs::write(file, bytes).unwrap(),
+        }
+    }
+    std::fs::write(clips.join("intro@0.wav"), [0u8; 100]).unwrap();
+
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &at])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    run.wait_for("announcing that another voice speaks for damaged clips", 20);
+    thread::sleep(Duration::from_secs(9)); // the announcement is a long sentence
+    for _ in 0..2 {
+        run.press("s");
+        thread::sleep(Duration::from_secs(9));
+    }
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    assert_eq!(
+        count_in(&log, "warning: voice `flite-slt` of `en`"),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(
+        count_in(&log, "announcing that another voice"),
+        1,
+        "{log:?}"
+    );
+    let audio = capture.audio();
+    let spans = utterances(&audio);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    assert_eq!(
+        spans.len(),
+        3,
+        "announcement and two codes expected: {secs:?}; {log:?}"
+    );
+    assert!(secs[0] > 4.0, "announcement {secs:?}");
+    for span in &spans[1..] {
+        let parts = codereader_e2e::code_segments(&audio.slice(*span));
+        assert_eq!(
+            parts.digits.len(),
+            6,
+            "a code lost digits: {:?}",
+            parts.spans
+        );
+    }
+}

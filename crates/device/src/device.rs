@@ -112,6 +112,9 @@ struct Device<'a> {
     at: Option<u64>,
 }
 
+/// How soon a pending announcement is tried again while speech is playing.
+const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
+
 impl Device<'_> {
     fn pack(&self) -> Option<&VoicePack> {
         self.voices.pack_or_first(&self.listening.language)
@@ -259,6 +262,26 @@ impl Device<'_> {
         log(&format!("voice {name} ({tag})"));
         self.switch_synth();
         self.say(&Message::Prompt(Prompt::LanguageName));
+    }
+
+    /// Says once, when nothing else is being said, that some of the voice's clips are
+    /// damaged and another voice speaks for them (the details are in the log). `true` while
+    /// such an announcement is still waiting for silence.
+    fn announce_trouble(&mut self) -> bool {
+        let trouble = self.voices.trouble().clone();
+        if !trouble.unannounced() {
+            return false;
+        }
+        match &self.player {
+            Some(player) if !player.is_playing() => {
+                trouble.announced();
+                log("announcing that another voice speaks for damaged clips");
+                self.say(&Message::Prompt(Prompt::ClipsDamaged));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     fn stop(&self) {
@@ -575,7 +598,12 @@ pub fn run(
         speak_keys.join(", ")
     ));
     loop {
-        let event = match rx.recv_timeout(RETRY) {
+        let wait = if device.announce_trouble() {
+            ANNOUNCE_POLL
+        } else {
+            RETRY
+        };
+        let event = match rx.recv_timeout(wait) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
                 device.ensure_player(false);

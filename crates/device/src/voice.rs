@@ -1,12 +1,13 @@
 //! The device's side of the speech crate: finding the voice packs, choosing the synthesiser,
 //! and planning what the device says (codes, feedback, errors, status).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use codereader_speech::{
-    ClipSynth, CodeIntro, Earcon, Engine, Espeak, PhraseKey, Prompt, Segment, Settings,
-    SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+    ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, Prompt, Segment,
+    Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
 };
 
 use crate::config::{Listening, SynthChoice};
@@ -90,6 +91,45 @@ pub fn locate_voices(explicit: Option<&Path>, configured: Option<&Path>) -> Path
     last
 }
 
+/// Clips found unusable, per voice: each voice's problem is logged once (however often its
+/// synthesiser is rebuilt), and `run` announces once that another voice speaks for them.
+#[derive(Debug, Clone, Default)]
+pub struct ClipTrouble(Arc<Mutex<TroubleLog>>);
+
+#[derive(Debug, Default)]
+struct TroubleLog {
+    voices: BTreeSet<String>,
+    unannounced: bool,
+}
+
+impl ClipTrouble {
+    /// Logs `message` about `voice` unless something was already logged about that voice.
+    pub fn report(&self, voice: &str, message: &str) {
+        let mut log = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.voices.insert(voice.to_owned()) {
+            log.unannounced = true;
+            drop(log);
+            crate::device::log(&format!("warning: {message}"));
+        }
+    }
+
+    /// Whether a problem was reported that has not been announced yet.
+    pub fn unannounced(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unannounced
+    }
+
+    /// Marks every problem reported so far as announced.
+    pub fn announced(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unannounced = false;
+    }
+}
+
 /// The loaded voice packs, the voice chosen per language and the synthesiser choice.
 #[derive(Debug)]
 pub struct Voices {
@@ -97,6 +137,7 @@ pub struct Voices {
     /// Packs speaking a voice the user chose instead of the pack's default.
     chosen: BTreeMap<String, VoicePack>,
     choice: SynthChoice,
+    trouble: ClipTrouble,
 }
 
 impl Voices {
@@ -113,6 +154,7 @@ impl Voices {
             library,
             chosen: BTreeMap::new(),
             choice,
+            trouble: ClipTrouble::default(),
         })
     }
 
@@ -179,6 +221,7 @@ impl Voices {
         let voice = pack.voice();
         let falls_back = self.choice == SynthChoice::Auto
             && pack.clips().is_none()
+            && pack.clip_problem().is_none()
             && !matches!(voice.engine, Engine::EspeakNg(_));
         falls_back.then(|| {
             format!(
@@ -277,7 +320,15 @@ impl Voices {
         tags.get(next).cloned().unwrap_or_else(|| tag.to_owned())
     }
 
-    /// A synthesiser for `pack`, as the config chose.
+    /// The clip problems met so far (for `run` to announce).
+    pub fn trouble(&self) -> &ClipTrouble {
+        &self.trouble
+    }
+
+    /// A synthesiser for `pack`, as the config chose. A voice's clips are never the only
+    /// source: each phrase whose clip is missing or damaged is spoken by live espeak-ng in
+    /// the pack's language ([`FallbackSynth`]), and a voice whose clips cannot be used at all
+    /// is spoken by espeak-ng; either is logged once per voice ([`Voices::trouble`]).
     ///
     /// # Errors
     /// [`VoiceError::Synth`].
@@ -286,17 +337,71 @@ impl Voices {
             tag: pack.tag().to_owned(),
             error,
         };
+        let label = format!("voice `{}` of `{}`", pack.voice().name, pack.tag());
+        let instead = format!(
+            "live espeak-ng (voice `{}`) speaks instead; render the clips again with `cargo \
+             xtask voices {}`",
+            pack.espeak_voice(),
+            pack.tag()
+        );
         let use_clips = match self.choice {
             SynthChoice::Clips => true,
             SynthChoice::Espeak => false,
             SynthChoice::Auto => pack.clips().is_some(),
         };
-        if use_clips {
-            Ok(Box::new(ClipSynth::load(pack).map_err(wrap)?))
-        } else {
+        if !use_clips {
+            if let (SynthChoice::Auto, Some(problem)) = (self.choice, pack.clip_problem()) {
+                self.trouble.report(
+                    &label,
+                    &format!("{label}: its clips cannot be used ({problem}), so {instead}"),
+                );
+            }
             let engine = Espeak::shared().map_err(wrap)?;
-            Ok(Box::new(engine.voice(pack).map_err(wrap)?))
+            return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
         }
+        let clips = match ClipSynth::load(pack) {
+            Ok(clips) => clips,
+            Err(e) => {
+                let why = pack
+                    .clip_problem()
+                    .map_or_else(|| e.to_string(), str::to_owned);
+                self.trouble
+                    .report(&label, &format!("{label}: {why}, so {instead}"));
+                let engine = Espeak::shared().map_err(wrap)?;
+                return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
+            }
+        };
+        let problems = clips.problems();
+        if let Some(first) = problems.first() {
+            let more = match problems.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            self.trouble.report(
+                &label,
+                &format!("{label}: a clip cannot be played ({first}{more}), so for those phrases {instead}"),
+            );
+        }
+        let backup = match Espeak::shared().and_then(|engine| engine.voice(pack)) {
+            Ok(backup) => backup,
+            // Without espeak-ng the clips are all there is.
+            Err(e) => {
+                crate::device::log(&format!(
+                    "warning: {label}: no live espeak-ng to speak a damaged clip: {e}"
+                ));
+                return Ok(Box::new(clips));
+            }
+        };
+        let trouble = self.trouble.clone();
+        let key = label.clone();
+        let synth = FallbackSynth::new(
+            Box::new(clips),
+            Box::new(backup),
+            &label,
+            Box::new(move |message| trouble.report(&key, message)),
+        )
+        .map_err(wrap)?;
+        Ok(Box::new(synth))
     }
 }
 

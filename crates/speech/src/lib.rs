@@ -23,6 +23,8 @@
 //!   all calls serialised on one owner thread that initialised it once, see [`Espeak::shared`];
 //!   each finished phrase is cached, so a warm device synthesises nothing) and [`ClipSynth`]
 //!   (a pack's pre-rendered clips, see [`clips::render_clips`] and `cargo xtask voices`).
+//! * [`fallback`]: [`FallbackSynth`] speaks each phrase whose clip is missing or damaged with
+//!   another synthesiser (live espeak-ng), so one bad file never silences a code.
 //! * [`pipeline`]: [`Renderer`] renders segment by segment: synthesise, trim, resample with
 //!   rubato to the sink's rate, apply the volume in dB, limit peaks below -1 dBFS, write.
 //! * [`sink`]: [`MemorySink`] and [`WavSink`] (hound, mono 16-bit, written atomically).
@@ -56,6 +58,7 @@
 pub mod clips;
 pub mod dsp;
 pub mod error;
+pub mod fallback;
 mod ffi;
 pub mod flite;
 pub mod live;
@@ -67,6 +70,7 @@ pub mod sink;
 pub mod synth;
 
 pub use error::{PackError, SpeechError};
+pub use fallback::{FallbackReport, FallbackSynth};
 pub use flite::FliteSynth;
 pub use live::{LivePlayer, OutputInfo};
 pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};

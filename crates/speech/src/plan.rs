@@ -114,11 +114,31 @@ pub enum Prompt {
     NoOtherVoice,
     /// Error: the token's stored data is damaged; the device must be set up again.
     StateDamaged,
+    /// Notice: some of the voice's clips are unusable, so another voice says those words.
+    ClipsDamaged,
+    /// Notice, in another language: the chosen language cannot be spoken at all.
+    LanguageUnusable,
+    /// Error: the token's data cannot be read (wrong owner or mode, a newer format): the
+    /// device needs service, not a new enrolment.
+    NeedsService,
+    /// Before a replayed code whose time step has passed: "that code has expired; your new
+    /// code is".
+    ExpiredIntro,
+    /// Status: before the serial's last digits ("Token ending in").
+    StatusToken,
+    /// Status: the clock is set.
+    StatusClockSet,
+    /// Status: no problem found.
+    StatusAllWell,
+    /// Start-up: the device is ready.
+    Ready,
+    /// Start-up: no keypad, button or terminal to listen to; the device waits for one.
+    NoInput,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 15] = [
+    pub const ALL: [Prompt; 24] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -134,6 +154,15 @@ impl Prompt {
         Prompt::ClockBackwards,
         Prompt::NoOtherVoice,
         Prompt::StateDamaged,
+        Prompt::ClipsDamaged,
+        Prompt::LanguageUnusable,
+        Prompt::NeedsService,
+        Prompt::ExpiredIntro,
+        Prompt::StatusToken,
+        Prompt::StatusClockSet,
+        Prompt::StatusAllWell,
+        Prompt::Ready,
+        Prompt::NoInput,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -154,6 +183,15 @@ impl Prompt {
             Prompt::ClockBackwards => "clock_backwards",
             Prompt::NoOtherVoice => "no_other_voice",
             Prompt::StateDamaged => "state_damaged",
+            Prompt::ClipsDamaged => "clips_damaged",
+            Prompt::LanguageUnusable => "language_unusable",
+            Prompt::NeedsService => "needs_service",
+            Prompt::ExpiredIntro => "expired_intro",
+            Prompt::StatusToken => "status_token",
+            Prompt::StatusClockSet => "status_clock_set",
+            Prompt::StatusAllWell => "status_all_well",
+            Prompt::Ready => "ready",
+            Prompt::NoInput => "no_input",
         }
     }
 

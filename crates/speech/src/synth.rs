@@ -255,10 +255,14 @@ impl Synth for EspeakSynth {
 }
 
 /// Plays a pack's pre-rendered clips (all loaded into memory up front).
+///
+/// A clip that cannot be read is remembered with its reason, and speaking that phrase is an
+/// error (which [`crate::FallbackSynth`] answers with another synthesiser): one bad file
+/// must not silence the others.
 #[derive(Debug, Clone)]
 pub struct ClipSynth {
     clips: ClipSet,
-    samples: HashMap<(PhraseKey, Speed), Vec<i16>>,
+    samples: HashMap<(PhraseKey, Speed), Result<Vec<i16>, String>>,
 }
 
 /// Chunk length handed to the consumer, so the first samples arrive at once.
@@ -268,8 +272,7 @@ impl ClipSynth {
     /// Loads every clip of `pack`.
     ///
     /// # Errors
-    /// [`SpeechError::NoClips`] if the pack has none; [`SpeechError::Pack`] if a clip became
-    /// unreadable since the pack was validated.
+    /// [`SpeechError::NoClips`] if the pack has none.
     pub fn load(pack: &VoicePack) -> Result<Self, SpeechError> {
         let clips = pack
             .clips()
@@ -278,25 +281,33 @@ impl ClipSynth {
         Self::from_clips(clips)
     }
 
-    /// Loads every clip of a validated clip set.
+    /// Loads every clip of a clip set; those that cannot be read are kept as problems
+    /// ([`ClipSynth::problems`]).
     ///
     /// # Errors
-    /// [`SpeechError::Pack`] if a clip became unreadable since the set was validated.
+    /// None today; the `Result` leaves room for a set that cannot be used at all.
     pub fn from_clips(clips: ClipSet) -> Result<Self, SpeechError> {
         let mut samples = HashMap::new();
         for &speed in &clips.speeds {
             for key in PhraseKey::all() {
                 let file = clips.dir.join(ClipSet::file_name(key, speed));
-                let bad = |reason: String| crate::error::PackError::BadClip {
-                    file: file.clone(),
-                    reason,
-                };
-                let mut reader = hound::WavReader::open(&file).map_err(|e| bad(e.to_string()))?;
-                let data: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
-                samples.insert((key, speed), data.map_err(|e| bad(e.to_string()))?);
+                let clip =
+                    crate::pack::read_clip(&file, clips.sample_rate).map_err(|e| e.to_string());
+                samples.insert((key, speed), clip);
             }
         }
         Ok(Self { clips, samples })
+    }
+
+    /// Every clip that cannot be played, with its reason (file name and problem), sorted.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .samples
+            .values()
+            .filter_map(|clip| clip.as_ref().err().cloned())
+            .collect();
+        problems.sort();
+        problems
     }
 }
 
@@ -312,10 +323,12 @@ impl Synth for ClipSynth {
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
         let speed = self.clips.nearest_speed(speed);
-        let clip = self
-            .samples
-            .get(&(phrase.key, speed))
-            .ok_or_else(|| SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)))?;
+        let clip = match self.samples.get(&(phrase.key, speed)) {
+            Some(Ok(clip)) => clip,
+            Some(Err(_)) | None => {
+                return Err(SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)));
+            }
+        };
         for chunk in clip.chunks(CLIP_CHUNK) {
             if !out(chunk) {
                 break;
