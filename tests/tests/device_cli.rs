@@ -162,30 +162,38 @@ fn failures_are_spoken_and_give_their_exit_status() {
         spoken.samples.len() > 22_050 / 2,
         "the error was not spoken"
     );
-    // Clock not set: exit 5, spoken, and no code printed.
+    // Clock not set (the real clock, made to read 2001): exit 5, spoken, no code printed,
+    // and the log says what can be done.
     enroll_totp(dir.path());
-    let out = codereader(dir.path(), &["speak", "--wav", w, "--at", "1000"]);
+    let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["speak", "--wav", w]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    for part in [
+        "clock is not set",
+        "A helper can set the clock",
+        "saying `clock_not_set`",
+    ] {
+        assert!(stderr(&out).contains(part), "{part:?}: {}", stderr(&out));
+    }
+    assert!(!Audio::read_wav(&wav).unwrap().samples.is_empty());
+    let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["code"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    // Clock moved back past the last step given: exit 5, no code, and the log line keeps
+    // the command that accepts the clock.
+    ok(&faked_clock(dir.path(), "+1d", &["code"]));
+    let out = codereader(dir.path(), &["code"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    for part in ["moved backwards", "codereader clock --accept"] {
+        assert!(stderr(&out).contains(part), "{part:?}: {}", stderr(&out));
+    }
+    let out = codereader(dir.path(), &["speak", "--wav", w]);
+    assert_eq!(out.status.code(), Some(5));
     assert!(
-        stderr(&out).contains("clock is not set"),
+        stderr(&out).contains("saying `clock_backwards`"),
         "{}",
         stderr(&out)
     );
-    assert!(!Audio::read_wav(&wav).unwrap().samples.is_empty());
-    let out = codereader(dir.path(), &["code", "--at", "1000"]);
-    assert_eq!(out.status.code(), Some(5));
-    assert!(out.stdout.is_empty());
-    // Clock moved back past the last step given: exit 5, no code.
-    ok(&codereader(dir.path(), &["code", "--at", &T.to_string()]));
-    let out = codereader(dir.path(), &["code", "--at", &(T - 60).to_string()]);
-    assert_eq!(out.status.code(), Some(5));
-    assert!(out.stdout.is_empty());
-    assert!(stderr(&out).contains("moved backwards"), "{}", stderr(&out));
-    let out = codereader(
-        dir.path(),
-        &["speak", "--wav", w, "--at", &(T - 60).to_string()],
-    );
-    assert_eq!(out.status.code(), Some(5));
     // Unknown language: clear error.
     let out = codereader(dir.path(), &["speak", "--wav", w, "--lang", "xx"]);
     assert!(!out.status.success());
@@ -194,6 +202,94 @@ fn failures_are_spoken_and_give_their_exit_status() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `codereader ARGS` with the real clock shifted by libfaketime (`faketime FAKE`: an
+/// absolute `@2001-01-01 00:00:00` or a relative `+1d`).
+fn faked_clock(state: &Path, fake: &str, args: &[&str]) -> Output {
+    Command::new("faketime")
+        .arg("-f")
+        .arg(fake)
+        .arg(codereader_bin())
+        .args(args)
+        .env("CODEREADER_STATE", state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env_remove("CODEREADER_CONFIG")
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run faketime ({e}); install it with: apt-get install faketime")
+        })
+}
+
+/// pyotp's code for the RFC 4226 secret at `at` (Debian's python3-pyotp).
+fn pyotp(at: u64) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import pyotp; print(pyotp.TOTP('{SECRET_B32}').at({at}))"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyotp: {} (install it with: apt-get install python3-pyotp)",
+        stderr(&out)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `code --at T` is the caller's statement of the time: before the build, far in the future
+/// and in any order it equals pyotp and oathtool, and it never touches the clock record, so
+/// the real clock keeps working afterwards and keeps its checks.
+#[test]
+fn code_at_any_time_equals_pyotp_and_leaves_the_real_clock_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    // The real clock first: its step is recorded.
+    ok(&codereader(dir.path(), &["code"]));
+    let record = fs::read(dir.path().join("token.toml")).unwrap();
+    for at in [
+        1u64 << 34,
+        0,
+        59,
+        1_000,
+        1_111_111_109,
+        (1 << 34) + 29,
+        1_700_000_000,
+        30,
+    ] {
+        let ours = ok(&codereader(dir.path(), &["code", "--at", &at.to_string()]));
+        let theirs = oathtool(&["--totp", &format!("--now=@{at}"), SECRET_HEX]);
+        assert_eq!(ours.trim(), theirs, "oathtool at {at}");
+        assert_eq!(ours.trim(), pyotp(at), "pyotp at {at}");
+    }
+    let wav = dir.path().join("code.wav");
+    ok(&codereader(
+        dir.path(),
+        &["speak", "--wav", wav.to_str().unwrap(), "--at", "0"],
+    ));
+    assert_eq!(
+        code_segments(&Audio::read_wav(&wav).unwrap()).digits.len(),
+        6
+    );
+    assert_eq!(
+        fs::read(dir.path().join("token.toml")).unwrap(),
+        record,
+        "--at changed the token file"
+    );
+    // The real clock still gives codes, and still refuses one that ran backwards.
+    let before = oathtool(&["--totp", SECRET_HEX]);
+    let ours = ok(&codereader(dir.path(), &["code"]));
+    let after = oathtool(&["--totp", SECRET_HEX]);
+    assert!(
+        ours.trim() == before || ours.trim() == after,
+        "{ours} vs {before}/{after}"
+    );
+    ok(&faked_clock(dir.path(), "+1d", &["code"]));
+    let out = codereader(dir.path(), &["code"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved backwards"), "{}", stderr(&out));
 }
 
 #[test]
@@ -292,7 +388,7 @@ fn fingerprint(path: &Path) -> (Vec<u8>, u32, i64, i64) {
 #[test]
 fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
     type Damage = fn(&Path);
-    let table: [(&str, Damage, &str); 7] = [
+    let mut table: Vec<(&str, Damage, &str)> = vec![
         (
             "bit flip",
             |p| {
@@ -339,8 +435,16 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             "newer codereader (state format 2",
         ),
     ];
+    // Giving a file away needs root (as CI runs).
+    if rustix::process::geteuid().is_root() {
+        table.push((
+            "owned by another user",
+            |p| std::os::unix::fs::chown(p, Some(4242), None).unwrap(),
+            "belongs to user id 4242",
+        ));
+    }
     // Samples of the spoken error per case: a damaged file says the token must be set up
-    // again, the others that the device is blocked (a much shorter sentence).
+    // again, the others that the device needs service; neither says "blocked".
     let mut spoken = Vec::new();
     for (name, damage, expected) in table {
         let dir = tempfile::tempdir().unwrap();
@@ -382,6 +486,12 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             );
             if args[0] == "speak" {
                 spoken.push((name, Audio::read_wav(&wav).unwrap().samples.len()));
+                let prompt = if spoken.len() <= 5 {
+                    "saying `state_damaged`"
+                } else {
+                    "saying `needs_service`"
+                };
+                assert!(stderr(&out).contains(prompt), "{name}: {}", stderr(&out));
             }
         }
         // Enrolling over it without --replace does not touch it either.
@@ -394,13 +504,28 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             "{name}: enroll changed the file"
         );
     }
-    let (damaged, blocked) = spoken.split_at(5);
-    let longest_blocked = blocked.iter().map(|(_, n)| *n).max().unwrap();
-    assert!(longest_blocked > 0, "{spoken:?}");
-    for (name, n) in damaged {
+    // "Blocked" is kept for a token that can give no more codes: an HOTP counter used up.
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter={}",
+        u64::MAX
+    );
+    ok(&codereader(dir.path(), &["enroll", "--uri", &uri]));
+    let wav = dir.path().join("blocked.wav");
+    let out = codereader(dir.path(), &["speak", "--wav", wav.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("saying `device_blocked`"),
+        "{}",
+        stderr(&out)
+    );
+    let blocked = Audio::read_wav(&wav).unwrap().samples.len();
+    assert!(blocked > 0);
+    // Both longer sentences are spoken in full, and neither is the short "blocked".
+    for (name, n) in &spoken {
         assert!(
-            *n * 2 > longest_blocked * 3,
-            "{name}: the damaged-state sentence was not spoken: {spoken:?}"
+            *n * 2 > blocked * 3,
+            "{name}: spoke {n} samples, \"blocked\" has {blocked}: {spoken:?}"
         );
     }
 }

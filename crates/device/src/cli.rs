@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
 use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
-use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
+use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, TakenCode, Token};
 use crate::voice::{self, Message, Voices};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
@@ -113,7 +113,8 @@ pub struct EnrollArgs {
 /// `code` options.
 #[derive(Debug, Args)]
 pub struct CodeArgs {
-    /// Use this time (seconds since 1970) instead of the clock.
+    /// Use this time (seconds since 1970, any from 0) instead of the clock, like `oathtool
+    /// --now`: the clock's checks do not apply and its record is left alone.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
 }
@@ -136,7 +137,8 @@ pub struct SpeakArgs {
     /// Voice for this time only (a voice of the language; `settings --list-voices`).
     #[arg(long, value_name = "NAME")]
     pub voice: Option<String>,
-    /// Use this time (seconds since 1970) instead of the clock.
+    /// Use this time (seconds since 1970, any from 0) instead of the clock, like `oathtool
+    /// --now`: the clock's checks do not apply and its record is left alone.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
 }
@@ -284,9 +286,12 @@ pub fn prompt_for(error: &TakeError) -> Prompt {
         // Damaged or truncated: the token must be enrolled again; the user should hear that,
         // not just that the device is blocked.
         TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
+        // The HOTP counter is used up: the token itself can give no more codes.
+        TakeError::State(StateError::CounterExhausted) => Prompt::DeviceBlocked,
         // The rest (a file too open or not ours, written by a newer program, unreadable)
-        // need a helper, not a new enrolment: the device cannot give codes.
-        _ => Prompt::DeviceBlocked,
+        // need a helper, not a new enrolment. "Blocked" would be wrong: in MitID's words
+        // that means the credential was blocked.
+        _ => Prompt::NeedsService,
     }
 }
 
@@ -435,8 +440,17 @@ fn pskc_token(
     ))
 }
 
+/// The code to give now, or at the time the caller stated (`--at`, see
+/// [`StateDir::code_at`]: no clock checks, the clock record untouched).
+fn take_code(state: &StateDir, at: Option<u64>) -> Result<TakenCode, TakeError> {
+    match at {
+        Some(at) => state.code_at(UnixTime(at)),
+        None => state.take_code(now(None), build_floor()),
+    }
+}
+
 fn code(state: &StateDir, at: Option<u64>) -> Result<(), Failure> {
-    let taken = state.take_code(now(at), build_floor())?;
+    let taken = take_code(state, at)?;
     let mut out = io::stdout().lock();
     writeln!(out, "{}", taken.code.as_str()).context("cannot write to standard output")?;
     Ok(())
@@ -514,7 +528,7 @@ fn speak(
                 .context("cannot speak: no working audio output device")?,
         ),
     };
-    let (message, result) = match state.take_code(now(args.at), build_floor()) {
+    let (message, result) = match take_code(state, args.at) {
         Ok(taken) => {
             if let Basis::Counter(c) = taken.basis {
                 device::log(&format!("speaking HOTP counter {}", c.0));
@@ -531,7 +545,11 @@ fn speak(
                 replay: false,
             },
         )?,
-        (None, Err(e)) => voice::plan(pack, &Message::Prompt(prompt_for(e)))?,
+        (None, Err(e)) => {
+            let prompt = prompt_for(e);
+            device::log(&format!("saying `{}`", prompt.key()));
+            voice::plan(pack, &Message::Prompt(prompt))?
+        }
         (None, Ok(())) => return Ok(()),
     };
     match (&args.wav, player) {
@@ -801,7 +819,12 @@ mod tests {
             found: 9,
             supported: 1,
         });
-        assert_eq!(prompt_for(&newer), Prompt::DeviceBlocked);
+        assert_eq!(prompt_for(&newer), Prompt::NeedsService);
+        let open = TakeError::State(StateError::Permissions {
+            path: PathBuf::from("/state/token.toml"),
+            mode: 0o644,
+        });
+        assert_eq!(prompt_for(&open), Prompt::NeedsService);
         let exhausted = TakeError::State(StateError::CounterExhausted);
         assert_eq!(prompt_for(&exhausted), Prompt::DeviceBlocked);
         let clock = TakeError::ClockNotSet { now: 1, floor: 2 };

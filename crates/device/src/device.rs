@@ -264,6 +264,13 @@ impl Device<'_> {
         self.say(&Message::Prompt(Prompt::LanguageName));
     }
 
+    /// Says why no code can be given, and logs which prompt that is.
+    fn say_failure(&mut self, error: &TakeError) {
+        let prompt = prompt_for(error);
+        log(&format!("saying `{}`", prompt.key()));
+        self.say(&Message::Prompt(prompt));
+    }
+
     /// Says once, when nothing else is being said, that some of the voice's clips are
     /// damaged and another voice speaks for them (the details are in the log). `true` while
     /// such an announcement is still waiting for silence.
@@ -370,7 +377,7 @@ impl Device<'_> {
             }
             Err(e) => {
                 log(&format!("error: {e}"));
-                self.say(&Message::Prompt(prompt_for(&e)));
+                self.say_failure(&e);
             }
         }
     }
@@ -413,8 +420,7 @@ impl Device<'_> {
             Ok(token) => token,
             Err(e) => {
                 log(&format!("error: {e}"));
-                let e = TakeError::State(e);
-                self.say(&Message::Prompt(prompt_for(&e)));
+                self.say_failure(&TakeError::State(e));
                 return;
             }
         };
