@@ -796,3 +796,68 @@ fn run_with_damaged_clips_announces_it_once_and_speaks_every_code_whole() {
         );
     }
 }
+
+/// With the real clock (started by libfaketime 7 s before a time step ends and running at
+/// normal speed): a replay asked for after the step has passed says that the code expired
+/// before the new code (a longer utterance than the first code), and status speaks a
+/// sentence: "Token ending in 0 8 1 5. Clock set. All is well."
+#[test]
+fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
+    let (dir, state) = enrolled(&totp_uri(), &["--serial", "4711-0815"]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    // T + 3: the step of T ends at T + 10.
+    let mut run = Running::start(
+        Command::new("faketime")
+            .args(["-f", "@2033-05-18 03:33:23"])
+            .arg(codereader_bin())
+            .arg("run")
+            .env("TZ", "UTC")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
+    run.press("s");
+    run.wait_for("speaking the code of time step 66666666", 5);
+    thread::sleep(Duration::from_secs(9));
+    run.press("r");
+    run.wait_for("the last code has expired", 5);
+    run.wait_for("speaking the code of time step 66666667", 5);
+    thread::sleep(Duration::from_secs(10));
+    run.press("i");
+    run.wait_for("status: serial …0815, 0 problem(s)", 5);
+    thread::sleep(Duration::from_secs(9));
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    assert_eq!(count_in(&log, "repeating the last code"), 0, "{log:?}");
+    let audio = capture.audio();
+    let spans = utterances(&audio);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    assert_eq!(
+        spans.len(),
+        3,
+        "code, expired code, status: {secs:?}; {log:?}"
+    );
+    assert!(
+        secs[1] > secs[0] + 1.0,
+        "the expired replay is not longer than the first code: {secs:?}"
+    );
+    // Status: earcon, "Token ending in", four digits, "Clock set.", "All is well.", earcon.
+    let status = audio.slice(spans[2]);
+    let parts = status.spans(status.loudest_frame() * 0.01, 120);
+    assert!(
+        secs[2] > 4.0 && parts.len() >= 9,
+        "status {} s in {} parts: not a sentence",
+        secs[2],
+        parts.len()
+    );
+    println!("utterances (s): {secs:?}; status parts {}", parts.len());
+}

@@ -332,6 +332,12 @@ impl Device<'_> {
     }
 
     fn speak_code(&mut self) {
+        self.speak_code_after(false);
+    }
+
+    /// Speaks the current code; `expired` says first that the last code has expired (a
+    /// replay asked for after its time step had passed).
+    fn speak_code_after(&mut self, expired: bool) {
         let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
             Some(Ok(Some(taken))) => Some(taken),
             Some(Ok(None)) => {
@@ -359,10 +365,15 @@ impl Device<'_> {
                     )),
                 }
                 let code = Zeroizing::new(taken.code.as_str().to_owned());
-                self.say(&Message::Code {
-                    code: &code,
-                    replay: false,
-                });
+                if expired {
+                    log("the last code has expired; saying so before the new one");
+                    self.say(&Message::ExpiredCode { code: &code });
+                } else {
+                    self.say(&Message::Code {
+                        code: &code,
+                        replay: false,
+                    });
+                }
                 self.last_code = Some(LastCode {
                     code,
                     basis: taken.basis,
@@ -411,7 +422,8 @@ impl Device<'_> {
                     replay: true,
                 });
             }
-            _ => self.speak_code(),
+            (Some(_), false) => self.speak_code_after(true),
+            (None, _) => self.speak_code(),
         }
     }
 
@@ -434,6 +446,7 @@ impl Device<'_> {
             .collect();
         let serial_digits = &serial[serial.len().saturating_sub(4)..];
         let mut problems = Vec::new();
+        let mut clock_set = false;
         if let Progress::Totp {
             period,
             t0,
@@ -445,6 +458,8 @@ impl Device<'_> {
                 problems.push(Prompt::ClockNotSet);
             } else if last_step.is_some_and(|l| l.0 > (now.0 - t0.0) / period.seconds()) {
                 problems.push(Prompt::ClockBackwards);
+            } else {
+                clock_set = true;
             }
         }
         if battery_percent().is_some_and(|p| p <= LOW_BATTERY_PERCENT) {
@@ -456,6 +471,7 @@ impl Device<'_> {
         ));
         self.say(&Message::Status {
             serial_digits,
+            clock_set,
             problems: &problems,
         });
     }

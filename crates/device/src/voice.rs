@@ -423,14 +423,23 @@ pub enum Message<'a> {
         /// "Again" instead of "Your code is".
         replay: bool,
     },
+    /// A new code, asked for as a replay after the last code's time step had passed: "That
+    /// code has expired. Your new code is ...".
+    ExpiredCode {
+        /// The digits of the new code.
+        code: &'a str,
+    },
     /// One prompt: feedback or an error.
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
     Limit,
-    /// Status: the serial's last digits, then each problem's prompt.
+    /// Status, as a sentence: "Token ending in 0 8 1 5. Clock set." and each problem, or
+    /// "All is well." when there is none.
     Status {
         /// Up to four digits of the token's serial number.
         serial_digits: &'a str,
+        /// Whether to say that the clock is set (a TOTP token whose clock is fine).
+        clock_set: bool,
         /// Problems to report (clock, battery), in order.
         problems: &'a [Prompt],
     },
@@ -450,10 +459,12 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             };
             Utterance::code(pack, code, intro)
         }
+        Message::ExpiredCode { code } => Utterance::code(pack, code, CodeIntro::Expired),
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
         Message::Status {
             serial_digits,
+            clock_set,
             problems,
         } => {
             let pauses = pack.pauses();
@@ -463,19 +474,37 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
                     ms: pauses.around_earcon_ms,
                 },
             ];
-            for (i, d) in serial_digits.bytes().filter(u8::is_ascii_digit).enumerate() {
+            let digits: Vec<u8> = serial_digits
+                .bytes()
+                .filter(u8::is_ascii_digit)
+                .map(|d| d - b'0')
+                .collect();
+            if !digits.is_empty() {
+                segments.push(Segment::Speech(
+                    pack.phrase(PhraseKey::Prompt(Prompt::StatusToken)),
+                ));
+                segments.push(Segment::Pause {
+                    ms: pauses.after_intro_ms,
+                });
+            }
+            for (i, d) in digits.into_iter().enumerate() {
                 if i > 0 {
                     segments.push(Segment::Pause {
                         ms: pauses.between_digits_ms,
                     });
                 }
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d - b'0'))));
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d))));
             }
-            for prompt in *problems {
+            let sentences = clock_set
+                .then_some(Prompt::StatusClockSet)
+                .into_iter()
+                .chain(problems.iter().copied())
+                .chain(problems.is_empty().then_some(Prompt::StatusAllWell));
+            for prompt in sentences {
                 segments.push(Segment::Pause {
                     ms: pauses.between_groups_ms,
                 });
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
             }
             segments.push(Segment::Pause {
                 ms: pauses.around_earcon_ms,
@@ -589,6 +618,63 @@ mod tests {
             listing.contains("  espeak (espeak-ng:en; no clips"),
             "{listing}"
         );
+    }
+
+    /// The phrase keys an utterance says, in order.
+    fn said(utterance: &Utterance) -> Vec<PhraseKey> {
+        utterance
+            .segments()
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Speech(p) => Some(p.key),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_is_a_sentence_and_an_expired_replay_says_so() {
+        let voices = shipped();
+        let pack = voices.pack("en").unwrap();
+        let p = PhraseKey::Prompt;
+        let d = PhraseKey::Digit;
+        let well = plan(
+            pack,
+            &Message::Status {
+                serial_digits: "0815",
+                clock_set: true,
+                problems: &[],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            said(&well),
+            [
+                p(Prompt::StatusToken),
+                d(0),
+                d(8),
+                d(1),
+                d(5),
+                p(Prompt::StatusClockSet),
+                p(Prompt::StatusAllWell)
+            ]
+        );
+        let unwell = plan(
+            pack,
+            &Message::Status {
+                serial_digits: "",
+                clock_set: false,
+                problems: &[Prompt::ClockBackwards, Prompt::LowBattery],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            said(&unwell),
+            [p(Prompt::ClockBackwards), p(Prompt::LowBattery)]
+        );
+        let expired = plan(pack, &Message::ExpiredCode { code: "123456" }).unwrap();
+        assert_eq!(said(&expired)[0], p(Prompt::ExpiredIntro));
+        assert_eq!(said(&expired).len(), 7);
     }
 
     #[test]

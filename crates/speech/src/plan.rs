@@ -265,6 +265,9 @@ pub enum CodeIntro {
     First,
     /// "Again" (the user asked to hear the code once more).
     Replay,
+    /// "That code has expired; your new code is" (the user asked to hear the last code
+    /// again, but its time has passed: this is a different code).
+    Expired,
 }
 
 /// A planned utterance: segments in order. Build it with [`Utterance::code`] or
@@ -290,6 +293,7 @@ impl Utterance {
         let intro = match intro {
             CodeIntro::First => Prompt::Intro,
             CodeIntro::Replay => Prompt::ReplayIntro,
+            CodeIntro::Expired => Prompt::ExpiredIntro,
         };
         let mut segments = vec![
             Segment::Earcon(Earcon::Start),
