@@ -60,9 +60,29 @@ fn alsa_without_sound_card(conf: &Path) -> String {
 }
 
 /// The stretches of sound in `audio`, split at a second of silence: one a spoken code or
-/// prompt (the pauses inside one are shorter).
+/// prompt (the pauses inside one are shorter). The start-up tone of `run` (a quarter of a
+/// second) is left out: [`ready_tone`] finds it.
 fn utterances(audio: &Audio) -> Vec<Span> {
-    audio.spans(audio.loudest_frame() * 0.01, 1000)
+    audio
+        .spans(audio.loudest_frame() * 0.01, 1000)
+        .into_iter()
+        .filter(|s| s.seconds(audio.rate) > 0.3)
+        .collect()
+}
+
+/// The start-up tone of `run`, if `audio` begins with it: a first sound of under 0.3 s.
+fn ready_tone(audio: &Audio) -> Option<Span> {
+    audio
+        .spans(audio.loudest_frame() * 0.01, 1000)
+        .first()
+        .copied()
+        .filter(|s| s.seconds(audio.rate) < 0.3)
+}
+
+/// Waits after `run` is ready until its start-up tone has been played and a second of
+/// silence has followed, so that it stays apart from what the test's keys make it say.
+fn ready_tone_played() {
+    thread::sleep(Duration::from_millis(1300));
 }
 
 /// Renders the code at `T` in `lang` to `wav`; returns its first-to-last sound in seconds
@@ -211,6 +231,7 @@ fn keys_speak_replay_stop_change_volume_and_language() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
+    ready_tone_played();
     let mut press = |key: &str, wait: f64| {
         run.press(key);
         thread::sleep(Duration::from_secs_f64(wait));
@@ -242,6 +263,8 @@ fn keys_speak_replay_stop_change_volume_and_language() {
     }
 
     let audio = capture.audio();
+    let tone = ready_tone(&audio).expect("no start-up tone");
+    assert!(tone.seconds(audio.rate) > 0.15, "{tone:?}");
     let utterances: Vec<Span> = utterances(&audio);
     let secs: Vec<f64> = utterances.iter().map(|s| s.seconds(audio.rate)).collect();
     assert_eq!(
@@ -331,6 +354,7 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
         || format!("the device was not opened: {:?}", run.log()),
     );
     run.wait_for("audio: ", 5);
+    ready_tone_played();
     run.press("s");
     thread::sleep(Duration::from_secs(7));
     run.press("q");
@@ -570,6 +594,7 @@ fn the_next_voice_key_switches_the_voice_and_the_codes_are_spoken_in_it() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
+    ready_tone_played();
     assert!(
         run.logged("ready (language en, voice flite-slt)"),
         "{:?}",
@@ -823,6 +848,7 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
+    ready_tone_played();
     run.press("s");
     run.wait_for("speaking the code of time step 66666666", 5);
     thread::sleep(Duration::from_secs(9));
@@ -860,4 +886,76 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
         parts.len()
     );
     println!("utterances (s): {secs:?}; status parts {}", parts.len());
+}
+
+/// `run` with nothing to listen to (standard input not a terminal, no evdev device, no GPIO
+/// button) does not exit: it plays its start-up tone, says "Ready" (as configured) and that
+/// no keypad is connected, and keeps waiting for one. The packaged unit does not restart
+/// the exits a restart cannot fix.
+#[test]
+fn run_without_input_says_so_and_keeps_waiting() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "say_ready = true\nlanguage = \"en\"\n").unwrap();
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env("ALSA_CONFIG_PATH", &capture.config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(9));
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "run exited without input: {text}");
+    assert!(
+        text.contains("no input: standard input is not a terminal")
+            && text.contains("listening for a keypad or keyboard to appear"),
+        "{text}"
+    );
+    let audio = capture.audio();
+    let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    // Tone, "Ready.", "No keypad is connected. Waiting for one." as one utterance.
+    assert_eq!(spans.len(), 1, "{secs:?}; {text}");
+    assert!(secs[0] > 2.5, "{secs:?}");
+    let parts = audio.spans(audio.loudest_frame() * 0.01, 120);
+    assert!(
+        parts.len() >= 3,
+        "tone and two sentences expected: {parts:?}"
+    );
+
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/device/packaging/codereader.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("\nRestartPreventExitStatus=2 7\n"), "{unit}");
+    let out = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .arg("--no-such-option")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::write(&config, "say_ready = \"yes\"\n").unwrap();
+    let out = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

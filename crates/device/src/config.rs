@@ -159,6 +159,7 @@ struct RawConfig {
     language: Option<String>,
     volume: Option<i64>,
     rate: Option<i64>,
+    say_ready: Option<bool>,
     #[serde(default)]
     input: InputConfig,
     keys: Option<BTreeMap<String, Vec<String>>>,
@@ -219,6 +220,8 @@ pub struct Config {
     pub chords: Vec<Chord>,
     /// GPIO buttons.
     pub gpio: Vec<Gpio>,
+    /// Say "Ready" after the start-up tone of `run` (the tone alone by default).
+    pub say_ready: bool,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -313,6 +316,7 @@ impl Config {
             evdev_keys: keys::default_evdev_keys(),
             chords: Vec::new(),
             gpio: Vec::new(),
+            say_ready: false,
         }
     }
 
@@ -353,6 +357,7 @@ impl Config {
             config.defaults.rate = step_in(path, "rate", v, &RATE_RANGE)?;
         }
         config.input = raw.input;
+        config.say_ready = raw.say_ready.unwrap_or(false);
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }

@@ -13,13 +13,15 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
+use evdev::KeyCode;
 use zeroize::Zeroizing;
 
-use crate::cli::{Exit, Failure, build_floor, load_voices, now, prompt_for};
+use crate::cli::{Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
@@ -110,6 +112,8 @@ struct Device<'a> {
     /// clips, so the journal says it once per voice, not at every reopening.
     fallbacks_logged: BTreeSet<String>,
     at: Option<u64>,
+    /// The start-up announcement, until it has been played: (say "Ready", no input).
+    greeting: Option<(bool, bool)>,
 }
 
 /// How soon a pending announcement is tried again while speech is playing.
@@ -262,6 +266,17 @@ impl Device<'_> {
         log(&format!("voice {name} ({tag})"));
         self.switch_synth();
         self.say(&Message::Prompt(Prompt::LanguageName));
+    }
+
+    /// Plays the start-up announcement (the ready tone, and the phrases configured or
+    /// needed) once the sound card is open; then, when it is quiet, the announcement of
+    /// damaged clips. `true` while something waits for silence.
+    fn announce(&mut self) -> bool {
+        if let (Some((phrase, no_input)), Some(_)) = (self.greeting, &self.player) {
+            self.greeting = None;
+            self.say(&Message::Ready { phrase, no_input });
+        }
+        self.announce_trouble()
     }
 
     /// Says why no code can be given, and logs which prompt that is.
@@ -578,14 +593,16 @@ pub fn run(
         start_gpio(button.clone(), events.clone());
     }
     let only_terminal = config.input.evdev.is_empty() && config.gpio.is_empty();
-    if terminal.is_none() && only_terminal {
-        return Err(Failure {
-            exit: Exit::Config,
-            error: anyhow::anyhow!(
-                "no input: standard input is not a terminal and the config lists no evdev \
-                 device ([input] evdev) and no GPIO button ([[gpio]])"
-            ),
-        });
+    let no_input = terminal.is_none() && only_terminal;
+    if no_input {
+        // Nothing to listen to: say so, and take any keypad or keyboard that is plugged in.
+        log(&format!(
+            "no input: standard input is not a terminal and the config lists no evdev device \
+             ([input] evdev) and no GPIO button ([[gpio]]); listening for a keypad or keyboard \
+             to appear in /dev/input (checked every {} s)",
+            RETRY.as_secs()
+        ));
+        watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
     }
     drop(events);
     let mut device = Device {
@@ -599,6 +616,7 @@ pub fn run(
         audio_error: None,
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
+        greeting: Some((config.say_ready, no_input)),
     };
     device.ensure_player(true);
     device.prepare();
@@ -620,7 +638,7 @@ pub fn run(
         speak_keys.join(", ")
     ));
     loop {
-        let wait = if device.announce_trouble() {
+        let wait = if device.announce() {
             ANNOUNCE_POLL
         } else {
             RETRY
@@ -713,6 +731,66 @@ fn terminal_thread(events: &Sender<Event>) {
                 }
             }
         }
+    }
+}
+
+/// With no input configured: every [`RETRY`], takes each keypad or keyboard in /dev/input
+/// not yet read (one that has Enter, keypad Enter or a first button) and reads it until it
+/// goes away; then it may be taken again when it comes back.
+fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
+    let reading: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+    let spawned = thread::Builder::new()
+        .name("keypad-watch".into())
+        .spawn(move || {
+            loop {
+                for (path, device) in evdev::enumerate() {
+                    let keypad = device.supported_keys().is_some_and(|keys| {
+                        [KeyCode::KEY_ENTER, KeyCode::KEY_KPENTER, KeyCode::BTN_0]
+                            .into_iter()
+                            .any(|k| keys.contains(k))
+                    });
+                    drop(device);
+                    let new = keypad
+                        && reading
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(path.clone());
+                    if new {
+                        read_found_keypad(path, grab, chords.clone(), events.clone(), &reading);
+                    }
+                }
+                thread::sleep(RETRY);
+            }
+        });
+    if let Err(e) = spawned {
+        log(&format!("error: cannot start the keypad watch thread: {e}"));
+    }
+}
+
+/// Reads a keypad [`watch_for_keypads`] found, until it goes away.
+fn read_found_keypad(
+    path: PathBuf,
+    grab: bool,
+    chords: Vec<Chord>,
+    events: Sender<Event>,
+    reading: &Arc<Mutex<BTreeSet<PathBuf>>>,
+) {
+    let mine = Arc::clone(reading);
+    let forget = path.clone();
+    let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
+        if let Err(e) = read_evdev(&path, grab, &chords, &events) {
+            log(&format!("input device {}: {e}", path.display()));
+        }
+        mine.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&path);
+    });
+    if let Err(e) = spawned {
+        log(&format!("error: cannot start the evdev thread: {e}"));
+        reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&forget);
     }
 }
 

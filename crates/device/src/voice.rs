@@ -433,6 +433,14 @@ pub enum Message<'a> {
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
     Limit,
+    /// `run` has started: the start tone, then "Ready" if configured, then "No keypad is
+    /// connected" when there is nothing to listen to.
+    Ready {
+        /// Say "Ready" after the tone.
+        phrase: bool,
+        /// Say that no input is connected.
+        no_input: bool,
+    },
     /// Status, as a sentence: "Token ending in 0 8 1 5. Clock set." and each problem, or
     /// "All is well." when there is none.
     Status {
@@ -462,6 +470,20 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
         Message::ExpiredCode { code } => Utterance::code(pack, code, CodeIntro::Expired),
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
+        Message::Ready { phrase, no_input } => {
+            let mut segments = vec![Segment::Earcon(Earcon::Start)];
+            let prompts = phrase
+                .then_some(Prompt::Ready)
+                .into_iter()
+                .chain(no_input.then_some(Prompt::NoInput));
+            for prompt in prompts {
+                segments.push(Segment::Pause {
+                    ms: pack.pauses().around_earcon_ms,
+                });
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
+            }
+            Ok(Utterance::from_segments(segments))
+        }
         Message::Status {
             serial_digits,
             clock_set,
