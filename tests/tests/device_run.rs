@@ -959,3 +959,77 @@ fn run_without_input_says_so_and_keeps_waiting() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A key with no action plays a short low tone (not the chimes); the help key (h) says the
+/// key map, most important first, with the keys' names, and any key stops it.
+#[test]
+fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    run_ok(&state, &["settings", "--lang", "en", "--voice", "espeak"]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
+    ready_tone_played();
+    run.press("z");
+    run.wait_for("a key with no action", 5);
+    thread::sleep(Duration::from_millis(1500));
+    run.press("h");
+    run.wait_for("help: ", 5);
+    thread::sleep(Duration::from_secs(40));
+    run.press("h");
+    thread::sleep(Duration::from_secs(2));
+    run.press("x");
+    thread::sleep(Duration::from_millis(1500));
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    let help: Vec<&String> = log.iter().filter(|l| l.contains("help: ")).collect();
+    assert_eq!(help.len(), 2, "{log:?}");
+    assert!(
+        help[0].contains("help: speak = s or space; replay = r; stop = x or escape;")
+            && help[0].contains("help = h;")
+            && help[0].ends_with("quit = q or ctrl-c"),
+        "{}",
+        help[0]
+    );
+    let audio = capture.audio();
+    let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds.
+    assert_eq!(spans.len(), 4, "{secs:?}; {log:?}");
+    let tone = audio.slice(spans[1]);
+    let crossings = tone
+        .samples
+        .windows(2)
+        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+        .count();
+    let hz = crossings as f64 / secs[1];
+    assert!(
+        secs[1] < 0.2 && (180.0..260.0).contains(&hz),
+        "unknown-key tone {} s at {hz:.0} Hz",
+        secs[1]
+    );
+    // Twelve actions, each a phrase and one or two key names: many parts, in the order said.
+    let whole = audio.slice(spans[2]);
+    let parts = whole.spans(whole.loudest_frame() * 0.01, 120);
+    assert!(
+        secs[2] > 15.0 && parts.len() >= 30,
+        "help {} s in {} parts",
+        secs[2],
+        parts.len()
+    );
+    assert!(secs[3] < 3.0, "the help was not stopped: {secs:?}");
+    println!("help {} s in {} parts; {secs:?}", secs[2], parts.len());
+}

@@ -114,6 +114,10 @@ struct Device<'a> {
     at: Option<u64>,
     /// The start-up announcement, until it has been played: (say "Ready", no input).
     greeting: Option<(bool, bool)>,
+    /// The key maps, for the help.
+    keys: Effective,
+    /// Whether the last key came from a keypad (evdev, GPIO) rather than the terminal.
+    from_keypad: bool,
 }
 
 /// How soon a pending announcement is tried again while speech is playing.
@@ -547,8 +551,57 @@ impl Device<'_> {
             Action::NextVoice => self.next_voice(),
             Action::Status => self.status(),
             Action::Quit => return false,
+            Action::Help => self.help(),
         }
         true
+    }
+
+    /// Says the key map of the input the help key came from (the terminal's or the
+    /// keypads'), most important action first, each with up to two keys.
+    fn help(&mut self) {
+        let names = |keys: Option<Vec<String>>| voice::keys_to_name(keys.unwrap_or_default());
+        let term = self.keys.keys.bindings();
+        let ev = self.keys.evdev_keys.bindings();
+        let mut actions = Vec::new();
+        let mut said = Vec::new();
+        for action in Action::BY_IMPORTANCE {
+            let keys = if self.from_keypad {
+                names(
+                    ev.get(&action)
+                        .map(|k| k.iter().map(ToString::to_string).collect()),
+                )
+            } else {
+                names(
+                    term.get(&action)
+                        .map(|k| k.iter().map(ToString::to_string).collect()),
+                )
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            said.push(format!("{action} = {}", keys.join(" or ")));
+            actions.push((help_prompt(action), keys));
+        }
+        log(&format!("help: {}", said.join("; ")));
+        self.say(&Message::Help { actions: &actions });
+    }
+}
+
+/// The help's prompt for `action`.
+fn help_prompt(action: Action) -> Prompt {
+    match action {
+        Action::Speak => Prompt::HelpSpeak,
+        Action::Replay => Prompt::HelpReplay,
+        Action::Stop => Prompt::HelpStop,
+        Action::VolumeUp => Prompt::HelpVolumeUp,
+        Action::VolumeDown => Prompt::HelpVolumeDown,
+        Action::Faster => Prompt::HelpFaster,
+        Action::Slower => Prompt::HelpSlower,
+        Action::NextLanguage => Prompt::HelpNextLanguage,
+        Action::NextVoice => Prompt::HelpNextVoice,
+        Action::Status => Prompt::HelpStatus,
+        Action::Quit => Prompt::HelpQuit,
+        Action::Help => Prompt::HelpHelp,
     }
 }
 
@@ -617,6 +670,8 @@ pub fn run(
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
         greeting: Some((config.say_ready, no_input)),
+        keys: effective.clone(),
+        from_keypad: false,
     };
     device.ensure_player(true);
     device.prepare();
@@ -651,6 +706,7 @@ pub fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        device.from_keypad = !matches!(event, Event::Term(_));
         let action = match event {
             Event::Term(key) => effective.keys.action(key),
             Event::Ev(key) => effective.evdev_keys.action(key),
@@ -664,9 +720,16 @@ pub fn run(
         };
         // Any key stops the speech in progress, bound or not.
         device.stop();
-        if let Some(action) = action {
-            if !device.act(action) {
-                break;
+        match action {
+            Some(action) => {
+                if !device.act(action) {
+                    break;
+                }
+            }
+            None => {
+                // Which key is not logged: it could be a digit of a code being typed.
+                log("a key with no action: a short tone");
+                device.say(&Message::UnknownKey);
             }
         }
     }

@@ -433,6 +433,14 @@ pub enum Message<'a> {
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
     Limit,
+    /// A key that does nothing: a short low tone.
+    UnknownKey,
+    /// The key map, most important action first: each action with up to two of its keys
+    /// (by name, as the config writes them).
+    Help {
+        /// Each action's help prompt and its keys' names, in the order to say them.
+        actions: &'a [(Prompt, Vec<String>)],
+    },
     /// `run` has started: the start tone, then "Ready" if configured, then "No keypad is
     /// connected" when there is nothing to listen to.
     Ready {
@@ -470,6 +478,10 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
         Message::ExpiredCode { code } => Utterance::code(pack, code, CodeIntro::Expired),
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
+        Message::UnknownKey => Ok(Utterance::from_segments(vec![Segment::Earcon(
+            Earcon::Unknown,
+        )])),
+        Message::Help { actions } => Ok(help(pack, actions)),
         Message::Ready { phrase, no_input } => {
             let mut segments = vec![Segment::Earcon(Earcon::Start)];
             let prompts = phrase
@@ -535,6 +547,120 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Ok(Utterance::from_segments(segments))
         }
     }
+}
+
+/// The spoken help: "Keys, most important first." then each action's prompt and its keys
+/// ("Hear your code: keypad enter or keypad 5.").
+fn help(pack: &VoicePack, actions: &[(Prompt, Vec<String>)]) -> Utterance {
+    let pauses = pack.pauses();
+    let mut segments = vec![
+        Segment::Earcon(Earcon::Start),
+        Segment::Pause {
+            ms: pauses.around_earcon_ms,
+        },
+        Segment::Speech(pack.phrase(PhraseKey::Prompt(Prompt::HelpIntro))),
+    ];
+    for (prompt, keys) in actions {
+        segments.push(Segment::Pause {
+            ms: pauses.between_groups_ms,
+        });
+        segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+        for (i, key) in keys.iter().enumerate() {
+            segments.push(Segment::Pause {
+                ms: pauses.between_digits_ms,
+            });
+            if i > 0 {
+                segments.push(Segment::Speech(
+                    pack.phrase(PhraseKey::Prompt(Prompt::KeyOr)),
+                ));
+                segments.push(Segment::Pause {
+                    ms: pauses.between_digits_ms,
+                });
+            }
+            segments.extend(key_words(key).into_iter().map(|key| {
+                Segment::Speech(match key {
+                    Word::Phrase(key) => pack.phrase(key),
+                    Word::Text(text) => codereader_speech::Phrase {
+                        key: PhraseKey::Text,
+                        text,
+                    },
+                })
+            }));
+        }
+    }
+    segments.push(Segment::Pause {
+        ms: pauses.around_earcon_ms,
+    });
+    segments.push(Segment::Earcon(Earcon::End));
+    Utterance::from_segments(segments)
+}
+
+/// One word of a key's spoken name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Word {
+    /// A pack phrase (a key name prompt or a digit).
+    Phrase(PhraseKey),
+    /// Anything else, spoken live as written (a letter, `F5`).
+    Text(String),
+}
+
+/// How a key is said: a terminal key (`s`, `space`, `+`) or an evdev key (`KEY_KP5`,
+/// `KEY_ENTER`, `BTN_0`) as words: "keypad" before keypad keys, the pack's names of the
+/// common keys, digits as digit words, and other names as written.
+fn key_words(name: &str) -> Vec<Word> {
+    let (keypad, rest) = match name.strip_prefix("KEY_KP") {
+        Some(rest) => (true, rest),
+        None => (false, name.strip_prefix("KEY_").unwrap_or(name)),
+    };
+    let lower = rest.to_ascii_lowercase();
+    let prompt = match lower.as_str() {
+        "enter" | "return" => Some(Prompt::KeyEnter),
+        "space" => Some(Prompt::KeySpace),
+        "esc" | "escape" => Some(Prompt::KeyEscape),
+        "up" => Some(Prompt::KeyUp),
+        "down" => Some(Prompt::KeyDown),
+        "left" => Some(Prompt::KeyLeft),
+        "right" => Some(Prompt::KeyRight),
+        "plus" | "+" => Some(Prompt::KeyPlus),
+        "minus" | "-" => Some(Prompt::KeyMinus),
+        "asterisk" | "*" => Some(Prompt::KeyStar),
+        "slash" | "/" => Some(Prompt::KeySlash),
+        "dot" | "." => Some(Prompt::KeyDot),
+        _ => None,
+    };
+    let word = match (prompt, lower.as_bytes()) {
+        (Some(prompt), _) => Word::Phrase(PhraseKey::Prompt(prompt)),
+        (None, [d]) if d.is_ascii_digit() => Word::Phrase(PhraseKey::Digit(d - b'0')),
+        (None, _) => Word::Text(lower.replace('_', " ")),
+    };
+    if keypad {
+        vec![Word::Phrase(PhraseKey::Prompt(Prompt::KeyKeypad)), word]
+    } else {
+        vec![word]
+    }
+}
+
+/// The keys help names for an action, at most two: keypad keys first, then letters and
+/// digits, then named keys; a second key only if it is not a bare symbol (which a
+/// synthesiser may not say).
+pub fn keys_to_name(mut names: Vec<String>) -> Vec<String> {
+    let rank = |name: &str| {
+        if name.starts_with("KEY_KP") {
+            0
+        } else if name.chars().count() == 1 && name.chars().all(char::is_alphanumeric) {
+            1
+        } else if name.chars().count() > 1 {
+            2
+        } else {
+            3
+        }
+    };
+    names.sort_by_key(|n| rank(n));
+    names.truncate(2);
+    if names.get(1).is_some_and(|n| rank(n) == 3) {
+        names.truncate(1);
+    }
+    names
 }
 
 #[cfg(test)]
@@ -697,6 +823,33 @@ mod tests {
         let expired = plan(pack, &Message::ExpiredCode { code: "123456" }).unwrap();
         assert_eq!(said(&expired)[0], p(Prompt::ExpiredIntro));
         assert_eq!(said(&expired).len(), 7);
+    }
+
+    #[test]
+    fn keys_are_named_in_words() {
+        let p = |p| Word::Phrase(PhraseKey::Prompt(p));
+        assert_eq!(
+            key_words("KEY_KP5"),
+            [p(Prompt::KeyKeypad), Word::Phrase(PhraseKey::Digit(5))]
+        );
+        assert_eq!(
+            key_words("KEY_KPENTER"),
+            [p(Prompt::KeyKeypad), p(Prompt::KeyEnter)]
+        );
+        assert_eq!(key_words("space"), [p(Prompt::KeySpace)]);
+        assert_eq!(key_words("+"), [p(Prompt::KeyPlus)]);
+        assert_eq!(key_words("KEY_H"), [Word::Text("h".into())]);
+        assert_eq!(key_words("BTN_0"), [Word::Text("btn 0".into())]);
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            keys_to_name(names(&["KEY_ENTER", "KEY_SPACE", "KEY_KP5", "KEY_KPENTER"])),
+            names(&["KEY_KP5", "KEY_KPENTER"])
+        );
+        assert_eq!(keys_to_name(names(&["?", "h"])), names(&["h"]));
+        assert_eq!(
+            keys_to_name(names(&["s", "space", "enter"])),
+            names(&["s", "space"])
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub fn earcon(kind: Earcon, rate: SampleRate) -> Vec<f32> {
     let (first, second) = match kind {
         Earcon::Start => (660.0, 880.0),
         Earcon::End => (880.0, 660.0),
+        // One low, short note: unlike the chimes, so a stray key is not taken for speech.
+        Earcon::Unknown => return tone(220.0, 120, rate),
     };
     let mut out = tone(first, 90, rate);
     out.extend(tone(second, 120, rate));
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn earcon_starts_and_ends_silent_and_stays_below_ceiling() {
-        for kind in [Earcon::Start, Earcon::End] {
+        for kind in [Earcon::Start, Earcon::End, Earcon::Unknown] {
             let e = earcon(kind, SampleRate::ESPEAK);
             assert!(e[0].abs() < 1e-3 && e[e.len() - 1].abs() < 0.02);
             assert!(e.iter().all(|s| s.abs() <= EARCON_LEVEL + 1e-6));

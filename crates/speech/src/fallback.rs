@@ -8,7 +8,7 @@
 
 use crate::dsp::{Resample, to_f32, to_i16};
 use crate::error::SpeechError;
-use crate::plan::{Phrase, SampleRate, Speed};
+use crate::plan::{Phrase, PhraseKey, SampleRate, Speed};
 use crate::synth::Synth;
 
 /// Told once per [`FallbackSynth`] when the backup first has to speak; the message names
@@ -71,6 +71,10 @@ impl Synth for FallbackSynth {
         speed: Speed,
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
+        if phrase.key == PhraseKey::Text {
+            // Free text never has a clip: not a damaged one.
+            return self.speak_backup(phrase, speed, out);
+        }
         let mut stopped = false;
         let primary = self.primary.speak(phrase, speed, &mut |chunk| {
             let go_on = out(chunk);
@@ -88,6 +92,18 @@ impl Synth for FallbackSynth {
                 self.label
             ));
         }
+        self.speak_backup(phrase, speed, out)
+    }
+}
+
+impl FallbackSynth {
+    /// Speaks `phrase` with the backup, at the primary's rate.
+    fn speak_backup(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
         let Some(resample) = self.resample.as_mut() else {
             return self.backup.speak(phrase, speed, out);
         };
@@ -114,7 +130,7 @@ impl Synth for FallbackSynth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{PhraseKey, Prompt};
+    use crate::plan::Prompt;
     use std::sync::{Arc, Mutex};
 
     /// A synthesiser that fails on `bad` digits and otherwise gives `len` samples of `value`.

@@ -22,7 +22,11 @@
 //! # replay_intro, volume_up, volume_down, faster, slower, language_name, no_token,
 //! # clock_not_set, device_blocked, audio_fault, low_battery, clock_backwards,
 //! # no_other_voice, state_damaged, clips_damaged, language_unusable, needs_service,
-//! # expired_intro, status_token, status_clock_set, status_all_well, ready, no_input
+//! # expired_intro, status_token, status_clock_set, status_all_well, ready, no_input,
+//! # help_intro, help_speak, help_replay, help_stop, help_volume_up, help_volume_down,
+//! # help_slower, help_faster, help_status, help_help, help_next_language, help_next_voice,
+//! # help_quit, key_or, key_keypad, key_space, key_enter, key_escape, key_up, key_down,
+//! # key_left, key_right, key_plus, key_minus, key_star, key_slash, key_dot
 //!
 //! [grouping]              # group sizes per code length; each must add up to the length
 //! 6 = [3, 3]
@@ -484,6 +488,7 @@ impl VoicePack {
         match key {
             PhraseKey::Digit(d) => self.digits.get(usize::from(d)).map_or("", String::as_str),
             PhraseKey::Prompt(p) => self.prompts.get(p.index()).map_or("", String::as_str),
+            PhraseKey::Text => "",
         }
     }
 
