@@ -1049,3 +1049,82 @@ fn damaged_and_missing_clips_are_spoken_by_espeak_and_the_whole_code_is_said() {
     let spoken = Audio::read_wav(&wav).unwrap();
     assert!(spoken.samples.len() > 22_050, "the error was not spoken");
 }
+
+/// The loudness of speech in `audio`'s `spans`, in dBFS: the RMS over the sounding 10 ms
+/// frames (within 40 dB of the loudest), so the pauses between words do not count.
+fn speech_db(audio: &Audio, spans: &[codereader_e2e::Span]) -> f32 {
+    let frames: Vec<f32> = spans
+        .iter()
+        .flat_map(|s| audio.slice(*s).envelope())
+        .collect();
+    let loudest = frames.iter().fold(0f32, |m, f| m.max(*f));
+    let sounding: Vec<f32> = frames
+        .into_iter()
+        .filter(|f| *f >= loudest * 0.01)
+        .collect();
+    let power = sounding.iter().map(|f| f * f).sum::<f32>() / sounding.len().max(1) as f32;
+    10.0 * power.log10()
+}
+
+/// Every shipped voice of every language (Danish espeak-ng, English flite slt from its
+/// clips, English espeak-ng) speaks at one loudness: the codes, a prompt and the earcons all
+/// within 1 dB, at the same volume step (they differed by 5 to 7 dB before).
+#[test]
+fn every_voice_and_language_speaks_at_one_loudness() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_with_english_clips(dir.path());
+    let wav = dir.path().join("code.wav");
+    let at = T.to_string();
+    let mut levels = Vec::new();
+    for (lang, voice) in [("da", "espeak"), ("en", "flite-slt"), ("en", "espeak")] {
+        for state in [dir.path().to_path_buf(), dir.path().join("no-token")] {
+            let args = [
+                "speak",
+                "--wav",
+                wav.to_str().unwrap(),
+                "--at",
+                &at,
+                "--lang",
+                lang,
+                "--voice",
+                voice,
+                "--volume",
+                "-2",
+            ];
+            let out = with_voices(&state, &voices, &args);
+            assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+            let audio = Audio::read_wav(&wav).unwrap();
+            let spans = audio.spans(audio.loudest_frame() * 0.01, 120);
+            if state == dir.path() {
+                // A code: earcon, speech, earcon.
+                let n = spans.len();
+                levels.push((
+                    format!("{lang} {voice} code"),
+                    speech_db(&audio, &spans[1..n - 1]),
+                ));
+                levels.push((
+                    format!("{lang} {voice} earcon"),
+                    speech_db(&audio, &spans[..1]),
+                ));
+            } else {
+                assert_eq!(out.status.code(), Some(3));
+                levels.push((
+                    format!("{lang} {voice} no-token prompt"),
+                    speech_db(&audio, &spans),
+                ));
+            }
+        }
+    }
+    let (min, max) = levels
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), (_, db)| {
+            (lo.min(*db), hi.max(*db))
+        });
+    println!("speech loudness (dBFS): {levels:?}");
+    assert!(
+        max - min <= 1.0,
+        "loudness differs by {:.2} dB: {levels:?}",
+        max - min
+    );
+}

@@ -26,7 +26,8 @@
 //! * [`fallback`]: [`FallbackSynth`] speaks each phrase whose clip is missing or damaged with
 //!   another synthesiser (live espeak-ng), so one bad file never silences a code.
 //! * [`pipeline`]: [`Renderer`] renders segment by segment: synthesise, trim, resample with
-//!   rubato to the sink's rate, apply the volume in dB, limit peaks below -1 dBFS, write.
+//!   rubato to the sink's rate, bring each phrase to one speech loudness (so voices and
+//!   languages do not jump in level), apply the volume in dB, limit peaks below -1 dBFS, write.
 //! * [`sink`]: [`MemorySink`] and [`WavSink`] (hound, mono 16-bit, written atomically).
 //! * [`live`]: [`LivePlayer`] plays on the default cpal output device, whatever its sample
 //!   format, rate and channel count; [`LivePlayer::stop`] silences it at once,
