@@ -1128,3 +1128,59 @@ fn every_voice_and_language_speaks_at_one_loudness() {
         max - min
     );
 }
+
+/// A language nothing can speak (no clips, and espeak-ng has no such voice) is said so in a
+/// language that can be spoken, followed by the code; the other languages are unaffected.
+#[test]
+fn a_language_nothing_can_speak_is_said_so_in_another_language() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_without_clips(dir.path());
+    fs::create_dir_all(voices.join("xx")).unwrap();
+    let danish = fs::read_to_string(voices.join("da/voice.toml")).unwrap();
+    fs::write(
+        voices.join("xx/voice.toml"),
+        danish
+            .replace("tag = \"da\"", "tag = \"xx\"")
+            .replace("espeak_voice = \"da\"", "espeak_voice = \"no-such-voice\"")
+            .replace("voice = \"da\" }", "voice = \"no-such-voice\" }"),
+    )
+    .unwrap();
+    let wav = dir.path().join("code.wav");
+    let at = T.to_string();
+    let speak = |lang: &str| {
+        let args = [
+            "speak",
+            "--wav",
+            wav.to_str().unwrap(),
+            "--at",
+            &at,
+            "--lang",
+            lang,
+        ];
+        let out = with_voices(dir.path(), &voices, &args);
+        let audio = Audio::read_wav(&wav).unwrap();
+        (out, audio)
+    };
+    let (out, plain) = speak("da");
+    assert!(
+        !stderr(&out).contains("cannot be spoken"),
+        "{}",
+        stderr(&out)
+    );
+    let (out, noticed) = speak("xx");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("language `xx` cannot be spoken") && err.contains("speaking `da` instead"),
+        "{err}"
+    );
+    // The notice ("Det valgte sprog kan ikke udtales ...") comes before the whole code.
+    let extra = (noticed.samples.len() as f64 - plain.samples.len() as f64) / 22_050.0;
+    assert!(extra > 2.0, "the notice added {extra} s");
+    let tail = Audio {
+        rate: noticed.rate,
+        samples: noticed.samples[noticed.samples.len() - plain.samples.len()..].to_vec(),
+    };
+    assert_eq!(code_segments(&tail).digits.len(), 6);
+}

@@ -1033,3 +1033,36 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
     assert!(secs[3] < 3.0, "the help was not stopped: {secs:?}");
     println!("help {} s in {} parts; {secs:?}", secs[2], parts.len());
 }
+
+/// A language nothing can speak is not used by `run`: it starts in the first language that
+/// can be spoken (saying why in it, with the start-up tone), and the next-language key
+/// skips it.
+#[test]
+fn run_uses_a_speakable_language_instead_of_one_nothing_can_speak() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    std::fs::create_dir_all(voices.join("xx")).unwrap();
+    let danish = std::fs::read_to_string(voices.join("da/voice.toml")).unwrap();
+    std::fs::write(
+        voices.join("xx/voice.toml"),
+        danish
+            .replace("tag = \"da\"", "tag = \"xx\"")
+            .replace("voice = \"da\"", "voice = \"no-such-voice\""),
+    )
+    .unwrap();
+    run_with_voices(&state, &voices, &["settings", "--lang", "xx"]);
+    let mut run = run_without_sound_card(dir.path(), &state, &voices);
+    run.wait_for("ready (language da", 20);
+    assert!(
+        run.logged("language `xx` cannot be spoken (espeak-ng has no voice `no-such-voice`"),
+        "{:?}",
+        run.log()
+    );
+    run.press("l");
+    run.wait_for("language en", 10);
+    run.press("l");
+    run.wait_for("language da", 10);
+    run.press("q");
+    run.wait_for_exit();
+    assert_eq!(run.count("language xx"), 0, "{:?}", run.log());
+}

@@ -515,7 +515,24 @@ fn speak(
     if let Some(name) = &args.voice {
         voices.choose(&listening.language, name)?;
     }
-    let pack = voices.pack(&listening.language)?;
+    let mut pack = voices.pack(&listening.language)?;
+    // A language nothing can speak is said so, in one that can be spoken.
+    let mut unusable = false;
+    if let Err(why) = voices.check_speakable(pack) {
+        let Some(other) = voices.speakable_instead(pack.tag()) else {
+            return Err(anyhow!(
+                "language `{}` cannot be spoken ({why}), and no other language can",
+                pack.tag()
+            )
+            .into());
+        };
+        device::log(&format!(
+            "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
+            pack.tag()
+        ));
+        pack = voices.pack(&other)?;
+        unusable = true;
+    }
     if let Some(note) = voices.fallback_note(pack) {
         device::log(&format!("warning: {note}"));
     }
@@ -551,6 +568,11 @@ fn speak(
             voice::plan(pack, &Message::Prompt(prompt))?
         }
         (None, Ok(())) => return Ok(()),
+    };
+    let utterance = if unusable {
+        voice::after_notice(pack, Prompt::LanguageUnusable, &utterance)
+    } else {
+        utterance
     };
     match (&args.wav, player) {
         (Some(path), _) => {

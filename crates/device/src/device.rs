@@ -112,8 +112,8 @@ struct Device<'a> {
     /// clips, so the journal says it once per voice, not at every reopening.
     fallbacks_logged: BTreeSet<String>,
     at: Option<u64>,
-    /// The start-up announcement, until it has been played: (say "Ready", no input).
-    greeting: Option<(bool, bool)>,
+    /// The start-up announcement, until it has been played.
+    greeting: Option<Message<'static>>,
     /// The key maps, for the help.
     keys: Effective,
     /// Whether the last key came from a keypad (evdev, GPIO) rather than the terminal.
@@ -276,9 +276,10 @@ impl Device<'_> {
     /// needed) once the sound card is open; then, when it is quiet, the announcement of
     /// damaged clips. `true` while something waits for silence.
     fn announce(&mut self) -> bool {
-        if let (Some((phrase, no_input)), Some(_)) = (self.greeting, &self.player) {
-            self.greeting = None;
-            self.say(&Message::Ready { phrase, no_input });
+        if self.player.is_some() {
+            if let Some(greeting) = self.greeting.take() {
+                self.say(&greeting);
+            }
         }
         self.announce_trouble()
     }
@@ -542,7 +543,15 @@ impl Device<'_> {
                 self.step_listening("rate", |l| &mut l.rate, &RATE_RANGE, up, prompt);
             }
             Action::NextLanguage => {
-                self.listening.language = self.voices.next_language(&self.listening.language);
+                // A language that cannot be spoken at all is skipped (and logged).
+                let start = self.listening.language.clone();
+                let mut next = self.voices.next_language(&start);
+                while next != start
+                    && speakable_language(&self.voices, &next).is_some_and(|l| l != next)
+                {
+                    next = self.voices.next_language(&next);
+                }
+                self.listening.language = next;
                 self.save_listening();
                 log(&format!("language {}", self.listening.language));
                 self.switch_synth();
@@ -587,6 +596,25 @@ impl Device<'_> {
     }
 }
 
+/// The language to speak for `tag`: `tag` itself if it can be spoken, else the first that
+/// can (logged); `None` if none can.
+fn speakable_language(voices: &Voices, tag: &str) -> Option<String> {
+    let pack = voices.pack(tag).ok()?;
+    let Err(why) = voices.check_speakable(pack) else {
+        return Some(tag.to_owned());
+    };
+    let other = voices.speakable_instead(tag);
+    match &other {
+        Some(other) => log(&format!(
+            "error: language `{tag}` cannot be spoken ({why}); speaking `{other}` instead"
+        )),
+        None => log(&format!(
+            "error: language `{tag}` cannot be spoken ({why}), and no other language can"
+        )),
+    }
+    other
+}
+
 /// The help's prompt for `action`.
 fn help_prompt(action: Action) -> Prompt {
     match action {
@@ -628,6 +656,13 @@ pub fn run(
             listening.language.clone_from(first);
         }
     }
+    let language_unusable = match speakable_language(&voices, &listening.language) {
+        Some(other) if other != listening.language => {
+            listening.language = other;
+            true
+        }
+        _ => false,
+    };
     let (events, rx) = mpsc::channel();
     let terminal = if options.terminal && rustix::termios::isatty(io::stdin()) {
         Some(RawTerminal::start(events.clone())?)
@@ -669,7 +704,11 @@ pub fn run(
         audio_error: None,
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
-        greeting: Some((config.say_ready, no_input)),
+        greeting: Some(Message::Ready {
+            language_unusable,
+            phrase: config.say_ready,
+            no_input,
+        }),
         keys: effective.clone(),
         from_keypad: false,
     };

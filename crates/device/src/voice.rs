@@ -320,6 +320,44 @@ impl Voices {
         tags.get(next).cloned().unwrap_or_else(|| tag.to_owned())
     }
 
+    /// Whether `pack`'s language can be spoken at all: by live espeak-ng (it has the pack's
+    /// voice), or else by the voice's clips, all of them usable.
+    ///
+    /// # Errors
+    /// Why it cannot.
+    pub fn check_speakable(&self, pack: &VoicePack) -> Result<(), String> {
+        let voice = pack.espeak_voice();
+        let espeak = match Espeak::shared().and_then(|engine| engine.has_voice(voice)) {
+            Ok(true) => return Ok(()),
+            Ok(false) => format!("espeak-ng has no voice `{voice}`"),
+            Err(e) => e.to_string(),
+        };
+        let clips = match (self.choice, pack.clips()) {
+            (SynthChoice::Espeak, _) => "the config chose espeak-ng".to_owned(),
+            (_, None) => pack
+                .clip_problem()
+                .unwrap_or("the voice has no clips")
+                .to_owned(),
+            (_, Some(_)) => match ClipSynth::load(pack).map(|c| c.problems()) {
+                Ok(problems) if problems.is_empty() => return Ok(()),
+                Ok(problems) => format!("{} of its clips cannot be played", problems.len()),
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(format!("{espeak}, and {clips}"))
+    }
+
+    /// The first language other than `tag` that can be spoken, to say in it that `tag`
+    /// cannot.
+    pub fn speakable_instead(&self, tag: &str) -> Option<String> {
+        self.languages().into_iter().find(|other| {
+            other != tag
+                && self
+                    .pack(other)
+                    .is_ok_and(|pack| self.check_speakable(pack).is_ok())
+        })
+    }
+
     /// The clip problems met so far (for `run` to announce).
     pub fn trouble(&self) -> &ClipTrouble {
         &self.trouble
@@ -441,9 +479,12 @@ pub enum Message<'a> {
         /// Each action's help prompt and its keys' names, in the order to say them.
         actions: &'a [(Prompt, Vec<String>)],
     },
-    /// `run` has started: the start tone, then "Ready" if configured, then "No keypad is
-    /// connected" when there is nothing to listen to.
+    /// `run` has started: the start tone, then that the chosen language cannot be spoken
+    /// (when so), "Ready" if configured, and "No keypad is connected" when there is nothing
+    /// to listen to.
     Ready {
+        /// Say that the chosen language cannot be spoken (in the language used instead).
+        language_unusable: bool,
         /// Say "Ready" after the tone.
         phrase: bool,
         /// Say that no input is connected.
@@ -482,11 +523,16 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Earcon::Unknown,
         )])),
         Message::Help { actions } => Ok(help(pack, actions)),
-        Message::Ready { phrase, no_input } => {
+        Message::Ready {
+            language_unusable,
+            phrase,
+            no_input,
+        } => {
             let mut segments = vec![Segment::Earcon(Earcon::Start)];
-            let prompts = phrase
-                .then_some(Prompt::Ready)
+            let prompts = language_unusable
+                .then_some(Prompt::LanguageUnusable)
                 .into_iter()
+                .chain(phrase.then_some(Prompt::Ready))
                 .chain(no_input.then_some(Prompt::NoInput));
             for prompt in prompts {
                 segments.push(Segment::Pause {
@@ -547,6 +593,18 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Ok(Utterance::from_segments(segments))
         }
     }
+}
+
+/// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
+pub fn after_notice(pack: &VoicePack, prompt: Prompt, utterance: &Utterance) -> Utterance {
+    let mut segments = vec![
+        Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))),
+        Segment::Pause {
+            ms: pack.pauses().between_groups_ms,
+        },
+    ];
+    segments.extend(utterance.segments().iter().cloned());
+    Utterance::from_segments(segments)
 }
 
 /// The spoken help: "Keys, most important first." then each action's prompt and its keys

@@ -35,6 +35,14 @@ const ESPEAK_BUFFER_MS: u16 = 10;
 /// espeak-ng's own amplitude parameter; chosen so speech peaks near -3 dBFS at volume MAX.
 const ESPEAK_VOLUME: u8 = 100;
 
+/// What the owner thread is asked to do.
+enum Request {
+    /// Synthesise.
+    Speak(Job),
+    /// Answer whether espeak-ng has a voice of this name.
+    HasVoice(String, mpsc::Sender<bool>),
+}
+
 struct Job {
     voice: CString,
     wpm: u16,
@@ -51,7 +59,7 @@ enum Reply {
 /// handle is serialised on that one thread, which initialised espeak-ng once.
 #[derive(Debug, Clone)]
 pub struct Espeak {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Request>,
     sample_rate: SampleRate,
 }
 
@@ -81,7 +89,7 @@ impl Espeak {
     }
 
     fn start() -> Result<Espeak, StartError> {
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, i32>>();
         let spawned = thread::Builder::new()
             .name("espeak-ng".into())
@@ -103,6 +111,19 @@ impl Espeak {
     /// espeak-ng's output rate.
     pub fn sample_rate(&self) -> SampleRate {
         self.sample_rate
+    }
+
+    /// Whether espeak-ng has the voice `name` (e.g. `da`, `en-us`). An unknown name is not
+    /// an error when speaking: espeak-ng speaks another voice instead, in the wrong language.
+    ///
+    /// # Errors
+    /// [`SpeechError::EspeakThread`] if the owner thread is gone.
+    pub fn has_voice(&self, name: &str) -> Result<bool, SpeechError> {
+        let (reply, answer) = mpsc::channel();
+        self.jobs
+            .send(Request::HasVoice(name.to_owned(), reply))
+            .map_err(|_| SpeechError::EspeakThread)?;
+        answer.recv().map_err(|_| SpeechError::EspeakThread)
     }
 
     /// A synthesiser speaking with `pack`'s espeak-ng voice and default rate.
@@ -128,7 +149,7 @@ fn ffi_error(e: ffi::FfiError) -> SpeechError {
 }
 
 /// The one thread that talks to espeak-ng.
-fn owner_thread(jobs: &mpsc::Receiver<Job>, ready: &mpsc::Sender<Result<u32, i32>>) {
+fn owner_thread(jobs: &mpsc::Receiver<Request>, ready: &mpsc::Sender<Result<u32, i32>>) {
     let token = match ffi::initialize(ESPEAK_BUFFER_MS) {
         Ok(token) => token,
         Err(ffi::FfiError::Initialize(code) | ffi::FfiError::Call(_, code)) => {
@@ -144,9 +165,16 @@ fn owner_thread(jobs: &mpsc::Receiver<Job>, ready: &mpsc::Sender<Result<u32, i32
     }
     let _ = ready.send(Ok(token.sample_rate()));
     let mut current: Option<(CString, u16)> = None;
-    while let Ok(job) = jobs.recv() {
-        let result = run_job(&token, &mut current, &job);
-        let _ = job.reply.send(Reply::Done(result));
+    while let Ok(request) = jobs.recv() {
+        match request {
+            Request::Speak(job) => {
+                let result = run_job(&token, &mut current, &job);
+                let _ = job.reply.send(Reply::Done(result));
+            }
+            Request::HasVoice(name, reply) => {
+                let _ = reply.send(ffi::has_voice(&token, &name));
+            }
+        }
     }
 }
 
@@ -221,12 +249,12 @@ impl Synth for EspeakSynth {
         let (reply, replies) = mpsc::channel();
         self.engine
             .jobs
-            .send(Job {
+            .send(Request::Speak(Job {
                 voice: self.voice.clone(),
                 wpm,
                 text,
                 reply,
-            })
+            }))
             .map_err(|_| SpeechError::EspeakThread)?;
         let mut whole = Vec::new();
         loop {

@@ -295,3 +295,16 @@ fn a_failed_render_leaves_an_existing_wav_untouched() {
         other => panic!("{other:?}"),
     }
 }
+
+/// espeak-ng speaks an unknown voice name as some other voice without an error, so the
+/// device asks whether the voice exists.
+#[test]
+fn espeak_knows_which_voices_it_has() {
+    let espeak = Espeak::shared().unwrap();
+    for name in ["da", "en", "en-us", "EN-US", "en+f3"] {
+        assert!(espeak.has_voice(name).unwrap(), "{name}");
+    }
+    for name in ["no-such-voice", "xx", ""] {
+        assert!(!espeak.has_voice(name).unwrap(), "{name}");
+    }
+}
