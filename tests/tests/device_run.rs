@@ -79,6 +79,19 @@ fn ready_tone(audio: &Audio) -> Option<Span> {
         .filter(|s| s.seconds(audio.rate) < 0.3)
 }
 
+/// Starts `command` (a `codereader run`) playing into `capture`; returns once it is ready
+/// and its start-up tone has been played.
+fn start_with_capture(command: &mut Command, capture: &AlsaCapture) -> Running {
+    let run = Running::start(command.env("ALSA_CONFIG_PATH", &capture.config_path));
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
+    ready_tone_played();
+    run
+}
+
 /// Waits after `run` is ready until its start-up tone has been played and a second of
 /// silence has followed, so that it stays apart from what the test's keys make it say.
 fn ready_tone_played() {
@@ -831,7 +844,7 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
     let (dir, state) = enrolled(&totp_uri(), &["--serial", "4711-0815"]);
     let capture = AlsaCapture::start(dir.path()).unwrap();
     // T + 3: the step of T ends at T + 10.
-    let mut run = Running::start(
+    let mut run = start_with_capture(
         Command::new("faketime")
             .args(["-f", "@2033-05-18 03:33:23"])
             .arg(codereader_bin())
@@ -840,15 +853,9 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("CODEREADER_STATE", &state)
             .env("CODEREADER_VOICES", voices_dir())
-            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-            .env("ALSA_CONFIG_PATH", &capture.config_path),
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
     );
-    wait_until(
-        20,
-        || run.logged("ready") && capture.started().is_some(),
-        || format!("run did not start: {:?}", run.log()),
-    );
-    ready_tone_played();
     run.press("s");
     run.wait_for("speaking the code of time step 66666666", 5);
     thread::sleep(Duration::from_secs(9));
@@ -967,20 +974,14 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
     let (dir, state) = enrolled(&totp_uri(), &[]);
     run_ok(&state, &["settings", "--lang", "en", "--voice", "espeak"]);
     let capture = AlsaCapture::start(dir.path()).unwrap();
-    let mut run = Running::start(
+    let mut run = start_with_capture(
         Command::new(codereader_bin())
             .args(["run", "--at", &T.to_string()])
             .env("CODEREADER_STATE", &state)
             .env("CODEREADER_VOICES", voices_dir())
-            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
-            .env("ALSA_CONFIG_PATH", &capture.config_path),
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
     );
-    wait_until(
-        20,
-        || run.logged("ready") && capture.started().is_some(),
-        || format!("run did not start: {:?}", run.log()),
-    );
-    ready_tone_played();
     run.press("z");
     run.wait_for("a key with no action", 5);
     thread::sleep(Duration::from_millis(1500));

@@ -9,7 +9,7 @@
 use crate::dsp::{Resample, to_f32, to_i16};
 use crate::error::SpeechError;
 use crate::plan::{Phrase, PhraseKey, SampleRate, Speed};
-use crate::synth::Synth;
+use crate::synth::{Synth, emit_chunks};
 
 /// Told once per [`FallbackSynth`] when the backup first has to speak; the message names
 /// the voice but never the phrase (a digit word would give away part of a code).
@@ -118,11 +118,7 @@ impl FallbackSynth {
             .into_iter()
             .map(to_i16)
             .collect();
-        for chunk in converted.chunks(256) {
-            if !out(chunk) {
-                break;
-            }
-        }
+        emit_chunks(&converted, out);
         Ok(())
     }
 }

@@ -238,11 +238,7 @@ impl Synth for EspeakSynth {
         let wpm = speed.words_per_minute(self.default_wpm);
         let key = (wpm, phrase.text.clone());
         if let Some(samples) = self.cache.get(&key) {
-            for chunk in samples.chunks(CLIP_CHUNK) {
-                if !out(chunk) {
-                    break;
-                }
-            }
+            emit_chunks(samples, out);
             return Ok(());
         }
         let text = CString::new(phrase.text.as_str()).map_err(|_| SpeechError::NulInText)?;
@@ -295,6 +291,15 @@ pub struct ClipSynth {
 
 /// Chunk length handed to the consumer, so the first samples arrive at once.
 const CLIP_CHUNK: usize = 256;
+
+/// Hands `samples` to `out` in short chunks, until `out` asks to stop.
+pub(crate) fn emit_chunks(samples: &[i16], out: &mut dyn FnMut(&[i16]) -> bool) {
+    for chunk in samples.chunks(CLIP_CHUNK) {
+        if !out(chunk) {
+            break;
+        }
+    }
+}
 
 impl ClipSynth {
     /// Loads every clip of `pack`.
@@ -357,11 +362,7 @@ impl Synth for ClipSynth {
                 return Err(SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)));
             }
         };
-        for chunk in clip.chunks(CLIP_CHUNK) {
-            if !out(chunk) {
-                break;
-            }
-        }
+        emit_chunks(clip, out);
         Ok(())
     }
 }
