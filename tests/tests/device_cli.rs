@@ -162,30 +162,38 @@ fn failures_are_spoken_and_give_their_exit_status() {
         spoken.samples.len() > 22_050 / 2,
         "the error was not spoken"
     );
-    // Clock not set: exit 5, spoken, and no code printed.
+    // Clock not set (the real clock, made to read 2001): exit 5, spoken, no code printed,
+    // and the log says what can be done.
     enroll_totp(dir.path());
-    let out = codereader(dir.path(), &["speak", "--wav", w, "--at", "1000"]);
+    let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["speak", "--wav", w]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    for part in [
+        "clock is not set",
+        "A helper can set the clock",
+        "saying `clock_not_set`",
+    ] {
+        assert!(stderr(&out).contains(part), "{part:?}: {}", stderr(&out));
+    }
+    assert!(!Audio::read_wav(&wav).unwrap().samples.is_empty());
+    let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["code"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    // Clock moved back past the last step given: exit 5, no code, and the log line keeps
+    // the command that accepts the clock.
+    ok(&faked_clock(dir.path(), "+1d", &["code"]));
+    let out = codereader(dir.path(), &["code"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    for part in ["moved backwards", "codereader clock --accept"] {
+        assert!(stderr(&out).contains(part), "{part:?}: {}", stderr(&out));
+    }
+    let out = codereader(dir.path(), &["speak", "--wav", w]);
+    assert_eq!(out.status.code(), Some(5));
     assert!(
-        stderr(&out).contains("clock is not set"),
+        stderr(&out).contains("saying `clock_backwards`"),
         "{}",
         stderr(&out)
     );
-    assert!(!Audio::read_wav(&wav).unwrap().samples.is_empty());
-    let out = codereader(dir.path(), &["code", "--at", "1000"]);
-    assert_eq!(out.status.code(), Some(5));
-    assert!(out.stdout.is_empty());
-    // Clock moved back past the last step given: exit 5, no code.
-    ok(&codereader(dir.path(), &["code", "--at", &T.to_string()]));
-    let out = codereader(dir.path(), &["code", "--at", &(T - 60).to_string()]);
-    assert_eq!(out.status.code(), Some(5));
-    assert!(out.stdout.is_empty());
-    assert!(stderr(&out).contains("moved backwards"), "{}", stderr(&out));
-    let out = codereader(
-        dir.path(),
-        &["speak", "--wav", w, "--at", &(T - 60).to_string()],
-    );
-    assert_eq!(out.status.code(), Some(5));
     // Unknown language: clear error.
     let out = codereader(dir.path(), &["speak", "--wav", w, "--lang", "xx"]);
     assert!(!out.status.success());
@@ -194,6 +202,94 @@ fn failures_are_spoken_and_give_their_exit_status() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `codereader ARGS` with the real clock shifted by libfaketime (`faketime FAKE`: an
+/// absolute `@2001-01-01 00:00:00` or a relative `+1d`).
+fn faked_clock(state: &Path, fake: &str, args: &[&str]) -> Output {
+    Command::new("faketime")
+        .arg("-f")
+        .arg(fake)
+        .arg(codereader_bin())
+        .args(args)
+        .env("CODEREADER_STATE", state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env_remove("CODEREADER_CONFIG")
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run faketime ({e}); install it with: apt-get install faketime")
+        })
+}
+
+/// pyotp's code for the RFC 4226 secret at `at` (Debian's python3-pyotp).
+fn pyotp(at: u64) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import pyotp; print(pyotp.TOTP('{SECRET_B32}').at({at}))"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyotp: {} (install it with: apt-get install python3-pyotp)",
+        stderr(&out)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `code --at T` is the caller's statement of the time: before the build, far in the future
+/// and in any order it equals pyotp and oathtool, and it never touches the clock record, so
+/// the real clock keeps working afterwards and keeps its checks.
+#[test]
+fn code_at_any_time_equals_pyotp_and_leaves_the_real_clock_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    // The real clock first: its step is recorded.
+    ok(&codereader(dir.path(), &["code"]));
+    let record = fs::read(dir.path().join("token.toml")).unwrap();
+    for at in [
+        1u64 << 34,
+        0,
+        59,
+        1_000,
+        1_111_111_109,
+        (1 << 34) + 29,
+        1_700_000_000,
+        30,
+    ] {
+        let ours = ok(&codereader(dir.path(), &["code", "--at", &at.to_string()]));
+        let theirs = oathtool(&["--totp", &format!("--now=@{at}"), SECRET_HEX]);
+        assert_eq!(ours.trim(), theirs, "oathtool at {at}");
+        assert_eq!(ours.trim(), pyotp(at), "pyotp at {at}");
+    }
+    let wav = dir.path().join("code.wav");
+    ok(&codereader(
+        dir.path(),
+        &["speak", "--wav", wav.to_str().unwrap(), "--at", "0"],
+    ));
+    assert_eq!(
+        code_segments(&Audio::read_wav(&wav).unwrap()).digits.len(),
+        6
+    );
+    assert_eq!(
+        fs::read(dir.path().join("token.toml")).unwrap(),
+        record,
+        "--at changed the token file"
+    );
+    // The real clock still gives codes, and still refuses one that ran backwards.
+    let before = oathtool(&["--totp", SECRET_HEX]);
+    let ours = ok(&codereader(dir.path(), &["code"]));
+    let after = oathtool(&["--totp", SECRET_HEX]);
+    assert!(
+        ours.trim() == before || ours.trim() == after,
+        "{ours} vs {before}/{after}"
+    );
+    ok(&faked_clock(dir.path(), "+1d", &["code"]));
+    let out = codereader(dir.path(), &["code"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved backwards"), "{}", stderr(&out));
 }
 
 #[test]
@@ -292,7 +388,7 @@ fn fingerprint(path: &Path) -> (Vec<u8>, u32, i64, i64) {
 #[test]
 fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
     type Damage = fn(&Path);
-    let table: [(&str, Damage, &str); 7] = [
+    let mut table: Vec<(&str, Damage, &str)> = vec![
         (
             "bit flip",
             |p| {
@@ -339,8 +435,16 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             "newer codereader (state format 2",
         ),
     ];
+    // Giving a file away needs root (as CI runs).
+    if rustix::process::geteuid().is_root() {
+        table.push((
+            "owned by another user",
+            |p| std::os::unix::fs::chown(p, Some(4242), None).unwrap(),
+            "belongs to user id 4242",
+        ));
+    }
     // Samples of the spoken error per case: a damaged file says the token must be set up
-    // again, the others that the device is blocked (a much shorter sentence).
+    // again, the others that the device needs service; neither says "blocked".
     let mut spoken = Vec::new();
     for (name, damage, expected) in table {
         let dir = tempfile::tempdir().unwrap();
@@ -382,6 +486,12 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             );
             if args[0] == "speak" {
                 spoken.push((name, Audio::read_wav(&wav).unwrap().samples.len()));
+                let prompt = if spoken.len() <= 5 {
+                    "saying `state_damaged`"
+                } else {
+                    "saying `needs_service`"
+                };
+                assert!(stderr(&out).contains(prompt), "{name}: {}", stderr(&out));
             }
         }
         // Enrolling over it without --replace does not touch it either.
@@ -394,13 +504,28 @@ fn damaged_state_files_give_clear_errors_and_are_left_untouched() {
             "{name}: enroll changed the file"
         );
     }
-    let (damaged, blocked) = spoken.split_at(5);
-    let longest_blocked = blocked.iter().map(|(_, n)| *n).max().unwrap();
-    assert!(longest_blocked > 0, "{spoken:?}");
-    for (name, n) in damaged {
+    // "Blocked" is kept for a token that can give no more codes: an HOTP counter used up.
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "otpauth://hotp/Bank:bob?secret={SECRET_B32}&counter={}",
+        u64::MAX
+    );
+    ok(&codereader(dir.path(), &["enroll", "--uri", &uri]));
+    let wav = dir.path().join("blocked.wav");
+    let out = codereader(dir.path(), &["speak", "--wav", wav.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("saying `device_blocked`"),
+        "{}",
+        stderr(&out)
+    );
+    let blocked = Audio::read_wav(&wav).unwrap().samples.len();
+    assert!(blocked > 0);
+    // Both longer sentences are spoken in full, and neither is the short "blocked".
+    for (name, n) in &spoken {
         assert!(
-            *n * 2 > longest_blocked * 3,
-            "{name}: the damaged-state sentence was not spoken: {spoken:?}"
+            *n * 2 > blocked * 3,
+            "{name}: spoke {n} samples, \"blocked\" has {blocked}: {spoken:?}"
         );
     }
 }
@@ -793,4 +918,269 @@ fn settings_of_the_previous_format_load_unchanged_and_newer_ones_are_refused() {
         );
         assert_eq!(fingerprint(&file), before, "{args:?} changed the file");
     }
+}
+
+/// `dir/voices` with the shipped packs and the English default voice's (flite slt) clips at
+/// speed step 0, rendered by the speech crate's `codereader-speak` as `cargo xtask voices`
+/// would.
+fn packs_with_english_clips(dir: &Path) -> std::path::PathBuf {
+    let voices = packs_without_clips(dir);
+    let out = Command::new(codereader_e2e::codereader_speak_bin())
+        .args([
+            "clips",
+            "--lang",
+            "en",
+            "--voice",
+            "flite-slt",
+            "--speeds",
+            "0",
+        ])
+        .arg("--voices")
+        .arg(&voices)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering the clips: {}",
+        stderr(&out)
+    );
+    voices
+}
+
+/// Damages clips of every kind a voice has (a digit word missing, the intro and another
+/// digit overwritten with garbage, a prompt at the wrong sample rate) in `voices`' English
+/// flite clips, for the digits of `code`.
+fn damage_clips(voices: &Path, code: &str) {
+    let clips = voices.join("en/clips/flite-slt");
+    let digit = |i: usize| format!("digit-{}@0.wav", &code[i..=i]);
+    fs::remove_file(clips.join(digit(0))).unwrap();
+    fs::write(clips.join("intro@0.wav"), b"RIFF garbage, not a WAV file").unwrap();
+    let last = clips.join(digit(5));
+    if last.exists() {
+        fs::write(&last, [0u8; 300]).unwrap();
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wrong_rate = hound::WavWriter::create(clips.join("no_token@0.wav"), spec).unwrap();
+    for i in 0..4000 {
+        wrong_rate.write_sample((i % 50) as i16 * 100).unwrap();
+    }
+    wrong_rate.finalize().unwrap();
+}
+
+/// Missing and damaged clips (a digit, the intro, a prompt; several at once) no longer stop
+/// `speak`: live espeak-ng says those phrases, the whole code is spoken, and the problem is
+/// one line on standard error that does not tell which digits the code has.
+#[test]
+fn damaged_and_missing_clips_are_spoken_by_espeak_and_the_whole_code_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_with_english_clips(dir.path());
+    let at = T.to_string();
+    let code = ok(&codereader(dir.path(), &["code", "--at", &at]))
+        .trim()
+        .to_owned();
+    let wav = dir.path().join("code.wav");
+    let speak = |state: &Path| {
+        with_voices(
+            state,
+            &voices,
+            &[
+                "speak",
+                "--wav",
+                wav.to_str().unwrap(),
+                "--at",
+                &at,
+                "--lang",
+                "en",
+            ],
+        )
+    };
+    let whole = speak(dir.path());
+    assert!(!stderr(&whole).contains("warning"), "{}", stderr(&whole));
+    let intact = code_segments(&Audio::read_wav(&wav).unwrap());
+    assert_eq!(intact.digits.len(), 6, "{:?}", intact.spans);
+
+    damage_clips(&voices, &code);
+    let out = speak(dir.path());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let audio = Audio::read_wav(&wav).unwrap();
+    let parts = code_segments(&audio);
+    assert_eq!(
+        parts.digits.len(),
+        6,
+        "earcon, intro, 6 digits, earcon expected: {:?}; {err}",
+        parts.spans
+    );
+    // Every digit is audible speech, not a click.
+    for span in &parts.digits {
+        assert!(span.seconds(audio.rate) > 0.15, "{:?}", parts.spans);
+    }
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    for part in [
+        "voice `flite-slt` of `en`",
+        "live espeak-ng (voice `en`)",
+        "cargo xtask voices en",
+    ] {
+        assert!(
+            warnings[0].contains(part),
+            "{part:?} missing in {}",
+            warnings[0]
+        );
+    }
+    // The line names the first damaged file in sorted order (digit clips sort first) and how
+    // many more there are, never which phrase was being spoken.
+    assert!(
+        warnings[0].contains("and 3 more") || warnings[0].contains("and 2 more"),
+        "{}",
+        warnings[0]
+    );
+
+    // A prompt whose clip has the wrong rate: the error is still spoken, by espeak-ng.
+    let empty = dir.path().join("no-token");
+    let out = speak(&empty);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let spoken = Audio::read_wav(&wav).unwrap();
+    assert!(spoken.samples.len() > 22_050, "the error was not spoken");
+}
+
+/// The loudness of speech in `audio`'s `spans`, in dBFS: the RMS over the sounding 10 ms
+/// frames (within 40 dB of the loudest), so the pauses between words do not count.
+fn speech_db(audio: &Audio, spans: &[codereader_e2e::Span]) -> f32 {
+    let frames: Vec<f32> = spans
+        .iter()
+        .flat_map(|s| audio.slice(*s).envelope())
+        .collect();
+    let loudest = frames.iter().fold(0f32, |m, f| m.max(*f));
+    let sounding: Vec<f32> = frames
+        .into_iter()
+        .filter(|f| *f >= loudest * 0.01)
+        .collect();
+    let power = sounding.iter().map(|f| f * f).sum::<f32>() / sounding.len().max(1) as f32;
+    10.0 * power.log10()
+}
+
+/// Every shipped voice of every language (Danish espeak-ng, English flite slt from its
+/// clips, English espeak-ng) speaks at one loudness: the codes, a prompt and the earcons all
+/// within 1 dB, at the same volume step (they differed by 5 to 7 dB before).
+#[test]
+fn every_voice_and_language_speaks_at_one_loudness() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_with_english_clips(dir.path());
+    let wav = dir.path().join("code.wav");
+    let at = T.to_string();
+    let mut levels = Vec::new();
+    for (lang, voice) in [("da", "espeak"), ("en", "flite-slt"), ("en", "espeak")] {
+        for state in [dir.path().to_path_buf(), dir.path().join("no-token")] {
+            let args = [
+                "speak",
+                "--wav",
+                wav.to_str().unwrap(),
+                "--at",
+                &at,
+                "--lang",
+                lang,
+                "--voice",
+                voice,
+                "--volume",
+                "-2",
+            ];
+            let out = with_voices(&state, &voices, &args);
+            assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+            let audio = Audio::read_wav(&wav).unwrap();
+            let spans = audio.spans(audio.loudest_frame() * 0.01, 120);
+            if state == dir.path() {
+                // A code: earcon, speech, earcon.
+                let n = spans.len();
+                levels.push((
+                    format!("{lang} {voice} code"),
+                    speech_db(&audio, &spans[1..n - 1]),
+                ));
+                levels.push((
+                    format!("{lang} {voice} earcon"),
+                    speech_db(&audio, &spans[..1]),
+                ));
+            } else {
+                assert_eq!(out.status.code(), Some(3));
+                levels.push((
+                    format!("{lang} {voice} no-token prompt"),
+                    speech_db(&audio, &spans),
+                ));
+            }
+        }
+    }
+    let (min, max) = levels
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), (_, db)| {
+            (lo.min(*db), hi.max(*db))
+        });
+    println!("speech loudness (dBFS): {levels:?}");
+    assert!(
+        max - min <= 1.0,
+        "loudness differs by {:.2} dB: {levels:?}",
+        max - min
+    );
+}
+
+/// A language nothing can speak (no clips, and espeak-ng has no such voice) is said so in a
+/// language that can be spoken, followed by the code; the other languages are unaffected.
+#[test]
+fn a_language_nothing_can_speak_is_said_so_in_another_language() {
+    let dir = tempfile::tempdir().unwrap();
+    enroll_totp(dir.path());
+    let voices = packs_without_clips(dir.path());
+    fs::create_dir_all(voices.join("xx")).unwrap();
+    let danish = fs::read_to_string(voices.join("da/voice.toml")).unwrap();
+    fs::write(
+        voices.join("xx/voice.toml"),
+        danish
+            .replace("tag = \"da\"", "tag = \"xx\"")
+            .replace("espeak_voice = \"da\"", "espeak_voice = \"no-such-voice\"")
+            .replace("voice = \"da\" }", "voice = \"no-such-voice\" }"),
+    )
+    .unwrap();
+    let wav = dir.path().join("code.wav");
+    let at = T.to_string();
+    let speak = |lang: &str| {
+        let args = [
+            "speak",
+            "--wav",
+            wav.to_str().unwrap(),
+            "--at",
+            &at,
+            "--lang",
+            lang,
+        ];
+        let out = with_voices(dir.path(), &voices, &args);
+        let audio = Audio::read_wav(&wav).unwrap();
+        (out, audio)
+    };
+    let (out, plain) = speak("da");
+    assert!(
+        !stderr(&out).contains("cannot be spoken"),
+        "{}",
+        stderr(&out)
+    );
+    let (out, noticed) = speak("xx");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("language `xx` cannot be spoken") && err.contains("speaking `da` instead"),
+        "{err}"
+    );
+    // The notice ("Det valgte sprog kan ikke udtales ...") comes before the whole code.
+    let extra = (noticed.samples.len() as f64 - plain.samples.len() as f64) / 22_050.0;
+    assert!(extra > 2.0, "the notice added {extra} s");
+    let tail = Audio {
+        rate: noticed.rate,
+        samples: noticed.samples[noticed.samples.len() - plain.samples.len()..].to_vec(),
+    };
+    assert_eq!(code_segments(&tail).digits.len(), 6);
 }

@@ -60,9 +60,42 @@ fn alsa_without_sound_card(conf: &Path) -> String {
 }
 
 /// The stretches of sound in `audio`, split at a second of silence: one a spoken code or
-/// prompt (the pauses inside one are shorter).
+/// prompt (the pauses inside one are shorter). The start-up tone of `run` (a quarter of a
+/// second) is left out: [`ready_tone`] finds it.
 fn utterances(audio: &Audio) -> Vec<Span> {
-    audio.spans(audio.loudest_frame() * 0.01, 1000)
+    audio
+        .spans(audio.loudest_frame() * 0.01, 1000)
+        .into_iter()
+        .filter(|s| s.seconds(audio.rate) > 0.3)
+        .collect()
+}
+
+/// The start-up tone of `run`, if `audio` begins with it: a first sound of under 0.3 s.
+fn ready_tone(audio: &Audio) -> Option<Span> {
+    audio
+        .spans(audio.loudest_frame() * 0.01, 1000)
+        .first()
+        .copied()
+        .filter(|s| s.seconds(audio.rate) < 0.3)
+}
+
+/// Starts `command` (a `codereader run`) playing into `capture`; returns once it is ready
+/// and its start-up tone has been played.
+fn start_with_capture(command: &mut Command, capture: &AlsaCapture) -> Running {
+    let run = Running::start(command.env("ALSA_CONFIG_PATH", &capture.config_path));
+    wait_until(
+        20,
+        || run.logged("ready") && capture.started().is_some(),
+        || format!("run did not start: {:?}", run.log()),
+    );
+    ready_tone_played();
+    run
+}
+
+/// Waits after `run` is ready until its start-up tone has been played and a second of
+/// silence has followed, so that it stays apart from what the test's keys make it say.
+fn ready_tone_played() {
+    thread::sleep(Duration::from_millis(1300));
 }
 
 /// Renders the code at `T` in `lang` to `wav`; returns its first-to-last sound in seconds
@@ -211,6 +244,7 @@ fn keys_speak_replay_stop_change_volume_and_language() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
+    ready_tone_played();
     let mut press = |key: &str, wait: f64| {
         run.press(key);
         thread::sleep(Duration::from_secs_f64(wait));
@@ -242,6 +276,8 @@ fn keys_speak_replay_stop_change_volume_and_language() {
     }
 
     let audio = capture.audio();
+    let tone = ready_tone(&audio).expect("no start-up tone");
+    assert!(tone.seconds(audio.rate) > 0.15, "{tone:?}");
     let utterances: Vec<Span> = utterances(&audio);
     let secs: Vec<f64> = utterances.iter().map(|s| s.seconds(audio.rate)).collect();
     assert_eq!(
@@ -331,6 +367,7 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
         || format!("the device was not opened: {:?}", run.log()),
     );
     run.wait_for("audio: ", 5);
+    ready_tone_played();
     run.press("s");
     thread::sleep(Duration::from_secs(7));
     run.press("q");
@@ -570,6 +607,7 @@ fn the_next_voice_key_switches_the_voice_and_the_codes_are_spoken_in_it() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
+    ready_tone_played();
     assert!(
         run.logged("ready (language en, voice flite-slt)"),
         "{:?}",
@@ -719,4 +757,313 @@ fn the_next_voice_key_skips_a_voice_whose_clips_are_broken() {
     );
     let saved = std::fs::read_to_string(state.join("settings.toml")).unwrap();
     assert!(saved.contains("en = \"flite-slt\""), "{saved}");
+}
+
+/// Missing and damaged clips (a digit word, the intro) do not stop `run`: it says once that
+/// another voice speaks for damaged recordings, logs the problem once, and every code is
+/// spoken whole (the damaged phrases by live espeak-ng).
+#[test]
+fn run_with_damaged_clips_announces_it_once_and_speaks_every_code_whole() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), true);
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    let at = T.to_string();
+    let out = Command::new(codereader_bin())
+        .args(["code", "--at", &at])
+        .env("CODEREADER_STATE", &state)
+        .output()
+        .unwrap();
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let clips = voices.join("en/clips/flite-slt");
+    for (i, damage) in [(0, None), (3, Some(&b"not a WAV"[..]))] {
+        let file = clips.join(format!("digit-{}@0.wav", &code[i..=i]));
+        match damage {
+            None => {
+                let _ = std::fs::remove_file(file);
+            }
+            Some(bytes) => std::fs::write(file, bytes).unwrap(),
+        }
+    }
+    std::fs::write(clips.join("intro@0.wav"), [0u8; 100]).unwrap();
+
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = Running::start(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &at])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .env("ALSA_CONFIG_PATH", &capture.config_path),
+    );
+    run.wait_for("announcing that another voice speaks for damaged clips", 20);
+    thread::sleep(Duration::from_secs(9)); // the announcement is a long sentence
+    for _ in 0..2 {
+        run.press("s");
+        thread::sleep(Duration::from_secs(9));
+    }
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    assert_eq!(
+        count_in(&log, "warning: voice `flite-slt` of `en`"),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(
+        count_in(&log, "announcing that another voice"),
+        1,
+        "{log:?}"
+    );
+    let audio = capture.audio();
+    let spans = utterances(&audio);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    assert_eq!(
+        spans.len(),
+        3,
+        "announcement and two codes expected: {secs:?}; {log:?}"
+    );
+    assert!(secs[0] > 4.0, "announcement {secs:?}");
+    for span in &spans[1..] {
+        let parts = codereader_e2e::code_segments(&audio.slice(*span));
+        assert_eq!(
+            parts.digits.len(),
+            6,
+            "a code lost digits: {:?}",
+            parts.spans
+        );
+    }
+}
+
+/// With the real clock (started by libfaketime 7 s before a time step ends and running at
+/// normal speed): a replay asked for after the step has passed says that the code expired
+/// before the new code (a longer utterance than the first code), and status speaks a
+/// sentence: "Token ending in 0 8 1 5. Clock set. All is well."
+#[test]
+fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
+    let (dir, state) = enrolled(&totp_uri(), &["--serial", "4711-0815"]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    // T + 3: the step of T ends at T + 10.
+    let mut run = start_with_capture(
+        Command::new("faketime")
+            .args(["-f", "@2033-05-18 03:33:23"])
+            .arg(codereader_bin())
+            .arg("run")
+            .env("TZ", "UTC")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
+    );
+    run.press("s");
+    run.wait_for("speaking the code of time step 66666666", 5);
+    thread::sleep(Duration::from_secs(9));
+    run.press("r");
+    run.wait_for("the last code has expired", 5);
+    run.wait_for("speaking the code of time step 66666667", 5);
+    thread::sleep(Duration::from_secs(10));
+    run.press("i");
+    run.wait_for("status: serial …0815, 0 problem(s)", 5);
+    thread::sleep(Duration::from_secs(9));
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    assert_eq!(count_in(&log, "repeating the last code"), 0, "{log:?}");
+    let audio = capture.audio();
+    let spans = utterances(&audio);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    assert_eq!(
+        spans.len(),
+        3,
+        "code, expired code, status: {secs:?}; {log:?}"
+    );
+    assert!(
+        secs[1] > secs[0] + 1.0,
+        "the expired replay is not longer than the first code: {secs:?}"
+    );
+    // Status: earcon, "Token ending in", four digits, "Clock set.", "All is well.", earcon.
+    let status = audio.slice(spans[2]);
+    let parts = status.spans(status.loudest_frame() * 0.01, 120);
+    assert!(
+        secs[2] > 4.0 && parts.len() >= 9,
+        "status {} s in {} parts: not a sentence",
+        secs[2],
+        parts.len()
+    );
+    println!("utterances (s): {secs:?}; status parts {}", parts.len());
+}
+
+/// `run` with nothing to listen to (standard input not a terminal, no evdev device, no GPIO
+/// button) does not exit: it plays its start-up tone, says "Ready" (as configured) and that
+/// no keypad is connected, and keeps waiting for one. The packaged unit does not restart
+/// the exits a restart cannot fix.
+#[test]
+fn run_without_input_says_so_and_keeps_waiting() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "say_ready = true\nlanguage = \"en\"\n").unwrap();
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .env("ALSA_CONFIG_PATH", &capture.config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(9));
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "run exited without input: {text}");
+    assert!(
+        text.contains("no input: standard input is not a terminal")
+            && text.contains("listening for a keypad or keyboard to appear"),
+        "{text}"
+    );
+    let audio = capture.audio();
+    let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    // Tone, "Ready.", "No keypad is connected. Waiting for one." as one utterance.
+    assert_eq!(spans.len(), 1, "{secs:?}; {text}");
+    assert!(secs[0] > 2.5, "{secs:?}");
+    let parts = audio.spans(audio.loudest_frame() * 0.01, 120);
+    assert!(
+        parts.len() >= 3,
+        "tone and two sentences expected: {parts:?}"
+    );
+
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/device/packaging/codereader.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("\nRestartPreventExitStatus=2 7\n"), "{unit}");
+    let out = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .env("CODEREADER_VOICES", voices_dir())
+        .arg("--no-such-option")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::write(&config, "say_ready = \"yes\"\n").unwrap();
+    let out = Command::new(codereader_bin())
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("CODEREADER_STATE", &state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key with no action plays a short low tone (not the chimes); the help key (h) says the
+/// key map, most important first, with the keys' names, and any key stops it.
+#[test]
+fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    run_ok(&state, &["settings", "--lang", "en", "--voice", "espeak"]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = start_with_capture(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
+    );
+    run.press("z");
+    run.wait_for("a key with no action", 5);
+    thread::sleep(Duration::from_millis(1500));
+    run.press("h");
+    run.wait_for("help: ", 5);
+    thread::sleep(Duration::from_secs(40));
+    run.press("h");
+    thread::sleep(Duration::from_secs(2));
+    run.press("x");
+    thread::sleep(Duration::from_millis(1500));
+    run.press("q");
+    let status = run.wait_for_exit();
+    let log = run.log();
+    assert!(status.success(), "{log:?}");
+    let help: Vec<&String> = log.iter().filter(|l| l.contains("help: ")).collect();
+    assert_eq!(help.len(), 2, "{log:?}");
+    assert!(
+        help[0].contains("help: speak = s or space; replay = r; stop = x or escape;")
+            && help[0].contains("help = h;")
+            && help[0].ends_with("quit = q or ctrl-c"),
+        "{}",
+        help[0]
+    );
+    let audio = capture.audio();
+    let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
+    let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
+    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds.
+    assert_eq!(spans.len(), 4, "{secs:?}; {log:?}");
+    let tone = audio.slice(spans[1]);
+    let crossings = tone
+        .samples
+        .windows(2)
+        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+        .count();
+    let hz = crossings as f64 / secs[1];
+    assert!(
+        secs[1] < 0.2 && (180.0..260.0).contains(&hz),
+        "unknown-key tone {} s at {hz:.0} Hz",
+        secs[1]
+    );
+    // Twelve actions, each a phrase and one or two key names: many parts, in the order said.
+    let whole = audio.slice(spans[2]);
+    let parts = whole.spans(whole.loudest_frame() * 0.01, 120);
+    assert!(
+        secs[2] > 15.0 && parts.len() >= 30,
+        "help {} s in {} parts",
+        secs[2],
+        parts.len()
+    );
+    assert!(secs[3] < 3.0, "the help was not stopped: {secs:?}");
+    println!("help {} s in {} parts; {secs:?}", secs[2], parts.len());
+}
+
+/// A language nothing can speak is not used by `run`: it starts in the first language that
+/// can be spoken (saying why in it, with the start-up tone), and the next-language key
+/// skips it.
+#[test]
+fn run_uses_a_speakable_language_instead_of_one_nothing_can_speak() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    std::fs::create_dir_all(voices.join("xx")).unwrap();
+    let danish = std::fs::read_to_string(voices.join("da/voice.toml")).unwrap();
+    std::fs::write(
+        voices.join("xx/voice.toml"),
+        danish
+            .replace("tag = \"da\"", "tag = \"xx\"")
+            .replace("voice = \"da\"", "voice = \"no-such-voice\""),
+    )
+    .unwrap();
+    run_with_voices(&state, &voices, &["settings", "--lang", "xx"]);
+    let mut run = run_without_sound_card(dir.path(), &state, &voices);
+    run.wait_for("ready (language da", 20);
+    assert!(
+        run.logged("language `xx` cannot be spoken (espeak-ng has no voice `no-such-voice`"),
+        "{:?}",
+        run.log()
+    );
+    run.press("l");
+    run.wait_for("language en", 10);
+    run.press("l");
+    run.wait_for("language da", 10);
+    run.press("q");
+    run.wait_for_exit();
+    assert_eq!(run.count("language xx"), 0, "{:?}", run.log());
 }

@@ -25,6 +25,10 @@ pub(crate) const DIST_PI: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-
 pub(crate) const TEST: &[&str] = &[
     // otp: the independent implementation the cross-check runs.
     "oathtool",
+    // device: `code --at` checked against pyotp too, and the real clock's checks tested
+    // with the clock shifted by libfaketime.
+    "python3-pyotp",
+    "faketime",
     // speech: bindgen for espeakng-sys, espeak-ng's library and voice data, ALSA for cpal.
     "libclang-dev",
     "libespeak-ng-dev",

@@ -18,7 +18,7 @@ use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
 use crate::speechd::{Speechd, SpeechdAddress};
-use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
+use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, TakenCode, Token};
 use crate::voice::{self, Message, Voices};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
@@ -117,7 +117,8 @@ pub struct EnrollArgs {
 /// `code` options.
 #[derive(Debug, Args)]
 pub struct CodeArgs {
-    /// Use this time (seconds since 1970) instead of the clock.
+    /// Use this time (seconds since 1970, any from 0) instead of the clock, like `oathtool
+    /// --now`: the clock's checks do not apply and its record is left alone.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
     /// Print the code in large block digits, grouped as spoken, with the seconds it stays
@@ -144,7 +145,8 @@ pub struct SpeakArgs {
     /// Voice for this time only (a voice of the language; `settings --list-voices`).
     #[arg(long, value_name = "NAME")]
     pub voice: Option<String>,
-    /// Use this time (seconds since 1970) instead of the clock.
+    /// Use this time (seconds since 1970, any from 0) instead of the clock, like `oathtool
+    /// --now`: the clock's checks do not apply and its record is left alone.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
     /// Outputs for this time only, instead of the config's `outputs`: speech (the sound
@@ -297,9 +299,12 @@ pub fn prompt_for(error: &TakeError) -> Prompt {
         // Damaged or truncated: the token must be enrolled again; the user should hear that,
         // not just that the device is blocked.
         TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
+        // The HOTP counter is used up: the token itself can give no more codes.
+        TakeError::State(StateError::CounterExhausted) => Prompt::DeviceBlocked,
         // The rest (a file too open or not ours, written by a newer program, unreadable)
-        // need a helper, not a new enrolment: the device cannot give codes.
-        _ => Prompt::DeviceBlocked,
+        // need a helper, not a new enrolment. "Blocked" would be wrong: in MitID's words
+        // that means the credential was blocked.
+        _ => Prompt::NeedsService,
     }
 }
 
@@ -448,6 +453,15 @@ fn pskc_token(
     ))
 }
 
+/// The code to give now, or at the time the caller stated (`--at`, see
+/// [`StateDir::code_at`]: no clock checks, the clock record untouched).
+fn take_code(state: &StateDir, at: Option<u64>) -> Result<TakenCode, TakeError> {
+    match at {
+        Some(at) => state.code_at(UnixTime(at)),
+        None => state.take_code(now(None), build_floor()),
+    }
+}
+
 fn code(
     state: &StateDir,
     config_path: Option<&Path>,
@@ -458,7 +472,7 @@ fn code(
     let grouping = args
         .large
         .then(|| Grouping::find(state, config_path, voices_dir));
-    let taken = state.take_code(now(args.at), build_floor())?;
+    let taken = take_code(state, args.at)?;
     let code = taken.code.as_str();
     let mut out = io::stdout().lock();
     let text = match grouping {
@@ -567,14 +581,31 @@ fn speak(
     if let Some(name) = &args.voice {
         voices.choose(&listening.language, name)?;
     }
-    let pack = voices.pack(&listening.language)?;
+    let mut pack = voices.pack(&listening.language)?;
+    // A language nothing can speak is said so, in one that can be spoken.
+    let mut unusable = false;
+    if let Err(why) = voices.check_speakable(pack) {
+        let Some(other) = voices.speakable_instead(pack.tag()) else {
+            return Err(anyhow!(
+                "language `{}` cannot be spoken ({why}), and no other language can",
+                pack.tag()
+            )
+            .into());
+        };
+        device::log(&format!(
+            "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
+            pack.tag()
+        ));
+        pack = voices.pack(&other)?;
+        unusable = true;
+    }
     if let Some(note) = voices.fallback_note(pack) {
         device::log(&format!("warning: {note}"));
     }
     let settings = voice::speech_settings(&listening);
     if let Some(path) = &args.wav {
         // A WAV file is the sound card's speech, whatever the outputs say.
-        let (utterance, result) = take_and_plan(state, pack, args.at)?;
+        let (utterance, result) = take_and_plan(state, pack, args.at, unusable)?;
         let mut synth = voices.synth(pack)?;
         Renderer::new(SampleRate::ESPEAK)
             .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
@@ -634,7 +665,7 @@ fn speak(
     for failure in &failures {
         device::log(&format!("error: {failure:#}; the other outputs go on"));
     }
-    let (utterance, result) = take_and_plan(state, pack, args.at)?;
+    let (utterance, result) = take_and_plan(state, pack, args.at, unusable)?;
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => senses.show_code(code, &pack.grouping(code.len()), *left),
         (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
@@ -683,8 +714,22 @@ fn take_and_plan(
     state: &StateDir,
     pack: &VoicePack,
     at: Option<u64>,
+    unusable: bool,
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
-    match state.take_code(now(at), build_floor()) {
+    let (mut planned, result) = take_and_plan_in(state, pack, at)?;
+    if unusable {
+        planned.utterance =
+            voice::after_notice(pack, Prompt::LanguageUnusable, &planned.utterance);
+    }
+    Ok((planned, result))
+}
+
+fn take_and_plan_in(
+    state: &StateDir,
+    pack: &VoicePack,
+    at: Option<u64>,
+) -> Result<(Planned, Result<(), TakeError>), Failure> {
+    match take_code(state, at) {
         Ok(taken) => {
             let left = match taken.basis {
                 Basis::Counter(c) => {
@@ -710,7 +755,9 @@ fn take_and_plan(
             ))
         }
         Err(e) => {
-            let utterance = voice::plan(pack, &Message::Prompt(prompt_for(&e)))?;
+            let prompt = prompt_for(&e);
+            device::log(&format!("saying `{}`", prompt.key()));
+            let utterance = voice::plan(pack, &Message::Prompt(prompt))?;
             Ok((
                 Planned {
                     utterance,
@@ -967,7 +1014,12 @@ mod tests {
             found: 9,
             supported: 1,
         });
-        assert_eq!(prompt_for(&newer), Prompt::DeviceBlocked);
+        assert_eq!(prompt_for(&newer), Prompt::NeedsService);
+        let open = TakeError::State(StateError::Permissions {
+            path: PathBuf::from("/state/token.toml"),
+            mode: 0o644,
+        });
+        assert_eq!(prompt_for(&open), Prompt::NeedsService);
         let exhausted = TakeError::State(StateError::CounterExhausted);
         assert_eq!(prompt_for(&exhausted), Prompt::DeviceBlocked);
         let clock = TakeError::ClockNotSet { now: 1, floor: 2 };

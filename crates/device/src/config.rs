@@ -159,6 +159,7 @@ struct RawConfig {
     language: Option<String>,
     volume: Option<i64>,
     rate: Option<i64>,
+    say_ready: Option<bool>,
     #[serde(default)]
     input: InputConfig,
     keys: Option<BTreeMap<String, Vec<String>>>,
@@ -224,6 +225,8 @@ pub struct Config {
     pub gpio: Vec<Gpio>,
     /// Which outputs give the code (speech, speechd, braille, large) and how to reach them.
     pub outputs: crate::outputs::OutputsConfig,
+    /// Say "Ready" after the start-up tone of `run` (the tone alone by default).
+    pub say_ready: bool,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -319,6 +322,7 @@ impl Config {
             chords: Vec::new(),
             gpio: Vec::new(),
             outputs: crate::outputs::OutputsConfig::default(),
+            say_ready: false,
         }
     }
 
@@ -365,6 +369,7 @@ impl Config {
             raw.braille.as_ref(),
             raw.speechd.as_ref(),
         )?;
+        config.say_ready = raw.say_ready.unwrap_or(false);
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }

@@ -13,10 +13,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_speech::{LivePlayer, PhraseKey, Prompt, Utterance, VoicePack};
+use evdev::KeyCode;
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
@@ -121,7 +123,16 @@ struct Device<'a> {
     speech_on: bool,
     /// Speech Dispatcher, when it is the voice (`outputs` has `speechd`).
     speechd: Option<SpeechdVoice>,
+    /// The start-up announcement, until it has been played.
+    greeting: Option<Message<'static>>,
+    /// The key maps, for the help.
+    keys: Effective,
+    /// Whether the last key came from a keypad (evdev, GPIO) rather than the terminal.
+    from_keypad: bool,
 }
+
+/// How soon a pending announcement is tried again while speech is playing.
+const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
 
 impl Device<'_> {
     fn pack(&self) -> Option<&VoicePack> {
@@ -317,6 +328,45 @@ impl Device<'_> {
         self.say(&Message::Prompt(Prompt::LanguageName));
     }
 
+    /// Plays the start-up announcement (the ready tone, and the phrases configured or
+    /// needed) once the sound card is open; then, when it is quiet, the announcement of
+    /// damaged clips. `true` while something waits for silence.
+    fn announce(&mut self) -> bool {
+        if self.player.is_some() {
+            if let Some(greeting) = self.greeting.take() {
+                self.say(&greeting);
+            }
+        }
+        self.announce_trouble()
+    }
+
+    /// Says why no code can be given, and logs which prompt that is.
+    fn say_failure(&mut self, error: &TakeError) {
+        let prompt = prompt_for(error);
+        log(&format!("saying `{}`", prompt.key()));
+        self.say(&Message::Prompt(prompt));
+    }
+
+    /// Says once, when nothing else is being said, that some of the voice's clips are
+    /// damaged and another voice speaks for them (the details are in the log). `true` while
+    /// such an announcement is still waiting for silence.
+    fn announce_trouble(&mut self) -> bool {
+        let trouble = self.voices.trouble().clone();
+        if !trouble.unannounced() {
+            return false;
+        }
+        match &self.player {
+            Some(player) if !player.is_playing() => {
+                trouble.announced();
+                log("announcing that another voice speaks for damaged clips");
+                self.say(&Message::Prompt(Prompt::ClipsDamaged));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(player) = &self.player {
             player.stop();
@@ -361,6 +411,12 @@ impl Device<'_> {
     }
 
     fn speak_code(&mut self) {
+        self.speak_code_after(false);
+    }
+
+    /// Speaks the current code; `expired` says first that the last code has expired (a
+    /// replay asked for after its time step had passed).
+    fn speak_code_after(&mut self, expired: bool) {
         let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
             Some(Ok(Some(taken))) => Some(taken),
             Some(Ok(None)) => {
@@ -388,10 +444,15 @@ impl Device<'_> {
                     )),
                 }
                 let code = Zeroizing::new(taken.code.as_str().to_owned());
-                self.say(&Message::Code {
-                    code: &code,
-                    replay: false,
-                });
+                if expired {
+                    log("the last code has expired; saying so before the new one");
+                    self.say(&Message::ExpiredCode { code: &code });
+                } else {
+                    self.say(&Message::Code {
+                        code: &code,
+                        replay: false,
+                    });
+                }
                 let left = match taken.basis {
                     Basis::Step { seconds_left, .. } => Some(seconds_left),
                     Basis::Counter(_) => None,
@@ -411,7 +472,7 @@ impl Device<'_> {
             }
             Err(e) => {
                 log(&format!("error: {e}"));
-                self.say(&Message::Prompt(prompt_for(&e)));
+                self.say_failure(&e);
             }
         }
     }
@@ -450,7 +511,8 @@ impl Device<'_> {
                 });
                 self.show_code(&code, left);
             }
-            _ => self.speak_code(),
+            (Some(_), false) => self.speak_code_after(true),
+            (None, _) => self.speak_code(),
         }
     }
 
@@ -459,8 +521,7 @@ impl Device<'_> {
             Ok(token) => token,
             Err(e) => {
                 log(&format!("error: {e}"));
-                let e = TakeError::State(e);
-                self.say(&Message::Prompt(prompt_for(&e)));
+                self.say_failure(&TakeError::State(e));
                 return;
             }
         };
@@ -474,6 +535,7 @@ impl Device<'_> {
             .collect();
         let serial_digits = &serial[serial.len().saturating_sub(4)..];
         let mut problems = Vec::new();
+        let mut clock_set = false;
         if let Progress::Totp {
             period,
             t0,
@@ -485,6 +547,8 @@ impl Device<'_> {
                 problems.push(Prompt::ClockNotSet);
             } else if last_step.is_some_and(|l| l.0 > (now.0 - t0.0) / period.seconds()) {
                 problems.push(Prompt::ClockBackwards);
+            } else {
+                clock_set = true;
             }
         }
         if battery_percent().is_some_and(|p| p <= LOW_BATTERY_PERCENT) {
@@ -496,6 +560,7 @@ impl Device<'_> {
         ));
         self.say(&Message::Status {
             serial_digits,
+            clock_set,
             problems: &problems,
         });
     }
@@ -547,7 +612,15 @@ impl Device<'_> {
                 self.step_listening("rate", |l| &mut l.rate, &RATE_RANGE, up, prompt);
             }
             Action::NextLanguage => {
-                self.listening.language = self.voices.next_language(&self.listening.language);
+                // A language that cannot be spoken at all is skipped (and logged).
+                let start = self.listening.language.clone();
+                let mut next = self.voices.next_language(&start);
+                while next != start
+                    && speakable_language(&self.voices, &next).is_some_and(|l| l != next)
+                {
+                    next = self.voices.next_language(&next);
+                }
+                self.listening.language = next;
                 self.save_listening();
                 log(&format!("language {}", self.listening.language));
                 self.switch_synth();
@@ -556,8 +629,76 @@ impl Device<'_> {
             Action::NextVoice => self.next_voice(),
             Action::Status => self.status(),
             Action::Quit => return false,
+            Action::Help => self.help(),
         }
         true
+    }
+
+    /// Says the key map of the input the help key came from (the terminal's or the
+    /// keypads'), most important action first, each with up to two keys.
+    fn help(&mut self) {
+        let names = |keys: Option<Vec<String>>| voice::keys_to_name(keys.unwrap_or_default());
+        let term = self.keys.keys.bindings();
+        let ev = self.keys.evdev_keys.bindings();
+        let mut actions = Vec::new();
+        let mut said = Vec::new();
+        for action in Action::BY_IMPORTANCE {
+            let keys = if self.from_keypad {
+                names(
+                    ev.get(&action)
+                        .map(|k| k.iter().map(ToString::to_string).collect()),
+                )
+            } else {
+                names(
+                    term.get(&action)
+                        .map(|k| k.iter().map(ToString::to_string).collect()),
+                )
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            said.push(format!("{action} = {}", keys.join(" or ")));
+            actions.push((help_prompt(action), keys));
+        }
+        log(&format!("help: {}", said.join("; ")));
+        self.say(&Message::Help { actions: &actions });
+    }
+}
+
+/// The language to speak for `tag`: `tag` itself if it can be spoken, else the first that
+/// can (logged); `None` if none can.
+fn speakable_language(voices: &Voices, tag: &str) -> Option<String> {
+    let pack = voices.pack(tag).ok()?;
+    let Err(why) = voices.check_speakable(pack) else {
+        return Some(tag.to_owned());
+    };
+    let other = voices.speakable_instead(tag);
+    match &other {
+        Some(other) => log(&format!(
+            "error: language `{tag}` cannot be spoken ({why}); speaking `{other}` instead"
+        )),
+        None => log(&format!(
+            "error: language `{tag}` cannot be spoken ({why}), and no other language can"
+        )),
+    }
+    other
+}
+
+/// The help's prompt for `action`.
+fn help_prompt(action: Action) -> Prompt {
+    match action {
+        Action::Speak => Prompt::HelpSpeak,
+        Action::Replay => Prompt::HelpReplay,
+        Action::Stop => Prompt::HelpStop,
+        Action::VolumeUp => Prompt::HelpVolumeUp,
+        Action::VolumeDown => Prompt::HelpVolumeDown,
+        Action::Faster => Prompt::HelpFaster,
+        Action::Slower => Prompt::HelpSlower,
+        Action::NextLanguage => Prompt::HelpNextLanguage,
+        Action::NextVoice => Prompt::HelpNextVoice,
+        Action::Status => Prompt::HelpStatus,
+        Action::Quit => Prompt::HelpQuit,
+        Action::Help => Prompt::HelpHelp,
     }
 }
 
@@ -584,6 +725,13 @@ pub fn run(
             listening.language.clone_from(first);
         }
     }
+    let language_unusable = match speakable_language(&voices, &listening.language) {
+        Some(other) if other != listening.language => {
+            listening.language = other;
+            true
+        }
+        _ => false,
+    };
     let (events, rx) = mpsc::channel();
     let terminal = if options.terminal && rustix::termios::isatty(io::stdin()) {
         Some(RawTerminal::start(events.clone())?)
@@ -614,14 +762,16 @@ pub fn run(
     let only_terminal = config.input.evdev.is_empty()
         && config.gpio.is_empty()
         && !config.outputs.has(Output::Braille);
-    if terminal.is_none() && only_terminal {
-        return Err(Failure {
-            exit: Exit::Config,
-            error: anyhow::anyhow!(
-                "no input: standard input is not a terminal and the config lists no evdev \
-                 device ([input] evdev), no GPIO button ([[gpio]]) and no braille output"
-            ),
-        });
+    let no_input = terminal.is_none() && only_terminal;
+    if no_input {
+        // Nothing to listen to: say so, and take any keypad or keyboard that is plugged in.
+        log(&format!(
+            "no input: standard input is not a terminal and the config lists no evdev device \
+             ([input] evdev), no GPIO button ([[gpio]]) and no braille output; listening for a \
+             keypad or keyboard to appear in /dev/input (checked every {} s)",
+            RETRY.as_secs()
+        ));
+        watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
     }
     drop(events);
     let mut device = Device {
@@ -641,6 +791,13 @@ pub fn run(
             .outputs
             .has(Output::Speechd)
             .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
+        greeting: Some(Message::Ready {
+            language_unusable,
+            phrase: config.say_ready,
+            no_input,
+        }),
+        keys: effective.clone(),
+        from_keypad: false,
     };
     device.ensure_player(true);
     device.prepare();
@@ -662,7 +819,12 @@ pub fn run(
         speak_keys.join(", ")
     ));
     loop {
-        let event = match rx.recv_timeout(device.senses.next_tick(RETRY)) {
+        let wait = if device.announce() {
+            ANNOUNCE_POLL
+        } else {
+            RETRY
+        };
+        let event = match rx.recv_timeout(device.senses.next_tick(wait)) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
                 device.ensure_player(false);
@@ -671,6 +833,7 @@ pub fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        device.from_keypad = !matches!(event, Event::Term(_));
         let action = match event {
             Event::Term(key) => effective.keys.action(key),
             Event::Ev(key) => effective.evdev_keys.action(key),
@@ -687,9 +850,16 @@ pub fn run(
         // off the braille display.
         device.stop();
         device.senses.key_pressed();
-        if let Some(action) = action {
-            if !device.act(action) {
-                break;
+        match action {
+            Some(action) => {
+                if !device.act(action) {
+                    break;
+                }
+            }
+            None => {
+                // Which key is not logged: it could be a digit of a code being typed.
+                log("a key with no action: a short tone");
+                device.say(&Message::UnknownKey);
             }
         }
     }
@@ -767,6 +937,66 @@ fn terminal_thread(events: &Sender<Event>) {
                 }
             }
         }
+    }
+}
+
+/// With no input configured: every [`RETRY`], takes each keypad or keyboard in /dev/input
+/// not yet read (one that has Enter, keypad Enter or a first button) and reads it until it
+/// goes away; then it may be taken again when it comes back.
+fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
+    let reading: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+    let spawned = thread::Builder::new()
+        .name("keypad-watch".into())
+        .spawn(move || {
+            loop {
+                for (path, device) in evdev::enumerate() {
+                    let keypad = device.supported_keys().is_some_and(|keys| {
+                        [KeyCode::KEY_ENTER, KeyCode::KEY_KPENTER, KeyCode::BTN_0]
+                            .into_iter()
+                            .any(|k| keys.contains(k))
+                    });
+                    drop(device);
+                    let new = keypad
+                        && reading
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(path.clone());
+                    if new {
+                        read_found_keypad(path, grab, chords.clone(), events.clone(), &reading);
+                    }
+                }
+                thread::sleep(RETRY);
+            }
+        });
+    if let Err(e) = spawned {
+        log(&format!("error: cannot start the keypad watch thread: {e}"));
+    }
+}
+
+/// Reads a keypad [`watch_for_keypads`] found, until it goes away.
+fn read_found_keypad(
+    path: PathBuf,
+    grab: bool,
+    chords: Vec<Chord>,
+    events: Sender<Event>,
+    reading: &Arc<Mutex<BTreeSet<PathBuf>>>,
+) {
+    let mine = Arc::clone(reading);
+    let forget = path.clone();
+    let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
+        if let Err(e) = read_evdev(&path, grab, &chords, &events) {
+            log(&format!("input device {}: {e}", path.display()));
+        }
+        mine.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&path);
+    });
+    if let Err(e) = spawned {
+        log(&format!("error: cannot start the evdev thread: {e}"));
+        reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&forget);
     }
 }
 

@@ -33,11 +33,13 @@ pub enum Action {
     Status,
     /// End `codereader run` (terminal only by default).
     Quit,
+    /// Say the key map, most important first.
+    Help,
 }
 
 impl Action {
     /// Every action, in the order the help lists them.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::Speak,
         Action::Replay,
         Action::Stop,
@@ -48,6 +50,23 @@ impl Action {
         Action::NextLanguage,
         Action::NextVoice,
         Action::Status,
+        Action::Quit,
+        Action::Help,
+    ];
+
+    /// Every action in the order the spoken help says them: most important first.
+    pub const BY_IMPORTANCE: [Action; 12] = [
+        Action::Speak,
+        Action::Replay,
+        Action::Stop,
+        Action::VolumeUp,
+        Action::VolumeDown,
+        Action::Slower,
+        Action::Faster,
+        Action::Status,
+        Action::Help,
+        Action::NextLanguage,
+        Action::NextVoice,
         Action::Quit,
     ];
 
@@ -65,6 +84,7 @@ impl Action {
             Action::NextVoice => "next_voice",
             Action::Status => "status",
             Action::Quit => "quit",
+            Action::Help => "help",
         }
     }
 }
@@ -78,7 +98,7 @@ impl fmt::Display for Action {
 /// A name that is not an action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown action `{0}`; the actions are: speak, replay, stop, volume_up, volume_down, faster, slower, next_language, next_voice, status, quit"
+    "unknown action `{0}`; the actions are: speak, replay, stop, volume_up, volume_down, faster, slower, next_language, next_voice, status, quit, help"
 )]
 pub struct UnknownAction(pub String);
 
@@ -317,7 +337,7 @@ impl<K: Ord + Copy + fmt::Display> KeyMap<K> {
 
 /// Default terminal keys: one key per action, mnemonic where possible, plus the arrows.
 pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
-    let table: [(Action, &[&str]); 11] = [
+    let table: [(Action, &[&str]); 12] = [
         (Action::Speak, &["space", "enter", "s"]),
         (Action::Replay, &["r"]),
         (Action::Stop, &["x", "escape"]),
@@ -329,6 +349,7 @@ pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
         (Action::NextVoice, &["v"]),
         (Action::Status, &["i"]),
         (Action::Quit, &["q", "ctrl-c"]),
+        (Action::Help, &["h", "?"]),
     ];
     to_owned_table(&table)
 }
@@ -336,7 +357,7 @@ pub fn default_terminal_keys() -> BTreeMap<Action, Vec<String>> {
 /// Default evdev keys: a numeric keypad, media keys and a single big button (which usually
 /// sends Enter or `BTN_0`).
 pub fn default_evdev_keys() -> BTreeMap<Action, Vec<String>> {
-    let table: [(Action, &[&str]); 10] = [
+    let table: [(Action, &[&str]); 11] = [
         (
             Action::Speak,
             &["KEY_KPENTER", "KEY_ENTER", "KEY_SPACE", "KEY_KP5", "BTN_0"],
@@ -356,6 +377,7 @@ pub fn default_evdev_keys() -> BTreeMap<Action, Vec<String>> {
         (Action::NextLanguage, &["KEY_KPSLASH", "KEY_L"]),
         (Action::NextVoice, &["KEY_KP7", "KEY_V"]),
         (Action::Status, &["KEY_KPASTERISK", "KEY_I"]),
+        (Action::Help, &["KEY_KP9", "KEY_H", "KEY_HELP"]),
     ];
     to_owned_table(&table)
 }

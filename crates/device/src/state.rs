@@ -261,7 +261,7 @@ pub enum TakeError {
     /// The clock reads earlier than this program was built: it has not been set.
     #[error(
         "the clock is not set (it reads {now} s since 1970, earlier than this program's build \
-         at {floor}); no code was given"
+         at {floor}); no code was given, for safety. A helper can set the clock"
     )]
     ClockNotSet {
         /// What the clock says.
@@ -293,6 +293,9 @@ enum StepRecord {
     Now,
     /// By the caller, with [`StateDir::record_step`], once speech has started.
     Later,
+    /// Never: the caller stated the time (`--at`), so the clock record is neither checked
+    /// nor changed.
+    Stated,
 }
 
 /// An HOTP code taken ahead of the key press, with the token as it was stored then.
@@ -406,6 +409,19 @@ impl StateDir {
             .map(|(taken, _, _)| taken)
     }
 
+    /// The code at a time the caller states (`code --at`, like `oathtool --now`): any time
+    /// from T0 on, as RFC 6238 computes it. For a TOTP token the clock's checks do not apply
+    /// and the stored clock record is neither read nor changed, so a test query at any time
+    /// cannot disturb the real clock's checks. An HOTP token ignores the time and uses up its
+    /// next counter as always.
+    ///
+    /// # Errors
+    /// [`TakeError::ClockNotSet`] for a time before the token's T0; state errors.
+    pub fn code_at(&self, at: UnixTime) -> Result<TakenCode, TakeError> {
+        self.take(at, UnixTime(0), StepRecord::Stated)
+            .map(|(taken, _, _)| taken)
+    }
+
     /// Like [`StateDir::take_code`], but a new TOTP step is not written yet: the caller
     /// starts speaking first and then calls [`StateDir::record_step`] with the returned step,
     /// keeping the durable write off the path from key to sound. (HOTP counters are always
@@ -500,7 +516,8 @@ impl StateDir {
                 t0,
                 last_step,
             } => {
-                if now.0 < floor.0 {
+                let stated = record == StepRecord::Stated;
+                if now.0 < floor.0 && !stated {
                     return Err(TakeError::ClockNotSet {
                         now: now.0,
                         floor: floor.0,
@@ -511,7 +528,7 @@ impl StateDir {
                     now: now.0,
                     floor: t0.0.max(floor.0),
                 })?;
-                if let Some(last) = last_step {
+                if let (Some(last), false) = (last_step, stated) {
                     if step < last {
                         return Err(TakeError::ClockBackwards {
                             now: step,
@@ -530,6 +547,7 @@ impl StateDir {
                             self.store(&token)?;
                         }
                         StepRecord::Later => unrecorded = Some(step),
+                        StepRecord::Stated => {}
                     }
                 }
                 let next_start = totp
@@ -1035,6 +1053,24 @@ mod tests {
         );
         assert_eq!(state.accept_clock().unwrap(), Some(TimeStep(60_000_000)));
         state.take_code(UnixTime(1_799_999_999), floor).unwrap();
+    }
+
+    #[test]
+    fn a_stated_time_gives_its_code_and_leaves_the_clock_record_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.enroll(&uri_token(TOTP), false).unwrap();
+        let floor = UnixTime(1_700_000_000);
+        state.take_code(UnixTime(1_800_000_010), floor).unwrap();
+        let before = fs::read(state.token_path()).unwrap();
+        // RFC 6238 appendix B (SHA-1, 8 digits there; these are the last 6).
+        for (at, code) in [(59, "287082"), (1_111_111_109, "081804"), (0, "755224")] {
+            let taken = state.code_at(UnixTime(at)).unwrap();
+            assert_eq!(taken.code.as_str(), code, "at {at}");
+        }
+        state.code_at(UnixTime(1 << 34)).unwrap();
+        assert_eq!(fs::read(state.token_path()).unwrap(), before);
+        state.take_code(UnixTime(1_800_000_040), floor).unwrap();
     }
 
     mod properties {

@@ -1,12 +1,13 @@
 //! The device's side of the speech crate: finding the voice packs, choosing the synthesiser,
 //! and planning what the device says (codes, feedback, errors, status).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use codereader_speech::{
-    ClipSynth, CodeIntro, Earcon, Engine, Espeak, PhraseKey, Prompt, Segment, Settings,
-    SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+    ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, Prompt, Segment,
+    Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
 };
 
 use crate::config::{Listening, SynthChoice};
@@ -90,6 +91,45 @@ pub fn locate_voices(explicit: Option<&Path>, configured: Option<&Path>) -> Path
     last
 }
 
+/// Clips found unusable, per voice: each voice's problem is logged once (however often its
+/// synthesiser is rebuilt), and `run` announces once that another voice speaks for them.
+#[derive(Debug, Clone, Default)]
+pub struct ClipTrouble(Arc<Mutex<TroubleLog>>);
+
+#[derive(Debug, Default)]
+struct TroubleLog {
+    voices: BTreeSet<String>,
+    unannounced: bool,
+}
+
+impl ClipTrouble {
+    /// Logs `message` about `voice` unless something was already logged about that voice.
+    pub fn report(&self, voice: &str, message: &str) {
+        let mut log = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.voices.insert(voice.to_owned()) {
+            log.unannounced = true;
+            drop(log);
+            crate::device::log(&format!("warning: {message}"));
+        }
+    }
+
+    /// Whether a problem was reported that has not been announced yet.
+    pub fn unannounced(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unannounced
+    }
+
+    /// Marks every problem reported so far as announced.
+    pub fn announced(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unannounced = false;
+    }
+}
+
 /// The loaded voice packs, the voice chosen per language and the synthesiser choice.
 #[derive(Debug)]
 pub struct Voices {
@@ -97,6 +137,7 @@ pub struct Voices {
     /// Packs speaking a voice the user chose instead of the pack's default.
     chosen: BTreeMap<String, VoicePack>,
     choice: SynthChoice,
+    trouble: ClipTrouble,
 }
 
 impl Voices {
@@ -113,6 +154,7 @@ impl Voices {
             library,
             chosen: BTreeMap::new(),
             choice,
+            trouble: ClipTrouble::default(),
         })
     }
 
@@ -179,6 +221,7 @@ impl Voices {
         let voice = pack.voice();
         let falls_back = self.choice == SynthChoice::Auto
             && pack.clips().is_none()
+            && pack.clip_problem().is_none()
             && !matches!(voice.engine, Engine::EspeakNg(_));
         falls_back.then(|| {
             format!(
@@ -277,7 +320,53 @@ impl Voices {
         tags.get(next).cloned().unwrap_or_else(|| tag.to_owned())
     }
 
-    /// A synthesiser for `pack`, as the config chose.
+    /// Whether `pack`'s language can be spoken at all: by live espeak-ng (it has the pack's
+    /// voice), or else by the voice's clips, all of them usable.
+    ///
+    /// # Errors
+    /// Why it cannot.
+    pub fn check_speakable(&self, pack: &VoicePack) -> Result<(), String> {
+        let voice = pack.espeak_voice();
+        let espeak = match Espeak::shared().and_then(|engine| engine.has_voice(voice)) {
+            Ok(true) => return Ok(()),
+            Ok(false) => format!("espeak-ng has no voice `{voice}`"),
+            Err(e) => e.to_string(),
+        };
+        let clips = match (self.choice, pack.clips()) {
+            (SynthChoice::Espeak, _) => "the config chose espeak-ng".to_owned(),
+            (_, None) => pack
+                .clip_problem()
+                .unwrap_or("the voice has no clips")
+                .to_owned(),
+            (_, Some(_)) => match ClipSynth::load(pack).map(|c| c.problems()) {
+                Ok(problems) if problems.is_empty() => return Ok(()),
+                Ok(problems) => format!("{} of its clips cannot be played", problems.len()),
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(format!("{espeak}, and {clips}"))
+    }
+
+    /// The first language other than `tag` that can be spoken, to say in it that `tag`
+    /// cannot.
+    pub fn speakable_instead(&self, tag: &str) -> Option<String> {
+        self.languages().into_iter().find(|other| {
+            other != tag
+                && self
+                    .pack(other)
+                    .is_ok_and(|pack| self.check_speakable(pack).is_ok())
+        })
+    }
+
+    /// The clip problems met so far (for `run` to announce).
+    pub fn trouble(&self) -> &ClipTrouble {
+        &self.trouble
+    }
+
+    /// A synthesiser for `pack`, as the config chose. A voice's clips are never the only
+    /// source: each phrase whose clip is missing or damaged is spoken by live espeak-ng in
+    /// the pack's language ([`FallbackSynth`]), and a voice whose clips cannot be used at all
+    /// is spoken by espeak-ng; either is logged once per voice ([`Voices::trouble`]).
     ///
     /// # Errors
     /// [`VoiceError::Synth`].
@@ -286,17 +375,71 @@ impl Voices {
             tag: pack.tag().to_owned(),
             error,
         };
+        let label = format!("voice `{}` of `{}`", pack.voice().name, pack.tag());
+        let instead = format!(
+            "live espeak-ng (voice `{}`) speaks instead; render the clips again with `cargo \
+             xtask voices {}`",
+            pack.espeak_voice(),
+            pack.tag()
+        );
         let use_clips = match self.choice {
             SynthChoice::Clips => true,
             SynthChoice::Espeak => false,
             SynthChoice::Auto => pack.clips().is_some(),
         };
-        if use_clips {
-            Ok(Box::new(ClipSynth::load(pack).map_err(wrap)?))
-        } else {
+        if !use_clips {
+            if let (SynthChoice::Auto, Some(problem)) = (self.choice, pack.clip_problem()) {
+                self.trouble.report(
+                    &label,
+                    &format!("{label}: its clips cannot be used ({problem}), so {instead}"),
+                );
+            }
             let engine = Espeak::shared().map_err(wrap)?;
-            Ok(Box::new(engine.voice(pack).map_err(wrap)?))
+            return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
         }
+        let clips = match ClipSynth::load(pack) {
+            Ok(clips) => clips,
+            Err(e) => {
+                let why = pack
+                    .clip_problem()
+                    .map_or_else(|| e.to_string(), str::to_owned);
+                self.trouble
+                    .report(&label, &format!("{label}: {why}, so {instead}"));
+                let engine = Espeak::shared().map_err(wrap)?;
+                return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
+            }
+        };
+        let problems = clips.problems();
+        if let Some(first) = problems.first() {
+            let more = match problems.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            self.trouble.report(
+                &label,
+                &format!("{label}: a clip cannot be played ({first}{more}), so for those phrases {instead}"),
+            );
+        }
+        let backup = match Espeak::shared().and_then(|engine| engine.voice(pack)) {
+            Ok(backup) => backup,
+            // Without espeak-ng the clips are all there is.
+            Err(e) => {
+                crate::device::log(&format!(
+                    "warning: {label}: no live espeak-ng to speak a damaged clip: {e}"
+                ));
+                return Ok(Box::new(clips));
+            }
+        };
+        let trouble = self.trouble.clone();
+        let key = label.clone();
+        let synth = FallbackSynth::new(
+            Box::new(clips),
+            Box::new(backup),
+            &label,
+            Box::new(move |message| trouble.report(&key, message)),
+        )
+        .map_err(wrap)?;
+        Ok(Box::new(synth))
     }
 }
 
@@ -318,14 +461,42 @@ pub enum Message<'a> {
         /// "Again" instead of "Your code is".
         replay: bool,
     },
+    /// A new code, asked for as a replay after the last code's time step had passed: "That
+    /// code has expired. Your new code is ...".
+    ExpiredCode {
+        /// The digits of the new code.
+        code: &'a str,
+    },
     /// One prompt: feedback or an error.
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
     Limit,
-    /// Status: the serial's last digits, then each problem's prompt.
+    /// A key that does nothing: a short low tone.
+    UnknownKey,
+    /// The key map, most important action first: each action with up to two of its keys
+    /// (by name, as the config writes them).
+    Help {
+        /// Each action's help prompt and its keys' names, in the order to say them.
+        actions: &'a [(Prompt, Vec<String>)],
+    },
+    /// `run` has started: the start tone, then that the chosen language cannot be spoken
+    /// (when so), "Ready" if configured, and "No keypad is connected" when there is nothing
+    /// to listen to.
+    Ready {
+        /// Say that the chosen language cannot be spoken (in the language used instead).
+        language_unusable: bool,
+        /// Say "Ready" after the tone.
+        phrase: bool,
+        /// Say that no input is connected.
+        no_input: bool,
+    },
+    /// Status, as a sentence: "Token ending in 0 8 1 5. Clock set." and each problem, or
+    /// "All is well." when there is none.
     Status {
         /// Up to four digits of the token's serial number.
         serial_digits: &'a str,
+        /// Whether to say that the clock is set (a TOTP token whose clock is fine).
+        clock_set: bool,
         /// Problems to report (clock, battery), in order.
         problems: &'a [Prompt],
     },
@@ -345,10 +516,35 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             };
             Utterance::code(pack, code, intro)
         }
+        Message::ExpiredCode { code } => Utterance::code(pack, code, CodeIntro::Expired),
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
+        Message::UnknownKey => Ok(Utterance::from_segments(vec![Segment::Earcon(
+            Earcon::Unknown,
+        )])),
+        Message::Help { actions } => Ok(help(pack, actions)),
+        Message::Ready {
+            language_unusable,
+            phrase,
+            no_input,
+        } => {
+            let mut segments = vec![Segment::Earcon(Earcon::Start)];
+            let prompts = language_unusable
+                .then_some(Prompt::LanguageUnusable)
+                .into_iter()
+                .chain(phrase.then_some(Prompt::Ready))
+                .chain(no_input.then_some(Prompt::NoInput));
+            for prompt in prompts {
+                segments.push(Segment::Pause {
+                    ms: pack.pauses().around_earcon_ms,
+                });
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
+            }
+            Ok(Utterance::from_segments(segments))
+        }
         Message::Status {
             serial_digits,
+            clock_set,
             problems,
         } => {
             let pauses = pack.pauses();
@@ -358,19 +554,37 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
                     ms: pauses.around_earcon_ms,
                 },
             ];
-            for (i, d) in serial_digits.bytes().filter(u8::is_ascii_digit).enumerate() {
+            let digits: Vec<u8> = serial_digits
+                .bytes()
+                .filter(u8::is_ascii_digit)
+                .map(|d| d - b'0')
+                .collect();
+            if !digits.is_empty() {
+                segments.push(Segment::Speech(
+                    pack.phrase(PhraseKey::Prompt(Prompt::StatusToken)),
+                ));
+                segments.push(Segment::Pause {
+                    ms: pauses.after_intro_ms,
+                });
+            }
+            for (i, d) in digits.into_iter().enumerate() {
                 if i > 0 {
                     segments.push(Segment::Pause {
                         ms: pauses.between_digits_ms,
                     });
                 }
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d - b'0'))));
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d))));
             }
-            for prompt in *problems {
+            let sentences = clock_set
+                .then_some(Prompt::StatusClockSet)
+                .into_iter()
+                .chain(problems.iter().copied())
+                .chain(problems.is_empty().then_some(Prompt::StatusAllWell));
+            for prompt in sentences {
                 segments.push(Segment::Pause {
                     ms: pauses.between_groups_ms,
                 });
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
             }
             segments.push(Segment::Pause {
                 ms: pauses.around_earcon_ms,
@@ -379,6 +593,132 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Ok(Utterance::from_segments(segments))
         }
     }
+}
+
+/// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
+pub fn after_notice(pack: &VoicePack, prompt: Prompt, utterance: &Utterance) -> Utterance {
+    let mut segments = vec![
+        Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))),
+        Segment::Pause {
+            ms: pack.pauses().between_groups_ms,
+        },
+    ];
+    segments.extend(utterance.segments().iter().cloned());
+    Utterance::from_segments(segments)
+}
+
+/// The spoken help: "Keys, most important first." then each action's prompt and its keys
+/// ("Hear your code: keypad enter or keypad 5.").
+fn help(pack: &VoicePack, actions: &[(Prompt, Vec<String>)]) -> Utterance {
+    let pauses = pack.pauses();
+    let mut segments = vec![
+        Segment::Earcon(Earcon::Start),
+        Segment::Pause {
+            ms: pauses.around_earcon_ms,
+        },
+        Segment::Speech(pack.phrase(PhraseKey::Prompt(Prompt::HelpIntro))),
+    ];
+    for (prompt, keys) in actions {
+        segments.push(Segment::Pause {
+            ms: pauses.between_groups_ms,
+        });
+        segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+        for (i, key) in keys.iter().enumerate() {
+            segments.push(Segment::Pause {
+                ms: pauses.between_digits_ms,
+            });
+            if i > 0 {
+                segments.push(Segment::Speech(
+                    pack.phrase(PhraseKey::Prompt(Prompt::KeyOr)),
+                ));
+                segments.push(Segment::Pause {
+                    ms: pauses.between_digits_ms,
+                });
+            }
+            segments.extend(key_words(key).into_iter().map(|key| {
+                Segment::Speech(match key {
+                    Word::Phrase(key) => pack.phrase(key),
+                    Word::Text(text) => codereader_speech::Phrase {
+                        key: PhraseKey::Text,
+                        text,
+                    },
+                })
+            }));
+        }
+    }
+    segments.push(Segment::Pause {
+        ms: pauses.around_earcon_ms,
+    });
+    segments.push(Segment::Earcon(Earcon::End));
+    Utterance::from_segments(segments)
+}
+
+/// One word of a key's spoken name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Word {
+    /// A pack phrase (a key name prompt or a digit).
+    Phrase(PhraseKey),
+    /// Anything else, spoken live as written (a letter, `F5`).
+    Text(String),
+}
+
+/// How a key is said: a terminal key (`s`, `space`, `+`) or an evdev key (`KEY_KP5`,
+/// `KEY_ENTER`, `BTN_0`) as words: "keypad" before keypad keys, the pack's names of the
+/// common keys, digits as digit words, and other names as written.
+fn key_words(name: &str) -> Vec<Word> {
+    let (keypad, rest) = match name.strip_prefix("KEY_KP") {
+        Some(rest) => (true, rest),
+        None => (false, name.strip_prefix("KEY_").unwrap_or(name)),
+    };
+    let lower = rest.to_ascii_lowercase();
+    let prompt = match lower.as_str() {
+        "enter" | "return" => Some(Prompt::KeyEnter),
+        "space" => Some(Prompt::KeySpace),
+        "esc" | "escape" => Some(Prompt::KeyEscape),
+        "up" => Some(Prompt::KeyUp),
+        "down" => Some(Prompt::KeyDown),
+        "left" => Some(Prompt::KeyLeft),
+        "right" => Some(Prompt::KeyRight),
+        "plus" | "+" => Some(Prompt::KeyPlus),
+        "minus" | "-" => Some(Prompt::KeyMinus),
+        "asterisk" | "*" => Some(Prompt::KeyStar),
+        "slash" | "/" => Some(Prompt::KeySlash),
+        "dot" | "." => Some(Prompt::KeyDot),
+        _ => None,
+    };
+    let word = match (prompt, lower.as_bytes()) {
+        (Some(prompt), _) => Word::Phrase(PhraseKey::Prompt(prompt)),
+        (None, [d]) if d.is_ascii_digit() => Word::Phrase(PhraseKey::Digit(d - b'0')),
+        (None, _) => Word::Text(lower.replace('_', " ")),
+    };
+    if keypad {
+        vec![Word::Phrase(PhraseKey::Prompt(Prompt::KeyKeypad)), word]
+    } else {
+        vec![word]
+    }
+}
+
+/// The keys help names for an action, at most two: keypad keys first, then letters and
+/// digits, then named keys; a second key only if it is not a bare symbol (which a
+/// synthesiser may not say).
+pub fn keys_to_name(mut names: Vec<String>) -> Vec<String> {
+    let rank = |name: &str| {
+        if name.starts_with("KEY_KP") {
+            0
+        } else if name.chars().count() == 1 && name.chars().all(char::is_alphanumeric) {
+            1
+        } else if name.chars().count() > 1 {
+            2
+        } else {
+            3
+        }
+    };
+    names.sort_by_key(|n| rank(n));
+    names.truncate(2);
+    if names.get(1).is_some_and(|n| rank(n) == 3) {
+        names.truncate(1);
+    }
+    names
 }
 
 #[cfg(test)]
@@ -483,6 +823,90 @@ mod tests {
         assert!(
             listing.contains("  espeak (espeak-ng:en; no clips"),
             "{listing}"
+        );
+    }
+
+    /// The phrase keys an utterance says, in order.
+    fn said(utterance: &Utterance) -> Vec<PhraseKey> {
+        utterance
+            .segments()
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Speech(p) => Some(p.key),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_is_a_sentence_and_an_expired_replay_says_so() {
+        let voices = shipped();
+        let pack = voices.pack("en").unwrap();
+        let p = PhraseKey::Prompt;
+        let d = PhraseKey::Digit;
+        let well = plan(
+            pack,
+            &Message::Status {
+                serial_digits: "0815",
+                clock_set: true,
+                problems: &[],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            said(&well),
+            [
+                p(Prompt::StatusToken),
+                d(0),
+                d(8),
+                d(1),
+                d(5),
+                p(Prompt::StatusClockSet),
+                p(Prompt::StatusAllWell)
+            ]
+        );
+        let unwell = plan(
+            pack,
+            &Message::Status {
+                serial_digits: "",
+                clock_set: false,
+                problems: &[Prompt::ClockBackwards, Prompt::LowBattery],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            said(&unwell),
+            [p(Prompt::ClockBackwards), p(Prompt::LowBattery)]
+        );
+        let expired = plan(pack, &Message::ExpiredCode { code: "123456" }).unwrap();
+        assert_eq!(said(&expired)[0], p(Prompt::ExpiredIntro));
+        assert_eq!(said(&expired).len(), 7);
+    }
+
+    #[test]
+    fn keys_are_named_in_words() {
+        let p = |p| Word::Phrase(PhraseKey::Prompt(p));
+        assert_eq!(
+            key_words("KEY_KP5"),
+            [p(Prompt::KeyKeypad), Word::Phrase(PhraseKey::Digit(5))]
+        );
+        assert_eq!(
+            key_words("KEY_KPENTER"),
+            [p(Prompt::KeyKeypad), p(Prompt::KeyEnter)]
+        );
+        assert_eq!(key_words("space"), [p(Prompt::KeySpace)]);
+        assert_eq!(key_words("+"), [p(Prompt::KeyPlus)]);
+        assert_eq!(key_words("KEY_H"), [Word::Text("h".into())]);
+        assert_eq!(key_words("BTN_0"), [Word::Text("btn 0".into())]);
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            keys_to_name(names(&["KEY_ENTER", "KEY_SPACE", "KEY_KP5", "KEY_KPENTER"])),
+            names(&["KEY_KP5", "KEY_KPENTER"])
+        );
+        assert_eq!(keys_to_name(names(&["?", "h"])), names(&["h"]));
+        assert_eq!(
+            keys_to_name(names(&["s", "space", "enter"])),
+            names(&["s", "space"])
         );
     }
 

@@ -9,14 +9,56 @@ use crate::plan::{Earcon, SampleRate};
 /// Highest absolute sample value the limiter lets through (-1 dBFS).
 pub const CEILING: f32 = 0.891;
 
-/// Peak level of an earcon before the volume gain (-12 dBFS).
-const EARCON_LEVEL: f32 = 0.25;
+/// Speech loudness at the loudest volume step: every phrase, whatever the voice or language,
+/// is brought to this RMS over its sounding frames ([`normalize_speech`]), so a change of
+/// voice or language does not jump in level (-18 dBFS).
+pub const SPEECH_RMS: f32 = 0.126;
+
+/// Peak level of an earcon before the volume gain: a sine of this peak has the RMS of
+/// speech ([`SPEECH_RMS`] times the square root of 2, -15 dBFS).
+const EARCON_LEVEL: f32 = SPEECH_RMS * std::f32::consts::SQRT_2;
+
+/// Frame length for measuring speech loudness.
+const LOUDNESS_FRAME_MS: u32 = 10;
+
+/// Frames quieter than this fraction of the loudest frame (-40 dB) are pauses, not speech.
+const SOUNDING: f32 = 0.01;
+
+/// The loudness of speech: the RMS over its sounding 10 ms frames (those within 40 dB of the
+/// loudest), so pauses between words do not count. 0 for silence.
+pub fn speech_rms(samples: &[f32], rate: SampleRate) -> f32 {
+    let frame = rate.samples_for_ms(LOUDNESS_FRAME_MS).max(1);
+    let powers: Vec<f32> = samples
+        .chunks(frame)
+        .map(|f| f.iter().map(|s| s * s).sum::<f32>() / f.len() as f32)
+        .collect();
+    let loudest = powers.iter().fold(0f32, |m, p| m.max(*p));
+    let sounding: Vec<f32> = powers
+        .into_iter()
+        .filter(|p| *p > 0.0 && *p >= loudest * SOUNDING * SOUNDING)
+        .collect();
+    if sounding.is_empty() {
+        return 0.0;
+    }
+    (sounding.iter().sum::<f32>() / sounding.len() as f32).sqrt()
+}
+
+/// Brings one phrase to [`SPEECH_RMS`] (by [`speech_rms`]); the gain is kept within ±24 dB
+/// so near-silence is not blown up. Peaks are left to [`limit`].
+pub fn normalize_speech(samples: &mut [f32], rate: SampleRate) {
+    let rms = speech_rms(samples, rate);
+    if rms > 0.0 {
+        apply_gain(samples, (SPEECH_RMS / rms).clamp(1.0 / 16.0, 16.0));
+    }
+}
 
 /// Renders an earcon at `rate`: two notes, each with raised-cosine fades so nothing clicks.
 pub fn earcon(kind: Earcon, rate: SampleRate) -> Vec<f32> {
     let (first, second) = match kind {
         Earcon::Start => (660.0, 880.0),
         Earcon::End => (880.0, 660.0),
+        // One low, short note: unlike the chimes, so a stray key is not taken for speech.
+        Earcon::Unknown => return tone(220.0, 120, rate),
     };
     let mut out = tone(first, 90, rate);
     out.extend(tone(second, 120, rate));
@@ -187,7 +229,7 @@ mod tests {
 
     #[test]
     fn earcon_starts_and_ends_silent_and_stays_below_ceiling() {
-        for kind in [Earcon::Start, Earcon::End] {
+        for kind in [Earcon::Start, Earcon::End, Earcon::Unknown] {
             let e = earcon(kind, SampleRate::ESPEAK);
             assert!(e[0].abs() < 1e-3 && e[e.len() - 1].abs() < 0.02);
             assert!(e.iter().all(|s| s.abs() <= EARCON_LEVEL + 1e-6));
@@ -235,6 +277,25 @@ mod tests {
         assert_eq!(to_i16(2.0), i16::MAX);
         assert_eq!(to_i16(-2.0), i16::MIN);
         assert_eq!(to_i16(f32::NAN), 0);
+    }
+
+    #[test]
+    fn speech_is_brought_to_one_loudness_whatever_its_level_and_pauses() {
+        let rate = SampleRate::ESPEAK;
+        for (level, pause) in [(0.02f32, 0usize), (0.5, 22_050), (0.1, 5_000)] {
+            let mut x: Vec<f32> = (0..11_025)
+                .map(|i| level * (i as f32 * 0.07).sin() * (1.0 + (i as f32 * 0.001).sin()))
+                .collect();
+            x.extend(vec![0.0; pause]);
+            x.extend(x.clone());
+            normalize_speech(&mut x, rate);
+            let db = 20.0 * (speech_rms(&x, rate) / SPEECH_RMS).log10();
+            assert!(db.abs() < 0.1, "level {level}, pause {pause}: {db} dB");
+        }
+        let e = earcon(Earcon::Start, rate);
+        let db = 20.0 * (speech_rms(&e, rate) / SPEECH_RMS).log10();
+        assert!(db.abs() < 1.0, "earcon {db} dB");
+        assert_eq!(speech_rms(&[0.0; 100], rate), 0.0);
     }
 
     #[test]

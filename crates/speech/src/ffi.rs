@@ -94,6 +94,47 @@ pub(crate) fn set_voice(_token: &EspeakToken, name: &CStr) -> Result<(), FfiErro
     check("espeak_SetVoiceByName", code)
 }
 
+/// Whether espeak-ng has a voice called `name`: the last part of a voice's identifier
+/// (`gmw/da` is `da`, `gmw/en-US` is `en-us`) or its name, ignoring case and a `+variant`.
+/// (`espeak_SetVoiceByName` accepts an unknown name and speaks some other voice instead.)
+pub(crate) fn has_voice(_token: &EspeakToken, name: &str) -> bool {
+    let wanted = name.split('+').next().unwrap_or(name);
+    // SAFETY: a null spec asks for every voice; espeak-ng returns a null-terminated array of
+    // pointers to voices it owns, valid until the next `espeak_ListVoices` call, which
+    // cannot happen before this function returns (owner thread, token).
+    let list = unsafe { sys::espeak_ListVoices(ptr::null_mut()) };
+    if list.is_null() {
+        return false;
+    }
+    for i in 0.. {
+        // SAFETY: the array ends with a null pointer, and the loop stops there.
+        let voice = unsafe { *list.add(i) };
+        if voice.is_null() {
+            return false;
+        }
+        // SAFETY: a non-null entry points to a valid `espeak_VOICE` owned by espeak-ng.
+        let (identifier, voice_name) = unsafe { ((*voice).identifier, (*voice).name) };
+        let identifier = c_text(identifier);
+        let base = identifier.rsplit('/').next().unwrap_or(&identifier);
+        if base.eq_ignore_ascii_case(wanted) || c_text(voice_name).eq_ignore_ascii_case(wanted) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A C string of espeak-ng's as text ("" for null).
+fn c_text(text: *const std::ffi::c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: espeak-ng's voice strings are NUL-terminated and live as long as its voice
+    // list, which outlives this call.
+    unsafe { CStr::from_ptr(text) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Sets the speaking rate in words per minute (espeak-ng clamps to 80..=450).
 pub(crate) fn set_rate(_token: &EspeakToken, words_per_minute: u16) -> Result<(), FfiError> {
     // SAFETY: plain integer arguments; owner thread (token).

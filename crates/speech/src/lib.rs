@@ -23,8 +23,11 @@
 //!   all calls serialised on one owner thread that initialised it once, see [`Espeak::shared`];
 //!   each finished phrase is cached, so a warm device synthesises nothing) and [`ClipSynth`]
 //!   (a pack's pre-rendered clips, see [`clips::render_clips`] and `cargo xtask voices`).
+//! * [`fallback`]: [`FallbackSynth`] speaks each phrase whose clip is missing or damaged with
+//!   another synthesiser (live espeak-ng), so one bad file never silences a code.
 //! * [`pipeline`]: [`Renderer`] renders segment by segment: synthesise, trim, resample with
-//!   rubato to the sink's rate, apply the volume in dB, limit peaks below -1 dBFS, write.
+//!   rubato to the sink's rate, bring each phrase to one speech loudness (so voices and
+//!   languages do not jump in level), apply the volume in dB, limit peaks below -1 dBFS, write.
 //! * [`sink`]: [`MemorySink`] and [`WavSink`] (hound, mono 16-bit, written atomically).
 //! * [`live`]: [`LivePlayer`] plays on the default cpal output device, whatever its sample
 //!   format, rate and channel count; [`LivePlayer::stop`] silences it at once,
@@ -56,6 +59,7 @@
 pub mod clips;
 pub mod dsp;
 pub mod error;
+pub mod fallback;
 mod ffi;
 pub mod flite;
 pub mod live;
@@ -67,6 +71,7 @@ pub mod sink;
 pub mod synth;
 
 pub use error::{PackError, SpeechError};
+pub use fallback::{FallbackReport, FallbackSynth};
 pub use flite::FliteSynth;
 pub use live::{LivePlayer, OutputInfo};
 pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};

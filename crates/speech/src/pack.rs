@@ -21,7 +21,12 @@
 //! intro = "Din kode er"
 //! # replay_intro, volume_up, volume_down, faster, slower, language_name, no_token,
 //! # clock_not_set, device_blocked, audio_fault, low_battery, clock_backwards,
-//! # no_other_voice, state_damaged
+//! # no_other_voice, state_damaged, clips_damaged, language_unusable, needs_service,
+//! # expired_intro, status_token, status_clock_set, status_all_well, ready, no_input,
+//! # help_intro, help_speak, help_replay, help_stop, help_volume_up, help_volume_down,
+//! # help_slower, help_faster, help_status, help_help, help_next_language, help_next_voice,
+//! # help_quit, key_or, key_keypad, key_space, key_enter, key_escape, key_up, key_down,
+//! # key_left, key_right, key_plus, key_minus, key_star, key_slash, key_dot
 //!
 //! [grouping]              # group sizes per code length; each must add up to the length
 //! 6 = [3, 3]
@@ -215,6 +220,9 @@ pub struct VoicePack {
     voices: Vec<VoiceSpec>,
     selected: usize,
     clips: Option<ClipSet>,
+    /// Why the selected voice's clips as a whole cannot be used (manifest unreadable, no
+    /// clip usable), when the pack was loaded anyway.
+    clip_problem: Option<String>,
 }
 
 impl VoicePack {
@@ -222,20 +230,35 @@ impl VoicePack {
     ///
     /// # Errors
     /// A [`PackError`] naming the file and key of the first problem found.
+    ///
+    /// Clip problems never fail the load: a clip set with some unusable clips is kept (those
+    /// phrases are spoken by another synthesiser, see [`crate::FallbackSynth`]), and one
+    /// that cannot be used at all is dropped, with the reason in
+    /// [`VoicePack::clip_problem`].
     pub fn load(dir: &Path) -> Result<Self, PackError> {
         let mut pack = Self::load_words(dir)?;
-        pack.clips = ClipSet::load(&pack.voice().clips_dir)?;
+        match ClipSet::load_usable(&pack.voice().clips_dir) {
+            Ok(clips) => pack.clips = clips,
+            Err(e) => pack.clip_problem = Some(e.to_string()),
+        }
         Ok(pack)
     }
 
     /// The same pack speaking its voice `name`, with that voice's clips (if any) loaded.
+    /// Some unusable clips are accepted (see [`VoicePack::load`]).
     ///
     /// # Errors
-    /// [`PackError::UnknownVoice`], or a clip problem of that voice.
+    /// [`PackError::UnknownVoice`], or a voice whose clips cannot be used at all (its
+    /// manifest is bad or not one clip is usable).
     pub fn with_voice(&self, name: &str) -> Result<Self, PackError> {
         let mut pack = self.with_voice_words(name)?;
-        pack.clips = ClipSet::load(&pack.voice().clips_dir)?;
+        pack.clips = ClipSet::load_usable(&pack.voice().clips_dir)?;
         Ok(pack)
+    }
+
+    /// Why the voice's clips cannot be used at all, if [`VoicePack::load`] dropped them.
+    pub fn clip_problem(&self) -> Option<&str> {
+        self.clip_problem.as_deref()
     }
 
     /// Like [`VoicePack::with_voice`] but without loading clips (for tools that render them).
@@ -255,6 +278,7 @@ impl VoicePack {
         let mut pack = self.clone();
         pack.selected = selected;
         pack.clips = None;
+        pack.clip_problem = None;
         Ok(pack)
     }
 
@@ -272,6 +296,7 @@ impl VoicePack {
         }];
         pack.selected = 0;
         pack.clips = None;
+        pack.clip_problem = None;
         pack
     }
 
@@ -402,6 +427,7 @@ impl VoicePack {
             voices,
             selected: 0,
             clips: None,
+            clip_problem: None,
         })
     }
 
@@ -462,6 +488,7 @@ impl VoicePack {
         match key {
             PhraseKey::Digit(d) => self.digits.get(usize::from(d)).map_or("", String::as_str),
             PhraseKey::Prompt(p) => self.prompts.get(p.index()).map_or("", String::as_str),
+            PhraseKey::Text => "",
         }
     }
 
@@ -593,8 +620,26 @@ impl ClipSet {
     /// # Errors
     /// A [`PackError`] naming the first bad file.
     pub fn load(dir: &Path) -> Result<Option<ClipSet>, PackError> {
-        load_clips(dir)
+        load_clips(dir, Strictness::EveryClip)
     }
+
+    /// Like [`ClipSet::load`], but a set in which only some clips are missing or unusable is
+    /// accepted: the device speaks those phrases with another synthesiser.
+    ///
+    /// # Errors
+    /// A bad `clips.toml`, or not one usable clip (the first clip's problem).
+    pub fn load_usable(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+        load_clips(dir, Strictness::AnyClip)
+    }
+}
+
+/// How many clips of a set must be usable for the set to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// Every one (checking freshly rendered clips).
+    EveryClip,
+    /// At least one (a device: the others are spoken by another synthesiser).
+    AnyClip,
 }
 
 /// Reads and parses one TOML file of a pack; errors name the file.
@@ -610,7 +655,7 @@ fn read_toml(file: &Path) -> Result<Table, PackError> {
         })
 }
 
-fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+fn load_clips(dir: &Path, strictness: Strictness) -> Result<Option<ClipSet>, PackError> {
     let file = dir.join("clips.toml");
     if !file.exists() {
         return Ok(None);
@@ -645,10 +690,21 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
         return Err(root.bad("speeds", "lists no speed step".into()));
     }
     root.finish()?;
+    let mut first_problem = None;
+    let mut usable = 0usize;
     for speed in &speeds {
         for key in PhraseKey::all() {
-            check_clip(&dir.join(ClipSet::file_name(key, *speed)), sample_rate)?;
+            match check_clip(&dir.join(ClipSet::file_name(key, *speed)), sample_rate) {
+                Ok(()) => usable += 1,
+                Err(e) if strictness == Strictness::EveryClip => return Err(e),
+                Err(e) => {
+                    first_problem.get_or_insert(e);
+                }
+            }
         }
+    }
+    if let (0, Some(problem)) = (usable, first_problem) {
+        return Err(problem);
     }
     Ok(Some(ClipSet {
         source,
@@ -659,6 +715,29 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
 }
 
 fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
+    open_clip(file, rate).map(drop)
+}
+
+/// Reads one clip's samples, checking its format first (as [`ClipSet::load`] does).
+///
+/// # Errors
+/// [`PackError::BadClip`] (missing, not a mono 16-bit WAV, empty, cut short) or
+/// [`PackError::ClipSampleRate`].
+pub fn read_clip(file: &Path, rate: SampleRate) -> Result<Vec<i16>, PackError> {
+    let mut reader = open_clip(file, rate)?;
+    reader
+        .samples::<i16>()
+        .collect::<Result<Vec<i16>, _>>()
+        .map_err(|e| PackError::BadClip {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+fn open_clip(
+    file: &Path,
+    rate: SampleRate,
+) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, PackError> {
     let bad = |reason: String| PackError::BadClip {
         file: file.to_path_buf(),
         reason,
@@ -684,7 +763,7 @@ fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
     if reader.len() == 0 {
         return Err(bad("no samples".into()));
     }
-    Ok(())
+    Ok(reader)
 }
 
 /// A TOML table being read: remembers which keys were used so leftovers are errors.

@@ -118,10 +118,12 @@ impl Renderer {
                     let margin = synth.sample_rate().samples_for_ms(TRIM_MARGIN_MS);
                     let trimmed = dsp::trim_silence(&raw, margin);
                     self.prepare(synth.sample_rate())?;
-                    match self.resample.as_mut() {
+                    let mut speech = match self.resample.as_mut() {
                         Some(r) => r.process(trimmed)?,
                         None => trimmed.to_vec(),
-                    }
+                    };
+                    dsp::normalize_speech(&mut speech, self.rate);
+                    speech
                 }
             };
             dsp::apply_gain(&mut audio, gain);

@@ -114,11 +114,85 @@ pub enum Prompt {
     NoOtherVoice,
     /// Error: the token's stored data is damaged; the device must be set up again.
     StateDamaged,
+    /// Notice: some of the voice's clips are unusable, so another voice says those words.
+    ClipsDamaged,
+    /// Notice, in another language: the chosen language cannot be spoken at all.
+    LanguageUnusable,
+    /// Error: the token's data cannot be read (wrong owner or mode, a newer format): the
+    /// device needs service, not a new enrolment.
+    NeedsService,
+    /// Before a replayed code whose time step has passed: "that code has expired; your new
+    /// code is".
+    ExpiredIntro,
+    /// Status: before the serial's last digits ("Token ending in").
+    StatusToken,
+    /// Status: the clock is set.
+    StatusClockSet,
+    /// Status: no problem found.
+    StatusAllWell,
+    /// Start-up: the device is ready.
+    Ready,
+    /// Start-up: no keypad, button or terminal to listen to; the device waits for one.
+    NoInput,
+    /// Help: before the key map.
+    HelpIntro,
+    /// Help: the speak action.
+    HelpSpeak,
+    /// Help: the replay action.
+    HelpReplay,
+    /// Help: the stop action.
+    HelpStop,
+    /// Help: the volume-up action.
+    HelpVolumeUp,
+    /// Help: the volume-down action.
+    HelpVolumeDown,
+    /// Help: the slower action.
+    HelpSlower,
+    /// Help: the faster action.
+    HelpFaster,
+    /// Help: the status action.
+    HelpStatus,
+    /// Help: the help action itself.
+    HelpHelp,
+    /// Help: the next-language action.
+    HelpNextLanguage,
+    /// Help: the next-voice action.
+    HelpNextVoice,
+    /// Help: the quit action.
+    HelpQuit,
+    /// Key names: "or" between two keys.
+    KeyOr,
+    /// Key names: the numeric keypad, before a keypad key.
+    KeyKeypad,
+    /// Key names: the space bar.
+    KeySpace,
+    /// Key names: Enter.
+    KeyEnter,
+    /// Key names: Escape.
+    KeyEscape,
+    /// Key names: arrow up.
+    KeyUp,
+    /// Key names: arrow down.
+    KeyDown,
+    /// Key names: arrow left.
+    KeyLeft,
+    /// Key names: arrow right.
+    KeyRight,
+    /// Key names: plus.
+    KeyPlus,
+    /// Key names: minus.
+    KeyMinus,
+    /// Key names: star (asterisk).
+    KeyStar,
+    /// Key names: slash.
+    KeySlash,
+    /// Key names: the keypad's decimal point.
+    KeyDot,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 15] = [
+    pub const ALL: [Prompt; 51] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -134,6 +208,42 @@ impl Prompt {
         Prompt::ClockBackwards,
         Prompt::NoOtherVoice,
         Prompt::StateDamaged,
+        Prompt::ClipsDamaged,
+        Prompt::LanguageUnusable,
+        Prompt::NeedsService,
+        Prompt::ExpiredIntro,
+        Prompt::StatusToken,
+        Prompt::StatusClockSet,
+        Prompt::StatusAllWell,
+        Prompt::Ready,
+        Prompt::NoInput,
+        Prompt::HelpIntro,
+        Prompt::HelpSpeak,
+        Prompt::HelpReplay,
+        Prompt::HelpStop,
+        Prompt::HelpVolumeUp,
+        Prompt::HelpVolumeDown,
+        Prompt::HelpSlower,
+        Prompt::HelpFaster,
+        Prompt::HelpStatus,
+        Prompt::HelpHelp,
+        Prompt::HelpNextLanguage,
+        Prompt::HelpNextVoice,
+        Prompt::HelpQuit,
+        Prompt::KeyOr,
+        Prompt::KeyKeypad,
+        Prompt::KeySpace,
+        Prompt::KeyEnter,
+        Prompt::KeyEscape,
+        Prompt::KeyUp,
+        Prompt::KeyDown,
+        Prompt::KeyLeft,
+        Prompt::KeyRight,
+        Prompt::KeyPlus,
+        Prompt::KeyMinus,
+        Prompt::KeyStar,
+        Prompt::KeySlash,
+        Prompt::KeyDot,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -154,6 +264,42 @@ impl Prompt {
             Prompt::ClockBackwards => "clock_backwards",
             Prompt::NoOtherVoice => "no_other_voice",
             Prompt::StateDamaged => "state_damaged",
+            Prompt::ClipsDamaged => "clips_damaged",
+            Prompt::LanguageUnusable => "language_unusable",
+            Prompt::NeedsService => "needs_service",
+            Prompt::ExpiredIntro => "expired_intro",
+            Prompt::StatusToken => "status_token",
+            Prompt::StatusClockSet => "status_clock_set",
+            Prompt::StatusAllWell => "status_all_well",
+            Prompt::Ready => "ready",
+            Prompt::NoInput => "no_input",
+            Prompt::HelpIntro => "help_intro",
+            Prompt::HelpSpeak => "help_speak",
+            Prompt::HelpReplay => "help_replay",
+            Prompt::HelpStop => "help_stop",
+            Prompt::HelpVolumeUp => "help_volume_up",
+            Prompt::HelpVolumeDown => "help_volume_down",
+            Prompt::HelpSlower => "help_slower",
+            Prompt::HelpFaster => "help_faster",
+            Prompt::HelpStatus => "help_status",
+            Prompt::HelpHelp => "help_help",
+            Prompt::HelpNextLanguage => "help_next_language",
+            Prompt::HelpNextVoice => "help_next_voice",
+            Prompt::HelpQuit => "help_quit",
+            Prompt::KeyOr => "key_or",
+            Prompt::KeyKeypad => "key_keypad",
+            Prompt::KeySpace => "key_space",
+            Prompt::KeyEnter => "key_enter",
+            Prompt::KeyEscape => "key_escape",
+            Prompt::KeyUp => "key_up",
+            Prompt::KeyDown => "key_down",
+            Prompt::KeyLeft => "key_left",
+            Prompt::KeyRight => "key_right",
+            Prompt::KeyPlus => "key_plus",
+            Prompt::KeyMinus => "key_minus",
+            Prompt::KeyStar => "key_star",
+            Prompt::KeySlash => "key_slash",
+            Prompt::KeyDot => "key_dot",
         }
     }
 
@@ -169,6 +315,8 @@ pub enum PhraseKey {
     Digit(u8),
     /// A prompt.
     Prompt(Prompt),
+    /// Free text with no clip (a key's name in the help): always spoken live.
+    Text,
 }
 
 impl PhraseKey {
@@ -184,6 +332,7 @@ impl PhraseKey {
         match self {
             PhraseKey::Digit(d) => format!("digit-{d}"),
             PhraseKey::Prompt(p) => p.key().to_owned(),
+            PhraseKey::Text => "text".to_owned(),
         }
     }
 }
@@ -204,6 +353,8 @@ pub enum Earcon {
     Start,
     /// Falling two-note chime after speech.
     End,
+    /// A short low tone: the key pressed does nothing.
+    Unknown,
 }
 
 /// One step of an utterance.
@@ -227,6 +378,9 @@ pub enum CodeIntro {
     First,
     /// "Again" (the user asked to hear the code once more).
     Replay,
+    /// "That code has expired; your new code is" (the user asked to hear the last code
+    /// again, but its time has passed: this is a different code).
+    Expired,
 }
 
 /// A planned utterance: segments in order. Build it with [`Utterance::code`] or
@@ -252,6 +406,7 @@ impl Utterance {
         let intro = match intro {
             CodeIntro::First => Prompt::Intro,
             CodeIntro::Replay => Prompt::ReplayIntro,
+            CodeIntro::Expired => Prompt::ExpiredIntro,
         };
         let mut segments = vec![
             Segment::Earcon(Earcon::Start),

@@ -35,6 +35,14 @@ const ESPEAK_BUFFER_MS: u16 = 10;
 /// espeak-ng's own amplitude parameter; chosen so speech peaks near -3 dBFS at volume MAX.
 const ESPEAK_VOLUME: u8 = 100;
 
+/// What the owner thread is asked to do.
+enum Request {
+    /// Synthesise.
+    Speak(Job),
+    /// Answer whether espeak-ng has a voice of this name.
+    HasVoice(String, mpsc::Sender<bool>),
+}
+
 struct Job {
     voice: CString,
     wpm: u16,
@@ -51,7 +59,7 @@ enum Reply {
 /// handle is serialised on that one thread, which initialised espeak-ng once.
 #[derive(Debug, Clone)]
 pub struct Espeak {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Request>,
     sample_rate: SampleRate,
 }
 
@@ -81,7 +89,7 @@ impl Espeak {
     }
 
     fn start() -> Result<Espeak, StartError> {
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, i32>>();
         let spawned = thread::Builder::new()
             .name("espeak-ng".into())
@@ -103,6 +111,19 @@ impl Espeak {
     /// espeak-ng's output rate.
     pub fn sample_rate(&self) -> SampleRate {
         self.sample_rate
+    }
+
+    /// Whether espeak-ng has the voice `name` (e.g. `da`, `en-us`). An unknown name is not
+    /// an error when speaking: espeak-ng speaks another voice instead, in the wrong language.
+    ///
+    /// # Errors
+    /// [`SpeechError::EspeakThread`] if the owner thread is gone.
+    pub fn has_voice(&self, name: &str) -> Result<bool, SpeechError> {
+        let (reply, answer) = mpsc::channel();
+        self.jobs
+            .send(Request::HasVoice(name.to_owned(), reply))
+            .map_err(|_| SpeechError::EspeakThread)?;
+        answer.recv().map_err(|_| SpeechError::EspeakThread)
     }
 
     /// A synthesiser speaking with `pack`'s espeak-ng voice and default rate.
@@ -128,7 +149,7 @@ fn ffi_error(e: ffi::FfiError) -> SpeechError {
 }
 
 /// The one thread that talks to espeak-ng.
-fn owner_thread(jobs: &mpsc::Receiver<Job>, ready: &mpsc::Sender<Result<u32, i32>>) {
+fn owner_thread(jobs: &mpsc::Receiver<Request>, ready: &mpsc::Sender<Result<u32, i32>>) {
     let token = match ffi::initialize(ESPEAK_BUFFER_MS) {
         Ok(token) => token,
         Err(ffi::FfiError::Initialize(code) | ffi::FfiError::Call(_, code)) => {
@@ -144,9 +165,16 @@ fn owner_thread(jobs: &mpsc::Receiver<Job>, ready: &mpsc::Sender<Result<u32, i32
     }
     let _ = ready.send(Ok(token.sample_rate()));
     let mut current: Option<(CString, u16)> = None;
-    while let Ok(job) = jobs.recv() {
-        let result = run_job(&token, &mut current, &job);
-        let _ = job.reply.send(Reply::Done(result));
+    while let Ok(request) = jobs.recv() {
+        match request {
+            Request::Speak(job) => {
+                let result = run_job(&token, &mut current, &job);
+                let _ = job.reply.send(Reply::Done(result));
+            }
+            Request::HasVoice(name, reply) => {
+                let _ = reply.send(ffi::has_voice(&token, &name));
+            }
+        }
     }
 }
 
@@ -210,23 +238,19 @@ impl Synth for EspeakSynth {
         let wpm = speed.words_per_minute(self.default_wpm);
         let key = (wpm, phrase.text.clone());
         if let Some(samples) = self.cache.get(&key) {
-            for chunk in samples.chunks(CLIP_CHUNK) {
-                if !out(chunk) {
-                    break;
-                }
-            }
+            emit_chunks(samples, out);
             return Ok(());
         }
         let text = CString::new(phrase.text.as_str()).map_err(|_| SpeechError::NulInText)?;
         let (reply, replies) = mpsc::channel();
         self.engine
             .jobs
-            .send(Job {
+            .send(Request::Speak(Job {
                 voice: self.voice.clone(),
                 wpm,
                 text,
                 reply,
-            })
+            }))
             .map_err(|_| SpeechError::EspeakThread)?;
         let mut whole = Vec::new();
         loop {
@@ -255,21 +279,33 @@ impl Synth for EspeakSynth {
 }
 
 /// Plays a pack's pre-rendered clips (all loaded into memory up front).
+///
+/// A clip that cannot be read is remembered with its reason, and speaking that phrase is an
+/// error (which [`crate::FallbackSynth`] answers with another synthesiser): one bad file
+/// must not silence the others.
 #[derive(Debug, Clone)]
 pub struct ClipSynth {
     clips: ClipSet,
-    samples: HashMap<(PhraseKey, Speed), Vec<i16>>,
+    samples: HashMap<(PhraseKey, Speed), Result<Vec<i16>, String>>,
 }
 
 /// Chunk length handed to the consumer, so the first samples arrive at once.
 const CLIP_CHUNK: usize = 256;
 
+/// Hands `samples` to `out` in short chunks, until `out` asks to stop.
+pub(crate) fn emit_chunks(samples: &[i16], out: &mut dyn FnMut(&[i16]) -> bool) {
+    for chunk in samples.chunks(CLIP_CHUNK) {
+        if !out(chunk) {
+            break;
+        }
+    }
+}
+
 impl ClipSynth {
     /// Loads every clip of `pack`.
     ///
     /// # Errors
-    /// [`SpeechError::NoClips`] if the pack has none; [`SpeechError::Pack`] if a clip became
-    /// unreadable since the pack was validated.
+    /// [`SpeechError::NoClips`] if the pack has none.
     pub fn load(pack: &VoicePack) -> Result<Self, SpeechError> {
         let clips = pack
             .clips()
@@ -278,25 +314,33 @@ impl ClipSynth {
         Self::from_clips(clips)
     }
 
-    /// Loads every clip of a validated clip set.
+    /// Loads every clip of a clip set; those that cannot be read are kept as problems
+    /// ([`ClipSynth::problems`]).
     ///
     /// # Errors
-    /// [`SpeechError::Pack`] if a clip became unreadable since the set was validated.
+    /// None today; the `Result` leaves room for a set that cannot be used at all.
     pub fn from_clips(clips: ClipSet) -> Result<Self, SpeechError> {
         let mut samples = HashMap::new();
         for &speed in &clips.speeds {
             for key in PhraseKey::all() {
                 let file = clips.dir.join(ClipSet::file_name(key, speed));
-                let bad = |reason: String| crate::error::PackError::BadClip {
-                    file: file.clone(),
-                    reason,
-                };
-                let mut reader = hound::WavReader::open(&file).map_err(|e| bad(e.to_string()))?;
-                let data: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
-                samples.insert((key, speed), data.map_err(|e| bad(e.to_string()))?);
+                let clip =
+                    crate::pack::read_clip(&file, clips.sample_rate).map_err(|e| e.to_string());
+                samples.insert((key, speed), clip);
             }
         }
         Ok(Self { clips, samples })
+    }
+
+    /// Every clip that cannot be played, with its reason (file name and problem), sorted.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .samples
+            .values()
+            .filter_map(|clip| clip.as_ref().err().cloned())
+            .collect();
+        problems.sort();
+        problems
     }
 }
 
@@ -312,15 +356,13 @@ impl Synth for ClipSynth {
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
         let speed = self.clips.nearest_speed(speed);
-        let clip = self
-            .samples
-            .get(&(phrase.key, speed))
-            .ok_or_else(|| SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)))?;
-        for chunk in clip.chunks(CLIP_CHUNK) {
-            if !out(chunk) {
-                break;
+        let clip = match self.samples.get(&(phrase.key, speed)) {
+            Some(Ok(clip)) => clip,
+            Some(Err(_)) | None => {
+                return Err(SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)));
             }
-        }
+        };
+        emit_chunks(clip, out);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use codereader_speech::{PackError, VoiceLibrary, VoicePack};
+use codereader_speech::{ClipSet, ClipSynth, PackError, VoiceLibrary, VoicePack};
 use common::{TempDir, voices_dir};
 
 /// The error we expect, by variant, with the file name and key it must name.
@@ -36,7 +36,7 @@ fn replace(from: &'static str, to: &'static str) -> impl FnOnce(String) -> Strin
     }
 }
 
-fn check(case: &str, result: Result<VoicePack, PackError>, file: &str, want: &Want) {
+fn check<T>(case: &str, result: Result<T, PackError>, file: &str, want: &Want) {
     let err = match result {
         Ok(_) => panic!("{case}: loaded a broken pack"),
         Err(e) => e,
@@ -316,7 +316,18 @@ fn broken_clips_each_give_their_error() {
     for (case, manifest, want) in manifests {
         let root = TempDir::new("clips-manifest");
         let dir = pack_with_clips(root.path(), manifest);
-        check(case, VoicePack::load(&dir), "clips.toml", &want);
+        let clips = dir.join("clips/flite-slt");
+        check(case, ClipSet::load(&clips), "clips.toml", &want);
+        check(case, ClipSet::load_usable(&clips), "clips.toml", &want);
+        // A device still loads the pack: without the clips, and saying why.
+        let pack = VoicePack::load(&dir).unwrap();
+        assert!(pack.clips().is_none(), "{case}");
+        assert!(
+            pack.clip_problem()
+                .is_some_and(|p| p.contains("clips.toml")),
+            "{case}: {:?}",
+            pack.clip_problem()
+        );
     }
 
     type Damage = fn(&Path);
@@ -367,7 +378,7 @@ fn broken_clips_each_give_their_error() {
         let root = TempDir::new("clips-damage");
         let dir = pack_with_clips(root.path(), MANIFEST);
         damage(&dir.join("clips/flite-slt").join(file));
-        match VoicePack::load(&dir) {
+        match ClipSet::load(&dir.join("clips/flite-slt")) {
             Err(PackError::BadClip {
                 file: named,
                 reason,
@@ -377,12 +388,21 @@ fn broken_clips_each_give_their_error() {
             }
             other => panic!("{case}: expected BadClip for {file}, got {other:?}"),
         }
+        // A device keeps the other clips, and the synthesiser names the bad one.
+        let pack = VoicePack::load(&dir).unwrap();
+        assert!(pack.clips().is_some(), "{case}");
+        let problems = ClipSynth::load(&pack).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{case}: {problems:?}");
+        assert!(
+            problems[0].contains(file) && problems[0].contains(reason_part),
+            "{case}: {problems:?}"
+        );
     }
 
     let root = TempDir::new("clips-rate");
     let dir = pack_with_clips(root.path(), MANIFEST);
     write_wav(&dir.join("clips/flite-slt/digit-9@0.wav"), 16_000, 1, 16);
-    match VoicePack::load(&dir) {
+    match ClipSet::load(&dir.join("clips/flite-slt")) {
         Err(PackError::ClipSampleRate {
             file,
             expected,
@@ -393,6 +413,26 @@ fn broken_clips_each_give_their_error() {
         }
         other => panic!("wrong rate: {other:?}"),
     }
+    let problems = ClipSynth::load(&VoicePack::load(&dir).unwrap())
+        .unwrap()
+        .problems();
+    assert!(
+        problems.len() == 1 && problems[0].contains("16000 Hz"),
+        "{problems:?}"
+    );
+    // Not one clip usable: the set as a whole is refused, and a device loads the pack
+    // without it (live espeak-ng speaks).
+    for entry in std::fs::read_dir(dir.join("clips/flite-slt")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wav") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(ClipSet::load_usable(&dir.join("clips/flite-slt")).is_err());
+    let pack = VoicePack::load(&dir).unwrap();
+    assert!(pack.clips().is_none());
+    assert!(pack.clip_problem().unwrap().contains("missing"));
+    assert!(pack.with_voice("flite-slt").is_err());
 }
 
 /// Random byte damage to a valid `voice.toml` never panics: every outcome is a pack or a

@@ -185,8 +185,9 @@ fn bad_codes_are_rejected_without_echoing_them() {
     }
 }
 
-/// A synthesiser that "says" everything as a full-scale square wave: far hotter than any
-/// pack should be, to make the limiter work.
+/// A synthesiser that "says" everything as a quiet tone with one full-scale click: a crest
+/// factor far beyond speech, so that bringing it to speech loudness drives the click far
+/// past full scale and makes the limiter work.
 struct Hot;
 
 impl Synth for Hot {
@@ -201,12 +202,9 @@ impl Synth for Hot {
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
         let wave: Vec<i16> = (0..4410)
-            .map(|i| {
-                if (i / 25) % 2 == 0 {
-                    i16::MAX
-                } else {
-                    i16::MIN
-                }
+            .map(|i| match i {
+                2000..2010 => i16::MAX,
+                _ => (300.0 * (f64::from(i) * 0.3).sin()) as i16,
             })
             .collect();
         out(&wave);
@@ -295,5 +293,18 @@ fn a_failed_render_leaves_an_existing_wav_untouched() {
             assert!(path.starts_with(dir.path().join("missing-dir")))
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// espeak-ng speaks an unknown voice name as some other voice without an error, so the
+/// device asks whether the voice exists.
+#[test]
+fn espeak_knows_which_voices_it_has() {
+    let espeak = Espeak::shared().unwrap();
+    for name in ["da", "en", "en-us", "EN-US", "en+f3"] {
+        assert!(espeak.has_voice(name).unwrap(), "{name}");
+    }
+    for name in ["no-such-voice", "xx", ""] {
+        assert!(!espeak.has_voice(name).unwrap(), "{name}");
     }
 }

@@ -1,0 +1,216 @@
+//! A synthesiser that never leaves a phrase unsaid because one clip is bad: each phrase the
+//! primary synthesiser (a voice's clips) cannot speak is spoken by a backup (live espeak-ng
+//! in the same language) instead.
+//!
+//! The decision is made per phrase, when the phrase is synthesised, so it holds whether a
+//! voice's clips were loaded up front or are read when first needed. A blind user alone
+//! with the device must hear the whole code; one damaged file must not make it silent.
+
+use crate::dsp::{Resample, to_f32, to_i16};
+use crate::error::SpeechError;
+use crate::plan::{Phrase, PhraseKey, SampleRate, Speed};
+use crate::synth::{Synth, emit_chunks};
+
+/// Told once per [`FallbackSynth`] when the backup first has to speak; the message names
+/// the voice but never the phrase (a digit word would give away part of a code).
+pub type FallbackReport = Box<dyn FnMut(&str) + Send>;
+
+/// Speaks with `primary`, and every phrase `primary` fails on with `backup`, resampled to
+/// `primary`'s rate.
+pub struct FallbackSynth {
+    primary: Box<dyn Synth>,
+    backup: Box<dyn Synth>,
+    resample: Option<Resample>,
+    label: String,
+    report: FallbackReport,
+    reported: bool,
+}
+
+impl std::fmt::Debug for FallbackSynth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FallbackSynth({})", self.label)
+    }
+}
+
+impl FallbackSynth {
+    /// `label` names the primary voice in the report (e.g. "voice `flite-slt` of `en`").
+    ///
+    /// # Errors
+    /// [`SpeechError::Resample`] if the backup's rate cannot be converted to the primary's.
+    pub fn new(
+        primary: Box<dyn Synth>,
+        backup: Box<dyn Synth>,
+        label: &str,
+        report: FallbackReport,
+    ) -> Result<Self, SpeechError> {
+        let (from, to) = (backup.sample_rate(), primary.sample_rate());
+        let resample = if from == to {
+            None
+        } else {
+            Some(Resample::new(from, to)?)
+        };
+        Ok(Self {
+            primary,
+            backup,
+            resample,
+            label: label.to_owned(),
+            report,
+            reported: false,
+        })
+    }
+}
+
+impl Synth for FallbackSynth {
+    fn sample_rate(&self) -> SampleRate {
+        self.primary.sample_rate()
+    }
+
+    fn speak(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
+        if phrase.key == PhraseKey::Text {
+            // Free text never has a clip: not a damaged one.
+            return self.speak_backup(phrase, speed, out);
+        }
+        let mut stopped = false;
+        let primary = self.primary.speak(phrase, speed, &mut |chunk| {
+            let go_on = out(chunk);
+            stopped |= !go_on;
+            go_on
+        });
+        if primary.is_ok() || stopped {
+            return Ok(());
+        }
+        if !self.reported {
+            self.reported = true;
+            (self.report)(&format!(
+                "{}: a clip could not be played, so live espeak-ng speaks that phrase \
+                 instead; render the clips again with `cargo xtask voices`",
+                self.label
+            ));
+        }
+        self.speak_backup(phrase, speed, out)
+    }
+}
+
+impl FallbackSynth {
+    /// Speaks `phrase` with the backup, at the primary's rate.
+    fn speak_backup(
+        &mut self,
+        phrase: &Phrase,
+        speed: Speed,
+        out: &mut dyn FnMut(&[i16]) -> bool,
+    ) -> Result<(), SpeechError> {
+        let Some(resample) = self.resample.as_mut() else {
+            return self.backup.speak(phrase, speed, out);
+        };
+        // Resampled whole: a phrase is short, and this only happens for a damaged clip.
+        let mut raw = Vec::new();
+        self.backup.speak(phrase, speed, &mut |chunk| {
+            raw.extend_from_slice(chunk);
+            true
+        })?;
+        let converted: Vec<i16> = resample
+            .process(&to_f32(&raw))?
+            .into_iter()
+            .map(to_i16)
+            .collect();
+        emit_chunks(&converted, out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Prompt;
+    use std::sync::{Arc, Mutex};
+
+    /// A synthesiser that fails on `bad` digits and otherwise gives `len` samples of `value`.
+    struct Fixed {
+        rate: SampleRate,
+        value: i16,
+        len: usize,
+        bad: Vec<u8>,
+    }
+
+    impl Synth for Fixed {
+        fn sample_rate(&self) -> SampleRate {
+            self.rate
+        }
+        fn speak(
+            &mut self,
+            phrase: &Phrase,
+            _: Speed,
+            out: &mut dyn FnMut(&[i16]) -> bool,
+        ) -> Result<(), SpeechError> {
+            if matches!(phrase.key, PhraseKey::Digit(d) if self.bad.contains(&d)) {
+                return Err(SpeechError::NoClip("digit".into()));
+            }
+            out(&vec![self.value; self.len]);
+            Ok(())
+        }
+    }
+
+    fn phrase(key: PhraseKey) -> Phrase {
+        Phrase {
+            key,
+            text: "x".into(),
+        }
+    }
+
+    #[test]
+    fn failed_phrases_are_spoken_by_the_backup_at_the_primary_rate_and_reported_once() {
+        let primary = Fixed {
+            rate: SampleRate::new(16_000).unwrap(),
+            value: 100,
+            len: 1600,
+            bad: vec![5, 7],
+        };
+        let backup = Fixed {
+            rate: SampleRate::ESPEAK,
+            value: 3000,
+            len: 22_050,
+            bad: vec![],
+        };
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&reports);
+        let mut synth = FallbackSynth::new(
+            Box::new(primary),
+            Box::new(backup),
+            "voice `v` of `en`",
+            Box::new(move |m| sink.lock().unwrap().push(m.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(synth.sample_rate().hz(), 16_000);
+        let mut said = |key| {
+            let mut all = Vec::new();
+            synth
+                .speak(&phrase(key), Speed::default(), &mut |c| {
+                    all.extend_from_slice(c);
+                    true
+                })
+                .unwrap();
+            all
+        };
+        assert_eq!(said(PhraseKey::Digit(1)), vec![100; 1600]);
+        assert_eq!(said(PhraseKey::Prompt(Prompt::Intro)).len(), 1600);
+        for bad in [5, 7] {
+            let backup = said(PhraseKey::Digit(bad));
+            // One second of the backup's audio, at the primary's rate.
+            assert!(
+                (backup.len() as i64 - 16_000).abs() < 50,
+                "{}",
+                backup.len()
+            );
+            assert!(backup[8000] > 2500, "{}", backup[8000]);
+        }
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(reports[0].contains("voice `v` of `en`"), "{}", reports[0]);
+        assert!(!reports[0].contains("digit"), "{}", reports[0]);
+    }
+}
