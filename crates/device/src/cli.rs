@@ -718,8 +718,7 @@ fn take_and_plan(
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
     let (mut planned, result) = take_and_plan_in(state, pack, at)?;
     if unusable {
-        planned.utterance =
-            voice::after_notice(pack, Prompt::LanguageUnusable, &planned.utterance);
+        planned.utterance = voice::after_notice(pack, Prompt::LanguageUnusable, &planned.utterance);
     }
     Ok((planned, result))
 }

@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_speech::{LivePlayer, PhraseKey, Prompt, Utterance, VoicePack};
+use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
 use evdev::KeyCode;
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
-use crate::cli::{Exit, Failure, build_floor, load_voices, now, prompt_for};
+use crate::cli::{Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
     Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
@@ -224,26 +224,20 @@ impl Device<'_> {
         }
     }
 
-    /// Shows what `message` says on the braille display (codes are shown by
-    /// [`Device::show_code`], with their validity).
+    /// Shows what `message` says on the braille display: the words it speaks (codes are
+    /// shown by [`Device::show_code`], with their validity; tones show nothing).
     fn show(&mut self, message: &Message<'_>) {
+        if matches!(message, Message::Code { .. } | Message::ExpiredCode { .. }) {
+            return;
+        }
         let Some(pack) = self.pack() else { return };
-        let text = match message {
-            Message::Prompt(prompt) => pack.phrase(PhraseKey::Prompt(*prompt)).text,
-            Message::Status {
-                serial_digits,
-                problems,
-            } => {
-                let mut text = (*serial_digits).to_owned();
-                for prompt in *problems {
-                    text.push_str(". ");
-                    text.push_str(&pack.phrase(PhraseKey::Prompt(*prompt)).text);
-                }
-                text
-            }
-            Message::Code { .. } | Message::Limit => return,
+        let Ok(utterance) = voice::plan(pack, message) else {
+            return;
         };
-        self.senses.show_text(&text);
+        let text = voice::shown_text(&utterance);
+        if !text.is_empty() {
+            self.senses.show_text(&text);
+        }
     }
 
     /// Shows `code` (valid for `seconds_left`, `None` for a counter) on the braille display

@@ -595,6 +595,38 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
     }
 }
 
+/// What a braille display shows for `utterance`: the text of its phrases in order, digits
+/// as numerals run together ("Token ending in 0815. Clock set."), tones and pauses nothing.
+pub fn shown_text(utterance: &Utterance) -> String {
+    let mut text = String::new();
+    let mut after_digit = false;
+    for segment in utterance.segments() {
+        let Segment::Speech(phrase) = segment else {
+            continue;
+        };
+        match phrase.key {
+            PhraseKey::Digit(d) => {
+                if !after_digit && !text.is_empty() {
+                    text.push(' ');
+                }
+                text.extend(char::from_digit(u32::from(d), 10));
+                after_digit = true;
+            }
+            _ => {
+                if after_digit {
+                    text.push('.');
+                }
+                if !text.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(phrase.text.trim());
+                after_digit = false;
+            }
+        }
+    }
+    text
+}
+
 /// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
 pub fn after_notice(pack: &VoicePack, prompt: Prompt, utterance: &Utterance) -> Utterance {
     let mut segments = vec![
@@ -735,6 +767,36 @@ mod tests {
         list.iter()
             .map(|(t, v)| ((*t).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn braille_shows_the_words_spoken_with_digits_as_numerals() {
+        let voices = shipped();
+        let en = voices.pack("en").unwrap();
+        let status = |serial_digits, clock_set, problems: &[Prompt]| {
+            shown_text(
+                &plan(
+                    en,
+                    &Message::Status {
+                        serial_digits,
+                        clock_set,
+                        problems,
+                    },
+                )
+                .unwrap(),
+            )
+        };
+        let token = en.phrase(PhraseKey::Prompt(Prompt::StatusToken)).text;
+        let clock = en.phrase(PhraseKey::Prompt(Prompt::StatusClockSet)).text;
+        let well = en.phrase(PhraseKey::Prompt(Prompt::StatusAllWell)).text;
+        assert_eq!(
+            status("0815", true, &[]),
+            format!("{} 0815. {} {}", token.trim(), clock.trim(), well.trim())
+        );
+        // Nothing to report is still a sentence, never a blank line.
+        assert_eq!(status("", false, &[]), well.trim());
+        // Tones show nothing (the display keeps what it had).
+        assert_eq!(shown_text(&plan(en, &Message::UnknownKey).unwrap()), "");
     }
 
     #[test]
