@@ -178,6 +178,12 @@ fn failures_are_spoken_and_give_their_exit_status() {
     let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["code"]);
     assert_eq!(out.status.code(), Some(5));
     assert!(out.stdout.is_empty());
+    let out = faked_clock(dir.path(), "@2001-01-01 00:00:00", &["clock"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("clock: NOT SET") && shown.contains("set the system clock"),
+        "{shown}"
+    );
     // Clock moved back past the last step given: exit 5, no code, and the log line keeps
     // the command that accepts the clock.
     ok(&faked_clock(dir.path(), "+1d", &["code"]));

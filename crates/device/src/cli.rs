@@ -941,7 +941,8 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
         } => {
             if now.0 < floor.0 {
                 return format!(
-                    "clock: NOT SET (reads {} s, before the build at {})",
+                    "clock: NOT SET (reads {} s, before the build at {}); no code is given \
+                     until it is set: set the system clock (date, timedatectl or NTP)",
                     now.0, floor.0
                 );
             }

@@ -224,18 +224,11 @@ impl Device<'_> {
         }
     }
 
-    /// Shows what `message` says on the braille display: the words it speaks (codes are
-    /// shown by [`Device::show_code`], with their validity; tones show nothing).
+    /// Shows what `message` says on the braille display, as text in the user's language
+    /// (codes are shown by [`Device::show_code`], with their validity; tones show nothing).
     fn show(&mut self, message: &Message<'_>) {
-        if matches!(message, Message::Code { .. } | Message::ExpiredCode { .. }) {
-            return;
-        }
         let Some(pack) = self.pack() else { return };
-        let Ok(utterance) = voice::plan(pack, message) else {
-            return;
-        };
-        let text = voice::shown_text(&utterance);
-        if !text.is_empty() {
+        if let Some(text) = voice::text(pack, message) {
             self.senses.show_text(&text);
         }
     }

@@ -595,36 +595,56 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
     }
 }
 
-/// What a braille display shows for `utterance`: the text of its phrases in order, digits
-/// as numerals run together ("Token ending in 0815. Clock set."), tones and pauses nothing.
-pub fn shown_text(utterance: &Utterance) -> String {
-    let mut text = String::new();
-    let mut after_digit = false;
-    for segment in utterance.segments() {
-        let Segment::Speech(phrase) = segment else {
-            continue;
-        };
-        match phrase.key {
-            PhraseKey::Digit(d) => {
-                if !after_digit && !text.is_empty() {
-                    text.push(' ');
-                }
-                text.extend(char::from_digit(u32::from(d), 10));
-                after_digit = true;
+/// What `message` says, as text for a braille display or large print, in `pack`'s
+/// language; `None` for a code (shown with its validity by the display's own code view) and
+/// for the tones. Digits stay digits ("Token ending in 0815.").
+pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
+    let say = |prompt| pack.text(PhraseKey::Prompt(prompt)).to_owned();
+    let sentences: Vec<String> = match message {
+        Message::Code { .. }
+        | Message::ExpiredCode { .. }
+        | Message::Limit
+        | Message::UnknownKey => return None,
+        Message::Prompt(prompt) => vec![say(*prompt)],
+        Message::Status {
+            serial_digits,
+            clock_set,
+            problems,
+        } => {
+            let mut all = Vec::new();
+            if !serial_digits.is_empty() {
+                all.push(format!("{} {serial_digits}.", say(Prompt::StatusToken)));
             }
-            _ => {
-                if after_digit {
-                    text.push('.');
-                }
-                if !text.is_empty() {
-                    text.push(' ');
-                }
-                text.push_str(phrase.text.trim());
-                after_digit = false;
+            if *clock_set {
+                all.push(say(Prompt::StatusClockSet));
             }
+            all.extend(problems.iter().map(|p| say(*p)));
+            if problems.is_empty() {
+                all.push(say(Prompt::StatusAllWell));
+            }
+            all
         }
-    }
-    text
+        Message::Help { actions } => std::iter::once(say(Prompt::HelpIntro))
+            .chain(actions.iter().map(|(prompt, keys)| {
+                let or = format!(" {} ", say(Prompt::KeyOr));
+                format!("{} {}.", say(*prompt), keys.join(&or))
+            }))
+            .collect(),
+        Message::Ready {
+            language_unusable,
+            phrase,
+            no_input,
+        } => [
+            (*language_unusable, Prompt::LanguageUnusable),
+            (*phrase, Prompt::Ready),
+            (*no_input, Prompt::NoInput),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, prompt)| say(prompt))
+        .collect(),
+    };
+    (!sentences.is_empty()).then(|| sentences.join(" "))
 }
 
 /// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
@@ -767,36 +787,6 @@ mod tests {
         list.iter()
             .map(|(t, v)| ((*t).to_owned(), (*v).to_owned()))
             .collect()
-    }
-
-    #[test]
-    fn braille_shows_the_words_spoken_with_digits_as_numerals() {
-        let voices = shipped();
-        let en = voices.pack("en").unwrap();
-        let status = |serial_digits, clock_set, problems: &[Prompt]| {
-            shown_text(
-                &plan(
-                    en,
-                    &Message::Status {
-                        serial_digits,
-                        clock_set,
-                        problems,
-                    },
-                )
-                .unwrap(),
-            )
-        };
-        let token = en.phrase(PhraseKey::Prompt(Prompt::StatusToken)).text;
-        let clock = en.phrase(PhraseKey::Prompt(Prompt::StatusClockSet)).text;
-        let well = en.phrase(PhraseKey::Prompt(Prompt::StatusAllWell)).text;
-        assert_eq!(
-            status("0815", true, &[]),
-            format!("{} 0815. {} {}", token.trim(), clock.trim(), well.trim())
-        );
-        // Nothing to report is still a sentence, never a blank line.
-        assert_eq!(status("", false, &[]), well.trim());
-        // Tones show nothing (the display keeps what it had).
-        assert_eq!(shown_text(&plan(en, &Message::UnknownKey).unwrap()), "");
     }
 
     #[test]
@@ -943,6 +933,38 @@ mod tests {
         let expired = plan(pack, &Message::ExpiredCode { code: "123456" }).unwrap();
         assert_eq!(said(&expired)[0], p(Prompt::ExpiredIntro));
         assert_eq!(said(&expired).len(), 7);
+    }
+
+    #[test]
+    fn messages_read_as_text_for_braille_and_large_print() {
+        let voices = shipped();
+        let pack = voices.pack("en").unwrap();
+        let status = Message::Status {
+            serial_digits: "0815",
+            clock_set: true,
+            problems: &[],
+        };
+        assert_eq!(
+            text(pack, &status).unwrap(),
+            "Token ending in 0815. Clock set. All is well."
+        );
+        let actions = [(Prompt::HelpSpeak, vec!["s".to_owned(), "space".to_owned()])];
+        assert_eq!(
+            text(pack, &Message::Help { actions: &actions }).unwrap(),
+            "Keys, most important first. Hear your code: s or space."
+        );
+        let ready = Message::Ready {
+            language_unusable: false,
+            phrase: false,
+            no_input: true,
+        };
+        assert_eq!(
+            text(pack, &ready).unwrap(),
+            "No keypad is connected. Waiting for one."
+        );
+        let code = Message::ExpiredCode { code: "123456" };
+        assert!(text(pack, &code).is_none());
+        assert!(text(pack, &Message::UnknownKey).is_none());
     }
 
     #[test]
