@@ -128,6 +128,18 @@ impl TlsState {
         Ok(())
     }
 
+    /// Completes the server side of a TLS handshake on `stream` under the configuration in
+    /// use, within [`HANDSHAKE_TIMEOUT`]: what any accept loop (this module's, or one that
+    /// also tracks connections) does with a fresh TCP connection.
+    ///
+    /// # Errors
+    /// The handshake failed (plain HTTP, no or a wrong client certificate...) or timed out.
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(stream))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(
             self.config
@@ -180,10 +192,9 @@ async fn accept_loop(
             return;
         }
         let _ = stream.set_nodelay(true);
-        let (acceptor, ready) = (tls.acceptor(), ready.clone());
+        let (tls, ready) = (tls.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            if let Ok(Ok(stream)) = handshake.await {
+            if let Ok(stream) = tls.accept(stream).await {
                 drop(permit);
                 let _ = ready.send((stream, peer)).await;
             }
