@@ -28,6 +28,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
+use crate::apikeys::ClientCertificate;
+
 /// Longest a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -219,22 +221,34 @@ impl Listener for TlsListener {
     }
 }
 
-/// The client's address on a TLS connection (axum knows how to find it only for plain TCP).
+/// The client's address on a TLS connection (axum knows how to find it only for plain TCP),
+/// and the certificate it presented, if any (verified by the handshake).
 #[derive(Debug, Clone, Copy)]
-struct PeerAddr(SocketAddr);
+struct PeerAddr(SocketAddr, Option<ClientCertificate>);
 
 impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        let certificate = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(|der| ClientCertificate::of_der(der));
+        PeerAddr(*stream.remote_addr(), certificate)
     }
 }
 
-/// Makes the client address available as `ConnectInfo<SocketAddr>`, as on plain HTTP.
+/// Makes the client address available as `ConnectInfo<SocketAddr>`, as on plain HTTP, and
+/// the client certificate as a [`ClientCertificate`] for the API-key check.
 async fn as_socket_addr(mut request: Request) -> Request {
-    if let Some(ConnectInfo(PeerAddr(addr))) =
+    if let Some(ConnectInfo(PeerAddr(addr, certificate))) =
         request.extensions().get::<ConnectInfo<PeerAddr>>().copied()
     {
         request.extensions_mut().insert(ConnectInfo(addr));
+        if let Some(certificate) = certificate {
+            request.extensions_mut().insert(certificate);
+        }
     }
     request
 }
