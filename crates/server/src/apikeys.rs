@@ -316,9 +316,6 @@ pub fn create_key_at(
     now: u64,
     expires: Option<u64>,
 ) -> Result<NewKey> {
-    if expires.is_some_and(|t| t <= now) {
-        bail!("the expiry must be in the future");
-    }
     let mut keys = ApiKeys::load(path)?;
     let mut random = Zeroizing::new([0u8; 32]);
     getrandom::fill(random.as_mut()).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -345,9 +342,6 @@ pub fn add_certificate(
     now: u64,
     expires: Option<u64>,
 ) -> Result<KeyEntry> {
-    if expires.is_some_and(|t| t <= now) {
-        bail!("the expiry must be in the future");
-    }
     let mut keys = ApiKeys::load(path)?;
     let hash = ClientCertificate::of_der(der).0;
     if keys.find_hash(&hash, true).is_some() {
@@ -368,6 +362,9 @@ fn add_entry(
     expires: Option<u64>,
     certificate: bool,
 ) -> Result<KeyEntry> {
+    if expires.is_some_and(|t| t <= now) {
+        bail!("the expiry must be in the future");
+    }
     let name = match name {
         Some(n) => {
             if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_graphic()) {

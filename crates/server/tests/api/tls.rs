@@ -243,17 +243,15 @@ async fn https_with_reload_and_mutual_tls() {
     let ca_file = temp.path().join("clients-ca.crt");
     std::fs::write(&ca_file, ca.cert.pem()).unwrap();
     let ca_s = ca_file.display().to_string();
-    let server = start(
-        &state,
-        &[
-            "--tls-cert",
-            &cert_s,
-            "--tls-key",
-            &key_s,
-            "--client-ca",
-            &ca_s,
-        ],
-    );
+    let mutual = [
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+        "--client-ca",
+        &ca_s,
+    ];
+    let server = start(&state, &mutual);
     let refused = request(server.addr, plain_client, "GET", "/healthz", None, None).await;
     assert!(refused.is_err(), "{refused:?}");
     let stranger = new_ca();
@@ -305,17 +303,7 @@ async fn https_with_reload_and_mutual_tls() {
         list.contains("backend\tverify\t") && list.contains("\tclient certificate"),
         "{list}"
     );
-    let server = start(
-        &state,
-        &[
-            "--tls-cert",
-            &cert_s,
-            "--tls-key",
-            &key_s,
-            "--client-ca",
-            &ca_s,
-        ],
-    );
+    let server = start(&state, &mutual);
     let config = client_config(&ca, Some(&backend));
     let body = json!({"token": "NOBODY", "code": "123456"});
     let r = request(
