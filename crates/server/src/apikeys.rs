@@ -73,6 +73,21 @@ pub struct KeyEntry {
     pub created: Option<u64>,
     /// When it stops being accepted (Unix seconds), if ever.
     pub expires: Option<u64>,
+    /// A client certificate (its hash is of the certificate's DER), presented in a mutual
+    /// TLS handshake instead of a bearer key; never matched by a bearer key, nor the reverse.
+    pub certificate: bool,
+}
+
+/// The SHA-256 of the client certificate a mutual-TLS connection presented (verified by the
+/// handshake against `--client-ca`), as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate(pub [u8; 32]);
+
+impl ClientCertificate {
+    /// The certificate with this DER encoding.
+    pub fn of_der(der: &[u8]) -> Self {
+        ClientCertificate(hash_key(der))
+    }
 }
 
 impl KeyEntry {
@@ -124,12 +139,20 @@ impl ApiKeys {
             let [scope, name, hash, ref extra @ ..] = fields[..] else {
                 return Err(bad("expected 'SCOPE NAME SHA256-HEX'"));
             };
-            let (mut created, mut expires) = (None, None);
+            let (mut created, mut expires, mut certificate) = (None, None, false);
             for field in extra {
                 let (slot, value) = match field.split_once('=') {
                     Some(("created", v)) => (&mut created, v),
                     Some(("expires", v)) => (&mut expires, v),
-                    _ => return Err(bad("after the hash only created=UNIX and expires=UNIX")),
+                    None if *field == "certificate" => {
+                        certificate = true;
+                        continue;
+                    }
+                    _ => {
+                        return Err(bad(
+                            "after the hash only created=UNIX, expires=UNIX and certificate",
+                        ));
+                    }
                 };
                 *slot = Some(
                     value
@@ -152,6 +175,7 @@ impl ApiKeys {
                 hash,
                 created,
                 expires,
+                certificate,
             });
         }
         Ok(ApiKeys { entries })
@@ -181,18 +205,34 @@ impl ApiKeys {
     /// The entry whose key `presented` is, if any. Hashes once and compares with every entry
     /// in constant time; the time taken does not depend on which entry (if any) matched.
     pub fn find(&self, presented: &[u8]) -> Option<&KeyEntry> {
-        let hash = hash_key(presented);
+        self.find_hash(&hash_key(presented), false)
+    }
+
+    fn find_hash(&self, hash: &[u8; 32], certificate: bool) -> Option<&KeyEntry> {
         let mut found: Option<&KeyEntry> = None;
         for entry in &self.entries {
-            let equal: Choice = entry.hash.ct_eq(&hash);
+            let equal: Choice = entry.hash.ct_eq(hash);
             // Branch-free selection would need a conditional move over references; the
             // branch below only runs after the constant-time comparison of each entry, and
             // every entry is compared whatever the outcome.
-            if bool::from(equal) {
+            if bool::from(equal) && entry.certificate == certificate {
                 found = Some(entry);
             }
         }
         found
+    }
+
+    /// The entry registered for a client certificate, if it is known and not expired at
+    /// `now`, compared like [`ApiKeys::find`].
+    ///
+    /// # Errors
+    /// [`Refusal::Unknown`] or [`Refusal::Expired`].
+    pub fn check_certificate(
+        &self,
+        presented: &ClientCertificate,
+        now: u64,
+    ) -> Result<&KeyEntry, Refusal> {
+        Self::valid(self.find_hash(&presented.0, true), now)
     }
 
     /// The entry whose key `presented` is, if it is known and not expired at `now` (Unix
@@ -201,7 +241,11 @@ impl ApiKeys {
     /// # Errors
     /// [`Refusal::Unknown`] or [`Refusal::Expired`].
     pub fn check(&self, presented: &[u8], now: u64) -> Result<&KeyEntry, Refusal> {
-        match self.find(presented) {
+        Self::valid(self.find(presented), now)
+    }
+
+    fn valid(found: Option<&KeyEntry>, now: u64) -> Result<&KeyEntry, Refusal> {
+        match found {
             None => Err(Refusal::Unknown),
             Some(entry) if entry.expired(now) => Err(Refusal::Expired),
             Some(entry) => Ok(entry),
@@ -226,6 +270,9 @@ impl ApiKeys {
             }
             if let Some(t) = entry.expires {
                 text.push_str(&format!(" expires={t}"));
+            }
+            if entry.certificate {
+                text.push_str(" certificate");
             }
             text.push('\n');
         }
@@ -269,9 +316,6 @@ pub fn create_key_at(
     now: u64,
     expires: Option<u64>,
 ) -> Result<NewKey> {
-    if expires.is_some_and(|t| t <= now) {
-        bail!("the expiry must be in the future");
-    }
     let mut keys = ApiKeys::load(path)?;
     let mut random = Zeroizing::new([0u8; 32]);
     getrandom::fill(random.as_mut()).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -280,6 +324,47 @@ pub fn create_key_at(
         data_encoding::HEXLOWER.encode(random.as_ref())
     ));
     let hash = hash_key(key.as_bytes());
+    let entry = add_entry(&mut keys, path, scope, name, hash, now, expires, false)?;
+    Ok(NewKey { key, entry })
+}
+
+/// Registers a client certificate (its DER encoding) with `scope`: a mutual-TLS client
+/// presenting it may call the API without a bearer key. `name` defaults to `cert-` and 8 hex
+/// digits of its hash.
+///
+/// # Errors
+/// As [`create_key_at`].
+pub fn add_certificate(
+    path: &Path,
+    scope: Scope,
+    name: Option<&str>,
+    der: &[u8],
+    now: u64,
+    expires: Option<u64>,
+) -> Result<KeyEntry> {
+    let mut keys = ApiKeys::load(path)?;
+    let hash = ClientCertificate::of_der(der).0;
+    if keys.find_hash(&hash, true).is_some() {
+        bail!("this certificate is registered already");
+    }
+    add_entry(&mut keys, path, scope, name, hash, now, expires, true)
+}
+
+/// Names, appends and writes an entry (atomically, mode 0600).
+#[allow(clippy::too_many_arguments)]
+fn add_entry(
+    keys: &mut ApiKeys,
+    path: &Path,
+    scope: Scope,
+    name: Option<&str>,
+    hash: [u8; 32],
+    now: u64,
+    expires: Option<u64>,
+    certificate: bool,
+) -> Result<KeyEntry> {
+    if expires.is_some_and(|t| t <= now) {
+        bail!("the expiry must be in the future");
+    }
     let name = match name {
         Some(n) => {
             if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_graphic()) {
@@ -287,7 +372,11 @@ pub fn create_key_at(
             }
             n.to_owned()
         }
-        None => format!("key-{}", data_encoding::HEXLOWER.encode(&hash[..4])),
+        None => format!(
+            "{}-{}",
+            if certificate { "cert" } else { "key" },
+            data_encoding::HEXLOWER.encode(&hash[..4])
+        ),
     };
     if keys.entries.iter().any(|e| e.name == name) {
         bail!("a key named '{name}' already exists");
@@ -298,13 +387,14 @@ pub fn create_key_at(
         hash,
         created: Some(now),
         expires,
+        certificate,
     };
     keys.entries.push(entry.clone());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::state::create_private_dir(parent)?;
     }
     write_atomic(path, keys.render().as_bytes())?;
-    Ok(NewKey { key, entry })
+    Ok(entry)
 }
 
 /// Removes the key named `name` from the file at `path` (atomically); returns its entry.
@@ -377,6 +467,20 @@ mod tests {
         let keys = ApiKeys::parse(&line).unwrap();
         assert_eq!(keys.entries()[0].created, None);
         assert!(ApiKeys::parse(&format!("admin ops {} when=1\n", "ab".repeat(32))).is_err());
+        // A certificate entry is matched by the certificate only, never as a bearer key.
+        let der = b"not really DER, but bytes";
+        let entry = add_certificate(&path, Scope::Verify, None, der, 1000, None).unwrap();
+        assert!(entry.name.starts_with("cert-") && entry.certificate);
+        assert!(add_certificate(&path, Scope::Admin, Some("again"), der, 1000, None).is_err());
+        let keys = ApiKeys::load(&path).unwrap();
+        let cert = ClientCertificate::of_der(der);
+        assert_eq!(keys.check_certificate(&cert, 0).unwrap().name, entry.name);
+        assert_eq!(keys.check(der, 0).unwrap_err(), Refusal::Unknown);
+        let bearer = ClientCertificate::of_der(soon.key.as_bytes());
+        assert_eq!(
+            keys.check_certificate(&bearer, 0).unwrap_err(),
+            Refusal::Unknown
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::apikeys::{ApiKeys, Refusal, Scope};
+use crate::apikeys::{ApiKeys, ClientCertificate, Refusal, Scope};
 use crate::metrics::Metrics;
 use crate::sealwatch::SealWatch;
 use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
@@ -344,13 +344,23 @@ async fn require_scope(
             let (scheme, key) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
         });
-    let Some(presented) = presented else {
-        return unauthorized("an `Authorization: Bearer KEY` header is required");
-    };
     let keys = state.keys();
-    let entry = match keys.check(presented.as_bytes(), crate::apikeys::unix_now()) {
+    let now = crate::apikeys::unix_now();
+    // A bearer key if there is one; else a client certificate registered as a key (mutual
+    // TLS standing in for bearer keys).
+    let checked = match (presented, request.extensions().get::<ClientCertificate>()) {
+        (Some(presented), _) => keys.check(presented.as_bytes(), now),
+        (None, Some(certificate)) => keys.check_certificate(certificate, now),
+        (None, None) => {
+            return unauthorized("an `Authorization: Bearer KEY` header is required");
+        }
+    };
+    let entry = match checked {
         Ok(entry) => entry,
         Err(Refusal::Expired) => return unauthorized("the API key has expired"),
+        Err(_) if presented.is_none() => {
+            return unauthorized("no bearer key, and the client certificate is not registered");
+        }
         Err(_) => return unauthorized("unknown API key"),
     };
     if entry.scope != scope {

@@ -290,6 +290,25 @@ enum ApiKeyCommand {
         #[arg(long, value_name = "TIME")]
         expires: Option<String>,
     },
+    /// Register a client certificate as a key: over mutual TLS (`serve --client-ca`) a
+    /// client presenting it may call the API without a bearer key.
+    AddCert {
+        /// What it may do: `verify` or `admin`.
+        #[arg(long)]
+        scope: Scope,
+        /// A name for the audit trail (default: derived from the certificate's hash).
+        #[arg(long)]
+        name: Option<String>,
+        /// The client's certificate (PEM; the first certificate of the file).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// When it stops being accepted (as for `api-key create`). Default: never.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// The API-key file. Default: `api-keys` in the state directory.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
+    },
     /// List the keys: name, scope, created, expiry (never the key or its hash).
     List {
         /// The API-key file. Default: `api-keys` in the state directory.
@@ -323,6 +342,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Token(command) => token(command),
         Command::ApiKey(ApiKeyCommand::List { api_keys }) => list_api_keys(api_keys),
+        Command::ApiKey(ApiKeyCommand::AddCert {
+            scope,
+            name,
+            cert,
+            expires,
+            api_keys,
+        }) => add_certificate(scope, name.as_deref(), &cert, expires.as_deref(), api_keys),
         Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys }) => {
             revoke_api_key(&name, api_keys)
         }
@@ -931,12 +957,17 @@ fn list_api_keys(api_keys: Option<PathBuf>) -> Result<()> {
         let when = |t: Option<u64>, none: &str| t.map_or_else(|| none.to_owned(), timefmt::rfc3339);
         writeln!(
             out,
-            "{}\t{}\tcreated {}\texpires {}{}",
+            "{}\t{}\tcreated {}\texpires {}{}{}",
             entry.name,
             entry.scope,
             when(entry.created, "unknown"),
             when(entry.expires, "never"),
             if entry.expired(now) { "\texpired" } else { "" },
+            if entry.certificate {
+                "\tclient certificate"
+            } else {
+                ""
+            },
         )?;
     }
     Ok(())
@@ -988,4 +1019,36 @@ fn uri_label(uri: &str) -> Option<String> {
         "account    {account}{issuer} (from the URI; `activate` binds the token to a user \
          with a code)"
     ))
+}
+
+/// `api-key add-cert`: registers the first certificate of a PEM file.
+fn add_certificate(
+    scope: Scope,
+    name: Option<&str>,
+    cert: &Path,
+    expires: Option<&str>,
+    api_keys: Option<PathBuf>,
+) -> Result<()> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(cert)
+        .with_context(|| format!("cannot read a certificate from {}", cert.display()))?;
+    let expires = expires
+        .map(|t| timefmt::parse_time(t).context("--expires"))
+        .transpose()?;
+    let path = match api_keys {
+        Some(p) => p,
+        None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
+    };
+    let entry = apikeys::add_certificate(&path, scope, name, &der, apikeys::unix_now(), expires)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "Registered the client certificate of {} as '{}' with scope {} in {}\n\
+         (a running server picks it up on SIGHUP; it needs --client-ca).",
+        cert.display(),
+        entry.name,
+        entry.scope,
+        path.display()
+    )?;
+    Ok(())
 }

@@ -28,6 +28,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
+use crate::apikeys::ClientCertificate;
+
 /// Longest a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,6 +130,18 @@ impl TlsState {
         Ok(())
     }
 
+    /// Completes the server side of a TLS handshake on `stream` under the configuration in
+    /// use, within [`HANDSHAKE_TIMEOUT`]: what any accept loop (this module's, or one that
+    /// also tracks connections) does with a fresh TCP connection.
+    ///
+    /// # Errors
+    /// The handshake failed (plain HTTP, no or a wrong client certificate...) or timed out.
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(stream))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(
             self.config
@@ -180,10 +194,9 @@ async fn accept_loop(
             return;
         }
         let _ = stream.set_nodelay(true);
-        let (acceptor, ready) = (tls.acceptor(), ready.clone());
+        let (tls, ready) = (tls.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            if let Ok(Ok(stream)) = handshake.await {
+            if let Ok(stream) = tls.accept(stream).await {
                 drop(permit);
                 let _ = ready.send((stream, peer)).await;
             }
@@ -208,22 +221,34 @@ impl Listener for TlsListener {
     }
 }
 
-/// The client's address on a TLS connection (axum knows how to find it only for plain TCP).
+/// The client's address on a TLS connection (axum knows how to find it only for plain TCP),
+/// and the certificate it presented, if any (verified by the handshake).
 #[derive(Debug, Clone, Copy)]
-struct PeerAddr(SocketAddr);
+struct PeerAddr(SocketAddr, Option<ClientCertificate>);
 
 impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        let certificate = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(|der| ClientCertificate::of_der(der));
+        PeerAddr(*stream.remote_addr(), certificate)
     }
 }
 
-/// Makes the client address available as `ConnectInfo<SocketAddr>`, as on plain HTTP.
+/// Makes the client address available as `ConnectInfo<SocketAddr>`, as on plain HTTP, and
+/// the client certificate as a [`ClientCertificate`] for the API-key check.
 async fn as_socket_addr(mut request: Request) -> Request {
-    if let Some(ConnectInfo(PeerAddr(addr))) =
+    if let Some(ConnectInfo(PeerAddr(addr, certificate))) =
         request.extensions().get::<ConnectInfo<PeerAddr>>().copied()
     {
         request.extensions_mut().insert(ConnectInfo(addr));
+        if let Some(certificate) = certificate {
+            request.extensions_mut().insert(certificate);
+        }
     }
     request
 }

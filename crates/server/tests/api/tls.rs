@@ -243,17 +243,15 @@ async fn https_with_reload_and_mutual_tls() {
     let ca_file = temp.path().join("clients-ca.crt");
     std::fs::write(&ca_file, ca.cert.pem()).unwrap();
     let ca_s = ca_file.display().to_string();
-    let server = start(
-        &state,
-        &[
-            "--tls-cert",
-            &cert_s,
-            "--tls-key",
-            &key_s,
-            "--client-ca",
-            &ca_s,
-        ],
-    );
+    let mutual = [
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+        "--client-ca",
+        &ca_s,
+    ];
+    let server = start(&state, &mutual);
     let refused = request(server.addr, plain_client, "GET", "/healthz", None, None).await;
     assert!(refused.is_err(), "{refused:?}");
     let stranger = new_ca();
@@ -268,5 +266,65 @@ async fn https_with_reload_and_mutual_tls() {
     .await;
     assert!(foreign.is_err(), "{foreign:?}");
     let with_cert = client_config(&ca, Some(&leaf(&ca, false)));
-    verify_unknown(server.addr, with_cert, &verify_key).await;
+    verify_unknown(server.addr, with_cert.clone(), &verify_key).await;
+    // Without a bearer key, a certificate the CA issued but nobody registered: 401.
+    let r = request(
+        server.addr,
+        with_cert,
+        "POST",
+        "/v1/verify",
+        None,
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.1, &r.2["error"]), (401, &json!("unauthorized")));
+    drop(server);
+
+    // A client certificate registered as a key stands in for the bearer key, with its scope.
+    let backend = leaf(&ca, false);
+    let (backend_crt, _) = write_pair(temp.path(), "backend", &backend);
+    let out = crate::common::run_cli(
+        &state,
+        &[
+            "api-key",
+            "add-cert",
+            "--scope",
+            "verify",
+            "--name",
+            "backend",
+            "--cert",
+            &backend_crt.display().to_string(),
+        ],
+    );
+    assert!(out.contains("'backend' with scope verify"), "{out}");
+    let list = crate::common::run_cli(&state, &["api-key", "list"]);
+    assert!(
+        list.contains("backend\tverify\t") && list.contains("\tclient certificate"),
+        "{list}"
+    );
+    let server = start(&state, &mutual);
+    let config = client_config(&ca, Some(&backend));
+    let body = json!({"token": "NOBODY", "code": "123456"});
+    let r = request(
+        server.addr,
+        config.clone(),
+        "POST",
+        "/v1/verify",
+        None,
+        Some(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.1, &r.2["result"]), (200, &json!("unknown")), "{:?}", r.2);
+    let r = request(server.addr, config, "GET", "/v1/tokens", None, None)
+        .await
+        .unwrap();
+    assert_eq!((r.1, &r.2["error"]), (403, &json!("forbidden")));
+    // The audit trail names the certificate's key as the caller.
+    let out = crate::common::run_cli(
+        &state,
+        &["token", "audit", "--all", "--since", "2020-01-01", "--json"],
+    );
+    assert!(out.contains("\"caller\":\"api:backend\""), "{out}");
 }
