@@ -41,6 +41,9 @@ pub(crate) const TEST: &[&str] = &[
     "postgresql",
     // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
     "procps",
+    // The PKCS#11 key-encryption key's tests (crates/verifier/tests/pkcs11.rs, the server's
+    // hsm tests) make fresh SoftHSM2 tokens with softhsm2-util.
+    "softhsm2",
 ];
 
 /// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech
