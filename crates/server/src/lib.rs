@@ -6,12 +6,14 @@
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`hsm`]: the PKCS#11 settings and the hardware-module keys opened;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
 //! - [`wire`]: the JSON request and response bodies (only this crate knows JSON).
 
 pub mod apikeys;
+pub mod hsm;
 pub mod http;
 pub mod keyring;
 pub mod metrics;
