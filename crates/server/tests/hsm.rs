@@ -169,7 +169,17 @@ async fn rotation_file_to_module_and_back_while_serving() {
     accepted!(c, "HSM-1");
     accepted!(c, "HSM-2");
 
-    // Module -> file: a new file key becomes current, the seeds leave the module.
+    // Module key -> another module key.
+    let uri2 = format!("pkcs11:token={TOKEN};object=codereader-kek-2");
+    let out = token_cli(&dir, &hsm_dir, &["token", "rotate-kek", "--new-kek", &uri2]);
+    assert!(out.contains("re-encrypted 2 seed(s) under hsm-"), "{out}");
+    assert!(!out.contains(&hsm_id), "a new key: {out}");
+    accepted!(c, "HSM-1");
+
+    // Module -> file: a new file key becomes current, the seeds leave the module. (The
+    // server re-reads its keyring at most once a second when it meets an unknown key; two
+    // rotations within that second would leave it behind until the next second.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let out = token_cli(&dir, &hsm_dir, &["token", "rotate-kek"]);
     assert!(out.contains("re-encrypted 2 seed(s) under kek-"), "{out}");
     accepted!(c, "HSM-2");
@@ -298,4 +308,112 @@ async fn serve_with_the_key_in_the_module_and_refuse_a_wrong_pin() {
     assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
     let metrics = server.client().metrics().await;
     assert_eq!(metric(&metrics, "codereader_key_unavailable_total"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_lost_and_back_without_a_restart() {
+    let Some(hsm_dir) = child_or_run("module_lost_and_back_without_a_restart") else {
+        return;
+    };
+    let live_pin = hsm_dir.join("pin-live");
+    std::fs::copy(hsm_dir.join("pin"), &live_pin).unwrap();
+    let uri = format!("pkcs11:token={TOKEN};object=failing-kek");
+    let module = SoftHsm::module().unwrap().display().to_string();
+    let live = live_pin.display().to_string();
+    let server = Server::start_with(
+        None,
+        &[
+            "--kek",
+            &uri,
+            "--pkcs11-module",
+            &module,
+            "--pkcs11-pin-file",
+            &live,
+        ],
+    );
+    let c = server.client();
+    let (verify, admin) = (server.verify_key.clone(), server.admin_key.clone());
+    assert_eq!(c.add_hotp(&admin, "FAIL-1", SEED).await.status, 201);
+    let r = c.verify(&verify, "FAIL-1", &hotp(SEED, 0, 6)).await;
+    assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+
+    // The token goes away (its directory is moved off) and the PIN file is spoiled.
+    let tokens = hsm_dir.join("tokens");
+    let away = hsm_dir.join("tokens-away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::write(&live_pin, "wrong-pin-000\n").unwrap();
+    // Every request is refused with 503, none with 500, and nothing is decided.
+    let code = hotp(SEED, 1, 6);
+    let replies = futures_join(&c, &verify, "FAIL-1", &code, 20).await;
+    for r in &replies {
+        assert_eq!(
+            (r.status, r.str("error")),
+            (503, "store_unavailable"),
+            "{:?}",
+            r.body
+        );
+    }
+    let metrics = c.metrics().await;
+    assert!(
+        metric(&metrics, "codereader_key_unavailable_total") >= 20,
+        "{metrics}"
+    );
+    let health = c.get("/healthz", None).await;
+    assert_eq!(health.status, 503, "{:?}", health.body);
+    wait_line(&server, &["lost its module", "reconnecting"]);
+
+    // The token is back but the PIN file is wrong: still 503, and the log says why.
+    std::fs::rename(&away, &tokens).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.verify(&verify, "FAIL-1", &code).await;
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        let log = server.stderr.lock().unwrap().clone();
+        if log.contains("cannot reconnect: PKCS#11 token \"codereader\": wrong PIN") {
+            assert!(!log.contains("wrong-pin-000"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The PIN file is fixed: the server reconnects by itself, and the code that was refused
+    // meanwhile is still good.
+    std::fs::copy(hsm_dir.join("pin"), &live_pin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.verify(&verify, "FAIL-1", &code).await;
+        if r.status == 200 {
+            assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+            break;
+        }
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert!(Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_line(&server, &["reconnected"]);
+    let health = c.get("/healthz", None).await;
+    assert_eq!((health.status, health.str("status")), (200, "ok"));
+}
+
+/// `n` verifications of the same code at once.
+async fn futures_join(
+    c: &common::Client,
+    key: &str,
+    serial: &str,
+    code: &str,
+    n: usize,
+) -> Vec<common::Reply> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (c, key, serial, code) = (*c, key.to_owned(), serial.to_owned(), code.to_owned());
+        tasks.push(tokio::spawn(
+            async move { c.verify(&key, &serial, &code).await },
+        ));
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
 }

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -320,15 +321,15 @@ impl fmt::Debug for PinSource {
 }
 
 impl PinSource {
-    fn read(&self) -> Result<AuthPin, HsmError> {
+    fn read(&self) -> Result<Zeroizing<String>, HsmError> {
         match self {
-            PinSource::Value(pin) => Ok(AuthPin::from(pin.as_str())),
+            PinSource::Value(pin) => Ok(pin.clone()),
             PinSource::File(path) => {
                 let text =
                     Zeroizing::new(std::fs::read_to_string(path).map_err(|e| HsmError::NoPin {
                         reason: format!("cannot read {}: {e}", path.display()),
                     })?);
-                Ok(AuthPin::from(text.trim()))
+                Ok(Zeroizing::new(text.trim().to_owned()))
             }
         }
     }
@@ -376,15 +377,45 @@ impl Pkcs11Config {
     }
 }
 
+/// A loaded module, shared by every key of the process that uses it.
+#[derive(Clone)]
+struct Module {
+    ctx: Pkcs11,
+    /// How many times the module was reset ([`Module::reset`]): sessions of an earlier epoch
+    /// are gone.
+    epoch: Arc<AtomicU64>,
+}
+
+impl Module {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// `C_Finalize` then `C_Initialize`: the only way to make some modules (SoftHSM among
+    /// them) see a token that went away and came back. Every session of the process on this
+    /// module ends; other keys notice by the epoch and reconnect.
+    fn reset(&self) -> Result<(), HsmError> {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = self.ctx.clone().finalize();
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => Err(device("initialising the module again")(e)),
+        }
+    }
+}
+
 /// Loads (once per process) and initialises the module at `path`.
-fn module(path: &Path) -> Result<Pkcs11, HsmError> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+fn module(path: &Path) -> Result<Module, HsmError> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
     let mut modules = MODULES
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    if let Some(ctx) = modules.get(path) {
-        return Ok(ctx.clone());
+    if let Some(module) = modules.get(path) {
+        return Ok(module.clone());
     }
     let failed = |e: CkError| HsmError::Module {
         path: path.to_path_buf(),
@@ -401,8 +432,12 @@ fn module(path: &Path) -> Result<Pkcs11, HsmError> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(failed(e)),
     }
-    modules.insert(path.to_path_buf(), ctx.clone());
-    Ok(ctx)
+    let module = Module {
+        ctx,
+        epoch: Arc::default(),
+    };
+    modules.insert(path.to_path_buf(), module.clone());
+    Ok(module)
 }
 
 fn device(operation: &'static str) -> impl Fn(CkError) -> HsmError {
@@ -412,15 +447,18 @@ fn device(operation: &'static str) -> impl Fn(CkError) -> HsmError {
     }
 }
 
-/// A live connection: the slot, the key's handle and idle logged-in sessions.
+/// A live connection: the slot, the key's handle and idle logged-in sessions (opened without
+/// close-on-drop: after a module reset their handles may name another key's sessions, so
+/// they are forgotten, never closed).
 struct Connection {
+    epoch: u64,
     slot: Slot,
     key: ObjectHandle,
     idle: Vec<Session>,
 }
 
 struct Inner {
-    ctx: Pkcs11,
+    module: Module,
     uri: Pkcs11Uri,
     pin: PinSource,
     id: KeyId,
@@ -431,6 +469,9 @@ struct State {
     connection: Option<Connection>,
     last_attempt: Option<Instant>,
     last_error: Option<String>,
+    /// A digest of the PIN the token last refused: not tried again until it changes, so a
+    /// wrong PIN file cannot lock a real token's PIN by retries once a second.
+    refused_pin: Option<[u8; 32]>,
 }
 
 /// A key-encryption key held in a PKCS#11 module. Cheap to clone (clones share sessions).
@@ -470,18 +511,21 @@ fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, HsmError> {
     })
 }
 
-/// Opens a session on `slot` and logs the user in (once per token and process).
-fn open_session(
-    ctx: &Pkcs11,
-    slot: Slot,
-    uri: &Pkcs11Uri,
-    pin: &PinSource,
-) -> Result<Session, HsmError> {
+/// A digest of a PIN, to recognise one the token refused without keeping it.
+fn pin_digest(pin: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::default();
+    digest.update(b"codereader refused pin\0");
+    digest.update(pin.as_bytes());
+    digest.finalize().into()
+}
+
+/// Opens a session on `slot` and logs the user in with `pin` (once per token and process).
+fn open_session(ctx: &Pkcs11, slot: Slot, uri: &Pkcs11Uri, pin: &str) -> Result<Session, HsmError> {
     let session = ctx
-        .open_rw_session(slot)
+        .open_rw_session_no_drop(slot)
         .map_err(device("opening a session"))?;
-    let pin = pin.read()?;
-    match session.login(UserType::User, Some(&pin)) {
+    match session.login(UserType::User, Some(&AuthPin::from(pin))) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
         Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
             Err(HsmError::WrongPin {
@@ -618,9 +662,11 @@ impl HsmKey {
     /// PIN, no such key, a key that is extractable or not AES-256, or a module failure.
     pub fn open(config: &Pkcs11Config, uri: &Pkcs11Uri, create: bool) -> Result<Self, HsmError> {
         let (module_path, pin) = config.for_uri(uri)?;
-        let ctx = module(&module_path)?;
-        let slot = find_slot(&ctx, uri)?;
-        let session = open_session(&ctx, slot, uri, &pin)?;
+        let module = module(&module_path)?;
+        let epoch = module.epoch();
+        let ctx = &module.ctx;
+        let slot = find_slot(ctx, uri)?;
+        let session = open_session(ctx, slot, uri, &pin.read()?)?;
         let key = match find_key(&session, uri)? {
             Some(key) => key,
             None if create => create_key(&session, uri)?,
@@ -634,18 +680,20 @@ impl HsmKey {
         let id = key_id(&session, key, uri)?;
         Ok(HsmKey {
             inner: Arc::new(Inner {
-                ctx,
+                module,
                 uri: uri.clone(),
                 pin,
                 id,
                 state: Mutex::new(State {
                     connection: Some(Connection {
+                        epoch,
                         slot,
                         key,
                         idle: vec![session],
                     }),
                     last_attempt: None,
                     last_error: None,
+                    refused_pin: None,
                 }),
             }),
         })
@@ -668,6 +716,11 @@ impl HsmKey {
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            let epoch = self.inner.module.epoch();
+            if state.connection.as_ref().is_some_and(|c| c.epoch != epoch) {
+                // Another key reset the module: these sessions are gone.
+                state.connection = None;
+            }
             if state.connection.is_none() {
                 self.reconnect(&mut state)?;
             }
@@ -680,7 +733,7 @@ impl HsmKey {
                 None => {
                     let slot = connection.slot;
                     // Another login is not needed: the token's sessions share one.
-                    match self.inner.ctx.open_rw_session(slot) {
+                    match self.inner.module.ctx.open_rw_session_no_drop(slot) {
                         Ok(session) => (session, key),
                         Err(e) => {
                             self.lost(&mut state, &e);
@@ -699,7 +752,6 @@ impl HsmKey {
         match &result {
             Err(e) if connection_lost(e) => {
                 self.lost(&mut state, e);
-                drop(session);
                 Err(self.unavailable(&state))
             }
             _ => {
@@ -718,7 +770,7 @@ impl HsmKey {
                 self.inner.id, self.inner.uri
             );
         }
-        // Dropping the sessions closes them; the next operation reconnects.
+        // The next operation reconnects.
         state.connection = None;
         state.last_error = Some(error.to_string());
     }
@@ -740,9 +792,33 @@ impl HsmKey {
         }
         state.last_attempt = Some(Instant::now());
         let inner = &self.inner;
+        let refused_pin = &mut state.refused_pin;
         let attempt = (|| {
-            let slot = find_slot(&inner.ctx, &inner.uri)?;
-            let session = open_session(&inner.ctx, slot, &inner.uri, &inner.pin)?;
+            let module = &inner.module;
+            let slot = match find_slot(&module.ctx, &inner.uri) {
+                Ok(slot) => slot,
+                // A token that went away may be back only after the module starts again.
+                Err(_) => {
+                    module.reset()?;
+                    find_slot(&module.ctx, &inner.uri)?
+                }
+            };
+            let epoch = module.epoch();
+            let pin = inner.pin.read()?;
+            let digest = pin_digest(&pin);
+            if *refused_pin == Some(digest) {
+                return Err(HsmError::WrongPin {
+                    token: inner.uri.token.clone(),
+                });
+            }
+            let session = match open_session(&module.ctx, slot, &inner.uri, &pin) {
+                Err(e @ (HsmError::WrongPin { .. } | HsmError::PinLocked { .. })) => {
+                    *refused_pin = Some(digest);
+                    return Err(e);
+                }
+                other => other?,
+            };
+            *refused_pin = None;
             let key = find_key(&session, &inner.uri)?.ok_or_else(|| HsmError::NoKey {
                 token: inner.uri.token.clone(),
                 object: inner.uri.object.clone(),
@@ -755,6 +831,7 @@ impl HsmKey {
                 });
             }
             Ok(Connection {
+                epoch,
                 slot,
                 key,
                 idle: vec![session],
@@ -771,7 +848,15 @@ impl HsmKey {
                 Ok(())
             }
             Err(e) => {
-                state.last_error = Some(e.to_string());
+                let error = e.to_string();
+                // Logged when it changes, not once a second while the module stays away.
+                if state.last_error.as_deref() != Some(error.as_str()) {
+                    eprintln!(
+                        "codereader: PKCS#11 key {} ({}): cannot reconnect: {error}",
+                        inner.id, inner.uri
+                    );
+                }
+                state.last_error = Some(error);
                 Err(self.unavailable(state))
             }
         }
