@@ -15,63 +15,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+mod common;
 
-use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, KeyPolicy, Period, Secret, UnixTime};
 use codereader_verifier::pkcs11::{HsmKey, PinSource, Pkcs11Config, Pkcs11Uri};
 use codereader_verifier::softhsm::SoftHsm;
 use codereader_verifier::{
-    Caller, Durability, Enrollment, Kek, KeyId, Keyring, MemoryStore, Outcome, Policy,
-    SqliteOptions, SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
+    Durability, Kek, KeyId, Keyring, MemoryStore, SqliteOptions, SqliteStore, Store, TokenId,
+    Verifier,
 };
+use common::{run, setup};
 use zeroize::Zeroizing;
 
-const START: u64 = 1_700_000_010;
 const PIN: &str = "bench-pin-1234";
-
-fn secret() -> Secret {
-    Secret::new(vec![1; 20], KeyPolicy::Rfc4226).unwrap()
-}
-
-fn verifier(store: Box<dyn Store>, keyring: Keyring, key_cache: usize) -> (Verifier, TokenId) {
-    let v = Verifier::new(store, keyring, Policy::default()).with_key_cache(key_cache);
-    let id = TokenId::new("B").unwrap();
-    v.enroll(
-        &[Enrollment {
-            id: id.clone(),
-            params: TokenParams {
-                kind: TokenKind::Totp {
-                    period: Period::DEFAULT,
-                    t0: UnixTime(0),
-                },
-                algorithm: Algorithm::Sha1,
-                digits: Digits::SIX,
-            },
-            secret: secret(),
-            counter: Counter(0),
-        }],
-        UnixTime(START),
-        &Caller::new("bench").unwrap(),
-    )
-    .unwrap();
-    (v, id)
-}
-
-/// `iters` accepted verifications, each a fresh code one step later; their time.
-fn run(v: &Verifier, id: &TokenId, cursor: &mut u64, iters: u64) -> Duration {
-    let hotp = Hotp::new(&secret(), Algorithm::Sha1, Digits::SIX);
-    let caller = Caller::new("bench").unwrap();
-    let base = START / 30 + *cursor;
-    let codes: Vec<Code> = (0..iters).map(|i| hotp.code(Counter(base + i))).collect();
-    let start = Instant::now();
-    for (i, code) in codes.iter().enumerate() {
-        let now = UnixTime((base + i as u64) * 30);
-        let outcome = v.verify(Subject::Token(id), code, now, &caller).unwrap();
-        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    }
-    *cursor += iters;
-    start.elapsed()
-}
 
 /// Verifies/s, best of three runs of `n`.
 fn rate(v: &Verifier, id: &TokenId, n: u64) -> f64 {
@@ -117,6 +72,9 @@ fn main() {
         }
     };
 
+    if !benchmarking {
+        println!("(smoke run of a few verifications per row; figures need `cargo bench`)");
+    }
     println!(
         "{:<44} {:>12} {:>10}",
         "store, key-encryption key, cache", "verifies/s", "vs file"
@@ -139,7 +97,7 @@ fn main() {
             } else {
                 Keyring::new(hsm.clone())
             };
-            let (v, id) = verifier(store(kind), keyring, cache);
+            let (v, id) = setup(store(kind), keyring, cache);
             let per_s = rate(&v, &id, n);
             let base = *baseline.get_or_insert(per_s);
             let label = format!(
