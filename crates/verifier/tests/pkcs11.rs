@@ -209,3 +209,78 @@ fn uris_are_checked() {
     assert!(bad("pkcs11:token=t;object=k;colour=red").contains("colour"));
     assert!(bad("pkcs11:token=t;object=k%zz").contains('%'));
 }
+
+/// The key the verifier creates cannot be read out of the module, and a key that could be
+/// is refused as a key-encryption key. Checked with the module itself (`cryptoki`).
+#[test]
+fn the_key_never_leaves_the_module() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    if child_or_run("the_key_never_leaves_the_module").is_none() {
+        return;
+    }
+    HsmKey::open(&config(PIN), &uri("pkcs11:token=cr;object=kept-in"), true).unwrap();
+
+    // A second context on the same module in this process: the one the key uses already
+    // initialised it.
+    let ctx = Pkcs11::new(SoftHsm::module().unwrap()).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == "cr")
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&AuthPin::from(PIN)));
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(b"kept-in".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let attrs = session
+        .get_attributes(
+            found[0],
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Value,
+            ],
+        )
+        .unwrap_or_default();
+    assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+    assert!(
+        !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
+        "the key's value was readable: {attrs:?}"
+    );
+
+    // A key someone made extractable is not accepted as a key-encryption key.
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Label(b"leaky".to_vec()),
+            ],
+        )
+        .unwrap();
+    let err = HsmKey::open(&config(PIN), &uri("pkcs11:token=cr;object=leaky"), true).unwrap_err();
+    assert!(
+        matches!(&err, HsmError::KeyNotUsable { reason, .. } if reason.contains("may leave the module")),
+        "{err:?}"
+    );
+}
