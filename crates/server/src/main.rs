@@ -178,7 +178,8 @@ enum TokenCommand {
         /// object=...`; created sensitive and non-extractable if missing): seeds move into
         /// the module's keeping. The keyring file then names it; the module path and PIN come
         /// from --pkcs11-module and --pkcs11-pin-file (or the environment) on every server.
-        #[arg(long, value_name = "URI", conflicts_with_all = ["stage", "use_key", "new_kek_file"])]
+        /// With --stage, the key is only added as one that opens.
+        #[arg(long, value_name = "URI", conflicts_with_all = ["use_key", "new_kek_file"])]
         new_kek: Option<String>,
         /// Only add a new key that opens but does not seal yet (the first step with several
         /// servers: copy the file to each and SIGHUP them before `--use`).
@@ -610,7 +611,18 @@ fn rotate_kek(
     let mut keyring = KeyringFile::read(path)
         .with_context(|| format!("key-encryption key {}", path.display()))?;
     if stage {
-        let id = keyring.stage_new()?;
+        let id = match new_key {
+            // A module key is staged like a file key: named as `open` in the file, so every
+            // server can open its seals before any server seals with it.
+            Some(NewKey::Hsm(uri)) => {
+                let key = files
+                    .hsm
+                    .open(uri, true)
+                    .with_context(|| format!("key-encryption key {}", without_query(uri)))?;
+                keyring.add_hsm(SealingKey::id(&key).clone(), uri)
+            }
+            _ => keyring.stage_new()?,
+        };
         keyring.write(path)?;
         writeln!(
             out,

@@ -169,11 +169,28 @@ async fn rotation_file_to_module_and_back_while_serving() {
     accepted!(c, "HSM-1");
     accepted!(c, "HSM-2");
 
-    // Module key -> another module key.
+    // Module key -> another module key, in the order for several servers: stage (every
+    // server learns to open it), SIGHUP, then use.
     let uri2 = format!("pkcs11:token={TOKEN};object=codereader-kek-2");
-    let out = token_cli(&dir, &hsm_dir, &["token", "rotate-kek", "--new-kek", &uri2]);
-    assert!(out.contains("re-encrypted 2 seed(s) under hsm-"), "{out}");
-    assert!(!out.contains(&hsm_id), "a new key: {out}");
+    let out = token_cli(
+        &dir,
+        &hsm_dir,
+        &["token", "rotate-kek", "--stage", "--new-kek", &uri2],
+    );
+    let staged = out.split_whitespace().nth(2).unwrap().to_owned();
+    assert!(staged.starts_with("hsm-") && staged != hsm_id, "{out}");
+    server.signal("HUP");
+    wait_line(&server, &["reloaded the keyring", "also opens", &staged]);
+    let out = token_cli(&dir, &hsm_dir, &["token", "rotate-kek", "--use", &staged]);
+    assert!(
+        out.contains(&format!("re-encrypted 2 seed(s) under {staged}")),
+        "{out}"
+    );
+    server.signal("HUP");
+    wait_line(
+        &server,
+        &[&format!("reloaded the keyring: current {staged}")],
+    );
     accepted!(c, "HSM-1");
 
     // Module -> file: a new file key becomes current, the seeds leave the module. (The

@@ -525,18 +525,20 @@ fn open_session(ctx: &Pkcs11, slot: Slot, uri: &Pkcs11Uri, pin: &str) -> Result<
     let session = ctx
         .open_rw_session_no_drop(slot)
         .map_err(device("opening a session"))?;
-    match session.login(UserType::User, Some(&AuthPin::from(pin))) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+    let refused = match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => return Ok(session),
         Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
-            Err(HsmError::WrongPin {
+            HsmError::WrongPin {
                 token: uri.token.clone(),
-            })
+            }
         }
-        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(HsmError::PinLocked {
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => HsmError::PinLocked {
             token: uri.token.clone(),
-        }),
-        Err(e) => Err(device("logging in")(e)),
-    }
+        },
+        Err(e) => device("logging in")(e),
+    };
+    let _ = session.close();
+    Err(refused)
 }
 
 fn search_template(uri: &Pkcs11Uri) -> Vec<Attribute> {
@@ -667,17 +669,26 @@ impl HsmKey {
         let ctx = &module.ctx;
         let slot = find_slot(ctx, uri)?;
         let session = open_session(ctx, slot, uri, &pin.read()?)?;
-        let key = match find_key(&session, uri)? {
-            Some(key) => key,
-            None if create => create_key(&session, uri)?,
-            None => {
-                return Err(HsmError::NoKey {
-                    token: uri.token.clone(),
-                    object: uri.object.clone(),
-                });
+        let found = (|| {
+            let key = match find_key(&session, uri)? {
+                Some(key) => key,
+                None if create => create_key(&session, uri)?,
+                None => {
+                    return Err(HsmError::NoKey {
+                        token: uri.token.clone(),
+                        object: uri.object.clone(),
+                    });
+                }
+            };
+            Ok((key, key_id(&session, key, uri)?))
+        })();
+        let (key, id) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                let _ = session.close();
+                return Err(e);
             }
         };
-        let id = key_id(&session, key, uri)?;
         Ok(HsmKey {
             inner: Arc::new(Inner {
                 module,
@@ -736,7 +747,7 @@ impl HsmKey {
                     match self.inner.module.ctx.open_rw_session_no_drop(slot) {
                         Ok(session) => (session, key),
                         Err(e) => {
-                            self.lost(&mut state, &e);
+                            self.lost(&mut state, &e, None);
                             return Err(self.unavailable(&state));
                         }
                     }
@@ -751,7 +762,7 @@ impl HsmKey {
             .unwrap_or_else(PoisonError::into_inner);
         match &result {
             Err(e) if connection_lost(e) => {
-                self.lost(&mut state, e);
+                self.lost(&mut state, e, Some(session));
                 Err(self.unavailable(&state))
             }
             _ => {
@@ -763,15 +774,23 @@ impl HsmKey {
         }
     }
 
-    fn lost(&self, state: &mut State, error: &CkError) {
+    /// Forgets the connection after `error`; `in_hand` is the session the failed operation
+    /// used. Sessions are closed while their handles are still this module epoch's (after a
+    /// reset they may name another key's new sessions, so they are only forgotten).
+    fn lost(&self, state: &mut State, error: &CkError, in_hand: Option<Session>) {
         if state.connection.is_some() {
             eprintln!(
                 "codereader: PKCS#11 key {} ({}) lost its module: {error}; reconnecting",
                 self.inner.id, self.inner.uri
             );
         }
+        let epoch = self.inner.module.epoch();
+        if let Some(connection) = state.connection.take().filter(|c| c.epoch == epoch) {
+            for session in connection.idle.into_iter().chain(in_hand) {
+                let _ = session.close();
+            }
+        }
         // The next operation reconnects.
-        state.connection = None;
         state.last_error = Some(error.to_string());
     }
 
@@ -819,17 +838,27 @@ impl HsmKey {
                 other => other?,
             };
             *refused_pin = None;
-            let key = find_key(&session, &inner.uri)?.ok_or_else(|| HsmError::NoKey {
-                token: inner.uri.token.clone(),
-                object: inner.uri.object.clone(),
-            })?;
-            let id = key_id(&session, key, &inner.uri)?;
-            if id != inner.id {
-                return Err(HsmError::KeyNotUsable {
+            let found = (|| {
+                let key = find_key(&session, &inner.uri)?.ok_or_else(|| HsmError::NoKey {
+                    token: inner.uri.token.clone(),
                     object: inner.uri.object.clone(),
-                    reason: format!("the module now holds key {id}, not {}", inner.id),
-                });
-            }
+                })?;
+                let id = key_id(&session, key, &inner.uri)?;
+                if id != inner.id {
+                    return Err(HsmError::KeyNotUsable {
+                        object: inner.uri.object.clone(),
+                        reason: format!("the module now holds key {id}, not {}", inner.id),
+                    });
+                }
+                Ok(key)
+            })();
+            let key = match found {
+                Ok(key) => key,
+                Err(e) => {
+                    let _ = session.close();
+                    return Err(e);
+                }
+            };
             Ok(Connection {
                 epoch,
                 slot,
