@@ -52,6 +52,9 @@ pub(crate) const TEST: &[&str] = &[
     "speech-dispatcher-espeak-ng",
     // server: `systemd-analyze security` rates the shipped systemd unit.
     "systemd",
+    // The PKCS#11 key-encryption key's tests (crates/verifier/tests/pkcs11.rs, the server's
+    // hsm tests) make fresh SoftHSM2 tokens with softhsm2-util.
+    "softhsm2",
 ];
 
 /// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech

@@ -84,6 +84,13 @@ impl From<ServiceError> for ApiError {
                 codes::STORE_UNAVAILABLE,
                 "the token store is unavailable; retry later",
             ),
+            // The module's own words stay in the log (its key's id and URI are no business
+            // of a caller).
+            ServiceError::KeyUnavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::STORE_UNAVAILABLE,
+                "the key-encryption key is unavailable; retry later",
+            ),
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL, message),
         }
     }
@@ -586,6 +593,10 @@ fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<
             if matches!(error, ServiceError::Store(_)) {
                 state.metrics.record_store_error();
                 eprintln!("codereader-verifier: {error}");
+            }
+            // Not logged per request: the key logs when it loses and regains its module.
+            if matches!(error, ServiceError::KeyUnavailable(_)) {
+                state.metrics.record_key_unavailable();
             }
             if let ServiceError::Seal {
                 serial,

@@ -5,19 +5,26 @@
 //! cannot make every verification read the disk.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use codereader_verifier::{KeySource, Keyring, KeyringFile};
 
+use crate::hsm::{HsmKeys, without_query};
+
 /// The keyring's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyFiles {
     /// The keyring file: its current key seals, all its keys open.
     pub kek_file: PathBuf,
     /// Further files whose keys only open.
     pub old: Vec<PathBuf>,
+    /// A key in a PKCS#11 module that seals instead of the keyring file's (`--kek
+    /// pkcs11:...`); the keyring file is then not read.
+    pub kek_uri: Option<String>,
+    /// The PKCS#11 keys opened so far, for keyring lines that name one.
+    pub hsm: Arc<HsmKeys>,
 }
 
 impl KeyFiles {
@@ -26,9 +33,19 @@ impl KeyFiles {
     /// # Errors
     /// When a file cannot be read or parsed; the message names it.
     pub fn load(&self) -> Result<Keyring> {
+        if let Some(uri) = &self.kek_uri {
+            let key = self
+                .hsm
+                .open(uri, true)
+                .with_context(|| format!("key-encryption key {}", without_query(uri)))?;
+            return self.with_old(Keyring::new(key));
+        }
         let main = KeyringFile::read(&self.kek_file)
             .with_context(|| format!("key-encryption key {}", self.kek_file.display()))?;
-        self.with_old(main.keyring())
+        let ring = main
+            .keyring_with(&|id, uri| self.hsm.open_named(id, uri))
+            .with_context(|| format!("key-encryption key {}", self.kek_file.display()))?;
+        self.with_old(ring)
     }
 
     /// Adds the keys of the `--old-kek-file`s to `ring`, as keys that only open.
@@ -39,7 +56,10 @@ impl KeyFiles {
         for path in &self.old {
             let file = KeyringFile::read(path)
                 .with_context(|| format!("key-encryption key {}", path.display()))?;
-            ring = ring.with_older_ring(&file.keyring());
+            let keys = file
+                .keyring_with(&|id, uri| self.hsm.open_named(id, uri))
+                .with_context(|| format!("key-encryption key {}", path.display()))?;
+            ring = ring.with_older_ring(&keys);
         }
         Ok(ring)
     }

@@ -10,6 +10,7 @@
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
+//! - [`hsm`]: the PKCS#11 settings and the hardware-module keys opened;
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
@@ -18,6 +19,7 @@
 pub mod apikeys;
 pub mod connections;
 pub mod hangup;
+pub mod hsm;
 pub mod http;
 pub mod keyring;
 pub mod metrics;

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::{ClientBudget, FailureDelay, Kek, KeyId, KeyringFile};
+use codereader_verifier::{ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits};
+use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
@@ -59,6 +60,14 @@ struct StoreArgs {
     /// Older key-encryption keys still able to open seeds (during a rotation).
     #[arg(long, value_name = "FILE")]
     old_kek_file: Vec<PathBuf>,
+    /// The key-encryption key inside a PKCS#11 module instead of a file, as an RFC 7512 URI
+    /// (`pkcs11:token=LABEL;object=LABEL`), created sensitive and non-extractable if the
+    /// token has none. To rotate to and from it while servers run, name it in the keyring
+    /// file instead (`token rotate-kek --new-kek`).
+    #[arg(long, value_name = "URI", conflicts_with = "kek_file")]
+    kek: Option<String>,
+    #[command(flatten)]
+    hsm: HsmArgs,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +241,13 @@ enum TokenCommand {
         /// Take the new key from this file (created if missing) instead of generating one.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["stage", "use_key"])]
         new_kek_file: Option<PathBuf>,
+        /// Make a key inside a PKCS#11 module current (RFC 7512 URI `pkcs11:token=...;
+        /// object=...`; created sensitive and non-extractable if missing): seeds move into
+        /// the module's keeping. The keyring file then names it; the module path and PIN come
+        /// from --pkcs11-module and --pkcs11-pin-file (or the environment) on every server.
+        /// With --stage, the key is only added as one that opens.
+        #[arg(long, value_name = "URI", conflicts_with_all = ["use_key", "new_kek_file"])]
+        new_kek: Option<String>,
         /// Only add a new key that opens but does not seal yet (the first step with several
         /// servers: copy the file to each and SIGHUP them before `--use`).
         #[arg(long, conflicts_with = "use_key")]
@@ -395,21 +411,23 @@ fn kek_path(arg: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-fn load_kek(path: &Path) -> Result<Kek> {
+/// Reads the keyring file at `path` (created with a new key if missing, saying so); returns
+/// the id of its current key.
+fn load_kek(path: &Path) -> Result<KeyId> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         state::create_private_dir(parent)?;
     }
-    let (kek, created) = Kek::load_or_create(path)
+    let (file, created) = KeyringFile::load_or_create(path)
         .with_context(|| format!("key-encryption key {}", path.display()))?;
     if created {
         eprintln!(
             "codereader-verifier: created a new key-encryption key ({}) in {} (mode 0600). \
              Back it up: the stored seeds cannot be opened without it.",
-            kek.id(),
+            file.current_id(),
             path.display()
         );
     }
-    Ok(kek)
+    Ok(file.current_id().clone())
 }
 
 fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
@@ -425,14 +443,41 @@ fn open_library(store: &StoreArgs, config: LibraryConfig) -> Result<Library> {
     Library::open_with_key_files(&db_spec(store.db.as_deref())?, &key_files(store)?, config)
 }
 
-/// The keyring's files (the `--kek-file` one created if missing, saying so).
+/// The keyring's files (the `--kek-file` one created if missing, saying so), or the
+/// `--kek pkcs11:` key.
 fn key_files(store: &StoreArgs) -> Result<KeyFiles> {
+    let hsm = Arc::new(HsmKeys::new(store.hsm.config()));
+    if let Some(uri) = &store.kek {
+        if !uri.starts_with("pkcs11:") {
+            bail!("--kek takes a pkcs11: URI; a key file is --kek-file");
+        }
+        return Ok(KeyFiles {
+            kek_file: PathBuf::new(),
+            old: store.old_kek_file.clone(),
+            kek_uri: Some(uri.clone()),
+            hsm,
+        });
+    }
     let kek_file = kek_path(store.kek_file.as_deref())?;
     load_kek(&kek_file)?;
     Ok(KeyFiles {
         kek_file,
         old: store.old_kek_file.clone(),
+        kek_uri: None,
+        hsm,
     })
+}
+
+/// Commands that change the keyring file refuse `--kek pkcs11:` (there is no file to change).
+fn keyring_file_needed(store: &StoreArgs, command: &str) -> Result<()> {
+    if store.kek.is_some() {
+        bail!(
+            "`token {command}` changes the keyring file, and --kek names no file: use \
+             --kek-file with a keyring whose current line names the module key (`token \
+             rotate-kek --new-kek pkcs11:...` writes it)"
+        );
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -710,17 +755,25 @@ fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::RotateKek {
             new_kek_file,
+            new_kek,
             stage,
             use_key,
             store,
-        } => rotate_kek(
-            &mut out,
-            &store,
-            new_kek_file.as_deref(),
-            stage,
-            use_key.as_deref(),
-            &caller,
-        )?,
+        } => {
+            let new = match (new_kek_file, new_kek) {
+                (Some(file), _) => Some(NewKey::File(file)),
+                (None, Some(uri)) => Some(NewKey::Hsm(uri)),
+                (None, None) => None,
+            };
+            rotate_kek(
+                &mut out,
+                &store,
+                new.as_ref(),
+                stage,
+                use_key.as_deref(),
+                &caller,
+            )?
+        }
         TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
         TokenCommand::Audit {
             serial,
@@ -798,22 +851,42 @@ fn print_token(out: &mut impl Write, view: &TokenView) -> Result<()> {
     Ok(())
 }
 
+/// Where `token rotate-kek` takes the new key from.
+enum NewKey {
+    /// A key file (created if missing).
+    File(PathBuf),
+    /// A key in a PKCS#11 module (created if missing).
+    Hsm(String),
+}
+
 /// `token rotate-kek`: changes the keyring file first (so that whatever happens next, the
 /// file names a key for every seal), then re-encrypts.
 fn rotate_kek(
     out: &mut impl Write,
     store: &StoreArgs,
-    new_kek_file: Option<&Path>,
+    new_key: Option<&NewKey>,
     stage: bool,
     use_key: Option<&str>,
     caller: &str,
 ) -> Result<()> {
+    keyring_file_needed(store, "rotate-kek")?;
     let files = key_files(store)?;
     let path = &files.kek_file;
     let mut keyring = KeyringFile::read(path)
         .with_context(|| format!("key-encryption key {}", path.display()))?;
     if stage {
-        let id = keyring.stage_new()?;
+        let id = match new_key {
+            // A module key is staged like a file key: named as `open` in the file, so every
+            // server can open its seals before any server seals with it.
+            Some(NewKey::Hsm(uri)) => {
+                let key = files
+                    .hsm
+                    .open(uri, true)
+                    .with_context(|| format!("key-encryption key {}", without_query(uri)))?;
+                keyring.add_hsm(SealingKey::id(&key).clone(), uri)
+            }
+            _ => keyring.stage_new()?,
+        };
         keyring.write(path)?;
         writeln!(
             out,
@@ -823,18 +896,29 @@ fn rotate_kek(
         )?;
         return Ok(());
     }
-    let new_id = match (use_key, new_kek_file) {
+    let new_id = match (use_key, new_key) {
         (Some(id), _) => {
             let id = KeyId::new(id).context("--use needs a key id")?;
             keyring.promote(&id)?;
             id
         }
-        (None, Some(file)) => {
+        (None, Some(NewKey::File(file))) => {
             let new = load_kek(file)?;
             let other = KeyringFile::read(file)
                 .with_context(|| format!("key-encryption key {}", file.display()))?;
             let id = keyring.add_open(&other);
-            debug_assert_eq!(&id, new.id());
+            debug_assert_eq!(id, new);
+            keyring.promote(&id)?;
+            id
+        }
+        (None, Some(NewKey::Hsm(uri))) => {
+            // Opened (or created) now, so that a wrong PIN or a missing token stops the
+            // rotation before the keyring file changes.
+            let key = files
+                .hsm
+                .open(uri, true)
+                .with_context(|| format!("key-encryption key {}", without_query(uri)))?;
+            let id = keyring.add_hsm(SealingKey::id(&key).clone(), uri);
             keyring.promote(&id)?;
             id
         }
@@ -871,6 +955,7 @@ fn rotate_kek(
 /// `token prune-kek`: drops the keys that only open, refusing while a seed is sealed under
 /// one of them.
 fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
+    keyring_file_needed(store, "prune-kek")?;
     let files = key_files(store)?;
     let path = &files.kek_file;
     let mut keyring = KeyringFile::read(path)

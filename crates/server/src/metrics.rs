@@ -36,6 +36,7 @@ pub struct Metrics {
     latency_sum_nanos: AtomicU64,
     store_errors: AtomicU64,
     seal_errors: AtomicU64,
+    key_unavailable: AtomicU64,
     statuses: [AtomicU64; STATUS_CLASSES.len()],
 }
 
@@ -68,6 +69,12 @@ impl Metrics {
     /// Counts one seed that did not open (a key the keyring lacks, or a bad seal).
     pub fn record_seal_error(&self) {
         self.seal_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request refused because the key-encryption key could not be used (its
+    /// hardware module does not answer).
+    pub fn record_key_unavailable(&self) {
+        self.key_unavailable.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one HTTP response.
@@ -141,6 +148,16 @@ impl Metrics {
             out,
             "codereader_seal_errors_total {}",
             self.seal_errors.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP codereader_key_unavailable_total Requests refused because the key-encryption \
+             key could not be used (hardware module gone, PIN refused).\n\
+             # TYPE codereader_key_unavailable_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "codereader_key_unavailable_total {}",
+            self.key_unavailable.load(Ordering::Relaxed)
         );
         out.push_str(
             "# HELP codereader_http_responses_total HTTP responses, by status class.\n\

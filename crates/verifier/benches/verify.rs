@@ -16,67 +16,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, KeyPolicy, Period, Secret, UnixTime};
+use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, Period, UnixTime};
 use codereader_verifier::testing::{PgOptions, TempPostgres};
 use codereader_verifier::{
     Caller, Durability, Enrollment, Kek, KeyId, Keyring, MemoryStore, Outcome, Policy,
     SqliteOptions, SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
     open_store,
 };
+use common::{START, run, secret};
 use criterion::Criterion;
 
-const START: u64 = 1_700_000_010;
-
-fn secret() -> Secret {
-    Secret::new(vec![1; 20], KeyPolicy::Rfc4226).unwrap()
-}
-
-/// A verifier over `store` holding token "B" (TOTP, SHA-1, 6 digits, 30 s), with a cache of
-/// `key_cache` prepared keys (0: none).
+/// A verifier over `store` holding token "B" under a file key, with a cache of `key_cache`
+/// prepared keys (0: none).
 fn setup(store: Box<dyn Store>, key_cache: usize) -> (Verifier, TokenId) {
     let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]));
-    let v = Verifier::new(store, keyring, Policy::default()).with_key_cache(key_cache);
-    let id = TokenId::new("B").unwrap();
-    v.enroll(
-        &[Enrollment {
-            id: id.clone(),
-            params: TokenParams {
-                kind: TokenKind::Totp {
-                    period: Period::DEFAULT,
-                    t0: UnixTime(0),
-                },
-                algorithm: Algorithm::Sha1,
-                digits: Digits::SIX,
-            },
-            secret: secret(),
-            counter: Counter(0),
-        }],
-        UnixTime(START),
-        &Caller::new("bench").unwrap(),
-    )
-    .unwrap();
-    (v, id)
-}
-
-/// Runs `iters` accepted verifications from where the previous call stopped (`cursor` counts
-/// steps used so far) and returns the time they took; codes are computed beforehand.
-fn run(v: &Verifier, id: &TokenId, cursor: &mut u64, iters: u64) -> Duration {
-    let hotp = Hotp::new(&secret(), Algorithm::Sha1, Digits::SIX);
-    let caller = Caller::new("bench").unwrap();
-    let base = START / 30 + *cursor;
-    let codes: Vec<Code> = (0..iters).map(|i| hotp.code(Counter(base + i))).collect();
-    let start = Instant::now();
-    for (i, code) in codes.iter().enumerate() {
-        let now = UnixTime((base + i as u64) * 30);
-        let outcome = v.verify(Subject::Token(id), code, now, &caller).unwrap();
-        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    }
-    let elapsed = start.elapsed();
-    *cursor += iters;
-    elapsed
+    common::setup(store, keyring, key_cache)
 }
 
 struct Case {

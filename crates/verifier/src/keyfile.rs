@@ -14,6 +14,13 @@
 //! ([`Kek::fingerprint`]), never by a name in the file, so two copies of a file always agree
 //! on which key sealed what.
 //!
+//! A key inside a hardware security module is a line naming its id and its RFC 7512 URI
+//! (the module path and PIN come from the server's options, never from this file):
+//!
+//! ```text
+//! current hsm-0123456789abcdef pkcs11:token=codereader;object=kek
+//! ```
+//!
 //! Staging a key as `open` on every server before making it `current` anywhere is what lets
 //! several servers rotate without a moment where one seals under a key another lacks.
 
@@ -21,7 +28,9 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::seal::{Kek, Keyring, SealError};
+use std::sync::Arc;
+
+use crate::seal::{Kek, Keyring, SealError, SealingKey, UnusableKey};
 use crate::token::KeyId;
 
 /// What a key of the file does.
@@ -47,8 +56,29 @@ impl KeyRole {
 struct Entry {
     role: KeyRole,
     id: KeyId,
-    key: Zeroizing<[u8; 32]>,
+    key: Material,
 }
+
+/// Where a key is.
+enum Material {
+    /// In the file.
+    Bytes(Zeroizing<[u8; 32]>),
+    /// In a hardware module, named by a `pkcs11:` URI (no secret in it).
+    Hsm(String),
+}
+
+impl Material {
+    fn kek(&self) -> Option<Kek> {
+        match self {
+            Material::Bytes(bytes) => Some(Kek::from_key(**bytes)),
+            Material::Hsm(_) => None,
+        }
+    }
+}
+
+/// Opens a key of a hardware module named by its id and URI (the server's PKCS#11 settings);
+/// `Err` says why not, without secrets.
+pub type HsmOpener<'a> = dyn Fn(&KeyId, &str) -> Result<Arc<dyn SealingKey>, String> + 'a;
 
 /// A keyring file's keys, in memory (zeroized on drop, never printed).
 pub struct KeyringFile {
@@ -107,6 +137,10 @@ impl KeyringFile {
 
     fn push(&mut self, role: KeyRole, key: Zeroizing<[u8; 32]>) -> KeyId {
         let id = Kek::fingerprint(&key);
+        self.push_entry(role, id, Material::Bytes(key))
+    }
+
+    fn push_entry(&mut self, role: KeyRole, id: KeyId, key: Material) -> KeyId {
         if let Some(existing) = self.entries.iter_mut().find(|e| e.id == id) {
             if role == KeyRole::Current {
                 existing.role = role;
@@ -153,6 +187,24 @@ impl KeyringFile {
                 (Some(hex), None, None) => (KeyRole::Current, hex),
                 (Some("current"), Some(hex), None) => (KeyRole::Current, hex),
                 (Some("open"), Some(hex), None) => (KeyRole::Open, hex),
+                (Some(role @ ("current" | "open")), Some(id), Some(uri))
+                    if uri.starts_with("pkcs11:") && fields.next().is_none() =>
+                {
+                    let role = if role == "current" {
+                        KeyRole::Current
+                    } else {
+                        KeyRole::Open
+                    };
+                    let id = KeyId::new(id).map_err(|_| bad("not a key id before the URI"))?;
+                    if role == KeyRole::Current {
+                        currents += 1;
+                        if currents > 1 {
+                            return Err(bad("a second current key; exactly one key seals"));
+                        }
+                    }
+                    file.push_entry(role, id, Material::Hsm(uri.to_owned()));
+                    continue;
+                }
                 _ => return Err(bad("expected `current HEX`, `open HEX` or a bare key")),
             };
             let key = decode_hex(hex).ok_or_else(|| {
@@ -261,9 +313,18 @@ impl KeyringFile {
         for entry in current.chain(open) {
             text.push_str(entry.role.name());
             text.push(' ');
-            text.push_str(&Zeroizing::new(
-                data_encoding::HEXLOWER.encode(entry.key.as_ref()),
-            ));
+            match &entry.key {
+                Material::Bytes(key) => {
+                    text.push_str(&Zeroizing::new(
+                        data_encoding::HEXLOWER.encode(key.as_ref()),
+                    ));
+                }
+                Material::Hsm(uri) => {
+                    text.push_str(entry.id.as_str());
+                    text.push(' ');
+                    text.push_str(uri);
+                }
+            }
             text.push('\n');
         }
         text
@@ -282,9 +343,66 @@ impl KeyringFile {
         &self.current().id
     }
 
-    /// The key that seals.
-    pub fn current_kek(&self) -> Kek {
-        Kek::from_key(*self.current().key)
+    /// The key that seals, when the file holds it.
+    ///
+    /// # Errors
+    /// [`SealError::KeyUnavailable`] when the current key is in a hardware module.
+    pub fn current_kek(&self) -> Result<Kek, SealError> {
+        let current = self.current();
+        current.key.kek().ok_or_else(|| SealError::KeyUnavailable {
+            key: current.id.clone(),
+            reason: "it is in a PKCS#11 module, not in the file".to_owned(),
+        })
+    }
+
+    /// The URI of the key `id` if it is in a hardware module.
+    pub fn hsm_uri(&self, id: &KeyId) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.id == *id)
+            .and_then(|e| match &e.key {
+                Material::Hsm(uri) => Some(uri.as_str()),
+                Material::Bytes(_) => None,
+            })
+    }
+
+    /// Adds a key of a hardware module that only opens (make it current with
+    /// [`KeyringFile::promote`]).
+    pub fn add_hsm(&mut self, id: KeyId, uri: &str) -> KeyId {
+        self.push_entry(KeyRole::Open, id, Material::Hsm(uri.to_owned()))
+    }
+
+    /// The keyring to seal and open with, opening the keys of hardware modules with `hsm`.
+    ///
+    /// # Errors
+    /// [`SealError::KeyUnavailable`] naming the first module key that did not open.
+    pub fn keyring_with(&self, hsm: &HsmOpener<'_>) -> Result<Keyring, SealError> {
+        let open = |entry: &Entry| -> Result<Arc<dyn SealingKey>, SealError> {
+            match &entry.key {
+                Material::Bytes(key) => Ok(Arc::new(Kek::from_key(**key))),
+                Material::Hsm(uri) => {
+                    let key = hsm(&entry.id, uri).map_err(|reason| SealError::KeyUnavailable {
+                        key: entry.id.clone(),
+                        reason,
+                    })?;
+                    if key.id() != &entry.id {
+                        return Err(SealError::KeyUnavailable {
+                            key: entry.id.clone(),
+                            reason: format!("the module holds key {} under {uri}", key.id()),
+                        });
+                    }
+                    Ok(key)
+                }
+            }
+        };
+        let current = open(self.current())?;
+        let older = self
+            .entries
+            .iter()
+            .filter(|e| e.role != KeyRole::Current)
+            .map(open)
+            .collect::<Result<_, _>>()?;
+        Ok(Keyring::from_shared(current, older))
     }
 
     /// Every key's id and role, the current one first.
@@ -298,13 +416,17 @@ impl KeyringFile {
         keys
     }
 
-    /// The keyring to seal and open with.
+    /// The keyring to seal and open with. Keys in a hardware module are there but unusable
+    /// (see [`KeyringFile::keyring_with`]).
     pub fn keyring(&self) -> Keyring {
-        let mut ring = Keyring::new(self.current_kek());
-        for entry in self.entries.iter().filter(|e| e.role != KeyRole::Current) {
-            ring = ring.with_older(Kek::from_key(*entry.key));
-        }
-        ring
+        let unusable = |id: &KeyId, uri: &str| -> Result<Arc<dyn SealingKey>, String> {
+            Ok(Arc::new(UnusableKey::new(
+                id.clone(),
+                format!("{uri} is a PKCS#11 key and no module was configured"),
+            )))
+        };
+        self.keyring_with(&unusable)
+            .unwrap_or_else(|_| unreachable!("the opener never fails"))
     }
 
     /// Adds a fresh random key that only opens (staged, to be made current later with
@@ -320,7 +442,11 @@ impl KeyringFile {
     /// of `other`'s current key.
     pub fn add_open(&mut self, other: &KeyringFile) -> KeyId {
         for entry in &other.entries {
-            self.push(KeyRole::Open, entry.key.clone());
+            let key = match &entry.key {
+                Material::Bytes(bytes) => Material::Bytes(bytes.clone()),
+                Material::Hsm(uri) => Material::Hsm(uri.clone()),
+            };
+            self.push_entry(KeyRole::Open, entry.id.clone(), key);
         }
         other.current_id().clone()
     }
@@ -447,6 +573,47 @@ mod tests {
         assert_eq!(
             KeyringFile::parse(b"# nothing\n").unwrap_err(),
             SealError::BadKeyFormat
+        );
+    }
+
+    #[test]
+    fn names_keys_of_a_hardware_module_without_opening_them() {
+        let text = format!(
+            "current hsm-0123456789abcdef pkcs11:token=cr;object=kek\nopen {}\n",
+            hex(1)
+        );
+        let file = KeyringFile::parse(text.as_bytes()).unwrap();
+        let hsm = KeyId::new("hsm-0123456789abcdef").unwrap();
+        assert_eq!(file.current_id(), &hsm);
+        assert_eq!(file.hsm_uri(&hsm), Some("pkcs11:token=cr;object=kek"));
+        assert_eq!(file.hsm_uri(&Kek::fingerprint(&[1; 32])), None);
+        let again = KeyringFile::parse(file.render().as_bytes()).unwrap();
+        assert_eq!(again.keys(), file.keys());
+        assert!(matches!(
+            file.current_kek(),
+            Err(SealError::KeyUnavailable { key, .. }) if key == hsm
+        ));
+        // Without a module the key is named but unusable: "unavailable", never "tampered".
+        let ring = file.keyring();
+        assert!(ring.contains(&hsm));
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![3; 20], KeyPolicy::Rfc4226).unwrap();
+        assert!(matches!(
+            ring.seal(&t, &secret),
+            Err(SealError::KeyUnavailable { .. })
+        ));
+        assert!(ring.check_current().is_err());
+        // A module that holds another key than the file names is refused.
+        let other: &HsmOpener<'_> =
+            &|_, _| Ok(Arc::new(Kek::from_key([5; 32])) as Arc<dyn SealingKey>);
+        assert!(matches!(
+            file.keyring_with(other),
+            Err(SealError::KeyUnavailable { reason, .. }) if reason.contains("holds key kek-")
+        ));
+        let bad = KeyringFile::parse(b"current not/an id pkcs11:token=t;object=k\n");
+        assert!(
+            matches!(bad, Err(SealError::BadKeyring { line: 1, .. })),
+            "{bad:?}"
         );
     }
 

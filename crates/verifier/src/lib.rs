@@ -69,9 +69,13 @@ mod budget;
 mod keycache;
 mod keyfile;
 mod outcome;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 mod policy;
 mod scan;
 mod seal;
+#[cfg(all(feature = "testing", feature = "pkcs11"))]
+pub mod softhsm;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -79,10 +83,12 @@ mod token;
 mod verifier;
 
 pub use crate::budget::{Admission, ClientBudget};
-pub use crate::keyfile::{KeyRole, KeyringFile};
+pub use crate::keyfile::{HsmOpener, KeyRole, KeyringFile};
 pub use crate::outcome::{Accepted, Matched, Outcome};
 pub use crate::policy::{FailureDelay, Policy};
-pub use crate::seal::{Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed, SealingKey};
+pub use crate::seal::{
+    Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed, SealingKey, UnusableKey,
+};
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};

@@ -135,6 +135,53 @@ pub trait SealingKey: Send + Sync + fmt::Debug {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyFailure>;
+
+    /// Whether the key can be used now (a hardware module answers); keys in memory always can.
+    ///
+    /// # Errors
+    /// [`KeyFailure::Unavailable`].
+    fn check(&self) -> Result<(), KeyFailure> {
+        Ok(())
+    }
+}
+
+/// A key a keyring names but cannot use in this process (for example a key in a hardware
+/// module when no module was configured): every use answers [`KeyFailure::Unavailable`]
+/// with the reason, so a server says "unavailable" rather than "tampered".
+#[derive(Debug, Clone)]
+pub struct UnusableKey {
+    id: KeyId,
+    reason: String,
+}
+
+impl UnusableKey {
+    /// A key named `id` that cannot be used, because of `reason` (no key material in it).
+    pub fn new(id: KeyId, reason: String) -> Self {
+        UnusableKey { id, reason }
+    }
+}
+
+impl SealingKey for UnusableKey {
+    fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    fn seal(&self, _: &[u8; NONCE_LEN], _: &[u8], _: &[u8]) -> Result<Vec<u8>, KeyFailure> {
+        Err(KeyFailure::Unavailable(self.reason.clone()))
+    }
+
+    fn open(
+        &self,
+        _: &[u8; NONCE_LEN],
+        _: &[u8],
+        _: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyFailure> {
+        Err(KeyFailure::Unavailable(self.reason.clone()))
+    }
+
+    fn check(&self) -> Result<(), KeyFailure> {
+        Err(KeyFailure::Unavailable(self.reason.clone()))
+    }
 }
 
 /// A key-encryption key: 256 bits, zeroized on drop, never printed.
@@ -196,7 +243,7 @@ impl Kek {
     /// [`SealError::Unreadable`], [`SealError::Permissions`], [`SealError::BadKeyFormat`] or
     /// [`SealError::BadKeyring`].
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        Ok(KeyringFile::read(path)?.current_kek())
+        KeyringFile::read(path)?.current_kek()
     }
 
     /// Reads the current key of the keyring file at `path`, or, if there is no file,
@@ -207,7 +254,7 @@ impl Kek {
     /// As [`Kek::from_file`], plus [`SealError::Unreadable`] if the file cannot be written.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
         let (file, created) = KeyringFile::load_or_create(path)?;
-        Ok((file.current_kek(), created))
+        Ok((file.current_kek()?, created))
     }
 
     /// The key's name.
@@ -282,6 +329,25 @@ impl Keyring {
             current: Arc::new(current),
             older: Vec::new(),
         }
+    }
+
+    /// A keyring of keys already shared elsewhere (a hardware key reused across reloads).
+    pub fn from_shared(current: Arc<dyn SealingKey>, older: Vec<Arc<dyn SealingKey>>) -> Self {
+        Keyring { current, older }
+    }
+
+    /// Whether the current key can be used now (see [`SealingKey::check`]).
+    ///
+    /// # Errors
+    /// [`SealError::KeyUnavailable`].
+    pub fn check_current(&self) -> Result<(), SealError> {
+        self.current.check().map_err(|e| SealError::KeyUnavailable {
+            key: self.current.id().clone(),
+            reason: match e {
+                KeyFailure::Unavailable(reason) => reason,
+                _ => "the key refused a check".to_owned(),
+            },
+        })
     }
 
     /// Adds an older key that can still open seeds (until they are rotated).

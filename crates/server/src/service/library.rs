@@ -198,6 +198,7 @@ fn seal_error(error: SealError) -> ServiceError {
             missing_key: false,
             message,
         },
+        SealError::KeyUnavailable { .. } => ServiceError::KeyUnavailable(message),
         _ => ServiceError::Internal(message),
     }
 }
@@ -781,7 +782,12 @@ impl TokenService for Library {
         // One read round trip: the probe serial does not exist, which is fine.
         let probe = token_id("healthz-probe")?;
         self.verifier.show(Subject::Token(&probe))?;
-        Ok(())
+        // A key in a hardware module that does not answer makes the server unable to verify
+        // (this also retries the module, at most once a second).
+        self.verifier
+            .keyring()
+            .check_current()
+            .map_err(|e| ServiceError::KeyUnavailable(e.to_string()))
     }
 }
 

@@ -133,6 +133,10 @@ pub enum ServiceError {
         /// What happened (key ids, never key material).
         message: String,
     },
+    /// The key-encryption key cannot be used now (its hardware module does not answer, or
+    /// refused the PIN); the request may be retried. Nothing was decided.
+    #[error("{0}")]
+    KeyUnavailable(String),
     /// Something that should not happen (a seed that does not open under any known key...).
     #[error("internal error: {0}")]
     Internal(String),
