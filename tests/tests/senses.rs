@@ -135,7 +135,27 @@ struct OnTerminal {
 
 impl OnTerminal {
     fn start(state: &Path, conf: &Path, env: &[(&str, &str)]) -> OnTerminal {
+        OnTerminal::start_sized(state, conf, env, None)
+    }
+
+    /// [`OnTerminal::start`] on a terminal of `size` columns x rows (else one that gives no
+    /// size, as a pseudo-terminal nobody sized does).
+    fn start_sized(
+        state: &Path,
+        conf: &Path,
+        env: &[(&str, &str)],
+        size: Option<(u16, u16)>,
+    ) -> OnTerminal {
         let pty = Pty::open().unwrap();
+        if let Some((columns, rows)) = size {
+            let size = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            rustix::termios::tcsetwinsize(&pty.master, size).unwrap();
+        }
         let run = Killed(
             command(state, conf)
                 .args(["run", "--at", &T.to_string()])
@@ -245,6 +265,149 @@ fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
+}
+
+/// The screen after the last clear: what a terminal shows now, escapes taken out.
+fn last_screen(all: &str) -> Vec<String> {
+    let start = all.rfind("\x1b[2J\x1b[H").map_or(0, |i| i + 7);
+    all[start..]
+        .replace("\x1b[1;97;40m", "")
+        .replace("\x1b[0m", "")
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect()
+}
+
+#[test]
+fn run_on_a_terminal_shows_large_print_by_default_and_not_when_outputs_leave_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let alsa = [("ALSA_CONFIG_PATH", capture.config_path.as_str())];
+    // No config: speech, and large print on the terminal.
+    let (_d, state, conf) = setup("");
+    let mut term = OnTerminal::start(&state, &conf, &alsa);
+    term.press("s");
+    wait_until(
+        5,
+        || term.text().contains("valid for 10 more seconds"),
+        || term.text(),
+    );
+    assert!(term.text().contains(LARGE_279037.lines().next().unwrap()));
+    // Quitting while the code is shown takes it off the screen.
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    let t = term.text();
+    let last_drawn = t.rfind('█').unwrap();
+    assert!(
+        t[last_drawn..].contains("\x1b[2J\x1b[H"),
+        "the code stays on the screen after quitting: {t:?}"
+    );
+
+    // Outputs that leave `large` out: the code is spoken, never drawn.
+    let (d, state, conf) = setup("outputs = [\"speech\"]\n");
+    // (A capture takes one player: a FIFO read once.)
+    let capture = AlsaCapture::start(d.path()).unwrap();
+    let alsa = [("ALSA_CONFIG_PATH", capture.config_path.as_str())];
+    let mut term = OnTerminal::start(&state, &conf, &alsa);
+    term.press("s");
+    wait_until(
+        5,
+        || term.text().contains("speaking the code"),
+        || term.text(),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    let t = term.text();
+    assert!(!t.contains('█') && !t.contains("valid for"), "{t}");
+}
+
+#[test]
+fn large_print_fits_a_narrow_terminal_and_falls_back_to_text_when_nothing_fits() {
+    // An eight-digit code: 68 columns at full size.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let conf = dir.path().join("config.toml");
+    fs::write(&conf, "outputs = [\"large\"]\n").unwrap();
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank&digits=8");
+    ok(&command(&state, &conf)
+        .args(["enroll", "--uri", &uri])
+        .output()
+        .unwrap());
+    let small_69279037 = [
+        " ███ ███ ███ ███   ███ ███ ███ ███",
+        " █   █ █   █   █   █ █ █ █   █   █",
+        " ███ ███ ███  █    ███ █ █  ██  █",
+        " █ █   █ █    █      █ █ █   █  █",
+        " ███ ███ ███  █    ███ ███ ███  █",
+    ];
+    for (columns, rows, expect) in [
+        (80, 24, None),
+        (40, 24, Some(&small_69279037[..])),
+        (20, 24, Some(&[" 6927 9037"][..])),
+    ] {
+        let mut term = OnTerminal::start_sized(&state, &conf, &[], Some((columns, rows)));
+        term.press("s");
+        wait_until(5, || term.text().contains("valid for"), || term.text());
+        term.press("q");
+        let (status, _) = term.run.wait(10);
+        assert!(status.success(), "{}", term.text());
+        // The last picture drawn (quitting clears the screen after it).
+        let t = term.text();
+        let drawn = &t[..t.rfind("\x1b[2J\x1b[H").unwrap()];
+        let screen = last_screen(drawn);
+        for line in &screen {
+            assert!(
+                line.chars().count() <= usize::from(columns),
+                "{columns} columns: {line:?} in\n{}",
+                screen.join("\n")
+            );
+        }
+        let shown: Vec<&str> = screen.iter().map(|l| l.trim_end()).collect();
+        match expect {
+            None => {
+                assert!(shown[..10].iter().all(|l| l.contains('█')), "{shown:?}");
+                assert_eq!(shown[11].trim(), "valid for 10 more seconds", "{shown:?}");
+            }
+            Some(lines) => assert_eq!(&shown[..lines.len()], lines, "\n{}", screen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn a_terminal_that_stops_reading_never_stops_the_device() {
+    // The terminal's reader is stuck (a stalled SSH connection): nothing reads what `run`
+    // writes there. Its log goes elsewhere, and it must go on answering keys.
+    let (dir, state, conf) = setup("outputs = [\"large\"]\n");
+    let pty = Pty::open().unwrap();
+    let log = dir.path().join("run.log");
+    let mut run = Killed(
+        command(&state, &conf)
+            .args(["run", "--at", &T.to_string()])
+            .stdin(pty.slave.try_clone().unwrap())
+            .stdout(pty.slave.try_clone().unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until(10, || logged().contains("ready"), logged);
+    let mut keys = pty.master.try_clone().unwrap();
+    // Each key draws the code anew (about 3 kB); 64 kB fill the terminal's buffer.
+    for _ in 0..40 {
+        keys.write_all(b"s").unwrap();
+        thread::sleep(Duration::from_millis(30));
+    }
+    wait_until(
+        10,
+        || logged().matches("speaking the code").count() >= 40,
+        || format!("keys stopped being answered: {}", logged()),
+    );
+    keys.write_all(b"q").unwrap();
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", logged());
 }
 
 /// A BRLTTY started for the test: `tt` driver (a 40-cell display on a pseudo-terminal),
@@ -429,6 +592,34 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
     brltty.press("q");
     let (status, _) = run.wait(10);
     assert!(status.success());
+}
+
+#[test]
+fn status_with_nothing_to_report_shows_the_words_it_says_in_braille() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brltty = Brltty::start(dir.path());
+    // A token without a serial, a set clock, no battery: nothing to report. Danish, the
+    // default language, then English.
+    for (language, words) in [("da", "Alt er i orden."), ("en", "All is well.")] {
+        let (_d, state, conf) = setup(&format!(
+            "language = \"{language}\"\n{}",
+            braille_config(&brltty.host, "\"braille\"")
+        ));
+        let log = dir.path().join(format!("run-{language}.log"));
+        let mut run = headless(&state, &conf, &log);
+        let logged = || fs::read_to_string(&log).unwrap_or_default();
+        wait_until(5, || logged().contains("braille: display"), logged);
+        brltty.press("i");
+        wait_until(
+            5,
+            || logged().contains("status: serial …, 0 problem(s)"),
+            logged,
+        );
+        brltty.wait_for(words, 5);
+        brltty.press("q");
+        let (status, _) = run.wait(10);
+        assert!(status.success(), "{}", logged());
+    }
 }
 
 #[test]

@@ -469,7 +469,8 @@ fn code(
                 Basis::Counter(_) => None,
             };
             let contrast = out.is_terminal();
-            crate::largeprint::block(code, &grouping.sizes(code.len()), left, contrast)
+            let size = crate::largeprint::terminal_size(&out);
+            crate::largeprint::block(code, &grouping.sizes(code.len()), left, contrast, size)
         }
         None => format!("{code}\n"),
     };

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_speech::{LivePlayer, PhraseKey, Prompt, Utterance, VoicePack};
+use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
@@ -213,26 +213,17 @@ impl Device<'_> {
         }
     }
 
-    /// Shows what `message` says on the braille display (codes are shown by
-    /// [`Device::show_code`], with their validity).
+    /// Shows what `message` says on the braille display: the words spoken (codes are shown
+    /// by [`Device::show_code`], with their validity; a limit tone has no words).
     fn show(&mut self, message: &Message<'_>) {
+        if !matches!(message, Message::Prompt(_) | Message::Status { .. }) {
+            return;
+        }
         let Some(pack) = self.pack() else { return };
-        let text = match message {
-            Message::Prompt(prompt) => pack.phrase(PhraseKey::Prompt(*prompt)).text,
-            Message::Status {
-                serial_digits,
-                problems,
-            } => {
-                let mut text = (*serial_digits).to_owned();
-                for prompt in *problems {
-                    text.push_str(". ");
-                    text.push_str(&pack.phrase(PhraseKey::Prompt(*prompt)).text);
-                }
-                text
-            }
-            Message::Code { .. } | Message::Limit => return,
-        };
-        self.senses.show_text(&text);
+        if let Ok(utterance) = voice::plan(pack, message) {
+            let text = crate::outputs::words(&utterance);
+            self.senses.show_text(&text);
+        }
     }
 
     /// Shows `code` (valid for `seconds_left`, `None` for a counter) on the braille display

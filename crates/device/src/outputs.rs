@@ -4,14 +4,18 @@
 //!
 //! Each output fails alone: a braille display that is missing or goes away is logged once
 //! (again only when the reason changes) and looked for again every few seconds, while speech
-//! goes on; a terminal that cannot be written to only loses the large print.
+//! goes on; a terminal that cannot be written to only loses the large print, and one that
+//! stops reading (a stalled SSH connection, a paused terminal) never stops the device: the
+//! large print is written on a thread of its own, only its newest picture waiting.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use codereader_speech::{PhraseKey, Segment, Utterance};
 use serde::Deserialize;
 
 use crate::braille::{BrailleKey, BrailleSettings, Display};
@@ -30,7 +34,8 @@ pub enum Output {
     Speechd,
     /// Written to a braille display through BRLTTY.
     Braille,
-    /// Block digits on the terminal `run` reads keys from.
+    /// Block digits on the terminal `run` reads keys from (on by default where `run`'s
+    /// standard output is a terminal).
     Large,
 }
 
@@ -124,9 +129,12 @@ pub struct OutputsConfig {
 }
 
 impl Default for OutputsConfig {
+    /// Speech, and large print where `run` has a terminal: a partially sighted user at their
+    /// own screen reads the code as it is spoken. A config whose `outputs` leave `large` out
+    /// turns it off (others can see the screen).
     fn default() -> Self {
         OutputsConfig {
-            list: vec![Output::Speech],
+            list: vec![Output::Speech, Output::Large],
             braille: BrailleSettings::default(),
             speechd_address: None,
         }
@@ -177,6 +185,36 @@ impl OutputsConfig {
     pub fn has(&self, output: Output) -> bool {
         self.list.contains(&output)
     }
+}
+
+/// The words of `utterance` as one line of text, for the braille display: its phrases
+/// joined by spaces, digit words as digits (`0815`, as a serial is read), a full stop after
+/// digits that more words follow. What the display shows is what the voice says.
+pub fn words(utterance: &Utterance) -> String {
+    let mut line = String::new();
+    let mut after_digit = false;
+    for segment in utterance.segments() {
+        let Segment::Speech(phrase) = segment else {
+            continue;
+        };
+        if let PhraseKey::Digit(d) = phrase.key {
+            if !after_digit && !line.is_empty() {
+                line.push(' ');
+            }
+            line.push(char::from(b'0' + d));
+            after_digit = true;
+            continue;
+        }
+        if after_digit {
+            line.push('.');
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(phrase.text.trim());
+        after_digit = false;
+    }
+    line
 }
 
 /// Receives the keys pressed on the braille display (on the key thread); `false` means the
@@ -272,10 +310,78 @@ struct Shown {
     drawn_seconds: Option<u64>,
 }
 
+/// Standard output, written on a thread of its own: the main loop hands over whole
+/// pictures and never waits for the terminal; a picture not yet written is replaced by the
+/// next one (each is a whole screen).
+struct Screen {
+    shared: Arc<(Mutex<ScreenState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct ScreenState {
+    /// The picture to write next.
+    pending: Option<String>,
+    /// A picture is being written.
+    writing: bool,
+    /// Writing failed; nothing more is written.
+    failed: bool,
+}
+
+impl Screen {
+    fn start() -> io::Result<Screen> {
+        let shared = Arc::new((Mutex::new(ScreenState::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("large-print".into())
+            .spawn(move || {
+                let (lock, changed) = &*theirs;
+                let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    let Some(text) = state.pending.take() else {
+                        state = changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    };
+                    state.writing = true;
+                    drop(state);
+                    let mut out = io::stdout().lock();
+                    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+                    drop(out);
+                    state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                    state.writing = false;
+                    state.failed = written.is_err();
+                    changed.notify_all();
+                    if state.failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Screen { shared })
+    }
+
+    /// Hands `text` over to be written; `false` if writing has failed.
+    fn write(&self, text: String) -> bool {
+        let (lock, changed) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        state.pending = Some(text);
+        changed.notify_all();
+        !state.failed
+    }
+
+    /// Waits up to `limit` until everything handed over is written.
+    fn flush(&self, limit: Duration) {
+        let (lock, changed) = &*self.shared;
+        let state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = changed.wait_timeout_while(state, limit, |s| {
+            !s.failed && (s.pending.is_some() || s.writing)
+        });
+    }
+}
+
 /// The non-audio outputs: braille display and large print.
 pub struct Senses {
     braille: Option<Braille>,
-    large: bool,
+    /// Large print's terminal, while it works.
+    large: Option<Screen>,
     shown: Option<Shown>,
     log: Box<dyn Fn(&str)>,
 }
@@ -284,7 +390,7 @@ impl std::fmt::Debug for Senses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Senses")
             .field("braille", &self.braille.is_some())
-            .field("large", &self.large)
+            .field("large", &self.large.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -292,8 +398,8 @@ impl std::fmt::Debug for Senses {
 impl Senses {
     /// The outputs of `config` that are not audio. Large print is for a caller reading keys
     /// from a terminal (`terminal`, i.e. `run`), and needs standard output to be one too
-    /// (logged when it is not; other callers skip it without a word). Braille keys go to `keys`, if given. `log` writes one line to
-    /// the journal.
+    /// (logged when it is not; other callers skip it without a word). Braille keys go to
+    /// `keys`, if given. `log` writes one line to the journal.
     pub fn new(
         config: &OutputsConfig,
         terminal: bool,
@@ -308,15 +414,27 @@ impl Senses {
             keys: keys.map(std::sync::Arc::new),
             text: String::new(),
         });
+        let wanted = config.has(Output::Large) && terminal;
+        let large = if wanted && io::stdout().is_terminal() {
+            Screen::start()
+                .map_err(|e| {
+                    log(&format!(
+                        "warning: large print: cannot start: {e}; not shown"
+                    ))
+                })
+                .ok()
+        } else {
+            if wanted {
+                log("warning: large print needs a terminal on standard output; not shown");
+            }
+            None
+        };
         let mut senses = Senses {
             braille,
-            large: config.has(Output::Large) && terminal && io::stdout().is_terminal(),
+            large,
             shown: None,
             log,
         };
-        if config.has(Output::Large) && terminal && !senses.large {
-            (senses.log)("warning: large print needs a terminal on standard output; not shown");
-        }
         senses.connect();
         senses
     }
@@ -404,9 +522,7 @@ impl Senses {
                 if let Some(braille) = &mut self.braille {
                     braille.show("", &self.log);
                 }
-                if self.large {
-                    self.write_terminal(largeprint::CLEAR_SCREEN);
-                }
+                self.write_terminal(largeprint::CLEAR_SCREEN.to_owned());
                 return;
             }
         }
@@ -414,7 +530,7 @@ impl Senses {
     }
 
     fn draw(&mut self) {
-        if !self.large {
+        if self.large.is_none() {
             return;
         }
         let Some(shown) = &mut self.shown else { return };
@@ -427,21 +543,25 @@ impl Senses {
             return;
         }
         shown.drawn_seconds = seconds;
+        // The terminal's size now (it may have been resized since the last picture).
+        let size = largeprint::terminal_size(io::stdout());
         let mut text = String::from(largeprint::CLEAR_SCREEN);
-        text.push_str(&largeprint::block(&shown.code, &shown.sizes, seconds, true));
+        text.push_str(&largeprint::block(
+            &shown.code,
+            &shown.sizes,
+            seconds,
+            true,
+            size,
+        ));
         // `run` keeps the terminal's output processing on, so newlines stay newlines.
-        self.write_terminal(&text);
+        self.write_terminal(text);
     }
 
-    fn write_terminal(&mut self, text: &str) {
-        let mut out = io::stdout().lock();
-        if out
-            .write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
+    fn write_terminal(&mut self, text: String) {
+        let Some(screen) = &self.large else { return };
+        if !screen.write(text) {
             (self.log)("warning: cannot write to the terminal; large print is off");
-            self.large = false;
+            self.large = None;
         }
     }
 
@@ -465,6 +585,19 @@ impl Senses {
         self.shown = None;
         if let Some(braille) = &mut self.braille {
             braille.show("", &self.log);
+        }
+    }
+}
+
+impl Drop for Senses {
+    /// A code still shown when the program ends is taken off the screen (and the display:
+    /// BRLTTY takes it back when the connection closes).
+    fn drop(&mut self) {
+        if self.showing() {
+            if let Some(screen) = &self.large {
+                screen.write(largeprint::CLEAR_SCREEN.to_owned());
+                screen.flush(Duration::from_millis(500));
+            }
         }
     }
 }
@@ -493,6 +626,34 @@ mod tests {
             let err = parse_outputs(&list).unwrap_err();
             assert!(err.contains(want), "{list:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_braille_line_is_the_words_spoken_with_digits_as_digits() {
+        use codereader_speech::{Earcon, Phrase, Prompt};
+        let speech = |key, text: &str| {
+            Segment::Speech(Phrase {
+                key,
+                text: text.to_owned(),
+            })
+        };
+        let status = Utterance::from_segments(vec![
+            Segment::Earcon(Earcon::Start),
+            speech(PhraseKey::Digit(0), "zero"),
+            Segment::Pause { ms: 250 },
+            speech(PhraseKey::Digit(8), "eight"),
+            Segment::Pause { ms: 750 },
+            speech(PhraseKey::Prompt(Prompt::LowBattery), "The battery is low."),
+            speech(PhraseKey::Prompt(Prompt::StatusAllWell), " All is well. "),
+            Segment::Earcon(Earcon::End),
+        ]);
+        assert_eq!(words(&status), "08. The battery is low. All is well.");
+        let intro = Utterance::from_segments(vec![
+            speech(PhraseKey::Prompt(Prompt::Intro), "Your code is"),
+            speech(PhraseKey::Digit(4), "four"),
+        ]);
+        assert_eq!(words(&intro), "Your code is 4");
+        assert_eq!(words(&Utterance::from_segments(Vec::new())), "");
     }
 
     #[test]

@@ -322,7 +322,7 @@ pub enum Message<'a> {
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
     Limit,
-    /// Status: the serial's last digits, then each problem's prompt.
+    /// Status: the serial's last digits, then each problem's prompt, or "All is well."
     Status {
         /// Up to four digits of the token's serial number.
         serial_digits: &'a str,
@@ -366,11 +366,16 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
                 }
                 segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d - b'0'))));
             }
-            for prompt in *problems {
+            // With no problem, it says so: never a status of earcons alone.
+            let sentences = problems
+                .iter()
+                .copied()
+                .chain(problems.is_empty().then_some(Prompt::StatusAllWell));
+            for prompt in sentences {
                 segments.push(Segment::Pause {
                     ms: pauses.between_groups_ms,
                 });
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(*prompt))));
+                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
             }
             segments.push(Segment::Pause {
                 ms: pauses.around_earcon_ms,

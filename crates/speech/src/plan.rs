@@ -114,11 +114,13 @@ pub enum Prompt {
     NoOtherVoice,
     /// Error: the token's stored data is damaged; the device must be set up again.
     StateDamaged,
+    /// Status: no problem found.
+    StatusAllWell,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 15] = [
+    pub const ALL: [Prompt; 16] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -134,6 +136,7 @@ impl Prompt {
         Prompt::ClockBackwards,
         Prompt::NoOtherVoice,
         Prompt::StateDamaged,
+        Prompt::StatusAllWell,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -154,6 +157,7 @@ impl Prompt {
             Prompt::ClockBackwards => "clock_backwards",
             Prompt::NoOtherVoice => "no_other_voice",
             Prompt::StateDamaged => "state_damaged",
+            Prompt::StatusAllWell => "status_all_well",
         }
     }
 
