@@ -425,6 +425,11 @@ struct Brltty {
 
 impl Brltty {
     fn start(dir: &Path) -> Brltty {
+        Brltty::start_on(dir, free_port() - 4101)
+    }
+
+    /// A BRLTTY whose BrlAPI is at `127.0.0.1:n` (TCP port 4101 + n).
+    fn start_on(dir: &Path, n: u16) -> Brltty {
         let pty = Pty::open().unwrap();
         let name = fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
         let device = name
@@ -433,7 +438,6 @@ impl Brltty {
             .trim_start_matches("/dev/")
             .to_owned();
         let display = collect(pty.master.try_clone().unwrap());
-        let n = free_port() - 4101;
         let host = format!("127.0.0.1:{n}");
         let child = Command::new("brltty")
             .args(["-n", "-q", "-b", "tt", "-d"])
@@ -620,6 +624,48 @@ fn status_with_nothing_to_report_shows_the_words_it_says_in_braille() {
         let (status, _) = run.wait(10);
         assert!(status.success(), "{}", logged());
     }
+}
+
+#[test]
+fn run_takes_the_display_back_when_brltty_restarts_and_finds_one_that_comes_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = free_port() - 4101;
+    let host = format!("127.0.0.1:{n}");
+    let (_d, state, conf) = setup(&braille_config(&host, "\"braille\""));
+    // No display when run starts: logged once; run is ready all the same.
+    let log = dir.path().join("run.log");
+    let mut run = headless(&state, &conf, &log);
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        logged().matches("cannot reach BRLTTY").count(),
+        1,
+        "{}",
+        logged()
+    );
+    // The display appears: found within the retry time, and its keys work.
+    let mut brltty = Brltty::start_on(dir.path(), n);
+    wait_until(5, || logged().contains("braille: display of 40"), logged);
+    brltty.press("s");
+    brltty.wait_for("279 037", 5);
+    // BRLTTY stops (killed) and starts again: with no word for the device to show, the
+    // display's keys must still reach it (for a deafblind user they are the only input).
+    drop(brltty);
+    wait_until(
+        5,
+        || logged().contains("the connection to BRLTTY ended"),
+        logged,
+    );
+    let mut brltty = Brltty::start_on(dir.path(), n);
+    wait_until(
+        10,
+        || logged().matches("braille: display of 40").count() == 2,
+        logged,
+    );
+    brltty.press("s");
+    brltty.wait_for("279 037", 5);
+    brltty.press("q");
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", logged());
 }
 
 #[test]

@@ -229,12 +229,26 @@ struct Braille {
     /// The last failure logged, so that retries do not repeat it.
     last_error: Option<String>,
     keys: Option<std::sync::Arc<KeySink>>,
+    /// Set by the key thread when the connection ends (BRLTTY stopped or restarted): the
+    /// display is then looked for again, so that its keys work again without a word
+    /// written to it first (for a deafblind user they may be the only input).
+    lost: Arc<Mutex<Option<String>>>,
     /// What the display shows, to show again after a reconnection.
     text: String,
 }
 
 impl Braille {
     fn ensure(&mut self, log: &dyn Fn(&str)) {
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(why), Some(_)) = (lost, &self.display) {
+            self.display = None;
+            self.last_attempt = None;
+            self.failed(&format!("the connection to BRLTTY ended ({why})"), log);
+        }
         if self.display.is_some() || self.last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
             return;
         }
@@ -248,18 +262,29 @@ impl Braille {
                 ));
                 self.last_error = None;
                 self.display = Some(display);
+                // A flag of this connection's own: a reader of an earlier one that ends
+                // late must not end this one.
+                self.lost = Arc::new(Mutex::new(None));
                 if let Some(keys) = self.keys.clone() {
+                    let lost = Arc::clone(&self.lost);
                     let spawned =
                         thread::Builder::new()
                             .name("braille-keys".into())
                             .spawn(move || {
-                                while let Ok(pressed) = reader.next_keys() {
-                                    for key in pressed {
-                                        if !keys(key) {
-                                            return;
+                                let error = loop {
+                                    match reader.next_keys() {
+                                        Ok(pressed) => {
+                                            for key in pressed {
+                                                if !keys(key) {
+                                                    return;
+                                                }
+                                            }
                                         }
+                                        Err(e) => break e,
                                     }
-                                }
+                                };
+                                *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+                                    Some(error.to_string());
                             });
                     if let Err(e) = spawned {
                         log(&format!("error: braille: cannot read its keys: {e}"));
@@ -412,6 +437,7 @@ impl Senses {
             last_attempt: None,
             last_error: None,
             keys: keys.map(std::sync::Arc::new),
+            lost: Arc::new(Mutex::new(None)),
             text: String::new(),
         });
         let wanted = config.has(Output::Large) && terminal;
