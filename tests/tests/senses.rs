@@ -986,6 +986,45 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
 }
 
 #[test]
+fn run_without_speech_dispatcher_speaks_the_code_on_the_sound_card_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = dir.path().join("nobody.sock");
+    let (_d, state, conf) = setup(&format!(
+        "outputs = [\"speechd\"]\n[speechd]\naddress = \"unix_socket:{}\"\n",
+        nobody.display()
+    ));
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut term = OnTerminal::start(&state, &conf, &[("ALSA_CONFIG_PATH", &capture.config_path)]);
+    term.press("s");
+    wait_until(
+        5,
+        || {
+            term.text()
+                .contains("own voice speaks on the sound card instead")
+        },
+        || term.text(),
+    );
+    // Heard: the start earcon, the intro and six digits, the end earcon.
+    wait_until(
+        15,
+        || {
+            let audio = capture.audio();
+            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
+        },
+        || format!("silence without Speech Dispatcher: {}", term.text()),
+    );
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    assert_eq!(
+        term.text()
+            .matches("cannot reach Speech Dispatcher")
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let brltty = Brltty::start(dir.path());

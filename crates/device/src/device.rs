@@ -179,11 +179,22 @@ impl Device<'_> {
             let Some(pack) = self.voices.pack_or_first(&self.listening.language) else {
                 return;
             };
-            match voice::plan(pack, message) {
+            let taken = match voice::plan(pack, message) {
                 Ok(utterance) => speechd.say(&utterance, pack.tag(), &log),
-                Err(e) => log(&format!("error: {e}")),
+                Err(e) => {
+                    log(&format!("error: {e}"));
+                    true
+                }
+            };
+            if taken {
+                return;
             }
-            return;
+            // Silence is the worst failure: without Speech Dispatcher, the device's own
+            // voice speaks on the sound card (until Speech Dispatcher answers again).
+            if !self.speech_on {
+                log("warning: speechd: the device's own voice speaks on the sound card instead");
+                self.speech_on = true;
+            }
         }
         if !self.speech_on {
             return;
