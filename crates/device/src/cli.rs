@@ -470,7 +470,8 @@ fn code(
             };
             let contrast = out.is_terminal();
             let size = crate::largeprint::terminal_size(&out);
-            crate::largeprint::block(code, &grouping.sizes(code.len()), left, contrast, size)
+            let sizes = grouping.sizes(code.len());
+            crate::largeprint::block(code, &sizes, left, contrast, size, grouping.language())
         }
         None => format!("{code}\n"),
     };
@@ -493,6 +494,11 @@ impl Grouping {
                 voices.pack_or_first(&effective.listening.language).cloned()
             });
         Grouping(pack)
+    }
+
+    /// The user's language (its pack's tag; empty without packs).
+    pub fn language(&self) -> &str {
+        self.0.as_ref().map_or("", VoicePack::tag)
     }
 
     /// Group sizes for a code of `len` digits.
@@ -637,7 +643,9 @@ fn speak(
     }
     let (utterance, result) = take_and_plan(state, pack, args.at)?;
     match (&utterance.shown, &result) {
-        (Some((code, left)), _) => senses.show_code(code, &pack.grouping(code.len()), *left),
+        (Some((code, left)), _) => {
+            senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
+        }
         (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
         (None, Ok(())) => {}
     }

@@ -240,10 +240,11 @@ impl Device<'_> {
     /// Shows `code` (valid for `seconds_left`, `None` for a counter) on the braille display
     /// and in large print.
     fn show_code(&mut self, code: &str, seconds_left: Option<u64>) {
-        let sizes = self
-            .pack()
-            .map_or_else(|| vec![code.len()], |p| p.grouping(code.len()));
-        self.senses.show_code(code, &sizes, seconds_left);
+        let (sizes, language) = self.pack().map_or_else(
+            || (vec![code.len()], String::new()),
+            |p| (p.grouping(code.len()), p.tag().to_owned()),
+        );
+        self.senses.show_code(code, &sizes, seconds_left, &language);
     }
 
     /// Logs, once per voice, that the current voice has no clips and live espeak-ng speaks

@@ -116,12 +116,16 @@ fn render_at(code: &str, sizes: &[usize], scale: Scale) -> String {
     text
 }
 
-/// The line under the digits: how long the code stays valid.
-pub fn validity(seconds_left: Option<u64>) -> String {
-    match seconds_left {
-        Some(1) => "valid for 1 more second".to_owned(),
-        Some(s) => format!("valid for {s} more seconds"),
-        None => "valid until it is used (counter-based token)".to_owned(),
+/// The line under the digits: how long the code stays valid, in the user's `language` (a
+/// voice pack's tag): Danish or English (the voice packs' languages; English for others).
+pub fn validity(seconds_left: Option<u64>, language: &str) -> String {
+    match (language, seconds_left) {
+        ("da", Some(1)) => "gyldig i 1 sekund endnu".to_owned(),
+        ("da", Some(s)) => format!("gyldig i {s} sekunder endnu"),
+        ("da", None) => "gyldig, indtil den bruges (tællerbaseret nøgle)".to_owned(),
+        (_, Some(1)) => "valid for 1 more second".to_owned(),
+        (_, Some(s)) => format!("valid for {s} more seconds"),
+        (_, None) => "valid until it is used (counter-based token)".to_owned(),
     }
 }
 
@@ -134,7 +138,8 @@ pub struct TermSize {
     pub rows: usize,
 }
 
-/// The whole large-print block: digits, a blank line, the validity line. With `contrast`,
+/// The whole large-print block: digits, a blank line, the validity line in `language`.
+/// With `contrast`,
 /// each line is wrapped in bright-white-on-black escapes (for a terminal).
 ///
 /// On a terminal of `size`, the digits are drawn as large as fits: full size, else one cell
@@ -147,10 +152,11 @@ pub fn block(
     seconds_left: Option<u64>,
     contrast: bool,
     size: Option<TermSize>,
+    language: &str,
 ) -> String {
     // Each line is padded with a cell either side in contrast mode.
     let margin = if contrast { 2 } else { 0 };
-    let validity = validity(seconds_left);
+    let validity = validity(seconds_left, language);
     let compose = |digits: String, width: usize| {
         let mut text = digits;
         text.push('\n');
@@ -313,11 +319,16 @@ mod tests {
 
     #[test]
     fn the_block_says_how_long_the_code_is_valid_and_contrasts_on_a_terminal() {
-        let plain = block("482915", &[3, 3], Some(17), false, None);
+        let plain = block("482915", &[3, 3], Some(17), false, None, "en");
         assert!(plain.ends_with("\nvalid for 17 more seconds\n"), "{plain}");
         assert!(!plain.contains('\x1b'));
-        assert!(block("482915", &[3, 3], None, false, None).contains("counter-based"));
-        let shown = block("482915", &[3, 3], Some(1), true, None);
+        assert!(block("482915", &[3, 3], None, false, None, "en").contains("counter-based"));
+        let danish = block("482915", &[3, 3], Some(17), false, None, "da");
+        assert!(
+            danish.ends_with("\ngyldig i 17 sekunder endnu\n"),
+            "{danish}"
+        );
+        let shown = block("482915", &[3, 3], Some(1), true, None, "en");
         assert!(shown.contains("valid for 1 more second"));
         for line in shown.lines() {
             assert!(
@@ -334,7 +345,7 @@ mod tests {
     /// What a terminal of `columns` x `rows` shows: the lines, escapes removed.
     fn on_terminal(code: &str, sizes: &[usize], columns: usize, rows: usize) -> Vec<String> {
         let size = TermSize { columns, rows };
-        let text = block(code, sizes, Some(17), true, Some(size));
+        let text = block(code, sizes, Some(17), true, Some(size), "en");
         let lines: Vec<String> = text
             .lines()
             .map(|l| l.replace(HIGH_CONTRAST, "").replace(NORMAL, ""))

@@ -329,6 +329,8 @@ impl Braille {
 struct Shown {
     code: String,
     sizes: Vec<usize>,
+    /// The language of the validity line.
+    language: String,
     /// `None`: a counter-based code, valid until used.
     expires: Option<Instant>,
     /// The validity last drawn, to redraw only when it changes.
@@ -479,7 +481,14 @@ impl Senses {
 
     /// Shows `code` grouped by `sizes`; `seconds_left` is its remaining validity (`None` for
     /// a counter-based code). Shown until it expires or [`Senses::key_pressed`].
-    pub fn show_code(&mut self, code: &str, sizes: &[usize], seconds_left: Option<u64>) {
+    /// Large print says so in `language` (a voice pack's tag).
+    pub fn show_code(
+        &mut self,
+        code: &str,
+        sizes: &[usize],
+        seconds_left: Option<u64>,
+        language: &str,
+    ) {
         let line = largeprint::grouped(code, sizes);
         if let Some(braille) = &mut self.braille {
             braille.show(&line, &self.log);
@@ -487,6 +496,7 @@ impl Senses {
         self.shown = Some(Shown {
             code: code.to_owned(),
             sizes: sizes.to_vec(),
+            language: language.to_owned(),
             expires: seconds_left.map(|s| Instant::now() + Duration::from_secs(s)),
             drawn_seconds: None,
         });
@@ -578,6 +588,7 @@ impl Senses {
             seconds,
             true,
             size,
+            &shown.language,
         ));
         // `run` keeps the terminal's output processing on, so newlines stay newlines.
         self.write_terminal(text);
@@ -712,7 +723,7 @@ mod tests {
             Box::new(move |l| sink.lock().unwrap().push(l.to_owned())),
         );
         assert!(!senses.braille_connected());
-        senses.show_code("482915", &[3, 3], Some(30));
+        senses.show_code("482915", &[3, 3], Some(30), "en");
         senses.show_text("Your code is");
         senses.tick();
         let logged = lines.lock().unwrap().clone();
