@@ -998,6 +998,19 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
     assert!(!term.text().contains("error"), "{}", term.text());
 }
 
+/// Waits until `capture` holds a spoken code: the start earcon, the intro and six digits,
+/// the end earcon; fails with `why()` after 15 s.
+fn wait_until_heard(capture: &AlsaCapture, why: impl Fn() -> String) {
+    wait_until(
+        15,
+        || {
+            let audio = capture.audio();
+            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
+        },
+        why,
+    );
+}
+
 #[test]
 fn run_without_speech_dispatcher_speaks_the_code_on_the_sound_card_instead() {
     let dir = tempfile::tempdir().unwrap();
@@ -1017,15 +1030,9 @@ fn run_without_speech_dispatcher_speaks_the_code_on_the_sound_card_instead() {
         },
         || term.text(),
     );
-    // Heard: the start earcon, the intro and six digits, the end earcon.
-    wait_until(
-        15,
-        || {
-            let audio = capture.audio();
-            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
-        },
-        || format!("silence without Speech Dispatcher: {}", term.text()),
-    );
+    wait_until_heard(&capture, || {
+        format!("silence without Speech Dispatcher: {}", term.text())
+    });
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
@@ -1054,15 +1061,7 @@ fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
         || term.text().contains("gyldig i 10 sekunder endnu"),
         || term.text(),
     );
-    // And heard: the start earcon, the intro and six digits, the end earcon.
-    wait_until(
-        15,
-        || {
-            let audio = capture.audio();
-            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
-        },
-        || format!("too little speech: {}", term.text()),
-    );
+    wait_until_heard(&capture, || format!("too little speech: {}", term.text()));
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
