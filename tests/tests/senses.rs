@@ -459,6 +459,8 @@ impl Brltty {
             .arg(format!("auth=none,host={host}"))
             .args(["-x", "no", "-s", "no", "-f", "/dev/null", "-P"])
             .arg(dir.join("brltty.pid"))
+            // The tt driver reads its keys through curses: arrows as an xterm sends them.
+            .env("TERM", "xterm")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -553,6 +555,73 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
     brltty.press("x");
     let (status, _) = speak.wait(5);
     assert_eq!(status.code(), Some(3), "no token: its exit status");
+}
+
+#[test]
+fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brltty = Brltty::start(dir.path());
+    let (_d, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
+    // A damaged token: its message (57 characters) is longer than the 40 cells.
+    fs::write(state.join("token.toml"), "not a token").unwrap();
+    let mut speak = Killed(
+        command(&state, &conf)
+            .args(["speak", "--at", &T.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    brltty.wait_for("Nøglens data er beskadiget. Enheden skal", 10);
+    assert!(!brltty.shown().contains("sættes op igen"));
+    // The tt driver's right arrow (as an xterm in keypad mode sends it) is BRLTTY's "next
+    // window": the rest of the message, and `speak` still holds it.
+    brltty.press("\x1bOC");
+    brltty.wait_for(" sættes op igen.", 5);
+    thread::sleep(Duration::from_millis(500));
+    assert!(speak.0.try_wait().unwrap().is_none(), "panning ended speak");
+    // Left: the start again.
+    let before = brltty.shown().matches("Nøglens data").count();
+    brltty.press("\x1bOD");
+    wait_until(
+        5,
+        || brltty.shown().matches("Nøglens data").count() > before,
+        || brltty.shown(),
+    );
+    brltty.press("x");
+    let (status, _) = speak.wait(5);
+    assert!(!status.success());
+
+    // In `run` too; and where the message fits, panning right keeps its meaning (speak).
+    let log = dir.path().join("run.log");
+    let mut run = headless(&state, &conf, &log);
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    brltty.press("s");
+    let before = brltty.shown().matches("Nøglens data").count();
+    wait_until(
+        5,
+        || brltty.shown().matches("Nøglens data").count() > before,
+        || brltty.shown(),
+    );
+    let before = brltty.shown().matches(" sættes op igen.").count();
+    brltty.press("\x1bOC");
+    wait_until(
+        5,
+        || brltty.shown().matches(" sættes op igen.").count() > before,
+        || brltty.shown(),
+    );
+    brltty.press("q");
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", logged());
+    let (_d2, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
+    let log = dir.path().join("run2.log");
+    let mut run = headless(&state, &conf, &log);
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    brltty.press("\x1bOC");
+    wait_until(5, || logged().contains("speaking the code"), logged);
+    brltty.wait_for("279 037", 5);
+    brltty.press("q");
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", logged());
 }
 
 /// `codereader run --at T` without a terminal, its log in `log`; returns once it is ready.

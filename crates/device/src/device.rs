@@ -674,6 +674,12 @@ pub fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        // Panning keys read on through a message longer than the display.
+        if let Event::Braille(key @ (BrailleKey::PanLeft | BrailleKey::PanRight)) = &event {
+            if device.senses.pan(*key == BrailleKey::PanRight) {
+                continue;
+            }
+        }
         let action = match event {
             Event::Term(key) => effective.keys.action(key),
             Event::Ev(key) => effective.evdev_keys.action(key),

@@ -235,6 +235,8 @@ struct Braille {
     lost: Arc<Mutex<Option<String>>>,
     /// What the display shows, to show again after a reconnection.
     text: String,
+    /// The first character of `text` on the display (panned across a long message).
+    offset: usize,
 }
 
 impl Braille {
@@ -310,11 +312,40 @@ impl Braille {
 
     fn show(&mut self, text: &str, log: &dyn Fn(&str)) {
         text.clone_into(&mut self.text);
+        self.offset = 0;
+        self.write(log);
+    }
+
+    /// Moves a message longer than the display one window right or left; `false` when the
+    /// message fits (the key then keeps its own meaning).
+    fn pan(&mut self, right: bool, log: &dyn Fn(&str)) -> bool {
+        let Some(cells) = self.display.as_ref().map(Display::cells) else {
+            return false;
+        };
+        let len = self.text.chars().count();
+        if len <= cells {
+            return false;
+        }
+        self.offset = if right {
+            if self.offset + cells < len {
+                self.offset + cells
+            } else {
+                self.offset
+            }
+        } else {
+            self.offset.saturating_sub(cells)
+        };
+        self.write(log);
+        true
+    }
+
+    fn write(&mut self, log: &dyn Fn(&str)) {
         self.ensure(log);
         let Some(display) = &mut self.display else {
             return;
         };
-        if let Err(e) = display.show(text) {
+        let window: String = self.text.chars().skip(self.offset).collect();
+        if let Err(e) = display.show(&window) {
             self.display = None;
             self.last_attempt = None;
             self.failed(&e.to_string(), log);
@@ -441,6 +472,7 @@ impl Senses {
             keys: keys.map(std::sync::Arc::new),
             lost: Arc::new(Mutex::new(None)),
             text: String::new(),
+            offset: 0,
         });
         let wanted = config.has(Output::Large) && terminal;
         let large = if wanted && io::stdout().is_terminal() {
@@ -507,6 +539,15 @@ impl Senses {
     pub fn show_text(&mut self, text: &str) {
         if let Some(braille) = &mut self.braille {
             braille.show(text, &self.log);
+        }
+    }
+
+    /// Pans a message longer than the braille display (`right`, else left); `false` when
+    /// nothing longer than the display is shown, and the panning key keeps its meaning.
+    pub fn pan(&mut self, right: bool) -> bool {
+        match &mut self.braille {
+            Some(braille) => braille.pan(right, &self.log),
+            None => false,
         }
     }
 
@@ -615,8 +656,13 @@ impl Senses {
             if now >= until {
                 break;
             }
-            if keys.recv_timeout(until - now).is_ok() {
-                break;
+            match keys.recv_timeout(until - now) {
+                // Panning reads on through a long message.
+                Ok(key @ (BrailleKey::PanLeft | BrailleKey::PanRight))
+                    if self.pan(key == BrailleKey::PanRight) => {}
+                // Any other key (or no sender left: nothing more can arrive).
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
         self.shown = None;
