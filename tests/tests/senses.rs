@@ -538,6 +538,27 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
         },
         || format!("not cleared: {:?}", brltty.shown()),
     );
+    // BRLTTY stops while speak holds the code: speak ends (nobody can read it any more).
+    let mut speak = Killed(
+        command(&state, &conf)
+            .args(["speak", "--at", &T.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let before = brltty.shown().matches("279 037").count();
+    wait_until(
+        10,
+        || brltty.shown().matches("279 037").count() > before,
+        || brltty.shown(),
+    );
+    let host = brltty.host.clone();
+    let n: u16 = host.rsplit_once(':').unwrap().1.parse().unwrap();
+    drop(brltty);
+    let (status, took) = speak.wait(5);
+    assert!(status.success());
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let mut brltty = Brltty::start_on(dir.path(), n);
     // A failure is shown in braille in the user's language, and held there until a key.
     let mut speak = Killed(
         command(&dir.path().join("no-token"), &conf)

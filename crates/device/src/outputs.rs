@@ -299,6 +299,16 @@ impl Braille {
         }
     }
 
+    /// Whether the connected display's connection has ended (seen by its key thread).
+    fn gone(&self) -> bool {
+        self.display.is_some()
+            && self
+                .lost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+    }
+
     fn failed(&mut self, message: &str, log: &dyn Fn(&str)) {
         if self.last_error.as_deref() != Some(message) {
             log(&format!(
@@ -644,7 +654,8 @@ impl Senses {
     }
 
     /// Waits until the shown code expires or a braille key arrives on `keys`, at most
-    /// `limit` (for `speak`, which shows the code or message and then ends).
+    /// `limit` (for `speak`, which shows the code or message and then ends); not longer
+    /// than the display is there (BRLTTY stopped: nobody reads it any more).
     pub fn hold(&mut self, keys: &std::sync::mpsc::Receiver<BrailleKey>, limit: Duration) {
         let end = Instant::now() + limit;
         loop {
@@ -656,13 +667,18 @@ impl Senses {
             if now >= until {
                 break;
             }
-            match keys.recv_timeout(until - now) {
+            // Woken every quarter second to see whether the display is still there.
+            match keys.recv_timeout((until - now).min(Duration::from_millis(250))) {
                 // Panning reads on through a long message.
                 Ok(key @ (BrailleKey::PanLeft | BrailleKey::PanRight))
                     if self.pan(key == BrailleKey::PanRight) => {}
                 // Any other key (or no sender left: nothing more can arrive).
                 Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.braille.as_ref().is_some_and(Braille::gone) {
+                        break;
+                    }
+                }
             }
         }
         self.shown = None;
