@@ -208,25 +208,24 @@ fn code_large_prints_the_code_in_block_digits_grouped_as_spoken() {
         .output()
         .unwrap());
     assert_eq!(plain.trim(), CODE_AT_T);
-    let large = ok(&command(&state, &conf)
-        .args(["code", "--large", "--at", &at])
-        .output()
-        .unwrap());
+    let large = || {
+        ok(&command(&state, &conf)
+            .args(["code", "--large", "--at", &at])
+            .output()
+            .unwrap())
+    };
     // In the user's language: Danish by default, English when chosen.
+    let danish = large();
     assert_eq!(
-        large,
+        danish,
         format!("{LARGE_279037}\ngyldig i 10 sekunder endnu\n"),
-        "\n{large}"
+        "\n{danish}"
     );
     // Written to a file: no colour escapes.
-    assert!(!large.contains('\x1b'));
+    assert!(!danish.contains('\x1b'));
     fs::write(&conf, "language = \"en\"\n").unwrap();
-    let large = ok(&command(&state, &conf)
-        .args(["code", "--large", "--at", &at])
-        .output()
-        .unwrap());
     assert_eq!(
-        large,
+        large(),
         format!("{LARGE_279037}\nvalid for 10 more seconds\n")
     );
 }
@@ -502,6 +501,39 @@ impl Brltty {
     fn press(&mut self, keys: &str) {
         self.keys.write_all(keys.as_bytes()).unwrap();
     }
+
+    /// Presses `keys` and waits until `needle` is shown once more than before.
+    fn press_and_wait_for(&mut self, keys: &str, needle: &str) {
+        let before = self.shown().matches(needle).count();
+        self.press(keys);
+        wait_until(
+            5,
+            || self.shown().matches(needle).count() > before,
+            || format!("no new {needle:?} on the display: {:?}", self.shown()),
+        );
+    }
+}
+
+/// Presses `q` on the display; `run` (its log in `log`) must end well.
+fn quit(brltty: &mut Brltty, run: &mut Killed, log: &Path) {
+    brltty.press("q");
+    let (status, _) = run.wait(10);
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// `codereader speak --at T`, running (its log dropped).
+fn speaking(state: &Path, conf: &Path) -> Killed {
+    Killed(
+        command(state, conf)
+            .args(["speak", "--at", &T.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn braille_config(host: &str, outputs: &str) -> String {
@@ -539,13 +571,7 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
         || format!("not cleared: {:?}", brltty.shown()),
     );
     // BRLTTY stops while speak holds the code: speak ends (nobody can read it any more).
-    let mut speak = Killed(
-        command(&state, &conf)
-            .args(["speak", "--at", &T.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut speak = speaking(&state, &conf);
     let before = brltty.shown().matches("279 037").count();
     wait_until(
         10,
@@ -585,13 +611,7 @@ fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
     let (_d, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
     // A damaged token: its message (57 characters) is longer than the 40 cells.
     fs::write(state.join("token.toml"), "not a token").unwrap();
-    let mut speak = Killed(
-        command(&state, &conf)
-            .args(["speak", "--at", &T.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut speak = speaking(&state, &conf);
     brltty.wait_for("Nøglens data er beskadiget. Enheden skal", 10);
     assert!(!brltty.shown().contains("sættes op igen"));
     // The tt driver's right arrow (as an xterm in keypad mode sends it) is BRLTTY's "next
@@ -601,13 +621,7 @@ fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
     thread::sleep(Duration::from_millis(500));
     assert!(speak.0.try_wait().unwrap().is_none(), "panning ended speak");
     // Left: the start again.
-    let before = brltty.shown().matches("Nøglens data").count();
-    brltty.press("\x1bOD");
-    wait_until(
-        5,
-        || brltty.shown().matches("Nøglens data").count() > before,
-        || brltty.shown(),
-    );
+    brltty.press_and_wait_for("\x1bOD", "Nøglens data");
     brltty.press("x");
     let (status, _) = speak.wait(5);
     assert!(!status.success());
@@ -615,24 +629,9 @@ fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
     // In `run` too; and where the message fits, panning right keeps its meaning (speak).
     let log = dir.path().join("run.log");
     let mut run = headless(&state, &conf, &log);
-    let logged = || fs::read_to_string(&log).unwrap_or_default();
-    brltty.press("s");
-    let before = brltty.shown().matches("Nøglens data").count();
-    wait_until(
-        5,
-        || brltty.shown().matches("Nøglens data").count() > before,
-        || brltty.shown(),
-    );
-    let before = brltty.shown().matches(" sættes op igen.").count();
-    brltty.press("\x1bOC");
-    wait_until(
-        5,
-        || brltty.shown().matches(" sættes op igen.").count() > before,
-        || brltty.shown(),
-    );
-    brltty.press("q");
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", logged());
+    brltty.press_and_wait_for("s", "Nøglens data");
+    brltty.press_and_wait_for("\x1bOC", " sættes op igen.");
+    quit(&mut brltty, &mut run, &log);
     let (_d2, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
     let log = dir.path().join("run2.log");
     let mut run = headless(&state, &conf, &log);
@@ -640,9 +639,7 @@ fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
     brltty.press("\x1bOC");
     wait_until(5, || logged().contains("speaking the code"), logged);
     brltty.wait_for("279 037", 5);
-    brltty.press("q");
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", logged());
+    quit(&mut brltty, &mut run, &log);
 }
 
 /// `codereader run --at T` without a terminal, its log in `log`; returns once it is ready.
@@ -687,9 +684,7 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
         || brltty.shown(),
     );
     wait_until(5, || logged().contains("repeating the last code"), logged);
-    brltty.press("q");
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", logged());
+    quit(&mut brltty, &mut run, &log);
 
     // Without a token the spoken error is shown in braille too, in the user's language.
     let empty = dir.path().join("empty-state");
@@ -723,9 +718,7 @@ fn status_with_nothing_to_report_shows_the_words_it_says_in_braille() {
             logged,
         );
         brltty.wait_for(words, 5);
-        brltty.press("q");
-        let (status, _) = run.wait(10);
-        assert!(status.success(), "{}", logged());
+        quit(&mut brltty, &mut run, &log);
     }
 }
 
@@ -766,9 +759,7 @@ fn run_takes_the_display_back_when_brltty_restarts_and_finds_one_that_comes_late
     );
     brltty.press("s");
     brltty.wait_for("279 037", 5);
-    brltty.press("q");
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", logged());
+    quit(&mut brltty, &mut run, &log);
 }
 
 #[test]
