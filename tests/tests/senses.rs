@@ -135,7 +135,27 @@ struct OnTerminal {
 
 impl OnTerminal {
     fn start(state: &Path, conf: &Path, env: &[(&str, &str)]) -> OnTerminal {
+        OnTerminal::start_sized(state, conf, env, None)
+    }
+
+    /// [`OnTerminal::start`] on a terminal of `size` columns x rows (else one that gives no
+    /// size, as a pseudo-terminal nobody sized does).
+    fn start_sized(
+        state: &Path,
+        conf: &Path,
+        env: &[(&str, &str)],
+        size: Option<(u16, u16)>,
+    ) -> OnTerminal {
         let pty = Pty::open().unwrap();
+        if let Some((columns, rows)) = size {
+            let size = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            rustix::termios::tcsetwinsize(&pty.master, size).unwrap();
+        }
         let run = Killed(
             command(state, conf)
                 .args(["run", "--at", &T.to_string()])
@@ -188,22 +208,31 @@ fn code_large_prints_the_code_in_block_digits_grouped_as_spoken() {
         .output()
         .unwrap());
     assert_eq!(plain.trim(), CODE_AT_T);
-    let large = ok(&command(&state, &conf)
-        .args(["code", "--large", "--at", &at])
-        .output()
-        .unwrap());
+    let large = || {
+        ok(&command(&state, &conf)
+            .args(["code", "--large", "--at", &at])
+            .output()
+            .unwrap())
+    };
+    // In the user's language: Danish by default, English when chosen.
+    let danish = large();
     assert_eq!(
-        large,
-        format!("{LARGE_279037}\nvalid for 10 more seconds\n"),
-        "\n{large}"
+        danish,
+        format!("{LARGE_279037}\ngyldig i 10 sekunder endnu\n"),
+        "\n{danish}"
     );
     // Written to a file: no colour escapes.
-    assert!(!large.contains('\x1b'));
+    assert!(!danish.contains('\x1b'));
+    fs::write(&conf, "language = \"en\"\n").unwrap();
+    assert_eq!(
+        large(),
+        format!("{LARGE_279037}\nvalid for 10 more seconds\n")
+    );
 }
 
 #[test]
 fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
-    let (_dir, state, conf) = setup("outputs = [\"large\"]\n");
+    let (_dir, state, conf) = setup("outputs = [\"large\"]\nlanguage = \"en\"\n");
     let mut term = OnTerminal::start(&state, &conf, &[]);
     term.press("s");
     wait_until(
@@ -247,6 +276,152 @@ fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
     assert!(status.success(), "{}", term.text());
 }
 
+/// The screen after the last clear: what a terminal shows now, escapes taken out, and
+/// without the log's lines (standard error is the same terminal; a line logged just after
+/// the clear lands above the picture until the next one).
+fn last_screen(all: &str) -> Vec<String> {
+    let start = all.rfind("\x1b[2J\x1b[H").map_or(0, |i| i + 7);
+    all[start..]
+        .replace("\x1b[1;97;40m", "")
+        .replace("\x1b[0m", "")
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .filter(|l| !l.starts_with("codereader:"))
+        .collect()
+}
+
+#[test]
+fn run_on_a_terminal_shows_large_print_by_default_and_not_when_outputs_leave_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let alsa = [("ALSA_CONFIG_PATH", capture.config_path.as_str())];
+    // No config: speech, and large print on the terminal, in the user's language (Danish).
+    let (_d, state, conf) = setup("");
+    let mut term = OnTerminal::start(&state, &conf, &alsa);
+    term.press("s");
+    wait_until(
+        5,
+        || term.text().contains("gyldig i 10 sekunder endnu"),
+        || term.text(),
+    );
+    assert!(term.text().contains(LARGE_279037.lines().next().unwrap()));
+    // Quitting while the code is shown takes it off the screen.
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    let t = term.text();
+    let last_drawn = t.rfind('█').unwrap();
+    assert!(
+        t[last_drawn..].contains("\x1b[2J\x1b[H"),
+        "the code stays on the screen after quitting: {t:?}"
+    );
+
+    // Outputs that leave `large` out: the code is spoken, never drawn.
+    let (d, state, conf) = setup("outputs = [\"speech\"]\n");
+    // (A capture takes one player: a FIFO read once.)
+    let capture = AlsaCapture::start(d.path()).unwrap();
+    let alsa = [("ALSA_CONFIG_PATH", capture.config_path.as_str())];
+    let mut term = OnTerminal::start(&state, &conf, &alsa);
+    term.press("s");
+    wait_until(
+        5,
+        || term.text().contains("speaking the code"),
+        || term.text(),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    let t = term.text();
+    assert!(!t.contains('█') && !t.contains("gyldig"), "{t}");
+}
+
+#[test]
+fn large_print_fits_a_narrow_terminal_and_falls_back_to_text_when_nothing_fits() {
+    // An eight-digit code: 68 columns at full size.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let conf = dir.path().join("config.toml");
+    fs::write(&conf, "outputs = [\"large\"]\n").unwrap();
+    let uri = format!("otpauth://totp/Bank:alice?secret={SECRET_B32}&issuer=Bank&digits=8");
+    ok(&command(&state, &conf)
+        .args(["enroll", "--uri", &uri])
+        .output()
+        .unwrap());
+    let small_69279037 = [
+        " ███ ███ ███ ███   ███ ███ ███ ███",
+        " █   █ █   █   █   █ █ █ █   █   █",
+        " ███ ███ ███  █    ███ █ █  ██  █",
+        " █ █   █ █    █      █ █ █   █  █",
+        " ███ ███ ███  █    ███ ███ ███  █",
+    ];
+    for (columns, rows, expect) in [
+        (80, 24, None),
+        (40, 24, Some(&small_69279037[..])),
+        (20, 24, Some(&[" 6927 9037"][..])),
+    ] {
+        let mut term = OnTerminal::start_sized(&state, &conf, &[], Some((columns, rows)));
+        term.press("s");
+        wait_until(5, || term.text().contains("gyldig"), || term.text());
+        term.press("q");
+        let (status, _) = term.run.wait(10);
+        assert!(status.success(), "{}", term.text());
+        // The last picture drawn (quitting clears the screen after it).
+        let t = term.text();
+        let drawn = &t[..t.rfind("\x1b[2J\x1b[H").unwrap()];
+        let screen = last_screen(drawn);
+        for line in &screen {
+            assert!(
+                line.chars().count() <= usize::from(columns),
+                "{columns} columns: {line:?} in\n{}",
+                screen.join("\n")
+            );
+        }
+        let shown: Vec<&str> = screen.iter().map(|l| l.trim_end()).collect();
+        match expect {
+            None => {
+                assert!(shown[..10].iter().all(|l| l.contains('█')), "{shown:?}");
+                assert_eq!(shown[11].trim(), "gyldig i 10 sekunder endnu", "{shown:?}");
+            }
+            Some(lines) => assert_eq!(&shown[..lines.len()], lines, "\n{}", screen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn a_terminal_that_stops_reading_never_stops_the_device() {
+    // The terminal's reader is stuck (a stalled SSH connection): nothing reads what `run`
+    // writes there. Its log goes elsewhere, and it must go on answering keys.
+    let (dir, state, conf) = setup("outputs = [\"large\"]\n");
+    let pty = Pty::open().unwrap();
+    let log = dir.path().join("run.log");
+    let mut run = Killed(
+        command(&state, &conf)
+            .args(["run", "--at", &T.to_string()])
+            .stdin(pty.slave.try_clone().unwrap())
+            .stdout(pty.slave.try_clone().unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until(10, || logged().contains("ready"), logged);
+    let mut keys = pty.master.try_clone().unwrap();
+    // Each key draws the code anew (about 3 kB); 64 kB fill the terminal's buffer.
+    for _ in 0..40 {
+        keys.write_all(b"s").unwrap();
+        thread::sleep(Duration::from_millis(30));
+    }
+    wait_until(
+        10,
+        || logged().matches("speaking the code").count() >= 40,
+        || format!("keys stopped being answered: {}", logged()),
+    );
+    keys.write_all(b"q").unwrap();
+    let (status, _) = run.wait(10);
+    assert!(status.success(), "{}", logged());
+}
+
 /// A BRLTTY started for the test: `tt` driver (a 40-cell display on a pseudo-terminal),
 /// BrlAPI on TCP without authorization.
 struct Brltty {
@@ -262,6 +437,11 @@ struct Brltty {
 
 impl Brltty {
     fn start(dir: &Path) -> Brltty {
+        Brltty::start_on(dir, free_port() - 4101)
+    }
+
+    /// A BRLTTY whose BrlAPI is at `127.0.0.1:n` (TCP port 4101 + n).
+    fn start_on(dir: &Path, n: u16) -> Brltty {
         let pty = Pty::open().unwrap();
         let name = fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
         let device = name
@@ -270,7 +450,6 @@ impl Brltty {
             .trim_start_matches("/dev/")
             .to_owned();
         let display = collect(pty.master.try_clone().unwrap());
-        let n = free_port() - 4101;
         let host = format!("127.0.0.1:{n}");
         let child = Command::new("brltty")
             .args(["-n", "-q", "-b", "tt", "-d"])
@@ -279,6 +458,8 @@ impl Brltty {
             .arg(format!("auth=none,host={host}"))
             .args(["-x", "no", "-s", "no", "-f", "/dev/null", "-P"])
             .arg(dir.join("brltty.pid"))
+            // The tt driver reads its keys through curses: arrows as an xterm sends them.
+            .env("TERM", "xterm")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -320,6 +501,39 @@ impl Brltty {
     fn press(&mut self, keys: &str) {
         self.keys.write_all(keys.as_bytes()).unwrap();
     }
+
+    /// Presses `keys` and waits until `needle` is shown once more than before.
+    fn press_and_wait_for(&mut self, keys: &str, needle: &str) {
+        let before = self.shown().matches(needle).count();
+        self.press(keys);
+        wait_until(
+            5,
+            || self.shown().matches(needle).count() > before,
+            || format!("no new {needle:?} on the display: {:?}", self.shown()),
+        );
+    }
+}
+
+/// Presses `q` on the display; `run` (its log in `log`) must end well.
+fn quit(brltty: &mut Brltty, run: &mut Killed, log: &Path) {
+    brltty.press("q");
+    let (status, _) = run.wait(10);
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// `codereader speak --at T`, running (its log dropped).
+fn speaking(state: &Path, conf: &Path) -> Killed {
+    Killed(
+        command(state, conf)
+            .args(["speak", "--at", &T.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn braille_config(host: &str, outputs: &str) -> String {
@@ -356,6 +570,21 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
         },
         || format!("not cleared: {:?}", brltty.shown()),
     );
+    // BRLTTY stops while speak holds the code: speak ends (nobody can read it any more).
+    let mut speak = speaking(&state, &conf);
+    let before = brltty.shown().matches("279 037").count();
+    wait_until(
+        10,
+        || brltty.shown().matches("279 037").count() > before,
+        || brltty.shown(),
+    );
+    let host = brltty.host.clone();
+    let n: u16 = host.rsplit_once(':').unwrap().1.parse().unwrap();
+    drop(brltty);
+    let (status, took) = speak.wait(5);
+    assert!(status.success());
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let mut brltty = Brltty::start_on(dir.path(), n);
     // A failure is shown in braille in the user's language, and held there until a key.
     let mut speak = Killed(
         command(&dir.path().join("no-token"), &conf)
@@ -373,6 +602,44 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
     brltty.press("x");
     let (status, _) = speak.wait(5);
     assert_eq!(status.code(), Some(3), "no token: its exit status");
+}
+
+#[test]
+fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brltty = Brltty::start(dir.path());
+    let (_d, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
+    // A damaged token: its message (57 characters) is longer than the 40 cells.
+    fs::write(state.join("token.toml"), "not a token").unwrap();
+    let mut speak = speaking(&state, &conf);
+    brltty.wait_for("Nøglens data er beskadiget. Enheden skal", 10);
+    assert!(!brltty.shown().contains("sættes op igen"));
+    // The tt driver's right arrow (as an xterm in keypad mode sends it) is BRLTTY's "next
+    // window": the rest of the message, and `speak` still holds it.
+    brltty.press("\x1bOC");
+    brltty.wait_for(" sættes op igen.", 5);
+    thread::sleep(Duration::from_millis(500));
+    assert!(speak.0.try_wait().unwrap().is_none(), "panning ended speak");
+    // Left: the start again.
+    brltty.press_and_wait_for("\x1bOD", "Nøglens data");
+    brltty.press("x");
+    let (status, _) = speak.wait(5);
+    assert!(!status.success());
+
+    // In `run` too; and where the message fits, panning right keeps its meaning (speak).
+    let log = dir.path().join("run.log");
+    let mut run = headless(&state, &conf, &log);
+    brltty.press_and_wait_for("s", "Nøglens data");
+    brltty.press_and_wait_for("\x1bOC", " sættes op igen.");
+    quit(&mut brltty, &mut run, &log);
+    let (_d2, state, conf) = setup(&braille_config(&brltty.host, "\"braille\""));
+    let log = dir.path().join("run2.log");
+    let mut run = headless(&state, &conf, &log);
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    brltty.press("\x1bOC");
+    wait_until(5, || logged().contains("speaking the code"), logged);
+    brltty.wait_for("279 037", 5);
+    quit(&mut brltty, &mut run, &log);
 }
 
 /// `codereader run --at T` without a terminal, its log in `log`; returns once it is ready.
@@ -417,9 +684,7 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
         || brltty.shown(),
     );
     wait_until(5, || logged().contains("repeating the last code"), logged);
-    brltty.press("q");
-    let (status, _) = run.wait(10);
-    assert!(status.success(), "{}", logged());
+    quit(&mut brltty, &mut run, &log);
 
     // Without a token the spoken error is shown in braille too, in the user's language.
     let empty = dir.path().join("empty-state");
@@ -429,6 +694,72 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
     brltty.press("q");
     let (status, _) = run.wait(10);
     assert!(status.success());
+}
+
+#[test]
+fn status_with_nothing_to_report_shows_the_words_it_says_in_braille() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brltty = Brltty::start(dir.path());
+    // A token without a serial, a set clock, no battery: nothing to report. Danish, the
+    // default language, then English.
+    for (language, words) in [("da", "Alt er i orden."), ("en", "All is well.")] {
+        let (_d, state, conf) = setup(&format!(
+            "language = \"{language}\"\n{}",
+            braille_config(&brltty.host, "\"braille\"")
+        ));
+        let log = dir.path().join(format!("run-{language}.log"));
+        let mut run = headless(&state, &conf, &log);
+        let logged = || fs::read_to_string(&log).unwrap_or_default();
+        wait_until(5, || logged().contains("braille: display"), logged);
+        brltty.press("i");
+        wait_until(
+            5,
+            || logged().contains("status: serial …, 0 problem(s)"),
+            logged,
+        );
+        brltty.wait_for(words, 5);
+        quit(&mut brltty, &mut run, &log);
+    }
+}
+
+#[test]
+fn run_takes_the_display_back_when_brltty_restarts_and_finds_one_that_comes_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = free_port() - 4101;
+    let host = format!("127.0.0.1:{n}");
+    let (_d, state, conf) = setup(&braille_config(&host, "\"braille\""));
+    // No display when run starts: logged once; run is ready all the same.
+    let log = dir.path().join("run.log");
+    let mut run = headless(&state, &conf, &log);
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        logged().matches("cannot reach BRLTTY").count(),
+        1,
+        "{}",
+        logged()
+    );
+    // The display appears: found within the retry time, and its keys work.
+    let mut brltty = Brltty::start_on(dir.path(), n);
+    wait_until(5, || logged().contains("braille: display of 40"), logged);
+    brltty.press("s");
+    brltty.wait_for("279 037", 5);
+    // BRLTTY stops (killed) and starts again: with no word for the device to show, the
+    // display's keys must still reach it (for a deafblind user they are the only input).
+    drop(brltty);
+    wait_until(
+        5,
+        || logged().contains("the connection to BRLTTY ended"),
+        logged,
+    );
+    let mut brltty = Brltty::start_on(dir.path(), n);
+    wait_until(
+        10,
+        || logged().matches("braille: display of 40").count() == 2,
+        logged,
+    );
+    brltty.press("s");
+    brltty.wait_for("279 037", 5);
+    quit(&mut brltty, &mut run, &log);
 }
 
 #[test]
@@ -748,6 +1079,52 @@ fn run_speaks_through_speech_dispatcher_when_it_is_the_configured_voice() {
     assert!(!term.text().contains("error"), "{}", term.text());
 }
 
+/// Waits until `capture` holds a spoken code: the start earcon, the intro and six digits,
+/// the end earcon; fails with `why()` after 15 s.
+fn wait_until_heard(capture: &AlsaCapture, why: impl Fn() -> String) {
+    wait_until(
+        15,
+        || {
+            let audio = capture.audio();
+            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
+        },
+        why,
+    );
+}
+
+#[test]
+fn run_without_speech_dispatcher_speaks_the_code_on_the_sound_card_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = dir.path().join("nobody.sock");
+    let (_d, state, conf) = setup(&format!(
+        "outputs = [\"speechd\"]\n[speechd]\naddress = \"unix_socket:{}\"\n",
+        nobody.display()
+    ));
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut term = OnTerminal::start(&state, &conf, &[("ALSA_CONFIG_PATH", &capture.config_path)]);
+    term.press("s");
+    wait_until(
+        5,
+        || {
+            term.text()
+                .contains("own voice speaks on the sound card instead")
+        },
+        || term.text(),
+    );
+    wait_until_heard(&capture, || {
+        format!("silence without Speech Dispatcher: {}", term.text())
+    });
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
+    assert_eq!(
+        term.text()
+            .matches("cannot reach Speech Dispatcher")
+            .count(),
+        1
+    );
+}
+
 #[test]
 fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -762,18 +1139,10 @@ fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
     brltty.wait_for("279 037", 5);
     wait_until(
         5,
-        || term.text().contains("valid for 10 more seconds"),
+        || term.text().contains("gyldig i 10 sekunder endnu"),
         || term.text(),
     );
-    // And heard: the start earcon, the intro and six digits, the end earcon.
-    wait_until(
-        15,
-        || {
-            let audio = capture.audio();
-            audio.loudest_frame() > 0.0 && audio.spans(audio.loudest_frame() * 0.01, 120).len() >= 9
-        },
-        || format!("too little speech: {}", term.text()),
-    );
+    wait_until_heard(&capture, || format!("too little speech: {}", term.text()));
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());

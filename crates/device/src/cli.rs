@@ -483,7 +483,9 @@ fn code(
                 Basis::Counter(_) => None,
             };
             let contrast = out.is_terminal();
-            crate::largeprint::block(code, &grouping.sizes(code.len()), left, contrast)
+            let size = crate::largeprint::terminal_size(&out);
+            let sizes = grouping.sizes(code.len());
+            crate::largeprint::block(code, &sizes, left, contrast, size, grouping.language())
         }
         None => format!("{code}\n"),
     };
@@ -506,6 +508,11 @@ impl Grouping {
                 voices.pack_or_first(&effective.listening.language).cloned()
             });
         Grouping(pack)
+    }
+
+    /// The user's language (its pack's tag; empty without packs).
+    pub fn language(&self) -> &str {
+        self.0.as_ref().map_or("", VoicePack::tag)
     }
 
     /// Group sizes for a code of `len` digits.
@@ -667,7 +674,9 @@ fn speak(
     }
     let (utterance, result) = take_and_plan(state, pack, args.at, unusable)?;
     match (&utterance.shown, &result) {
-        (Some((code, left)), _) => senses.show_code(code, &pack.grouping(code.len()), *left),
+        (Some((code, left)), _) => {
+            senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
+        }
         (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
         (None, Ok(())) => {}
     }

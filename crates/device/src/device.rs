@@ -190,11 +190,22 @@ impl Device<'_> {
             let Some(pack) = self.voices.pack_or_first(&self.listening.language) else {
                 return;
             };
-            match voice::plan(pack, message) {
+            let taken = match voice::plan(pack, message) {
                 Ok(utterance) => speechd.say(&utterance, pack.tag(), &log),
-                Err(e) => log(&format!("error: {e}")),
+                Err(e) => {
+                    log(&format!("error: {e}"));
+                    true
+                }
+            };
+            if taken {
+                return;
             }
-            return;
+            // Silence is the worst failure: without Speech Dispatcher, the device's own
+            // voice speaks on the sound card (until Speech Dispatcher answers again).
+            if !self.speech_on {
+                log("warning: speechd: the device's own voice speaks on the sound card instead");
+                self.speech_on = true;
+            }
         }
         if !self.speech_on {
             return;
@@ -236,10 +247,11 @@ impl Device<'_> {
     /// Shows `code` (valid for `seconds_left`, `None` for a counter) on the braille display
     /// and in large print.
     fn show_code(&mut self, code: &str, seconds_left: Option<u64>) {
-        let sizes = self
-            .pack()
-            .map_or_else(|| vec![code.len()], |p| p.grouping(code.len()));
-        self.senses.show_code(code, &sizes, seconds_left);
+        let (sizes, language) = self.pack().map_or_else(
+            || (vec![code.len()], String::new()),
+            |p| (p.grouping(code.len()), p.tag().to_owned()),
+        );
+        self.senses.show_code(code, &sizes, seconds_left, &language);
     }
 
     /// Logs, once per voice, that the current voice has no clips and live espeak-ng speaks
@@ -821,6 +833,12 @@ pub fn run(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         device.from_keypad = !matches!(event, Event::Term(_));
+        // Panning keys read on through a message longer than the display.
+        if let Event::Braille(key @ (BrailleKey::PanLeft | BrailleKey::PanRight)) = &event {
+            if device.senses.pan(*key == BrailleKey::PanRight) {
+                continue;
+            }
+        }
         let action = match event {
             Event::Term(key) => effective.keys.action(key),
             Event::Ev(key) => effective.evdev_keys.action(key),

@@ -4,11 +4,14 @@
 //!
 //! Each output fails alone: a braille display that is missing or goes away is logged once
 //! (again only when the reason changes) and looked for again every few seconds, while speech
-//! goes on; a terminal that cannot be written to only loses the large print.
+//! goes on; a terminal that cannot be written to only loses the large print, and one that
+//! stops reading (a stalled SSH connection, a paused terminal) never stops the device: the
+//! large print is written on a thread of its own, only its newest picture waiting.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,8 @@ pub enum Output {
     Speechd,
     /// Written to a braille display through BRLTTY.
     Braille,
-    /// Block digits on the terminal `run` reads keys from.
+    /// Block digits on the terminal `run` reads keys from (on by default where `run`'s
+    /// standard output is a terminal).
     Large,
 }
 
@@ -124,9 +128,12 @@ pub struct OutputsConfig {
 }
 
 impl Default for OutputsConfig {
+    /// Speech, and large print where `run` has a terminal: a partially sighted user at their
+    /// own screen reads the code as it is spoken. A config whose `outputs` leave `large` out
+    /// turns it off (others can see the screen).
     fn default() -> Self {
         OutputsConfig {
-            list: vec![Output::Speech],
+            list: vec![Output::Speech, Output::Large],
             braille: BrailleSettings::default(),
             speechd_address: None,
         }
@@ -191,12 +198,28 @@ struct Braille {
     /// The last failure logged, so that retries do not repeat it.
     last_error: Option<String>,
     keys: Option<std::sync::Arc<KeySink>>,
+    /// Set by the key thread when the connection ends (BRLTTY stopped or restarted): the
+    /// display is then looked for again, so that its keys work again without a word
+    /// written to it first (for a deafblind user they may be the only input).
+    lost: Arc<Mutex<Option<String>>>,
     /// What the display shows, to show again after a reconnection.
     text: String,
+    /// The first character of `text` on the display (panned across a long message).
+    offset: usize,
 }
 
 impl Braille {
     fn ensure(&mut self, log: &dyn Fn(&str)) {
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(why), Some(_)) = (lost, &self.display) {
+            self.display = None;
+            self.last_attempt = None;
+            self.failed(&format!("the connection to BRLTTY ended ({why})"), log);
+        }
         if self.display.is_some() || self.last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
             return;
         }
@@ -210,18 +233,29 @@ impl Braille {
                 ));
                 self.last_error = None;
                 self.display = Some(display);
+                // A flag of this connection's own: a reader of an earlier one that ends
+                // late must not end this one.
+                self.lost = Arc::new(Mutex::new(None));
                 if let Some(keys) = self.keys.clone() {
+                    let lost = Arc::clone(&self.lost);
                     let spawned =
                         thread::Builder::new()
                             .name("braille-keys".into())
                             .spawn(move || {
-                                while let Ok(pressed) = reader.next_keys() {
-                                    for key in pressed {
-                                        if !keys(key) {
-                                            return;
+                                let error = loop {
+                                    match reader.next_keys() {
+                                        Ok(pressed) => {
+                                            for key in pressed {
+                                                if !keys(key) {
+                                                    return;
+                                                }
+                                            }
                                         }
+                                        Err(e) => break e,
                                     }
-                                }
+                                };
+                                *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+                                    Some(error.to_string());
                             });
                     if let Err(e) = spawned {
                         log(&format!("error: braille: cannot read its keys: {e}"));
@@ -232,6 +266,16 @@ impl Braille {
             }
             Err(e) => self.failed(&e.to_string(), log),
         }
+    }
+
+    /// Whether the connected display's connection has ended (seen by its key thread).
+    fn gone(&self) -> bool {
+        self.display.is_some()
+            && self
+                .lost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
     }
 
     fn failed(&mut self, message: &str, log: &dyn Fn(&str)) {
@@ -247,11 +291,40 @@ impl Braille {
 
     fn show(&mut self, text: &str, log: &dyn Fn(&str)) {
         text.clone_into(&mut self.text);
+        self.offset = 0;
+        self.write(log);
+    }
+
+    /// Moves a message longer than the display one window right or left; `false` when the
+    /// message fits (the key then keeps its own meaning).
+    fn pan(&mut self, right: bool, log: &dyn Fn(&str)) -> bool {
+        let Some(cells) = self.display.as_ref().map(Display::cells) else {
+            return false;
+        };
+        let len = self.text.chars().count();
+        if len <= cells {
+            return false;
+        }
+        self.offset = if right {
+            if self.offset + cells < len {
+                self.offset + cells
+            } else {
+                self.offset
+            }
+        } else {
+            self.offset.saturating_sub(cells)
+        };
+        self.write(log);
+        true
+    }
+
+    fn write(&mut self, log: &dyn Fn(&str)) {
         self.ensure(log);
         let Some(display) = &mut self.display else {
             return;
         };
-        if let Err(e) = display.show(text) {
+        let window: String = self.text.chars().skip(self.offset).collect();
+        if let Err(e) = display.show(&window) {
             self.display = None;
             self.last_attempt = None;
             self.failed(&e.to_string(), log);
@@ -266,16 +339,86 @@ impl Braille {
 struct Shown {
     code: String,
     sizes: Vec<usize>,
+    /// The language of the validity line.
+    language: String,
     /// `None`: a counter-based code, valid until used.
     expires: Option<Instant>,
     /// The validity last drawn, to redraw only when it changes.
     drawn_seconds: Option<u64>,
 }
 
+/// Standard output, written on a thread of its own: the main loop hands over whole
+/// pictures and never waits for the terminal; a picture not yet written is replaced by the
+/// next one (each is a whole screen).
+struct Screen {
+    shared: Arc<(Mutex<ScreenState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct ScreenState {
+    /// The picture to write next.
+    pending: Option<String>,
+    /// A picture is being written.
+    writing: bool,
+    /// Writing failed; nothing more is written.
+    failed: bool,
+}
+
+impl Screen {
+    fn start() -> io::Result<Screen> {
+        let shared = Arc::new((Mutex::new(ScreenState::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("large-print".into())
+            .spawn(move || {
+                let (lock, changed) = &*theirs;
+                let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    let Some(text) = state.pending.take() else {
+                        state = changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    };
+                    state.writing = true;
+                    drop(state);
+                    let mut out = io::stdout().lock();
+                    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+                    drop(out);
+                    state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                    state.writing = false;
+                    state.failed = written.is_err();
+                    changed.notify_all();
+                    if state.failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Screen { shared })
+    }
+
+    /// Hands `text` over to be written; `false` if writing has failed.
+    fn write(&self, text: String) -> bool {
+        let (lock, changed) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        state.pending = Some(text);
+        changed.notify_all();
+        !state.failed
+    }
+
+    /// Waits up to `limit` until everything handed over is written.
+    fn flush(&self, limit: Duration) {
+        let (lock, changed) = &*self.shared;
+        let state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = changed.wait_timeout_while(state, limit, |s| {
+            !s.failed && (s.pending.is_some() || s.writing)
+        });
+    }
+}
+
 /// The non-audio outputs: braille display and large print.
 pub struct Senses {
     braille: Option<Braille>,
-    large: bool,
+    /// Large print's terminal, while it works.
+    large: Option<Screen>,
     shown: Option<Shown>,
     log: Box<dyn Fn(&str)>,
 }
@@ -284,7 +427,7 @@ impl std::fmt::Debug for Senses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Senses")
             .field("braille", &self.braille.is_some())
-            .field("large", &self.large)
+            .field("large", &self.large.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -292,8 +435,8 @@ impl std::fmt::Debug for Senses {
 impl Senses {
     /// The outputs of `config` that are not audio. Large print is for a caller reading keys
     /// from a terminal (`terminal`, i.e. `run`), and needs standard output to be one too
-    /// (logged when it is not; other callers skip it without a word). Braille keys go to `keys`, if given. `log` writes one line to
-    /// the journal.
+    /// (logged when it is not; other callers skip it without a word). Braille keys go to
+    /// `keys`, if given. `log` writes one line to the journal.
     pub fn new(
         config: &OutputsConfig,
         terminal: bool,
@@ -306,17 +449,31 @@ impl Senses {
             last_attempt: None,
             last_error: None,
             keys: keys.map(std::sync::Arc::new),
+            lost: Arc::new(Mutex::new(None)),
             text: String::new(),
+            offset: 0,
         });
+        let wanted = config.has(Output::Large) && terminal;
+        let large = if wanted && io::stdout().is_terminal() {
+            Screen::start()
+                .map_err(|e| {
+                    log(&format!(
+                        "warning: large print: cannot start: {e}; not shown"
+                    ))
+                })
+                .ok()
+        } else {
+            if wanted {
+                log("warning: large print needs a terminal on standard output; not shown");
+            }
+            None
+        };
         let mut senses = Senses {
             braille,
-            large: config.has(Output::Large) && terminal && io::stdout().is_terminal(),
+            large,
             shown: None,
             log,
         };
-        if config.has(Output::Large) && terminal && !senses.large {
-            (senses.log)("warning: large print needs a terminal on standard output; not shown");
-        }
         senses.connect();
         senses
     }
@@ -335,7 +492,14 @@ impl Senses {
 
     /// Shows `code` grouped by `sizes`; `seconds_left` is its remaining validity (`None` for
     /// a counter-based code). Shown until it expires or [`Senses::key_pressed`].
-    pub fn show_code(&mut self, code: &str, sizes: &[usize], seconds_left: Option<u64>) {
+    /// Large print says so in `language` (a voice pack's tag).
+    pub fn show_code(
+        &mut self,
+        code: &str,
+        sizes: &[usize],
+        seconds_left: Option<u64>,
+        language: &str,
+    ) {
         let line = largeprint::grouped(code, sizes);
         if let Some(braille) = &mut self.braille {
             braille.show(&line, &self.log);
@@ -343,6 +507,7 @@ impl Senses {
         self.shown = Some(Shown {
             code: code.to_owned(),
             sizes: sizes.to_vec(),
+            language: language.to_owned(),
             expires: seconds_left.map(|s| Instant::now() + Duration::from_secs(s)),
             drawn_seconds: None,
         });
@@ -353,6 +518,15 @@ impl Senses {
     pub fn show_text(&mut self, text: &str) {
         if let Some(braille) = &mut self.braille {
             braille.show(text, &self.log);
+        }
+    }
+
+    /// Pans a message longer than the braille display (`right`, else left); `false` when
+    /// nothing longer than the display is shown, and the panning key keeps its meaning.
+    pub fn pan(&mut self, right: bool) -> bool {
+        match &mut self.braille {
+            Some(braille) => braille.pan(right, &self.log),
+            None => false,
         }
     }
 
@@ -404,9 +578,7 @@ impl Senses {
                 if let Some(braille) = &mut self.braille {
                     braille.show("", &self.log);
                 }
-                if self.large {
-                    self.write_terminal(largeprint::CLEAR_SCREEN);
-                }
+                self.write_terminal(largeprint::CLEAR_SCREEN.to_owned());
                 return;
             }
         }
@@ -414,7 +586,7 @@ impl Senses {
     }
 
     fn draw(&mut self) {
-        if !self.large {
+        if self.large.is_none() {
             return;
         }
         let Some(shown) = &mut self.shown else { return };
@@ -427,26 +599,32 @@ impl Senses {
             return;
         }
         shown.drawn_seconds = seconds;
+        // The terminal's size now (it may have been resized since the last picture).
+        let size = largeprint::terminal_size(io::stdout());
         let mut text = String::from(largeprint::CLEAR_SCREEN);
-        text.push_str(&largeprint::block(&shown.code, &shown.sizes, seconds, true));
+        text.push_str(&largeprint::block(
+            &shown.code,
+            &shown.sizes,
+            seconds,
+            true,
+            size,
+            &shown.language,
+        ));
         // `run` keeps the terminal's output processing on, so newlines stay newlines.
-        self.write_terminal(&text);
+        self.write_terminal(text);
     }
 
-    fn write_terminal(&mut self, text: &str) {
-        let mut out = io::stdout().lock();
-        if out
-            .write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
+    fn write_terminal(&mut self, text: String) {
+        let Some(screen) = &self.large else { return };
+        if !screen.write(text) {
             (self.log)("warning: cannot write to the terminal; large print is off");
-            self.large = false;
+            self.large = None;
         }
     }
 
     /// Waits until the shown code expires or a braille key arrives on `keys`, at most
-    /// `limit` (for `speak`, which shows the code or message and then ends).
+    /// `limit` (for `speak`, which shows the code or message and then ends); not longer
+    /// than the display is there (BRLTTY stopped: nobody reads it any more).
     pub fn hold(&mut self, keys: &std::sync::mpsc::Receiver<BrailleKey>, limit: Duration) {
         let end = Instant::now() + limit;
         loop {
@@ -458,13 +636,36 @@ impl Senses {
             if now >= until {
                 break;
             }
-            if keys.recv_timeout(until - now).is_ok() {
-                break;
+            // Woken every quarter second to see whether the display is still there.
+            match keys.recv_timeout((until - now).min(Duration::from_millis(250))) {
+                // Panning reads on through a long message.
+                Ok(key @ (BrailleKey::PanLeft | BrailleKey::PanRight))
+                    if self.pan(key == BrailleKey::PanRight) => {}
+                // Any other key (or no sender left: nothing more can arrive).
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.braille.as_ref().is_some_and(Braille::gone) {
+                        break;
+                    }
+                }
             }
         }
         self.shown = None;
         if let Some(braille) = &mut self.braille {
             braille.show("", &self.log);
+        }
+    }
+}
+
+impl Drop for Senses {
+    /// A code still shown when the program ends is taken off the screen (and the display:
+    /// BRLTTY takes it back when the connection closes).
+    fn drop(&mut self) {
+        if self.showing() {
+            if let Some(screen) = &self.large {
+                screen.write(largeprint::CLEAR_SCREEN.to_owned());
+                screen.flush(Duration::from_millis(500));
+            }
         }
     }
 }
@@ -525,7 +726,7 @@ mod tests {
             Box::new(move |l| sink.lock().unwrap().push(l.to_owned())),
         );
         assert!(!senses.braille_connected());
-        senses.show_code("482915", &[3, 3], Some(30));
+        senses.show_code("482915", &[3, 3], Some(30), "en");
         senses.show_text("Your code is");
         senses.tick();
         let logged = lines.lock().unwrap().clone();

@@ -383,17 +383,21 @@ impl SpeechdVoice {
     }
 
     /// Says the phrases and pauses of `utterance` in `language`; a failure is logged (once
-    /// per reason) and the next message tries a new connection.
-    pub fn say(&mut self, utterance: &Utterance, language: &str, log: &dyn Fn(&str)) {
+    /// per reason) and the next message tries a new connection. Whether Speech Dispatcher
+    /// took the words (`false`: the caller should say them some other way).
+    pub fn say(&mut self, utterance: &Utterance, language: &str, log: &dyn Fn(&str)) -> bool {
         let (_, words, _) = split_earcons(utterance);
         if words.is_empty() {
-            return;
+            return true;
         }
         let result = self
             .connected(language)
             .and_then(|connection| connection.queue(&words));
         match result {
-            Ok(_) => self.last_error = None,
+            Ok(_) => {
+                self.last_error = None;
+                true
+            }
             Err(e) => {
                 self.connection = None;
                 let message = e.to_string();
@@ -401,6 +405,7 @@ impl SpeechdVoice {
                     log(&format!("error: speechd: {message}"));
                     self.last_error = Some(message);
                 }
+                false
             }
         }
     }
