@@ -6,12 +6,20 @@
 //! stopped answering. Here every connection is tracked, and:
 //! - the whole request head must arrive within [`ConnLimits::head_timeout`] of its first
 //!   byte (of the connection being accepted, for the first request), however it trickles in;
+//!   on HTTPS the TLS handshake counts in that first deadline, so a client that handshakes
+//!   slowly is as bounded as one that sends its head slowly;
 //! - a kept-alive connection that sends nothing for [`ConnLimits::idle_timeout`] after an
 //!   answer is closed;
 //! - at most [`ConnLimits::max_connections`] are held (see [`descriptor_budget`]); a new
 //!   connection beyond that closes the one that has waited longest for a head (idle or
 //!   unfinished, or whose request's body is still awaited), never one whose request is
 //!   being answered.
+//!
+//! Plain HTTP and HTTPS go through the same accept loop ([`serve`]); they differ only in
+//! how an accepted TCP connection becomes the stream HTTP is spoken on ([`Handshake`]:
+//! [`Plain`], or [`crate::tls::TlsState`]). The handshake runs in the connection's own
+//! task, never in the accept loop, and a connection in its handshake is held, counted and
+//! shed like one waiting for its first head.
 //!
 //! Requests in progress are not this module's business: the body deadline and the request
 //! timeout of [`crate::http`] bound them.
@@ -35,11 +43,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+use crate::apikeys::ClientCertificate;
+
 /// How long connections may wait, and how many there may be.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     /// Longest time from the first byte of a request head to its end, and from accepting a
-    /// connection to the end of its first head. Default 10 s.
+    /// connection to the end of its first head (TLS handshake included). Default 10 s.
     pub head_timeout: Duration,
     /// Longest time a kept-alive connection may send nothing after an answer. Default 30 s.
     pub idle_timeout: Duration,
@@ -124,11 +134,12 @@ impl Registry {
             return false;
         }
         let since = |at: u64| Duration::from_millis(now.saturating_sub(at));
+        let answered = c.answered.load(Relaxed);
         match c.head_started_at.load(Relaxed) {
-            0 if c.answered.load(Relaxed) => {
-                since(c.ready_at.load(Relaxed)) > self.limits.idle_timeout
-            }
-            0 => since(c.ready_at.load(Relaxed)) > self.limits.head_timeout,
+            0 if answered => since(c.ready_at.load(Relaxed)) > self.limits.idle_timeout,
+            // The first head (and the handshake before it) counts from the accept: waiting
+            // 9 s to send a first byte does not buy another 10 s for the rest.
+            _ if !answered => since(c.ready_at.load(Relaxed)) > self.limits.head_timeout,
             started => since(started - 1) > self.limits.head_timeout,
         }
     }
@@ -244,14 +255,15 @@ impl http_body::Body for WatchedBody {
     }
 }
 
-/// A TCP stream that notes when the bytes of a new request begin to arrive.
-struct Watched {
-    stream: TcpStream,
+/// A connection's stream (after any handshake) that notes when the bytes of a new request
+/// begin to arrive.
+struct Watched<S> {
+    stream: S,
     tracked: Arc<Tracked>,
     registry: Arc<Registry>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -274,7 +286,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -304,14 +316,44 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` completes; then stops
-/// accepting, lets the requests in flight finish (for at most `grace`) and closes the rest.
+/// How an accepted TCP connection becomes the stream HTTP is spoken on.
+pub trait Handshake: Send + Sync + 'static {
+    /// The stream after the handshake.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Turns `tcp` into [`Self::Stream`]. It need not bound its own time: [`serve`] drops
+    /// it when the connection's first head deadline passes or the connection is shed.
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// The client certificate `stream`'s handshake verified, if any; every request on the
+    /// connection carries it (see [`crate::http`]'s API-key check).
+    fn client_certificate(_stream: &Self::Stream) -> Option<ClientCertificate> {
+        None
+    }
+}
+
+/// Plain HTTP: the TCP stream as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        std::future::ready(Ok(tcp))
+    }
+}
+
+/// Serves `router` on `listener` within `limits`, each connection through `handshake`
+/// first, until `shutdown` completes; then stops accepting, lets the requests in flight
+/// finish (for at most `grace`) and closes the rest.
 ///
 /// # Errors
 /// None so far: a failed accept (out of descriptors, say) sheds the oldest waiting
 /// connection and retries.
-pub async fn serve(
+pub async fn serve<H: Handshake>(
     listener: TcpListener,
+    handshake: Arc<H>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -346,9 +388,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
-            registry.clone(),
-            id,
-            tracked,
+            Held {
+                registry: registry.clone(),
+                id,
+                tracked,
+            },
+            handshake.clone(),
             stream,
             remote,
             router.clone(),
@@ -401,16 +446,40 @@ async fn reap_every(registry: Arc<Registry>, limits: ConnLimits) {
     }
 }
 
-/// Serves one connection until it ends, is shed, or the server stops.
-async fn connection(
+/// A connection's place in the registry, given up when dropped (however its task ends).
+struct Held {
     registry: Arc<Registry>,
     id: u64,
     tracked: Arc<Tracked>,
-    stream: TcpStream,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
+}
+
+/// Serves one connection, after its handshake, until it ends, is shed, or the server stops.
+async fn connection<H: Handshake>(
+    held: Held,
+    handshake: Arc<H>,
+    tcp: TcpStream,
     remote: SocketAddr,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (registry, tracked) = (held.registry.clone(), held.tracked.clone());
+    // A connection still in its handshake has no request in flight: stopping closes it.
+    let stream = tokio::select! {
+        stream = handshake.handshake(tcp) => match stream {
+            Ok(stream) => stream,
+            // Plain HTTP on the HTTPS port, no client certificate under mutual TLS...
+            Err(_) => return,
+        },
+        () = tracked.shed.notified() => return,
+        _ = stop.changed() => return,
+    };
+    let certificate = H::client_certificate(&stream);
     let service = TowerToHyperService::new(router);
     let marks = (registry.clone(), tracked.clone());
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -419,6 +488,9 @@ async fn connection(
             tracked: marks.1.clone(),
         });
         request.extensions_mut().insert(ConnectInfo(remote));
+        if let Some(certificate) = certificate {
+            request.extensions_mut().insert(certificate);
+        }
         let answering = Answering::begin(&marks.0, &marks.1);
         let answer = hyper::service::Service::call(&service, request);
         async move {
@@ -448,7 +520,7 @@ async fn connection(
             }
         }
     }
-    registry.remove(id);
+    drop(held);
 }
 
 #[cfg(test)]
@@ -519,9 +591,13 @@ mod tests {
         let r = registry(10);
         let (_, t) = r.admit().unwrap();
         let now = r.now_ms();
-        // A new connection must send its first head within the head timeout.
+        // A new connection must send its first head within the head timeout...
         assert!(!r.overdue(&t, now + 100));
         assert!(r.overdue(&t, now + 101));
+        // ...counted from the accept even when its first byte came late.
+        t.head_started_at.store(now + 90 + 1, Relaxed);
+        assert!(r.overdue(&t, now + 101));
+        t.head_started_at.store(0, Relaxed);
         // Once answered, it may stay silent for the idle timeout...
         drop(Answering::begin(&r, &t));
         let answered = t.ready_at.load(Relaxed);

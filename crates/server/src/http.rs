@@ -7,7 +7,6 @@
 //! out of time (503), and bugs (500).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,6 @@ use axum::routing::{get, post};
 use codereader_otp::{Code, CodeError};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::apikeys::{ApiKeys, ClientCertificate, Refusal, Scope};
@@ -224,69 +222,6 @@ pub fn router(state: Shared, limits: Limits) -> Router {
             time_limit,
         ))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting
-/// connections and lets in-flight requests finish (for at most `grace`).
-///
-/// # Errors
-/// When the listener fails.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let (signal, stopping) = stop_signal(shutdown);
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
-    drain(server.into_future(), stopping, grace).await
-}
-
-/// Splits `shutdown` into the signal a graceful server waits for and a receiver that says
-/// when it fired, for [`drain`].
-pub fn stop_signal(
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (
-    impl Future<Output = ()> + Send + 'static,
-    tokio::sync::oneshot::Receiver<()>,
-) {
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
-    (signal, stopping_rx)
-}
-
-/// Runs `server` alone until `stopping` fires, then gives it `grace` to finish the requests
-/// in flight (after which the process may exit with them unanswered).
-///
-/// # Errors
-/// When the server fails.
-pub async fn drain(
-    server: impl Future<Output = std::io::Result<()>>,
-    stopping: tokio::sync::oneshot::Receiver<()>,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        _ = stopping => {}
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            eprintln!(
-                "codereader-verifier: in-flight requests did not finish within {}s; exiting",
-                grace.as_secs()
-            );
-            Ok(())
-        }
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT). The SIGTERM handler is installed when this is

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_verifier::{ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
-use codereader_verifier_server::connections::{self, ConnLimits};
+use codereader_verifier_server::connections::{self, ConnLimits, Plain};
 use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
@@ -22,7 +22,7 @@ use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfi
 use codereader_verifier_server::service::{
     AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
 };
-use codereader_verifier_server::tls::{self, TlsFiles, TlsListener, TlsState};
+use codereader_verifier_server::tls::{self, TlsFiles, TlsState};
 use codereader_verifier_server::{hangup, state, timefmt, wire};
 use zeroize::Zeroizing;
 
@@ -559,34 +559,23 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
         reload_keys_on_sighup(state.clone(), keys_path.clone());
         let router = http::router(state, limits);
-        if let Some(tls) = tls {
-            tls::reload_on_sighup(tls.clone());
-            let listener = TlsListener::new(listener, tls)?;
-            {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "codereader-verifier: listening on https://{local}")?;
-                out.flush()?;
-            }
-            let grace = limits.request_timeout + Duration::from_secs(5);
-            tls::serve_tls(listener, router, shutdown, grace)
-                .await
-                .context("server failed")?;
-            eprintln!("codereader-verifier: stopped");
-            return Ok(());
-        }
         {
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let mut out = std::io::stdout().lock();
-            writeln!(out, "codereader-verifier: listening on http://{local}")?;
+            writeln!(out, "codereader-verifier: listening on {scheme}://{local}")?;
             out.flush()?;
         }
-        connections::serve(
-            listener,
-            router,
-            shutdown,
-            limits.request_timeout + Duration::from_secs(5),
-            conn_limits,
-        )
-        .await
+        let grace = limits.request_timeout + Duration::from_secs(5);
+        match tls {
+            Some(tls) => {
+                tls::reload_on_sighup(tls.clone());
+                connections::serve(listener, tls, router, shutdown, grace, conn_limits).await
+            }
+            None => {
+                let plain = Arc::new(Plain);
+                connections::serve(listener, plain, router, shutdown, grace, conn_limits).await
+            }
+        }
         .context("server failed")?;
         eprintln!("codereader-verifier: stopped");
         Ok(())

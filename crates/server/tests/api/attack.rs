@@ -194,7 +194,7 @@ fn timed_request(addr: std::net::SocketAddr, request: &str, limit: Duration) -> 
 }
 
 /// Raises this test process's own descriptor limit, for the barrage's sockets.
-fn enough_descriptors(needed: u64) {
+pub(crate) fn enough_descriptors(needed: u64) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let _ = setrlimit(

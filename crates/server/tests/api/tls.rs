@@ -1,6 +1,7 @@
 //! HTTPS on the server's own port: a self-signed CA made here, a server certificate it
 //! issued, plain HTTP refused on that port, mutual TLS refusing a client without a
-//! certificate, and a renewed certificate picked up on SIGHUP.
+//! certificate, a renewed certificate picked up on SIGHUP, and issue 15's slow-client
+//! defences (cap, head and idle deadlines) holding on HTTPS too.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,7 +22,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-use crate::common::{BIN, create_key, raw_request};
+use crate::attack::enough_descriptors;
+use crate::common::{BIN, Server, base32, create_key, hotp, raw_request};
 
 struct Ca {
     cert: Certificate,
@@ -327,4 +329,250 @@ async fn https_with_reload_and_mutual_tls() {
         &["token", "audit", "--all", "--since", "2020-01-01", "--json"],
     );
     assert!(out.contains("\"caller\":\"api:backend\""), "{out}");
+}
+
+/// A CA and a server certificate it issued, written to `dir`; the `serve` arguments for
+/// them.
+fn tls_args(dir: &Path) -> (Ca, Vec<String>) {
+    let ca = new_ca();
+    let (cert, key) = write_pair(dir, "server", &leaf(&ca, true));
+    let args = ["--tls-cert", &cert.display().to_string(), "--tls-key"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([key.display().to_string()])
+        .collect();
+    (ca, args)
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Opens `n` connections to `addr` that never get a request through: every other one stops
+/// inside its TLS handshake (a ClientHello record header, then a byte a second), the others
+/// finish the handshake and send a request head a header line a second. After 4 s, returns
+/// how many were opened and how many of those the server had closed by then.
+async fn slow_https_barrage(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    n: usize,
+) -> (usize, usize) {
+    use tokio::io::AsyncWriteExt;
+    let connector = TlsConnector::from(config);
+    let patience = Duration::from_secs(2);
+    let (mut handshaking, mut heading) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let Ok(Ok(mut tcp)) =
+            tokio::time::timeout(patience, tokio::net::TcpStream::connect(addr)).await
+        else {
+            continue;
+        };
+        if i % 2 == 0 {
+            let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+            handshaking.push(tcp);
+        } else {
+            let name = ServerName::try_from("localhost").unwrap();
+            if let Ok(Ok(mut tls)) =
+                tokio::time::timeout(patience, connector.connect(name, tcp)).await
+            {
+                let _ = tls
+                    .write_all(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n")
+                    .await;
+                let _ = tls.flush().await;
+                heading.push(tls);
+            }
+        }
+    }
+    let opened = handshaking.len() + heading.len();
+    let mut closed = 0;
+    let slice = Duration::from_millis(200);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        closed = 0;
+        for s in &mut handshaking {
+            let wrote = tokio::time::timeout(slice, s.write_all(&[0x01])).await;
+            closed += usize::from(!matches!(wrote, Ok(Ok(()))));
+        }
+        for s in &mut heading {
+            let wrote = tokio::time::timeout(slice, async {
+                s.write_all(b"X-Slow: 1\r\n").await?;
+                s.flush().await
+            })
+            .await;
+            closed += usize::from(!matches!(wrote, Ok(Ok(()))));
+        }
+    }
+    (opened, closed)
+}
+
+/// Issue 15's slow-client defences on the HTTPS port: 1,100 connections, half stuck in their
+/// TLS handshake and half trickling a request head, against a server limited to 1024
+/// descriptors, leave `/healthz` and verifications from a well-behaved HTTPS client
+/// answering within 2 s all along; the server closes connections to stay within its limit.
+#[test]
+fn slow_handshakes_and_heads_over_https_under_1024_descriptors_leave_it_answering() {
+    const BARRAGE: usize = 1100;
+    const SEED: &[u8] = b"https barrage seed 001";
+    enough_descriptors(BARRAGE as u64 + 500);
+    let temp = tempfile::tempdir().unwrap();
+    let (ca, args) = tls_args(temp.path());
+    let server = Server::start_with_nofile(1024, None, &as_strs(&args));
+    let addr = server.addr;
+    let config = client_config(&ca, None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let enrol = json!({"serial": "TB-1", "kind": "hotp", "secret": base32(SEED)});
+    let (_, status, body) = runtime
+        .block_on(request(
+            addr,
+            config.clone(),
+            "POST",
+            "/v1/tokens",
+            Some(&server.admin_key),
+            Some(enrol),
+        ))
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    let attack = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(slow_https_barrage(addr, config, BARRAGE))
+        })
+    };
+    let limit = Duration::from_secs(2);
+    let (mut probes, mut counter, mut slowest) = (0, 0, Duration::ZERO);
+    while !attack.is_finished() {
+        let started = Instant::now();
+        let health = runtime.block_on(async {
+            tokio::time::timeout(
+                limit,
+                request(addr, config.clone(), "GET", "/healthz", None, None),
+            )
+            .await
+        });
+        let took = started.elapsed();
+        assert!(
+            matches!(health, Ok(Ok((_, 200, _)))),
+            "/healthz after {took:?}, probe {probes}: {health:?}"
+        );
+        slowest = slowest.max(took);
+        let started = Instant::now();
+        let code = json!({"token": "TB-1", "code": hotp(SEED, counter, 6)});
+        let verified = runtime.block_on(async {
+            tokio::time::timeout(
+                limit,
+                request(
+                    addr,
+                    config.clone(),
+                    "POST",
+                    "/v1/verify",
+                    Some(&server.verify_key),
+                    Some(code),
+                ),
+            )
+            .await
+        });
+        let took = started.elapsed();
+        let Ok(Ok((_, 200, body))) = verified else {
+            panic!("verify after {took:?}, probe {probes}: {verified:?}");
+        };
+        assert_eq!(body["result"], json!("accepted"), "{body}");
+        slowest = slowest.max(took);
+        counter += 1;
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (opened, closed) = attack.join().unwrap();
+    assert!(probes >= 10, "{probes} probes");
+    assert!(slowest < limit, "{slowest:?}");
+    assert!(opened >= BARRAGE - 10, "only {opened} connections opened");
+    assert!(closed >= BARRAGE - 1024, "{closed} of {opened} closed");
+    assert!(!server.stderr.lock().unwrap().contains("panicked"));
+}
+
+/// How long `stream` stays open from `started`, reading what it sends (within 5 s).
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    started: Instant,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        // End of stream, or an error (no close_notify): either way, closed.
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_all)
+        .await
+        .expect("still open after 5 s");
+    started.elapsed()
+}
+
+/// The head and idle deadlines hold on HTTPS as on HTTP: a connection that never starts its
+/// handshake, one that stops halfway through it, and one that completes it but sends no
+/// request are closed after the head timeout (counted from the accept); a kept-alive
+/// connection silent after an answer is closed after the idle timeout.
+#[test]
+fn https_connections_have_the_head_and_idle_deadlines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let temp = tempfile::tempdir().unwrap();
+    let (ca, mut args) = tls_args(temp.path());
+    args.extend(["--head-timeout-ms", "800", "--idle-timeout-ms", "600"].map(String::from));
+    let server = Server::start_with(None, &as_strs(&args));
+    let connector = TlsConnector::from(client_config(&ca, None));
+    let name = || ServerName::try_from("localhost").unwrap();
+    let within = |took: Duration, from: u64| {
+        took >= Duration::from_millis(from) && took < Duration::from_millis(2500)
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let started = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let took = closed_after(&mut silent, started).await;
+        assert!(within(took, 700), "silent connection closed after {took:?}");
+
+        let started = Instant::now();
+        let mut halfway = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        halfway
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+        let took = closed_after(&mut halfway, started).await;
+        assert!(within(took, 700), "half a handshake closed after {took:?}");
+
+        let started = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut mute = connector.connect(name(), tcp).await.unwrap();
+        let took = closed_after(&mut mute, started).await;
+        assert!(
+            within(took, 700),
+            "handshake without a request closed after {took:?}"
+        );
+
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut kept = connector.connect(name(), tcp).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        kept.flush().await.unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).contains("\"ok\"") {
+            let mut buf = [0u8; 1024];
+            let n = kept.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let took = closed_after(&mut kept, Instant::now()).await;
+        assert!(
+            within(took, 500),
+            "idle HTTPS connection closed after {took:?}"
+        );
+    });
+    // The server itself is fine, and drains on SIGTERM as on HTTP.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(healthy(server.addr, client_config(&ca, None)));
+    let mut server = server;
+    let status = server.terminate();
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("codereader-verifier: stopped"), "{stderr}");
 }

@@ -155,10 +155,9 @@ impl Server {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if let Some(url) = line
-                    .trim()
-                    .strip_prefix("codereader-verifier: listening on http://")
-                {
+                // `serve --tls-cert ...` says https; the address is all the tests need.
+                let said = line.trim().replacen("https://", "http://", 1);
+                if let Some(url) = said.strip_prefix("codereader-verifier: listening on http://") {
                     let _ = tx.send(url.parse::<SocketAddr>().unwrap());
                 }
                 line.clear();
