@@ -618,9 +618,8 @@ fn key_id(session: &Session, key: ObjectHandle, uri: &Pkcs11Uri) -> Result<KeyId
             ],
         )
         .map_err(device("reading the key's attributes"))?;
-    let (mut aes256, mut sensitive, mut extractable) = (false, false, true);
+    let (mut kind_aes, mut sensitive, mut extractable) = (false, false, true);
     let mut len = 0u64;
-    let mut kind_aes = false;
     let mut digest = sha2::Sha256::default();
     use sha2::Digest;
     digest.update(b"codereader pkcs11 key id\0");
@@ -641,8 +640,7 @@ fn key_id(session: &Session, key: ObjectHandle, uri: &Pkcs11Uri) -> Result<KeyId
             _ => {}
         }
     }
-    aes256 |= kind_aes && len == 32;
-    if !aes256 {
+    if !(kind_aes && len == 32) {
         return Err(unusable("not an AES-256 key"));
     }
     if !sensitive || extractable {
