@@ -856,9 +856,15 @@ impl BodyProgress {
 /// A request body that fails once its deadline passes (a body shorter than its
 /// Content-Length, or one sent a byte now and then), so that a stalled client costs the
 /// server one timer, not a request slot until the request timeout, and gets a 4xx.
+///
+/// The timer is made only when the body first has to be waited for: a body that arrived with
+/// its head (nearly every request) costs no timer registration and no allocation.
 struct BodyDeadline {
     inner: axum::body::Body,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the body must be complete.
+    due: tokio::time::Instant,
+    /// Armed at the first wait for bytes.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     progress: Arc<BodyProgress>,
 }
 
@@ -870,7 +876,8 @@ impl BodyDeadline {
         let request = request.map(|inner| {
             axum::body::Body::new(BodyDeadline {
                 inner,
-                deadline: Box::pin(tokio::time::sleep(limit)),
+                due: tokio::time::Instant::now() + limit,
+                deadline: None,
                 progress: shared,
             })
         });
@@ -895,7 +902,11 @@ impl http_body::Body for BodyDeadline {
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
+                let due = this.due;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     this.progress.waiting.store(false, Relaxed);
                     this.progress.expired.store(true, Relaxed);
                     return Poll::Ready(Some(Err(axum::Error::new(
