@@ -46,6 +46,10 @@ pub(crate) const TEST: &[&str] = &[
     "systemd",
 ];
 
+/// What `cargo xtask deb-check` (run by `cargo xtask test`) needs besides [`TEST`]: the
+/// Debian package checker, and the engines that render the clips it ships.
+pub(crate) const DEB_CHECK: &[&str] = &["lintian", "flite", "espeak-ng-data"];
+
 /// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech
 /// crate, the engines that render clips (espeak-ng's library, the flite command line), and a
 /// Python virtualenv for the recognizer (PocketSphinx comes from PyPI into `target/`).
