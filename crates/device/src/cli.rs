@@ -1,4 +1,5 @@
-//! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`.
+//! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`,
+//! `audio`.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -79,6 +80,16 @@ pub enum Command {
     Clock(ClockArgs),
     /// Show the enrolled token (never its secret) and the clock's state.
     Status,
+    /// Show the output device the config names; with --list, the names it can name.
+    Audio(AudioArgs),
+}
+
+/// `audio` options.
+#[derive(Debug, Args)]
+pub struct AudioArgs {
+    /// List the output devices, by the names `[audio] device` in the config takes.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// `enroll` options.
@@ -325,7 +336,33 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
         }
         Command::Clock(args) => clock(&state, args.accept),
         Command::Status => status(&state),
+        Command::Audio(args) => audio(cli.config.as_deref(), &args),
     }
+}
+
+/// `audio [--list]`: the configured output device, and the ones there are.
+fn audio(config_path: Option<&Path>, args: &AudioArgs) -> Result<(), Failure> {
+    let config = Config::find(config_path)?;
+    let configured = config.audio.device.as_deref().unwrap_or("default");
+    let mut out = format!("audio device: {configured}\n");
+    if args.list {
+        let devices = codereader_speech::output_devices().map_err(|e| Failure {
+            exit: Exit::Audio,
+            error: anyhow!(e),
+        })?;
+        out.push_str("output devices ([audio] device = \"NAME\" in the config; * in use):\n");
+        for device in &devices {
+            let mark = if device.name == configured { "*" } else { " " };
+            out.push_str(&format!(
+                "{mark} {}\n      {}\n",
+                device.name, device.description
+            ));
+        }
+    }
+    io::stdout()
+        .write_all(out.as_bytes())
+        .context("cannot write to standard output")?;
+    Ok(())
 }
 
 fn enroll(state: &StateDir, args: EnrollArgs) -> Result<(), Failure> {
@@ -510,7 +547,7 @@ fn speak(
     let player = match &args.wav {
         Some(_) => None,
         None => Some(
-            LivePlayer::open_default(voices.synth(pack)?)
+            LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?)
                 .context("cannot speak: no working audio output device")?,
         ),
     };

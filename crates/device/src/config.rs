@@ -106,6 +106,15 @@ impl Default for InputConfig {
     }
 }
 
+/// `[audio]`: where the device speaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// The output device, by the name `codereader audio --list` gives (an ALSA PCM name
+    /// such as `sysdefault:CARD=Headphones`); `None`: ALSA's `default`.
+    pub device: Option<String>,
+}
+
 /// `[[gpio]]`: one button on a GPIO line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +176,8 @@ struct RawConfig {
     evdev_chord: Vec<ChordConfig>,
     #[serde(default)]
     gpio: Vec<GpioButton>,
+    #[serde(default)]
+    audio: AudioConfig,
 }
 
 /// A validated evdev chord.
@@ -219,6 +230,8 @@ pub struct Config {
     pub chords: Vec<Chord>,
     /// GPIO buttons.
     pub gpio: Vec<Gpio>,
+    /// Output device.
+    pub audio: AudioConfig,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -313,6 +326,7 @@ impl Config {
             evdev_keys: keys::default_evdev_keys(),
             chords: Vec::new(),
             gpio: Vec::new(),
+            audio: AudioConfig::default(),
         }
     }
 
@@ -353,6 +367,21 @@ impl Config {
             config.defaults.rate = step_in(path, "rate", v, &RATE_RANGE)?;
         }
         config.input = raw.input;
+        if raw
+            .audio
+            .device
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: "audio.device".to_owned(),
+                message: "is empty; leave it out for ALSA's default device, or use a name \
+                          `codereader audio --list` gives"
+                    .to_owned(),
+            });
+        }
+        config.audio = raw.audio;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }

@@ -110,6 +110,8 @@ struct Device<'a> {
     /// clips, so the journal says it once per voice, not at every reopening.
     fallbacks_logged: BTreeSet<String>,
     at: Option<u64>,
+    /// The config's `audio.device` (`None`: ALSA's default).
+    output: Option<String>,
 }
 
 impl Device<'_> {
@@ -135,7 +137,7 @@ impl Device<'_> {
             }
         };
         self.log_fallback();
-        match LivePlayer::open_default(synth) {
+        match LivePlayer::open(self.output.as_deref(), synth) {
             Ok(player) => {
                 self.audio_error = None;
                 let info = player.info();
@@ -554,6 +556,7 @@ pub fn run(
         audio_error: None,
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
+        output: config.audio.device.clone(),
     };
     device.ensure_player(true);
     device.prepare();

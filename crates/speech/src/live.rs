@@ -1,4 +1,5 @@
-//! Live playback on the default sound card with cpal, fed through a lock-free `rtrb` ring.
+//! Live playback on a sound card with cpal (ALSA's `default`, or a device named in the
+//! config, see [`output_devices`]), fed through a lock-free `rtrb` ring.
 //!
 //! A worker thread owns the cpal stream, the synthesiser and the [`Renderer`]; it renders
 //! utterances at the device's rate and pushes mono samples into the ring. The cpal data
@@ -8,6 +9,13 @@
 //!
 //! An utterance starts sounding once [`LEAD_MS`] of it is queued (or all of it): the start
 //! earcon, its pause and the intro, so the device never waits on the synthesiser mid-code.
+//!
+//! alsa-lib prints its own errors ("ALSA lib confmisc.c:855:(parse_card) cannot find card")
+//! to standard error, eight lines at every attempt to open a missing card: under systemd,
+//! hundreds of thousands of journal lines a day while the headphones are unplugged. While
+//! this module opens or lists devices, a thread-local handler (the `alsa` crate's safe
+//! `Output::local_error_handler`) collects them instead, and they become part of the
+//! [`SpeechError::Device`] message, which the caller logs once per distinct failure.
 //!
 //! Stopping is immediate: [`LivePlayer::stop`] bumps a generation counter; from its next
 //! callback on, the audio thread discards whatever is queued and plays silence, and the worker
@@ -49,6 +57,89 @@ pub struct OutputInfo {
     pub sample_format: String,
     /// Frames per callback, if the backend reports it.
     pub period_frames: Option<u32>,
+}
+
+/// An output device a user can name (`audio.device` in the device's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputDevice {
+    /// The ALSA PCM name to give: `default`, `sysdefault:CARD=Headphones`,
+    /// `plughw:CARD=vc4hdmi0,DEV=0`, ...
+    pub name: String,
+    /// What ALSA says it is, on one line.
+    pub description: String,
+}
+
+/// The output devices ALSA knows (its hints, then each card's `hw` and `plughw` devices),
+/// `default` first.
+///
+/// # Errors
+/// [`SpeechError::Device`] if ALSA cannot list them.
+pub fn output_devices() -> Result<Vec<OutputDevice>, SpeechError> {
+    let alsa_says = AlsaMessages::collect();
+    let host = cpal::default_host();
+    let devices = host
+        .output_devices()
+        .map_err(|e| alsa_says.error(&format!("cannot list output devices: {e}")))?;
+    let mut list: Vec<OutputDevice> = devices
+        .filter_map(|device| {
+            let name = device.id().ok()?.id().to_owned();
+            let description = device.description().ok().map_or_else(String::new, |d| {
+                let mut text = d.name().to_owned();
+                for line in d.extended() {
+                    if line != d.name() {
+                        text.push_str("; ");
+                        text.push_str(line);
+                    }
+                }
+                text
+            });
+            Some(OutputDevice { name, description })
+        })
+        .collect();
+    if !list.iter().any(|d| d.name == "default") {
+        list.insert(
+            0,
+            OutputDevice {
+                name: "default".to_owned(),
+                description: "ALSA's default device".to_owned(),
+            },
+        );
+    }
+    Ok(list)
+}
+
+/// alsa-lib's error messages on this thread, collected instead of printed while it lives.
+struct AlsaMessages(Option<std::rc::Rc<std::cell::RefCell<alsa::Output>>>);
+
+impl AlsaMessages {
+    fn collect() -> Self {
+        Self(alsa::Output::local_error_handler().ok())
+    }
+
+    /// What alsa-lib said so far, one line, de-duplicated.
+    fn text(&self) -> String {
+        let Some(output) = &self.0 else {
+            return String::new();
+        };
+        let all = output.borrow().to_string();
+        let mut lines: Vec<&str> = Vec::new();
+        for line in all.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines.join("; ")
+    }
+
+    /// A device error: `message`, and what alsa-lib said, if anything.
+    fn error(&self, message: &str) -> SpeechError {
+        let said = self.text();
+        if said.is_empty() {
+            SpeechError::Device(message.to_owned())
+        } else {
+            SpeechError::Device(format!("{message} (ALSA: {said})"))
+        }
+    }
 }
 
 /// State shared between the player, its worker thread and the audio callback (atomics only).
@@ -97,8 +188,7 @@ enum Command {
     Shutdown,
 }
 
-/// Plays utterances on the default output device. Dropping it stops playback and closes the
-/// device.
+/// Plays utterances on an output device. Dropping it stops playback and closes the device.
 #[derive(Debug)]
 pub struct LivePlayer {
     commands: mpsc::Sender<Command>,
@@ -115,13 +205,24 @@ impl LivePlayer {
     /// # Errors
     /// [`SpeechError::Device`] if there is no output device or the stream cannot start.
     pub fn open_default(synth: Box<dyn Synth>) -> Result<Self, SpeechError> {
+        Self::open(None, synth)
+    }
+
+    /// Opens the output device `name` (one of [`output_devices`]; `None`: ALSA's default) in
+    /// its default configuration and starts the stream (silent until [`LivePlayer::play`]).
+    ///
+    /// # Errors
+    /// [`SpeechError::Device`] if there is no such device or the stream cannot start; the
+    /// message includes what alsa-lib said (which is not printed).
+    pub fn open(name: Option<&str>, synth: Box<dyn Synth>) -> Result<Self, SpeechError> {
+        let name = name.map(str::to_owned);
         let shared = Arc::new(Shared::default());
         let (commands, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let worker_shared = Arc::clone(&shared);
         let worker = thread::Builder::new()
             .name("speech-live".into())
-            .spawn(move || worker(&rx, &worker_shared, synth, &ready_tx))
+            .spawn(move || worker(&rx, &worker_shared, name.as_deref(), synth, &ready_tx))
             .map_err(|e| SpeechError::Device(format!("cannot start playback thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(info)) => Ok(Self {
@@ -245,13 +346,19 @@ impl Drop for LivePlayer {
 fn worker(
     commands: &mpsc::Receiver<Command>,
     shared: &Arc<Shared>,
+    name: Option<&str>,
     mut synth: Box<dyn Synth>,
     ready: &mpsc::Sender<Result<OutputInfo, SpeechError>>,
 ) {
-    let (stream, info, mut producer) = match open_stream(shared) {
+    let alsa_says = AlsaMessages::collect();
+    let (stream, info, mut producer) = match open_stream(shared, name) {
         Ok(opened) => opened,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let message = match e {
+                SpeechError::Device(message) => message,
+                other => other.to_string(),
+            };
+            let _ = ready.send(Err(alsa_says.error(&message)));
             return;
         }
     };
@@ -413,13 +520,23 @@ impl Sink for RingSink<'_> {
 
 fn open_stream(
     shared: &Arc<Shared>,
+    name: Option<&str>,
 ) -> Result<(cpal::Stream, OutputInfo, Producer<f32>), SpeechError> {
     let device_err =
         |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
     let host = cpal::default_host();
-    let device = host
-        .default_output_device()
-        .ok_or_else(|| SpeechError::Device("no default output device".into()))?;
+    let device = match name {
+        None => host
+            .default_output_device()
+            .ok_or_else(|| SpeechError::Device("no default output device".into()))?,
+        Some(name) => host
+            .device_by_id(&cpal::DeviceId::new(host.id(), name))
+            .ok_or_else(|| {
+                SpeechError::Device(format!(
+                    "no output device `{name}` (`codereader audio --list` lists them)"
+                ))
+            })?,
+    };
     let supported = device
         .default_output_config()
         .map_err(|e| device_err("no default output configuration", &e))?;
