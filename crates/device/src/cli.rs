@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VO
 use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, Token};
+use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
@@ -551,8 +552,25 @@ fn speak(
                 .context("cannot speak: no working audio output device")?,
         ),
     };
-    let (message, result) = match state.take_code(now(args.at), build_floor()) {
-        Ok(taken) => {
+    let verdict = timesync::verdict(
+        &config.clock,
+        args.at,
+        state.load().ok().map(|t| t.progress).as_ref(),
+    );
+    if verdict == ClockVerdict::Warn {
+        if let Some(line) = timesync::explain(&config.clock, verdict) {
+            device::log(&line);
+        }
+    }
+    let refused = verdict == ClockVerdict::Refuse;
+    let taken = if refused {
+        Ok(None)
+    } else {
+        state.take_code(now(args.at), build_floor()).map(Some)
+    };
+    let (message, result) = match taken {
+        Ok(None) => (None, Ok(())),
+        Ok(Some(taken)) => {
             if let Basis::Counter(c) = taken.basis {
                 device::log(&format!("speaking HOTP counter {}", c.0));
             }
@@ -561,6 +579,14 @@ fn speak(
         Err(e) => (None, Err(e)),
     };
     let utterance = match (&message, &result) {
+        (Some(code), _) if verdict == ClockVerdict::Warn => voice::plan(
+            pack,
+            &Message::WarnedCode {
+                warning: Prompt::ClockUnsynced,
+                code: code.as_str(),
+                replay: false,
+            },
+        )?,
         (Some(code), _) => voice::plan(
             pack,
             &Message::Code {
@@ -569,6 +595,7 @@ fn speak(
             },
         )?,
         (None, Err(e)) => voice::plan(pack, &Message::Prompt(prompt_for(e)))?,
+        (None, Ok(())) if refused => voice::plan(pack, &Message::Prompt(Prompt::ClockUnsynced))?,
         (None, Ok(())) => return Ok(()),
     };
     match (&args.wav, player) {
@@ -589,6 +616,16 @@ fn speak(
             }
         }
         (None, None) => {}
+    }
+    if refused {
+        return Err(Failure {
+            exit: Exit::Clock,
+            error: anyhow!(
+                "the clock has not been synchronised since boot ({} does not exist) and \
+                 [clock] unsynced = \"refuse\": no code given",
+                config.clock.sync_flag.display()
+            ),
+        });
     }
     result.map_err(Failure::from)
 }

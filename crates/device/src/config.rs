@@ -115,6 +115,38 @@ pub struct AudioConfig {
     pub device: Option<String>,
 }
 
+/// `[clock] unsynced`: what to do while the clock has not been synchronised since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsyncedClock {
+    /// Say "the clock may be wrong" before a time-based code.
+    #[default]
+    Warn,
+    /// Say so and give no time-based code.
+    Refuse,
+    /// Do not check (a battery-backed clock).
+    Ignore,
+}
+
+/// `[clock]`: trusting the clock at boot (see [`crate::timesync`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// What to do while the clock is not synchronised since boot.
+    pub unsynced: UnsyncedClock,
+    /// The file whose existence means "synchronised since boot".
+    pub sync_flag: PathBuf,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            unsynced: UnsyncedClock::Warn,
+            sync_flag: PathBuf::from("/run/systemd/timesync/synchronized"),
+        }
+    }
+}
+
 /// `[[gpio]]`: one button on a GPIO line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +210,8 @@ struct RawConfig {
     gpio: Vec<GpioButton>,
     #[serde(default)]
     audio: AudioConfig,
+    #[serde(default)]
+    clock: ClockConfig,
 }
 
 /// A validated evdev chord.
@@ -232,6 +266,8 @@ pub struct Config {
     pub gpio: Vec<Gpio>,
     /// Output device.
     pub audio: AudioConfig,
+    /// Trusting the clock at boot.
+    pub clock: ClockConfig,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -327,6 +363,7 @@ impl Config {
             chords: Vec::new(),
             gpio: Vec::new(),
             audio: AudioConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 
@@ -382,6 +419,7 @@ impl Config {
             });
         }
         config.audio = raw.audio;
+        config.clock = raw.clock;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }

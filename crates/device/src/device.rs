@@ -21,10 +21,11 @@ use zeroize::Zeroizing;
 
 use crate::cli::{Exit, Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
-    Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
+    Chord, ClockConfig, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
 use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
+use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
 /// How often a missing audio device or evdev device is looked for again.
@@ -112,6 +113,8 @@ struct Device<'a> {
     at: Option<u64>,
     /// The config's `audio.device` (`None`: ALSA's default).
     output: Option<String>,
+    /// The config's `[clock]`: what to do while the clock is not synchronised since boot.
+    clock: ClockConfig,
 }
 
 impl Device<'_> {
@@ -303,7 +306,36 @@ impl Device<'_> {
         }
     }
 
+    /// What the clock's synchronisation says about a code now; logs anything but trust.
+    fn clock_verdict(&self) -> ClockVerdict {
+        let progress = self.state.load().ok().map(|t| t.progress);
+        let verdict = timesync::verdict(&self.clock, self.at, progress.as_ref());
+        if let Some(line) = timesync::explain(&self.clock, verdict) {
+            log(&line);
+        }
+        verdict
+    }
+
+    /// Says a code, after "the clock may be wrong" when the verdict is to warn.
+    fn say_code(&mut self, code: &str, replay: bool, verdict: ClockVerdict) {
+        if verdict == ClockVerdict::Warn {
+            self.say(&Message::WarnedCode {
+                warning: Prompt::ClockUnsynced,
+                code,
+                replay,
+            });
+        } else {
+            self.say(&Message::Code { code, replay });
+        }
+    }
+
     fn speak_code(&mut self) {
+        let verdict = self.clock_verdict();
+        if verdict == ClockVerdict::Refuse {
+            // The prepared HOTP code (if any) stays prepared; TOTP is what was refused.
+            self.say(&Message::Prompt(Prompt::ClockUnsynced));
+            return;
+        }
         let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
             Some(Ok(Some(taken))) => Some(taken),
             Some(Ok(None)) => {
@@ -331,10 +363,7 @@ impl Device<'_> {
                     )),
                 }
                 let code = Zeroizing::new(taken.code.as_str().to_owned());
-                self.say(&Message::Code {
-                    code: &code,
-                    replay: false,
-                });
+                self.say_code(&code, false, verdict);
                 self.last_code = Some(LastCode {
                     code,
                     basis: taken.basis,
@@ -378,10 +407,8 @@ impl Device<'_> {
             (Some(last), true) => {
                 log("repeating the last code");
                 let code = last.code.clone();
-                self.say(&Message::Code {
-                    code: &code,
-                    replay: true,
-                });
+                let verdict = self.clock_verdict();
+                self.say_code(&code, true, verdict);
             }
             _ => self.speak_code(),
         }
@@ -557,6 +584,7 @@ pub fn run(
         fallbacks_logged: BTreeSet::new(),
         at: options.at,
         output: config.audio.device.clone(),
+        clock: config.clock.clone(),
     };
     device.ensure_player(true);
     device.prepare();

@@ -11,6 +11,7 @@
 //! - [`config`]: the config file (set up once) and the user's settings (kept in the state
 //!   directory).
 //! - [`keys`]: actions and their single-key bindings.
+//! - [`timesync`]: whether the clock was synchronised since boot ("the clock may be wrong").
 //! - [`voice`]: voice packs, synthesiser choice and what the device says.
 //! - [`device`]: the `run` loop with terminal, evdev and GPIO input.
 //! - [`cli`]: the command line.
@@ -23,4 +24,5 @@ pub mod config;
 pub mod device;
 pub mod keys;
 pub mod state;
+pub mod timesync;
 pub mod voice;

@@ -318,6 +318,16 @@ pub enum Message<'a> {
         /// "Again" instead of "Your code is".
         replay: bool,
     },
+    /// A code after a warning ("the clock may be wrong"), said between the start earcon and
+    /// the intro.
+    WarnedCode {
+        /// What to say first.
+        warning: Prompt,
+        /// The digits.
+        code: &'a str,
+        /// "Again" instead of "Your code is".
+        replay: bool,
+    },
     /// One prompt: feedback or an error.
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
@@ -344,6 +354,35 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
                 CodeIntro::First
             };
             Utterance::code(pack, code, intro)
+        }
+        Message::WarnedCode {
+            warning,
+            code,
+            replay,
+        } => {
+            let plain = plan(
+                pack,
+                &Message::Code {
+                    code,
+                    replay: *replay,
+                },
+            )?;
+            let mut segments = plain.segments().to_vec();
+            // After the start earcon and its pause: the warning, then the code as usual.
+            let at = segments
+                .iter()
+                .position(|s| matches!(s, Segment::Speech(_)))
+                .unwrap_or(0);
+            segments.splice(
+                at..at,
+                [
+                    Segment::Speech(pack.phrase(PhraseKey::Prompt(*warning))),
+                    Segment::Pause {
+                        ms: pack.pauses().between_groups_ms,
+                    },
+                ],
+            );
+            Ok(Utterance::from_segments(segments))
         }
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),

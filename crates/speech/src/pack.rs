@@ -21,7 +21,7 @@
 //! intro = "Din kode er"
 //! # replay_intro, volume_up, volume_down, faster, slower, language_name, no_token,
 //! # clock_not_set, device_blocked, audio_fault, low_battery, clock_backwards,
-//! # no_other_voice, state_damaged
+//! # no_other_voice, state_damaged, clock_unsynced
 //!
 //! [grouping]              # group sizes per code length; each must add up to the length
 //! 6 = [3, 3]

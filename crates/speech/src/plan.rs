@@ -114,11 +114,14 @@ pub enum Prompt {
     NoOtherVoice,
     /// Error: the token's stored data is damaged; the device must be set up again.
     StateDamaged,
+    /// Warning before a time-based code: the clock has not been synchronised since boot
+    /// (a Pi without a real-time clock restores a saved time after a power cut).
+    ClockUnsynced,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 15] = [
+    pub const ALL: [Prompt; 16] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -134,6 +137,7 @@ impl Prompt {
         Prompt::ClockBackwards,
         Prompt::NoOtherVoice,
         Prompt::StateDamaged,
+        Prompt::ClockUnsynced,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -154,6 +158,7 @@ impl Prompt {
             Prompt::ClockBackwards => "clock_backwards",
             Prompt::NoOtherVoice => "no_other_voice",
             Prompt::StateDamaged => "state_damaged",
+            Prompt::ClockUnsynced => "clock_unsynced",
         }
     }
 
