@@ -100,12 +100,13 @@ pub struct Voices {
 }
 
 impl Voices {
-    /// Loads every pack in `dir`.
+    /// Loads every pack in `dir`: the words and each voice's clip manifest, not the clips
+    /// (the synthesiser reads those of the speed step it speaks at, when it first does).
     ///
     /// # Errors
     /// [`VoiceError::Load`].
     pub fn load(dir: &Path, choice: SynthChoice) -> Result<Self, VoiceError> {
-        let library = VoiceLibrary::load(dir).map_err(|error| VoiceError::Load {
+        let library = VoiceLibrary::load_manifests(dir).map_err(|error| VoiceError::Load {
             dir: dir.to_path_buf(),
             error,
         })?;
@@ -158,15 +159,17 @@ impl Voices {
     ///
     /// # Errors
     /// [`VoiceError::UnknownLanguage`], or [`VoiceError::Voice`] (no such voice: the message
-    /// lists the pack's voices; or its clips are broken). Nothing changes then.
+    /// lists the pack's voices; or its clips at the speed step nearest to 0 are broken; the
+    /// other steps are checked when first spoken). Nothing changes then.
     pub fn choose(&mut self, tag: &str, name: &str) -> Result<(), VoiceError> {
-        let pack = self
-            .pack(tag)?
-            .with_voice(name)
-            .map_err(|error| VoiceError::Voice {
-                tag: tag.to_owned(),
-                error,
-            })?;
+        let wrap = |error| VoiceError::Voice {
+            tag: tag.to_owned(),
+            error,
+        };
+        let pack = self.pack(tag)?.with_voice_manifest(name).map_err(wrap)?;
+        if let Some(clips) = pack.clips() {
+            clips.check_step(Speed::default()).map_err(wrap)?;
+        }
         self.chosen.insert(tag.to_owned(), pack);
         Ok(())
     }

@@ -238,6 +238,30 @@ impl VoicePack {
         Ok(pack)
     }
 
+    /// Like [`VoicePack::with_voice`] but reading only that voice's clip manifest
+    /// (`clips.toml`), not its clips: [`crate::ClipSynth`] opens and checks the clips of a
+    /// speed step when it first speaks at that step. What a device uses, so that switching
+    /// voice or starting up never opens clips nobody will hear.
+    ///
+    /// # Errors
+    /// [`PackError::UnknownVoice`], or a problem of that voice's `clips.toml`.
+    pub fn with_voice_manifest(&self, name: &str) -> Result<Self, PackError> {
+        let mut pack = self.with_voice_words(name)?;
+        pack.clips = ClipSet::load_manifest(&pack.voice().clips_dir)?;
+        Ok(pack)
+    }
+
+    /// [`VoicePack::load`] reading only the default voice's clip manifest, not its clips
+    /// (see [`VoicePack::with_voice_manifest`]).
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem found.
+    pub fn load_manifest(dir: &Path) -> Result<Self, PackError> {
+        let mut pack = Self::load_words(dir)?;
+        pack.clips = ClipSet::load_manifest(&pack.voice().clips_dir)?;
+        Ok(pack)
+    }
+
     /// Like [`VoicePack::with_voice`] but without loading clips (for tools that render them).
     ///
     /// # Errors
@@ -486,6 +510,23 @@ impl VoiceLibrary {
     /// # Errors
     /// [`PackError`] of the first bad pack, or [`PackError::Empty`] if there is none.
     pub fn load(dir: &Path) -> Result<Self, PackError> {
+        Self::load_with(dir, VoicePack::load)
+    }
+
+    /// Like [`VoiceLibrary::load`], reading only each pack's clip manifest, not its clips
+    /// ([`VoicePack::load_manifest`]): what a device uses to start, whatever the number of
+    /// languages, voices and speed steps.
+    ///
+    /// # Errors
+    /// [`PackError`] of the first bad pack, or [`PackError::Empty`] if there is none.
+    pub fn load_manifests(dir: &Path) -> Result<Self, PackError> {
+        Self::load_with(dir, VoicePack::load_manifest)
+    }
+
+    fn load_with(
+        dir: &Path,
+        load: fn(&Path) -> Result<VoicePack, PackError>,
+    ) -> Result<Self, PackError> {
         let entries = std::fs::read_dir(dir).map_err(|source| PackError::Io {
             file: dir.to_path_buf(),
             source,
@@ -504,7 +545,7 @@ impl VoiceLibrary {
         subdirs.sort();
         let mut packs = BTreeMap::new();
         for sub in subdirs {
-            let pack = VoicePack::load(&sub)?;
+            let pack = load(&sub)?;
             packs.insert(pack.tag.clone(), pack);
         }
         if packs.is_empty() {
@@ -593,7 +634,55 @@ impl ClipSet {
     /// # Errors
     /// A [`PackError`] naming the first bad file.
     pub fn load(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+        let set = load_clips(dir)?;
+        if let Some(set) = &set {
+            for speed in &set.speeds {
+                set.check_step(*speed)?;
+            }
+        }
+        Ok(set)
+    }
+
+    /// Reads `dir/clips.toml` only; `None` if there is none. The clips themselves are
+    /// checked when they are read ([`ClipSet::read_clip`]).
+    ///
+    /// # Errors
+    /// A [`PackError`] naming `clips.toml`.
+    pub fn load_manifest(dir: &Path) -> Result<Option<ClipSet>, PackError> {
         load_clips(dir)
+    }
+
+    /// Checks every clip of the listed step nearest to `speed` (opens each, reads no samples).
+    ///
+    /// # Errors
+    /// [`PackError::BadClip`] or [`PackError::ClipSampleRate`] of the first bad clip.
+    pub fn check_step(&self, speed: Speed) -> Result<(), PackError> {
+        let step = self.nearest_speed(speed);
+        for key in PhraseKey::all() {
+            check_clip(
+                &self.dir.join(ClipSet::file_name(key, step)),
+                self.sample_rate,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reads one clip, checked as [`ClipSet::load`] checks it (exists, mono, 16-bit PCM, the
+    /// set's rate, not empty).
+    ///
+    /// # Errors
+    /// [`PackError::BadClip`] or [`PackError::ClipSampleRate`].
+    pub fn read_clip(&self, key: PhraseKey, speed: Speed) -> Result<Vec<i16>, PackError> {
+        let file = self.dir.join(ClipSet::file_name(key, speed));
+        let mut reader = check_clip(&file, self.sample_rate)?;
+        let bad = |reason: String| PackError::BadClip {
+            file: file.clone(),
+            reason,
+        };
+        reader
+            .samples::<i16>()
+            .collect::<Result<Vec<i16>, _>>()
+            .map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -645,11 +734,6 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
         return Err(root.bad("speeds", "lists no speed step".into()));
     }
     root.finish()?;
-    for speed in &speeds {
-        for key in PhraseKey::all() {
-            check_clip(&dir.join(ClipSet::file_name(key, *speed)), sample_rate)?;
-        }
-    }
     Ok(Some(ClipSet {
         source,
         sample_rate,
@@ -658,7 +742,11 @@ fn load_clips(dir: &Path) -> Result<Option<ClipSet>, PackError> {
     }))
 }
 
-fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
+/// Opens a clip and checks its format; the reader is positioned at the samples.
+fn check_clip(
+    file: &Path,
+    rate: SampleRate,
+) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, PackError> {
     let bad = |reason: String| PackError::BadClip {
         file: file.to_path_buf(),
         reason,
@@ -684,7 +772,7 @@ fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
     if reader.len() == 0 {
         return Err(bad("no samples".into()));
     }
-    Ok(())
+    Ok(reader)
 }
 
 /// A TOML table being read: remembers which keys were used so leftovers are errors.

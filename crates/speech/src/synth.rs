@@ -254,7 +254,10 @@ impl Synth for EspeakSynth {
     }
 }
 
-/// Plays a pack's pre-rendered clips (all loaded into memory up front).
+/// Plays a pack's pre-rendered clips, read into memory one speed step at a time: the step
+/// nearest to 0 when it is made, another the first time something is spoken at it. A device
+/// thus reads the ~26 clips it speaks, not every step's (7 steps of every voice of every
+/// language used to be opened to say one code).
 #[derive(Debug, Clone)]
 pub struct ClipSynth {
     clips: ClipSet,
@@ -265,7 +268,7 @@ pub struct ClipSynth {
 const CLIP_CHUNK: usize = 256;
 
 impl ClipSynth {
-    /// Loads every clip of `pack`.
+    /// Loads the clips of `pack` at the speed step nearest to 0 (others when first spoken).
     ///
     /// # Errors
     /// [`SpeechError::NoClips`] if the pack has none; [`SpeechError::Pack`] if a clip became
@@ -278,25 +281,36 @@ impl ClipSynth {
         Self::from_clips(clips)
     }
 
-    /// Loads every clip of a validated clip set.
+    /// Loads the clips of a clip set at the speed step nearest to 0 (others when first
+    /// spoken).
     ///
     /// # Errors
-    /// [`SpeechError::Pack`] if a clip became unreadable since the set was validated.
+    /// [`SpeechError::Pack`] if a clip of that step is missing or not as the set declares.
     pub fn from_clips(clips: ClipSet) -> Result<Self, SpeechError> {
-        let mut samples = HashMap::new();
-        for &speed in &clips.speeds {
-            for key in PhraseKey::all() {
-                let file = clips.dir.join(ClipSet::file_name(key, speed));
-                let bad = |reason: String| crate::error::PackError::BadClip {
-                    file: file.clone(),
-                    reason,
-                };
-                let mut reader = hound::WavReader::open(&file).map_err(|e| bad(e.to_string()))?;
-                let data: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
-                samples.insert((key, speed), data.map_err(|e| bad(e.to_string()))?);
-            }
+        let mut synth = Self {
+            clips,
+            samples: HashMap::new(),
+        };
+        synth.load_step(Speed::default())?;
+        Ok(synth)
+    }
+
+    /// Reads every clip of the listed step nearest to `speed`, unless already read; returns
+    /// that step. All or nothing: a bad clip leaves the step unread.
+    ///
+    /// # Errors
+    /// [`SpeechError::Pack`] naming the first bad clip.
+    pub fn load_step(&mut self, speed: Speed) -> Result<Speed, SpeechError> {
+        let step = self.clips.nearest_speed(speed);
+        if self.samples.contains_key(&(PhraseKey::Digit(0), step)) {
+            return Ok(step);
         }
-        Ok(Self { clips, samples })
+        let mut read = Vec::new();
+        for key in PhraseKey::all() {
+            read.push(((key, step), self.clips.read_clip(key, step)?));
+        }
+        self.samples.extend(read);
+        Ok(step)
     }
 }
 
@@ -311,7 +325,7 @@ impl Synth for ClipSynth {
         speed: Speed,
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
-        let speed = self.clips.nearest_speed(speed);
+        let speed = self.load_step(speed)?;
         let clip = self
             .samples
             .get(&(phrase.key, speed))
