@@ -46,6 +46,13 @@ const RING_MS: u32 = 2000;
 /// uncached espeak-ng and 0.2 ms warm, which nobody hears.
 pub const LEAD_MS: u32 = 500;
 
+/// After this long without a request the stream is paused: ALSA's thread otherwise wakes
+/// every period (about 26 times a second) forever, which costs power on a Pi. The next
+/// request resumes it before its first sample is queued: `snd_pcm_pause` where the device
+/// can pause; otherwise the device was closed when idle and is opened again (the ALSA
+/// `file` plugin of the tests cannot pause, and reopening it takes about a millisecond).
+pub const IDLE_PAUSE: Duration = Duration::from_secs(10);
+
 /// How the output device was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputInfo {
@@ -167,6 +174,10 @@ struct Shared {
     frames_queued: AtomicU64,
     /// The stream reported an error.
     failed: AtomicBool,
+    /// Audio callbacks so far (each is one wake-up of the audio thread).
+    callbacks: AtomicU64,
+    /// The stream is paused (or closed) for being idle.
+    paused: AtomicBool,
 }
 
 impl Shared {
@@ -185,6 +196,7 @@ enum Command {
     Play(Utterance, Settings, u64),
     Replay(Settings, u64),
     SetSynth(Box<dyn Synth>),
+    IdlePause(Duration),
     Shutdown,
 }
 
@@ -330,6 +342,24 @@ impl LivePlayer {
     pub fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Relaxed)
     }
+
+    /// Audio callbacks so far: how often the audio thread woke up.
+    pub fn callbacks(&self) -> u64 {
+        self.shared.callbacks.load(Ordering::Relaxed)
+    }
+
+    /// `true` while the stream is paused (or the device closed) for being idle.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+
+    /// Pauses the stream after `after` without a request instead of [`IDLE_PAUSE`].
+    ///
+    /// # Errors
+    /// [`SpeechError::Device`] if the playback thread has ended.
+    pub fn set_idle_pause(&self, after: Duration) -> Result<(), SpeechError> {
+        self.send(Command::IdlePause(after))
+    }
 }
 
 impl Drop for LivePlayer {
@@ -372,7 +402,52 @@ fn worker(
     }
     let mut last: Option<Utterance> = None;
     let mut finished = 0u64;
-    while let Ok(command) = commands.recv() {
+    let mut idle_pause = IDLE_PAUSE;
+    let mut stream = Some(stream);
+    loop {
+        let paused = shared.paused.load(Ordering::Acquire);
+        let command = if paused {
+            commands
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            commands.recv_timeout(idle_pause)
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: every request has finished, so nothing queued is cut off. Pause where
+                // the device can; otherwise close it (the next request opens it again).
+                if stream.as_ref().is_some_and(|s| s.pause().is_err()) {
+                    stream = None;
+                }
+                shared.paused.store(true, Ordering::Release);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if paused && matches!(command, Command::Play(..) | Command::Replay(..)) {
+            let resumed = match &stream {
+                Some(running) => running.play().is_ok(),
+                None => match open_stream(shared, name) {
+                    Ok((reopened, info, ring)) => {
+                        if info.sample_rate != renderer.sample_rate() {
+                            renderer = Renderer::new(info.sample_rate);
+                            let _ = renderer.prepare(synth.sample_rate());
+                        }
+                        producer = ring;
+                        stream = Some(reopened);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            };
+            if !resumed {
+                // The request ends at once; the caller sees `failed` and reopens the device.
+                shared.failed.store(true, Ordering::Relaxed);
+            }
+            shared.paused.store(false, Ordering::Release);
+        }
         match command {
             Command::Play(utterance, settings, generation) => {
                 let job = Job {
@@ -411,6 +486,7 @@ fn worker(
                 synth = new;
                 let _ = renderer.prepare(synth.sample_rate());
             }
+            Command::IdlePause(after) => idle_pause = after,
             Command::Shutdown => break,
         }
         shared.completed.store(finished, Ordering::Release);
@@ -606,6 +682,7 @@ fn fill<T>(data: &mut [T], channels: usize, consumer: &mut Consumer<f32>, shared
 where
     T: SizedSample + FromSample<f32>,
 {
+    shared.callbacks.fetch_add(1, Ordering::Relaxed);
     let stopped =
         shared.stop_gen.load(Ordering::Acquire) != shared.play_gen.load(Ordering::Acquire);
     if stopped {
