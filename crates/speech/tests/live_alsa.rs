@@ -494,16 +494,16 @@ fn check_idle_pause(run: &Run) {
     );
 }
 
-/// Child side of `idle-pause`: plays a prompt on a running stream, idles until paused,
-/// counts callbacks, plays again; reports how long each took to its first frame.
-fn child_idle_pause() {
+/// Child side: the English pack's `espeak` voice from its clips (`VOICES_ENV`) on ALSA's
+/// default device, whose format is reported for the parent.
+fn open_clip_player() -> (VoicePack, LivePlayer) {
     let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
     let pack = VoicePack::load(&voices.join("en"))
         .unwrap()
         .with_voice("espeak")
         .unwrap();
     let player = LivePlayer::open_default(Box::new(ClipSynth::load(&pack).unwrap())).unwrap();
-    let info = player.info().clone();
+    let info = player.info();
     println!(
         "device rate={} channels={} format={} period={}",
         info.sample_rate.hz(),
@@ -511,6 +511,13 @@ fn child_idle_pause() {
         info.sample_format,
         info.period_frames.unwrap_or(0)
     );
+    (pack, player)
+}
+
+/// Child side of `idle-pause`: plays a prompt on a running stream, idles until paused,
+/// counts callbacks, plays again; reports how long each took to its first frame.
+fn child_idle_pause() {
+    let (pack, player) = open_clip_player();
     player.set_idle_pause(Duration::from_millis(300)).unwrap();
     let utterance = Utterance::prompt(&pack, codereader_speech::Prompt::VolumeUp);
     let time_to_sound = |player: &LivePlayer| {
@@ -564,21 +571,8 @@ fn child(scenario: &str) {
         return;
     }
     assert_eq!(scenario, "stop-replay", "unknown child scenario");
-    let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
-    let pack = VoicePack::load(&voices.join("en"))
-        .unwrap()
-        .with_voice("espeak")
-        .unwrap();
-    let synth = ClipSynth::load(&pack).unwrap();
-    let player = LivePlayer::open_default(Box::new(synth)).unwrap();
+    let (pack, player) = open_clip_player();
     let info = player.info().clone();
-    println!(
-        "device rate={} channels={} format={} period={}",
-        info.sample_rate.hz(),
-        info.channels,
-        info.sample_format,
-        info.period_frames.unwrap_or(0)
-    );
     let utterance = Utterance::code(&pack, CODE, CodeIntro::First).unwrap();
     player.play(utterance, Settings::default()).unwrap();
     let target = u64::from(info.sample_rate.hz()) * 8 / 10;
