@@ -68,7 +68,14 @@ fn an_unsynchronised_clock_is_said_before_a_totp_code_in_each_language() {
             "{}",
             stderr(&warned)
         );
+        let clock = String::from_utf8(codereader(dir.path(), &["clock"]).stdout).unwrap();
+        assert!(clock.contains("synchronised since boot: NO"), "{clock}");
         fs::write(dir.path().join("synchronized"), "").unwrap();
+        let clock = String::from_utf8(codereader(dir.path(), &["clock"]).stdout).unwrap();
+        assert!(
+            clock.contains("synchronised since boot: yes") && clock.contains("unsynced = \"warn\""),
+            "{clock}"
+        );
         let (plain, plain_sounds, plain_s) = speak(dir.path(), "plain", lang);
         assert!(plain.status.success(), "{}", stderr(&plain));
         assert!(

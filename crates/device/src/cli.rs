@@ -335,7 +335,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
                 },
             )
         }
-        Command::Clock(args) => clock(&state, args.accept),
+        Command::Clock(args) => clock(&state, cli.config.as_deref(), args.accept),
         Command::Status => status(&state),
         Command::Audio(args) => audio(cli.config.as_deref(), &args),
     }
@@ -777,7 +777,7 @@ fn settings(
     Ok(())
 }
 
-fn clock(state: &StateDir, accept: bool) -> Result<(), Failure> {
+fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(), Failure> {
     let token = state.load()?;
     let now = now(None);
     let floor = build_floor();
@@ -791,6 +791,28 @@ fn clock(state: &StateDir, accept: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!("{}", clock_state(&token, now, floor));
+    // A bad config must not hide the clock's state (nor stop `--accept`, above).
+    let config = Config::find(config_path).unwrap_or_else(|e| {
+        device::log(&format!(
+            "error: {e}; showing the built-in [clock] settings"
+        ));
+        Config::defaults()
+    });
+    let clock = &config.clock;
+    let synced = if timesync::synchronised(&clock.sync_flag) {
+        "yes"
+    } else {
+        "NO"
+    };
+    let unsynced = match clock.unsynced {
+        crate::config::UnsyncedClock::Warn => "warn",
+        crate::config::UnsyncedClock::Refuse => "refuse",
+        crate::config::UnsyncedClock::Ignore => "ignore",
+    };
+    println!(
+        "synchronised since boot: {synced} ({}; [clock] unsynced = \"{unsynced}\")",
+        clock.sync_flag.display()
+    );
     Ok(())
 }
 
