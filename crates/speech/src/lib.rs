@@ -73,7 +73,7 @@ pub mod synth;
 pub use error::{PackError, SpeechError};
 pub use fallback::{FallbackReport, FallbackSynth};
 pub use flite::FliteSynth;
-pub use live::{LivePlayer, OutputInfo};
+pub use live::{LivePlayer, OutputDevice, OutputInfo, output_devices};
 pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};
 pub use pipeline::{RenderReport, Renderer, SegmentSpan};
 pub use plan::{
