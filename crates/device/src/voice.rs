@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use codereader_speech::{
-    ClipSet, ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, Prompt,
-    Segment, Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+    ClipSet, ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, ProblemReport,
+    Prompt, Segment, Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack,
+    Volume,
 };
 
 use crate::config::{Listening, SynthChoice};
@@ -403,7 +404,7 @@ impl Voices {
             let engine = Espeak::shared().map_err(wrap)?;
             return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
         }
-        let clips = match ClipSynth::load(pack) {
+        let mut clips = match ClipSynth::load(pack) {
             Ok(clips) => clips,
             Err(e) => {
                 let why = pack
@@ -415,17 +416,28 @@ impl Voices {
                 return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
             }
         };
-        let problems = clips.problems();
-        if let Some(first) = problems.first() {
-            let more = match problems.len() {
-                1 => String::new(),
-                n => format!(" and {} more", n - 1),
-            };
-            self.trouble.report(
-                &label,
-                &format!("{label}: a clip cannot be played ({first}{more}), so for those phrases {instead}"),
-            );
-        }
+        // The step read now, and each step read later (a speed first spoken at), with its
+        // bad files; logged once per voice.
+        let report_problems = {
+            let (trouble, label, instead) = (self.trouble.clone(), label.clone(), instead.clone());
+            move |problems: &[String]| {
+                if let Some(first) = problems.first() {
+                    let more = match problems.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    };
+                    trouble.report(
+                        &label,
+                        &format!(
+                            "{label}: a clip cannot be played ({first}{more}), so for those \
+                             phrases {instead}"
+                        ),
+                    );
+                }
+            }
+        };
+        report_problems(&clips.problems());
+        clips.on_step_problems(ProblemReport(Arc::new(report_problems)));
         let backup = match Espeak::shared().and_then(|engine| engine.voice(pack)) {
             Ok(backup) => backup,
             // Without espeak-ng the clips are all there is.

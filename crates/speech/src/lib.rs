@@ -82,4 +82,4 @@ pub use plan::{
 };
 pub use recorded::{RecordingLimits, RecordingProblem, check_recorded};
 pub use sink::{MemorySink, Sink, WavSink};
-pub use synth::{ClipSynth, Espeak, EspeakSynth, Synth};
+pub use synth::{ClipSynth, Espeak, EspeakSynth, ProblemReport, Synth};

@@ -291,6 +291,22 @@ impl Synth for EspeakSynth {
 pub struct ClipSynth {
     clips: ClipSet,
     samples: HashMap<(PhraseKey, Speed), Result<Vec<i16>, String>>,
+    report: Option<ProblemReport>,
+}
+
+/// Told the problems of a speed step read after the synthesiser was made, when it has any
+/// (see [`ClipSynth::on_step_problems`]): each clip's file and what is wrong with it, sorted.
+/// Never a phrase being spoken: the whole step is read at once, whatever is said.
+#[derive(Clone)]
+pub struct ProblemReport(pub std::sync::Arc<ReportFn>);
+
+/// What a [`ProblemReport`] calls.
+pub type ReportFn = dyn Fn(&[String]) + Send + Sync;
+
+impl std::fmt::Debug for ProblemReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProblemReport")
+    }
 }
 
 /// Chunk length handed to the consumer, so the first samples arrive at once.
@@ -329,6 +345,7 @@ impl ClipSynth {
         let mut synth = Self {
             clips,
             samples: HashMap::new(),
+            report: None,
         };
         let step = synth.clips.nearest_speed(Speed::default());
         match synth.read_step(step) {
@@ -337,11 +354,33 @@ impl ClipSynth {
         }
     }
 
+    /// From now on, the problems of each step read for the first time go to `report` (the
+    /// problems found so far are in [`ClipSynth::problems`]).
+    pub fn on_step_problems(&mut self, report: ProblemReport) {
+        self.report = Some(report);
+    }
+
     /// Reads every clip of the listed step nearest to `speed`, unless already read; returns
-    /// that step. A clip that cannot be read is kept as a problem, the others are used.
+    /// that step. A clip that cannot be read is kept as a problem (and reported, see
+    /// [`ClipSynth::on_step_problems`]), the others are used.
     pub fn load_step(&mut self, speed: Speed) -> Speed {
         let step = self.clips.nearest_speed(speed);
+        if self.samples.contains_key(&(PhraseKey::Digit(0), step)) {
+            return step;
+        }
         self.read_step(step);
+        if let Some(report) = &self.report {
+            let mut problems: Vec<String> = PhraseKey::all()
+                .filter_map(|key| match self.samples.get(&(key, step)) {
+                    Some(Err(reason)) => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !problems.is_empty() {
+                problems.sort();
+                (report.0)(&problems);
+            }
+        }
         step
     }
 

@@ -11,9 +11,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use codereader_speech::{
-    ClipSet, ClipSynth, Espeak, FallbackSynth, MemorySink, PackError, Phrase, PhraseKey, Renderer,
-    SampleRate, Segment, Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack,
-    Volume, dsp,
+    ClipSet, ClipSynth, Espeak, FallbackSynth, MemorySink, PackError, Phrase, PhraseKey,
+    ProblemReport, Renderer, SampleRate, Segment, Settings, SpeechError, Speed, Synth, Utterance,
+    VoiceLibrary, VoicePack, Volume, dsp,
 };
 use common::{TempDir, pack_with_clips};
 
@@ -77,6 +77,11 @@ fn a_broken_unused_step_does_not_stop_the_others_and_shows_when_spoken() {
     assert!(clips.check_step_usable(Speed::new(-1)).is_ok());
     let mut synth = ClipSynth::load(&pack).unwrap();
     assert!(synth.problems().is_empty(), "{:?}", synth.problems());
+    let told = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let sink = Arc::clone(&told);
+    synth.on_step_problems(ProblemReport(Arc::new(move |p: &[String]| {
+        sink.lock().unwrap().push(p.to_vec());
+    })));
     let at_0 = say(&mut synth, &pack, 0).unwrap();
     // Step 1 is read when first spoken at; it is faster, so shorter.
     let at_1 = say(&mut synth, &pack, 1).unwrap();
@@ -96,6 +101,8 @@ fn a_broken_unused_step_does_not_stop_the_others_and_shows_when_spoken() {
         problems[0].contains(&broken.display().to_string()) && problems[0].contains("missing"),
         "{problems:?}"
     );
+    // The step's problems were told once, when it was read, naming the file.
+    assert_eq!(*told.lock().unwrap(), vec![problems.clone()]);
     // The other phrases of that step, and the steps already read, still speak.
     assert!(say_key(&mut synth, &pack, PhraseKey::Digit(3), -1).unwrap() > 0);
     assert_eq!(say(&mut synth, &pack, 0).unwrap(), at_0);
