@@ -1,4 +1,5 @@
-//! `cargo xtask dist [--target TRIPLE]`: a release tarball of the device program.
+//! `cargo xtask dist [--target TRIPLE]`: a release tarball and a Debian package
+//! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program.
 //!
 //! The tarball `target/dist/codereader-<version>-<target>.tar.gz` unpacks to a prefix
 //! (`/usr`, `/usr/local` or `/opt/codereader`):
@@ -84,7 +85,7 @@ fn capture(command: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn version() -> String {
+pub(crate) fn version() -> String {
     let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap_or_default();
     manifest
         .lines()
@@ -309,6 +310,15 @@ fn package(binary: &Path, target: &str, epoch: &str, cross: bool) -> Result<(), 
             .arg(&name),
     )?;
     println!("xtask: wrote {}", tarball.display());
+    let deb = crate::deb::build(&crate::deb::Deb {
+        binary,
+        arch: crate::deb::debian_arch(target)?,
+        strip,
+        voices: &root().join("voices"),
+        epoch,
+        out_dir: &dist,
+    })?;
+    println!("xtask: wrote {}", deb.display());
     Ok(())
 }
 

@@ -2,11 +2,15 @@
 //!
 //! - `demo`: the README's main job: install what it needs, enrol a demo token and speak its
 //!   current code (into `target/demo/code.wav` when there is no sound card).
-//! - `dist`: a release tarball of the device program (`--target aarch64-unknown-linux-gnu`
-//!   for a Raspberry Pi; see `crates/device/PACKAGING.md`).
+//! - `dist`: a release tarball and a Debian package of the device program (`--target
+//!   aarch64-unknown-linux-gnu` for a Raspberry Pi; see `crates/device/PACKAGING.md`).
+//! - `deb-check`: what CI runs after the tests: package a debug build with the clips it
+//!   speaks, check it with `dpkg-deb` and lintian, install it with dpkg (systemd is not
+//!   started), speak a code to WAV with the installed program and voices, then remove and
+//!   purge it (`xtask/src/deb_check.rs`).
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
-//!   warnings and `cargo test --workspace`.
+//!   warnings, `cargo test --workspace`, then `deb-check`.
 //! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
@@ -23,6 +27,8 @@
 use std::env;
 use std::process::{Command, ExitCode};
 
+mod deb;
+mod deb_check;
 mod demo;
 mod dist;
 mod intelligibility;
@@ -34,6 +40,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::demo(&args[1..]),
         Some("dist") => dist::dist(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("deb-check") => deb_check::deb_check(&args[1..]),
         Some("voices") => voices(&args[1..]),
         Some("intelligibility") => intelligibility::intelligibility(&args[1..]),
         Some("bench-verifier") => bench_verifier(&args[1..]),
@@ -57,7 +64,8 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          Tasks:\n  \
          demo    speak the current code of a demo token (installs what it needs)\n  \
-         dist    release tarball of the device program [--target TRIPLE]\n  \
+         dist    release tarball and .deb of the device program [--target TRIPLE]\n  \
+         deb-check  build, lint, install, use and purge a test .deb (root; CI)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
          voices [--check] [TAG...]\n          \
                  render every voice's clips with its engine at every speed step;\n          \
@@ -126,7 +134,9 @@ fn test(_args: &[String]) -> Result<(), String> {
     run(
         "cargo test --doc",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
-    )
+    )?;
+    // The Debian package, installed, used and purged on this machine.
+    deb_check::deb_check(&[])
 }
 
 /// Renders the clips of every voice of every pack in `voices/` (or of the tags given as

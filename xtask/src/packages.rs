@@ -50,12 +50,17 @@ pub(crate) const TEST: &[&str] = &[
     "brltty",
     "speech-dispatcher",
     "speech-dispatcher-espeak-ng",
-    // server: `systemd-analyze security` rates the shipped systemd unit.
+    // server and device: `systemd-analyze security --offline` rates the shipped systemd units
+    // (installing systemd in a container is safe: it does not become PID 1 there).
     "systemd",
     // The PKCS#11 key-encryption key's tests (crates/verifier/tests/pkcs11.rs, the server's
     // hsm tests) make fresh SoftHSM2 tokens with softhsm2-util.
     "softhsm2",
 ];
+
+/// What `cargo xtask deb-check` (run by `cargo xtask test`) needs besides [`TEST`]: the
+/// Debian package checker, and the engines that render the clips it ships.
+pub(crate) const DEB_CHECK: &[&str] = &["lintian", "flite", "espeak-ng-data"];
 
 /// What `cargo xtask voices` and `cargo xtask intelligibility` need: building the speech
 /// crate, the engines that render clips (espeak-ng's library, the flite command line), and a

@@ -1,4 +1,5 @@
-//! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`.
+//! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`,
+//! `audio`.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
 use codereader_speech::{
-    LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
+    CodeIntro, LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
 };
 use zeroize::Zeroizing;
 
@@ -19,6 +20,7 @@ use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
 use crate::speechd::{Speechd, SpeechdAddress};
 use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, TakenCode, Token};
+use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
@@ -83,6 +85,16 @@ pub enum Command {
     Clock(ClockArgs),
     /// Show the enrolled token (never its secret) and the clock's state.
     Status,
+    /// Show the output device the config names; with --list, the names it can name.
+    Audio(AudioArgs),
+}
+
+/// `audio` options.
+#[derive(Debug, Args)]
+pub struct AudioArgs {
+    /// List the output devices, by the names `[audio] device` in the config takes.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// `enroll` options.
@@ -341,9 +353,35 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
                 },
             )
         }
-        Command::Clock(args) => clock(&state, args.accept),
+        Command::Clock(args) => clock(&state, cli.config.as_deref(), args.accept),
         Command::Status => status(&state),
+        Command::Audio(args) => audio(cli.config.as_deref(), &args),
     }
+}
+
+/// `audio [--list]`: the configured output device, and the ones there are.
+fn audio(config_path: Option<&Path>, args: &AudioArgs) -> Result<(), Failure> {
+    let config = Config::find(config_path)?;
+    let configured = config.audio.device.as_deref().unwrap_or("default");
+    let mut out = format!("audio device: {configured}\n");
+    if args.list {
+        let devices = codereader_speech::output_devices().map_err(|e| Failure {
+            exit: Exit::Audio,
+            error: anyhow!(e),
+        })?;
+        out.push_str("output devices ([audio] device = \"NAME\" in the config; * in use):\n");
+        for device in &devices {
+            let mark = if device.name == configured { "*" } else { " " };
+            out.push_str(&format!(
+                "{mark} {}\n      {}\n",
+                device.name, device.description
+            ));
+        }
+    }
+    io::stdout()
+        .write_all(out.as_bytes())
+        .context("cannot write to standard output")?;
+    Ok(())
 }
 
 fn enroll(state: &StateDir, args: EnrollArgs) -> Result<(), Failure> {
@@ -610,14 +648,38 @@ fn speak(
         device::log(&format!("warning: {note}"));
     }
     let settings = voice::speech_settings(&listening);
+    let verdict = timesync::verdict(
+        &config.clock,
+        args.at,
+        state.load().ok().map(|t| t.progress).as_ref(),
+    );
+    if verdict == ClockVerdict::Warn {
+        if let Some(line) = timesync::explain(&config.clock, verdict) {
+            device::log(&line);
+        }
+    }
+    // With [clock] unsynced = "refuse", no code is taken: the device says why, and exits 5.
+    let refused = |result: Result<(), TakeError>| -> Result<(), Failure> {
+        if verdict == ClockVerdict::Refuse {
+            return Err(Failure {
+                exit: Exit::Clock,
+                error: anyhow!(
+                    "the clock has not been synchronised since boot ({} does not exist) and \
+                     [clock] unsynced = \"refuse\": no code given",
+                    config.clock.sync_flag.display()
+                ),
+            });
+        }
+        result.map_err(Failure::from)
+    };
     if let Some(path) = &args.wav {
         // A WAV file is the sound card's speech, whatever the outputs say.
-        let (utterance, result) = take_and_plan(state, pack, args.at, unusable)?;
+        let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
         let mut synth = voices.synth(pack)?;
         Renderer::new(SampleRate::ESPEAK)
             .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        return result.map_err(Failure::from);
+        return refused(result);
     }
     // Open every output before taking the code: with none working, no HOTP counter is used.
     // Each fails alone; the code is taken when at least one works.
@@ -642,7 +704,7 @@ fn speak(
         }
     }
     let player = if uses(Output::Speech) || speechd.is_some() {
-        match LivePlayer::open_default(voices.synth(pack)?) {
+        match LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?) {
             Ok(player) => Some(player),
             Err(e) if uses(Output::Speech) => {
                 failures.push(
@@ -672,12 +734,15 @@ fn speak(
     for failure in &failures {
         device::log(&format!("error: {failure:#}; the other outputs go on"));
     }
-    let (utterance, result) = take_and_plan(state, pack, args.at, unusable)?;
+    let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => {
             senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
         }
         (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
+        (None, Ok(())) if verdict == ClockVerdict::Refuse => {
+            senses.show_text(&pack.phrase(PhraseKey::Prompt(Prompt::ClockUnsynced)).text);
+        }
         (None, Ok(())) => {}
     }
     let play = |part: Utterance| -> Result<(), Failure> {
@@ -709,7 +774,7 @@ fn speak(
         let limit = if utterance.shown.is_some() { 120 } else { 20 };
         senses.hold(&braille_rx, Duration::from_secs(limit));
     }
-    result.map_err(Failure::from)
+    refused(result)
 }
 
 /// What `speak` says, and the code to show (with its seconds left) if there is one.
@@ -724,8 +789,9 @@ fn take_and_plan(
     pack: &VoicePack,
     at: Option<u64>,
     unusable: bool,
+    verdict: ClockVerdict,
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
-    let (mut planned, result) = take_and_plan_in(state, pack, at)?;
+    let (mut planned, result) = take_and_plan_in(state, pack, at, verdict)?;
     if unusable {
         planned.utterance = voice::after_notice(pack, Prompt::LanguageUnusable, &planned.utterance);
     }
@@ -736,7 +802,20 @@ fn take_and_plan_in(
     state: &StateDir,
     pack: &VoicePack,
     at: Option<u64>,
+    verdict: ClockVerdict,
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
+    if verdict == ClockVerdict::Refuse {
+        // No time step is used: the prepared HOTP code (if any) stays prepared.
+        device::log("saying `clock_unsynced`; no code given");
+        let utterance = voice::plan(pack, &Message::Prompt(Prompt::ClockUnsynced))?;
+        return Ok((
+            Planned {
+                utterance,
+                shown: None,
+            },
+            Ok(()),
+        ));
+    }
     match take_code(state, at) {
         Ok(taken) => {
             let left = match taken.basis {
@@ -747,13 +826,8 @@ fn take_and_plan_in(
                 Basis::Step { seconds_left, .. } => Some(seconds_left),
             };
             let code = Zeroizing::new(taken.code.as_str().to_owned());
-            let utterance = voice::plan(
-                pack,
-                &Message::Code {
-                    code: &code,
-                    replay: false,
-                },
-            )?;
+            let utterance =
+                voice::plan(pack, &voice::code_message(&code, CodeIntro::First, verdict))?;
             Ok((
                 Planned {
                     utterance,
@@ -924,7 +998,7 @@ fn settings(
     Ok(())
 }
 
-fn clock(state: &StateDir, accept: bool) -> Result<(), Failure> {
+fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(), Failure> {
     let token = state.load()?;
     let now = now(None);
     let floor = build_floor();
@@ -938,6 +1012,28 @@ fn clock(state: &StateDir, accept: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!("{}", clock_state(&token, now, floor));
+    // A bad config must not hide the clock's state (nor stop `--accept`, above).
+    let config = Config::find(config_path).unwrap_or_else(|e| {
+        device::log(&format!(
+            "error: {e}; showing the built-in [clock] settings"
+        ));
+        Config::defaults()
+    });
+    let clock = &config.clock;
+    let synced = if timesync::synchronised(&clock.sync_flag) {
+        "yes"
+    } else {
+        "NO"
+    };
+    let unsynced = match clock.unsynced {
+        crate::config::UnsyncedClock::Warn => "warn",
+        crate::config::UnsyncedClock::Refuse => "refuse",
+        crate::config::UnsyncedClock::Ignore => "ignore",
+    };
+    println!(
+        "synchronised since boot: {synced} ({}; [clock] unsynced = \"{unsynced}\")",
+        clock.sync_flag.display()
+    );
     Ok(())
 }
 

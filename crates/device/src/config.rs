@@ -106,6 +106,47 @@ impl Default for InputConfig {
     }
 }
 
+/// `[audio]`: where the device speaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// The output device, by the name `codereader audio --list` gives (an ALSA PCM name
+    /// such as `sysdefault:CARD=Headphones`); `None`: ALSA's `default`.
+    pub device: Option<String>,
+}
+
+/// `[clock] unsynced`: what to do while the clock has not been synchronised since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsyncedClock {
+    /// Say "the clock may be wrong" before a time-based code.
+    #[default]
+    Warn,
+    /// Say so and give no time-based code.
+    Refuse,
+    /// Do not check (a battery-backed clock).
+    Ignore,
+}
+
+/// `[clock]`: trusting the clock at boot (see [`crate::timesync`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// What to do while the clock is not synchronised since boot.
+    pub unsynced: UnsyncedClock,
+    /// The file whose existence means "synchronised since boot".
+    pub sync_flag: PathBuf,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            unsynced: UnsyncedClock::Warn,
+            sync_flag: PathBuf::from("/run/systemd/timesync/synchronized"),
+        }
+    }
+}
+
 /// `[[gpio]]`: one button on a GPIO line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +212,10 @@ struct RawConfig {
     outputs: Option<Vec<String>>,
     braille: Option<crate::outputs::BrailleConfig>,
     speechd: Option<crate::outputs::SpeechdConfig>,
+    #[serde(default)]
+    audio: AudioConfig,
+    #[serde(default)]
+    clock: ClockConfig,
 }
 
 /// A validated evdev chord.
@@ -227,6 +272,10 @@ pub struct Config {
     pub outputs: crate::outputs::OutputsConfig,
     /// Say "Ready" after the start-up tone of `run` (the tone alone by default).
     pub say_ready: bool,
+    /// Output device.
+    pub audio: AudioConfig,
+    /// Trusting the clock at boot.
+    pub clock: ClockConfig,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -323,6 +372,8 @@ impl Config {
             gpio: Vec::new(),
             outputs: crate::outputs::OutputsConfig::default(),
             say_ready: false,
+            audio: AudioConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 
@@ -370,6 +421,22 @@ impl Config {
             raw.speechd.as_ref(),
         )?;
         config.say_ready = raw.say_ready.unwrap_or(false);
+        if raw
+            .audio
+            .device
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: "audio.device".to_owned(),
+                message: "is empty; leave it out for ALSA's default device, or use a name \
+                          `codereader audio --list` gives"
+                    .to_owned(),
+            });
+        }
+        config.audio = raw.audio;
+        config.clock = raw.clock;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }

@@ -17,19 +17,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_speech::{LivePlayer, Prompt, Utterance, VoicePack};
+use codereader_speech::{CodeIntro, LivePlayer, Prompt, Utterance, VoicePack};
 use evdev::KeyCode;
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
 use crate::cli::{Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
-    Chord, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
+    Chord, ClockConfig, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
 use crate::outputs::{Output, Senses};
 use crate::speechd::SpeechdVoice;
 use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
+use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
 /// How often a missing audio device or evdev device is looked for again.
@@ -129,6 +130,10 @@ struct Device<'a> {
     keys: Effective,
     /// Whether the last key came from a keypad (evdev, GPIO) rather than the terminal.
     from_keypad: bool,
+    /// The config's `audio.device` (`None`: ALSA's default).
+    output: Option<String>,
+    /// The config's `[clock]`: what to do while the clock is not synchronised since boot.
+    clock: ClockConfig,
 }
 
 /// How soon a pending announcement is tried again while speech is playing.
@@ -157,7 +162,7 @@ impl Device<'_> {
             }
         };
         self.log_fallback();
-        match LivePlayer::open_default(synth) {
+        match LivePlayer::open(self.output.as_deref(), synth) {
             Ok(player) => {
                 self.audio_error = None;
                 let info = player.info();
@@ -409,13 +414,30 @@ impl Device<'_> {
         }
     }
 
-    fn speak_code(&mut self) {
-        self.speak_code_after(false);
+    /// What the clock's synchronisation says about a code now; logs anything but trust.
+    fn clock_verdict(&self) -> ClockVerdict {
+        let progress = self.state.load().ok().map(|t| t.progress);
+        let verdict = timesync::verdict(&self.clock, self.at, progress.as_ref());
+        if let Some(line) = timesync::explain(&self.clock, verdict) {
+            log(&line);
+        }
+        verdict
     }
 
-    /// Speaks the current code; `expired` says first that the last code has expired (a
-    /// replay asked for after its time step had passed).
-    fn speak_code_after(&mut self, expired: bool) {
+    fn speak_code(&mut self) {
+        self.speak_code_after(CodeIntro::First);
+    }
+
+    /// Speaks the current code with `intro`: [`CodeIntro::Expired`] says first that the last
+    /// code has expired (a replay asked for after its time step had passed). While the clock
+    /// is not synchronised since boot, "the clock may be wrong" comes first, or no code.
+    fn speak_code_after(&mut self, intro: CodeIntro) {
+        let verdict = self.clock_verdict();
+        if verdict == ClockVerdict::Refuse {
+            // The prepared HOTP code (if any) stays prepared; TOTP is what was refused.
+            self.say(&Message::Prompt(Prompt::ClockUnsynced));
+            return;
+        }
         let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
             Some(Ok(Some(taken))) => Some(taken),
             Some(Ok(None)) => {
@@ -443,15 +465,10 @@ impl Device<'_> {
                     )),
                 }
                 let code = Zeroizing::new(taken.code.as_str().to_owned());
-                if expired {
+                if intro == CodeIntro::Expired {
                     log("the last code has expired; saying so before the new one");
-                    self.say(&Message::ExpiredCode { code: &code });
-                } else {
-                    self.say(&Message::Code {
-                        code: &code,
-                        replay: false,
-                    });
                 }
+                self.say(&voice::code_message(&code, intro, verdict));
                 let left = match taken.basis {
                     Basis::Step { seconds_left, .. } => Some(seconds_left),
                     Basis::Counter(_) => None,
@@ -504,13 +521,11 @@ impl Device<'_> {
             (Some(last), true) => {
                 log("repeating the last code");
                 let code = last.code.clone();
-                self.say(&Message::Code {
-                    code: &code,
-                    replay: true,
-                });
+                let verdict = self.clock_verdict();
+                self.say(&voice::code_message(&code, CodeIntro::Replay, verdict));
                 self.show_code(&code, left);
             }
-            (Some(_), false) => self.speak_code_after(true),
+            (Some(_), false) => self.speak_code_after(CodeIntro::Expired),
             (None, _) => self.speak_code(),
         }
     }
@@ -797,6 +812,8 @@ pub fn run(
         }),
         keys: effective.clone(),
         from_keypad: false,
+        output: config.audio.device.clone(),
+        clock: config.clock.clone(),
     };
     device.ensure_player(true);
     device.prepare();

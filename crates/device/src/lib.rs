@@ -11,6 +11,7 @@
 //! - [`config`]: the config file (set up once) and the user's settings (kept in the state
 //!   directory).
 //! - [`keys`]: actions and their single-key bindings.
+//! - [`timesync`]: whether the clock was synchronised since boot ("the clock may be wrong").
 //! - [`voice`]: voice packs, synthesiser choice and what the device says.
 //! - [`device`]: the `run` loop with terminal, evdev and GPIO input.
 //! - [`outputs`]: which outputs give the code, and [`outputs::Senses`] for the non-audio
@@ -30,4 +31,5 @@ pub mod largeprint;
 pub mod outputs;
 pub mod speechd;
 pub mod state;
+pub mod timesync;
 pub mod voice;

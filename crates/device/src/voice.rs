@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use codereader_speech::{
-    ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, Prompt, Segment,
-    Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack, Volume,
+    ClipSet, ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, ProblemReport,
+    Prompt, Segment, Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack,
+    Volume,
 };
 
 use crate::config::{Listening, SynthChoice};
+use crate::timesync::ClockVerdict;
 
 /// Why the voices cannot be used.
 ///
@@ -141,12 +143,13 @@ pub struct Voices {
 }
 
 impl Voices {
-    /// Loads every pack in `dir`.
+    /// Loads every pack in `dir`: the words and each voice's clip manifest, not the clips
+    /// (the synthesiser reads those of the speed step it speaks at, when it first does).
     ///
     /// # Errors
     /// [`VoiceError::Load`].
     pub fn load(dir: &Path, choice: SynthChoice) -> Result<Self, VoiceError> {
-        let library = VoiceLibrary::load(dir).map_err(|error| VoiceError::Load {
+        let library = VoiceLibrary::load_manifests(dir).map_err(|error| VoiceError::Load {
             dir: dir.to_path_buf(),
             error,
         })?;
@@ -200,15 +203,18 @@ impl Voices {
     ///
     /// # Errors
     /// [`VoiceError::UnknownLanguage`], or [`VoiceError::Voice`] (no such voice: the message
-    /// lists the pack's voices; or its clips are broken). Nothing changes then.
+    /// lists the pack's voices; or not one of its clips at the speed step nearest to 0 can be
+    /// used; damaged clips among usable ones, and the other steps, are spoken by live
+    /// espeak-ng when first met). Nothing changes then.
     pub fn choose(&mut self, tag: &str, name: &str) -> Result<(), VoiceError> {
-        let pack = self
-            .pack(tag)?
-            .with_voice(name)
-            .map_err(|error| VoiceError::Voice {
-                tag: tag.to_owned(),
-                error,
-            })?;
+        let wrap = |error| VoiceError::Voice {
+            tag: tag.to_owned(),
+            error,
+        };
+        let pack = self.pack(tag)?.with_voice_manifest(name).map_err(wrap)?;
+        if let Some(clips) = pack.clips() {
+            clips.check_step_usable(Speed::default()).map_err(wrap)?;
+        }
         self.chosen.insert(tag.to_owned(), pack);
         Ok(())
     }
@@ -338,10 +344,11 @@ impl Voices {
                 .clip_problem()
                 .unwrap_or("the voice has no clips")
                 .to_owned(),
-            (_, Some(_)) => match ClipSynth::load(pack).map(|c| c.problems()) {
-                Ok(problems) if problems.is_empty() => return Ok(()),
-                Ok(problems) => format!("{} of its clips cannot be played", problems.len()),
-                Err(e) => e.to_string(),
+            // Every step is checked here (not only the one read first): without espeak-ng
+            // no other voice can say a damaged clip's phrase.
+            (_, Some(clips)) => match ClipSet::load(&clips.dir) {
+                Ok(_) => return Ok(()),
+                Err(e) => format!("not all its clips can be played ({e})"),
             },
         };
         Err(format!("{espeak}, and {clips}"))
@@ -397,7 +404,7 @@ impl Voices {
             let engine = Espeak::shared().map_err(wrap)?;
             return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
         }
-        let clips = match ClipSynth::load(pack) {
+        let mut clips = match ClipSynth::load(pack) {
             Ok(clips) => clips,
             Err(e) => {
                 let why = pack
@@ -409,17 +416,28 @@ impl Voices {
                 return Ok(Box::new(engine.voice(pack).map_err(wrap)?));
             }
         };
-        let problems = clips.problems();
-        if let Some(first) = problems.first() {
-            let more = match problems.len() {
-                1 => String::new(),
-                n => format!(" and {} more", n - 1),
-            };
-            self.trouble.report(
-                &label,
-                &format!("{label}: a clip cannot be played ({first}{more}), so for those phrases {instead}"),
-            );
-        }
+        // The step read now, and each step read later (a speed first spoken at), with its
+        // bad files; logged once per voice.
+        let report_problems = {
+            let (trouble, label, instead) = (self.trouble.clone(), label.clone(), instead.clone());
+            move |problems: &[String]| {
+                if let Some(first) = problems.first() {
+                    let more = match problems.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    };
+                    trouble.report(
+                        &label,
+                        &format!(
+                            "{label}: a clip cannot be played ({first}{more}), so for those \
+                             phrases {instead}"
+                        ),
+                    );
+                }
+            }
+        };
+        report_problems(&clips.problems());
+        clips.on_step_problems(ProblemReport(Arc::new(report_problems)));
         let backup = match Espeak::shared().and_then(|engine| engine.voice(pack)) {
             Ok(backup) => backup,
             // Without espeak-ng the clips are all there is.
@@ -467,6 +485,16 @@ pub enum Message<'a> {
         /// The digits of the new code.
         code: &'a str,
     },
+    /// A code after a warning ("the clock may be wrong"), said between the start earcon and
+    /// the intro.
+    WarnedCode {
+        /// What to say first.
+        warning: Prompt,
+        /// The digits.
+        code: &'a str,
+        /// What is said before the digits.
+        intro: CodeIntro,
+    },
     /// One prompt: feedback or an error.
     Prompt(Prompt),
     /// A setting is already at its end: a short tone instead of "louder" that is not louder.
@@ -502,6 +530,23 @@ pub enum Message<'a> {
     },
 }
 
+/// The message for a code said with `intro`: after "the clock may be wrong" when `verdict`
+/// is to warn.
+pub fn code_message(code: &str, intro: CodeIntro, verdict: ClockVerdict) -> Message<'_> {
+    match (verdict, intro) {
+        (ClockVerdict::Warn, intro) => Message::WarnedCode {
+            warning: Prompt::ClockUnsynced,
+            code,
+            intro,
+        },
+        (_, CodeIntro::Expired) => Message::ExpiredCode { code },
+        (_, intro) => Message::Code {
+            code,
+            replay: intro == CodeIntro::Replay,
+        },
+    }
+}
+
 /// Plans `message` in `pack`'s language.
 ///
 /// # Errors
@@ -517,6 +562,29 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Utterance::code(pack, code, intro)
         }
         Message::ExpiredCode { code } => Utterance::code(pack, code, CodeIntro::Expired),
+        Message::WarnedCode {
+            warning,
+            code,
+            intro,
+        } => {
+            let plain = Utterance::code(pack, code, *intro)?;
+            let mut segments = plain.segments().to_vec();
+            // After the start earcon and its pause: the warning, then the code as usual.
+            let at = segments
+                .iter()
+                .position(|s| matches!(s, Segment::Speech(_)))
+                .unwrap_or(0);
+            segments.splice(
+                at..at,
+                [
+                    Segment::Speech(pack.phrase(PhraseKey::Prompt(*warning))),
+                    Segment::Pause {
+                        ms: pack.pauses().between_groups_ms,
+                    },
+                ],
+            );
+            Ok(Utterance::from_segments(segments))
+        }
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
         Message::UnknownKey => Ok(Utterance::from_segments(vec![Segment::Earcon(
@@ -603,6 +671,7 @@ pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
     let sentences: Vec<String> = match message {
         Message::Code { .. }
         | Message::ExpiredCode { .. }
+        | Message::WarnedCode { .. }
         | Message::Limit
         | Message::UnknownKey => return None,
         Message::Prompt(prompt) => vec![say(*prompt)],

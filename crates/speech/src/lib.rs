@@ -73,7 +73,7 @@ pub mod synth;
 pub use error::{PackError, SpeechError};
 pub use fallback::{FallbackReport, FallbackSynth};
 pub use flite::FliteSynth;
-pub use live::{LivePlayer, OutputInfo};
+pub use live::{LivePlayer, OutputDevice, OutputInfo, output_devices};
 pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};
 pub use pipeline::{RenderReport, Renderer, SegmentSpan};
 pub use plan::{
@@ -82,4 +82,4 @@ pub use plan::{
 };
 pub use recorded::{RecordingLimits, RecordingProblem, check_recorded};
 pub use sink::{MemorySink, Sink, WavSink};
-pub use synth::{ClipSynth, Espeak, EspeakSynth, Synth};
+pub use synth::{ClipSynth, Espeak, EspeakSynth, ProblemReport, Synth};

@@ -1,4 +1,5 @@
-//! Live playback on the default sound card with cpal, fed through a lock-free `rtrb` ring.
+//! Live playback on a sound card with cpal (ALSA's `default`, or a device named in the
+//! config, see [`output_devices`]), fed through a lock-free `rtrb` ring.
 //!
 //! A worker thread owns the cpal stream, the synthesiser and the [`Renderer`]; it renders
 //! utterances at the device's rate and pushes mono samples into the ring. The cpal data
@@ -8,6 +9,13 @@
 //!
 //! An utterance starts sounding once [`LEAD_MS`] of it is queued (or all of it): the start
 //! earcon, its pause and the intro, so the device never waits on the synthesiser mid-code.
+//!
+//! alsa-lib prints its own errors ("ALSA lib confmisc.c:855:(parse_card) cannot find card")
+//! to standard error, eight lines at every attempt to open a missing card: under systemd,
+//! hundreds of thousands of journal lines a day while the headphones are unplugged. While
+//! this module opens or lists devices, a thread-local handler (the `alsa` crate's safe
+//! `Output::local_error_handler`) collects them instead, and they become part of the
+//! [`SpeechError::Device`] message, which the caller logs once per distinct failure.
 //!
 //! Stopping is immediate: [`LivePlayer::stop`] bumps a generation counter; from its next
 //! callback on, the audio thread discards whatever is queued and plays silence, and the worker
@@ -38,6 +46,13 @@ const RING_MS: u32 = 2000;
 /// uncached espeak-ng and 0.2 ms warm, which nobody hears.
 pub const LEAD_MS: u32 = 500;
 
+/// After this long without a request the stream is paused: ALSA's thread otherwise wakes
+/// every period (about 26 times a second) forever, which costs power on a Pi. The next
+/// request resumes it before its first sample is queued: `snd_pcm_pause` where the device
+/// can pause; otherwise the device was closed when idle and is opened again (the ALSA
+/// `file` plugin of the tests cannot pause, and reopening it takes about a millisecond).
+pub const IDLE_PAUSE: Duration = Duration::from_secs(10);
+
 /// How the output device was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputInfo {
@@ -49,6 +64,89 @@ pub struct OutputInfo {
     pub sample_format: String,
     /// Frames per callback, if the backend reports it.
     pub period_frames: Option<u32>,
+}
+
+/// An output device a user can name (`audio.device` in the device's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputDevice {
+    /// The ALSA PCM name to give: `default`, `sysdefault:CARD=Headphones`,
+    /// `plughw:CARD=vc4hdmi0,DEV=0`, ...
+    pub name: String,
+    /// What ALSA says it is, on one line.
+    pub description: String,
+}
+
+/// The output devices ALSA knows (its hints, then each card's `hw` and `plughw` devices),
+/// `default` first.
+///
+/// # Errors
+/// [`SpeechError::Device`] if ALSA cannot list them.
+pub fn output_devices() -> Result<Vec<OutputDevice>, SpeechError> {
+    let alsa_says = AlsaMessages::collect();
+    let host = cpal::default_host();
+    let devices = host
+        .output_devices()
+        .map_err(|e| alsa_says.error(&format!("cannot list output devices: {e}")))?;
+    let mut list: Vec<OutputDevice> = devices
+        .filter_map(|device| {
+            let name = device.id().ok()?.id().to_owned();
+            let description = device.description().ok().map_or_else(String::new, |d| {
+                let mut text = d.name().to_owned();
+                for line in d.extended() {
+                    if line != d.name() {
+                        text.push_str("; ");
+                        text.push_str(line);
+                    }
+                }
+                text
+            });
+            Some(OutputDevice { name, description })
+        })
+        .collect();
+    if !list.iter().any(|d| d.name == "default") {
+        list.insert(
+            0,
+            OutputDevice {
+                name: "default".to_owned(),
+                description: "ALSA's default device".to_owned(),
+            },
+        );
+    }
+    Ok(list)
+}
+
+/// alsa-lib's error messages on this thread, collected instead of printed while it lives.
+struct AlsaMessages(Option<std::rc::Rc<std::cell::RefCell<alsa::Output>>>);
+
+impl AlsaMessages {
+    fn collect() -> Self {
+        Self(alsa::Output::local_error_handler().ok())
+    }
+
+    /// What alsa-lib said so far, one line, de-duplicated.
+    fn text(&self) -> String {
+        let Some(output) = &self.0 else {
+            return String::new();
+        };
+        let all = output.borrow().to_string();
+        let mut lines: Vec<&str> = Vec::new();
+        for line in all.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines.join("; ")
+    }
+
+    /// A device error: `message`, and what alsa-lib said, if anything.
+    fn error(&self, message: &str) -> SpeechError {
+        let said = self.text();
+        if said.is_empty() {
+            SpeechError::Device(message.to_owned())
+        } else {
+            SpeechError::Device(format!("{message} (ALSA: {said})"))
+        }
+    }
 }
 
 /// State shared between the player, its worker thread and the audio callback (atomics only).
@@ -76,6 +174,10 @@ struct Shared {
     frames_queued: AtomicU64,
     /// The stream reported an error.
     failed: AtomicBool,
+    /// Audio callbacks so far (each is one wake-up of the audio thread).
+    callbacks: AtomicU64,
+    /// The stream is paused (or closed) for being idle.
+    paused: AtomicBool,
 }
 
 impl Shared {
@@ -94,11 +196,11 @@ enum Command {
     Play(Utterance, Settings, u64),
     Replay(Settings, u64),
     SetSynth(Box<dyn Synth>),
+    IdlePause(Duration),
     Shutdown,
 }
 
-/// Plays utterances on the default output device. Dropping it stops playback and closes the
-/// device.
+/// Plays utterances on an output device. Dropping it stops playback and closes the device.
 #[derive(Debug)]
 pub struct LivePlayer {
     commands: mpsc::Sender<Command>,
@@ -115,13 +217,24 @@ impl LivePlayer {
     /// # Errors
     /// [`SpeechError::Device`] if there is no output device or the stream cannot start.
     pub fn open_default(synth: Box<dyn Synth>) -> Result<Self, SpeechError> {
+        Self::open(None, synth)
+    }
+
+    /// Opens the output device `name` (one of [`output_devices`]; `None`: ALSA's default) in
+    /// its default configuration and starts the stream (silent until [`LivePlayer::play`]).
+    ///
+    /// # Errors
+    /// [`SpeechError::Device`] if there is no such device or the stream cannot start; the
+    /// message includes what alsa-lib said (which is not printed).
+    pub fn open(name: Option<&str>, synth: Box<dyn Synth>) -> Result<Self, SpeechError> {
+        let name = name.map(str::to_owned);
         let shared = Arc::new(Shared::default());
         let (commands, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let worker_shared = Arc::clone(&shared);
         let worker = thread::Builder::new()
             .name("speech-live".into())
-            .spawn(move || worker(&rx, &worker_shared, synth, &ready_tx))
+            .spawn(move || worker(&rx, &worker_shared, name.as_deref(), synth, &ready_tx))
             .map_err(|e| SpeechError::Device(format!("cannot start playback thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(info)) => Ok(Self {
@@ -229,6 +342,24 @@ impl LivePlayer {
     pub fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Relaxed)
     }
+
+    /// Audio callbacks so far: how often the audio thread woke up.
+    pub fn callbacks(&self) -> u64 {
+        self.shared.callbacks.load(Ordering::Relaxed)
+    }
+
+    /// `true` while the stream is paused (or the device closed) for being idle.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+
+    /// Pauses the stream after `after` without a request instead of [`IDLE_PAUSE`].
+    ///
+    /// # Errors
+    /// [`SpeechError::Device`] if the playback thread has ended.
+    pub fn set_idle_pause(&self, after: Duration) -> Result<(), SpeechError> {
+        self.send(Command::IdlePause(after))
+    }
 }
 
 impl Drop for LivePlayer {
@@ -245,13 +376,19 @@ impl Drop for LivePlayer {
 fn worker(
     commands: &mpsc::Receiver<Command>,
     shared: &Arc<Shared>,
+    name: Option<&str>,
     mut synth: Box<dyn Synth>,
     ready: &mpsc::Sender<Result<OutputInfo, SpeechError>>,
 ) {
-    let (stream, info, mut producer) = match open_stream(shared) {
+    let alsa_says = AlsaMessages::collect();
+    let (stream, info, mut producer) = match open_stream(shared, name) {
         Ok(opened) => opened,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let message = match e {
+                SpeechError::Device(message) => message,
+                other => other.to_string(),
+            };
+            let _ = ready.send(Err(alsa_says.error(&message)));
             return;
         }
     };
@@ -265,7 +402,52 @@ fn worker(
     }
     let mut last: Option<Utterance> = None;
     let mut finished = 0u64;
-    while let Ok(command) = commands.recv() {
+    let mut idle_pause = IDLE_PAUSE;
+    let mut stream = Some(stream);
+    loop {
+        let paused = shared.paused.load(Ordering::Acquire);
+        let command = if paused {
+            commands
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            commands.recv_timeout(idle_pause)
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: every request has finished, so nothing queued is cut off. Pause where
+                // the device can; otherwise close it (the next request opens it again).
+                if stream.as_ref().is_some_and(|s| s.pause().is_err()) {
+                    stream = None;
+                }
+                shared.paused.store(true, Ordering::Release);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if paused && matches!(command, Command::Play(..) | Command::Replay(..)) {
+            let resumed = match &stream {
+                Some(running) => running.play().is_ok(),
+                None => match open_stream(shared, name) {
+                    Ok((reopened, info, ring)) => {
+                        if info.sample_rate != renderer.sample_rate() {
+                            renderer = Renderer::new(info.sample_rate);
+                            let _ = renderer.prepare(synth.sample_rate());
+                        }
+                        producer = ring;
+                        stream = Some(reopened);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            };
+            if !resumed {
+                // The request ends at once; the caller sees `failed` and reopens the device.
+                shared.failed.store(true, Ordering::Relaxed);
+            }
+            shared.paused.store(false, Ordering::Release);
+        }
         match command {
             Command::Play(utterance, settings, generation) => {
                 let job = Job {
@@ -304,6 +486,7 @@ fn worker(
                 synth = new;
                 let _ = renderer.prepare(synth.sample_rate());
             }
+            Command::IdlePause(after) => idle_pause = after,
             Command::Shutdown => break,
         }
         shared.completed.store(finished, Ordering::Release);
@@ -413,13 +596,23 @@ impl Sink for RingSink<'_> {
 
 fn open_stream(
     shared: &Arc<Shared>,
+    name: Option<&str>,
 ) -> Result<(cpal::Stream, OutputInfo, Producer<f32>), SpeechError> {
     let device_err =
         |what: &str, e: &dyn std::fmt::Display| SpeechError::Device(format!("{what}: {e}"));
     let host = cpal::default_host();
-    let device = host
-        .default_output_device()
-        .ok_or_else(|| SpeechError::Device("no default output device".into()))?;
+    let device = match name {
+        None => host
+            .default_output_device()
+            .ok_or_else(|| SpeechError::Device("no default output device".into()))?,
+        Some(name) => host
+            .device_by_id(&cpal::DeviceId::new(host.id(), name))
+            .ok_or_else(|| {
+                SpeechError::Device(format!(
+                    "no output device `{name}` (`codereader audio --list` lists them)"
+                ))
+            })?,
+    };
     let supported = device
         .default_output_config()
         .map_err(|e| device_err("no default output configuration", &e))?;
@@ -489,6 +682,7 @@ fn fill<T>(data: &mut [T], channels: usize, consumer: &mut Consumer<f32>, shared
 where
     T: SizedSample + FromSample<f32>,
 {
+    shared.callbacks.fetch_add(1, Ordering::Relaxed);
     let stopped =
         shared.stop_gen.load(Ordering::Acquire) != shared.play_gen.load(Ordering::Acquire);
     if stopped {

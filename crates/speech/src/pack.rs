@@ -26,7 +26,8 @@
 //! # help_intro, help_speak, help_replay, help_stop, help_volume_up, help_volume_down,
 //! # help_slower, help_faster, help_status, help_help, help_next_language, help_next_voice,
 //! # help_quit, key_or, key_keypad, key_space, key_enter, key_escape, key_up, key_down,
-//! # key_left, key_right, key_plus, key_minus, key_star, key_slash, key_dot
+//! # key_left, key_right, key_plus, key_minus, key_star, key_slash, key_dot,
+//! # clock_unsynced
 //!
 //! [grouping]              # group sizes per code length; each must add up to the length
 //! 6 = [3, 3]
@@ -259,6 +260,35 @@ impl VoicePack {
     /// Why the voice's clips cannot be used at all, if [`VoicePack::load`] dropped them.
     pub fn clip_problem(&self) -> Option<&str> {
         self.clip_problem.as_deref()
+    }
+
+    /// Like [`VoicePack::with_voice`] but reading only that voice's clip manifest
+    /// (`clips.toml`), not its clips: [`crate::ClipSynth`] opens and checks the clips of a
+    /// speed step when it first speaks at that step. What a device uses, so that switching
+    /// voice or starting up never opens clips nobody will hear.
+    ///
+    /// # Errors
+    /// [`PackError::UnknownVoice`], or a problem of that voice's `clips.toml`.
+    pub fn with_voice_manifest(&self, name: &str) -> Result<Self, PackError> {
+        let mut pack = self.with_voice_words(name)?;
+        pack.clips = ClipSet::load_manifest(&pack.voice().clips_dir)?;
+        Ok(pack)
+    }
+
+    /// [`VoicePack::load`] reading only the default voice's clip manifest, not its clips
+    /// (see [`VoicePack::with_voice_manifest`]). As with `load`, a clip problem never fails
+    /// the load: a bad `clips.toml` drops the clips, with the reason in
+    /// [`VoicePack::clip_problem`]; a bad clip shows when its step is first read.
+    ///
+    /// # Errors
+    /// A [`PackError`] naming the file and key of the first problem of `voice.toml`.
+    pub fn load_manifest(dir: &Path) -> Result<Self, PackError> {
+        let mut pack = Self::load_words(dir)?;
+        match ClipSet::load_manifest(&pack.voice().clips_dir) {
+            Ok(clips) => pack.clips = clips,
+            Err(e) => pack.clip_problem = Some(e.to_string()),
+        }
+        Ok(pack)
     }
 
     /// Like [`VoicePack::with_voice`] but without loading clips (for tools that render them).
@@ -513,6 +543,23 @@ impl VoiceLibrary {
     /// # Errors
     /// [`PackError`] of the first bad pack, or [`PackError::Empty`] if there is none.
     pub fn load(dir: &Path) -> Result<Self, PackError> {
+        Self::load_with(dir, VoicePack::load)
+    }
+
+    /// Like [`VoiceLibrary::load`], reading only each pack's clip manifest, not its clips
+    /// ([`VoicePack::load_manifest`]): what a device uses to start, whatever the number of
+    /// languages, voices and speed steps.
+    ///
+    /// # Errors
+    /// [`PackError`] of the first bad pack, or [`PackError::Empty`] if there is none.
+    pub fn load_manifests(dir: &Path) -> Result<Self, PackError> {
+        Self::load_with(dir, VoicePack::load_manifest)
+    }
+
+    fn load_with(
+        dir: &Path,
+        load: fn(&Path) -> Result<VoicePack, PackError>,
+    ) -> Result<Self, PackError> {
         let entries = std::fs::read_dir(dir).map_err(|source| PackError::Io {
             file: dir.to_path_buf(),
             source,
@@ -531,7 +578,7 @@ impl VoiceLibrary {
         subdirs.sort();
         let mut packs = BTreeMap::new();
         for sub in subdirs {
-            let pack = VoicePack::load(&sub)?;
+            let pack = load(&sub)?;
             packs.insert(pack.tag.clone(), pack);
         }
         if packs.is_empty() {
@@ -623,6 +670,15 @@ impl ClipSet {
         load_clips(dir, Strictness::EveryClip)
     }
 
+    /// Reads `dir/clips.toml` only; `None` if there is none. The clips themselves are
+    /// checked when they are read ([`ClipSet::read_clip`]).
+    ///
+    /// # Errors
+    /// A [`PackError`] naming `clips.toml`.
+    pub fn load_manifest(dir: &Path) -> Result<Option<ClipSet>, PackError> {
+        load_clips(dir, Strictness::ManifestOnly)
+    }
+
     /// Like [`ClipSet::load`], but a set in which only some clips are missing or unusable is
     /// accepted: the device speaks those phrases with another synthesiser.
     ///
@@ -631,15 +687,86 @@ impl ClipSet {
     pub fn load_usable(dir: &Path) -> Result<Option<ClipSet>, PackError> {
         load_clips(dir, Strictness::AnyClip)
     }
+
+    /// Checks every clip of the listed step nearest to `speed` (opens each, reads no samples).
+    ///
+    /// # Errors
+    /// [`PackError::BadClip`] or [`PackError::ClipSampleRate`] of the first bad clip.
+    pub fn check_step(&self, speed: Speed) -> Result<(), PackError> {
+        self.check(&[self.nearest_speed(speed)], Strictness::EveryClip)
+    }
+
+    /// Checks that at least one clip of the listed step nearest to `speed` is usable: a
+    /// device speaks the others with another synthesiser ([`crate::FallbackSynth`]).
+    ///
+    /// # Errors
+    /// The first clip's problem when not one clip of the step is usable.
+    pub fn check_step_usable(&self, speed: Speed) -> Result<(), PackError> {
+        self.check(&[self.nearest_speed(speed)], Strictness::AnyClip)
+    }
+
+    /// Checks the clips of `steps` as `strictness` asks.
+    fn check(&self, steps: &[Speed], strictness: Strictness) -> Result<(), PackError> {
+        if strictness == Strictness::ManifestOnly {
+            return Ok(());
+        }
+        let mut first_problem = None;
+        let mut usable = 0usize;
+        for speed in steps {
+            for key in PhraseKey::all() {
+                match check_clip(
+                    &self.dir.join(ClipSet::file_name(key, *speed)),
+                    self.sample_rate,
+                ) {
+                    Ok(_) => usable += 1,
+                    Err(e) if strictness == Strictness::EveryClip => return Err(e),
+                    Err(e) => {
+                        first_problem.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        match (usable, first_problem) {
+            (0, Some(problem)) => Err(problem),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads one clip, checked as [`ClipSet::load`] checks it (exists, mono, 16-bit PCM, the
+    /// set's rate, not empty).
+    ///
+    /// # Errors
+    /// [`PackError::BadClip`] or [`PackError::ClipSampleRate`].
+    pub fn read_clip(&self, key: PhraseKey, speed: Speed) -> Result<Vec<i16>, PackError> {
+        let file = self.dir.join(ClipSet::file_name(key, speed));
+        let reader = check_clip(&file, self.sample_rate)?;
+        // The checked header says: 16-bit little-endian mono PCM, `len` samples, and the
+        // reader is at the first. Read them in one go: hound's per-sample iterator was a
+        // quarter of a one-shot `speak`'s time.
+        let count = usize::try_from(reader.len()).unwrap_or(usize::MAX);
+        let mut bytes = vec![0u8; count.saturating_mul(2)];
+        std::io::Read::read_exact(&mut reader.into_inner(), &mut bytes).map_err(|e| {
+            PackError::BadClip {
+                file: file.clone(),
+                reason: format!("truncated: {e}"),
+            }
+        })?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
 }
 
-/// How many clips of a set must be usable for the set to load.
+/// How many clips of a set (or of one of its steps) must be usable for it to be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Strictness {
     /// Every one (checking freshly rendered clips).
     EveryClip,
     /// At least one (a device: the others are spoken by another synthesiser).
     AnyClip,
+    /// None is opened (a device reads a step's clips when it first speaks at it).
+    ManifestOnly,
 }
 
 /// Reads and parses one TOML file of a pack; errors name the file.
@@ -690,51 +817,18 @@ fn load_clips(dir: &Path, strictness: Strictness) -> Result<Option<ClipSet>, Pac
         return Err(root.bad("speeds", "lists no speed step".into()));
     }
     root.finish()?;
-    let mut first_problem = None;
-    let mut usable = 0usize;
-    for speed in &speeds {
-        for key in PhraseKey::all() {
-            match check_clip(&dir.join(ClipSet::file_name(key, *speed)), sample_rate) {
-                Ok(()) => usable += 1,
-                Err(e) if strictness == Strictness::EveryClip => return Err(e),
-                Err(e) => {
-                    first_problem.get_or_insert(e);
-                }
-            }
-        }
-    }
-    if let (0, Some(problem)) = (usable, first_problem) {
-        return Err(problem);
-    }
-    Ok(Some(ClipSet {
+    let set = ClipSet {
         source,
         sample_rate,
         speeds: speeds.into_iter().collect(),
         dir: dir.to_path_buf(),
-    }))
+    };
+    set.check(&set.speeds, strictness)?;
+    Ok(Some(set))
 }
 
-fn check_clip(file: &Path, rate: SampleRate) -> Result<(), PackError> {
-    open_clip(file, rate).map(drop)
-}
-
-/// Reads one clip's samples, checking its format first (as [`ClipSet::load`] does).
-///
-/// # Errors
-/// [`PackError::BadClip`] (missing, not a mono 16-bit WAV, empty, cut short) or
-/// [`PackError::ClipSampleRate`].
-pub fn read_clip(file: &Path, rate: SampleRate) -> Result<Vec<i16>, PackError> {
-    let mut reader = open_clip(file, rate)?;
-    reader
-        .samples::<i16>()
-        .collect::<Result<Vec<i16>, _>>()
-        .map_err(|e| PackError::BadClip {
-            file: file.to_path_buf(),
-            reason: e.to_string(),
-        })
-}
-
-fn open_clip(
+/// Opens a clip and checks its format; the reader is positioned at the samples.
+fn check_clip(
     file: &Path,
     rate: SampleRate,
 ) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>, PackError> {

@@ -188,11 +188,14 @@ pub enum Prompt {
     KeySlash,
     /// Key names: the keypad's decimal point.
     KeyDot,
+    /// Warning before a time-based code: the clock has not been synchronised since boot
+    /// (a Pi without a real-time clock restores a saved time after a power cut).
+    ClockUnsynced,
 }
 
 impl Prompt {
     /// All prompts, in `voice.toml` order.
-    pub const ALL: [Prompt; 51] = [
+    pub const ALL: [Prompt; 52] = [
         Prompt::Intro,
         Prompt::ReplayIntro,
         Prompt::VolumeUp,
@@ -244,6 +247,7 @@ impl Prompt {
         Prompt::KeyStar,
         Prompt::KeySlash,
         Prompt::KeyDot,
+        Prompt::ClockUnsynced,
     ];
 
     /// Its key in `voice.toml`'s `[prompts]` table and its clip's file stem.
@@ -300,6 +304,7 @@ impl Prompt {
             Prompt::KeyStar => "key_star",
             Prompt::KeySlash => "key_slash",
             Prompt::KeyDot => "key_dot",
+            Prompt::ClockUnsynced => "clock_unsynced",
         }
     }
 

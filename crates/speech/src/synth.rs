@@ -278,15 +278,35 @@ impl Synth for EspeakSynth {
     }
 }
 
-/// Plays a pack's pre-rendered clips (all loaded into memory up front).
+/// Plays a pack's pre-rendered clips, read into memory one speed step at a time: the step
+/// nearest to 0 when it is made, another the first time something is spoken at it. A device
+/// thus reads the clips it speaks, not every step's (7 steps of every voice of every
+/// language used to be opened to say one code).
 ///
 /// A clip that cannot be read is remembered with its reason, and speaking that phrase is an
 /// error (which [`crate::FallbackSynth`] answers with another synthesiser): one bad file
-/// must not silence the others.
+/// must not silence the others, whether it is found when the synthesiser is made or when a
+/// step is first read.
 #[derive(Debug, Clone)]
 pub struct ClipSynth {
     clips: ClipSet,
     samples: HashMap<(PhraseKey, Speed), Result<Vec<i16>, String>>,
+    report: Option<ProblemReport>,
+}
+
+/// Told the problems of a speed step read after the synthesiser was made, when it has any
+/// (see [`ClipSynth::on_step_problems`]): each clip's file and what is wrong with it, sorted.
+/// Never a phrase being spoken: the whole step is read at once, whatever is said.
+#[derive(Clone)]
+pub struct ProblemReport(pub std::sync::Arc<ReportFn>);
+
+/// What a [`ProblemReport`] calls.
+pub type ReportFn = dyn Fn(&[String]) + Send + Sync;
+
+impl std::fmt::Debug for ProblemReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProblemReport")
+    }
 }
 
 /// Chunk length handed to the consumer, so the first samples arrive at once.
@@ -302,10 +322,11 @@ pub(crate) fn emit_chunks(samples: &[i16], out: &mut dyn FnMut(&[i16]) -> bool) 
 }
 
 impl ClipSynth {
-    /// Loads every clip of `pack`.
+    /// Loads the clips of `pack` at the speed step nearest to 0 (others when first spoken).
     ///
     /// # Errors
-    /// [`SpeechError::NoClips`] if the pack has none.
+    /// [`SpeechError::NoClips`] if the pack has none; [`SpeechError::Pack`] if not one clip
+    /// of that step can be read.
     pub fn load(pack: &VoicePack) -> Result<Self, SpeechError> {
         let clips = pack
             .clips()
@@ -314,25 +335,82 @@ impl ClipSynth {
         Self::from_clips(clips)
     }
 
-    /// Loads every clip of a clip set; those that cannot be read are kept as problems
-    /// ([`ClipSynth::problems`]).
+    /// Loads the clips of a clip set at the speed step nearest to 0 (others when first
+    /// spoken); those that cannot be read are kept as problems ([`ClipSynth::problems`]).
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for a set that cannot be used at all.
+    /// [`SpeechError::Pack`] with the first clip's problem if not one clip of that step can
+    /// be read: the set is then unusable as a whole.
     pub fn from_clips(clips: ClipSet) -> Result<Self, SpeechError> {
-        let mut samples = HashMap::new();
-        for &speed in &clips.speeds {
-            for key in PhraseKey::all() {
-                let file = clips.dir.join(ClipSet::file_name(key, speed));
-                let clip =
-                    crate::pack::read_clip(&file, clips.sample_rate).map_err(|e| e.to_string());
-                samples.insert((key, speed), clip);
-            }
+        let mut synth = Self {
+            clips,
+            samples: HashMap::new(),
+            report: None,
+        };
+        let step = synth.clips.nearest_speed(Speed::default());
+        match synth.read_step(step) {
+            Some(unusable) => Err(SpeechError::Pack(unusable)),
+            None => Ok(synth),
         }
-        Ok(Self { clips, samples })
     }
 
-    /// Every clip that cannot be played, with its reason (file name and problem), sorted.
+    /// From now on, the problems of each step read for the first time go to `report` (the
+    /// problems found so far are in [`ClipSynth::problems`]).
+    pub fn on_step_problems(&mut self, report: ProblemReport) {
+        self.report = Some(report);
+    }
+
+    /// Reads every clip of the listed step nearest to `speed`, unless already read; returns
+    /// that step. A clip that cannot be read is kept as a problem (and reported, see
+    /// [`ClipSynth::on_step_problems`]), the others are used.
+    pub fn load_step(&mut self, speed: Speed) -> Speed {
+        let step = self.clips.nearest_speed(speed);
+        if self.samples.contains_key(&(PhraseKey::Digit(0), step)) {
+            return step;
+        }
+        self.read_step(step);
+        if let Some(report) = &self.report {
+            let mut problems: Vec<String> = PhraseKey::all()
+                .filter_map(|key| match self.samples.get(&(key, step)) {
+                    Some(Err(reason)) => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !problems.is_empty() {
+                problems.sort();
+                (report.0)(&problems);
+            }
+        }
+        step
+    }
+
+    /// Reads the clips of `step` unless already read; the first problem if not one of them
+    /// could be read.
+    fn read_step(&mut self, step: Speed) -> Option<crate::PackError> {
+        if self.samples.contains_key(&(PhraseKey::Digit(0), step)) {
+            return None;
+        }
+        let mut first_problem = None;
+        let mut usable = false;
+        for key in PhraseKey::all() {
+            let clip = match self.clips.read_clip(key, step) {
+                Ok(clip) => {
+                    usable = true;
+                    Ok(clip)
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    first_problem.get_or_insert(e);
+                    Err(reason)
+                }
+            };
+            self.samples.insert((key, step), clip);
+        }
+        if usable { None } else { first_problem }
+    }
+
+    /// Every clip read so far that cannot be played, with its reason (file name and
+    /// problem), sorted. Grows when a step is first read.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
             .samples
@@ -355,7 +433,7 @@ impl Synth for ClipSynth {
         speed: Speed,
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
-        let speed = self.clips.nearest_speed(speed);
+        let speed = self.load_step(speed);
         let clip = match self.samples.get(&(phrase.key, speed)) {
             Some(Ok(clip)) => clip,
             Some(Err(_)) | None => {

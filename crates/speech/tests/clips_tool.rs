@@ -44,7 +44,7 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
     assert_eq!(clips.source, ClipSource::EspeakNg);
     assert_eq!(clips.speeds, [Speed::new(-1), Speed::new(0), Speed::new(2)]);
     assert_eq!(clips.sample_rate.hz(), 22_050);
-    // The 10 digit words and every prompt per speed step.
+    // Every digit word and prompt, per speed step.
     let wavs = std::fs::read_dir(dir.join("clips/espeak"))
         .unwrap()
         .filter(|e| {

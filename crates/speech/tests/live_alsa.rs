@@ -62,6 +62,11 @@ fn main() -> ExitCode {
     let run = capture(root.path(), "stop-replay", cmd);
     check_stop_and_replay(&run, root.path(), &clip_root);
     println!("live stop/replay: ok");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD_ENV, "idle-pause").env(VOICES_ENV, &clip_root);
+    let run = capture(root.path(), "idle-pause", cmd);
+    check_idle_pause(&run);
+    println!("live idle pause: ok");
     check_missing_device(root.path());
     println!("live missing device: ok");
     println!(
@@ -457,8 +462,101 @@ fn check_missing_device(dir: &Path) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Idle, the stream was paused (the audio thread stopped waking), and the next request
+/// resumed it and played within 100 ms of what the first one took on a running stream (the
+/// `file` plugin cannot pause, so this is the close-and-reopen path: ~10 ms more here).
+fn check_idle_pause(run: &Run) {
+    assert_eq!(
+        run.info.get("paused_when_idle").map(String::as_str),
+        Some("true"),
+        "{:?}",
+        run.info
+    );
+    let idle_callbacks = run.number("idle_callbacks");
+    let running_callbacks = run.number("running_callbacks");
+    assert!(
+        idle_callbacks <= 1 && running_callbacks >= 10,
+        "callbacks in a second: {running_callbacks} running, {idle_callbacks} paused"
+    );
+    let first = run.number("first_ms");
+    let resumed = run.number("resume_ms");
+    println!(
+        "  idle pause: {running_callbacks} callbacks/s running, {idle_callbacks} paused; first \
+         frame {first} ms after play on a running stream, {resumed} ms after a resume"
+    );
+    assert!(
+        resumed <= first + 100,
+        "first sound {resumed} ms after a resume, {first} ms on a running stream"
+    );
+    assert_eq!(
+        run.info.get("paused_after").map(String::as_str),
+        Some("false")
+    );
+}
+
+/// Child side: the English pack's `espeak` voice from its clips (`VOICES_ENV`) on ALSA's
+/// default device, whose format is reported for the parent.
+fn open_clip_player() -> (VoicePack, LivePlayer) {
+    let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
+    let pack = VoicePack::load(&voices.join("en"))
+        .unwrap()
+        .with_voice("espeak")
+        .unwrap();
+    let player = LivePlayer::open_default(Box::new(ClipSynth::load(&pack).unwrap())).unwrap();
+    let info = player.info();
+    println!(
+        "device rate={} channels={} format={} period={}",
+        info.sample_rate.hz(),
+        info.channels,
+        info.sample_format,
+        info.period_frames.unwrap_or(0)
+    );
+    (pack, player)
+}
+
+/// Child side of `idle-pause`: plays a prompt on a running stream, idles until paused,
+/// counts callbacks, plays again; reports how long each took to its first frame.
+fn child_idle_pause() {
+    let (pack, player) = open_clip_player();
+    player.set_idle_pause(Duration::from_millis(300)).unwrap();
+    let utterance = Utterance::prompt(&pack, codereader_speech::Prompt::VolumeUp);
+    let time_to_sound = |player: &LivePlayer| {
+        let before = player.frames_played();
+        let t0 = Instant::now();
+        player.play(utterance.clone(), Settings::default()).unwrap();
+        let deadline = t0 + Duration::from_secs(5);
+        while player.frames_played() == before {
+            assert!(Instant::now() < deadline, "no sound");
+            thread::sleep(Duration::from_micros(200));
+        }
+        let ms = t0.elapsed().as_millis();
+        assert!(player.wait_until_idle(Duration::from_secs(10)));
+        ms
+    };
+    let c0 = player.callbacks();
+    thread::sleep(Duration::from_millis(1000));
+    let running = player.callbacks() - c0;
+    let first_ms = time_to_sound(&player);
+    thread::sleep(Duration::from_millis(1000));
+    let paused = player.is_paused();
+    let c1 = player.callbacks();
+    thread::sleep(Duration::from_millis(1000));
+    let idle = player.callbacks() - c1;
+    let resume_ms = time_to_sound(&player);
+    println!(
+        "paused_when_idle={paused} running_callbacks={running} idle_callbacks={idle} \
+         first_ms={first_ms} resume_ms={resume_ms} paused_after={}",
+        player.is_paused()
+    );
+    assert!(!player.failed(), "stream error");
+}
+
 /// Child side: plays, stops after ~0.8 s of audio, waits, replays; reports counters.
 fn child(scenario: &str) {
+    if scenario == "idle-pause" {
+        child_idle_pause();
+        return;
+    }
     if scenario == "no-device" {
         let pack = VoicePack::load(&voices_dir().join("da")).unwrap();
         let synth = codereader_speech::Espeak::shared()
@@ -473,21 +571,8 @@ fn child(scenario: &str) {
         return;
     }
     assert_eq!(scenario, "stop-replay", "unknown child scenario");
-    let voices = PathBuf::from(std::env::var_os(VOICES_ENV).unwrap());
-    let pack = VoicePack::load(&voices.join("en"))
-        .unwrap()
-        .with_voice("espeak")
-        .unwrap();
-    let synth = ClipSynth::load(&pack).unwrap();
-    let player = LivePlayer::open_default(Box::new(synth)).unwrap();
+    let (pack, player) = open_clip_player();
     let info = player.info().clone();
-    println!(
-        "device rate={} channels={} format={} period={}",
-        info.sample_rate.hz(),
-        info.channels,
-        info.sample_format,
-        info.period_frames.unwrap_or(0)
-    );
     let utterance = Utterance::code(&pack, CODE, CodeIntro::First).unwrap();
     player.play(utterance, Settings::default()).unwrap();
     let target = u64::from(info.sample_rate.hz()) * 8 / 10;

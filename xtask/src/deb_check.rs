@@ -1,0 +1,372 @@
+//! `cargo xtask deb-check`: the Debian package, checked the way a user meets it.
+//!
+//! Packages the debug build of `codereader` (already built by the tests) with the voice
+//! packs and clips for speed step 0 only (rendering every voice at every step is what
+//! `dist` does and takes minutes), then:
+//!
+//! 1. `dpkg-deb --info`/`--contents`: the control fields, conffiles, maintainer scripts and
+//!    every file the package must hold;
+//! 2. `lintian --fail-on error`;
+//! 3. `dpkg -i` on this machine (no systemd runs here, so the scripts must not need it): the
+//!    `codereader` user exists in exactly those of `audio`, `input`, `gpio` that exist, the
+//!    state directory is its own with mode 0700;
+//! 4. as that user, the installed `/usr/bin/codereader` enrols a token and speaks its code to
+//!    WAV, once with the installed conffile (Danish) and once with `synth = "clips"`
+//!    (English: the installed clips, not espeak-ng, must speak);
+//! 5. `dpkg -r` removes the program and keeps the conffile; `dpkg --purge` removes the
+//!    conffile, the state and the user.
+//!
+//! It changes the machine (installs and purges a package, creates and deletes a user), so it
+//! needs root, refuses to run where `codereader` is installed already, and is what CI runs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::demo::{root, target_dir};
+use crate::{cargo, deb, packages, run};
+
+/// RFC 6238's test secret: public, nothing real is exposed.
+const TEST_URI: &str = "otpauth://totp/deb-check:test?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=deb-check&digits=6&period=30";
+
+fn output(command: &mut Command) -> Result<Output, String> {
+    command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))
+}
+
+fn ok(step: &str, out: &Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{step}: failed ({})\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition { Ok(()) } else { Err(message()) }
+}
+
+fn group_exists(group: &str) -> bool {
+    Command::new("getent")
+        .args(["group", group])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn package_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "codereader"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+pub(crate) fn deb_check(_args: &[String]) -> Result<(), String> {
+    packages::ensure(packages::DEB_CHECK)?;
+    let uid = output(Command::new("id").arg("-u"))?;
+    ensure(String::from_utf8_lossy(&uid.stdout).trim() == "0", || {
+        "deb-check installs a package and creates a user: run it as root (CI does)".to_owned()
+    })?;
+    ensure(!package_installed(), || {
+        "the codereader package is installed on this machine; deb-check would replace and \
+         purge it (with its token): remove it first"
+            .to_owned()
+    })?;
+    run(
+        "building codereader and codereader-speak (debug)",
+        cargo().args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--package",
+            "codereader",
+            "--package",
+            "codereader-speech",
+            "--bin",
+            "codereader",
+            "--bin",
+            "codereader-speak",
+        ]),
+    )?;
+    let work = target_dir().join("deb-check");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    }
+    let voices = work.join("voices");
+    render_step_zero(&voices)?;
+    let file = deb::build(&deb::Deb {
+        binary: &target_dir().join("debug/codereader"),
+        arch: deb::debian_arch(std::env::consts::ARCH)?,
+        strip: "strip",
+        voices: &voices,
+        epoch: "1767225600",
+        out_dir: &work,
+    })?;
+    inspect(&file)?;
+    let result = install_and_use(&file);
+    // Whatever happened, leave the machine as it was.
+    let purge = output(Command::new("dpkg").args(["--purge", "codereader"]));
+    result?;
+    ok("dpkg --purge codereader", &purge?)?;
+    ensure(!Path::new("/etc/codereader/config.toml").exists(), || {
+        "purge left /etc/codereader/config.toml".to_owned()
+    })?;
+    ensure(!Path::new("/var/lib/codereader").exists(), || {
+        "purge left /var/lib/codereader".to_owned()
+    })?;
+    ensure(
+        !output(Command::new("getent").args(["passwd", "codereader"]))?
+            .status
+            .success(),
+        || "purge left the codereader user".to_owned(),
+    )?;
+    println!("xtask: deb-check passed: {}", file.display());
+    Ok(())
+}
+
+/// Copies each pack's `voice.toml` into `voices` and renders all its voices at step 0.
+fn render_step_zero(voices: &Path) -> Result<(), String> {
+    let source = root().join("voices");
+    let mut tags = Vec::new();
+    for entry in std::fs::read_dir(&source).map_err(|e| format!("{}: {e}", source.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.join("voice.toml").is_file() {
+            let tag = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let dir = voices.join(&tag);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::copy(path.join("voice.toml"), dir.join("voice.toml"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tags.push(tag);
+        }
+    }
+    tags.sort();
+    for tag in tags {
+        run(
+            &format!("rendering the clips of `{}` at speed step 0", tag.display()),
+            Command::new(target_dir().join("debug/codereader-speak"))
+                .args(["clips", "--voices"])
+                .arg(voices)
+                .arg("--lang")
+                .arg(&tag)
+                .args(["--speeds", "0"]),
+        )?;
+    }
+    Ok(())
+}
+
+/// The package's metadata, scripts and contents, then lintian.
+fn inspect(file: &Path) -> Result<(), String> {
+    let info = ok(
+        "dpkg-deb --info",
+        &output(Command::new("dpkg-deb").arg("--info").arg(file))?,
+    )?;
+    for needle in [
+        "Package: codereader",
+        "Depends: libc6",
+        "libespeak-ng1",
+        "libasound2",
+        "postinst",
+        "prerm",
+        "postrm",
+        "conffiles",
+    ] {
+        ensure(info.contains(needle), || {
+            format!("dpkg-deb --info lacks `{needle}`:\n{info}")
+        })?;
+    }
+    let conffiles = ok(
+        "dpkg-deb --info conffiles",
+        &output(
+            Command::new("dpkg-deb")
+                .arg("--info")
+                .arg(file)
+                .arg("conffiles"),
+        )?,
+    )?;
+    ensure(conffiles.trim() == "/etc/codereader/config.toml", || {
+        format!("conffiles: {conffiles}")
+    })?;
+    let contents = ok(
+        "dpkg-deb --contents",
+        &output(Command::new("dpkg-deb").arg("--contents").arg(file))?,
+    )?;
+    for path in [
+        "./usr/bin/codereader",
+        "./etc/codereader/config.toml",
+        "./lib/systemd/system/codereader.service",
+        "./lib/udev/rules.d/60-codereader.rules",
+        "./usr/share/doc/codereader/copyright",
+        "./usr/share/doc/codereader/changelog.gz",
+        "./usr/share/codereader/voices/da/voice.toml",
+        "./usr/share/codereader/voices/da/clips/espeak/clips.toml",
+        "./usr/share/codereader/voices/da/clips/espeak/digit-7@0.wav",
+        "./usr/share/codereader/voices/en/clips/flite-slt/clips.toml",
+    ] {
+        let line = contents.lines().find(|l| l.ends_with(path));
+        ensure(line.is_some(), || {
+            format!("the package lacks {path}:\n{contents}")
+        })?;
+        // Every file root's, world-readable; the program executable.
+        let line = line.unwrap_or_default();
+        let mode = if path.ends_with("bin/codereader") {
+            "-rwxr-xr-x root/root"
+        } else {
+            "-rw-r--r-- root/root"
+        };
+        ensure(line.starts_with(mode), || {
+            format!("{path}: expected {mode}, got {line}")
+        })?;
+    }
+    run(
+        "lintian --fail-on error",
+        Command::new("lintian")
+            .args([
+                "--fail-on",
+                "error",
+                "--allow-root",
+                "--tag-display-limit",
+                "0",
+            ])
+            .arg(file),
+    )
+}
+
+/// Installs the package, checks what `postinst` did and speaks a code with the installed
+/// program, then removes it (keeping the conffile).
+fn install_and_use(file: &Path) -> Result<(), String> {
+    ok(
+        "dpkg -i",
+        &output(Command::new("dpkg").arg("-i").arg(file))?,
+    )?;
+    // The user and its groups: exactly those of audio, input, gpio this machine has.
+    let groups = ok(
+        "id -nG codereader",
+        &output(Command::new("id").args(["-nG", "codereader"]))?,
+    )?;
+    let mut have: Vec<&str> = groups.split_whitespace().collect();
+    have.sort_unstable();
+    let mut want: Vec<&str> = ["audio", "input", "gpio"]
+        .into_iter()
+        .filter(|g| group_exists(g))
+        .chain(["codereader"])
+        .collect();
+    want.sort_unstable();
+    ensure(have == want, || {
+        format!("codereader's groups are {have:?}, expected {want:?}")
+    })?;
+    let state = ok(
+        "stat /var/lib/codereader",
+        &output(Command::new("stat").args(["-c", "%a %U %G", "/var/lib/codereader"]))?,
+    )?;
+    ensure(state.trim() == "700 codereader codereader", || {
+        format!("/var/lib/codereader is `{}`", state.trim())
+    })?;
+
+    // As the service user, with nothing of this environment leaking in.
+    let as_user = |args: &[&str], stdin: Option<&str>| -> Result<Output, String> {
+        use std::io::Write as _;
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "codereader", "--", "/usr/bin/codereader"])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/var/lib/codereader")
+            .env("CODEREADER_STATE", "/var/lib/codereader")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot run runuser: {e}"))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .map_err(|e| format!("codereader's stdin: {e}"))?;
+        }
+        drop(child.stdin.take());
+        child
+            .wait_with_output()
+            .map_err(|e| format!("codereader: {e}"))
+    };
+    ok(
+        "codereader enroll",
+        &as_user(&["enroll", "--uri", "-"], Some(TEST_URI))?,
+    )?;
+    let config = Path::new("/var/lib/codereader/clips-only.toml");
+    std::fs::write(config, "synth = \"clips\"\nlanguage = \"en\"\n")
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    for (lang, config) in [("da", None), ("en", Some(config))] {
+        let wav = format!("/var/lib/codereader/{lang}.wav");
+        let mut args = vec!["speak", "--wav", &wav, "--lang", lang];
+        if let Some(config) = config.and_then(Path::to_str) {
+            args.extend(["--config", config]);
+        }
+        let out = as_user(&args, None)?;
+        ok(&format!("codereader speak --lang {lang}"), &out)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(!stderr.contains("no clips"), || {
+            format!("{lang}: spoken without the installed clips: {stderr}")
+        })?;
+        check_wav(Path::new(&wav))?;
+    }
+    ok(
+        "dpkg -r",
+        &output(Command::new("dpkg").args(["-r", "codereader"]))?,
+    )?;
+    ensure(!Path::new("/usr/bin/codereader").exists(), || {
+        "dpkg -r left /usr/bin/codereader".to_owned()
+    })?;
+    ensure(Path::new("/etc/codereader/config.toml").exists(), || {
+        "dpkg -r removed the conffile (only purge may)".to_owned()
+    })
+}
+
+/// A spoken six-digit code: a mono 16-bit WAV of 2 to 20 seconds that is not silence.
+fn check_wav(file: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let le16 = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let le32 = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (Some(channels), Some(rate), Some(bits)) = (le16(22), le32(24), le16(34)) else {
+        return Err(format!("{}: not a WAV file", file.display()));
+    };
+    ensure(
+        bytes.starts_with(b"RIFF") && channels == 1 && bits == 16 && rate > 0,
+        || format!("{}: not mono 16-bit PCM", file.display()),
+    )?;
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .and_then(|at| bytes.get(at + 8..))
+        .ok_or_else(|| format!("{}: no data chunk", file.display()))?;
+    let samples: Vec<f64> = data
+        .chunks_exact(2)
+        .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = samples.len() as f64 / f64::from(rate);
+    #[allow(clippy::cast_precision_loss)]
+    let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len().max(1) as f64).sqrt();
+    ensure((2.0..=20.0).contains(&seconds) && rms > 0.01, || {
+        format!(
+            "{}: {seconds:.2} s, RMS {rms:.4}: not a spoken code",
+            file.display()
+        )
+    })?;
+    println!(
+        "xtask: {}: {seconds:.2} s at {rate} Hz, RMS {rms:.3}",
+        file.display()
+    );
+    Ok(())
+}
