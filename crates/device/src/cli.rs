@@ -1016,10 +1016,10 @@ fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(
         Config::defaults()
     });
     let clock = &config.clock;
-    let synced = if timesync::synchronised(&clock.sync_flag) {
-        "yes"
-    } else {
-        "NO"
+    let synced = match timesync::sync_state(&clock.sync_flag) {
+        timesync::SyncState::Synchronised => "yes",
+        timesync::SyncState::NotYet => "NO",
+        timesync::SyncState::Unknown => "unknown (no time daemon writes the flag; not doubted)",
     };
     let unsynced = match clock.unsynced {
         crate::config::UnsyncedClock::Warn => "warn",

@@ -13,6 +13,13 @@
 //! HAT) or another time daemon set `[clock] unsynced = "ignore"` (or point `sync_flag` at
 //! what their daemon writes).
 //!
+//! Where the flag's directory does not exist at all, no systemd-timesyncd runs on this system
+//! (a desktop with chrony or ntpd, a container): nothing here can tell whether the clock is
+//! synchronised, so nothing is said. Saying "the clock may be wrong" before every code on a
+//! machine whose clock is fine would be a wrong word, and a user who hears it every time
+//! learns to ignore it. The unit starts after `systemd-timesyncd.service`, so on a Pi the
+//! directory exists before the first code.
+//!
 //! Only TOTP tokens depend on the clock, and only when the time is not given (`--at`).
 
 use std::path::Path;
@@ -31,16 +38,36 @@ pub enum ClockVerdict {
     Refuse,
 }
 
-/// Whether the clock was synchronised since boot (`flag` exists).
-pub fn synchronised(flag: &Path) -> bool {
-    flag.exists()
+/// What is known of the clock's synchronisation since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// `flag` exists: synchronised since boot.
+    Synchronised,
+    /// The time daemon runs (the flag's directory exists) but has not synchronised yet.
+    NotYet,
+    /// No daemon writes the flag here (its directory is missing): unknown, not doubted.
+    Unknown,
+}
+
+/// Whether the clock was synchronised since boot, judged by `flag`.
+pub fn sync_state(flag: &Path) -> SyncState {
+    if flag.exists() {
+        SyncState::Synchronised
+    } else if flag.parent().is_some_and(Path::is_dir) {
+        SyncState::NotYet
+    } else {
+        SyncState::Unknown
+    }
 }
 
 /// The verdict for a code of a token with `progress` (`None`: no usable token, nothing to
 /// check) at `at` (`Some`: a given time, not the clock).
 pub fn verdict(config: &ClockConfig, at: Option<u64>, progress: Option<&Progress>) -> ClockVerdict {
     let uses_clock = at.is_none() && matches!(progress, Some(Progress::Totp { .. }));
-    if !uses_clock || config.unsynced == UnsyncedClock::Ignore || synchronised(&config.sync_flag) {
+    if !uses_clock
+        || config.unsynced == UnsyncedClock::Ignore
+        || sync_state(&config.sync_flag) != SyncState::NotYet
+    {
         return ClockVerdict::Trusted;
     }
     match config.unsynced {
@@ -109,5 +136,19 @@ mod tests {
         std::fs::write(&flag, "").unwrap();
         assert_eq!(verdict(&config, None, Some(&totp())), ClockVerdict::Trusted);
         assert_eq!(explain(&config, ClockVerdict::Trusted), None);
+    }
+
+    #[test]
+    fn without_a_time_daemon_nothing_is_doubted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ClockConfig {
+            unsynced: UnsyncedClock::Refuse,
+            sync_flag: dir.path().join("no-daemon").join("synchronized"),
+        };
+        assert_eq!(sync_state(&config.sync_flag), SyncState::Unknown);
+        assert_eq!(verdict(&config, None, Some(&totp())), ClockVerdict::Trusted);
+        std::fs::create_dir(dir.path().join("no-daemon")).unwrap();
+        assert_eq!(sync_state(&config.sync_flag), SyncState::NotYet);
+        assert_eq!(verdict(&config, None, Some(&totp())), ClockVerdict::Refuse);
     }
 }
