@@ -653,11 +653,14 @@ fn speak(
         args.at,
         state.load().ok().map(|t| t.progress).as_ref(),
     );
-    if verdict == ClockVerdict::Warn {
-        if let Some(line) = timesync::explain(&config.clock, verdict) {
-            device::log(&line);
+    // Logged just before the code is taken: a failure to open the outputs comes alone.
+    let log_clock = || {
+        if verdict == ClockVerdict::Warn {
+            if let Some(line) = timesync::explain(&config.clock, verdict) {
+                device::log(&line);
+            }
         }
-    }
+    };
     // With [clock] unsynced = "refuse", no code is taken: the device says why, and exits 5.
     let refused = |result: Result<(), TakeError>| -> Result<(), Failure> {
         if verdict == ClockVerdict::Refuse {
@@ -674,6 +677,7 @@ fn speak(
     };
     if let Some(path) = &args.wav {
         // A WAV file is the sound card's speech, whatever the outputs say.
+        log_clock();
         let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
         let mut synth = voices.synth(pack)?;
         Renderer::new(SampleRate::ESPEAK)
@@ -734,6 +738,7 @@ fn speak(
     for failure in &failures {
         device::log(&format!("error: {failure:#}; the other outputs go on"));
     }
+    log_clock();
     let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => {
