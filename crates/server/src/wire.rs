@@ -299,17 +299,25 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A page from up to `limit + 1` items, fetched one more than asked so as to know whether
+/// there is a next page: the first `limit` rendered, and the cursor `cursor` gives for the
+/// last of them when there was one more.
+fn page<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+    render: impl Fn(&T) -> Value,
+) -> (Vec<Value>, Option<String>) {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor) } else { None };
+    (items.iter().map(render).collect(), next)
+}
+
 /// A list page from up to `limit + 1` tokens: the first `limit`, and the serial to pass as
 /// `after` for the next page if there was one more.
-pub fn token_page(mut views: Vec<TokenView>, limit: usize) -> Value {
-    let more = views.len() > limit;
-    views.truncate(limit);
-    let next = if more {
-        views.last().map(|v| v.serial.clone())
-    } else {
-        None
-    };
-    let tokens: Vec<Value> = views.iter().map(token).collect();
+pub fn token_page(views: Vec<TokenView>, limit: usize) -> Value {
+    let (tokens, next) = page(views, limit, |v| v.serial.clone(), token);
     json!({"tokens": tokens, "next": next})
 }
 
@@ -328,15 +336,8 @@ pub fn audit_line(line: &AuditLine) -> Value {
 
 /// An audit page from up to `limit + 1` lines: the first `limit`, and the cursor of the
 /// next page if there was one more.
-pub fn audit_page(mut lines: Vec<AuditLine>, limit: usize) -> Value {
-    let more = lines.len() > limit;
-    lines.truncate(limit);
-    let next = if more {
-        lines.last().map(|l| l.seq.to_string())
-    } else {
-        None
-    };
-    let entries: Vec<Value> = lines.iter().map(audit_line).collect();
+pub fn audit_page(lines: Vec<AuditLine>, limit: usize) -> Value {
+    let (entries, next) = page(lines, limit, |l| l.seq.to_string(), audit_line);
     json!({"entries": entries, "next": next})
 }
 
