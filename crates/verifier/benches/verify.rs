@@ -21,12 +21,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, Period, UnixTime};
+use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, UnixTime};
 use codereader_verifier::testing::{PgOptions, TempPostgres};
 use codereader_verifier::{
     Caller, Durability, Enrollment, Kek, KeyId, Keyring, MemoryStore, Outcome, Policy,
-    SqliteOptions, SqliteStore, Store, Subject, TokenId, TokenKind, TokenParams, Verifier,
-    open_store,
+    SqliteOptions, SqliteStore, Store, Subject, TokenId, Verifier, open_store,
 };
 use common::{START, run, secret};
 use criterion::Criterion;
@@ -187,22 +186,7 @@ fn concurrent(
     let ids: Vec<TokenId> = (0..threads)
         .map(|t| TokenId::new(format!("C{t}")).unwrap())
         .collect();
-    let enrollments: Vec<Enrollment> = ids
-        .iter()
-        .map(|id| Enrollment {
-            id: id.clone(),
-            params: TokenParams {
-                kind: TokenKind::Totp {
-                    period: Period::DEFAULT,
-                    t0: UnixTime(0),
-                },
-                algorithm: Algorithm::Sha1,
-                digits: Digits::SIX,
-            },
-            secret: secret(),
-            counter: Counter(0),
-        })
-        .collect();
+    let enrollments: Vec<Enrollment> = ids.iter().cloned().map(common::enrollment).collect();
     v.enroll(&enrollments, UnixTime(START), &caller).unwrap();
     let hotp = Hotp::new(&secret(), Algorithm::Sha1, Digits::SIX);
     let base = START / 30;

@@ -17,25 +17,30 @@ pub fn secret() -> Secret {
     Secret::new(vec![1; 20], KeyPolicy::Rfc4226).unwrap()
 }
 
-/// A verifier over `store` and `keyring` holding token "B" (TOTP, SHA-1, 6 digits, 30 s),
-/// with a cache of `key_cache` prepared keys (0: none).
+/// The enrolment of the benchmarks' tokens: TOTP, SHA-1, 6 digits, 30 s, [`secret`].
+pub fn enrollment(id: TokenId) -> Enrollment {
+    Enrollment {
+        id,
+        params: TokenParams {
+            kind: TokenKind::Totp {
+                period: Period::DEFAULT,
+                t0: UnixTime(0),
+            },
+            algorithm: Algorithm::Sha1,
+            digits: Digits::SIX,
+        },
+        secret: secret(),
+        counter: Counter(0),
+    }
+}
+
+/// A verifier over `store` and `keyring` holding token "B" ([`enrollment`]), with a cache
+/// of `key_cache` prepared keys (0: none).
 pub fn setup(store: Box<dyn Store>, keyring: Keyring, key_cache: usize) -> (Verifier, TokenId) {
     let v = Verifier::new(store, keyring, Policy::default()).with_key_cache(key_cache);
     let id = TokenId::new("B").unwrap();
     v.enroll(
-        &[Enrollment {
-            id: id.clone(),
-            params: TokenParams {
-                kind: TokenKind::Totp {
-                    period: Period::DEFAULT,
-                    t0: UnixTime(0),
-                },
-                algorithm: Algorithm::Sha1,
-                digits: Digits::SIX,
-            },
-            secret: secret(),
-            counter: Counter(0),
-        }],
+        &[enrollment(id.clone())],
         UnixTime(START),
         &Caller::new("bench").unwrap(),
     )
