@@ -15,6 +15,8 @@
 //! * [`pack`]: [`VoiceLibrary`] loads `voices/*/voice.toml`; each [`VoicePack`] is validated
 //!   on load (unknown or missing keys, bad values, bad clips are [`PackError`]s naming the file
 //!   and key). Adding a language is adding a directory.
+//! * [`phrase`]: the vocabulary both use: [`Prompt`] (one table: variant and `voice.toml`
+//!   key), [`PhraseKey`], [`Phrase`], [`SampleRate`], [`Speed`].
 //! * [`plan`]: [`Utterance::code`] turns `"471293"` into start earcon, intro, six digit
 //!   *words* (never a number), a longer pause between groups, end earcon.
 //!   [`Utterance::prompt`] says one prompt ([`Prompt`]: errors and feedback).
@@ -64,6 +66,7 @@ mod ffi;
 pub mod flite;
 pub mod live;
 pub mod pack;
+pub mod phrase;
 pub mod pipeline;
 pub mod plan;
 pub mod recorded;
