@@ -11,7 +11,7 @@
 //! is an error naming the file, and the file is left exactly as it was.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -684,42 +684,17 @@ impl StateDir {
     }
 }
 
-/// Writes `DIR/name` atomically and durably with mode 0600: temporary file, fsync, rename,
-/// fsync of the directory.
+/// Writes `DIR/name` atomically and durably with mode 0600 (`codereader-atomicfile`:
+/// temporary file, fsync, rename, fsync of the directory).
 ///
 /// # Errors
 /// [`StateError::Io`] naming the step that failed; the old file is then unchanged.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let io_err = |path: &Path, action, source| StateError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
-    // A temporary file left by a crash is garbage: the real file was never touched.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp, "remove a stale temporary file", e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, "create", e))?;
-    // The umask can only remove bits; set the mode exactly.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err(&tmp, "set the mode of", e))?;
-    file.write_all(bytes)
-        .map_err(|e| io_err(&tmp, "write", e))?;
-    file.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
-    drop(file);
-    fs::rename(&tmp, &target).map_err(|e| io_err(&target, "replace", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, "fsync the directory", e))
+    codereader_atomicfile::write(&dir.join(name), bytes).map_err(|e| StateError::Io {
+        path: e.path().to_path_buf(),
+        action: e.step().action(),
+        source: e.into_io(),
+    })
 }
 
 /// The file's fields as stored. The secret is base32 and wiped when this is dropped.
