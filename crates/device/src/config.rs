@@ -415,11 +415,15 @@ impl Config {
         }
         config.input = raw.input;
         config.outputs = crate::outputs::OutputsConfig::from_raw(
-            path,
             raw.outputs.as_deref(),
             raw.braille.as_ref(),
             raw.speechd.as_ref(),
-        )?;
+        )
+        .map_err(|bad| ConfigError::Value {
+            path: path.to_path_buf(),
+            key: bad.key.to_owned(),
+            message: bad.message,
+        })?;
         config.say_ready = raw.say_ready.unwrap_or(false);
         if raw
             .audio
