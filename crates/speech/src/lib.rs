@@ -41,7 +41,8 @@
 //! * Only `ffi` contains `unsafe`; only its owner thread calls espeak-ng.
 //! * The cpal callback never allocates, frees, locks, blocks, logs or calls espeak: it pops
 //!   from a pre-sized lock-free `rtrb` ring and reads atomics.
-//! * This crate depends on no other codereader crate; a code is a `&str` of digits here.
+//! * This crate depends on no other codereader crate (its tests borrow the audio helpers of
+//!   `codereader-e2e`, which depends on none either); a code is a `&str` of digits here.
 //!
 //! # Example
 //!
