@@ -21,7 +21,12 @@ use std::time::{Duration, Instant};
 pub fn codereader_bin() -> PathBuf {
     // The library modules the binary is built from (`src/*.rs`; not other binaries in
     // `src/bin/`, which do not make this one stale).
-    let sources = ["crates/device/src", "crates/speech/src", "crates/otp/src"];
+    let sources = [
+        "crates/device/src",
+        "crates/speech/src",
+        "crates/otp/src",
+        "crates/atomicfile/src",
+    ];
     built_bin("codereader", "codereader", &sources)
 }
 
@@ -200,24 +205,26 @@ impl Audio {
     }
 }
 
-/// Correlation coefficient of two envelopes over their common length.
-pub fn correlation(a: &[f32], b: &[f32]) -> f32 {
+/// Pearson correlation of two signals or envelopes over their common length (1.0 = same
+/// shape; 0 when either is flat). Summed in `f64`, so long sample buffers (the speech crate's
+/// tests compare whole captures) lose no precision. The one copy: the speech crate's tests
+/// use it too.
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len());
     if n == 0 {
         return 0.0;
     }
     let (a, b) = (&a[..n], &b[..n]);
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / n as f32;
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
     let (ma, mb) = (mean(a), mean(b));
-    let mut num = 0.0;
-    let mut da = 0.0;
-    let mut db = 0.0;
-    for (x, y) in a.iter().zip(b) {
-        num += (x - ma) * (y - mb);
-        da += (x - ma) * (x - ma);
-        db += (y - mb) * (y - mb);
+    let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        num += x * y;
+        da += x * x;
+        db += y * y;
     }
-    num / (da.sqrt() * db.sqrt()).max(f32::EPSILON)
+    num / (da.sqrt() * db.sqrt()).max(f64::EPSILON)
 }
 
 /// What the segmentation of one spoken code found.

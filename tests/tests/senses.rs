@@ -997,7 +997,7 @@ fn speak_via_speech_dispatcher_says_the_six_digits_grouped_with_earcons_on_the_c
     let mut heard = String::new();
     for span in &all_spans[1..7] {
         let word = envelope(*span);
-        let scores: Vec<f32> = references.iter().map(|r| score(&word, r)).collect();
+        let scores: Vec<f64> = references.iter().map(|r| score(&word, r)).collect();
         let best = scores
             .iter()
             .enumerate()

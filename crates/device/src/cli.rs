@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -18,34 +18,11 @@ use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VO
 use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
+use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
 use crate::speechd::{Speechd, SpeechdAddress};
-use crate::state::{Basis, Label, Progress, StateDir, StateError, TakeError, TakenCode, Token};
+use crate::state::{Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step};
 use crate::timesync::{self, ClockVerdict};
-use crate::voice::{self, Message, Voices};
-
-/// Exit status for each kind of failure, so scripts and the service manager can tell them
-/// apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    /// Anything not listed below.
-    Failure = 1,
-    /// No token is enrolled.
-    NoToken = 3,
-    /// The state cannot be read or written (it was left untouched).
-    State = 4,
-    /// The clock is not set or ran backwards: no code was given.
-    Clock = 5,
-    /// No audio device.
-    Audio = 6,
-    /// Bad config or settings.
-    Config = 7,
-}
-
-const EXIT_HELP: &str = "\
-Exit status: 0 done; 1 other failure; 2 bad command line; 3 no token enrolled; 4 state \
-unreadable or unwritable (left untouched); 5 clock not set or moved backwards (no code given); \
-6 no audio device; 7 bad config or settings.";
+use crate::voice::{self, Message};
 
 /// codereader: the talking token. One key speaks the current one-time code.
 #[derive(Debug, Parser)]
@@ -220,24 +197,6 @@ pub struct ClockArgs {
     pub accept: bool,
 }
 
-/// Earliest believable time: when this program was built.
-pub fn build_floor() -> UnixTime {
-    UnixTime(
-        env!("CODEREADER_BUILD_EPOCH")
-            .parse::<u64>()
-            .unwrap_or_default(),
-    )
-}
-
-/// The current time, or `at`.
-pub fn now(at: Option<u64>) -> UnixTime {
-    UnixTime(at.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }))
-}
-
 /// The state directory from `--state`/`CODEREADER_STATE`, or the XDG default.
 ///
 /// # Errors
@@ -255,69 +214,6 @@ pub fn state_dir(explicit: Option<&Path>) -> anyhow::Result<StateDir> {
         ));
     }
     bail!("no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME")
-}
-
-/// An error with the exit status it should give.
-#[derive(Debug)]
-pub struct Failure {
-    /// Exit status.
-    pub exit: Exit,
-    /// The error.
-    pub error: anyhow::Error,
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        let error = e.into();
-        Failure {
-            exit: exit_for(&error),
-            error,
-        }
-    }
-}
-
-/// The exit status for an error, by its kind anywhere in its chain.
-pub fn exit_for(error: &anyhow::Error) -> Exit {
-    for cause in error.chain() {
-        if let Some(e) = cause.downcast_ref::<StateError>() {
-            return match e {
-                StateError::NoToken { .. } => Exit::NoToken,
-                _ => Exit::State,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<TakeError>() {
-            return match e {
-                TakeError::State(StateError::NoToken { .. }) => Exit::NoToken,
-                TakeError::State(_) => Exit::State,
-                _ => Exit::Clock,
-            };
-        }
-        if cause.downcast_ref::<ConfigError>().is_some() {
-            return Exit::Config;
-        }
-        if let Some(codereader_speech::SpeechError::Device(_)) = cause.downcast_ref() {
-            return Exit::Audio;
-        }
-    }
-    Exit::Failure
-}
-
-/// The spoken form of a failure to give a code: what a blind user hears instead of a code.
-pub fn prompt_for(error: &TakeError) -> Prompt {
-    match error {
-        TakeError::ClockNotSet { .. } => Prompt::ClockNotSet,
-        TakeError::ClockBackwards { .. } => Prompt::ClockBackwards,
-        TakeError::State(StateError::NoToken { .. }) => Prompt::NoToken,
-        // Damaged or truncated: the token must be enrolled again; the user should hear that,
-        // not just that the device is blocked.
-        TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
-        // The HOTP counter is used up: the token itself can give no more codes.
-        TakeError::State(StateError::CounterExhausted) => Prompt::DeviceBlocked,
-        // The rest (a file too open or not ours, written by a newer program, unreadable)
-        // need a helper, not a new enrolment. "Blocked" would be wrong: in MitID's words
-        // that means the credential was blocked.
-        _ => Prompt::NeedsService,
-    }
 }
 
 /// Runs the program; `main` is this plus the exit status.
@@ -542,7 +438,7 @@ impl Grouping {
         let pack = load_settings(state, config_path)
             .ok()
             .and_then(|(config, user, effective)| {
-                let voices = load_voices(state, &config, &user, voices_dir).ok()?;
+                let voices = voice::load_voices(state, &config, &user, voices_dir).ok()?;
                 voices.pack_or_first(&effective.listening.language).cloned()
             });
         Grouping(pack)
@@ -576,28 +472,6 @@ pub fn load_settings(
     Ok((config, user, effective))
 }
 
-/// Loads the voice packs for `config` and applies the voice choices: the config's `[voice]`
-/// strictly (a voice it names must exist), then the user's (kept in the state directory)
-/// leniently: a choice that cannot be followed is logged, naming the settings file, and
-/// that language speaks the config's or pack's default voice; nothing is changed on disk.
-///
-/// # Errors
-/// [`voice::VoiceError`]s of the packs or of the config's choices.
-pub fn load_voices(
-    state: &StateDir,
-    config: &Config,
-    user: &UserSettings,
-    voices_dir: Option<&Path>,
-) -> Result<Voices, voice::VoiceError> {
-    let dir = voice::locate_voices(voices_dir, config.voices.as_deref());
-    let mut voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
-    let settings = state.path().join(crate::config::SETTINGS_FILE);
-    for problem in voices.choosing_leniently(&user.voice) {
-        device::log(&format!("warning: {}: {problem}", settings.display()));
-    }
-    Ok(voices)
-}
-
 fn speak(
     state: &StateDir,
     config_path: Option<&Path>,
@@ -622,7 +496,7 @@ fn speak(
         outputs.list =
             crate::outputs::parse_outputs(&args.output).map_err(|m| anyhow!("--output: {m}"))?;
     }
-    let mut voices = load_voices(state, &config, &user, voices_dir)?;
+    let mut voices = voice::load_voices(state, &config, &user, voices_dir)?;
     if let Some(name) = &args.voice {
         voices.choose(&listening.language, name)?;
     }
@@ -637,7 +511,7 @@ fn speak(
             )
             .into());
         };
-        device::log(&format!(
+        log(&format!(
             "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
             pack.tag()
         ));
@@ -645,7 +519,7 @@ fn speak(
         unusable = true;
     }
     if let Some(note) = voices.fallback_note(pack) {
-        device::log(&format!("warning: {note}"));
+        log(&format!("warning: {note}"));
     }
     let settings = voice::speech_settings(&listening);
     let verdict = timesync::verdict(
@@ -657,7 +531,7 @@ fn speak(
     let log_clock = || {
         if verdict == ClockVerdict::Warn {
             if let Some(line) = timesync::explain(&config.clock, verdict) {
-                device::log(&line);
+                log(&line);
             }
         }
     };
@@ -692,7 +566,7 @@ fn speak(
         &outputs,
         false,
         Some(Box::new(move |key| braille_keys.send(key).is_ok())),
-        Box::new(device::log),
+        Box::new(log),
     );
     let braille = senses.braille_connected();
     let uses = |o| outputs.has(o);
@@ -718,7 +592,7 @@ fn speak(
             }
             Err(e) => {
                 // Speech Dispatcher has its own audio; only the earcons are lost.
-                device::log(&format!(
+                log(&format!(
                     "warning: no earcons: no audio output device ({e})"
                 ));
                 None
@@ -736,7 +610,7 @@ fn speak(
         ));
     }
     for failure in &failures {
-        device::log(&format!("error: {failure:#}; the other outputs go on"));
+        log(&format!("error: {failure:#}; the other outputs go on"));
     }
     log_clock();
     let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
@@ -744,7 +618,9 @@ fn speak(
         (Some((code, left)), _) => {
             senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
         }
-        (None, Err(e)) => senses.show_text(&pack.phrase(PhraseKey::Prompt(prompt_for(e))).text),
+        (None, Err(e)) => {
+            senses.show_text(&pack.phrase(PhraseKey::Prompt(voice::prompt_for(e))).text)
+        }
         (None, Ok(())) if verdict == ClockVerdict::Refuse => {
             senses.show_text(&pack.phrase(PhraseKey::Prompt(Prompt::ClockUnsynced)).text);
         }
@@ -811,7 +687,7 @@ fn take_and_plan_in(
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
     if verdict == ClockVerdict::Refuse {
         // No time step is used: the prepared HOTP code (if any) stays prepared.
-        device::log("saying `clock_unsynced`; no code given");
+        log("saying `clock_unsynced`; no code given");
         let utterance = voice::plan(pack, &Message::Prompt(Prompt::ClockUnsynced))?;
         return Ok((
             Planned {
@@ -825,7 +701,7 @@ fn take_and_plan_in(
         Ok(taken) => {
             let left = match taken.basis {
                 Basis::Counter(c) => {
-                    device::log(&format!("speaking HOTP counter {}", c.0));
+                    log(&format!("speaking HOTP counter {}", c.0));
                     None
                 }
                 Basis::Step { seconds_left, .. } => Some(seconds_left),
@@ -842,8 +718,8 @@ fn take_and_plan_in(
             ))
         }
         Err(e) => {
-            let prompt = prompt_for(&e);
-            device::log(&format!("saying `{}`", prompt.key()));
+            let prompt = voice::prompt_for(&e);
+            log(&format!("saying `{}`", prompt.key()));
             let utterance = voice::plan(pack, &Message::Prompt(prompt))?;
             Ok((
                 Planned {
@@ -913,7 +789,7 @@ fn settings(
     // The packs are needed to check a language or voice and to list the voices; for showing
     // the settings only, a pack problem is shown instead of failing.
     let needs_voices = args.list_voices || args.lang.is_some() || args.voice.is_some();
-    let mut voices = match load_voices(state, &config, &user, voices_dir) {
+    let mut voices = match voice::load_voices(state, &config, &user, voices_dir) {
         Ok(voices) => Ok(voices),
         Err(e) if needs_voices => return Err(e.into()),
         Err(e) => Err(e),
@@ -1019,7 +895,7 @@ fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(
     println!("{}", clock_state(&token, now, floor));
     // A bad config must not hide the clock's state (nor stop `--accept`, above).
     let config = Config::find(config_path).unwrap_or_else(|e| {
-        device::log(&format!(
+        log(&format!(
             "error: {e}; showing the built-in [clock] settings"
         ));
         Config::defaults()
@@ -1042,30 +918,37 @@ fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(
     Ok(())
 }
 
-/// One line describing the clock for `token`.
+/// One line describing the clock for `token`, by the same rule that gives codes
+/// ([`current_step`]: T0 counted).
 pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
-    match token.progress {
-        Progress::Hotp { .. } => "clock: not used (HOTP token)".to_owned(),
-        Progress::Totp {
-            period, last_step, ..
-        } => {
-            if now.0 < floor.0 {
-                return format!(
-                    "clock: NOT SET (reads {} s, before the build at {}); no code is given \
-                     until it is set: set the system clock (date, timedatectl or NTP)",
-                    now.0, floor.0
-                );
-            }
-            let step = now.0 / period.seconds();
-            match last_step {
-                Some(last) if last.0 > step => format!(
-                    "clock: MOVED BACKWARDS (now step {step}, a code for step {} was given); \
-                     check it, then run `codereader clock --accept`",
-                    last.0
-                ),
-                _ => format!("clock: ok ({} s since 1970)", now.0),
-            }
-        }
+    let Progress::Totp {
+        period,
+        t0,
+        last_step,
+    } = token.progress
+    else {
+        return "clock: not used (HOTP token)".to_owned();
+    };
+    match current_step(period, t0, last_step, now, floor) {
+        Ok(_) => format!("clock: ok ({} s since 1970)", now.0),
+        Err(TakeError::ClockNotSet { .. }) if now < floor => format!(
+            "clock: NOT SET (reads {} s, before the build at {}); no code is given \
+             until it is set: set the system clock (date, timedatectl or NTP)",
+            now.0, floor.0
+        ),
+        Err(TakeError::ClockNotSet { floor: start, .. }) => format!(
+            "clock: NOT SET (reads {} s, before the token's start time T0 at {start}); no \
+             code is given until it is set: set the system clock (date, timedatectl or NTP)",
+            now.0
+        ),
+        Err(TakeError::ClockBackwards {
+            now: step,
+            last_spoken,
+        }) => format!(
+            "clock: MOVED BACKWARDS (now step {step}, a code for step {last_spoken} was \
+             given); check it, then run `codereader clock --accept`"
+        ),
+        Err(TakeError::State(e)) => format!("clock: unknown ({e})"),
     }
 }
 
@@ -1108,31 +991,79 @@ fn status(state: &StateDir) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::path::PathBuf;
+    use codereader_otp::{Algorithm, Digits, Period, Secret, TimeStep, Totp};
+
+    /// A TOTP token whose T0 is not 0 (PSKC can carry one; the URI cannot).
+    fn token_with_t0(t0: u64) -> Token {
+        let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226).unwrap();
+        Token::new(
+            Label {
+                issuer: None,
+                account: "t0".into(),
+                serial: None,
+            },
+            secret,
+            Algorithm::Sha1,
+            Digits::new(6).unwrap(),
+            Progress::Totp {
+                period: Period::new(30).unwrap(),
+                t0: UnixTime(t0),
+                last_step: None,
+            },
+        )
+    }
 
     #[test]
-    fn each_state_failure_gets_its_spoken_prompt() {
-        let path = PathBuf::from("/state/token.toml");
-        let damaged = TakeError::State(StateError::Corrupt {
-            path: path.clone(),
-            reason: "checksum does not match".into(),
-        });
-        assert_eq!(prompt_for(&damaged), Prompt::StateDamaged);
-        let newer = TakeError::State(StateError::FutureVersion {
-            path,
-            found: 9,
-            supported: 1,
-        });
-        assert_eq!(prompt_for(&newer), Prompt::NeedsService);
-        let open = TakeError::State(StateError::Permissions {
-            path: PathBuf::from("/state/token.toml"),
-            mode: 0o644,
-        });
-        assert_eq!(prompt_for(&open), Prompt::NeedsService);
-        let exhausted = TakeError::State(StateError::CounterExhausted);
-        assert_eq!(prompt_for(&exhausted), Prompt::DeviceBlocked);
-        let clock = TakeError::ClockNotSet { now: 1, floor: 2 };
-        assert_eq!(prompt_for(&clock), Prompt::ClockNotSet);
+    fn a_token_with_t0_gives_the_otp_crates_code_and_its_clock_counts_from_t0() {
+        let t0 = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let token = token_with_t0(t0);
+        state.enroll(&token, false).unwrap();
+        let secret = Secret::new(b"12345678901234567890".to_vec(), KeyPolicy::Rfc4226).unwrap();
+        let totp = Totp::new(
+            &secret,
+            Algorithm::Sha1,
+            Digits::new(6).unwrap(),
+            Period::new(30).unwrap(),
+            UnixTime(t0),
+        );
+        let at = UnixTime(1_800_000_010);
+        let floor = UnixTime(1_700_000_000);
+
+        // `code --at` and the clock's path both give the otp crate's code for that time.
+        let stated = take_code(&state, Some(at.0)).unwrap();
+        assert_eq!(stated.code, totp.code_at(at).unwrap());
+        let taken = state.take_code(at, floor).unwrap();
+        assert_eq!(taken.code, totp.code_at(at).unwrap());
+        let step = totp.step_at(at).unwrap();
+        assert_eq!(
+            taken.basis,
+            Basis::Step {
+                step,
+                seconds_left: 30 - (at.0 - t0) % 30
+            }
+        );
+
+        // 100 s back is an earlier step counted from T0: `codereader clock` says so, as
+        // `take_code` refuses. (Counting from 0, the old rule called this clock ok.)
+        let token = state.load().unwrap();
+        let back = UnixTime(at.0 - 100);
+        assert!(TimeStep((back.0) / 30) > step);
+        let line = clock_state(&token, back, floor);
+        assert!(line.starts_with("clock: MOVED BACKWARDS"), "{line}");
+        assert!(matches!(
+            state.take_code(back, floor),
+            Err(TakeError::ClockBackwards { .. })
+        ));
+        assert_eq!(
+            clock_state(&token, UnixTime(at.0 + 30), floor),
+            format!("clock: ok ({} s since 1970)", at.0 + 30)
+        );
+        // Before T0 there is no step at all.
+        let line = clock_state(&token, UnixTime(t0 - 1), UnixTime(0));
+        assert!(line.starts_with("clock: NOT SET"), "{line}");
     }
 }

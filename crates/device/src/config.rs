@@ -415,11 +415,15 @@ impl Config {
         }
         config.input = raw.input;
         config.outputs = crate::outputs::OutputsConfig::from_raw(
-            path,
             raw.outputs.as_deref(),
             raw.braille.as_ref(),
             raw.speechd.as_ref(),
-        )?;
+        )
+        .map_err(|bad| ConfigError::Value {
+            path: path.to_path_buf(),
+            key: bad.key.to_owned(),
+            message: bad.message,
+        })?;
         config.say_ready = raw.say_ready.unwrap_or(false);
         if raw
             .audio
@@ -524,7 +528,7 @@ pub struct UserSettings {
     pub rate: Option<i64>,
     /// The voice per language tag (format 2), overriding the config's `[voice]` table. A
     /// voice the pack no longer has is reported and the config's or pack's default speaks
-    /// (see `cli::load_voices`); the entry is kept, so reinstalling the voice brings it back.
+    /// (see `voice::load_voices`); the entry is kept, so reinstalling the voice brings it back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub voice: BTreeMap<String, String>,
     /// Terminal key bindings that replace the config's, per action.

@@ -7,29 +7,29 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::ops::RangeInclusive;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use codereader_otp::UnixTime;
 use codereader_speech::{CodeIntro, LivePlayer, Prompt, Utterance, VoicePack};
 use evdev::KeyCode;
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
-use crate::cli::{Failure, build_floor, load_voices, now, prompt_for};
 use crate::config::{
     Chord, ClockConfig, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
 use crate::keys::{Action, EvKey, TermDecoder, TermKey};
 use crate::outputs::{Output, Senses};
+use crate::process::{Failure, build_floor, log, now, set_raw_terminal};
 use crate::speechd::SpeechdVoice;
-use crate::state::{Basis, Progress, Reserved, StateDir, TakeError};
+use crate::state::{Basis, Progress, Reserved, StateDir, TakeError, current_step};
 use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
@@ -61,23 +61,6 @@ enum Event {
     TermClosed,
     /// A key of the braille display.
     Braille(BrailleKey),
-}
-
-/// Set while the terminal is raw, so log lines carry their own carriage return.
-static RAW: AtomicBool = AtomicBool::new(false);
-
-/// Logs one line to standard error (the journal, under systemd).
-pub fn log(message: &str) {
-    let end = if RAW.load(Ordering::Relaxed) {
-        "\r\n"
-    } else {
-        "\n"
-    };
-    // One write for the whole line: standard error is unbuffered, and a formatted write
-    // would go out piece by piece, so a process killed mid-line (kill -9 while speaking)
-    // could leave half a line, e.g. a counter message without its number.
-    let line = format!("codereader: {message}{end}");
-    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The battery charge in percent, if the platform reports a battery.
@@ -346,7 +329,7 @@ impl Device<'_> {
 
     /// Says why no code can be given, and logs which prompt that is.
     fn say_failure(&mut self, error: &TakeError) {
-        let prompt = prompt_for(error);
+        let prompt = voice::prompt_for(error);
         log(&format!("saying `{}`", prompt.key()));
         self.say(&Message::Prompt(prompt));
     }
@@ -508,11 +491,15 @@ impl Device<'_> {
                 basis: Basis::Step { step, .. },
                 ..
             }) => match self.state.load().map(|t| t.progress) {
+                // The clock rule without its floor or record: only whether the step is the same.
                 Ok(Progress::Totp { period, t0, .. }) => {
-                    let now = now(self.at).0;
-                    let elapsed = now.saturating_sub(t0.0);
-                    left = Some(period.seconds() - elapsed % period.seconds());
-                    now >= t0.0 && elapsed / period.seconds() == step.0
+                    match current_step(period, t0, None, now(self.at), UnixTime(0)) {
+                        Ok(current) => {
+                            left = Some(current.seconds_left);
+                            current.step == *step
+                        }
+                        Err(_) => false,
+                    }
                 }
                 _ => false,
             },
@@ -556,13 +543,10 @@ impl Device<'_> {
             last_step,
         } = token.progress
         {
-            let now = now(self.at);
-            if now.0 < build_floor().0 || now.0 < t0.0 {
-                problems.push(Prompt::ClockNotSet);
-            } else if last_step.is_some_and(|l| l.0 > (now.0 - t0.0) / period.seconds()) {
-                problems.push(Prompt::ClockBackwards);
-            } else {
-                clock_set = true;
+            match current_step(period, t0, last_step, now(self.at), build_floor()) {
+                Ok(_) => clock_set = true,
+                Err(TakeError::ClockBackwards { .. }) => problems.push(Prompt::ClockBackwards),
+                Err(_) => problems.push(Prompt::ClockNotSet),
             }
         }
         if battery_percent().is_some_and(|p| p <= LOW_BATTERY_PERCENT) {
@@ -672,7 +656,7 @@ impl Device<'_> {
                 continue;
             }
             said.push(format!("{action} = {}", keys.join(" or ")));
-            actions.push((help_prompt(action), keys));
+            actions.push((action.help_prompt(), keys));
         }
         log(&format!("help: {}", said.join("; ")));
         self.say(&Message::Help { actions: &actions });
@@ -698,24 +682,6 @@ fn speakable_language(voices: &Voices, tag: &str) -> Option<String> {
     other
 }
 
-/// The help's prompt for `action`.
-fn help_prompt(action: Action) -> Prompt {
-    match action {
-        Action::Speak => Prompt::HelpSpeak,
-        Action::Replay => Prompt::HelpReplay,
-        Action::Stop => Prompt::HelpStop,
-        Action::VolumeUp => Prompt::HelpVolumeUp,
-        Action::VolumeDown => Prompt::HelpVolumeDown,
-        Action::Faster => Prompt::HelpFaster,
-        Action::Slower => Prompt::HelpSlower,
-        Action::NextLanguage => Prompt::HelpNextLanguage,
-        Action::NextVoice => Prompt::HelpNextVoice,
-        Action::Status => Prompt::HelpStatus,
-        Action::Quit => Prompt::HelpQuit,
-        Action::Help => Prompt::HelpHelp,
-    }
-}
-
 /// Runs the device loop until a quit key or the end of terminal input.
 ///
 /// # Errors
@@ -728,7 +694,7 @@ pub fn run(
 ) -> Result<(), Failure> {
     let user = UserSettings::load(state.path())?;
     let effective = Effective::new(config, &user, state.path())?;
-    let voices = load_voices(state, config, &user, voices_dir)?;
+    let voices = voice::load_voices(state, config, &user, voices_dir)?;
     let mut listening = effective.listening.clone();
     if let Err(e) = voices.pack(&listening.language) {
         log(&format!(
@@ -920,7 +886,7 @@ impl RawTerminal {
         raw.output_modes = saved.output_modes;
         rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &raw)
             .map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode: {e}"))?;
-        RAW.store(true, Ordering::Relaxed);
+        set_raw_terminal(true);
         thread::Builder::new()
             .name("terminal".into())
             .spawn(move || terminal_thread(&events))
@@ -936,7 +902,7 @@ impl Drop for RawTerminal {
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
-        RAW.store(false, Ordering::Relaxed);
+        set_raw_terminal(false);
     }
 }
 

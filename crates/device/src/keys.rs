@@ -8,85 +8,97 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-/// Something the user asks the device to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    /// Speak the current code.
-    Speak,
-    /// Say the last code again.
-    Replay,
-    /// Stop speaking (every key does that too; this one does nothing else).
-    Stop,
-    /// One volume step up.
-    VolumeUp,
-    /// One volume step down.
-    VolumeDown,
-    /// Speak faster.
-    Faster,
-    /// Speak slower.
-    Slower,
-    /// Switch to the next language.
-    NextLanguage,
-    /// Switch to the next voice of the current language.
-    NextVoice,
-    /// Say the token's serial digits and what is wrong (clock, battery), if anything.
-    Status,
-    /// End `codereader run` (terminal only by default).
-    Quit,
-    /// Say the key map, most important first.
-    Help,
+use codereader_speech::Prompt;
+
+/// Defines [`Action`] from one table: each row is the variant with its docs, its name in the
+/// config file and on the command line, the help prompt that describes it, and its place
+/// in the spoken help (0 first). The enum, [`Action::ALL`], [`Action::name`],
+/// [`Action::help_prompt`], [`Action::BY_IMPORTANCE`] and the list in [`UnknownAction`]'s
+/// message all come from it, so adding an action is adding one row.
+macro_rules! actions {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal, $help:ident, $rank:literal;)+) => {
+        /// Something the user asks the device to do.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Action {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Action {
+            /// Every action, in the order the config documents them.
+            pub const ALL: [Action; [$($name),+].len()] = [$(Action::$variant),+];
+
+            /// Every action in the order the spoken help says them: most important first.
+            pub const BY_IMPORTANCE: [Action; Action::ALL.len()] = by_importance();
+
+            /// Its name in the config file and on the command line.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $name,)+
+                }
+            }
+
+            /// The prompt the spoken help says for it.
+            pub fn help_prompt(self) -> Prompt {
+                match self {
+                    $(Action::$variant => Prompt::$help,)+
+                }
+            }
+
+            /// Its place in the spoken help, 0 first.
+            const fn importance(self) -> usize {
+                match self {
+                    $(Action::$variant => $rank,)+
+                }
+            }
+        }
+    };
 }
 
-impl Action {
-    /// Every action, in the order the help lists them.
-    pub const ALL: [Action; 12] = [
-        Action::Speak,
-        Action::Replay,
-        Action::Stop,
-        Action::VolumeUp,
-        Action::VolumeDown,
-        Action::Faster,
-        Action::Slower,
-        Action::NextLanguage,
-        Action::NextVoice,
-        Action::Status,
-        Action::Quit,
-        Action::Help,
-    ];
+actions! {
+    /// Speak the current code.
+    Speak = "speak", HelpSpeak, 0;
+    /// Say the last code again.
+    Replay = "replay", HelpReplay, 1;
+    /// Stop speaking (every key does that too; this one does nothing else).
+    Stop = "stop", HelpStop, 2;
+    /// One volume step up.
+    VolumeUp = "volume_up", HelpVolumeUp, 3;
+    /// One volume step down.
+    VolumeDown = "volume_down", HelpVolumeDown, 4;
+    /// Speak faster.
+    Faster = "faster", HelpFaster, 6;
+    /// Speak slower.
+    Slower = "slower", HelpSlower, 5;
+    /// Switch to the next language.
+    NextLanguage = "next_language", HelpNextLanguage, 9;
+    /// Switch to the next voice of the current language.
+    NextVoice = "next_voice", HelpNextVoice, 10;
+    /// Say the token's serial digits and what is wrong (clock, battery), if anything.
+    Status = "status", HelpStatus, 7;
+    /// End `codereader run` (terminal only by default).
+    Quit = "quit", HelpQuit, 11;
+    /// Say the key map, most important first.
+    Help = "help", HelpHelp, 8;
+}
 
-    /// Every action in the order the spoken help says them: most important first.
-    pub const BY_IMPORTANCE: [Action; 12] = [
-        Action::Speak,
-        Action::Replay,
-        Action::Stop,
-        Action::VolumeUp,
-        Action::VolumeDown,
-        Action::Slower,
-        Action::Faster,
-        Action::Status,
-        Action::Help,
-        Action::NextLanguage,
-        Action::NextVoice,
-        Action::Quit,
-    ];
-
-    /// Its name in the config file and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Speak => "speak",
-            Action::Replay => "replay",
-            Action::Stop => "stop",
-            Action::VolumeUp => "volume_up",
-            Action::VolumeDown => "volume_down",
-            Action::Faster => "faster",
-            Action::Slower => "slower",
-            Action::NextLanguage => "next_language",
-            Action::NextVoice => "next_voice",
-            Action::Status => "status",
-            Action::Quit => "quit",
-            Action::Help => "help",
-        }
+/// [`Action::ALL`] ordered by [`Action::importance`]. Evaluated at compile time: two actions
+/// with one place, or a place out of range, stop the build.
+const fn by_importance() -> [Action; Action::ALL.len()] {
+    let mut out = Action::ALL;
+    let mut placed = [false; Action::ALL.len()];
+    let mut i = 0;
+    while i < Action::ALL.len() {
+        let action = Action::ALL[i];
+        let place = action.importance();
+        assert!(
+            place < Action::ALL.len() && !placed[place],
+            "each action needs its own place in the help"
+        );
+        placed[place] = true;
+        out[place] = action;
+        i += 1;
     }
+    out
 }
 
 impl fmt::Display for Action {
@@ -98,7 +110,9 @@ impl fmt::Display for Action {
 /// A name that is not an action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown action `{0}`; the actions are: speak, replay, stop, volume_up, volume_down, faster, slower, next_language, next_voice, status, quit, help"
+    "unknown action `{name}`; the actions are: {list}",
+    name = .0,
+    list = Action::ALL.map(Action::name).join(", ")
 )]
 pub struct UnknownAction(pub String);
 
@@ -392,6 +406,37 @@ fn to_owned_table(table: &[(Action, &[&str])]) -> BTreeMap<Action, Vec<String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_action_table_keeps_names_help_order_and_message() {
+        assert_eq!(
+            UnknownAction("jump".into()).to_string(),
+            "unknown action `jump`; the actions are: speak, replay, stop, volume_up, \
+             volume_down, faster, slower, next_language, next_voice, status, quit, help"
+        );
+        assert_eq!(
+            Action::BY_IMPORTANCE,
+            [
+                Action::Speak,
+                Action::Replay,
+                Action::Stop,
+                Action::VolumeUp,
+                Action::VolumeDown,
+                Action::Slower,
+                Action::Faster,
+                Action::Status,
+                Action::Help,
+                Action::NextLanguage,
+                Action::NextVoice,
+                Action::Quit,
+            ]
+        );
+        for action in Action::ALL {
+            assert_eq!(action.name().parse::<Action>(), Ok(action));
+        }
+        assert_eq!(Action::Slower.help_prompt(), Prompt::HelpSlower);
+        assert_eq!(Action::Help.help_prompt(), Prompt::HelpHelp);
+    }
 
     #[test]
     fn decoder_splits_keys_and_sequences() {

@@ -18,6 +18,8 @@
 //!   ones: [`braille`] (a BrlAPI client for BRLTTY) and [`largeprint`] (block digits);
 //!   [`speechd`] speaks through Speech Dispatcher (the desktop's voice).
 //! - [`cli`]: the command line.
+//! - [`process`]: exit statuses, the clock reading and the log line, shared by `cli`,
+//!   `device` and `voice` (a leaf, so none of them imports another in a circle).
 //!
 //! Invariants: the secret is never printed or logged, and no error message quotes the state
 //! file's content; a state file that cannot be trusted is never rewritten.
@@ -29,6 +31,7 @@ pub mod device;
 pub mod keys;
 pub mod largeprint;
 pub mod outputs;
+pub mod process;
 pub mod speechd;
 pub mod state;
 pub mod timesync;

@@ -9,7 +9,7 @@
 //! large print is written on a thread of its own, only its newest picture waiting.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::braille::{BrailleKey, BrailleSettings, Display};
-use crate::config::ConfigError;
 use crate::largeprint;
 
 /// How often a missing braille display is looked for again.
@@ -140,22 +139,28 @@ impl Default for OutputsConfig {
     }
 }
 
+/// A value of the outputs' part of the config file that cannot be used: the config module
+/// reports it with the file's path (this module does not know the config's error type, so
+/// the two do not import each other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    /// The key, e.g. `braille.host`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
 impl OutputsConfig {
     /// From the config file's `outputs`, `[braille]` and `[speechd]`.
     ///
     /// # Errors
-    /// [`ConfigError::Value`] naming the key.
+    /// [`BadValue`] naming the key.
     pub fn from_raw(
-        path: &Path,
         outputs: Option<&[String]>,
         braille: Option<&BrailleConfig>,
         speechd: Option<&SpeechdConfig>,
-    ) -> Result<Self, ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Value {
-            path: path.to_path_buf(),
-            key: key.to_owned(),
-            message,
-        };
+    ) -> Result<Self, BadValue> {
+        let bad = |key: &'static str, message: String| BadValue { key, message };
         let mut config = OutputsConfig::default();
         if let Some(names) = outputs {
             config.list = parse_outputs(names).map_err(|m| bad("outputs", m))?;

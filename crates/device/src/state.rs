@@ -11,7 +11,7 @@
 //! is an error naming the file, and the file is left exactly as it was.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -286,6 +286,56 @@ pub enum TakeError {
     State(#[from] StateError),
 }
 
+/// Where a TOTP token's clock stands: the step `now` falls in and the seconds left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CurrentStep {
+    /// The step `now` falls in, counted in periods from T0.
+    pub step: TimeStep,
+    /// Seconds until the next step begins.
+    pub seconds_left: u64,
+}
+
+/// The device's clock rule for a TOTP token, written once: giving a code
+/// ([`StateDir::take_code`]), repeating one, the spoken status and `codereader clock` all ask
+/// it, so they cannot disagree.
+///
+/// The step is counted from `t0` in periods by otp's [`TimeStep::at`], the arithmetic
+/// [`Totp::step_at`] uses. A clock earlier than `floor` (the build time) or than T0 is not
+/// set; one whose step is earlier than `last_spoken` ran backwards. A caller that states the time (`code --at`) passes a
+/// floor of 0 and no last step, so only T0 applies.
+///
+/// # Errors
+/// [`TakeError::ClockNotSet`] (its `floor` the later of `floor` and T0) or
+/// [`TakeError::ClockBackwards`].
+pub fn current_step(
+    period: Period,
+    t0: UnixTime,
+    last_spoken: Option<TimeStep>,
+    now: UnixTime,
+    floor: UnixTime,
+) -> Result<CurrentStep, TakeError> {
+    if now < floor {
+        return Err(TakeError::ClockNotSet {
+            now: now.0,
+            floor: floor.0,
+        });
+    }
+    let step = TimeStep::at(now, period, t0).map_err(|_| TakeError::ClockNotSet {
+        now: now.0,
+        floor: t0.0.max(floor.0),
+    })?;
+    if let Some(last) = last_spoken.filter(|last| step < *last) {
+        return Err(TakeError::ClockBackwards {
+            now: step,
+            last_spoken: last,
+        });
+    }
+    Ok(CurrentStep {
+        step,
+        seconds_left: period.seconds() - (now.0 - t0.0) % period.seconds(),
+    })
+}
+
 /// When a new TOTP step is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepRecord {
@@ -516,26 +566,17 @@ impl StateDir {
                 t0,
                 last_step,
             } => {
+                // A stated time (`code --at`) is checked against T0 only: the clock's record
+                // is neither consulted nor changed.
                 let stated = record == StepRecord::Stated;
-                if now.0 < floor.0 && !stated {
-                    return Err(TakeError::ClockNotSet {
-                        now: now.0,
-                        floor: floor.0,
-                    });
-                }
+                let CurrentStep { step, seconds_left } = current_step(
+                    period,
+                    t0,
+                    last_step.filter(|_| !stated),
+                    now,
+                    if stated { UnixTime(0) } else { floor },
+                )?;
                 let totp = token.totp(period, t0);
-                let step = totp.step_at(now).map_err(|_| TakeError::ClockNotSet {
-                    now: now.0,
-                    floor: t0.0.max(floor.0),
-                })?;
-                if let (Some(last), false) = (last_step, stated) {
-                    if step < last {
-                        return Err(TakeError::ClockBackwards {
-                            now: step,
-                            last_spoken: last,
-                        });
-                    }
-                }
                 if last_step != Some(step) {
                     match record {
                         StepRecord::Now => {
@@ -550,15 +591,9 @@ impl StateDir {
                         StepRecord::Stated => {}
                     }
                 }
-                let next_start = totp
-                    .step_start(TimeStep(step.0.saturating_add(1)))
-                    .map_or(u64::MAX, |t| t.0);
                 TakenCode {
                     code: totp.code_for_step(step),
-                    basis: Basis::Step {
-                        step,
-                        seconds_left: next_start.saturating_sub(now.0),
-                    },
+                    basis: Basis::Step { step, seconds_left },
                 }
             }
         };
@@ -649,42 +684,17 @@ impl StateDir {
     }
 }
 
-/// Writes `DIR/name` atomically and durably with mode 0600: temporary file, fsync, rename,
-/// fsync of the directory.
+/// Writes `DIR/name` atomically and durably with mode 0600 (`codereader-atomicfile`:
+/// temporary file, fsync, rename, fsync of the directory).
 ///
 /// # Errors
 /// [`StateError::Io`] naming the step that failed; the old file is then unchanged.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let io_err = |path: &Path, action, source| StateError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
-    // A temporary file left by a crash is garbage: the real file was never touched.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp, "remove a stale temporary file", e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, "create", e))?;
-    // The umask can only remove bits; set the mode exactly.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err(&tmp, "set the mode of", e))?;
-    file.write_all(bytes)
-        .map_err(|e| io_err(&tmp, "write", e))?;
-    file.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
-    drop(file);
-    fs::rename(&tmp, &target).map_err(|e| io_err(&target, "replace", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, "fsync the directory", e))
+    codereader_atomicfile::write(&dir.join(name), bytes).map_err(|e| StateError::Io {
+        path: e.path().to_path_buf(),
+        action: e.step().action(),
+        source: e.into_io(),
+    })
 }
 
 /// The file's fields as stored. The secret is base32 and wiped when this is dropped.

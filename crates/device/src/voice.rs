@@ -11,7 +11,9 @@ use codereader_speech::{
     Volume,
 };
 
-use crate::config::{Listening, SynthChoice};
+use crate::config::{Config, Listening, SETTINGS_FILE, SynthChoice, UserSettings};
+use crate::process::log;
+use crate::state::{StateDir, StateError, TakeError};
 use crate::timesync::ClockVerdict;
 
 /// Why the voices cannot be used.
@@ -67,6 +69,46 @@ fn render_hint(error: &codereader_speech::PackError) -> &'static str {
     }
 }
 
+/// Loads the voice packs for `config` and applies the voice choices: the config's `[voice]`
+/// strictly (a voice it names must exist), then the user's (kept in the state directory)
+/// leniently: a choice that cannot be followed is logged, naming the settings file, and
+/// that language speaks the config's or pack's default voice; nothing is changed on disk.
+///
+/// # Errors
+/// [`VoiceError`]s of the packs or of the config's choices.
+pub fn load_voices(
+    state: &StateDir,
+    config: &Config,
+    user: &UserSettings,
+    voices_dir: Option<&Path>,
+) -> Result<Voices, VoiceError> {
+    let dir = locate_voices(voices_dir, config.voices.as_deref());
+    let mut voices = Voices::load(&dir, config.synth)?.choosing(&config.voice)?;
+    let settings = state.path().join(SETTINGS_FILE);
+    for problem in voices.choosing_leniently(&user.voice) {
+        log(&format!("warning: {}: {problem}", settings.display()));
+    }
+    Ok(voices)
+}
+
+/// The spoken form of a failure to give a code: what a blind user hears instead of a code.
+pub fn prompt_for(error: &TakeError) -> Prompt {
+    match error {
+        TakeError::ClockNotSet { .. } => Prompt::ClockNotSet,
+        TakeError::ClockBackwards { .. } => Prompt::ClockBackwards,
+        TakeError::State(StateError::NoToken { .. }) => Prompt::NoToken,
+        // Damaged or truncated: the token must be enrolled again; the user should hear that,
+        // not just that the device is blocked.
+        TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
+        // The HOTP counter is used up: the token itself can give no more codes.
+        TakeError::State(StateError::CounterExhausted) => Prompt::DeviceBlocked,
+        // The rest (a file too open or not ours, written by a newer program, unreadable)
+        // need a helper, not a new enrolment. "Blocked" would be wrong: in MitID's words
+        // that means the credential was blocked.
+        _ => Prompt::NeedsService,
+    }
+}
+
 /// Where the voice packs are: `explicit` (`--voices`, `CODEREADER_VOICES`), the config's
 /// `voices`, `../share/codereader/voices` beside the program (an installed tarball),
 /// `/usr/share/codereader/voices`, and last the source tree's `voices/` (development).
@@ -111,7 +153,7 @@ impl ClipTrouble {
         if log.voices.insert(voice.to_owned()) {
             log.unannounced = true;
             drop(log);
-            crate::device::log(&format!("warning: {message}"));
+            crate::process::log(&format!("warning: {message}"));
         }
     }
 
@@ -442,7 +484,7 @@ impl Voices {
             Ok(backup) => backup,
             // Without espeak-ng the clips are all there is.
             Err(e) => {
-                crate::device::log(&format!(
+                log(&format!(
                     "warning: {label}: no live espeak-ng to speak a damaged clip: {e}"
                 ));
                 return Ok(Box::new(clips));
@@ -846,6 +888,31 @@ pub fn keys_to_name(mut names: Vec<String>) -> Vec<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn each_state_failure_gets_its_spoken_prompt() {
+        let path = PathBuf::from("/state/token.toml");
+        let damaged = TakeError::State(StateError::Corrupt {
+            path: path.clone(),
+            reason: "checksum does not match".into(),
+        });
+        assert_eq!(prompt_for(&damaged), Prompt::StateDamaged);
+        let newer = TakeError::State(StateError::FutureVersion {
+            path,
+            found: 9,
+            supported: 1,
+        });
+        assert_eq!(prompt_for(&newer), Prompt::NeedsService);
+        let open = TakeError::State(StateError::Permissions {
+            path: PathBuf::from("/state/token.toml"),
+            mode: 0o644,
+        });
+        assert_eq!(prompt_for(&open), Prompt::NeedsService);
+        let exhausted = TakeError::State(StateError::CounterExhausted);
+        assert_eq!(prompt_for(&exhausted), Prompt::DeviceBlocked);
+        let clock = TakeError::ClockNotSet { now: 1, floor: 2 };
+        assert_eq!(prompt_for(&clock), Prompt::ClockNotSet);
+    }
 
     fn shipped() -> Voices {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices");

@@ -366,13 +366,17 @@ proptest! {
 }
 
 /// A save that cannot complete (the temporary file's name is taken by a directory) is an
-/// error, and the settings saved before still load unchanged.
+/// error, and the settings saved before still load unchanged. (The name is this thread's,
+/// as `codereader-atomicfile` chooses it.)
 #[test]
 fn a_failed_settings_save_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let valid = saved_settings(dir.path());
     let before = UserSettings::load(dir.path()).unwrap();
-    fs::create_dir(dir.path().join(format!(".{SETTINGS_FILE}.tmp"))).unwrap();
+    fs::create_dir(codereader_atomicfile::temp_path(
+        &dir.path().join(SETTINGS_FILE),
+    ))
+    .unwrap();
     let changed = UserSettings {
         volume: Some(-1),
         ..before.clone()

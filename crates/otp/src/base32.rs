@@ -6,7 +6,21 @@
 
 use zeroize::Zeroize;
 
-use crate::secret::SecretError;
+/// Why base32 text was refused. The secret module turns this into its `SecretError`: this
+/// module knows only the encoding, never what the bytes are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Base32Error {
+    /// The character at this 1-based position is not in the alphabet (or follows padding).
+    Character {
+        /// 1-based position.
+        position: usize,
+    },
+    /// This many symbols (padding not counted) cannot encode whole bytes.
+    Length {
+        /// Symbols given.
+        len: usize,
+    },
+}
 
 const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
@@ -20,7 +34,7 @@ fn value(c: u8) -> Option<u8> {
 }
 
 /// Decodes `text`; spaces are ignored, `=` is accepted only as trailing padding.
-pub(crate) fn decode(text: &str) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn decode(text: &str) -> Result<Vec<u8>, Base32Error> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8 + 1);
     let mut buffer: u64 = 0;
     let mut bits = 0u32;
@@ -37,7 +51,7 @@ pub(crate) fn decode(text: &str) -> Result<Vec<u8>, SecretError> {
         }
         let Some(v) = value(c).filter(|_| !padding) else {
             out.zeroize();
-            return Err(SecretError::InvalidBase32Character { position });
+            return Err(Base32Error::Character { position });
         };
         buffer = (buffer << 5) | u64::from(v);
         bits += 5;
@@ -53,7 +67,7 @@ pub(crate) fn decode(text: &str) -> Result<Vec<u8>, SecretError> {
     // Valid unpadded lengths mod 8 are 0, 2, 4, 5 and 7 symbols.
     if matches!(symbols % 8, 1 | 3 | 6) {
         out.zeroize();
-        return Err(SecretError::InvalidBase32Length { len: symbols });
+        return Err(Base32Error::Length { len: symbols });
     }
     Ok(out)
 }
@@ -105,15 +119,12 @@ mod tests {
     fn rejects_bad_input_by_position() {
         assert_eq!(
             decode("MZ=XW").unwrap_err(),
-            SecretError::InvalidBase32Character { position: 4 }
+            Base32Error::Character { position: 4 }
         );
-        assert_eq!(
-            decode("MZX").unwrap_err(),
-            SecretError::InvalidBase32Length { len: 3 }
-        );
+        assert_eq!(decode("MZX").unwrap_err(), Base32Error::Length { len: 3 });
         assert_eq!(
             decode("MZ0W").unwrap_err(),
-            SecretError::InvalidBase32Character { position: 3 }
+            Base32Error::Character { position: 3 }
         );
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::base32;
+use crate::base32::{self, Base32Error};
 
 /// Fewest secret bytes accepted under [`KeyPolicy::Rfc4226`] (128 bits, RFC 4226 §4 R6).
 pub const MIN_SECRET_LEN: usize = 16;
@@ -66,6 +66,15 @@ pub enum SecretError {
         /// Number of base32 characters without padding.
         len: usize,
     },
+}
+
+impl From<Base32Error> for SecretError {
+    fn from(e: Base32Error) -> Self {
+        match e {
+            Base32Error::Character { position } => SecretError::InvalidBase32Character { position },
+            Base32Error::Length { len } => SecretError::InvalidBase32Length { len },
+        }
+    }
 }
 
 /// Key bytes of one token.

@@ -52,6 +52,22 @@ impl Default for Period {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimeStep(pub u64);
 
+impl TimeStep {
+    /// The step that contains `time`: whole `period`s since `t0`. The one place the TOTP step
+    /// is computed, for callers that hold no secret (a device checking its clock) as for
+    /// [`Totp::step_at`].
+    ///
+    /// # Errors
+    /// [`TimeError::BeforeT0`] when `time` is earlier than `t0`.
+    pub fn at(time: UnixTime, period: Period, t0: UnixTime) -> Result<Self, TimeError> {
+        let elapsed = time.0.checked_sub(t0.0).ok_or(TimeError::BeforeT0 {
+            time: time.0,
+            t0: t0.0,
+        })?;
+        Ok(TimeStep(elapsed / period.seconds()))
+    }
+}
+
 impl fmt::Display for TimeStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -101,11 +117,7 @@ impl Totp {
     /// # Errors
     /// [`TimeError::BeforeT0`] when `time` is earlier than T0.
     pub fn step_at(&self, time: UnixTime) -> Result<TimeStep, TimeError> {
-        let elapsed = time.0.checked_sub(self.t0.0).ok_or(TimeError::BeforeT0 {
-            time: time.0,
-            t0: self.t0.0,
-        })?;
-        Ok(TimeStep(elapsed / self.period.seconds()))
+        TimeStep::at(time, self.period, self.t0)
     }
 
     /// The first second of `step`, or `None` if it does not fit in 64 bits.

@@ -6,8 +6,7 @@
 //! (`Kek::load_or_create`, mode 0600) and the command says where, so `serve` works on a
 //! fresh machine.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -66,50 +65,14 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create directory {}", dir.display()))
 }
 
-/// Writes `contents` to `path` atomically and durably: a temporary file in the same
-/// directory (mode 0600), fsync, rename over `path`, fsync of the directory. Readers see the
-/// old file or the new one, never a torn one, even after a crash.
+/// Writes `contents` to `path` atomically and durably with `codereader-atomicfile`: a
+/// temporary file in the same directory (mode 0600), fsync, rename over `path`, fsync of the
+/// directory. Readers see the old file or the new one, never a torn one, even after a crash.
 ///
 /// # Errors
-/// Any I/O failure, with the path in the message.
+/// Any I/O failure, naming the step and the path.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        data_encoding::HEXLOWER.encode(&random)
-    ));
-    let result = (|| -> Result<()> {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(contents)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync directory {}", dir.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(codereader_atomicfile::write(path, contents)?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 //! * [`pack`]: [`VoiceLibrary`] loads `voices/*/voice.toml`; each [`VoicePack`] is validated
 //!   on load (unknown or missing keys, bad values, bad clips are [`PackError`]s naming the file
 //!   and key). Adding a language is adding a directory.
+//! * [`phrase`]: the vocabulary both use: [`Prompt`] (one table: variant and `voice.toml`
+//!   key), [`PhraseKey`], [`Phrase`], [`SampleRate`], [`Speed`].
 //! * [`plan`]: [`Utterance::code`] turns `"471293"` into start earcon, intro, six digit
 //!   *words* (never a number), a longer pause between groups, end earcon.
 //!   [`Utterance::prompt`] says one prompt ([`Prompt`]: errors and feedback).
@@ -39,7 +41,8 @@
 //! * Only `ffi` contains `unsafe`; only its owner thread calls espeak-ng.
 //! * The cpal callback never allocates, frees, locks, blocks, logs or calls espeak: it pops
 //!   from a pre-sized lock-free `rtrb` ring and reads atomics.
-//! * This crate depends on no other codereader crate; a code is a `&str` of digits here.
+//! * This crate depends on no other codereader crate (its tests borrow the audio helpers of
+//!   `codereader-e2e`, which depends on none either); a code is a `&str` of digits here.
 //!
 //! # Example
 //!
@@ -64,6 +67,7 @@ mod ffi;
 pub mod flite;
 pub mod live;
 pub mod pack;
+pub mod phrase;
 pub mod pipeline;
 pub mod plan;
 pub mod recorded;

@@ -76,7 +76,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 use crate::error::PackError;
-use crate::plan::{Phrase, PhraseKey, Prompt, SampleRate, Speed};
+use crate::phrase::{Phrase, PhraseKey, Prompt, SampleRate, Speed};
 
 /// Pauses between segments, milliseconds at speed step 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use codereader_speech::{ClipSet, ClipSynth, PackError, VoiceLibrary, VoicePack};
-use common::{TempDir, voices_dir};
+use common::{temp_dir, voices_dir};
 
 /// The error we expect, by variant, with the file name and key it must name.
 #[derive(Debug)]
@@ -214,7 +214,7 @@ fn broken_voice_toml_files_each_give_their_error() {
         ),
     ];
     for (case, edit, want) in table {
-        let root = TempDir::new("broken");
+        let root = temp_dir("broken");
         let dir = pack_with(root.path(), edit);
         check(case, VoicePack::load(&dir), "voice.toml", &want);
     }
@@ -222,7 +222,7 @@ fn broken_voice_toml_files_each_give_their_error() {
 
 #[test]
 fn missing_and_unreadable_files_are_io_errors() {
-    let root = TempDir::new("broken-io");
+    let root = temp_dir("broken-io");
     check(
         "no voice.toml",
         VoicePack::load(&root.path().join("en")),
@@ -232,7 +232,7 @@ fn missing_and_unreadable_files_are_io_errors() {
     let dir = pack_with(root.path(), |t| t);
     std::fs::write(dir.join("voice.toml"), [0xff, 0xfe, 0x00]).unwrap();
     check("not UTF-8", VoicePack::load(&dir), "voice.toml", &Want::Io);
-    let empty = TempDir::new("broken-empty");
+    let empty = temp_dir("broken-empty");
     match VoiceLibrary::load(empty.path()) {
         Err(PackError::Empty { dir }) => assert_eq!(dir, empty.path()),
         other => panic!("empty library: {other:?}"),
@@ -281,7 +281,7 @@ const MANIFEST: &str = "source = \"recorded\"\nsample_rate = 22050\nspeeds = [0]
 #[test]
 fn broken_clips_each_give_their_error() {
     // The fixture itself is valid: every case below breaks one thing.
-    let root = TempDir::new("clips-ok");
+    let root = temp_dir("clips-ok");
     let pack = VoicePack::load(&pack_with_clips(root.path(), MANIFEST)).unwrap();
     assert!(pack.clips().is_some());
 
@@ -314,7 +314,7 @@ fn broken_clips_each_give_their_error() {
         ("not TOML", "source = \n", Want::Syntax),
     ];
     for (case, manifest, want) in manifests {
-        let root = TempDir::new("clips-manifest");
+        let root = temp_dir("clips-manifest");
         let dir = pack_with_clips(root.path(), manifest);
         let clips = dir.join("clips/flite-slt");
         check(case, ClipSet::load(&clips), "clips.toml", &want);
@@ -375,7 +375,7 @@ fn broken_clips_each_give_their_error() {
         ),
     ];
     for (case, file, damage, reason_part) in damages {
-        let root = TempDir::new("clips-damage");
+        let root = temp_dir("clips-damage");
         let dir = pack_with_clips(root.path(), MANIFEST);
         damage(&dir.join("clips/flite-slt").join(file));
         match ClipSet::load(&dir.join("clips/flite-slt")) {
@@ -399,7 +399,7 @@ fn broken_clips_each_give_their_error() {
         );
     }
 
-    let root = TempDir::new("clips-rate");
+    let root = temp_dir("clips-rate");
     let dir = pack_with_clips(root.path(), MANIFEST);
     write_wav(&dir.join("clips/flite-slt/digit-9@0.wav"), 16_000, 1, 16);
     match ClipSet::load(&dir.join("clips/flite-slt")) {
@@ -440,7 +440,7 @@ fn broken_clips_each_give_their_error() {
 #[test]
 fn damaged_voice_toml_never_panics() {
     let text = std::fs::read(voices_dir().join("en/voice.toml")).unwrap();
-    let root = TempDir::new("damage");
+    let root = temp_dir("damage");
     let dir = root.path().join("en");
     std::fs::create_dir_all(&dir).unwrap();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -494,7 +494,7 @@ mod properties {
     /// Writes `bytes` as `en/voice.toml` under a fresh directory, loads it, and checks the
     /// file is unchanged; returns the result.
     fn load_bytes(bytes: &[u8]) -> Result<Result<VoicePack, PackError>, TestCaseError> {
-        let root = TempDir::new("prop");
+        let root = temp_dir("prop");
         let dir = root.path().join("en");
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("voice.toml");

@@ -7,11 +7,11 @@ mod common;
 use std::process::Command;
 
 use codereader_speech::{ClipSet, ClipSource, PackError, PhraseKey, Speed, VoicePack};
-use common::{TempDir, read_wav, voices_dir};
+use common::{read_wav, temp_dir, voices_dir};
 
 #[test]
 fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
-    let root = TempDir::new("clips-tool");
+    let root = temp_dir("clips-tool");
     let dir = root.path().join("da");
     std::fs::create_dir_all(dir.join("clips/espeak")).unwrap();
     std::fs::copy(voices_dir().join("da/voice.toml"), dir.join("voice.toml")).unwrap();
@@ -62,7 +62,7 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
 /// shorter but keeps its pitch (each step is rendered by flite, not resampled).
 #[test]
 fn every_voice_renders_with_its_engine_and_speed_keeps_pitch() {
-    let root = TempDir::new("clips-voices");
+    let root = temp_dir("clips-voices");
     let dir = root.path().join("en");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(voices_dir().join("en/voice.toml"), dir.join("voice.toml")).unwrap();

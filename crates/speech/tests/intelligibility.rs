@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use codereader_speech::VoicePack;
-use common::{TempDir, voices_dir};
+use common::{temp_dir, voices_dir};
 
 const CODES: usize = 20;
 
@@ -75,7 +75,7 @@ fn measure(voice: &str, out: &Path) -> (usize, usize, String) {
 fn the_default_english_voice_is_heard_exactly_on_95_percent_of_codes() {
     let pack = VoicePack::load_words(&voices_dir().join("en")).unwrap();
     let default = pack.voice().name.clone();
-    let tmp = TempDir::new("intelligibility");
+    let tmp = temp_dir("intelligibility");
     let (exact, n, line) = measure(&default, &tmp.path().join(&default));
     println!("en/{default}: {line}");
     assert_eq!(n, CODES);

@@ -15,7 +15,7 @@ use codereader_speech::{
     ProblemReport, Renderer, SampleRate, Segment, Settings, SpeechError, Speed, Synth, Utterance,
     VoiceLibrary, VoicePack, Volume, dsp,
 };
-use common::{TempDir, pack_with_clips};
+use common::{TempDir, pack_with_clips, temp_dir};
 
 fn say_key(
     synth: &mut dyn Synth,
@@ -60,7 +60,7 @@ fn pack_missing_one_clip(root: &TempDir) -> (VoicePack, std::path::PathBuf) {
 
 #[test]
 fn a_broken_unused_step_does_not_stop_the_others_and_shows_when_spoken() {
-    let root = TempDir::new("lazy");
+    let root = temp_dir("lazy");
     let (pack, broken) = pack_missing_one_clip(&root);
 
     // The strict check (tools, `cargo xtask voices`) finds the missing clip...
@@ -110,7 +110,7 @@ fn a_broken_unused_step_does_not_stop_the_others_and_shows_when_spoken() {
 
 #[test]
 fn a_clip_found_missing_when_its_step_is_first_read_is_said_by_espeak_and_reported_once() {
-    let root = TempDir::new("lazy-fallback");
+    let root = temp_dir("lazy-fallback");
     let (pack, _) = pack_missing_one_clip(&root);
     let reports = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = Arc::clone(&reports);
@@ -135,7 +135,7 @@ fn a_clip_found_missing_when_its_step_is_first_read_is_said_by_espeak_and_report
 
 #[test]
 fn clips_of_a_step_read_late_are_brought_to_the_speech_loudness() {
-    let root = TempDir::new("lazy-loud");
+    let root = temp_dir("lazy-loud");
     let (pack, _) = pack_missing_one_clip(&root);
     // Make the step-1 clip 24 dB quieter than rendered.
     let quiet = pack

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_speech::{ClipSynth, CodeIntro, LivePlayer, Settings, Speed, Utterance, VoicePack};
-use common::{TempDir, correlation, pack_with_clips, sound_bounds, voices_dir};
+use common::{correlation, pack_with_clips, sound_bounds, temp_dir, voices_dir};
 
 const CODE: &str = "471293";
 const CHILD_ENV: &str = "CODEREADER_LIVE_CHILD";
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let started = Instant::now();
-    let root = TempDir::new("live");
+    let root = temp_dir("live");
     let clip_root = root.path().join("voices");
     pack_with_clips(&clip_root, "en", &[Speed::new(0)]);
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_codereader-speak"));

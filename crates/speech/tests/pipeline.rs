@@ -271,7 +271,7 @@ impl Synth for FailsLater {
 fn a_failed_render_leaves_an_existing_wav_untouched() {
     let pack = VoicePack::load(&voices_dir().join("en")).unwrap();
     let utterance = Utterance::code(&pack, "471293", CodeIntro::First).unwrap();
-    let dir = common::TempDir::new("wav-fail");
+    let dir = common::temp_dir("wav-fail");
     let path = dir.path().join("code.wav");
     std::fs::write(&path, b"the previous file").unwrap();
     let mut renderer = Renderer::new(SampleRate::ESPEAK);

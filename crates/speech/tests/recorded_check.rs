@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use codereader_speech::{PhraseKey, RecordingLimits, RecordingProblem, VoicePack, check_recorded};
-use common::{TempDir, voices_dir};
+use common::{temp_dir, voices_dir};
 
 const RATE: u32 = 22_050;
 
@@ -91,7 +91,7 @@ fn problems(dir: &Path) -> Vec<RecordingProblem> {
 
 #[test]
 fn a_good_recorded_voice_passes_and_loads() {
-    let root = TempDir::new("recorded-good");
+    let root = temp_dir("recorded-good");
     let dir = recorded_pack(root.path(), |_| {});
     assert_eq!(problems(&dir), []);
     let pack = VoicePack::load(&dir).unwrap();
@@ -186,7 +186,7 @@ fn broken_recorded_voices_each_give_their_problem() {
         ),
     ];
     for (case, spoil, kind, phrase) in table {
-        let root = TempDir::new("recorded-broken");
+        let root = temp_dir("recorded-broken");
         let dir = recorded_pack(root.path(), spoil);
         let found = problems(&dir);
         assert_eq!(found.len(), 1, "{case}: {found:?}");
@@ -205,7 +205,7 @@ fn broken_recorded_voices_each_give_their_problem() {
 
 #[test]
 fn the_check_command_lists_every_problem_and_fails() {
-    let root = TempDir::new("recorded-cli");
+    let root = temp_dir("recorded-cli");
     recorded_pack(root.path(), |c| {
         write_take(&c.join("digit-2@0.wav"), Take { peak: 0.02, ..GOOD }, 1);
         write_take(

@@ -7,13 +7,13 @@ use codereader_speech::{
     ClipSynth, CodeIntro, Espeak, Prompt, Renderer, SampleRate, Segment, Settings, Speed, Synth,
     Utterance, VoicePack, Volume,
 };
-use common::{TempDir, pack_with_clips, read_wav, rms, segments, voices_dir};
+use common::{pack_with_clips, read_wav, rms, segments, temp_dir, voices_dir};
 
 const CODE: &str = "471293";
 
 /// Renders CODE to a WAV at `rate` and checks everything the acceptance list asks for.
 fn check(pack: &VoicePack, synth: &mut dyn Synth, rate: u32, label: &str) {
-    let tmp = TempDir::new(label);
+    let tmp = temp_dir(label);
     let path = tmp.path().join("code.wav");
     let utterance = Utterance::code(pack, CODE, CodeIntro::First).unwrap();
     let report = Renderer::new(SampleRate::new(rate).unwrap())
@@ -96,7 +96,7 @@ fn espeak_codes_in_danish_and_english_analyse_correctly() {
 
 #[test]
 fn clip_codes_in_danish_and_english_analyse_correctly() {
-    let root = TempDir::new("clip-packs");
+    let root = temp_dir("clip-packs");
     for (tag, rate) in [("da", 22_050), ("en", 48_000)] {
         let pack = pack_with_clips(root.path(), tag, &[Speed::new(0)]);
         let mut synth = ClipSynth::load(&pack).unwrap();
@@ -191,7 +191,7 @@ fn every_prompt_renders_audible_speech_in_both_languages() {
 
 #[test]
 fn clip_backend_matches_espeak_backend_segment_by_segment() {
-    let root = TempDir::new("clip-vs-espeak");
+    let root = temp_dir("clip-vs-espeak");
     let pack = pack_with_clips(root.path(), "en", &[Speed::new(-1), Speed::new(0)]);
     let utterance = Utterance::code(&pack, CODE, CodeIntro::First).unwrap();
     let mut renderer = Renderer::new(SampleRate::ESPEAK);

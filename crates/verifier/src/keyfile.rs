@@ -24,7 +24,7 @@
 //! Staging a key as `open` on every server before making it `current` anywhere is what lets
 //! several servers rotate without a moment where one seals under a key another lacks.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zeroize::Zeroizing;
 
@@ -270,20 +270,15 @@ impl KeyringFile {
             Err(e) => return Err(unreadable(e)),
         }
         let file = Self::generate()?;
-        let (dir, tmp) = write_temp(path, &file.render())?;
-        // Another process may have created the key meanwhile: keep theirs (a hard link fails
-        // if the target exists), so two servers never end up with different keys.
-        let linked = std::fs::hard_link(&tmp, path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                sync_dir(&dir)?;
-                Ok((file, true))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        // Another process may have created the key meanwhile: keep theirs (`create_new`
+        // links the new file into place, which fails if the target exists), so two servers
+        // never end up with different keys.
+        match codereader_atomicfile::Options::new().create_new(path, file.render().as_bytes()) {
+            Ok(()) => Ok((file, true)),
+            Err(e) if e.io().kind() == std::io::ErrorKind::AlreadyExists => {
                 Ok((Self::read(path)?, false))
             }
-            Err(e) => Err(unreadable(e)),
+            Err(e) => Err(not_written(&e)),
         }
     }
 
@@ -294,12 +289,7 @@ impl KeyringFile {
     /// # Errors
     /// [`SealError::Unreadable`] if the file cannot be written.
     pub fn write(&self, path: &Path) -> Result<(), SealError> {
-        let (dir, tmp) = write_temp(path, &self.render())?;
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(unreadable(e));
-        }
-        sync_dir(&dir)
+        codereader_atomicfile::write(path, self.render().as_bytes()).map_err(|e| not_written(&e))
     }
 
     /// The file's text: the current key first, then the others.
@@ -482,43 +472,11 @@ impl KeyringFile {
     }
 }
 
-/// Writes `text` to a new private temporary file beside `path` and fsyncs it; returns the
-/// directory and the temporary file's path.
-fn write_temp(path: &Path, text: &str) -> Result<(PathBuf, PathBuf), SealError> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let mut name = [0u8; 8];
-    getrandom::fill(&mut name).map_err(|_| SealError::Random)?;
-    let tmp = dir.join(format!(
-        ".kek-{}.tmp",
-        data_encoding::HEXLOWER.encode(&name)
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// A failed atomic write as [`SealError::Unreadable`]: the step, the path and the I/O error.
+fn not_written(e: &codereader_atomicfile::Error) -> SealError {
+    SealError::Unreadable {
+        reason: format!("{e}: {}", e.io()),
     }
-    let written = options.open(&tmp).and_then(|mut file| {
-        file.write_all(text.as_bytes())?;
-        file.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(unreadable(e));
-    }
-    Ok((dir, tmp))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SealError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(unreadable)
 }
 
 #[cfg(test)]

@@ -1,9 +1,15 @@
 //! Helpers shared by the integration tests: temp dirs, pack copies with rendered clips, and
-//! audio analysis (energy segmentation, RMS).
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
+//! audio analysis (energy segmentation, RMS). `Span` and `correlation` are the end-to-end
+//! tests' (`codereader-e2e`), so the two suites measure audio the same way.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    unreachable_pub,
+    unused_imports
+)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use codereader_speech::{Espeak, Speed, VoicePack, clips};
 
@@ -12,31 +18,15 @@ pub fn voices_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../voices")
 }
 
-/// A fresh empty directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub use codereader_e2e::{Span, correlation};
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(label: &str) -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "codereader-speech-{label}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh empty directory under the system temp dir named after `label`, removed on drop.
+pub fn temp_dir(label: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("codereader-speech-{label}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Copies the shipped pack `tag` into `root/<tag>` and renders its `espeak` voice's clips
@@ -67,13 +57,6 @@ pub fn rms(x: &[f32]) -> f64 {
         return 0.0;
     }
     (x.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / x.len() as f64).sqrt()
-}
-
-/// A run of sound found by [`segments`], in samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
 }
 
 /// Energy-based segmentation: 10 ms frames whose RMS is above -40 dBFS are "sound"; runs
@@ -112,22 +95,6 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>, i32) {
         raw.iter().map(|&s| f32::from(s) / 32768.0).collect(),
         peak,
     )
-}
-
-/// Pearson correlation of two equally long buffers (1.0 = same shape).
-pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let mean = |x: &[f32]| x.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa * bb).sqrt()
 }
 
 /// Level below which a sample counts as silence (well under one 16-bit step).
