@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use codereader_speech::{
     ClipSet, ClipSynth, CodeIntro, Earcon, Engine, Espeak, FallbackSynth, PhraseKey, ProblemReport,
-    Prompt, Segment, Settings, SpeechError, Speed, Synth, Utterance, VoiceLibrary, VoicePack,
-    Volume,
+    Prompt, Segment, Settings, SpeechError, Speed, StartBackup, Synth, Utterance, VoiceLibrary,
+    VoicePack, Volume,
 };
 
 use crate::config::{Config, Listening, SETTINGS_FILE, SynthChoice, UserSettings};
@@ -368,12 +368,22 @@ impl Voices {
         tags.get(next).cloned().unwrap_or_else(|| tag.to_owned())
     }
 
-    /// Whether `pack`'s language can be spoken at all: by live espeak-ng (it has the pack's
-    /// voice), or else by the voice's clips, all of them usable.
+    /// Whether `pack`'s language can be spoken at all: by the voice's clips at the step read
+    /// first, every one of them playable; else by live espeak-ng (it has the pack's voice);
+    /// else by the voice's clips, all of them usable at every step.
+    ///
+    /// The clips are asked first because they are cheap to check (their headers) and
+    /// starting espeak-ng is not; a clip found bad later, at another step, is said by
+    /// espeak-ng then ([`FallbackSynth`]), or fails that phrase where nothing can say it.
     ///
     /// # Errors
     /// Why it cannot.
     pub fn check_speakable(&self, pack: &VoicePack) -> Result<(), String> {
+        if let (SynthChoice::Clips | SynthChoice::Auto, Some(clips)) = (self.choice, pack.clips()) {
+            if clips.check_step(Speed::default()).is_ok() {
+                return Ok(());
+            }
+        }
         let voice = pack.espeak_voice();
         let espeak = match Espeak::shared().and_then(|engine| engine.has_voice(voice)) {
             Ok(true) => return Ok(()),
@@ -480,25 +490,23 @@ impl Voices {
         };
         report_problems(&clips.problems());
         clips.on_step_problems(ProblemReport(Arc::new(report_problems)));
-        let backup = match Espeak::shared().and_then(|engine| engine.voice(pack)) {
-            Ok(backup) => backup,
-            // Without espeak-ng the clips are all there is.
-            Err(e) => {
-                log(&format!(
-                    "warning: {label}: no live espeak-ng to speak a damaged clip: {e}"
-                ));
-                return Ok(Box::new(clips));
-            }
+        // Live espeak-ng starts only if a phrase needs it: loading it costs more than
+        // speaking a whole code from clips.
+        let start_backup: StartBackup = {
+            let pack = pack.clone();
+            Box::new(move || {
+                let engine = Espeak::shared()?;
+                Ok(Box::new(engine.voice(&pack)?) as Box<dyn Synth>)
+            })
         };
         let trouble = self.trouble.clone();
         let key = label.clone();
         let synth = FallbackSynth::new(
             Box::new(clips),
-            Box::new(backup),
+            start_backup,
             &label,
             Box::new(move |message| trouble.report(&key, message)),
-        )
-        .map_err(wrap)?;
+        );
         Ok(Box::new(synth))
     }
 }

@@ -100,6 +100,14 @@ pub enum SpeechError {
     /// A voice pack failed to load.
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// The espeak-ng library could not be loaded (not installed, usually: Debian's
+    /// `libespeak-ng1`); the reason names the library and the loader's message.
+    #[error("espeak-ng is not available: {0}")]
+    EspeakMissing(String),
+    /// A phrase's clip could not be played and the synthesiser that would say it instead
+    /// could not start (why).
+    #[error("no synthesiser can say a phrase whose clip is bad: {0}")]
+    NoBackup(String),
     /// espeak-ng could not be initialised (missing `espeak-ng-data`, usually).
     #[error("espeak-ng failed to initialise (code {0}); is espeak-ng-data installed?")]
     EspeakInit(i32),

@@ -4,15 +4,100 @@
 //! [`EspeakToken`], which only [`initialize`] creates and which is neither `Send` nor `Sync`:
 //! the thread that initialised espeak-ng is therefore the only thread that can call it, which
 //! is how [`crate::synth::Espeak`]'s owner thread serialises all calls.
+//!
+//! The library is opened with `dlopen` when espeak-ng is first needed, not linked: a device
+//! speaking pre-rendered clips never maps libespeak-ng and the libraries it pulls in (audio
+//! servers, their clients, ~35 in all on Debian), whose loading and relocation were the
+//! largest part of a one-shot `codereader speak`. `espeakng-sys` gives the types and
+//! constants of `speak_lib.h`; its function declarations are used only by a test that checks
+//! the signatures we look up against them.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::ffi::{CStr, c_int, c_short, c_void};
+use std::ffi::{CStr, c_char, c_int, c_short, c_uint, c_void};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
+use std::sync::OnceLock;
 
 use espeakng_sys as sys;
+
+/// The shared library, by its soname (Debian's `libespeak-ng1`).
+const LIBRARY: &str = "libespeak-ng.so.1";
+
+type InitializeFn =
+    unsafe extern "C" fn(sys::espeak_AUDIO_OUTPUT, c_int, *const c_char, c_int) -> c_int;
+type SetSynthCallbackFn = unsafe extern "C" fn(sys::t_espeak_callback);
+type SetVoiceByNameFn = unsafe extern "C" fn(*const c_char) -> sys::espeak_ERROR;
+type ListVoicesFn = unsafe extern "C" fn(*mut sys::espeak_VOICE) -> *mut *const sys::espeak_VOICE;
+type SetParameterFn =
+    unsafe extern "C" fn(sys::espeak_PARAMETER, c_int, c_int) -> sys::espeak_ERROR;
+type SynthFn = unsafe extern "C" fn(
+    *const c_void,
+    usize,
+    c_uint,
+    sys::espeak_POSITION_TYPE,
+    c_uint,
+    c_uint,
+    *mut c_uint,
+    *mut c_void,
+) -> sys::espeak_ERROR;
+
+/// The espeak-ng functions this module calls, looked up once.
+#[derive(Debug)]
+struct Api {
+    initialize: InitializeFn,
+    set_synth_callback: SetSynthCallbackFn,
+    set_voice_by_name: SetVoiceByNameFn,
+    list_voices: ListVoicesFn,
+    set_parameter: SetParameterFn,
+    synth: SynthFn,
+    /// Never unloaded: the pointers above point into it, and it lives in a `static`.
+    _library: libloading::Library,
+}
+
+static API: OnceLock<Result<Api, String>> = OnceLock::new();
+
+/// The loaded library, opening it on first use; a failure is kept and reported every time.
+fn api() -> Result<&'static Api, FfiError> {
+    API.get_or_init(load)
+        .as_ref()
+        .map_err(|reason| FfiError::Load(reason.clone()))
+}
+
+fn load() -> Result<Api, String> {
+    // SAFETY: opening libespeak-ng runs its ELF initialisers (and those of its dependencies),
+    // which set up their own static data only; no other code of ours runs meanwhile.
+    let library = unsafe { libloading::Library::new(LIBRARY) }
+        .map_err(|e| format!("cannot load {LIBRARY}: {e}"))?;
+    let missing = |name: &str, e: libloading::Error| format!("{LIBRARY} has no {name}: {e}");
+    // SAFETY: each symbol is read with the type bindgen generated from espeak-ng's own header
+    // (`signatures_are_the_headers` below checks that at compile time); the pointers are
+    // copied out and stay valid because the library is kept with them and never unloaded.
+    unsafe {
+        Ok(Api {
+            initialize: *library
+                .get::<InitializeFn>(b"espeak_Initialize\0")
+                .map_err(|e| missing("espeak_Initialize", e))?,
+            set_synth_callback: *library
+                .get::<SetSynthCallbackFn>(b"espeak_SetSynthCallback\0")
+                .map_err(|e| missing("espeak_SetSynthCallback", e))?,
+            set_voice_by_name: *library
+                .get::<SetVoiceByNameFn>(b"espeak_SetVoiceByName\0")
+                .map_err(|e| missing("espeak_SetVoiceByName", e))?,
+            list_voices: *library
+                .get::<ListVoicesFn>(b"espeak_ListVoices\0")
+                .map_err(|e| missing("espeak_ListVoices", e))?,
+            set_parameter: *library
+                .get::<SetParameterFn>(b"espeak_SetParameter\0")
+                .map_err(|e| missing("espeak_SetParameter", e))?,
+            synth: *library
+                .get::<SynthFn>(b"espeak_Synth\0")
+                .map_err(|e| missing("espeak_Synth", e))?,
+            _library: library,
+        })
+    }
+}
 
 /// What a synthesis callback tells espeak-ng after receiving a chunk.
 pub(crate) type ChunkFn<'a> = dyn FnMut(&[i16]) -> bool + 'a;
@@ -27,6 +112,7 @@ thread_local! {
 /// Proof that espeak-ng was initialised on the current thread; deliberately `!Send + !Sync`.
 #[derive(Debug)]
 pub(crate) struct EspeakToken {
+    api: &'static Api,
     sample_rate: u32,
     _not_send: PhantomData<*const ()>,
 }
@@ -41,6 +127,8 @@ impl EspeakToken {
 /// Why an espeak-ng call failed.
 #[derive(Debug)]
 pub(crate) enum FfiError {
+    /// The shared library could not be opened, or lacks a function (the reason).
+    Load(String),
     /// `espeak_Initialize` returned an error (no data directory, usually).
     Initialize(c_int),
     /// A call returned an `espeak_ERROR` other than `EE_OK`.
@@ -52,11 +140,12 @@ pub(crate) enum FfiError {
 /// `buffer_ms` is the length of the chunks espeak-ng hands to the callback; small chunks
 /// give an early first sample.
 pub(crate) fn initialize(buffer_ms: u16) -> Result<EspeakToken, FfiError> {
+    let api = api()?;
     // SAFETY: espeak_Initialize takes plain integers and a null path (use the compiled-in
     // data directory); DONT_EXIT stops it from calling exit() when the data is missing.
     // It is called once, from the owner thread, before any other espeak call.
     let rate = unsafe {
-        sys::espeak_Initialize(
+        (api.initialize)(
             sys::espeak_AUDIO_OUTPUT_AUDIO_OUTPUT_SYNCHRONOUS,
             c_int::from(buffer_ms),
             ptr::null(),
@@ -71,8 +160,9 @@ pub(crate) fn initialize(buffer_ms: u16) -> Result<EspeakToken, FfiError> {
     }
     // SAFETY: `synth_callback` has exactly the `t_espeak_callback` signature and never
     // unwinds (it catches panics); espeak-ng stores the pointer for later synchronous calls.
-    unsafe { sys::espeak_SetSynthCallback(Some(synth_callback)) };
+    unsafe { (api.set_synth_callback)(Some(synth_callback)) };
     Ok(EspeakToken {
+        api,
         sample_rate,
         _not_send: PhantomData,
     })
@@ -87,22 +177,22 @@ fn check(call: &'static str, code: sys::espeak_ERROR) -> Result<(), FfiError> {
 }
 
 /// Selects a voice by name (e.g. `"da"`, `"en-gb"`).
-pub(crate) fn set_voice(_token: &EspeakToken, name: &CStr) -> Result<(), FfiError> {
+pub(crate) fn set_voice(token: &EspeakToken, name: &CStr) -> Result<(), FfiError> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; espeak-ng
     // copies it. The token proves we are on the initialised owner thread.
-    let code = unsafe { sys::espeak_SetVoiceByName(name.as_ptr()) };
+    let code = unsafe { (token.api.set_voice_by_name)(name.as_ptr()) };
     check("espeak_SetVoiceByName", code)
 }
 
 /// Whether espeak-ng has a voice called `name`: the last part of a voice's identifier
 /// (`gmw/da` is `da`, `gmw/en-US` is `en-us`) or its name, ignoring case and a `+variant`.
 /// (`espeak_SetVoiceByName` accepts an unknown name and speaks some other voice instead.)
-pub(crate) fn has_voice(_token: &EspeakToken, name: &str) -> bool {
+pub(crate) fn has_voice(token: &EspeakToken, name: &str) -> bool {
     let wanted = name.split('+').next().unwrap_or(name);
     // SAFETY: a null spec asks for every voice; espeak-ng returns a null-terminated array of
     // pointers to voices it owns, valid until the next `espeak_ListVoices` call, which
     // cannot happen before this function returns (owner thread, token).
-    let list = unsafe { sys::espeak_ListVoices(ptr::null_mut()) };
+    let list = unsafe { (token.api.list_voices)(ptr::null_mut()) };
     if list.is_null() {
         return false;
     }
@@ -136,10 +226,10 @@ fn c_text(text: *const std::ffi::c_char) -> String {
 }
 
 /// Sets the speaking rate in words per minute (espeak-ng clamps to 80..=450).
-pub(crate) fn set_rate(_token: &EspeakToken, words_per_minute: u16) -> Result<(), FfiError> {
+pub(crate) fn set_rate(token: &EspeakToken, words_per_minute: u16) -> Result<(), FfiError> {
     // SAFETY: plain integer arguments; owner thread (token).
     let code = unsafe {
-        sys::espeak_SetParameter(
+        (token.api.set_parameter)(
             sys::espeak_PARAMETER_espeakRATE,
             c_int::from(words_per_minute),
             0,
@@ -149,10 +239,10 @@ pub(crate) fn set_rate(_token: &EspeakToken, words_per_minute: u16) -> Result<()
 }
 
 /// Sets espeak-ng's own amplitude (0..=200, 100 is its default).
-pub(crate) fn set_volume(_token: &EspeakToken, volume: u8) -> Result<(), FfiError> {
+pub(crate) fn set_volume(token: &EspeakToken, volume: u8) -> Result<(), FfiError> {
     // SAFETY: plain integer arguments; owner thread (token).
     let code = unsafe {
-        sys::espeak_SetParameter(sys::espeak_PARAMETER_espeakVOLUME, c_int::from(volume), 0)
+        (token.api.set_parameter)(sys::espeak_PARAMETER_espeakVOLUME, c_int::from(volume), 0)
     };
     check("espeak_SetParameter(volume)", code)
 }
@@ -160,7 +250,7 @@ pub(crate) fn set_volume(_token: &EspeakToken, volume: u8) -> Result<(), FfiErro
 /// Synthesises `text` (UTF-8) and hands each chunk of 16-bit mono samples to `on_chunk` as
 /// soon as espeak-ng produces it. `on_chunk` returns `false` to abort the synthesis.
 pub(crate) fn synth(
-    _token: &EspeakToken,
+    token: &EspeakToken,
     text: &CStr,
     on_chunk: &mut ChunkFn<'_>,
 ) -> Result<(), FfiError> {
@@ -176,7 +266,7 @@ pub(crate) fn synth(
     // start"; null identifier and user data are allowed. In synchronous mode espeak_Synth
     // returns only after the last callback, all on this thread.
     let code = unsafe {
-        sys::espeak_Synth(
+        (token.api.synth)(
             bytes.as_ptr().cast::<c_void>(),
             bytes.len(),
             0,
@@ -217,5 +307,27 @@ unsafe extern "C" fn synth_callback(
     match catch_unwind(AssertUnwindSafe(|| consumer(samples))) {
         Ok(true) => 0,
         Ok(false) | Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The types we look the functions up with are those of espeak-ng's header: these
+    /// assignments compile only while they agree with bindgen's declarations.
+    #[test]
+    fn signatures_are_the_headers() {
+        let _: InitializeFn = sys::espeak_Initialize;
+        let _: SetSynthCallbackFn = sys::espeak_SetSynthCallback;
+        let _: SetVoiceByNameFn = sys::espeak_SetVoiceByName;
+        let _: ListVoicesFn = sys::espeak_ListVoices;
+        let _: SetParameterFn = sys::espeak_SetParameter;
+        let _: SynthFn = sys::espeak_Synth;
+    }
+
+    #[test]
+    fn the_library_loads_with_every_function() {
+        assert!(api().is_ok(), "{:?}", api().err());
     }
 }

@@ -75,7 +75,7 @@ pub mod sink;
 pub mod synth;
 
 pub use error::{PackError, SpeechError};
-pub use fallback::{FallbackReport, FallbackSynth};
+pub use fallback::{FallbackReport, FallbackSynth, StartBackup};
 pub use flite::FliteSynth;
 pub use live::{LivePlayer, OutputDevice, OutputInfo, output_devices};
 pub use pack::{ClipSet, ClipSource, Engine, Pauses, VoiceLibrary, VoicePack, VoiceSpec};

@@ -732,6 +732,16 @@ impl ClipSet {
         }
     }
 
+    /// Checks one clip's header as [`ClipSet::load`] does (exists, mono, 16-bit PCM, the
+    /// set's rate, not empty), reading no samples.
+    pub(crate) fn check_clip(&self, key: PhraseKey, speed: Speed) -> Result<(), PackError> {
+        check_clip(
+            &self.dir.join(ClipSet::file_name(key, speed)),
+            self.sample_rate,
+        )
+        .map(|_| ())
+    }
+
     /// Reads one clip, checked as [`ClipSet::load`] checks it (exists, mono, 16-bit PCM, the
     /// set's rate, not empty).
     ///

@@ -64,12 +64,25 @@ pub struct Espeak {
 }
 
 /// Why the engine could not start (kept in [`ENGINE`], so a failure is reported every time).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum StartError {
     /// The owner thread could not be spawned or died during initialisation.
     Thread,
+    /// The shared library could not be loaded (the reason).
+    Load(String),
     /// `espeak_Initialize` (or the first parameter call) failed with this code.
     Init(i32),
+}
+
+impl From<ffi::FfiError> for StartError {
+    fn from(e: ffi::FfiError) -> Self {
+        match e {
+            ffi::FfiError::Load(reason) => StartError::Load(reason),
+            ffi::FfiError::Initialize(code) | ffi::FfiError::Call(_, code) => {
+                StartError::Init(code)
+            }
+        }
+    }
 }
 
 static ENGINE: OnceLock<Result<Espeak, StartError>> = OnceLock::new();
@@ -78,19 +91,21 @@ impl Espeak {
     /// The shared engine, starting its owner thread and initialising espeak-ng on first use.
     ///
     /// # Errors
+    /// [`SpeechError::EspeakMissing`] if the library cannot be loaded,
     /// [`SpeechError::EspeakInit`] if espeak-ng cannot initialise (e.g. no `espeak-ng-data`),
     /// [`SpeechError::EspeakThread`] if the thread could not start; the failure is sticky.
     pub fn shared() -> Result<Espeak, SpeechError> {
         match ENGINE.get_or_init(Self::start) {
             Ok(engine) => Ok(engine.clone()),
             Err(StartError::Thread) => Err(SpeechError::EspeakThread),
+            Err(StartError::Load(reason)) => Err(SpeechError::EspeakMissing(reason.clone())),
             Err(StartError::Init(code)) => Err(SpeechError::EspeakInit(*code)),
         }
     }
 
     fn start() -> Result<Espeak, StartError> {
         let (jobs, rx) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, i32>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, StartError>>();
         let spawned = thread::Builder::new()
             .name("espeak-ng".into())
             .spawn(move || owner_thread(&rx, &ready_tx));
@@ -103,7 +118,7 @@ impl Espeak {
                 let sample_rate = SampleRate::new(hz).map_err(|_| StartError::Init(0))?;
                 Ok(Espeak { jobs, sample_rate })
             }
-            Ok(Err(code)) => Err(StartError::Init(code)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(StartError::Thread),
         }
     }
@@ -143,26 +158,23 @@ impl Espeak {
 
 fn ffi_error(e: ffi::FfiError) -> SpeechError {
     match e {
+        ffi::FfiError::Load(reason) => SpeechError::EspeakMissing(reason),
         ffi::FfiError::Initialize(code) => SpeechError::EspeakInit(code),
         ffi::FfiError::Call(call, code) => SpeechError::Espeak { call, code },
     }
 }
 
 /// The one thread that talks to espeak-ng.
-fn owner_thread(jobs: &mpsc::Receiver<Request>, ready: &mpsc::Sender<Result<u32, i32>>) {
-    let token = match ffi::initialize(ESPEAK_BUFFER_MS) {
+fn owner_thread(jobs: &mpsc::Receiver<Request>, ready: &mpsc::Sender<Result<u32, StartError>>) {
+    let started = ffi::initialize(ESPEAK_BUFFER_MS)
+        .and_then(|t| ffi::set_volume(&t, ESPEAK_VOLUME).map(|()| t));
+    let token = match started {
         Ok(token) => token,
-        Err(ffi::FfiError::Initialize(code) | ffi::FfiError::Call(_, code)) => {
-            let _ = ready.send(Err(code));
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
             return;
         }
     };
-    if let Err(ffi::FfiError::Call(_, code) | ffi::FfiError::Initialize(code)) =
-        ffi::set_volume(&token, ESPEAK_VOLUME)
-    {
-        let _ = ready.send(Err(code));
-        return;
-    }
     let _ = ready.send(Ok(token.sample_rate()));
     let mut current: Option<(CString, u16)> = None;
     while let Ok(request) = jobs.recv() {
@@ -290,13 +302,18 @@ impl Synth for EspeakSynth {
 #[derive(Debug, Clone)]
 pub struct ClipSynth {
     clips: ClipSet,
-    samples: HashMap<(PhraseKey, Speed), Result<Vec<i16>, String>>,
+    /// Per phrase and step read: `Ok(None)` once the clip's header was checked, `Ok(Some)`
+    /// once its samples were read (when first spoken), `Err` with the clip's problem.
+    samples: HashMap<(PhraseKey, Speed), ClipState>,
     report: Option<ProblemReport>,
 }
 
+/// A clip of a step read: `Ok(None)` checked, `Ok(Some)` read, `Err` its problem.
+type ClipState = Result<Option<Vec<i16>>, String>;
+
 /// Told the problems of a speed step read after the synthesiser was made, when it has any
 /// (see [`ClipSynth::on_step_problems`]): each clip's file and what is wrong with it, sorted.
-/// Never a phrase being spoken: the whole step is read at once, whatever is said.
+/// Never a phrase being spoken: the whole step is checked at once, whatever is said.
 #[derive(Clone)]
 pub struct ProblemReport(pub std::sync::Arc<ReportFn>);
 
@@ -360,7 +377,7 @@ impl ClipSynth {
         self.report = Some(report);
     }
 
-    /// Reads every clip of the listed step nearest to `speed`, unless already read; returns
+    /// Checks every clip of the listed step nearest to `speed`, unless already done; returns
     /// that step. A clip that cannot be read is kept as a problem (and reported, see
     /// [`ClipSynth::on_step_problems`]), the others are used.
     pub fn load_step(&mut self, speed: Speed) -> Speed {
@@ -384,19 +401,21 @@ impl ClipSynth {
         step
     }
 
-    /// Reads the clips of `step` unless already read; the first problem if not one of them
-    /// could be read.
+    /// Checks the clips of `step` unless already done; the first problem if not one of them
+    /// can be used.
     fn read_step(&mut self, step: Speed) -> Option<crate::PackError> {
         if self.samples.contains_key(&(PhraseKey::Digit(0), step)) {
             return None;
         }
         let mut first_problem = None;
         let mut usable = false;
+        // Only the headers now: a code says a dozen of the step's phrases, and decoding all
+        // of them was most of a one-shot `speak`. Samples are read when first spoken.
         for key in PhraseKey::all() {
-            let clip = match self.clips.read_clip(key, step) {
-                Ok(clip) => {
+            let clip = match self.clips.check_clip(key, step) {
+                Ok(()) => {
                     usable = true;
-                    Ok(clip)
+                    Ok(None)
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -434,13 +453,25 @@ impl Synth for ClipSynth {
         out: &mut dyn FnMut(&[i16]) -> bool,
     ) -> Result<(), SpeechError> {
         let speed = self.load_step(speed);
-        let clip = match self.samples.get(&(phrase.key, speed)) {
-            Some(Ok(clip)) => clip,
-            Some(Err(_)) | None => {
-                return Err(SpeechError::NoClip(ClipSet::file_name(phrase.key, speed)));
-            }
+        let no_clip = || SpeechError::NoClip(ClipSet::file_name(phrase.key, speed));
+        let Some(entry) = self.samples.get_mut(&(phrase.key, speed)) else {
+            return Err(no_clip());
         };
-        emit_chunks(clip, out);
-        Ok(())
+        if let Ok(None) = entry {
+            // A clip whose header was good can still be cut short: then it is a problem like
+            // any other, and this phrase fails (a `FallbackSynth` says it instead).
+            *entry = self
+                .clips
+                .read_clip(phrase.key, speed)
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
+        match entry {
+            Ok(Some(clip)) => {
+                emit_chunks(clip, out);
+                Ok(())
+            }
+            Ok(None) | Err(_) => Err(no_clip()),
+        }
     }
 }

@@ -116,11 +116,13 @@ fn a_clip_found_missing_when_its_step_is_first_read_is_said_by_espeak_and_report
     let sink = Arc::clone(&reports);
     let mut synth = FallbackSynth::new(
         Box::new(ClipSynth::load(&pack).unwrap()),
-        Box::new(Espeak::shared().unwrap().voice(&pack).unwrap()),
+        Box::new({
+            let pack = pack.clone();
+            move || Ok(Box::new(Espeak::shared()?.voice(&pack)?) as Box<dyn Synth>)
+        }),
         "voice `espeak` of `da`",
         Box::new(move |m| sink.lock().unwrap().push(m.to_owned())),
-    )
-    .unwrap();
+    );
     assert!(say_key(&mut synth, &pack, PhraseKey::Digit(7), 0).unwrap() > 0);
     assert!(reports.lock().unwrap().is_empty());
     // Step -1 is read now; its missing clip is spoken by espeak-ng, every time.
