@@ -19,14 +19,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use codereader_otp::{Code, CodeError};
+use codereader_verifier::{Caller, ClientId, Outcome, OwnedSubject};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::apikeys::{ApiKeys, ClientCertificate, Refusal, Scope};
 use crate::metrics::Metrics;
 use crate::sealwatch::SealWatch;
-use crate::service::{Decision, Enrollment, ServiceError, Target, TokenService};
+use crate::service::{self, Enrollment, Library, ServiceError, Verdict};
 use crate::wire::{self, codes};
 
 /// An error response.
@@ -57,7 +57,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "message": self.message});
+        let body = wire::ErrorBody {
+            error: self.code,
+            message: &self.message,
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -122,7 +125,7 @@ impl Default for Limits {
 
 /// What every handler shares.
 pub struct AppState {
-    service: Arc<dyn TokenService>,
+    library: Arc<Library>,
     keys: RwLock<Arc<ApiKeys>>,
     metrics: Metrics,
     store_calls: Arc<Semaphore>,
@@ -138,12 +141,12 @@ pub struct AppState {
 const MAX_QUEUED_VERIFIES: usize = 4096;
 
 impl AppState {
-    /// A server for `service`, admitting `keys`, running at most `store_concurrency` store
+    /// A server for `library`, admitting `keys`, running at most `store_concurrency` store
     /// calls at once (the others wait their turn in a fair queue, holding no thread, rather
     /// than contending inside the store for connections or locks).
-    pub fn new(service: Arc<dyn TokenService>, keys: ApiKeys, store_concurrency: usize) -> Self {
+    pub fn new(library: Arc<Library>, keys: ApiKeys, store_concurrency: usize) -> Self {
         AppState {
-            service,
+            library,
             keys: RwLock::new(Arc::new(keys)),
             metrics: Metrics::default(),
             store_calls: Arc::new(Semaphore::new(store_concurrency.max(1))),
@@ -350,7 +353,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
 /// Counts a seed that did not open and logs it, once per token and keyring.
 fn note_seal_error(state: &Shared, serial: &str, missing_key: bool, message: &str) {
     state.metrics.record_seal_error();
-    let generation = state.service.keyring_generation();
+    let generation = state.library.keyring_generation();
     if state.seals.record(generation, serial, missing_key) {
         let hint = if missing_key {
             " (the keyring is behind a rotation: SIGHUP reloads it)"
@@ -364,20 +367,28 @@ fn note_seal_error(state: &Shared, serial: &str, missing_key: bool, message: &st
 /// `/healthz` once the store answered: `ok`, or `degraded` while the keyring in use has met
 /// seeds it cannot open (503 if it lacks their key: see the `sealwatch` module).
 fn seal_health(state: &Shared) -> Response {
-    let health = state.seals.health(state.service.keyring_generation());
+    let health = state.seals.health(state.library.keyring_generation());
     if health.missing_key == 0 && health.unopenable == 0 {
-        return axum::Json(json!({"status": "ok"})).into_response();
+        let body = wire::Health {
+            message: None,
+            seal_errors: None,
+            status: "ok",
+        };
+        return axum::Json(body).into_response();
     }
     let status = if health.missing_key > 0 {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    let body = json!({
-        "status": "degraded",
-        "seal_errors": {"missing_key": health.missing_key, "unopenable": health.unopenable},
-        "message": "seeds did not open under this server's keyring; see the log",
-    });
+    let body = wire::Health {
+        message: Some("seeds did not open under this server's keyring; see the log"),
+        seal_errors: Some(wire::SealErrors {
+            missing_key: health.missing_key,
+            unopenable: health.unopenable,
+        }),
+        status: "degraded",
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -490,12 +501,12 @@ fn parse_code(field: &str, text: &str) -> Result<Code, ApiError> {
     })
 }
 
-/// Runs a blocking service call off the async threads; counts store errors.
+/// Runs a blocking library call off the async threads; counts store errors.
 async fn blocking<T: Send + 'static>(
     state: &Shared,
-    call: impl FnOnce(&dyn TokenService) -> Result<T, ServiceError> + Send + 'static,
+    call: impl FnOnce(&Library) -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let service = state.service.clone();
+    let library = state.library.clone();
     // The permit travels with the blocking call, so a request that times out does not free
     // its slot while its store call is still running.
     let permit = state
@@ -511,7 +522,7 @@ async fn blocking<T: Send + 'static>(
             )
         })?;
     let result = tokio::task::spawn_blocking(move || {
-        let result = call(service.as_ref());
+        let result = call(&library);
         drop(permit);
         result
     })
@@ -551,33 +562,18 @@ fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<
     }
 }
 
-/// Verifies on the store's own thread when it has one (SQLite's writer: the request then
-/// waits for the group commit without holding any thread), else on a blocking thread.
+/// Verifies through the library's one asynchronous call: the verification runs where the
+/// store writes (SQLite's writer thread) and the answer comes back through a oneshot once
+/// it is committed, so the request waits holding no thread.
 async fn verify_code(
     state: &Shared,
-    target: Target,
+    subject: OwnedSubject,
     code: Code,
-    caller: String,
-    client: Option<String>,
-) -> Result<Decision, ApiError> {
-    if !state.service.verifies_in_background() {
-        return blocking(state, move |s| {
-            // The store answers before `verify_from` returns.
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.verify_from(
-                target,
-                code,
-                &caller,
-                client.as_deref(),
-                Box::new(move |result| {
-                    let _ = tx.send(result);
-                }),
-            );
-            rx.recv()
-                .unwrap_or_else(|_| Err(ServiceError::Internal("no decision".into())))
-        })
-        .await;
-    }
+    caller: Caller,
+    client: Option<ClientId>,
+) -> Result<Verdict, ApiError> {
+    // At most `MAX_QUEUED_VERIFIES` handed over and not answered yet; the permit is
+    // released when the answer comes, whether or not the request is still waiting for it.
     let permit = state
         .queued_verifies
         .clone()
@@ -590,19 +586,15 @@ async fn verify_code(
                 "the server is shutting down",
             )
         })?;
-    let (reply, decision) = tokio::sync::oneshot::channel();
-    state.service.verify_from(
-        target,
-        code,
-        &caller,
-        client.as_deref(),
-        Box::new(move |result| {
+    let (reply, verdict) = tokio::sync::oneshot::channel();
+    state
+        .library
+        .verify_then(subject, code, caller, client.as_ref(), move |result| {
             drop(permit);
             // The request may have timed out and gone; the work is done and audited anyway.
             let _ = reply.send(result);
-        }),
-    );
-    answer(state, decision.await.ok())
+        });
+    answer(state, verdict.await.ok())
 }
 
 fn caller_of(request_caller: Option<axum::Extension<CallerName>>) -> String {
@@ -628,11 +620,12 @@ async fn verify(
     State(state): State<Shared>,
     caller: Option<axum::Extension<CallerName>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::Decision>, ApiError> {
     let request: wire::VerifyRequest = parse_json(body)?;
-    let target = match (request.token, request.user) {
-        (Some(token), None) => Target::Token(token),
-        (None, Some(user)) => Target::User(user),
+    // Checked in this order: the shape, the code, the client, the subject's id.
+    let subject = match (request.token, request.user) {
+        (Some(token), None) => service::token_id(&token).map(OwnedSubject::Token),
+        (None, Some(user)) => service::user_id(&user).map(OwnedSubject::User),
         _ => {
             return Err(ApiError::bad_request(
                 codes::INVALID_REQUEST,
@@ -641,19 +634,27 @@ async fn verify(
         }
     };
     let code = parse_code("code", &request.code)?;
-    let caller = caller_of(caller);
+    let client = request
+        .client
+        .as_deref()
+        .map(service::client_id)
+        .transpose()?;
+    let subject = subject?;
+    let caller = service::caller(&caller_of(caller))?;
     let started = Instant::now();
-    let decision = verify_code(&state, target, code, caller, request.client).await?;
+    let verdict = verify_code(&state, subject, code, caller, client).await?;
+    let decision = wire::Decision::try_from(&verdict)?;
     state
         .metrics
-        .record_verify(decision.label(), started.elapsed());
-    if let Decision::RateLimited { retry_at } = decision {
-        return Err(rate_limited(retry_at));
+        .record_verify(decision.result(), started.elapsed());
+    match verdict.outcome {
+        Outcome::RateLimited { retry_at } => return Err(rate_limited(retry_at.0)),
+        Outcome::Rejected { .. } => {
+            tokio::time::sleep_until((started + state.rejected_floor).into()).await;
+        }
+        _ => {}
     }
-    if matches!(decision, Decision::Rejected { .. }) {
-        tokio::time::sleep_until((started + state.rejected_floor).into()).await;
-    }
-    Ok(axum::Json(wire::decision(&decision)))
+    Ok(axum::Json(decision))
 }
 
 async fn enroll(
@@ -710,10 +711,10 @@ async fn enroll(
             ));
         }
     };
-    let caller = caller_of(caller);
-    let serial = request.serial;
-    let view = blocking(&state, move |s| s.enroll(&serial, &enrollment, &caller)).await?;
-    Ok((StatusCode::CREATED, axum::Json(wire::token(&view))).into_response())
+    let serial = service::token_id(&request.serial)?;
+    let caller = service::caller(&caller_of(caller))?;
+    let info = blocking(&state, move |lib| lib.enroll(&serial, &enrollment, &caller)).await?;
+    Ok((StatusCode::CREATED, axum::Json(wire::Token::from(&info))).into_response())
 }
 
 async fn import(
@@ -721,7 +722,7 @@ async fn import(
     caller: Option<axum::Extension<CallerName>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::Imported>, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -759,43 +760,43 @@ async fn import(
         )),
         None => None,
     };
-    let caller = caller_of(caller);
-    let report = blocking(&state, move |s| {
-        s.import_pskc(&pskc, psk.as_ref().map(|k| k.as_slice()), &caller)
+    let caller = service::caller(&caller_of(caller))?;
+    let report = blocking(&state, move |lib| {
+        lib.import_pskc(&pskc, psk.as_ref().map(|k| k.as_slice()), false, &caller)
     })
     .await?;
-    Ok(axum::Json(wire::import_report(&report)))
+    Ok(axum::Json(wire::Imported::from(&report)))
 }
 
 async fn show(
     State(state): State<Shared>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let serial = path_serial(path)?;
-    let view = blocking(&state, move |s| s.show(&serial)).await?;
-    Ok(axum::Json(wire::token(&view)))
+) -> Result<axum::Json<wire::Token>, ApiError> {
+    let serial = service::token_id(&path_serial(path)?)?;
+    let info = blocking(&state, move |lib| lib.show(&serial)).await?;
+    Ok(axum::Json(wire::Token::from(&info)))
 }
 
 async fn disable(
     State(state): State<Shared>,
     caller: Option<axum::Extension<CallerName>>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let serial = path_serial(path)?;
-    let caller = caller_of(caller);
-    let view = blocking(&state, move |s| s.disable(&serial, &caller)).await?;
-    Ok(axum::Json(wire::token(&view)))
+) -> Result<axum::Json<wire::Token>, ApiError> {
+    let serial = service::token_id(&path_serial(path)?)?;
+    let caller = service::caller(&caller_of(caller))?;
+    let info = blocking(&state, move |lib| lib.disable(&serial, &caller)).await?;
+    Ok(axum::Json(wire::Token::from(&info)))
 }
 
 async fn unlock(
     State(state): State<Shared>,
     caller: Option<axum::Extension<CallerName>>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let serial = path_serial(path)?;
-    let caller = caller_of(caller);
-    let view = blocking(&state, move |s| s.unlock(&serial, &caller)).await?;
-    Ok(axum::Json(wire::token(&view)))
+) -> Result<axum::Json<wire::Token>, ApiError> {
+    let serial = service::token_id(&path_serial(path)?)?;
+    let caller = service::caller(&caller_of(caller))?;
+    let info = blocking(&state, move |lib| lib.unlock(&serial, &caller)).await?;
+    Ok(axum::Json(wire::Token::from(&info)))
 }
 
 async fn activate(
@@ -803,19 +804,19 @@ async fn activate(
     caller: Option<axum::Extension<CallerName>>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::Activated>, ApiError> {
     let serial = path_serial(path)?;
     let request: wire::ActivateRequest = parse_json(body)?;
     let code = parse_code("code", &request.code)?;
-    let caller = caller_of(caller);
-    let user = request.user;
-    let user_out = user.clone();
-    let decision = blocking(&state, move |s| s.activate(&serial, &user, &code, &caller)).await?;
-    let mut body = wire::decision(&decision);
-    if let (Decision::Accepted { .. }, Some(object)) = (&decision, body.as_object_mut()) {
-        object.insert("user".to_owned(), Value::String(user_out));
-    }
-    Ok(axum::Json(body))
+    let serial = service::token_id(&serial)?;
+    let user = service::user_id(&request.user)?;
+    let caller = service::caller(&caller_of(caller))?;
+    let asked = user.clone();
+    let verdict = blocking(&state, move |lib| {
+        lib.activate(&serial, &asked, &code, &caller)
+    })
+    .await?;
+    Ok(axum::Json(wire::Activated::new(&verdict, &user)?))
 }
 
 async fn resync(
@@ -823,14 +824,18 @@ async fn resync(
     caller: Option<axum::Extension<CallerName>>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::Decision>, ApiError> {
     let serial = path_serial(path)?;
     let request: wire::ResyncRequest = parse_json(body)?;
     let first = parse_code("code", &request.code)?;
     let second = parse_code("next_code", &request.next_code)?;
-    let caller = caller_of(caller);
-    let decision = blocking(&state, move |s| s.resync(&serial, &first, &second, &caller)).await?;
-    Ok(axum::Json(wire::decision(&decision)))
+    let serial = service::token_id(&serial)?;
+    let caller = service::caller(&caller_of(caller))?;
+    let verdict = blocking(&state, move |lib| {
+        lib.resync(&serial, &first, &second, &caller)
+    })
+    .await?;
+    Ok(axum::Json(wire::Decision::try_from(&verdict)?))
 }
 
 /// How far a request's body has come: set by its [`BodyDeadline`], read by [`time_limit`]
@@ -952,22 +957,24 @@ async fn audit(
     State(state): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::AuditPage>, ApiError> {
     let serial = path_serial(path)?;
     let (limit, before) = wire::audit_query(query.as_deref())
         .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    let serial = service::token_id(&serial)?;
     // One line more than asked tells whether there is a next page.
-    let lines = blocking(&state, move |s| s.audit(&serial, before, limit + 1)).await?;
-    Ok(axum::Json(wire::audit_page(lines, limit)))
+    let entries = blocking(&state, move |lib| lib.audit(&serial, before, limit + 1)).await?;
+    Ok(axum::Json(wire::AuditPage::new(entries, limit)))
 }
 
 async fn list_tokens(
     State(state): State<Shared>,
     RawQuery(query): RawQuery,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<wire::TokenPage>, ApiError> {
     let (after, limit) = wire::list_query(query.as_deref())
         .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    let after = after.as_deref().map(service::token_id).transpose()?;
     // One token more than asked tells whether there is a next page.
-    let views = blocking(&state, move |s| s.list_page(after.as_deref(), limit + 1)).await?;
-    Ok(axum::Json(wire::token_page(views, limit)))
+    let infos = blocking(&state, move |lib| lib.list_page(after.as_ref(), limit + 1)).await?;
+    Ok(axum::Json(wire::TokenPage::new(infos, limit)))
 }

@@ -1,8 +1,9 @@
 //! The codereader verifier as an HTTP service, and the offline commands operators run.
 //!
 //! The binary (`src/main.rs`) is thin glue over these modules:
-//! - [`service`]: the boundary to the verifier library (a sync trait plus wire-neutral types)
-//!   and [`service::Library`], its implementation over `codereader-verifier`;
+//! - [`service`]: the boundary to the verifier library: [`service::Library`] (the verifier
+//!   with its store and keys, called in the library's own types), the mapping of its errors
+//!   ([`service::ServiceError`]) and what answers add to its outcomes;
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
@@ -14,7 +15,8 @@
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
-//! - [`wire`]: the JSON request and response bodies (only this crate knows JSON).
+//! - [`wire`]: the JSON request and response bodies, and the conversions from the library's
+//!   types to them (only this crate knows JSON).
 
 pub mod apikeys;
 pub mod connections;

@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::{ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey};
+use codereader_otp::UnixTime;
+use codereader_verifier::{
+    AuditEntry, Caller, ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey,
+};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits, Plain};
 use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
-use codereader_verifier_server::service::{
-    AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
-};
+use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
 use codereader_verifier_server::tls::{self, TlsFiles, TlsState};
 use codereader_verifier_server::{hangup, state, timefmt, wire};
 use zeroize::Zeroizing;
@@ -638,10 +639,10 @@ fn reload_keys_on_sighup(state: Arc<AppState>, path: PathBuf) {
 }
 
 fn token(command: TokenCommand) -> Result<()> {
-    let caller = format!(
+    let caller = service::caller(&format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
-    );
+    ))?;
     let config = LibraryConfig::default();
     let mut out = std::io::stdout().lock();
     match command {
@@ -657,9 +658,10 @@ fn token(command: TokenCommand) -> Result<()> {
             };
             let library = open_library(&store, config)?;
             let label = uri_label(&uri);
-            let view = library.enroll(&serial, &Enrollment::Uri(uri), &caller)?;
+            let info =
+                library.enroll(&service::token_id(&serial)?, &Enrollment::Uri(uri), &caller)?;
             writeln!(out, "enrolled:")?;
-            print_token(&mut out, &view)?;
+            print_token(&mut out, &wire::Token::from(&info))?;
             if let Some(label) = label {
                 writeln!(out, "{label}")?;
             }
@@ -687,14 +689,14 @@ fn token(command: TokenCommand) -> Result<()> {
                 None => None,
             };
             let library = open_library(&store, config)?;
-            let report = library.import_pskc_with(
+            let report = wire::Imported::from(&library.import_pskc(
                 &text,
                 psk.as_ref().map(|k| k.as_slice()),
                 allow_short_secret,
                 &caller,
-            )?;
-            for (id, reason) in &report.rejected {
-                writeln!(out, "refused {id}: {reason}")?;
+            )?);
+            for refused in &report.rejected {
+                writeln!(out, "refused {}: {}", refused.id, refused.reason)?;
             }
             print_imported(&mut out, &report.imported)?;
             if !report.rejected.is_empty() {
@@ -703,7 +705,7 @@ fn token(command: TokenCommand) -> Result<()> {
                     && report
                         .rejected
                         .iter()
-                        .any(|(_, r)| r.contains("(128 bits)"));
+                        .any(|r| r.reason.contains("(128 bits)"));
                 bail!(
                     "{} key(s) were refused{}",
                     report.rejected.len(),
@@ -717,30 +719,32 @@ fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::List { store } => {
             let library = open_library(&store, config)?;
-            for view in library.list()? {
+            for info in library.list()? {
+                let token = wire::Token::from(&info);
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{}",
-                    view.serial,
-                    view.kind,
-                    view.user.as_deref().unwrap_or("-"),
-                    status(&view)
+                    token.serial,
+                    token.kind,
+                    token.user.as_deref().unwrap_or("-"),
+                    token.status()
                 )?;
             }
         }
         TokenCommand::Show { serial, store } => {
             let library = open_library(&store, config)?;
-            print_token(&mut out, &library.show(&serial)?)?;
+            let info = library.show(&service::token_id(&serial)?)?;
+            print_token(&mut out, &wire::Token::from(&info))?;
         }
         TokenCommand::Unlock { serial, store } => {
             let library = open_library(&store, config)?;
-            let view = library.unlock(&serial, &caller)?;
-            writeln!(out, "unlocked {}", view.serial)?;
+            let info = library.unlock(&service::token_id(&serial)?, &caller)?;
+            writeln!(out, "unlocked {}", info.id)?;
         }
         TokenCommand::Disable { serial, store } => {
             let library = open_library(&store, config)?;
-            let view = library.disable(&serial, &caller)?;
-            writeln!(out, "disabled {}", view.serial)?;
+            let info = library.disable(&service::token_id(&serial)?, &caller)?;
+            writeln!(out, "disabled {}", info.id)?;
         }
         TokenCommand::RotateKek {
             new_kek_file,
@@ -773,9 +777,10 @@ fn token(command: TokenCommand) -> Result<()> {
             store,
         } => {
             let library = open_library(&store, config)?;
-            let show = |out: &mut dyn Write, line: &AuditLine| print_audit(out, line, json);
+            let show = |out: &mut dyn Write, entry: &AuditEntry| print_audit(out, entry, json);
             match serial {
                 Some(serial) => {
+                    let serial = service::token_id(&serial)?;
                     let mut left = limit.unwrap_or(wire::DEFAULT_AUDIT_LIMIT);
                     let mut before = None;
                     while left > 0 {
@@ -783,8 +788,8 @@ fn token(command: TokenCommand) -> Result<()> {
                         let Some(last) = page.last() else { break };
                         before = Some(last.seq);
                         left -= page.len();
-                        for line in &page {
-                            show(&mut out, line)?;
+                        for entry in &page {
+                            show(&mut out, entry)?;
                         }
                     }
                 }
@@ -794,12 +799,16 @@ fn token(command: TokenCommand) -> Result<()> {
                     let mut left = limit.unwrap_or(usize::MAX);
                     let mut after = None;
                     while left > 0 {
-                        let page = library.audit_since(since, after, left.min(MAX_AUDIT_PAGE))?;
+                        let page = library.audit_since(
+                            UnixTime(since),
+                            after,
+                            left.min(MAX_AUDIT_PAGE),
+                        )?;
                         let Some(last) = page.last() else { break };
                         after = Some(last.seq);
                         left -= page.len();
-                        for line in &page {
-                            show(&mut out, line)?;
+                        for entry in &page {
+                            show(&mut out, entry)?;
                         }
                     }
                 }
@@ -809,19 +818,7 @@ fn token(command: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-fn status(view: &TokenView) -> &'static str {
-    if !view.enabled {
-        "disabled"
-    } else if view.locked_at.is_some() {
-        "locked"
-    } else if view.user.is_none() {
-        "unassigned"
-    } else {
-        "active"
-    }
-}
-
-fn print_token(out: &mut impl Write, view: &TokenView) -> Result<()> {
+fn print_token(out: &mut impl Write, view: &wire::Token) -> Result<()> {
     writeln!(out, "serial     {}", view.serial)?;
     writeln!(out, "user       {}", view.user.as_deref().unwrap_or("-"))?;
     writeln!(
@@ -832,7 +829,7 @@ fn print_token(out: &mut impl Write, view: &TokenView) -> Result<()> {
         view.digits,
         view.period.map(|p| format!(", {p} s")).unwrap_or_default()
     )?;
-    writeln!(out, "status     {}", status(view))?;
+    writeln!(out, "status     {}", view.status())?;
     writeln!(out, "next       {}", view.next)?;
     writeln!(out, "drift      {}", view.drift)?;
     writeln!(out, "failures   {}", view.failures)?;
@@ -856,7 +853,7 @@ fn rotate_kek(
     new_key: Option<&NewKey>,
     stage: bool,
     use_key: Option<&str>,
-    caller: &str,
+    caller: &Caller,
 ) -> Result<()> {
     keyring_file_needed(store, "rotate-kek")?;
     let files = key_files(store)?;
@@ -989,17 +986,15 @@ fn reload_keyring_on_sighup(library: Arc<Library>) {
 }
 
 /// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a
-/// JSON object (one a line, for a SIEM).
-fn print_audit(out: &mut dyn Write, line: &AuditLine, json: bool) -> Result<()> {
+/// JSON object (one a line, for a SIEM) with the time in RFC 3339 beside the Unix seconds.
+fn print_audit(out: &mut dyn Write, entry: &AuditEntry, json: bool) -> Result<()> {
+    let line = wire::AuditLine::from(entry);
     if json {
-        let mut object = wire::audit_line(line);
-        if let Some(map) = object.as_object_mut() {
-            map.insert(
-                "time".to_owned(),
-                serde_json::Value::String(timefmt::rfc3339(line.at)),
-            );
-        }
-        writeln!(out, "{object}")?;
+        let line = wire::AuditLine {
+            time: Some(timefmt::rfc3339(line.at)),
+            ..line
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
     } else {
         writeln!(
             out,

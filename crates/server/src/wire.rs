@@ -1,13 +1,18 @@
-//! The JSON bodies of the HTTP API: requests as serde types, responses built from the
-//! service's types. Documented in `openapi.yaml`; field names here are the contract.
+//! The JSON bodies of the HTTP API: requests and responses as serde types, and the one
+//! place where the library's types (`Outcome`, `TokenInfo`, `AuditEntry`...) become
+//! JSON, through the `From`/`TryFrom` conversions here: the library's types are not
+//! `Serialize`. Documented in `openapi.yaml`; field names here are the contract.
+//!
+//! A new endpoint adds its request and response types here, its handler in [`crate::http`],
+//! its entry in `openapi.yaml` and its test.
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use codereader_verifier::{
+    AuditEntry, ImportReport, Matched, Outcome, TokenInfo, TokenKind, UserId,
+};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::service::{
-    AuditLine, Decision, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched, TokenView,
-};
+use crate::service::{MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict};
 
 /// The stable values of the `error` field.
 pub mod codes {
@@ -157,56 +162,206 @@ pub struct ResyncRequest {
     pub next_code: String,
 }
 
-/// The body of a decision.
-pub fn decision(decision: &Decision) -> Value {
-    let result = decision.label();
-    match decision {
-        Decision::Accepted {
-            token,
-            matched,
-            drift,
-        } => {
-            let (name, value) = match matched {
-                Matched::Step(s) => ("step", *s),
-                Matched::Counter(c) => ("counter", *c),
-            };
-            json!({"result": result, "token": token, name: value, "drift": drift})
-        }
-        Decision::Rejected {
-            attempts_left: Some(attempts_left),
-        } => {
-            json!({"result": result, "attempts_left": attempts_left})
-        }
-        Decision::Rejected {
+/// The body of a decision (`POST /v1/verify`, `.../resync`, and `.../activate` inside
+/// [`Activated`]). Which fields are present depends on `result`.
+///
+/// The fields are in alphabetical order, as every body of the API always was (the order of
+/// `serde_json`'s maps): `result` sits among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Rejected: failures left before the token locks (0: it is now locked); absent when
+    /// unknown serials are answered like wrong codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts_left: Option<u32>,
+    /// Accepted, HOTP: the counter the code matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counter: Option<u64>,
+    /// Accepted: steps or counters away from the expected value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<i64>,
+    /// What was decided: one of [`crate::metrics::OUTCOMES`].
+    result: &'static str,
+    /// Too soon, rate limited: when to try again (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<u64>,
+    /// Accepted, TOTP: the time step the code matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<u64>,
+    /// Accepted, replayed: the token's serial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// Locked: when it unlocks by itself (Unix seconds), or `null` if it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<Option<u64>>,
+}
+
+impl Decision {
+    /// The stable label of `result`, as metrics count it.
+    pub fn result(&self) -> &'static str {
+        self.result
+    }
+
+    fn of(result: &'static str) -> Self {
+        Decision {
             attempts_left: None,
-        } => json!({"result": result}),
-        Decision::RateLimited { retry_at } => json!({"result": result, "retry_at": retry_at}),
-        Decision::Locked { until } => json!({"result": result, "until": until}),
-        Decision::TooSoon { retry_at } => json!({"result": result, "retry_at": retry_at}),
-        Decision::Replayed { token: Some(token) } => json!({"result": result, "token": token}),
-        Decision::Replayed { token: None } | Decision::Unknown | Decision::Disabled => {
-            json!({"result": result})
+            counter: None,
+            drift: None,
+            result,
+            retry_at: None,
+            step: None,
+            token: None,
+            until: None,
         }
     }
 }
 
-/// The body describing a token (never its secret).
-pub fn token(view: &TokenView) -> Value {
-    json!({
-        "serial": view.serial,
-        "user": view.user,
-        "kind": view.kind,
-        "algorithm": view.algorithm,
-        "digits": view.digits,
-        "period": view.period,
-        "next": view.next,
-        "drift": view.drift,
-        "failures": view.failures,
-        "locked": view.locked_at.is_some(),
-        "locked_at": view.locked_at,
-        "enabled": view.enabled,
-        "key_id": view.key_id,
-    })
+impl TryFrom<&Verdict> for Decision {
+    type Error = ServiceError;
+
+    /// # Errors
+    /// [`ServiceError::Internal`] for an outcome this server does not know (the library's
+    /// `Outcome` may grow).
+    fn try_from(verdict: &Verdict) -> Result<Self, ServiceError> {
+        Ok(match &verdict.outcome {
+            Outcome::Accepted(a) => {
+                let (step, counter) = match a.matched() {
+                    Matched::Step(s) => (Some(s.0), None),
+                    Matched::Counter(c) => (None, Some(c.0)),
+                };
+                Decision {
+                    step,
+                    counter,
+                    drift: Some(a.drift()),
+                    token: Some(a.token().to_string()),
+                    ..Decision::of("accepted")
+                }
+            }
+            Outcome::Rejected { attempts_left } => Decision {
+                attempts_left: (!verdict.hide_attempts).then_some(*attempts_left),
+                ..Decision::of("rejected")
+            },
+            Outcome::Locked { until } => Decision {
+                until: Some(until.map(|t| t.0)),
+                ..Decision::of("locked")
+            },
+            Outcome::Replayed => Decision {
+                token: verdict.replayed.as_ref().map(ToString::to_string),
+                ..Decision::of("replayed")
+            },
+            Outcome::UnknownToken => Decision::of("unknown"),
+            Outcome::Disabled => Decision::of("disabled"),
+            Outcome::TooSoon { retry_at } => Decision {
+                retry_at: Some(retry_at.0),
+                ..Decision::of("too_soon")
+            },
+            Outcome::RateLimited { retry_at } => Decision {
+                retry_at: Some(retry_at.0),
+                ..Decision::of("rate_limited")
+            },
+            other => {
+                return Err(ServiceError::Internal(format!(
+                    "outcome '{}' unknown to the server",
+                    other.label()
+                )));
+            }
+        })
+    }
+}
+
+/// The body of `POST /v1/tokens/{serial}/activate`: the decision, and the user the token is
+/// now bound to when it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Activated {
+    #[serde(flatten)]
+    decision: Decision,
+    /// Accepted: the user (alphabetically after every field of [`Decision`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+}
+
+impl Activated {
+    /// The answer to an activation of a token for `user`.
+    ///
+    /// # Errors
+    /// As [`Decision`]'s `TryFrom`.
+    pub fn new(verdict: &Verdict, user: &UserId) -> Result<Self, ServiceError> {
+        Ok(Activated {
+            decision: verdict.try_into()?,
+            user: matches!(verdict.outcome, Outcome::Accepted(_)).then(|| user.to_string()),
+        })
+    }
+}
+
+/// A token (never its secret): `GET /v1/tokens/{serial}` and the other calls that answer
+/// with a token, and the lines of `token show` and `token list`. Fields in alphabetical
+/// order, as [`Decision`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Token {
+    /// "SHA1", "SHA256" or "SHA512".
+    pub algorithm: &'static str,
+    /// Code length.
+    pub digits: u32,
+    /// Remembered drift.
+    pub drift: i64,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Name of the key-encryption key its seed is sealed under.
+    pub key_id: String,
+    /// "totp" or "hotp".
+    pub kind: &'static str,
+    /// Whether it is locked.
+    pub locked: bool,
+    /// When it was locked (Unix seconds), if it is.
+    pub locked_at: Option<u64>,
+    /// The lowest step or counter that may still be accepted.
+    pub next: u64,
+    /// TOTP period in seconds.
+    pub period: Option<u64>,
+    /// Its serial.
+    pub serial: String,
+    /// The user it is bound to.
+    pub user: Option<String>,
+}
+
+impl From<&TokenInfo> for Token {
+    fn from(info: &TokenInfo) -> Self {
+        let (kind, period) = match info.params.kind {
+            TokenKind::Totp { period, .. } => ("totp", Some(period.seconds())),
+            TokenKind::Hotp => ("hotp", None),
+        };
+        Token {
+            algorithm: info.params.algorithm.name(),
+            digits: info.params.digits.get(),
+            drift: info.state.drift,
+            enabled: info.state.enabled,
+            failures: info.state.failures,
+            key_id: info.key_id.to_string(),
+            kind,
+            locked: info.state.locked_at.is_some(),
+            locked_at: info.state.locked_at.map(|t| t.0),
+            next: info.state.next,
+            period,
+            serial: info.id.to_string(),
+            user: info.user.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+impl Token {
+    /// One word for its state: `disabled`, `locked`, `unassigned` or `active`.
+    pub fn status(&self) -> &'static str {
+        if !self.enabled {
+            "disabled"
+        } else if self.locked {
+            "locked"
+        } else if self.user.is_none() {
+            "unassigned"
+        } else {
+            "active"
+        }
+    }
 }
 
 /// Lines of an audit page when `limit` is not given.
@@ -300,60 +455,241 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// A page from up to `limit + 1` items, fetched one more than asked so as to know whether
-/// there is a next page: the first `limit` rendered, and the cursor `cursor` gives for the
+/// there is a next page: the first `limit` converted, and the cursor `cursor` gives for the
 /// last of them when there was one more.
-fn page<T>(
+fn page<T, W>(
     mut items: Vec<T>,
     limit: usize,
     cursor: impl Fn(&T) -> String,
-    render: impl Fn(&T) -> Value,
-) -> (Vec<Value>, Option<String>) {
+    convert: impl Fn(&T) -> W,
+) -> (Vec<W>, Option<String>) {
     let more = items.len() > limit;
     items.truncate(limit);
     let next = if more { items.last().map(cursor) } else { None };
-    (items.iter().map(render).collect(), next)
+    (items.iter().map(convert).collect(), next)
 }
 
-/// A list page from up to `limit + 1` tokens: the first `limit`, and the serial to pass as
-/// `after` for the next page if there was one more.
-pub fn token_page(views: Vec<TokenView>, limit: usize) -> Value {
-    let (tokens, next) = page(views, limit, |v| v.serial.clone(), token);
-    json!({"tokens": tokens, "next": next})
+/// The body of `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenPage {
+    /// The `after` of the next page; `null` on the last.
+    pub next: Option<String>,
+    /// The tokens, by serial.
+    pub tokens: Vec<Token>,
 }
 
-/// One audit line (there is no field for a code or a secret).
-pub fn audit_line(line: &AuditLine) -> Value {
-    json!({
-        "seq": line.seq,
-        "at": line.at,
-        "token": line.token,
-        "user": line.user,
-        "action": line.action,
-        "outcome": line.outcome,
-        "caller": line.caller,
-    })
+impl TokenPage {
+    /// A list page from up to `limit + 1` tokens: the first `limit`, and the serial to pass
+    /// as `after` for the next page if there was one more.
+    pub fn new(infos: Vec<TokenInfo>, limit: usize) -> Self {
+        let (tokens, next) = page(infos, limit, |t| t.id.to_string(), |t| Token::from(t));
+        TokenPage { next, tokens }
+    }
 }
 
-/// An audit page from up to `limit + 1` lines: the first `limit`, and the cursor of the
-/// next page if there was one more.
-pub fn audit_page(lines: Vec<AuditLine>, limit: usize) -> Value {
-    let (entries, next) = page(lines, limit, |l| l.seq.to_string(), audit_line);
-    json!({"entries": entries, "next": next})
+/// One audit line (there is no field for a code or a secret). Fields in alphabetical order,
+/// as [`Decision`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditLine {
+    /// What was asked ("verify", "unlock"...).
+    pub action: String,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// Who asked: `api:KEY-NAME` or `cli:USER`.
+    pub caller: String,
+    /// What came of it ("accepted", "ok"...).
+    pub outcome: String,
+    /// Position in the trail (a paging cursor; later lines have greater numbers).
+    pub seq: u64,
+    /// `at` in RFC 3339, for people reading `token audit --json`; not in HTTP answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// The token concerned, if any.
+    pub token: Option<String>,
+    /// The user concerned, if known.
+    pub user: Option<String>,
 }
 
-/// The body of an import report.
-pub fn import_report(report: &ImportReport) -> Value {
-    let rejected: Vec<Value> = report
-        .rejected
-        .iter()
-        .map(|(id, reason)| json!({"id": id, "reason": reason}))
-        .collect();
-    json!({"imported": report.imported, "rejected": rejected})
+impl From<&AuditEntry> for AuditLine {
+    fn from(entry: &AuditEntry) -> Self {
+        let e = &entry.event;
+        AuditLine {
+            action: e.action.to_string(),
+            at: e.at.0,
+            caller: e.caller.to_string(),
+            outcome: e.outcome.to_string(),
+            seq: entry.seq,
+            time: None,
+            token: e.token.as_ref().map(ToString::to_string),
+            user: e.user.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// The body of `GET /v1/tokens/{serial}/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditPage {
+    /// The lines, newest first.
+    pub entries: Vec<AuditLine>,
+    /// The `before` of the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+impl AuditPage {
+    /// An audit page from up to `limit + 1` lines: the first `limit`, and the cursor of the
+    /// next page if there was one more.
+    pub fn new(entries: Vec<AuditEntry>, limit: usize) -> Self {
+        let (entries, next) = page(
+            entries,
+            limit,
+            |e| e.seq.to_string(),
+            |e| AuditLine::from(e),
+        );
+        AuditPage { entries, next }
+    }
+}
+
+/// The body of `POST /v1/tokens/import`, and what `token import` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Imported {
+    /// Serials imported.
+    pub imported: Vec<String>,
+    /// Keys refused.
+    pub rejected: Vec<Refused>,
+}
+
+/// A key of a PSKC document that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// Its serial or key id, else `key #N` (its position, from 1).
+    pub id: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl From<&ImportReport> for Imported {
+    fn from(report: &ImportReport) -> Self {
+        Imported {
+            imported: report.imported.iter().map(ToString::to_string).collect(),
+            rejected: report
+                .refused
+                .iter()
+                .map(|p| Refused {
+                    id: p
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("key #{}", p.index)),
+                    reason: p.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of every error: `error` is one of [`codes`], `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody<'a> {
+    /// The stable code.
+    pub error: &'static str,
+    /// What went wrong, in words.
+    pub message: &'a str,
+}
+
+/// The body of `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Degraded: what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
+    /// Degraded: seeds that did not open under the keyring in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_errors: Option<SealErrors>,
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+}
+
+/// Seeds that did not open, by why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SealErrors {
+    /// Under a key the keyring lacks.
+    pub missing_key: u64,
+    /// Under a key the keyring has.
+    pub unopenable: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::codes;
+
+    /// The typed bodies keep the bytes the API always sent: fields in alphabetical order,
+    /// absent ones left out, `until` present (maybe `null`) when locked.
+    #[test]
+    fn bodies_keep_their_bytes() {
+        use codereader_otp::{Algorithm, Digits, Period, UnixTime};
+        use codereader_verifier::{
+            KeyId, Outcome, TokenId, TokenInfo, TokenKind, TokenParams, TokenState, UserId,
+        };
+
+        use super::{Activated, Decision, Token};
+        use crate::service::Verdict;
+
+        let json = |v: &Verdict| serde_json::to_string(&Decision::try_from(v).unwrap()).unwrap();
+        let rejected = Verdict::new(Outcome::Rejected { attempts_left: 2 });
+        assert_eq!(
+            json(&rejected),
+            r#"{"attempts_left":2,"result":"rejected"}"#
+        );
+        let hidden = Verdict {
+            hide_attempts: true,
+            ..rejected
+        };
+        assert_eq!(json(&hidden), r#"{"result":"rejected"}"#);
+        let locked = Verdict::new(Outcome::Locked { until: None });
+        assert_eq!(json(&locked), r#"{"result":"locked","until":null}"#);
+        let replayed = Verdict {
+            replayed: Some(TokenId::new("SN-1").unwrap()),
+            ..Verdict::new(Outcome::Replayed)
+        };
+        assert_eq!(json(&replayed), r#"{"result":"replayed","token":"SN-1"}"#);
+        let too_soon = Verdict::new(Outcome::TooSoon {
+            retry_at: UnixTime(9),
+        });
+        assert_eq!(json(&too_soon), r#"{"result":"too_soon","retry_at":9}"#);
+        assert_eq!(
+            json(&Verdict::new(Outcome::UnknownToken)),
+            r#"{"result":"unknown"}"#
+        );
+        let user = UserId::new("alice").unwrap();
+        let refused = Activated::new(&Verdict::new(Outcome::Disabled), &user).unwrap();
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"result":"disabled"}"#
+        );
+
+        let info = TokenInfo {
+            id: TokenId::new("SN-1").unwrap(),
+            user: Some(user),
+            params: TokenParams {
+                kind: TokenKind::Totp {
+                    period: Period::new(30).unwrap(),
+                    t0: UnixTime(0),
+                },
+                algorithm: Algorithm::Sha1,
+                digits: Digits::SIX,
+            },
+            state: TokenState {
+                locked_at: Some(UnixTime(5)),
+                ..TokenState::fresh(7)
+            },
+            key_id: KeyId::new("k1").unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_string(&Token::from(&info)).unwrap(),
+            r#"{"algorithm":"SHA1","digits":6,"drift":0,"enabled":true,"failures":0,"#.to_owned()
+                + r#""key_id":"k1","kind":"totp","locked":true,"locked_at":5,"next":7,"#
+                + r#""period":30,"serial":"SN-1","user":"alice"}"#
+        );
+    }
 
     #[test]
     fn list_queries() {

@@ -1,5 +1,6 @@
-//! [`TokenService`] over the `codereader-verifier` library: the only file that knows the
-//! library's types, so changes to its API stay here.
+//! [`Library`]: the `codereader-verifier` library with its store and keys, opened from the
+//! server's options, and the operations the server and the offline commands call, in the
+//! library's own types (what the server adds to them is in the parent module).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,14 +13,13 @@ use codereader_otp::{
 };
 use codereader_verifier::{
     Activation, AuditEntry, Caller, ClientBudget, ClientId, Durability,
-    Enrollment as LibEnrollment, FailureDelay, Kek, Keyring, Matched as LibMatched, Outcome,
-    OwnedSubject, PgStore, Policy, SealError, SqliteOptions, SqliteStore, Store, StoreError,
-    Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
+    Enrollment as LibEnrollment, FailureDelay, ImportReport, Kek, Keyring, Outcome, OwnedSubject,
+    PgStore, Policy, RotationReport, SqliteOptions, SqliteStore, Store, Subject, TokenId,
+    TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
 };
 
 use super::{
-    AuditLine, Decision, Done, Enrollment, ImportReport, MAX_AUDIT_PAGE, MAX_LIST_PAGE, Matched,
-    ServiceError, Target, TokenService, TokenView,
+    Enrollment, MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict, invalid, storable, token_id,
 };
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
@@ -116,192 +116,12 @@ impl std::fmt::Debug for Library {
     }
 }
 
-/// What a key rotation did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rotation {
-    /// Seeds re-sealed under the new key.
-    pub resealed: usize,
-    /// Tokens whose seed no key of the keyring opens, with the reason.
-    pub failed: Vec<(String, String)>,
-}
-
 fn now() -> UnixTime {
     UnixTime(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     )
-}
-
-fn caller_id(caller: &str) -> Result<Caller, ServiceError> {
-    Caller::new(caller).map_err(|e| ServiceError::Internal(format!("caller name: {e}")))
-}
-
-fn token_id(serial: &str) -> Result<TokenId, ServiceError> {
-    TokenId::new(serial).map_err(|e| ServiceError::Invalid {
-        code: codes::INVALID_ID,
-        message: e.to_string(),
-    })
-}
-
-fn user_id(user: &str) -> Result<UserId, ServiceError> {
-    UserId::new(user).map_err(|e| ServiceError::Invalid {
-        code: codes::INVALID_ID,
-        message: e.to_string(),
-    })
-}
-
-fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Invalid {
-        code,
-        message: message.into(),
-    }
-}
-
-impl From<VerifyError> for ServiceError {
-    fn from(error: VerifyError) -> Self {
-        match error {
-            VerifyError::Store(StoreError::Database { backend, reason }) => {
-                ServiceError::Store(format!("{backend}: {reason}"))
-            }
-            VerifyError::Store(StoreError::Duplicate { token }) => ServiceError::Conflict {
-                code: codes::DUPLICATE_TOKEN,
-                message: format!("token {token} already exists"),
-            },
-            VerifyError::Store(StoreError::UserTaken { user }) => ServiceError::Conflict {
-                code: codes::USER_TAKEN,
-                message: format!("user {user} already has a token"),
-            },
-            VerifyError::UnknownToken { token } => ServiceError::NotFound {
-                serial: token.to_string(),
-            },
-            VerifyError::Id(e) => invalid(codes::INVALID_ID, e.to_string()),
-            VerifyError::Pskc(e) => invalid(codes::INVALID_PSKC, format!("PSKC: {e}")),
-            VerifyError::Seal(e) => seal_error(e),
-            other => ServiceError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// A seed that does not open names its token, so the server can log it once per token and
-/// say whether its keyring is behind (a key it lacks) or the row is bad.
-fn seal_error(error: SealError) -> ServiceError {
-    let message = error.to_string();
-    match error {
-        SealError::UnknownKey { token, .. } => ServiceError::Seal {
-            serial: token.to_string(),
-            missing_key: true,
-            message,
-        },
-        SealError::Tampered { token, .. } | SealError::BadSeed { token } => ServiceError::Seal {
-            serial: token.to_string(),
-            missing_key: false,
-            message,
-        },
-        SealError::KeyUnavailable { .. } => ServiceError::KeyUnavailable(message),
-        _ => ServiceError::Internal(message),
-    }
-}
-
-/// An enrolment's counter, period or T0 that the store cannot hold (its integers are signed
-/// 64-bit) is the caller's input: a 400 naming it, not a 500.
-fn storable(error: VerifyError) -> ServiceError {
-    match error {
-        VerifyError::Store(StoreError::OutOfRange { what }) => invalid(
-            codes::INVALID_PARAMETERS,
-            format!(
-                "the {what} is too large: at most {} can be stored",
-                i64::MAX
-            ),
-        ),
-        other => other.into(),
-    }
-}
-
-fn decision(outcome: Outcome) -> Result<Decision, ServiceError> {
-    Ok(match outcome {
-        Outcome::Accepted(a) => Decision::Accepted {
-            token: a.token().to_string(),
-            matched: match a.matched() {
-                LibMatched::Step(s) => Matched::Step(s.0),
-                LibMatched::Counter(c) => Matched::Counter(c.0),
-            },
-            drift: a.drift(),
-        },
-        Outcome::Rejected { attempts_left } => Decision::Rejected {
-            attempts_left: Some(attempts_left),
-        },
-        Outcome::Locked { until } => Decision::Locked {
-            until: until.map(|t| t.0),
-        },
-        Outcome::Replayed => Decision::Replayed { token: None },
-        Outcome::TooSoon { retry_at } => Decision::TooSoon {
-            retry_at: retry_at.0,
-        },
-        Outcome::UnknownToken => Decision::Unknown,
-        Outcome::RateLimited { retry_at } => Decision::RateLimited {
-            retry_at: retry_at.0,
-        },
-        Outcome::Disabled => Decision::Disabled,
-        other => {
-            return Err(ServiceError::Internal(format!(
-                "outcome '{}' unknown to the server",
-                other.label()
-            )));
-        }
-    })
-}
-
-/// A replay names its token like an acceptance does: the serial asked for, or the token
-/// bound to the user asked for (one more read, only for replays by user).
-fn named(decision: Decision, verifier: &Verifier, subject: &OwnedSubject) -> Decision {
-    match decision {
-        Decision::Replayed { token: None } => Decision::Replayed {
-            token: match subject {
-                OwnedSubject::Token(id) => Some(id.to_string()),
-                OwnedSubject::User(_) => verifier
-                    .show(subject.as_subject())
-                    .ok()
-                    .flatten()
-                    .map(|info| info.id.to_string()),
-            },
-        },
-        other => other,
-    }
-}
-
-fn view(info: TokenInfo) -> TokenView {
-    let (kind, period) = match info.params.kind {
-        TokenKind::Totp { period, .. } => ("totp", Some(period.seconds())),
-        TokenKind::Hotp => ("hotp", None),
-    };
-    TokenView {
-        serial: info.id.to_string(),
-        user: info.user.map(|u| u.to_string()),
-        kind,
-        algorithm: info.params.algorithm.name(),
-        digits: info.params.digits.get(),
-        period,
-        next: info.state.next,
-        drift: info.state.drift,
-        failures: info.state.failures,
-        locked_at: info.state.locked_at.map(|t| t.0),
-        enabled: info.state.enabled,
-        key_id: info.key_id.to_string(),
-    }
-}
-
-fn audit_line(entry: AuditEntry) -> AuditLine {
-    let e = entry.event;
-    AuditLine {
-        seq: entry.seq,
-        at: e.at.0,
-        token: e.token.map(|t| t.to_string()),
-        user: e.user.map(|u| u.to_string()),
-        action: e.action.into_owned(),
-        outcome: e.outcome.into_owned(),
-        caller: e.caller.to_string(),
-    }
 }
 
 impl Library {
@@ -428,16 +248,8 @@ impl Library {
     ///
     /// # Errors
     /// [`ServiceError::Store`] and the like; seeds that do not open are reported, not errors.
-    pub fn rotate(&self, caller: &str) -> Result<Rotation, ServiceError> {
-        let report = self.verifier.rotate(now(), &caller_id(caller)?)?;
-        Ok(Rotation {
-            resealed: report.resealed,
-            failed: report
-                .failed
-                .into_iter()
-                .map(|(id, e)| (id.to_string(), e.to_string()))
-                .collect(),
-        })
+    pub fn rotate(&self, caller: &Caller) -> Result<RotationReport, ServiceError> {
+        Ok(self.verifier.rotate(now(), caller)?)
     }
 
     fn lib_enrollment(
@@ -492,28 +304,121 @@ impl Library {
         }
     }
 
-    /// [`view`], showing a temporary lock that still holds as a lock since the last failure.
-    fn view_now(&self, info: TokenInfo) -> TokenView {
+    /// `info` as an operator sees it now: a temporary lock that still holds (which the store
+    /// leaves out of `locked_at`, the lock following from the failures) shows as a lock
+    /// since the last failure.
+    fn as_shown(&self, mut info: TokenInfo) -> TokenInfo {
         let until = self.verifier.temporary_lock_until(&info.state);
-        let last_failure = info.state.last_failure_at;
-        let mut shown = view(info);
         if until.is_some_and(|until| now() < until) {
-            shown.locked_at = last_failure.map(|t| t.0);
+            info.state.locked_at = info.state.last_failure_at;
         }
-        shown
+        info
     }
 
-    /// Imports the keys of a PSKC document; with `allow_short`, secrets shorter than 128
-    /// bits (RFC 4226 asks for at least that) are accepted, as some legacy tokens need.
+    fn info(&self, serial: &TokenId) -> Result<TokenInfo, ServiceError> {
+        self.verifier
+            .show(Subject::Token(serial))?
+            .map(|info| self.as_shown(info))
+            .ok_or_else(|| ServiceError::NotFound {
+                serial: serial.to_string(),
+            })
+    }
+
+    /// `outcome` as an answer tells it: a replay names its token like an acceptance does
+    /// (the serial asked for, or the token bound to the user asked for: one more read, only
+    /// for replays by user).
+    fn verdict(verifier: &Verifier, outcome: Outcome, subject: Subject<'_>) -> Verdict {
+        let replayed = match (&outcome, subject) {
+            (Outcome::Replayed, Subject::Token(id)) => Some(id.clone()),
+            (Outcome::Replayed, Subject::User(_)) => {
+                verifier.show(subject).ok().flatten().map(|info| info.id)
+            }
+            _ => None,
+        };
+        Verdict {
+            outcome,
+            replayed,
+            hide_attempts: false,
+        }
+    }
+
+    /// Verifies `code` for `subject` now, on behalf of `client` (the end user's address as
+    /// the backend saw it, say), and hands the verdict to `done`. A client that has spent its
+    /// failure budget gets [`Outcome::RateLimited`] without its code being checked.
+    ///
+    /// The library runs the verification where its store writes and calls `done` once what
+    /// it wrote is committed (on a thread of the store's; PostgreSQL's, for now, on a
+    /// blocking thread of the runtime), so an async caller awaits `done` without blocking a
+    /// thread of its own.
+    pub fn verify_then(
+        &self,
+        subject: OwnedSubject,
+        code: Code,
+        caller: Caller,
+        client: Option<&ClientId>,
+        done: impl FnOnce(Result<Verdict, ServiceError>) + Send + 'static,
+    ) {
+        let now = now();
+        let admission = match self.verifier.admit(client, now) {
+            Ok(admission) => admission,
+            Err(refusal) => return done(Ok(Verdict::new(refusal))),
+        };
+        // Unknown serials answered like wrong codes: then no answer says how many attempts
+        // are left either, or a count that never goes down would give them away.
+        let hide_attempts = self.verifier.policy().unknown_as_rejected;
+        let (verifier, asked) = (Arc::clone(&self.verifier), subject.clone());
+        let run = move || {
+            let answer = Arc::clone(&verifier);
+            verifier.verify_then(subject, code, now, caller, move |result| {
+                admission.settle(result.as_ref().ok());
+                done(result.map_err(ServiceError::from).map(|outcome| Verdict {
+                    hide_attempts,
+                    ..Self::verdict(&answer, outcome, asked.as_subject())
+                }));
+            });
+        };
+        // Transitional, until the library's `verify_then` returns at once for every store
+        // (branch `store` removes `queues_work`; then this is `run()` alone): a store that
+        // verifies in place (PostgreSQL's blocking client, which must not run on an async
+        // thread) gets a blocking thread, so the caller still only awaits `done`.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !self.verifier.store().queues_work() => {
+                drop(runtime.spawn_blocking(run));
+            }
+            _ => run(),
+        }
+    }
+
+    /// Enrols a new token with `serial`; returns it as stored.
     ///
     /// # Errors
-    /// As [`TokenService::import_pskc`].
-    pub fn import_pskc_with(
+    /// [`ServiceError::Invalid`], [`ServiceError::Conflict`] (serial taken), [`ServiceError::Store`].
+    pub fn enroll(
+        &self,
+        serial: &TokenId,
+        enrollment: &Enrollment,
+        caller: &Caller,
+    ) -> Result<TokenInfo, ServiceError> {
+        let lib = Self::lib_enrollment(serial.clone(), enrollment)?;
+        self.verifier
+            .enroll(std::slice::from_ref(&lib), now(), caller)
+            .map_err(storable)?;
+        self.info(serial)
+    }
+
+    /// Imports the keys of a PSKC document; `preshared_key` opens encrypted ones. With
+    /// `allow_short`, secrets shorter than 128 bits (RFC 4226 asks for at least that) are
+    /// accepted, as some legacy tokens need.
+    ///
+    /// # Errors
+    /// [`ServiceError::Invalid`] when the document cannot be read at all, or no key in it is
+    /// usable; [`ServiceError::Conflict`]; [`ServiceError::Store`].
+    pub fn import_pskc(
         &self,
         pskc: &str,
         preshared_key: Option<&[u8]>,
         allow_short: bool,
-        caller: &str,
+        caller: &Caller,
     ) -> Result<ImportReport, ServiceError> {
         let psk = match preshared_key {
             Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
@@ -526,8 +431,7 @@ impl Library {
             )?)),
             None => None,
         };
-        let report = self
-            .verifier
+        self.verifier
             .import_pskc(
                 pskc.as_bytes(),
                 psk.as_ref(),
@@ -537,125 +441,24 @@ impl Library {
                     KeyPolicy::Rfc4226
                 },
                 now(),
-                &caller_id(caller)?,
+                caller,
             )
-            .map_err(storable)?;
-        Ok(ImportReport {
-            imported: report.imported.iter().map(ToString::to_string).collect(),
-            rejected: report
-                .refused
-                .into_iter()
-                .map(|p| {
-                    let name = p.name.unwrap_or_else(|| format!("key #{}", p.index));
-                    (name, p.reason)
-                })
-                .collect(),
-        })
+            .map_err(storable)
     }
 
-    fn info(&self, serial: &TokenId) -> Result<TokenView, ServiceError> {
-        self.verifier
-            .show(Subject::Token(serial))?
-            .map(|info| self.view_now(info))
-            .ok_or_else(|| ServiceError::NotFound {
-                serial: serial.to_string(),
-            })
-    }
-}
-
-impl TokenService for Library {
-    fn verify_then(&self, target: Target, code: Code, caller: &str, done: Done) {
-        self.verify_from(target, code, caller, None, done);
+    /// The token with `serial`, as shown now.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Store`].
+    pub fn show(&self, serial: &TokenId) -> Result<TokenInfo, ServiceError> {
+        self.info(serial)
     }
 
-    fn verify_from(
-        &self,
-        target: Target,
-        code: Code,
-        caller: &str,
-        client: Option<&str>,
-        done: Done,
-    ) {
-        let client = match client.map(ClientId::new).transpose() {
-            Ok(client) => client,
-            Err(e) => return done(Err(invalid(codes::INVALID_ID, e.to_string()))),
-        };
-        let subject = (|| -> Result<OwnedSubject, ServiceError> {
-            Ok(match &target {
-                Target::Token(serial) => OwnedSubject::Token(token_id(serial)?),
-                Target::User(user) => OwnedSubject::User(user_id(user)?),
-            })
-        })();
-        let (subject, caller) = match (subject, caller_id(caller)) {
-            (Ok(subject), Ok(caller)) => (subject, caller),
-            (Err(e), _) | (_, Err(e)) => return done(Err(e)),
-        };
-        let now = now();
-        let admission = match self.verifier.admit(client.as_ref(), now) {
-            Ok(admission) => admission,
-            Err(refusal) => return done(decision(refusal)),
-        };
-        // Unknown serials answered like wrong codes: then no answer says how many attempts
-        // are left either, or a count that never goes down would give them away.
-        let hide_attempts = self.verifier.policy().unknown_as_rejected;
-        let (verifier, asked) = (Arc::clone(&self.verifier), subject.clone());
-        self.verifier
-            .verify_then(subject, code, now, caller, move |result| {
-                admission.settle(result.as_ref().ok());
-                let answer = result.map_err(ServiceError::from).and_then(decision);
-                done(answer.map(|d| match named(d, &verifier, &asked) {
-                    Decision::Rejected { .. } if hide_attempts => Decision::Rejected {
-                        attempts_left: None,
-                    },
-                    other => other,
-                }));
-            });
-    }
-
-    fn verifies_in_background(&self) -> bool {
-        self.verifier.store().queues_work()
-    }
-
-    fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError> {
-        let caller = caller_id(caller)?;
-        let subject = match target {
-            Target::Token(serial) => OwnedSubject::Token(token_id(serial)?),
-            Target::User(user) => OwnedSubject::User(user_id(user)?),
-        };
-        let outcome = self
-            .verifier
-            .verify(subject.as_subject(), code, now(), &caller)?;
-        Ok(named(decision(outcome)?, &self.verifier, &subject))
-    }
-
-    fn enroll(
-        &self,
-        serial: &str,
-        enrollment: &Enrollment,
-        caller: &str,
-    ) -> Result<TokenView, ServiceError> {
-        let id = token_id(serial)?;
-        let lib = Self::lib_enrollment(id.clone(), enrollment)?;
-        self.verifier
-            .enroll(std::slice::from_ref(&lib), now(), &caller_id(caller)?)
-            .map_err(storable)?;
-        self.info(&id)
-    }
-
-    fn import_pskc(
-        &self,
-        pskc: &str,
-        preshared_key: Option<&[u8]>,
-        caller: &str,
-    ) -> Result<ImportReport, ServiceError> {
-        self.import_pskc_with(pskc, preshared_key, false, caller)
-    }
-
-    fn show(&self, serial: &str) -> Result<TokenView, ServiceError> {
-        self.info(&token_id(serial)?)
-    }
-
-    fn list(&self) -> Result<Vec<TokenView>, ServiceError> {
+    /// All tokens, by serial, as shown now.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn list(&self) -> Result<Vec<TokenInfo>, ServiceError> {
         const PAGE: usize = 1000;
         let mut all = Vec::new();
         let mut after: Option<TokenId> = None;
@@ -663,48 +466,52 @@ impl TokenService for Library {
             let page = self.verifier.list(after.as_ref(), PAGE)?;
             let full = page.len() == PAGE;
             after = page.last().map(|t| t.id.clone());
-            all.extend(page.into_iter().map(|info| self.view_now(info)));
+            all.extend(page.into_iter().map(|info| self.as_shown(info)));
             if !full {
                 return Ok(all);
             }
         }
     }
 
-    fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<TokenView>, ServiceError> {
-        let after = after.map(token_id).transpose()?;
-        Ok(self
-            .verifier
-            .list(after.as_ref(), limit.min(MAX_LIST_PAGE + 1))?
-            .into_iter()
-            .map(view)
-            .collect())
+    /// Up to `limit` tokens (at most [`MAX_LIST_PAGE`] + 1) with serials after `after`, in
+    /// serial order, as stored.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn list_page(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenInfo>, ServiceError> {
+        Ok(self.verifier.list(after, limit.min(MAX_LIST_PAGE + 1))?)
     }
 
-    fn activate(
+    /// Binds the unassigned token `serial` to `user` if `code` is valid for it.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Conflict`] (already bound, user taken),
+    /// [`ServiceError::Invalid`], [`ServiceError::Store`].
+    pub fn activate(
         &self,
-        serial: &str,
-        user: &str,
+        serial: &TokenId,
+        user: &UserId,
         code: &Code,
-        caller: &str,
-    ) -> Result<Decision, ServiceError> {
-        let (id, user) = (token_id(serial)?, user_id(user)?);
-        match self
-            .verifier
-            .activate(&id, &user, code, now(), &caller_id(caller)?)?
-        {
-            Activation::Activated(a) => decision(Outcome::Accepted(a)),
+        caller: &Caller,
+    ) -> Result<Verdict, ServiceError> {
+        match self.verifier.activate(serial, user, code, now(), caller)? {
+            Activation::Activated(a) => Ok(Verdict::new(Outcome::Accepted(a))),
             Activation::AlreadyBound => Err(ServiceError::Conflict {
                 code: codes::ALREADY_ACTIVE,
-                message: format!("token {id} is already bound to a user"),
+                message: format!("token {serial} is already bound to a user"),
             }),
             Activation::UserHasToken => Err(ServiceError::Conflict {
                 code: codes::USER_TAKEN,
                 message: format!("user {user} already has a token"),
             }),
-            Activation::Refused(outcome) => Ok(named(
-                decision(outcome)?,
+            Activation::Refused(outcome) => Ok(Self::verdict(
                 &self.verifier,
-                &OwnedSubject::Token(id),
+                outcome,
+                Subject::Token(serial),
             )),
             _ => Err(ServiceError::Internal(
                 "activation result unknown to the server".into(),
@@ -712,73 +519,92 @@ impl TokenService for Library {
         }
     }
 
-    fn resync(
+    /// Re-establishes the counter or drift from two consecutive codes.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Invalid`], [`ServiceError::Store`].
+    pub fn resync(
         &self,
-        serial: &str,
+        serial: &TokenId,
         first: &Code,
         second: &Code,
-        caller: &str,
-    ) -> Result<Decision, ServiceError> {
-        let id = token_id(serial)?;
-        let outcome = self
-            .verifier
-            .resync(&id, first, second, now(), &caller_id(caller)?)?;
-        Ok(named(
-            decision(outcome)?,
+        caller: &Caller,
+    ) -> Result<Verdict, ServiceError> {
+        let outcome = self.verifier.resync(serial, first, second, now(), caller)?;
+        Ok(Self::verdict(
             &self.verifier,
-            &OwnedSubject::Token(id),
+            outcome,
+            Subject::Token(serial),
         ))
     }
 
-    fn unlock(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {
-        let id = token_id(serial)?;
-        self.verifier.unlock(&id, now(), &caller_id(caller)?)?;
-        self.info(&id)
+    /// Clears the lock and failures of `serial`; returns it as shown now.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Store`].
+    pub fn unlock(&self, serial: &TokenId, caller: &Caller) -> Result<TokenInfo, ServiceError> {
+        self.verifier.unlock(serial, now(), caller)?;
+        self.info(serial)
     }
 
-    fn disable(&self, serial: &str, caller: &str) -> Result<TokenView, ServiceError> {
-        let id = token_id(serial)?;
-        self.verifier
-            .set_enabled(&id, false, now(), &caller_id(caller)?)?;
-        self.info(&id)
+    /// Disables `serial`: it accepts nothing any more. Returns it as shown now.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`], [`ServiceError::Store`].
+    pub fn disable(&self, serial: &TokenId, caller: &Caller) -> Result<TokenInfo, ServiceError> {
+        self.verifier.set_enabled(serial, false, now(), caller)?;
+        self.info(serial)
     }
 
-    fn audit(
+    /// Up to `limit` (at most [`MAX_AUDIT_PAGE`] + 1) audit lines of `serial` older than the
+    /// line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::NotFound`] for a serial with neither a token nor a trail;
+    /// [`ServiceError::Store`].
+    pub fn audit(
         &self,
-        serial: &str,
+        serial: &TokenId,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<AuditLine>, ServiceError> {
-        let id = token_id(serial)?;
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
         let entries = self
             .verifier
-            .audit_page(&id, before, limit.min(MAX_AUDIT_PAGE + 1))?;
+            .audit_page(serial, before, limit.min(MAX_AUDIT_PAGE + 1))?;
         if entries.is_empty() && before.is_none() {
             // Neither a trail nor a token: a typo deserves a 404, not an empty page.
-            self.info(&id)?;
+            self.info(serial)?;
         }
-        Ok(entries.into_iter().map(audit_line).collect())
+        Ok(entries)
     }
 
-    fn audit_since(
+    /// Up to `limit` (at most [`MAX_AUDIT_PAGE`] + 1) audit lines of every token at `since`
+    /// or later, after the line `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn audit_since(
         &self,
-        since: u64,
+        since: UnixTime,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<AuditLine>, ServiceError> {
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
         Ok(self
             .verifier
-            .audit_since(UnixTime(since), after, limit.min(MAX_AUDIT_PAGE + 1))?
-            .into_iter()
-            .map(audit_line)
-            .collect())
+            .audit_since(since, after, limit.min(MAX_AUDIT_PAGE + 1))?)
     }
 
-    fn keyring_generation(&self) -> u64 {
+    /// Changes whenever the keyring is replaced (reloaded after a rotation), so that seal
+    /// errors met under an older keyring stop counting against health.
+    pub fn keyring_generation(&self) -> u64 {
         self.verifier.keyring_generation()
     }
 
-    fn ping(&self) -> Result<(), ServiceError> {
+    /// Whether the store answers and the current key can be used (for `/healthz`).
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`], [`ServiceError::KeyUnavailable`].
+    pub fn ping(&self) -> Result<(), ServiceError> {
         // One read round trip: the probe serial does not exist, which is fine.
         let probe = token_id("healthz-probe")?;
         self.verifier.show(Subject::Token(&probe))?;
