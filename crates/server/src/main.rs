@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_verifier::{ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey};
+use codereader_verifier::{
+    ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey, StoreAddress,
+};
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits, Plain};
 use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
-use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
+use codereader_verifier_server::service::library::{Library, LibraryConfig};
 use codereader_verifier_server::service::{
     AuditLine, Enrollment, MAX_AUDIT_PAGE, TokenService, TokenView,
 };
@@ -430,10 +432,12 @@ fn load_kek(path: &Path) -> Result<KeyId> {
     Ok(file.current_id().clone())
 }
 
-fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
+fn db_spec(arg: Option<&str>) -> Result<StoreAddress> {
     match arg {
-        Some(text) => DbSpec::parse(text),
-        None => Ok(DbSpec::Sqlite(
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("unknown database '{text}'")),
+        None => Ok(StoreAddress::Sqlite(
             state::ensure_state_dir()?.join(state::DEFAULT_DB_FILE),
         )),
     }
@@ -495,8 +499,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
-        DbSpec::Sqlite(_) => args.blocking_threads,
-        DbSpec::Postgres(_) => args.pg_connections.max(1),
+        StoreAddress::Sqlite(_) => args.blocking_threads,
+        StoreAddress::Postgres(_) => args.pg_connections.max(1),
     });
     let config = LibraryConfig {
         max_failures: args.max_failures,
@@ -601,8 +605,8 @@ fn connection_limits(
     store_concurrency: usize,
     config: LibraryConfig,
 ) -> ConnLimits {
-    let store_connections = match args.store.db.as_deref().map(DbSpec::parse) {
-        Some(Ok(DbSpec::Postgres(_))) => config.pg_connections,
+    let store_connections = match args.store.db.as_deref().map(str::parse) {
+        Some(Ok(StoreAddress::Postgres(_))) => config.pg_connections,
         _ => store_concurrency,
     };
     let reserved = connections::reserved_descriptors(store_connections);

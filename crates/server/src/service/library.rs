@@ -1,7 +1,6 @@
 //! [`TokenService`] over the `codereader-verifier` library: the only file that knows the
 //! library's types, so changes to its API stay here.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,8 +12,8 @@ use codereader_otp::{
 use codereader_verifier::{
     Activation, AuditEntry, Caller, ClientBudget, ClientId, Durability,
     Enrollment as LibEnrollment, FailureDelay, Kek, Keyring, Matched as LibMatched, Outcome,
-    OwnedSubject, PgStore, Policy, SealError, SqliteOptions, SqliteStore, Store, StoreError,
-    Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
+    OwnedSubject, PgStore, Policy, SealError, SqliteOptions, SqliteStore, Store, StoreAddress,
+    StoreError, Subject, TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
 };
 
 use super::{
@@ -23,42 +22,6 @@ use super::{
 };
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
-
-/// Which database holds the tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DbSpec {
-    /// An SQLite file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL connection string (`postgres://...` or `postgresql://...`).
-    Postgres(String),
-}
-
-impl DbSpec {
-    /// Parses `sqlite:PATH`, `postgres://...`, `postgresql://...` or a plain path (SQLite).
-    ///
-    /// # Errors
-    /// When the path is empty or the scheme unknown.
-    pub fn parse(text: &str) -> Result<Self> {
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(DbSpec::Postgres(text.to_owned()));
-        }
-        let path = match text
-            .strip_prefix("sqlite://")
-            .or_else(|| text.strip_prefix("sqlite:"))
-        {
-            Some(path) => path,
-            // `mysql://...` is a mistake, not a file name.
-            None if text.contains("://") => {
-                bail!("unknown database '{text}': use sqlite:PATH or postgres://...")
-            }
-            None => text,
-        };
-        if path.is_empty() {
-            bail!("--db needs sqlite:PATH or postgres://...");
-        }
-        Ok(DbSpec::Sqlite(PathBuf::from(path)))
-    }
-}
 
 /// Choices passed to the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,8 +261,8 @@ fn audit_line(entry: AuditEntry) -> AuditLine {
         at: e.at.0,
         token: e.token.map(|t| t.to_string()),
         user: e.user.map(|u| u.to_string()),
-        action: e.action.into_owned(),
-        outcome: e.outcome.into_owned(),
+        action: e.action.as_str().to_owned(),
+        outcome: e.outcome.to_string(),
         caller: e.caller.to_string(),
     }
 }
@@ -310,7 +273,12 @@ impl Library {
     ///
     /// # Errors
     /// When the database cannot be opened or migrated.
-    pub fn open(db: &DbSpec, current: Kek, older: Vec<Kek>, config: LibraryConfig) -> Result<Self> {
+    pub fn open(
+        db: &StoreAddress,
+        current: Kek,
+        older: Vec<Kek>,
+        config: LibraryConfig,
+    ) -> Result<Self> {
         let mut keyring = Keyring::new(current);
         for kek in older {
             keyring = keyring.with_older(kek);
@@ -325,7 +293,7 @@ impl Library {
     /// # Errors
     /// When a key file or the database cannot be opened.
     pub fn open_with_key_files(
-        db: &DbSpec,
+        db: &StoreAddress,
         files: &KeyFiles,
         config: LibraryConfig,
     ) -> Result<Self> {
@@ -361,7 +329,7 @@ impl Library {
             let page = self
                 .verifier
                 .store()
-                .seeds_not_under(&current, after.as_ref(), PAGE)
+                .reads(|r| r.seeds_not_under(&current, after.as_ref(), PAGE))
                 .map_err(VerifyError::from)?;
             count += page.len();
             match page.last() {
@@ -377,13 +345,13 @@ impl Library {
     }
 
     fn open_keyring(
-        db: &DbSpec,
+        db: &StoreAddress,
         keyring: Keyring,
         key_files: Option<KeyFiles>,
         config: LibraryConfig,
     ) -> Result<Self> {
         let store: Box<dyn Store> = match db {
-            DbSpec::Sqlite(path) => {
+            StoreAddress::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     crate::state::create_private_dir(parent)?;
                 }
@@ -402,7 +370,7 @@ impl Library {
                     .with_context(|| format!("cannot open the SQLite store {}", path.display()))?,
                 )
             }
-            DbSpec::Postgres(url) => Box::new(
+            StoreAddress::Postgres(url) => Box::new(
                 PgStore::connect_with(url, config.pg_connections)
                     .context("cannot open the PostgreSQL store")?,
             ),
@@ -612,8 +580,10 @@ impl TokenService for Library {
             });
     }
 
+    /// Every store runs submitted work on threads of its own (or, in memory, in place
+    /// without I/O), so a verification never blocks the caller.
     fn verifies_in_background(&self) -> bool {
-        self.verifier.store().queues_work()
+        true
     }
 
     fn verify(&self, target: &Target, code: &Code, caller: &str) -> Result<Decision, ServiceError> {
@@ -788,26 +758,5 @@ impl TokenService for Library {
             .keyring()
             .check_current()
             .map_err(|e| ServiceError::KeyUnavailable(e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_specs() {
-        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
-        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
-        assert_eq!(
-            DbSpec::parse("sqlite:///a/b.db").unwrap(),
-            sqlite("/a/b.db")
-        );
-        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
-        let pg = "postgresql://u@127.0.0.1:5/db";
-        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
-        assert!(DbSpec::parse("sqlite:").is_err());
-        assert!(DbSpec::parse("").is_err());
-        assert!(DbSpec::parse("mysql://x/y").is_err());
     }
 }
