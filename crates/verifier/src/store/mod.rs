@@ -10,7 +10,8 @@
 //! The blocking conveniences (submit and wait, read and return) are written once, on
 //! `dyn Store` (`<dyn Store>::write` and `<dyn Store>::reads`), not per backend. A new backend is one
 //! file plus its line in `open.rs`'s [`StoreAddress`]; the conformance suite (the verifier's
-//! `tests/rules.rs` and `tests/concurrency.rs`, run over every store) then covers it.
+//! `tests/rules.rs` and `tests/concurrency.rs`) drives every rule through this contract, so
+//! the backend needs only a test function that opens it there.
 //!
 //! The contract is shaped around compare-and-set: every state change is a single conditional
 //! update (`UPDATE ... WHERE next <= $lowest AND ...`) that the database applies atomically,
