@@ -1173,6 +1173,34 @@ mod tests {
         assert_eq!(lines, 5);
     }
 
+    /// A stored action or outcome outside the audit vocabulary is a corrupt row, not a new
+    /// value passed on as text.
+    #[test]
+    fn unknown_audit_text_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        for (action, outcome) in [("frobnicate", "ok"), ("verify", "3 tokens")] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "INSERT INTO audit (token_id, action, outcome, at, caller)
+                     VALUES (NULL, ?1, ?2, 1, 'test')",
+                    params![action, outcome],
+                )
+                .unwrap();
+            let read = (&store as &dyn Store).reads(|r| r.audit_since(UnixTime(0), None, 10));
+            assert!(
+                matches!(read, Err(StoreError::Corrupt { .. })),
+                "{action} {outcome}: {read:?}"
+            );
+            Connection::open(&path)
+                .unwrap()
+                .execute("DELETE FROM audit", [])
+                .unwrap();
+        }
+    }
+
     #[test]
     fn a_new_database_and_its_wal_are_private() {
         use std::os::unix::fs::PermissionsExt;
