@@ -14,14 +14,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_otp::UnixTime;
 use codereader_verifier::{
-    AuditEntry, Caller, ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey,
+    AuditEntry, Caller, ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey, StoreAddress,
 };
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::connections::{self, ConnLimits, Plain};
 use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
-use codereader_verifier_server::service::library::{DbSpec, Library, LibraryConfig};
+use codereader_verifier_server::service::library::{Library, LibraryConfig};
 use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
 use codereader_verifier_server::tls::{self, TlsFiles, TlsState};
 use codereader_verifier_server::{hangup, state, timefmt, wire};
@@ -431,10 +431,12 @@ fn load_kek(path: &Path) -> Result<KeyId> {
     Ok(file.current_id().clone())
 }
 
-fn db_spec(arg: Option<&str>) -> Result<DbSpec> {
+fn db_spec(arg: Option<&str>) -> Result<StoreAddress> {
     match arg {
-        Some(text) => DbSpec::parse(text),
-        None => Ok(DbSpec::Sqlite(
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("unknown database '{text}'")),
+        None => Ok(StoreAddress::Sqlite(
             state::ensure_state_dir()?.join(state::DEFAULT_DB_FILE),
         )),
     }
@@ -496,8 +498,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
-        DbSpec::Sqlite(_) => args.blocking_threads,
-        DbSpec::Postgres(_) => args.pg_connections.max(1),
+        StoreAddress::Sqlite(_) => args.blocking_threads,
+        StoreAddress::Postgres(_) => args.pg_connections.max(1),
     });
     let config = LibraryConfig {
         max_failures: args.max_failures,
@@ -602,8 +604,8 @@ fn connection_limits(
     store_concurrency: usize,
     config: LibraryConfig,
 ) -> ConnLimits {
-    let store_connections = match args.store.db.as_deref().map(DbSpec::parse) {
-        Some(Ok(DbSpec::Postgres(_))) => config.pg_connections,
+    let store_connections = match args.store.db.as_deref().map(str::parse) {
+        Some(Ok(StoreAddress::Postgres(_))) => config.pg_connections,
         _ => store_concurrency,
     };
     let reserved = connections::reserved_descriptors(store_connections);

@@ -2,14 +2,17 @@
 //! (windows, drift, replay, lockout, resync, activation) and the stores that keep token state
 //! (SQLite, PostgreSQL, and memory for tests).
 //!
-//! The crate is synchronous: an async server calls [`Verifier`] from a blocking pool
-//! (`tokio::task::spawn_blocking`); [`Verifier`] and every [`Store`] are `Send + Sync`.
+//! The crate is synchronous and knows no async runtime: [`Verifier::verify_then`] returns at
+//! once and calls back after the commit (the store runs the work on a thread of its own), so
+//! an async server awaits verifications without a blocking thread; every other call blocks,
+//! and an async server makes it from its blocking pool (`tokio::task::spawn_blocking`).
+//! [`Verifier`] and every [`Store`] are `Send + Sync`.
 //! The clock is an argument (`now`), like in the `otp` crate, so the rules test without
 //! sleeping.
 //!
 //! # Map
-//! - Setting up: [`open_store`] (`sqlite:PATH` or `postgres://...`, migrations run at
-//!   open), [`KeyringFile::load_or_create`] (creates a 0600 key file if missing; the file
+//! - Setting up: [`open_store`] or [`StoreAddress`] (`sqlite:PATH`, a file path, or
+//!   `postgres://...`; migrations run at open), [`KeyringFile::load_or_create`] (creates a 0600 key file if missing; the file
 //!   holds the current key and the ones a rotation still needs), [`Keyring`] (current key
 //!   plus older ones, each a [`SealingKey`]), [`Verifier::new`] with a [`Policy`], and
 //!   [`Verifier::with_key_source`] to pick up a rotated keyring while running.
@@ -92,7 +95,10 @@ pub use crate::seal::{
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
-pub use crate::store::{AuditEntry, AuditEvent, Store, StoreError, open_store};
+pub use crate::store::{
+    AuditAction, AuditEntry, AuditEvent, AuditOutcome, NewToken, Reads, Store, StoreAddress,
+    StoreError, Tx, Work, open_store,
+};
 pub use crate::token::{
     Caller, ClientId, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState,
     UserId,

@@ -5,11 +5,17 @@
 //! update; nothing is held between the read and the write. If another caller changed the token
 //! in between, the update does not apply and the operation re-reads to say why (replayed,
 //! locked, disabled), so concurrent callers never both win.
+//!
+//! One path per request: an operation that writes is one unit of work ([`Store::submit`]),
+//! run where the store writes (SQLite's writer thread, a PostgreSQL worker, in place for
+//! memory) by [`Rules`], the part of the verifier a unit of work carries with it. A
+//! verification is [`Verifier::verify_then`]: submit, and hear the outcome after the commit;
+//! the blocking [`Verifier::verify`] is that and a wait. Reads for operators
+//! ([`Verifier::show`], the audit pages) go through [`Store::read`] on the caller's thread.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock, mpsc};
 
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
@@ -21,7 +27,10 @@ use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
 use crate::seal::{Keyring, SealError, SealedSeed};
-use crate::store::{Advance, AuditEntry, AuditEvent, NewToken, Store, StoreError, TokenRecord};
+use crate::store::{
+    Advance, AuditAction, AuditEntry, AuditEvent, AuditOutcome, NewToken, Reads, Store, StoreError,
+    TokenRecord, Tx, work,
+};
 use crate::token::{
     Caller, ClientId, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId,
 };
@@ -71,6 +80,15 @@ pub enum OwnedSubject {
     Token(TokenId),
     /// The token bound to a user.
     User(UserId),
+}
+
+impl From<Subject<'_>> for OwnedSubject {
+    fn from(subject: Subject<'_>) -> Self {
+        match subject {
+            Subject::Token(t) => OwnedSubject::Token(t.clone()),
+            Subject::User(u) => OwnedSubject::User(u.clone()),
+        }
+    }
 }
 
 impl OwnedSubject {
@@ -203,26 +221,48 @@ pub trait KeySource: Send + Sync {
 
 /// The verifier: a store, the keyring that opens its seeds, and the policy.
 ///
-/// `Send + Sync`: share one in an `Arc` and call it from blocking threads.
+/// `Send + Sync`: share one in an `Arc` and call it from any thread; only
+/// [`Verifier::verify_then`] never blocks.
 pub struct Verifier {
     store: Box<dyn Store>,
+    rules: Arc<Rules>,
+    budgets: Option<Arc<Budgets>>,
+}
+
+/// Everything of the verifier but its store and client budgets: what a unit of work takes
+/// with it to run where the store writes.
+struct Rules {
     keyring: RwLock<Arc<Keyring>>,
     /// How many times the keyring was replaced.
     keyring_generation: AtomicU64,
-    source: Option<Box<dyn KeySource>>,
+    source: Option<Arc<dyn KeySource>>,
     /// Held while the key source reloads.
     reloading: Mutex<()>,
     policy: Policy,
-    keys: Option<KeyCache>,
-    budgets: Option<Arc<Budgets>>,
+    keys: Option<Arc<KeyCache>>,
+}
+
+/// A copy for a builder method called while work still holds the original (the two share
+/// key source and key cache, and the copy starts from the keyring in use).
+impl Clone for Rules {
+    fn clone(&self) -> Self {
+        Rules {
+            keyring: RwLock::new(self.keyring()),
+            keyring_generation: AtomicU64::new(self.keyring_generation.load(Ordering::Relaxed)),
+            source: self.source.clone(),
+            reloading: Mutex::new(()),
+            policy: self.policy,
+            keys: self.keys.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
             .field("keyring", &self.keyring())
-            .field("policy", &self.policy)
-            .field("keys", &self.keys)
+            .field("policy", &self.rules.policy)
+            .field("keys", &self.rules.keys)
             .finish_non_exhaustive()
     }
 }
@@ -255,14 +295,21 @@ impl Verifier {
     pub fn new(store: Box<dyn Store>, keyring: Keyring, policy: Policy) -> Self {
         Verifier {
             store,
-            keyring: RwLock::new(Arc::new(keyring)),
-            keyring_generation: AtomicU64::new(0),
-            source: None,
-            reloading: Mutex::new(()),
-            policy,
-            keys: None,
+            rules: Arc::new(Rules {
+                keyring: RwLock::new(Arc::new(keyring)),
+                keyring_generation: AtomicU64::new(0),
+                source: None,
+                reloading: Mutex::new(()),
+                policy,
+                keys: None,
+            }),
             budgets: None,
         }
+    }
+
+    /// The rules, to change while building.
+    fn rules_mut(&mut self) -> &mut Rules {
+        Arc::make_mut(&mut self.rules)
     }
 
     /// Budgets the failed attempts of each client ([`Verifier::admit`]); `None` (the
@@ -287,6 +334,472 @@ impl Verifier {
         }
     }
 
+    /// Under [`Policy::temporary_lock`], until when the lock of a token in `state` lasts
+    /// (which may be past already); `None` when it has no temporary lock. A token locked
+    /// this way keeps `locked_at` empty: the lock follows from its failures.
+    pub fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
+        self.rules.temporary_lock_until(state)
+    }
+
+    /// Asks `source` for a newer keyring whenever a seed names a key the keyring lacks, and
+    /// retries with it: a server then follows a rotation done by another process.
+    #[must_use]
+    pub fn with_key_source(mut self, source: Box<dyn KeySource>) -> Self {
+        self.rules_mut().source = Some(Arc::from(source));
+        self
+    }
+
+    /// The keyring in use.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.rules.keyring()
+    }
+
+    /// Uses `keyring` from now on (after the keyring file changed). Operations already
+    /// running finish with the keyring they started with.
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        self.rules.replace_keyring(keyring);
+    }
+
+    /// How many times the keyring was replaced (by [`Verifier::replace_keyring`] or its key
+    /// source): lets a server tell seal errors of the current keyring from older ones.
+    pub fn keyring_generation(&self) -> u64 {
+        self.rules.keyring_generation.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
+    /// memory, so that verifying them again skips opening the seal and the key schedule
+    /// (roughly a third of an in-memory verification). 0 turns the cache off, which is the
+    /// default. The cache never holds token state and is used only for a stored seal
+    /// identical to the one it was made from; entries are wiped on eviction and when their
+    /// token is deleted. It keeps key material in memory longer, in a process that holds the
+    /// key-encryption key anyway.
+    #[must_use]
+    pub fn with_key_cache(mut self, capacity: usize) -> Self {
+        self.rules_mut().keys = KeyCache::new(capacity).map(Arc::new);
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.rules.policy
+    }
+
+    /// Gives the store back, e.g. to build a verifier with another keyring or policy.
+    pub fn into_store(self) -> Box<dyn Store> {
+        self.store
+    }
+
+    /// The store (for operations this type does not wrap).
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Runs `f` with the rules as one unit of work and waits for its commit.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Rules, &dyn Tx) -> Result<T, VerifyError> + Send + 'static,
+    ) -> Result<T, VerifyError> {
+        let rules = Arc::clone(&self.rules);
+        self.store.write(move |tx| f(&rules, tx))?
+    }
+
+    /// Checks `code` for a token (by serial or by user) at time `now`, and uses it up if it is
+    /// right: the same step or counter, or an earlier one, is never accepted again.
+    ///
+    /// Wrong codes count towards the lock; replays, refusals of locked or disabled tokens and
+    /// too-early retries do not. Every outcome goes to the audit trail with `caller`.
+    ///
+    /// # Errors
+    /// [`VerifyError`] when the store fails, a seed does not open, or `now` is before T0.
+    pub fn verify(
+        &self,
+        subject: Subject<'_>,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.verify_then(subject.into(), *code, now, caller.clone(), move |result| {
+            // The caller waits below and cannot have gone.
+            let _ = reply.send(result);
+        });
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(VerifyError::Store(crate::store::not_run())))
+    }
+
+    /// [`Verifier::verify`] for callers that must not block (an async server): the store
+    /// runs the whole verification (read, decision, compare-and-set, audit) as one unit of
+    /// work where it writes ([`Store::submit`]) and `done` hears the outcome only once
+    /// everything it wrote is committed, on a thread of the store (or in place, for a store
+    /// without I/O). This returns at once for every store.
+    pub fn verify_then(
+        &self,
+        subject: OwnedSubject,
+        code: Code,
+        now: UnixTime,
+        caller: Caller,
+        done: impl FnOnce(Result<Outcome, VerifyError>) + Send + 'static,
+    ) {
+        let rules = Arc::clone(&self.rules);
+        self.store.submit(work(
+            move |tx| rules.verify_on(tx, subject.as_subject(), &code, now, &caller),
+            move |result| done(result.map_err(VerifyError::from).and_then(|r| r)),
+        ));
+    }
+
+    /// Binds an unassigned token to `user` if `code` is a valid code of it (proof of
+    /// possession). The code is used up like any verified code.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
+    pub fn activate(
+        &self,
+        token: &TokenId,
+        user: &UserId,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Activation, VerifyError> {
+        let (token, user, code, caller) = (token.clone(), user.clone(), *code, caller.clone());
+        self.write(move |rules, tx| rules.activate(tx, &token, &user, &code, now, &caller))
+    }
+
+    /// Re-establishes a token whose clock or counter ran far away: `first` and `second` must
+    /// be consecutive codes found within the resync range (TOTP: `resync_totp_window` steps
+    /// either side of now; HOTP: `resync_hotp_look_ahead` counters ahead). On success the
+    /// drift or counter moves there, the pair counts as one use, and a lock is lifted.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
+    pub fn resync(
+        &self,
+        token: &TokenId,
+        first: &Code,
+        second: &Code,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<Outcome, VerifyError> {
+        let (token, first, second, caller) = (token.clone(), *first, *second, caller.clone());
+        self.write(move |rules, tx| rules.resync(tx, &token, &first, &second, now, &caller))
+    }
+
+    /// Administrator unlock: clears the lock and the failure count.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn unlock(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Rules::audit(
+            Some(token),
+            None,
+            AuditAction::Unlock,
+            AuditOutcome::Ok,
+            now,
+            caller,
+        );
+        let target = token.clone();
+        if self.write(move |_, tx| Ok(tx.unlock(&target, None, &audit)?))? {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// Disables (`false`) or re-enables (`true`) a token.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let action = if enabled {
+            AuditAction::Enable
+        } else {
+            AuditAction::Disable
+        };
+        let audit = Rules::audit(Some(token), None, action, AuditOutcome::Ok, now, caller);
+        let target = token.clone();
+        if self.write(move |_, tx| Ok(tx.set_enabled(&target, enabled, &audit)?))? {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// Deletes a token; its audit trail stays.
+    ///
+    /// # Errors
+    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
+    pub fn delete(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Rules::audit(
+            Some(token),
+            None,
+            AuditAction::Delete,
+            AuditOutcome::Ok,
+            now,
+            caller,
+        );
+        let target = token.clone();
+        let deleted = self.write(move |_, tx| Ok(tx.delete_token(&target, &audit)?))?;
+        if let Some(keys) = &self.rules.keys {
+            keys.remove(token);
+        }
+        if deleted {
+            Ok(())
+        } else {
+            Err(VerifyError::UnknownToken {
+                token: token.clone(),
+            })
+        }
+    }
+
+    /// A token's parameters and state, without its seed.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn show(&self, subject: Subject<'_>) -> Result<Option<TokenInfo>, VerifyError> {
+        let record = self.store.reads(|r| self.rules.record(r, subject))?;
+        Ok(record.map(TokenInfo::from))
+    }
+
+    /// Up to `limit` tokens after `after`, in serial order, without seeds.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn list(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenInfo>, VerifyError> {
+        let tokens = self.store.reads(|r| r.list_tokens(after, limit))?;
+        Ok(tokens.into_iter().map(TokenInfo::from).collect())
+    }
+
+    /// The last `limit` audit events of a token, oldest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_trail(
+        &self,
+        token: &TokenId,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, VerifyError> {
+        Ok(self.store.reads(|r| r.audit_trail(token, limit))?)
+    }
+
+    /// Up to `limit` audit lines of `token` older than the line `before`, newest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.reads(|r| r.audit_page(token, before, limit))?)
+    }
+
+    /// Up to `limit` audit lines of all tokens at `since` or later and after the line
+    /// `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, VerifyError> {
+        Ok(self.store.reads(|r| r.audit_since(since, after, limit))?)
+    }
+
+    /// Adds tokens (unassigned), all in one transaction or none.
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`] (inside [`VerifyError::Store`]) if a serial exists;
+    /// [`VerifyError::Seal`].
+    pub fn enroll(
+        &self,
+        tokens: &[Enrollment],
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let sealed = tokens
+            .iter()
+            .map(|e| self.rules.sealed(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = tokens.first().map(|e| &e.id);
+        let outcome = AuditOutcome::Enrolled {
+            count: count(tokens.len()),
+        };
+        let audit = Rules::audit(first, None, AuditAction::Enroll, outcome, now, caller);
+        self.write(move |_, tx| Ok(tx.insert_tokens(&sealed, &audit)?))
+    }
+
+    /// Imports a PSKC file: each good key becomes a token named by its serial (or key id);
+    /// bad keys, and keys whose serial already exists, are reported one by one; the good ones
+    /// go in together in one transaction.
+    ///
+    /// # Errors
+    /// [`VerifyError::Pskc`] if the file as a whole is unusable; [`VerifyError::Store`] (for
+    /// example a serial inserted concurrently, in which case nothing was imported).
+    pub fn import_pskc(
+        &self,
+        xml: &[u8],
+        psk: Option<&PreSharedKey>,
+        key_policy: KeyPolicy,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<ImportReport, VerifyError> {
+        let entries = pskc::parse(xml, psk, key_policy)?;
+        let mut report = ImportReport::default();
+        let mut good = Vec::new();
+        for entry in entries {
+            let name = entry.serial.clone().or_else(|| entry.key_id.clone());
+            let problem = |reason: String| ImportProblem {
+                index: entry.index,
+                name: name.clone(),
+                reason,
+            };
+            let key = match entry.result {
+                Ok(key) => key,
+                Err(e) => {
+                    report.refused.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            let id = match TokenId::new(key.name()) {
+                Ok(id) => id,
+                Err(e) => {
+                    report.refused.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            if self.store.reads(|r| r.token(&id))?.is_some() {
+                report
+                    .refused
+                    .push(problem(format!("token {id} already exists")));
+                continue;
+            }
+            let (kind, counter) = match key.kind {
+                OtpKind::Totp { period } => (
+                    TokenKind::Totp {
+                        period,
+                        t0: UnixTime(0),
+                    },
+                    Counter(0),
+                ),
+                OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
+            };
+            let enrollment = Enrollment {
+                id,
+                params: TokenParams {
+                    kind,
+                    algorithm: key.algorithm,
+                    digits: key.digits,
+                },
+                secret: key.secret,
+                counter,
+            };
+            match self.rules.sealed(&enrollment) {
+                Ok(token) => good.push(token),
+                // Numbers the store cannot hold (signed 64-bit) refuse this key, not the file.
+                Err(VerifyError::Store(e @ StoreError::OutOfRange { .. })) => {
+                    report.refused.push(problem(e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.imported = good.iter().map(|t| t.id().clone()).collect();
+        if !good.is_empty() {
+            let outcome = AuditOutcome::Imported {
+                imported: count(good.len()),
+                refused: count(report.refused.len()),
+            };
+            let audit = Rules::audit(None, None, AuditAction::Import, outcome, now, caller);
+            self.write(move |_, tx| Ok(tx.insert_tokens(&good, &audit)?))?;
+        }
+        Ok(report)
+    }
+
+    /// Re-seals every seed not sealed under the keyring's current key. Safe to run while
+    /// verifications go on (each seal is replaced by compare-and-set) and to re-run after an
+    /// interruption.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`] or [`VerifyError::Seal`] (no randomness).
+    pub fn rotate(&self, now: UnixTime, caller: &Caller) -> Result<RotationReport, VerifyError> {
+        const BATCH: usize = 500;
+        let keyring = self.keyring();
+        let current = keyring.current_id().clone();
+        let mut report = RotationReport::default();
+        let mut after: Option<TokenId> = None;
+        loop {
+            let batch = self
+                .store
+                .reads(|r| r.seeds_not_under(&current, after.as_ref(), BATCH))?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            // Opened and sealed here, outside the store's writer; only the replacements (each
+            // a compare-and-set) run there, a batch at a time.
+            let mut replacements = Vec::new();
+            for (id, old) in batch {
+                match keyring.open(&id, &old) {
+                    Ok(secret) => {
+                        let new = keyring.seal(&id, &secret)?;
+                        replacements.push((id, old, new));
+                    }
+                    Err(e) => report.failed.push((id, e)),
+                }
+            }
+            report.resealed += self.write(move |_, tx| {
+                let mut resealed = 0;
+                for (id, old, new) in &replacements {
+                    if tx.replace_seed(id, old, new)? {
+                        resealed += 1;
+                    }
+                }
+                Ok(resealed)
+            })?;
+        }
+        let outcome = AuditOutcome::Rotated {
+            resealed: count(report.resealed),
+            key: current,
+            failed: count(report.failed.len()),
+        };
+        let audit = Rules::audit(None, None, AuditAction::Rotate, outcome, now, caller);
+        self.write(move |_, tx| Ok(tx.append_audit(&audit)?))?;
+        Ok(report)
+    }
+}
+
+/// A count for the audit trail.
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Rules {
     /// The failure count the store locks at: the policy's, or never when locks are
     /// temporary (the gate then decides from the count and the time of the last failure).
     fn store_max_failures(&self) -> u32 {
@@ -300,7 +813,7 @@ impl Verifier {
     /// Under [`Policy::temporary_lock`], until when the lock of a token in `state` lasts
     /// (which may be past already); `None` when it has no temporary lock. A token locked
     /// this way keeps `locked_at` empty: the lock follows from its failures.
-    pub fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
+    fn temporary_lock_until(&self, state: &TokenState) -> Option<UnixTime> {
         let lock = self.policy.temporary_lock?;
         let last = state.last_failure_at?;
         let over = state.failures.checked_sub(self.policy.max_failures)?;
@@ -309,30 +822,16 @@ impl Verifier {
         ))
     }
 
-    /// Asks `source` for a newer keyring whenever a seed names a key the keyring lacks, and
-    /// retries with it: a server then follows a rotation done by another process.
-    #[must_use]
-    pub fn with_key_source(mut self, source: Box<dyn KeySource>) -> Self {
-        self.source = Some(source);
-        self
-    }
-
     /// The keyring in use.
-    pub fn keyring(&self) -> Arc<Keyring> {
+    fn keyring(&self) -> Arc<Keyring> {
         Arc::clone(&self.keyring.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Uses `keyring` from now on (after the keyring file changed). Operations already
     /// running finish with the keyring they started with.
-    pub fn replace_keyring(&self, keyring: Keyring) {
+    fn replace_keyring(&self, keyring: Keyring) {
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
         self.keyring_generation.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// How many times the keyring was replaced (by [`Verifier::replace_keyring`] or its key
-    /// source): lets a server tell seal errors of the current keyring from older ones.
-    pub fn keyring_generation(&self) -> u64 {
-        self.keyring_generation.load(Ordering::Relaxed)
     }
 
     /// Opens a seed, asking the key source for a newer keyring if the seed names a key this
@@ -362,47 +861,19 @@ impl Verifier {
         self.keyring().open(token, seed)
     }
 
-    /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
-    /// memory, so that verifying them again skips opening the seal and the key schedule
-    /// (roughly a third of an in-memory verification). 0 turns the cache off, which is the
-    /// default. The cache never holds token state and is used only for a stored seal
-    /// identical to the one it was made from; entries are wiped on eviction and when their
-    /// token is deleted. It keeps key material in memory longer, in a process that holds the
-    /// key-encryption key anyway.
-    #[must_use]
-    pub fn with_key_cache(mut self, capacity: usize) -> Self {
-        self.keys = KeyCache::new(capacity);
-        self
-    }
-
-    /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// Gives the store back, e.g. to build a verifier with another keyring or policy.
-    pub fn into_store(self) -> Box<dyn Store> {
-        self.store
-    }
-
-    /// The store (for operations this type does not wrap).
-    pub fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
     fn audit(
         token: Option<&TokenId>,
         user: Option<&UserId>,
-        action: &'static str,
-        outcome: impl Into<Cow<'static, str>>,
+        action: AuditAction,
+        outcome: AuditOutcome,
         now: UnixTime,
         caller: &Caller,
     ) -> AuditEvent {
         AuditEvent {
             token: token.cloned(),
             user: user.cloned(),
-            action: Cow::Borrowed(action),
-            outcome: outcome.into(),
+            action,
+            outcome,
             at: now,
             caller: caller.clone(),
         }
@@ -410,7 +881,7 @@ impl Verifier {
 
     fn record(
         &self,
-        store: &dyn Store,
+        store: &dyn Reads,
         subject: Subject<'_>,
     ) -> Result<Option<TokenRecord>, VerifyError> {
         Ok(match subject {
@@ -500,7 +971,7 @@ impl Verifier {
     /// growing delay. `None` means go ahead with `state` (possibly just unlocked).
     fn gate(
         &self,
-        store: &dyn Store,
+        store: &dyn Tx,
         record: &mut TokenRecord,
         now: UnixTime,
         caller: &Caller,
@@ -524,8 +995,14 @@ impl Verifier {
         if let Some(at) = locked_at {
             match self.unlock_time(at) {
                 Some(until) if now >= until => {
-                    let audit =
-                        Self::audit(Some(&record.id), None, "auto-unlock", "ok", now, caller);
+                    let audit = Self::audit(
+                        Some(&record.id),
+                        None,
+                        AuditAction::AutoUnlock,
+                        AuditOutcome::Ok,
+                        now,
+                        caller,
+                    );
                     // Only the caller whose compare-and-set wins writes the unlock; either
                     // way the token is unlocked now.
                     store.unlock(&record.id, state.locked_at, &audit)?;
@@ -546,7 +1023,7 @@ impl Verifier {
     }
 
     /// After a compare-and-set did not apply: why not, from the current row.
-    fn lost_race(&self, store: &dyn Store, id: &TokenId) -> Result<Outcome, VerifyError> {
+    fn lost_race(&self, store: &dyn Reads, id: &TokenId) -> Result<Outcome, VerifyError> {
         Ok(match store.token(id)? {
             None => Outcome::UnknownToken,
             Some(t) if !t.state.enabled => Outcome::Disabled,
@@ -560,9 +1037,9 @@ impl Verifier {
     /// Counts a failure and says how many attempts are left.
     fn fail(
         &self,
-        store: &dyn Store,
+        store: &dyn Tx,
         record: &TokenRecord,
-        action: &'static str,
+        action: AuditAction,
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
@@ -570,7 +1047,7 @@ impl Verifier {
             Some(&record.id),
             record.user.as_ref(),
             action,
-            "rejected",
+            AuditOutcome::Rejected,
             now,
             caller,
         );
@@ -582,8 +1059,8 @@ impl Verifier {
                     store.append_audit(&Self::audit(
                         Some(&record.id),
                         record.user.as_ref(),
-                        "lock",
-                        "ok",
+                        AuditAction::Lock,
+                        AuditOutcome::Ok,
                         now,
                         caller,
                     ))?;
@@ -600,9 +1077,9 @@ impl Verifier {
 
     fn log(
         &self,
-        store: &dyn Store,
+        store: &dyn Tx,
         record: &TokenRecord,
-        action: &'static str,
+        action: AuditAction,
         outcome: &Outcome,
         now: UnixTime,
         caller: &Caller,
@@ -611,57 +1088,16 @@ impl Verifier {
             Some(&record.id),
             record.user.as_ref(),
             action,
-            outcome.label(),
+            AuditOutcome::from(outcome),
             now,
             caller,
         );
         Ok(store.append_audit(&audit)?)
     }
 
-    /// Checks `code` for a token (by serial or by user) at time `now`, and uses it up if it is
-    /// right: the same step or counter, or an earlier one, is never accepted again.
-    ///
-    /// Wrong codes count towards the lock; replays, refusals of locked or disabled tokens and
-    /// too-early retries do not. Every outcome goes to the audit trail with `caller`.
-    ///
-    /// # Errors
-    /// [`VerifyError`] when the store fails, a seed does not open, or `now` is before T0.
-    pub fn verify(
-        &self,
-        subject: Subject<'_>,
-        code: &Code,
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<Outcome, VerifyError> {
-        self.verify_on(self.store.as_ref(), subject, code, now, caller)
-    }
-
-    /// [`Verifier::verify`] where the store does its writes, for async callers: the store
-    /// runs the whole verification (read, decision, compare-and-set, audit) as one unit of
-    /// work ([`Store::submit`]) and `done` hears the outcome only once everything it wrote is
-    /// committed. SQLite queues the work for its writer thread and returns at once, so an
-    /// async server awaits `done` without tying up a thread; other stores run it before
-    /// returning (call them from a blocking thread: [`Store::queues_work`] says which).
-    pub fn verify_then(
-        self: &std::sync::Arc<Self>,
-        subject: OwnedSubject,
-        code: Code,
-        now: UnixTime,
-        caller: Caller,
-        done: impl FnOnce(Result<Outcome, VerifyError>) + Send + 'static,
-    ) {
-        let this = std::sync::Arc::clone(self);
-        self.store.submit(Box::new(move |store: &dyn Store| {
-            let result = this.verify_on(store, subject.as_subject(), &code, now, &caller);
-            Box::new(move |committed: Result<(), StoreError>| {
-                done(committed.map_err(VerifyError::from).and(result));
-            })
-        }));
-    }
-
     fn verify_on(
         &self,
-        store: &dyn Store,
+        store: &dyn Tx,
         subject: Subject<'_>,
         code: &Code,
         now: UnixTime,
@@ -673,7 +1109,14 @@ impl Verifier {
                 Subject::User(u) => (None, Some(u)),
             };
             let outcome = Outcome::UnknownToken;
-            let audit = Self::audit(token, user, "verify", outcome.label(), now, caller);
+            let audit = Self::audit(
+                token,
+                user,
+                AuditAction::Verify,
+                AuditOutcome::from(&outcome),
+                now,
+                caller,
+            );
             store.append_audit(&audit)?;
             if self.policy.unknown_as_rejected {
                 return Ok(self.as_if_rejected(code));
@@ -703,14 +1146,18 @@ impl Verifier {
 
     fn check(
         &self,
-        store: &dyn Store,
+        store: &dyn Tx,
         mut record: TokenRecord,
         code: &Code,
         bind: Option<&UserId>,
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
-        let action = if bind.is_some() { "activate" } else { "verify" };
+        let action = if bind.is_some() {
+            AuditAction::Activate
+        } else {
+            AuditAction::Verify
+        };
         if let Some(outcome) = self.gate(store, &mut record, now, caller)? {
             self.log(store, &record, action, &outcome, now, caller)?;
             return Ok(outcome);
@@ -733,7 +1180,7 @@ impl Verifier {
                     Some(&record.id),
                     bind.or(record.user.as_ref()),
                     action,
-                    "accepted",
+                    AuditOutcome::Accepted,
                     now,
                     caller,
                 );
@@ -758,43 +1205,38 @@ impl Verifier {
         }
     }
 
-    /// Binds an unassigned token to `user` if `code` is a valid code of it (proof of
-    /// possession). The code is used up like any verified code.
-    ///
-    /// # Errors
-    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
-    pub fn activate(
+    /// [`Verifier::activate`], in a unit of work.
+    fn activate(
         &self,
+        store: &dyn Tx,
         token: &TokenId,
         user: &UserId,
         code: &Code,
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Activation, VerifyError> {
-        let store = self.store.as_ref();
-        let record = self
-            .store
+        let record = store
             .token(token)?
             .ok_or_else(|| VerifyError::UnknownToken {
                 token: token.clone(),
             })?;
         if record.user.is_some() {
-            self.store.append_audit(&Self::audit(
+            store.append_audit(&Self::audit(
                 Some(token),
                 Some(user),
-                "activate",
-                "already-bound",
+                AuditAction::Activate,
+                AuditOutcome::AlreadyBound,
                 now,
                 caller,
             ))?;
             return Ok(Activation::AlreadyBound);
         }
-        if self.store.token_of_user(user)?.is_some() {
-            self.store.append_audit(&Self::audit(
+        if store.token_of_user(user)?.is_some() {
+            store.append_audit(&Self::audit(
                 Some(token),
                 Some(user),
-                "activate",
-                "user-has-token",
+                AuditAction::Activate,
+                AuditOutcome::UserHasToken,
                 now,
                 caller,
             ))?;
@@ -804,7 +1246,7 @@ impl Verifier {
             Ok(Outcome::Accepted(a)) => Ok(Activation::Activated(a)),
             Ok(Outcome::Replayed) => {
                 // The compare-and-set also refuses a token someone else just bound.
-                match self.store.token(token)? {
+                match store.token(token)? {
                     Some(t) if t.user.is_some() => Ok(Activation::AlreadyBound),
                     _ => Ok(Activation::Refused(Outcome::Replayed)),
                 }
@@ -815,31 +1257,24 @@ impl Verifier {
         }
     }
 
-    /// Re-establishes a token whose clock or counter ran far away: `first` and `second` must
-    /// be consecutive codes found within the resync range (TOTP: `resync_totp_window` steps
-    /// either side of now; HOTP: `resync_hotp_look_ahead` counters ahead). On success the
-    /// drift or counter moves there, the pair counts as one use, and a lock is lifted.
-    ///
-    /// # Errors
-    /// [`VerifyError::UnknownToken`], or as [`Verifier::verify`].
-    pub fn resync(
+    /// [`Verifier::resync`], in a unit of work.
+    fn resync(
         &self,
+        store: &dyn Tx,
         token: &TokenId,
         first: &Code,
         second: &Code,
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
-        let store = self.store.as_ref();
-        let record = self
-            .store
+        let record = store
             .token(token)?
             .ok_or_else(|| VerifyError::UnknownToken {
                 token: token.clone(),
             })?;
         if !record.state.enabled {
             let outcome = Outcome::Disabled;
-            self.log(store, &record, "resync", &outcome, now, caller)?;
+            self.log(store, &record, AuditAction::Resync, &outcome, now, caller)?;
             return Ok(outcome);
         }
         let g = self.generator(&record, now)?;
@@ -866,10 +1301,10 @@ impl Verifier {
                 let outcome = Outcome::Locked {
                     until: record.state.locked_at.and_then(|at| self.unlock_time(at)),
                 };
-                self.log(store, &record, "resync", &outcome, now, caller)?;
+                self.log(store, &record, AuditAction::Resync, &outcome, now, caller)?;
                 return Ok(outcome);
             }
-            return self.fail(store, &record, "resync", now, caller);
+            return self.fail(store, &record, AuditAction::Resync, now, caller);
         };
         let accepted = value.saturating_add(1);
         let drift = drift_of(accepted, origin);
@@ -885,12 +1320,12 @@ impl Verifier {
         let audit = Self::audit(
             Some(&record.id),
             record.user.as_ref(),
-            "resync",
-            "accepted",
+            AuditAction::Resync,
+            AuditOutcome::Accepted,
             now,
             caller,
         );
-        if self.store.advance(&advance, &audit)? {
+        if store.advance(&advance, &audit)? {
             Ok(Outcome::Accepted(Accepted {
                 token: record.id.clone(),
                 matched: Self::matched(&record, accepted),
@@ -898,307 +1333,18 @@ impl Verifier {
             }))
         } else {
             let outcome = self.lost_race(store, &record.id)?;
-            self.log(store, &record, "resync", &outcome, now, caller)?;
+            self.log(store, &record, AuditAction::Resync, &outcome, now, caller)?;
             Ok(outcome)
         }
     }
 
-    /// Administrator unlock: clears the lock and the failure count.
-    ///
-    /// # Errors
-    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
-    pub fn unlock(
-        &self,
-        token: &TokenId,
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<(), VerifyError> {
-        let audit = Self::audit(Some(token), None, "unlock", "ok", now, caller);
-        if self.store.unlock(token, None, &audit)? {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
-    }
-
-    /// Disables (`false`) or re-enables (`true`) a token.
-    ///
-    /// # Errors
-    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
-    pub fn set_enabled(
-        &self,
-        token: &TokenId,
-        enabled: bool,
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<(), VerifyError> {
-        let action = if enabled { "enable" } else { "disable" };
-        let audit = Self::audit(Some(token), None, action, "ok", now, caller);
-        if self.store.set_enabled(token, enabled, &audit)? {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
-    }
-
-    /// Deletes a token; its audit trail stays.
-    ///
-    /// # Errors
-    /// [`VerifyError::UnknownToken`] or [`VerifyError::Store`].
-    pub fn delete(
-        &self,
-        token: &TokenId,
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<(), VerifyError> {
-        let audit = Self::audit(Some(token), None, "delete", "ok", now, caller);
-        let deleted = self.store.delete_token(token, &audit)?;
-        if let Some(keys) = &self.keys {
-            keys.remove(token);
-        }
-        if deleted {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
-    }
-
-    /// A token's parameters and state, without its seed.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`].
-    pub fn show(&self, subject: Subject<'_>) -> Result<Option<TokenInfo>, VerifyError> {
-        Ok(self
-            .record(self.store.as_ref(), subject)?
-            .map(TokenInfo::from))
-    }
-
-    /// Up to `limit` tokens after `after`, in serial order, without seeds.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`].
-    pub fn list(
-        &self,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<TokenInfo>, VerifyError> {
-        Ok(self
-            .store
-            .list_tokens(after, limit)?
-            .into_iter()
-            .map(TokenInfo::from)
-            .collect())
-    }
-
-    /// The last `limit` audit events of a token, oldest first.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`].
-    pub fn audit_trail(
-        &self,
-        token: &TokenId,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, VerifyError> {
-        Ok(self.store.audit_trail(token, limit)?)
-    }
-
-    /// Up to `limit` audit lines of `token` older than the line `before`, newest first.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`].
-    pub fn audit_page(
-        &self,
-        token: &TokenId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, VerifyError> {
-        Ok(self.store.audit_page(token, before, limit)?)
-    }
-
-    /// Up to `limit` audit lines of all tokens at `since` or later and after the line
-    /// `after`, oldest first.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`].
-    pub fn audit_since(
-        &self,
-        since: UnixTime,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, VerifyError> {
-        Ok(self.store.audit_since(since, after, limit)?)
-    }
-
+    /// A token ready for the store: its seed sealed, its numbers checked for the database.
     fn sealed(&self, e: &Enrollment) -> Result<NewToken, VerifyError> {
         let seed: SealedSeed = self.keyring().seal(&e.id, &e.secret)?;
         let next = match e.params.kind {
             TokenKind::Totp { .. } => 0,
             TokenKind::Hotp => e.counter.0,
         };
-        Ok(NewToken {
-            id: e.id.clone(),
-            params: e.params,
-            seed,
-            next,
-        })
-    }
-
-    /// Adds tokens (unassigned), all in one transaction or none.
-    ///
-    /// # Errors
-    /// [`StoreError::Duplicate`] (inside [`VerifyError::Store`]) if a serial exists;
-    /// [`VerifyError::Seal`].
-    pub fn enroll(
-        &self,
-        tokens: &[Enrollment],
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<(), VerifyError> {
-        let sealed = tokens
-            .iter()
-            .map(|e| self.sealed(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let first = tokens.first().map(|e| &e.id);
-        let outcome = format!("{} token(s)", tokens.len());
-        let audit = Self::audit(first, None, "enroll", outcome, now, caller);
-        Ok(self.store.insert_tokens(&sealed, &audit)?)
-    }
-
-    /// Imports a PSKC file: each good key becomes a token named by its serial (or key id);
-    /// bad keys, and keys whose serial already exists, are reported one by one; the good ones
-    /// go in together in one transaction.
-    ///
-    /// # Errors
-    /// [`VerifyError::Pskc`] if the file as a whole is unusable; [`VerifyError::Store`] (for
-    /// example a serial inserted concurrently, in which case nothing was imported).
-    pub fn import_pskc(
-        &self,
-        xml: &[u8],
-        psk: Option<&PreSharedKey>,
-        key_policy: KeyPolicy,
-        now: UnixTime,
-        caller: &Caller,
-    ) -> Result<ImportReport, VerifyError> {
-        let entries = pskc::parse(xml, psk, key_policy)?;
-        let mut report = ImportReport::default();
-        let mut good = Vec::new();
-        for entry in entries {
-            let name = entry.serial.clone().or_else(|| entry.key_id.clone());
-            let problem = |reason: String| ImportProblem {
-                index: entry.index,
-                name: name.clone(),
-                reason,
-            };
-            let key = match entry.result {
-                Ok(key) => key,
-                Err(e) => {
-                    report.refused.push(problem(e.to_string()));
-                    continue;
-                }
-            };
-            let id = match TokenId::new(key.name()) {
-                Ok(id) => id,
-                Err(e) => {
-                    report.refused.push(problem(e.to_string()));
-                    continue;
-                }
-            };
-            if self.store.token(&id)?.is_some() {
-                report
-                    .refused
-                    .push(problem(format!("token {id} already exists")));
-                continue;
-            }
-            let (kind, counter) = match key.kind {
-                OtpKind::Totp { period } => (
-                    TokenKind::Totp {
-                        period,
-                        t0: UnixTime(0),
-                    },
-                    Counter(0),
-                ),
-                OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
-            };
-            // Numbers the store cannot hold (signed 64-bit) refuse this key, not the file.
-            let period = match kind {
-                TokenKind::Totp { period, .. } => period.seconds(),
-                TokenKind::Hotp => 1,
-            };
-            if let Err(e) = crate::store::to_i64(counter.0, "counter")
-                .and_then(|_| crate::store::to_i64(period, "period"))
-            {
-                report.refused.push(problem(e.to_string()));
-                continue;
-            }
-            good.push(Enrollment {
-                id,
-                params: TokenParams {
-                    kind,
-                    algorithm: key.algorithm,
-                    digits: key.digits,
-                },
-                secret: key.secret,
-                counter,
-            });
-        }
-        if !good.is_empty() {
-            let sealed = good
-                .iter()
-                .map(|e| self.sealed(e))
-                .collect::<Result<Vec<_>, _>>()?;
-            let outcome = format!("{} imported, {} refused", good.len(), report.refused.len());
-            let audit = Self::audit(None, None, "import", outcome, now, caller);
-            self.store.insert_tokens(&sealed, &audit)?;
-        }
-        report.imported = good.into_iter().map(|e| e.id).collect();
-        Ok(report)
-    }
-
-    /// Re-seals every seed not sealed under the keyring's current key. Safe to run while
-    /// verifications go on (each seal is replaced by compare-and-set) and to re-run after an
-    /// interruption.
-    ///
-    /// # Errors
-    /// [`VerifyError::Store`] or [`VerifyError::Seal`] (no randomness).
-    pub fn rotate(&self, now: UnixTime, caller: &Caller) -> Result<RotationReport, VerifyError> {
-        const BATCH: usize = 500;
-        let keyring = self.keyring();
-        let current = keyring.current_id().clone();
-        let mut report = RotationReport::default();
-        let mut after: Option<TokenId> = None;
-        loop {
-            let batch = self
-                .store
-                .seeds_not_under(&current, after.as_ref(), BATCH)?;
-            let Some((last, _)) = batch.last() else {
-                break;
-            };
-            after = Some(last.clone());
-            for (id, old) in batch {
-                match keyring.open(&id, &old) {
-                    Ok(secret) => {
-                        let new = keyring.seal(&id, &secret)?;
-                        if self.store.replace_seed(&id, &old, &new)? {
-                            report.resealed += 1;
-                        }
-                    }
-                    Err(e) => report.failed.push((id, e)),
-                }
-            }
-        }
-        let outcome = format!(
-            "{} resealed under {current}, {} failed",
-            report.resealed,
-            report.failed.len()
-        );
-        self.store
-            .append_audit(&Self::audit(None, None, "rotate", outcome, now, caller))?;
-        Ok(report)
+        Ok(NewToken::new(e.id.clone(), e.params, seed, next)?)
     }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use codereader_otp::Code;
 use codereader_verifier::testing::TempPostgres;
-use codereader_verifier::{Outcome, OwnedSubject, Policy, Store, Subject, TokenId, open_store};
+use codereader_verifier::{
+    AuditAction, AuditOutcome, Outcome, OwnedSubject, Policy, Store, Subject, TokenId, open_store,
+};
 use common::*;
 
 const ATTEMPTS: usize = 64;
@@ -122,8 +124,14 @@ fn exactly_once_shared(address: &str) {
     assert_eq!(count(&labels, "replayed"), ATTEMPTS - 1, "{labels:?}");
     // Every attempt is in the audit trail: one acceptance, the rest replays.
     let trail = v.audit_trail(&token, 1000).unwrap();
-    let accepted = trail.iter().filter(|e| e.outcome == "accepted").count();
-    let replayed = trail.iter().filter(|e| e.outcome == "replayed").count();
+    let accepted = trail
+        .iter()
+        .filter(|e| e.outcome == AuditOutcome::Accepted)
+        .count();
+    let replayed = trail
+        .iter()
+        .filter(|e| e.outcome == AuditOutcome::Replayed)
+        .count();
     assert_eq!((accepted, replayed), (1, ATTEMPTS - 1));
 }
 
@@ -172,7 +180,10 @@ fn exactly_once_submitted(address: &str) {
     assert_eq!(count(&labels, "locked"), ATTEMPTS - 3, "{labels:?}");
     let trail = v.audit_trail(&token, 1000).unwrap();
     assert_eq!(
-        trail.iter().filter(|e| e.action == "verify").count(),
+        trail
+            .iter()
+            .filter(|e| e.action == AuditAction::Verify)
+            .count(),
         ATTEMPTS,
         "every attempt is audited once"
     );

@@ -14,8 +14,8 @@ use codereader_otp::pskc::PreSharedKey;
 use codereader_otp::{Code, Counter, KeyPolicy, KeyUri, TimeStep, UnixTime};
 use codereader_verifier::testing::TempPostgres;
 use codereader_verifier::{
-    Activation, FailureDelay, Kek, KeyId, Keyring, Matched, MemoryStore, Outcome, Policy,
-    SqliteStore, Subject, UserId, Verifier, open_store,
+    Activation, AuditAction as A, AuditOutcome as O, FailureDelay, Kek, KeyId, Keyring, Matched,
+    MemoryStore, Outcome, Policy, SqliteStore, Subject, UserId, Verifier, open_store,
 };
 use common::*;
 
@@ -173,10 +173,17 @@ fn lockout_and_admin_unlock(make: Factory<'_>) {
     let state = v.show(Subject::Token(&t)).unwrap().unwrap().state;
     assert_eq!((state.failures, state.locked_at), (3, Some(later)));
     let trail = v.audit_trail(&t, 3).unwrap();
-    let tail: Vec<(&str, &str)> = trail.iter().map(|e| (&*e.action, &*e.outcome)).collect();
+    let tail: Vec<(A, O)> = trail
+        .iter()
+        .map(|e| (e.action, e.outcome.clone()))
+        .collect();
     assert_eq!(
         tail,
-        [("verify", "rejected"), ("lock", "ok"), ("verify", "locked")]
+        [
+            (A::Verify, O::Rejected),
+            (A::Lock, O::Ok),
+            (A::Verify, O::Locked)
+        ]
     );
     // Without auto-unlock it stays locked a day later.
     let day = UnixTime(later.0 + 86_400);
@@ -335,7 +342,7 @@ fn unknown_answered_as_rejected(make: Factory<'_>) {
         Outcome::Rejected { attempts_left: 2 }
     );
     let trail = v.audit_trail(&id("missing"), 10).unwrap();
-    assert_eq!(trail.last().unwrap().outcome, "unknown-token");
+    assert_eq!(trail.last().unwrap().outcome, O::UnknownToken);
 }
 
 fn resync_totp_and_hotp(make: Factory<'_>) {
@@ -498,17 +505,21 @@ fn audit_trail_outlives_the_token(make: Factory<'_>) {
     enroll(&v, "Z", 22, totp_params(), 0);
     accepted(&verify(&v, &z, &code(22, s), NOW));
     let trail = v.audit_trail(&z, 100).unwrap();
-    let got: Vec<(&str, &str)> = trail.iter().map(|e| (&*e.action, &*e.outcome)).collect();
+    let got: Vec<(A, O)> = trail
+        .iter()
+        .map(|e| (e.action, e.outcome.clone()))
+        .collect();
+    let enrolled = O::Enrolled { count: 1 };
     assert_eq!(
         got,
         [
-            ("verify", "unknown-token"),
-            ("enroll", "1 token(s)"),
-            ("verify", "accepted"),
-            ("delete", "ok"),
-            ("verify", "unknown-token"),
-            ("enroll", "1 token(s)"),
-            ("verify", "accepted"),
+            (A::Verify, O::UnknownToken),
+            (A::Enroll, enrolled.clone()),
+            (A::Verify, O::Accepted),
+            (A::Delete, O::Ok),
+            (A::Verify, O::UnknownToken),
+            (A::Enroll, enrolled),
+            (A::Verify, O::Accepted),
         ]
     );
     assert!(trail.iter().all(|e| e.token.as_ref() == Some(&z)));
@@ -533,7 +544,7 @@ fn audit_pages_and_export(make: Factory<'_>) {
     let whole = v.audit_page(&a, None, 100).unwrap();
     assert_eq!(whole.len(), 6, "{whole:?}");
     assert!(whole.windows(2).all(|w| w[0].seq > w[1].seq));
-    assert_eq!(whole.last().unwrap().event.action, "enroll");
+    assert_eq!(whole.last().unwrap().event.action, A::Enroll);
     assert!(whole.iter().all(|e| e.event.token.as_ref() == Some(&a)));
     let mut paged = Vec::new();
     let mut before = None;
@@ -631,21 +642,21 @@ fn audit_trail_without_codes(make: Factory<'_>) {
     v.set_enabled(&t, false, NOW, &caller()).unwrap();
     v.verify(Subject::Token(&t), &right, NOW, &desk).unwrap();
     let trail = v.audit_trail(&t, 100).unwrap();
-    let got: Vec<(&str, &str, &str)> = trail
+    // As the trail is stored and shown: text.
+    let got: Vec<(&str, String, &str)> = trail
         .iter()
-        .map(|e| (&*e.action, &*e.outcome, e.caller.as_str()))
+        .map(|e| (e.action.as_str(), e.outcome.to_string(), e.caller.as_str()))
         .collect();
-    assert_eq!(
-        got,
-        [
-            ("enroll", "1 token(s)", "test"),
-            ("verify", "rejected", "helpdesk"),
-            ("verify", "accepted", "helpdesk"),
-            ("verify", "replayed", "helpdesk"),
-            ("disable", "ok", "test"),
-            ("verify", "disabled", "helpdesk"),
-        ]
-    );
+    let want = [
+        ("enroll", "1 token(s)", "test"),
+        ("verify", "rejected", "helpdesk"),
+        ("verify", "accepted", "helpdesk"),
+        ("verify", "replayed", "helpdesk"),
+        ("disable", "ok", "test"),
+        ("verify", "disabled", "helpdesk"),
+    ]
+    .map(|(a, o, c)| (a, o.to_owned(), c));
+    assert_eq!(got, want);
     assert!(
         trail
             .iter()
@@ -653,7 +664,8 @@ fn audit_trail_without_codes(make: Factory<'_>) {
     );
     // No text field of the trail carries either code (times are numbers, checked above).
     for e in &trail {
-        for field in [&*e.action, &*e.outcome, e.caller.as_str(), t.as_str()] {
+        let outcome = e.outcome.to_string();
+        for field in [e.action.as_str(), &outcome, e.caller.as_str(), t.as_str()] {
             assert!(!field.contains(right.as_str()) && !field.contains(wrong.as_str()));
         }
     }
@@ -850,9 +862,9 @@ fn key_cache_follows_the_stored_seal() {
     // A seal changed in the store (here: swapped for another token's) is opened, and fails
     // like it does without a cache, although a key for this token is cached.
     let other = enroll(&rotated, "O", 3, totp_params(), 0);
-    let mine = rotated.store().token(&t).unwrap().unwrap().seed;
-    let theirs = rotated.store().token(&other).unwrap().unwrap().seed;
-    assert!(rotated.store().replace_seed(&t, &mine, &theirs).unwrap());
+    let mine = stored_seed(&rotated, &t);
+    let theirs = stored_seed(&rotated, &other);
+    assert!(replace_seed(&rotated, &t, &mine, &theirs));
     assert!(matches!(
         rotated.verify(
             Subject::Token(&t),

@@ -106,14 +106,14 @@ proptest! {
 
 fn check_store(v: &codereader_verifier::Verifier, damage: &Damage) -> Result<(), TestCaseError> {
     let t = enroll(v, "T-1", 1, hotp_params(), 0);
-    let sealed = v.store().token(&t).unwrap().unwrap().seed;
+    let sealed = stored_seed(v, &t);
     let damaged = apply(&sealed, damage);
     prop_assume!(
         damaged.key_id != sealed.key_id
             || damaged.nonce != sealed.nonce
             || damaged.ciphertext != sealed.ciphertext
     );
-    prop_assert!(v.store().replace_seed(&t, &sealed, &damaged).unwrap());
+    prop_assert!(replace_seed(v, &t, &sealed, &damaged));
     let before = v.show(Subject::Token(&t)).unwrap().unwrap().state;
     let got = v.verify(Subject::Token(&t), &code(1, 0), NOW, &caller());
     match got {
@@ -121,7 +121,7 @@ fn check_store(v: &codereader_verifier::Verifier, damage: &Damage) -> Result<(),
         other => return Err(TestCaseError::fail(format!("{other:?}"))),
     }
     prop_assert_eq!(v.show(Subject::Token(&t)).unwrap().unwrap().state, before);
-    prop_assert!(v.store().replace_seed(&t, &damaged, &sealed).unwrap());
+    prop_assert!(replace_seed(v, &t, &damaged, &sealed));
     let again = v
         .verify(
             Subject::Token(&t),

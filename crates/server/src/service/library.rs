@@ -2,7 +2,6 @@
 //! server's options, and the operations the server and the offline commands call, in the
 //! library's own types (what the server adds to them is in the parent module).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +13,8 @@ use codereader_otp::{
 use codereader_verifier::{
     Activation, AuditEntry, Caller, ClientBudget, ClientId, Durability,
     Enrollment as LibEnrollment, FailureDelay, ImportReport, Kek, Keyring, Outcome, OwnedSubject,
-    PgStore, Policy, RotationReport, SqliteOptions, SqliteStore, Store, Subject, TokenId,
-    TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
+    PgStore, Policy, RotationReport, SqliteOptions, SqliteStore, Store, StoreAddress, Subject,
+    TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
 };
 
 use super::{
@@ -23,42 +22,6 @@ use super::{
 };
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::wire::codes;
-
-/// Which database holds the tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DbSpec {
-    /// An SQLite file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL connection string (`postgres://...` or `postgresql://...`).
-    Postgres(String),
-}
-
-impl DbSpec {
-    /// Parses `sqlite:PATH`, `postgres://...`, `postgresql://...` or a plain path (SQLite).
-    ///
-    /// # Errors
-    /// When the path is empty or the scheme unknown.
-    pub fn parse(text: &str) -> Result<Self> {
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(DbSpec::Postgres(text.to_owned()));
-        }
-        let path = match text
-            .strip_prefix("sqlite://")
-            .or_else(|| text.strip_prefix("sqlite:"))
-        {
-            Some(path) => path,
-            // `mysql://...` is a mistake, not a file name.
-            None if text.contains("://") => {
-                bail!("unknown database '{text}': use sqlite:PATH or postgres://...")
-            }
-            None => text,
-        };
-        if path.is_empty() {
-            bail!("--db needs sqlite:PATH or postgres://...");
-        }
-        Ok(DbSpec::Sqlite(PathBuf::from(path)))
-    }
-}
 
 /// Choices passed to the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +93,12 @@ impl Library {
     ///
     /// # Errors
     /// When the database cannot be opened or migrated.
-    pub fn open(db: &DbSpec, current: Kek, older: Vec<Kek>, config: LibraryConfig) -> Result<Self> {
+    pub fn open(
+        db: &StoreAddress,
+        current: Kek,
+        older: Vec<Kek>,
+        config: LibraryConfig,
+    ) -> Result<Self> {
         let mut keyring = Keyring::new(current);
         for kek in older {
             keyring = keyring.with_older(kek);
@@ -145,7 +113,7 @@ impl Library {
     /// # Errors
     /// When a key file or the database cannot be opened.
     pub fn open_with_key_files(
-        db: &DbSpec,
+        db: &StoreAddress,
         files: &KeyFiles,
         config: LibraryConfig,
     ) -> Result<Self> {
@@ -181,7 +149,7 @@ impl Library {
             let page = self
                 .verifier
                 .store()
-                .seeds_not_under(&current, after.as_ref(), PAGE)
+                .reads(|r| r.seeds_not_under(&current, after.as_ref(), PAGE))
                 .map_err(VerifyError::from)?;
             count += page.len();
             match page.last() {
@@ -197,13 +165,13 @@ impl Library {
     }
 
     fn open_keyring(
-        db: &DbSpec,
+        db: &StoreAddress,
         keyring: Keyring,
         key_files: Option<KeyFiles>,
         config: LibraryConfig,
     ) -> Result<Self> {
         let store: Box<dyn Store> = match db {
-            DbSpec::Sqlite(path) => {
+            StoreAddress::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     crate::state::create_private_dir(parent)?;
                 }
@@ -222,7 +190,7 @@ impl Library {
                     .with_context(|| format!("cannot open the SQLite store {}", path.display()))?,
                 )
             }
-            DbSpec::Postgres(url) => Box::new(
+            StoreAddress::Postgres(url) => Box::new(
                 PgStore::connect_with(url, config.pg_connections)
                     .context("cannot open the PostgreSQL store")?,
             ),
@@ -347,9 +315,8 @@ impl Library {
     /// failure budget gets [`Outcome::RateLimited`] without its code being checked.
     ///
     /// The library runs the verification where its store writes and calls `done` once what
-    /// it wrote is committed (on a thread of the store's; PostgreSQL's, for now, on a
-    /// blocking thread of the runtime), so an async caller awaits `done` without blocking a
-    /// thread of its own.
+    /// it wrote is committed (on a thread of the store's: SQLite's writer, PostgreSQL's
+    /// workers), so an async caller awaits `done` without blocking a thread of its own.
     pub fn verify_then(
         &self,
         subject: OwnedSubject,
@@ -366,27 +333,15 @@ impl Library {
         // Unknown serials answered like wrong codes: then no answer says how many attempts
         // are left either, or a count that never goes down would give them away.
         let hide_attempts = self.verifier.policy().unknown_as_rejected;
-        let (verifier, asked) = (Arc::clone(&self.verifier), subject.clone());
-        let run = move || {
-            let answer = Arc::clone(&verifier);
-            verifier.verify_then(subject, code, now, caller, move |result| {
+        let (answer, asked) = (Arc::clone(&self.verifier), subject.clone());
+        self.verifier
+            .verify_then(subject, code, now, caller, move |result| {
                 admission.settle(result.as_ref().ok());
                 done(result.map_err(ServiceError::from).map(|outcome| Verdict {
                     hide_attempts,
                     ..Self::verdict(&answer, outcome, asked.as_subject())
                 }));
             });
-        };
-        // Transitional, until the library's `verify_then` returns at once for every store
-        // (branch `store` removes `queues_work`; then this is `run()` alone): a store that
-        // verifies in place (PostgreSQL's blocking client, which must not run on an async
-        // thread) gets a blocking thread, so the caller still only awaits `done`.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !self.verifier.store().queues_work() => {
-                drop(runtime.spawn_blocking(run));
-            }
-            _ => run(),
-        }
     }
 
     /// Enrols a new token with `serial`; returns it as stored.
@@ -614,26 +569,5 @@ impl Library {
             .keyring()
             .check_current()
             .map_err(|e| ServiceError::KeyUnavailable(e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_specs() {
-        let sqlite = |p: &str| DbSpec::Sqlite(PathBuf::from(p));
-        assert_eq!(DbSpec::parse("sqlite:/a/b.db").unwrap(), sqlite("/a/b.db"));
-        assert_eq!(
-            DbSpec::parse("sqlite:///a/b.db").unwrap(),
-            sqlite("/a/b.db")
-        );
-        assert_eq!(DbSpec::parse("rel.db").unwrap(), sqlite("rel.db"));
-        let pg = "postgresql://u@127.0.0.1:5/db";
-        assert_eq!(DbSpec::parse(pg).unwrap(), DbSpec::Postgres(pg.to_owned()));
-        assert!(DbSpec::parse("sqlite:").is_err());
-        assert!(DbSpec::parse("").is_err());
-        assert!(DbSpec::parse("mysql://x/y").is_err());
     }
 }

@@ -1,13 +1,16 @@
 //! An in-memory [`Store`] for unit tests and benchmarks of the rules; not for production
 //! (nothing survives the process). One mutex makes every operation atomic, which is the
-//! contract the SQL stores meet with conditional updates.
+//! contract the SQL stores meet with conditional updates. It does no I/O, so submitted work
+//! runs in place, on the caller's thread, and is "committed" when it returns.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use codereader_otp::UnixTime;
 
-use super::{Advance, AuditEntry, AuditEvent, NewToken, Store, StoreError, TokenRecord, Work};
+use super::{
+    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
+};
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, TokenState, UserId};
 
@@ -39,9 +42,130 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+/// The operations, each under the store's lock.
+struct View<'s>(&'s MemoryStore);
+
+impl Reads for View<'_> {
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.0.lock().tokens.get(id).cloned())
+    }
+
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        let inner = self.0.lock();
+        Ok(inner
+            .users
+            .get(user)
+            .and_then(|id| inner.tokens.get(id))
+            .cloned())
+    }
+
+    fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let inner = self.0.lock();
+        let mut found: Vec<TokenRecord> = inner
+            .tokens
+            .values()
+            .filter(|t| after.is_none_or(|a| &t.id > a))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let inner = self.0.lock();
+        let mut found: Vec<AuditEvent> = inner
+            .audit
+            .iter()
+            .rev()
+            .filter(|e| e.token.as_ref() == Some(token))
+            .take(limit)
+            .cloned()
+            .collect();
+        found.reverse();
+        Ok(found)
+    }
+
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.0.lock();
+        // Line i (0-based) has sequence number i + 1.
+        let end = match before {
+            None => inner.audit.len(),
+            Some(b) => {
+                let at = usize::try_from(b.saturating_sub(1)).unwrap_or(usize::MAX);
+                // The cursor must be one of this token's lines, as in the SQL stores.
+                match inner.audit.get(at) {
+                    Some(e) if e.token.as_ref() == Some(token) => at,
+                    _ => 0,
+                }
+            }
+        };
+        Ok(inner.audit[..end]
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, e)| e.token.as_ref() == Some(token))
+            .take(limit)
+            .map(|(i, e)| AuditEntry {
+                seq: i as u64 + 1,
+                event: e.clone(),
+            })
+            .collect())
+    }
+
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.0.lock();
+        let start = usize::try_from(after.unwrap_or(0))
+            .unwrap_or(usize::MAX)
+            .min(inner.audit.len());
+        Ok(inner.audit[start..]
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.at >= since)
+            .take(limit)
+            .map(|(i, e)| AuditEntry {
+                seq: (start + i) as u64 + 1,
+                event: e.clone(),
+            })
+            .collect())
+    }
+
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let inner = self.0.lock();
+        let mut found: Vec<_> = inner
+            .tokens
+            .values()
+            .filter(|t| &t.seed.key_id != current && after.is_none_or(|a| &t.id > a))
+            .map(|t| (t.id.clone(), t.seed.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found)
+    }
+}
+
+impl Tx for View<'_> {
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         let mut seen = std::collections::HashSet::new();
         for t in tokens {
             if inner.tokens.contains_key(&t.id) || !seen.insert(&t.id) {
@@ -66,38 +190,8 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self.lock().tokens.get(id).cloned())
-    }
-
-    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .users
-            .get(user)
-            .and_then(|id| inner.tokens.get(id))
-            .cloned())
-    }
-
-    fn list_tokens(
-        &self,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let inner = self.lock();
-        let mut found: Vec<TokenRecord> = inner
-            .tokens
-            .values()
-            .filter(|t| after.is_none_or(|a| &t.id > a))
-            .cloned()
-            .collect();
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        found.truncate(limit);
-        Ok(found)
-    }
-
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         if let Some(user) = &advance.bind {
             if inner.users.contains_key(user) {
                 return Err(StoreError::UserTaken { user: user.clone() });
@@ -137,7 +231,7 @@ impl Store for MemoryStore {
         max_failures: u32,
         audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
             return Ok(None);
         };
@@ -161,7 +255,7 @@ impl Store for MemoryStore {
         locked_at: Option<UnixTime>,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
             return Ok(false);
         };
@@ -182,7 +276,7 @@ impl Store for MemoryStore {
         enabled: bool,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
             return Ok(false);
         };
@@ -192,7 +286,7 @@ impl Store for MemoryStore {
     }
 
     fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         let Some(t) = inner.tokens.remove(token) else {
             return Ok(false);
         };
@@ -204,94 +298,8 @@ impl Store for MemoryStore {
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.lock().audit.push(event.clone());
+        self.0.lock().audit.push(event.clone());
         Ok(())
-    }
-
-    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let inner = self.lock();
-        let mut found: Vec<AuditEvent> = inner
-            .audit
-            .iter()
-            .rev()
-            .filter(|e| e.token.as_ref() == Some(token))
-            .take(limit)
-            .cloned()
-            .collect();
-        found.reverse();
-        Ok(found)
-    }
-
-    fn audit_page(
-        &self,
-        token: &TokenId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let inner = self.lock();
-        // Line i (0-based) has sequence number i + 1.
-        let end = match before {
-            None => inner.audit.len(),
-            Some(b) => {
-                let at = usize::try_from(b.saturating_sub(1)).unwrap_or(usize::MAX);
-                // The cursor must be one of this token's lines, as in the SQL stores.
-                match inner.audit.get(at) {
-                    Some(e) if e.token.as_ref() == Some(token) => at,
-                    _ => 0,
-                }
-            }
-        };
-        Ok(inner.audit[..end]
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, e)| e.token.as_ref() == Some(token))
-            .take(limit)
-            .map(|(i, e)| AuditEntry {
-                seq: i as u64 + 1,
-                event: e.clone(),
-            })
-            .collect())
-    }
-
-    fn audit_since(
-        &self,
-        since: UnixTime,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let inner = self.lock();
-        let start = usize::try_from(after.unwrap_or(0))
-            .unwrap_or(usize::MAX)
-            .min(inner.audit.len());
-        Ok(inner.audit[start..]
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.at >= since)
-            .take(limit)
-            .map(|(i, e)| AuditEntry {
-                seq: (start + i) as u64 + 1,
-                event: e.clone(),
-            })
-            .collect())
-    }
-
-    fn seeds_not_under(
-        &self,
-        current: &KeyId,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
-        let inner = self.lock();
-        let mut found: Vec<_> = inner
-            .tokens
-            .values()
-            .filter(|t| &t.seed.key_id != current && after.is_none_or(|a| &t.id > a))
-            .map(|t| (t.id.clone(), t.seed.clone()))
-            .collect();
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.truncate(limit);
-        Ok(found)
     }
 
     fn replace_seed(
@@ -300,7 +308,7 @@ impl Store for MemoryStore {
         old: &SealedSeed,
         new: &SealedSeed,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.0.lock();
         match inner.tokens.get_mut(token) {
             Some(t) if &t.seed == old => {
                 t.seed = new.clone();
@@ -309,9 +317,16 @@ impl Store for MemoryStore {
             _ => Ok(false),
         }
     }
+}
 
-    fn submit(&self, work: Work) {
-        let finish = work(self);
-        finish(Ok(()));
+impl Store for MemoryStore {
+    fn submit(&self, mut work: Box<dyn Work>) {
+        work.run(&View(self));
+        work.finish(Ok(()));
+    }
+
+    fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError> {
+        reads(&View(self));
+        Ok(())
     }
 }

@@ -1,27 +1,44 @@
-//! Where token state lives: the [`Store`] trait and its implementations.
+//! Where token state lives: the contract between the rules and a database, and its
+//! implementations (SQLite, PostgreSQL, memory).
 //!
-//! The trait is shaped around compare-and-set: every state change is a single conditional
+//! A backend implements two things once:
+//! - the primitive operations, on whatever it runs them in (a connection inside a transaction,
+//!   a locked map): [`Reads`] for the queries and [`Tx`] for the state changes;
+//! - [`Store`]: "run this unit of [`Work`] where you write, and tell it once its writes are
+//!   committed" ([`Store::submit`]), and "run these reads" ([`Store::read`]).
+//!
+//! The blocking conveniences (submit and wait, read and return) are written once, on
+//! `dyn Store` (`<dyn Store>::write` and `<dyn Store>::reads`), not per backend. A new backend is one
+//! file plus its line in `open.rs`'s [`StoreAddress`]; the conformance suite (the verifier's
+//! `tests/rules.rs` and `tests/concurrency.rs`) drives every rule through this contract, so
+//! the backend needs only a test function that opens it there.
+//!
+//! The contract is shaped around compare-and-set: every state change is a single conditional
 //! update (`UPDATE ... WHERE next <= $lowest AND ...`) that the database applies atomically,
 //! so when several threads, processes or servers race with the same code, exactly one update
 //! matches a row and wins. The verifier reads, decides, and then asks the store to apply its
-//! decision only if the state still allows it.
+//! decision only if the state still allows it. Each primitive operation is atomic on its own;
+//! a unit of work as a whole need not be (the rules never rely on it), which lets PostgreSQL
+//! run each change as one statement and SQLite commit many units together.
 //!
-//! The API is synchronous (rusqlite and the `postgres` crate are blocking); an async server
-//! calls it from `tokio::task::spawn_blocking`.
+//! [`Store::submit`] never blocks its caller on I/O: SQLite queues the work for its writer
+//! thread, PostgreSQL for its worker threads, and memory runs it in place (it does none), so
+//! an async server may call it from its own threads.
 
-use std::borrow::Cow;
+use codereader_otp::UnixTime;
 
-use codereader_otp::{Algorithm, Digits, Period, UnixTime};
-
-use crate::seal::{NONCE_LEN, SealedSeed};
+use crate::seal::SealedSeed;
 use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
+mod audit;
 pub mod memory;
 mod open;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
-pub use open::open_store;
+pub use audit::{AuditAction, AuditOutcome, UnknownAuditText};
+pub use open::{StoreAddress, open_store};
 
 /// Why a store operation failed. Never carries seeds or codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +80,11 @@ pub enum StoreError {
         /// The newest version this program can migrate to.
         known: i64,
     },
-    /// The store address is neither `sqlite:PATH` nor `postgres://...`.
-    #[error("unknown store address; expected sqlite:PATH or postgres://...")]
+    /// The store address is none of the forms [`StoreAddress`] knows.
+    #[error("unknown store address; expected sqlite:PATH, a file path or postgres://...")]
     BadAddress,
-    /// A value does not fit the database's signed 64-bit integers.
+    /// A value does not fit the database's signed 64-bit integers (a [`NewToken`] being
+    /// built, or a time or counter given to the store).
     #[error("{what} does not fit in a signed 64-bit integer")]
     OutOfRange {
         /// Which value.
@@ -75,16 +93,66 @@ pub enum StoreError {
 }
 
 /// A token to insert: parameters, sealed seed, first usable step or counter.
+///
+/// Every number in it fits a database's signed 64-bit integers ([`NewToken::new`] checks),
+/// so no store refuses a token for its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewToken {
+    pub(crate) id: TokenId,
+    pub(crate) params: TokenParams,
+    pub(crate) seed: SealedSeed,
+    pub(crate) next: u64,
+}
+
+impl NewToken {
+    /// A token to insert; `next` is the first step (TOTP, usually 0) or counter (HOTP) that
+    /// may be accepted.
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`] when the period, T0 or `next` exceeds `i64::MAX`.
+    pub fn new(
+        id: TokenId,
+        params: TokenParams,
+        seed: SealedSeed,
+        next: u64,
+    ) -> Result<Self, StoreError> {
+        let fits = |value: u64, what: &'static str| {
+            i64::try_from(value)
+                .map(drop)
+                .map_err(|_| StoreError::OutOfRange { what })
+        };
+        if let TokenKind::Totp { period, t0 } = params.kind {
+            fits(period.seconds(), "period")?;
+            fits(t0.0, "t0")?;
+        }
+        fits(next, "counter")?;
+        Ok(NewToken {
+            id,
+            params,
+            seed,
+            next,
+        })
+    }
+
     /// Its serial.
-    pub id: TokenId,
+    pub fn id(&self) -> &TokenId {
+        &self.id
+    }
+
     /// How it makes codes.
-    pub params: TokenParams,
+    pub fn params(&self) -> &TokenParams {
+        &self.params
+    }
+
     /// Its sealed secret.
-    pub seed: SealedSeed,
-    /// The first step (TOTP, usually 0) or counter (HOTP) that may be accepted.
-    pub next: u64,
+    pub fn seed(&self) -> &SealedSeed {
+        &self.seed
+    }
+
+    /// The first step or counter that may be accepted.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
 }
 
 /// A stored token.
@@ -150,20 +218,18 @@ impl Advance {
 
 /// One line of the audit trail. There is deliberately no field for the code.
 ///
-/// The verifier's actions and outcomes are fixed labels (`Cow::Borrowed`), so writing an
-/// audit line on every verification allocates nothing; lines read back from a database own
-/// their text.
+/// Actions and outcomes are typed ([`AuditAction`], [`AuditOutcome`]); a store turns them
+/// into text when it writes the line and back when it reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
     /// The token concerned, if known.
     pub token: Option<TokenId>,
     /// The user concerned, if known.
     pub user: Option<UserId>,
-    /// What was asked: "verify", "resync", "activate", "unlock", "auto-unlock", "enable",
-    /// "disable", "delete", "import", "enroll", "rotate".
-    pub action: Cow<'static, str>,
-    /// What happened: an [`crate::Outcome::label`] or "ok".
-    pub outcome: Cow<'static, str>,
+    /// What was asked.
+    pub action: AuditAction,
+    /// What happened.
+    pub outcome: AuditOutcome,
     /// When.
     pub at: UnixTime,
     /// Who asked.
@@ -180,25 +246,9 @@ pub struct AuditEntry {
     pub event: AuditEvent,
 }
 
-/// Told whether the writes of a unit of [`Work`] were committed (`Ok`) or not.
-pub type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-/// A unit of work for [`Store::submit`]: it runs against the store it is given (which may be
-/// a view of the store inside its current transaction) and returns what to do once its writes
-/// are committed.
-pub type Work = Box<dyn FnOnce(&dyn Store) -> Finish + Send>;
-
-/// Persistent token state. Every method is one atomic step in the store; the verifier never
-/// holds a lock or a transaction across calls. Implementations must make [`Store::advance`]
-/// and [`Store::record_failure`] single conditional updates so that concurrent callers (other
-/// threads, processes or servers) can neither both win nor lose an increment.
-pub trait Store: Send + Sync {
-    /// Inserts all tokens in one transaction, or none, and appends `audit`.
-    ///
-    /// # Errors
-    /// [`StoreError::Duplicate`] if an id exists; [`StoreError::Database`].
-    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError>;
-
+/// The queries of the rules, on whatever a backend reads with (a pooled connection, or the
+/// connection of a write transaction, which also sees that transaction's writes).
+pub trait Reads {
     /// The token with this serial.
     ///
     /// # Errors
@@ -220,6 +270,62 @@ pub trait Store: Send + Sync {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The last `limit` audit events of one token, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Up to `limit` audit lines of one token older than the line `before` (from the newest,
+    /// if `None`), newest first. `before` must be one of this token's lines (the last of the
+    /// previous page); any other gives nothing. Lines of a deleted token stay readable.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn audit_page(
+        &self,
+        token: &TokenId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` audit lines of every token (and of none), at `since` or later and after
+    /// the line `after`, oldest first: an export that resumes where it stopped.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn audit_since(
+        &self,
+        since: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` seeds with token ids greater than `after`, in id order, that are not
+    /// sealed under `current`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn seeds_not_under(
+        &self,
+        current: &KeyId,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError>;
+}
+
+/// The state changes, inside a unit of [`Work`]. Each is atomic on its own (a failed one
+/// leaves nothing behind) and takes effect for readers once the store commits the unit.
+/// [`Tx::advance`] and [`Tx::record_failure`] are single conditional updates, so that
+/// concurrent callers (other threads, processes or servers) can neither both win nor lose an
+/// increment.
+pub trait Tx: Reads {
+    /// Inserts all tokens, or none, and appends `audit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`] if an id exists; [`StoreError::Database`].
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError>;
 
     /// Compare-and-set: if the token is enabled, `next <= advance.lowest()`, and (unless
     /// [`Advance::unlock`]) not locked with fewer than `max_failures` failures, and (with
@@ -284,49 +390,6 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Database`].
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
-    /// The last `limit` audit events of one token, oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
-
-    /// Up to `limit` audit lines of one token older than the line `before` (from the newest,
-    /// if `None`), newest first. `before` must be one of this token's lines (the last of the
-    /// previous page); any other gives nothing. Lines of a deleted token stay readable.
-    ///
-    /// # Errors
-    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    fn audit_page(
-        &self,
-        token: &TokenId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
-
-    /// Up to `limit` audit lines of every token (and of none), at `since` or later and after
-    /// the line `after`, oldest first: an export that resumes where it stopped.
-    ///
-    /// # Errors
-    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    fn audit_since(
-        &self,
-        since: UnixTime,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
-
-    /// Up to `limit` seeds with token ids greater than `after`, in id order, that are not
-    /// sealed under `current`.
-    ///
-    /// # Errors
-    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    fn seeds_not_under(
-        &self,
-        current: &KeyId,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError>;
-
     /// Compare-and-set of a seal: replaces `old` by `new` if the row still holds `old`.
     ///
     /// # Errors
@@ -337,191 +400,114 @@ pub trait Store: Send + Sync {
         old: &SealedSeed,
         new: &SealedSeed,
     ) -> Result<bool, StoreError>;
+}
 
-    /// Runs `work` and then its [`Finish`] with whether its writes were committed. Each
-    /// operation `work` makes is atomic as usual; the work as a whole is not one transaction.
+/// A unit of work for [`Store::submit`]: it runs where the store writes, then hears whether
+/// its writes were committed.
+pub trait Work: Send {
+    /// Reads and writes through `tx`. Never wait for the store from here (the store may be
+    /// waiting for this to return).
+    fn run(&mut self, tx: &dyn Tx);
+
+    /// Told `Ok` once every write `run` made is committed, or why they were not; called once,
+    /// after `run` (or without it, when the store could not run the work at all).
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// A [`Work`] from two closures: `run` in the store, `then` with its result once committed
+/// (or the store's error).
+pub fn work<T, R, D>(run: R, then: D) -> Box<dyn Work>
+where
+    T: Send + 'static,
+    R: FnOnce(&dyn Tx) -> T + Send + 'static,
+    D: FnOnce(Result<T, StoreError>) + Send + 'static,
+{
+    struct Closures<T, R, D> {
+        run: Option<R>,
+        result: Option<T>,
+        then: D,
+    }
+    impl<T, R, D> Work for Closures<T, R, D>
+    where
+        T: Send,
+        R: FnOnce(&dyn Tx) -> T + Send,
+        D: FnOnce(Result<T, StoreError>) + Send,
+    {
+        fn run(&mut self, tx: &dyn Tx) {
+            if let Some(run) = self.run.take() {
+                self.result = Some(run(tx));
+            }
+        }
+
+        fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+            let Closures { result, then, .. } = *self;
+            then(committed.and_then(|()| result.ok_or_else(not_run)));
+        }
+    }
+    Box::new(Closures {
+        run: Some(run),
+        result: None,
+        then,
+    })
+}
+
+/// A store that finished a unit of work it never ran, or dropped it unfinished.
+pub(crate) fn not_run() -> StoreError {
+    StoreError::Database {
+        backend: "store",
+        reason: "the store did not run the work".to_owned(),
+    }
+}
+
+/// Persistent token state: where units of work run and reads happen.
+pub trait Store: Send + Sync {
+    /// Runs `work` where the store writes and then finishes it with whether its writes were
+    /// committed. Never blocks the caller on I/O: the work may run later on a thread of the
+    /// store (SQLite's writer, PostgreSQL's workers), so `finish` is where its result goes.
+    fn submit(&self, work: Box<dyn Work>);
+
+    /// Calls `reads` once with a view for queries (on the caller's thread; it blocks).
     ///
-    /// A store with a writer thread of its own (SQLite) queues the work there and returns at
-    /// once: the work then reads and writes on the writer's connection inside its group
-    /// commit, without the hand-offs of separate calls, and the finish runs on that thread
-    /// after the commit. Other stores run both before returning ([`Store::queues_work`] is
-    /// false), so an async caller must call them from a blocking thread.
-    fn submit(&self, work: Work);
+    /// # Errors
+    /// [`StoreError::Database`] when the store cannot give a view (no connection); errors
+    /// of the queries themselves are `reads`'s to keep.
+    fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError>;
+}
 
-    /// Whether [`Store::submit`] returns at once, leaving the work to a thread of the store.
-    fn queues_work(&self) -> bool {
-        false
+impl dyn Store + '_ {
+    /// Submits `run` as a unit of work and waits until it is committed: for callers on
+    /// threads that may block.
+    ///
+    /// # Errors
+    /// Why the work's writes were not committed (its own result is then dropped).
+    pub fn write<T, R>(&self, run: R) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        R: FnOnce(&dyn Tx) -> T + Send + 'static,
+    {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.submit(work(run, move |result| {
+            // The caller waits below and cannot have gone.
+            let _ = reply.send(result);
+        }));
+        answer.recv().unwrap_or_else(|_| Err(not_run()))
     }
-}
 
-/// A token row as SQL stores hold it, before checking.
-#[derive(Debug)]
-pub(crate) struct RawToken {
-    pub(crate) id: String,
-    pub(crate) user: Option<String>,
-    pub(crate) kind: String,
-    pub(crate) algorithm: String,
-    pub(crate) digits: i64,
-    pub(crate) period: i64,
-    pub(crate) t0: i64,
-    pub(crate) key_id: String,
-    pub(crate) nonce: Vec<u8>,
-    pub(crate) sealed: Vec<u8>,
-    pub(crate) next: i64,
-    pub(crate) drift: i64,
-    pub(crate) failures: i64,
-    pub(crate) last_failure_at: Option<i64>,
-    pub(crate) locked_at: Option<i64>,
-    pub(crate) enabled: bool,
-}
-
-/// The columns of [`RawToken`], in order, for SELECTs.
-pub(crate) const TOKEN_COLUMNS: &str = "id, user_id, kind, algorithm, digits, period, t0, \
-     key_id, nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled";
-
-impl RawToken {
-    pub(crate) fn into_record(self) -> Result<TokenRecord, StoreError> {
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            token: self.id.clone(),
-            reason: reason.to_owned(),
-        };
-        let id = TokenId::new(self.id.clone()).map_err(|_| corrupt("bad id"))?;
-        let user = match &self.user {
-            Some(u) => Some(UserId::new(u.clone()).map_err(|_| corrupt("bad user id"))?),
-            None => None,
-        };
-        let kind = match self.kind.as_str() {
-            "totp" => TokenKind::Totp {
-                period: u64::try_from(self.period)
-                    .ok()
-                    .and_then(|p| Period::new(p).ok())
-                    .ok_or_else(|| corrupt("bad period"))?,
-                t0: UnixTime(u64::try_from(self.t0).map_err(|_| corrupt("bad t0"))?),
-            },
-            "hotp" => TokenKind::Hotp,
-            _ => return Err(corrupt("bad kind")),
-        };
-        let algorithm: Algorithm = self
-            .algorithm
-            .parse()
-            .map_err(|_| corrupt("bad algorithm"))?;
-        let digits = u32::try_from(self.digits)
-            .ok()
-            .and_then(|d| Digits::new(d).ok())
-            .ok_or_else(|| corrupt("bad digits"))?;
-        let nonce: [u8; NONCE_LEN] = self
-            .nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| corrupt("bad nonce"))?;
-        let time = |t: Option<i64>, what: &str| -> Result<Option<UnixTime>, StoreError> {
-            t.map(|t| u64::try_from(t).map(UnixTime).map_err(|_| corrupt(what)))
-                .transpose()
-        };
-        Ok(TokenRecord {
-            id,
-            user,
-            params: TokenParams {
-                kind,
-                algorithm,
-                digits,
-            },
-            seed: SealedSeed {
-                key_id: KeyId::new(self.key_id.clone()).map_err(|_| corrupt("bad key id"))?,
-                nonce,
-                ciphertext: self.sealed.clone(),
-            },
-            state: TokenState {
-                next: u64::try_from(self.next).map_err(|_| corrupt("bad next"))?,
-                drift: self.drift,
-                failures: u32::try_from(self.failures).map_err(|_| corrupt("bad failures"))?,
-                last_failure_at: time(self.last_failure_at, "bad failure time")?,
-                locked_at: time(self.locked_at, "bad lock time")?,
-                enabled: self.enabled,
-            },
-        })
+    /// Runs `f` on a view for queries and returns what it returns.
+    ///
+    /// # Errors
+    /// `f`'s errors, and [`StoreError::Database`] when the store cannot give a view.
+    pub fn reads<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn Reads) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut f = Some(f);
+        let mut result = None;
+        self.read(&mut |view| {
+            if let Some(f) = f.take() {
+                result = Some(f(view));
+            }
+        })?;
+        result.unwrap_or_else(|| Err(not_run().into()))
     }
-}
-
-/// The SQL-facing columns of a new token.
-pub(crate) struct TokenColumns<'a> {
-    pub(crate) kind: &'static str,
-    pub(crate) algorithm: &'static str,
-    pub(crate) digits: i64,
-    pub(crate) period: i64,
-    pub(crate) t0: i64,
-    pub(crate) next: i64,
-    pub(crate) token: &'a NewToken,
-}
-
-pub(crate) fn to_i64(value: u64, what: &'static str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what })
-}
-
-impl<'a> TokenColumns<'a> {
-    pub(crate) fn of(token: &'a NewToken) -> Result<Self, StoreError> {
-        let (kind, period, t0) = match token.params.kind {
-            TokenKind::Totp { period, t0 } => (
-                "totp",
-                to_i64(period.seconds(), "period")?,
-                to_i64(t0.0, "t0")?,
-            ),
-            TokenKind::Hotp => ("hotp", 0, 0),
-        };
-        Ok(TokenColumns {
-            kind,
-            algorithm: token.params.algorithm.name(),
-            digits: i64::from(token.params.digits.get()),
-            period,
-            t0,
-            next: to_i64(token.next, "counter")?,
-            token,
-        })
-    }
-}
-
-/// Parses a stored audit row with its sequence number.
-pub(crate) fn audit_entry(
-    seq: i64,
-    row: (Option<String>, Option<String>, String, String, i64, String),
-) -> Result<AuditEntry, StoreError> {
-    let (t, u, a, o, at, c) = row;
-    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt {
-        token: t.clone().unwrap_or_default(),
-        reason: "bad audit sequence number".to_owned(),
-    })?;
-    Ok(AuditEntry {
-        seq,
-        event: audit_from_row(t, u, a, o, at, c)?,
-    })
-}
-
-/// Parses a stored audit row.
-pub(crate) fn audit_from_row(
-    token: Option<String>,
-    user: Option<String>,
-    action: String,
-    outcome: String,
-    at: i64,
-    caller: String,
-) -> Result<AuditEvent, StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        token: token.clone().unwrap_or_default(),
-        reason: reason.to_owned(),
-    };
-    Ok(AuditEvent {
-        token: token
-            .as_ref()
-            .map(|t| TokenId::new(t.clone()))
-            .transpose()
-            .map_err(|_| corrupt("bad audit token"))?,
-        user: user
-            .map(UserId::new)
-            .transpose()
-            .map_err(|_| corrupt("bad audit user"))?,
-        action: Cow::Owned(action),
-        outcome: Cow::Owned(outcome),
-        at: UnixTime(u64::try_from(at).map_err(|_| corrupt("bad audit time"))?),
-        caller: Caller::new(caller).map_err(|_| corrupt("bad audit caller"))?,
-    })
 }

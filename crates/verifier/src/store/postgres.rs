@@ -4,22 +4,29 @@
 //! appends the audit line together), so it is atomic without an explicit transaction and
 //! costs one round trip. Under READ COMMITTED, a second concurrent `UPDATE` of the same row
 //! waits for the first to commit and then re-checks its `WHERE` clause against the new row:
-//! with the same code, exactly one wins.
+//! with the same code, exactly one wins. A unit of work is therefore a sequence of committed
+//! statements on one connection, and hears `Ok` once it has run.
 //!
-//! The `postgres` crate is blocking; each thread borrows a client (with its prepared
-//! statements) from a small pool, so the store is `Send + Sync`.
+//! The `postgres` crate is blocking. Connections come from a small pool (with their prepared
+//! statements). Reads borrow one on the caller's thread; units of work ([`Store::submit`])
+//! are queued for worker threads of the store, at most one per pooled connection, started
+//! when work waits and none is idle, so that submitting never blocks the caller (an async
+//! server's own threads) on the database.
 
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use codereader_otp::UnixTime;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
 
+use super::sql::{
+    AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
+};
 use super::{
-    Advance, AuditEntry, AuditEvent, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
-    TokenColumns, TokenRecord, Work, audit_entry, audit_from_row, to_i64,
+    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -101,21 +108,45 @@ struct Pool {
 /// Token state in a PostgreSQL database.
 ///
 /// Holds at most `max_connections` connections; callers beyond that wait for one to come
-/// back, so a busy server cannot exhaust the database's connection slots.
+/// back, so a busy server cannot exhaust the database's connection slots. Submitted work
+/// runs on up to as many worker threads of the store.
 pub struct PgStore {
+    pool: Arc<PgPool>,
+    queue: Arc<WorkQueue>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// The connections, shared by the store and its workers.
+struct PgPool {
     config: Config,
     pool: Mutex<Pool>,
     returned: Condvar,
     max_connections: usize,
 }
 
+/// Work waiting for a worker.
+struct WorkQueue {
+    state: Mutex<Queued>,
+    ready: Condvar,
+}
+
+struct Queued {
+    work: VecDeque<Box<dyn Work>>,
+    /// Workers started and not ended.
+    workers: usize,
+    /// Workers waiting for work.
+    idle: usize,
+    /// The store is gone: workers end once the queue is empty.
+    closed: bool,
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The configuration may hold a password: show only where it points.
         f.debug_struct("PgStore")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
-            .field("max_connections", &self.max_connections)
+            .field("hosts", &self.pool.config.get_hosts())
+            .field("dbname", &self.pool.config.get_dbname())
+            .field("max_connections", &self.pool.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -131,13 +162,14 @@ impl PgStore {
         Self::connect_with(url, DEFAULT_MAX_CONNECTIONS)
     }
 
-    /// As [`PgStore::connect`], with at most `max_connections` (at least 1) connections.
+    /// As [`PgStore::connect`], with at most `max_connections` (at least 1) connections and
+    /// as many worker threads.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn connect_with(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let config = Config::from_str(url).map_err(db)?;
-        let store = PgStore {
+        let pool = PgPool {
             config,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -146,12 +178,88 @@ impl PgStore {
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
         };
-        let mut conn = store.open()?;
+        let mut conn = pool.open()?;
         migrate(&mut conn.client)?;
-        store.give_back(Some(conn));
-        Ok(store)
+        pool.give_back(Some(conn));
+        Ok(PgStore {
+            pool: Arc::new(pool),
+            queue: Arc::new(WorkQueue {
+                state: Mutex::new(Queued {
+                    work: VecDeque::new(),
+                    workers: 0,
+                    idle: 0,
+                    closed: false,
+                }),
+                ready: Condvar::new(),
+            }),
+            workers: Mutex::new(Vec::new()),
+        })
     }
 
+    /// Starts one more worker; on failure, and if no worker is left to run the queue, tells
+    /// the waiting work why.
+    fn start_worker(&self) {
+        let (pool, queue) = (Arc::clone(&self.pool), Arc::clone(&self.queue));
+        let started = std::thread::Builder::new()
+            .name("pg-worker".to_owned())
+            .spawn(move || {
+                while let Some(work) = queue.next() {
+                    pool.run(work);
+                }
+            });
+        match started {
+            Ok(thread) => self
+                .workers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(thread),
+            Err(e) => {
+                let mut state = self.queue.lock();
+                state.workers -= 1;
+                if state.workers > 0 {
+                    return;
+                }
+                let stranded: Vec<_> = state.work.drain(..).collect();
+                drop(state);
+                for work in stranded {
+                    work.finish(Err(StoreError::Database {
+                        backend: "postgres",
+                        reason: format!("cannot start a worker thread: {e}"),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl WorkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next unit of work, waiting for one; `None` once the store is gone and the queue
+    /// is empty (the worker then ends).
+    fn next(&self) -> Option<Box<dyn Work>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(work) = state.work.pop_front() {
+                return Some(work);
+            }
+            if state.closed {
+                state.workers -= 1;
+                return None;
+            }
+            state.idle += 1;
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
+        }
+    }
+}
+
+impl PgPool {
     fn open(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
             client: self.config.connect(NoTls).map_err(db)?,
@@ -188,9 +296,9 @@ impl PgStore {
         }
     }
 
-    /// Runs `f` on a pooled connection. A connection whose closure failed is closed rather
-    /// than reused, in case it is left inside a transaction.
-    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs `f` with a view on a pooled connection. A connection on which an operation
+    /// failed is closed rather than reused, in case it is left inside a transaction.
+    fn with<T>(&self, f: impl FnOnce(&PgConn<'_>) -> T) -> Result<T, StoreError> {
         let mut conn = match self.take() {
             Some(c) => c,
             None => match self.open() {
@@ -201,13 +309,46 @@ impl PgStore {
                 }
             },
         };
-        let result = f(&mut conn);
-        self.give_back(result.is_ok().then_some(conn));
-        result
+        let view = PgConn {
+            conn: RefCell::new(&mut conn),
+            failed: Cell::new(false),
+        };
+        let result = f(&view);
+        let failed = view.failed.get();
+        self.give_back((!failed).then_some(conn));
+        Ok(result)
+    }
+
+    /// Runs a unit of work on a worker: its statements commit one by one, so it is committed
+    /// once it has run.
+    fn run(&self, mut work: Box<dyn Work>) {
+        match self.with(|view| work.run(view)) {
+            Ok(()) => work.finish(Ok(())),
+            Err(e) => work.finish(Err(e)),
+        }
     }
 }
 
 impl Drop for PgStore {
+    /// Lets the workers finish the queued work and end, then waits for them (unless this is
+    /// one of them: work may hold what holds the store, and a thread cannot wait for itself).
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_all();
+        let workers = std::mem::take(
+            self.workers
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for worker in workers {
+            if worker.thread().id() != std::thread::current().id() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+impl Drop for PgPool {
     /// Closes the pooled connections on a thread of their own. A `postgres::Client` says
     /// goodbye to the server through a runtime of its own, which panics ("Cannot start a
     /// runtime from within a runtime") on a thread that runs an async runtime, and the last
@@ -309,29 +450,6 @@ fn pg_audit_entry(r: &postgres::Row) -> Result<AuditEntry, StoreError> {
     )
 }
 
-/// The audit columns as statement parameters.
-struct AuditParams {
-    token: Option<String>,
-    user: Option<String>,
-    action: String,
-    outcome: String,
-    at: i64,
-    caller: String,
-}
-
-impl AuditParams {
-    fn of(e: &AuditEvent) -> Result<Self, StoreError> {
-        Ok(AuditParams {
-            token: e.token.as_ref().map(|t| t.as_str().to_owned()),
-            user: e.user.as_ref().map(|u| u.as_str().to_owned()),
-            action: e.action.to_string(),
-            outcome: e.outcome.to_string(),
-            at: to_i64(e.at.0, "time")?,
-            caller: e.caller.as_str().to_owned(),
-        })
-    }
-}
-
 const SELECT_BY_ID: &str = "SELECT id, user_id, kind, algorithm, digits, period, t0, key_id, \
      nonce, sealed, next_value, drift, failures, last_failure_at, locked_at, enabled \
      FROM tokens WHERE id = $1";
@@ -368,70 +486,26 @@ fn duplicate_among(client: &mut Client, tokens: &[NewToken]) -> StoreError {
     }
 }
 
-impl Store for PgStore {
-    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
-        let columns = tokens
-            .iter()
-            .map(TokenColumns::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
-        let kinds: Vec<&str> = columns.iter().map(|c| c.kind).collect();
-        let algorithms: Vec<&str> = columns.iter().map(|c| c.algorithm).collect();
-        let digits: Vec<i64> = columns.iter().map(|c| c.digits).collect();
-        let periods: Vec<i64> = columns.iter().map(|c| c.period).collect();
-        let t0s: Vec<i64> = columns.iter().map(|c| c.t0).collect();
-        let key_ids: Vec<&str> = columns
-            .iter()
-            .map(|c| c.token.seed.key_id.as_str())
-            .collect();
-        let nonces: Vec<&[u8]> = columns.iter().map(|c| &c.token.seed.nonce[..]).collect();
-        let sealed: Vec<&[u8]> = columns
-            .iter()
-            .map(|c| c.token.seed.ciphertext.as_slice())
-            .collect();
-        let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let mut tx = conn.client.transaction().map_err(db)?;
-            // One statement for the whole batch: arrays unnested into rows, so a large
-            // import costs one round trip instead of one per token.
-            let inserted = tx.execute(
-                "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
-                                     nonce, sealed, next_value)
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
-                                      $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[],
-                                      $9::BYTEA[], $10::BIGINT[])",
-                &[
-                    &ids,
-                    &kinds,
-                    &algorithms,
-                    &digits,
-                    &periods,
-                    &t0s,
-                    &key_ids,
-                    &nonces,
-                    &sealed,
-                    &nexts,
-                ],
-            );
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
-                    drop(tx);
-                    return Err(duplicate_among(&mut conn.client, tokens));
-                }
-                Err(e) => return Err(db(e)),
-            }
-            tx.execute(
-                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)
-        })
-    }
+/// The operations on one pooled connection (outside any transaction but
+/// [`Tx::insert_tokens`]'s own).
+struct PgConn<'c> {
+    conn: RefCell<&'c mut Conn>,
+    /// Whether an operation failed (the connection is then not reused).
+    failed: Cell<bool>,
+}
 
+impl PgConn<'_> {
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // Operations do not call each other, so the connection is never borrowed twice.
+        let result = f(&mut self.conn.borrow_mut());
+        if result.is_err() {
+            self.failed.set(true);
+        }
+        result
+    }
+}
+
+impl Reads for PgConn<'_> {
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.with(|conn| {
             let s = conn.statement(SELECT_BY_ID).map_err(db)?;
@@ -470,219 +544,6 @@ impl Store for PgStore {
         })
     }
 
-    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
-        let lowest = to_i64(advance.lowest, "counter")?;
-        let max = i64::from(advance.max_failures);
-        let bind = advance.bind.as_ref().map(|u| u.as_str().to_owned());
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let s = conn
-                .statement(
-                    "WITH moved AS (
-                        UPDATE tokens
-                           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
-                               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
-                               user_id = COALESCE($7, user_id)
-                         WHERE id = $1 AND enabled AND next_value <= $4
-                           AND ($6 OR (locked_at IS NULL AND failures < $5))
-                           AND ($7::TEXT IS NULL OR user_id IS NULL)
-                     RETURNING id)
-                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved",
-                )
-                .map_err(db)?;
-            let inserted = conn
-                .client
-                .execute(
-                    &s,
-                    &[
-                        &advance.token.as_str(),
-                        &next,
-                        &advance.drift,
-                        &lowest,
-                        &max,
-                        &advance.unlock,
-                        &bind,
-                        &a.user,
-                        &a.action,
-                        &a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(|e| match &advance.bind {
-                    Some(user) if is_unique_violation(&e) => {
-                        StoreError::UserTaken { user: user.clone() }
-                    }
-                    _ => db(e),
-                })?;
-            Ok(inserted == 1)
-        })
-    }
-
-    fn record_failure(
-        &self,
-        token: &TokenId,
-        now: UnixTime,
-        max_failures: u32,
-        audit: &AuditEvent,
-    ) -> Result<Option<u32>, StoreError> {
-        let now = to_i64(now.0, "time")?;
-        let max = i64::from(max_failures);
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let s = conn
-                .statement(
-                    "WITH failed AS (
-                        UPDATE tokens
-                           SET failures = failures + 1, last_failure_at = $2,
-                               locked_at = CASE WHEN failures + 1 >= $3 THEN $2 ELSE locked_at END
-                         WHERE id = $1 AND enabled AND locked_at IS NULL
-                     RETURNING id, failures),
-                     logged AS (
-                        INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                        SELECT id, $4::TEXT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT FROM failed)
-                     SELECT failures FROM failed",
-                )
-                .map_err(db)?;
-            let row = conn
-                .client
-                .query_opt(
-                    &s,
-                    &[
-                        &token.as_str(),
-                        &now,
-                        &max,
-                        &a.user,
-                        &a.action,
-                        &a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(db)?;
-            row.map(|r| {
-                let f: i64 = r.try_get(0).map_err(db)?;
-                u32::try_from(f).map_err(|_| StoreError::Corrupt {
-                    token: token.to_string(),
-                    reason: "bad failures".to_owned(),
-                })
-            })
-            .transpose()
-        })
-    }
-
-    fn unlock(
-        &self,
-        token: &TokenId,
-        locked_at: Option<UnixTime>,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let s = conn
-                .statement(
-                    "WITH opened AS (
-                        UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
-                         WHERE id = $1 AND ($2::BIGINT IS NULL OR locked_at = $2)
-                     RETURNING id)
-                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM opened",
-                )
-                .map_err(db)?;
-            let n = conn
-                .client
-                .execute(
-                    &s,
-                    &[
-                        &token.as_str(),
-                        &locked_at,
-                        &a.user,
-                        &a.action,
-                        &a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(db)?;
-            Ok(n == 1)
-        })
-    }
-
-    fn set_enabled(
-        &self,
-        token: &TokenId,
-        enabled: bool,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let n = conn
-                .client
-                .execute(
-                    "WITH changed AS (
-                        UPDATE tokens SET enabled = $2 WHERE id = $1 RETURNING id)
-                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM changed",
-                    &[
-                        &token.as_str(),
-                        &enabled,
-                        &a.user,
-                        &a.action,
-                        &a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(db)?;
-            Ok(n == 1)
-        })
-    }
-
-    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let a = AuditParams::of(audit)?;
-        self.with(|conn| {
-            let n = conn
-                .client
-                .execute(
-                    "WITH gone AS (DELETE FROM tokens WHERE id = $1 RETURNING id)
-                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     SELECT id, $2::TEXT, $3::TEXT, $4::TEXT, $5::BIGINT, $6::TEXT FROM gone",
-                    &[
-                        &token.as_str(),
-                        &a.user,
-                        &a.action,
-                        &a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(db)?;
-            Ok(n == 1)
-        })
-    }
-
-    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let a = AuditParams::of(event)?;
-        self.with(|conn| {
-            let s = conn
-                .statement(
-                    "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .map_err(db)?;
-            conn.client
-                .execute(
-                    &s,
-                    &[&a.token, &a.user, &a.action, &a.outcome, &a.at, &a.caller],
-                )
-                .map_err(db)?;
-            Ok(())
-        })
-    }
-
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(|conn| {
@@ -697,14 +558,14 @@ impl Store for PgStore {
             let mut events = rows
                 .iter()
                 .map(|r| {
-                    audit_from_row(
+                    audit_event((
                         r.try_get(0).map_err(db)?,
                         r.try_get(1).map_err(db)?,
                         r.try_get(2).map_err(db)?,
                         r.try_get(3).map_err(db)?,
                         r.try_get(4).map_err(db)?,
                         r.try_get(5).map_err(db)?,
-                    )
+                    ))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             events.reverse();
@@ -783,6 +644,281 @@ impl Store for PgStore {
                 .collect()
         })
     }
+}
+
+impl Tx for PgConn<'_> {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        let columns: Vec<_> = tokens.iter().map(TokenColumns::of).collect();
+        let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
+        let kinds: Vec<&str> = columns.iter().map(|c| c.kind).collect();
+        let algorithms: Vec<&str> = columns.iter().map(|c| c.algorithm).collect();
+        let digits: Vec<i64> = columns.iter().map(|c| c.digits).collect();
+        let periods: Vec<i64> = columns.iter().map(|c| c.period).collect();
+        let t0s: Vec<i64> = columns.iter().map(|c| c.t0).collect();
+        let key_ids: Vec<&str> = columns
+            .iter()
+            .map(|c| c.token.seed.key_id.as_str())
+            .collect();
+        let nonces: Vec<&[u8]> = columns.iter().map(|c| &c.token.seed.nonce[..]).collect();
+        let sealed: Vec<&[u8]> = columns
+            .iter()
+            .map(|c| c.token.seed.ciphertext.as_slice())
+            .collect();
+        let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let mut tx = conn.client.transaction().map_err(db)?;
+            // One statement for the whole batch: arrays unnested into rows, so a large
+            // import costs one round trip instead of one per token.
+            let inserted = tx.execute(
+                "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                     nonce, sealed, next_value)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
+                                      $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[],
+                                      $9::BYTEA[], $10::BIGINT[])",
+                &[
+                    &ids,
+                    &kinds,
+                    &algorithms,
+                    &digits,
+                    &periods,
+                    &t0s,
+                    &key_ids,
+                    &nonces,
+                    &sealed,
+                    &nexts,
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    drop(tx);
+                    return Err(duplicate_among(&mut conn.client, tokens));
+                }
+                Err(e) => return Err(db(e)),
+            }
+            tx.execute(
+                "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&a.token, &a.user, &a.action, &&*a.outcome, &a.at, &a.caller],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
+        let lowest = to_i64(advance.lowest, "counter")?;
+        let max = i64::from(advance.max_failures);
+        let bind = advance.bind.as_ref().map(|u| u.as_str().to_owned());
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH moved AS (
+                        UPDATE tokens
+                           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
+                               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
+                               user_id = COALESCE($7, user_id)
+                         WHERE id = $1 AND enabled AND next_value <= $4
+                           AND ($6 OR (locked_at IS NULL AND failures < $5))
+                           AND ($7::TEXT IS NULL OR user_id IS NULL)
+                     RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved",
+                )
+                .map_err(db)?;
+            let inserted = conn
+                .client
+                .execute(
+                    &s,
+                    &[
+                        &advance.token.as_str(),
+                        &next,
+                        &advance.drift,
+                        &lowest,
+                        &max,
+                        &advance.unlock,
+                        &bind,
+                        &a.user,
+                        &a.action,
+                        &&*a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(|e| match &advance.bind {
+                    Some(user) if is_unique_violation(&e) => {
+                        StoreError::UserTaken { user: user.clone() }
+                    }
+                    _ => db(e),
+                })?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        let now = to_i64(now.0, "time")?;
+        let max = i64::from(max_failures);
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH failed AS (
+                        UPDATE tokens
+                           SET failures = failures + 1, last_failure_at = $2,
+                               locked_at = CASE WHEN failures + 1 >= $3 THEN $2 ELSE locked_at END
+                         WHERE id = $1 AND enabled AND locked_at IS NULL
+                     RETURNING id, failures),
+                     logged AS (
+                        INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                        SELECT id, $4::TEXT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT FROM failed)
+                     SELECT failures FROM failed",
+                )
+                .map_err(db)?;
+            let row = conn
+                .client
+                .query_opt(
+                    &s,
+                    &[
+                        &token.as_str(),
+                        &now,
+                        &max,
+                        &a.user,
+                        &a.action,
+                        &&*a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            row.map(|r| {
+                let f: i64 = r.try_get(0).map_err(db)?;
+                u32::try_from(f).map_err(|_| StoreError::Corrupt {
+                    token: token.to_string(),
+                    reason: "bad failures".to_owned(),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "WITH opened AS (
+                        UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
+                         WHERE id = $1 AND ($2::BIGINT IS NULL OR locked_at = $2)
+                     RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM opened",
+                )
+                .map_err(db)?;
+            let n = conn
+                .client
+                .execute(
+                    &s,
+                    &[
+                        &token.as_str(),
+                        &locked_at,
+                        &a.user,
+                        &a.action,
+                        &&*a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let n = conn
+                .client
+                .execute(
+                    "WITH changed AS (
+                        UPDATE tokens SET enabled = $2 WHERE id = $1 RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $3::TEXT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::TEXT FROM changed",
+                    &[
+                        &token.as_str(),
+                        &enabled,
+                        &a.user,
+                        &a.action,
+                        &&*a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let a = AuditColumns::of(audit);
+        self.with(|conn| {
+            let n = conn
+                .client
+                .execute(
+                    "WITH gone AS (DELETE FROM tokens WHERE id = $1 RETURNING id)
+                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     SELECT id, $2::TEXT, $3::TEXT, $4::TEXT, $5::BIGINT, $6::TEXT FROM gone",
+                    &[
+                        &token.as_str(),
+                        &a.user,
+                        &a.action,
+                        &&*a.outcome,
+                        &a.at,
+                        &a.caller,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let a = AuditColumns::of(event);
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .map_err(db)?;
+            conn.client
+                .execute(
+                    &s,
+                    &[&a.token, &a.user, &a.action, &&*a.outcome, &a.at, &a.caller],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
+    }
 
     fn replace_seed(
         &self,
@@ -811,9 +947,31 @@ impl Store for PgStore {
             Ok(n == 1)
         })
     }
+}
 
-    fn submit(&self, work: Work) {
-        let finish = work(self);
-        finish(Ok(()));
+impl Store for PgStore {
+    fn submit(&self, work: Box<dyn Work>) {
+        let mut state = self.queue.lock();
+        if state.closed {
+            drop(state);
+            return work.finish(Err(StoreError::Database {
+                backend: "postgres",
+                reason: "the store is closed".to_owned(),
+            }));
+        }
+        state.work.push_back(work);
+        let start = state.work.len() > state.idle && state.workers < self.pool.max_connections;
+        if start {
+            state.workers += 1;
+        }
+        drop(state);
+        self.queue.ready.notify_one();
+        if start {
+            self.start_worker();
+        }
+    }
+
+    fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError> {
+        self.pool.with(|view| reads(view))
     }
 }

@@ -1,11 +1,19 @@
 //! The embedded store: one SQLite file in WAL mode, shared safely by threads and processes.
 //!
-//! Each thread borrows its own connection from a small pool (rusqlite connections are not
-//! `Sync`), so the store is `Send + Sync` for an async server's blocking pool. Concurrency
-//! between connections, threads or processes is SQLite's: every state change is one
-//! `UPDATE ... WHERE` inside a `BEGIN IMMEDIATE` transaction, so writers queue on the
-//! database lock (with a busy timeout) and the second of two racing writers finds the row
-//! already moved on.
+//! Reads run on the caller's thread, each on a connection borrowed from a small pool
+//! (rusqlite connections are not `Sync`). Every unit of work ([`Store::submit`]) goes to one
+//! writer thread per store, which owns the only writing connection: it takes every unit
+//! waiting in its queue, runs them one after the other inside one `BEGIN IMMEDIATE`
+//! transaction, and commits once (group commit); only then does each unit hear that it was
+//! committed. Each state change runs in its own savepoint, so one that fails leaves nothing
+//! behind and does not undo the others. A unit reads on the writer's connection, so it sees
+//! every write committed or queued before it: a verification reads, decides and writes
+//! without a hand-off between threads, and one fsync covers a whole batch of them, which is
+//! what makes `synchronous = FULL` fast enough.
+//!
+//! Between stores, threads or processes on one file, SQLite decides: writers queue on the
+//! database lock (with a busy timeout), and every state change is one `UPDATE ... WHERE`, so
+//! the second of two racing writers finds the row already moved on.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, mpsc};
@@ -14,9 +22,11 @@ use std::time::Duration;
 use codereader_otp::UnixTime;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use super::sql::{
+    AuditColumns, AuditRow, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
+};
 use super::{
-    Advance, AuditEntry, AuditEvent, Finish, NewToken, RawToken, Store, StoreError, TOKEN_COLUMNS,
-    TokenColumns, TokenRecord, Work, audit_entry, audit_from_row, to_i64,
+    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -129,14 +139,14 @@ impl SqliteOptions {
         self
     }
 }
-
 /// Token state in an SQLite database file.
 ///
 /// Reads use pooled connections. Writes go to one writer thread per store, which runs every
-/// write waiting in its queue inside one transaction (each in its own savepoint, so one
-/// failing write does not undo the others) and commits once: group commit. Under load one
-/// fsync then covers many verifications, which is what makes `synchronous = FULL` fast
-/// enough; no caller hears about its write before the commit that holds it.
+/// unit of work waiting in its queue inside one transaction (each change in its own
+/// savepoint, so one failing change does not undo the others) and commits once: group
+/// commit. Under load one fsync then covers many verifications, which is what makes
+/// `synchronous = FULL` fast enough; no unit hears about its writes before the commit that
+/// holds them.
 pub struct SqliteStore {
     path: PathBuf,
     options: SqliteOptions,
@@ -153,24 +163,11 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// A write: runs on the writer's connection (or is told why it cannot) and returns what to do
-/// after the commit. The connection sits in a mutex only so that [`Tx`], the view submitted
-/// work gets, is `Sync` as every store must be; only the writer thread ever locks it.
-type Job = Box<dyn FnOnce(Slot<'_>) -> Finish + Send>;
-
-/// What a job runs with.
-struct Slot<'c> {
-    /// The writer's connection, or why the batch could not begin.
-    conn: Result<&'c Mutex<Connection>, StoreError>,
-    /// Where work submitted from inside a job leaves its finish, to run after the commit.
-    later: &'c Mutex<Vec<Finish>>,
-}
-
-/// Most writes committed together.
+/// Most units of work committed together.
 const MAX_BATCH: usize = 512;
 
 struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Box<dyn Work>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -181,47 +178,42 @@ fn writer_gone() -> StoreError {
     }
 }
 
-fn write_loop(conn: Connection, queue: mpsc::Receiver<Job>) {
-    let shared = Mutex::new(conn);
-    let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
+/// The writer thread: batches of queued work, each batch one transaction.
+fn write_loop(conn: Connection, queue: mpsc::Receiver<Box<dyn Work>>) {
     while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(work) => batch.push(work),
                 Err(_) => break,
             }
         }
-        let began = lock().execute_batch("BEGIN IMMEDIATE").map_err(db);
-        let later = Mutex::new(Vec::new());
-        let mut finishers: Vec<Finish> = jobs
-            .into_iter()
-            .map(|job| {
-                job(Slot {
-                    conn: began.clone().map(|()| &shared),
-                    later: &later,
-                })
-            })
-            .collect();
-        finishers.extend(later.into_inner().unwrap_or_else(PoisonError::into_inner));
-        let conn = lock();
-        let committed = match began {
-            // Every job was already told why it could not run.
-            Err(_) => Ok(()),
-            // Some errors (disk full, I/O) make SQLite roll the whole transaction back by
-            // itself: then nothing of the batch is kept and every job must hear so.
-            Ok(()) if conn.is_autocommit() => Err(StoreError::Database {
-                backend: "sqlite",
-                reason: "the transaction was rolled back".to_owned(),
-            }),
-            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                db(e)
-            }),
+        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
+            // No transaction, so nothing runs: every unit hears why.
+            Err(e) => Err(db(e)),
+            Ok(()) => {
+                let view = Conn(&conn);
+                for work in &mut batch {
+                    work.run(&view);
+                }
+                if conn.is_autocommit() {
+                    // Some errors (disk full, I/O) make SQLite roll the whole transaction
+                    // back by itself: then nothing of the batch is kept and every unit must
+                    // hear so.
+                    Err(StoreError::Database {
+                        backend: "sqlite",
+                        reason: "the transaction was rolled back".to_owned(),
+                    })
+                } else {
+                    conn.execute_batch("COMMIT").map_err(|e| {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        db(e)
+                    })
+                }
+            }
         };
-        drop(conn);
-        for finish in finishers {
-            finish(committed.clone());
+        for work in batch {
+            work.finish(committed.clone());
         }
     }
 }
@@ -241,26 +233,6 @@ fn in_savepoint<T>(
     }
     run("RELEASE job").map_err(db)?;
     result
-}
-
-/// An audit row selected as `seq, token_id, user_id, action, outcome, at, caller`.
-type AuditRow = (
-    i64,
-    (Option<String>, Option<String>, String, String, i64, String),
-);
-
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
-    Ok((
-        r.get(0)?,
-        (
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-        ),
-    ))
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -298,6 +270,20 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, AuditRow)> {
+    Ok((
+        r.get(0)?,
+        (
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ),
+    ))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with default options, and runs any
     /// pending migrations.
@@ -325,7 +311,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         migrate(&mut conn)?;
-        let (queue, jobs) = mpsc::channel::<Job>();
+        let (queue, jobs) = mpsc::channel::<Box<dyn Work>>();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || write_loop(conn, jobs))
@@ -370,50 +356,6 @@ impl SqliteStore {
             idle.push(conn);
         }
     }
-
-    /// Runs `f` on a pooled connection. A connection whose closure failed is dropped rather
-    /// than reused, in case it is left inside a transaction.
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let result = f(&mut conn);
-        if result.is_ok() {
-            self.give_back(conn);
-        }
-        result
-    }
-}
-
-impl SqliteStore {
-    /// Queues `f` for the writer and waits until the batch holding it is committed.
-    fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
-        let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        let job: Job = Box::new(move |slot| {
-            let result = slot
-                .conn
-                .and_then(|m| in_savepoint(&m.lock().unwrap_or_else(PoisonError::into_inner), f));
-            Box::new(move |committed: Result<(), StoreError>| {
-                // The caller may have gone (it cannot, it waits); nothing to do if so.
-                let _ = reply.send(committed.and(result));
-            })
-        });
-        writer.queue.send(job).map_err(|_| writer_gone())?;
-        answer.recv().map_err(|_| writer_gone())?
-    }
 }
 
 impl Drop for SqliteStore {
@@ -422,8 +364,8 @@ impl Drop for SqliteStore {
         if let Some(mut writer) = self.writer.take() {
             let thread = writer.thread.take();
             drop(writer);
-            // Submitted work holds what holds the store (a verifier), so the last owner can
-            // let go of it on the writer thread itself; that thread ends by itself once the
+            // Submitted work may hold what holds the store (a server's verifier), so the
+            // last owner can let go of it on the writer thread itself; that thread ends by itself once the
             // queue is closed and drained, and cannot wait for itself.
             if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
                 let _ = t.join();
@@ -500,13 +442,14 @@ fn insert_line(
                  CASE WHEN ?8 THEN (SELECT last_audit FROM tokens WHERE id = ?1) ELSE ?7 END)",
     )
     .and_then(|mut s| {
+        let a = AuditColumns::of(e);
         s.execute(params![
             token,
-            e.user.as_ref().map(UserId::as_str),
-            e.action.as_ref(),
-            e.outcome.as_ref(),
-            to_i64(e.at.0, "time").unwrap_or(i64::MAX),
-            e.caller.as_str(),
+            a.user,
+            a.action,
+            a.outcome.as_ref(),
+            a.at,
+            a.caller,
             given,
             on_row,
         ])
@@ -599,70 +542,36 @@ fn select_one(conn: &Connection, sql: &str, key: &str) -> Result<Option<TokenRec
     raw.map(RawToken::into_record).transpose()
 }
 
-/// The operations on one connection, inside whatever transaction it is in. The store's own
-/// methods run these on a pooled connection (reads) or in a savepoint on the writer's (writes);
-/// [`Tx`] runs them directly on the writer's, for [`Store::submit`] work.
-mod on {
-    use super::*;
+/// The operations on one connection, inside whatever transaction it is in: a pooled
+/// connection for [`Store::read`] (which offers only [`Reads`]), the writer's connection for
+/// units of work. Each change runs in a savepoint, so it is atomic on its own inside the
+/// writer's batch.
+struct Conn<'c>(&'c Connection);
 
-    pub(super) fn insert_tokens(
-        tx: &Connection,
-        tokens: &[NewToken],
-        audit: &AuditEvent,
-    ) -> Result<(), StoreError> {
-        let columns = tokens
-            .iter()
-            .map(TokenColumns::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    // A serial enrolled again (or tried before it existed) continues its
-                    // audit chain: the head moves from `audit_heads` onto the new row.
-                    "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
-                                         nonce, sealed, next_value, last_audit)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                             (SELECT last FROM audit_heads WHERE token_id = ?1))",
-                )
-                .map_err(db)?;
-            let mut adopted = tx
-                .prepare_cached("DELETE FROM audit_heads WHERE token_id = ?1")
-                .map_err(db)?;
-            for c in &columns {
-                let t = c.token;
-                insert
-                    .execute(params![
-                        t.id.as_str(),
-                        c.kind,
-                        c.algorithm,
-                        c.digits,
-                        c.period,
-                        c.t0,
-                        t.seed.key_id.as_str(),
-                        &t.seed.nonce[..],
-                        &t.seed.ciphertext,
-                        c.next,
-                    ])
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Duplicate {
-                                token: t.id.clone(),
-                            }
-                        } else {
-                            db(e)
-                        }
-                    })?;
-                adopted.execute([t.id.as_str()]).map_err(db)?;
-            }
-        }
-        insert_audit(tx, audit)
+impl Conn<'_> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        in_savepoint(self.0, f)
+    }
+}
+
+impl Reads for Conn<'_> {
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        select_one(self.0, SELECT_BY_ID, id.as_str())
     }
 
-    pub(super) fn list_tokens(
-        conn: &Connection,
+    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
+        select_one(self.0, SELECT_BY_USER, user.as_str())
+    }
+
+    fn list_tokens(
+        &self,
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.0;
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
         );
@@ -677,149 +586,8 @@ mod on {
         raws.into_iter().map(RawToken::into_record).collect()
     }
 
-    pub(super) fn advance(
-        tx: &Connection,
-        advance: &Advance,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
-        let lowest = to_i64(advance.lowest, "counter")?;
-        let changed = audited_update(tx, &advance.token, audit, |seq| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE tokens
-                        SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
-                            locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
-                            user_id = COALESCE(?7, user_id), last_audit = ?8
-                      WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
-                        AND (?6 OR (locked_at IS NULL AND failures < ?5))
-                        AND (?7 IS NULL OR user_id IS NULL)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        advance.token.as_str(),
-                        next,
-                        advance.drift,
-                        lowest,
-                        advance.max_failures,
-                        advance.unlock,
-                        advance.bind.as_ref().map(UserId::as_str),
-                        seq,
-                    ])
-                })
-                .map_err(|e| match &advance.bind {
-                    Some(user) if is_unique_violation(&e) => {
-                        StoreError::UserTaken { user: user.clone() }
-                    }
-                    _ => db(e),
-                })?;
-            Ok((n == 1).then_some(()))
-        })?;
-        Ok(changed.is_some())
-    }
-
-    pub(super) fn record_failure(
-        tx: &Connection,
-        token: &TokenId,
-        now: UnixTime,
-        max_failures: u32,
-        audit: &AuditEvent,
-    ) -> Result<Option<u32>, StoreError> {
-        let now = to_i64(now.0, "time")?;
-        let failures: Option<i64> = audited_update(tx, token, audit, |seq| {
-            // Right-hand sides see the row before the update, so `failures + 1` is the new
-            // count in both places.
-            tx.prepare_cached(
-                "UPDATE tokens
-                    SET failures = failures + 1, last_failure_at = ?2,
-                        locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END,
-                        last_audit = ?4
-                  WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
-              RETURNING failures",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![token.as_str(), now, max_failures, seq], |r| {
-                    r.get(0)
-                })
-                .optional()
-            })
-            .map_err(db)
-        })?;
-        failures
-            .map(|f| {
-                u32::try_from(f).map_err(|_| StoreError::Corrupt {
-                    token: token.to_string(),
-                    reason: "bad failures".to_owned(),
-                })
-            })
-            .transpose()
-    }
-
-    pub(super) fn unlock(
-        tx: &Connection,
-        token: &TokenId,
-        locked_at: Option<UnixTime>,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
-                  WHERE id = ?1 AND (?2 IS NULL OR locked_at = ?2)",
-            )
-            .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
-            .map_err(db)?;
-        if changed == 1 {
-            insert_audit(tx, audit)?;
-        }
-        Ok(changed == 1)
-    }
-
-    pub(super) fn set_enabled(
-        tx: &Connection,
-        token: &TokenId,
-        enabled: bool,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let changed = tx
-            .execute(
-                "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
-                params![token.as_str(), enabled],
-            )
-            .map_err(db)?;
-        if changed == 1 {
-            insert_audit(tx, audit)?;
-        }
-        Ok(changed == 1)
-    }
-
-    pub(super) fn delete_token(
-        tx: &Connection,
-        token: &TokenId,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        // The audit trail outlives the token: its chain's head moves to `audit_heads`.
-        tx.execute(
-            "INSERT INTO audit_heads (token_id, last)
-                  SELECT id, last_audit FROM tokens WHERE id = ?1 AND last_audit IS NOT NULL
-             ON CONFLICT (token_id) DO UPDATE SET last = excluded.last",
-            [token.as_str()],
-        )
-        .map_err(db)?;
-        let changed = tx
-            .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
-            .map_err(db)?;
-        if changed == 1 {
-            insert_audit(tx, audit)?;
-        }
-        Ok(changed == 1)
-    }
-
-    pub(super) fn audit_trail(
-        conn: &Connection,
-        token: &TokenId,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let conn = self.0;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = conn
             .prepare_cached(
@@ -852,18 +620,19 @@ mod on {
             .map_err(db)?;
         let mut events = rows
             .into_iter()
-            .map(|(t, u, a, o, at, c)| audit_from_row(t, u, a, o, at, c))
+            .map(audit_event)
             .collect::<Result<Vec<_>, _>>()?;
         events.reverse();
         Ok(events)
     }
 
-    pub(super) fn audit_page(
-        conn: &Connection,
+    fn audit_page(
+        &self,
         token: &TokenId,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.0;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows = conn
@@ -895,12 +664,13 @@ mod on {
             .collect()
     }
 
-    pub(super) fn audit_since(
-        conn: &Connection,
+    fn audit_since(
+        &self,
         since: UnixTime,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.0;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let since = to_i64(since.0, "time")?;
         let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
@@ -919,12 +689,13 @@ mod on {
             .collect()
     }
 
-    pub(super) fn seeds_not_under(
-        conn: &Connection,
+    fn seeds_not_under(
+        &self,
         current: &KeyId,
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
+        let conn = self.0;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens
@@ -944,318 +715,281 @@ mod on {
             .map(|r| r.into_record().map(|t| (t.id, t.seed)))
             .collect()
     }
+}
 
-    pub(super) fn replace_seed(
-        conn: &Connection,
+impl Tx for Conn<'_> {
+    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let columns = tokens.iter().map(TokenColumns::of).collect::<Vec<_>>();
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        // A serial enrolled again (or tried before it existed) continues its
+                        // audit chain: the head moves from `audit_heads` onto the new row.
+                        "INSERT INTO tokens (id, kind, algorithm, digits, period, t0, key_id,
+                                         nonce, sealed, next_value, last_audit)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                             (SELECT last FROM audit_heads WHERE token_id = ?1))",
+                    )
+                    .map_err(db)?;
+                let mut adopted = tx
+                    .prepare_cached("DELETE FROM audit_heads WHERE token_id = ?1")
+                    .map_err(db)?;
+                for c in &columns {
+                    let t = c.token;
+                    insert
+                        .execute(params![
+                            t.id.as_str(),
+                            c.kind,
+                            c.algorithm,
+                            c.digits,
+                            c.period,
+                            c.t0,
+                            t.seed.key_id.as_str(),
+                            &t.seed.nonce[..],
+                            &t.seed.ciphertext,
+                            c.next,
+                        ])
+                        .map_err(|e| {
+                            if is_unique_violation(&e) {
+                                StoreError::Duplicate {
+                                    token: t.id.clone(),
+                                }
+                            } else {
+                                db(e)
+                            }
+                        })?;
+                    adopted.execute([t.id.as_str()]).map_err(db)?;
+                }
+            }
+            insert_audit(tx, audit)
+        })
+    }
+
+    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
+            let lowest = to_i64(advance.lowest, "counter")?;
+            let changed = audited_update(tx, &advance.token, audit, |seq| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE tokens
+                        SET next_value = ?2, drift = ?3, failures = 0, last_failure_at = NULL,
+                            locked_at = CASE WHEN ?6 THEN NULL ELSE locked_at END,
+                            user_id = COALESCE(?7, user_id), last_audit = ?8
+                      WHERE id = ?1 AND enabled = 1 AND next_value <= ?4
+                        AND (?6 OR (locked_at IS NULL AND failures < ?5))
+                        AND (?7 IS NULL OR user_id IS NULL)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            advance.token.as_str(),
+                            next,
+                            advance.drift,
+                            lowest,
+                            advance.max_failures,
+                            advance.unlock,
+                            advance.bind.as_ref().map(UserId::as_str),
+                            seq,
+                        ])
+                    })
+                    .map_err(|e| match &advance.bind {
+                        Some(user) if is_unique_violation(&e) => {
+                            StoreError::UserTaken { user: user.clone() }
+                        }
+                        _ => db(e),
+                    })?;
+                Ok((n == 1).then_some(()))
+            })?;
+            Ok(changed.is_some())
+        })
+    }
+
+    fn record_failure(
+        &self,
+        token: &TokenId,
+        now: UnixTime,
+        max_failures: u32,
+        audit: &AuditEvent,
+    ) -> Result<Option<u32>, StoreError> {
+        self.write(|tx| {
+            let now = to_i64(now.0, "time")?;
+            let failures: Option<i64> = audited_update(tx, token, audit, |seq| {
+                // Right-hand sides see the row before the update, so `failures + 1` is the new
+                // count in both places.
+                tx.prepare_cached(
+                    "UPDATE tokens
+                    SET failures = failures + 1, last_failure_at = ?2,
+                        locked_at = CASE WHEN failures + 1 >= ?3 THEN ?2 ELSE locked_at END,
+                        last_audit = ?4
+                  WHERE id = ?1 AND enabled = 1 AND locked_at IS NULL
+              RETURNING failures",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![token.as_str(), now, max_failures, seq], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                })
+                .map_err(db)
+            })?;
+            failures
+                .map(|f| {
+                    u32::try_from(f).map_err(|_| StoreError::Corrupt {
+                        token: token.to_string(),
+                        reason: "bad failures".to_owned(),
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn unlock(
+        &self,
+        token: &TokenId,
+        locked_at: Option<UnixTime>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tokens SET locked_at = NULL, failures = 0, last_failure_at = NULL
+                  WHERE id = ?1 AND (?2 IS NULL OR locked_at = ?2)",
+                )
+                .and_then(|mut s| s.execute(params![token.as_str(), locked_at]))
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(tx, audit)?;
+            }
+            Ok(changed == 1)
+        })
+    }
+
+    fn set_enabled(
+        &self,
+        token: &TokenId,
+        enabled: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE tokens SET enabled = ?2 WHERE id = ?1",
+                    params![token.as_str(), enabled],
+                )
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(tx, audit)?;
+            }
+            Ok(changed == 1)
+        })
+    }
+
+    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            // The audit trail outlives the token: its chain's head moves to `audit_heads`.
+            tx.execute(
+                "INSERT INTO audit_heads (token_id, last)
+                  SELECT id, last_audit FROM tokens WHERE id = ?1 AND last_audit IS NOT NULL
+             ON CONFLICT (token_id) DO UPDATE SET last = excluded.last",
+                [token.as_str()],
+            )
+            .map_err(db)?;
+            let changed = tx
+                .execute("DELETE FROM tokens WHERE id = ?1", [token.as_str()])
+                .map_err(db)?;
+            if changed == 1 {
+                insert_audit(tx, audit)?;
+            }
+            Ok(changed == 1)
+        })
+    }
+
+    fn replace_seed(
+        &self,
         token: &TokenId,
         old: &SealedSeed,
         new: &SealedSeed,
     ) -> Result<bool, StoreError> {
-        let changed = conn
-            .execute(
-                "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4
+        self.write(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE tokens SET key_id = ?2, nonce = ?3, sealed = ?4
                   WHERE id = ?1 AND key_id = ?5 AND nonce = ?6 AND sealed = ?7",
-                params![
-                    token.as_str(),
-                    new.key_id.as_str(),
-                    &new.nonce[..],
-                    &new.ciphertext,
-                    old.key_id.as_str(),
-                    &old.nonce[..],
-                    &old.ciphertext,
-                ],
-            )
-            .map_err(db)?;
-        Ok(changed == 1)
+                    params![
+                        token.as_str(),
+                        new.key_id.as_str(),
+                        &new.nonce[..],
+                        &new.ciphertext,
+                        old.key_id.as_str(),
+                        &old.nonce[..],
+                        &old.ciphertext,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|conn| insert_audit(conn, event))
     }
 }
 
 impl Store for SqliteStore {
-    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
-        // Checked here, before the batch, so that a bad value fails only this call.
-        for t in tokens {
-            TokenColumns::of(t)?;
-        }
-        let (tokens, audit) = (tokens.to_vec(), audit.clone());
-        self.write(move |tx| on::insert_tokens(tx, &tokens, &audit))
-    }
-
-    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, SELECT_BY_ID, id.as_str()))
-    }
-
-    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| select_one(conn, SELECT_BY_USER, user.as_str()))
-    }
-
-    fn list_tokens(
-        &self,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|conn| on::list_tokens(conn, after, limit))
-    }
-
-    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let (advance, audit) = (advance.clone(), audit.clone());
-        self.write(move |tx| on::advance(tx, &advance, &audit))
-    }
-
-    fn record_failure(
-        &self,
-        token: &TokenId,
-        now: UnixTime,
-        max_failures: u32,
-        audit: &AuditEvent,
-    ) -> Result<Option<u32>, StoreError> {
-        let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| on::record_failure(tx, &token, now, max_failures, &audit))
-    }
-
-    fn unlock(
-        &self,
-        token: &TokenId,
-        locked_at: Option<UnixTime>,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| on::unlock(tx, &token, locked_at, &audit))
-    }
-
-    fn set_enabled(
-        &self,
-        token: &TokenId,
-        enabled: bool,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| on::set_enabled(tx, &token, enabled, &audit))
-    }
-
-    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
-        let (token, audit) = (token.clone(), audit.clone());
-        self.write(move |tx| on::delete_token(tx, &token, &audit))
-    }
-
-    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let event = event.clone();
-        self.write(move |conn| insert_audit(conn, &event))
-    }
-
-    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        self.with(|conn| on::audit_trail(conn, token, limit))
-    }
-
-    fn audit_page(
-        &self,
-        token: &TokenId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with(|conn| on::audit_page(conn, token, before, limit))
-    }
-
-    fn audit_since(
-        &self,
-        since: UnixTime,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with(|conn| on::audit_since(conn, since, after, limit))
-    }
-
-    fn seeds_not_under(
-        &self,
-        current: &KeyId,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
-        self.with(|conn| on::seeds_not_under(conn, current, after, limit))
-    }
-
-    fn replace_seed(
-        &self,
-        token: &TokenId,
-        old: &SealedSeed,
-        new: &SealedSeed,
-    ) -> Result<bool, StoreError> {
-        let (token, old, new) = (token.clone(), old.clone(), new.clone());
-        self.write(move |conn| on::replace_seed(conn, &token, &old, &new))
-    }
-
-    fn submit(&self, work: Work) {
-        let job: Job = Box::new(move |slot| {
-            work(&Tx {
-                conn: slot.conn,
-                later: slot.later,
-            })
-        });
+    fn submit(&self, work: Box<dyn Work>) {
         let sent = match self.writer.as_ref() {
-            Some(w) => w.queue.send(job).map_err(|e| e.0),
-            None => Err(job),
+            Some(w) => w.queue.send(work).map_err(|e| e.0),
+            None => Err(work),
         };
-        // No writer: the work still runs, and hears of the failure from every call it makes
-        // and from its finish.
-        if let Err(job) = sent {
-            let later = Mutex::new(Vec::new());
-            let finish = job(Slot {
-                conn: Err(writer_gone()),
-                later: &later,
-            });
-            let nested = later.into_inner().unwrap_or_else(PoisonError::into_inner);
-            for finish in std::iter::once(finish).chain(nested) {
-                finish(Err(writer_gone()));
-            }
+        if let Err(work) = sent {
+            work.finish(Err(writer_gone()));
         }
     }
 
-    fn queues_work(&self) -> bool {
-        true
-    }
-}
-
-/// The writer's view of the store for [`Store::submit`] work: every call runs at once on the
-/// writer's connection, inside the batch's transaction (writes each in a savepoint, as the
-/// store's own writes are), so a verification's read sees every write committed or queued
-/// before it and its writes commit with the batch. If the batch could not begin, every call
-/// fails with that reason.
-struct Tx<'c> {
-    conn: Result<&'c Mutex<Connection>, StoreError>,
-    later: &'c Mutex<Vec<Finish>>,
-}
-
-impl Tx<'_> {
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.clone()?;
-        f(&conn.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.read(|c| in_savepoint(c, f))
-    }
-}
-
-impl Store for Tx<'_> {
-    fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
-        self.write(|c| on::insert_tokens(c, tokens, audit))
-    }
-
-    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.read(|c| select_one(c, SELECT_BY_ID, id.as_str()))
-    }
-
-    fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        self.read(|c| select_one(c, SELECT_BY_USER, user.as_str()))
-    }
-
-    fn list_tokens(
-        &self,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(|c| on::list_tokens(c, after, limit))
-    }
-
-    fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError> {
-        self.write(|c| on::advance(c, advance, audit))
-    }
-
-    fn record_failure(
-        &self,
-        token: &TokenId,
-        now: UnixTime,
-        max_failures: u32,
-        audit: &AuditEvent,
-    ) -> Result<Option<u32>, StoreError> {
-        self.write(|c| on::record_failure(c, token, now, max_failures, audit))
-    }
-
-    fn unlock(
-        &self,
-        token: &TokenId,
-        locked_at: Option<UnixTime>,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        self.write(|c| on::unlock(c, token, locked_at, audit))
-    }
-
-    fn set_enabled(
-        &self,
-        token: &TokenId,
-        enabled: bool,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        self.write(|c| on::set_enabled(c, token, enabled, audit))
-    }
-
-    fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
-        self.write(|c| on::delete_token(c, token, audit))
-    }
-
-    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.write(|c| insert_audit(c, event))
-    }
-
-    fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        self.read(|c| on::audit_trail(c, token, limit))
-    }
-
-    fn audit_page(
-        &self,
-        token: &TokenId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(|c| on::audit_page(c, token, before, limit))
-    }
-
-    fn audit_since(
-        &self,
-        since: UnixTime,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(|c| on::audit_since(c, since, after, limit))
-    }
-
-    fn seeds_not_under(
-        &self,
-        current: &KeyId,
-        after: Option<&TokenId>,
-        limit: usize,
-    ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
-        self.read(|c| on::seeds_not_under(c, current, after, limit))
-    }
-
-    fn replace_seed(
-        &self,
-        token: &TokenId,
-        old: &SealedSeed,
-        new: &SealedSeed,
-    ) -> Result<bool, StoreError> {
-        self.write(|c| on::replace_seed(c, token, old, new))
-    }
-
-    /// Already on the writer: run it here; it commits with the batch in progress, and its
-    /// finish runs after that commit with the batch's own.
-    fn submit(&self, work: Work) {
-        let finish = work(self);
-        self.later
+    fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError> {
+        let pooled = self
+            .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(finish);
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        reads(&Conn(&conn));
+        // Reads open no transaction; a connection somehow left in one is not reused.
+        if conn.is_autocommit() {
+            self.give_back(conn);
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{AuditAction, AuditOutcome, work};
+
+    /// Runs `f` as a unit of work on `store` and waits for its commit.
+    fn write<T: Send + 'static>(
+        store: &SqliteStore,
+        f: impl FnOnce(&dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        (store as &dyn Store).write(f)?
+    }
+
+    /// One token's trail as stored: (action, outcome) texts, oldest first.
+    fn trail(store: &SqliteStore, token: &str) -> Vec<(String, String)> {
+        let token = TokenId::new(token).unwrap();
+        (store as &dyn Store)
+            .reads(|r| r.audit_trail(&token, 100))
+            .unwrap()
+            .iter()
+            .map(|e| (e.action.to_string(), e.outcome.to_string()))
+            .collect()
+    }
 
     #[test]
     fn single_reads_select_the_token_columns() {
@@ -1267,49 +1001,47 @@ mod tests {
         }
     }
 
-    fn event(action: &'static str) -> AuditEvent {
+    fn event(action: AuditAction, outcome: AuditOutcome) -> AuditEvent {
         AuditEvent {
             token: Some(TokenId::new("T").unwrap()),
             user: None,
-            action: action.into(),
-            outcome: "ok".into(),
+            action,
+            outcome,
             at: UnixTime(1_700_000_000),
             caller: crate::Caller::new("test").unwrap(),
         }
     }
 
-    /// Submitted work runs on the writer and hears of its commit afterwards; work it submits
-    /// in turn joins the same batch and also hears only after the commit. Each finish reads
-    /// the trail through a pooled reader connection, which sees committed data only.
+    /// Submitted work runs on the writer and hears of its commit afterwards: each finish
+    /// reads the trail through a pooled reader connection, which sees committed data only,
+    /// and finds its unit's line there.
     #[test]
-    fn submitted_work_and_work_it_submits_finish_after_the_commit() {
+    fn submitted_work_finishes_after_the_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
-        let token = TokenId::new("T").unwrap();
         type Heard = (&'static str, Result<(), StoreError>, usize);
-        let (tx, rx) = mpsc::channel::<Heard>();
-        let finish = |name: &'static str| -> Finish {
-            let (tx, store, token) = (tx.clone(), store.clone(), token.clone());
-            Box::new(move |r| {
-                let seen = store.audit_trail(&token, 10).unwrap().len();
-                tx.send((name, r, seen)).unwrap();
-            })
-        };
-        let (outer, inner) = (finish("outer"), finish("inner"));
-        store.submit(Box::new(move |s: &dyn Store| {
-            s.append_audit(&event("outer")).unwrap();
-            s.submit(Box::new(move |s: &dyn Store| {
-                s.append_audit(&event("inner")).unwrap();
-                inner
-            }));
-            outer
-        }));
-        let mut heard: Vec<Heard> = (0..2).map(|_| rx.recv().unwrap()).collect();
-        heard.sort_by_key(|(name, _, _)| *name);
-        assert_eq!(heard, vec![("inner", Ok(()), 2), ("outer", Ok(()), 2)]);
-        let trail = store.audit_trail(&token, 10).unwrap();
-        let actions: Vec<&str> = trail.iter().map(|e| e.action.as_ref()).collect();
-        assert_eq!(actions, ["outer", "inner"]);
+        let (heard, hear) = mpsc::channel::<Heard>();
+        for (name, action) in [
+            ("first", AuditAction::Enroll),
+            ("second", AuditAction::Verify),
+        ] {
+            let (heard, reader) = (heard.clone(), store.clone());
+            store.submit(work(
+                move |tx: &dyn Tx| tx.append_audit(&event(action, AuditOutcome::Ok)),
+                move |result| {
+                    let seen = trail(&reader, "T").len();
+                    heard.send((name, result.and_then(|r| r), seen)).unwrap();
+                },
+            ));
+        }
+        let mut got: Vec<Heard> = (0..2).map(|_| hear.recv().unwrap()).collect();
+        got.sort_by_key(|(name, _, _)| *name);
+        assert_eq!(got[0].0, "first");
+        assert_eq!(got[0].1, Ok(()));
+        assert!(got[0].2 >= 1, "{got:?}");
+        assert_eq!(got[1], ("second", Ok(()), 2));
+        let actions: Vec<String> = trail(&store, "T").into_iter().map(|(a, _)| a).collect();
+        assert_eq!(actions, ["enroll", "verify"]);
     }
 
     /// A database of schema 1 (audit lines found through an index on the token) gets its
@@ -1348,20 +1080,14 @@ mod tests {
             }
         }
         let store = SqliteStore::open(&path).unwrap();
-        let actions = |t: &str| -> Vec<String> {
-            store
-                .audit_trail(&TokenId::new(t).unwrap(), 100)
-                .unwrap()
-                .iter()
-                .map(|e| e.action.to_string())
-                .collect()
-        };
+        let actions =
+            |t: &str| -> Vec<String> { trail(&store, t).into_iter().map(|(a, _)| a).collect() };
         assert_eq!(actions("A"), ["enroll", "verify", "disable"]);
         assert_eq!(actions("B"), ["verify", "delete"]);
         for t in ["A", "B"] {
-            let mut e = event("unlock");
+            let mut e = event(AuditAction::Unlock, AuditOutcome::Ok);
             e.token = Some(TokenId::new(t).unwrap());
-            store.append_audit(&e).unwrap();
+            write(&store, move |tx| tx.append_audit(&e)).unwrap();
         }
         assert_eq!(actions("A"), ["enroll", "verify", "disable", "unlock"]);
         assert_eq!(actions("B"), ["verify", "delete", "unlock"]);
@@ -1408,33 +1134,71 @@ mod tests {
             bind: None,
         };
         let now = UnixTime(1_700_000_000);
-        store.append_audit(&event("enroll")).unwrap();
-        assert!(store.advance(&advance, &event("accept")).unwrap());
-        assert!(!store.advance(&advance, &event("lost")).unwrap());
+        let line = |outcome| event(AuditAction::Verify, outcome);
+        let enroll = event(AuditAction::Enroll, AuditOutcome::Ok);
+        write(&store, move |tx| tx.append_audit(&enroll)).unwrap();
+        let (a, accepted) = (advance.clone(), line(AuditOutcome::Accepted));
+        assert!(write(&store, move |tx| tx.advance(&a, &accepted)).unwrap());
+        let (a, lost) = (advance.clone(), line(AuditOutcome::Replayed));
+        assert!(!write(&store, move |tx| tx.advance(&a, &lost)).unwrap());
         for n in 1..=3 {
-            let f = store
-                .record_failure(&token, now, 3, &event("fail"))
-                .unwrap();
+            let (t, failed) = (token.clone(), line(AuditOutcome::Rejected));
+            let f = write(&store, move |tx| tx.record_failure(&t, now, 3, &failed)).unwrap();
             assert_eq!(f, Some(n));
         }
         // Locked now: the failure is not recorded, and neither is its line.
-        let locked = store.record_failure(&token, now, 3, &event("fail-locked"));
+        let (t, refused) = (token.clone(), line(AuditOutcome::Locked));
+        let locked = write(&store, move |tx| tx.record_failure(&t, now, 3, &refused));
         assert_eq!(locked.unwrap(), None);
         let mut later = advance.clone();
         (later.lowest, later.accepted) = (9, 9);
-        assert!(!store.advance(&later, &event("locked")).unwrap());
-        let actions: Vec<String> = store
-            .audit_trail(&token, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.action.to_string())
-            .collect();
-        assert_eq!(actions, ["enroll", "accept", "fail", "fail", "fail"]);
+        let locked = line(AuditOutcome::Locked);
+        assert!(!write(&store, move |tx| tx.advance(&later, &locked)).unwrap());
+        let lines = trail(&store, "T");
+        let lines: Vec<(&str, &str)> = lines.iter().map(|(a, o)| (&**a, &**o)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("enroll", "ok"),
+                ("verify", "accepted"),
+                ("verify", "rejected"),
+                ("verify", "rejected"),
+                ("verify", "rejected")
+            ]
+        );
         let lines: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
             .unwrap();
         assert_eq!(lines, 5);
+    }
+
+    /// A stored action or outcome outside the audit vocabulary is a corrupt row, not a new
+    /// value passed on as text.
+    #[test]
+    fn unknown_audit_text_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        for (action, outcome) in [("frobnicate", "ok"), ("verify", "3 tokens")] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "INSERT INTO audit (token_id, action, outcome, at, caller)
+                     VALUES (NULL, ?1, ?2, 1, 'test')",
+                    params![action, outcome],
+                )
+                .unwrap();
+            let read = (&store as &dyn Store).reads(|r| r.audit_since(UnixTime(0), None, 10));
+            assert!(
+                matches!(read, Err(StoreError::Corrupt { .. })),
+                "{action} {outcome}: {read:?}"
+            );
+            Connection::open(&path)
+                .unwrap()
+                .execute("DELETE FROM audit", [])
+                .unwrap();
+        }
     }
 
     #[test]
@@ -1446,12 +1210,12 @@ mod tests {
         let event = AuditEvent {
             token: None,
             user: None,
-            action: "enroll".into(),
-            outcome: "ok".into(),
+            action: AuditAction::Enroll,
+            outcome: AuditOutcome::Ok,
             at: UnixTime(1_700_000_000),
             caller: crate::Caller::new("test").unwrap(),
         };
-        store.append_audit(&event).unwrap();
+        write(&store, move |tx| tx.append_audit(&event)).unwrap();
         for name in ["verifier.sqlite", "verifier.sqlite-wal"] {
             let mode = std::fs::metadata(dir.path().join(name))
                 .unwrap()

@@ -4,8 +4,8 @@
 
 use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, KeyPolicy, Period, Secret, UnixTime};
 use codereader_verifier::{
-    Caller, Enrollment, Kek, KeyId, Keyring, Policy, Store, TokenId, TokenKind, TokenParams,
-    Verifier,
+    Caller, Enrollment, Kek, KeyId, Keyring, Policy, SealedSeed, Store, TokenId, TokenKind,
+    TokenParams, Verifier,
 };
 
 /// A Tuesday in November 2023, well away from the epoch and from step boundaries.
@@ -87,4 +87,18 @@ pub fn enroll(v: &Verifier, name: &str, byte: u8, params: TokenParams, counter: 
 
 pub fn verifier(store: Box<dyn Store>, policy: Policy) -> Verifier {
     Verifier::new(store, keyring(), policy)
+}
+
+/// The seal stored for token `t`.
+pub fn stored_seed(v: &Verifier, t: &TokenId) -> SealedSeed {
+    v.store().reads(|r| r.token(t)).unwrap().unwrap().seed
+}
+
+/// Replaces the stored seal of `t` if it is still `old` (compare-and-set), as a rotation does.
+pub fn replace_seed(v: &Verifier, t: &TokenId, old: &SealedSeed, new: &SealedSeed) -> bool {
+    let (t, old, new) = (t.clone(), old.clone(), new.clone());
+    v.store()
+        .write(move |tx| tx.replace_seed(&t, &old, &new))
+        .unwrap()
+        .unwrap()
 }
