@@ -220,6 +220,18 @@ mod tests {
         }
     }
 
+    /// Everything `synth` says for `key`.
+    fn said(synth: &mut FallbackSynth, key: PhraseKey) -> Vec<i16> {
+        let mut all = Vec::new();
+        synth
+            .speak(&phrase(key), Speed::default(), &mut |c| {
+                all.extend_from_slice(c);
+                true
+            })
+            .unwrap();
+        all
+    }
+
     #[test]
     fn failed_phrases_are_spoken_by_the_backup_at_the_primary_rate_and_reported_once() {
         let primary = Fixed {
@@ -243,34 +255,17 @@ mod tests {
             Box::new(move |m| sink.lock().unwrap().push(m.to_owned())),
         );
         assert_eq!(synth.sample_rate().hz(), 16_000);
-        let mut said = |key| {
-            let mut all = Vec::new();
-            synth
-                .speak(&phrase(key), Speed::default(), &mut |c| {
-                    all.extend_from_slice(c);
-                    true
-                })
-                .unwrap();
-            all
-        };
-        assert_eq!(said(PhraseKey::Digit(1)), vec![100; 1600]);
-        assert_eq!(said(PhraseKey::Prompt(Prompt::Intro)).len(), 1600);
+        assert_eq!(said(&mut synth, PhraseKey::Digit(1)), vec![100; 1600]);
+        assert_eq!(
+            said(&mut synth, PhraseKey::Prompt(Prompt::Intro)).len(),
+            1600
+        );
         assert!(
             !synth.backup_started(),
             "good clips must not start the backup"
         );
-        let mut said = |key| {
-            let mut all = Vec::new();
-            synth
-                .speak(&phrase(key), Speed::default(), &mut |c| {
-                    all.extend_from_slice(c);
-                    true
-                })
-                .unwrap();
-            all
-        };
         for bad in [5, 7] {
-            let backup = said(PhraseKey::Digit(bad));
+            let backup = said(&mut synth, PhraseKey::Digit(bad));
             // One second of the backup's audio, at the primary's rate.
             assert!(
                 (backup.len() as i64 - 16_000).abs() < 50,

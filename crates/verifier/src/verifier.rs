@@ -275,6 +275,17 @@ struct Window {
     origin: u64,
 }
 
+/// `Ok` if a change found its token, [`VerifyError::UnknownToken`] if there was none.
+fn existed(found: bool, token: &TokenId) -> Result<(), VerifyError> {
+    if found {
+        Ok(())
+    } else {
+        Err(VerifyError::UnknownToken {
+            token: token.clone(),
+        })
+    }
+}
+
 fn drift_of(value: u64, origin: u64) -> i64 {
     let d = i128::from(value) - i128::from(origin);
     i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
@@ -503,13 +514,10 @@ impl Verifier {
             caller,
         );
         let target = token.clone();
-        if self.write(move |_, tx| Ok(tx.unlock(&target, None, &audit)?))? {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
+        existed(
+            self.write(move |_, tx| Ok(tx.unlock(&target, None, &audit)?))?,
+            token,
+        )
     }
 
     /// Disables (`false`) or re-enables (`true`) a token.
@@ -530,13 +538,10 @@ impl Verifier {
         };
         let audit = Rules::audit(Some(token), None, action, AuditOutcome::Ok, now, caller);
         let target = token.clone();
-        if self.write(move |_, tx| Ok(tx.set_enabled(&target, enabled, &audit)?))? {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
+        existed(
+            self.write(move |_, tx| Ok(tx.set_enabled(&target, enabled, &audit)?))?,
+            token,
+        )
     }
 
     /// Deletes a token; its audit trail stays.
@@ -562,13 +567,7 @@ impl Verifier {
         if let Some(keys) = &self.rules.keys {
             keys.remove(token);
         }
-        if deleted {
-            Ok(())
-        } else {
-            Err(VerifyError::UnknownToken {
-                token: token.clone(),
-            })
-        }
+        existed(deleted, token)
     }
 
     /// A token's parameters and state, without its seed.
