@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, mpsc};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use codereader_otp::pskc::{self, PreSharedKey};
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
@@ -429,14 +429,13 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
-        let (reply, answer) = mpsc::sync_channel(1);
+        let (reply, answer) = crate::store::answer();
         self.verify_then(subject.into(), *code, now, caller.clone(), move |result| {
-            // The caller waits below and cannot have gone.
-            let _ = reply.send(result);
+            reply.give(result);
         });
         answer
-            .recv()
-            .unwrap_or_else(|_| Err(VerifyError::Store(crate::store::not_run())))
+            .wait()
+            .unwrap_or_else(|| Err(VerifyError::Store(crate::store::not_run())))
     }
 
     /// [`Verifier::verify`] for callers that must not block (an async server): the store
