@@ -429,6 +429,12 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
+        let mut here = None;
+        if self.store.run_here(&mut |tx| {
+            here = Some(self.rules.verify_on(tx, subject, code, now, caller));
+        }) {
+            return here.unwrap_or_else(|| Err(VerifyError::Store(crate::store::not_run())));
+        }
         let (reply, answer) = crate::store::answer();
         self.verify_then(subject.into(), *code, now, caller.clone(), move |result| {
             reply.give(result);

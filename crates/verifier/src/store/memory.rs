@@ -329,4 +329,9 @@ impl Store for MemoryStore {
         reads(&View(self));
         Ok(())
     }
+
+    fn run_here(&self, run: &mut dyn FnMut(&dyn Tx)) -> bool {
+        run(&View(self));
+        true
+    }
 }

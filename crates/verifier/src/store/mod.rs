@@ -556,6 +556,15 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Database`] when the store cannot give a view (no connection); errors
     /// of the queries themselves are `reads`'s to keep.
     fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError>;
+
+    /// For a caller that will wait anyway: runs `run` as a committed unit of work on the
+    /// caller's thread and returns `true`, if this store can (one without I/O, that commits
+    /// as it goes); `false`, without calling `run`, for a store that must [`Store::submit`].
+    /// Saves a blocking caller the boxed work and owned copies that `submit` needs.
+    fn run_here(&self, run: &mut dyn FnMut(&dyn Tx)) -> bool {
+        let _ = run;
+        false
+    }
 }
 
 impl dyn Store + '_ {
@@ -569,6 +578,12 @@ impl dyn Store + '_ {
         T: Send + 'static,
         R: FnOnce(&dyn Tx) -> T + Send + 'static,
     {
+        let mut run = Some(run);
+        let mut here = None;
+        if self.run_here(&mut |tx| here = run.take().map(|run| run(tx))) {
+            return here.ok_or_else(not_run);
+        }
+        let run = run.ok_or_else(not_run)?;
         let (reply, answer) = answer();
         self.submit(work(run, move |result| reply.give(result)));
         answer.wait().unwrap_or_else(|| Err(not_run()))
