@@ -4,6 +4,8 @@
 //! - [`service`]: the boundary to the verifier library: [`service::Library`] (the verifier
 //!   with its store and keys, called in the library's own types), the mapping of its errors
 //!   ([`service::ServiceError`]) and what answers add to its outcomes;
+//! - [`config_file`]: `serve --config FILE`, a TOML file of `serve`'s flags, and what a
+//!   SIGHUP finds changed in it;
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
@@ -19,6 +21,7 @@
 //!   types to them (only this crate knows JSON).
 
 pub mod apikeys;
+pub mod config_file;
 pub mod connections;
 pub mod hangup;
 pub mod hsm;
