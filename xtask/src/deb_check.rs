@@ -16,6 +16,8 @@
 //! 5. `dpkg -r` removes the program and keeps the conffile; `dpkg --purge` removes the
 //!    conffile, the state and the user.
 //!
+//! The verifier's package is checked first, by `deb_verifier::check`.
+//!
 //! It changes the machine (installs and purges a package, creates and deletes a user), so it
 //! needs root, refuses to run where `codereader` is installed already, and is what CI runs.
 
@@ -65,12 +67,17 @@ fn package_installed() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-pub(crate) fn deb_check(_args: &[String]) -> Result<(), String> {
+pub(crate) fn deb_check(args: &[String]) -> Result<(), String> {
     packages::ensure(packages::DEB_CHECK)?;
     let uid = output(Command::new("id").arg("-u"))?;
     ensure(String::from_utf8_lossy(&uid.stdout).trim() == "0", || {
         "deb-check installs a package and creates a user: run it as root (CI does)".to_owned()
     })?;
+    // The verifier's package (`deb_verifier.rs`) first: it takes seconds, the device's more.
+    crate::deb_verifier::check()?;
+    if args.iter().any(|a| a == "--verifier-only") {
+        return Ok(());
+    }
     ensure(!package_installed(), || {
         "the codereader package is installed on this machine; deb-check would replace and \
          purge it (with its token): remove it first"

@@ -1,5 +1,7 @@
 //! `cargo xtask dist [--target TRIPLE]`: a release tarball and a Debian package
-//! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program.
+//! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program, and (for this
+//! machine) the verifier service's package (`codereader-verifier_<version>_<arch>.deb`, see
+//! `deb_verifier.rs`).
 //!
 //! The tarball `target/dist/codereader-<version>-<target>.tar.gz` unpacks to a prefix
 //! (`/usr`, `/usr/local` or `/opt/codereader`):
@@ -142,7 +144,34 @@ pub(crate) fn dist(args: &[String]) -> Result<(), String> {
     } else {
         target_dir().join("release/codereader")
     };
-    package(&built, &target, &epoch, cross)
+    package(&built, &target, &epoch, cross)?;
+    verifier_package(&target, &epoch, cross)
+}
+
+/// The verifier service's `.deb` (`deb_verifier.rs`), for this machine only: it runs on
+/// servers, not on the Pi, so a cross build of the device skips it.
+fn verifier_package(target: &str, epoch: &str, cross: bool) -> Result<(), String> {
+    if cross {
+        println!("xtask: the verifier's package is built for this machine only (not {target})");
+        return Ok(());
+    }
+    run(
+        "release build of the verifier",
+        cargo()
+            .args(["build", "--release", "--locked", "--package"])
+            .args(["codereader-verifier-server", "--bin", "codereader-verifier"])
+            .env("SOURCE_DATE_EPOCH", epoch),
+    )?;
+    let deb = crate::deb_verifier::build(
+        &target_dir().join("release/codereader-verifier"),
+        crate::deb::debian_arch(target)?,
+        "strip",
+        epoch,
+        &target_dir().join("dist"),
+        crate::deb_verifier::Compression::Release,
+    )?;
+    println!("xtask: wrote {}", deb.display());
+    Ok(())
 }
 
 /// Installs the cross toolchain, builds the arm64 sysroot and sets the environment.

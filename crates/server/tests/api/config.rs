@@ -160,3 +160,14 @@ async fn sighup_applies_the_api_key_path_and_names_restart_keys() {
     wait_line(&server, &["keeping the old settings", "not TOML"]);
     assert_eq!(c.get("/v1/tokens", Some(&second_key)).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_settings_file_starts_a_server() {
+    // The Debian package's conffile, as shipped (the harness's `--listen` wins over its
+    // 127.0.0.1:8080, as CODEREADER_VERIFIER_ARGS would).
+    let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/verifier.toml");
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path().join("state"), None, &["--config", packaged]);
+    let r = server.client().get("/healthz", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
