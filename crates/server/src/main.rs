@@ -362,7 +362,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let matches = Cli::command().get_matches_from(&merged);
+    let matches = match Cli::command().try_get_matches_from(&merged) {
+        Ok(matches) => matches,
+        Err(error) => {
+            let _ = error.print();
+            if let (Some(file), true) = (&file, error.use_stderr()) {
+                // The flags clap names may have come from the file.
+                eprintln!(
+                    "codereader-verifier: (the command line together with the settings in {})",
+                    file.path().display()
+                );
+            }
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let settings = file.and_then(|file| {
         let root = Cli::command();

@@ -118,6 +118,14 @@ fn unknown_keys_and_bad_values_stop_the_start() {
     );
     // Nothing was served.
     assert!(!log.contains("listening"), "{log}");
+    // A flag the file's flag requires is missing: clap says which, and that the file counts.
+    let (code, log, file) = refused_start("tls-cert = \"/nonexistent/chain.pem\"\n");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--tls-key"), "{log}");
+    assert!(
+        log.contains(&format!("together with the settings in {file}")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
