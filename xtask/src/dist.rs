@@ -1,4 +1,4 @@
-//! `cargo xtask dist [--target TRIPLE]`: a release tarball and a Debian package
+//! `cargo xtask dist [--target TRIPLE] [--verifier-only]`: a release tarball and a Debian package
 //! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program, and (for this
 //! machine) the verifier service's package (`codereader-verifier_<version>_<arch>.deb`, see
 //! `deb_verifier.rs`).
@@ -108,27 +108,33 @@ fn host_target() -> String {
 
 pub(crate) fn dist(args: &[String]) -> Result<(), String> {
     let mut target = host_target();
+    let mut verifier_only = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--target" => {
                 target = rest.next().ok_or("--target needs a target triple")?.clone();
             }
+            "--verifier-only" => verifier_only = true,
             other => return Err(format!("dist: unknown argument '{other}'")),
         }
     }
-    packages::ensure(packages::DEMO)?;
     let epoch = capture(
         Command::new("git")
             .args(["log", "-1", "--format=%ct"])
             .current_dir(root()),
     )
     .unwrap_or_else(|| "0".to_owned());
+    let cross = target != host_target();
+    if verifier_only {
+        // A server's package needs neither the speech libraries nor the voices.
+        return verifier_package(&target, &epoch, cross);
+    }
+    packages::ensure(packages::DEMO)?;
     let mut build = cargo();
     build
         .args(["build", "--release", "--locked", "--package", "codereader"])
         .env("SOURCE_DATE_EPOCH", &epoch);
-    let cross = target != host_target();
     if cross {
         if target != PI_TARGET {
             return Err(format!(

@@ -70,7 +70,7 @@ fn print_help() {
          Tasks:\n  \
          demo    speak the current code of a demo token (installs what it needs)\n  \
          dist    release tarball and .deb of the device program [--target TRIPLE],\n          \
-                 and the verifier's .deb (this machine's architecture)\n  \
+                 and the verifier's .deb (this machine's architecture; --verifier-only)\n  \
          deb-check [--verifier-only]\n          \
                  build, lint, install, use and purge test .debs (root; CI)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
