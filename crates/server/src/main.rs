@@ -1276,3 +1276,49 @@ fn add_certificate(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::ArgAction;
+    use codereader_verifier_server::config_file::{ConfigError, ConfigFile};
+
+    use super::*;
+
+    /// Every flag of `serve`, today's and any added later, is a key of the settings file:
+    /// it has a long name, its default written as a value loads, and no flag is unknown.
+    #[test]
+    fn every_serve_flag_is_a_settings_key() {
+        let root = Cli::command();
+        let serve = root.find_subcommand("serve").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verifier.toml");
+        let mut keys = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                panic!("`serve` argument {} has no long name: no key", arg.get_id());
+            };
+            if long == config_file::CONFIG_FLAG {
+                continue;
+            }
+            let value = match (arg.get_action(), arg.get_default_values().first()) {
+                (ArgAction::SetTrue | ArgAction::SetFalse, _) => "true".to_owned(),
+                (ArgAction::Append, _) => "[\"x\"]".to_owned(),
+                (_, Some(default)) => format!("{:?}", default.to_string_lossy()),
+                (_, None) => "\"x\"".to_owned(),
+            };
+            std::fs::write(&file, format!("{long} = {value}\n")).unwrap();
+            match ConfigFile::load(&file, serve) {
+                Ok(_) => keys += 1,
+                // "x" need not be a valid value; it is a known key.
+                Err(ConfigError::BadValue { .. }) if !arg.get_default_values().is_empty() => {
+                    panic!("{long}: its own default {value} is refused")
+                }
+                Err(ConfigError::BadValue { .. }) => keys += 1,
+                Err(e) => panic!("{long}: {e}"),
+            }
+        }
+        assert!(keys > 30, "only {keys} keys");
+    }
+}
