@@ -1,6 +1,7 @@
 //! `codereader-verifier`: the verifier HTTP service and the operators' offline commands.
 //!
-//! Thin glue: parse the command line, find the state directory, open the store through
+//! Thin glue: parse the command line (with the settings file of `serve --config` merged
+//! in), find the state directory, open the store through
 //! [`codereader_verifier_server::service::Library`], then serve or run one admin operation.
 
 use std::ffi::OsString;
@@ -353,18 +354,31 @@ enum ApiKeyCommand {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    let (merged, file) = match config_file::merge(&Cli::command(), "serve", &argv) {
-        Ok(merged) => merged,
-        Err(error) => {
-            eprintln!("codereader-verifier: {error}");
-            // As for a bad flag: a usage error.
-            return ExitCode::from(2);
-        }
+    let (cli, settings) = match parse_command_line() {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
     };
-    let matches = match Cli::command().try_get_matches_from(&merged) {
-        Ok(matches) => matches,
+    match run(cli, settings) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            eprintln!("codereader-verifier: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line, with the settings file of `serve --config` merged in
+/// ([`config_file::merge`]), and where the settings came from, for SIGHUP. Errors are
+/// printed; the exit code is clap's for a usage error (2), also for a refused file.
+fn parse_command_line() -> Result<(Cli, Option<SettingsSource>), ExitCode> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (merged, file) = config_file::merge(&Cli::command(), "serve", &argv).map_err(|error| {
+        eprintln!("codereader-verifier: {error}");
+        ExitCode::from(2)
+    })?;
+    let matches = Cli::command()
+        .try_get_matches_from(&merged)
+        .map_err(|error| {
             let _ = error.print();
             if let (Some(file), true) = (&file, error.use_stderr()) {
                 // The flags clap names may have come from the file.
@@ -373,9 +387,8 @@ fn main() -> ExitCode {
                     file.path().display()
                 );
             }
-            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
-        }
-    };
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+        })?;
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let settings = file.and_then(|file| {
         let root = Cli::command();
@@ -388,13 +401,7 @@ fn main() -> ExitCode {
             file: file.path().to_owned(),
         })
     });
-    match run(cli, settings) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("codereader-verifier: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok((cli, settings))
 }
 
 fn run(cli: Cli, settings: Option<SettingsSource>) -> Result<()> {
