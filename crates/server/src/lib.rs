@@ -9,7 +9,8 @@
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
-//! - [`hangup`]: reloads run on SIGHUP (keyring, TLS certificate);
+//! - [`hangup`]: reloads run in order on SIGHUP (settings file, keyring, API keys, TLS
+//!   certificate);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
