@@ -283,10 +283,9 @@ impl Device<'_> {
     fn show(&mut self, message: &Message<'_>) {
         let Some(pack) = self.pack() else { return };
         if let Some(mut text) = voice::text(pack, message) {
-            // A sighted helper reading the screen or the display gets the command too.
-            let no_token = matches!(message, Message::Ready { no_token: true, .. })
-                || matches!(message, Message::Prompt(Prompt::NoTokenSetUp));
-            if no_token {
+            // At start, when a helper is likely setting the device up, the screen and the
+            // display show the commands too (the key's message is the sentence alone).
+            if matches!(message, Message::Ready { no_token: true, .. }) {
                 text = format!("{text} {}", enroll_help(self.state));
             }
             self.senses.show_text(&text);
@@ -380,7 +379,9 @@ impl Device<'_> {
     /// needed) once the sound card is open; then, when it is quiet, the announcement of
     /// damaged clips. `true` while something waits for silence.
     fn announce(&mut self) -> bool {
-        if self.player.is_some() {
+        // Once the sound card is open; without speech on the sound card (Speech Dispatcher,
+        // braille only) at once.
+        if self.player.is_some() || !self.speech_on {
             if let Some(greeting) = self.greeting.take() {
                 self.say(&greeting);
             }
