@@ -4,7 +4,9 @@
 //! the command), the language follows the system's locale, and a code asked for with little
 //! time left is replaced by the next one after "this code is about to change". Each through
 //! the real binary: WAV files, and `run` on a pseudo-terminal with its sound captured through
-//! ALSA's `file` plugin, compared with reference renderings of the same words.
+//! ALSA's `file` plugin, compared with reference renderings of the same words; the English
+//! codes said after a notice are also transcribed by the speech crate's offline recognizer
+//! (PocketSphinx, `crates/speech/tools/recognize_digits.py`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codereader_e2e::{AlsaCapture, Audio, Pty, Span, codereader_bin, correlation, voices_dir};
+use codereader_e2e::{
+    AlsaCapture, Audio, Pty, Span, codereader_bin, codereader_speak_bin, correlation, voices_dir,
+};
 
 const URI: &str = "otpauth://totp/Bank:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Bank";
 /// 2033-05-18 03:33:20 UTC: 10 s before the end of time step 66666666.
@@ -616,4 +620,169 @@ fn speak_on_the_real_clock_records_the_next_step_once_it_has_begun() {
     assert!(r > 0.9, "r(next code) = {r:.3}");
     let status = ok(&codereader(dir.path(), &["status"]));
     assert!(status.contains("last step given: 66666667"), "{status}");
+}
+
+/// The Python with PocketSphinx, as the speech crate's intelligibility test finds it:
+/// `CODEREADER_ASR_PYTHON` (set by `cargo xtask test`), else the virtualenv `cargo xtask
+/// test` makes in `target/asr-venv`, else `python3`.
+fn asr_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CODEREADER_ASR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/asr-venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// `audio` resampled to `rate` with a windowed-sinc low-pass (the recognizer takes 16 kHz).
+fn resample(audio: &Audio, rate: u32) -> Vec<i16> {
+    let ratio = f64::from(audio.rate) / f64::from(rate);
+    // Cut-off a little below the new Nyquist frequency, in cycles per input sample.
+    let cutoff = 0.5 / ratio * 0.9;
+    let half = 24i64;
+    let n = (audio.samples.len() as f64 / ratio) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 * ratio;
+            let centre = t.floor() as i64;
+            let mut sum = 0.0;
+            for k in centre - half..=centre + half {
+                let Some(&x) = usize::try_from(k).ok().and_then(|k| audio.samples.get(k)) else {
+                    continue;
+                };
+                let d = t - k as f64;
+                let sinc = if d.abs() < 1e-9 {
+                    1.0
+                } else {
+                    (std::f64::consts::PI * 2.0 * cutoff * d).sin()
+                        / (std::f64::consts::PI * 2.0 * cutoff * d)
+                };
+                let window = 0.5 + 0.5 * (std::f64::consts::PI * d / (half as f64 + 1.0)).cos();
+                sum += f64::from(x) * 2.0 * cutoff * sinc * window;
+            }
+            (sum * 32767.0).clamp(-32768.0, 32767.0) as i16
+        })
+        .collect()
+}
+
+/// What the offline recognizer hears as the code in `audio` (the digit words before its end
+/// tone), given that it should be `code`: `Ok` when heard exactly, else the recognizer's line.
+fn recognized(audio: &Audio, code: &str, dir: &Path) -> Result<(), String> {
+    let out = dir.join("asr");
+    fs::create_dir_all(&out).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(out.join("code.wav"), spec).unwrap();
+    for sample in resample(audio, 16_000) {
+        wav.write_sample(sample).unwrap();
+    }
+    wav.finalize().unwrap();
+    fs::write(out.join("codes.txt"), format!("code.wav {code}\n")).unwrap();
+    let python = asr_python();
+    let heard = Command::new(&python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../crates/speech/tools/recognize_digits.py"),
+        )
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        heard.status.success(),
+        "the recognizer failed (run `cargo xtask test`, which installs PocketSphinx into \
+         target/asr-venv, or set CODEREADER_ASR_PYTHON): {}",
+        String::from_utf8_lossy(&heard.stderr)
+    );
+    let line = String::from_utf8_lossy(&heard.stdout)
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap()
+        .to_owned();
+    if line.contains(" exact=1 ") {
+        Ok(())
+    } else {
+        Err(line)
+    }
+}
+
+/// The English default voice (flite `slt`, the clearest) with its clips rendered at speed
+/// step 0, in `dir/voices`, as `cargo xtask voices` would render them.
+fn voices_with_english_clips(dir: &Path) -> PathBuf {
+    let voices = dir.join("voices");
+    for tag in ["da", "en"] {
+        fs::create_dir_all(voices.join(tag)).unwrap();
+        fs::copy(
+            voices_dir().join(tag).join("voice.toml"),
+            voices.join(tag).join("voice.toml"),
+        )
+        .unwrap();
+    }
+    let out = Command::new(codereader_speak_bin())
+        .args([
+            "clips",
+            "--lang",
+            "en",
+            "--voice",
+            "flite-slt",
+            "--speeds",
+            "0",
+        ])
+        .arg("--voices")
+        .arg(&voices)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering the clips: {}",
+        stderr(&out)
+    );
+    voices
+}
+
+/// The codes said after a notice (the settings' mistake; the code about to change) are the
+/// right ones to an independent listener: an offline recognizer hears them exactly.
+#[test]
+fn the_codes_after_a_notice_are_heard_exactly_by_a_recognizer() {
+    let dir = with_mistakes();
+    let voices = voices_with_english_clips(dir.path());
+    let spoken = |name: &str, at: u64| -> Audio {
+        let wav = dir.path().join(format!("{name}.wav"));
+        let at = at.to_string();
+        let out = command(
+            dir.path(),
+            &["speak", "--wav", wav.to_str().unwrap(), "--at", &at],
+        )
+        .env("CODEREADER_VOICES", &voices)
+        .output()
+        .unwrap();
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        assert!(!log.contains("no clips"), "not the clearest voice: {log}");
+        Audio::read_wav(&wav).unwrap()
+    };
+    // After "The settings have a mistake ...": the code of T.
+    let mistake = spoken("mistake", T);
+    assert!(longest_gap(&mistake) < 1.0);
+    let code = code_at(dir.path(), T);
+    recognized(&mistake, &code, dir.path())
+        .unwrap_or_else(|line| panic!("after the notice, {code} was not heard: {line}"));
+    // 3 s left: "This code is about to change ...", 3 s, and the next step's code.
+    let next = spoken("next", T + 7);
+    assert!(longest_gap(&next) > 2.9);
+    let code = code_at(dir.path(), T + 10);
+    recognized(&next, &code, dir.path())
+        .unwrap_or_else(|line| panic!("after the wait, {code} was not heard: {line}"));
+    // The listener tells codes apart: it does not hear the expiring code there.
+    let expiring = code_at(dir.path(), T + 7);
+    assert!(
+        recognized(&next, &expiring, dir.path()).is_err(),
+        "the recognizer heard the expiring code {expiring} as well as {code}"
+    );
 }
