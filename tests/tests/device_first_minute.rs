@@ -554,8 +554,17 @@ fn run_says_the_code_is_about_to_change_and_gives_the_next_when_its_step_begins(
     run.wait_for("speaking the code of time step 66666667", 15);
     let waited = pressed.elapsed().as_secs_f64();
     let audio = wait_for_utterances(&capture, 2, 20);
+    // The stated time moved on with the wait: the key again gives that step's code at once.
+    run.press("s");
+    wait_until(
+        5,
+        || run.count("speaking the code of time step 66666667") == 2,
+        || format!("{:?}", run.log()),
+    );
     let status = run.quit();
     assert!(status.success(), "{:?}", run.log());
+    assert_eq!(run.count("saying `code_changing`"), 1, "{:?}", run.log());
+    assert_eq!(run.count("moved backwards"), 0, "{:?}", run.log());
     assert!(
         waited > 3.0,
         "the next code came {waited:.2} s after the key"

@@ -480,6 +480,11 @@ impl Device<'_> {
         match self.pending {
             Some(pending) if Instant::now() >= pending.due && !speaking => {
                 self.pending = None;
+                // A stated time (`--at`) moves on with the wait, as the clock does: a later
+                // key must not find the clock behind the step just given.
+                if self.at.is_some() {
+                    self.at = Some(pending.at.0);
+                }
                 let at = now(self.at).max(pending.at);
                 self.speak_code_after(pending.intro, at);
                 false
