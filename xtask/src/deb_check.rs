@@ -332,7 +332,7 @@ fn install_and_use(file: &Path) -> Result<(), String> {
     })
 }
 
-/// A spoken six-digit code: a mono 16-bit WAV of 2 to 20 seconds that is not silence.
+/// A spoken six-digit code: a mono 16-bit WAV of 2 to 30 seconds that is not silence.
 fn check_wav(file: &Path) -> Result<(), String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let le16 = |at: usize| {
@@ -365,7 +365,9 @@ fn check_wav(file: &Path) -> Result<(), String> {
     let seconds = samples.len() as f64 / f64::from(rate);
     #[allow(clippy::cast_precision_loss)]
     let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len().max(1) as f64).sqrt();
-    ensure((2.0..=20.0).contains(&seconds) && rms > 0.01, || {
+    // Up to 30 s: near the end of a time step the device says that the code is about to
+    // change and waits (up to 10 s) for the next one.
+    ensure((2.0..=30.0).contains(&seconds) && rms > 0.01, || {
         format!(
             "{}: {seconds:.2} s, RMS {rms:.4}: not a spoken code",
             file.display()

@@ -135,7 +135,10 @@ fn test(_args: &[String]) -> Result<(), String> {
         "cargo test",
         cargo()
             .args(["test", "--workspace", "--all-targets", "--locked"])
-            .env("CODEREADER_ASR_PYTHON", &asr_python),
+            .env("CODEREADER_ASR_PYTHON", &asr_python)
+            // The device's default language follows the locale (Danish without one); the
+            // tests expect that default, whatever the machine's locale is.
+            .env("LC_ALL", "C.UTF-8"),
     )?;
     // `--all-targets` skips doc tests; run them too.
     run(
