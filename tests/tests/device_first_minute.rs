@@ -531,7 +531,16 @@ fn a_code_with_little_time_left_is_replaced_by_the_next_after_a_notice() {
         "[code]\nwait_for_next_below = 25\n",
     )
     .unwrap();
-    let out = codereader(dir.path(), &["speak", "--wav", "/dev/null", "--at", "0"]);
+    let out = codereader(
+        dir.path(),
+        &[
+            "speak",
+            "--wav",
+            dir.path().join("x.wav").to_str().unwrap(),
+            "--at",
+            "0",
+        ],
+    );
     assert!(
         stderr(&out).contains("key `code.wait_for_next_below`: 25 is out of range"),
         "{}",

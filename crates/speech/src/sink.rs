@@ -2,8 +2,9 @@
 //! live sound-card sink is in [`crate::live`].
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::dsp::to_i16;
 use crate::error::SpeechError;
@@ -65,12 +66,70 @@ impl Sink for MemorySink {
 /// reader never sees a half-written file. It is deliberately not `fsync`ed: a spoken code is
 /// stale within a minute, so surviving a power cut is worth nothing, while a sync costs more
 /// than rendering the whole code.
+///
+/// A `path` that exists and is not a regular file (`/dev/null`, a FIFO a listener reads, a
+/// terminal) is never renamed over: as root that would replace the device node with a plain
+/// file and break the whole machine. Such a target gets the finished WAV written into it in
+/// one go (a pipe cannot seek back to complete the header, so the file is built in memory).
 pub struct WavSink {
     path: PathBuf,
     tmp: PathBuf,
     rate: SampleRate,
-    writer: Option<hound::WavWriter<BufWriter<File>>>,
+    writer: Option<hound::WavWriter<Out>>,
+    /// The whole WAV when `path` is a device or a pipe (see [`Out::Memory`]).
+    memory: Option<Arc<Mutex<Cursor<Vec<u8>>>>>,
     written: usize,
+}
+
+/// Where a [`WavSink`]'s bytes go before [`WavSink::finish`].
+enum Out {
+    /// The temporary file beside a regular (or not yet existing) target.
+    Temporary(BufWriter<File>),
+    /// Memory, for a target that is a device or a pipe. Shared, because hound's writer is
+    /// consumed by `finalize` and gives nothing back.
+    Memory(Arc<Mutex<Cursor<Vec<u8>>>>),
+}
+
+impl Out {
+    fn memory<T>(
+        bytes: &Mutex<Cursor<Vec<u8>>>,
+        f: impl FnOnce(&mut Cursor<Vec<u8>>) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut bytes = bytes
+            .lock()
+            .map_err(|_| std::io::Error::other("WAV buffer poisoned"))?;
+        f(&mut bytes)
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Temporary(file) => file.write(buf),
+            Self::Memory(bytes) => Self::memory(bytes, |b| b.write(buf)),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Temporary(file) => file.flush(),
+            Self::Memory(_) => Ok(()),
+        }
+    }
+}
+
+impl Seek for Out {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Self::Temporary(file) => file.seek(pos),
+            Self::Memory(bytes) => Self::memory(bytes, |b| b.seek(pos)),
+        }
+    }
+}
+
+/// Whether `path` names something other than a regular file (following symlinks).
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| !meta.is_file() && !meta.is_dir())
 }
 
 impl std::fmt::Debug for WavSink {
@@ -89,16 +148,26 @@ impl WavSink {
     /// # Errors
     /// [`SpeechError::Wav`] if the temporary file cannot be created.
     pub fn create(path: &Path, rate: SampleRate) -> Result<Self, SpeechError> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let spec = hound::WavSpec {
             channels: 1,
             sample_rate: rate.hz(),
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let writer = hound::WavWriter::create(&tmp, spec).map_err(|e| SpeechError::Wav {
+        let memory = is_special(path).then(|| Arc::new(Mutex::new(Cursor::new(Vec::new()))));
+        let (tmp, out) = if let Some(bytes) = &memory {
+            (path.to_path_buf(), Out::Memory(Arc::clone(bytes)))
+        } else {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
+            let file = File::create(&tmp).map_err(|e| SpeechError::Wav {
+                path: tmp.clone(),
+                message: e.to_string(),
+            })?;
+            (tmp, Out::Temporary(BufWriter::new(file)))
+        };
+        let writer = hound::WavWriter::new(out, spec).map_err(|e| SpeechError::Wav {
             path: tmp.clone(),
             message: e.to_string(),
         })?;
@@ -107,6 +176,7 @@ impl WavSink {
             tmp,
             rate,
             writer: Some(writer),
+            memory,
             written: 0,
         })
     }
@@ -125,13 +195,27 @@ impl WavSink {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        if let Some(writer) = self.writer.take() {
-            writer.finalize().map_err(|e| wav_err(&self.tmp, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| SpeechError::Io {
+        let Some(writer) = self.writer.take() else {
+            return Ok(self.written);
+        };
+        writer.finalize().map_err(|e| wav_err(&self.tmp, e))?;
+        let io_err = |source| SpeechError::Io {
             path: self.path.clone(),
             source,
-        })?;
+        };
+        match self.memory.take() {
+            None => std::fs::rename(&self.tmp, &self.path).map_err(io_err)?,
+            Some(bytes) => {
+                let bytes =
+                    Out::memory(&bytes, |b| Ok(std::mem::take(b.get_mut()))).map_err(io_err)?;
+                // Opened for writing only: a device or FIFO is written into, never replaced.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .and_then(|mut target| target.write_all(&bytes))
+                    .map_err(io_err)?;
+            }
+        }
         Ok(self.written)
     }
 }
@@ -167,8 +251,9 @@ impl Sink for WavSink {
 
 impl Drop for WavSink {
     fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            // Not finished: remove the partial temporary file.
+        if self.writer.take().is_some() && self.memory.is_none() {
+            // Not finished: remove the partial temporary file (a device or FIFO target was
+            // never touched).
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

@@ -280,3 +280,46 @@ fn speed_changes_the_rate_not_the_pitch() {
         );
     }
 }
+
+/// A WAV written to a FIFO (a listener reading a pipe; `/dev/null` is the same case, a file
+/// that is not regular) arrives whole through the pipe, and the FIFO is still a FIFO: the
+/// sink never renames its temporary file over something that is not a regular file (as root
+/// that replaced `/dev/null` with a plain file).
+#[test]
+fn a_wav_to_a_fifo_is_written_into_it_not_renamed_over_it() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+
+    let tmp = temp_dir("fifo");
+    let fifo = tmp.path().join("listener");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            std::fs::File::open(&fifo)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            bytes
+        })
+    };
+    let mut sink =
+        codereader_speech::WavSink::create(&fifo, SampleRate::new(8000).unwrap()).unwrap();
+    codereader_speech::Sink::write(&mut sink, &[0.25; 800]).unwrap();
+    assert_eq!(sink.finish().unwrap(), 800);
+    let bytes = reader.join().unwrap();
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(&bytes[..4], b"RIFF");
+    assert_eq!(&bytes[8..12], b"WAVE");
+    // 44-byte header, then 800 16-bit samples.
+    assert_eq!(bytes.len(), 44 + 2 * 800);
+    assert!(!tmp.path().join("listener.tmp").exists());
+}
