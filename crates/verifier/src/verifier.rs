@@ -667,6 +667,13 @@ impl Verifier {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<(), VerifyError> {
+        let audit = Self::notice(action, name, now, caller);
+        self.write(move |_, tx| Ok(tx.append_audit(&audit)?))
+    }
+
+    /// The audit line [`Verifier::record_event`] writes, for a caller that submits it to the
+    /// store itself (without waiting for it).
+    pub fn notice(action: NoticeAction, name: &str, now: UnixTime, caller: &Caller) -> AuditEvent {
         let action = match action {
             NoticeAction::ApiKeyRevoked => AuditAction::ApiKeyRevoke,
             NoticeAction::RejectedBurst => AuditAction::RejectedBurst,
@@ -674,8 +681,7 @@ impl Verifier {
         // One line of printable text: a name never breaks the trail's lines.
         let name: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
         let outcome = AuditOutcome::Named { name };
-        let audit = Rules::audit(None, None, action, outcome, now, caller);
-        self.write(move |_, tx| Ok(tx.append_audit(&audit)?))
+        Rules::audit(None, None, action, outcome, now, caller)
     }
 
     /// Takes or renews the lease on delivering to `destination` (see [`Tx::claim_delivery`]).
