@@ -751,6 +751,7 @@ mod tests {
             "/v1/tokens/{serial}/resync:",
             "/v1/tokens/{serial}/unlock:",
             "/v1/tokens/{serial}/audit:",
+            "/v1/events:",
             "/healthz:",
             "/metrics:",
         ] {
