@@ -65,6 +65,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Receiver {
+        Self::start_with(None).await
+    }
+
+    /// A receiver over HTTPS with this TLS configuration, or plain HTTP.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let inbox = Arc::new(Mutex::new(Inbox::default()));
@@ -74,15 +79,23 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let inbox = shared.clone();
+                let (inbox, tls) = (shared.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let inbox = inbox.clone();
                         async move { Ok::<_, hyper::Error>(receive(&inbox, request).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -752,4 +765,99 @@ async fn kill_9_while_locking_loses_and_invents_no_event_postgres() {
     let (secret, _) = secret_file(keys.path(), "s", true);
     let server = kill_server(Some(&pg.url()), &receiver, &secret);
     kill_during_locks(server, receiver).await;
+}
+
+/// HTTPS destinations: one whose certificate chains to its `ca=` file gets the event; one
+/// whose certificate does not is never sent a byte of it (the handshake fails, counted as a
+/// failed attempt). Plain http to anything but loopback is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_destinations_are_checked_against_their_ca() {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (crate::tls::new_ca(), crate::tls::new_ca());
+    let (cert, key) = crate::tls::leaf(&ours, true);
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let trusted = Receiver::start_with(Some(acceptor.clone())).await;
+    let untrusted = Receiver::start_with(Some(acceptor)).await;
+    let (our_ca, their_ca) = (dir.path().join("ours.pem"), dir.path().join("theirs.pem"));
+    std::fs::write(&our_ca, ours.cert.pem()).unwrap();
+    std::fs::write(&their_ca, theirs.cert.pem()).unwrap();
+    let (secret, key) = secret_file(dir.path(), "s", true);
+    let https = |r: &Receiver| format!("https://localhost:{}/hook", r.addr.port());
+    let server = Server::start_with(
+        None,
+        &[
+            "--webhook",
+            &webhook(
+                &https(&trusted),
+                &secret,
+                &format!("name=good ca={}", our_ca.display()),
+            ),
+            "--webhook",
+            &webhook(
+                &https(&untrusted),
+                &secret,
+                &format!("name=bad ca={}", their_ca.display()),
+            ),
+            "--webhook-poll-ms",
+            "50",
+            "--webhook-backoff-ms",
+            "50",
+        ],
+    );
+    let c = server.client();
+    assert_eq!(
+        c.add_hotp(&server.admin_key, "TLS-1", &seed(1))
+            .await
+            .status,
+        201
+    );
+    trusted
+        .wait_for("delivery over HTTPS", Duration::from_secs(15), |got| {
+            !got.is_empty()
+        })
+        .await;
+    assert!(trusted.got()[0].signed_by(&key));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = c.metrics().await;
+        let failed = "codereader_webhook_attempts_total{webhook=\"bad\",result=\"failed\"}";
+        if metric(&text, failed) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed attempt: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(untrusted.got().is_empty());
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("webhook bad: event 1 failed, retrying: TLS"),
+        "{}",
+        server.stderr.lock().unwrap()
+    );
+
+    let refused = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--webhook"])
+        .arg(webhook("http://example.com/hook", &secret, ""))
+        .env("CODEREADER_STATE", dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("plain http only to loopback"), "{said}");
 }
