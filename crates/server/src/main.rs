@@ -1133,7 +1133,8 @@ fn revoke_api_key(name: &str, api_keys: Option<PathBuf>, db: Option<&str>) -> Re
     let address = match db {
         Some(text) => Some(db_spec(Some(text))?),
         None => {
-            let default = state::ensure_state_dir()?.join(state::DEFAULT_DB_FILE);
+            // Only a database that exists: revoking a key never creates one.
+            let default = state::state_dir()?.join(state::DEFAULT_DB_FILE);
             default.exists().then_some(StoreAddress::Sqlite(default))
         }
     };
