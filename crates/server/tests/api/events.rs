@@ -468,13 +468,22 @@ async fn retries_then_delivery_or_dead_letter() {
     gone.set_failing(true);
     let keys = tempfile::tempdir().unwrap();
     let (secret, key) = secret_file(keys.path(), "s", true);
+    // The destinations as a settings file lists them: one string each.
+    let settings = keys.path().join("verifier.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "webhook = [{:?}, {:?}]\n",
+            webhook(&flaky.url(), &secret, "name=flaky"),
+            webhook(&gone.url(), &secret, "name=gone"),
+        ),
+    )
+    .unwrap();
     let server = Server::start_with(
         None,
         &[
-            "--webhook",
-            &webhook(&flaky.url(), &secret, "name=flaky"),
-            "--webhook",
-            &webhook(&gone.url(), &secret, "name=gone"),
+            "--config",
+            settings.to_str().unwrap(),
             "--webhook-poll-ms",
             "50",
             "--webhook-backoff-ms",
