@@ -458,14 +458,24 @@ async fn median_verify(server: &Server, n: usize) -> Duration {
 
 /// A receiver down for a while gets the event once it is back, after retries with the
 /// same id; one down for good has it dead-lettered after the retry time, counted in
-/// `/metrics`, with `/healthz` degraded while it fails; verifications meanwhile are as
-/// fast as before.
+/// `/metrics`, with `/healthz` degraded while it fails; verifications meanwhile, with one
+/// destination hanging every POST until its timeout, are as fast as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_then_delivery_or_dead_letter() {
     let flaky = Receiver::start().await;
     let gone = Receiver::start().await;
     flaky.set_failing(true);
     gone.set_failing(true);
+    // A destination that takes connections and never answers: a server whose verifications
+    // waited on delivery would be as slow as the POST timeout.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_url = format!("http://{}/hook", stuck.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = stuck.accept().await {
+            held.push(stream);
+        }
+    });
     let keys = tempfile::tempdir().unwrap();
     let (secret, key) = secret_file(keys.path(), "s", true);
     // The destinations as a settings file lists them: one string each.
@@ -473,9 +483,10 @@ async fn retries_then_delivery_or_dead_letter() {
     std::fs::write(
         &settings,
         format!(
-            "webhook = [{:?}, {:?}]\n",
+            "webhook = [{:?}, {:?}, {:?}]\n",
             webhook(&flaky.url(), &secret, "name=flaky"),
             webhook(&gone.url(), &secret, "name=gone"),
+            webhook(&stuck_url, &secret, "name=stuck"),
         ),
     )
     .unwrap();
@@ -492,6 +503,8 @@ async fn retries_then_delivery_or_dead_letter() {
             "400",
             "--webhook-retry-for-s",
             "4",
+            "--webhook-timeout-ms",
+            "1000",
         ],
     );
     let c = server.client();
@@ -512,6 +525,20 @@ async fn retries_then_delivery_or_dead_letter() {
     assert_eq!(health.body["status"], "degraded", "{:?}", health.body);
     let failing = health.body["webhooks_failing"].as_array().unwrap().clone();
     assert!(failing.contains(&Value::from("gone")), "{failing:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("webhook stuck: event 1 failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            server.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let text = c.metrics().await;
     assert_eq!(
         metric(&text, "codereader_webhook_failing{webhook=\"gone\"}"),
@@ -543,11 +570,13 @@ async fn retries_then_delivery_or_dead_letter() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = c.metrics().await;
-        if metric(
-            &text,
-            "codereader_webhook_dead_letters_total{webhook=\"gone\"}",
-        ) == 1.0
-        {
+        let dead = |name: &str| {
+            metric(
+                &text,
+                &format!("codereader_webhook_dead_letters_total{{webhook=\"{name}\"}}"),
+            )
+        };
+        if dead("gone") == 1.0 && dead("stuck") == 1.0 {
             assert_eq!(
                 metric(&text, "codereader_webhook_failing{webhook=\"gone\"}"),
                 0.0
@@ -577,7 +606,7 @@ async fn retries_then_delivery_or_dead_letter() {
     assert_eq!(health.body["status"], "ok", "{:?}", health.body);
     // A failing destination costs verifications nothing measurable.
     assert!(
-        during < before * 2 + Duration::from_millis(5),
+        during < before * 3 + Duration::from_millis(20),
         "verifies slowed from {before:?} to {during:?} while a webhook failed"
     );
 }
