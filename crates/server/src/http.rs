@@ -27,6 +27,7 @@ use crate::apikeys::{ApiKeys, ClientCertificate, Refusal, Scope};
 use crate::metrics::Metrics;
 use crate::sealwatch::SealWatch;
 use crate::service::{self, Enrollment, Library, ServiceError, Verdict};
+use crate::webhooks::Webhooks;
 use crate::wire::{self, codes};
 
 /// An error response.
@@ -133,6 +134,8 @@ pub struct AppState {
     /// Least time a `rejected` verification takes to answer (zero: no floor).
     rejected_floor: Duration,
     seals: SealWatch,
+    /// Webhook destinations' delivery, for `/metrics` and `/healthz`.
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Most verifications handed to a store's own thread and not answered yet; more wait (holding
@@ -153,7 +156,15 @@ impl AppState {
             queued_verifies: Arc::new(Semaphore::new(MAX_QUEUED_VERIFIES)),
             rejected_floor: Duration::ZERO,
             seals: SealWatch::default(),
+            webhooks: None,
         }
+    }
+
+    /// Reports these webhook destinations in `/metrics` and `/healthz`.
+    #[must_use]
+    pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     /// Makes every `rejected` verification take at least `floor` to answer, waiting
@@ -208,6 +219,7 @@ pub fn router(state: Shared, limits: Limits) -> Router {
         .route("/v1/tokens/{serial}/resync", post(resync))
         .route("/v1/tokens/{serial}/unlock", post(unlock))
         .route("/v1/tokens/{serial}/audit", get(audit))
+        .route("/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Scope::Admin),
             require_scope,
@@ -368,11 +380,19 @@ fn note_seal_error(state: &Shared, serial: &str, missing_key: bool, message: &st
 /// seeds it cannot open (503 if it lacks their key: see the `sealwatch` module).
 fn seal_health(state: &Shared) -> Response {
     let health = state.seals.health(state.library.keyring_generation());
+    let failing = state
+        .webhooks
+        .as_ref()
+        .map(|w| w.failing())
+        .filter(|f| !f.is_empty());
     if health.missing_key == 0 && health.unopenable == 0 {
         let body = wire::Health {
-            message: None,
+            message: failing
+                .is_some()
+                .then_some("webhook destinations are failing; see the log"),
             seal_errors: None,
-            status: "ok",
+            status: if failing.is_some() { "degraded" } else { "ok" },
+            webhooks_failing: failing,
         };
         return axum::Json(body).into_response();
     }
@@ -388,6 +408,7 @@ fn seal_health(state: &Shared) -> Response {
             unopenable: health.unopenable,
         }),
         status: "degraded",
+        webhooks_failing: failing,
     };
     (status, axum::Json(body)).into_response()
 }
@@ -398,7 +419,13 @@ async fn metrics(State(state): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        {
+            let mut text = state.metrics.render();
+            if let Some(webhooks) = &state.webhooks {
+                webhooks.render(&mut text);
+            }
+            text
+        },
     )
         .into_response()
 }
@@ -965,6 +992,22 @@ async fn audit(
     // One line more than asked tells whether there is a next page.
     let entries = blocking(&state, move |lib| lib.audit(&serial, before, limit + 1)).await?;
     Ok(axum::Json(wire::AuditPage::new(entries, limit)))
+}
+
+/// `GET /v1/events?after=ID&limit=N`: the events after `ID`, oldest first, for consumers
+/// that poll (ids grow in commit order, so resuming after the last one misses none).
+async fn events(
+    State(state): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<wire::EventPage>, ApiError> {
+    let (after, limit) = wire::events_query(query.as_deref())
+        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+    let events = blocking(&state, move |lib| lib.events_after(after, limit)).await?;
+    let next = events.last().map_or(after, |e| e.id);
+    Ok(axum::Json(wire::EventPage {
+        events: events.iter().map(wire::EventBody::of).collect(),
+        next,
+    }))
 }
 
 async fn list_tokens(

@@ -18,6 +18,7 @@
 //! - [`state`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
+//! - [`webhooks`]: the store's events POSTed, signed, to `--webhook` destinations;
 //! - [`wire`]: the JSON request and response bodies, and the conversions from the library's
 //!   types to them (only this crate knows JSON).
 
@@ -34,4 +35,5 @@ pub mod service;
 pub mod state;
 pub mod timefmt;
 pub mod tls;
+pub mod webhooks;
 pub mod wire;

@@ -28,6 +28,7 @@ use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
 use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
 use codereader_verifier_server::tls::{TlsFiles, TlsState};
+use codereader_verifier_server::webhooks::{self, WebhookArg, WebhookTiming};
 use codereader_verifier_server::{state, timefmt, wire};
 use zeroize::Zeroizing;
 
@@ -187,6 +188,27 @@ struct ServeArgs {
     /// microsecond per verification; cached keys stay in memory until evicted.
     #[arg(long, default_value_t = 0)]
     key_cache: usize,
+    /// Push events (token locked, unlocked, ...) to this destination, signed: `URL
+    /// secret-file=F [events=token.locked,token.unlocked] [name=N] [ca=F]` (one value, words
+    /// separated by spaces; https, or http to loopback only). Repeat for several.
+    #[arg(long, value_name = "SPEC")]
+    webhook: Vec<WebhookArg>,
+    /// Retry a failing event for this long before dead-lettering it.
+    #[arg(long, default_value_t = 3600)]
+    webhook_retry_for_s: u64,
+    /// The first wait before retrying a failed event; each further wait doubles (with
+    /// jitter) up to --webhook-backoff-max-ms.
+    #[arg(long, default_value_t = 1000)]
+    webhook_backoff_ms: u64,
+    /// The longest wait between two attempts at one event.
+    #[arg(long, default_value_t = 300_000)]
+    webhook_backoff_max_ms: u64,
+    /// How long one webhook POST may take.
+    #[arg(long, default_value_t = 10_000)]
+    webhook_timeout_ms: u64,
+    /// How often the store is asked for new events to push.
+    #[arg(long, default_value_t = 1000)]
+    webhook_poll_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,6 +314,22 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Print the events (token locked, unlocked, ...) after the event `--after`, one JSON
+    /// object a line, as webhooks send them; with `--follow`, keep printing new ones as they
+    /// are committed.
+    Events {
+        /// Start after this event id (0: from the first).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new events (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// With `--follow`: how often to look for new events.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Remove the keys that only open from the keyring file, once no seed needs them.
     PruneKek {
         #[command(flatten)]
@@ -342,7 +380,9 @@ enum ApiKeyCommand {
         #[arg(long, value_name = "FILE")]
         api_keys: Option<PathBuf>,
     },
-    /// Remove a key; a running server stops accepting it on SIGHUP.
+    /// Remove a key; a running server stops accepting it on SIGHUP. The revocation is an
+    /// `apikey.revoked` event in the database `--db` names (by default the state
+    /// directory's, if it exists).
     Revoke {
         /// The key's name (see `api-key list`).
         #[arg(long)]
@@ -350,6 +390,9 @@ enum ApiKeyCommand {
         /// The API-key file. Default: `api-keys` in the state directory.
         #[arg(long, value_name = "FILE")]
         api_keys: Option<PathBuf>,
+        /// The database to record the event in (`sqlite:PATH`, `postgres://...`).
+        #[arg(long, value_name = "DB")]
+        db: Option<String>,
     },
 }
 
@@ -416,8 +459,8 @@ fn run(cli: Cli, settings: Option<SettingsSource>) -> Result<()> {
             expires,
             api_keys,
         }) => add_certificate(scope, name.as_deref(), &cert, expires.as_deref(), api_keys),
-        Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys }) => {
-            revoke_api_key(&name, api_keys)
+        Command::ApiKey(ApiKeyCommand::Revoke { name, api_keys, db }) => {
+            revoke_api_key(&name, api_keys, db.as_deref())
         }
         Command::ApiKey(ApiKeyCommand::Create {
             scope,
@@ -571,6 +614,14 @@ fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result<()> {
         "codereader-verifier: keyring {}",
         library.describe_keyring()
     );
+    let (hooks, destinations) = webhooks::prepare(&args.webhook)?;
+    let timing = WebhookTiming {
+        retry_for: Duration::from_secs(args.webhook_retry_for_s),
+        backoff: Duration::from_millis(args.webhook_backoff_ms.max(1)),
+        backoff_max: Duration::from_millis(args.webhook_backoff_max_ms.max(1)),
+        timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+        poll: Duration::from_millis(args.webhook_poll_ms.max(1)),
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsState::new(TlsFiles {
             cert: cert.clone(),
@@ -607,8 +658,13 @@ fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result<()> {
         };
         let library = Arc::new(library);
         let keyring_reload = reload_keyring(library.clone());
+        if !destinations.is_empty() {
+            webhooks::start(library.clone(), hooks.clone(), destinations, timing)?;
+        }
         let state = Arc::new(
-            AppState::new(library, keys, store_concurrency).with_rejected_floor(rejected_floor),
+            AppState::new(library, keys, store_concurrency)
+                .with_rejected_floor(rejected_floor)
+                .with_webhooks(hooks),
         );
         // In this order on each SIGHUP: the settings may name new files for the others.
         let keys_path = Arc::new(RwLock::new(keys_path));
@@ -930,6 +986,30 @@ fn token(command: TokenCommand) -> Result<()> {
             )?
         }
         TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
+        TokenCommand::Events {
+            after,
+            follow,
+            interval_ms,
+            store,
+        } => {
+            let library = open_library(&store, config)?;
+            let mut after = after;
+            loop {
+                let page = library.events_after(after, wire::MAX_EVENT_PAGE)?;
+                for event in &page {
+                    serde_json::to_writer(&mut out, &wire::EventBody::of(event))?;
+                    writeln!(out)?;
+                }
+                out.flush()?;
+                match page.last() {
+                    Some(last) => after = last.id,
+                    None if follow => {
+                        std::thread::sleep(Duration::from_millis(interval_ms.max(1)));
+                    }
+                    None => break,
+                }
+            }
+        }
         TokenCommand::Audit {
             serial,
             all: _,
@@ -1205,9 +1285,42 @@ fn list_api_keys(api_keys: Option<PathBuf>) -> Result<()> {
 }
 
 /// `api-key revoke --name N`.
-fn revoke_api_key(name: &str, api_keys: Option<PathBuf>) -> Result<()> {
+fn revoke_api_key(name: &str, api_keys: Option<PathBuf>, db: Option<&str>) -> Result<()> {
     let path = api_keys_path(api_keys)?;
     let entry = apikeys::revoke_key(&path, name)?;
+    // The file first: a revocation must not wait on the database. The event follows; if
+    // the database is unreachable the command says so and fails, the key stays revoked.
+    let address = match db {
+        Some(text) => Some(db_spec(Some(text))?),
+        None => {
+            // Only a database that exists: revoking a key never creates one.
+            let default = state::state_dir()?.join(state::DEFAULT_DB_FILE);
+            default.exists().then_some(StoreAddress::Sqlite(default))
+        }
+    };
+    if let Some(address) = address {
+        let caller = service::caller(&format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+        ))?;
+        let line = codereader_verifier::Verifier::notice(
+            codereader_verifier::NoticeAction::ApiKeyRevoked,
+            &entry.name,
+            UnixTime(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
+            &caller,
+        );
+        let store = address
+            .open()
+            .context("the key is revoked, but its event could not be recorded")?;
+        store
+            .write(move |tx| tx.append_audit(&line))
+            .and_then(|written| written)
+            .context("the key is revoked, but its event could not be recorded")?;
+    }
     writeln!(
         std::io::stdout().lock(),
         "revoked API key '{}' ({}) in {}; a running server stops accepting it on SIGHUP.",

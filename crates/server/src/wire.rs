@@ -606,6 +606,9 @@ pub struct Health {
     pub seal_errors: Option<SealErrors>,
     /// `ok` or `degraded`.
     pub status: &'static str,
+    /// Degraded: the webhook destinations whose next event keeps failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks_failing: Option<Vec<String>>,
 }
 
 /// Seeds that did not open, by why.
@@ -748,6 +751,7 @@ mod tests {
             "/v1/tokens/{serial}/resync:",
             "/v1/tokens/{serial}/unlock:",
             "/v1/tokens/{serial}/audit:",
+            "/v1/events:",
             "/healthz:",
             "/metrics:",
         ] {
@@ -757,4 +761,99 @@ mod tests {
             );
         }
     }
+}
+
+/// One event, as a webhook POSTs it, `GET /v1/events` lists it and `token events` prints
+/// it. Never a code, seed or key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventBody {
+    /// The event id: grows in commit order; the idempotency key of its delivery (also the
+    /// `webhook-id` header).
+    pub id: u64,
+    /// `token.locked`, `token.unlocked`, ... (see the API description).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// When it happened (Unix seconds).
+    pub at: u64,
+    /// `at` in RFC 3339 (UTC).
+    pub time: String,
+    /// The audit line that records it (`seq` in the audit trail).
+    pub seq: u64,
+    /// The token concerned, if any.
+    pub token: Option<String>,
+    /// For `token.locked`: `failures` or `temporary`; for `token.unlocked`: `admin` or
+    /// `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
+    /// For `token.enrolled`: how many tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// For `apikey.revoked`: the key's name; for `verify.rejected_burst`: the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Who caused it: `api:KEY-NAME`, `cli:USER`.
+    pub caller: String,
+}
+
+impl EventBody {
+    /// The body of `event`.
+    pub fn of(event: &codereader_verifier::Event) -> Self {
+        let line = &event.audit.event;
+        EventBody {
+            id: event.id,
+            kind: event.kind.as_str(),
+            at: line.at.0,
+            time: crate::timefmt::rfc3339(line.at.0),
+            seq: event.audit.seq,
+            token: line.token.as_ref().map(ToString::to_string),
+            why: event.why(),
+            count: event.count(),
+            name: match &line.outcome {
+                codereader_verifier::AuditOutcome::Named { name } => Some(name.clone()),
+                _ => None,
+            },
+            caller: line.caller.to_string(),
+        }
+    }
+}
+
+/// The body of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventPage {
+    /// The events, oldest first.
+    pub events: Vec<EventBody>,
+    /// The `after` of the next request: the last id here, or the one asked for when there
+    /// is none yet.
+    pub next: u64,
+}
+
+/// Most events in one page of `GET /v1/events`.
+pub const MAX_EVENT_PAGE: usize = 1000;
+
+/// Parses the query of `GET /v1/events`: `after` (an event id, default 0) and `limit`
+/// (1..=[`MAX_EVENT_PAGE`], default 100).
+///
+/// # Errors
+/// A message for the 400 answer.
+pub fn events_query(raw: Option<&str>) -> Result<(u64, usize), String> {
+    let (mut after, mut limit) = (0, 100);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_EVENT_PAGE).contains(n))
+                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_EVENT_PAGE}"))?;
+            }
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|_| "`after` is an event id (a whole number)".to_owned())?;
+            }
+            _ => return Err("the query takes only `after` and `limit`".to_owned()),
+        }
+    }
+    Ok((after, limit))
 }

@@ -20,6 +20,8 @@ mod cluster;
 mod concurrency;
 #[path = "api/config.rs"]
 mod config;
+#[path = "api/events.rs"]
+mod events;
 #[path = "api/fault.rs"]
 mod fault;
 #[path = "api/flows.rs"]

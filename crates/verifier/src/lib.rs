@@ -96,16 +96,16 @@ pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 pub use crate::store::{
-    AuditAction, AuditEntry, AuditEvent, AuditOutcome, NewToken, Reads, Store, StoreAddress,
-    StoreError, Tx, Work, open_store,
+    AuditAction, AuditEntry, AuditEvent, AuditOutcome, Claim, DeadLetter, Delivery, Event,
+    EventKind, NewToken, Reads, Store, StoreAddress, StoreError, Tx, Work, open_store,
 };
 pub use crate::token::{
     Caller, ClientId, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState,
     UserId,
 };
 pub use crate::verifier::{
-    Activation, Enrollment, ImportProblem, ImportReport, KeySource, OwnedSubject, RotationReport,
-    Subject, TokenInfo, Verifier, VerifyError,
+    Activation, Enrollment, ImportProblem, ImportReport, KeySource, NoticeAction, OwnedSubject,
+    RotationReport, Subject, TokenInfo, Verifier, VerifyError,
 };
 
 /// The server shares one [`Verifier`] between blocking threads; this fails to compile if a

@@ -28,8 +28,8 @@ use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
 use crate::seal::{Keyring, SealError, SealedSeed};
 use crate::store::{
-    Advance, AuditAction, AuditEntry, AuditEvent, AuditOutcome, NewToken, Reads, Store, StoreError,
-    TokenRecord, Tx, work,
+    Advance, AuditAction, AuditEntry, AuditEvent, AuditOutcome, Claim, DeadLetter, Delivery, Event,
+    NewToken, Reads, Store, StoreError, TokenRecord, Tx, work,
 };
 use crate::token::{
     Caller, ClientId, IdError, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId,
@@ -61,6 +61,16 @@ pub enum VerifyError {
     /// The PSKC document as a whole is unusable.
     #[error("PSKC: {0}")]
     Pskc(#[from] pskc::PskcError),
+}
+
+/// An event that changes nothing in the store ([`Verifier::record_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoticeAction {
+    /// An API key was revoked (named by its name).
+    ApiKeyRevoked,
+    /// A client went past its failure budget (named by its address).
+    RejectedBurst,
 }
 
 /// What a verification is about: a token by serial, or the token bound to a user.
@@ -636,6 +646,76 @@ impl Verifier {
         Ok(self.store.reads(|r| r.audit_since(since, after, limit))?)
     }
 
+    /// Up to `limit` events with ids greater than `after`, oldest first (see [`Event`]).
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, VerifyError> {
+        Ok(self.store.reads(|r| r.events_after(after, limit))?)
+    }
+
+    /// Records what is not a change of the store but an event all the same (an API key
+    /// revoked, a client past its failure budget): an audit line `action` about `name`,
+    /// whose event the store writes with it.
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn record_event(
+        &self,
+        action: NoticeAction,
+        name: &str,
+        now: UnixTime,
+        caller: &Caller,
+    ) -> Result<(), VerifyError> {
+        let audit = Self::notice(action, name, now, caller);
+        self.write(move |_, tx| Ok(tx.append_audit(&audit)?))
+    }
+
+    /// The audit line [`Verifier::record_event`] writes, for a caller that submits it to the
+    /// store itself (without waiting for it).
+    pub fn notice(action: NoticeAction, name: &str, now: UnixTime, caller: &Caller) -> AuditEvent {
+        let action = match action {
+            NoticeAction::ApiKeyRevoked => AuditAction::ApiKeyRevoke,
+            NoticeAction::RejectedBurst => AuditAction::RejectedBurst,
+        };
+        // One line of printable text: a name never breaks the trail's lines.
+        let name: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+        let outcome = AuditOutcome::Named { name };
+        Rules::audit(None, None, action, outcome, now, caller)
+    }
+
+    /// Takes or renews the lease on delivering to `destination` (see [`Tx::claim_delivery`]).
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, VerifyError> {
+        let (destination, holder) = (destination.to_owned(), holder.to_owned());
+        self.write(move |_, tx| Ok(tx.claim_delivery(&destination, &holder, now_ms, lease_ms)?))
+    }
+
+    /// Records where delivery to `destination` stands (see [`Tx::settle_delivery`]).
+    ///
+    /// # Errors
+    /// [`VerifyError::Store`].
+    pub fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: Delivery,
+        dead: Option<DeadLetter>,
+    ) -> Result<bool, VerifyError> {
+        let (destination, holder) = (destination.to_owned(), holder.to_owned());
+        self.write(move |_, tx| {
+            Ok(tx.settle_delivery(&destination, &holder, &delivery, dead.as_ref())?)
+        })
+    }
+
     /// Adds tokens (unassigned), all in one transaction or none.
     ///
     /// # Errors
@@ -1055,20 +1135,24 @@ impl Rules {
             now,
             caller,
         );
-        match store.record_failure(&record.id, now, self.store_max_failures(), &audit)? {
+        // Operators look for the moment a token locked; the store writes it in the trail
+        // (after the `rejected` line, in the same change) when failures reach the policy's.
+        let lock = Self::audit(
+            Some(&record.id),
+            record.user.as_ref(),
+            AuditAction::Lock,
+            if self.policy.temporary_lock.is_some() {
+                AuditOutcome::Temporary
+            } else {
+                AuditOutcome::Ok
+            },
+            now,
+            caller,
+        );
+        let lock = (self.policy.max_failures, &lock);
+        match store.record_failure(&record.id, now, self.store_max_failures(), &audit, lock)? {
             Some(failures) => {
                 let attempts_left = self.policy.max_failures.saturating_sub(failures);
-                if attempts_left == 0 {
-                    // Operators look for the moment a token locked; say it in the trail.
-                    store.append_audit(&Self::audit(
-                        Some(&record.id),
-                        record.user.as_ref(),
-                        AuditAction::Lock,
-                        AuditOutcome::Ok,
-                        now,
-                        caller,
-                    ))?;
-                }
                 Ok(Outcome::Rejected { attempts_left })
             }
             None => {

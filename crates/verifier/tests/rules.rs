@@ -14,8 +14,9 @@ use codereader_otp::pskc::PreSharedKey;
 use codereader_otp::{Code, Counter, KeyPolicy, KeyUri, TimeStep, UnixTime};
 use codereader_verifier::testing::TempPostgres;
 use codereader_verifier::{
-    Activation, AuditAction as A, AuditOutcome as O, FailureDelay, Kek, KeyId, Keyring, Matched,
-    MemoryStore, Outcome, Policy, SqliteStore, Subject, UserId, Verifier, open_store,
+    Activation, AuditAction as A, AuditOutcome as O, DeadLetter, Delivery, EventKind, FailureDelay,
+    Kek, KeyId, Keyring, Matched, MemoryStore, NoticeAction, Outcome, Policy, SqliteStore, Subject,
+    UserId, Verifier, open_store,
 };
 use common::*;
 
@@ -778,6 +779,128 @@ fn import_pskc_and_otpauth(make: Factory<'_>) {
     );
 }
 
+/// Every change people act on leaves one event, in commit order, with its token and why;
+/// verifications that change nothing leave none; the SQL trigger that writes events agrees
+/// with [`EventKind::of`] on every action and outcome; a delivery lease has one holder.
+fn events_of_changes_and_their_delivery(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let t = enroll(&v, "E", 1, totp_params(), 0);
+    let s = step(NOW);
+    let wrong = wrong_code(1, s);
+    for _ in 0..4 {
+        verify(&v, &t, &wrong, NOW);
+    }
+    v.unlock(&t, NOW, &caller()).unwrap();
+    accepted(&verify(&v, &t, &code(1, s), NOW));
+    assert_eq!(verify(&v, &t, &code(1, s), NOW), Outcome::Replayed);
+    v.set_enabled(&t, false, NOW, &caller()).unwrap();
+    v.record_event(NoticeAction::ApiKeyRevoked, "ops\nkey", NOW, &caller())
+        .unwrap();
+    v.rotate(NOW, &caller()).unwrap();
+    let events = v.events_after(0, 100).unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.token().map(|t| t.as_str()), e.why()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("token.enrolled", Some("E"), None),
+            ("token.locked", Some("E"), Some("failures")),
+            ("token.unlocked", Some("E"), Some("admin")),
+            ("token.disabled", Some("E"), None),
+            ("apikey.revoked", None, None),
+            ("kek.rotated", None, None),
+        ]
+    );
+    assert_eq!(events[0].count(), Some(1));
+    assert_eq!(
+        events[4].audit.event.outcome,
+        O::Named {
+            name: "opskey".into()
+        }
+    );
+    for pair in events.windows(2) {
+        assert!(pair[0].id < pair[1].id && pair[0].audit.seq < pair[1].audit.seq);
+    }
+    let rest = v.events_after(events[1].id, 100).unwrap();
+    assert_eq!(rest, events[2..]);
+
+    // Every action with every kind of outcome, written as a bare line: an event exactly
+    // when the library's mapping says so.
+    let outcomes = [
+        O::Accepted,
+        O::Rejected,
+        O::Ok,
+        O::Temporary,
+        O::Locked,
+        O::Enrolled { count: 2 },
+        O::Named { name: "n".into() },
+    ];
+    let last = events.last().unwrap().id;
+    let mut expected = Vec::new();
+    for action in A::ALL {
+        for outcome in &outcomes {
+            let line = codereader_verifier::AuditEvent {
+                token: Some(t.clone()),
+                user: None,
+                action,
+                outcome: outcome.clone(),
+                at: NOW,
+                caller: caller(),
+            };
+            if let Some(kind) = EventKind::of(action, outcome) {
+                expected.push((kind, action, outcome.clone()));
+            }
+            v.store()
+                .write(move |tx| tx.append_audit(&line))
+                .unwrap()
+                .unwrap();
+        }
+    }
+    let got: Vec<_> = v
+        .events_after(last, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.audit.event.action, e.audit.event.outcome))
+        .collect();
+    assert_eq!(got, expected);
+
+    // A lease has one holder until it runs out; only the holder moves the cursor.
+    let latest = v.events_after(0, 1000).unwrap().last().unwrap().id;
+    let first = v.claim_delivery("hook", "a", 1_000, 500).unwrap();
+    assert!(first.held);
+    assert_eq!(
+        first.delivery.after, latest,
+        "a new destination starts at the latest"
+    );
+    assert!(!v.claim_delivery("hook", "b", 1_400, 500).unwrap().held);
+    assert!(v.claim_delivery("hook", "a", 1_400, 500).unwrap().held);
+    assert!(v.claim_delivery("hook", "b", 1_900, 500).unwrap().held);
+    let moved = Delivery {
+        after: latest - 1,
+        attempts: 2,
+        failing_since: Some(1_800),
+        retry_at: 2_500,
+        dead: 1,
+    };
+    let dead = DeadLetter {
+        event: latest,
+        at: 1_950,
+        reason: "HTTP 500".into(),
+    };
+    assert!(
+        !v.settle_delivery("hook", "a", moved.clone(), Some(dead.clone()))
+            .unwrap()
+    );
+    assert!(
+        v.settle_delivery("hook", "b", moved.clone(), Some(dead))
+            .unwrap()
+    );
+    let now = v.claim_delivery("hook", "b", 2_000, 500).unwrap();
+    assert_eq!((now.held, now.delivery), (true, moved));
+}
+
 /// A named rule.
 type Rule = (&'static str, fn(Factory<'_>));
 
@@ -799,6 +922,7 @@ const RULES: &[Rule] = &[
     ("import", import_pskc_and_otpauth),
     ("temporary_lock", temporary_doubling_lock),
     ("unknown_as_rejected", unknown_answered_as_rejected),
+    ("events", events_of_changes_and_their_delivery),
 ];
 
 fn run_all(make: Factory<'_>) {

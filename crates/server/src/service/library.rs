@@ -10,17 +10,20 @@ use codereader_otp::pskc::PreSharedKey;
 use codereader_otp::{
     Algorithm, Code, Counter, Digits, KeyPolicy, KeyUri, Period, Secret, UnixTime,
 };
+use codereader_verifier::store::work;
 use codereader_verifier::{
-    Activation, AuditEntry, Caller, ClientBudget, ClientId, Durability,
-    Enrollment as LibEnrollment, FailureDelay, ImportReport, Kek, Keyring, Outcome, OwnedSubject,
-    PgStore, Policy, RotationReport, SqliteOptions, SqliteStore, Store, StoreAddress, Subject,
-    TokenId, TokenInfo, TokenKind, TokenParams, UserId, Verifier, VerifyError,
+    Activation, AuditEntry, Caller, Claim, ClientBudget, ClientId, DeadLetter, Delivery,
+    Durability, Enrollment as LibEnrollment, Event, FailureDelay, ImportReport, Kek, Keyring,
+    NoticeAction, Outcome, OwnedSubject, PgStore, Policy, RotationReport, SqliteOptions,
+    SqliteStore, Store, StoreAddress, Subject, TokenId, TokenInfo, TokenKind, TokenParams, Tx,
+    UserId, Verifier, VerifyError,
 };
 
 use super::{
     Enrollment, MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict, invalid, storable, token_id,
 };
 use crate::keyring::{FileKeySource, KeyFiles};
+use crate::webhooks::Bursts;
 use crate::wire::codes;
 
 /// Choices passed to the library.
@@ -69,6 +72,10 @@ impl Default for LibraryConfig {
 /// The verifier library with its store and keys.
 pub struct Library {
     verifier: Arc<Verifier>,
+    /// Clients announced as past their failure budget lately (`verify.rejected_burst`).
+    bursts: Bursts,
+    /// How long a client's refusals stay one burst: its budget's window (`None`: no budget).
+    burst_quiet: Option<u64>,
     /// Where the keyring comes from, when it comes from files that may change.
     key_files: Option<KeyFiles>,
 }
@@ -208,6 +215,8 @@ impl Library {
         }
         Ok(Library {
             verifier: Arc::new(verifier),
+            bursts: Bursts::default(),
+            burst_quiet: config.client_budget.map(|b| b.window_seconds.max(1)),
             key_files,
         })
     }
@@ -328,7 +337,23 @@ impl Library {
         let now = now();
         let admission = match self.verifier.admit(client, now) {
             Ok(admission) => admission,
-            Err(refusal) => return done(Ok(Verdict::new(refusal))),
+            Err(refusal) => {
+                if let (Some(client), Some(window)) = (client, self.burst_quiet) {
+                    if self.bursts.starts(client.as_str(), now.0, window) {
+                        // Queued, not awaited: the refusal answers at once either way.
+                        let line = Verifier::notice(
+                            NoticeAction::RejectedBurst,
+                            client.as_str(),
+                            now,
+                            &caller,
+                        );
+                        self.verifier
+                            .store()
+                            .submit(work(move |tx: &dyn Tx| tx.append_audit(&line), |_| {}));
+                    }
+                }
+                return done(Ok(Verdict::new(refusal)));
+            }
         };
         // Unknown serials answered like wrong codes: then no answer says how many attempts
         // are left either, or a count that never goes down would give them away.
@@ -509,6 +534,56 @@ impl Library {
     pub fn disable(&self, serial: &TokenId, caller: &Caller) -> Result<TokenInfo, ServiceError> {
         self.verifier.set_enabled(serial, false, now(), caller)?;
         self.info(serial)
+    }
+
+    /// Up to `limit` events after the event `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, ServiceError> {
+        Ok(self.verifier.events_after(after, limit)?)
+    }
+
+    /// Takes or renews the lease on delivering to a webhook destination.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, ServiceError> {
+        Ok(self
+            .verifier
+            .claim_delivery(destination, holder, now_ms, lease_ms)?)
+    }
+
+    /// Records where delivery to a webhook destination stands.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: Delivery,
+        dead: Option<DeadLetter>,
+    ) -> Result<bool, ServiceError> {
+        Ok(self
+            .verifier
+            .settle_delivery(destination, holder, delivery, dead)?)
+    }
+
+    /// Records an API key's revocation as an event.
+    ///
+    /// # Errors
+    /// [`ServiceError::Store`].
+    pub fn record_revoked_key(&self, name: &str, caller: &Caller) -> Result<(), ServiceError> {
+        Ok(self
+            .verifier
+            .record_event(NoticeAction::ApiKeyRevoked, name, now(), caller)?)
     }
 
     /// Up to `limit` (at most [`MAX_AUDIT_PAGE`] + 1) audit lines of `serial` older than the

@@ -25,12 +25,12 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use crate::attack::enough_descriptors;
 use crate::common::{BIN, Server, base32, create_key, hotp, raw_request};
 
-struct Ca {
-    cert: Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: Certificate,
     key: KeyPair,
 }
 
-fn new_ca() -> Ca {
+pub(crate) fn new_ca() -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -44,7 +44,7 @@ fn new_ca() -> Ca {
 }
 
 /// A leaf certificate issued by `ca`: for the server (localhost, 127.0.0.1) or a client.
-fn leaf(ca: &Ca, server: bool) -> (Certificate, KeyPair) {
+pub(crate) fn leaf(ca: &Ca, server: bool) -> (Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     params

@@ -43,11 +43,17 @@ pub enum AuditAction {
     Import,
     /// `rotate`: seeds re-sealed under the keyring's current key.
     Rotate,
+    /// `apikey-revoke`: an administrator revoked an API key (the line's caller names the
+    /// administrator, its outcome the key: [`AuditOutcome::Named`]).
+    ApiKeyRevoke,
+    /// `rejected-burst`: a client went past its failure budget (its outcome names the
+    /// client: [`AuditOutcome::Named`]).
+    RejectedBurst,
 }
 
 impl AuditAction {
     /// Every action, for tests and documentation.
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::Verify,
         AuditAction::Activate,
         AuditAction::Resync,
@@ -60,6 +66,8 @@ impl AuditAction {
         AuditAction::Enroll,
         AuditAction::Import,
         AuditAction::Rotate,
+        AuditAction::ApiKeyRevoke,
+        AuditAction::RejectedBurst,
     ];
 
     /// The stored text.
@@ -77,6 +85,8 @@ impl AuditAction {
             AuditAction::Enroll => "enroll",
             AuditAction::Import => "import",
             AuditAction::Rotate => "rotate",
+            AuditAction::ApiKeyRevoke => "apikey-revoke",
+            AuditAction::RejectedBurst => "rejected-burst",
         }
     }
 }
@@ -136,6 +146,14 @@ pub enum AuditOutcome {
     AlreadyBound,
     /// `user-has-token`: an activation for a user who already has a token.
     UserHasToken,
+    /// `temporary`: a `lock` that lasts a while ([`crate::Policy::temporary_lock`]).
+    Temporary,
+    /// `name NAME`: what an `apikey-revoke` or `rejected-burst` line is about (the key's
+    /// name, the client), printable text without line breaks.
+    Named {
+        /// The name.
+        name: String,
+    },
     /// `N token(s)`: an enrollment of `count` tokens.
     Enrolled {
         /// Tokens enrolled.
@@ -160,7 +178,7 @@ pub enum AuditOutcome {
 }
 
 /// The outcomes that are fixed labels, with their text.
-const LABELS: [(AuditOutcome, &str); 12] = [
+const LABELS: [(AuditOutcome, &str); 13] = [
     (AuditOutcome::Accepted, "accepted"),
     (AuditOutcome::Rejected, "rejected"),
     (AuditOutcome::RejectedLocked, "rejected-locked"),
@@ -173,6 +191,7 @@ const LABELS: [(AuditOutcome, &str); 12] = [
     (AuditOutcome::Ok, "ok"),
     (AuditOutcome::AlreadyBound, "already-bound"),
     (AuditOutcome::UserHasToken, "user-has-token"),
+    (AuditOutcome::Temporary, "temporary"),
 ];
 
 impl AuditOutcome {
@@ -197,6 +216,7 @@ impl AuditOutcome {
                 key,
                 failed,
             } => Cow::Owned(format!("{resealed} resealed under {key}, {failed} failed")),
+            AuditOutcome::Named { name } => Cow::Owned(format!("name {name}")),
             fixed => Cow::Borrowed(fixed.as_str().unwrap_or("")),
         }
     }
@@ -238,6 +258,11 @@ impl FromStr for AuditOutcome {
             }
             n.parse().map_err(|_| unknown)
         };
+        if let Some(name) = s.strip_prefix("name ") {
+            return Ok(AuditOutcome::Named {
+                name: name.to_owned(),
+            });
+        }
         if let Some(count) = s.strip_suffix(" token(s)") {
             return Ok(AuditOutcome::Enrolled {
                 count: number(count)?,
@@ -285,6 +310,9 @@ mod tests {
                 resealed: 7,
                 key,
                 failed: 0,
+            },
+            AuditOutcome::Named {
+                name: "203.0.113.9".to_owned(),
             },
         ];
         for outcome in LABELS.iter().map(|(o, _)| o.clone()).chain(counted) {

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use codereader_otp::UnixTime;
 
 use super::{
-    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
+    Advance, AuditEntry, AuditEvent, Claim, DeadLetter, Delivery, Event, EventKind, NewToken,
+    Reads, Store, StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, TokenState, UserId};
@@ -19,6 +20,24 @@ struct Inner {
     tokens: HashMap<TokenId, TokenRecord>,
     users: HashMap<UserId, TokenId>,
     audit: Vec<AuditEvent>,
+    /// The outbox: the sequence number of each audit line that is an event; event `i + 1`
+    /// is entry `i`.
+    events: Vec<u64>,
+    /// Per destination: where delivery stands, who holds the lease, until when.
+    deliveries: HashMap<String, (Delivery, String, u64)>,
+    /// Events given up on, per destination.
+    dead: Vec<(String, DeadLetter)>,
+}
+
+impl Inner {
+    /// Appends an audit line, and its event if it is one (under the same lock, so both or
+    /// neither are seen).
+    fn log(&mut self, line: &AuditEvent) {
+        self.audit.push(line.clone());
+        if EventKind::of(line.action, &line.outcome).is_some() {
+            self.events.push(self.audit.len() as u64);
+        }
+    }
 }
 
 /// Token state in a `HashMap` behind a mutex.
@@ -161,6 +180,36 @@ impl Reads for View<'_> {
         found.truncate(limit);
         Ok(found)
     }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        Ok(self.events(after, limit))
+    }
+}
+
+impl View<'_> {
+    fn events(&self, after: u64, limit: usize) -> Vec<Event> {
+        let inner = self.0.lock();
+        let from = usize::try_from(after).unwrap_or(usize::MAX);
+        inner
+            .events
+            .iter()
+            .enumerate()
+            .skip(from)
+            .take(limit)
+            .filter_map(|(i, &seq)| {
+                let line = inner
+                    .audit
+                    .get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+                Event::new(
+                    i as u64 + 1,
+                    AuditEntry {
+                        seq,
+                        event: line.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 impl Tx for View<'_> {
@@ -186,7 +235,7 @@ impl Tx for View<'_> {
                 },
             );
         }
-        inner.audit.push(audit.clone());
+        inner.log(audit);
         Ok(())
     }
 
@@ -220,7 +269,7 @@ impl Tx for View<'_> {
             t.user = Some(user.clone());
             inner.users.insert(user.clone(), advance.token.clone());
         }
-        inner.audit.push(audit.clone());
+        inner.log(audit);
         Ok(true)
     }
 
@@ -230,6 +279,7 @@ impl Tx for View<'_> {
         now: UnixTime,
         max_failures: u32,
         audit: &AuditEvent,
+        lock: (u32, &AuditEvent),
     ) -> Result<Option<u32>, StoreError> {
         let mut inner = self.0.lock();
         let Some(t) = inner.tokens.get_mut(token) else {
@@ -245,7 +295,10 @@ impl Tx for View<'_> {
             s.locked_at = Some(now);
         }
         let failures = s.failures;
-        inner.audit.push(audit.clone());
+        inner.log(audit);
+        if failures >= lock.0 {
+            inner.log(lock.1);
+        }
         Ok(Some(failures))
     }
 
@@ -266,7 +319,7 @@ impl Tx for View<'_> {
         s.locked_at = None;
         s.failures = 0;
         s.last_failure_at = None;
-        inner.audit.push(audit.clone());
+        inner.log(audit);
         Ok(true)
     }
 
@@ -281,7 +334,7 @@ impl Tx for View<'_> {
             return Ok(false);
         };
         t.state.enabled = enabled;
-        inner.audit.push(audit.clone());
+        inner.log(audit);
         Ok(true)
     }
 
@@ -293,12 +346,12 @@ impl Tx for View<'_> {
         if let Some(user) = &t.user {
             inner.users.remove(user);
         }
-        inner.audit.push(audit.clone());
+        inner.log(audit);
         Ok(true)
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.0.lock().audit.push(event.clone());
+        self.0.lock().log(event);
         Ok(())
     }
 
@@ -312,6 +365,56 @@ impl Tx for View<'_> {
         match inner.tokens.get_mut(token) {
             Some(t) if &t.seed == old => {
                 t.seed = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        let mut inner = self.0.lock();
+        let latest = inner.events.len() as u64;
+        let (delivery, owner, until) = inner
+            .deliveries
+            .entry(destination.to_owned())
+            .or_insert_with(|| {
+                let start = Delivery {
+                    after: latest,
+                    ..Delivery::default()
+                };
+                (start, holder.to_owned(), 0)
+            });
+        let held = owner == holder || *until <= now_ms;
+        if held {
+            holder.clone_into(owner);
+            *until = now_ms.saturating_add(lease_ms);
+        }
+        Ok(Claim {
+            delivery: delivery.clone(),
+            held,
+        })
+    }
+
+    fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: &Delivery,
+        dead: Option<&DeadLetter>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.0.lock();
+        match inner.deliveries.get_mut(destination) {
+            Some((now, owner, _)) if owner == holder => {
+                *now = delivery.clone();
+                if let Some(dead) = dead {
+                    inner.dead.push((destination.to_owned(), dead.clone()));
+                }
                 Ok(true)
             }
             _ => Ok(false),

@@ -31,13 +31,17 @@ use crate::seal::SealedSeed;
 use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
 mod audit;
+mod events;
 pub mod memory;
 mod open;
 pub mod postgres;
+mod postgres_events;
 mod sql;
 pub mod sqlite;
+mod sqlite_events;
 
 pub use audit::{AuditAction, AuditOutcome, UnknownAuditText};
+pub use events::{Claim, DeadLetter, Delivery, Event, EventKind};
 pub use open::{StoreAddress, open_store};
 
 /// Why a store operation failed. Never carries seeds or codes.
@@ -313,6 +317,13 @@ pub trait Reads {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError>;
+
+    /// Up to `limit` events with ids greater than `after`, in id order (which is commit
+    /// order: a reader resuming after the last id it saw misses none).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 }
 
 /// The state changes, inside a unit of [`Work`]. Each is atomic on its own (a failed one
@@ -339,9 +350,10 @@ pub trait Tx: Reads {
     fn advance(&self, advance: &Advance, audit: &AuditEvent) -> Result<bool, StoreError>;
 
     /// If the token is enabled and not locked: adds one failure, remembers `now`, locks the
-    /// token (at `now`) when failures reach `max_failures`, and appends `audit`, atomically.
-    /// Returns the new failure count, or `None` if the token was locked, disabled or missing
-    /// (then nothing is written).
+    /// token (at `now`) when failures reach `max_failures`, and appends `audit` and, when the
+    /// new count is at least `lock.0`, the line `lock.1` after it, atomically (a lock and
+    /// its line, and so its event, commit together). Returns the new failure count, or
+    /// `None` if the token was locked, disabled or missing (then nothing is written).
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -351,6 +363,7 @@ pub trait Tx: Reads {
         now: UnixTime,
         max_failures: u32,
         audit: &AuditEvent,
+        lock: (u32, &AuditEvent),
     ) -> Result<Option<u32>, StoreError>;
 
     /// Clears the lock and failures. With `Some(t)`, only if the token was locked at `t`
@@ -399,6 +412,36 @@ pub trait Tx: Reads {
         token: &TokenId,
         old: &SealedSeed,
         new: &SealedSeed,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes or renews the lease on delivering to `destination` for `holder` until
+    /// `now_ms + lease_ms`, if nobody else holds it at `now_ms` (milliseconds since the
+    /// epoch; servers sharing a database need clocks in step, as TOTP does anyway). A
+    /// destination seen for the first time starts after the latest event. Returns where its
+    /// delivery stands either way.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::OutOfRange`].
+    fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, StoreError>;
+
+    /// Records where delivery to `destination` stands now (and the event given up on, if
+    /// `dead`), only while `holder` is the one [`Tx::claim_delivery`] last gave it to.
+    /// Returns whether it was.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::OutOfRange`].
+    fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: &Delivery,
+        dead: Option<&DeadLetter>,
     ) -> Result<bool, StoreError>;
 }
 

@@ -22,11 +22,13 @@ use codereader_otp::UnixTime;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
 
+use super::postgres_events;
 use super::sql::{
     AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
 };
 use super::{
-    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
+    Advance, AuditEntry, AuditEvent, Claim, DeadLetter, Delivery, Event, NewToken, Reads, Store,
+    StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -63,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
         caller TEXT NOT NULL
      );
      CREATE INDEX audit_by_token ON audit (token_id, seq);",
+    // 2: the outbox of events and their delivery (postgres_events.rs).
+    super::postgres_events::MIGRATION,
 ];
 
 /// An arbitrary constant naming the migration advisory lock.
@@ -644,6 +648,10 @@ impl Reads for PgConn<'_> {
                 .collect()
         })
     }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.with(|conn| postgres_events::events_after(&mut conn.client, after, limit))
+    }
 }
 
 impl Tx for PgConn<'_> {
@@ -764,11 +772,16 @@ impl Tx for PgConn<'_> {
         now: UnixTime,
         max_failures: u32,
         audit: &AuditEvent,
+        lock: (u32, &AuditEvent),
     ) -> Result<Option<u32>, StoreError> {
         let now = to_i64(now.0, "time")?;
         let max = i64::from(max_failures);
         let a = AuditColumns::of(audit);
+        let (lock_at, l) = (i64::from(lock.0), AuditColumns::of(lock.1));
         self.with(|conn| {
+            // The lock line is written by the same statement as the failure that locks, so
+            // a lock never commits without its line (and its event). It selects from
+            // `logged`, so it is inserted after the failure's line.
             let s = conn
                 .statement(
                     "WITH failed AS (
@@ -779,7 +792,12 @@ impl Tx for PgConn<'_> {
                      RETURNING id, failures),
                      logged AS (
                         INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                        SELECT id, $4::TEXT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT FROM failed)
+                        SELECT id, $4::TEXT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT FROM failed
+                     RETURNING token_id),
+                     locked AS (
+                        INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+                        SELECT f.id, $10::TEXT, $11::TEXT, $12::TEXT, $13::BIGINT, $14::TEXT
+                          FROM failed f, logged WHERE f.failures >= $9)
                      SELECT failures FROM failed",
                 )
                 .map_err(db)?;
@@ -796,6 +814,12 @@ impl Tx for PgConn<'_> {
                         &&*a.outcome,
                         &a.at,
                         &a.caller,
+                        &lock_at,
+                        &l.user,
+                        &l.action,
+                        &&*l.outcome,
+                        &l.at,
+                        &l.caller,
                     ],
                 )
                 .map_err(db)?;
@@ -945,6 +969,30 @@ impl Tx for PgConn<'_> {
                 )
                 .map_err(db)?;
             Ok(n == 1)
+        })
+    }
+
+    fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        self.with(|conn| {
+            postgres_events::claim(&mut conn.client, destination, holder, now_ms, lease_ms)
+        })
+    }
+
+    fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: &Delivery,
+        dead: Option<&DeadLetter>,
+    ) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            postgres_events::settle(&mut conn.client, destination, holder, delivery, dead)
         })
     }
 }

@@ -25,8 +25,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use super::sql::{
     AuditColumns, AuditRow, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
 };
+use super::sqlite_events;
 use super::{
-    Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
+    Advance, AuditEntry, AuditEvent, Claim, DeadLetter, Delivery, Event, NewToken, Reads, Store,
+    StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
 use crate::token::{KeyId, TokenId, UserId};
@@ -84,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
            WHERE token_id IS NOT NULL AND token_id NOT IN (SELECT id FROM tokens)
            GROUP BY token_id;
      DROP INDEX audit_by_token;",
+    // 3: the outbox of events and their delivery (sqlite_events.rs).
+    super::sqlite_events::MIGRATION,
 ];
 
 /// How hard SQLite works to keep a commit.
@@ -715,6 +719,10 @@ impl Reads for Conn<'_> {
             .map(|r| r.into_record().map(|t| (t.id, t.seed)))
             .collect()
     }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        sqlite_events::events_after(self.0, after, limit)
+    }
 }
 
 impl Tx for Conn<'_> {
@@ -811,6 +819,7 @@ impl Tx for Conn<'_> {
         now: UnixTime,
         max_failures: u32,
         audit: &AuditEvent,
+        lock: (u32, &AuditEvent),
     ) -> Result<Option<u32>, StoreError> {
         self.write(|tx| {
             let now = to_i64(now.0, "time")?;
@@ -833,14 +842,18 @@ impl Tx for Conn<'_> {
                 })
                 .map_err(db)
             })?;
-            failures
+            let failures = failures
                 .map(|f| {
                     u32::try_from(f).map_err(|_| StoreError::Corrupt {
                         token: token.to_string(),
                         reason: "bad failures".to_owned(),
                     })
                 })
-                .transpose()
+                .transpose()?;
+            if failures.is_some_and(|f| f >= lock.0) {
+                insert_audit(tx, lock.1)?;
+            }
+            Ok(failures)
         })
     }
 
@@ -934,6 +947,26 @@ impl Tx for Conn<'_> {
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         self.write(|conn| insert_audit(conn, event))
+    }
+
+    fn claim_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        self.write(|tx| sqlite_events::claim(tx, destination, holder, now_ms, lease_ms))
+    }
+
+    fn settle_delivery(
+        &self,
+        destination: &str,
+        holder: &str,
+        delivery: &Delivery,
+        dead: Option<&DeadLetter>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| sqlite_events::settle(tx, destination, holder, delivery, dead))
     }
 }
 
@@ -1143,17 +1176,36 @@ mod tests {
         assert!(!write(&store, move |tx| tx.advance(&a, &lost)).unwrap());
         for n in 1..=3 {
             let (t, failed) = (token.clone(), line(AuditOutcome::Rejected));
-            let f = write(&store, move |tx| tx.record_failure(&t, now, 3, &failed)).unwrap();
+            let lock = event(AuditAction::Lock, AuditOutcome::Ok);
+            let f = write(&store, move |tx| {
+                tx.record_failure(&t, now, 3, &failed, (3, &lock))
+            })
+            .unwrap();
             assert_eq!(f, Some(n));
         }
         // Locked now: the failure is not recorded, and neither is its line.
         let (t, refused) = (token.clone(), line(AuditOutcome::Locked));
-        let locked = write(&store, move |tx| tx.record_failure(&t, now, 3, &refused));
+        let lock = event(AuditAction::Lock, AuditOutcome::Ok);
+        let locked = write(&store, move |tx| {
+            tx.record_failure(&t, now, 3, &refused, (3, &lock))
+        });
         assert_eq!(locked.unwrap(), None);
         let mut later = advance.clone();
         (later.lowest, later.accepted) = (9, 9);
         let locked = line(AuditOutcome::Locked);
-        assert!(!write(&store, move |tx| tx.advance(&later, &locked)).unwrap());
+        assert!(!write(&store, move |tx| tx.advance(&later, &locked.clone())).unwrap());
+        // An activation that does not apply leaves neither its line nor its event.
+        let mut later = advance.clone();
+        (later.lowest, later.accepted) = (9, 9);
+        let activated = event(AuditAction::Activate, AuditOutcome::Accepted);
+        assert!(!write(&store, move |tx| tx.advance(&later, &activated)).unwrap());
+        let events: Vec<_> = (&store as &dyn Store)
+            .reads(|r| r.events_after(0, 10))
+            .unwrap()
+            .iter()
+            .map(|e| (e.id, e.kind.as_str()))
+            .collect();
+        assert_eq!(events, [(1, "token.enrolled"), (2, "token.locked")]);
         let lines = trail(&store, "T");
         let lines: Vec<(&str, &str)> = lines.iter().map(|(a, o)| (&**a, &**o)).collect();
         assert_eq!(
@@ -1163,14 +1215,15 @@ mod tests {
                 ("verify", "accepted"),
                 ("verify", "rejected"),
                 ("verify", "rejected"),
-                ("verify", "rejected")
+                ("verify", "rejected"),
+                ("lock", "ok")
             ]
         );
         let lines: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(lines, 5);
+        assert_eq!(lines, 6);
     }
 
     /// A stored action or outcome outside the audit vocabulary is a corrupt row, not a new

@@ -1,0 +1,201 @@
+//! The PostgreSQL store's outbox and delivery cursors (see `events.rs`): the migration that
+//! adds them, and the statements that read events and move a destination's cursor. Kept
+//! apart from `postgres.rs`, whose statements it does not touch: the trigger writes each
+//! event in the statement that writes its audit line.
+
+use postgres::Client;
+
+use super::events::event_condition;
+use super::sql::{audit_entry, to_i64};
+use super::{Claim, DeadLetter, Delivery, Event, StoreError};
+
+/// Migration 2: the outbox, written by a trigger on the audit table, and delivery state.
+///
+/// The trigger first takes a transaction-level advisory lock, so transactions that write an
+/// event commit one at a time, in the order of their ids: a reader that saw event N never
+/// sees a smaller id appear later. Only lines that are events take it (the trigger's `WHEN`),
+/// so verifications that lock nothing never wait on it.
+pub(super) const MIGRATION: &str = concat!(
+    "CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        audit_seq BIGINT NOT NULL
+     );
+     CREATE FUNCTION codereader_audit_event() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+        PERFORM pg_advisory_xact_lock(7165249063936376180);
+        INSERT INTO events (audit_seq) VALUES (NEW.seq);
+        RETURN NULL;
+     END $$;
+     CREATE TRIGGER audit_event AFTER INSERT ON audit FOR EACH ROW WHEN ",
+    event_condition!("NEW"),
+    " EXECUTE FUNCTION codereader_audit_event();
+     CREATE TABLE webhook_cursors (
+        name TEXT PRIMARY KEY,
+        handled BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        failing_since BIGINT,
+        retry_at BIGINT NOT NULL DEFAULT 0,
+        dead BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE TABLE webhook_dead (
+        name TEXT NOT NULL,
+        event_id BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (name, event_id)
+     );"
+);
+
+fn db(e: postgres::Error) -> StoreError {
+    StoreError::Database {
+        backend: "postgres",
+        reason: e.to_string(),
+    }
+}
+
+fn corrupt(reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        token: String::new(),
+        reason: reason.to_owned(),
+    }
+}
+
+pub(super) fn events_after(
+    client: &mut Client,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "SELECT e.id, a.seq, a.token_id, a.user_id, a.action, a.outcome, a.at, a.caller
+               FROM events e JOIN audit a ON a.seq = e.audit_seq
+              WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+            &[&after, &limit],
+        )
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.try_get(0).map_err(db)?;
+            let id = u64::try_from(id).map_err(|_| corrupt("bad event id"))?;
+            let line = audit_entry(
+                r.try_get(1).map_err(db)?,
+                (
+                    r.try_get(2).map_err(db)?,
+                    r.try_get(3).map_err(db)?,
+                    r.try_get(4).map_err(db)?,
+                    r.try_get(5).map_err(db)?,
+                    r.try_get(6).map_err(db)?,
+                    r.try_get(7).map_err(db)?,
+                ),
+            )?;
+            Event::new(id, line).ok_or_else(|| corrupt("an event of no kind"))
+        })
+        .collect()
+}
+
+fn delivery(r: &postgres::Row) -> Result<Delivery, StoreError> {
+    let bad = |_| corrupt("bad delivery cursor");
+    let handled: i64 = r.try_get(0).map_err(db)?;
+    let attempts: i64 = r.try_get(1).map_err(db)?;
+    let failing_since: Option<i64> = r.try_get(2).map_err(db)?;
+    let retry_at: i64 = r.try_get(3).map_err(db)?;
+    let dead: i64 = r.try_get(4).map_err(db)?;
+    Ok(Delivery {
+        after: u64::try_from(handled).map_err(bad)?,
+        attempts: u32::try_from(attempts).map_err(bad)?,
+        failing_since: failing_since.map(u64::try_from).transpose().map_err(bad)?,
+        retry_at: u64::try_from(retry_at).map_err(bad)?,
+        dead: u64::try_from(dead).map_err(bad)?,
+    })
+}
+
+pub(super) fn claim(
+    client: &mut Client,
+    destination: &str,
+    holder: &str,
+    now_ms: u64,
+    lease_ms: u64,
+) -> Result<Claim, StoreError> {
+    let now = to_i64(now_ms, "time")?;
+    let until = to_i64(now_ms.saturating_add(lease_ms), "time")?;
+    // The upsert locks the row: of two servers claiming at once, the second sees the first's
+    // lease and gets no row back.
+    let held = client
+        .query_opt(
+            "INSERT INTO webhook_cursors (name, handled, holder, lease_until)
+             VALUES ($1, (SELECT COALESCE(MAX(id), 0) FROM events), $2, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder,
+                                              lease_until = EXCLUDED.lease_until
+              WHERE webhook_cursors.holder = EXCLUDED.holder
+                 OR webhook_cursors.lease_until <= $3
+             RETURNING handled, attempts, failing_since, retry_at, dead",
+            &[&destination, &holder, &now, &until],
+        )
+        .map_err(db)?;
+    if let Some(row) = held {
+        return Ok(Claim {
+            delivery: delivery(&row)?,
+            held: true,
+        });
+    }
+    let row = client
+        .query_one(
+            "SELECT handled, attempts, failing_since, retry_at, dead
+               FROM webhook_cursors WHERE name = $1",
+            &[&destination],
+        )
+        .map_err(db)?;
+    Ok(Claim {
+        delivery: delivery(&row)?,
+        held: false,
+    })
+}
+
+pub(super) fn settle(
+    client: &mut Client,
+    destination: &str,
+    holder: &str,
+    d: &Delivery,
+    dead: Option<&DeadLetter>,
+) -> Result<bool, StoreError> {
+    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
+    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
+    let count = to_i64(d.dead, "count")?;
+    let attempts = i64::from(d.attempts);
+    let event = dead.map(|x| to_i64(x.event, "event id")).transpose()?;
+    let at = dead.map(|x| to_i64(x.at, "time")).transpose()?;
+    let reason = dead.map(|x| x.reason.as_str());
+    let row = client
+        .query_one(
+            "WITH moved AS (
+                UPDATE webhook_cursors
+                   SET handled = $3, attempts = $4, failing_since = $5, retry_at = $6, dead = $7
+                 WHERE name = $1 AND holder = $2
+             RETURNING name),
+             given_up AS (
+                INSERT INTO webhook_dead (name, event_id, at, reason)
+                SELECT name, $8::BIGINT, $9::BIGINT, $10::TEXT FROM moved
+                 WHERE $8::BIGINT IS NOT NULL
+                ON CONFLICT DO NOTHING)
+             SELECT COUNT(*) FROM moved",
+            &[
+                &destination,
+                &holder,
+                &after,
+                &attempts,
+                &failing,
+                &retry_at,
+                &count,
+                &event,
+                &at,
+                &reason,
+            ],
+        )
+        .map_err(db)?;
+    let moved: i64 = row.try_get(0).map_err(db)?;
+    Ok(moved == 1)
+}

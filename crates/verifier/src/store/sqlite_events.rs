@@ -1,0 +1,193 @@
+//! The SQLite store's outbox and delivery cursors (see `events.rs`): the migration that adds
+//! them, and the statements that read events and move a destination's cursor. Kept apart
+//! from `sqlite.rs`, whose statements it does not touch: the trigger writes each event in
+//! the statement that writes its audit line.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::events::event_condition;
+use super::sql::{AuditRow, audit_entry, to_i64};
+use super::{Claim, DeadLetter, Delivery, Event, StoreError};
+
+/// Migration 3: the outbox, written by triggers on the audit table, and delivery state. A line
+/// removed again in its own savepoint (a change that did not apply) takes its event with it.
+pub(super) const MIGRATION: &str = concat!(
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        audit_seq INTEGER NOT NULL
+     );
+     CREATE INDEX events_by_line ON events (audit_seq);
+     CREATE TRIGGER audit_event AFTER INSERT ON audit WHEN ",
+    event_condition!("NEW"),
+    " BEGIN INSERT INTO events (audit_seq) VALUES (NEW.seq); END;
+     CREATE TRIGGER audit_event_gone AFTER DELETE ON audit WHEN ",
+    event_condition!("OLD"),
+    " BEGIN DELETE FROM events WHERE audit_seq = OLD.seq; END;
+     CREATE TABLE webhook_cursors (
+        name TEXT PRIMARY KEY NOT NULL,
+        handled INTEGER NOT NULL,
+        holder TEXT NOT NULL,
+        lease_until INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failing_since INTEGER,
+        retry_at INTEGER NOT NULL DEFAULT 0,
+        dead INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;
+     CREATE TABLE webhook_dead (
+        name TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (name, event_id)
+     ) WITHOUT ROWID;"
+);
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database {
+        backend: "sqlite",
+        reason: e.to_string(),
+    }
+}
+
+fn corrupt(reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        token: String::new(),
+        reason: reason.to_owned(),
+    }
+}
+
+pub(super) fn events_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = conn
+        .prepare_cached(
+            "SELECT e.id, a.seq, a.token_id, a.user_id, a.action, a.outcome, a.at, a.caller
+               FROM events e JOIN audit a ON a.seq = e.audit_seq
+              WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after, limit], |r| {
+                let row: AuditRow = (
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                );
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, row))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(db)?;
+    rows.into_iter()
+        .map(|(id, seq, row)| {
+            let id = u64::try_from(id).map_err(|_| corrupt("bad event id"))?;
+            Event::new(id, audit_entry(seq, row)?).ok_or_else(|| corrupt("an event of no kind"))
+        })
+        .collect()
+}
+
+fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Option<i64>, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// A cursor row (`handled, attempts, failing_since, retry_at, dead`) as a [`Delivery`].
+pub(super) fn to_delivery(
+    (handled, attempts, failing_since, retry_at, dead): (i64, i64, Option<i64>, i64, i64),
+) -> Result<Delivery, StoreError> {
+    let bad = |_| corrupt("bad delivery cursor");
+    Ok(Delivery {
+        after: u64::try_from(handled).map_err(bad)?,
+        attempts: u32::try_from(attempts).map_err(bad)?,
+        failing_since: failing_since.map(u64::try_from).transpose().map_err(bad)?,
+        retry_at: u64::try_from(retry_at).map_err(bad)?,
+        dead: u64::try_from(dead).map_err(bad)?,
+    })
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    destination: &str,
+    holder: &str,
+    now_ms: u64,
+    lease_ms: u64,
+) -> Result<Claim, StoreError> {
+    let now = to_i64(now_ms, "time")?;
+    let until = to_i64(now_ms.saturating_add(lease_ms), "time")?;
+    let held = conn
+        .prepare_cached(
+            "INSERT INTO webhook_cursors (name, handled, holder, lease_until)
+             VALUES (?1, (SELECT COALESCE(MAX(id), 0) FROM events), ?2, ?4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                                              lease_until = excluded.lease_until
+              WHERE webhook_cursors.holder = excluded.holder OR webhook_cursors.lease_until <= ?3
+             RETURNING handled, attempts, failing_since, retry_at, dead",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![destination, holder, now, until], delivery)
+                .optional()
+        })
+        .map_err(db)?;
+    if let Some(row) = held {
+        return Ok(Claim {
+            delivery: to_delivery(row)?,
+            held: true,
+        });
+    }
+    let row = conn
+        .prepare_cached(
+            "SELECT handled, attempts, failing_since, retry_at, dead
+               FROM webhook_cursors WHERE name = ?1",
+        )
+        .and_then(|mut s| s.query_row([destination], delivery))
+        .map_err(db)?;
+    Ok(Claim {
+        delivery: to_delivery(row)?,
+        held: false,
+    })
+}
+
+pub(super) fn settle(
+    conn: &Connection,
+    destination: &str,
+    holder: &str,
+    d: &Delivery,
+    dead: Option<&DeadLetter>,
+) -> Result<bool, StoreError> {
+    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
+    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
+    let count = to_i64(d.dead, "count")?;
+    let n = conn
+        .prepare_cached(
+            "UPDATE webhook_cursors
+                SET handled = ?3, attempts = ?4, failing_since = ?5, retry_at = ?6, dead = ?7
+              WHERE name = ?1 AND holder = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                destination,
+                holder,
+                after,
+                d.attempts,
+                failing,
+                retry_at,
+                count,
+            ])
+        })
+        .map_err(db)?;
+    if let (1, Some(dead)) = (n, dead) {
+        let (event, at) = (to_i64(dead.event, "event id")?, to_i64(dead.at, "time")?);
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO webhook_dead (name, event_id, at, reason)
+                 VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| s.execute(params![destination, event, at, dead.reason]))
+        .map_err(db)?;
+    }
+    Ok(n == 1)
+}
