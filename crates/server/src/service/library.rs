@@ -32,6 +32,9 @@ pub struct LibraryConfig {
     pub sqlite_full_sync: bool,
     /// PostgreSQL: most connections open at once.
     pub pg_connections: usize,
+    /// PostgreSQL: the longest wait for any one answer of the database (a statement, or a
+    /// connection to one host); past it the call fails and its connection is abandoned.
+    pub pg_deadline: std::time::Duration,
     /// SQLite: read connections kept open for reuse; at least the store calls that run at
     /// once, or reads keep opening and closing connections.
     pub sqlite_connections: usize,
@@ -56,6 +59,7 @@ impl Default for LibraryConfig {
             max_failures: 3,
             sqlite_full_sync: true,
             pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
+            pg_deadline: codereader_verifier::store::postgres::DEFAULT_DEADLINE,
             sqlite_connections: SqliteOptions::default().max_idle,
             key_cache: 0,
             client_budget: None,
@@ -191,7 +195,7 @@ impl Library {
                 )
             }
             StoreAddress::Postgres(url) => Box::new(
-                PgStore::connect_with(url, config.pg_connections)
+                PgStore::connect_with_deadline(url, config.pg_connections, config.pg_deadline)
                     .context("cannot open the PostgreSQL store")?,
             ),
         };

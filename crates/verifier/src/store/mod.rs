@@ -33,6 +33,7 @@ use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, U
 mod audit;
 pub mod memory;
 mod open;
+mod pgclient;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

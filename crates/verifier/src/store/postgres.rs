@@ -17,11 +17,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use codereader_otp::UnixTime;
-use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config, Statement};
 
+use super::pgclient::{Hosts, PgClient, PgError};
 use super::sql::{
     AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
 };
@@ -68,25 +70,27 @@ const MIGRATIONS: &[&str] = &[
 /// An arbitrary constant naming the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x636f_6465_7265_6164;
 
-fn db(e: postgres::Error) -> StoreError {
+/// A driver or server error as the store reports it: with the SQLSTATE and the server's
+/// message (see [`PgError`]'s `Display`), never a bare "db error".
+fn db(e: impl Into<PgError>) -> StoreError {
     StoreError::Database {
         backend: "postgres",
-        reason: e.to_string(),
+        reason: e.into().to_string(),
     }
 }
 
-fn is_unique_violation(e: &postgres::Error) -> bool {
+fn is_unique_violation(e: &PgError) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
 /// A client with the statements it has prepared.
 struct Conn {
-    client: Client,
+    client: PgClient,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, PgError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -98,6 +102,11 @@ impl Conn {
 
 /// Connections a [`PgStore`] opens at most, unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// How long a [`PgStore`] waits for any one answer of the database (a statement, or a
+/// connection to one host), unless told otherwise: far longer than a healthy commit takes,
+/// shorter than a client waits.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The pool: idle connections and how many exist in all.
 struct Pool {
@@ -119,6 +128,7 @@ pub struct PgStore {
 /// The connections, shared by the store and its workers.
 struct PgPool {
     config: Config,
+    hosts: Hosts,
     pool: Mutex<Pool>,
     returned: Condvar,
     max_connections: usize,
@@ -168,8 +178,32 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn connect_with(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        Self::connect_with_deadline(url, max_connections, DEFAULT_DEADLINE)
+    }
+
+    /// As [`PgStore::connect_with`], waiting at most `deadline` for any one answer of the
+    /// database: a statement, or a connection to one host of the address.
+    ///
+    /// A call that gets no answer in time fails ([`StoreError::Database`]) and its connection
+    /// is dropped, never reused; the next connection tries the address's other hosts first.
+    /// So a primary that hangs (frozen, stalled, behind a network black hole) holds each
+    /// call for at most `deadline`, and once a standby is promoted the calls go there. What
+    /// the abandoned call may still do on the old server is never reported as done: with
+    /// synchronous replication its commit cannot complete without the standby that has since
+    /// become the primary, and a verification that did not hear its commit in time answers
+    /// an error, not `accepted`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn connect_with_deadline(
+        url: &str,
+        max_connections: usize,
+        deadline: Duration,
+    ) -> Result<Self, StoreError> {
         let config = Config::from_str(url).map_err(db)?;
+        let deadline = deadline.max(Duration::from_millis(1));
         let pool = PgPool {
+            hosts: Hosts::new(&config, deadline),
             config,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -262,7 +296,7 @@ impl WorkQueue {
 impl PgPool {
     fn open(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
-            client: self.config.connect(NoTls).map_err(db)?,
+            client: self.hosts.connect().map_err(db)?,
             statements: HashMap::new(),
         })
     }
@@ -383,8 +417,10 @@ impl Drop for PgPool {
     }
 }
 
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client.transaction().map_err(db)?;
+fn migrate(client: &mut PgClient) -> Result<(), StoreError> {
+    // On an error the connection is dropped, and the server rolls the transaction back.
+    client.batch_execute("BEGIN").map_err(db)?;
+    let tx = client;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(db)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS codereader_schema (version BIGINT NOT NULL)")
@@ -410,11 +446,11 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         &[&known],
     )
     .map_err(db)?;
-    tx.commit().map_err(db)
+    tx.batch_execute("COMMIT").map_err(db)
 }
 
 fn raw_token(row: &postgres::Row) -> Result<RawToken, StoreError> {
-    let get = |e: postgres::Error| db(e);
+    let get = |e: tokio_postgres::Error| db(e);
     Ok(RawToken {
         id: row.try_get(0).map_err(get)?,
         user: row.try_get(1).map_err(get)?,
@@ -459,7 +495,7 @@ const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, perio
 
 /// After a batch insert hit a unique violation: which token was it (one already stored, or
 /// one given twice)?
-fn duplicate_among(client: &mut Client, tokens: &[NewToken]) -> StoreError {
+fn duplicate_among(client: &mut PgClient, tokens: &[NewToken]) -> StoreError {
     let mut seen = std::collections::HashSet::new();
     if let Some(t) = tokens.iter().find(|t| !seen.insert(&t.id)) {
         return StoreError::Duplicate {
@@ -667,7 +703,10 @@ impl Tx for PgConn<'_> {
         let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
         let a = AuditColumns::of(audit);
         self.with(|conn| {
-            let mut tx = conn.client.transaction().map_err(db)?;
+            // A transaction on the pooled connection: if anything fails, the connection is
+            // dropped (see `PgConn::with`) and the server rolls it back.
+            conn.client.batch_execute("BEGIN").map_err(db)?;
+            let tx = &mut conn.client;
             // One statement for the whole batch: arrays unnested into rows, so a large
             // import costs one round trip instead of one per token.
             let inserted = tx.execute(
@@ -692,7 +731,7 @@ impl Tx for PgConn<'_> {
             match inserted {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
-                    drop(tx);
+                    conn.client.batch_execute("ROLLBACK").map_err(db)?;
                     return Err(duplicate_among(&mut conn.client, tokens));
                 }
                 Err(e) => return Err(db(e)),
@@ -703,7 +742,7 @@ impl Tx for PgConn<'_> {
                 &[&a.token, &a.user, &a.action, &&*a.outcome, &a.at, &a.caller],
             )
             .map_err(db)?;
-            tx.commit().map_err(db)
+            tx.batch_execute("COMMIT").map_err(db)
         })
     }
 
