@@ -330,17 +330,12 @@ impl Library {
         done: impl FnOnce(Result<Verdict, ServiceError>) + Send + 'static,
     ) {
         let now = now();
-        let admission = match self.verifier.admit(client, now) {
-            Ok(admission) => admission,
-            Err(refusal) => return done(Ok(Verdict::new(refusal))),
-        };
         // Unknown serials answered like wrong codes: then no answer says how many attempts
         // are left either, or a count that never goes down would give them away.
         let hide_attempts = self.verifier.policy().unknown_as_rejected;
         let (answer, asked) = (Arc::clone(&self.verifier), subject.clone());
         self.verifier
-            .verify_then(subject, code, now, caller, move |result| {
-                admission.settle(result.as_ref().ok());
+            .verify_from_then(subject, code, now, caller, client, move |result| {
                 done(result.map_err(ServiceError::from).map(|outcome| Verdict {
                     hide_attempts,
                     ..Self::verdict(&answer, outcome, asked.as_subject())

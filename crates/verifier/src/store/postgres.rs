@@ -31,7 +31,7 @@ use super::{
     Advance, AuditEntry, AuditEvent, NewToken, Reads, Store, StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
-use crate::token::{KeyId, TokenId, UserId};
+use crate::token::{ClientId, KeyId, TokenId, UserId};
 
 /// Migrations, applied in order inside one transaction under an advisory lock (several
 /// servers may start at once); `codereader_schema.version` says how many ran.
@@ -439,6 +439,17 @@ fn migrate(client: &mut PgClient) -> Result<(), StoreError> {
     for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.batch_execute(sql).map_err(db)?;
     }
+    // The per-client failure budgets every server shares: one row per client that failed
+    // lately, the millisecond its budget is whole again. Throw-away state, so UNLOGGED (no
+    // WAL, no fsync; emptied by a crash, and not on standbys: a failover forgets the
+    // budgets, never a token's own failures and lock) and outside the numbered migrations.
+    tx.batch_execute(
+        "CREATE UNLOGGED TABLE IF NOT EXISTS client_budgets (
+            client TEXT PRIMARY KEY,
+            full_at BIGINT NOT NULL
+         )",
+    )
+    .map_err(db)?;
     tx.execute("DELETE FROM codereader_schema", &[])
         .map_err(db)?;
     tx.execute(
@@ -683,6 +694,42 @@ impl Reads for PgConn<'_> {
 }
 
 impl Tx for PgConn<'_> {
+    fn client_budget_full_at(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
+        self.with(|conn| {
+            let s = conn
+                .statement("SELECT full_at FROM client_budgets WHERE client = $1")
+                .map_err(db)?;
+            let row = conn.client.query_opt(&s, &[&client.as_str()]).map_err(db)?;
+            row.map(|r| r.try_get::<_, i64>(0).map_err(db))
+                .transpose()
+                .map(|at| at.map(|ms| u64::try_from(ms).unwrap_or(0)))
+        })
+    }
+
+    fn client_budget_charge(
+        &self,
+        client: &ClientId,
+        now_ms: u64,
+        unit_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "time")?;
+        let unit = to_i64(unit_ms, "budget unit")?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "INSERT INTO client_budgets AS b (client, full_at)
+                     VALUES ($1, $2::BIGINT + $3::BIGINT)
+                     ON CONFLICT (client)
+                     DO UPDATE SET full_at = GREATEST(b.full_at, $2::BIGINT) + $3::BIGINT",
+                )
+                .map_err(db)?;
+            conn.client
+                .execute(&s, &[&client.as_str(), &now, &unit])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
         let columns: Vec<_> = tokens.iter().map(TokenColumns::of).collect();
         let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
@@ -1012,5 +1059,9 @@ impl Store for PgStore {
 
     fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError> {
         self.pool.with(|view| reads(view))
+    }
+
+    fn shares_client_budgets(&self) -> bool {
+        true
     }
 }
