@@ -7,8 +7,10 @@
 //! with the same code, exactly one wins. A unit of work is therefore a sequence of committed
 //! statements on one connection, and hears `Ok` once it has run.
 //!
-//! The `postgres` crate is blocking. Connections come from a small pool (with their prepared
-//! statements). Reads borrow one on the caller's thread; units of work ([`Store::submit`])
+//! Each connection runs its calls on a runtime of its own and blocks its caller, every call
+//! under a deadline (`pgclient.rs`: a primary that hangs holds no call longer than that, and
+//! the hosts of a multi-host address are tried in turn). Connections come from a small pool
+//! (with their prepared statements). Reads borrow one on the caller's thread; units of work ([`Store::submit`])
 //! are queued for worker threads of the store, at most one per pooled connection, started
 //! when work waits and none is idle, so that submitting never blocks the caller (an async
 //! server's own threads) on the database.
@@ -383,9 +385,10 @@ impl Drop for PgStore {
 }
 
 impl Drop for PgPool {
-    /// Closes the pooled connections on a thread of their own. A `postgres::Client` says
-    /// goodbye to the server through a runtime of its own, which panics ("Cannot start a
-    /// runtime from within a runtime") on a thread that runs an async runtime, and the last
+    /// Closes the pooled connections on a thread of their own. A connection is closed by
+    /// dropping the runtime of its own it runs on, which panics ("Cannot drop a runtime in
+    /// a context where blocking is not allowed") on a thread that runs an async runtime
+    /// (so did the blocking driver used before, on its goodbye), and the last
     /// handle on a store shared by an async server may well go on such a thread while that
     /// server shuts down; a panic there aborted the process. A new thread never runs one.
     fn drop(&mut self) {
