@@ -354,8 +354,18 @@ postgresql:
             && (!synchronous || role("Sync Standby") == 1)
     }
 
-    pub fn wait_healthy(&self, synchronous: bool, within: Duration) {
+    /// Waits until [`Cluster::is_healthy`]; returns how many members had to be rebuilt.
+    ///
+    /// A replica that received WAL from the old primary which the promoted standby never
+    /// had (in flight when the primary froze or died) has diverged and cannot follow the new
+    /// primary; Debian's Patroni 3.0.2 leaves it "starting up", waiting for WAL forever,
+    /// instead of rewinding it. Such a member, still not replicating 20 s after the leader
+    /// and its synchronous standby are up, is rebuilt from the leader (`patronictl reinit`),
+    /// as an operator would.
+    pub fn wait_healthy(&self, synchronous: bool, within: Duration) -> usize {
         let deadline = Instant::now() + within;
+        let mut reinits = 0;
+        let mut stuck_since: Option<Instant> = None;
         while !self.is_healthy(synchronous) {
             if Instant::now() > deadline {
                 panic!(
@@ -364,8 +374,44 @@ postgresql:
                     self.logs()
                 );
             }
+            let members = self.members();
+            let leader_up = members
+                .iter()
+                .any(|m| m["Role"] == "Leader" && m["State"] == "running");
+            let sync_up = !synchronous || members.iter().any(|m| m["Role"] == "Sync Standby");
+            let stuck: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    !members.iter().any(|m| {
+                        m["Member"] == n.name.as_str()
+                            && (m["Role"] == "Leader" || m["Role"] == "Sync Standby")
+                            || m["Member"] == n.name.as_str()
+                                && (m["State"] == "running" || m["State"] == "streaming")
+                    })
+                })
+                .map(|n| n.name.clone())
+                .collect();
+            if leader_up && sync_up && !stuck.is_empty() {
+                let since = *stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(20) {
+                    for name in &stuck {
+                        eprintln!("failover: {name} does not replicate; rebuilding it (reinit)");
+                        let _ = command_as(self.run_as_postgres, "patronictl")
+                            .args(["-c", &self.nodes[0].config.display().to_string()])
+                            .args(["reinit", "codereader", name, "--force"])
+                            .env("HOME", self.dir.path())
+                            .output();
+                        reinits += 1;
+                    }
+                    stuck_since = None;
+                }
+            } else {
+                stuck_since = None;
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
+        reinits
     }
 
     /// A planned switchover from the leader to another node.
@@ -409,6 +455,13 @@ postgresql:
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("CODEREADER_FAILOVER_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "failover: the cluster's logs are in {}",
+                self.dir.path().display()
+            );
+        }
         // Thaw anything frozen, then kill: nothing here is worth a clean shutdown.
         let mut pids: Vec<u32> = Vec::new();
         for node in &self.nodes {
