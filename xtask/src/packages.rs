@@ -45,6 +45,12 @@ pub(crate) const TEST: &[&str] = &[
     "python3-venv",
     // verifier: the store tests start a real PostgreSQL (initdb into a temp dir).
     "postgresql",
+    // server: the failover test (crates/server/tests/failover.rs) runs three PostgreSQL
+    // nodes under Patroni with etcd (its v2 API, through python3-etcd; etcdctl for humans).
+    "patroni",
+    "etcd-server",
+    "etcd-client",
+    "python3-etcd",
     // server: the end-to-end tests send SIGTERM/SIGHUP to the server with kill(1).
     "procps",
     // device: the braille test starts a real BRLTTY (its `tt` driver on a pseudo-terminal),

@@ -172,6 +172,12 @@ struct ServeArgs {
     /// PostgreSQL: most connections this server opens.
     #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
     pg_connections: usize,
+    /// PostgreSQL: the longest wait, in milliseconds, for any one answer of the database (a
+    /// statement, or a connection to one host of the address). Past it the call fails (503
+    /// `store_unavailable`) and its connection is abandoned, so that a primary that hangs
+    /// holds no verification longer than this; the next connection tries the other hosts.
+    #[arg(long, default_value_t = 5000)]
+    pg_deadline_ms: u64,
     /// Serve HTTPS only, with this PEM certificate chain (leaf first); needs `--tls-key`.
     /// SIGHUP re-reads the certificate, key and client CAs.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -598,6 +604,7 @@ fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result<()> {
         max_failures: args.max_failures,
         sqlite_full_sync: !args.sqlite_normal_sync,
         pg_connections: args.pg_connections.max(1),
+        pg_deadline: std::time::Duration::from_millis(args.pg_deadline_ms.max(1)),
         // Every store call that may run at once keeps its read connection open.
         sqlite_connections: store_concurrency.max(1),
         key_cache: args.key_cache,

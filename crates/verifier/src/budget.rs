@@ -6,7 +6,12 @@
 //! it). Each has a budget of `failures` per `window_seconds`, spent by failed attempts and
 //! refilled evenly over the window (a generic cell rate algorithm: one number per client).
 //! An attempt takes a unit before it is made and gives it back if it did not fail, so
-//! concurrent attempts cannot overdraw the budget. Budgets live in this process's memory.
+//! concurrent attempts cannot overdraw the budget. Budgets live in this process's memory,
+//! unless the store keeps them ([`crate::store::Store::shares_client_budgets`]: PostgreSQL,
+//! so that servers behind a load balancer share one budget per client): then an attempt
+//! reads the client's row before it is made, and a failed one spends a unit with one
+//! statement. Concurrent attempts of one client may then overdraw by as many as are in
+//! flight at once, against N times the budget for N servers otherwise.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,21 +76,28 @@ impl Budgets {
     }
 
     /// The budget one attempt costs, in milliseconds of refill.
-    fn unit_ms(&self) -> u64 {
+    pub(crate) fn unit_ms(&self) -> u64 {
         (self.window_ms() / u64::from(self.budget.failures)).max(1)
     }
 
-    /// Takes one attempt from `client`'s budget, or says when it may try again.
-    fn take(&self, client: &ClientId, now: UnixTime) -> Result<(), UnixTime> {
-        let now_ms = now.0.saturating_mul(1000);
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let full_at = state.full_at.get(client).copied().unwrap_or(0).max(now_ms);
+    /// Whether a budget whole again at `full_at` (milliseconds; `None`: whole) has a unit
+    /// left at `now_ms`; if not, the Unix second from which it has one.
+    pub(crate) fn check(&self, full_at: Option<u64>, now_ms: u64) -> Result<u64, UnixTime> {
+        let full_at = full_at.unwrap_or(0).max(now_ms);
         let after = full_at.saturating_add(self.unit_ms());
         if after - now_ms > self.window_ms() {
             // Whole seconds, rounded up: the client may try again then.
             let ready_ms = after - self.window_ms();
             return Err(UnixTime(ready_ms.div_ceil(1000)));
         }
+        Ok(after)
+    }
+
+    /// Takes one attempt from `client`'s budget, or says when it may try again.
+    fn take(&self, client: &ClientId, now: UnixTime) -> Result<(), UnixTime> {
+        let now_ms = now.0.saturating_mul(1000);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let after = self.check(state.full_at.get(client).copied(), now_ms)?;
         if !state.full_at.contains_key(client) && state.full_at.len() >= MAX_CLIENTS {
             if state.pruned_at == now_ms {
                 return Ok(());

@@ -474,6 +474,54 @@ impl Verifier {
         ));
     }
 
+    /// [`Verifier::verify_then`] on behalf of `client` (the end user's address as the
+    /// backend saw it), with its failure budget ([`Verifier::with_client_budget`]): a client
+    /// that has spent it gets [`Outcome::RateLimited`] without its code being checked.
+    ///
+    /// On a store that keeps the budgets ([`Store::shares_client_budgets`]), the check and
+    /// the charge of a failure run inside the verification's unit of work, so every server
+    /// on that store sees one budget per client; otherwise they are kept in this process
+    /// ([`Verifier::admit`]).
+    pub fn verify_from_then(
+        &self,
+        subject: OwnedSubject,
+        code: Code,
+        now: UnixTime,
+        caller: Caller,
+        client: Option<&ClientId>,
+        done: impl FnOnce(Result<Outcome, VerifyError>) + Send + 'static,
+    ) {
+        let (Some(budgets), Some(client)) = (&self.budgets, client) else {
+            return self.verify_then(subject, code, now, caller, done);
+        };
+        if !self.store.shares_client_budgets() {
+            let admission = match Admission::take(budgets, client, now) {
+                Ok(admission) => admission,
+                Err(refusal) => return done(Ok(refusal)),
+            };
+            return self.verify_then(subject, code, now, caller, move |result| {
+                admission.settle(result.as_ref().ok());
+                done(result);
+            });
+        }
+        let rules = Arc::clone(&self.rules);
+        let (budgets, client) = (Arc::clone(budgets), client.clone());
+        self.store.submit(work(
+            move |tx| -> Result<Outcome, VerifyError> {
+                let now_ms = now.0.saturating_mul(1000);
+                if let Err(retry_at) = budgets.check(tx.client_budget_full_at(&client)?, now_ms) {
+                    return Ok(Outcome::RateLimited { retry_at });
+                }
+                let outcome = rules.verify_on(tx, subject.as_subject(), &code, now, &caller)?;
+                if outcome.is_failure() {
+                    tx.client_budget_charge(&client, now_ms, budgets.unit_ms())?;
+                }
+                Ok(outcome)
+            },
+            move |result| done(result.map_err(VerifyError::from).and_then(|r| r)),
+        ));
+    }
+
     /// Binds an unassigned token to `user` if `code` is a valid code of it (proof of
     /// possession). The code is used up like any verified code.
     ///

@@ -35,6 +35,9 @@ pub struct LibraryConfig {
     pub sqlite_full_sync: bool,
     /// PostgreSQL: most connections open at once.
     pub pg_connections: usize,
+    /// PostgreSQL: the longest wait for any one answer of the database (a statement, or a
+    /// connection to one host); past it the call fails and its connection is abandoned.
+    pub pg_deadline: std::time::Duration,
     /// SQLite: read connections kept open for reuse; at least the store calls that run at
     /// once, or reads keep opening and closing connections.
     pub sqlite_connections: usize,
@@ -59,6 +62,7 @@ impl Default for LibraryConfig {
             max_failures: 3,
             sqlite_full_sync: true,
             pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
+            pg_deadline: codereader_verifier::store::postgres::DEFAULT_DEADLINE,
             sqlite_connections: SqliteOptions::default().max_idle,
             key_cache: 0,
             client_budget: None,
@@ -73,7 +77,7 @@ impl Default for LibraryConfig {
 pub struct Library {
     verifier: Arc<Verifier>,
     /// Clients announced as past their failure budget lately (`verify.rejected_burst`).
-    bursts: Bursts,
+    bursts: Arc<Bursts>,
     /// How long a client's refusals stay one burst: its budget's window (`None`: no budget).
     burst_quiet: Option<u64>,
     /// Where the keyring comes from, when it comes from files that may change.
@@ -198,7 +202,7 @@ impl Library {
                 )
             }
             StoreAddress::Postgres(url) => Box::new(
-                PgStore::connect_with(url, config.pg_connections)
+                PgStore::connect_with_deadline(url, config.pg_connections, config.pg_deadline)
                     .context("cannot open the PostgreSQL store")?,
             ),
         };
@@ -215,7 +219,7 @@ impl Library {
         }
         Ok(Library {
             verifier: Arc::new(verifier),
-            bursts: Bursts::default(),
+            bursts: Arc::default(),
             burst_quiet: config.client_budget.map(|b| b.window_seconds.max(1)),
             key_files,
         })
@@ -335,33 +339,40 @@ impl Library {
         done: impl FnOnce(Result<Verdict, ServiceError>) + Send + 'static,
     ) {
         let now = now();
-        let admission = match self.verifier.admit(client, now) {
-            Ok(admission) => admission,
-            Err(refusal) => {
-                if let (Some(client), Some(window)) = (client, self.burst_quiet) {
-                    if self.bursts.starts(client.as_str(), now.0, window) {
-                        // Queued, not awaited: the refusal answers at once either way.
+        // Unknown serials answered like wrong codes: then no answer says how many attempts
+        // are left either, or a count that never goes down would give them away.
+        let hide_attempts = self.verifier.policy().unknown_as_rejected;
+        let (answer, asked) = (Arc::clone(&self.verifier), subject.clone());
+        // A refused client's first refusal in a while is a `verify.rejected_burst` event.
+        let burst = match (client, self.burst_quiet) {
+            (Some(client), Some(quiet)) => Some((
+                client.clone(),
+                quiet,
+                Arc::clone(&self.bursts),
+                caller.clone(),
+            )),
+            _ => None,
+        };
+        self.verifier
+            .verify_from_then(subject, code, now, caller, client, move |result| {
+                if let (Ok(Outcome::RateLimited { .. }), Some((client, quiet, bursts, caller))) =
+                    (&result, burst)
+                {
+                    if bursts.starts(client.as_str(), now.0, quiet) {
+                        // Queued, not awaited: the refusal answers at once either way. Every
+                        // store's `submit` only queues (or, in memory, runs in place with no
+                        // lock held), so submitting from this callback cannot deadlock.
                         let line = Verifier::notice(
                             NoticeAction::RejectedBurst,
                             client.as_str(),
                             now,
                             &caller,
                         );
-                        self.verifier
+                        answer
                             .store()
                             .submit(work(move |tx: &dyn Tx| tx.append_audit(&line), |_| {}));
                     }
                 }
-                return done(Ok(Verdict::new(refusal)));
-            }
-        };
-        // Unknown serials answered like wrong codes: then no answer says how many attempts
-        // are left either, or a count that never goes down would give them away.
-        let hide_attempts = self.verifier.policy().unknown_as_rejected;
-        let (answer, asked) = (Arc::clone(&self.verifier), subject.clone());
-        self.verifier
-            .verify_then(subject, code, now, caller, move |result| {
-                admission.settle(result.as_ref().ok());
                 done(result.map_err(ServiceError::from).map(|outcome| Verdict {
                     hide_attempts,
                     ..Self::verdict(&answer, outcome, asked.as_subject())

@@ -138,3 +138,78 @@ async fn database_outage_then_recovery() {
     assert_eq!(r.str("result"), "replayed", "{:?}", r.body);
     assert_eq!(c.get("/healthz", None).await.status, 200);
 }
+
+/// The per-client failure budget is one for the whole fleet on PostgreSQL: 20 failures
+/// spread over three servers spend it, and then every server answers 429 (each in-memory
+/// budget would have allowed 20 per server, 60 in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_share_one_failure_budget_per_client() {
+    let pg = TempPostgres::start().unwrap();
+    let url = pg.url();
+    // 20 per 10 minutes: no unit comes back while the test runs (one every 30 s).
+    let budget = [
+        "--client-failures",
+        "20",
+        "--client-window-s",
+        "600",
+        "--max-failures",
+        "1000",
+    ];
+    let first = Server::start_with(Some(&url), &budget);
+    let kek = first.dir.join("kek").display().to_string();
+    let temp = tempfile::tempdir().unwrap();
+    let mut more = budget.to_vec();
+    more.extend(["--kek-file", &kek]);
+    let servers = [
+        first,
+        Server::start_in(temp.path().join("b"), Some(&url), &more),
+        Server::start_in(temp.path().join("c"), Some(&url), &more),
+    ];
+    let r = servers[0]
+        .client()
+        .add_hotp(&servers[0].admin_key, "BUD-1", SEED)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // Codes that are certainly wrong for this token, one per failure.
+    let good: Vec<String> = (0..1030).map(|c| hotp(SEED, c, 6)).collect();
+    let wrong: Vec<String> = (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .filter(|w| !good.contains(w))
+        .take(23)
+        .collect();
+    let attacker = "203.0.113.7";
+    for (i, w) in wrong[..20].iter().enumerate() {
+        let s = &servers[i % 3];
+        let r = s
+            .client()
+            .verify_from(&s.verify_key, "BUD-1", w, attacker)
+            .await;
+        assert_eq!(
+            (r.status, r.str("result")),
+            (200, "rejected"),
+            "{i}: {:?}",
+            r.body
+        );
+    }
+    for (s, w) in servers.iter().zip(&wrong[20..]) {
+        let r = s
+            .client()
+            .verify_from(&s.verify_key, "BUD-1", w, attacker)
+            .await;
+        assert_eq!(r.status, 429, "{:?}", r.body);
+        assert_eq!(r.str("error"), "rate_limited", "{:?}", r.body);
+        assert!(r.retry_after.is_some());
+    }
+    // Even the right code is not checked for that client now; another client is untouched.
+    let s = &servers[1];
+    let r = s
+        .client()
+        .verify_from(&s.verify_key, "BUD-1", &good[0], attacker)
+        .await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    let r = s
+        .client()
+        .verify_from(&s.verify_key, "BUD-1", &good[0], "198.51.100.1")
+        .await;
+    assert_eq!(r.str("result"), "accepted", "{:?}", r.body);
+}

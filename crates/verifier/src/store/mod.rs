@@ -28,12 +28,13 @@
 use codereader_otp::UnixTime;
 
 use crate::seal::SealedSeed;
-use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
+use crate::token::{Caller, ClientId, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
 mod audit;
 mod events;
 pub mod memory;
 mod open;
+mod pgclient;
 pub mod postgres;
 mod postgres_events;
 mod sql;
@@ -443,6 +444,32 @@ pub trait Tx: Reads {
         delivery: &Delivery,
         dead: Option<&DeadLetter>,
     ) -> Result<bool, StoreError>;
+
+    /// In a store that keeps the per-client failure budgets ([`Store::shares_client_budgets`]):
+    /// the millisecond at which `client`'s budget is whole again, if it is not whole. Others
+    /// keep none and say `None`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    fn client_budget_full_at(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
+        let _ = client;
+        Ok(None)
+    }
+
+    /// In a store that keeps the per-client failure budgets: spends `unit_ms` of `client`'s
+    /// budget at `now_ms` (one failed attempt), in one statement. Others do nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    fn client_budget_charge(
+        &self,
+        client: &ClientId,
+        now_ms: u64,
+        unit_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (client, now_ms, unit_ms);
+        Ok(())
+    }
 }
 
 /// A unit of work for [`Store::submit`]: it runs where the store writes, then hears whether
@@ -606,6 +633,14 @@ pub trait Store: Send + Sync {
     /// Saves a blocking caller the boxed work and owned copies that `submit` needs.
     fn run_here(&self, run: &mut dyn FnMut(&dyn Tx)) -> bool {
         let _ = run;
+        false
+    }
+
+    /// Whether this store keeps the per-client failure budgets itself
+    /// ([`Tx::client_budget_full_at`], [`Tx::client_budget_charge`]), so that every server on
+    /// it sees one budget per client: PostgreSQL does. A store used by one process (SQLite,
+    /// memory) does not; the verifier keeps them in memory then.
+    fn shares_client_budgets(&self) -> bool {
         false
     }
 }

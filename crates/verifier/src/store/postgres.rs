@@ -7,8 +7,10 @@
 //! with the same code, exactly one wins. A unit of work is therefore a sequence of committed
 //! statements on one connection, and hears `Ok` once it has run.
 //!
-//! The `postgres` crate is blocking. Connections come from a small pool (with their prepared
-//! statements). Reads borrow one on the caller's thread; units of work ([`Store::submit`])
+//! Each connection runs its calls on a runtime of its own and blocks its caller, every call
+//! under a deadline (`pgclient.rs`: a primary that hangs holds no call longer than that, and
+//! the hosts of a multi-host address are tried in turn). Connections come from a small pool
+//! (with their prepared statements). Reads borrow one on the caller's thread; units of work ([`Store::submit`])
 //! are queued for worker threads of the store, at most one per pooled connection, started
 //! when work waits and none is idle, so that submitting never blocks the caller (an async
 //! server's own threads) on the database.
@@ -17,11 +19,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use codereader_otp::UnixTime;
-use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config, Statement};
 
+use super::pgclient::{Hosts, PgClient, PgError};
 use super::postgres_events;
 use super::sql::{
     AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
@@ -31,7 +35,7 @@ use super::{
     StoreError, TokenRecord, Tx, Work,
 };
 use crate::seal::SealedSeed;
-use crate::token::{KeyId, TokenId, UserId};
+use crate::token::{ClientId, KeyId, TokenId, UserId};
 
 /// Migrations, applied in order inside one transaction under an advisory lock (several
 /// servers may start at once); `codereader_schema.version` says how many ran.
@@ -72,25 +76,27 @@ const MIGRATIONS: &[&str] = &[
 /// An arbitrary constant naming the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x636f_6465_7265_6164;
 
-fn db(e: postgres::Error) -> StoreError {
+/// A driver or server error as the store reports it: with the SQLSTATE and the server's
+/// message (see [`PgError`]'s `Display`), never a bare "db error".
+pub(super) fn db(e: impl Into<PgError>) -> StoreError {
     StoreError::Database {
         backend: "postgres",
-        reason: e.to_string(),
+        reason: e.into().to_string(),
     }
 }
 
-fn is_unique_violation(e: &postgres::Error) -> bool {
+fn is_unique_violation(e: &PgError) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
 /// A client with the statements it has prepared.
 struct Conn {
-    client: Client,
+    client: PgClient,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, PgError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -102,6 +108,11 @@ impl Conn {
 
 /// Connections a [`PgStore`] opens at most, unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// How long a [`PgStore`] waits for any one answer of the database (a statement, or a
+/// connection to one host), unless told otherwise: far longer than a healthy commit takes,
+/// shorter than a client waits.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The pool: idle connections and how many exist in all.
 struct Pool {
@@ -123,6 +134,7 @@ pub struct PgStore {
 /// The connections, shared by the store and its workers.
 struct PgPool {
     config: Config,
+    hosts: Hosts,
     pool: Mutex<Pool>,
     returned: Condvar,
     max_connections: usize,
@@ -172,8 +184,32 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
     pub fn connect_with(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        Self::connect_with_deadline(url, max_connections, DEFAULT_DEADLINE)
+    }
+
+    /// As [`PgStore::connect_with`], waiting at most `deadline` for any one answer of the
+    /// database: a statement, or a connection to one host of the address.
+    ///
+    /// A call that gets no answer in time fails ([`StoreError::Database`]) and its connection
+    /// is dropped, never reused; the next connection tries the address's other hosts first.
+    /// So a primary that hangs (frozen, stalled, behind a network black hole) holds each
+    /// call for at most `deadline`, and once a standby is promoted the calls go there. What
+    /// the abandoned call may still do on the old server is never reported as done: with
+    /// synchronous replication its commit cannot complete without the standby that has since
+    /// become the primary, and a verification that did not hear its commit in time answers
+    /// an error, not `accepted`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::SchemaTooNew`].
+    pub fn connect_with_deadline(
+        url: &str,
+        max_connections: usize,
+        deadline: Duration,
+    ) -> Result<Self, StoreError> {
         let config = Config::from_str(url).map_err(db)?;
+        let deadline = deadline.max(Duration::from_millis(1));
         let pool = PgPool {
+            hosts: Hosts::new(&config, deadline),
             config,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -266,7 +302,7 @@ impl WorkQueue {
 impl PgPool {
     fn open(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
-            client: self.config.connect(NoTls).map_err(db)?,
+            client: self.hosts.connect().map_err(db)?,
             statements: HashMap::new(),
         })
     }
@@ -353,9 +389,10 @@ impl Drop for PgStore {
 }
 
 impl Drop for PgPool {
-    /// Closes the pooled connections on a thread of their own. A `postgres::Client` says
-    /// goodbye to the server through a runtime of its own, which panics ("Cannot start a
-    /// runtime from within a runtime") on a thread that runs an async runtime, and the last
+    /// Closes the pooled connections on a thread of their own. A connection is closed by
+    /// dropping the runtime of its own it runs on, which panics ("Cannot drop a runtime in
+    /// a context where blocking is not allowed") on a thread that runs an async runtime
+    /// (so did the blocking driver used before, on its goodbye), and the last
     /// handle on a store shared by an async server may well go on such a thread while that
     /// server shuts down; a panic there aborted the process. A new thread never runs one.
     fn drop(&mut self) {
@@ -387,8 +424,10 @@ impl Drop for PgPool {
     }
 }
 
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client.transaction().map_err(db)?;
+fn migrate(client: &mut PgClient) -> Result<(), StoreError> {
+    // On an error the connection is dropped, and the server rolls the transaction back.
+    client.batch_execute("BEGIN").map_err(db)?;
+    let tx = client;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(db)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS codereader_schema (version BIGINT NOT NULL)")
@@ -407,6 +446,17 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.batch_execute(sql).map_err(db)?;
     }
+    // The per-client failure budgets every server shares: one row per client that failed
+    // lately, the millisecond its budget is whole again. Throw-away state, so UNLOGGED (no
+    // WAL, no fsync; emptied by a crash, and not on standbys: a failover forgets the
+    // budgets, never a token's own failures and lock) and outside the numbered migrations.
+    tx.batch_execute(
+        "CREATE UNLOGGED TABLE IF NOT EXISTS client_budgets (
+            client TEXT PRIMARY KEY,
+            full_at BIGINT NOT NULL
+         )",
+    )
+    .map_err(db)?;
     tx.execute("DELETE FROM codereader_schema", &[])
         .map_err(db)?;
     tx.execute(
@@ -414,11 +464,11 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         &[&known],
     )
     .map_err(db)?;
-    tx.commit().map_err(db)
+    tx.batch_execute("COMMIT").map_err(db)
 }
 
 fn raw_token(row: &postgres::Row) -> Result<RawToken, StoreError> {
-    let get = |e: postgres::Error| db(e);
+    let get = |e: tokio_postgres::Error| db(e);
     Ok(RawToken {
         id: row.try_get(0).map_err(get)?,
         user: row.try_get(1).map_err(get)?,
@@ -463,7 +513,7 @@ const SELECT_BY_USER: &str = "SELECT id, user_id, kind, algorithm, digits, perio
 
 /// After a batch insert hit a unique violation: which token was it (one already stored, or
 /// one given twice)?
-fn duplicate_among(client: &mut Client, tokens: &[NewToken]) -> StoreError {
+fn duplicate_among(client: &mut PgClient, tokens: &[NewToken]) -> StoreError {
     let mut seen = std::collections::HashSet::new();
     if let Some(t) = tokens.iter().find(|t| !seen.insert(&t.id)) {
         return StoreError::Duplicate {
@@ -655,6 +705,42 @@ impl Reads for PgConn<'_> {
 }
 
 impl Tx for PgConn<'_> {
+    fn client_budget_full_at(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
+        self.with(|conn| {
+            let s = conn
+                .statement("SELECT full_at FROM client_budgets WHERE client = $1")
+                .map_err(db)?;
+            let row = conn.client.query_opt(&s, &[&client.as_str()]).map_err(db)?;
+            row.map(|r| r.try_get::<_, i64>(0).map_err(db))
+                .transpose()
+                .map(|at| at.map(|ms| u64::try_from(ms).unwrap_or(0)))
+        })
+    }
+
+    fn client_budget_charge(
+        &self,
+        client: &ClientId,
+        now_ms: u64,
+        unit_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "time")?;
+        let unit = to_i64(unit_ms, "budget unit")?;
+        self.with(|conn| {
+            let s = conn
+                .statement(
+                    "INSERT INTO client_budgets AS b (client, full_at)
+                     VALUES ($1, $2::BIGINT + $3::BIGINT)
+                     ON CONFLICT (client)
+                     DO UPDATE SET full_at = GREATEST(b.full_at, $2::BIGINT) + $3::BIGINT",
+                )
+                .map_err(db)?;
+            conn.client
+                .execute(&s, &[&client.as_str(), &now, &unit])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn insert_tokens(&self, tokens: &[NewToken], audit: &AuditEvent) -> Result<(), StoreError> {
         let columns: Vec<_> = tokens.iter().map(TokenColumns::of).collect();
         let ids: Vec<&str> = columns.iter().map(|c| c.token.id.as_str()).collect();
@@ -675,7 +761,10 @@ impl Tx for PgConn<'_> {
         let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
         let a = AuditColumns::of(audit);
         self.with(|conn| {
-            let mut tx = conn.client.transaction().map_err(db)?;
+            // A transaction on the pooled connection: if anything fails, the connection is
+            // dropped (see `PgConn::with`) and the server rolls it back.
+            conn.client.batch_execute("BEGIN").map_err(db)?;
+            let tx = &mut conn.client;
             // One statement for the whole batch: arrays unnested into rows, so a large
             // import costs one round trip instead of one per token.
             let inserted = tx.execute(
@@ -700,7 +789,7 @@ impl Tx for PgConn<'_> {
             match inserted {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
-                    drop(tx);
+                    conn.client.batch_execute("ROLLBACK").map_err(db)?;
                     return Err(duplicate_among(&mut conn.client, tokens));
                 }
                 Err(e) => return Err(db(e)),
@@ -711,7 +800,7 @@ impl Tx for PgConn<'_> {
                 &[&a.token, &a.user, &a.action, &&*a.outcome, &a.at, &a.caller],
             )
             .map_err(db)?;
-            tx.commit().map_err(db)
+            tx.batch_execute("COMMIT").map_err(db)
         })
     }
 
@@ -1021,5 +1110,9 @@ impl Store for PgStore {
 
     fn read(&self, reads: &mut dyn FnMut(&dyn Reads)) -> Result<(), StoreError> {
         self.pool.with(|view| reads(view))
+    }
+
+    fn shares_client_budgets(&self) -> bool {
+        true
     }
 }

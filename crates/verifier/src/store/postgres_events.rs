@@ -3,7 +3,8 @@
 //! apart from `postgres.rs`, whose statements it does not touch: the trigger writes each
 //! event in the statement that writes its audit line.
 
-use postgres::Client;
+use super::pgclient::PgClient;
+use super::postgres::db;
 
 use super::events::event_condition;
 use super::sql::{audit_entry, to_i64};
@@ -48,13 +49,6 @@ pub(super) const MIGRATION: &str = concat!(
      );"
 );
 
-fn db(e: postgres::Error) -> StoreError {
-    StoreError::Database {
-        backend: "postgres",
-        reason: e.to_string(),
-    }
-}
-
 fn corrupt(reason: &str) -> StoreError {
     StoreError::Corrupt {
         token: String::new(),
@@ -63,7 +57,7 @@ fn corrupt(reason: &str) -> StoreError {
 }
 
 pub(super) fn events_after(
-    client: &mut Client,
+    client: &mut PgClient,
     after: u64,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
@@ -97,7 +91,7 @@ pub(super) fn events_after(
         .collect()
 }
 
-fn delivery(r: &postgres::Row) -> Result<Delivery, StoreError> {
+fn delivery(r: &tokio_postgres::Row) -> Result<Delivery, StoreError> {
     let bad = |_| corrupt("bad delivery cursor");
     let handled: i64 = r.try_get(0).map_err(db)?;
     let attempts: i64 = r.try_get(1).map_err(db)?;
@@ -114,7 +108,7 @@ fn delivery(r: &postgres::Row) -> Result<Delivery, StoreError> {
 }
 
 pub(super) fn claim(
-    client: &mut Client,
+    client: &mut PgClient,
     destination: &str,
     holder: &str,
     now_ms: u64,
@@ -143,12 +137,13 @@ pub(super) fn claim(
         });
     }
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT handled, attempts, failing_since, retry_at, dead
                FROM webhook_cursors WHERE name = $1",
             &[&destination],
         )
-        .map_err(db)?;
+        .map_err(db)?
+        .ok_or_else(|| corrupt("a delivery cursor vanished"))?;
     Ok(Claim {
         delivery: delivery(&row)?,
         held: false,
@@ -156,7 +151,7 @@ pub(super) fn claim(
 }
 
 pub(super) fn settle(
-    client: &mut Client,
+    client: &mut PgClient,
     destination: &str,
     holder: &str,
     d: &Delivery,
@@ -170,7 +165,7 @@ pub(super) fn settle(
     let at = dead.map(|x| to_i64(x.at, "time")).transpose()?;
     let reason = dead.map(|x| x.reason.as_str());
     let row = client
-        .query_one(
+        .query_opt(
             "WITH moved AS (
                 UPDATE webhook_cursors
                    SET handled = $3, attempts = $4, failing_since = $5, retry_at = $6, dead = $7
@@ -195,7 +190,8 @@ pub(super) fn settle(
                 &reason,
             ],
         )
-        .map_err(db)?;
+        .map_err(db)?
+        .ok_or_else(|| corrupt("no count of settled deliveries"))?;
     let moved: i64 = row.try_get(0).map_err(db)?;
     Ok(moved == 1)
 }
