@@ -184,6 +184,15 @@ fn failures_are_spoken_and_give_their_exit_status() {
         shown.contains("clock: NOT SET") && shown.contains("set the system clock"),
         "{shown}"
     );
+    // The clock as a date a helper can compare with a watch, not seconds since 1970.
+    assert!(shown.contains("(reads 2001-01-01 00:00:0"), "{shown}");
+    let out = faked_clock(dir.path(), "@2033-05-18 03:33:20", &["status"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("clock: ok (2033-05-18 03:33:2"), "{shown}");
+    assert!(
+        shown.trim_end().ends_with(" UTC)") || shown.contains("UTC)\n"),
+        "{shown}"
+    );
     // Clock moved back past the last step given: exit 5, no code, and the log line keeps
     // the command that accepts the clock.
     ok(&faked_clock(dir.path(), "+1d", &["code"]));
@@ -218,6 +227,7 @@ fn faked_clock(state: &Path, fake: &str, args: &[&str]) -> Output {
         .arg(fake)
         .arg(codereader_bin())
         .args(args)
+        .env("TZ", "UTC")
         .env("CODEREADER_STATE", state)
         .env("CODEREADER_VOICES", voices_dir())
         .env_remove("CODEREADER_CONFIG")

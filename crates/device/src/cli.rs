@@ -930,16 +930,18 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
         return "clock: not used (HOTP token)".to_owned();
     };
     match current_step(period, t0, last_step, now, floor) {
-        Ok(_) => format!("clock: ok ({} s since 1970)", now.0),
+        Ok(_) => format!("clock: ok ({})", utc_date(now.0)),
         Err(TakeError::ClockNotSet { .. }) if now < floor => format!(
-            "clock: NOT SET (reads {} s, before the build at {}); no code is given \
+            "clock: NOT SET (reads {}, before the build at {}); no code is given \
              until it is set: set the system clock (date, timedatectl or NTP)",
-            now.0, floor.0
+            utc_date(now.0),
+            utc_date(floor.0)
         ),
         Err(TakeError::ClockNotSet { floor: start, .. }) => format!(
-            "clock: NOT SET (reads {} s, before the token's start time T0 at {start}); no \
+            "clock: NOT SET (reads {}, before the token's start time T0 at {}); no \
              code is given until it is set: set the system clock (date, timedatectl or NTP)",
-            now.0
+            utc_date(now.0),
+            utc_date(start)
         ),
         Err(TakeError::ClockBackwards {
             now: step,
@@ -950,6 +952,29 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
         ),
         Err(TakeError::State(e)) => format!("clock: unknown ({e})"),
     }
+}
+
+/// `secs` since 1970 as a UTC date and time, `2033-05-18 03:33:20 UTC` (ISO 8601 with a
+/// space), so a helper compares it with a watch, not a count of seconds.
+pub fn utc_date(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    // Howard Hinnant's days-to-civil, on the proleptic Gregorian calendar (era of 400 years).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 fn status(state: &StateDir) -> Result<(), Failure> {
@@ -994,6 +1019,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use codereader_otp::{Algorithm, Digits, Period, Secret, TimeStep, Totp};
+
+    #[test]
+    fn dates_are_utc_iso_8601() {
+        for (secs, date) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400, "2000-02-29 00:00:00 UTC"),
+            (2_000_000_000, "2033-05-18 03:33:20 UTC"),
+            (4_107_542_399, "2100-02-28 23:59:59 UTC"),
+            (4_107_542_400, "2100-03-01 00:00:00 UTC"),
+        ] {
+            assert_eq!(utc_date(secs), date);
+        }
+    }
 
     /// A TOTP token whose T0 is not 0 (PSKC can carry one; the URI cannot).
     fn token_with_t0(t0: u64) -> Token {
