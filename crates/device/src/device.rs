@@ -210,7 +210,10 @@ impl Device<'_> {
         let settings = voice::speech_settings(&self.listening);
         if let Some(player) = &self.player {
             if player.failed() {
-                log("error: the audio output failed; reopening it");
+                // Not an error line: the user hears nothing wrong (a stream resumed after
+                // being idle can report a problem and work on when opened again). If opening
+                // it again fails, that is logged as an error.
+                log("audio: the output reported a problem; opening it again");
                 self.player = None;
                 self.ensure_player(true);
             }
