@@ -19,7 +19,7 @@ use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
 use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
-use crate::speechd::{Speechd, SpeechdAddress};
+use crate::speechd::SpeechdAddress;
 use crate::state::{Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step};
 use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message};
@@ -472,6 +472,10 @@ pub fn load_settings(
     Ok((config, user, effective))
 }
 
+/// How long Speech Dispatcher may take to start speaking a code before `speak` says it on
+/// the sound card instead (a spawned daemon loads its voice module in well under a second).
+const SPEECHD_START: Duration = Duration::from_secs(4);
+
 fn speak(
     state: &StateDir,
     config_path: Option<&Path>,
@@ -572,19 +576,27 @@ fn speak(
     let uses = |o| outputs.has(o);
     let mut speechd = None;
     let mut failures = Vec::new();
+    // Without Speech Dispatcher (after trying to start it), the device's own voice speaks on
+    // the sound card: a desktop shortcut must never end in silence.
+    let mut own_voice = uses(Output::Speech);
     if uses(Output::Speechd) {
         let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
-            .and_then(|address| Speechd::connect(&address))
+            .and_then(|address| crate::speechd::connect_or_spawn(&address))
             .and_then(|mut s| s.set_language(pack.tag()).map(|()| s));
         match connected {
             Ok(s) => speechd = Some(s),
-            Err(e) => failures.push(anyhow::Error::new(e).context("cannot speak via speechd")),
+            Err(e) => {
+                log(&format!(
+                    "warning: {e}; the device's own voice speaks on the sound card instead"
+                ));
+                own_voice = true;
+            }
         }
     }
-    let player = if uses(Output::Speech) || speechd.is_some() {
+    let player = if own_voice || speechd.is_some() {
         match LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?) {
             Ok(player) => Some(player),
-            Err(e) if uses(Output::Speech) => {
+            Err(e) if own_voice => {
                 failures.push(
                     anyhow::Error::new(e).context("cannot speak: no working audio output device"),
                 );
@@ -601,7 +613,7 @@ fn speak(
     } else {
         None
     };
-    let speaking = (uses(Output::Speech) && player.is_some()) || speechd.is_some();
+    let speaking = (own_voice && player.is_some()) || speechd.is_some();
     if !speaking && !braille {
         // Nothing works: the first failure says why (the sound card's gives exit status 6).
         return Err(failures.into_iter().next().map_or_else(
@@ -641,11 +653,19 @@ fn speak(
     if let Some(speechd) = &mut speechd {
         let (head, words, tail) = crate::speechd::split_earcons(&utterance.utterance);
         play(head)?;
-        speechd
-            .speak(&words, Duration::from_secs(60))
-            .context("Speech Dispatcher failed while speaking")?;
-        play(tail)?;
-    } else if uses(Output::Speech) {
+        match speechd.speak(&words, SPEECHD_START, Duration::from_secs(60)) {
+            Ok(()) => play(tail)?,
+            Err(e) if player.is_some() => {
+                log(&format!(
+                    "warning: {e}; the device's own voice speaks on the sound card instead"
+                ));
+                let mut rest = words;
+                rest.extend(tail.segments().iter().cloned());
+                play(Utterance::from_segments(rest))?;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).into()),
+        }
+    } else if own_voice {
         play(utterance.utterance)?;
     }
     if senses.braille_connected() {
