@@ -64,6 +64,17 @@ pub enum Command {
     Status,
     /// Show the output device the config names; with --list, the names it can name.
     Audio(AudioArgs),
+    /// (Internal) keep a code on the clipboard until it expires; started by `--copy`.
+    #[command(hide = true)]
+    ClipboardHold(ClipboardHoldArgs),
+}
+
+/// `clipboard-hold` options (the code comes on standard input).
+#[derive(Debug, Args)]
+pub struct ClipboardHoldArgs {
+    /// How long the code stays on the clipboard.
+    #[arg(long)]
+    pub seconds: u64,
 }
 
 /// `audio` options.
@@ -114,6 +125,10 @@ pub struct CodeArgs {
     /// valid (bright white on black on a terminal).
     #[arg(long)]
     pub large: bool,
+    /// Also put the code on the desktop's clipboard (X11 or Wayland) until it expires (a
+    /// counter-based code for two minutes), unless something else is copied meanwhile.
+    #[arg(long)]
+    pub copy: bool,
 }
 
 /// `speak` options.
@@ -143,6 +158,10 @@ pub struct SpeakArgs {
     /// Repeatable or comma-separated.
     #[arg(long, value_name = "OUTPUT")]
     pub output: Vec<String>,
+    /// Also put the code on the desktop's clipboard until it expires (as `code --copy`;
+    /// `[desktop] copy = true` in the config does it every time).
+    #[arg(long)]
+    pub copy: bool,
 }
 
 /// `settings` options; without any, the settings are shown.
@@ -233,6 +252,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Enroll(args) => enroll(&state, args),
         Command::Code(args) => code(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
+        Command::ClipboardHold(args) => crate::clipboard::hold(args.seconds).map_err(Failure::from),
         Command::Speak(args) => speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
         Command::Settings(args) => {
             settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
@@ -408,6 +428,13 @@ fn code(
         .then(|| Grouping::find(state, config_path, voices_dir));
     let taken = take_code(state, args.at)?;
     let code = taken.code.as_str();
+    if args.copy {
+        let seconds = match taken.basis {
+            Basis::Step { seconds_left, .. } => seconds_left,
+            Basis::Counter(_) => crate::clipboard::COUNTER_CODE_SECONDS,
+        };
+        copy_to_clipboard(code, seconds);
+    }
     let mut out = io::stdout().lock();
     let text = match grouping {
         Some(grouping) => {
@@ -470,6 +497,17 @@ pub fn load_settings(
     let user = UserSettings::load(state.path())?;
     let effective = Effective::new(&config, &user, state.path())?;
     Ok((config, user, effective))
+}
+
+/// Puts `code` on the clipboard for `seconds`; a failure is logged (the code is still
+/// printed or spoken).
+fn copy_to_clipboard(code: &str, seconds: u64) {
+    match crate::clipboard::copy(code, seconds) {
+        Ok(()) => log(&format!(
+            "the code is on the clipboard for {seconds} s (until it expires)"
+        )),
+        Err(e) => log(&format!("error: the code is not on the clipboard: {e}")),
+    }
 }
 
 /// How long Speech Dispatcher may take to start speaking a code before `speak` says it on
@@ -626,6 +664,11 @@ fn speak(
     }
     log_clock();
     let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
+    if args.copy || config.desktop.copy {
+        if let Some((code, left)) = &utterance.shown {
+            copy_to_clipboard(code, left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS));
+        }
+    }
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => {
             senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());

@@ -147,6 +147,14 @@ impl Default for ClockConfig {
     }
 }
 
+/// `[desktop]`: on a desktop computer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DesktopConfig {
+    /// `speak` also puts the code on the clipboard until it expires (as `--copy`).
+    pub copy: bool,
+}
+
 /// `[[gpio]]`: one button on a GPIO line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +224,8 @@ struct RawConfig {
     audio: AudioConfig,
     #[serde(default)]
     clock: ClockConfig,
+    #[serde(default)]
+    desktop: DesktopConfig,
 }
 
 /// A validated evdev chord.
@@ -276,6 +286,8 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Trusting the clock at boot.
     pub clock: ClockConfig,
+    /// On a desktop computer.
+    pub desktop: DesktopConfig,
 }
 
 /// Volume, rate and language: what the user adjusts.
@@ -374,6 +386,7 @@ impl Config {
             say_ready: false,
             audio: AudioConfig::default(),
             clock: ClockConfig::default(),
+            desktop: DesktopConfig::default(),
         }
     }
 
@@ -441,6 +454,7 @@ impl Config {
         }
         config.audio = raw.audio;
         config.clock = raw.clock;
+        config.desktop = raw.desktop;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }
