@@ -1161,7 +1161,7 @@ mod tests {
         ));
         assert_eq!(
             clock_state(&token, UnixTime(at.0 + 30), floor),
-            format!("clock: ok ({} s since 1970)", at.0 + 30)
+            format!("clock: ok ({})", utc_date(at.0 + 30))
         );
         // Before T0 there is no step at all.
         let line = clock_state(&token, UnixTime(t0 - 1), UnixTime(0));
