@@ -1067,3 +1067,37 @@ fn run_uses_a_speakable_language_instead_of_one_nothing_can_speak() {
     run.wait_for_exit();
     assert_eq!(run.count("language xx"), 0, "{:?}", run.log());
 }
+
+/// `q` quits with a short closing tone (the start-up tone's falling mirror), so a user hears
+/// that the device is off rather than silent.
+#[test]
+fn quitting_plays_a_short_closing_tone() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = start_with_capture(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
+    );
+    run.press("q");
+    let status = run.wait_for_exit();
+    assert!(status.success(), "{:?}", run.log());
+    // The paced capture may still be reading what was written before the exit.
+    let sounds = || {
+        let audio = capture.audio();
+        audio.spans(audio.loudest_frame() * 0.01, 500)
+    };
+    wait_until(5, || sounds().len() >= 2, || format!("{:?}", sounds()));
+    let audio = capture.audio();
+    let sounds = sounds();
+    assert_eq!(
+        sounds.len(),
+        2,
+        "the ready tone and the closing tone: {sounds:?}"
+    );
+    let closing = sounds[1].seconds(audio.rate);
+    assert!((0.15..0.3).contains(&closing), "closing tone {closing} s");
+}

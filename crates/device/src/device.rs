@@ -629,7 +629,15 @@ impl Device<'_> {
             }
             Action::NextVoice => self.next_voice(),
             Action::Status => self.status(),
-            Action::Quit => return false,
+            Action::Quit => {
+                // A short falling tone, the start-up tone's mirror: the user hears that the
+                // device is off, not that it stopped answering.
+                self.say(&Message::Goodbye);
+                if let Some(player) = &self.player {
+                    player.wait_until_idle(Duration::from_secs(1));
+                }
+                return false;
+            }
             Action::Help => self.help(),
         }
         true
