@@ -117,7 +117,12 @@ struct Device<'a> {
     output: Option<String>,
     /// The config's `[clock]`: what to do while the clock is not synchronised since boot.
     clock: ClockConfig,
+    /// Since when the sound card has been quiet, while a notice waits for quiet.
+    quiet_since: Option<Instant>,
 }
+
+/// How long the device must have been quiet before the damaged-clips notice is said.
+const QUIET_BEFORE_NOTICE: Duration = Duration::from_millis(1500);
 
 /// How soon a pending announcement is tried again while speech is playing.
 const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
@@ -347,12 +352,22 @@ impl Device<'_> {
         }
         match &self.player {
             Some(player) if !player.is_playing() => {
+                // Quiet for a moment, not just between two sounds: right after a code the
+                // notice would run into its last digit.
+                let since = *self.quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < QUIET_BEFORE_NOTICE {
+                    return true;
+                }
+                self.quiet_since = None;
                 trouble.announced();
                 log("announcing that another voice speaks for damaged clips");
                 self.say(&Message::Prompt(Prompt::ClipsDamaged));
                 false
             }
-            Some(_) => true,
+            Some(_) => {
+                self.quiet_since = None;
+                true
+            }
             None => false,
         }
     }
@@ -791,6 +806,7 @@ pub fn run(
         from_keypad: false,
         output: config.audio.device.clone(),
         clock: config.clock.clone(),
+        quiet_since: None,
     };
     device.ensure_player(true);
     device.prepare();
