@@ -1005,11 +1005,22 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
         "{}",
         help[0]
     );
+    // The paced capture may still be reading the closing tone.
+    wait_until(
+        3,
+        || {
+            let audio = capture.audio();
+            audio.spans(audio.loudest_frame() * 0.01, 1000).len() >= 5
+        },
+        || format!("{log:?}"),
+    );
     let audio = capture.audio();
     let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
     let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
-    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds.
-    assert_eq!(spans.len(), 4, "{secs:?}; {log:?}");
+    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds, the
+    // closing tone.
+    assert_eq!(spans.len(), 5, "{secs:?}; {log:?}");
+    assert!(secs[4] < 0.3, "closing tone {secs:?}");
     let tone = audio.slice(spans[1]);
     let crossings = tone
         .samples

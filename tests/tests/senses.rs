@@ -316,7 +316,10 @@ fn run_on_a_terminal_shows_large_print_by_default_and_not_when_outputs_leave_it_
         t[last_drawn..].contains("\x1b[2J\x1b[H")
     };
     wait_until(3, cleared, || {
-        format!("the code stays on the screen after quitting: {:?}", term.text())
+        format!(
+            "the code stays on the screen after quitting: {:?}",
+            term.text()
+        )
     });
 
     // Outputs that leave `large` out: the code is spoken, never drawn.
