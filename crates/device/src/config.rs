@@ -713,6 +713,14 @@ mod tests {
     }
 
     #[test]
+    fn the_desktop_table_turns_copying_on() {
+        assert!(!parse("").unwrap().desktop.copy);
+        assert!(parse("[desktop]\ncopy = true").unwrap().desktop.copy);
+        let err = parse("[desktop]\ncopy = \"yes\"").unwrap_err().to_string();
+        assert!(err.contains("copy"), "{err}");
+    }
+
+    #[test]
     fn the_voice_table_picks_a_voice_per_language() {
         let config = parse("[voice]\nen = \"espeak\"\nda = \"anna\"").unwrap();
         assert_eq!(config.voice.get("en").map(String::as_str), Some("espeak"));
