@@ -428,13 +428,6 @@ fn code(
         .then(|| Grouping::find(state, config_path, voices_dir));
     let taken = take_code(state, args.at)?;
     let code = taken.code.as_str();
-    if args.copy {
-        let seconds = match taken.basis {
-            Basis::Step { seconds_left, .. } => seconds_left,
-            Basis::Counter(_) => crate::clipboard::COUNTER_CODE_SECONDS,
-        };
-        copy_to_clipboard(code, seconds);
-    }
     let mut out = io::stdout().lock();
     let text = match grouping {
         Some(grouping) => {
@@ -451,7 +444,16 @@ fn code(
         None => format!("{code}\n"),
     };
     out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
         .context("cannot write to standard output")?;
+    // After the code is printed: taking the clipboard takes up to half a second.
+    if args.copy {
+        let seconds = match taken.basis {
+            Basis::Step { seconds_left, .. } => seconds_left,
+            Basis::Counter(_) => crate::clipboard::COUNTER_CODE_SECONDS,
+        };
+        copy_to_clipboard(code, seconds);
+    }
     Ok(())
 }
 
@@ -497,6 +499,17 @@ pub fn load_settings(
     let user = UserSettings::load(state.path())?;
     let effective = Effective::new(&config, &user, state.path())?;
     Ok((config, user, effective))
+}
+
+/// A thread joined when this is dropped.
+struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Puts `code` on the clipboard for `seconds`; a failure is logged (the code is still
@@ -664,11 +677,20 @@ fn speak(
     }
     log_clock();
     let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
-    if args.copy || config.desktop.copy {
-        if let Some((code, left)) = &utterance.shown {
-            copy_to_clipboard(code, left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS));
-        }
-    }
+    // Copied while the code is spoken (taking the clipboard takes up to half a second).
+    let copying = (args.copy || config.desktop.copy)
+        .then(|| utterance.shown.clone())
+        .flatten()
+        .map(|(code, left)| {
+            std::thread::spawn(move || {
+                copy_to_clipboard(
+                    &code,
+                    left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS),
+                );
+            })
+        });
+    // Waited for however `speak` ends, so its line is logged and the holder started.
+    let _copying = JoinOnDrop(copying);
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => {
             senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());

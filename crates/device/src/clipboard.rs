@@ -87,6 +87,8 @@ pub fn copy(code: &str, seconds: u64) -> Result<(), ClipboardError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // Holds no directory (a mount) busy while it waits.
+        .current_dir("/")
         // Its own process group: the terminal's ctrl-c or hang-up does not end it early.
         .process_group(0)
         .spawn()
