@@ -264,14 +264,20 @@ pub fn connect_or_spawn(address: &SpeechdAddress) -> Result<Speechd, SpeechdErro
             "refused ({status}; autospawn may be disabled in its settings)"
         )));
     }
+    // A daemon still starting up may refuse or drop a connection: tried again until the
+    // deadline.
     loop {
         match Speechd::connect(address) {
-            Err(SpeechdError::Connect { cause, .. }) if Instant::now() >= deadline => {
+            Err(SpeechdError::Connect { cause: e, .. } | SpeechdError::Io(e))
+                if Instant::now() >= deadline =>
+            {
                 return Err(not_started(format!(
-                    "ran, but its socket does not answer ({cause})"
+                    "ran, but its socket does not answer ({e})"
                 )));
             }
-            Err(SpeechdError::Connect { .. }) => std::thread::sleep(Duration::from_millis(20)),
+            Err(SpeechdError::Connect { .. } | SpeechdError::Io(_)) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             other => return other,
         }
     }
