@@ -14,7 +14,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long a counter-based code (which does not expire) stays on the clipboard.
 pub const COUNTER_CODE_SECONDS: u64 = 120;
@@ -122,11 +122,13 @@ pub fn copy(code: &str, seconds: u64) -> Result<(), ClipboardError> {
 /// # Errors
 /// [`ClipboardError`]s, also said on standard output for [`copy`].
 pub fn hold(seconds: u64) -> Result<(), ClipboardError> {
-    let mut code = String::new();
+    let mut code = zeroize::Zeroizing::new(String::new());
     io::stdin()
         .read_to_string(&mut code)
         .map_err(|e| ClipboardError::Holder(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    // The wall clock, not a monotonic one: a laptop suspended meanwhile wakes up past the
+    // expiry, and the code must then go at once.
+    let deadline = SystemTime::now() + Duration::from_secs(seconds);
     let mut out = io::stdout();
     let mut child = match start(code.trim()) {
         Ok(child) => child,
@@ -143,7 +145,7 @@ pub fn hold(seconds: u64) -> Result<(), ClipboardError> {
             // Something else took the clipboard: nothing to clear.
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if SystemTime::now() >= deadline {
             // Still ours: the code expired, take it off.
             let _ = child.kill();
             let _ = child.wait();
