@@ -29,12 +29,13 @@ fn stderr(out: &Output) -> String {
 }
 
 /// A state directory with `uri` enrolled and a config with `[clock] unsynced = mode`, whose
-/// sync flag is `dir/synchronized` (absent until a test creates it).
+/// sync flag is `dir/synchronized` (absent until a test creates it). The real clock speaks
+/// here: the wait for the next time step near a step's end is off, so lengths compare.
 fn setup(dir: &Path, uri: &str, mode: &str) {
     fs::write(
         dir.join("config.toml"),
         format!(
-            "[clock]\nunsynced = \"{mode}\"\nsync_flag = \"{}\"\n",
+            "[clock]\nunsynced = \"{mode}\"\nsync_flag = \"{}\"\n[code]\nwait_for_next_below = 0\n",
             dir.join("synchronized").display()
         ),
     )

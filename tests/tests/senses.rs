@@ -599,7 +599,7 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
             .spawn()
             .unwrap(),
     );
-    brltty.wait_for("Der er ingen", 10);
+    brltty.wait_for("Der er endnu ikke sat en nøgle", 10);
     thread::sleep(Duration::from_millis(1000));
     assert!(
         speak.0.try_wait().unwrap().is_none(),
@@ -695,8 +695,16 @@ fn run_shows_codes_and_messages_in_braille_and_obeys_the_displays_keys() {
     // Without a token the spoken error is shown in braille too, in the user's language.
     let empty = dir.path().join("empty-state");
     let mut run = headless(&empty, &conf, &dir.path().join("run2.log"));
+    // Said and shown at start (with the commands that enrol one), and again at the key.
+    let sentence = "Der er endnu ikke sat en nøgle";
+    brltty.wait_for(sentence, 5);
+    let before = brltty.shown().matches(sentence).count();
     brltty.press("s");
-    brltty.wait_for("Der er ingen", 5);
+    wait_until(
+        5,
+        || brltty.shown().matches(sentence).count() > before,
+        || brltty.shown(),
+    );
     brltty.press("q");
     let (status, _) = run.wait(10);
     assert!(status.success());

@@ -58,7 +58,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 }
 
 /// Copies `from` to `to` with the given mode, creating the parent directories.
-fn install(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
+pub(crate) fn install(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -67,7 +67,7 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io(to))
 }
 
-fn write(to: &Path, text: &str, mode: u32) -> Result<(), String> {
+pub(crate) fn write(to: &Path, text: &str, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -77,7 +77,7 @@ fn write(to: &Path, text: &str, mode: u32) -> Result<(), String> {
 }
 
 /// Files under `dir` (recursively), sorted, with their sizes.
-fn files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<(), String> {
+pub(crate) fn files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<(), String> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(Result::ok)
@@ -250,7 +250,7 @@ fn changelog(doc: &Path, version: &str, epoch: &str) -> Result<(), String> {
 }
 
 /// `DEBIAN/md5sums`: every shipped file but the conffiles (dpkg tracks those itself).
-fn md5sums(stage: &Path, payload: &[(PathBuf, u64)]) -> Result<(), String> {
+pub(crate) fn md5sums(stage: &Path, payload: &[(PathBuf, u64)]) -> Result<(), String> {
     let relative: Vec<String> = payload
         .iter()
         .filter_map(|(p, _)| p.strip_prefix(stage).ok())

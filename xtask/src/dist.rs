@@ -1,5 +1,7 @@
-//! `cargo xtask dist [--target TRIPLE]`: a release tarball and a Debian package
-//! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program.
+//! `cargo xtask dist [--target TRIPLE] [--verifier-only]`: a release tarball and a Debian package
+//! (`codereader_<version>_<arch>.deb`, see `deb.rs`) of the device program, and (for this
+//! machine) the verifier service's package (`codereader-verifier_<version>_<arch>.deb`, see
+//! `deb_verifier.rs`).
 //!
 //! The tarball `target/dist/codereader-<version>-<target>.tar.gz` unpacks to a prefix
 //! (`/usr`, `/usr/local` or `/opt/codereader`):
@@ -106,27 +108,33 @@ fn host_target() -> String {
 
 pub(crate) fn dist(args: &[String]) -> Result<(), String> {
     let mut target = host_target();
+    let mut verifier_only = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--target" => {
                 target = rest.next().ok_or("--target needs a target triple")?.clone();
             }
+            "--verifier-only" => verifier_only = true,
             other => return Err(format!("dist: unknown argument '{other}'")),
         }
     }
-    packages::ensure(packages::DEMO)?;
     let epoch = capture(
         Command::new("git")
             .args(["log", "-1", "--format=%ct"])
             .current_dir(root()),
     )
     .unwrap_or_else(|| "0".to_owned());
+    let cross = target != host_target();
+    if verifier_only {
+        // A server's package needs neither the speech libraries nor the voices.
+        return verifier_package(&target, &epoch, cross);
+    }
+    packages::ensure(packages::DEMO)?;
     let mut build = cargo();
     build
         .args(["build", "--release", "--locked", "--package", "codereader"])
         .env("SOURCE_DATE_EPOCH", &epoch);
-    let cross = target != host_target();
     if cross {
         if target != PI_TARGET {
             return Err(format!(
@@ -142,7 +150,34 @@ pub(crate) fn dist(args: &[String]) -> Result<(), String> {
     } else {
         target_dir().join("release/codereader")
     };
-    package(&built, &target, &epoch, cross)
+    package(&built, &target, &epoch, cross)?;
+    verifier_package(&target, &epoch, cross)
+}
+
+/// The verifier service's `.deb` (`deb_verifier.rs`), for this machine only: it runs on
+/// servers, not on the Pi, so a cross build of the device skips it.
+fn verifier_package(target: &str, epoch: &str, cross: bool) -> Result<(), String> {
+    if cross {
+        println!("xtask: the verifier's package is built for this machine only (not {target})");
+        return Ok(());
+    }
+    run(
+        "release build of the verifier",
+        cargo()
+            .args(["build", "--release", "--locked", "--package"])
+            .args(["codereader-verifier-server", "--bin", "codereader-verifier"])
+            .env("SOURCE_DATE_EPOCH", epoch),
+    )?;
+    let deb = crate::deb_verifier::build(
+        &target_dir().join("release/codereader-verifier"),
+        crate::deb::debian_arch(target)?,
+        "strip",
+        epoch,
+        &target_dir().join("dist"),
+        crate::deb_verifier::Compression::Release,
+    )?;
+    println!("xtask: wrote {}", deb.display());
+    Ok(())
 }
 
 /// Installs the cross toolchain, builds the arm64 sysroot and sets the environment.

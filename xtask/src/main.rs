@@ -3,11 +3,15 @@
 //! - `demo`: the README's main job: install what it needs, enrol a demo token and speak its
 //!   current code (into `target/demo/code.wav` when there is no sound card).
 //! - `dist`: a release tarball and a Debian package of the device program (`--target
-//!   aarch64-unknown-linux-gnu` for a Raspberry Pi; see `crates/device/PACKAGING.md`).
+//!   aarch64-unknown-linux-gnu` for a Raspberry Pi; see `crates/device/PACKAGING.md`), and
+//!   the verifier service's Debian package (for this machine's architecture;
+//!   `xtask/src/deb_verifier.rs`).
 //! - `deb-check`: what CI runs after the tests: package a debug build with the clips it
 //!   speaks, check it with `dpkg-deb` and lintian, install it with dpkg (systemd is not
 //!   started), speak a code to WAV with the installed program and voices, then remove and
-//!   purge it (`xtask/src/deb_check.rs`).
+//!   purge it (`xtask/src/deb_check.rs`); the same for the verifier's package, whose
+//!   installed program serves `/healthz` with the packaged settings (`--verifier-only`: just
+//!   that part).
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings, `cargo test --workspace`, then `deb-check`.
@@ -29,6 +33,7 @@ use std::process::{Command, ExitCode};
 
 mod deb;
 mod deb_check;
+mod deb_verifier;
 mod demo;
 mod dist;
 mod intelligibility;
@@ -64,8 +69,10 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          Tasks:\n  \
          demo    speak the current code of a demo token (installs what it needs)\n  \
-         dist    release tarball and .deb of the device program [--target TRIPLE]\n  \
-         deb-check  build, lint, install, use and purge a test .deb (root; CI)\n  \
+         dist    release tarball and .deb of the device program [--target TRIPLE],\n          \
+                 and the verifier's .deb (this machine's architecture; --verifier-only)\n  \
+         deb-check [--verifier-only]\n          \
+                 build, lint, install, use and purge test .debs (root; CI)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
          voices [--check] [TAG...]\n          \
                  render every voice's clips with its engine at every speed step;\n          \
@@ -128,7 +135,10 @@ fn test(_args: &[String]) -> Result<(), String> {
         "cargo test",
         cargo()
             .args(["test", "--workspace", "--all-targets", "--locked"])
-            .env("CODEREADER_ASR_PYTHON", &asr_python),
+            .env("CODEREADER_ASR_PYTHON", &asr_python)
+            // The device's default language follows the locale (Danish without one); the
+            // tests expect that default, whatever the machine's locale is.
+            .env("LC_ALL", "C.UTF-8"),
     )?;
     // `--all-targets` skips doc tests; run them too.
     run(

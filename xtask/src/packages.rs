@@ -14,6 +14,8 @@ pub(crate) const DEMO: &[&str] = &[
     "espeak-ng-data",
     "libasound2-dev",
     "pkg-config",
+    // The English default voice's engine: the demo renders its clips before speaking.
+    "flite",
 ];
 
 /// What `cargo xtask dist --target aarch64-unknown-linux-gnu` needs besides [`DEMO`]: the

@@ -4,11 +4,11 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
+use codereader_otp::{KeyPolicy, KeyUri, OtpKind, TimeStep, UnixTime, pskc};
 use codereader_speech::{
     CodeIntro, LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
 };
@@ -258,7 +258,9 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
             settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
         }
         Command::Run(args) => {
-            let config = Config::find(cli.config.as_deref())?;
+            // A mistake in the config never stops the device: it starts on the defaults for
+            // what is wrong and says so (`device::run`).
+            let (config, mistakes) = Config::find_lenient(cli.config.as_deref());
             device::run(
                 &state,
                 &config,
@@ -266,6 +268,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
                 &device::RunOptions {
                     at: args.at,
                     terminal: config.input.terminal && !args.no_terminal,
+                    mistakes: mistakes.iter().map(ToString::to_string).collect(),
                 },
             )
         }
@@ -527,13 +530,30 @@ fn copy_to_clipboard(code: &str, seconds: u64) {
 /// the sound card instead (a spawned daemon loads its voice module in well under a second).
 const SPEECHD_START: Duration = Duration::from_secs(4);
 
+/// [`load_settings`] for the device itself: every mistake of the config and the settings
+/// set aside (the default used for it) and returned as a message naming the file and key.
+pub fn load_settings_lenient(
+    state: &StateDir,
+    config: Option<&Path>,
+) -> (Config, UserSettings, Effective, Vec<String>) {
+    let (config, mut mistakes) = Config::find_lenient(config);
+    let (user, more) = UserSettings::load_lenient(state.path());
+    mistakes.extend(more);
+    let (effective, more) = Effective::lenient(&config, &user, state.path());
+    mistakes.extend(more);
+    let mistakes = mistakes.iter().map(ToString::to_string).collect();
+    (config, user, effective, mistakes)
+}
+
 fn speak(
     state: &StateDir,
     config_path: Option<&Path>,
     voices_dir: Option<&Path>,
     args: &SpeakArgs,
 ) -> Result<(), Failure> {
-    let (config, user, effective) = load_settings(state, config_path)?;
+    // A bad setting falls back to its default and is said before the code: only the token
+    // decides whether a code is given.
+    let (config, user, effective, mut mistakes) = load_settings_lenient(state, config_path);
     let mut listening = effective.listening;
     if let Some(lang) = &args.lang {
         listening.language.clone_from(lang);
@@ -551,13 +571,24 @@ fn speak(
         outputs.list =
             crate::outputs::parse_outputs(&args.output).map_err(|m| anyhow!("--output: {m}"))?;
     }
-    let mut voices = voice::load_voices(state, &config, &user, voices_dir)?;
+    let (mut voices, more) = voice::load_voices_lenient(state, &config, &user, voices_dir)?;
+    mistakes.extend(more);
+    if args.lang.is_none() {
+        // The language of the config or the settings: one without a pack is a mistake too.
+        mistakes.extend(voice::settle_language(
+            &voices,
+            &config,
+            &user,
+            &mut listening,
+        ));
+    }
     if let Some(name) = &args.voice {
         voices.choose(&listening.language, name)?;
     }
+    crate::config::log_mistakes(&mistakes);
+    let mut notices = Vec::new();
     let mut pack = voices.pack(&listening.language)?;
     // A language nothing can speak is said so, in one that can be spoken.
-    let mut unusable = false;
     if let Err(why) = voices.check_speakable(pack) {
         let Some(other) = voices.speakable_instead(pack.tag()) else {
             return Err(anyhow!(
@@ -571,7 +602,10 @@ fn speak(
             pack.tag()
         ));
         pack = voices.pack(&other)?;
-        unusable = true;
+        notices.push(Prompt::LanguageUnusable);
+    }
+    if !mistakes.is_empty() {
+        notices.push(Prompt::SettingsMistake);
     }
     if let Some(note) = voices.fallback_note(pack) {
         log(&format!("warning: {note}"));
@@ -607,11 +641,19 @@ fn speak(
     if let Some(path) = &args.wav {
         // A WAV file is the sound card's speech, whatever the outputs say.
         log_clock();
-        let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
+        let (utterance, result) = take_and_plan(
+            state,
+            pack,
+            args.at,
+            &notices,
+            verdict,
+            config.code.wait_for_next_below,
+        )?;
         let mut synth = voices.synth(pack)?;
         Renderer::new(SampleRate::ESPEAK)
             .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        record_when_due(state, utterance.record);
         return refused(result);
     }
     // Open every output before taking the code: with none working, no HOTP counter is used.
@@ -676,7 +718,14 @@ fn speak(
         log(&format!("error: {failure:#}; the other outputs go on"));
     }
     log_clock();
-    let (utterance, result) = take_and_plan(state, pack, args.at, unusable, verdict)?;
+    let (utterance, result) = take_and_plan(
+        state,
+        pack,
+        args.at,
+        &notices,
+        verdict,
+        config.code.wait_for_next_below,
+    )?;
     // Copied while the code is spoken (taking the clipboard takes up to half a second).
     let copying = (args.copy || config.desktop.copy)
         .then(|| utterance.shown.clone())
@@ -733,6 +782,7 @@ fn speak(
     } else if own_voice {
         play(utterance.utterance)?;
     }
+    record_when_due(state, utterance.record);
     if senses.braille_connected() {
         // The code stays on the display until it expires or a key is pressed there (a
         // counter-based code, which does not expire, for two minutes at most); a message
@@ -747,6 +797,19 @@ fn speak(
 struct Planned {
     utterance: Utterance,
     shown: Option<(Zeroizing<String>, Option<u64>)>,
+    /// A code of the next time step, given before its step began: its step, recorded once
+    /// the step has begun ([`record_when_due`]).
+    record: Option<(TimeStep, Instant)>,
+}
+
+/// Records the time step of a code given ahead of its step ([`Planned::record`]) once the
+/// step has begun, so a `speak` meanwhile does not find the clock "moved backwards".
+fn record_when_due(state: &StateDir, record: Option<(TimeStep, Instant)>) {
+    let Some((step, due)) = record else { return };
+    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    if let Err(e) = state.record_step(step) {
+        log(&format!("error: cannot record the time step: {e}"));
+    }
 }
 
 /// Takes the code (or the reason there is none) and plans what to say.
@@ -754,14 +817,57 @@ fn take_and_plan(
     state: &StateDir,
     pack: &VoicePack,
     at: Option<u64>,
-    unusable: bool,
+    notices: &[Prompt],
     verdict: ClockVerdict,
+    wait_below: u64,
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
-    let (mut planned, result) = take_and_plan_in(state, pack, at, verdict)?;
-    if unusable {
-        planned.utterance = voice::after_notice(pack, Prompt::LanguageUnusable, &planned.utterance);
+    let wait = (verdict != ClockVerdict::Refuse)
+        .then(|| device::wait_for_next(state, wait_below, now(at), at.is_some()))
+        .flatten();
+    let next = wait.and_then(|wait| plan_next_code(state, pack, at, wait, verdict).transpose());
+    let (mut planned, result) = match next {
+        Some(planned) => (planned?, Ok(())),
+        None => take_and_plan_in(state, pack, at, verdict)?,
+    };
+    // The first notice is said first.
+    for notice in notices.iter().rev() {
+        planned.utterance = voice::after_notice(pack, *notice, &planned.utterance);
     }
     Ok((planned, result))
+}
+
+/// With `wait` seconds left in the step (under `[code] wait_for_next_below`): "this code is
+/// about to change", silence until the next step begins, and that step's code, valid for
+/// the whole step. `None` if the next step's code cannot be had (then the usual path says
+/// why).
+fn plan_next_code(
+    state: &StateDir,
+    pack: &VoicePack,
+    at: Option<u64>,
+    wait: u64,
+    verdict: ClockVerdict,
+) -> Result<Option<Planned>, Failure> {
+    let Ok(taken) = state.code_at(UnixTime(now(at).0.saturating_add(wait))) else {
+        return Ok(None);
+    };
+    let Basis::Step { step, seconds_left } = taken.basis else {
+        return Ok(None);
+    };
+    log(&format!(
+        "saying `code_changing`: {wait} s left (under [code] wait_for_next_below); speaking \
+         the code of time step {step} when it begins"
+    ));
+    let code = Zeroizing::new(taken.code.as_str().to_owned());
+    let utterance = voice::plan(pack, &voice::code_message(&code, CodeIntro::First, verdict))?;
+    let ms = u32::try_from(wait.saturating_mul(1000)).unwrap_or(u32::MAX);
+    Ok(Some(Planned {
+        utterance: voice::after_notice_and_pause(pack, Prompt::CodeChanging, ms, &utterance),
+        shown: Some((code, Some(seconds_left))),
+        // A stated time (`--at`) leaves the clock's record alone.
+        record: at
+            .is_none()
+            .then(|| (step, Instant::now() + Duration::from_secs(wait))),
+    }))
 }
 
 fn take_and_plan_in(
@@ -778,6 +884,7 @@ fn take_and_plan_in(
             Planned {
                 utterance,
                 shown: None,
+                record: None,
             },
             Ok(()),
         ));
@@ -798,6 +905,7 @@ fn take_and_plan_in(
                 Planned {
                     utterance,
                     shown: Some((code, left)),
+                    record: None,
                 },
                 Ok(()),
             ))
@@ -810,6 +918,7 @@ fn take_and_plan_in(
                 Planned {
                     utterance,
                     shown: None,
+                    record: None,
                 },
                 Err(e),
             ))
@@ -1063,7 +1172,14 @@ pub fn utc_date(secs: u64) -> String {
 }
 
 fn status(state: &StateDir) -> Result<(), Failure> {
-    let token = state.load()?;
+    let token = match state.load() {
+        Ok(token) => token,
+        Err(e @ crate::state::StateError::NoToken { .. }) => {
+            println!("token: none\n{}", device::enroll_help(state));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let label = &token.label;
     println!(
         "token: {} {}{}",

@@ -3,7 +3,11 @@
 //!
 //! Both are TOML. Every config key is optional and documented in `config.example.toml` with
 //! its default. Unknown keys and bad values are errors that name the file and the key, so a
-//! typo never silently falls back to a default.
+//! typo never silently falls back to a default: `settings` (a helper's command) refuses
+//! them. The device itself (`run`, `speak`) must never be silenced by a typo, so it loads
+//! leniently ([`Config::find_lenient`], [`UserSettings::load_lenient`],
+//! [`Effective::lenient`]): each mistake is set aside (the default is used for that key),
+//! logged with the key and its fix, and said once to the user.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -155,6 +159,28 @@ pub struct DesktopConfig {
     pub copy: bool,
 }
 
+/// `[code]`: how a time-based code is given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeConfig {
+    /// A code asked for with fewer seconds than this left in its time step is not given:
+    /// the device says that the code is about to change, waits for the next step and gives
+    /// that code, valid for the whole step (0: never wait). 0..=[`MAX_WAIT_FOR_NEXT`].
+    pub wait_for_next_below: u64,
+}
+
+/// The largest `[code] wait_for_next_below`: a longer wait would leave the user waiting most
+/// of a 30-second step.
+pub const MAX_WAIT_FOR_NEXT: u64 = 20;
+
+impl Default for CodeConfig {
+    fn default() -> Self {
+        CodeConfig {
+            wait_for_next_below: 10,
+        }
+    }
+}
+
 /// `[[gpio]]`: one button on a GPIO line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +252,8 @@ struct RawConfig {
     clock: ClockConfig,
     #[serde(default)]
     desktop: DesktopConfig,
+    #[serde(default)]
+    code: CodeConfig,
 }
 
 /// A validated evdev chord.
@@ -288,7 +316,36 @@ pub struct Config {
     pub clock: ClockConfig,
     /// On a desktop computer.
     pub desktop: DesktopConfig,
+    /// How a time-based code is given.
+    pub code: CodeConfig,
+    /// Whether the config names the language (else it follows the system's locale).
+    pub language_set: bool,
 }
+
+/// The language of the system's locale: the first of `LC_ALL`, `LC_MESSAGES` and `LANG`
+/// that is set (POSIX's order), as a language tag (`da_DK.UTF-8` gives `da`); `None` when
+/// none is set or it is `C`/`POSIX`.
+pub fn locale_language() -> Option<String> {
+    let value = ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .into_iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty())?;
+    language_of_locale(&value.to_string_lossy())
+}
+
+/// The language tag of a locale name (`da_DK.UTF-8@euro` gives `da`).
+fn language_of_locale(locale: &str) -> Option<String> {
+    let language = locale
+        .split(['_', '.', '@', '-'])
+        .next()
+        .unwrap_or_default();
+    let ok = (2..=3).contains(&language.len()) && language.chars().all(|c| c.is_ascii_alphabetic());
+    (ok && !matches!(language, "C" | "POSIX")).then(|| language.to_ascii_lowercase())
+}
+
+/// The language when neither the config nor the user chose one and the locale names none
+/// (or one without a voice pack): Danish, the language of the packaged device.
+pub const FALLBACK_LANGUAGE: &str = "da";
 
 /// Volume, rate and language: what the user adjusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,9 +359,10 @@ pub struct Listening {
 }
 
 impl Default for Listening {
+    /// The language follows the system's locale ([`locale_language`]), else Danish.
     fn default() -> Self {
         Listening {
-            language: "da".to_owned(),
+            language: locale_language().unwrap_or_else(|| FALLBACK_LANGUAGE.to_owned()),
             volume: -2,
             rate: 0,
         }
@@ -387,6 +445,8 @@ impl Config {
             audio: AudioConfig::default(),
             clock: ClockConfig::default(),
             desktop: DesktopConfig::default(),
+            code: CodeConfig::default(),
+            language_set: false,
         }
     }
 
@@ -411,6 +471,11 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        Self::from_raw(path, raw)
+    }
+
+    /// Validates a parsed file (`path` is for messages).
+    fn from_raw(path: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
         let mut config = Config::defaults();
         config.source = Some(path.to_path_buf());
         config.voices = raw.voices;
@@ -419,7 +484,19 @@ impl Config {
         config.voice = raw.voice.unwrap_or_default();
         if let Some(language) = raw.language {
             config.defaults.language = language;
+            config.language_set = true;
         }
+        if raw.code.wait_for_next_below > MAX_WAIT_FOR_NEXT {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: "code.wait_for_next_below".to_owned(),
+                message: format!(
+                    "{} is out of range; use 0 (never wait) to {MAX_WAIT_FOR_NEXT} seconds",
+                    raw.code.wait_for_next_below
+                ),
+            });
+        }
+        config.code = raw.code.clone();
         if let Some(v) = raw.volume {
             config.defaults.volume = step_in(path, "volume", v, &VOLUME_RANGE)?;
         }
@@ -498,6 +575,71 @@ impl Config {
         Ok(config)
     }
 
+    /// Loads `path` as [`Config::load`] does, but sets every mistake aside instead of failing:
+    /// each key that is unknown, of the wrong type or out of range is left at its default
+    /// (in a table, only the bad keys; in a list of tables such as `[[gpio]]`, only the bad
+    /// entries), and returned as an error naming the key. A file that cannot be read or is
+    /// not TOML at all gives the built-in defaults.
+    pub fn load_lenient(path: &Path) -> (Self, Vec<ConfigError>) {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(source) => {
+                let error = ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                return (Self::defaults(), vec![error]);
+            }
+        };
+        match Self::parse(path, &text) {
+            Ok(config) => (config, Vec::new()),
+            Err(first) => match text.parse::<toml::Table>() {
+                Ok(table) => {
+                    let (good, problems) = salvage(path, table, |t| {
+                        t.try_into::<RawConfig>()
+                            .map_err(|e| (None, e.message().to_owned()))
+                            .and_then(|raw| Self::from_raw(path, raw).map(drop).map_err(flaw))
+                    });
+                    let config = good
+                        .try_into::<RawConfig>()
+                        .ok()
+                        .and_then(|raw| Self::from_raw(path, raw).ok());
+                    match config {
+                        Some(mut config) => {
+                            config.source = Some(path.to_path_buf());
+                            (config, problems)
+                        }
+                        None => (Self::defaults(), vec![first]),
+                    }
+                }
+                Err(_) => (Self::defaults(), vec![first]),
+            },
+        }
+    }
+
+    /// [`Config::find`], leniently ([`Config::load_lenient`]): the config with every mistake
+    /// set aside, and the mistakes.
+    pub fn find_lenient(explicit: Option<&Path>) -> (Self, Vec<ConfigError>) {
+        match Self::path(explicit) {
+            Some(path) => Self::load_lenient(&path),
+            None => (Self::defaults(), Vec::new()),
+        }
+    }
+
+    /// The file [`Config::find`] reads, if any.
+    fn path(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
+        }
+        let xdg = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        xdg.map(|d| d.join("codereader/config.toml"))
+            .into_iter()
+            .chain([PathBuf::from("/etc/codereader/config.toml")])
+            .find(|path| path.is_file())
+    }
+
     /// The config file to use: `explicit` (from `--config` or `CODEREADER_CONFIG`) must exist;
     /// otherwise `$XDG_CONFIG_HOME/codereader/config.toml`, then `/etc/codereader/config.toml`,
     /// if present; otherwise the built-in defaults.
@@ -505,23 +647,119 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn find(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        if let Some(path) = explicit {
-            return Self::load(path);
+        match Self::path(explicit) {
+            Some(path) => Self::load(&path),
+            None => Ok(Self::defaults()),
         }
-        let xdg = std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-        let candidates = xdg
-            .map(|d| d.join("codereader/config.toml"))
-            .into_iter()
-            .chain([PathBuf::from("/etc/codereader/config.toml")]);
-        for path in candidates {
-            if path.is_file() {
-                return Self::load(&path);
-            }
-        }
-        Ok(Self::defaults())
     }
+}
+
+/// Logs each mistake set aside by a lenient load, with what the device does instead (the
+/// mistake's own message names the file, the key and what it takes).
+pub fn log_mistakes(mistakes: &[String]) {
+    for mistake in mistakes {
+        crate::process::log(&format!(
+            "error: {mistake}; set aside: its default is used until it is fixed"
+        ));
+    }
+    if !mistakes.is_empty() {
+        crate::process::log(
+            "saying `settings_mistake`: the keys above have mistakes a helper can fix",
+        );
+    }
+}
+
+/// Why a part of a file was set aside: the key a validation named (if it did) and what is
+/// wrong, without the file (the caller names it and the key).
+type Flaw = (Option<String>, String);
+
+/// A validation error as a [`Flaw`].
+fn flaw(error: ConfigError) -> Flaw {
+    match error {
+        ConfigError::Value { key, message, .. } => (Some(key), message),
+        other => (None, other.to_string()),
+    }
+}
+
+/// Splits `table` into the keys `check` accepts and the mistakes: each top-level key is
+/// checked alone; of a table that fails, each of its keys alone; of a list of tables that
+/// fails, each entry alone. A combination that fails although each part passes (a key
+/// bound to two actions) sets the whole top-level key aside.
+fn salvage(
+    path: &Path,
+    table: toml::Table,
+    check: impl Fn(toml::Table) -> Result<(), Flaw>,
+) -> (toml::Table, Vec<ConfigError>) {
+    let one = |key: &str, value: toml::Value| {
+        let mut t = toml::Table::new();
+        t.insert(key.to_owned(), value);
+        t
+    };
+    let mistake = |key: String, message: String| ConfigError::Value {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let mut good = toml::Table::new();
+    let mut problems = Vec::new();
+    for (key, value) in table {
+        let message = match check(one(&key, value.clone())) {
+            Ok(()) => {
+                good.insert(key, value);
+                continue;
+            }
+            Err((_, message)) => message,
+        };
+        match value {
+            toml::Value::Table(inner) => {
+                let mut kept = toml::Table::new();
+                for (sub, v) in inner {
+                    match check(one(&key, toml::Value::Table(one(&sub, v.clone())))) {
+                        Ok(()) => {
+                            kept.insert(sub, v);
+                        }
+                        Err((_, message)) => {
+                            problems.push(mistake(format!("{key}.{sub}"), message));
+                        }
+                    }
+                }
+                if !kept.is_empty() {
+                    good.insert(key, toml::Value::Table(kept));
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                let mut kept = Vec::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    match check(one(&key, toml::Value::Array(vec![item.clone()]))) {
+                        Ok(()) => kept.push(item),
+                        Err((_, message)) => {
+                            problems.push(mistake(format!("{key}[{i}]"), message));
+                        }
+                    }
+                }
+                if !kept.is_empty() {
+                    good.insert(key, toml::Value::Array(kept));
+                }
+            }
+            _ => problems.push(mistake(key, message)),
+        }
+    }
+    // Parts that pass alone but not together: set the whole key aside, one at a time.
+    for _ in 0..good.len() {
+        let Err((named, message)) = check(good.clone()) else {
+            break;
+        };
+        let top = named.as_deref().and_then(|k| k.split(['.', '[']).next());
+        let culprit = good
+            .keys()
+            .find(|k| Some(k.as_str()) == top)
+            .or_else(|| good.keys().next())
+            .cloned();
+        let Some(culprit) = culprit else { break };
+        good.remove(&culprit);
+        problems.push(mistake(culprit, message));
+    }
+    (good, problems)
 }
 
 /// The user's own settings, stored in the state directory; each field overrides the config.
@@ -588,6 +826,34 @@ impl UserSettings {
             }
         }
         toml::from_str(&text).map_err(syntax)
+    }
+
+    /// [`UserSettings::load`], leniently: a key that is unknown or of the wrong type is set
+    /// aside (the config's value is used), and a file that cannot be read, is not TOML or is
+    /// of a newer format gives no settings at all; each such mistake is returned. Nothing is
+    /// written (a newer program's file is kept for it).
+    pub fn load_lenient(state_dir: &Path) -> (Self, Vec<ConfigError>) {
+        let error = match Self::load(state_dir) {
+            Ok(user) => return (user, Vec::new()),
+            Err(error) => error,
+        };
+        let path = state_dir.join(SETTINGS_FILE);
+        let table = match (&error, fs::read_to_string(&path)) {
+            (ConfigError::Syntax { .. }, Ok(text)) => text.parse::<toml::Table>().ok(),
+            _ => None,
+        };
+        let Some(table) = table else {
+            return (Self::default(), vec![error]);
+        };
+        let (good, problems) = salvage(&path, table, |t| {
+            t.try_into::<UserSettings>()
+                .map(drop)
+                .map_err(|e| (None, e.message().to_owned()))
+        });
+        match good.try_into::<UserSettings>() {
+            Ok(user) => (user, problems),
+            Err(_) => (Self::default(), vec![error]),
+        }
     }
 
     /// Saves atomically and durably (mode 0600).
@@ -690,6 +956,54 @@ impl Effective {
     }
 }
 
+impl Effective {
+    /// [`Effective::new`], leniently: a value of the settings file that is out of range, or
+    /// a key binding that cannot be used, is set aside (the config's is used) and returned.
+    pub fn lenient(
+        config: &Config,
+        user: &UserSettings,
+        state_dir: &Path,
+    ) -> (Self, Vec<ConfigError>) {
+        let mut user = user.clone();
+        let mut problems = Vec::new();
+        // Each round sets one field aside; there are four.
+        for _ in 0..4 {
+            match Self::new(config, &user, state_dir) {
+                Ok(effective) => return (effective, problems),
+                Err(error) => {
+                    let key = match &error {
+                        ConfigError::Value { key, .. } => key.clone(),
+                        _ => String::new(),
+                    };
+                    match key.split(['.', '[']).next().unwrap_or_default() {
+                        "volume" => user.volume = None,
+                        "rate" => user.rate = None,
+                        "evdev_keys" => user.evdev_keys.clear(),
+                        _ => user.keys.clear(),
+                    }
+                    problems.push(error);
+                }
+            }
+        }
+        // Not reached (each round clears one of the four fields), but a device must start:
+        // the config alone, then the built-in defaults (tested to be valid).
+        let effective = Self::new(config, &UserSettings::default(), state_dir)
+            .or_else(|_| Self::new(&Config::defaults(), &UserSettings::default(), state_dir));
+        match effective {
+            Ok(effective) => (effective, problems),
+            Err(error) => {
+                problems.push(error);
+                let effective = Effective {
+                    listening: config.defaults.clone(),
+                    keys: KeyMap::default(),
+                    evdev_keys: KeyMap::default(),
+                };
+                (effective, problems)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,11 +1062,127 @@ mod tests {
             ("[braille]\nhost = \"a:b\"", "braille.host"),
             ("[braille]\nport = 1", "port"),
             ("[speechd]\naddress = \"tcp\"", "speechd.address"),
+            (
+                "[code]\nwait_for_next_below = 21",
+                "code.wait_for_next_below",
+            ),
         ];
         for (text, key) in table {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: {err}");
             assert!(err.contains("/etc/codereader/config.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_lenient_load_sets_each_mistake_aside_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = "volume = 5\nrate = 2\nvolme = -3\nsay_ready = \"yes\"\n\
+                    outputs = [\"speech\", \"smell\"]\nlanguage = \"en\"\n\
+                    [input]\nterminal = \"no\"\ngrab = false\n\
+                    [keys]\nspeak = [\"k\"]\njump = [\"j\"]\n\
+                    [[gpio]]\nline = 17\naction = \"dance\"\n\
+                    [[gpio]]\nline = 18\naction = \"speak\"\n";
+        fs::write(&path, text).unwrap();
+        assert!(Config::load(&path).is_err());
+        let (config, problems) = Config::load_lenient(&path);
+        let keys: Vec<String> = problems
+            .iter()
+            .map(|p| match p {
+                ConfigError::Value { key, .. } => key.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        for key in [
+            "volume",
+            "volme",
+            "say_ready",
+            "outputs",
+            "input.terminal",
+            "keys.jump",
+            "gpio[0]",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+        }
+        assert_eq!(problems.len(), 7, "{problems:?}");
+        // What was right is kept; what was wrong is at its default.
+        let defaults = Config::defaults();
+        assert_eq!(config.defaults.rate, 2);
+        assert_eq!(config.defaults.language, "en");
+        assert_eq!(config.defaults.volume, defaults.defaults.volume);
+        assert!(!config.say_ready);
+        assert_eq!(config.outputs, defaults.outputs);
+        assert!(config.input.terminal && !config.input.grab);
+        assert_eq!(config.keys.get(&Action::Speak).unwrap(), &["k"]);
+        assert_eq!(config.gpio.len(), 1);
+        assert_eq!(config.gpio[0].line, 18);
+        // Each message names the file, the key and the fix.
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let volume = all.iter().find(|m| m.contains("key `volume`:")).unwrap();
+        assert!(volume.contains("use -8 to 0"), "{volume}");
+        assert!(volume.contains("config.toml"), "{volume}");
+        let misspelt = all.iter().find(|m| m.contains("key `volme`:")).unwrap();
+        assert!(misspelt.contains("unknown field"), "{misspelt}");
+
+        // Keys that pass alone but not together: the table is set aside as a whole.
+        fs::write(&path, "[keys]\nspeak = [\"a\"]\nstop = [\"a\"]\n").unwrap();
+        let (config, problems) = Config::load_lenient(&path);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(config.keys, defaults.keys);
+        // Not TOML at all, or missing: the built-in defaults, and why.
+        fs::write(&path, "volume = [\n").unwrap();
+        let (config, problems) = Config::load_lenient(&path);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(config.defaults, defaults.defaults);
+        let (_, problems) = Config::load_lenient(&dir.path().join("nope.toml"));
+        assert!(matches!(problems[..], [ConfigError::Io { .. }]));
+    }
+
+    #[test]
+    fn lenient_settings_fall_back_to_the_config_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        fs::write(
+            &path,
+            "format = 2\nvolume = 7\nrate = 1\nlanguge = \"en\"\n[keys]\nspeak = [\"a\"]\nstop = [\"a\"]\n",
+        )
+        .unwrap();
+        let (user, problems) = UserSettings::load_lenient(dir.path());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].to_string().contains("languge"), "{problems:?}");
+        let config = Config::defaults();
+        let (effective, problems) = Effective::lenient(&config, &user, dir.path());
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(all.iter().any(|m| m.contains("key `volume`")), "{all:?}");
+        assert!(all.iter().any(|m| m.contains("key `keys`")), "{all:?}");
+        assert_eq!(effective.listening.volume, config.defaults.volume);
+        assert_eq!(effective.listening.rate, 1);
+        assert_eq!(effective.keys.action(TermKey::Space), Some(Action::Speak));
+        // A newer format: no settings, and the file is left alone.
+        fs::write(&path, "format = 3\nvolume = -1\n").unwrap();
+        let (user, problems) = UserSettings::load_lenient(dir.path());
+        assert_eq!(user, UserSettings::default());
+        assert!(matches!(problems[..], [ConfigError::FutureVersion { .. }]));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "format = 3\nvolume = -1\n"
+        );
+    }
+
+    #[test]
+    fn the_locale_names_the_language() {
+        for (locale, tag) in [
+            ("da_DK.UTF-8", Some("da")),
+            ("en_GB.UTF-8@euro", Some("en")),
+            ("de", Some("de")),
+            ("C", None),
+            ("POSIX", None),
+            ("C.UTF-8", None),
+            ("", None),
+        ] {
+            assert_eq!(language_of_locale(locale).as_deref(), tag, "{locale}");
         }
     }
 

@@ -29,7 +29,7 @@ use crate::keys::{Action, EvKey, TermDecoder, TermKey};
 use crate::outputs::{Output, Senses};
 use crate::process::{Failure, build_floor, log, now, set_raw_terminal};
 use crate::speechd::SpeechdVoice;
-use crate::state::{Basis, Progress, Reserved, StateDir, TakeError, current_step};
+use crate::state::{Basis, Progress, Reserved, StateDir, StateError, TakeError, current_step};
 use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message, Voices};
 
@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub at: Option<u64>,
     /// Read keys from the terminal.
     pub terminal: bool,
+    /// Mistakes of the config set aside (its defaults used for them), to log and announce.
+    pub mistakes: Vec<String>,
 }
 
 /// What an input thread reports.
@@ -78,6 +80,44 @@ pub fn battery_percent() -> Option<u8> {
         }
     }
     None
+}
+
+/// How a helper sets up the token in `state`: the exact commands (for the log, `status`
+/// and large print), one per way the token's data can arrive.
+pub fn enroll_help(state: &StateDir) -> String {
+    let me = format!("codereader --state {}", state.path().display());
+    format!(
+        "no token is set up; a helper can enrol one: `{me} enroll --uri -` (paste the \
+         otpauth:// URI, then Ctrl-D); from a QR code image: `zbarimg -q --raw QR.png | {me} \
+         enroll --uri -`; from a PSKC file: `{me} enroll --pskc FILE --serial SERIAL \
+         [--pskc-key HEX]`; as the user the device runs as (the system service: `sudo -u \
+         codereader ...`)"
+    )
+}
+
+/// How long to wait for the next time step before giving a code at `now`: the seconds
+/// left in the current step, when there are fewer than `threshold` (`[code]
+/// wait_for_next_below`) and the token is time-based and would give a code now. `stated`:
+/// `now` is the caller's (`--at`), so the clock's checks do not apply.
+pub fn wait_for_next(state: &StateDir, threshold: u64, now: UnixTime, stated: bool) -> Option<u64> {
+    if threshold == 0 {
+        return None;
+    }
+    let Progress::Totp {
+        period,
+        t0,
+        last_step,
+    } = state.load().ok()?.progress
+    else {
+        return None;
+    };
+    let (last, floor) = if stated {
+        (None, UnixTime(0))
+    } else {
+        (last_step, build_floor())
+    };
+    let current = current_step(period, t0, last, now, floor).ok()?;
+    (current.seconds_left < threshold).then_some(current.seconds_left)
 }
 
 /// The last code given, for replay.
@@ -119,6 +159,21 @@ struct Device<'a> {
     clock: ClockConfig,
     /// Since when the sound card has been quiet, while a notice waits for quiet.
     quiet_since: Option<Instant>,
+    /// The config's `[code] wait_for_next_below`.
+    wait_below: u64,
+    /// A code promised ("this code is about to change"), to give when its step begins.
+    pending: Option<PendingCode>,
+}
+
+/// A code to give when the next time step begins.
+#[derive(Debug, Clone, Copy)]
+struct PendingCode {
+    /// When the step begins.
+    due: Instant,
+    /// The time to take the code at (the clock's, or `--at`'s plus the wait).
+    at: UnixTime,
+    /// What to say before it.
+    intro: CodeIntro,
 }
 
 /// How long the device must have been quiet before the damaged-clips notice is said.
@@ -235,7 +290,12 @@ impl Device<'_> {
     /// (codes are shown by [`Device::show_code`], with their validity; tones show nothing).
     fn show(&mut self, message: &Message<'_>) {
         let Some(pack) = self.pack() else { return };
-        if let Some(text) = voice::text(pack, message) {
+        if let Some(mut text) = voice::text(pack, message) {
+            // At start, when a helper is likely setting the device up, the screen and the
+            // display show the commands too (the key's message is the sentence alone).
+            if matches!(message, Message::Ready { no_token: true, .. }) {
+                text = format!("{text} {}", enroll_help(self.state));
+            }
             self.senses.show_text(&text);
         }
     }
@@ -327,7 +387,9 @@ impl Device<'_> {
     /// needed) once the sound card is open; then, when it is quiet, the announcement of
     /// damaged clips. `true` while something waits for silence.
     fn announce(&mut self) -> bool {
-        if self.player.is_some() {
+        // Once the sound card is open; without speech on the sound card (Speech Dispatcher,
+        // braille only) at once.
+        if self.player.is_some() || !self.speech_on {
             if let Some(greeting) = self.greeting.take() {
                 self.say(&greeting);
             }
@@ -426,17 +488,53 @@ impl Device<'_> {
     }
 
     fn speak_code(&mut self) {
-        self.speak_code_after(CodeIntro::First);
+        self.speak_code_after(CodeIntro::First, now(self.at));
+    }
+
+    /// Gives the promised code once its time step has begun and "this code is about to
+    /// change" has been said to its end. `true` while one is pending.
+    fn give_pending(&mut self) -> bool {
+        let speaking = self.player.as_ref().is_some_and(LivePlayer::is_playing);
+        match self.pending {
+            Some(pending) if Instant::now() >= pending.due && !speaking => {
+                self.pending = None;
+                // A stated time (`--at`) moves on with the wait, as the clock does: a later
+                // key must not find the clock behind the step just given.
+                if self.at.is_some() {
+                    self.at = Some(pending.at.0);
+                }
+                let at = now(self.at).max(pending.at);
+                self.speak_code_after(pending.intro, at);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// Speaks the current code with `intro`: [`CodeIntro::Expired`] says first that the last
     /// code has expired (a replay asked for after its time step had passed). While the clock
     /// is not synchronised since boot, "the clock may be wrong" comes first, or no code.
-    fn speak_code_after(&mut self, intro: CodeIntro) {
+    fn speak_code_after(&mut self, intro: CodeIntro, time: UnixTime) {
         let verdict = self.clock_verdict();
         if verdict == ClockVerdict::Refuse {
             // The prepared HOTP code (if any) stays prepared; TOTP is what was refused.
             self.say(&Message::Prompt(Prompt::ClockUnsynced));
+            return;
+        }
+        // Too little time left to type it: say so, and give the next step's code when it
+        // begins (any key meanwhile cancels; the speak key asks again).
+        if let Some(wait) = wait_for_next(self.state, self.wait_below, time, self.at.is_some()) {
+            log(&format!(
+                "saying `code_changing`: {wait} s left (under [code] wait_for_next_below); \
+                 the next code comes when its time step begins"
+            ));
+            self.say(&Message::Prompt(Prompt::CodeChanging));
+            self.pending = Some(PendingCode {
+                due: Instant::now() + Duration::from_secs(wait),
+                at: UnixTime(time.0.saturating_add(wait)),
+                intro,
+            });
             return;
         }
         let claimed = match self.reserved.take().map(|r| self.state.claim(r)) {
@@ -453,9 +551,7 @@ impl Device<'_> {
         };
         let result = match claimed {
             Some(taken) => Ok((taken, None)),
-            None => self
-                .state
-                .take_code_record_later(now(self.at), build_floor()),
+            None => self.state.take_code_record_later(time, build_floor()),
         };
         match result {
             Ok((taken, unrecorded)) => {
@@ -530,7 +626,7 @@ impl Device<'_> {
                 self.say(&voice::code_message(&code, CodeIntro::Replay, verdict));
                 self.show_code(&code, left);
             }
-            (Some(_), false) => self.speak_code_after(CodeIntro::Expired),
+            (Some(_), false) => self.speak_code_after(CodeIntro::Expired, now(self.at)),
             (None, _) => self.speak_code(),
         }
     }
@@ -718,19 +814,24 @@ pub fn run(
     voices_dir: Option<&Path>,
     options: &RunOptions,
 ) -> Result<(), Failure> {
-    let user = UserSettings::load(state.path())?;
-    let effective = Effective::new(config, &user, state.path())?;
-    let voices = voice::load_voices(state, config, &user, voices_dir)?;
+    // A mistake in the config or the settings never silences the device: the defaults are
+    // used for what is wrong, the log says which key and how to fix it, and the user hears
+    // once that a helper can fix the settings.
+    let mut mistakes = options.mistakes.clone();
+    let (user, more) = UserSettings::load_lenient(state.path());
+    mistakes.extend(more.iter().map(ToString::to_string));
+    let (effective, more) = Effective::lenient(config, &user, state.path());
+    mistakes.extend(more.iter().map(ToString::to_string));
+    let (voices, more) = voice::load_voices_lenient(state, config, &user, voices_dir)?;
+    mistakes.extend(more);
     let mut listening = effective.listening.clone();
-    if let Err(e) = voices.pack(&listening.language) {
-        log(&format!(
-            "error: {e}; using {}",
-            voices.languages().join(", ")
-        ));
-        if let Some(first) = voices.languages().first() {
-            listening.language.clone_from(first);
-        }
-    }
+    mistakes.extend(voice::settle_language(
+        &voices,
+        config,
+        &user,
+        &mut listening,
+    ));
+    crate::config::log_mistakes(&mistakes);
     let language_unusable = match speakable_language(&voices, &listening.language) {
         Some(other) if other != listening.language => {
             listening.language = other;
@@ -780,6 +881,7 @@ pub fn run(
         watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
     }
     drop(events);
+    let no_token = matches!(state.load(), Err(StateError::NoToken { .. }));
     let mut device = Device {
         state,
         voices,
@@ -799,6 +901,8 @@ pub fn run(
             .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
         greeting: Some(Message::Ready {
             language_unusable,
+            settings_mistake: !mistakes.is_empty(),
+            no_token,
             phrase: config.say_ready,
             no_input,
         }),
@@ -807,10 +911,14 @@ pub fn run(
         output: config.audio.device.clone(),
         clock: config.clock.clone(),
         quiet_since: None,
+        wait_below: config.code.wait_for_next_below,
+        pending: None,
     };
     device.ensure_player(true);
     device.prepare();
-    if state.load().is_err() {
+    if no_token {
+        log(&format!("saying `no_token_set_up`: {}", enroll_help(state)));
+    } else if state.load().is_err() {
         log("warning: no usable token; the speak key will say so");
     }
     let speak_keys: Vec<String> = effective
@@ -828,11 +936,17 @@ pub fn run(
         speak_keys.join(", ")
     ));
     loop {
-        let wait = if device.announce() {
+        let mut wait = if device.announce() {
             ANNOUNCE_POLL
         } else {
             RETRY
         };
+        if device.give_pending() {
+            if let Some(pending) = device.pending {
+                let due = pending.due.saturating_duration_since(Instant::now());
+                wait = wait.min(due.max(ANNOUNCE_POLL.min(wait)));
+            }
+        }
         let event = match rx.recv_timeout(device.senses.next_tick(wait)) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
@@ -865,6 +979,9 @@ pub fn run(
         // off the braille display.
         device.stop();
         device.senses.key_pressed();
+        if device.pending.take().is_some() {
+            log("the promised code is cancelled by a key");
+        }
         match action {
             Some(action) => {
                 if !device.act(action) {

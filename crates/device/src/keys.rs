@@ -313,6 +313,15 @@ pub struct KeyMap<K: Ord> {
     keys: BTreeMap<K, Action>,
 }
 
+impl<K: Ord> Default for KeyMap<K> {
+    /// No key bound.
+    fn default() -> Self {
+        KeyMap {
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
 impl<K: Ord + Copy + fmt::Display> KeyMap<K> {
     /// Builds a map from action → keys lists.
     ///

@@ -91,12 +91,85 @@ pub fn load_voices(
     Ok(voices)
 }
 
+/// [`load_voices`] for the device itself (`run`, `speak`): a mistake of the config never
+/// stops it. A `voices` directory of the config that does not load is set aside for the
+/// usual places (unless `--voices` named one), and a `[voice]` choice that cannot be
+/// followed leaves that language speaking its pack's default; each such mistake is returned
+/// (naming the config file and the key) for the caller to log and announce.
+///
+/// # Errors
+/// [`VoiceError`]s of the packs themselves.
+pub fn load_voices_lenient(
+    state: &StateDir,
+    config: &Config,
+    user: &UserSettings,
+    voices_dir: Option<&Path>,
+) -> Result<(Voices, Vec<String>), VoiceError> {
+    let mut mistakes = Vec::new();
+    let file = config
+        .source
+        .as_ref()
+        .map_or_else(|| "the config".to_owned(), |p| p.display().to_string());
+    let dir = locate_voices(voices_dir, config.voices.as_deref());
+    let mut voices = match Voices::load(&dir, config.synth) {
+        Ok(voices) => voices,
+        Err(e) if voices_dir.is_none() && config.voices.is_some() => {
+            let usual = locate_voices(None, None);
+            mistakes.push(format!(
+                "{file}: key `voices`: {e}; use a directory of voice packs, or leave the key                  out for {}",
+                usual.display()
+            ));
+            Voices::load(&usual, config.synth)?
+        }
+        Err(e) => return Err(e),
+    };
+    for problem in voices.choosing_leniently(&config.voice) {
+        mistakes.push(format!("{file}: key `voice`: {problem}"));
+    }
+    let settings = state.path().join(SETTINGS_FILE);
+    for problem in voices.choosing_leniently(&user.voice) {
+        log(&format!("warning: {}: {problem}", settings.display()));
+    }
+    Ok((voices, mistakes))
+}
+
+/// The language to speak when `listening.language` has no voice pack: a language the
+/// config or the settings named is a mistake (returned, to log and announce); one that came
+/// from the system's locale is not (logged): Danish speaks, or else the first language.
+pub fn settle_language(
+    voices: &Voices,
+    config: &Config,
+    user: &UserSettings,
+    listening: &mut Listening,
+) -> Option<String> {
+    let Err(e) = voices.pack(&listening.language) else {
+        return None;
+    };
+    let chosen = user.language.is_some() || config.language_set;
+    let instead = if !chosen && voices.pack(crate::config::FALLBACK_LANGUAGE).is_ok() {
+        crate::config::FALLBACK_LANGUAGE.to_owned()
+    } else {
+        voices.languages().into_iter().next()?
+    };
+    let old = std::mem::replace(&mut listening.language, instead.clone());
+    if chosen {
+        Some(format!("language `{old}`: {e}; speaking `{instead}`"))
+    } else {
+        log(&format!(
+            "the locale's language `{old}` has no voice pack; speaking `{instead}` (set \
+             `language` in the config to choose)"
+        ));
+        None
+    }
+}
+
 /// The spoken form of a failure to give a code: what a blind user hears instead of a code.
 pub fn prompt_for(error: &TakeError) -> Prompt {
     match error {
         TakeError::ClockNotSet { .. } => Prompt::ClockNotSet,
         TakeError::ClockBackwards { .. } => Prompt::ClockBackwards,
-        TakeError::State(StateError::NoToken { .. }) => Prompt::NoToken,
+        // Said with what to do: a helper can set one up (the log has the command).
+        TakeError::State(StateError::NoToken { .. }) => Prompt::NoTokenSetUp,
         // Damaged or truncated: the token must be enrolled again; the user should hear that,
         // not just that the device is blocked.
         TakeError::State(StateError::Corrupt { .. }) => Prompt::StateDamaged,
@@ -565,6 +638,11 @@ pub enum Message<'a> {
     Ready {
         /// Say that the chosen language cannot be spoken (in the language used instead).
         language_unusable: bool,
+        /// Say that the settings have a mistake (the defaults are used for it) and a helper
+        /// can fix it.
+        settings_mistake: bool,
+        /// Say that no token is set up yet and a helper can do it.
+        no_token: bool,
         /// Say "Ready" after the tone.
         phrase: bool,
         /// Say that no input is connected.
@@ -647,6 +725,8 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
         Message::Help { actions } => Ok(help(pack, actions)),
         Message::Ready {
             language_unusable,
+            settings_mistake,
+            no_token,
             phrase,
             no_input,
         } => {
@@ -654,6 +734,8 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             let prompts = language_unusable
                 .then_some(Prompt::LanguageUnusable)
                 .into_iter()
+                .chain(settings_mistake.then_some(Prompt::SettingsMistake))
+                .chain(no_token.then_some(Prompt::NoTokenSetUp))
                 .chain(phrase.then_some(Prompt::Ready))
                 .chain(no_input.then_some(Prompt::NoInput));
             for prompt in prompts {
@@ -756,10 +838,14 @@ pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
             .collect(),
         Message::Ready {
             language_unusable,
+            settings_mistake,
+            no_token,
             phrase,
             no_input,
         } => [
             (*language_unusable, Prompt::LanguageUnusable),
+            (*settings_mistake, Prompt::SettingsMistake),
+            (*no_token, Prompt::NoTokenSetUp),
             (*phrase, Prompt::Ready),
             (*no_input, Prompt::NoInput),
         ]
@@ -773,11 +859,20 @@ pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
 
 /// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
 pub fn after_notice(pack: &VoicePack, prompt: Prompt, utterance: &Utterance) -> Utterance {
+    after_notice_and_pause(pack, prompt, pack.pauses().between_groups_ms, utterance)
+}
+
+/// `utterance` with `prompt` said first and then `ms` of silence (e.g. the wait for the
+/// next time step after "this code is about to change").
+pub fn after_notice_and_pause(
+    pack: &VoicePack,
+    prompt: Prompt,
+    ms: u32,
+    utterance: &Utterance,
+) -> Utterance {
     let mut segments = vec![
         Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))),
-        Segment::Pause {
-            ms: pack.pauses().between_groups_ms,
-        },
+        Segment::Pause { ms },
     ];
     segments.extend(utterance.segments().iter().cloned());
     Utterance::from_segments(segments)
@@ -1104,12 +1199,26 @@ mod tests {
         );
         let ready = Message::Ready {
             language_unusable: false,
+            settings_mistake: false,
+            no_token: false,
             phrase: false,
             no_input: true,
         };
         assert_eq!(
             text(pack, &ready).unwrap(),
             "No keypad is connected. Waiting for one."
+        );
+        let first_start = Message::Ready {
+            language_unusable: false,
+            settings_mistake: true,
+            no_token: true,
+            phrase: true,
+            no_input: false,
+        };
+        assert_eq!(
+            text(pack, &first_start).unwrap(),
+            "The settings have a mistake, so the standard settings are used. A helper can fix \
+             it. No token is set up on this device yet. A helper can set it up. Ready."
         );
         let code = Message::ExpiredCode { code: "123456" };
         assert!(text(pack, &code).is_none());

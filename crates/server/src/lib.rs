@@ -4,10 +4,13 @@
 //! - [`service`]: the boundary to the verifier library: [`service::Library`] (the verifier
 //!   with its store and keys, called in the library's own types), the mapping of its errors
 //!   ([`service::ServiceError`]) and what answers add to its outcomes;
+//! - [`config_file`]: `serve --config FILE`, a TOML file of `serve`'s flags, and what a
+//!   SIGHUP finds changed in it;
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
-//! - [`hangup`]: reloads run on SIGHUP (keyring, TLS certificate);
+//! - [`hangup`]: reloads run in order on SIGHUP (settings file, keyring, API keys, TLS
+//!   certificate);
 //! - [`keyring`]: the key-encryption key files, re-read after a rotation;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
@@ -19,6 +22,7 @@
 //!   types to them (only this crate knows JSON).
 
 pub mod apikeys;
+pub mod config_file;
 pub mod connections;
 pub mod hangup;
 pub mod hsm;

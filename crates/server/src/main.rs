@@ -1,30 +1,34 @@
 //! `codereader-verifier`: the verifier HTTP service and the operators' offline commands.
 //!
-//! Thin glue: parse the command line, find the state directory, open the store through
+//! Thin glue: parse the command line (with the settings file of `serve --config` merged
+//! in), find the state directory, open the store through
 //! [`codereader_verifier_server::service::Library`], then serve or run one admin operation.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use codereader_otp::UnixTime;
 use codereader_verifier::{
     AuditEntry, Caller, ClientBudget, FailureDelay, KeyId, KeyringFile, SealingKey, StoreAddress,
 };
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
+use codereader_verifier_server::config_file::{self, Settings};
 use codereader_verifier_server::connections::{self, ConnLimits, Plain};
+use codereader_verifier_server::hangup::{self, Reload};
 use codereader_verifier_server::hsm::{HsmArgs, HsmKeys, without_query};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::keyring::KeyFiles;
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
 use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
-use codereader_verifier_server::tls::{self, TlsFiles, TlsState};
-use codereader_verifier_server::{hangup, state, timefmt, wire};
+use codereader_verifier_server::tls::{TlsFiles, TlsState};
+use codereader_verifier_server::{state, timefmt, wire};
 use zeroize::Zeroizing;
 
 /// Verifies one-time codes over HTTP; administers tokens offline.
@@ -73,6 +77,12 @@ struct StoreArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// Read settings from this TOML file: its keys are these flags' long names (`max-body =
+    /// 65536`, `unknown-as-rejected = true`, `old-kek-file = ["a", "b"]`); flags on the
+    /// command line win. SIGHUP re-reads it: the paths of the API keys and of the TLS files
+    /// change at once, other changes are logged as needing a restart.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -344,8 +354,11 @@ enum ApiKeyCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let (cli, settings) = match parse_command_line() {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    match run(cli, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("codereader-verifier: {error:#}");
@@ -354,9 +367,46 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The command line, with the settings file of `serve --config` merged in
+/// ([`config_file::merge`]), and where the settings came from, for SIGHUP. Errors are
+/// printed; the exit code is clap's for a usage error (2), also for a refused file.
+fn parse_command_line() -> Result<(Cli, Option<SettingsSource>), ExitCode> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (merged, file) = config_file::merge(&Cli::command(), "serve", &argv).map_err(|error| {
+        eprintln!("codereader-verifier: {error}");
+        ExitCode::from(2)
+    })?;
+    let matches = Cli::command()
+        .try_get_matches_from(&merged)
+        .map_err(|error| {
+            let _ = error.print();
+            if let (Some(file), true) = (&file, error.use_stderr()) {
+                // The flags clap names may have come from the file.
+                eprintln!(
+                    "codereader-verifier: (the command line together with the settings in {})",
+                    file.path().display()
+                );
+            }
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+        })?;
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let settings = file.and_then(|file| {
+        let root = Cli::command();
+        Some(SettingsSource {
+            running: Settings::of(
+                root.find_subcommand("serve")?,
+                matches.subcommand_matches("serve")?,
+            ),
+            argv,
+            file: file.path().to_owned(),
+        })
+    });
+    Ok((cli, settings))
+}
+
+fn run(cli: Cli, settings: Option<SettingsSource>) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, settings),
         Command::Token(command) => token(command),
         Command::ApiKey(ApiKeyCommand::List { api_keys }) => list_api_keys(api_keys),
         Command::ApiKey(ApiKeyCommand::AddCert {
@@ -483,7 +533,7 @@ fn keyring_file_needed(store: &StoreArgs, command: &str) -> Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
+fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result<()> {
     let keys_path = match &args.api_keys {
         Some(p) => p.clone(),
         None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
@@ -556,11 +606,24 @@ fn serve(args: ServeArgs) -> Result<()> {
             Duration::ZERO
         };
         let library = Arc::new(library);
-        reload_keyring_on_sighup(library.clone());
+        let keyring_reload = reload_keyring(library.clone());
         let state = Arc::new(
             AppState::new(library, keys, store_concurrency).with_rejected_floor(rejected_floor),
         );
-        reload_keys_on_sighup(state.clone(), keys_path.clone());
+        // In this order on each SIGHUP: the settings may name new files for the others.
+        let keys_path = Arc::new(RwLock::new(keys_path));
+        let mut reloads = Vec::new();
+        if let Some(settings) = settings {
+            reloads.push(reload_settings(settings, keys_path.clone(), tls.clone()));
+        }
+        reloads.push(keyring_reload);
+        reloads.push(reload_keys(state.clone(), keys_path));
+        if let Some(tls) = tls.clone() {
+            reloads.push(Reload::new("TLS certificate", move || {
+                tls.reload().map(|()| "the TLS certificate".to_owned())
+            }));
+        }
+        hangup::on_sighup_in_order(reloads);
         let router = http::router(state, limits);
         {
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -571,7 +634,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         let grace = limits.request_timeout + Duration::from_secs(5);
         match tls {
             Some(tls) => {
-                tls::reload_on_sighup(tls.clone());
                 connections::serve(listener, tls, router, shutdown, grace, conn_limits).await
             }
             None => {
@@ -629,15 +691,113 @@ fn connection_limits(
     }
 }
 
+/// Where `serve`'s settings came from, for SIGHUP to read them again: the command line as
+/// given (it still wins over the file), the file, and the settings running now.
+struct SettingsSource {
+    argv: Vec<OsString>,
+    file: PathBuf,
+    running: Settings,
+}
+
+/// The flags a SIGHUP applies from a changed settings file: file paths the later reloads read
+/// (TLS only while it is on). Any other change is logged as needing a restart.
+const RELOADABLE: &[&str] = &["api_keys", "tls_cert", "tls_key", "client_ca"];
+
+/// Re-reads the settings file on SIGHUP: applies what can change while the server runs (the
+/// API-key file's path, before the API-key reload reads it; the TLS files, loaded at once)
+/// and logs the keys that changed but need a restart. A file that does not load, or TLS
+/// files that do not, change nothing.
+fn reload_settings(
+    source: SettingsSource,
+    keys_path: Arc<RwLock<PathBuf>>,
+    tls: Option<Arc<TlsState>>,
+) -> Reload {
+    let SettingsSource {
+        argv,
+        file,
+        running,
+    } = source;
+    let running = Mutex::new(running);
+    Reload::new("settings", move || {
+        let root = Cli::command();
+        let (merged, _) = config_file::merge(&root, "serve", &argv)?;
+        let matches = root.clone().try_get_matches_from(&merged)?;
+        let (Some(command), Some(matches)) = (
+            root.find_subcommand("serve"),
+            matches.subcommand_matches("serve"),
+        ) else {
+            bail!("no `serve` in the command line");
+        };
+        let new = Settings::of(command, matches);
+        let args = ServeArgs::from_arg_matches(matches)?;
+        let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = running.changed(&new);
+        let changes = |id: &str| changed.iter().any(|(c, _)| c == id);
+        let tls_changed = ["tls_cert", "tls_key", "client_ca"]
+            .iter()
+            .any(|id| changes(id));
+        let (mut applied, mut restart) = (Vec::new(), Vec::new());
+        // TLS first: files that do not load stop the reload before anything else changes.
+        let tls_applies = match (&tls, &args.tls_cert, &args.tls_key) {
+            (Some(tls), Some(cert), Some(key)) if tls_changed => {
+                tls.replace_files(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args.client_ca.clone(),
+                })?;
+                true
+            }
+            _ => false,
+        };
+        for (id, key) in &changed {
+            let applies = match id.as_str() {
+                "api_keys" => {
+                    *keys_path.write().unwrap_or_else(PoisonError::into_inner) =
+                        api_keys_path(args.api_keys.clone())?;
+                    true
+                }
+                "tls_cert" | "tls_key" | "client_ca" => tls_applies,
+                _ => false,
+            };
+            debug_assert!(!applies || RELOADABLE.contains(&id.as_str()));
+            if applies {
+                running.adopt(&new, id);
+                applied.push(format!("`{key}`"));
+            } else {
+                restart.push(format!("`{key}`"));
+            }
+        }
+        if !restart.is_empty() {
+            // Names only: a value may hold a secret (a password in --db).
+            eprintln!(
+                "codereader-verifier: SIGHUP: {} changed in {} and need(s) a restart; \
+                 running on with the values from the start",
+                restart.join(", "),
+                file.display()
+            );
+        }
+        Ok(format!(
+            "settings from {}: {}",
+            file.display(),
+            if applied.is_empty() {
+                "nothing applied".to_owned()
+            } else {
+                format!("applied {}", applied.join(", "))
+            }
+        ))
+    })
+}
+
 /// Re-reads the API-key file on SIGHUP, so keys created or removed while the server runs
 /// take effect without a restart. A file that does not parse keeps the old keys.
-fn reload_keys_on_sighup(state: Arc<AppState>, path: PathBuf) {
-    hangup::on_sighup("API keys", move || {
+fn reload_keys(state: Arc<AppState>, path: Arc<RwLock<PathBuf>>) -> Reload {
+    Reload::new("API keys", move || {
+        let path = path.read().unwrap_or_else(PoisonError::into_inner).clone();
         let keys = ApiKeys::load(&path)?;
         let count = keys.entries().len();
         state.replace_keys(keys);
         Ok(format!("{count} API key(s) from {}", path.display()))
-    });
+    })
 }
 
 fn token(command: TokenCommand) -> Result<()> {
@@ -979,12 +1139,12 @@ fn prune_kek(out: &mut impl Write, store: &StoreArgs) -> Result<()> {
 
 /// Reloads the keyring files on SIGHUP (beside the API keys, which their own handler
 /// reloads): after `token rotate-kek` or a copied keyring file, without a restart.
-fn reload_keyring_on_sighup(library: Arc<Library>) {
-    hangup::on_sighup("the keyring", move || {
+fn reload_keyring(library: Arc<Library>) -> Reload {
+    Reload::new("keyring", move || {
         library
             .reload_keyring()
             .map(|d| format!("the keyring: {d}"))
-    });
+    })
 }
 
 /// One audit line: tab-separated columns (time, token, action, outcome, caller, user), or a
@@ -1122,4 +1282,50 @@ fn add_certificate(
         path.display()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::ArgAction;
+    use codereader_verifier_server::config_file::{ConfigError, ConfigFile};
+
+    use super::*;
+
+    /// Every flag of `serve`, today's and any added later, is a key of the settings file:
+    /// it has a long name, its default written as a value loads, and no flag is unknown.
+    #[test]
+    fn every_serve_flag_is_a_settings_key() {
+        let root = Cli::command();
+        let serve = root.find_subcommand("serve").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verifier.toml");
+        let mut keys = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                panic!("`serve` argument {} has no long name: no key", arg.get_id());
+            };
+            if long == config_file::CONFIG_FLAG {
+                continue;
+            }
+            let value = match (arg.get_action(), arg.get_default_values().first()) {
+                (ArgAction::SetTrue | ArgAction::SetFalse, _) => "true".to_owned(),
+                (ArgAction::Append, _) => "[\"x\"]".to_owned(),
+                (_, Some(default)) => format!("{:?}", default.to_string_lossy()),
+                (_, None) => "\"x\"".to_owned(),
+            };
+            std::fs::write(&file, format!("{long} = {value}\n")).unwrap();
+            match ConfigFile::load(&file, serve) {
+                Ok(_) => keys += 1,
+                // "x" need not be a valid value; it is a known key.
+                Err(ConfigError::BadValue { .. }) if !arg.get_default_values().is_empty() => {
+                    panic!("{long}: its own default {value} is refused")
+                }
+                Err(ConfigError::BadValue { .. }) => keys += 1,
+                Err(e) => panic!("{long}: {e}"),
+            }
+        }
+        assert!(keys > 30, "only {keys} keys");
+    }
 }

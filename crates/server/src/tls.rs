@@ -91,7 +91,7 @@ impl TlsFiles {
 /// The TLS configuration in use, replaced on reload.
 #[derive(Debug)]
 pub struct TlsState {
-    files: TlsFiles,
+    files: RwLock<TlsFiles>,
     config: RwLock<Arc<ServerConfig>>,
 }
 
@@ -103,7 +103,7 @@ impl TlsState {
     pub fn new(files: TlsFiles) -> Result<Arc<Self>> {
         let config = files.load()?;
         Ok(Arc::new(TlsState {
-            files,
+            files: RwLock::new(files),
             config: RwLock::new(config),
         }))
     }
@@ -114,7 +114,24 @@ impl TlsState {
     /// # Errors
     /// As [`TlsFiles::load`].
     pub fn reload(&self) -> Result<()> {
-        let config = self.files.load()?;
+        let files = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let config = files.load()?;
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    /// Loads other files (a settings file that names new paths), used from then on by new
+    /// connections and by [`TlsState::reload`]. Files that do not load change nothing.
+    ///
+    /// # Errors
+    /// As [`TlsFiles::load`].
+    pub fn replace_files(&self, files: TlsFiles) -> Result<()> {
+        let config = files.load()?;
+        *self.files.write().unwrap_or_else(PoisonError::into_inner) = files;
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
         Ok(())
     }

@@ -18,6 +18,8 @@ mod cli;
 mod cluster;
 #[path = "api/concurrency.rs"]
 mod concurrency;
+#[path = "api/config.rs"]
+mod config;
 #[path = "api/fault.rs"]
 mod fault;
 #[path = "api/flows.rs"]

@@ -27,7 +27,7 @@
 //! # help_slower, help_faster, help_status, help_help, help_next_language, help_next_voice,
 //! # help_quit, key_or, key_keypad, key_space, key_enter, key_escape, key_up, key_down,
 //! # key_left, key_right, key_plus, key_minus, key_star, key_slash, key_dot,
-//! # clock_unsynced
+//! # clock_unsynced, settings_mistake, no_token_set_up, code_changing
 //!
 //! [grouping]              # group sizes per code length; each must add up to the length
 //! 6 = [3, 3]

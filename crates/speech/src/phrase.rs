@@ -188,6 +188,15 @@ prompts! {
     /// Warning before a time-based code: the clock has not been synchronised since boot
     /// (a Pi without a real-time clock restores a saved time after a power cut).
     ClockUnsynced = "clock_unsynced",
+    /// Notice: the config or settings have a mistake, so the device uses its defaults for
+    /// what is wrong; a helper can fix it (the log names the key and the fix).
+    SettingsMistake = "settings_mistake",
+    /// Start-up: no token is set up yet; a helper can do it (the log, `status` and large
+    /// print show the command).
+    NoTokenSetUp = "no_token_set_up",
+    /// Before a time-based code with little validity left: the device waits for the next
+    /// time step and then says the new code.
+    CodeChanging = "code_changing",
 }
 
 /// Which word of the pack a phrase is: the key under which a clip is stored.
@@ -298,7 +307,7 @@ mod tests {
             assert_eq!(p.index(), i);
             assert!(keys.insert(p.key()), "duplicate key {}", p.key());
         }
-        assert_eq!(Prompt::ALL.len(), 52);
+        assert_eq!(Prompt::ALL.len(), 55);
         assert_eq!(Prompt::ClockUnsynced.key(), "clock_unsynced");
     }
 }

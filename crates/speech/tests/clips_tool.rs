@@ -58,8 +58,9 @@ fn clips_command_renders_over_a_broken_set_and_the_pack_loads() {
     assert_eq!(wavs, 3 * PhraseKey::all().count());
 }
 
-/// The English pack's voices each render with their own engine, and a faster flite step is
-/// shorter but keeps its pitch (each step is rendered by flite, not resampled).
+/// The English pack's voices each render with their own engine (one line each into a pipe),
+/// and a faster flite step is shorter but keeps its pitch (each step is rendered by flite,
+/// not resampled).
 #[test]
 fn every_voice_renders_with_its_engine_and_speed_keeps_pitch() {
     let root = temp_dir("clips-voices");
@@ -75,6 +76,22 @@ fn every_voice_renders_with_its_engine_and_speed_keeps_pitch() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // Into a pipe (a CI log), no progress-bar frames: one line per voice, when it is done.
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains("[#"),
+        "progress frames: {err:?}"
+    );
+    let out = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per voice: {out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("en/flite-slt (flite:slt): wrote "))
+            && lines.iter().any(|l| l.starts_with("en/espeak (")),
+        "{out}"
     );
     let pack = VoicePack::load(&dir).unwrap();
     assert_eq!(pack.voice().name, "flite-slt", "the default voice");

@@ -73,7 +73,7 @@ fn a_broken_unused_step_does_not_stop_the_others_and_shows_when_spoken() {
     assert_eq!(clips.speeds.len(), 3);
     assert!(clips.check_step(Speed::new(0)).is_ok());
     assert!(clips.check_step(Speed::new(-1)).is_err());
-    // One bad clip of 62 does not make the step unusable.
+    // One bad clip of 65 does not make the step unusable.
     assert!(clips.check_step_usable(Speed::new(-1)).is_ok());
     let mut synth = ClipSynth::load(&pack).unwrap();
     assert!(synth.problems().is_empty(), "{:?}", synth.problems());

@@ -576,3 +576,61 @@ fn https_connections_have_the_head_and_idle_deadlines() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("codereader-verifier: stopped"), "{stderr}");
 }
+
+/// Waits (up to 20 s) until `count` lines of the log hold `part`.
+async fn wait_log(stderr: &Mutex<String>, part: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stderr
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(part))
+        .count()
+        < count
+    {
+        assert!(Instant::now() < deadline, "{}", stderr.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_moves_the_tls_files_on_sighup() {
+    let temp = tempfile::tempdir().unwrap();
+    let state = temp.path().join("state");
+    let ca = new_ca();
+    let (first, second) = (leaf(&ca, true), leaf(&ca, true));
+    let (cert_a, key_a) = write_pair(temp.path(), "a", &first);
+    let (cert_b, key_b) = write_pair(temp.path(), "b", &second);
+    let file = temp.path().join("verifier.toml");
+    let settings = |cert: &Path, key: &Path| {
+        let text = format!(
+            "tls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    settings(&cert_a, &key_a);
+    let server = start(&state, &["--config", file.to_str().unwrap()]);
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let client = client_config(&ca, None);
+    assert_eq!(healthy(server.addr, client.clone()).await, *first.0.der());
+
+    // A key that does not fit the certificate: refused, the first pair stays.
+    settings(&cert_b, &key_a);
+    hup();
+    wait_log(&server.stderr, "keeping the old settings", 1).await;
+    assert_eq!(healthy(server.addr, client.clone()).await, *first.0.der());
+
+    settings(&cert_b, &key_b);
+    hup();
+    wait_log(&server.stderr, "applied `tls-cert`, `tls-key`", 1).await;
+    wait_log(&server.stderr, "reloaded the TLS certificate", 2).await;
+    assert_eq!(healthy(server.addr, client).await, *second.0.der());
+}

@@ -14,7 +14,8 @@
 //! `check` validates recorded voices (every recorded voice of the pack, or `--voice`):
 //! every word present, levels in range, no clipping, silence trimmed; it lists every problem.
 //! `clips` renders each voice's clips (all of the pack's voices unless `--voice`) with the
-//! engine the voice names, with a progress bar on stderr. `codes` is the intelligibility
+//! engine the voice names, with a progress bar on stderr when it is a terminal (else one
+//! line per voice when it is done). `codes` is the intelligibility
 //! harness's renderer: it renders the voice's clips at speed step `--speed` (default 0) into
 //! `OUT/clips` (or uses a recorded voice's clips), then `N` random codes from a seeded generator through the
 //! normal pipeline at 16 kHz into `OUT/NNNN.wav`, listing `NNNN.wav CODE` in `OUT/codes.txt`.
@@ -179,9 +180,15 @@ fn engine_synth(engine: &Engine, pack: &VoicePack) -> anyhow::Result<Box<dyn Syn
     })
 }
 
-/// A progress bar on stderr: `label [#####.....] done/total`.
+/// A progress bar on stderr: `label [#####.....] done/total`, redrawn in place on a
+/// terminal. Into a file or a pipe (a CI log) the frames would pile up, so there it writes
+/// nothing and the one line `clips` prints per voice when it is done is the progress.
 fn progress_bar(label: &str) -> impl FnMut(usize, usize) + '_ {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     move |done, total| {
+        if !terminal {
+            return;
+        }
         let width = 30;
         let filled = (done * width).checked_div(total).unwrap_or(width);
         let mut err = std::io::stderr().lock();
