@@ -184,6 +184,15 @@ fn failures_are_spoken_and_give_their_exit_status() {
         shown.contains("clock: NOT SET") && shown.contains("set the system clock"),
         "{shown}"
     );
+    // The clock as a date a helper can compare with a watch, not seconds since 1970.
+    assert!(shown.contains("(reads 2001-01-01 00:00:0"), "{shown}");
+    let out = faked_clock(dir.path(), "@2033-05-18 03:33:20", &["status"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("clock: ok (2033-05-18 03:33:2"), "{shown}");
+    assert!(
+        shown.trim_end().ends_with(" UTC)") || shown.contains("UTC)\n"),
+        "{shown}"
+    );
     // Clock moved back past the last step given: exit 5, no code, and the log line keeps
     // the command that accepts the clock.
     ok(&faked_clock(dir.path(), "+1d", &["code"]));
@@ -218,6 +227,7 @@ fn faked_clock(state: &Path, fake: &str, args: &[&str]) -> Output {
         .arg(fake)
         .arg(codereader_bin())
         .args(args)
+        .env("TZ", "UTC")
         .env("CODEREADER_STATE", state)
         .env("CODEREADER_VOICES", voices_dir())
         .env_remove("CODEREADER_CONFIG")
@@ -1189,4 +1199,49 @@ fn a_language_nothing_can_speak_is_said_so_in_another_language() {
         samples: noticed.samples[noticed.samples.len() - plain.samples.len()..].to_vec(),
     };
     assert_eq!(code_segments(&tail).digits.len(), 6);
+}
+
+/// `settings` on a full disk (a 64 KiB tmpfs filled up, mounted in a private mount namespace
+/// so nothing outlives the test): exit status 4, as for the token (a storage failure, not a
+/// settings mistake), and the settings file as it was. Needs root (CI runs as root).
+#[test]
+fn settings_on_a_full_disk_exit_4_and_keep_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    fs::create_dir(&mount).unwrap();
+    let script = r#"
+        set -e
+        mount -t tmpfs -o size=64k tmpfs "$1"
+        export CODEREADER_STATE="$1/state"
+        "$2" settings --volume -2 > /dev/null
+        cp "$1/state/settings.toml" "$1/../before.toml"
+        dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null || true
+        set +e
+        "$2" settings --volume -3 > /dev/null
+        echo "exit $?"
+        cmp "$1/state/settings.toml" "$1/../before.toml" && echo unchanged
+    "#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&mount)
+        .arg(codereader_bin())
+        .env("CODEREADER_VOICES", voices_dir())
+        .env_remove("CODEREADER_CONFIG")
+        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{said}{log}");
+    assert!(said.contains("exit 4\n"), "{said}{log}");
+    assert!(said.contains("unchanged"), "{said}{log}");
+    assert!(log.contains("No space left on device"), "{log}");
 }

@@ -997,11 +997,22 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
         "{}",
         help[0]
     );
+    // The paced capture may still be reading the closing tone.
+    wait_until(
+        3,
+        || {
+            let audio = capture.audio();
+            audio.spans(audio.loudest_frame() * 0.01, 1000).len() >= 5
+        },
+        || format!("{log:?}"),
+    );
     let audio = capture.audio();
     let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
     let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
-    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds.
-    assert_eq!(spans.len(), 4, "{secs:?}; {log:?}");
+    // Ready tone, unknown-key tone, the whole help, the help stopped after two seconds, the
+    // closing tone.
+    assert_eq!(spans.len(), 5, "{secs:?}; {log:?}");
+    assert!(secs[4] < 0.3, "closing tone {secs:?}");
     let tone = audio.slice(spans[1]);
     let crossings = tone
         .samples
@@ -1058,4 +1069,109 @@ fn run_uses_a_speakable_language_instead_of_one_nothing_can_speak() {
     run.press("q");
     run.wait_for_exit();
     assert_eq!(run.count("language xx"), 0, "{:?}", run.log());
+}
+
+/// `q` quits with a short closing tone (the start-up tone's falling mirror), so a user hears
+/// that the device is off rather than silent.
+#[test]
+fn quitting_plays_a_short_closing_tone() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = start_with_capture(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
+    );
+    run.press("q");
+    let status = run.wait_for_exit();
+    assert!(status.success(), "{:?}", run.log());
+    // The paced capture may still be reading what was written before the exit.
+    let sounds = || {
+        let audio = capture.audio();
+        audio.spans(audio.loudest_frame() * 0.01, 500)
+    };
+    wait_until(5, || sounds().len() >= 2, || format!("{:?}", sounds()));
+    let audio = capture.audio();
+    let sounds = sounds();
+    assert_eq!(
+        sounds.len(),
+        2,
+        "the ready tone and the closing tone: {sounds:?}"
+    );
+    let closing = sounds[1].seconds(audio.rate);
+    assert!((0.15..0.3).contains(&closing), "closing tone {closing} s");
+}
+
+/// Damage found while speaking (the clips of a speed step are read when that step is first
+/// used) is announced only once the device has been quiet for a moment, not straight after
+/// the last word (it followed 190 ms after a code's last digit).
+#[test]
+fn the_damaged_clips_notice_waits_until_the_device_is_quiet() {
+    let (dir, state) = enrolled(&totp_uri(), &[]);
+    let voices = packs(dir.path(), false);
+    let out = Command::new(codereader_speak_bin())
+        .args(["clips", "--lang", "en", "--speeds", "0,1", "--voices"])
+        .arg(&voices)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_with_voices(&state, &voices, &["settings", "--lang", "en"]);
+    std::fs::write(
+        voices.join("en/clips/flite-slt/digit-5@1.wav"),
+        b"not a WAV",
+    )
+    .unwrap();
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    let mut run = start_with_capture(
+        Command::new(codereader_bin())
+            .args(["run", "--at", &T.to_string()])
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", &voices)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
+        &capture,
+    );
+    // Faster: step 1's clips are read and the damage found; then the code, at once.
+    run.press("]");
+    run.wait_for("warning: ", 20);
+    run.press("s");
+    run.wait_for("announcing that another voice speaks for damaged clips", 20);
+    // Both said and followed by a second of silence.
+    let said = || {
+        let audio = capture.audio();
+        let spans = utterances(&audio);
+        let done = spans.len() >= 2
+            && spans
+                .last()
+                .is_some_and(|s| audio.samples.len() > s.end + audio.rate as usize);
+        done.then_some((spans, audio.rate))
+    };
+    wait_until(
+        20,
+        || said().is_some(),
+        || format!("{:?}; {:?}", utterances(&capture.audio()), run.log()),
+    );
+    run.press("q");
+    assert!(run.wait_for_exit().success(), "{:?}", run.log());
+    let (spans, rate) = said().unwrap();
+    // The code (after what was said of "faster"), then the notice, apart (an utterance ends
+    // at a second of silence).
+    let audio = capture.audio();
+    let [.., code, notice] = spans[..] else {
+        panic!("the notice is not apart from the code: {spans:?}")
+    };
+    let digits = codereader_e2e::code_segments(&audio.slice(code))
+        .digits
+        .len();
+    assert_eq!(digits, 6, "{spans:?}");
+    assert!(notice.seconds(rate) > 3.0, "{spans:?}");
+    let gap = (notice.start - code.end) as f64 / f64::from(rate);
+    assert!(gap >= 1.2, "the notice came {gap} s after the code");
+    println!("the notice came {gap:.2} s after the code");
 }

@@ -1,6 +1,7 @@
 //! HOTP safety under kill -9: 200 `speak` runs, many killed at random moments (while loading,
 //! while writing the state, while synthesising). No counter may be spoken twice, and the state
-//! file must parse after every kill.
+//! file must parse after every kill. A killed writer's temporary file (which holds the
+//! secret) is removed by the next write.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -114,6 +115,15 @@ fn two_hundred_speaks_with_kill_9_never_reuse_a_counter() {
             }
         }
     }
+    // Whatever temporary files the kills left, the next write removes them.
+    let left = temp_files(&state);
+    let out = speak(RUNS + 1).wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        temp_files(&state),
+        Vec::<String>::new(),
+        "left before: {left:?}"
+    );
     let unique: BTreeSet<u64> = spoken.iter().copied().collect();
     assert_eq!(
         unique.len(),
@@ -129,4 +139,49 @@ fn two_hundred_speaks_with_kill_9_never_reuse_a_counter() {
         "{killed} killed, {finished} finished, {} codes spoken",
         spoken.len()
     );
+}
+
+/// The temporary files in `state` (`.NAME.PID-N.tmp`).
+fn temp_files(state: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
+}
+
+/// A `speak` killed with SIGKILL in the middle of writing the token leaves
+/// `.token.toml.PID-N.tmp` holding the secret; the next `speak` removes it. (The moment of a
+/// write is a few milliseconds, so the file a kill leaves there is put in place by hand, named
+/// for the killed process, with the content a write was putting there.)
+#[test]
+fn a_writer_killed_mid_write_leaves_no_secret_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let uri = "otpauth://hotp/Bank:bob?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=0";
+    let run = |args: &[&str]| {
+        let mut c = Command::new(codereader_bin());
+        c.args(args)
+            .env("CODEREADER_STATE", &state)
+            .env("CODEREADER_VOICES", voices_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    assert!(run(&["enroll", "--uri", uri]).status().unwrap().success());
+    let wav = dir.path().join("code.wav");
+    let wav = wav.to_str().unwrap();
+    let mut killed = run(&["speak", "--wav", wav]).spawn().unwrap();
+    let pid = killed.id();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let token = std::fs::read(state.join("token.toml")).unwrap();
+    let left = state.join(format!(".token.toml.{pid}-0.tmp"));
+    std::fs::write(&left, &token).unwrap();
+    // A live writer's file (this test process is alive) is not touched.
+    let busy = state.join(format!(".token.toml.{}-7.tmp", std::process::id()));
+    std::fs::write(&busy, b"busy").unwrap();
+    assert!(run(&["speak", "--wav", wav]).status().unwrap().success());
+    assert!(!left.exists(), "the killed writer's file is still there");
+    assert!(busy.exists(), "a live writer's file was removed");
 }

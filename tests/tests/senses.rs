@@ -309,12 +309,18 @@ fn run_on_a_terminal_shows_large_print_by_default_and_not_when_outputs_leave_it_
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
-    let t = term.text();
-    let last_drawn = t.rfind('█').unwrap();
-    assert!(
-        t[last_drawn..].contains("\x1b[2J\x1b[H"),
-        "the code stays on the screen after quitting: {t:?}"
-    );
+    // (What it wrote last may still be on its way through the pseudo-terminal.)
+    let cleared = || {
+        let t = term.text();
+        let last_drawn = t.rfind('█').unwrap();
+        t[last_drawn..].contains("\x1b[2J\x1b[H")
+    };
+    wait_until(3, cleared, || {
+        format!(
+            "the code stays on the screen after quitting: {:?}",
+            term.text()
+        )
+    });
 
     // Outputs that leave `large` out: the code is spoken, never drawn.
     let (d, state, conf) = setup("outputs = [\"speech\"]\n");
@@ -904,12 +910,18 @@ impl SpeechDispatcher {
     /// What it played: the WAV header's rate, the samples after it (the `file` plugin
     /// writes the header's sizes only when it closes, so they are not trusted).
     fn audio(&self) -> codereader_e2e::Audio {
-        let bytes = fs::read(&self.wav).unwrap();
-        assert!(bytes.len() > 44 && bytes.starts_with(b"RIFF"), "no WAV");
-        let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
-        assert_eq!(&bytes[22..24], &[1, 0], "mono");
-        codereader_e2e::Audio::from_s16le(&bytes[44..], rate)
+        written_wav(&self.wav)
     }
+}
+
+/// What ALSA's `file` plugin wrote to `wav`: the WAV header's rate, the samples after it (the
+/// plugin writes the header's sizes only when it closes, so they are not trusted).
+fn written_wav(wav: &Path) -> codereader_e2e::Audio {
+    let bytes = fs::read(wav).unwrap();
+    assert!(bytes.len() > 44 && bytes.starts_with(b"RIFF"), "no WAV");
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    assert_eq!(&bytes[22..24], &[1, 0], "mono");
+    codereader_e2e::Audio::from_s16le(&bytes[44..], rate)
 }
 
 #[test]
@@ -1024,21 +1036,6 @@ fn speak_via_speech_dispatcher_says_the_six_digits_grouped_with_earcons_on_the_c
     for tone in tones {
         assert!(tone.seconds(card.rate) < 0.6, "{tone:?}");
     }
-    // Without Speech Dispatcher, and no other output: a clear error, no code taken.
-    let out = command(&state, &conf)
-        .args(["speak", "--output", "speechd", "--at"])
-        .arg(T.to_string())
-        .env(
-            "SPEECHD_ADDRESS",
-            format!("unix_socket:{}", dir.path().join("nobody.sock").display()),
-        )
-        .env("ALSA_CONFIG_PATH", &capture.config_path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("cannot reach Speech Dispatcher"), "{log}");
-    assert!(!log.contains("speaking"), "{log}");
 }
 
 #[test]
@@ -1155,4 +1152,265 @@ fn run_gives_the_code_in_speech_braille_and_large_print_at_once() {
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
     assert!(!term.text().contains("error"), "{}", term.text());
+}
+
+/// `speak --output speechd` on a desktop where Speech Dispatcher cannot speak: the code is
+/// said by the device's own voice on the sound card, with one line saying why.
+fn speak_via_speechd(state: &Path, conf: &Path, capture: &AlsaCapture) -> Command {
+    let mut c = command(state, conf);
+    c.args(["speak", "--output", "speechd", "--lang", "en", "--at"])
+        .arg(T.to_string())
+        .env("ALSA_CONFIG_PATH", &capture.config_path);
+    c
+}
+
+/// The whole code on the sound card: start earcon, intro, six digits, end earcon.
+fn heard_whole_code(capture: &AlsaCapture) -> usize {
+    let card = capture.audio();
+    card.spans(card.loudest_frame() * 0.01, 120).len()
+}
+
+#[test]
+fn speak_without_speech_dispatcher_and_no_way_to_start_it_says_the_code_on_the_sound_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, state, conf) = setup("");
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    // No Speech Dispatcher listens, and none can be started (not on the PATH).
+    let empty = dir.path().join("empty-bin");
+    fs::create_dir(&empty).unwrap();
+    let out = speak_via_speechd(&state, &conf, &capture)
+        .env(
+            "SPEECHD_ADDRESS",
+            format!("unix_socket:{}", dir.path().join("nobody.sock").display()),
+        )
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let why: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Speech Dispatcher"))
+        .collect();
+    assert_eq!(why.len(), 1, "{log}");
+    assert!(
+        why[0].contains("cannot reach Speech Dispatcher")
+            && why[0].contains("not installed")
+            && why[0].ends_with("the device's own voice speaks on the sound card instead"),
+        "{log}"
+    );
+    // The cause is said once, not repeated by the error chain.
+    assert_eq!(why[0].matches("not running").count(), 1, "{log}");
+    // The paced capture reads in real time: the end may still be on its way.
+    wait_until(10, || heard_whole_code(&capture) >= 9, || log.clone());
+}
+
+#[test]
+fn speak_starts_speech_dispatcher_when_it_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, state, conf) = setup("");
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    // The user's Speech Dispatcher settings (as ~/.config/speech-dispatcher): Debian's, with
+    // espeak-ng speaking to an ALSA device of the capture's config that writes a WAV file.
+    let config_home = dir.path().join("config");
+    fs::create_dir(&config_home).unwrap();
+    let user_conf = config_home.join("speech-dispatcher");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg("/etc/speech-dispatcher")
+        .arg(&user_conf)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "no /etc/speech-dispatcher");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(user_conf.join("speechd.conf"))
+        .unwrap()
+        .write_all(
+            b"\nAudioOutputMethod \"alsa\"\nAudioALSADevice \"speechd\"\nDefaultModule espeak-ng\n\
+              AddModule \"espeak-ng\" \"sd_espeak-ng\" \"espeak-ng.conf\"\n",
+        )
+        .unwrap();
+    let wav = dir.path().join("speechd.wav");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("asound.conf"))
+        .unwrap()
+        .write_all(
+            format!(
+                "pcm.speechd {{ type file; slave.pcm \"null\"; file \"{}\"; format \"wav\" }}\n",
+                wav.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let runtime = dir.path().join("run");
+    fs::create_dir(&runtime).unwrap();
+    /// Kills the spawned daemon (found by its pid file) when the test ends.
+    struct Daemon(PathBuf);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let pid = self.0.join("speech-dispatcher/pid/speech-dispatcher.pid");
+            if let Ok(pid) = fs::read_to_string(pid) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _daemon = Daemon(runtime.clone());
+    // No address given: the user's default socket, where the client libraries spawn it too.
+    let out = speak_via_speechd(&state, &conf, &capture)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("XDG_CONFIG_HOME", &config_home)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains("Speech Dispatcher") && !log.contains("own voice"),
+        "{log}"
+    );
+    assert!(
+        runtime.join("speech-dispatcher/speechd.sock").exists(),
+        "no daemon socket: {log}"
+    );
+    // Speech Dispatcher said the intro and six words; the card got only the two earcons.
+    let spoken = written_wav(&wav);
+    assert_eq!(
+        spoken.spans(spoken.loudest_frame() * 0.01, 120).len(),
+        7,
+        "{log}"
+    );
+    let tones = heard_whole_code(&capture);
+    assert!((1..=2).contains(&tones), "{tones} parts on the card: {log}");
+}
+
+#[test]
+fn speak_with_a_speech_dispatcher_that_never_starts_speaking_says_the_code_on_the_sound_card() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, state, conf) = setup("");
+    let capture = AlsaCapture::start(dir.path()).unwrap();
+    // A broken daemon: it answers every SSIP command as Speech Dispatcher does and queues the
+    // message, but its output module never begins speaking (no 701 event ever comes).
+    let socket = dir.path().join("silent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut in_message = false;
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    let reply: &[u8] = if in_message {
+                        if line != "." {
+                            continue;
+                        }
+                        in_message = false;
+                        b"225-1\r\n225 OK MESSAGE QUEUED\r\n"
+                    } else if line == "SPEAK" {
+                        in_message = true;
+                        b"230 OK RECEIVING DATA\r\n"
+                    } else if line == "QUIT" {
+                        b"231 HAPPY HACKING\r\n"
+                    } else {
+                        b"208 OK\r\n"
+                    };
+                    if writer.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let started = Instant::now();
+    let out = speak_via_speechd(&state, &conf, &capture)
+        .env(
+            "SPEECHD_ADDRESS",
+            format!("unix_socket:{}", socket.display()),
+        )
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let why: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Speech Dispatcher"))
+        .collect();
+    assert_eq!(why.len(), 1, "{log}");
+    assert!(
+        why[0].contains("did not start speaking within 4 s")
+            && why[0].ends_with("the device's own voice speaks on the sound card instead"),
+        "{log}"
+    );
+    // The paced capture reads in real time: the end may still be on its way.
+    wait_until(10, || heard_whole_code(&capture) >= 9, || log.clone());
+    // Four seconds of waiting and the code, not a minute of silence.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// Large print shows everything the device says: the digits as large as the terminal fits
+/// (160 x 40: 30 rows, not the 10 of an 80-column one), and a message (the help, an error)
+/// in place of the code, which is then gone rather than counted down.
+#[test]
+fn large_print_grows_with_the_terminal_and_shows_every_message_in_place_of_the_code() {
+    let (_dir, state, conf) = setup("outputs = [\"large\"]\nlanguage = \"en\"\n");
+    let mut term = OnTerminal::start_sized(&state, &conf, &[], Some((160, 40)));
+    term.press("s");
+    wait_until(
+        5,
+        || term.text().contains("valid for 10 more seconds"),
+        || term.text(),
+    );
+    let screen = last_screen(&term.text());
+    let rows = screen.iter().filter(|l| l.contains('█')).count();
+    assert_eq!(rows, 30, "{}", screen.join("\n"));
+    assert!(screen.iter().all(|l| l.chars().count() <= 160));
+    // The help is said, and shown instead of the code.
+    term.press("h");
+    wait_until(
+        5,
+        || {
+            last_screen(&term.text())
+                .join(" ")
+                .contains("Hear your code")
+        },
+        || term.text(),
+    );
+    assert!(!last_screen(&term.text()).join("").contains('█'));
+    // The code again, then an error: the token's data is damaged. The error replaces the
+    // code, and the code is not drawn again.
+    term.press("s");
+    wait_until(
+        5,
+        || last_screen(&term.text()).join("").contains('█'),
+        || term.text(),
+    );
+    fs::write(state.join("token.toml"), "damaged").unwrap();
+    term.press("s");
+    wait_until(
+        5,
+        || {
+            last_screen(&term.text())
+                .join(" ")
+                .contains("data is damaged")
+        },
+        || term.text(),
+    );
+    // More than a second of the old code's countdown passes: nothing redraws it.
+    let before = term.text().len();
+    thread::sleep(Duration::from_millis(1500));
+    let screen = last_screen(&term.text());
+    assert!(!screen.join("").contains('█'), "{}", screen.join("\n"));
+    assert!(
+        !term.text()[before..].contains("more second"),
+        "{}",
+        term.text()
+    );
+    term.press("q");
+    let (status, _) = term.run.wait(10);
+    assert!(status.success(), "{}", term.text());
 }

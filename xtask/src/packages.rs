@@ -61,6 +61,13 @@ pub(crate) const TEST: &[&str] = &[
     // server and device: `systemd-analyze security --offline` rates the shipped systemd units
     // (installing systemd in a container is safe: it does not become PID 1 there).
     "systemd",
+    // device: `--copy` is tested on a real X server (Xvfb, read back with xclip) and a real
+    // Wayland compositor (sway's headless backend, read back with wl-paste); xclip and
+    // wl-clipboard are also what the device copies with.
+    "xvfb",
+    "xclip",
+    "sway",
+    "wl-clipboard",
     // The PKCS#11 key-encryption key's tests (crates/verifier/tests/pkcs11.rs, the server's
     // hsm tests) make fresh SoftHSM2 tokens with softhsm2-util.
     "softhsm2",

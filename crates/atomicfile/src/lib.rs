@@ -12,6 +12,10 @@
 //! The temporary file's name is unique to the process and thread writing
 //! ([`temp_path`]), so two writers of one target never share a temporary file; a file of that
 //! name can only be left by a crashed process that had the same id, and is removed first.
+//! A writer killed mid-write (kill -9, power cut) leaves its temporary file, which may hold a
+//! secret; every write therefore also removes the temporary files of the same target whose
+//! process is no longer alive (on Linux, no `/proc/PID`; a live process's are never touched,
+//! and without `/proc` none are).
 //!
 //! Standard library only, and licensed like the verifier (MIT or Apache-2.0), so every crate
 //! of the workspace may use it without crossing the licence line.
@@ -193,6 +197,7 @@ impl Options {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at(Step::RemoveStale, e)),
         }
+        remove_dead_writers_files(path);
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -243,6 +248,42 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+/// Removes the temporary files of `path` (`.NAME.PID-THREAD.tmp`) left by processes that are
+/// no longer alive. Best effort: a file that cannot be listed or removed is left (the write
+/// itself matters more), and a process whose life cannot be checked counts as alive.
+fn remove_dead_writers_files(path: &Path) {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(parent(path)) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, thread)| thread.parse::<u64>().is_ok())
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != me && !alive(pid) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` may be alive: `/proc/PID` exists, or there is no `/proc` to tell.
+fn alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// The temporary file this thread writes `path` through: `.NAME.PID-THREAD.tmp` beside it,
@@ -378,6 +419,42 @@ mod tests {
         assert_eq!(bytes.len(), 64);
         assert!(bytes.iter().all(|b| *b == bytes[0]));
         assert_eq!(names(dir.path()), ["shared"]);
+    }
+
+    /// The pid of a process that has exited (and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_dead_writers_temporary_files_are_removed_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.toml");
+        let dead = dead_pid();
+        let left = dir.path().join(format!(".token.toml.{dead}-3.tmp"));
+        fs::write(&left, b"secret").unwrap();
+        // Our own process is alive: another thread's file of ours is kept.
+        let live = dir
+            .path()
+            .join(format!(".token.toml.{}-999.tmp", std::process::id()));
+        fs::write(&live, b"busy").unwrap();
+        // Another target's and a foreign name are not ours to touch.
+        let other = dir.path().join(format!(".settings.toml.{dead}-0.tmp"));
+        fs::write(&other, b"x").unwrap();
+        let odd = dir.path().join(format!(".token.toml.{dead}-x.tmp"));
+        fs::write(&odd, b"x").unwrap();
+        write(&path, b"new").unwrap();
+        let mut expected = vec![
+            "token.toml".to_owned(),
+            live.file_name().unwrap().to_string_lossy().into_owned(),
+            other.file_name().unwrap().to_string_lossy().into_owned(),
+            odd.file_name().unwrap().to_string_lossy().into_owned(),
+        ];
+        expected.sort();
+        assert_eq!(names(dir.path()), expected);
     }
 
     #[test]

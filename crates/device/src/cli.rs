@@ -19,7 +19,7 @@ use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
 use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
-use crate::speechd::{Speechd, SpeechdAddress};
+use crate::speechd::SpeechdAddress;
 use crate::state::{Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step};
 use crate::timesync::{self, ClockVerdict};
 use crate::voice::{self, Message};
@@ -64,6 +64,17 @@ pub enum Command {
     Status,
     /// Show the output device the config names; with --list, the names it can name.
     Audio(AudioArgs),
+    /// (Internal) keep a code on the clipboard until it expires; started by `--copy`.
+    #[command(hide = true)]
+    ClipboardHold(ClipboardHoldArgs),
+}
+
+/// `clipboard-hold` options (the code comes on standard input).
+#[derive(Debug, Args)]
+pub struct ClipboardHoldArgs {
+    /// How long the code stays on the clipboard.
+    #[arg(long)]
+    pub seconds: u64,
 }
 
 /// `audio` options.
@@ -114,6 +125,10 @@ pub struct CodeArgs {
     /// valid (bright white on black on a terminal).
     #[arg(long)]
     pub large: bool,
+    /// Also put the code on the desktop's clipboard (X11 or Wayland) until it expires (a
+    /// counter-based code for two minutes), unless something else is copied meanwhile.
+    #[arg(long)]
+    pub copy: bool,
 }
 
 /// `speak` options.
@@ -143,6 +158,10 @@ pub struct SpeakArgs {
     /// Repeatable or comma-separated.
     #[arg(long, value_name = "OUTPUT")]
     pub output: Vec<String>,
+    /// Also put the code on the desktop's clipboard until it expires (as `code --copy`;
+    /// `[desktop] copy = true` in the config does it every time).
+    #[arg(long)]
+    pub copy: bool,
 }
 
 /// `settings` options; without any, the settings are shown.
@@ -233,6 +252,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Enroll(args) => enroll(&state, args),
         Command::Code(args) => code(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
+        Command::ClipboardHold(args) => crate::clipboard::hold(args.seconds).map_err(Failure::from),
         Command::Speak(args) => speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
         Command::Settings(args) => {
             settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
@@ -427,7 +447,16 @@ fn code(
         None => format!("{code}\n"),
     };
     out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
         .context("cannot write to standard output")?;
+    // After the code is printed: taking the clipboard takes up to half a second.
+    if args.copy {
+        let seconds = match taken.basis {
+            Basis::Step { seconds_left, .. } => seconds_left,
+            Basis::Counter(_) => crate::clipboard::COUNTER_CODE_SECONDS,
+        };
+        copy_to_clipboard(code, seconds);
+    }
     Ok(())
 }
 
@@ -474,6 +503,32 @@ pub fn load_settings(
     let effective = Effective::new(&config, &user, state.path())?;
     Ok((config, user, effective))
 }
+
+/// A thread joined when this is dropped.
+struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Puts `code` on the clipboard for `seconds`; a failure is logged (the code is still
+/// printed or spoken).
+fn copy_to_clipboard(code: &str, seconds: u64) {
+    match crate::clipboard::copy(code, seconds) {
+        Ok(()) => log(&format!(
+            "the code is on the clipboard for {seconds} s (until it expires)"
+        )),
+        Err(e) => log(&format!("error: the code is not on the clipboard: {e}")),
+    }
+}
+
+/// How long Speech Dispatcher may take to start speaking a code before `speak` says it on
+/// the sound card instead (a spawned daemon loads its voice module in well under a second).
+const SPEECHD_START: Duration = Duration::from_secs(4);
 
 /// [`load_settings`] for the device itself: every mistake of the config and the settings
 /// set aside (the default used for it) and returned as a message naming the file and key.
@@ -614,19 +669,27 @@ fn speak(
     let uses = |o| outputs.has(o);
     let mut speechd = None;
     let mut failures = Vec::new();
+    // Without Speech Dispatcher (after trying to start it), the device's own voice speaks on
+    // the sound card: a desktop shortcut must never end in silence.
+    let mut own_voice = uses(Output::Speech);
     if uses(Output::Speechd) {
         let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
-            .and_then(|address| Speechd::connect(&address))
+            .and_then(|address| crate::speechd::connect_or_spawn(&address))
             .and_then(|mut s| s.set_language(pack.tag()).map(|()| s));
         match connected {
             Ok(s) => speechd = Some(s),
-            Err(e) => failures.push(anyhow::Error::new(e).context("cannot speak via speechd")),
+            Err(e) => {
+                log(&format!(
+                    "warning: {e}; the device's own voice speaks on the sound card instead"
+                ));
+                own_voice = true;
+            }
         }
     }
-    let player = if uses(Output::Speech) || speechd.is_some() {
+    let player = if own_voice || speechd.is_some() {
         match LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?) {
             Ok(player) => Some(player),
-            Err(e) if uses(Output::Speech) => {
+            Err(e) if own_voice => {
                 failures.push(
                     anyhow::Error::new(e).context("cannot speak: no working audio output device"),
                 );
@@ -643,7 +706,7 @@ fn speak(
     } else {
         None
     };
-    let speaking = (uses(Output::Speech) && player.is_some()) || speechd.is_some();
+    let speaking = (own_voice && player.is_some()) || speechd.is_some();
     if !speaking && !braille {
         // Nothing works: the first failure says why (the sound card's gives exit status 6).
         return Err(failures.into_iter().next().map_or_else(
@@ -663,6 +726,20 @@ fn speak(
         verdict,
         config.code.wait_for_next_below,
     )?;
+    // Copied while the code is spoken (taking the clipboard takes up to half a second).
+    let copying = (args.copy || config.desktop.copy)
+        .then(|| utterance.shown.clone())
+        .flatten()
+        .map(|(code, left)| {
+            std::thread::spawn(move || {
+                copy_to_clipboard(
+                    &code,
+                    left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS),
+                );
+            })
+        });
+    // Waited for however `speak` ends, so its line is logged and the holder started.
+    let _copying = JoinOnDrop(copying);
     match (&utterance.shown, &result) {
         (Some((code, left)), _) => {
             senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
@@ -690,11 +767,19 @@ fn speak(
     if let Some(speechd) = &mut speechd {
         let (head, words, tail) = crate::speechd::split_earcons(&utterance.utterance);
         play(head)?;
-        speechd
-            .speak(&words, Duration::from_secs(60))
-            .context("Speech Dispatcher failed while speaking")?;
-        play(tail)?;
-    } else if uses(Output::Speech) {
+        match speechd.speak(&words, SPEECHD_START, Duration::from_secs(60)) {
+            Ok(()) => play(tail)?,
+            Err(e) if player.is_some() => {
+                log(&format!(
+                    "warning: {e}; the device's own voice speaks on the sound card instead"
+                ));
+                let mut rest = words;
+                rest.extend(tail.segments().iter().cloned());
+                play(Utterance::from_segments(rest))?;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).into()),
+        }
+    } else if own_voice {
         play(utterance.utterance)?;
     }
     record_when_due(state, utterance.record);
@@ -1039,16 +1124,18 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
         return "clock: not used (HOTP token)".to_owned();
     };
     match current_step(period, t0, last_step, now, floor) {
-        Ok(_) => format!("clock: ok ({} s since 1970)", now.0),
+        Ok(_) => format!("clock: ok ({})", utc_date(now.0)),
         Err(TakeError::ClockNotSet { .. }) if now < floor => format!(
-            "clock: NOT SET (reads {} s, before the build at {}); no code is given \
+            "clock: NOT SET (reads {}, before the build at {}); no code is given \
              until it is set: set the system clock (date, timedatectl or NTP)",
-            now.0, floor.0
+            utc_date(now.0),
+            utc_date(floor.0)
         ),
         Err(TakeError::ClockNotSet { floor: start, .. }) => format!(
-            "clock: NOT SET (reads {} s, before the token's start time T0 at {start}); no \
+            "clock: NOT SET (reads {}, before the token's start time T0 at {}); no \
              code is given until it is set: set the system clock (date, timedatectl or NTP)",
-            now.0
+            utc_date(now.0),
+            utc_date(start)
         ),
         Err(TakeError::ClockBackwards {
             now: step,
@@ -1059,6 +1146,29 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
         ),
         Err(TakeError::State(e)) => format!("clock: unknown ({e})"),
     }
+}
+
+/// `secs` since 1970 as a UTC date and time, `2033-05-18 03:33:20 UTC` (ISO 8601 with a
+/// space), so a helper compares it with a watch, not a count of seconds.
+pub fn utc_date(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    // Howard Hinnant's days-to-civil, on the proleptic Gregorian calendar (era of 400 years).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 fn status(state: &StateDir) -> Result<(), Failure> {
@@ -1110,6 +1220,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use codereader_otp::{Algorithm, Digits, Period, Secret, TimeStep, Totp};
+
+    #[test]
+    fn dates_are_utc_iso_8601() {
+        for (secs, date) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400, "2000-02-29 00:00:00 UTC"),
+            (2_000_000_000, "2033-05-18 03:33:20 UTC"),
+            (4_107_542_399, "2100-02-28 23:59:59 UTC"),
+            (4_107_542_400, "2100-03-01 00:00:00 UTC"),
+        ] {
+            assert_eq!(utc_date(secs), date);
+        }
+    }
 
     /// A TOTP token whose T0 is not 0 (PSKC can carry one; the URI cannot).
     fn token_with_t0(t0: u64) -> Token {
@@ -1176,7 +1299,7 @@ mod tests {
         ));
         assert_eq!(
             clock_state(&token, UnixTime(at.0 + 30), floor),
-            format!("clock: ok ({} s since 1970)", at.0 + 30)
+            format!("clock: ok ({})", utc_date(at.0 + 30))
         );
         // Before T0 there is no step at all.
         let line = clock_state(&token, UnixTime(t0 - 1), UnixTime(0));

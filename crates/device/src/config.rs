@@ -151,6 +151,14 @@ impl Default for ClockConfig {
     }
 }
 
+/// `[desktop]`: on a desktop computer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DesktopConfig {
+    /// `speak` also puts the code on the clipboard until it expires (as `--copy`).
+    pub copy: bool,
+}
+
 /// `[code]`: how a time-based code is given.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -243,6 +251,8 @@ struct RawConfig {
     #[serde(default)]
     clock: ClockConfig,
     #[serde(default)]
+    desktop: DesktopConfig,
+    #[serde(default)]
     code: CodeConfig,
 }
 
@@ -304,6 +314,8 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Trusting the clock at boot.
     pub clock: ClockConfig,
+    /// On a desktop computer.
+    pub desktop: DesktopConfig,
     /// How a time-based code is given.
     pub code: CodeConfig,
     /// Whether the config names the language (else it follows the system's locale).
@@ -432,6 +444,7 @@ impl Config {
             say_ready: false,
             audio: AudioConfig::default(),
             clock: ClockConfig::default(),
+            desktop: DesktopConfig::default(),
             code: CodeConfig::default(),
             language_set: false,
         }
@@ -518,6 +531,7 @@ impl Config {
         }
         config.audio = raw.audio;
         config.clock = raw.clock;
+        config.desktop = raw.desktop;
         if let Some(keys) = &raw.keys {
             config.keys = parse_bindings::<TermKey>(path, "keys", keys)?;
         }
@@ -1010,6 +1024,14 @@ mod tests {
         assert_eq!(config.synth, defaults.synth);
         assert_eq!(config.voice, defaults.voice);
         assert_eq!(config.outputs, defaults.outputs);
+    }
+
+    #[test]
+    fn the_desktop_table_turns_copying_on() {
+        assert!(!parse("").unwrap().desktop.copy);
+        assert!(parse("[desktop]\ncopy = true").unwrap().desktop.copy);
+        let err = parse("[desktop]\ncopy = \"yes\"").unwrap_err().to_string();
+        assert!(err.contains("copy"), "{err}");
     }
 
     #[test]

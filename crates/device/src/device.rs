@@ -157,6 +157,8 @@ struct Device<'a> {
     output: Option<String>,
     /// The config's `[clock]`: what to do while the clock is not synchronised since boot.
     clock: ClockConfig,
+    /// Since when the sound card has been quiet, while a notice waits for quiet.
+    quiet_since: Option<Instant>,
     /// The config's `[code] wait_for_next_below`.
     wait_below: u64,
     /// A code promised ("this code is about to change"), to give when its step begins.
@@ -173,6 +175,9 @@ struct PendingCode {
     /// What to say before it.
     intro: CodeIntro,
 }
+
+/// How long the device must have been quiet before the damaged-clips notice is said.
+const QUIET_BEFORE_NOTICE: Duration = Duration::from_millis(1500);
 
 /// How soon a pending announcement is tried again while speech is playing.
 const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
@@ -265,7 +270,10 @@ impl Device<'_> {
         let settings = voice::speech_settings(&self.listening);
         if let Some(player) = &self.player {
             if player.failed() {
-                log("error: the audio output failed; reopening it");
+                // Not an error line: the user hears nothing wrong (a stream resumed after
+                // being idle can report a problem and work on when opened again). If opening
+                // it again fails, that is logged as an error.
+                log("audio: the output reported a problem; opening it again");
                 self.player = None;
                 self.ensure_player(true);
             }
@@ -406,12 +414,22 @@ impl Device<'_> {
         }
         match &self.player {
             Some(player) if !player.is_playing() => {
+                // Quiet for a moment, not just between two sounds: right after a code the
+                // notice would run into its last digit.
+                let since = *self.quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < QUIET_BEFORE_NOTICE {
+                    return true;
+                }
+                self.quiet_since = None;
                 trouble.announced();
                 log("announcing that another voice speaks for damaged clips");
                 self.say(&Message::Prompt(Prompt::ClipsDamaged));
                 false
             }
-            Some(_) => true,
+            Some(_) => {
+                self.quiet_since = None;
+                true
+            }
             None => false,
         }
     }
@@ -722,7 +740,15 @@ impl Device<'_> {
             }
             Action::NextVoice => self.next_voice(),
             Action::Status => self.status(),
-            Action::Quit => return false,
+            Action::Quit => {
+                // A short falling tone, the start-up tone's mirror: the user hears that the
+                // device is off, not that it stopped answering.
+                self.say(&Message::Goodbye);
+                if let Some(player) = &self.player {
+                    player.wait_until_idle(Duration::from_secs(1));
+                }
+                return false;
+            }
             Action::Help => self.help(),
         }
         true
@@ -884,6 +910,7 @@ pub fn run(
         from_keypad: false,
         output: config.audio.device.clone(),
         clock: config.clock.clone(),
+        quiet_since: None,
         wait_below: config.code.wait_for_next_below,
         pending: None,
     };

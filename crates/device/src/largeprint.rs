@@ -1,8 +1,8 @@
 //! Large print: the code in block digits a partially sighted user can read at a distance.
 //!
-//! Each digit is a 3 x 5 pixel glyph drawn with full blocks, every pixel two columns wide and
-//! two rows high (6 x 10 character cells), so an eight-digit code still fits an 80-column
-//! terminal. Groups are split as the voice pack speaks them (`482 915`), with a wider gap
+//! Each digit is a 3 x 5 pixel glyph drawn with full blocks, every pixel N columns wide and N
+//! rows high, N as large as the terminal fits (2 on an unsized terminal or in a file: 6 x 10
+//! character cells, so an eight-digit code still fits 80 columns; 6 on a 160 x 40 one). Groups are split as the voice pack speaks them (`482 915`), with a wider gap
 //! between groups than between digits. On a terminal the text is bright white on black (bold),
 //! the highest contrast a terminal offers whatever its colour scheme; written to a file or a
 //! pipe it is plain text, which is what the tests read.
@@ -40,6 +40,19 @@ const LARGE: Scale = Scale {
     digit_gap: 2,
     group_gap: 6,
 };
+/// The largest pixel size tried on a terminal that gives its size.
+const LARGEST: usize = 12;
+
+/// Each pixel `n` cells wide and high, with gaps in proportion (`n` = 2 is [`LARGE`]).
+fn scaled(n: usize) -> Scale {
+    Scale {
+        pixel_columns: n,
+        pixel_rows: n,
+        digit_gap: n,
+        group_gap: 3 * n,
+    }
+}
+
 /// For a narrow terminal: one cell per pixel (an 8-digit code is 33 columns, 5 rows).
 const SMALL: Scale = Scale {
     pixel_columns: 1,
@@ -170,8 +183,11 @@ pub fn block(
         None => compose(render(code, sizes), usize::MAX),
         Some(size) => {
             let width = size.columns.saturating_sub(margin).max(1);
-            [LARGE, SMALL]
-                .into_iter()
+            // As large as fits: the digits grow with the terminal.
+            (2..=LARGEST)
+                .rev()
+                .map(scaled)
+                .chain([SMALL])
                 .map(|scale| compose(render_at(code, sizes, scale), width))
                 .find(|text| {
                     // A newline after the last line needs one more row, or the top scrolls off.
@@ -188,6 +204,21 @@ pub fn block(
     let mut out = String::new();
     for line in text.lines() {
         let pad = width - line.chars().count();
+        let _ = writeln!(out, "{HIGH_CONTRAST} {line}{}{NORMAL}", " ".repeat(pad - 1));
+    }
+    out
+}
+
+/// A message (what the device says: an error, the status, the help) for the terminal: the
+/// words, wrapped to its width, bright white on black like the code, so it is read where the
+/// code was and no old code stays beside it.
+pub fn message(text: &str, size: Option<TermSize>) -> String {
+    let width = size.map_or(78, |s| s.columns.saturating_sub(2).max(1));
+    let lines = wrap(text, width);
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for line in lines {
+        let pad = widest - line.chars().count();
         let _ = writeln!(out, "{HIGH_CONTRAST} {line}{}{NORMAL}", " ".repeat(pad - 1));
     }
     out
@@ -366,6 +397,33 @@ mod tests {
     fn digits_of(lines: &[String], rows: usize) -> String {
         let rows: Vec<&str> = lines[..rows].iter().map(|l| &l[1..]).collect();
         rows.join("\n")
+    }
+
+    #[test]
+    fn the_digits_grow_with_the_terminal() {
+        // 160 x 40: each pixel 6 cells (30 rows of digits).
+        let lines = on_terminal("279037", &[3, 3], 160, 40);
+        assert_eq!(read_back(&digits_of(&lines, 30), scaled(6)), "279 037");
+        assert_eq!(lines[31].trim(), "valid for 17 more seconds");
+        // 80 x 24, six digits: 3 cells.
+        let lines = on_terminal("279037", &[3, 3], 80, 24);
+        assert_eq!(read_back(&digits_of(&lines, 15), scaled(3)), "279 037");
+    }
+
+    #[test]
+    fn messages_are_wrapped_in_high_contrast() {
+        let size = TermSize {
+            columns: 20,
+            rows: 10,
+        };
+        let shown = message("The clock has moved backwards.", Some(size));
+        let lines: Vec<String> = shown
+            .lines()
+            .map(|l| l.replace(HIGH_CONTRAST, "").replace(NORMAL, ""))
+            .collect();
+        assert_eq!(lines[0].trim(), "The clock has");
+        assert_eq!(lines[1].trim(), "moved backwards.");
+        assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`outputs`]: which outputs give the code, and [`outputs::Senses`] for the non-audio
 //!   ones: [`braille`] (a BrlAPI client for BRLTTY) and [`largeprint`] (block digits);
 //!   [`speechd`] speaks through Speech Dispatcher (the desktop's voice).
+//! - [`clipboard`]: the code on the desktop's clipboard until it expires (`--copy`).
 //! - [`cli`]: the command line.
 //! - [`process`]: exit statuses, the clock reading and the log line, shared by `cli`,
 //!   `device` and `voice` (a leaf, so none of them imports another in a circle).
@@ -26,6 +27,7 @@
 
 pub mod braille;
 pub mod cli;
+pub mod clipboard;
 pub mod config;
 pub mod device;
 pub mod keys;

@@ -519,10 +519,19 @@ impl Senses {
         self.draw();
     }
 
-    /// Shows a short message (what the device says: errors, status) in braille.
+    /// Shows a message (what the device says: errors, status, help) in braille and in large
+    /// print; it replaces a code shown (which is then no longer counted down: after an
+    /// error it may not be valid).
     pub fn show_text(&mut self, text: &str) {
         if let Some(braille) = &mut self.braille {
             braille.show(text, &self.log);
+        }
+        self.shown = None;
+        if self.large.is_some() {
+            let size = largeprint::terminal_size(io::stdout());
+            let mut screen = String::from(largeprint::CLEAR_SCREEN);
+            screen.push_str(&largeprint::message(text, size));
+            self.write_terminal(screen);
         }
     }
 
@@ -731,12 +740,15 @@ mod tests {
             Box::new(move |l| sink.lock().unwrap().push(l.to_owned())),
         );
         assert!(!senses.braille_connected());
-        senses.show_code("482915", &[3, 3], Some(30), "en");
         senses.show_text("Your code is");
+        senses.show_code("482915", &[3, 3], Some(30), "en");
         senses.tick();
         let logged = lines.lock().unwrap().clone();
         assert_eq!(logged.len(), 1, "{logged:?}");
         assert!(logged[0].contains("cannot reach BRLTTY"), "{logged:?}");
         assert!(senses.showing());
+        // A message said after the code replaces it: the code is no longer counted down.
+        senses.show_text("The clock has moved backwards.");
+        assert!(!senses.showing());
     }
 }

@@ -92,8 +92,13 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
                 _ => Exit::Clock,
             };
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
-            return Exit::Config;
+        if let Some(e) = cause.downcast_ref::<ConfigError>() {
+            // Saving the settings failed: the disk, not the settings, is the problem (full,
+            // read-only, gone), as for the token.
+            return match e {
+                ConfigError::Save(_) => Exit::State,
+                _ => Exit::Config,
+            };
         }
         if let Some(codereader_speech::SpeechError::Device(_)) = cause.downcast_ref() {
             return Exit::Audio;

@@ -28,17 +28,18 @@ pub enum SpeechdError {
     /// `inet_socket:HOST:PORT`.
     #[error("Speech Dispatcher address `{0}`: expected unix_socket:PATH or inet_socket:HOST:PORT")]
     BadAddress(String),
-    /// Nothing listens there.
-    #[error("cannot reach Speech Dispatcher at {address}: {source}")]
+    /// Nothing listens there. (The cause is part of the message, not a `source()`, so a
+    /// report of the whole chain says it once.)
+    #[error("cannot reach Speech Dispatcher at {address}: {cause}")]
     Connect {
         /// Where.
         address: String,
         /// Why.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The connection failed or a reply did not come in time.
     #[error("Speech Dispatcher connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// A command was refused.
     #[error("Speech Dispatcher refused `{command}`: {reply}")]
     Refused {
@@ -50,6 +51,16 @@ pub enum SpeechdError {
     /// Speaking did not end in time.
     #[error("Speech Dispatcher did not finish speaking within {0} s")]
     Timeout(u64),
+    /// The message was taken but speaking did not start in time (a daemon whose output
+    /// module hangs or has no sound).
+    #[error("Speech Dispatcher took the message but did not start speaking within {0} s")]
+    Silent(u64),
+}
+
+impl From<io::Error> for SpeechdError {
+    fn from(e: io::Error) -> Self {
+        SpeechdError::Io(e)
+    }
 }
 
 /// Where Speech Dispatcher listens.
@@ -171,9 +182,106 @@ pub struct Speechd {
 }
 
 /// A socket we both read and write.
-trait ReadStream: io::Read + io::Write + std::fmt::Debug + Send {}
-impl ReadStream for UnixStream {}
-impl ReadStream for TcpStream {}
+trait ReadStream: io::Read + io::Write + std::fmt::Debug + Send {
+    /// How long a read may wait.
+    fn wait_at_most(&self, limit: Duration) -> io::Result<()>;
+}
+impl ReadStream for UnixStream {
+    fn wait_at_most(&self, limit: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(limit))
+    }
+}
+impl ReadStream for TcpStream {
+    fn wait_at_most(&self, limit: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(limit))
+    }
+}
+
+/// How long `speech-dispatcher --spawn` and the new daemon's socket may take.
+const SPAWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Connects to Speech Dispatcher at `address`; if nothing listens on its local socket,
+/// starts it first as the client libraries do (`speech-dispatcher --spawn`, which respects
+/// the user's `DisableAutoSpawn`) and connects to the new daemon.
+///
+/// # Errors
+/// [`SpeechdError::Connect`] (with why it could not be started, when that was tried) and the
+/// other [`SpeechdError`]s of [`Speechd::connect`].
+pub fn connect_or_spawn(address: &SpeechdAddress) -> Result<Speechd, SpeechdError> {
+    let first = match Speechd::connect(address) {
+        Err(e @ SpeechdError::Connect { .. }) => e,
+        other => return other,
+    };
+    let SpeechdAddress::Unix(path) = address else {
+        return Err(first);
+    };
+    let not_started = |why: String| SpeechdError::Connect {
+        address: address.to_string(),
+        cause: io::Error::other(format!(
+            "not running, and `speech-dispatcher --spawn` {why}"
+        )),
+    };
+    let spawned = std::process::Command::new("speech-dispatcher")
+        .args([
+            "--spawn",
+            "--communication-method",
+            "unix_socket",
+            "--socket-path",
+        ])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(not_started("cannot run: it is not installed".into()));
+        }
+        Err(e) => return Err(not_started(format!("cannot run: {e}"))),
+    };
+    // The spawning process exits once the daemon has forked off (or refused to start).
+    let deadline = Instant::now() + SPAWN_LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(not_started(format!(
+                    "did not finish within {} s",
+                    SPAWN_LIMIT.as_secs()
+                )));
+            }
+            Err(e) => return Err(not_started(format!("cannot be waited for: {e}"))),
+        }
+    };
+    if !status.success() {
+        return Err(not_started(format!(
+            "refused ({status}; autospawn may be disabled in its settings)"
+        )));
+    }
+    // A daemon still starting up may refuse or drop a connection: tried again until the
+    // deadline.
+    loop {
+        match Speechd::connect(address) {
+            Err(SpeechdError::Connect { cause: e, .. } | SpeechdError::Io(e))
+                if Instant::now() >= deadline =>
+            {
+                return Err(not_started(format!(
+                    "ran, but its socket does not answer ({e})"
+                )));
+            }
+            Err(SpeechdError::Connect { .. } | SpeechdError::Io(_)) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
 
 impl Speechd {
     /// Connects and introduces us (`codereader`), with notification of the end of speech
@@ -182,9 +290,9 @@ impl Speechd {
     /// # Errors
     /// [`SpeechdError`]s.
     pub fn connect(address: &SpeechdAddress) -> Result<Self, SpeechdError> {
-        let connect_error = |source| SpeechdError::Connect {
+        let connect_error = |cause| SpeechdError::Connect {
             address: address.to_string(),
-            source,
+            cause,
         };
         let (reader, writer): (Box<dyn ReadStream>, Box<dyn ReadStream>) = match address {
             SpeechdAddress::Unix(path) => {
@@ -211,6 +319,7 @@ impl Speechd {
             .collect();
         let user = if user.is_empty() { "user" } else { &user };
         speechd.command(&format!("SET self CLIENT_NAME {user}:codereader:code"))?;
+        speechd.command("SET self NOTIFICATION begin on")?;
         speechd.command("SET self NOTIFICATION end on")?;
         speechd.command("SET self NOTIFICATION cancel on")?;
         speechd.command("SET self SSML_MODE on")?;
@@ -274,14 +383,31 @@ impl Speechd {
     }
 
     /// Speaks `segments` (phrases and pauses) as one SSML message and returns when Speech
-    /// Dispatcher says it ended (or was cancelled), at most after `limit`.
+    /// Dispatcher says it ended (or was cancelled), at most after `limit`. Speaking must
+    /// begin within `start` (else it is cancelled: the caller can say it another way).
     ///
     /// # Errors
-    /// [`SpeechdError`]s; [`SpeechdError::Timeout`] when no end came within `limit`.
-    pub fn speak(&mut self, segments: &[Segment], limit: Duration) -> Result<(), SpeechdError> {
+    /// [`SpeechdError`]s; [`SpeechdError::Silent`] when speaking did not begin within
+    /// `start`, [`SpeechdError::Timeout`] when no end came within `limit`.
+    pub fn speak(
+        &mut self,
+        segments: &[Segment],
+        start: Duration,
+        limit: Duration,
+    ) -> Result<(), SpeechdError> {
         let id = self.queue(segments)?;
-        let deadline = Instant::now() + limit;
+        let began = Instant::now();
+        // Short reads, so the start and end limits are checked on time.
+        self.reader
+            .get_ref()
+            .wait_at_most(Duration::from_millis(100))?;
+        let deadline = began + limit;
+        let mut speaking = false;
         loop {
+            if !speaking && began.elapsed() >= start {
+                let _ = self.cancel();
+                return Err(SpeechdError::Silent(start.as_secs()));
+            }
             if Instant::now() >= deadline {
                 return Err(SpeechdError::Timeout(limit.as_secs()));
             }
@@ -297,12 +423,15 @@ impl Speechd {
                 }
                 Err(e) => return Err(e),
             };
-            let ends = event
-                .last()
-                .is_some_and(|l| l.starts_with("702") || l.starts_with("703"));
+            let code = event.last().and_then(|l| l.get(..3)).unwrap_or_default();
             let ours = event.first().and_then(|l| l.get(4..)) == Some(id.as_str());
-            if ends && (ours || id.is_empty()) {
-                return Ok(());
+            if !(ours || id.is_empty()) {
+                continue;
+            }
+            match code {
+                "701" => speaking = true,
+                "702" | "703" => return Ok(()),
+                _ => {}
             }
         }
     }

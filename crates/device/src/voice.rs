@@ -624,6 +624,8 @@ pub enum Message<'a> {
     Limit,
     /// A key that does nothing: a short low tone.
     UnknownKey,
+    /// `run` is quitting: the falling chime.
+    Goodbye,
     /// The key map, most important action first: each action with up to two of its keys
     /// (by name, as the config writes them).
     Help {
@@ -714,7 +716,9 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             Ok(Utterance::from_segments(segments))
         }
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
-        Message::Limit => Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)])),
+        Message::Limit | Message::Goodbye => {
+            Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)]))
+        }
         Message::UnknownKey => Ok(Utterance::from_segments(vec![Segment::Earcon(
             Earcon::Unknown,
         )])),
@@ -805,6 +809,7 @@ pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
         | Message::ExpiredCode { .. }
         | Message::WarnedCode { .. }
         | Message::Limit
+        | Message::Goodbye
         | Message::UnknownKey => return None,
         Message::Prompt(prompt) => vec![say(*prompt)],
         Message::Status {

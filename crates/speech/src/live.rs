@@ -670,8 +670,12 @@ where
         move |data: &mut [T], _info: &cpal::OutputCallbackInfo| {
             fill(data, channels, &mut consumer, &shared);
         },
-        move |_error: cpal::Error| {
-            error_shared.failed.store(true, Ordering::Relaxed);
+        move |error: cpal::Error| {
+            // An underrun (xrun, also reported when a paused stream resumes) is recovered by
+            // cpal itself (prepare and start again): not a failure of the output.
+            if error.kind() != cpal::ErrorKind::Xrun {
+                error_shared.failed.store(true, Ordering::Relaxed);
+            }
         },
         None,
     )
