@@ -1,5 +1,7 @@
 //! Constant-time window scans: every candidate in a window is computed and compared, with no
-//! early exit, so the time taken reveals neither whether nor where a code matched.
+//! early exit, so the time taken reveals not where a code matched, and whether it matched
+//! only as much as the answer does (an accepted code skips the used values, which serve only
+//! to tell a replay from a wrong code; see [`scan`]).
 //!
 //! The loops run over public bounds (the window comes from the policy and the stored state,
 //! never from the code) and accumulate results with `subtle` selections; only the code
@@ -25,28 +27,39 @@ pub(crate) enum Scan {
 }
 
 /// Scans `lo..=hi` for `code`; values below `next` count as used.
+///
+/// The unused values (`next..=hi`) are scanned first; the used ones (`lo..next`) only when
+/// no unused value matched, to tell a replay from a wrong code. That choice follows the
+/// outcome the caller learns anyway (accepted or not), never where in the window a code
+/// matched: each part is scanned whole, in constant time, and a code that is not accepted
+/// costs the whole window as before. An accepted code skips computing the used values
+/// (with a ±1 TOTP window in steady use, one HMAC in three).
 pub(crate) fn scan(hotp: &Hotp, code: &Code, lo: u64, hi: u64, next: u64) -> Scan {
-    let mut found = Choice::from(0);
-    // Any match: without a fresh one, every match was of a used value.
-    let mut matched = Choice::from(0);
-    let mut chosen = 0u64;
     // `lo > hi` scans `lo` alone, as callers have always been given.
-    for (Counter(value), candidate) in hotp.codes(Counter(lo), Counter(hi.max(lo))) {
-        let equal = candidate.ct_eq(code);
-        // Whether a value is used depends on the stored state, not on the code: public.
-        let fresh = Choice::from(u8::from(value >= next));
-        let usable = equal & fresh;
-        chosen.conditional_assign(&value, usable & !found);
-        found |= usable;
-        matched |= equal;
+    let hi = hi.max(lo);
+    if next <= hi {
+        if let Some(value) = lowest_match(hotp, code, lo.max(next), hi) {
+            return Scan::Fresh(value);
+        }
     }
-    if bool::from(found) {
-        Scan::Fresh(chosen)
-    } else if bool::from(matched) {
+    if lo < next && lowest_match(hotp, code, lo, hi.min(next - 1)).is_some() {
         Scan::Stale
     } else {
         Scan::Miss
     }
+}
+
+/// The lowest value of `lo..=hi` (`lo <= hi`) whose code is `code`: every candidate is
+/// computed and compared, with no early exit.
+fn lowest_match(hotp: &Hotp, code: &Code, lo: u64, hi: u64) -> Option<u64> {
+    let mut found = Choice::from(0);
+    let mut chosen = 0u64;
+    for (Counter(value), candidate) in hotp.codes(Counter(lo), Counter(hi)) {
+        let equal = candidate.ct_eq(code);
+        chosen.conditional_assign(&value, equal & !found);
+        found |= equal;
+    }
+    bool::from(found).then_some(chosen)
 }
 
 /// Scans `lo..=hi` for a value `v >= next` where `first` matches `v` and `second` matches
