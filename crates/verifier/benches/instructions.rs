@@ -12,6 +12,9 @@
 //! Callgrind runs the CPU's instructions on a synthetic CPU without SHA-NI, so SHA-1 takes
 //! its portable path here: the ratios are in portable HMAC windows.
 //!
+//! PostgreSQL (a throw-away server with fsync on, started natively by this binary) counts the
+//! client side only: the library, the driver and its runtime, not the server's work.
+//!
 //! Under `cargo test` each operation runs a few times natively (no valgrind), as a check that
 //! the bench still works.
 
@@ -23,9 +26,10 @@ use std::path::Path;
 use std::process::Command;
 
 use codereader_otp::{Algorithm, Code, Counter, Digits, Hotp, UnixTime};
+use codereader_verifier::testing::{PgOptions, TempPostgres};
 use codereader_verifier::{
     Caller, Durability, Kek, KeyId, Keyring, MemoryStore, Outcome, SqliteOptions, SqliteStore,
-    Store, Subject,
+    Store, Subject, open_store,
 };
 use common::{START, secret};
 
@@ -36,11 +40,14 @@ const KINDS: &[(&str, &str, u64)] = &[
     ("memory-cache", "verify, memory store, key cache", 5_000),
     ("sqlite-full", "verify, SQLite synchronous=FULL", 1_000),
     ("sqlite-normal", "verify, SQLite synchronous=NORMAL", 1_000),
+    ("postgres", "verify, PostgreSQL (client side)", 1_000),
 ];
 
 /// Prepares `n` codes and the operation `kind`, then performs it `ops` times (`ops` is 0 or
-/// `n`), so that two runs differ only in the operations performed.
-fn child(kind: &str, n: u64, ops: u64, dir: &Path) {
+/// `n`), so that two runs differ only in the operations performed. `postgres` is the address
+/// of an empty database for the `postgres` operation (whose server runs outside valgrind, so
+/// only the client's instructions count).
+fn child(kind: &str, n: u64, ops: u64, dir: &Path, postgres: &str) {
     let hotp = Hotp::new(&secret(), Algorithm::Sha1, Digits::SIX);
     let base = START / 30;
     let codes: Vec<Code> = (0..n).map(|i| hotp.code(Counter(base + i))).collect();
@@ -64,6 +71,7 @@ fn child(kind: &str, n: u64, ops: u64, dir: &Path) {
                     .unwrap(),
             )
         }
+        "postgres" => open_store(postgres).unwrap(),
         other => panic!("unknown operation {other}"),
     };
     let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]));
@@ -78,7 +86,7 @@ fn child(kind: &str, n: u64, ops: u64, dir: &Path) {
 }
 
 /// The instructions callgrind counted in a child run of `kind` (every thread).
-fn count(kind: &str, n: u64, ops: u64, dir: &Path) -> u64 {
+fn count(kind: &str, n: u64, ops: u64, dir: &Path, postgres: &str) -> u64 {
     let out = dir.join(format!("callgrind.{kind}.{ops}.out"));
     let exe = std::env::current_exe().unwrap();
     let status = Command::new("valgrind")
@@ -88,6 +96,7 @@ fn count(kind: &str, n: u64, ops: u64, dir: &Path) -> u64 {
         .arg(&exe)
         .args(["--child", kind, &n.to_string(), &ops.to_string()])
         .arg(dir)
+        .arg(postgres)
         .status()
         .unwrap_or_else(|e| panic!("cannot run valgrind (apt-get install valgrind): {e}"));
     assert!(status.success(), "valgrind run of {kind} failed: {status}");
@@ -105,20 +114,23 @@ fn count(kind: &str, n: u64, ops: u64, dir: &Path) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        let (kind, n, ops, dir) = (&args[2], &args[3], &args[4], &args[5]);
-        child(
-            kind,
-            n.parse().unwrap(),
-            ops.parse().unwrap(),
-            Path::new(dir),
-        );
+        let (kind, n, ops, dir, pg) = (&args[2], &args[3], &args[4], &args[5], &args[6]);
+        let (n, ops) = (n.parse().unwrap(), ops.parse().unwrap());
+        child(kind, n, ops, Path::new(dir), pg);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // One server (fsync on, as in production), a fresh database per child run.
+    let pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+    let mut databases = 0;
+    let mut database = || {
+        databases += 1;
+        pg.create_database(&format!("bench{databases}")).unwrap()
+    };
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test`: each operation a few times, natively.
         for (kind, _, _) in KINDS {
-            child(kind, 3, 3, dir.path());
+            child(kind, 3, 3, dir.path(), &database());
         }
         return;
     }
@@ -129,8 +141,8 @@ fn main() {
         {
             continue;
         }
-        let with = count(kind, n, n, dir.path());
-        let without = count(kind, n, 0, dir.path());
+        let with = count(kind, n, n, dir.path(), &database());
+        let without = count(kind, n, 0, dir.path(), &database());
         let per_op = with.saturating_sub(without) as f64 / n as f64;
         rows.push((label, per_op));
     }
