@@ -61,6 +61,9 @@ enum Event {
     TermClosed,
     /// A key of the braille display.
     Braille(BrailleKey),
+    /// The last keypad went away (unplugged): the user is told, since their keys now do
+    /// nothing until it is back.
+    KeypadGone,
 }
 
 /// The battery charge in percent, if the platform reports a battery.
@@ -833,6 +836,12 @@ pub fn run(
                 continue;
             }
             Event::Braille(key) => braille_action(key, &effective),
+            Event::KeypadGone => {
+                log("the keypad was disconnected; waiting for one");
+                device.stop();
+                device.say(&Message::Prompt(Prompt::NoInput));
+                continue;
+            }
         };
         // Any key stops the speech in progress, bound or not, and takes the shown message
         // off the braille display.
@@ -972,12 +981,15 @@ fn read_found_keypad(
     let mine = Arc::clone(reading);
     let forget = path.clone();
     let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
-        if let Err(e) = read_evdev(&path, grab, &chords, &events) {
+        let gone = read_evdev(&path, grab, &chords, &events).err();
+        if let Some(e) = &gone {
             log(&format!("input device {}: {e}", path.display()));
         }
-        mine.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&path);
+        let mut reading = mine.lock().unwrap_or_else(PoisonError::into_inner);
+        reading.remove(&path);
+        if gone.is_some() && reading.is_empty() {
+            let _ = events.send(Event::KeypadGone);
+        }
     });
     if let Err(e) = spawned {
         log(&format!("error: cannot start the evdev thread: {e}"));
@@ -992,13 +1004,23 @@ fn read_found_keypad(
 fn start_evdev(path: PathBuf, grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
     let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
         loop {
+            let opened = Instant::now();
             match read_evdev(&path, grab, &chords, &events) {
                 Ok(()) => return,
-                Err(e) => log(&format!(
-                    "error: input device {}: {e}; trying again in {} s",
-                    path.display(),
-                    RETRY.as_secs()
-                )),
+                Err(e) => {
+                    // Failing after it was open a while: it went away (said once; a device
+                    // that cannot be opened fails at once, at every retry, silently).
+                    if opened.elapsed() > Duration::from_millis(100)
+                        && events.send(Event::KeypadGone).is_err()
+                    {
+                        return;
+                    }
+                    log(&format!(
+                        "error: input device {}: {e}; trying again in {} s",
+                        path.display(),
+                        RETRY.as_secs()
+                    ));
+                }
             }
             thread::sleep(RETRY);
         }
