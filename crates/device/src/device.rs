@@ -981,13 +981,17 @@ fn read_found_keypad(
     let mine = Arc::clone(reading);
     let forget = path.clone();
     let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
-        let gone = read_evdev(&path, grab, &chords, &events).err();
-        if let Some(e) = &gone {
+        let opened = Instant::now();
+        let failed = read_evdev(&path, grab, &chords, &events).err();
+        if let Some(e) = &failed {
             log(&format!("input device {}: {e}", path.display()));
         }
+        // Gone after it was read a while (not a device that fails at once, e.g. grabbed by
+        // another program, which would otherwise be announced at every 2 s scan).
+        let gone = failed.is_some() && opened.elapsed() > Duration::from_millis(100);
         let mut reading = mine.lock().unwrap_or_else(PoisonError::into_inner);
         reading.remove(&path);
-        if gone.is_some() && reading.is_empty() {
+        if gone && reading.is_empty() {
             let _ = events.send(Event::KeypadGone);
         }
     });
