@@ -136,7 +136,7 @@ pub(crate) fn deb_check(args: &[String]) -> Result<(), String> {
 }
 
 /// Copies each pack's `voice.toml` into `voices` and renders all its voices at step 0.
-fn render_step_zero(voices: &Path) -> Result<(), String> {
+pub(crate) fn render_step_zero(voices: &Path) -> Result<(), String> {
     let source = root().join("voices");
     let mut tags = Vec::new();
     for entry in std::fs::read_dir(&source).map_err(|e| format!("{}: {e}", source.display()))? {

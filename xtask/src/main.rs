@@ -15,6 +15,11 @@
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
 //!   warnings, `cargo test --workspace`, then `deb-check`.
+//! - `image [--arch amd64|arm64]`: the appliance, a bootable Debian bookworm disk image with
+//!   the device program (`xtask/src/image.rs`, `crates/device/PACKAGING.md`).
+//! - `system-test [--arch amd64|arm64]`: boots the test image in QEMU and checks it from
+//!   outside: its sound card recorded, its USB keypad pressed and unplugged, power cuts, the
+//!   codes checked by a verifier (`xtask/src/system_test.rs`); not yet part of `test`.
 //! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
@@ -36,8 +41,10 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod image;
 mod intelligibility;
 mod packages;
+mod system_test;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -47,6 +54,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("deb-check") => deb_check::deb_check(&args[1..]),
         Some("voices") => voices(&args[1..]),
+        Some("image") => image::image(&args[1..]),
+        Some("system-test") => system_test::system_test(&args[1..]),
         Some("intelligibility") => intelligibility::intelligibility(&args[1..]),
         Some("bench-verifier") => bench_verifier(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
@@ -74,6 +83,10 @@ fn print_help() {
          deb-check [--verifier-only]\n          \
                  build, lint, install, use and purge test .debs (root; CI)\n  \
          test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
+         image [--arch amd64|arm64]\n          \
+                 the appliance: a bootable Debian disk image with the device (target/image/)\n  \
+         system-test [--arch amd64|arm64]\n          \
+                 boot the test image in QEMU and drive it like a person (root)\n  \
          voices [--check] [TAG...]\n          \
                  render every voice's clips with its engine at every speed step;\n          \
                  --check: validate recorded voices (voices/RECORDING.md)\n  \
@@ -146,6 +159,8 @@ fn test(_args: &[String]) -> Result<(), String> {
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )?;
     // The Debian package, installed, used and purged on this machine.
+    // The appliance's system test (`cargo xtask system-test`) is not run here yet: under
+    // TCG on a busy machine its recording sometimes mishears a digit (see PACKAGING.md).
     deb_check::deb_check(&[])
 }
 

@@ -95,6 +95,26 @@ pub(crate) const VOICES: &[&str] = &[
 pub(crate) const INTELLIGIBILITY: &[&str] =
     &["festival", "festvox-kallpc16k", "festvox-us-slt-hts"];
 
+/// What `cargo xtask image` needs on the building machine: the root file system from
+/// Debian's packages, and the disk assembled without mounting anything.
+pub(crate) const IMAGE: &[&str] = &["mmdebstrap", "fdisk", "dosfstools", "mtools", "e2fsprogs"];
+
+/// What an arm64 image needs besides [`IMAGE`]: the arm64 packages' maintainer scripts run
+/// under emulation.
+pub(crate) const IMAGE_ARM64: &[&str] = &["qemu-user-static", "binfmt-support"];
+
+/// What `cargo xtask system-test` needs besides [`IMAGE`]: the UEFI firmware the image boots
+/// with, and (from [`BACKPORTS`]) QEMU itself.
+pub(crate) const SYSTEM_TEST: &[&str] = &["ovmf", "oathtool"];
+
+/// Packages taken from `bookworm-backports`: QEMU 10, because these machines carry
+/// backports' `qemu-utils` 10, which bookworm's `qemu-system-x86` 7.2 cannot be installed
+/// beside. [`ensure_backports`] adds the suite to apt's sources when it is missing.
+pub(crate) const BACKPORTS: &[&str] = &["qemu-system-x86"];
+
+/// apt's sources file this module writes for backports.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -114,14 +134,58 @@ fn is_root() -> bool {
 
 /// Installs whatever of `packages` is missing.
 pub(crate) fn ensure(packages: &[&str]) -> Result<(), String> {
+    install(packages, None)
+}
+
+/// Installs whatever of `packages` is missing from `bookworm-backports`, adding that suite
+/// (Debian's own archive, pinned low by its release file as always: nothing else is taken
+/// from it) to apt's sources first when no source names it.
+pub(crate) fn ensure_backports(packages: &[&str]) -> Result<(), String> {
+    if packages.iter().all(|p| installed(p)) {
+        return Ok(());
+    }
+    let configured = ["/etc/apt/sources.list"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(
+            std::fs::read_dir("/etc/apt/sources.list.d")
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path()),
+        )
+        .filter(|p| p.extension().is_none_or(|x| x == "list" || x == "sources"))
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("bookworm-backports")));
+    if !configured {
+        if !is_root() {
+            return Err(format!(
+                "QEMU comes from bookworm-backports; add it to apt's sources as \
+                 {BACKPORTS_SOURCES} and install with:\n  \
+                 sudo apt-get install -y -t bookworm-backports {}",
+                packages.join(" ")
+            ));
+        }
+        println!("xtask: adding bookworm-backports to apt's sources ({BACKPORTS_SOURCES})");
+        std::fs::write(
+            BACKPORTS_SOURCES,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .map_err(|e| format!("{BACKPORTS_SOURCES}: {e}"))?;
+    }
+    install(packages, Some("bookworm-backports"))
+}
+
+fn install(packages: &[&str], release: Option<&str>) -> Result<(), String> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let list = missing.join(" ");
+    let from = release.map(|r| format!("-t {r} ")).unwrap_or_default();
     if !is_root() {
         return Err(format!(
-            "missing Debian packages; install them with:\n  sudo apt-get install -y {list}"
+            "missing Debian packages; install them with:\n  sudo apt-get install -y {from}{list}"
         ));
     }
     println!("xtask: installing Debian packages: {list}");
@@ -142,6 +206,9 @@ pub(crate) fn ensure(packages: &[&str]) -> Result<(), String> {
         "-q",
         "--no-install-recommends",
     ];
+    if let Some(release) = release {
+        args.extend(["-t", release]);
+    }
     args.extend(&missing);
     let status = apt(&args)?;
     if status.success() {

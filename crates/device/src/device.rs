@@ -63,6 +63,9 @@ enum Event {
     TermClosed,
     /// A key of the braille display.
     Braille(BrailleKey),
+    /// The last keypad went away (unplugged): the user is told, since their keys now do
+    /// nothing until it is back.
+    KeypadGone,
 }
 
 /// The battery charge in percent, if the platform reports a battery.
@@ -974,6 +977,12 @@ pub fn run(
                 continue;
             }
             Event::Braille(key) => braille_action(key, &effective),
+            Event::KeypadGone => {
+                log("the keypad was disconnected; waiting for one");
+                device.stop();
+                device.say(&Message::Prompt(Prompt::NoInput));
+                continue;
+            }
         };
         // Any key stops the speech in progress, bound or not, and takes the shown message
         // off the braille display.
@@ -1116,12 +1125,19 @@ fn read_found_keypad(
     let mine = Arc::clone(reading);
     let forget = path.clone();
     let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
-        if let Err(e) = read_evdev(&path, grab, &chords, &events) {
+        let opened = Instant::now();
+        let failed = read_evdev(&path, grab, &chords, &events).err();
+        if let Some(e) = &failed {
             log(&format!("input device {}: {e}", path.display()));
         }
-        mine.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&path);
+        // Gone after it was read a while (not a device that fails at once, e.g. grabbed by
+        // another program, which would otherwise be announced at every 2 s scan).
+        let gone = failed.is_some() && opened.elapsed() > Duration::from_millis(100);
+        let mut reading = mine.lock().unwrap_or_else(PoisonError::into_inner);
+        reading.remove(&path);
+        if gone && reading.is_empty() {
+            let _ = events.send(Event::KeypadGone);
+        }
     });
     if let Err(e) = spawned {
         log(&format!("error: cannot start the evdev thread: {e}"));
@@ -1136,13 +1152,23 @@ fn read_found_keypad(
 fn start_evdev(path: PathBuf, grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
     let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
         loop {
+            let opened = Instant::now();
             match read_evdev(&path, grab, &chords, &events) {
                 Ok(()) => return,
-                Err(e) => log(&format!(
-                    "error: input device {}: {e}; trying again in {} s",
-                    path.display(),
-                    RETRY.as_secs()
-                )),
+                Err(e) => {
+                    // Failing after it was open a while: it went away (said once; a device
+                    // that cannot be opened fails at once, at every retry, silently).
+                    if opened.elapsed() > Duration::from_millis(100)
+                        && events.send(Event::KeypadGone).is_err()
+                    {
+                        return;
+                    }
+                    log(&format!(
+                        "error: input device {}: {e}; trying again in {} s",
+                        path.display(),
+                        RETRY.as_secs()
+                    ));
+                }
             }
             thread::sleep(RETRY);
         }

@@ -1,0 +1,787 @@
+//! `cargo xtask image [--arch amd64|arm64]`: the appliance, a bootable Debian bookworm disk
+//! image with the device program (`crates/device/PACKAGING.md`, "The appliance image").
+//!
+//! The root file system comes from `mmdebstrap` with Debian's packages (the mirrors apt is
+//! configured with here), is cached as a tarball by the hash of what it is made of, and
+//! gets our `.deb` installed with `dpkg` in a chroot. The disk (MBR, as a Raspberry Pi's
+//! firmware wants) is assembled from file-system images made without mounting anything
+//! (`mkfs.vfat` + `mcopy`, `mkfs.ext4 -d`), so this runs in a container:
+//!
+//! ```text
+//! p1  boot   FAT32  128 MiB  amd64: systemd-boot (EFI/BOOT/BOOTX64.EFI), kernel, initrd
+//!                            arm64: raspi-firmware, kernel, initrd, device trees
+//! p2  root   ext4   mounted read-only: a power cut cannot damage the system
+//! p3  state  ext4    64 MiB  /state: the token and settings (/var/lib/codereader) and
+//!                            systemd's state (timesync clock, random seed), bind-mounted
+//! ```
+//!
+//! The test image (`cargo xtask system-test`) is the same plus a control agent on a
+//! virtio-serial port and the test's config; the shipped image has neither.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::demo::target_dir;
+use crate::{packages, run};
+
+/// Bump when the way images are made changes (the cache key includes it).
+const FORMAT: &str = "codereader-image-1";
+
+/// Where built root file systems and images are kept between runs (outside the clone, so a
+/// fresh clone on the same machine reuses them).
+pub(crate) const CACHE: &str = "/var/cache/codereader/images";
+
+/// The Debian packages of the root file system, besides `mmdebstrap`'s minbase.
+fn packages_for(arch: Arch) -> Vec<&'static str> {
+    let mut list = vec![
+        "systemd",
+        "systemd-sysv",
+        "udev",
+        "systemd-timesyncd",
+        "initramfs-tools",
+        "kmod",
+        "e2fsprogs",
+        "adduser",
+        // Sets the sound card's mixer at boot (a fresh card starts muted) and keeps the
+        // user's levels on the state partition.
+        "alsa-utils",
+        // What the .deb depends on, so that `dpkg -i` finds it all.
+        "libespeak-ng1",
+        "espeak-ng-data",
+        "libasound2",
+    ];
+    match arch {
+        Arch::Amd64 => list.extend(["linux-image-amd64", "systemd-boot-efi"]),
+        Arch::Arm64 => list.extend(["linux-image-arm64", "raspi-firmware", "systemd-boot-efi"]),
+    }
+    list
+}
+
+/// Files `dpkg` leaves out of the image (kept out on upgrades too, as
+/// `/etc/dpkg/dpkg.cfg.d/` says): documentation and translations, and the kernel modules of
+/// hardware an appliance does not have (graphics, wireless, cameras, most file systems and
+/// network protocols). The sound, USB, input, GPIO and block drivers stay.
+fn dpkg_excludes(arch: Arch) -> Vec<String> {
+    let mut rules = vec![
+        "path-exclude=/usr/share/man/*".to_owned(),
+        "path-exclude=/usr/share/locale/*".to_owned(),
+        "path-include=/usr/share/locale/locale.alias".to_owned(),
+        "path-exclude=/usr/share/doc/*".to_owned(),
+        "path-include=/usr/share/doc/*/copyright".to_owned(),
+    ];
+    let modules = "/lib/modules/*/kernel";
+    let mut dirs = vec![
+        "drivers/net/wireless",
+        "drivers/net/ethernet",
+        "drivers/infiniband",
+        "drivers/media",
+        "drivers/staging",
+        "net",
+        "fs",
+    ];
+    if arch == Arch::Amd64 {
+        // A Pi's HDMI sound needs its graphics driver (vc4).
+        dirs.push("drivers/gpu");
+    }
+    for dir in dirs {
+        rules.push(format!("path-exclude={modules}/{dir}/*"));
+    }
+    for keep in [
+        "fs/ext4/*",
+        "fs/autofs/*",
+        "fs/jbd2/*",
+        "fs/mbcache.ko",
+        "fs/fat/*",
+        "fs/nls/*",
+        "fs/9p/*",
+        "net/9p/*",
+    ] {
+        rules.push(format!("path-include={modules}/{keep}"));
+    }
+    rules
+}
+
+/// Which image.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub(crate) enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub(crate) fn parse(name: &str) -> Result<Arch, String> {
+        match name {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            other => Err(format!("unknown architecture '{other}' (amd64 or arm64)")),
+        }
+    }
+
+    pub(crate) fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// What goes into an image besides the base system.
+pub(crate) struct Spec<'a> {
+    pub(crate) arch: Arch,
+    /// The device program's package.
+    pub(crate) deb: &'a Path,
+    /// `/etc/codereader/config.toml` of the image.
+    pub(crate) config: &'a str,
+    /// Extra files (path inside the image, content, mode) and units to enable: the test
+    /// image's agent.
+    pub(crate) extra: &'a [(&'a str, Vec<u8>, u32)],
+    pub(crate) enable: &'a [&'a str],
+    /// Name of the image file in the cache (`codereader-amd64`, `codereader-test-amd64`).
+    pub(crate) name: &'a str,
+}
+
+/// The config the shipped image starts with: English, spoken, no terminal (a keypad is
+/// taken when it appears).
+pub(crate) const SHIPPED_CONFIG: &str = "\
+# codereader on the appliance image (crates/device/PACKAGING.md, \"The appliance image\").
+# Every key of /usr/share/doc/codereader/config.example.toml can be set here. The root file
+# system is read-only: `mount -o remount,rw /` before editing, then reboot.
+language = \"en\"
+outputs = [\"speech\"]
+
+[input]
+terminal = false
+";
+
+pub(crate) fn image(args: &[String]) -> Result<(), String> {
+    let mut arch = Arch::Amd64;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--arch" => arch = Arch::parse(rest.next().ok_or("--arch needs amd64 or arm64")?)?,
+            other => return Err(format!("image: unknown argument '{other}'")),
+        }
+    }
+    // The release package, with every voice at every speed step.
+    let target = match arch {
+        Arch::Amd64 => None,
+        Arch::Arm64 => Some("aarch64-unknown-linux-gnu"),
+    };
+    let mut dist_args = Vec::new();
+    if let Some(t) = target {
+        dist_args.extend(["--target".to_owned(), t.to_owned()]);
+    }
+    crate::dist::dist(&dist_args)?;
+    let deb = target_dir().join("dist").join(format!(
+        "codereader_{}_{}.deb",
+        crate::dist::version(),
+        arch.debian()
+    ));
+    let name = format!("codereader-{}", arch.debian());
+    let built = build(&Spec {
+        arch,
+        deb: &deb,
+        config: SHIPPED_CONFIG,
+        extra: &[],
+        enable: &[],
+        name: &name,
+    })?;
+    let out = target_dir().join("image");
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let dest = out.join(format!("{name}.img"));
+    run(
+        "copying the image",
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&built)
+            .arg(&dest),
+    )?;
+    println!(
+        "xtask: image: {} ({} MiB; write it with `dd if=... of=/dev/sdX bs=4M conv=fsync`)",
+        dest.display(),
+        fs::metadata(&dest).map(|m| m.len() >> 20).unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+fn hash_hex(parts: &[&[u8]]) -> String {
+    // Two differently seeded std hashes: 128 bits is plenty for a cache key of our own
+    // inputs (not an adversary's).
+    let mut a = DefaultHasher::new();
+    let mut b = DefaultHasher::new();
+    0xc0de_u32.hash(&mut b);
+    for p in parts {
+        p.hash(&mut a);
+        p.hash(&mut b);
+    }
+    format!("{:016x}{:016x}", a.finish(), b.finish())
+}
+
+/// The base root file system as a tarball, from the cache or made with `mmdebstrap`.
+fn base(arch: Arch) -> Result<PathBuf, String> {
+    let packages = packages_for(arch).join(",");
+    let excludes = dpkg_excludes(arch);
+    let sources = apt_sources()?;
+    let key = hash_hex(&[
+        FORMAT.as_bytes(),
+        arch.debian().as_bytes(),
+        packages.as_bytes(),
+        excludes.join("\n").as_bytes(),
+        sources.as_bytes(),
+    ]);
+    let cache = Path::new(CACHE);
+    let tar = cache.join(format!("base-{}-{key}.tar", arch.debian()));
+    if tar.is_file() {
+        println!("xtask: base system from the cache: {}", tar.display());
+        return Ok(tar);
+    }
+    fs::create_dir_all(cache).map_err(io(cache))?;
+    if arch == Arch::Arm64 {
+        packages::ensure(packages::IMAGE_ARM64)?;
+    }
+    let partial = tar.with_extension("tar.partial");
+    let mut mm = Command::new("mmdebstrap");
+    mm.args(["--variant=minbase", "--architectures", arch.debian()])
+        .arg(format!("--include={packages}"));
+    for rule in &excludes {
+        mm.arg(format!("--dpkgopt={rule}"));
+    }
+    // The same rules stay in the image, so an upgrade installs no more than this did.
+    mm.arg(format!(
+        "--customize-hook=printf '%s\\n' {} > \"$1/etc/dpkg/dpkg.cfg.d/codereader-image\"",
+        excludes
+            .iter()
+            .map(|r| format!("'{r}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    mm.args(["--format=tar", "bookworm"]).arg(&partial);
+    // The machine's own apt sources (deb822 text on standard input).
+    mm.arg("-");
+    let started = std::time::Instant::now();
+    run_with_stdin("mmdebstrap (the base system)", &mut mm, &sources)?;
+    fs::rename(&partial, &tar).map_err(io(&tar))?;
+    prune(cache, &format!("base-{}-", arch.debian()), ".tar", &tar);
+    println!(
+        "xtask: base system built in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        tar.display()
+    );
+    Ok(tar)
+}
+
+/// The bookworm sources of this machine's apt (one-line or deb822 files), as one deb822
+/// text for the image: Debian's main archive, updates and security, never backports.
+fn apt_sources() -> Result<String, String> {
+    let mut text = String::new();
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sources" || x == "list"))
+            .collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(content) = fs::read_to_string(&file) else {
+            continue;
+        };
+        if file.extension().is_some_and(|x| x == "sources") {
+            for stanza in content.split("\n\n") {
+                let field = |name: &str| {
+                    stanza
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                };
+                let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+                    continue;
+                };
+                if !uris.contains("debian") {
+                    continue;
+                }
+                let suites: Vec<&str> = suites
+                    .split_whitespace()
+                    .filter(|s| s.starts_with("bookworm") && !s.ends_with("backports"))
+                    .collect();
+                if suites.is_empty() {
+                    continue;
+                }
+                text.push_str(&format!(
+                    "Types: deb\nURIs: {uris}\nSuites: {}\nComponents: main\n\
+                     Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n",
+                    suites.join(" ")
+                ));
+            }
+        } else {
+            for line in content.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if words.first() == Some(&"deb")
+                    && words.len() >= 3
+                    && words[1].contains("debian")
+                    && words[2].starts_with("bookworm")
+                    && !words[2].ends_with("backports")
+                {
+                    text.push_str(&format!(
+                        "Types: deb\nURIs: {}\nSuites: {}\nComponents: main\n\
+                         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n",
+                        words[1], words[2]
+                    ));
+                }
+            }
+        }
+    }
+    if text.is_empty() {
+        return Err("no Debian bookworm source in this machine's apt configuration".to_owned());
+    }
+    Ok(text)
+}
+
+fn run_with_stdin(step: &str, command: &mut Command, input: &str) -> Result<(), String> {
+    use std::io::Write;
+    println!("xtask: {step}");
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{step}: cannot start: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("{step}: {e}"))?;
+    }
+    let status = child.wait().map_err(|e| format!("{step}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step}: failed ({status})"))
+    }
+}
+
+/// Builds (or finds in the cache) the disk image `spec` describes; returns its path.
+pub(crate) fn build(spec: &Spec<'_>) -> Result<PathBuf, String> {
+    packages::ensure(packages::IMAGE)?;
+    let base = base(spec.arch)?;
+    let deb = fs::read(spec.deb).map_err(io(spec.deb))?;
+    let mut parts: Vec<&[u8]> = vec![
+        FORMAT.as_bytes(),
+        base.as_os_str().as_encoded_bytes(),
+        &deb,
+        spec.config.as_bytes(),
+        spec.name.as_bytes(),
+    ];
+    for (path, content, _) in spec.extra {
+        parts.push(path.as_bytes());
+        parts.push(content);
+    }
+    for unit in spec.enable {
+        parts.push(unit.as_bytes());
+    }
+    let key = hash_hex(&parts);
+    let cache = Path::new(CACHE);
+    let image = cache.join(format!("{}-{key}.img", spec.name));
+    if image.is_file() {
+        println!("xtask: image from the cache: {}", image.display());
+        return Ok(image);
+    }
+    let work = target_dir().join("image-work").join(spec.name);
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(io(&work))?;
+    }
+    let rootfs = work.join("root");
+    fs::create_dir_all(&rootfs).map_err(io(&rootfs))?;
+    run(
+        "unpacking the base system",
+        Command::new("tar")
+            .args(["-xpf"])
+            .arg(&base)
+            .args(["--numeric-owner", "-C"])
+            .arg(&rootfs),
+    )?;
+    configure(&rootfs, spec)?;
+    let partial = image.with_extension("img.partial");
+    assemble(&rootfs, &work, spec.arch, &partial)?;
+    fs::rename(&partial, &image).map_err(io(&image))?;
+    fs::remove_dir_all(&work).map_err(io(&work))?;
+    prune(cache, &format!("{}-", spec.name), ".img", &image);
+    println!(
+        "xtask: image built: {} ({} MiB)",
+        image.display(),
+        fs::metadata(&image).map(|m| m.len() >> 20).unwrap_or(0)
+    );
+    Ok(image)
+}
+
+/// Removes the cache's older files of the same kind as `keep` (each new `.deb` makes a new
+/// image of about 500 MB; only the newest is worth keeping).
+fn prune(cache: &Path, prefix: &str, suffix: &str, keep: &Path) {
+    let Ok(dir) = fs::read_dir(cache) else {
+        return;
+    };
+    for path in dir.filter_map(Result::ok).map(|e| e.path()) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if path != keep && name.starts_with(prefix) && name.ends_with(suffix) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+fn write(rootfs: &Path, path: &str, content: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = rootfs.join(path.trim_start_matches('/'));
+    if let Some(dir) = file.parent() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    fs::write(&file, content).map_err(io(&file))?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(mode)).map_err(io(&file))
+}
+
+fn symlink(rootfs: &Path, link: &str, to: &str) -> Result<(), String> {
+    let file = rootfs.join(link.trim_start_matches('/'));
+    if let Some(dir) = file.parent() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let _ = fs::remove_file(&file);
+    std::os::unix::fs::symlink(to, &file).map_err(io(&file))
+}
+
+/// The file-system table: root read-only, the state partition read-write with its two
+/// directories bound where the programs look, logs and temporary files in memory.
+const FSTAB: &str = "\
+# codereader appliance (crates/device/PACKAGING.md, \"The appliance image\")
+LABEL=cr-root   /                    ext4   ro,noatime,errors=remount-ro  0 1
+LABEL=cr-state  /state               ext4   rw,noatime,nodev,nosuid,noexec 0 2
+/state/codereader /var/lib/codereader none bind 0 0
+/state/systemd  /var/lib/systemd     none   bind 0 0
+/state/alsa     /var/lib/alsa        none   bind 0 0
+tmpfs           /tmp                 tmpfs  nosuid,nodev,mode=1777 0 0
+tmpfs           /var/tmp             tmpfs  nosuid,nodev,mode=1777 0 0
+tmpfs           /var/log             tmpfs  nosuid,nodev,noexec,mode=0755 0 0
+";
+
+fn configure(rootfs: &Path, spec: &Spec<'_>) -> Result<(), String> {
+    // Our package, as apt would install it (postinst: user, groups, enabled unit).
+    let inside = "/tmp/codereader.deb";
+    fs::copy(spec.deb, rootfs.join(inside.trim_start_matches('/'))).map_err(io(spec.deb))?;
+    run(
+        "installing the codereader package in the image",
+        Command::new("chroot")
+            .arg(rootfs)
+            .args(["dpkg", "--install", inside])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    fs::remove_file(rootfs.join(inside.trim_start_matches('/'))).map_err(io(rootfs))?;
+    write(
+        rootfs,
+        "/etc/codereader/config.toml",
+        spec.config.as_bytes(),
+        0o644,
+    )?;
+    write(rootfs, "/etc/fstab", FSTAB.as_bytes(), 0o644)?;
+    write(rootfs, "/etc/hostname", b"codereader\n", 0o644)?;
+    // Empty: systemd makes one at each boot on the read-only root.
+    write(rootfs, "/etc/machine-id", b"", 0o444)?;
+    // The journal in memory (the root is read-only; /var/log is a tmpfs).
+    write(
+        rootfs,
+        "/etc/systemd/journald.conf.d/codereader.conf",
+        b"[Journal]\nStorage=volatile\nRuntimeMaxUse=8M\n",
+        0o644,
+    )?;
+    // No login on any console: the device is used by its keys alone.
+    for unit in ["getty@.service", "serial-getty@.service", "getty.target"] {
+        symlink(rootfs, &format!("/etc/systemd/system/{unit}"), "/dev/null")?;
+    }
+    // Nothing to upgrade from on a read-only root without network; no LVM to scrub.
+    for unit in [
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "e2scrub_all.timer",
+        "e2scrub_reap.service",
+    ] {
+        symlink(rootfs, &format!("/etc/systemd/system/{unit}"), "/dev/null")?;
+    }
+    for (path, content, mode) in spec.extra {
+        write(rootfs, path, content, *mode)?;
+    }
+    for unit in spec.enable {
+        symlink(
+            rootfs,
+            &format!("/etc/systemd/system/multi-user.target.wants/{unit}"),
+            &format!("/etc/systemd/system/{unit}"),
+        )?;
+    }
+    fs::create_dir_all(rootfs.join("state")).map_err(io(rootfs))?;
+    Ok(())
+}
+
+/// Runs `command`, returning its standard output.
+fn capture(step: &str, command: &mut Command) -> Result<String, String> {
+    let out = command
+        .output()
+        .map_err(|e| format!("{step}: cannot start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{step}: failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const MIB: u64 = 1 << 20;
+const BOOT_MIB: u64 = 128;
+const STATE_MIB: u64 = 64;
+
+fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), String> {
+    // The boot partition's files, taken out of the root.
+    let boot = work.join("boot");
+    fs::create_dir_all(&boot).map_err(io(&boot))?;
+    let kernel = newest(&rootfs.join("boot"), "vmlinuz-")?;
+    let initrd = newest(&rootfs.join("boot"), "initrd.img-")?;
+    let cmdline = "root=LABEL=cr-root ro rootwait console=ttyS0,115200 quiet";
+    let mut files: Vec<(PathBuf, String)> = vec![
+        (kernel, "vmlinuz".to_owned()),
+        (initrd, "initrd.img".to_owned()),
+    ];
+    match arch {
+        Arch::Amd64 => {
+            files.push((
+                rootfs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+                "EFI/BOOT/BOOTX64.EFI".to_owned(),
+            ));
+            write(
+                &boot,
+                "loader/loader.conf",
+                b"default codereader.conf\ntimeout 0\n",
+                0o644,
+            )?;
+            write(
+                &boot,
+                "loader/entries/codereader.conf",
+                format!(
+                    "title codereader\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"
+                )
+                .as_bytes(),
+                0o644,
+            )?;
+        }
+        Arch::Arm64 => {
+            files.push((
+                rootfs.join("usr/lib/systemd/boot/efi/systemd-bootaa64.efi"),
+                "EFI/BOOT/BOOTAA64.EFI".to_owned(),
+            ));
+            write(
+                &boot,
+                "loader/loader.conf",
+                b"default codereader.conf\ntimeout 0\n",
+                0o644,
+            )?;
+            let cmdline = cmdline.replace("console=ttyS0,115200", "console=ttyAMA0,115200");
+            write(
+                &boot,
+                "loader/entries/codereader.conf",
+                format!(
+                    "title codereader\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"
+                )
+                .as_bytes(),
+                0o644,
+            )?;
+            // A Raspberry Pi's firmware: raspi-firmware's files, as Debian's Pi images lay
+            // them out (config.txt names the kernel and initrd, cmdline.txt the root).
+            let firmware = rootfs.join("usr/lib/raspi-firmware");
+            for entry in fs::read_dir(&firmware).map_err(io(&firmware))? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    files.push((path.clone(), name.to_owned()));
+                }
+            }
+            let dtbs = newest(&rootfs.join("usr/lib"), "linux-image-")?.join("broadcom");
+            if let Ok(dir) = fs::read_dir(&dtbs) {
+                for entry in dir.filter_map(Result::ok) {
+                    let path = entry.path();
+                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                        if name.starts_with("bcm27") && name.ends_with(".dtb") {
+                            files.push((path.clone(), name.to_owned()));
+                        }
+                    }
+                }
+            }
+            write(
+                &boot,
+                "config.txt",
+                b"# codereader appliance (Raspberry Pi 3, 4, Zero 2)\narm_64bit=1\n\
+                  enable_uart=1\nupstream_kernel=1\nkernel=vmlinuz\ninitramfs initrd.img\n\
+                  dtparam=audio=on\n",
+                0o644,
+            )?;
+            write(
+                &boot,
+                "cmdline.txt",
+                "root=LABEL=cr-root ro rootwait console=tty0 console=ttyS1,115200 quiet\n"
+                    .as_bytes(),
+                0o644,
+            )?;
+        }
+    }
+    for (from, to) in &files {
+        let dest = boot.join(to);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        fs::copy(from, &dest).map_err(io(from))?;
+    }
+    let boot_img = work.join("boot.img");
+    let _ = fs::remove_file(&boot_img);
+    run(
+        "mkfs.vfat (boot)",
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "CR-BOOT", "-C"])
+            .arg(&boot_img)
+            .arg((BOOT_MIB * 1024).to_string()),
+    )?;
+    let mut mcopy = Command::new("mcopy");
+    mcopy.args(["-s", "-p", "-m", "-i"]).arg(&boot_img);
+    for entry in fs::read_dir(&boot).map_err(io(&boot))? {
+        mcopy.arg(entry.map_err(|e| e.to_string())?.path());
+    }
+    mcopy.arg("::/");
+    run("mcopy (boot files)", &mut mcopy)?;
+
+    // The state partition: the token's directory (the service user's, 0700) and systemd's.
+    let state = work.join("state");
+    let ids = fs::read_to_string(rootfs.join("etc/passwd")).map_err(io(rootfs))?;
+    let owner = ids
+        .lines()
+        .find(|l| l.starts_with("codereader:"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.get(2)?.to_string(), f.get(3)?.to_string()))
+        })
+        .ok_or("the package made no codereader user in the image")?;
+    fs::create_dir_all(state.join("codereader")).map_err(io(&state))?;
+    run(
+        "the state partition's token directory",
+        Command::new("chown")
+            .arg(format!("{}:{}", owner.0, owner.1))
+            .arg(state.join("codereader")),
+    )?;
+    run(
+        "chmod",
+        Command::new("chmod")
+            .arg("0700")
+            .arg(state.join("codereader")),
+    )?;
+    run(
+        "the state partition's systemd directory",
+        Command::new("cp")
+            .args(["-a"])
+            .arg(rootfs.join("var/lib/systemd"))
+            .arg(state.join("systemd")),
+    )?;
+    run(
+        "the state partition's ALSA directory",
+        Command::new("cp")
+            .args(["-a"])
+            .arg(rootfs.join("var/lib/alsa"))
+            .arg(state.join("alsa")),
+    )?;
+    let state_img = work.join("state.img");
+    run(
+        "mkfs.ext4 (state)",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "cr-state", "-d"])
+            .arg(&state)
+            .arg(&state_img)
+            .arg(format!("{STATE_MIB}M")),
+    )?;
+
+    // The root, with room to spare for an upgrade's unpacked files.
+    let used: u64 = capture(
+        "du (root)",
+        Command::new("du").args(["-s", "-B1M"]).arg(rootfs),
+    )?
+    .split_whitespace()
+    .next()
+    .and_then(|n| n.parse().ok())
+    .ok_or("du printed no size")?;
+    let root_mib = used + used / 4 + 64;
+    let root_img = work.join("root.img");
+    run(
+        "mkfs.ext4 (root)",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "cr-root", "-d"])
+            .arg(rootfs)
+            .arg(&root_img)
+            .arg(format!("{root_mib}M")),
+    )?;
+
+    // The disk: 1 MiB for the partition table, then the three partitions.
+    let total = 1 + BOOT_MIB + root_mib + STATE_MIB;
+    let _ = fs::remove_file(image);
+    let disk = fs::File::create(image).map_err(io(image))?;
+    disk.set_len(total * MIB).map_err(io(image))?;
+    drop(disk);
+    let layout = format!(
+        "label: dos\nunit: sectors\n\n\
+         start=2048, size={}, type=c, bootable\n\
+         start={}, size={}, type=83\n\
+         start={}, size={}, type=83\n",
+        BOOT_MIB * 2048,
+        (1 + BOOT_MIB) * 2048,
+        root_mib * 2048,
+        (1 + BOOT_MIB + root_mib) * 2048,
+        STATE_MIB * 2048
+    );
+    run_with_stdin(
+        "sfdisk (partition table)",
+        Command::new("sfdisk").args(["--quiet"]).arg(image),
+        &layout,
+    )?;
+    for (part, offset) in [
+        (&boot_img, 1),
+        (&root_img, 1 + BOOT_MIB),
+        (&state_img, 1 + BOOT_MIB + root_mib),
+    ] {
+        run(
+            &format!("writing {}", part.display()),
+            Command::new("dd")
+                .arg(format!("if={}", part.display()))
+                .arg(format!("of={}", image.display()))
+                .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+                .arg(format!("seek={offset}")),
+        )?;
+    }
+    Ok(())
+}
+
+/// The file or directory in `dir` whose name starts with `prefix`, newest version last by
+/// name (one kernel is installed).
+fn newest(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| format!("no {prefix}* in {}", dir.display()))
+}
