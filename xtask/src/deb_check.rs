@@ -25,33 +25,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::demo::{root, target_dir};
-use crate::{cargo, deb, packages, run};
+use crate::{cargo, deb, ensure, ok, output, packages, run};
 
 /// RFC 6238's test secret: public, nothing real is exposed.
 const TEST_URI: &str = "otpauth://totp/deb-check:test?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=deb-check&digits=6&period=30";
-
-fn output(command: &mut Command) -> Result<Output, String> {
-    command
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))
-}
-
-fn ok(step: &str, out: &Output) -> Result<String, String> {
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{step}: failed ({})\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
-    if condition { Ok(()) } else { Err(message()) }
-}
 
 fn group_exists(group: &str) -> bool {
     Command::new("getent")

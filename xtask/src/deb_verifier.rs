@@ -24,12 +24,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::deb::{files, install, md5sums, write};
 use crate::demo::{root, target_dir};
-use crate::{cargo, run};
+use crate::{cargo, ensure, ok, output, run};
 
 /// The package, its user and group, its directories.
 const NAME: &str = "codereader-verifier";
@@ -185,29 +185,6 @@ fn changelog(doc: &Path, version: &str, epoch: &str) -> Result<(), String> {
         "compressing the verifier's changelog",
         Command::new("gzip").args(["-9n", "--force"]).arg(&file),
     )
-}
-
-fn output(command: &mut Command) -> Result<Output, String> {
-    command
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))
-}
-
-fn ok(step: &str, out: &Output) -> Result<String, String> {
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{step}: failed ({})\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
-    if condition { Ok(()) } else { Err(message()) }
 }
 
 fn exists(database: &str, name: &str) -> bool {

@@ -117,6 +117,32 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Runs a command and keeps what it printed; only a failure to start it is an error.
+pub(crate) fn output(command: &mut Command) -> Result<std::process::Output, String> {
+    command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))
+}
+
+/// A finished command's standard output, or an error naming `step` with all it printed.
+pub(crate) fn ok(step: &str, out: &std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{step}: failed ({})\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `message()` as the error when `condition` does not hold.
+pub(crate) fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition { Ok(()) } else { Err(message()) }
+}
+
 fn test(_args: &[String]) -> Result<(), String> {
     packages::ensure(packages::TEST)?;
     // The speech crate's intelligibility test needs PocketSphinx (PyPI, pinned, in a
