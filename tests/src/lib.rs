@@ -87,6 +87,21 @@ pub fn voices_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../voices")
 }
 
+/// The Python with PocketSphinx for the offline recognizer
+/// (`crates/speech/tools/recognize_digits.py`): `CODEREADER_ASR_PYTHON` (set by `cargo xtask
+/// test`), else the virtualenv `cargo xtask test` makes in `target/asr-venv`, else `python3`.
+pub fn asr_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CODEREADER_ASR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/asr-venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// Mono audio as floats in -1..1.
 #[derive(Debug, Clone)]
 pub struct Audio {

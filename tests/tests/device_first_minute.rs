@@ -19,7 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_e2e::{
-    AlsaCapture, Audio, Pty, Span, codereader_bin, codereader_speak_bin, correlation, voices_dir,
+    AlsaCapture, Audio, Pty, Span, asr_python, codereader_bin, codereader_speak_bin, correlation,
+    voices_dir,
 };
 
 const URI: &str = "otpauth://totp/Bank:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Bank";
@@ -638,21 +639,6 @@ fn speak_on_the_real_clock_records_the_next_step_once_it_has_begun() {
     assert!(r > 0.9, "r(next code) = {r:.3}");
     let status = ok(&codereader(dir.path(), &["status"]));
     assert!(status.contains("last step given: 66666667"), "{status}");
-}
-
-/// The Python with PocketSphinx, as the speech crate's intelligibility test finds it:
-/// `CODEREADER_ASR_PYTHON` (set by `cargo xtask test`), else the virtualenv `cargo xtask
-/// test` makes in `target/asr-venv`, else `python3`.
-fn asr_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CODEREADER_ASR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/asr-venv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
 }
 
 /// `audio` resampled to `rate` with a windowed-sinc low-pass (the recognizer takes 16 kHz).

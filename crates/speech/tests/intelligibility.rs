@@ -7,27 +7,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use codereader_speech::VoicePack;
 use common::{temp_dir, voices_dir};
 
 const CODES: usize = 20;
-
-/// The Python with PocketSphinx: `CODEREADER_ASR_PYTHON` (set by `cargo xtask test`), else
-/// the virtualenv `cargo xtask intelligibility` makes, else `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CODEREADER_ASR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/asr-venv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
 
 /// Renders CODES codes by `voice` of the shipped English pack and returns (exact, n, line).
 fn measure(voice: &str, out: &Path) -> (usize, usize, String) {
@@ -44,7 +30,7 @@ fn measure(voice: &str, out: &Path) -> (usize, usize, String) {
         "{}",
         String::from_utf8_lossy(&rendered.stderr)
     );
-    let python = python();
+    let python = codereader_e2e::asr_python();
     let heard = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/recognize_digits.py"))
         .arg(out)
