@@ -159,50 +159,29 @@ pub(crate) fn build(deb: &Deb<'_>) -> Result<PathBuf, String> {
         install(&from, &to, mode)?;
     }
     copy_voices(deb.voices, &stage.join("usr/share/codereader/voices"))?;
-    changelog(&doc, &version, deb.epoch)?;
-
-    let mut payload = Vec::new();
-    for top in ["etc", "lib", "usr"] {
-        files(&stage.join(top), &mut payload)?;
-    }
-    let installed_kib: u64 = payload.iter().map(|(_, len)| len.div_ceil(1024)).sum();
-    write(
-        &stage.join("DEBIAN/control"),
-        &format!(
-            "Package: codereader\n\
-             Version: {version}\n\
-             Architecture: {arch}\n\
-             Maintainer: codereader developers <codereader@example.org>\n\
-             Installed-Size: {installed_kib}\n\
-             Depends: {DEPENDS}\n\
-             Section: misc\n\
-             Priority: optional\n\
-             Description: talking one-time-code token for blind and partially sighted users\n \
-             At the press of a key, codereader speaks the current one-time code (TOTP or\n \
-             HOTP) of the token enrolled on it, digit by digit, in Danish or English, on\n \
-             the sound card. It runs as a hardened system service reading keypads and\n \
-             GPIO buttons, and keeps the token's secret in /var/lib/codereader.\n",
-            arch = deb.arch
-        ),
-        0o644,
-    )?;
-    write(
-        &stage.join("DEBIAN/conffiles"),
-        "/etc/codereader/config.toml\n",
-        0o644,
-    )?;
-    md5sums(&stage, &payload)?;
+    changelog(&doc, "codereader", &version, deb.epoch)?;
 
     let file = deb
         .out_dir
         .join(format!("codereader_{version}_{}.deb", deb.arch));
-    run(
-        &format!("building {}", file.display()),
-        Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(&stage)
-            .arg(&file)
-            .env("SOURCE_DATE_EPOCH", deb.epoch),
+    seal(
+        &stage,
+        &Control {
+            package: "codereader",
+            version: &version,
+            arch: deb.arch,
+            depends: DEPENDS,
+            section: "misc",
+            description: "talking one-time-code token for blind and partially sighted users\n \
+                          At the press of a key, codereader speaks the current one-time code (TOTP or\n \
+                          HOTP) of the token enrolled on it, digit by digit, in Danish or English, on\n \
+                          the sound card. It runs as a hardened system service reading keypads and\n \
+                          GPIO buttons, and keeps the token's secret in /var/lib/codereader.\n",
+            conffiles: &["/etc/codereader/config.toml"],
+        },
+        &["-Zxz"],
+        &file,
+        deb.epoch,
     )?;
     Ok(file)
 }
@@ -226,7 +205,12 @@ fn copy_voices(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// `changelog.gz`, which Debian requires of every package (a native package's one entry).
-fn changelog(doc: &Path, version: &str, epoch: &str) -> Result<(), String> {
+pub(crate) fn changelog(
+    doc: &Path,
+    package: &str,
+    version: &str,
+    epoch: &str,
+) -> Result<(), String> {
     let date = Command::new("date")
         .args(["-R", "-u", "-d"])
         .arg(format!("@{epoch}"))
@@ -237,15 +221,82 @@ fn changelog(doc: &Path, version: &str, epoch: &str) -> Result<(), String> {
     write(
         &file,
         &format!(
-            "codereader ({version}) unstable; urgency=medium\n\n  \
+            "{package} ({version}) unstable; urgency=medium\n\n  \
              * Release {version}, built by `cargo xtask dist`.\n\n \
              -- codereader developers <codereader@example.org>  {date}\n"
         ),
         0o644,
     )?;
     run(
-        "compressing the changelog",
+        &format!("compressing {package}'s changelog"),
         Command::new("gzip").args(["-9n", "--force"]).arg(&file),
+    )
+}
+
+/// What `DEBIAN/control` says of a package, beside what [`seal`] measures.
+pub(crate) struct Control<'a> {
+    pub(crate) package: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) arch: &'a str,
+    pub(crate) depends: &'a str,
+    pub(crate) section: &'a str,
+    /// The summary line, then the long description's lines, each starting with a space and
+    /// ending with a newline.
+    pub(crate) description: &'a str,
+    pub(crate) conffiles: &'a [&'a str],
+}
+
+/// Finishes a staged package: `DEBIAN/control` (with the Installed-Size of what `stage`
+/// holds under etc, lib and usr), `conffiles` and `md5sums`; then builds `file` with
+/// dpkg-deb, compressed as `compress` says, dated `epoch`.
+pub(crate) fn seal(
+    stage: &Path,
+    control: &Control<'_>,
+    compress: &[&str],
+    file: &Path,
+    epoch: &str,
+) -> Result<(), String> {
+    let mut payload = Vec::new();
+    for top in ["etc", "lib", "usr"] {
+        files(&stage.join(top), &mut payload)?;
+    }
+    let installed_kib: u64 = payload.iter().map(|(_, len)| len.div_ceil(1024)).sum();
+    let Control {
+        package,
+        version,
+        arch,
+        depends,
+        section,
+        description,
+        conffiles,
+    } = control;
+    write(
+        &stage.join("DEBIAN/control"),
+        &format!(
+            "Package: {package}\n\
+             Version: {version}\n\
+             Architecture: {arch}\n\
+             Maintainer: codereader developers <codereader@example.org>\n\
+             Installed-Size: {installed_kib}\n\
+             Depends: {depends}\n\
+             Section: {section}\n\
+             Priority: optional\n\
+             Description: {description}"
+        ),
+        0o644,
+    )?;
+    let conffiles: String = conffiles.iter().map(|c| format!("{c}\n")).collect();
+    write(&stage.join("DEBIAN/conffiles"), &conffiles, 0o644)?;
+    md5sums(stage, &payload)?;
+    run(
+        &format!("building {}", file.display()),
+        Command::new("dpkg-deb")
+            .arg("--root-owner-group")
+            .args(compress)
+            .arg("--build")
+            .arg(stage)
+            .arg(file)
+            .env("SOURCE_DATE_EPOCH", epoch),
     )
 }
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deb::{files, install, md5sums, write};
+use crate::deb::{Control, changelog, install, seal};
 use crate::demo::{root, target_dir};
 use crate::{cargo, ensure, ok, output, run};
 
@@ -112,79 +112,33 @@ pub(crate) fn build(
     ] {
         install(&from, &to, mode)?;
     }
-    changelog(&doc, &version, epoch)?;
-
-    let mut payload = Vec::new();
-    for top in ["etc", "lib", "usr"] {
-        files(&stage.join(top), &mut payload)?;
-    }
-    let installed_kib: u64 = payload.iter().map(|(_, len)| len.div_ceil(1024)).sum();
-    write(
-        &stage.join("DEBIAN/control"),
-        &format!(
-            "Package: {NAME}\n\
-             Version: {version}\n\
-             Architecture: {arch}\n\
-             Maintainer: codereader developers <codereader@example.org>\n\
-             Installed-Size: {installed_kib}\n\
-             Depends: {DEPENDS}\n\
-             Section: net\n\
-             Priority: optional\n\
-             Description: verifier service for codereader one-time-code tokens\n \
-             An HTTP service that checks the one-time codes (TOTP and HOTP) of the\n \
-             tokens enrolled in it, once each, with lockout and per-client failure\n \
-             budgets, and the operators' commands to enrol, import (PSKC), audit and\n \
-             rotate keys. It runs as a hardened system service on SQLite or on a shared\n \
-             PostgreSQL, with its settings in /etc/codereader-verifier/verifier.toml.\n"
-        ),
-        0o644,
-    )?;
-    write(
-        &stage.join("DEBIAN/conffiles"),
-        &format!("{CONFIG}\n"),
-        0o644,
-    )?;
-    md5sums(&stage, &payload)?;
+    changelog(&doc, NAME, &version, epoch)?;
 
     let file = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));
-    run(
-        &format!("building {}", file.display()),
-        Command::new("dpkg-deb")
-            .arg("--root-owner-group")
-            .args(match compression {
-                Compression::Release => &["-Zxz"] as &[&str],
-                Compression::Quick => &["-Zgzip", "-z1"],
-            })
-            .arg("--build")
-            .arg(&stage)
-            .arg(&file)
-            .env("SOURCE_DATE_EPOCH", epoch),
+    seal(
+        &stage,
+        &Control {
+            package: NAME,
+            version: &version,
+            arch,
+            depends: DEPENDS,
+            section: "net",
+            description: "verifier service for codereader one-time-code tokens\n \
+                          An HTTP service that checks the one-time codes (TOTP and HOTP) of the\n \
+                          tokens enrolled in it, once each, with lockout and per-client failure\n \
+                          budgets, and the operators' commands to enrol, import (PSKC), audit and\n \
+                          rotate keys. It runs as a hardened system service on SQLite or on a shared\n \
+                          PostgreSQL, with its settings in /etc/codereader-verifier/verifier.toml.\n",
+            conffiles: &[CONFIG],
+        },
+        match compression {
+            Compression::Release => &["-Zxz"],
+            Compression::Quick => &["-Zgzip", "-z1"],
+        },
+        &file,
+        epoch,
     )?;
     Ok(file)
-}
-
-/// `changelog.gz`: a native package's one entry.
-fn changelog(doc: &Path, version: &str, epoch: &str) -> Result<(), String> {
-    let date = Command::new("date")
-        .args(["-R", "-u", "-d"])
-        .arg(format!("@{epoch}"))
-        .output()
-        .map_err(|e| format!("date: {e}"))?;
-    let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
-    let file = doc.join("changelog");
-    write(
-        &file,
-        &format!(
-            "{NAME} ({version}) unstable; urgency=medium\n\n  \
-             * Release {version}, built by `cargo xtask dist`.\n\n \
-             -- codereader developers <codereader@example.org>  {date}\n"
-        ),
-        0o644,
-    )?;
-    run(
-        "compressing the verifier's changelog",
-        Command::new("gzip").args(["-9n", "--force"]).arg(&file),
-    )
 }
 
 fn exists(database: &str, name: &str) -> bool {
