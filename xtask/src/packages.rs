@@ -59,7 +59,8 @@ pub(crate) const TEST: &[&str] = &[
     "speech-dispatcher",
     "speech-dispatcher-espeak-ng",
     // server and device: `systemd-analyze security --offline` rates the shipped systemd units
-    // (installing systemd in a container is safe: it does not become PID 1 there).
+    // (installing systemd in a container is safe: it does not become PID 1 there);
+    // crates/device/tests/unit_hardening.rs and crates/server/tests/packaging.rs fail without it.
     "systemd",
     // device: `--copy` is tested on a real X server (Xvfb, read back with xclip) and a real
     // Wayland compositor (sway's headless backend, read back with wl-paste); xclip and
