@@ -1031,15 +1031,10 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
         "{}",
         help[0]
     );
-    // The paced capture may still be reading the closing tone.
-    wait_until(
-        3,
-        || {
-            let audio = capture.audio();
-            audio.spans(audio.loudest_frame() * 0.01, 1000).len() >= 5
-        },
-        || format!("{log:?}"),
-    );
+    // The paced capture may still be reading the closing tone: wait until it has read all.
+    capture
+        .wait_for_end(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {log:?}"));
     let audio = capture.audio();
     let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
     let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
@@ -1122,14 +1117,11 @@ fn quitting_plays_a_short_closing_tone() {
     run.press("q");
     let status = run.wait_for_exit();
     assert!(status.success(), "{:?}", run.log());
-    // The paced capture may still be reading what was written before the exit.
-    let sounds = || {
-        let audio = capture.audio();
-        audio.spans(audio.loudest_frame() * 0.01, 500)
-    };
-    wait_until(5, || sounds().len() >= 2, || format!("{:?}", sounds()));
+    // The paced capture may still be reading what was written before the exit: wait until
+    // it has read all (waiting for two sounds measured a tone still arriving: 0.02 s).
+    capture.wait_for_end(Duration::from_secs(10)).unwrap();
     let audio = capture.audio();
-    let sounds = sounds();
+    let sounds = audio.spans(audio.loudest_frame() * 0.01, 500);
     assert_eq!(
         sounds.len(),
         2,
