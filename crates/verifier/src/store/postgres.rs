@@ -7,6 +7,18 @@
 //! with the same code, exactly one wins. A unit of work is therefore a sequence of committed
 //! statements on one connection, and hears `Ok` once it has run.
 //!
+//! An accepted verification is one round trip: the store keeps a copy of every token row it
+//! last read or wrote (`Copies`), the verifier decides on that copy ([`Tx::token_seen`];
+//! the HMAC is computed here, never in SQL), and the statement that accepts also requires
+//! the row to equal the copy. A copy another server has outdated costs one retry on a fresh
+//! read ([`StoreError::Stale`]), never a wrong decision; any other write on a decision from
+//! an unconfirmed copy is refused before it is sent. The durable commit, the audit line, and
+//! the events trigger are those of the statement, as before.
+//!
+//! The events trigger's advisory lock (`postgres_events.rs`) stays: only audit lines that
+//! are events take it (locks, activations, enrolments...), never a plain verification, and
+//! it is what lets a consumer trust that no smaller event id commits after one it has seen.
+//!
 //! Each connection runs its calls on a runtime of its own and blocks its caller, every call
 //! under a deadline (`pgclient.rs`: a primary that hangs holds no call longer than that, and
 //! the hosts of a multi-host address are tried in turn). Connections come from a small pool
@@ -92,16 +104,20 @@ fn is_unique_violation(e: &PgError) -> bool {
 /// A client with the statements it has prepared.
 struct Conn {
     client: PgClient,
-    statements: HashMap<&'static str, Statement>,
+    /// By the address and length of the statement's text: every text here is a `&'static
+    /// str`, so the pair names one text, and hashing it instead of a kilobyte of SQL saves
+    /// thousands of instructions per call (one text at two addresses is prepared twice).
+    statements: HashMap<(usize, usize), Statement>,
 }
 
 impl Conn {
     fn statement(&mut self, sql: &'static str) -> Result<Statement, PgError> {
-        if let Some(s) = self.statements.get(sql) {
+        let key = (sql.as_ptr() as usize, sql.len());
+        if let Some(s) = self.statements.get(&key) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(key, s.clone());
         Ok(s)
     }
 }
