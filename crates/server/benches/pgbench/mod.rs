@@ -142,7 +142,9 @@ pub(crate) fn print() {
     }
     println!(
         "pgbench: -c {} -j 2 -T {} (--pgbench-clients, --pgbench-seconds), synchronous_commit=on, \
-         127.0.0.1, right after the store's phases; goal (issue 27): verify over HTTP >= 0.9x",
+         127.0.0.1, right after the store's phases; goal (issue 27): verify over HTTP >= 0.9x\n\
+         (the server holds at most --pg-connections database connections, 16 unless given with\n\
+         --server-arg; pgbench holds one per client)",
         option("--pgbench-clients", 32, 1000),
         option("--pgbench-seconds", 10, 60)
     );
