@@ -17,7 +17,8 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use codereader_otp::UnixTime;
@@ -99,8 +100,12 @@ const MIGRATIONS: &[&str] = &[
 /// How hard SQLite works to keep a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous = FULL`: every commit is fsynced before it returns; an accepted code stays
-    /// used even after a power cut. The default.
+    /// Every commit is fsynced before any verification in it hears its answer; an accepted
+    /// code stays used even after a power cut. The default. The writer does not wait for the
+    /// fsync itself (a thread of its own fsyncs the write-ahead log once for every batch
+    /// committed meanwhile), so a commit may be visible to readers shortly before it is
+    /// durable, never answered before. A database that is not a plain file in WAL mode gets
+    /// SQLite's `synchronous = FULL` instead.
     #[default]
     Full,
     /// `synchronous = NORMAL`: commits survive a crash of the process (kill -9) but the last
@@ -179,6 +184,63 @@ const MAX_BATCH: usize = 512;
 struct Writer {
     queue: mpsc::Sender<Box<dyn Work>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread that makes committed batches durable ([`sync_loop`]), if the writer does
+    /// not leave that to SQLite.
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the writer hands committed batches to be made durable before they hear so: the
+/// syncer thread, which fsyncs the write-ahead log once for every batch committed meanwhile.
+struct Durable {
+    batches: mpsc::Sender<Vec<Box<dyn Work>>>,
+    /// Set by the syncer when an fsync failed: what the kernel then kept is unknown, so the
+    /// writer refuses every later batch (as PostgreSQL stops on a failed fsync).
+    failed: Arc<AtomicBool>,
+}
+
+fn fsync_failed() -> StoreError {
+    StoreError::Database {
+        backend: "sqlite",
+        reason: "an fsync of the write-ahead log failed earlier; restart the verifier".to_owned(),
+    }
+}
+
+/// The syncer thread: takes every batch the writer committed since its last fsync, fsyncs
+/// the write-ahead log `wal` once (which makes every frame written before it durable), then
+/// lets each unit of those batches hear that it was committed, in commit order.
+fn sync_loop(wal: &Path, batches: mpsc::Receiver<Vec<Box<dyn Work>>>, failed: &AtomicBool) {
+    // The log's directory entry too, once: the log may have been created by this store.
+    let mut entry_synced = false;
+    while let Ok(first) = batches.recv() {
+        let mut ready = vec![first];
+        while let Ok(more) = batches.try_recv() {
+            ready.push(more);
+        }
+        // Opened afresh each time: the log's file is the one on disk now.
+        let mut synced = std::fs::File::open(wal).and_then(|f| f.sync_data());
+        if synced.is_ok() && !entry_synced {
+            let dir = wal
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            entry_synced = synced.is_ok();
+        }
+        let result = match synced {
+            Ok(()) if !failed.load(Ordering::SeqCst) => Ok(()),
+            Ok(()) => Err(fsync_failed()),
+            Err(e) => {
+                failed.store(true, Ordering::SeqCst);
+                Err(StoreError::Database {
+                    backend: "sqlite",
+                    reason: format!("cannot fsync the write-ahead log: {e}"),
+                })
+            }
+        };
+        for work in ready.into_iter().flatten() {
+            work.finish(result.clone());
+        }
+    }
 }
 
 fn writer_gone() -> StoreError {
@@ -188,8 +250,12 @@ fn writer_gone() -> StoreError {
     }
 }
 
-/// The writer thread: batches of queued work, each batch one transaction.
-fn write_loop(conn: Connection, queue: mpsc::Receiver<Box<dyn Work>>) {
+/// The writer thread: batches of queued work, each batch one transaction. With `durable`,
+/// a committed batch goes to the syncer, which lets its units hear of the commit once an
+/// fsync has made it durable; meanwhile the writer runs the next batch, so the time of an
+/// fsync no longer adds to the time of every batch. Without, SQLite's own `synchronous`
+/// setting decides, and units hear of the commit here.
+fn write_loop(conn: Connection, queue: mpsc::Receiver<Box<dyn Work>>, durable: Option<Durable>) {
     let held = Held::default();
     let view = Conn {
         conn: &conn,
@@ -202,6 +268,15 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Box<dyn Work>>) {
                 Ok(work) => batch.push(work),
                 Err(_) => break,
             }
+        }
+        if durable
+            .as_ref()
+            .is_some_and(|d| d.failed.load(Ordering::SeqCst))
+        {
+            for work in batch {
+                work.finish(Err(fsync_failed()));
+            }
+            continue;
         }
         let committed = match view.run(Sql::Begin) {
             // No transaction, so nothing runs: every unit hears why.
@@ -231,6 +306,16 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Box<dyn Work>>) {
                 }
             }
         };
+        if let (Ok(()), Some(durable)) = (&committed, &durable) {
+            if let Err(mpsc::SendError(batch)) = durable.batches.send(batch) {
+                // No syncer (it cannot have stopped while this sender lives, but if it
+                // did): nothing says the batch is durable.
+                for work in batch {
+                    work.finish(Err(fsync_failed()));
+                }
+            }
+            continue;
+        }
         for work in batch {
             work.finish(committed.clone());
         }
@@ -407,20 +492,57 @@ impl SqliteStore {
         };
         let mut conn = store.connect()?;
         // WAL is a property of the file: set once, every later connection sees it.
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(db)?;
         migrate(&mut conn)?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(f)
+                .map_err(|e| StoreError::Database {
+                    backend: "sqlite",
+                    reason: format!("cannot start the {name} thread: {e}"),
+                })
+        };
+        // Durable commits: the writer's connection commits without waiting for the disk
+        // (synchronous=NORMAL, which still syncs around checkpoints), and the syncer fsyncs
+        // the log before any unit of a batch hears of its commit. A database that is not a
+        // plain file in WAL mode leaves it to SQLite (synchronous=FULL).
+        let wal = (options.durability == Durability::Full
+            && mode.eq_ignore_ascii_case("wal")
+            && !path
+                .as_ref()
+                .as_os_str()
+                .as_encoded_bytes()
+                .starts_with(b"file:"))
+        .then(|| {
+            let mut wal = path.as_ref().as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        });
+        let (mut durable, mut syncer) = (None, None);
+        if let Some(wal) = wal {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(db)?;
+            let (batches, ready) = mpsc::channel();
+            let failed = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&failed);
+            syncer = Some(spawn(
+                "sqlite-syncer",
+                Box::new(move || sync_loop(&wal, ready, &flag)),
+            )?);
+            durable = Some(Durable { batches, failed });
+        }
         let (queue, jobs) = mpsc::channel::<Box<dyn Work>>();
-        let thread = std::thread::Builder::new()
-            .name("sqlite-writer".to_owned())
-            .spawn(move || write_loop(conn, jobs))
-            .map_err(|e| StoreError::Database {
-                backend: "sqlite",
-                reason: format!("cannot start the writer thread: {e}"),
-            })?;
+        let thread = spawn(
+            "sqlite-writer",
+            Box::new(move || write_loop(conn, jobs, durable)),
+        )?;
         store.writer = Some(Writer {
             queue,
             thread: Some(thread),
+            syncer,
         });
         Ok(store)
     }
@@ -461,13 +583,21 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Closing the queue ends the writer loop after the writes already queued.
         if let Some(mut writer) = self.writer.take() {
-            let thread = writer.thread.take();
+            let (thread, syncer) = (writer.thread.take(), writer.syncer.take());
             drop(writer);
             // Submitted work may hold what holds the store (a server's verifier), so the
-            // last owner can let go of it on the writer thread itself; that thread ends by itself once the
-            // queue is closed and drained, and cannot wait for itself.
-            if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
-                let _ = t.join();
+            // last owner can let go of it on the writer or the syncer thread itself; each
+            // ends by itself once its queue is closed and drained (the writer closes the
+            // syncer's when it ends), and cannot wait for itself. On the writer, the syncer
+            // cannot end before the writer does, so neither is waited for.
+            let me = std::thread::current().id();
+            if thread.as_ref().is_some_and(|t| t.thread().id() == me) {
+                return;
+            }
+            for t in [thread, syncer].into_iter().flatten() {
+                if t.thread().id() != me {
+                    let _ = t.join();
+                }
             }
         }
     }
