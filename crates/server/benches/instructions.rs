@@ -9,6 +9,8 @@
 //! the difference of the two totals (every thread of the server), divided by `n`, is one
 //! request with startup, enrolment and shutdown taken out. The client runs natively and is not
 //! counted. Under `cargo test` each row runs once with a few requests, natively.
+//! `CODEREADER_CALLGRIND_DIR=DIR` keeps callgrind's output files in DIR for
+//! `callgrind_annotate`.
 
 #![allow(
     clippy::unwrap_used,
@@ -172,13 +174,16 @@ fn main() {
         }
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    // `CODEREADER_CALLGRIND_DIR=DIR` keeps callgrind's files there, for callgrind_annotate.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("CODEREADER_CALLGRIND_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), std::path::PathBuf::from);
     println!();
     println!("| request | server instructions/request |");
     println!("|---|---:|");
     for (kind, label, n) in rows {
-        let with = run(kind, n, Some(&dir.path().join(format!("{kind}.{n}.out"))));
-        let without = run(kind, 0, Some(&dir.path().join(format!("{kind}.0.out"))));
+        let with = run(kind, n, Some(&dir.join(format!("{kind}.{n}.out"))));
+        let without = run(kind, 0, Some(&dir.join(format!("{kind}.0.out"))));
         let per = with.saturating_sub(without) as f64 / n as f64;
         println!("| {label} | {per:.0} |");
     }

@@ -493,6 +493,78 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
     }
 }
 
+/// The store a row belongs to: its name up to the first colon (`sqlite: floor ...`).
+fn store_of(name: &str) -> &str {
+    name.split(':').next().unwrap_or(name)
+}
+
+/// The rate of the row of `name`'s store whose phase name contains `phase`, if any.
+fn rate_of(rows: &[(String, Phase)], name: &str, phase: &str) -> Option<f64> {
+    rows.iter()
+        .find(|(other, _)| store_of(other) == store_of(name) && other.contains(phase))
+        .map(|(_, p)| p.rate())
+}
+
+/// The table: each row beside its own store's HTTP floor and library phases (found by name,
+/// so a store may add phases of its own).
+fn print_table(rows: &[(String, Phase)], cores: usize) {
+    println!(
+        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>13} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "phase",
+        "requests",
+        "per second",
+        "p50 ms",
+        "p99 ms",
+        "vs HTTP floor",
+        "vs library",
+        "unexpected",
+        "server us",
+        "loadgen us",
+        "cpu bound/s"
+    );
+    for (name, phase) in rows {
+        let floor = rate_of(rows, name, "floor").unwrap_or(f64::NAN);
+        let library = rate_of(rows, name, "library").unwrap_or(f64::NAN);
+        let (server_us, client_us) = phase.cpu_per_request();
+        println!(
+            "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>12.2}x {:>10.2}x {:>11} {:>10.1} {:>10.1} {:>11.0}",
+            name,
+            phase.requests,
+            phase.rate(),
+            phase.percentile(0.50),
+            phase.percentile(0.99),
+            phase.rate() / floor,
+            phase.rate() / library,
+            phase.unexpected,
+            server_us,
+            client_us,
+            cores as f64 * 1e6 / (server_us + client_us),
+        );
+    }
+    println!(
+        "\nvs HTTP floor / vs library: the phase's rate over its store's floor phase and its \
+         library-in-process phase, both measured in this run"
+    );
+    if let Some(goal) = sqlite_goal(rows) {
+        println!("{goal}");
+    }
+}
+
+/// Issue 27's goal for SQLite (synchronous=FULL), judged on this run's figures.
+fn sqlite_goal(rows: &[(String, Phase)]) -> Option<String> {
+    let (name, verify) = rows
+        .iter()
+        .find(|(n, _)| n == "sqlite: verify (accepted)")?;
+    let ratio = verify.rate() / rate_of(rows, name, "floor")?;
+    let p99 = verify.percentile(0.99);
+    let met = ratio >= 0.5 && p99 < 5.0;
+    Some(format!(
+        "goal (issue 27): SQLite FULL verify over HTTP >= 0.50x the HTTP floor with p99 < 5 ms: \
+         {ratio:.2}x, p99 {p99:.2} ms: {}",
+        if met { "met" } else { "not met" }
+    ))
+}
+
 fn main() {
     let o = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -509,41 +581,7 @@ fn main() {
     for store in &o.stores {
         rows.extend(runtime.block_on(run_store(store, &o)));
     }
-    println!(
-        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
-        "phase",
-        "requests",
-        "per second",
-        "p50 ms",
-        "p99 ms",
-        "vs floor",
-        "vs library",
-        "unexpected",
-        "server us",
-        "loadgen us",
-        "cpu bound/s"
-    );
-    for chunk in rows.chunks(3) {
-        let floor = chunk[0].1.rate();
-        let library = chunk.get(2).map_or(f64::NAN, |(_, p)| p.rate());
-        for (name, phase) in chunk {
-            let (server_us, client_us) = phase.cpu_per_request();
-            println!(
-                "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>8.2}x {:>10.2}x {:>11} {:>10.1} {:>10.1} {:>11.0}",
-                name,
-                phase.requests,
-                phase.rate(),
-                phase.percentile(0.50),
-                phase.percentile(0.99),
-                phase.rate() / floor,
-                phase.rate() / library,
-                phase.unexpected,
-                server_us,
-                client_us,
-                cores as f64 * 1e6 / (server_us + client_us),
-            );
-        }
-    }
+    print_table(&rows, cores);
     println!(
         "\nserver us / loadgen us: CPU time (user + system, all threads) per request of the \
          server process and of the load generator during the phase; cpu bound/s: the rate at \

@@ -80,6 +80,15 @@ impl HsmKeys {
         Ok(key)
     }
 
+    /// Whether any key was opened in a module.
+    pub fn in_use(&self) -> bool {
+        !self
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Opens the keys a keyring file names (never creating one: the file says it exists).
     pub fn open_named(&self, _id: &KeyId, uri: &str) -> Result<Arc<dyn SealingKey>, String> {
         self.open(uri, false)

@@ -190,10 +190,12 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
     /// Keep the prepared HMAC keys of up to this many recently verified tokens in memory, so
-    /// their seeds need not be decrypted again (0: off, the default). Saves about half a
-    /// microsecond per verification; cached keys stay in memory until evicted.
-    #[arg(long, default_value_t = 0)]
-    key_cache: usize,
+    /// their seeds need not be decrypted again (0: off). Default: 10000, or off when a key
+    /// of the keyring is in a PKCS#11 module (then the cache would hold seeds the module
+    /// exists to keep out of memory). Cached keys stay in memory until evicted, their token
+    /// is deleted or enrolled again, or the keyring is reloaded.
+    #[arg(long)]
+    key_cache: Option<usize>,
     /// Push events (token locked, unlocked, ...) to this destination, signed: `URL
     /// secret-file=F [events=token.locked,token.unlocked] [name=N] [ca=F]` (one value, words
     /// separated by spaces; https, or http to loopback only). Repeat for several.

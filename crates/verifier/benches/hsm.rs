@@ -97,7 +97,7 @@ fn main() {
             } else {
                 Keyring::new(hsm.clone())
             };
-            let (v, id) = setup(store(kind), keyring, cache);
+            let (v, id) = setup(store(kind), keyring, Some(cache));
             let per_s = rate(&v, &id, n);
             let base = *baseline.get_or_insert(per_s);
             let label = format!(

@@ -31,8 +31,8 @@ use common::{START, run, secret};
 use criterion::Criterion;
 
 /// A verifier over `store` holding token "B" under a file key, with a cache of `key_cache`
-/// prepared keys (0: none).
-fn setup(store: Box<dyn Store>, key_cache: usize) -> (Verifier, TokenId) {
+/// prepared keys (0: none; `None`: the verifier's default).
+fn setup(store: Box<dyn Store>, key_cache: Option<usize>) -> (Verifier, TokenId) {
     let keyring = Keyring::new(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32]));
     common::setup(store, keyring, key_cache)
 }
@@ -55,8 +55,8 @@ fn cases(pg: &TempPostgres, dir: &std::path::Path) -> Vec<Case> {
         )
     };
     let stores: Vec<(&'static str, Box<dyn Store>)> = vec![
-        ("memory", Box::new(MemoryStore::new())),
-        ("memory (key cache)", Box::new(MemoryStore::new())),
+        ("memory (default: key cache)", Box::new(MemoryStore::new())),
+        ("memory (no key cache)", Box::new(MemoryStore::new())),
         (
             "sqlite (synchronous=FULL)",
             sqlite("full.db", Durability::Full),
@@ -70,7 +70,7 @@ fn cases(pg: &TempPostgres, dir: &std::path::Path) -> Vec<Case> {
     stores
         .into_iter()
         .map(|(name, store)| {
-            let key_cache = if name.contains("key cache") { 1000 } else { 0 };
+            let key_cache = name.contains("no key cache").then_some(0);
             let (verifier, id) = setup(store, key_cache);
             Case {
                 name,

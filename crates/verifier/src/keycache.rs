@@ -3,7 +3,8 @@
 //!
 //! Opening the seal and preparing the key cost about as much as the three HMACs of a ±1
 //! window; a server verifying the same population of tokens all day pays that again on every
-//! request. The cache is off unless asked for ([`crate::Verifier::with_key_cache`]).
+//! request. The cache is on by default ([`crate::DEFAULT_KEY_CACHE`] tokens) and can be turned
+//! off or resized ([`crate::Verifier::with_key_cache`]).
 //!
 //! # What it changes for security
 //! Entries hold prepared HMAC states, which are as good as the seed for making codes. The
@@ -11,7 +12,10 @@
 //! store, so an attacker who can read its memory gains nothing new; but a cached key lives
 //! longer in memory than the few microseconds of a verification. Entries are wiped when they
 //! are dropped (the otp crate's prepared states zeroize themselves), evicted when the cache is
-//! full, and removed when a token is deleted.
+//! full, removed when a token is deleted or enrolled again, and all dropped when the keyring is
+//! replaced or a rotation runs. With the key-encryption key in a PKCS#11 module the process
+//! does not hold it, and then the cache does widen what a memory dump reveals (the server
+//! turns it off by default there).
 //!
 //! # Why it is always right
 //! An entry is used only if the stored seal the verification just read is byte for byte the
@@ -106,7 +110,14 @@ impl KeyCache {
         );
     }
 
-    /// Forgets `id` (its token was deleted).
+    /// Forgets every key (the keyring was replaced, or seeds were re-sealed).
+    pub(crate) fn clear(&self) {
+        for shard in &*self.shards {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
+    /// Forgets `id` (its token was deleted or enrolled again).
     pub(crate) fn remove(&self, id: &TokenId) {
         self.shard(id)
             .lock()
@@ -179,6 +190,19 @@ mod tests {
         );
         cache.remove(&id);
         assert!(cache.get(&id, &seed(1), params(Digits::SIX)).is_none());
+        // Cleared (a keyring replaced, a rotation): nothing is left.
+        for i in 0..50 {
+            let id = TokenId::new(format!("T{i}")).unwrap();
+            cache.put(&id, &seed(1), params(Digits::SIX), hotp(1));
+        }
+        assert_eq!(cache.len(), 50);
+        cache.clear();
+        assert_eq!(cache.len(), 0);
+        assert!(
+            cache
+                .get(&stranger, &seed(1), params(Digits::SIX))
+                .is_none()
+        );
     }
 
     #[test]

@@ -104,8 +104,8 @@ pub use crate::token::{
     UserId,
 };
 pub use crate::verifier::{
-    Activation, Enrollment, ImportProblem, ImportReport, KeySource, NoticeAction, OwnedSubject,
-    RotationReport, Subject, TokenInfo, Verifier, VerifyError,
+    Activation, DEFAULT_KEY_CACHE, Enrollment, ImportProblem, ImportReport, KeySource,
+    NoticeAction, OwnedSubject, RotationReport, Subject, TokenInfo, Verifier, VerifyError,
 };
 
 /// The server shares one [`Verifier`] between blocking threads; this fails to compile if a

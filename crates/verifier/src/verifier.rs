@@ -229,6 +229,10 @@ pub trait KeySource: Send + Sync {
     fn reload(&self) -> Option<Keyring>;
 }
 
+/// How many prepared HMAC keys a verifier keeps by default ([`Verifier::with_key_cache`]):
+/// room for the tokens of a large site that log on within minutes, in a few megabytes.
+pub const DEFAULT_KEY_CACHE: usize = 10_000;
+
 /// The verifier: a store, the keyring that opens its seeds, and the policy.
 ///
 /// `Send + Sync`: share one in an `Arc` and call it from any thread; only
@@ -312,7 +316,8 @@ struct Generator {
 }
 
 impl Verifier {
-    /// A verifier over `store`, opening and sealing seeds with `keyring`.
+    /// A verifier over `store`, opening and sealing seeds with `keyring`, with a key cache of
+    /// [`DEFAULT_KEY_CACHE`] tokens ([`Verifier::with_key_cache`]).
     pub fn new(store: Box<dyn Store>, keyring: Keyring, policy: Policy) -> Self {
         Verifier {
             store,
@@ -322,7 +327,7 @@ impl Verifier {
                 source: None,
                 reloading: Mutex::new(()),
                 policy,
-                keys: None,
+                keys: KeyCache::new(DEFAULT_KEY_CACHE).map(Arc::new),
             }),
             budgets: None,
         }
@@ -389,11 +394,13 @@ impl Verifier {
 
     /// Keeps the prepared HMAC keys of up to about `capacity` recently verified tokens in
     /// memory, so that verifying them again skips opening the seal and the key schedule
-    /// (roughly a third of an in-memory verification). 0 turns the cache off, which is the
-    /// default. The cache never holds token state and is used only for a stored seal
-    /// identical to the one it was made from; entries are wiped on eviction and when their
-    /// token is deleted. It keeps key material in memory longer, in a process that holds the
-    /// key-encryption key anyway.
+    /// (roughly a third of an in-memory verification). On by default with
+    /// [`DEFAULT_KEY_CACHE`]; 0 turns it off. The cache never holds token state and is used
+    /// only for a stored seal identical to the one it was made from; entries are wiped on
+    /// eviction, when their token is deleted or enrolled again, and all of them when the
+    /// keyring is replaced or a rotation runs. It keeps key material in memory longer, in a
+    /// process that holds the key-encryption key anyway (with a key in a PKCS#11 module, it
+    /// does not: turn the cache off there unless the module cannot keep up).
     #[must_use]
     pub fn with_key_cache(mut self, capacity: usize) -> Self {
         self.rules_mut().keys = KeyCache::new(capacity).map(Arc::new);
@@ -784,7 +791,15 @@ impl Verifier {
             count: count(tokens.len()),
         };
         let audit = Rules::audit(first, None, AuditAction::Enroll, outcome, now, caller);
+        self.forget_keys(tokens.iter().map(|e| &e.id));
         self.write(move |_, tx| Ok(tx.insert_tokens(&sealed, &audit)?))
+    }
+
+    /// Drops the cached keys of `tokens` (enrolled again: their old keys are no use).
+    fn forget_keys<'t>(&self, tokens: impl Iterator<Item = &'t TokenId>) {
+        if let Some(keys) = &self.rules.keys {
+            tokens.for_each(|id| keys.remove(id));
+        }
     }
 
     /// Imports a PSKC file: each good key becomes a token named by its serial (or key id);
@@ -862,6 +877,7 @@ impl Verifier {
             }
         }
         report.imported = good.iter().map(|t| t.id().clone()).collect();
+        self.forget_keys(report.imported.iter());
         if !good.is_empty() {
             let outcome = AuditOutcome::Imported {
                 imported: count(good.len()),
@@ -922,6 +938,11 @@ impl Verifier {
         };
         let audit = Rules::audit(None, None, AuditAction::Rotate, outcome, now, caller);
         self.write(move |_, tx| Ok(tx.append_audit(&audit)?))?;
+        // Every re-sealed seed misses the cache anyway; its old entries need not wait for
+        // eviction.
+        if let Some(keys) = &self.rules.keys {
+            keys.clear();
+        }
         Ok(report)
     }
 }
@@ -964,6 +985,11 @@ impl Rules {
     fn replace_keyring(&self, keyring: Keyring) {
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);
         self.keyring_generation.fetch_add(1, Ordering::Relaxed);
+        // Keys prepared under the old keyring go with it: a key withdrawn from the keyring
+        // (say, one feared compromised) must not go on verifying through the cache.
+        if let Some(keys) = &self.keys {
+            keys.clear();
+        }
     }
 
     /// Opens a seed, asking the key source for a newer keyring if the seed names a key this

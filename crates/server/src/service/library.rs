@@ -12,9 +12,9 @@ use codereader_otp::{
 };
 use codereader_verifier::store::work;
 use codereader_verifier::{
-    Activation, AuditEntry, Caller, Claim, ClientBudget, ClientId, DeadLetter, Delivery,
-    Durability, Enrollment as LibEnrollment, Event, FailureDelay, ImportReport, Kek, Keyring,
-    NoticeAction, Outcome, OwnedSubject, PgStore, Policy, RotationReport, SqliteOptions,
+    Activation, AuditEntry, Caller, Claim, ClientBudget, ClientId, DEFAULT_KEY_CACHE, DeadLetter,
+    Delivery, Durability, Enrollment as LibEnrollment, Event, FailureDelay, ImportReport, Kek,
+    Keyring, NoticeAction, Outcome, OwnedSubject, PgStore, Policy, RotationReport, SqliteOptions,
     SqliteStore, Store, StoreAddress, Subject, TokenId, TokenInfo, TokenKind, TokenParams, Tx,
     UserId, Verifier, VerifyError,
 };
@@ -42,9 +42,10 @@ pub struct LibraryConfig {
     /// once, or reads keep opening and closing connections.
     pub sqlite_connections: usize,
     /// Prepared HMAC keys kept in memory for tokens verified lately (0: none). Saves opening
-    /// the seal and the key schedule on every verification; the server holds the
-    /// key-encryption key in memory anyway.
-    pub key_cache: usize,
+    /// the seal and the key schedule on every verification; the server holds a file
+    /// key-encryption key in memory anyway. `None`: [`DEFAULT_KEY_CACHE`], or none when a key
+    /// of the keyring is in a PKCS#11 module.
+    pub key_cache: Option<usize>,
     /// Failed verifications allowed per client (`None`: no budget).
     pub client_budget: Option<ClientBudget>,
     /// The growing delay between attempts after failures, per token (`None`: none).
@@ -64,7 +65,7 @@ impl Default for LibraryConfig {
             pg_connections: codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS,
             pg_deadline: codereader_verifier::store::postgres::DEFAULT_DEADLINE,
             sqlite_connections: SqliteOptions::default().max_idle,
-            key_cache: 0,
+            key_cache: None,
             client_budget: None,
             failure_delay: None,
             temporary_lock: None,
@@ -129,6 +130,15 @@ impl Library {
         config: LibraryConfig,
     ) -> Result<Self> {
         let keyring = files.load()?;
+        let in_module = files.kek_uri.is_some() || files.hsm.in_use();
+        let config = LibraryConfig {
+            key_cache: Some(config.key_cache.unwrap_or(if in_module {
+                0
+            } else {
+                DEFAULT_KEY_CACHE
+            })),
+            ..config
+        };
         Self::open_keyring(db, keyring, Some(files.clone()), config)
     }
 
@@ -212,7 +222,7 @@ impl Library {
             .with_temporary_lock(config.temporary_lock)
             .with_unknown_as_rejected(config.unknown_as_rejected);
         let mut verifier = Verifier::new(store, keyring, policy)
-            .with_key_cache(config.key_cache)
+            .with_key_cache(config.key_cache.unwrap_or(DEFAULT_KEY_CACHE))
             .with_client_budget(config.client_budget);
         if let Some(files) = &key_files {
             verifier = verifier.with_key_source(Box::new(FileKeySource::new(files.clone())));

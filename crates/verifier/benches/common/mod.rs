@@ -35,9 +35,16 @@ pub fn enrollment(id: TokenId) -> Enrollment {
 }
 
 /// A verifier over `store` and `keyring` holding token "B" ([`enrollment`]), with a cache
-/// of `key_cache` prepared keys (0: none).
-pub fn setup(store: Box<dyn Store>, keyring: Keyring, key_cache: usize) -> (Verifier, TokenId) {
-    let v = Verifier::new(store, keyring, Policy::default()).with_key_cache(key_cache);
+/// of `key_cache` prepared keys (0: none; `None`: the verifier's default).
+pub fn setup(
+    store: Box<dyn Store>,
+    keyring: Keyring,
+    key_cache: Option<usize>,
+) -> (Verifier, TokenId) {
+    let mut v = Verifier::new(store, keyring, Policy::default());
+    if let Some(capacity) = key_cache {
+        v = v.with_key_cache(capacity);
+    }
     let id = TokenId::new("B").unwrap();
     v.enroll(
         &[enrollment(id.clone())],
