@@ -2,7 +2,7 @@
 //! with stable codes, metrics, and a graceful shutdown that finishes in-flight requests.
 //!
 //! Every error is a JSON body `{"error": CODE, "message": TEXT}` whose `error` is one of
-//! [`codes`] and never changes meaning; `message` is for people and may change. Malformed
+//! [`ErrorCode`]s and never changes meaning; `message` is for people and may change. Malformed
 //! input is a 4xx, never a 500: the only 5xx are a failing store (503), a request that ran
 //! out of time (503), and bugs (500).
 
@@ -24,35 +24,30 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::apikeys::{ApiKeys, ClientCertificate, Refusal, Scope};
+use crate::error_code::ErrorCode;
 use crate::metrics::Metrics;
 use crate::sealwatch::SealWatch;
 use crate::service::{self, Enrollment, Library, ServiceError, Verdict};
 use crate::webhooks::Webhooks;
-use crate::wire::{self, codes};
+use crate::wire;
 
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// Seconds for a Retry-After header.
     retry_after: Option<u64>,
 }
 
 impl ApiError {
-    /// An error with this status, stable code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with this stable code (and the status it carries) and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
             retry_after: None,
         }
-    }
-
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
 
@@ -62,7 +57,7 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -76,24 +71,21 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let message = error.to_string();
         match error {
-            ServiceError::Invalid { code, .. } => Self::bad_request(code, message),
-            ServiceError::NotFound { .. } => {
-                Self::new(StatusCode::NOT_FOUND, codes::UNKNOWN_TOKEN, message)
+            ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => {
+                Self::new(code, message)
             }
-            ServiceError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
+            ServiceError::NotFound { .. } => Self::new(ErrorCode::UnknownToken, message),
             ServiceError::Store(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::STORE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
                 "the token store is unavailable; retry later",
             ),
             // The module's own words stay in the log (its key's id and URI are no business
             // of a caller).
             ServiceError::KeyUnavailable(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::STORE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
                 "the key-encryption key is unavailable; retry later",
             ),
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL, message),
+            _ => Self::new(ErrorCode::Internal, message),
         }
     }
 }
@@ -278,8 +270,7 @@ async fn time_limit(
         // The store call may still complete in its blocking thread; the client only learns
         // that the answer did not come in time (and may retry: a used code then says "replayed").
         Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::TIMEOUT,
+            ErrorCode::Timeout,
             format!("the request took longer than {} ms", limit.as_millis()),
         )
         .into_response(),
@@ -322,8 +313,7 @@ async fn require_scope(
     };
     if entry.scope != scope {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::FORBIDDEN,
+            ErrorCode::Forbidden,
             format!("this call needs a key with scope '{scope}'"),
         )
         .into_response();
@@ -334,8 +324,7 @@ async fn require_scope(
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED, message).into_response();
+    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -343,13 +332,12 @@ fn unauthorized(message: &str) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        codes::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
         "this route does not take this method",
     )
 }
@@ -434,20 +422,20 @@ async fn metrics(State(state): State<Shared>) -> Response {
 fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(body_error)?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            codes::EMPTY_BODY,
+        return Err(ApiError::new(
+            ErrorCode::EmptyBody,
             "the request body is empty; a JSON object is expected",
         ));
     }
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::bad_request(
-                codes::INVALID_REQUEST,
+            Category::Data => ApiError::new(
+                ErrorCode::InvalidRequest,
                 without_value(&without_field_name(&e.to_string())),
             ),
             Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request(codes::INVALID_JSON, format!("the body is not JSON: {e}"))
+                ApiError::new(ErrorCode::InvalidJson, format!("the body is not JSON: {e}"))
             }
         }
     })
@@ -500,18 +488,17 @@ fn without_field_name(message: &str) -> String {
 fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            codes::BODY_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
             "the request body is larger than the server accepts",
         )
     } else {
-        ApiError::bad_request(codes::INVALID_REQUEST, rejection.body_text())
+        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
     }
 }
 
 fn path_serial(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(serial)| serial)
-        .map_err(|e| ApiError::bad_request(codes::INVALID_ID, e.body_text()))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidId, e.body_text()))
 }
 
 fn parse_code(field: &str, text: &str) -> Result<Code, ApiError> {
@@ -524,7 +511,7 @@ fn parse_code(field: &str, text: &str) -> Result<Code, ApiError> {
             }
             _ => "is not 6 to 8 ASCII digits".to_owned(),
         };
-        ApiError::bad_request(codes::INVALID_CODE, format!("`{field}` {why}"))
+        ApiError::new(ErrorCode::InvalidCode, format!("`{field}` {why}"))
     })
 }
 
@@ -541,13 +528,7 @@ async fn blocking<T: Send + 'static>(
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::STORE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        })?;
+        .map_err(|_| ApiError::new(ErrorCode::StoreUnavailable, "the server is shutting down"))?;
     let result = tokio::task::spawn_blocking(move || {
         let result = call(&library);
         drop(permit);
@@ -581,11 +562,7 @@ fn answer<T>(state: &Shared, result: Option<Result<T, ServiceError>>) -> Result<
             }
             Err(error.into())
         }
-        None => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL,
-            "internal error",
-        )),
+        None => Err(ApiError::new(ErrorCode::Internal, "internal error")),
     }
 }
 
@@ -606,13 +583,7 @@ async fn verify_code(
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::STORE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        })?;
+        .map_err(|_| ApiError::new(ErrorCode::StoreUnavailable, "the server is shutting down"))?;
     let (reply, verdict) = tokio::sync::oneshot::channel();
     state
         .library
@@ -635,8 +606,7 @@ fn rate_limited(retry_at: u64) -> ApiError {
         .map_or(0, |d| d.as_secs());
     let wait = retry_at.saturating_sub(now).max(1);
     let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        codes::RATE_LIMITED,
+        ErrorCode::RateLimited,
         format!("too many failed attempts from this client; retry in {wait} s"),
     );
     error.retry_after = Some(wait);
@@ -654,8 +624,8 @@ async fn verify(
         (Some(token), None) => service::token_id(&token).map(OwnedSubject::Token),
         (None, Some(user)) => service::user_id(&user).map(OwnedSubject::User),
         _ => {
-            return Err(ApiError::bad_request(
-                codes::INVALID_REQUEST,
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "give exactly one of `token` and `user`",
             ));
         }
@@ -698,8 +668,8 @@ async fn enroll(
                 || request.period.is_some()
                 || request.counter.is_some()
             {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_REQUEST,
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     "with `uri`, the parameters come from the URI; give no others",
                 ));
             }
@@ -710,15 +680,15 @@ async fn enroll(
                 None | Some("totp") => false,
                 Some("hotp") => true,
                 Some(_) => {
-                    return Err(ApiError::bad_request(
-                        codes::INVALID_REQUEST,
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
                         "`kind` is \"totp\" or \"hotp\"",
                     ));
                 }
             };
             if !hotp && request.counter.is_some() || hotp && request.period.is_some() {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_REQUEST,
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     "`counter` is for HOTP tokens and `period` for TOTP tokens",
                 ));
             }
@@ -732,8 +702,8 @@ async fn enroll(
             }
         }
         _ => {
-            return Err(ApiError::bad_request(
-                codes::INVALID_REQUEST,
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "give exactly one of `uri` and `secret`",
             ));
         }
@@ -767,13 +737,12 @@ async fn import(
     } else if content_type.ends_with("/xml") || content_type.ends_with("+xml") {
         let body = body.map_err(body_error)?;
         let text = String::from_utf8(body.to_vec()).map_err(|_| {
-            ApiError::bad_request(codes::INVALID_REQUEST, "the PSKC document is not UTF-8")
+            ApiError::new(ErrorCode::InvalidRequest, "the PSKC document is not UTF-8")
         })?;
         (text, None)
     } else {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            codes::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
             "send application/json ({\"pskc\": ...}) or application/pskc+xml",
         ));
     };
@@ -782,7 +751,7 @@ async fn import(
             data_encoding::HEXLOWER_PERMISSIVE
                 .decode(hex.trim().as_bytes())
                 .map_err(|_| {
-                    ApiError::bad_request(codes::INVALID_REQUEST, "`preshared_key` must be hex")
+                    ApiError::new(ErrorCode::InvalidRequest, "`preshared_key` must be hex")
                 })?,
         )),
         None => None,
@@ -966,8 +935,7 @@ impl http_body::Body for BodyDeadline {
 /// rest of the body may still come, and would be read as the next request.
 fn body_timeout(limit: Duration) -> Response {
     let mut response = ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        codes::BODY_TIMEOUT,
+        ErrorCode::BodyTimeout,
         format!(
             "the request body did not arrive within {} ms; send the whole body at once",
             limit.as_millis()
@@ -987,7 +955,7 @@ async fn audit(
 ) -> Result<axum::Json<wire::AuditPage>, ApiError> {
     let serial = path_serial(path)?;
     let (limit, before) = wire::audit_query(query.as_deref())
-        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+        .map_err(|message| ApiError::new(ErrorCode::InvalidRequest, message))?;
     let serial = service::token_id(&serial)?;
     // One line more than asked tells whether there is a next page.
     let entries = blocking(&state, move |lib| lib.audit(&serial, before, limit + 1)).await?;
@@ -1001,7 +969,7 @@ async fn events(
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<wire::EventPage>, ApiError> {
     let (after, limit) = wire::events_query(query.as_deref())
-        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+        .map_err(|message| ApiError::new(ErrorCode::InvalidRequest, message))?;
     let events = blocking(&state, move |lib| lib.events_after(after, limit)).await?;
     let next = events.last().map_or(after, |e| e.id);
     Ok(axum::Json(wire::EventPage {
@@ -1015,7 +983,7 @@ async fn list_tokens(
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<wire::TokenPage>, ApiError> {
     let (after, limit) = wire::list_query(query.as_deref())
-        .map_err(|message| ApiError::bad_request(codes::INVALID_REQUEST, message))?;
+        .map_err(|message| ApiError::new(ErrorCode::InvalidRequest, message))?;
     let after = after.as_deref().map(service::token_id).transpose()?;
     // One token more than asked tells whether there is a next page.
     let infos = blocking(&state, move |lib| lib.list_page(after.as_ref(), limit + 1)).await?;
