@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use codereader_otp::{Code, CodeError};
 use codereader_verifier::{Caller, ClientId, Outcome, OwnedSubject};
 use serde::de::DeserializeOwned;
@@ -195,32 +195,68 @@ type Shared = Arc<AppState>;
 #[derive(Debug, Clone)]
 struct CallerName(String);
 
-/// The application: routes and middleware.
-pub fn router(state: Shared, limits: Limits) -> Router {
-    let verify_routes = Router::new().route("/v1/verify", post(verify)).route_layer(
-        middleware::from_fn_with_state((state.clone(), Scope::Verify), require_scope),
-    );
-    let admin_routes = Router::new()
-        .route("/v1/tokens", post(enroll).get(list_tokens))
-        .route(
+/// Every route of the API, with the scope a key needs for it (`None`: no key). The router
+/// is made from this list, and a test checks that `openapi.yaml` documents each of its
+/// paths, so a route is added in one place.
+pub(crate) fn routes(limits: Limits) -> [(&'static str, Option<Scope>, MethodRouter<Shared>); 11] {
+    [
+        ("/v1/verify", Some(Scope::Verify), post(verify)),
+        (
+            "/v1/tokens",
+            Some(Scope::Admin),
+            post(enroll).get(list_tokens),
+        ),
+        (
             "/v1/tokens/import",
+            Some(Scope::Admin),
             post(import).layer(DefaultBodyLimit::max(limits.max_import_body)),
-        )
-        .route("/v1/tokens/{serial}", get(show).delete(disable))
-        .route("/v1/tokens/{serial}/activate", post(activate))
-        .route("/v1/tokens/{serial}/resync", post(resync))
-        .route("/v1/tokens/{serial}/unlock", post(unlock))
-        .route("/v1/tokens/{serial}/audit", get(audit))
-        .route("/v1/events", get(events))
-        .route_layer(middleware::from_fn_with_state(
-            (state.clone(), Scope::Admin),
+        ),
+        (
+            "/v1/tokens/{serial}",
+            Some(Scope::Admin),
+            get(show).delete(disable),
+        ),
+        (
+            "/v1/tokens/{serial}/activate",
+            Some(Scope::Admin),
+            post(activate),
+        ),
+        (
+            "/v1/tokens/{serial}/resync",
+            Some(Scope::Admin),
+            post(resync),
+        ),
+        (
+            "/v1/tokens/{serial}/unlock",
+            Some(Scope::Admin),
+            post(unlock),
+        ),
+        ("/v1/tokens/{serial}/audit", Some(Scope::Admin), get(audit)),
+        ("/v1/events", Some(Scope::Admin), get(events)),
+        ("/healthz", None, get(healthz)),
+        ("/metrics", None, get(metrics)),
+    ]
+}
+
+/// The application: [`routes`], each group of one scope behind its key check, and the
+/// middleware every request goes through.
+pub fn router(state: Shared, limits: Limits) -> Router {
+    let (mut open, mut verify, mut admin) = (Router::new(), Router::new(), Router::new());
+    for (path, scope, method) in routes(limits) {
+        match scope {
+            None => open = open.route(path, method),
+            Some(Scope::Verify) => verify = verify.route(path, method),
+            Some(Scope::Admin) => admin = admin.route(path, method),
+        }
+    }
+    let scoped = |routes: Router<Shared>, scope| {
+        routes.route_layer(middleware::from_fn_with_state(
+            (state.clone(), scope),
             require_scope,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .merge(verify_routes)
-        .merge(admin_routes)
+        ))
+    };
+    open.merge(scoped(verify, Scope::Verify))
+        .merge(scoped(admin, Scope::Admin))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body))
