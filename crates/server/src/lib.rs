@@ -1,6 +1,7 @@
 //! The codereader verifier as an HTTP service, and the offline commands operators run.
 //!
-//! The binary (`src/main.rs`) is thin glue over these modules:
+//! The binary (`src/main.rs`, and one module a command in `src/cli/`) is thin glue over these
+//! modules:
 //! - [`service`]: the boundary to the verifier library: [`service::Library`] (the verifier
 //!   with its store and keys, called in the library's own types), the mapping of its errors
 //!   ([`service::ServiceError`]) and what answers add to its outcomes;
