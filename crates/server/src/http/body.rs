@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -106,24 +108,36 @@ pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
 #[derive(Debug, Default)]
 pub(super) struct BodyProgress {
     /// The handler is waiting for bytes the client has not sent.
-    waiting: std::sync::atomic::AtomicBool,
+    waiting: AtomicBool,
     /// The body deadline passed before the body was complete.
-    expired: std::sync::atomic::AtomicBool,
+    expired: AtomicBool,
 }
 
 impl BodyProgress {
     pub(super) fn waiting(&self) -> bool {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+        self.waiting.load(Relaxed)
     }
 
     pub(super) fn expired(&self) -> bool {
-        self.expired.load(std::sync::atomic::Ordering::Relaxed)
+        self.expired.load(Relaxed)
     }
 }
 
+/// The flag of the connection a request came on, which the request's body sets while its
+/// handler waits for bytes the client has not sent: [`crate::connections`] puts it in the
+/// request's extensions and reads it to tell an unfinished request (that it may shed at its
+/// connection cap) from one being answered.
+///
+/// The wait is recorded by the one body wrapper, [`BodyDeadline`], for both readers: the
+/// connection and [`super::time_limit`] ([`BodyProgress`]).
+#[derive(Debug, Clone)]
+pub(crate) struct AwaitingBody(pub(crate) Arc<AtomicBool>);
+
 /// A request body that fails once its deadline passes (a body shorter than its
 /// Content-Length, or one sent a byte now and then), so that a stalled client costs the
-/// server one timer, not a request slot until the request timeout, and gets a 4xx.
+/// server one timer, not a request slot until the request timeout, and gets a 4xx. It also
+/// records whether its handler is waiting for bytes, for the request ([`BodyProgress`]) and
+/// for the connection ([`AwaitingBody`]).
 ///
 /// The timer is made only when the body first has to be waited for: a body that arrived with
 /// its head (nearly every request) costs no timer registration and no allocation.
@@ -134,22 +148,34 @@ pub(super) struct BodyDeadline {
     /// Armed at the first wait for bytes.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     progress: Arc<BodyProgress>,
+    /// The connection's flag, when the request came through [`crate::connections`].
+    connection: Option<AwaitingBody>,
 }
 
 impl BodyDeadline {
     /// `request` with its body under a deadline `limit` from now, and the body's progress.
-    pub(super) fn wrap(request: Request, limit: Duration) -> (Request, Arc<BodyProgress>) {
+    pub(super) fn wrap(mut request: Request, limit: Duration) -> (Request, Arc<BodyProgress>) {
         let progress = Arc::new(BodyProgress::default());
         let shared = progress.clone();
+        let connection = request.extensions_mut().remove::<AwaitingBody>();
         let request = request.map(|inner| {
             axum::body::Body::new(BodyDeadline {
                 inner,
                 due: tokio::time::Instant::now() + limit,
                 deadline: None,
                 progress: shared,
+                connection,
             })
         });
         (request, progress)
+    }
+
+    /// Records whether the handler waits for bytes the client has not sent.
+    fn waiting(&self, waiting: bool) {
+        self.progress.waiting.store(waiting, Relaxed);
+        if let Some(AwaitingBody(connection)) = &self.connection {
+            connection.store(waiting, Relaxed);
+        }
     }
 }
 
@@ -161,12 +187,11 @@ impl http_body::Body for BodyDeadline {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        use std::sync::atomic::Ordering::Relaxed;
         use std::task::Poll;
         let this = self.get_mut();
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.progress.waiting.store(false, Relaxed);
+                this.waiting(false);
                 Poll::Ready(frame)
             }
             Poll::Pending => {
@@ -175,13 +200,13 @@ impl http_body::Body for BodyDeadline {
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
                 if deadline.as_mut().poll(cx).is_ready() {
-                    this.progress.waiting.store(false, Relaxed);
+                    this.waiting(false);
                     this.progress.expired.store(true, Relaxed);
                     return Poll::Ready(Some(Err(axum::Error::new(
                         "the request body did not arrive in time",
                     ))));
                 }
-                this.progress.waiting.store(true, Relaxed);
+                this.waiting(true);
                 Poll::Pending
             }
         }

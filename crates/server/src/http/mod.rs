@@ -13,6 +13,8 @@
 mod body;
 mod handlers;
 
+pub(crate) use body::AwaitingBody;
+
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
