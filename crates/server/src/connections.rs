@@ -22,7 +22,10 @@
 //! shed like one waiting for its first head.
 //!
 //! Requests in progress are not this module's business: the body deadline and the request
-//! timeout of [`crate::http`] bound them.
+//! timeout of [`crate::http`] bound them. The body wrapper there also sets the flag by which
+//! a connection whose request waits for its body is known here (`http::AwaitingBody` in
+//! the request's extensions): one wrapper records the wait for both, rather than one
+//! here and one there.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,6 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::apikeys::ClientCertificate;
+use crate::http::AwaitingBody;
 
 /// How long connections may wait, and how many there may be.
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +114,8 @@ struct Tracked {
     busy: AtomicUsize,
     /// The request's handler is waiting for body bytes the client has not sent: the request
     /// is unfinished, and nothing of it has reached the store.
-    awaiting_body: AtomicBool,
+    /// Set by the request's body ([`crate::http::AwaitingBody`]).
+    awaiting_body: Arc<AtomicBool>,
     /// Told to close.
     shed: Notify,
 }
@@ -160,7 +165,7 @@ impl Registry {
             head_started_at: AtomicU64::new(0),
             answered: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
-            awaiting_body: AtomicBool::new(false),
+            awaiting_body: Arc::new(AtomicBool::new(false)),
             shed: Notify::new(),
         });
         connections.insert(id, tracked.clone());
@@ -221,37 +226,6 @@ impl Drop for Answering {
         self.tracked.awaiting_body.store(false, Relaxed);
         self.tracked.ready_at.store(self.registry.now_ms(), Relaxed);
         self.tracked.busy.fetch_sub(1, Relaxed);
-    }
-}
-
-/// A request body that notes when its handler waits for bytes the client has not sent.
-struct WatchedBody {
-    inner: Incoming,
-    tracked: Arc<Tracked>,
-}
-
-impl http_body::Body for WatchedBody {
-    type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        this.tracked
-            .awaiting_body
-            .store(frame.is_pending(), Relaxed);
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -482,12 +456,11 @@ async fn connection<H: Handshake>(
     let certificate = H::client_certificate(&stream);
     let service = TowerToHyperService::new(router);
     let marks = (registry.clone(), tracked.clone());
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let mut request = request.map(|inner| WatchedBody {
-            inner,
-            tracked: marks.1.clone(),
-        });
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
+        request
+            .extensions_mut()
+            .insert(AwaitingBody(marks.1.awaiting_body.clone()));
         if let Some(certificate) = certificate {
             request.extensions_mut().insert(certificate);
         }

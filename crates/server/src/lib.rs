@@ -1,11 +1,13 @@
 //! The codereader verifier as an HTTP service, and the offline commands operators run.
 //!
-//! The binary (`src/main.rs`) is thin glue over these modules:
+//! The binary (`src/main.rs`, and one module a command in `src/cli/`) is thin glue over these
+//! modules:
 //! - [`service`]: the boundary to the verifier library: [`service::Library`] (the verifier
 //!   with its store and keys, called in the library's own types), the mapping of its errors
 //!   ([`service::ServiceError`]) and what answers add to its outcomes;
 //! - [`config_file`]: `serve --config FILE`, a TOML file of `serve`'s flags, and what a
 //!   SIGHUP finds changed in it;
+//! - [`error_code`]: the stable error codes of the API, each with its HTTP status;
 //! - [`connections`]: accepting connections, head and idle deadlines, the connection cap;
 //! - [`http`]: the axum application (routes, auth, limits, JSON errors, graceful shutdown);
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
@@ -25,6 +27,7 @@
 pub mod apikeys;
 pub mod config_file;
 pub mod connections;
+pub mod error_code;
 pub mod hangup;
 pub mod hsm;
 pub mod http;

@@ -22,9 +22,9 @@ use codereader_verifier::{
 use super::{
     Enrollment, MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict, invalid, storable, token_id,
 };
+use crate::error_code::ErrorCode;
 use crate::keyring::{FileKeySource, KeyFiles};
 use crate::webhooks::Bursts;
-use crate::wire::codes;
 
 /// Choices passed to the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +250,7 @@ impl Library {
         match enrollment {
             Enrollment::Uri(text) => {
                 let uri = KeyUri::parse(text, KeyPolicy::Rfc4226)
-                    .map_err(|e| invalid(codes::INVALID_URI, e.to_string()))?;
+                    .map_err(|e| invalid(ErrorCode::InvalidUri, e.to_string()))?;
                 Ok(LibEnrollment::from_uri(serial, &uri))
             }
             Enrollment::Params {
@@ -262,21 +262,21 @@ impl Library {
                 counter,
             } => {
                 let secret = Secret::from_base32(secret_base32, KeyPolicy::Rfc4226)
-                    .map_err(|e| invalid(codes::INVALID_SECRET, e.to_string()))?;
+                    .map_err(|e| invalid(ErrorCode::InvalidSecret, e.to_string()))?;
                 let algorithm: Algorithm = algorithm.parse().map_err(|_| {
                     invalid(
-                        codes::INVALID_PARAMETERS,
+                        ErrorCode::InvalidParameters,
                         "`algorithm` is SHA1, SHA256 or SHA512",
                     )
                 })?;
                 let digits = Digits::new(*digits)
-                    .map_err(|_| invalid(codes::INVALID_PARAMETERS, "`digits` is 6, 7 or 8"))?;
+                    .map_err(|_| invalid(ErrorCode::InvalidParameters, "`digits` is 6, 7 or 8"))?;
                 let kind = if *hotp {
                     TokenKind::Hotp
                 } else {
                     TokenKind::Totp {
                         period: Period::new(*period).map_err(|_| {
-                            invalid(codes::INVALID_PARAMETERS, "`period` must be at least 1")
+                            invalid(ErrorCode::InvalidParameters, "`period` must be at least 1")
                         })?,
                         t0: UnixTime(0),
                     }
@@ -425,7 +425,7 @@ impl Library {
             Some(bytes) => Some(PreSharedKey::new(<[u8; 16]>::try_from(bytes).map_err(
                 |_| {
                     invalid(
-                        codes::INVALID_REQUEST,
+                        ErrorCode::InvalidRequest,
                         "the pre-shared key must be 16 bytes (32 hex digits)",
                     )
                 },
@@ -502,11 +502,11 @@ impl Library {
         match self.verifier.activate(serial, user, code, now(), caller)? {
             Activation::Activated(a) => Ok(Verdict::new(Outcome::Accepted(a))),
             Activation::AlreadyBound => Err(ServiceError::Conflict {
-                code: codes::ALREADY_ACTIVE,
+                code: ErrorCode::AlreadyActive,
                 message: format!("token {serial} is already bound to a user"),
             }),
             Activation::UserHasToken => Err(ServiceError::Conflict {
-                code: codes::USER_TAKEN,
+                code: ErrorCode::UserTaken,
                 message: format!("user {user} already has a token"),
             }),
             Activation::Refused(outcome) => Ok(Self::verdict(

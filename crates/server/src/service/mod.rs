@@ -21,7 +21,7 @@ pub mod library;
 
 pub use library::Library;
 
-use crate::wire::codes;
+use crate::error_code::ErrorCode;
 
 /// What a verification (or activation, or resync) decided, as an answer tells it: the
 /// library's [`Outcome`] and what the server says beside it.
@@ -57,7 +57,7 @@ pub enum ServiceError {
     #[error("{message}")]
     Invalid {
         /// Stable error code.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong, for people.
         message: String,
     },
@@ -72,7 +72,7 @@ pub enum ServiceError {
     #[error("{message}")]
     Conflict {
         /// Stable error code.
-        code: &'static str,
+        code: ErrorCode,
         /// What conflicts.
         message: String,
     },
@@ -99,7 +99,7 @@ pub enum ServiceError {
     Internal(String),
 }
 
-pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
+pub(crate) fn invalid(code: ErrorCode, message: impl Into<String>) -> ServiceError {
     ServiceError::Invalid {
         code,
         message: message.into(),
@@ -113,18 +113,18 @@ impl From<VerifyError> for ServiceError {
                 ServiceError::Store(format!("{backend}: {reason}"))
             }
             VerifyError::Store(StoreError::Duplicate { token }) => ServiceError::Conflict {
-                code: codes::DUPLICATE_TOKEN,
+                code: ErrorCode::DuplicateToken,
                 message: format!("token {token} already exists"),
             },
             VerifyError::Store(StoreError::UserTaken { user }) => ServiceError::Conflict {
-                code: codes::USER_TAKEN,
+                code: ErrorCode::UserTaken,
                 message: format!("user {user} already has a token"),
             },
             VerifyError::UnknownToken { token } => ServiceError::NotFound {
                 serial: token.to_string(),
             },
-            VerifyError::Id(e) => invalid(codes::INVALID_ID, e.to_string()),
-            VerifyError::Pskc(e) => invalid(codes::INVALID_PSKC, format!("PSKC: {e}")),
+            VerifyError::Id(e) => invalid(ErrorCode::InvalidId, e.to_string()),
+            VerifyError::Pskc(e) => invalid(ErrorCode::InvalidPskc, format!("PSKC: {e}")),
             VerifyError::Seal(e) => seal_error(e),
             other => ServiceError::Internal(other.to_string()),
         }
@@ -156,7 +156,7 @@ fn seal_error(error: SealError) -> ServiceError {
 pub(crate) fn storable(error: VerifyError) -> ServiceError {
     match error {
         VerifyError::Store(StoreError::OutOfRange { what }) => invalid(
-            codes::INVALID_PARAMETERS,
+            ErrorCode::InvalidParameters,
             format!(
                 "the {what} is too large: at most {} can be stored",
                 i64::MAX
@@ -172,7 +172,7 @@ pub(crate) fn storable(error: VerifyError) -> ServiceError {
 /// [`ServiceError::Invalid`] (`invalid_id`) when it is empty, too long or has control
 /// characters.
 pub fn token_id(serial: &str) -> Result<TokenId, ServiceError> {
-    TokenId::new(serial).map_err(|e| invalid(codes::INVALID_ID, e.to_string()))
+    TokenId::new(serial).map_err(|e| invalid(ErrorCode::InvalidId, e.to_string()))
 }
 
 /// A user id from a request.
@@ -180,7 +180,7 @@ pub fn token_id(serial: &str) -> Result<TokenId, ServiceError> {
 /// # Errors
 /// As [`token_id`].
 pub fn user_id(user: &str) -> Result<UserId, ServiceError> {
-    UserId::new(user).map_err(|e| invalid(codes::INVALID_ID, e.to_string()))
+    UserId::new(user).map_err(|e| invalid(ErrorCode::InvalidId, e.to_string()))
 }
 
 /// A client (whose failures are budgeted) from a request.
@@ -188,7 +188,7 @@ pub fn user_id(user: &str) -> Result<UserId, ServiceError> {
 /// # Errors
 /// As [`token_id`].
 pub fn client_id(client: &str) -> Result<ClientId, ServiceError> {
-    ClientId::new(client).map_err(|e| invalid(codes::INVALID_ID, e.to_string()))
+    ClientId::new(client).map_err(|e| invalid(ErrorCode::InvalidId, e.to_string()))
 }
 
 /// Who asks, for the audit trail: `api:KEY-NAME` or `cli:USER`.
