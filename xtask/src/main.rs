@@ -41,6 +41,7 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod hearing;
 mod image;
 mod intelligibility;
 mod packages;
