@@ -40,7 +40,7 @@ const QUIET: Duration = Duration::from_millis(1300);
 const GIVE_UP: Duration = Duration::from_secs(12);
 /// How many times the replay key is pressed for a code not heard surely.
 const REPLAYS: usize = 5;
-/// How many times the power is cut.
+/// How many times the power is cut (`--power-cuts N` for more).
 const POWER_CUTS: usize = 3;
 
 /// The test image's agent: runs each line it reads on the port with `bash -c`, answers with
@@ -87,10 +87,17 @@ fn test_config() -> String {
 
 pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     let mut arch = Arch::Amd64;
+    let mut power_cuts = POWER_CUTS;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--arch" => arch = Arch::parse(rest.next().ok_or("--arch needs amd64 or arm64")?)?,
+            "--power-cuts" => {
+                power_cuts = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--power-cuts needs a number")?;
+            }
             "--hear" => {
                 let wav = rest.next().ok_or("--hear needs a WAV file")?;
                 let voices = rest.next().map_or_else(hearing::last_voices, PathBuf::from);
@@ -205,7 +212,7 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     )?;
     let clips = Clips::load(&voices.join("en"), &chimes)?;
     let verifier = Verifier::start(&work)?;
-    let result = checks(&work, &disk, &clips, &verifier);
+    let result = checks(&work, &disk, &clips, &verifier, power_cuts);
     drop(verifier);
     result?;
     println!(
@@ -215,7 +222,13 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Result<(), String> {
+fn checks(
+    work: &Path,
+    disk: &Path,
+    clips: &Clips,
+    verifier: &Verifier,
+    power_cuts: usize,
+) -> Result<(), String> {
     // 1. Boot to the ready tone: KVM when it boots this kernel, else TCG.
     let mut vm = boot_any(work, disk)?;
     let mut report = vec![format!(
@@ -223,6 +236,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
         vm.ready_after.as_secs_f64(),
         vm.accel
     )];
+    vm.greeted_with_keypad(clips, "at boot")?;
     println!("xtask: system-test: 1. {}", report[0]);
     let active = vm.agent("systemctl is-active codereader")?;
     expect(active.trim() == "active", || {
@@ -233,6 +247,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
     let totp = format!("otpauth://totp/System:test?secret={SECRET}&issuer=System");
     verifier.add("SYS-T", &totp)?;
     enrol(&mut vm, &totp)?;
+    vm.greeted_with_keypad(clips, "restarted after enrolling")?;
 
     // 6. The clock not synchronised since boot: the warning, then the code.
     let flag = vm.agent("test -e /run/systemd/timesync/synchronized && echo synced || echo not")?;
@@ -309,6 +324,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
     let mark = vm.wav.mark()?;
     vm.agent("systemctl kill --signal=SIGKILL codereader")?;
     vm.wait_for_ready_tone(mark)?;
+    vm.greeted_with_keypad(clips, "restarted after SIGKILL")?;
     let restarts = vm.agent("systemctl show -P NRestarts codereader")?;
     expect(restarts.trim() != "0", || {
         "systemd did not restart it".to_owned()
@@ -347,7 +363,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
     // 5. Power cuts while HOTP codes are given: QEMU killed at a different moment each
     // time; after each boot the device starts, no counter is given twice and the state
     // file system needed no repair.
-    for cut in 0..POWER_CUTS {
+    for cut in 0..power_cuts {
         let mark = vm.wav.mark()?;
         vm.press("kp_5")?;
         match cut % 3 {
@@ -364,6 +380,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
         }
         vm.power_cut();
         vm = Vm::boot(work, disk, vm.accel)?;
+        vm.greeted_with_keypad(clips, "booted after a power cut")?;
         let failed = vm.agent("systemctl --failed --no-legend --plain")?;
         expect(failed.trim().is_empty(), || {
             format!("failed units after a power cut:\n{failed}")
@@ -376,13 +393,13 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
         let code = vm.hear_code("kp_5", clips)?.1;
         given.accept(verifier, &code)?;
         println!(
-            "xtask: system-test: 5. power cut {} of {POWER_CUTS}: booted in {:.1} s, speaks {code}",
+            "xtask: system-test: 5. power cut {} of {power_cuts}: booted in {:.1} s, speaks {code}",
             cut + 1,
             vm.ready_after.as_secs_f64()
         );
     }
     report.push(format!(
-        "{POWER_CUTS} power cuts, {} HOTP codes each accepted once",
+        "{power_cuts} power cuts, {} HOTP codes each accepted once",
         given.codes.len()
     ));
 
@@ -506,6 +523,8 @@ struct Vm {
     wav: Wav,
     accel: &'static str,
     ready_after: Duration,
+    /// What the device said when its service last started.
+    greeting: Vec<f32>,
     events: Vec<String>,
 }
 
@@ -619,6 +638,7 @@ impl Vm {
             wav: Wav::new(wav_path),
             accel,
             ready_after: Duration::ZERO,
+            greeting: Vec::new(),
             events: Vec::new(),
         };
         let mut greeting = String::new();
@@ -919,14 +939,28 @@ impl Vm {
     /// Waits for the start-up chime (and whatever the device says with it) that follows
     /// `mark`.
     fn wait_for_ready_tone(&mut self, mark: usize) -> Result<(), String> {
-        self.wav.utterance(mark, BOOT_DEADLINE, |_| true).map(drop)
+        self.greeting = self.wav.utterance(mark, BOOT_DEADLINE, |_| true)?.0;
+        Ok(())
     }
 
     fn wait_for_ready_tone_within(&mut self, deadline: Duration) -> Result<(), String> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Err(format!("QEMU exited ({status})"));
         }
-        self.wav.utterance(0, deadline, |_| true).map(drop)
+        self.greeting = self.wav.utterance(0, deadline, |_| true)?.0;
+        Ok(())
+    }
+
+    /// The last start-up greeting did not say "No keypad is connected": the keypad was
+    /// found when the service started.
+    fn greeted_with_keypad(&self, clips: &Clips, when: &str) -> Result<(), String> {
+        let heard = clips.decode(&self.greeting, self.wav.rate);
+        expect(!heard.says("no_input"), || {
+            format!(
+                "{when}, the device said no keypad is connected: {}",
+                heard.summary()
+            )
+        })
     }
 
     /// Pulls the plug: QEMU killed, nothing flushed.
