@@ -570,3 +570,136 @@ pub(crate) fn hear_file(wav: &Path, voices: &Path, speak: &Path) -> Result<(), S
 pub(crate) fn last_voices() -> PathBuf {
     crate::demo::target_dir().join("system-test/voices")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Clips, END, Heard, Piece, Reference, START, to_match_rate};
+
+    /// A made-up word at `rate`: three 120 ms tones (with a harmonic), each pair of words
+    /// sharing some of them, as digits share sounds.
+    fn word(tones: [f32; 3], rate: u32) -> Vec<f32> {
+        let n = (rate as f32 * 0.12) as usize;
+        tones
+            .iter()
+            .flat_map(|&f| {
+                (0..n).map(move |i| {
+                    let t = i as f32 / rate as f32;
+                    let fade = (i.min(n - i) as f32 / (n as f32 * 0.1)).min(1.0);
+                    fade * 0.3
+                        * ((2.0 * std::f32::consts::PI * f * t).sin()
+                            + 0.5 * (2.0 * std::f32::consts::PI * 2.7 * f * t).sin())
+                })
+            })
+            .collect()
+    }
+
+    fn tones(label: &str) -> [f32; 3] {
+        match label {
+            START => [880.0, 1320.0, 1760.0],
+            END => [1760.0, 1320.0, 880.0],
+            "intro" => [300.0, 2500.0, 300.0],
+            d => {
+                let d = f32::from(d.as_bytes()[0] - b'0');
+                [400.0 + 100.0 * d, 700.0 + 37.0 * d, 1900.0 - 80.0 * d]
+            }
+        }
+    }
+
+    fn clips() -> Clips {
+        let labels = [
+            START, END, "intro", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
+        ];
+        Clips {
+            refs: labels
+                .iter()
+                .map(|l| Reference::new(l, &to_match_rate(&word(tones(l), 16_000), 16_000)))
+                .collect(),
+        }
+    }
+
+    /// `labels` said at 48 kHz, quieter than the clips and 0.3 ms late, 250 ms apart.
+    fn said(labels: &[&str], garble: Option<usize>) -> Vec<f32> {
+        let gap = vec![0.0; 12_000];
+        let mut out = vec![0.0; 14];
+        for (i, label) in labels.iter().enumerate() {
+            let mut w: Vec<f32> = word(tones(label), 48_000).iter().map(|x| x * 0.2).collect();
+            if garble == Some(i) {
+                // The emulated card late in the middle of the word: part of it lost.
+                let third = w.len() / 3;
+                w.drain(third..2 * third);
+            }
+            out.extend(w);
+            out.extend(&gap);
+        }
+        out
+    }
+
+    #[test]
+    fn a_code_is_heard_surely_and_a_garbled_digit_is_not() {
+        let clips = clips();
+        let code = [START, "intro", "4", "0", "5", "5", "9", "1", END];
+        let heard = clips.decode(&said(&code, None), 48_000);
+        assert_eq!(heard.phrases(), code, "{}", heard.summary());
+        assert_eq!(heard.code().unwrap(), "405591");
+        assert!(heard.ended());
+
+        let garbled = clips.decode(&said(&code, Some(4)), 48_000);
+        assert!(garbled.code().is_err(), "{}", garbled.summary());
+        assert!(garbled.digits().is_err(), "{}", garbled.summary());
+        assert!(garbled.pieces.iter().any(|p| p.label.is_none()));
+    }
+
+    fn piece(label: Option<&str>) -> Piece {
+        Piece {
+            at: 0.0,
+            label: label.map(str::to_owned),
+            best: label.unwrap_or("7").to_owned(),
+            score: 0.7,
+            margin: 0.01,
+        }
+    }
+
+    fn heard(labels: &[Option<&str>]) -> Heard {
+        Heard {
+            pieces: labels.iter().map(|l| piece(*l)).collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_whole_sure_code_is_a_code() {
+        let d = |s: &'static str| Some(s);
+        let whole = [
+            d(START),
+            d("intro"),
+            d("1"),
+            d("2"),
+            d("3"),
+            d("4"),
+            d("5"),
+            d("6"),
+            d(END),
+        ];
+        assert_eq!(heard(&whole).code().unwrap(), "123456");
+        // What follows the end chime is another utterance.
+        let mut more = whole.to_vec();
+        more.push(None);
+        assert_eq!(heard(&more).code().unwrap(), "123456");
+        // An unsure chime before the digits: not sure, but a reading to compare.
+        let mut cut = whole.to_vec();
+        cut[0] = None;
+        assert!(heard(&cut).code().is_err());
+        assert_eq!(heard(&cut).digits().unwrap(), "123456");
+        // An unsure piece among the digits, a missing digit, no end chime: no reading.
+        let mut unsure = whole.to_vec();
+        unsure.insert(4, None);
+        assert!(heard(&unsure).digits().is_err());
+        let mut five = whole.to_vec();
+        five.remove(3);
+        assert!(heard(&five).digits().is_err());
+        assert!(heard(&whole[..8]).digits().is_err());
+        assert!(!heard(&whole[..8]).ended());
+        // "About to change" alone: the code comes next.
+        assert!(heard(&[d("code_changing")]).code_changing());
+        assert!(heard(&[d("code_changing")]).ended());
+    }
+}
