@@ -40,6 +40,8 @@ const QUIET: Duration = Duration::from_millis(1300);
 const GIVE_UP: Duration = Duration::from_secs(12);
 /// How many times the replay key is pressed for a code not heard surely.
 const REPLAYS: usize = 5;
+/// Replays asked for in this run (for its summary).
+static REPLAYED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// How many times the power is cut (`--power-cuts N` for more).
 const POWER_CUTS: usize = 3;
 
@@ -212,12 +214,16 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     )?;
     let clips = Clips::load(&voices.join("en"), &chimes)?;
     let verifier = Verifier::start(&work)?;
+    let prepared = started.elapsed();
     let result = checks(&work, &disk, &clips, &verifier, power_cuts);
     drop(verifier);
     result?;
     println!(
-        "xtask: system-test passed in {:.0} s",
-        started.elapsed().as_secs_f64()
+        "xtask: system-test passed in {:.0} s (building and the image {:.0} s, the checks \
+         {:.0} s)",
+        started.elapsed().as_secs_f64(),
+        prepared.as_secs_f64(),
+        (started.elapsed() - prepared).as_secs_f64()
     );
     Ok(())
 }
@@ -401,6 +407,10 @@ fn checks(
     report.push(format!(
         "{power_cuts} power cuts, {} HOTP codes each accepted once",
         given.codes.len()
+    ));
+    report.push(format!(
+        "{} replays asked for codes not heard surely",
+        REPLAYED.load(std::sync::atomic::Ordering::Relaxed)
     ));
 
     // A clean shutdown, then the state file system checked from outside.
@@ -862,6 +872,7 @@ impl Vm {
         let mut readings: Vec<String> = first.digits().into_iter().collect();
         for _ in 0..REPLAYS {
             println!("xtask: system-test: not heard surely ({why}); replay");
+            REPLAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mark = self.wav.mark()?;
             self.press("kp_0")?;
             let again = self.listen_code(mark, clips)?;
