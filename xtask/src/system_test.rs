@@ -2,8 +2,12 @@
 //! person: its Intel HDA sound card recorded to a WAV on this machine (`-audiodev wav`), its
 //! USB keypad (a `usb-kbd` on `qemu-xhci`) pressed with QMP `send-key` and pulled
 //! out and plugged back with `device_del`/`device_add`, its power cut by killing QEMU. Every
-//! code it speaks is decoded from the recording (matched against the voice's own clips) and
-//! checked by a `codereader-verifier` on this machine holding the same token.
+//! code it speaks is decoded from the recording (matched against the voice's own clips,
+//! `xtask/src/hearing.rs`) and checked by a `codereader-verifier` on this machine holding
+//! the same token. A code is believed only when every piece of it was heard surely, else
+//! the replay key asks again until one reading is sure or two agree: the verifier, never
+//! the test, judges a code. It is the last step of `cargo xtask test`, so CI boots the
+//! appliance on every run (TCG where KVM cannot boot it, as on these machines).
 //!
 //! The test image has, besides the shipped image's contents, a control agent on a
 //! virtio-serial port (a shell loop: the test enrols tokens, reads `systemctl` and
