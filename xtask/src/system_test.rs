@@ -264,12 +264,9 @@ fn checks(
     expect(flag.trim() == "not", || {
         format!("the guest says its clock was synchronised: {flag}")
     })?;
-    let (heard, code) = vm.hear_code("kp_5", clips)?;
-    expect(heard.first_sentence() == Some("clock_unsynced"), || {
-        format!(
-            "no clock warning before the code: heard {}",
-            heard.summary()
-        )
+    let Reading { code, opening, .. } = vm.hear_code("kp_5", clips)?;
+    expect(opening.as_deref() == Some("clock_unsynced"), || {
+        format!("no clock warning before the code {code}: heard {opening:?} first")
     })?;
     verifier.expect("SYS-T", &code, "accepted")?;
     println!("xtask: system-test: 6. unsynchronised clock: warning, then {code} (accepted)");
@@ -278,7 +275,8 @@ fn checks(
     // same time step says the same code (the verifier refuses it again); replay says it.
     vm.agent("mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized")?;
     wait_for_next_step();
-    let (heard, code) = vm.hear_code("kp_5", clips)?;
+    let pressed = vm.hear_code("kp_5", clips)?;
+    let (heard, code) = (pressed.first(), pressed.code.clone());
     // (A sentence garbled by the emulated card is unsure: then only the code is checked.)
     expect(heard.first_sentence().is_none_or(|s| s == "intro"), || {
         format!("not 'Your code is' first: heard {}", heard.summary())
@@ -287,9 +285,10 @@ fn checks(
     // Replay says the same code ("Again. Your code is"; the verifier: replayed), or, once
     // its time step has passed, says so and gives the new code (accepted). A second press
     // in the same step says the same code again.
-    let (replay, replayed) = vm.hear_code("kp_0", clips)?;
+    let replay = vm.hear_code("kp_0", clips)?;
+    let replayed = replay.code.clone();
     let mut last = replayed.clone();
-    match replay.first_sentence() {
+    match replay.opening.as_deref() {
         Some("replay_intro") => {
             expect(replayed == code, || {
                 format!("replay said {replayed}, the last code was {code}")
@@ -300,11 +299,11 @@ fn checks(
         _ => {
             return Err(format!(
                 "replay said neither 'Again' nor 'expired': {}",
-                replay.summary()
+                replay.first().summary()
             ));
         }
     }
-    let (_, again) = vm.hear_code("kp_5", clips)?;
+    let again = vm.hear_code("kp_5", clips)?.code;
     let second = if again == last {
         "replayed"
     } else {
@@ -329,7 +328,7 @@ fn checks(
     verifier.add("SYS-H", &hotp)?;
     enrol(&mut vm, &hotp)?;
     let mut given = Given::default();
-    let code = vm.hear_code("kp_5", clips)?.1;
+    let code = vm.hear_code("kp_5", clips)?.code;
     given.accept(verifier, &code)?;
     let mark = vm.wav.mark()?;
     vm.agent("systemctl kill --signal=SIGKILL codereader")?;
@@ -339,7 +338,7 @@ fn checks(
     expect(restarts.trim() != "0", || {
         "systemd did not restart it".to_owned()
     })?;
-    let code = vm.hear_code("kp_5", clips)?.1;
+    let code = vm.hear_code("kp_5", clips)?.code;
     given.accept(verifier, &code)?;
     println!(
         "xtask: system-test: 7. active, no error lines, restarted after SIGKILL ({} restart), \
@@ -364,7 +363,7 @@ fn checks(
          \"bus\":\"xhci.0\",\"port\":\"1\"}}",
     )?;
     let heard = vm.press_until_heard("kp_5", clips)?;
-    let code = vm.confirm(&heard, clips)?;
+    let code = vm.confirm(heard, clips)?.code;
     given.accept(verifier, &code)?;
     println!(
         "xtask: system-test: 4. keypad unplugged: \"No keypad is connected\"; plugged back: speaks {code}"
@@ -384,7 +383,7 @@ fn checks(
             // After a whole code.
             _ => {
                 let heard = vm.listen_code(mark, clips)?;
-                let code = vm.confirm(&heard, clips)?;
+                let code = vm.confirm(heard, clips)?.code;
                 given.accept(verifier, &code)?;
             }
         }
@@ -400,7 +399,7 @@ fn checks(
             !fsck.contains("UNEXPECTED") && !fsck.contains("MANUALLY"),
             || format!("fsck after a power cut:\n{fsck}"),
         )?;
-        let code = vm.hear_code("kp_5", clips)?.1;
+        let code = vm.hear_code("kp_5", clips)?.code;
         given.accept(verifier, &code)?;
         println!(
             "xtask: system-test: 5. power cut {} of {power_cuts}: booted in {:.1} s, speaks {code}",
@@ -854,13 +853,12 @@ impl Vm {
     }
 
     /// Presses `key` and hears the code it speaks, then makes sure of it (see
-    /// [`Vm::confirm`]). Returns what the press said and the code.
-    fn hear_code(&mut self, key: &str, clips: &Clips) -> Result<(Heard, String), String> {
+    /// [`Vm::confirm`]).
+    fn hear_code(&mut self, key: &str, clips: &Clips) -> Result<Reading, String> {
         let mark = self.wav.mark()?;
         self.press(key)?;
         let first = self.listen_code(mark, clips)?;
-        let code = self.confirm(&first, clips)?;
-        Ok((first, code))
+        self.confirm(first, clips)
     }
 
     /// The code `first` said, when every piece of it was heard surely (each digit's clip
@@ -868,30 +866,36 @@ impl Vm {
     /// on a busy machine cuts or garbles a piece now and then) asks again with the replay
     /// key, as a person who missed a digit would, until one reading is sure or two readings
     /// of the digits agree. An unsure reading never goes to the verifier.
-    fn confirm(&mut self, first: &Heard, clips: &Clips) -> Result<String, String> {
-        let mut why = match first.code() {
-            Ok(code) => return Ok(code),
+    fn confirm(&mut self, first: Heard, clips: &Clips) -> Result<Reading, String> {
+        let mut heard = vec![first];
+        let mut why = match heard[0].code() {
+            Ok(code) => return Ok(Reading::new(code, heard)),
             Err(e) => e,
         };
-        let mut readings: Vec<String> = first.digits().into_iter().collect();
         for _ in 0..REPLAYS {
             println!("xtask: system-test: not heard surely ({why}); replay");
             REPLAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mark = self.wav.mark()?;
             self.press("kp_0")?;
             let again = self.listen_code(mark, clips)?;
-            match again.code() {
-                Ok(code) => return Ok(code),
+            let sure = again.code();
+            let digits = again.digits();
+            heard.push(again);
+            match sure {
+                Ok(code) => return Ok(Reading::new(code, heard)),
                 Err(e) => why = e,
             }
-            if let Ok(digits) = again.digits() {
-                if readings.contains(&digits) {
+            if let Ok(digits) = digits {
+                let earlier = heard[..heard.len() - 1]
+                    .iter()
+                    .any(|h| h.digits().as_ref() == Ok(&digits));
+                if earlier {
                     println!("xtask: system-test: two readings agree: {digits}");
-                    return Ok(digits);
+                    return Ok(Reading::new(digits, heard));
                 }
-                readings.push(digits);
             }
         }
+        let readings: Vec<String> = heard.iter().filter_map(|h| h.digits().ok()).collect();
         Err(format!(
             "system-test: no sure code after {REPLAYS} replays ({why}); readings {readings:?}"
         ))
@@ -1002,6 +1006,36 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.power_cut();
+    }
+}
+
+/// A code the test believes, and what was heard on the way.
+struct Reading {
+    code: String,
+    /// What the key said first (then each replay).
+    heard: Vec<Heard>,
+    /// The first sentence (e.g. "clock_unsynced", "replay_intro") of a reading of this
+    /// code that heard it surely.
+    opening: Option<String>,
+}
+
+impl Reading {
+    fn new(code: String, heard: Vec<Heard>) -> Reading {
+        let opening = heard
+            .iter()
+            .rev()
+            .filter(|h| h.digits().as_ref() == Ok(&code))
+            .find_map(|h| h.first_sentence().map(str::to_owned));
+        Reading {
+            code,
+            heard,
+            opening,
+        }
+    }
+
+    /// What the key said first.
+    fn first(&self) -> &Heard {
+        &self.heard[0]
     }
 }
 
