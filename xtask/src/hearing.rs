@@ -8,8 +8,8 @@
 //! shifted by a fraction of a sample at 8 kHz loses most of its correlation, while the
 //! spectra do not care about phase. A piece is named only when its best clip beats every
 //! other clip by [`MARGIN`]; anything else (a word cut by the emulated card's dropouts
-//! under TCG, noise) is an unknown piece, and a code with an unknown piece, or without its
-//! end chime, is not a code that was heard: the test asks again (replay) instead of
+//! under TCG, noise) is an unknown piece, and a code with an unknown piece from its intro
+//! to its end chime is not a code that was heard: the test asks again (replay) instead of
 //! guessing.
 
 use std::fs;
@@ -36,6 +36,8 @@ const PROMPTS: &[&str] = &[
     "no_input",
     "code_changing",
 ];
+/// The sentences a code starts with.
+const INTROS: &[&str] = &["intro", "replay_intro", "expired_intro"];
 /// The chimes' labels.
 pub(crate) const START: &str = "chime_start";
 pub(crate) const END: &str = "chime_end";
@@ -108,11 +110,26 @@ impl Heard {
         &self.pieces[..end.unwrap_or(self.pieces.len())]
     }
 
-    /// The six digits, only when the whole code was heard surely: every piece named, the end
-    /// chime last, six digits before it.
+    /// The six digits, only when the code was heard surely: its intro ("Your code is",
+    /// "Again...", "...Your new code is"), the six digits and the end chime each named
+    /// surely, one after the other, so that no digit can hide in an unsure piece. (The start
+    /// chime and the clock warning before the intro may be unsure: the emulated card often
+    /// garbles the first half second after the guest starts its stream.)
     pub(crate) fn code(&self) -> Result<String, String> {
+        let digits = self.digits()?;
         let spoken = self.spoken();
-        if let Some(unsure) = spoken.iter().find(|p| p.label.is_none()) {
+        let first_digit = spoken.iter().position(Piece::is_digit).unwrap_or(0);
+        let intro = first_digit
+            .checked_sub(1)
+            .and_then(|i| spoken[i].label.as_deref());
+        if intro.is_some_and(|l| INTROS.contains(&l)) {
+            return Ok(digits);
+        }
+        let unsure = spoken[..first_digit]
+            .iter()
+            .rev()
+            .find(|p| p.label.is_none());
+        if let Some(unsure) = unsure {
             return Err(format!(
                 "unsure at {:.2} s (best {} {:.2}, lead {:.2}): {}",
                 unsure.at,
@@ -122,7 +139,7 @@ impl Heard {
                 self.summary()
             ));
         }
-        self.digits()
+        Err(format!("no intro before the digits: {}", self.summary()))
     }
 
     /// The six digits when every piece from the first digit to the end chime was named
@@ -684,11 +701,18 @@ mod tests {
         let mut more = whole.to_vec();
         more.push(None);
         assert_eq!(heard(&more).code().unwrap(), "123456");
-        // An unsure chime before the digits: not sure, but a reading to compare.
+        // An unsure chime before the intro: sure all the same.
         let mut cut = whole.to_vec();
         cut[0] = None;
+        assert_eq!(heard(&cut).code().unwrap(), "123456");
+        // An unsure intro: not sure (a digit may hide in it), but a reading to compare.
+        cut[1] = None;
         assert!(heard(&cut).code().is_err());
         assert_eq!(heard(&cut).digits().unwrap(), "123456");
+        let mut lost = whole.to_vec();
+        lost[2] = None;
+        assert!(heard(&lost).code().is_err());
+        assert!(heard(&lost).digits().is_err());
         // An unsure piece among the digits, a missing digit, no end chime: no reading.
         let mut unsure = whole.to_vec();
         unsure.insert(4, None);

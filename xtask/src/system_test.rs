@@ -4,7 +4,8 @@
 //! out and plugged back with `device_del`/`device_add`, its power cut by killing QEMU. Every
 //! code it speaks is decoded from the recording (matched against the voice's own clips,
 //! `xtask/src/hearing.rs`) and checked by a `codereader-verifier` on this machine holding
-//! the same token. A code is believed only when every piece of it was heard surely, else
+//! the same token. A code is believed only when its intro, its six digits and its end chime
+//! were each heard surely (a digit's clip beating every other clip by a margin), else
 //! the replay key asks again until one reading is sure or two agree: the verifier, never
 //! the test, judges a code. It is the last step of `cargo xtask test`, so CI boots the
 //! appliance on every run (TCG where KVM cannot boot it, as on these machines).
@@ -861,8 +862,8 @@ impl Vm {
         self.confirm(first, clips)
     }
 
-    /// The code `first` said, when every piece of it was heard surely (each digit's clip
-    /// beat every other clip by [`hearing::MARGIN`]). Otherwise (the emulated card under TCG
+    /// The code `first` said, when its intro, digits and end chime were heard surely (each
+    /// digit's clip beat every other clip by [`hearing::MARGIN`]). Otherwise (the emulated card under TCG
     /// on a busy machine cuts or garbles a piece now and then) asks again with the replay
     /// key, as a person who missed a digit would, until one reading is sure or two readings
     /// of the digits agree. An unsure reading never goes to the verifier.
