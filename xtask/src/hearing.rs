@@ -38,6 +38,8 @@ const PROMPTS: &[&str] = &[
 ];
 /// The sentences a code starts with.
 const INTROS: &[&str] = &["intro", "replay_intro", "expired_intro"];
+/// "This code is about to change. Your new code comes in a moment."
+const CHANGING: &str = "code_changing";
 /// The chimes' labels.
 pub(crate) const START: &str = "chime_start";
 pub(crate) const END: &str = "chime_end";
@@ -89,11 +91,12 @@ impl Heard {
             .any(|p| p.label.as_deref() == Some(label))
     }
 
-    /// The first sentence said (after the start chime), when surely heard.
+    /// The first sentence of the code (after the start chime, and after "this code is
+    /// about to change" when the code followed it at once), when surely heard.
     pub(crate) fn first_sentence(&self) -> Option<&str> {
         self.pieces
             .iter()
-            .find(|p| p.label.as_deref() != Some(START))
+            .find(|p| !matches!(p.label.as_deref(), Some(START | CHANGING)))
             .and_then(|p| p.label.as_deref())
             .filter(|l| l.len() > 1)
     }
@@ -167,7 +170,7 @@ impl Heard {
 
     /// Only "this code is about to change" (the code comes when its time step begins).
     pub(crate) fn code_changing(&self) -> bool {
-        self.says("code_changing") && !self.pieces.iter().any(Piece::is_digit)
+        self.says(CHANGING) && !self.pieces.iter().any(Piece::is_digit)
     }
 
     /// Whether the utterance has ended: the end chime after the digits, or a sentence
@@ -722,6 +725,12 @@ mod tests {
         assert!(heard(&five).digits().is_err());
         assert!(heard(&whole[..8]).digits().is_err());
         assert!(!heard(&whole[..8]).ended());
+        // "About to change", then at once the code: it opens with the code's sentence.
+        let mut changing = vec![d("code_changing"), d(START), d("clock_unsynced")];
+        changing.extend(&whole[1..]);
+        assert_eq!(heard(&changing).first_sentence(), Some("clock_unsynced"));
+        assert_eq!(heard(&changing).code().unwrap(), "123456");
+        assert_eq!(heard(&whole).first_sentence(), Some("intro"));
         // "About to change" alone: the code comes next.
         assert!(heard(&[d("code_changing")]).code_changing());
         assert!(heard(&[d("code_changing")]).ended());
