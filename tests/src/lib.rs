@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -314,7 +315,17 @@ pub struct AlsaCapture {
     pub config_path: String,
     data: Arc<Mutex<Vec<u8>>>,
     started: Arc<Mutex<Option<Instant>>>,
+    ended: Arc<AtomicBool>,
 }
+
+/// RMS (full scale 1.0) above which a 10 ms frame counts as sound while waiting: -60 dBFS.
+/// Players write digital silence between sounds, and speech is far louder, so this tells
+/// them apart more strictly than the analysis does (1 % of the loudest frame): a quiet
+/// stretch here is a quiet stretch there too.
+const SOUND_RMS: f32 = 0.001;
+
+/// How often the waits of [`AlsaCapture`] look at the capture.
+const POLL: Duration = Duration::from_millis(50);
 
 impl AlsaCapture {
     /// Sets up the config and FIFO in `dir` and starts the reader thread (which waits for a
@@ -342,8 +353,11 @@ impl AlsaCapture {
         )?;
         let data = Arc::new(Mutex::new(Vec::new()));
         let started = Arc::new(Mutex::new(None));
-        let (d, s) = (Arc::clone(&data), Arc::clone(&started));
+        let ended = Arc::new(AtomicBool::new(false));
+        let (d, s, e) = (Arc::clone(&data), Arc::clone(&started), Arc::clone(&ended));
         thread::spawn(move || {
+            // Set however the reader stops: the player closed the device, or an error.
+            let _ended = SetOnDrop(e);
             // Blocks until a player opens the FIFO for writing.
             let Ok(mut file) = File::open(&fifo) else {
                 return;
@@ -379,6 +393,7 @@ impl AlsaCapture {
             config_path: format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
             data,
             started,
+            ended,
         })
     }
 
@@ -391,5 +406,120 @@ impl AlsaCapture {
     /// When the player opened the device, if it has.
     pub fn started(&self) -> Option<Instant> {
         *self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Samples captured so far: the point to wait from for what comes next.
+    pub fn position(&self) -> usize {
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).len() / 2
+    }
+
+    /// The sound after sample `from`: its first and last loud frame (as a span of samples
+    /// counted from `from`, `None` while all is quiet), and how many samples follow `from`.
+    fn sound_since(&self, from: usize) -> (Option<Span>, usize) {
+        let audio = {
+            let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+            Audio::from_s16le(&data[(from * 2).min(data.len())..], CAPTURE_RATE)
+        };
+        let frame = audio.frame_len();
+        let envelope = audio.envelope();
+        let first = envelope.iter().position(|r| *r >= SOUND_RMS);
+        let last = envelope.iter().rposition(|r| *r >= SOUND_RMS);
+        let span = first.zip(last).map(|(first, last)| Span {
+            start: first * frame,
+            end: ((last + 1) * frame).min(audio.samples.len()),
+        });
+        (span, audio.samples.len())
+    }
+
+    /// Polls `done` with what [`Self::sound_since`] says of `from` until it holds; an
+    /// error after `timeout`, with `what` and the state last seen.
+    fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(Option<Span>, usize) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Read before the samples: once it is set, the samples are all there will be.
+            let ended = self.ended.load(Ordering::Acquire);
+            let (sound, captured) = self.sound_since(from);
+            if done(sound, captured) {
+                return Ok(());
+            }
+            if ended || Instant::now() >= deadline {
+                return Err(format!(
+                    "{what}: not within {timeout:?} (sound {sound:?} in {captured} samples after \
+                     sample {from}; player gone: {ended})"
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until a sound has been captured after sample `from` and `quiet` of silence has
+    /// followed it: something has been said, whole (pauses inside speech are shorter).
+    ///
+    /// # Errors
+    /// Not so within `timeout`, or the player closed the device first.
+    pub fn wait_for_sound_then_quiet(
+        &self,
+        from: usize,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let quiet = samples(quiet);
+        self.wait_for(from, timeout, "a sound, then quiet", |sound, captured| {
+            sound.is_some_and(|s| captured - s.end >= quiet)
+        })
+    }
+
+    /// Waits until a sound that began after sample `from` has lasted `length` (counting
+    /// from its first loud frame; pauses inside it count too).
+    ///
+    /// # Errors
+    /// Not so within `timeout`, or the player closed the device first.
+    pub fn wait_for_sound_lasting(
+        &self,
+        from: usize,
+        length: Duration,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let length = samples(length);
+        self.wait_for(from, timeout, "a long enough sound", |sound, captured| {
+            sound.is_some_and(|s| captured - s.start >= length)
+        })
+    }
+
+    /// Waits until the player has closed the device and everything it wrote has been read.
+    ///
+    /// # Errors
+    /// Not so within `timeout`.
+    pub fn wait_for_end(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !self.ended.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the player did not close the device within {timeout:?}"
+                ));
+            }
+            thread::sleep(POLL);
+        }
+        Ok(())
+    }
+}
+
+/// Samples at [`CAPTURE_RATE`] in `length`.
+fn samples(length: Duration) -> usize {
+    (length.as_secs_f64() * f64::from(CAPTURE_RATE)) as usize
+}
+
+/// Sets its flag when dropped: the capture thread's "I have stopped", however it returns.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }

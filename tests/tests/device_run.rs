@@ -88,14 +88,53 @@ fn start_with_capture(command: &mut Command, capture: &AlsaCapture) -> Running {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
-    ready_tone_played();
+    ready_tone_played(capture);
     run
 }
 
-/// Waits after `run` is ready until its start-up tone has been played and a second of
-/// silence has followed, so that it stays apart from what the test's keys make it say.
-fn ready_tone_played() {
-    thread::sleep(Duration::from_millis(1300));
+/// Silence after each utterance, longer than any pause inside one (the analysis splits
+/// utterances at a second of silence).
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// Longest a single wait for the device's audio may take: the whole help is ~25 s.
+const SAYING: Duration = Duration::from_secs(60);
+
+/// Waits until the start-up tone has been played and a little over a second of silence has
+/// followed, so that it stays apart from what the test's keys make it say.
+fn ready_tone_played(capture: &AlsaCapture) {
+    capture
+        .wait_for_sound_then_quiet(0, Duration::from_millis(1100), SAYING)
+        .unwrap();
+}
+
+/// Presses `keys` and waits until what they make `run` say has been said, followed by
+/// [`QUIET`].
+fn press_and_hear(run: &mut Running, capture: &AlsaCapture, keys: &str) {
+    let from = capture.position();
+    run.press(keys);
+    capture
+        .wait_for_sound_then_quiet(from, QUIET, SAYING)
+        .unwrap_or_else(|e| panic!("after {keys:?}: {e}; log: {:?}", run.log()));
+}
+
+/// Presses `keys`, waits until what they make `run` say has been heard for `length`, then
+/// stops it with `stop` and waits for [`QUIET`].
+fn press_and_stop_after(
+    run: &mut Running,
+    capture: &AlsaCapture,
+    keys: &str,
+    length: Duration,
+    stop: &str,
+) {
+    let from = capture.position();
+    run.press(keys);
+    capture
+        .wait_for_sound_lasting(from, length, SAYING)
+        .unwrap_or_else(|e| panic!("after {keys:?}: {e}; log: {:?}", run.log()));
+    run.press(stop);
+    capture
+        .wait_for_sound_then_quiet(from, QUIET, SAYING)
+        .unwrap_or_else(|e| panic!("after {stop:?}: {e}; log: {:?}", run.log()));
 }
 
 /// Renders the code at `T` in `lang` to `wav`; returns its first-to-last sound in seconds
@@ -244,21 +283,16 @@ fn keys_speak_replay_stop_change_volume_and_language() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
-    ready_tone_played();
-    let mut press = |key: &str, wait: f64| {
-        run.press(key);
-        thread::sleep(Duration::from_secs_f64(wait));
-    };
-    let quiet = 1.5; // silence after each utterance, longer than any pause inside one
-    press("s", len_da + quiet); // 1: the code
-    press("r", len_da * 1.4 + quiet); // 2: "again", the same code
-    press("s", 1.0); // 3: the code, stopped after a second...
-    press("x", quiet);
-    press("-", 1.5 + quiet); // 4: "quieter"
-    press("s", len_da + quiet); // 5: the code, 3 dB quieter
-    press("l", 1.5 + quiet); // 6: "English"
-    press("s", len_en + quiet); // 7: the code in English
-    press("q", 0.0);
+    ready_tone_played(&capture);
+    press_and_hear(&mut run, &capture, "s"); // 1: the code
+    press_and_hear(&mut run, &capture, "r"); // 2: "again", the same code
+    // 3: the code, stopped after a second.
+    press_and_stop_after(&mut run, &capture, "s", Duration::from_secs(1), "x");
+    press_and_hear(&mut run, &capture, "-"); // 4: "quieter"
+    press_and_hear(&mut run, &capture, "s"); // 5: the code, 3 dB quieter
+    press_and_hear(&mut run, &capture, "l"); // 6: "English"
+    press_and_hear(&mut run, &capture, "s"); // 7: the code in English
+    run.press("q");
     let status = run.wait_for_exit();
     let log = run.log();
     assert!(status.success(), "run failed: {log:?}");
@@ -367,9 +401,8 @@ fn run_waits_for_a_missing_sound_card_and_uses_it_when_it_appears() {
         || format!("the device was not opened: {:?}", run.log()),
     );
     run.wait_for("audio: ", 5);
-    ready_tone_played();
-    run.press("s");
-    thread::sleep(Duration::from_secs(7));
+    ready_tone_played(&capture);
+    press_and_hear(&mut run, &capture, "s");
     run.press("q");
     run.wait_for_exit();
     let audio = capture.audio();
@@ -402,8 +435,9 @@ fn speak_plays_the_rendered_code_on_the_sound_card() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `speak` returns once the device has taken the last sample; let the capture catch up.
-    thread::sleep(Duration::from_millis(300));
+    // `speak` returns once the device has taken the last sample; the capture catches up
+    // when it has read the rest (the device is closed).
+    capture.wait_for_end(Duration::from_secs(10)).unwrap();
     let audio = capture.audio();
     let spans = utterances(&audio);
     assert_eq!(spans.len(), 1, "{spans:?}");
@@ -607,24 +641,19 @@ fn the_next_voice_key_switches_the_voice_and_the_codes_are_spoken_in_it() {
         || run.logged("ready") && capture.started().is_some(),
         || format!("run did not start: {:?}", run.log()),
     );
-    ready_tone_played();
+    ready_tone_played(&capture);
     assert!(
         run.logged("ready (language en, voice flite-slt)"),
         "{:?}",
         run.log()
     );
-    let mut press = |key: &str, wait: f64| {
-        run.press(key);
-        thread::sleep(Duration::from_secs_f64(wait));
-    };
-    let quiet = 1.5;
-    press("s", len_slt + quiet); // 1: the code, flite slt
-    press("v", 1.5 + quiet); // 2: "English" in espeak-ng
-    press("s", len_esp + quiet); // 3: the code, espeak-ng
-    press("v", 1.5 + quiet); // 4: "English" in flite slt again (wrapped around)
-    press("l", 1.5 + quiet); // 5: "Dansk"
-    press("v", 3.0 + quiet); // 6: "Der er ingen anden stemme."
-    press("q", 0.0);
+    press_and_hear(&mut run, &capture, "s"); // 1: the code, flite slt
+    press_and_hear(&mut run, &capture, "v"); // 2: "English" in espeak-ng
+    press_and_hear(&mut run, &capture, "s"); // 3: the code, espeak-ng
+    press_and_hear(&mut run, &capture, "v"); // 4: "English" in flite slt again (wrapped around)
+    press_and_hear(&mut run, &capture, "l"); // 5: "Dansk"
+    press_and_hear(&mut run, &capture, "v"); // 6: "Der er ingen anden stemme."
+    run.press("q");
     let status = run.wait_for_exit();
     let log = run.log();
     assert!(status.success(), "run failed: {log:?}");
@@ -796,10 +825,12 @@ fn run_with_damaged_clips_announces_it_once_and_speaks_every_code_whole() {
             .env("ALSA_CONFIG_PATH", &capture.config_path),
     );
     run.wait_for("announcing that another voice speaks for damaged clips", 20);
-    thread::sleep(Duration::from_secs(9)); // the announcement is a long sentence
+    // The announcement (a long sentence) has begun: it ends in silence.
+    capture
+        .wait_for_sound_then_quiet(capture.position(), QUIET, SAYING)
+        .unwrap();
     for _ in 0..2 {
-        run.press("s");
-        thread::sleep(Duration::from_secs(9));
+        press_and_hear(&mut run, &capture, "s");
     }
     run.press("q");
     let status = run.wait_for_exit();
@@ -847,6 +878,7 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
     let no_wait = dir.path().join("config.toml");
     std::fs::write(&no_wait, "[code]\nwait_for_next_below = 0\n").unwrap();
     // T + 3: the step of T ends at T + 10.
+    let started = Instant::now();
     let mut run = start_with_capture(
         Command::new("faketime")
             .args(["-f", "@2033-05-18 03:33:23"])
@@ -859,16 +891,18 @@ fn replay_after_the_step_says_the_code_expired_and_status_is_a_sentence() {
             .env("CODEREADER_CONFIG", &no_wait),
         &capture,
     );
-    run.press("s");
+    press_and_hear(&mut run, &capture, "s");
     run.wait_for("speaking the code of time step 66666666", 5);
-    thread::sleep(Duration::from_secs(9));
-    run.press("r");
+    // The replay must come after the step's end, 7 s after the start on the faked clock
+    // (which runs at real speed): a time to let pass, not a state to wait for; usually
+    // already over once the code has been said.
+    let step_ended = started + Duration::from_secs(8);
+    thread::sleep(step_ended.saturating_duration_since(Instant::now()));
+    press_and_hear(&mut run, &capture, "r");
     run.wait_for("the last code has expired", 5);
     run.wait_for("speaking the code of time step 66666667", 5);
-    thread::sleep(Duration::from_secs(10));
-    run.press("i");
+    press_and_hear(&mut run, &capture, "i");
     run.wait_for("status: serial …0815, 0 problem(s)", 5);
-    thread::sleep(Duration::from_secs(9));
     run.press("q");
     let status = run.wait_for_exit();
     let log = run.log();
@@ -919,7 +953,11 @@ fn run_without_input_says_so_and_keeps_waiting() {
         .stderr(File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_secs(9));
+    // Everything said (tone, "Ready.", "No keypad ..."), then quiet: `run` has reached the
+    // point where it only waits for a keypad. An exit for want of input would come before.
+    capture
+        .wait_for_sound_then_quiet(0, QUIET, SAYING)
+        .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap()));
     let running = child.try_wait().unwrap().is_none();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -974,16 +1012,12 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
             .env("XDG_CONFIG_HOME", dir.path().join("no-config")),
         &capture,
     );
-    run.press("z");
+    press_and_hear(&mut run, &capture, "z");
     run.wait_for("a key with no action", 5);
-    thread::sleep(Duration::from_millis(1500));
-    run.press("h");
+    press_and_hear(&mut run, &capture, "h");
     run.wait_for("help: ", 5);
-    thread::sleep(Duration::from_secs(40));
-    run.press("h");
-    thread::sleep(Duration::from_secs(2));
-    run.press("x");
-    thread::sleep(Duration::from_millis(1500));
+    // The help again, stopped after two seconds.
+    press_and_stop_after(&mut run, &capture, "h", Duration::from_secs(2), "x");
     run.press("q");
     let status = run.wait_for_exit();
     let log = run.log();
@@ -997,15 +1031,10 @@ fn an_unknown_key_gives_a_tone_and_help_says_the_keys() {
         "{}",
         help[0]
     );
-    // The paced capture may still be reading the closing tone.
-    wait_until(
-        3,
-        || {
-            let audio = capture.audio();
-            audio.spans(audio.loudest_frame() * 0.01, 1000).len() >= 5
-        },
-        || format!("{log:?}"),
-    );
+    // The paced capture may still be reading the closing tone: wait until it has read all.
+    capture
+        .wait_for_end(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {log:?}"));
     let audio = capture.audio();
     let spans = audio.spans(audio.loudest_frame() * 0.01, 1000);
     let secs: Vec<f64> = spans.iter().map(|s| s.seconds(audio.rate)).collect();
@@ -1088,14 +1117,11 @@ fn quitting_plays_a_short_closing_tone() {
     run.press("q");
     let status = run.wait_for_exit();
     assert!(status.success(), "{:?}", run.log());
-    // The paced capture may still be reading what was written before the exit.
-    let sounds = || {
-        let audio = capture.audio();
-        audio.spans(audio.loudest_frame() * 0.01, 500)
-    };
-    wait_until(5, || sounds().len() >= 2, || format!("{:?}", sounds()));
+    // The paced capture may still be reading what was written before the exit: wait until
+    // it has read all (waiting for two sounds measured a tone still arriving: 0.02 s).
+    capture.wait_for_end(Duration::from_secs(10)).unwrap();
     let audio = capture.audio();
-    let sounds = sounds();
+    let sounds = audio.spans(audio.loudest_frame() * 0.01, 500);
     assert_eq!(
         sounds.len(),
         2,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use codereader_e2e::{codereader_bin, voices_dir};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const RUNS: usize = 200;
 const SEED: u64 = 0x4b11_1e9d;
@@ -75,7 +75,7 @@ fn two_hundred_speaks_with_kill_9_never_reuse_a_counter() {
     for i in 0..RUNS {
         let before = next_counter(&state);
         let mut child = speak(i);
-        let share = rng.gen_range(0.0..1.2);
+        let share = rng.random_range(0.0..1.2);
         thread::sleep(full.mul_f64(share));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();

@@ -267,6 +267,8 @@ fn run_shows_the_code_large_counts_down_and_clears_it_when_it_expires() {
         },
         || term.text(),
     );
+    // Proves a redraw does NOT come: the countdown redraws once a second, so 1.2 s after
+    // the clearing covers the tick that would draw the expired code again.
     thread::sleep(Duration::from_millis(1200));
     let t = term.text();
     let cleared = t.rfind("\x1b[2J\x1b[H").unwrap();
@@ -334,7 +336,14 @@ fn run_on_a_terminal_shows_large_print_by_default_and_not_when_outputs_leave_it_
         || term.text().contains("speaking the code"),
         || term.text(),
     );
-    thread::sleep(Duration::from_millis(1500));
+    // The whole code is said (large print, were it on, is drawn before that ends).
+    capture
+        .wait_for_sound_then_quiet(
+            capture.position(),
+            Duration::from_millis(1500),
+            Duration::from_secs(30),
+        )
+        .unwrap();
     term.press("q");
     let (status, _) = term.run.wait(10);
     assert!(status.success(), "{}", term.text());
@@ -416,6 +425,7 @@ fn a_terminal_that_stops_reading_never_stops_the_device() {
     // Each key draws the code anew (about 3 kB); 64 kB fill the terminal's buffer.
     for _ in 0..40 {
         keys.write_all(b"s").unwrap();
+        // A person's fast typing, not a wait for the device.
         thread::sleep(Duration::from_millis(30));
     }
     wait_until(
@@ -559,7 +569,9 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
             .unwrap(),
     );
     brltty.wait_for("279 037", 10);
-    // The code stays (it is valid 10 s more) until a key of the display is pressed.
+    // The code stays (it is valid 10 s more) until a key of the display is pressed. Proves
+    // an end does NOT come by itself: `speak` would end right after writing the code, well
+    // within 1.5 s.
     thread::sleep(Duration::from_millis(1500));
     assert!(speak.0.try_wait().unwrap().is_none(), "speak ended early");
     brltty.press("x");
@@ -600,6 +612,8 @@ fn speak_writes_the_grouped_code_to_a_braille_display_until_a_key_is_pressed() {
             .unwrap(),
     );
     brltty.wait_for("Der er endnu ikke sat en nøgle", 10);
+    // Proves the message is NOT taken away by itself: `speak` would exit right after
+    // writing it, well within the second.
     thread::sleep(Duration::from_millis(1000));
     assert!(
         speak.0.try_wait().unwrap().is_none(),
@@ -624,6 +638,7 @@ fn a_message_longer_than_the_display_is_read_on_with_the_panning_keys() {
     // window": the rest of the message, and `speak` still holds it.
     brltty.press("\x1bOC");
     brltty.wait_for(" sættes op igen.", 5);
+    // Proves panning does NOT end `speak`: a key that ended it would do so at once.
     thread::sleep(Duration::from_millis(500));
     assert!(speak.0.try_wait().unwrap().is_none(), "panning ended speak");
     // Left: the start again.
@@ -1400,7 +1415,8 @@ fn large_print_grows_with_the_terminal_and_shows_every_message_in_place_of_the_c
         },
         || term.text(),
     );
-    // More than a second of the old code's countdown passes: nothing redraws it.
+    // More than a second of the old code's countdown passes: nothing redraws it (proves a
+    // redraw does NOT come: the countdown ticks once a second).
     let before = term.text().len();
     thread::sleep(Duration::from_millis(1500));
     let screen = last_screen(&term.text());

@@ -17,9 +17,10 @@
 //!
 //! For `aarch64-unknown-linux-gnu` (Raspberry Pi OS 64-bit) on an x86-64 Debian machine the
 //! task cross-compiles: it installs Debian's `gcc-aarch64-linux-gnu` and
-//! `libc6-dev-arm64-cross`, downloads the arm64 builds of the libraries the program links
-//! (espeak-ng, ALSA) into a private sysroot under `target/dist/` without changing the
-//! machine's dpkg architectures, and points the linker, pkg-config and bindgen at it.
+//! `libc6-dev-arm64-cross`, downloads the arm64 build of the one C library the program
+//! links (ALSA's; espeak-ng is opened at run time) into a private sysroot under
+//! `target/dist/` without changing the machine's dpkg architectures, and points the linker
+//! and pkg-config at it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,56 +30,11 @@ use crate::{cargo, packages, run};
 
 const PI_TARGET: &str = "aarch64-unknown-linux-gnu";
 
-/// arm64 packages whose libraries and headers the cross link needs (espeak-ng's and ALSA's,
-/// with what they link in turn). The C library itself comes from Debian's
+/// arm64 packages whose libraries and headers the cross link needs: ALSA's, for cpal
+/// (`libasound.so.2` needs only the C library). The C library itself comes from Debian's
 /// `libc6-dev-arm64-cross`: the arm64 `libc6-dev` names absolute paths in its linker scripts,
 /// which would point the linker at the host's `/lib`.
-const ARM64_LIBS: &[&str] = &[
-    "libespeak-ng1",
-    "libespeak-ng-dev",
-    "libpcaudio0",
-    "libsonic0",
-    "libasound2",
-    "libasound2-dev",
-    "libpulse0",
-    "libdbus-1-3",
-    "libsystemd0",
-    "libapparmor1",
-    "libasyncns0",
-    "libsndfile1",
-    "libx11-xcb1",
-    "libx11-6",
-    "libxcb1",
-    "libxau6",
-    "libxdmcp6",
-    "libbsd0",
-    "libmd0",
-    "libcap2",
-    "libgcrypt20",
-    "libgpg-error0",
-    "liblz4-1",
-    "liblzma5",
-    "libzstd1",
-    "libflac12",
-    "libogg0",
-    "libvorbis0a",
-    "libvorbisenc2",
-    "libopus0",
-    "libmpg123-0",
-    "libmp3lame0",
-    "libwrap0",
-    "libnsl2",
-    "libtirpc3",
-    "libgssapi-krb5-2",
-    "libkrb5-3",
-    "libk5crypto3",
-    "libcom-err2",
-    "libkrb5support0",
-    "libkeyutils1",
-    "libssl3",
-    "libselinux1",
-    "libpcre2-8-0",
-];
+const ARM64_LIBS: &[&str] = &["libasound2", "libasound2-dev"];
 
 fn capture(command: &mut Command) -> Option<String> {
     let out = command.output().ok()?;
@@ -196,7 +152,7 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
     }
     let sysroot = target_dir().join("dist/sysroot-arm64");
     if !sysroot
-        .join("usr/lib/aarch64-linux-gnu/libespeak-ng.so")
+        .join("usr/lib/aarch64-linux-gnu/libasound.so")
         .exists()
     {
         build_sysroot(&sysroot)?;
@@ -208,8 +164,7 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
         .env(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
             format!(
-                "-C link-arg=-L{l} -C link-arg=-Wl,-rpath-link,{l} -C link-arg=-Wl,-rpath-link,{l2} \
-                 -C link-arg=-Wl,-rpath-link,{l}/pulseaudio",
+                "-C link-arg=-L{l} -C link-arg=-Wl,-rpath-link,{l} -C link-arg=-Wl,-rpath-link,{l2}",
                 l = lib.display(),
                 l2 = lib2.display()
             ),
@@ -222,13 +177,6 @@ fn prepare_pi_cross(build: &mut Command) -> Result<(), String> {
                 "{}:{}",
                 lib.join("pkgconfig").display(),
                 sysroot.join("usr/share/pkgconfig").display()
-            ),
-        )
-        .env(
-            "BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu",
-            format!(
-                "--target=aarch64-linux-gnu -isystem {} -isystem /usr/aarch64-linux-gnu/include",
-                sysroot.join("usr/include").display()
             ),
         );
     Ok(())

@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 
 /// What `cargo xtask demo` needs.
 pub(crate) const DEMO: &[&str] = &[
-    // speech (linked by the device that speaks the demo code): build and run time.
-    "libclang-dev",
-    "libespeak-ng-dev",
+    // speech: espeak-ng's library (opened at run time) and voice data; ALSA and pkg-config
+    // to build cpal.
+    "libespeak-ng1",
     "espeak-ng-data",
     "libasound2-dev",
     "pkg-config",
@@ -31,8 +31,8 @@ pub(crate) const TEST: &[&str] = &[
     // with the clock shifted by libfaketime.
     "python3-pyotp",
     "faketime",
-    // speech: bindgen for espeakng-sys, espeak-ng's library and voice data, ALSA for cpal.
-    "libclang-dev",
+    // speech: espeak-ng's library and voice data, and its header, which the test of the
+    // hand-written declarations in crates/speech/src/ffi.rs compiles against; ALSA for cpal.
     "libespeak-ng-dev",
     "espeak-ng-data",
     "libasound2-dev",
@@ -59,7 +59,8 @@ pub(crate) const TEST: &[&str] = &[
     "speech-dispatcher",
     "speech-dispatcher-espeak-ng",
     // server and device: `systemd-analyze security --offline` rates the shipped systemd units
-    // (installing systemd in a container is safe: it does not become PID 1 there).
+    // (installing systemd in a container is safe: it does not become PID 1 there);
+    // crates/device/tests/unit_hardening.rs and crates/server/tests/packaging.rs fail without it.
     "systemd",
     // device: `--copy` is tested on a real X server (Xvfb, read back with xclip) and a real
     // Wayland compositor (sway's headless backend, read back with wl-paste); xclip and
@@ -81,8 +82,7 @@ pub(crate) const DEB_CHECK: &[&str] = &["lintian", "flite", "espeak-ng-data"];
 /// crate, the engines that render clips (espeak-ng's library, the flite command line), and a
 /// Python virtualenv for the recognizer (PocketSphinx comes from PyPI into `target/`).
 pub(crate) const VOICES: &[&str] = &[
-    "libclang-dev",
-    "libespeak-ng-dev",
+    "libespeak-ng1",
     "espeak-ng-data",
     "libasound2-dev",
     "pkg-config",

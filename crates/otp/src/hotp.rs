@@ -553,23 +553,23 @@ mod tests {
 
     #[test]
     fn windows_equal_single_codes_for_random_secrets_and_counters() {
-        use rand::{Rng, SeedableRng};
+        use rand::{RngExt, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ca1_ab1e);
         let digits = [Digits::SIX, Digits::SEVEN, Digits::EIGHT];
         for round in 0..600 {
-            let len = rng.gen_range(1..=crate::MAX_SECRET_LEN);
-            let bytes: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            let len = rng.random_range(1..=crate::MAX_SECRET_LEN);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             let secret = Secret::new(bytes, crate::KeyPolicy::AllowLegacyShort).unwrap();
             let algorithm = Algorithm::ALL[round % 3];
             let hotp = Hotp::new(&secret, algorithm, digits[round / 3 % 3]);
-            let width: u64 = rng.gen_range(0..=13);
+            let width: u64 = rng.random_range(0..=13);
             let first = match round % 4 {
                 // Near the top, including windows that end exactly at u64::MAX.
-                0 => u64::MAX - width - rng.gen_range(0..3),
-                1 => rng.gen_range(0..100),
+                0 => u64::MAX - width - rng.random_range(0..3),
+                1 => rng.random_range(0..100),
                 // TOTP steps of today's clocks.
-                2 => 56_666_666 + rng.gen_range(0..1_000_000),
-                _ => rng.r#gen(),
+                2 => 56_666_666 + rng.random_range(0..1_000_000),
+                _ => rng.random(),
             };
             let last = first.saturating_add(width);
             for backend in backends() {

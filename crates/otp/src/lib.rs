@@ -18,6 +18,7 @@
 mod base32;
 mod code;
 mod hotp;
+pub mod percent;
 pub mod pskc;
 mod secret;
 #[cfg(target_arch = "x86_64")]

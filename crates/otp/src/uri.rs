@@ -12,6 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::code::{Digits, DigitsError};
 use crate::hotp::{Algorithm, Counter, Hotp};
+use crate::percent::{self, Plus};
 use crate::secret::{KeyPolicy, Secret, SecretError};
 use crate::totp::{Period, Totp, UnixTime};
 
@@ -232,7 +233,7 @@ impl KeyUri {
         if raw_label.is_empty() {
             return Err(UriError::MissingLabel);
         }
-        let label = decode(raw_label, "label", false)?;
+        let label = decode(raw_label, "label", Plus::Literal)?;
         let (label_issuer, account) = match label.split_once(':') {
             Some((issuer, account)) => {
                 if issuer.is_empty() {
@@ -418,7 +419,7 @@ impl Params {
             if slot.is_some() {
                 return Err(UriError::DuplicateParameter { name });
             }
-            let value = decode(raw, name, true)?;
+            let value = decode(raw, name, Plus::Space)?;
             if name == "issuer" && value.is_empty() {
                 return Err(UriError::EmptyIssuer);
             }
@@ -428,34 +429,10 @@ impl Params {
     }
 }
 
-/// Strict percent-decoding: a `%` must start a two-hex-digit escape. In query values `+`
+/// Strict percent-decoding ([`crate::percent::decode`]) to UTF-8 text. In query values `+`
 /// means a space (HTML form encoding, which many issuers use); in the label it is literal.
-fn decode(raw: &str, part: &'static str, plus_is_space: bool) -> Result<String, UriError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(UriError::BadPercentEncoding { part })?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
+fn decode(raw: &str, part: &'static str, plus: Plus) -> Result<String, UriError> {
+    let out = percent::decode(raw, plus).map_err(|_| UriError::BadPercentEncoding { part })?;
     String::from_utf8(out).map_err(|e| {
         let mut bytes = e.into_bytes();
         zeroize::Zeroize::zeroize(&mut bytes);

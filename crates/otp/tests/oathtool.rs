@@ -10,7 +10,7 @@ use std::process::Command;
 
 use codereader_otp::{Algorithm, Counter, Digits, Hotp, KeyPolicy, Period, Secret, Totp, UnixTime};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const CASES: usize = 1000;
 const SEED: u64 = 0x00c0_dead_e4de;
@@ -40,13 +40,13 @@ fn thousand_random_cases_agree_with_oathtool() {
     let mut past_2038 = 0;
     let mut hotp_cases = 0;
     for case in 0..CASES {
-        let algorithm = Algorithm::ALL[rng.gen_range(0..3)];
-        let digits = Digits::new(rng.gen_range(6..=8)).unwrap();
-        let len = rng.gen_range(16..=64);
-        let bytes: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+        let algorithm = Algorithm::ALL[rng.random_range(0..3)];
+        let digits = Digits::new(rng.random_range(6..=8)).unwrap();
+        let len = rng.random_range(16..=64);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         let secret = Secret::new(bytes.clone(), KeyPolicy::Rfc4226).unwrap();
         let mode = algorithm.name().to_lowercase();
-        let (ours, args) = if rng.gen_bool(0.5) {
+        let (ours, args) = if rng.random_bool(0.5) {
             hotp_cases += 1;
             // oathtool's --hotp is HMAC-SHA-1 only. For SHA-256/512 HOTP we ask for TOTP with
             // a 1 s step and T0 = 0, whose counter is the time itself; its time parser takes
@@ -56,10 +56,10 @@ fn thousand_random_cases_agree_with_oathtool() {
             } else {
                 1 << 62
             };
-            let counter = match rng.gen_range(0..3) {
-                0 => rng.gen_range(0..1000),
-                1 => u64::from(rng.r#gen::<u32>()),
-                _ => rng.gen_range(0..=max),
+            let counter = match rng.random_range(0..3) {
+                0 => rng.random_range(0..1000),
+                1 => u64::from(rng.random::<u32>()),
+                _ => rng.random_range(0..=max),
             };
             let code = Hotp::new(&secret, algorithm, digits).code(Counter(counter));
             let mut args = if algorithm == Algorithm::Sha1 {
@@ -74,14 +74,14 @@ fn thousand_random_cases_agree_with_oathtool() {
             args.extend([format!("--digits={digits}"), hex(&bytes)]);
             (code, args)
         } else {
-            let period = [30u64, 60, 15, rng.gen_range(1..=300)][rng.gen_range(0..4)];
-            let t0 = if rng.gen_bool(0.2) {
-                rng.gen_range(0..1_000_000_000)
+            let period = [30u64, 60, 15, rng.random_range(1..=300)][rng.random_range(0..4)];
+            let t0 = if rng.random_bool(0.2) {
+                rng.random_range(0..1_000_000_000)
             } else {
                 0
             };
             // Up to 9999-12-31, past 2038 in about three cases out of four.
-            let time = rng.gen_range(t0..=253_402_300_799);
+            let time = rng.random_range(t0..=253_402_300_799);
             if time > i32::MAX as u64 {
                 past_2038 += 1;
             }

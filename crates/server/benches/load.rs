@@ -13,11 +13,16 @@
 //! `--stores sqlite,sqlite-normal,postgres` (sqlite-normal: `--sqlite-normal-sync`),
 //! `--store-concurrency N` (passed to the server), `--server-arg ARG` (repeatable: any other
 //! `serve` option, e.g. `--server-arg --worker-threads --server-arg 1`, to compare tunings).
+//!
+//! PostgreSQL's rows are followed by pgbench's rate for one durable single-row `UPDATE` on the
+//! same cluster, in the same run, and the verify rates as ratios of it (`pgbench/mod.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "pgbench/mod.rs"]
+mod pgbench;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,7 +293,7 @@ fn seed(i: usize) -> Vec<u8> {
 }
 
 async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
-    let pg;
+    let mut pg = None;
     let mut pg_url = None;
     let mut extra = Vec::new();
     if let Some(n) = &o.store_concurrency {
@@ -305,9 +310,11 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         }
         "postgres" => {
             // Durable commits (fsync on), like the SQLite store's default.
-            pg = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
-            pg_url = Some(pg.url());
-            Server::start_with(Some(&pg.url()), &extra)
+            let cluster = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            pg_url = Some(cluster.url());
+            let server = Server::start_with(Some(&cluster.url()), &extra);
+            pg = Some(cluster);
+            server
         }
         other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
     };
@@ -358,6 +365,10 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
             .join()
             .unwrap()
     });
+    if let Some(pg) = &pg {
+        // The server is idle now; its store connections stay open, as pgbench's are.
+        pgbench::run_beside(store, pg, verify.rate(), library.rate());
+    }
     vec![
         (format!("{store}: floor (400, no store)"), floor),
         (format!("{store}: verify (accepted)"), verify),
@@ -540,6 +551,7 @@ fn main() {
          goal (issue 6): >= 50000 verifies/s with p99 < 5 ms on SQLite (2 cores); \
          'unexpected' must be 0 (every verify accepted)"
     );
+    pgbench::print();
     if rows.iter().any(|(_, p)| p.unexpected > 0) {
         eprintln!("bench-verifier: some answers were not the expected ones");
         std::process::exit(1);

@@ -3,7 +3,7 @@
 //! With no options, every command finds its SQLite database, key-encryption key (KEK) and
 //! API-key file in one directory: `$CODEREADER_STATE`, else `$XDG_STATE_HOME/codereader`,
 //! else `~/.local/state/codereader`. A missing KEK file is created by the verifier library
-//! (`Kek::load_or_create`, mode 0600) and the command says where, so `serve` works on a
+//! (`KeyringFile::load_or_create`, mode 0600) and the command says where, so `serve` works on a
 //! fresh machine.
 
 use std::fs;

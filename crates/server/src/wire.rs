@@ -6,6 +6,7 @@
 //! A new endpoint adds its request and response types here, its handler in [`crate::http`],
 //! its entry in `openapi.yaml` and its test.
 
+use codereader_otp::percent::{self, Plus};
 use codereader_verifier::{
     AuditEntry, ImportReport, Matched, Outcome, TokenInfo, TokenKind, UserId,
 };
@@ -428,30 +429,10 @@ pub fn list_query(raw: Option<&str>) -> Result<(Option<String>, usize), String> 
     Ok((after, limit))
 }
 
-/// Decodes `%XX` escapes and `+` (a space, as forms encode it); `None` for a bad escape or
-/// bytes that are not UTF-8.
+/// Decodes `%XX` escapes and `+` (a space, as forms encode it) strictly; `None` for a bad
+/// escape or bytes that are not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(percent::decode(text, Plus::Space).ok()?).ok()
 }
 
 /// A page from up to `limit + 1` items, fetched one more than asked so as to know whether
@@ -706,6 +687,10 @@ mod tests {
             "after=%zz",
             "after=%c3",
             "after=%",
+            // Once taken as byte 5 (`u8::from_str_radix` accepts a sign).
+            "after=%+5",
+            "after=%G0",
+            "after=SN%4",
             "limit=0",
             "limit=1001",
             "user=a",

@@ -8,40 +8,98 @@
 //! The library is opened with `dlopen` when espeak-ng is first needed, not linked: a device
 //! speaking pre-rendered clips never maps libespeak-ng and the libraries it pulls in (audio
 //! servers, their clients, ~35 in all on Debian), whose loading and relocation were the
-//! largest part of a one-shot `codereader speak`. `espeakng-sys` gives the types and
-//! constants of `speak_lib.h`; its function declarations are used only by a test that checks
-//! the signatures we look up against them.
+//! largest part of a one-shot `codereader speak`.
+//!
+//! The few types, constants and signatures of `speak_lib.h` this module uses are declared
+//! here by hand (no bindgen, so no libclang and no `-lespeak-ng` at build time);
+//! `declarations_match_the_header` compiles a C file against the installed header with the
+//! system C compiler to check every one of them (values, sizes, field offsets, prototypes).
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::ffi::{CStr, c_char, c_int, c_short, c_uint, c_void};
+use std::ffi::{CStr, c_char, c_int, c_short, c_uchar, c_uint, c_void};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::sync::OnceLock;
 
-use espeakng_sys as sys;
-
 /// The shared library, by its soname (Debian's `libespeak-ng1`).
 const LIBRARY: &str = "libespeak-ng.so.1";
 
-type InitializeFn =
-    unsafe extern "C" fn(sys::espeak_AUDIO_OUTPUT, c_int, *const c_char, c_int) -> c_int;
-type SetSynthCallbackFn = unsafe extern "C" fn(sys::t_espeak_callback);
-type SetVoiceByNameFn = unsafe extern "C" fn(*const c_char) -> sys::espeak_ERROR;
-type ListVoicesFn = unsafe extern "C" fn(*mut sys::espeak_VOICE) -> *mut *const sys::espeak_VOICE;
-type SetParameterFn =
-    unsafe extern "C" fn(sys::espeak_PARAMETER, c_int, c_int) -> sys::espeak_ERROR;
+// `speak_lib.h`'s enums, as the C compiler lays them out: an `int`-sized integer (unsigned
+// where every value is non-negative, as GCC and Clang choose).
+
+/// `espeak_AUDIO_OUTPUT`.
+type AudioOutput = c_uint;
+/// `AUDIO_OUTPUT_SYNCHRONOUS`: samples go to the callback, `espeak_Synth` returns after it.
+const AUDIO_OUTPUT_SYNCHRONOUS: AudioOutput = 2;
+/// `espeak_ERROR` (signed: `EE_INTERNAL_ERROR` is -1).
+type EspeakError = c_int;
+/// `EE_OK`.
+const EE_OK: EspeakError = 0;
+/// `espeak_PARAMETER`.
+type Parameter = c_uint;
+/// `espeakRATE`: words per minute.
+const RATE: Parameter = 1;
+/// `espeakVOLUME`: amplitude, 0..=200.
+const VOLUME: Parameter = 2;
+/// `espeak_POSITION_TYPE`.
+type PositionType = c_uint;
+/// `POS_CHARACTER`.
+const POS_CHARACTER: PositionType = 1;
+/// `espeakINITIALIZE_DONT_EXIT`: return an error instead of calling `exit()`.
+const INITIALIZE_DONT_EXIT: c_int = 0x8000;
+/// `espeakCHARS_UTF8`: the text is UTF-8.
+const CHARS_UTF8: c_uint = 1;
+
+/// `espeak_EVENT`: only ever passed to us behind a pointer we do not follow.
+#[repr(C)]
+struct Event {
+    _opaque: [u8; 0],
+}
+
+/// `espeak_VOICE`, an entry of `espeak_ListVoices`.
+#[repr(C)]
+struct Voice {
+    name: *const c_char,
+    languages: *const c_char,
+    identifier: *const c_char,
+    gender: c_uchar,
+    age: c_uchar,
+    variant: c_uchar,
+    xx1: c_uchar,
+    score: c_int,
+    spare: *mut c_void,
+}
+
+/// `t_espeak_callback *`: `int (short *wav, int numsamples, espeak_EVENT *events)`.
+type SynthCallback = Option<unsafe extern "C" fn(*mut c_short, c_int, *mut Event) -> c_int>;
+
+// The functions looked up, each with the prototype the test checks against the header.
+
+/// `int espeak_Initialize(espeak_AUDIO_OUTPUT, int buflength, const char *path, int options)`
+type InitializeFn = unsafe extern "C" fn(AudioOutput, c_int, *const c_char, c_int) -> c_int;
+/// `void espeak_SetSynthCallback(t_espeak_callback *)`
+type SetSynthCallbackFn = unsafe extern "C" fn(SynthCallback);
+/// `espeak_ERROR espeak_SetVoiceByName(const char *name)`
+type SetVoiceByNameFn = unsafe extern "C" fn(*const c_char) -> EspeakError;
+/// `const espeak_VOICE **espeak_ListVoices(espeak_VOICE *voice_spec)`
+type ListVoicesFn = unsafe extern "C" fn(*mut Voice) -> *mut *const Voice;
+/// `espeak_ERROR espeak_SetParameter(espeak_PARAMETER, int value, int relative)`
+type SetParameterFn = unsafe extern "C" fn(Parameter, c_int, c_int) -> EspeakError;
+/// `espeak_ERROR espeak_Synth(const void *text, size_t size, unsigned int position,
+/// espeak_POSITION_TYPE, unsigned int end_position, unsigned int flags,
+/// unsigned int *unique_identifier, void *user_data)`
 type SynthFn = unsafe extern "C" fn(
     *const c_void,
     usize,
     c_uint,
-    sys::espeak_POSITION_TYPE,
+    PositionType,
     c_uint,
     c_uint,
     *mut c_uint,
     *mut c_void,
-) -> sys::espeak_ERROR;
+) -> EspeakError;
 
 /// The espeak-ng functions this module calls, looked up once.
 #[derive(Debug)]
@@ -71,8 +129,8 @@ fn load() -> Result<Api, String> {
     let library = unsafe { libloading::Library::new(LIBRARY) }
         .map_err(|e| format!("cannot load {LIBRARY}: {e}"))?;
     let missing = |name: &str, e: libloading::Error| format!("{LIBRARY} has no {name}: {e}");
-    // SAFETY: each symbol is read with the type bindgen generated from espeak-ng's own header
-    // (`signatures_are_the_headers` below checks that at compile time); the pointers are
+    // SAFETY: each symbol is read with the prototype of espeak-ng's own header
+    // (`declarations_match_the_header` below checks that with the C compiler); the pointers are
     // copied out and stay valid because the library is kept with them and never unloaded.
     unsafe {
         Ok(Api {
@@ -146,10 +204,10 @@ pub(crate) fn initialize(buffer_ms: u16) -> Result<EspeakToken, FfiError> {
     // It is called once, from the owner thread, before any other espeak call.
     let rate = unsafe {
         (api.initialize)(
-            sys::espeak_AUDIO_OUTPUT_AUDIO_OUTPUT_SYNCHRONOUS,
+            AUDIO_OUTPUT_SYNCHRONOUS,
             c_int::from(buffer_ms),
             ptr::null(),
-            sys::espeakINITIALIZE_DONT_EXIT as c_int,
+            INITIALIZE_DONT_EXIT,
         )
     };
     let Ok(sample_rate) = u32::try_from(rate) else {
@@ -168,8 +226,8 @@ pub(crate) fn initialize(buffer_ms: u16) -> Result<EspeakToken, FfiError> {
     })
 }
 
-fn check(call: &'static str, code: sys::espeak_ERROR) -> Result<(), FfiError> {
-    if code == sys::espeak_ERROR_EE_OK {
+fn check(call: &'static str, code: EspeakError) -> Result<(), FfiError> {
+    if code == EE_OK {
         Ok(())
     } else {
         Err(FfiError::Call(call, code))
@@ -228,22 +286,14 @@ fn c_text(text: *const std::ffi::c_char) -> String {
 /// Sets the speaking rate in words per minute (espeak-ng clamps to 80..=450).
 pub(crate) fn set_rate(token: &EspeakToken, words_per_minute: u16) -> Result<(), FfiError> {
     // SAFETY: plain integer arguments; owner thread (token).
-    let code = unsafe {
-        (token.api.set_parameter)(
-            sys::espeak_PARAMETER_espeakRATE,
-            c_int::from(words_per_minute),
-            0,
-        )
-    };
+    let code = unsafe { (token.api.set_parameter)(RATE, c_int::from(words_per_minute), 0) };
     check("espeak_SetParameter(rate)", code)
 }
 
 /// Sets espeak-ng's own amplitude (0..=200, 100 is its default).
 pub(crate) fn set_volume(token: &EspeakToken, volume: u8) -> Result<(), FfiError> {
     // SAFETY: plain integer arguments; owner thread (token).
-    let code = unsafe {
-        (token.api.set_parameter)(sys::espeak_PARAMETER_espeakVOLUME, c_int::from(volume), 0)
-    };
+    let code = unsafe { (token.api.set_parameter)(VOLUME, c_int::from(volume), 0) };
     check("espeak_SetParameter(volume)", code)
 }
 
@@ -270,9 +320,9 @@ pub(crate) fn synth(
             bytes.as_ptr().cast::<c_void>(),
             bytes.len(),
             0,
-            sys::espeak_POSITION_TYPE_POS_CHARACTER,
+            POS_CHARACTER,
             0,
-            sys::espeakCHARS_UTF8,
+            CHARS_UTF8,
             ptr::null_mut(),
             ptr::null_mut(),
         )
@@ -287,7 +337,7 @@ pub(crate) fn synth(
 unsafe extern "C" fn synth_callback(
     wav: *mut c_short,
     numsamples: c_int,
-    _events: *mut sys::espeak_EVENT,
+    _events: *mut Event,
 ) -> c_int {
     let Some(consumer) = CURRENT.with(Cell::get) else {
         return 1;
@@ -314,16 +364,152 @@ unsafe extern "C" fn synth_callback(
 mod tests {
     use super::*;
 
-    /// The types we look the functions up with are those of espeak-ng's header: these
-    /// assignments compile only while they agree with bindgen's declarations.
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    /// The size of the field `field` picks out of a `T`.
+    fn field_size<T, F>(_field: impl Fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// The installed header (Debian's `libespeak-ng-dev`, in xtask's `TEST` packages).
+    const HEADER: &str = "/usr/include/espeak-ng/speak_lib.h";
+
+    /// The declarations above, checked by the C compiler against espeak-ng's header: enum
+    /// and macro values, type sizes, `espeak_VOICE`'s layout, and each function's prototype
+    /// (a pointer of the prototype written beside its Rust type, initialised with the
+    /// header's function: `-Werror` turns a mismatch into an error).
     #[test]
-    fn signatures_are_the_headers() {
-        let _: InitializeFn = sys::espeak_Initialize;
-        let _: SetSynthCallbackFn = sys::espeak_SetSynthCallback;
-        let _: SetVoiceByNameFn = sys::espeak_SetVoiceByName;
-        let _: ListVoicesFn = sys::espeak_ListVoices;
-        let _: SetParameterFn = sys::espeak_SetParameter;
-        let _: SynthFn = sys::espeak_Synth;
+    fn declarations_match_the_header() {
+        assert!(
+            std::path::Path::new(HEADER).is_file(),
+            "{HEADER} is missing: install libespeak-ng-dev"
+        );
+        let checks = [
+            (
+                "AUDIO_OUTPUT_SYNCHRONOUS",
+                AUDIO_OUTPUT_SYNCHRONOUS.to_string(),
+            ),
+            ("EE_OK", EE_OK.to_string()),
+            ("espeakRATE", RATE.to_string()),
+            ("espeakVOLUME", VOLUME.to_string()),
+            ("POS_CHARACTER", POS_CHARACTER.to_string()),
+            (
+                "espeakINITIALIZE_DONT_EXIT",
+                INITIALIZE_DONT_EXIT.to_string(),
+            ),
+            ("espeakCHARS_UTF8", CHARS_UTF8.to_string()),
+            (
+                "sizeof(espeak_AUDIO_OUTPUT)",
+                size_of::<AudioOutput>().to_string(),
+            ),
+            ("sizeof(espeak_ERROR)", size_of::<EspeakError>().to_string()),
+            (
+                "sizeof(espeak_PARAMETER)",
+                size_of::<Parameter>().to_string(),
+            ),
+            (
+                "sizeof(espeak_POSITION_TYPE)",
+                size_of::<PositionType>().to_string(),
+            ),
+            // Signedness, as the Rust types above have it.
+            ("((espeak_ERROR)-1 < 0)", "1".to_owned()),
+            ("((espeak_AUDIO_OUTPUT)-1 > 0)", "1".to_owned()),
+            ("((espeak_PARAMETER)-1 > 0)", "1".to_owned()),
+            ("((espeak_POSITION_TYPE)-1 > 0)", "1".to_owned()),
+            ("sizeof(espeak_VOICE)", size_of::<Voice>().to_string()),
+        ];
+        let mut checks: Vec<(String, String)> = checks
+            .into_iter()
+            .map(|(expression, value)| (expression.to_owned(), value))
+            .collect();
+        // Every field of `espeak_VOICE`: where it is and how big.
+        for (field, offset, size) in [
+            (
+                "name",
+                offset_of!(Voice, name),
+                field_size(|v: &Voice| &v.name),
+            ),
+            (
+                "languages",
+                offset_of!(Voice, languages),
+                field_size(|v: &Voice| &v.languages),
+            ),
+            (
+                "identifier",
+                offset_of!(Voice, identifier),
+                field_size(|v: &Voice| &v.identifier),
+            ),
+            (
+                "gender",
+                offset_of!(Voice, gender),
+                field_size(|v: &Voice| &v.gender),
+            ),
+            (
+                "age",
+                offset_of!(Voice, age),
+                field_size(|v: &Voice| &v.age),
+            ),
+            (
+                "variant",
+                offset_of!(Voice, variant),
+                field_size(|v: &Voice| &v.variant),
+            ),
+            (
+                "xx1",
+                offset_of!(Voice, xx1),
+                field_size(|v: &Voice| &v.xx1),
+            ),
+            (
+                "score",
+                offset_of!(Voice, score),
+                field_size(|v: &Voice| &v.score),
+            ),
+            (
+                "spare",
+                offset_of!(Voice, spare),
+                field_size(|v: &Voice| &v.spare),
+            ),
+        ] {
+            checks.push((
+                format!("offsetof(espeak_VOICE, {field})"),
+                offset.to_string(),
+            ));
+            checks.push((
+                format!("sizeof(((espeak_VOICE *)0)->{field})"),
+                size.to_string(),
+            ));
+        }
+        let mut c = String::from("#include <stddef.h>\n#include <espeak-ng/speak_lib.h>\n");
+        for (expression, value) in &checks {
+            c.push_str(&format!(
+                "_Static_assert({expression} == {value}, \"{expression} is not {value}\");\n"
+            ));
+        }
+        // The prototypes of the Rust function types above, spelled in C.
+        c.push_str(
+            "int (*initialize)(espeak_AUDIO_OUTPUT, int, const char *, int) = espeak_Initialize;\n\
+             void (*set_synth_callback)(int (*)(short *, int, espeak_EVENT *)) = espeak_SetSynthCallback;\n\
+             espeak_ERROR (*set_voice_by_name)(const char *) = espeak_SetVoiceByName;\n\
+             const espeak_VOICE **(*list_voices)(espeak_VOICE *) = espeak_ListVoices;\n\
+             espeak_ERROR (*set_parameter)(espeak_PARAMETER, int, int) = espeak_SetParameter;\n\
+             espeak_ERROR (*synth)(const void *, size_t, unsigned int, espeak_POSITION_TYPE, \
+             unsigned int, unsigned int, unsigned int *, void *) = espeak_Synth;\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("check.c");
+        std::fs::write(&file, &c).unwrap();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+        let out = Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Werror", "-fsyntax-only"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+        assert!(
+            out.status.success(),
+            "the declarations in ffi.rs do not match {HEADER}:\n{}\n{c}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -31,13 +31,6 @@ pub struct RenderReport {
     pub cancelled: bool,
 }
 
-impl RenderReport {
-    /// Output length in milliseconds.
-    pub fn duration_ms(&self) -> u64 {
-        self.samples as u64 * 1000 / u64::from(self.sample_rate.hz())
-    }
-}
-
 /// Margin of silence kept around each spoken phrase after trimming, ms.
 const TRIM_MARGIN_MS: u32 = 5;
 

@@ -617,4 +617,67 @@ mod tests {
         // Only the key file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    /// The current key of the keyring file at `path`.
+    fn read_kek(path: &Path) -> Result<Kek, SealError> {
+        KeyringFile::read(path)?.current_kek()
+    }
+
+    #[test]
+    fn a_file_of_one_key_in_hex_or_too_short() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "{}", "ab".repeat(32)).unwrap();
+        drop(f);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(
+                read_kek(&path).unwrap_err(),
+                SealError::Permissions { mode: 0o644 }
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let from_hex = read_kek(&path).unwrap();
+        assert_eq!(from_hex.id(), &Kek::fingerprint(&[0xab; 32]));
+        assert!(from_hex.id().as_str().starts_with("kek-"));
+        let ring = Keyring::new(from_hex);
+        let same = Keyring::new(Kek::from_key([0xab; 32]));
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![5; 20], KeyPolicy::Rfc4226).unwrap();
+        assert_eq!(
+            same.open(&t, &ring.seal(&t, &secret).unwrap()).unwrap(),
+            secret
+        );
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(read_kek(&path).unwrap_err(), SealError::BadKeyFormat);
+    }
+
+    #[test]
+    fn load_or_create_makes_a_private_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let (a, created) = KeyringFile::load_or_create(&path).unwrap();
+        let a = a.current_kek().unwrap();
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (b, created) = KeyringFile::load_or_create(&path).unwrap();
+        let b = b.current_kek().unwrap();
+        assert!(!created);
+        assert_eq!(a.id(), b.id());
+        let t = TokenId::new("T").unwrap();
+        let secret = Secret::new(vec![9; 20], KeyPolicy::Rfc4226).unwrap();
+        let sealed = Keyring::new(a).seal(&t, &secret).unwrap();
+        assert_eq!(Keyring::new(b).open(&t, &sealed).unwrap(), secret);
+        // Only the key file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use codereader_otp::percent::{self, Plus};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -150,28 +151,11 @@ impl fmt::Display for Pkcs11Uri {
     }
 }
 
+/// An attribute's value, percent-decoded strictly (a `+` is itself in RFC 7512 URIs).
 fn pct_decode(value: &str) -> Result<Vec<u8>, HsmError> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or_else(|| HsmError::BadUri {
-                reason: "a % must be followed by two hex digits".to_owned(),
-            })?;
-            let decoded = data_encoding::HEXLOWER_PERMISSIVE
-                .decode(hex)
-                .map_err(|_| HsmError::BadUri {
-                    reason: "a % must be followed by two hex digits".to_owned(),
-                })?;
-            out.extend(decoded);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
+    percent::decode(value, Plus::Literal).map_err(|_| HsmError::BadUri {
+        reason: "a % must be followed by two hex digits".to_owned(),
+    })
 }
 
 fn pct_text(value: &str) -> Result<String, HsmError> {

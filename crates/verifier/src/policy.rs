@@ -64,12 +64,6 @@ impl Policy {
         self.totp_window = steps;
         self
     }
-    /// Sets [`Policy::hotp_look_ahead`].
-    #[must_use]
-    pub fn with_hotp_look_ahead(mut self, counters: u32) -> Self {
-        self.hotp_look_ahead = counters;
-        self
-    }
     /// Sets [`Policy::max_failures`] (at least 1).
     #[must_use]
     pub fn with_max_failures(mut self, failures: u32) -> Self {
@@ -98,13 +92,6 @@ impl Policy {
     #[must_use]
     pub fn with_unknown_as_rejected(mut self, on: bool) -> Self {
         self.unknown_as_rejected = on;
-        self
-    }
-    /// Sets the resync ranges.
-    #[must_use]
-    pub fn with_resync(mut self, totp_steps: u32, hotp_counters: u32) -> Self {
-        self.resync_totp_window = totp_steps;
-        self.resync_hotp_look_ahead = hotp_counters;
         self
     }
 }

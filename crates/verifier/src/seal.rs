@@ -11,7 +11,6 @@
 //! from one kind to the other.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -19,7 +18,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use codereader_otp::{KeyPolicy, Secret};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::keyfile::KeyringFile;
 use crate::token::{KeyId, TokenId};
 
 /// Length of an AES-GCM nonce in bytes.
@@ -233,28 +231,6 @@ impl Kek {
         let mut bytes = Zeroizing::new([0u8; 32]);
         getrandom::fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
         Ok(Self::from_key(*bytes))
-    }
-
-    /// Reads the current key of a keyring file (see [`KeyringFile`]): 32 raw bytes, 64 hex
-    /// digits, or `current HEX` and `open HEX` lines. On Unix the file must not be readable
-    /// by group or others.
-    ///
-    /// # Errors
-    /// [`SealError::Unreadable`], [`SealError::Permissions`], [`SealError::BadKeyFormat`] or
-    /// [`SealError::BadKeyring`].
-    pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        KeyringFile::read(path)?.current_kek()
-    }
-
-    /// Reads the current key of the keyring file at `path`, or, if there is no file,
-    /// creates one with a fresh random key (see [`KeyringFile::load_or_create`]). Returns the
-    /// key and whether it was created.
-    ///
-    /// # Errors
-    /// As [`Kek::from_file`], plus [`SealError::Unreadable`] if the file cannot be written.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), SealError> {
-        let (file, created) = KeyringFile::load_or_create(path)?;
-        Ok((file.current_kek()?, created))
     }
 
     /// The key's name.
@@ -485,61 +461,5 @@ mod tests {
         let rotated = Keyring::new(kek("k2", 2)).with_older(kek("k1", 1));
         assert_eq!(rotated.open(&a, &sealed).unwrap(), secret);
         assert!(!format!("{:?}", kek("k9", 7)).contains("07"));
-    }
-
-    #[test]
-    fn kek_file_formats() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kek");
-        let mut f = std::fs::File::create(&path).unwrap();
-        writeln!(f, "{}", "ab".repeat(32)).unwrap();
-        drop(f);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert_eq!(
-                Kek::from_file(&path).unwrap_err(),
-                SealError::Permissions { mode: 0o644 }
-            );
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let from_hex = Kek::from_file(&path).unwrap();
-        assert_eq!(from_hex.id(), &Kek::fingerprint(&[0xab; 32]));
-        assert!(from_hex.id().as_str().starts_with("kek-"));
-        let ring = Keyring::new(from_hex);
-        let same = Keyring::new(Kek::from_key([0xab; 32]));
-        let t = TokenId::new("T").unwrap();
-        let secret = Secret::new(vec![5; 20], KeyPolicy::Rfc4226).unwrap();
-        assert_eq!(
-            same.open(&t, &ring.seal(&t, &secret).unwrap()).unwrap(),
-            secret
-        );
-        std::fs::write(&path, b"short").unwrap();
-        assert_eq!(Kek::from_file(&path).unwrap_err(), SealError::BadKeyFormat);
-    }
-
-    #[test]
-    fn load_or_create_makes_a_private_key_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kek");
-        let (a, created) = Kek::load_or_create(&path).unwrap();
-        assert!(created);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let (b, created) = Kek::load_or_create(&path).unwrap();
-        assert!(!created);
-        assert_eq!(a.id(), b.id());
-        let t = TokenId::new("T").unwrap();
-        let secret = Secret::new(vec![9; 20], KeyPolicy::Rfc4226).unwrap();
-        let sealed = Keyring::new(a).seal(&t, &secret).unwrap();
-        assert_eq!(Keyring::new(b).open(&t, &sealed).unwrap(), secret);
-        // Only the key file is left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

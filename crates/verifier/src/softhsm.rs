@@ -74,11 +74,6 @@ impl SoftHsm {
         self.dir.path().join("softhsm2.conf")
     }
 
-    /// The directory holding the tokens (one subdirectory each).
-    pub fn tokens_dir(&self) -> PathBuf {
-        self.dir.path().join("tokens")
-    }
-
     /// The temporary directory (room for PIN files and the like).
     pub fn dir(&self) -> &Path {
         self.dir.path()

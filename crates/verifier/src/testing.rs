@@ -260,6 +260,12 @@ impl TempPostgres {
         }
     }
 
+    /// The directory of the server's programs (`initdb`, `pg_ctl`, `pgbench`, `psql`), so
+    /// that a benchmark runs the client tools of the same version.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

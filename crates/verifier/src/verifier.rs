@@ -1231,6 +1231,9 @@ impl Rules {
         Ok(store.append_audit(&audit)?)
     }
 
+    /// Verifies on the token as the store last saw it ([`Tx::token_seen`]: one round trip
+    /// less on PostgreSQL) and, if the row had changed since ([`StoreError::Stale`]: nothing
+    /// was written), once more on a fresh read.
     fn verify_on(
         &self,
         store: &dyn Tx,
@@ -1239,7 +1242,28 @@ impl Rules {
         now: UnixTime,
         caller: &Caller,
     ) -> Result<Outcome, VerifyError> {
-        let Some(record) = self.record(store, subject)? else {
+        match self.verify_once(store, subject, code, now, caller, true) {
+            Err(VerifyError::Store(StoreError::Stale)) => {
+                self.verify_once(store, subject, code, now, caller, false)
+            }
+            result => result,
+        }
+    }
+
+    fn verify_once(
+        &self,
+        store: &dyn Tx,
+        subject: Subject<'_>,
+        code: &Code,
+        now: UnixTime,
+        caller: &Caller,
+        seen: bool,
+    ) -> Result<Outcome, VerifyError> {
+        let record = match subject {
+            Subject::Token(id) if seen => store.token_seen(id)?,
+            _ => self.record(store, subject)?,
+        };
+        let Some(record) = record else {
             let (token, user) = match subject {
                 Subject::Token(t) => (Some(t), None),
                 Subject::User(u) => (None, Some(u)),

@@ -342,3 +342,71 @@ fn child(dir: &Path) {
         println!("OUTCOME {}", h.join().unwrap());
     }
 }
+
+/// Two servers on one PostgreSQL database, each deciding on its own copies of the rows it
+/// last saw (one round trip per accepted verification): whatever the other changed since —
+/// the counter, failures and the lock, the enabled flag, the seed itself — is found by the
+/// one statement that would have accepted, and the verification is decided again on a fresh
+/// read. Nothing is accepted twice or while locked or disabled, and every verification
+/// leaves exactly one audit line.
+#[test]
+fn postgres_servers_deciding_on_stale_copies() {
+    let pg = TempPostgres::start().unwrap();
+    let url = pg.create_database("copies").unwrap();
+    let a = verifier(open_store(&url).unwrap(), Policy::default());
+    let b = verifier(open_store(&url).unwrap(), Policy::default());
+    let t = enroll(&a, "T", 1, hotp_params(), 0);
+    let verify = |v: &codereader_verifier::Verifier, c: Code| {
+        v.verify(Subject::Token(&t), &c, NOW, &caller())
+            .unwrap()
+            .label()
+            .to_owned()
+    };
+    let mut verifies = 0;
+    let mut check = |v: &codereader_verifier::Verifier, c: Code, want: &str| {
+        verifies += 1;
+        assert_eq!(verify(v, c), want, "verification {verifies}");
+    };
+
+    check(&a, code(1, 0), "accepted"); // a's copy: next 1
+    check(&b, code(1, 1), "accepted"); // the row: next 2
+    check(&a, code(1, 1), "replayed"); // a's copy still says 1 is fresh
+    check(&a, code(1, 2), "accepted");
+    check(&a, code(1, 3), "accepted"); // now from a's confirmed copy
+
+    // b locks the token; a's copy says unlocked with no failures.
+    for _ in 0..2 {
+        check(&b, wrong_code(1, 4), "rejected");
+    }
+    check(&b, wrong_code(1, 4), "rejected-locked");
+    check(&a, code(1, 4), "locked");
+    b.unlock(&t, NOW, &caller()).unwrap();
+    check(&a, code(1, 4), "accepted");
+
+    // b disables it; a's copy says enabled.
+    check(&a, code(1, 5), "accepted");
+    b.set_enabled(&t, false, NOW, &caller()).unwrap();
+    check(&a, code(1, 6), "disabled");
+    b.set_enabled(&t, true, NOW, &caller()).unwrap();
+    check(&a, code(1, 6), "accepted");
+    check(&a, code(1, 7), "accepted");
+
+    // b deletes it and enrolls another token under the same serial: a's copy holds the old
+    // seed and counter, and its next code must not open the new token.
+    b.delete(&t, NOW, &caller()).unwrap();
+    enroll(&b, "T", 9, hotp_params(), 0);
+    check(&a, code(1, 8), "rejected");
+    check(&a, code(9, 0), "accepted");
+
+    let lines = a.audit_trail(&t, 1000).unwrap();
+    let verify_lines = lines
+        .iter()
+        .filter(|l| l.action == AuditAction::Verify)
+        .count();
+    assert_eq!(verify_lines, verifies, "{lines:?}");
+    let accepted = lines
+        .iter()
+        .filter(|l| l.action == AuditAction::Verify && l.outcome == AuditOutcome::Accepted)
+        .count();
+    assert_eq!(accepted, 9, "{lines:?}");
+}

@@ -207,7 +207,12 @@ fn uris_are_checked() {
     let refused = bad("pkcs11:token=t;object=k?pin-value=1234");
     assert!(refused.contains("pin-value") && !refused.contains("1234"));
     assert!(bad("pkcs11:token=t;object=k;colour=red").contains("colour"));
-    assert!(bad("pkcs11:token=t;object=k%zz").contains('%'));
+    for malformed in ["k%zz", "k%+5", "k%G0", "k%4"] {
+        let text = format!("pkcs11:token=t;object={malformed}");
+        assert!(bad(&text).contains('%'), "{text}");
+    }
+    // RFC 7512 has no form encoding: `+` is itself.
+    assert_eq!(uri("pkcs11:token=a+b;object=k%2B").token(), "a+b");
 }
 
 /// The key the verifier creates cannot be read out of the module, and a key that could be

@@ -1,14 +1,16 @@
 //! Every rule of the verifier, run against each store: memory, SQLite, and a real PostgreSQL.
 //!
 //! A rule is a function of a factory that makes a verifier with a fresh, empty store and a
-//! given policy; the same table runs on all three stores, so the SQL stores are held to the
-//! exact behaviour of the reference in-memory one.
+//! given policy; every rule runs on all three stores (one test each, see
+//! `rules_on_every_store!`), so the SQL stores are held to the exact behaviour of the
+//! reference in-memory one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use codereader_otp::pskc::PreSharedKey;
 use codereader_otp::{Code, Counter, KeyPolicy, KeyUri, TimeStep, UnixTime};
@@ -901,59 +903,97 @@ fn events_of_changes_and_their_delivery(make: Factory<'_>) {
     assert_eq!((now.held, now.delivery), (true, moved));
 }
 
-/// A named rule.
-type Rule = (&'static str, fn(Factory<'_>));
+/// A verifier on a fresh in-memory store.
+fn on_memory(policy: Policy) -> Verifier {
+    verifier(Box::new(MemoryStore::new()), policy)
+}
 
-const RULES: &[Rule] = &[
-    ("totp_window_edges", totp_window_edges),
-    ("totp_replay", totp_replay_of_same_and_earlier_step),
-    ("totp_drift", totp_drift_followed_across_many_logins),
-    ("hotp_look_ahead", hotp_look_ahead_edges),
-    ("lockout", lockout_and_admin_unlock),
-    ("auto_unlock", automatic_unlock),
-    ("growing_delay", growing_delay),
-    ("resync", resync_totp_and_hotp),
-    ("unknown_disabled_deleted", unknown_disabled_deleted),
-    ("activation", activation_binds_a_user),
-    ("audit", audit_trail_without_codes),
-    ("audit_outlives_token", audit_trail_outlives_the_token),
-    ("audit_pages", audit_pages_and_export),
-    ("rotation", rotation_reseals_every_seed),
-    ("import", import_pskc_and_otpauth),
-    ("temporary_lock", temporary_doubling_lock),
-    ("unknown_as_rejected", unknown_answered_as_rejected),
-    ("events", events_of_changes_and_their_delivery),
-];
+/// A verifier on a fresh SQLite database in a directory that lives as long as the test.
+fn on_sqlite(dir: &tempfile::TempDir, policy: Policy) -> Verifier {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = dir
+        .path()
+        .join(format!("{}.db", N.fetch_add(1, Ordering::Relaxed)));
+    verifier(Box::new(SqliteStore::open(path).unwrap()), policy)
+}
 
-fn run_all(make: Factory<'_>) {
-    for (name, rule) in RULES {
-        eprintln!("rule {name}");
-        rule(make);
+/// One PostgreSQL for the tests of this file that run at the same time: started by the
+/// first that needs it and stopped when the last of them drops it (a `static` holding the
+/// server itself would never be dropped, leaving the server running after the tests).
+/// Each verifier gets a database of its own in it.
+fn shared_postgres() -> Arc<TempPostgres> {
+    static SHARED: Mutex<Weak<TempPostgres>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(pg) = shared.upgrade() {
+        return pg;
     }
+    let pg = Arc::new(TempPostgres::start().unwrap());
+    *shared = Arc::downgrade(&pg);
+    pg
 }
 
-#[test]
-fn rules_on_memory() {
-    run_all(&|policy| verifier(Box::new(MemoryStore::new()), policy));
+/// A verifier on a fresh database in `pg`.
+fn on_postgres(pg: &TempPostgres, policy: Policy) -> Verifier {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("rules{}", N.fetch_add(1, Ordering::Relaxed));
+    let url = pg.create_database(&name).unwrap();
+    verifier(open_store(&url).unwrap(), policy)
 }
 
-/// The key cache must change nothing a caller can see: every rule again, with it on.
-#[test]
-fn rules_on_memory_with_key_cache() {
-    run_all(&|policy| verifier(Box::new(MemoryStore::new()), policy).with_key_cache(1000));
+/// One `#[test]` per rule and store, so that one rule failing on one store hides no other:
+/// `memory::lockout_and_admin_unlock`, `postgres::resync_totp_and_hotp` and so on. The key
+/// cache must change nothing a caller can see, so every rule runs again with it on.
+macro_rules! rules_on_every_store {
+    ($($rule:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $rule() { super::$rule(&super::on_memory) })*
+        }
+        mod memory_with_key_cache {
+            $(#[test] fn $rule() {
+                super::$rule(&|policy| super::on_memory(policy).with_key_cache(1000))
+            })*
+        }
+        mod sqlite {
+            $(#[test] fn $rule() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$rule(&|policy| super::on_sqlite(&dir, policy))
+            })*
+        }
+        mod sqlite_with_key_cache {
+            $(#[test] fn $rule() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$rule(&|policy| super::on_sqlite(&dir, policy).with_key_cache(1000))
+            })*
+        }
+        mod postgres {
+            $(#[test] fn $rule() {
+                let pg = super::shared_postgres();
+                super::$rule(&|policy| super::on_postgres(&pg, policy))
+            })*
+        }
+    };
 }
 
-#[test]
-fn rules_on_sqlite_with_key_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = AtomicUsize::new(0);
-    run_all(&|policy| {
-        let path = dir
-            .path()
-            .join(format!("{}.db", n.fetch_add(1, Ordering::Relaxed)));
-        verifier(Box::new(SqliteStore::open(path).unwrap()), policy).with_key_cache(1000)
-    });
-}
+rules_on_every_store!(
+    totp_window_edges,
+    totp_replay_of_same_and_earlier_step,
+    totp_drift_followed_across_many_logins,
+    hotp_look_ahead_edges,
+    lockout_and_admin_unlock,
+    automatic_unlock,
+    growing_delay,
+    resync_totp_and_hotp,
+    unknown_disabled_deleted,
+    activation_binds_a_user,
+    audit_trail_without_codes,
+    audit_trail_outlives_the_token,
+    audit_pages_and_export,
+    rotation_reseals_every_seed,
+    import_pskc_and_otpauth,
+    temporary_doubling_lock,
+    unknown_answered_as_rejected,
+    events_of_changes_and_their_delivery,
+);
 
 /// A cached key is used only for the very seal it came from: a token deleted and enrolled
 /// again under the same serial with another seed, a re-sealed seed, and a seal tampered with
@@ -998,29 +1038,6 @@ fn key_cache_follows_the_stored_seal() {
         ),
         Err(codereader_verifier::VerifyError::Seal(_))
     ));
-}
-
-#[test]
-fn rules_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = AtomicUsize::new(0);
-    run_all(&|policy| {
-        let path = dir
-            .path()
-            .join(format!("{}.db", n.fetch_add(1, Ordering::Relaxed)));
-        verifier(Box::new(SqliteStore::open(path).unwrap()), policy)
-    });
-}
-
-#[test]
-fn rules_on_postgres() {
-    let pg = TempPostgres::start().unwrap();
-    let n = AtomicUsize::new(0);
-    run_all(&|policy| {
-        let name = format!("rules{}", n.fetch_add(1, Ordering::Relaxed));
-        let url = pg.create_database(&name).unwrap();
-        verifier(open_store(&url).unwrap(), policy)
-    });
 }
 
 #[test]

@@ -211,7 +211,7 @@ proptest! {
         let path = dir.path().join("kek");
         std::fs::write(&path, &content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let got = codereader_verifier::Kek::from_file(&path);
+        let got = codereader_verifier::KeyringFile::read(&path).and_then(|f| f.current_kek());
         match kek_model(&content) {
             Some(key) => {
                 let kek = got.unwrap();

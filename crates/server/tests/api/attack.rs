@@ -12,7 +12,7 @@ use codereader_verifier::testing::TempPostgres;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::common::{Conn, Server, hotp, raw_request};
+use crate::common::{Conn, Server, hotp, raw_request, wait_until_server_read};
 
 /// A verify request head announcing `length` body bytes, followed by `body`.
 fn verify_head(key: &str, length: usize, body: &str) -> String {
@@ -62,6 +62,7 @@ fn a_stalled_body_is_a_408_after_the_body_deadline() {
         if stream.write_all(b" ").is_err() {
             break;
         }
+        // The trickle's pace (the attack itself), not a wait for the server.
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut text = Vec::new();
@@ -250,6 +251,7 @@ fn slow_header_barrage_under_1024_descriptors_leaves_the_server_answering() {
         // One more header line each, every second, for 4 s: never a whole head.
         let mut closed = 0;
         for _ in 0..4 {
+            // The attacker's pace, not a wait for the server.
             std::thread::sleep(Duration::from_secs(1));
             closed = 0;
             for s in &mut streams {
@@ -283,6 +285,7 @@ fn slow_header_barrage_under_1024_descriptors_leaves_the_server_answering() {
         counter += 1;
         slowest = slowest.max(took);
         probes += 1;
+        // Probe interval while the attack lasts (it ends when its thread does).
         std::thread::sleep(Duration::from_millis(200));
     }
     let (opened, closed) = attack.join().unwrap();
@@ -327,6 +330,7 @@ fn heads_and_idle_connections_have_deadlines() {
         if trickle.write_all(b"X-Slow: 1\r\n").is_err() {
             break;
         }
+        // The trickle's pace (the attack itself), not a wait for the server.
         std::thread::sleep(Duration::from_millis(100));
     }
     let (took, _) = closed_after(&mut trickle, started);
@@ -588,8 +592,10 @@ fn stalled_bodies_at_the_connection_cap_do_not_lock_out_good_clients() {
             .unwrap();
         stalled.push(s);
     }
-    // Give the server time to read every head and start waiting for the bodies.
-    std::thread::sleep(Duration::from_millis(300));
+    // The server has read every head and waits for the bodies.
+    for s in &stalled {
+        wait_until_server_read(s);
+    }
     let body = format!(r#"{{"token":"SB-1","code":"{}"}}"#, hotp(SEED, 0, 6));
     let request = verify_head(&server.verify_key, body.len(), &body)
         .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");

@@ -347,7 +347,8 @@ async fn every_event_arrives_once_in_order_and_signed() {
             !got.is_empty()
         })
         .await;
-    // Let stray duplicates, if there were any, arrive before counting.
+    // Proves duplicates do NOT come: every event has arrived, and a second POST of one
+    // would follow within the delivery loop's next polls (every 50 ms here), well inside this.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = all.got();
     let bodies: Vec<Value> = got.iter().map(|r| r.json.clone()).collect();

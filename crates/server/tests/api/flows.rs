@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::common::{Server, base32, hotp, raw_request};
+use crate::common::{
+    Server, base32, hotp, raw_request, wait_until_not_listening, wait_until_server_read,
+};
 
 const SEED: &[u8] = b"12345678901234567890";
 
@@ -485,9 +487,9 @@ async fn sigterm_finishes_the_request_in_flight() {
     let (a, b) = body.split_at(body.len() / 2);
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(a.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_server_read(&stream);
     let stopped = std::thread::spawn(move || server.terminate());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_not_listening(addr);
     stream.write_all(b.as_bytes()).unwrap();
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];

@@ -387,6 +387,7 @@ async fn slow_https_barrage(
     let mut closed = 0;
     let slice = Duration::from_millis(200);
     for _ in 0..4 {
+        // The attacker's pace, not a wait for the server.
         tokio::time::sleep(Duration::from_secs(1)).await;
         closed = 0;
         for s in &mut handshaking {
@@ -481,6 +482,7 @@ fn slow_handshakes_and_heads_over_https_under_1024_descriptors_leave_it_answerin
         slowest = slowest.max(took);
         counter += 1;
         probes += 1;
+        // Probe interval while the attack lasts (it ends when its thread does).
         std::thread::sleep(Duration::from_millis(200));
     }
     let (opened, closed) = attack.join().unwrap();

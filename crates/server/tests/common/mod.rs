@@ -527,3 +527,56 @@ impl TokensLocked {
         self.holder.join().unwrap();
     }
 }
+
+/// Waits (up to 10 s) until the server has read everything sent so far on `stream`: its end
+/// of the connection, as the kernel lists it in `/proc/net/tcp`, has nothing left to
+/// receive. Until then the connection may still wait unaccepted in the listener's backlog,
+/// or its bytes unread; after it, the server is handling what was sent.
+pub fn wait_until_server_read(stream: &std::net::TcpStream) {
+    // `/proc/net/tcp` writes an IPv4 address as its 32-bit value in host byte order and the
+    // port as a number, both in hex ("0100007F:1F90" for 127.0.0.1:8080 on x86).
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("the test server listens on IPv4: {addr}"),
+    };
+    let server = hex(stream.peer_addr().unwrap());
+    let client = hex(stream.local_addr().unwrap());
+    let unread = || -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        // Columns: sl, local_address, rem_address, st, tx_queue:rx_queue, ...
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&server.as_str()) && fields.get(2) == Some(&client.as_str()))
+                .then(|| fields.get(4)?.split_once(':'))
+                .flatten()
+                .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not read what was sent on {client} (unread: {:?})",
+            unread()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (up to 30 s) until the server at `addr` no longer accepts connections: it has
+/// taken a SIGTERM and closed its listener (it may still be finishing requests).
+pub fn wait_until_not_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Each probe that still connects is closed at once, so the server is not kept waiting.
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -95,6 +95,11 @@ pub enum StoreError {
         /// Which value.
         what: &'static str,
     },
+    /// A write was refused because the unit of work decided on a token as this process last
+    /// saw it ([`Tx::token_seen`]) and the row has changed since: nothing was written. The
+    /// verifier runs the unit again on a fresh read and never returns this.
+    #[error("the token changed since this process last saw it")]
+    Stale,
 }
 
 /// A token to insert: parameters, sealed seed, first usable step or counter.
@@ -333,6 +338,22 @@ pub trait Reads {
 /// concurrent callers (other threads, processes or servers) can neither both win nor lose an
 /// increment.
 pub trait Tx: Reads {
+    /// The token with this serial as this process last saw it, if the store keeps such
+    /// copies (PostgreSQL: saves the read's round trip), else [`Reads::token`].
+    ///
+    /// A record from a copy is not confirmed: the unit's next write checks that the row is
+    /// still exactly that record. [`Tx::advance`] then applies only if it is (the whole row
+    /// equal to the copy, in the same statement), and every other write refuses to run;
+    /// either way, if the row differs, nothing is written and the write fails with
+    /// [`StoreError::Stale`], and the caller must decide again on [`Reads::token`] (which
+    /// confirms). A decision on a confirmed copy is the one a fresh read would have given.
+    ///
+    /// # Errors
+    /// As [`Reads::token`].
+    fn token_seen(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.token(id)
+    }
+
     /// Inserts all tokens, or none, and appends `audit`.
     ///
     /// # Errors

@@ -7,6 +7,18 @@
 //! with the same code, exactly one wins. A unit of work is therefore a sequence of committed
 //! statements on one connection, and hears `Ok` once it has run.
 //!
+//! An accepted verification is one round trip: the store keeps a copy of every token row it
+//! last read or wrote (`Copies`), the verifier decides on that copy ([`Tx::token_seen`];
+//! the HMAC is computed here, never in SQL), and the statement that accepts also requires
+//! the row to equal the copy. A copy another server has outdated costs one retry on a fresh
+//! read ([`StoreError::Stale`]), never a wrong decision; any other write on a decision from
+//! an unconfirmed copy is refused before it is sent. The durable commit, the audit line, and
+//! the events trigger are those of the statement, as before.
+//!
+//! The events trigger's advisory lock (`postgres_events.rs`) stays: only audit lines that
+//! are events take it (locks, activations, enrolments...), never a plain verification, and
+//! it is what lets a consumer trust that no smaller event id commits after one it has seen.
+//!
 //! Each connection runs its calls on a runtime of its own and blocks its caller, every call
 //! under a deadline (`pgclient.rs`: a primary that hangs holds no call longer than that, and
 //! the hosts of a multi-host address are tried in turn). Connections come from a small pool
@@ -92,16 +104,20 @@ fn is_unique_violation(e: &PgError) -> bool {
 /// A client with the statements it has prepared.
 struct Conn {
     client: PgClient,
-    statements: HashMap<&'static str, Statement>,
+    /// By the address and length of the statement's text: every text here is a `&'static
+    /// str`, so the pair names one text, and hashing it instead of a kilobyte of SQL saves
+    /// thousands of instructions per call (one text at two addresses is prepared twice).
+    statements: HashMap<(usize, usize), Statement>,
 }
 
 impl Conn {
     fn statement(&mut self, sql: &'static str) -> Result<Statement, PgError> {
-        if let Some(s) = self.statements.get(sql) {
+        let key = (sql.as_ptr() as usize, sql.len());
+        if let Some(s) = self.statements.get(&key) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(key, s.clone());
         Ok(s)
     }
 }
@@ -113,6 +129,41 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// connection to one host), unless told otherwise: far longer than a healthy commit takes,
 /// shorter than a client waits.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Copies of token rows this process last read or wrote, by serial, at most this many (the
+/// map is emptied when full: a copy only saves a round trip, never decides anything).
+const MAX_COPIES: usize = 65_536;
+
+/// Token rows as this process last saw them ([`Tx::token_seen`]), so that a verification
+/// decides without reading the row first and checks, in its one statement, that the row is
+/// still exactly what it decided on. Another server's change is found there and costs one
+/// retry on a fresh read; no copy is ever trusted with a write.
+#[derive(Default)]
+struct Copies {
+    rows: Mutex<HashMap<TokenId, Arc<TokenRecord>>>,
+}
+
+impl Copies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenId, Arc<TokenRecord>>> {
+        self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, id: &TokenId) -> Option<Arc<TokenRecord>> {
+        self.lock().get(id).cloned()
+    }
+
+    fn put(&self, record: Arc<TokenRecord>) {
+        let mut rows = self.lock();
+        if rows.len() >= MAX_COPIES && !rows.contains_key(&record.id) {
+            rows.clear();
+        }
+        rows.insert(record.id.clone(), record);
+    }
+
+    fn forget(&self, id: &TokenId) {
+        self.lock().remove(id);
+    }
+}
 
 /// The pool: idle connections and how many exist in all.
 struct Pool {
@@ -138,6 +189,7 @@ struct PgPool {
     pool: Mutex<Pool>,
     returned: Condvar,
     max_connections: usize,
+    copies: Copies,
 }
 
 /// Work waiting for a worker.
@@ -217,6 +269,7 @@ impl PgStore {
             }),
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
+            copies: Copies::default(),
         };
         let mut conn = pool.open()?;
         migrate(&mut conn.client)?;
@@ -352,6 +405,8 @@ impl PgPool {
         let view = PgConn {
             conn: RefCell::new(&mut conn),
             failed: Cell::new(false),
+            copies: &self.copies,
+            basis: RefCell::new(None),
         };
         let result = f(&view);
         let failed = view.failed.get();
@@ -546,6 +601,10 @@ struct PgConn<'c> {
     conn: RefCell<&'c mut Conn>,
     /// Whether an operation failed (the connection is then not reused).
     failed: Cell<bool>,
+    copies: &'c Copies,
+    /// The token row the unit of work last read, and whether it came from the database
+    /// (`true`) or from a copy not yet confirmed by a write (`false`).
+    basis: RefCell<Option<(Arc<TokenRecord>, bool)>>,
 }
 
 impl PgConn<'_> {
@@ -557,23 +616,113 @@ impl PgConn<'_> {
         }
         result
     }
+
+    /// A row just read from the database: the basis of what follows, and the copy to decide
+    /// on next time.
+    fn read_fresh(&self, record: Option<TokenRecord>, id: Option<&TokenId>) -> Option<TokenRecord> {
+        match &record {
+            Some(r) => {
+                let r = Arc::new(r.clone());
+                self.copies.put(Arc::clone(&r));
+                *self.basis.borrow_mut() = Some((r, true));
+            }
+            None => {
+                if let Some(id) = id {
+                    self.copies.forget(id);
+                }
+                *self.basis.borrow_mut() = None;
+            }
+        }
+        record
+    }
+
+    /// Before a write other than [`Tx::advance`]: refuses it ([`StoreError::Stale`], nothing
+    /// written) if the unit decided on an unconfirmed copy, and forgets `token`'s copy, which
+    /// the write may change.
+    fn before_write(&self, token: Option<&TokenId>) -> Result<(), StoreError> {
+        let mut basis = self.basis.borrow_mut();
+        if let Some((copy, false)) = &*basis {
+            self.copies.forget(&copy.id);
+            *basis = None;
+            return Err(StoreError::Stale);
+        }
+        if let Some(token) = token {
+            self.copies.forget(token);
+            if basis.as_ref().is_some_and(|(b, _)| b.id == *token) {
+                *basis = None;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// `record` after `advance` applied to it.
+fn advanced(record: &TokenRecord, advance: &Advance) -> TokenRecord {
+    let mut r = record.clone();
+    r.state.next = advance.accepted.saturating_add(1);
+    r.state.drift = advance.drift;
+    r.state.failures = 0;
+    r.state.last_failure_at = None;
+    if advance.unlock {
+        r.state.locked_at = None;
+    }
+    if let Some(user) = &advance.bind {
+        r.user = Some(user.clone());
+    }
+    r
+}
+
+/// The compare-and-set of [`Tx::advance`] (`$1`..`$12`), and the audit line it appends.
+const ADVANCE: &str = "WITH moved AS (
+        UPDATE tokens
+           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
+               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
+               user_id = COALESCE($7, user_id)
+         WHERE id = $1 AND enabled AND next_value <= $4
+           AND ($6 OR (locked_at IS NULL AND failures < $5))
+           AND ($7::TEXT IS NULL OR user_id IS NULL)
+     RETURNING id)
+     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved";
+
+/// [`ADVANCE`] decided on a copy of the row: applies only if the row is still that copy
+/// (`$13`..`$20`: its state, its user and its seal, whose random nonce names the seed and
+/// so the token's parameters, which change only with a new seal). One statement, so an
+/// accepted verification is one round trip.
+const ADVANCE_SEEN: &str = "WITH moved AS (
+        UPDATE tokens
+           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
+               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
+               user_id = COALESCE($7, user_id)
+         WHERE id = $1 AND enabled AND next_value <= $4
+           AND ($6 OR (locked_at IS NULL AND failures < $5))
+           AND ($7::TEXT IS NULL OR user_id IS NULL)
+           AND next_value = $13 AND drift = $14 AND failures = $15
+           AND last_failure_at IS NOT DISTINCT FROM $16::BIGINT
+           AND locked_at IS NOT DISTINCT FROM $17::BIGINT
+           AND user_id IS NOT DISTINCT FROM $18::TEXT
+           AND key_id = $19 AND nonce = $20
+     RETURNING id)
+     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
+     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved";
 
 impl Reads for PgConn<'_> {
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| {
+        let record = self.with(|conn| {
             let s = conn.statement(SELECT_BY_ID).map_err(db)?;
             let row = conn.client.query_opt(&s, &[&id.as_str()]).map_err(db)?;
             row.map(|r| raw_token(&r)?.into_record()).transpose()
-        })
+        })?;
+        Ok(self.read_fresh(record, Some(id)))
     }
 
     fn token_of_user(&self, user: &UserId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|conn| {
+        let record = self.with(|conn| {
             let s = conn.statement(SELECT_BY_USER).map_err(db)?;
             let row = conn.client.query_opt(&s, &[&user.as_str()]).map_err(db)?;
             row.map(|r| raw_token(&r)?.into_record()).transpose()
-        })
+        })?;
+        Ok(self.read_fresh(record, None))
     }
 
     fn list_tokens(
@@ -705,6 +854,17 @@ impl Reads for PgConn<'_> {
 }
 
 impl Tx for PgConn<'_> {
+    fn token_seen(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        match self.copies.get(id) {
+            Some(copy) => {
+                let record = TokenRecord::clone(&copy);
+                *self.basis.borrow_mut() = Some((copy, false));
+                Ok(Some(record))
+            }
+            None => self.token(id),
+        }
+    }
+
     fn client_budget_full_at(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
         self.with(|conn| {
             let s = conn
@@ -760,6 +920,7 @@ impl Tx for PgConn<'_> {
             .collect();
         let nexts: Vec<i64> = columns.iter().map(|c| c.next).collect();
         let a = AuditColumns::of(audit);
+        self.before_write(None)?;
         self.with(|conn| {
             // A transaction on the pooled connection: if anything fails, the connection is
             // dropped (see `PgConn::with`) and the server rolls it back.
@@ -808,51 +969,97 @@ impl Tx for PgConn<'_> {
         let next = to_i64(advance.accepted.saturating_add(1), "counter")?;
         let lowest = to_i64(advance.lowest, "counter")?;
         let max = i64::from(advance.max_failures);
-        let bind = advance.bind.as_ref().map(|u| u.as_str().to_owned());
+        let bind = advance.bind.as_ref().map(|u| u.as_str());
         let a = AuditColumns::of(audit);
-        self.with(|conn| {
-            let s = conn
-                .statement(
-                    "WITH moved AS (
-                        UPDATE tokens
-                           SET next_value = $2, drift = $3, failures = 0, last_failure_at = NULL,
-                               locked_at = CASE WHEN $6 THEN NULL ELSE locked_at END,
-                               user_id = COALESCE($7, user_id)
-                         WHERE id = $1 AND enabled AND next_value <= $4
-                           AND ($6 OR (locked_at IS NULL AND failures < $5))
-                           AND ($7::TEXT IS NULL OR user_id IS NULL)
-                     RETURNING id)
-                     INSERT INTO audit (token_id, user_id, action, outcome, at, caller)
-                     SELECT id, $8::TEXT, $9::TEXT, $10::TEXT, $11::BIGINT, $12::TEXT FROM moved",
-                )
-                .map_err(db)?;
-            let inserted = conn
-                .client
-                .execute(
-                    &s,
-                    &[
-                        &advance.token.as_str(),
-                        &next,
-                        &advance.drift,
-                        &lowest,
-                        &max,
-                        &advance.unlock,
-                        &bind,
-                        &a.user,
-                        &a.action,
-                        &&*a.outcome,
-                        &a.at,
-                        &a.caller,
-                    ],
-                )
-                .map_err(|e| match &advance.bind {
-                    Some(user) if is_unique_violation(&e) => {
-                        StoreError::UserTaken { user: user.clone() }
-                    }
-                    _ => db(e),
-                })?;
+        let basis = self.basis.borrow_mut().take();
+        let copy = match &basis {
+            Some((copy, false)) if copy.id != advance.token => {
+                self.copies.forget(&copy.id);
+                return Err(StoreError::Stale);
+            }
+            Some((copy, false)) => Some(copy),
+            _ => None,
+        };
+        // The copy's state, as the row must still hold it.
+        let seen = copy
+            .map(|c| -> Result<_, StoreError> {
+                let s = &c.state;
+                let time = |t: Option<UnixTime>| t.map(|t| to_i64(t.0, "time")).transpose();
+                Ok((
+                    to_i64(s.next, "counter")?,
+                    s.drift,
+                    i64::from(s.failures),
+                    time(s.last_failure_at)?,
+                    time(s.locked_at)?,
+                    c.user.as_ref().map(|u| u.as_str()),
+                    c.seed.key_id.as_str(),
+                    &c.seed.nonce[..],
+                ))
+            })
+            .transpose()?;
+        let (token, outcome) = (advance.token.as_str(), &*a.outcome);
+        let applied = self.with(|conn| {
+            type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+            let base: [Param<'_>; 12] = [
+                &token,
+                &next,
+                &advance.drift,
+                &lowest,
+                &max,
+                &advance.unlock,
+                &bind,
+                &a.user,
+                &a.action,
+                &outcome,
+                &a.at,
+                &a.caller,
+            ];
+            let inserted = match &seen {
+                Some((next, drift, failures, failed_at, locked_at, user, key_id, nonce)) => {
+                    let s = conn.statement(ADVANCE_SEEN).map_err(db)?;
+                    let copy: [Param<'_>; 8] = [
+                        next, drift, failures, failed_at, locked_at, user, key_id, nonce,
+                    ];
+                    let mut params: [Param<'_>; 20] = [&0i64; 20];
+                    params[..12].copy_from_slice(&base);
+                    params[12..].copy_from_slice(&copy);
+                    conn.client.execute(&s, &params)
+                }
+                None => {
+                    let s = conn.statement(ADVANCE).map_err(db)?;
+                    conn.client.execute(&s, &base)
+                }
+            };
+            let inserted = inserted.map_err(|e| match &advance.bind {
+                Some(user) if is_unique_violation(&e) => {
+                    StoreError::UserTaken { user: user.clone() }
+                }
+                _ => db(e),
+            })?;
             Ok(inserted == 1)
-        })
+        });
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.copies.forget(&advance.token);
+                return Err(e);
+            }
+        };
+        match (&basis, applied) {
+            (Some((record, _)), true) if record.id == advance.token => {
+                let now = Arc::new(advanced(record, advance));
+                self.copies.put(Arc::clone(&now));
+                *self.basis.borrow_mut() = Some((now, true));
+            }
+            (_, true) => self.copies.forget(&advance.token),
+            (Some((copy, false)), false) => {
+                // The row is not what this unit decided on: decide again on a fresh read.
+                self.copies.forget(&copy.id);
+                return Err(StoreError::Stale);
+            }
+            (_, false) => self.copies.forget(&advance.token),
+        }
+        Ok(applied)
     }
 
     fn record_failure(
@@ -867,6 +1074,7 @@ impl Tx for PgConn<'_> {
         let max = i64::from(max_failures);
         let a = AuditColumns::of(audit);
         let (lock_at, l) = (i64::from(lock.0), AuditColumns::of(lock.1));
+        self.before_write(Some(token))?;
         self.with(|conn| {
             // The lock line is written by the same statement as the failure that locks, so
             // a lock never commits without its line (and its event). It selects from
@@ -931,6 +1139,7 @@ impl Tx for PgConn<'_> {
     ) -> Result<bool, StoreError> {
         let locked_at = locked_at.map(|t| to_i64(t.0, "time")).transpose()?;
         let a = AuditColumns::of(audit);
+        self.before_write(Some(token))?;
         self.with(|conn| {
             let s = conn
                 .statement(
@@ -968,6 +1177,7 @@ impl Tx for PgConn<'_> {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let a = AuditColumns::of(audit);
+        self.before_write(Some(token))?;
         self.with(|conn| {
             let n = conn
                 .client
@@ -993,6 +1203,7 @@ impl Tx for PgConn<'_> {
 
     fn delete_token(&self, token: &TokenId, audit: &AuditEvent) -> Result<bool, StoreError> {
         let a = AuditColumns::of(audit);
+        self.before_write(Some(token))?;
         self.with(|conn| {
             let n = conn
                 .client
@@ -1016,6 +1227,8 @@ impl Tx for PgConn<'_> {
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let a = AuditColumns::of(event);
+        // A line that reports a decision (a replay, a refusal) must rest on the row as it is.
+        self.before_write(None)?;
         self.with(|conn| {
             let s = conn
                 .statement(
@@ -1040,6 +1253,7 @@ impl Tx for PgConn<'_> {
         new: &SealedSeed,
     ) -> Result<bool, StoreError> {
         let (new_nonce, old_nonce) = (&new.nonce[..], &old.nonce[..]);
+        self.before_write(Some(token))?;
         self.with(|conn| {
             let n = conn
                 .client
