@@ -408,9 +408,19 @@ fn checks(
             vm.ready_after.as_secs_f64()
         );
     }
+    // Each code once: sent again, none is accepted a second time.
+    let mut again = BTreeSet::new();
+    for code in &given.codes {
+        let result = verifier.verify("SYS-H", code)?;
+        expect(result != "accepted", || {
+            format!("HOTP code {code} was accepted a second time")
+        })?;
+        again.insert(result);
+    }
     report.push(format!(
-        "{power_cuts} power cuts, {} HOTP codes each accepted once",
-        given.codes.len()
+        "{power_cuts} power cuts, {} HOTP codes each accepted once (sent again: {})",
+        given.codes.len(),
+        again.into_iter().collect::<Vec<_>>().join(", ")
     ));
     report.push(format!(
         "{} replays asked for codes not heard surely",
@@ -1256,6 +1266,15 @@ impl Verifier {
 
     /// Sends `code` for `serial`; the verifier's `result` must be `want`.
     fn expect(&self, serial: &str, code: &str, want: &str) -> Result<(), String> {
+        let result = self.verify(serial, code)?;
+        expect(result == want, || {
+            format!("the verifier, for {serial} code {code}, wanted {want}: {result}")
+        })
+    }
+
+    /// Sends `code` for `serial`; the verifier's `result` (or its whole answer when it has
+    /// none).
+    fn verify(&self, serial: &str, code: &str) -> Result<String, String> {
         let body = format!("{{\"token\":\"{serial}\",\"code\":\"{code}\"}}");
         let mut stream = TcpStream::connect(&self.address).map_err(|e| e.to_string())?;
         write!(
@@ -1271,9 +1290,10 @@ impl Verifier {
         stream
             .read_to_string(&mut response)
             .map_err(|e| e.to_string())?;
-        expect(response.contains(&format!("\"result\":\"{want}\"")), || {
-            format!("the verifier, for {serial} code {code}, wanted {want}: {response}")
-        })
+        Ok(response
+            .split_once("\"result\":\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or(response.clone(), |(result, _)| result.to_owned()))
     }
 }
 
