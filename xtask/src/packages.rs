@@ -110,7 +110,9 @@ pub(crate) const SYSTEM_TEST: &[&str] = &["ovmf", "oathtool"];
 /// Packages taken from `bookworm-backports`: QEMU 10, because these machines carry
 /// backports' `qemu-utils` 10, which bookworm's `qemu-system-x86` 7.2 cannot be installed
 /// beside. [`ensure_backports`] adds the suite to apt's sources when it is missing.
-pub(crate) const BACKPORTS: &[&str] = &["qemu-system-x86"];
+/// `qemu-utils` (`qemu-img`, for the test's copy-on-write disk) is named too: QEMU only
+/// recommends it, and recommendations are not installed.
+pub(crate) const BACKPORTS: &[&str] = &["qemu-system-x86", "qemu-utils"];
 
 /// apt's sources file this module writes for backports.
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
