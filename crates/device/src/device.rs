@@ -881,6 +881,11 @@ pub fn run(
              keypad or keyboard to appear in /dev/input (checked every {} s)",
             RETRY.as_secs()
         ));
+    }
+    // No keypad named and no terminal: any keypad that is plugged in is taken, also beside
+    // GPIO buttons or a braille display (an appliance's button stays while its USB keypad
+    // comes and goes).
+    if terminal.is_none() && config.input.evdev.is_empty() {
         watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
     }
     drop(events);
