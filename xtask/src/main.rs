@@ -18,8 +18,10 @@
 //! - `image [--arch amd64|arm64]`: the appliance, a bootable Debian bookworm disk image with
 //!   the device program (`xtask/src/image.rs`, `crates/device/PACKAGING.md`).
 //! - `system-test [--arch amd64|arm64]`: boots the test image in QEMU and checks it from
-//!   outside: its sound card recorded, its USB keypad pressed and unplugged, power cuts, the
-//!   codes checked by a verifier (`xtask/src/system_test.rs`); not yet part of `test`.
+//!   outside: its sound card recorded, its USB keypad pressed and unplugged, its GPIO button
+//!   (a `gpio-sim` line built for the image's kernel, `xtask/src/gpio_sim.rs`) pressed, power
+//!   cuts, the codes checked by a verifier (`xtask/src/system_test.rs`); not yet part of
+//!   `test`.
 //! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
@@ -41,6 +43,7 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod gpio_sim;
 mod image;
 mod intelligibility;
 mod packages;
