@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::demo::target_dir;
-use crate::image::{self, CACHE};
+use crate::image::{self, Arch, CACHE};
 use crate::{packages, run};
 
 /// Bump when the recipe below changes (the cache key includes it).
@@ -143,7 +143,15 @@ impl Modules {
 
 /// Builds (or takes from the cache) `configfs.ko` and `gpio-sim.ko` for the kernel in the
 /// base system `base` (a tarball from `image::base`).
-pub(crate) fn modules(base: &Path) -> Result<Modules, String> {
+pub(crate) fn modules(arch: Arch, base: &Path) -> Result<Modules, String> {
+    if arch != Arch::Amd64 {
+        // The arm64 kernel's headers (and their host tools) would have to be installed
+        // beside this machine's and used with a cross compiler: not done yet.
+        return Err(format!(
+            "gpio-sim is built for the amd64 test image only, not {}",
+            arch.debian()
+        ));
+    }
     let kernel = kernel_release(base)?;
     let series = kernel.split('.').take(2).collect::<Vec<_>>().join(".");
     let headers = format!("linux-headers-{kernel}");

@@ -142,7 +142,7 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     })?;
     let config = test_config();
     // The GPIO button's kernel module, built for the image's kernel.
-    let gpio_sim = gpio_sim::modules(&image::base(arch)?)?.extras();
+    let gpio_sim = gpio_sim::modules(arch, &image::base(arch)?)?.extras();
     let mut extra = vec![
         (
             "/usr/local/sbin/codereader-agent",
