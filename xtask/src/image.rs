@@ -211,7 +211,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
-fn hash_hex(parts: &[&[u8]]) -> String {
+pub(crate) fn hash_hex(parts: &[&[u8]]) -> String {
     // Two differently seeded std hashes: 128 bits is plenty for a cache key of our own
     // inputs (not an adversary's).
     let mut a = DefaultHasher::new();
@@ -225,7 +225,7 @@ fn hash_hex(parts: &[&[u8]]) -> String {
 }
 
 /// The base root file system as a tarball, from the cache or made with `mmdebstrap`.
-fn base(arch: Arch) -> Result<PathBuf, String> {
+pub(crate) fn base(arch: Arch) -> Result<PathBuf, String> {
     let packages = packages_for(arch).join(",");
     let excludes = dpkg_excludes(arch);
     let sources = apt_sources()?;
@@ -514,6 +514,22 @@ fn configure(rootfs: &Path, spec: &Spec<'_>) -> Result<(), String> {
     }
     for (path, content, mode) in spec.extra {
         write(rootfs, path, content, *mode)?;
+    }
+    // Kernel modules among the extras (the test image's gpio-sim) are indexed like the
+    // kernel's own, so that `modprobe` finds them and what they need.
+    let mut kernels: Vec<&str> = spec
+        .extra
+        .iter()
+        .filter(|(path, _, _)| path.ends_with(".ko"))
+        .filter_map(|(path, _, _)| path.split("/lib/modules/").nth(1)?.split('/').next())
+        .collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    for kernel in kernels {
+        run(
+            "depmod (the extra kernel modules)",
+            Command::new("chroot").arg(rootfs).args(["depmod", kernel]),
+        )?;
     }
     for unit in spec.enable {
         symlink(

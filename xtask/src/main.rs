@@ -19,8 +19,9 @@
 //!   the device program (`xtask/src/image.rs`, `crates/device/PACKAGING.md`).
 //! - `system-test [--arch amd64|arm64] [--power-cuts N]`: boots the test image in QEMU and
 //!   checks it from outside: its sound card recorded, its USB keypad pressed and unplugged,
-//!   power cuts, the codes checked by a verifier (`xtask/src/system_test.rs`; the hearing in
-//!   `xtask/src/hearing.rs`); `--hear WAV` decodes a kept recording instead.
+//!   its GPIO button (a `gpio-sim` line built for the image's kernel, `xtask/src/gpio_sim.rs`)
+//!   pressed, power cuts, the codes checked by a verifier (`xtask/src/system_test.rs`; the
+//!   hearing in `xtask/src/hearing.rs`); `--hear WAV` decodes a kept recording instead.
 //! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
@@ -42,6 +43,7 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod gpio_sim;
 mod hearing;
 mod image;
 mod intelligibility;

@@ -104,8 +104,12 @@ pub(crate) const IMAGE: &[&str] = &["mmdebstrap", "fdisk", "dosfstools", "mtools
 pub(crate) const IMAGE_ARM64: &[&str] = &["qemu-user-static", "binfmt-support"];
 
 /// What `cargo xtask system-test` needs besides [`IMAGE`]: the UEFI firmware the image boots
-/// with, and (from [`BACKPORTS`]) QEMU itself.
-pub(crate) const SYSTEM_TEST: &[&str] = &["ovmf", "oathtool"];
+/// with, and (from [`BACKPORTS`]) QEMU itself. The test image's `gpio-sim` module
+/// (`xtask/src/gpio_sim.rs`) is built from the kernel's source package with `make` and
+/// stripped with binutils' `strip`; it also needs `linux-headers-<the image's kernel>`, whose
+/// name changes with the kernel's ABI, so that one is installed by name when it is known.
+pub(crate) const SYSTEM_TEST: &[&str] =
+    &["ovmf", "oathtool", "linux-source-6.1", "make", "binutils"];
 
 /// Packages taken from `bookworm-backports`: QEMU 10, because these machines carry
 /// backports' `qemu-utils` 10, which bookworm's `qemu-system-x86` 7.2 cannot be installed

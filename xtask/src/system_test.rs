@@ -1,18 +1,20 @@
 //! `cargo xtask system-test`: the appliance booted in QEMU and used from outside, like a
 //! person: its Intel HDA sound card recorded to a WAV on this machine (`-audiodev wav`), its
 //! USB keypad (a `usb-kbd` on `qemu-xhci`) pressed with QMP `send-key` and pulled
-//! out and plugged back with `device_del`/`device_add`, its power cut by killing QEMU. Every
-//! code it speaks is decoded from the recording (matched against the voice's own clips,
-//! `xtask/src/hearing.rs`) and checked by a `codereader-verifier` on this machine holding
-//! the same token. A code is believed only when its intro, its six digits and its end chime
-//! were each heard surely (a digit's clip beating every other clip by a margin), else
-//! the replay key asks again until one reading is sure or two agree: the verifier, never
-//! the test, judges a code. It is the last step of `cargo xtask test`, so CI boots the
-//! appliance on every run (TCG where KVM cannot boot it, as on these machines).
+//! out and plugged back with `device_del`/`device_add`, its GPIO button (a `gpio-sim` line,
+//! `gpio_sim.rs`, pressed through its sysfs `pull` file: `system_test/gpio.rs`), its power
+//! cut by killing QEMU. Every code it speaks is decoded from the recording (matched against
+//! the voice's own clips, `xtask/src/hearing.rs`) and checked by a `codereader-verifier` on
+//! this machine holding the same token. A code is believed only when its intro, its six
+//! digits and its end chime were each heard surely (a digit's clip beating every other clip
+//! by a margin), else the replay key asks again until one reading is sure or two agree: the
+//! verifier, never the test, judges a code. It is the last step of `cargo xtask test`, so CI
+//! boots the appliance on every run (TCG where KVM cannot boot it, as on these machines).
 //!
 //! The test image has, besides the shipped image's contents, a control agent on a
 //! virtio-serial port (a shell loop: the test enrols tokens, reads `systemctl` and
-//! `journalctl`, kills the service) and the test's config. The checks, numbered as in
+//! `journalctl`, kills the service), the `gpio-sim` module with the unit that makes the
+//! simulated chip, and the test's config. The checks, numbered as in
 //! issue 23, are printed as they pass; the boot times and the power-cut count too.
 
 use std::collections::BTreeSet;
@@ -28,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::demo::target_dir;
 use crate::hearing::{self, Clips, Heard};
 use crate::image::{self, Arch};
-use crate::{cargo, deb, deb_check, packages, run};
+use crate::{cargo, deb, deb_check, gpio_sim, packages, run};
+
+mod gpio;
 
 /// The test token's secret (160 bits, base32): RFC 4226's test secret.
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
@@ -81,14 +85,16 @@ RestartSec=1
 WantedBy=multi-user.target
 ";
 
-/// The test image's config: the shipped one (any keypad that appears is taken), playing on
-/// QEMU's HDA card directly. Through ALSA's `default` (dmix) the emulated card stops
-/// receiving samples after the service restarts: dmix's free-running stream and QEMU's
-/// HDA timing under TCG (seen here; a real card is not affected).
+/// The test image's config: the shipped one (any keypad that appears is taken) with a GPIO
+/// button on the simulated chip (`gpio_sim.rs`), playing on QEMU's HDA card directly.
+/// Through ALSA's `default` (dmix) the emulated card stops receiving samples after the
+/// service restarts: dmix's free-running stream and QEMU's HDA timing under TCG (seen here;
+/// a real card is not affected).
 fn test_config() -> String {
     format!(
-        "{}\n[audio]\ndevice = \"plughw:CARD=Intel,DEV=0\"\n",
-        image::SHIPPED_CONFIG
+        "{}\n[audio]\ndevice = \"plughw:CARD=Intel,DEV=0\"\n{}",
+        image::SHIPPED_CONFIG,
+        gpio_sim::config()
     )
 }
 
@@ -164,7 +170,9 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
         out_dir: &work,
     })?;
     let config = test_config();
-    let extra = vec![
+    // The GPIO button's kernel module, built for the image's kernel.
+    let gpio_sim = gpio_sim::modules(arch, &image::base(arch)?)?.extras();
+    let mut extra = vec![
         (
             "/usr/local/sbin/codereader-agent",
             AGENT.as_bytes().to_vec(),
@@ -176,13 +184,14 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
             0o644,
         ),
     ];
+    extra.extend(gpio_sim.iter().map(|(p, c, m)| (p.as_str(), c.clone(), *m)));
     let built = Instant::now();
     let image = image::build(&image::Spec {
         arch,
         deb: &deb,
         config: &config,
         extra: &extra,
-        enable: &["codereader-agent.service"],
+        enable: &["codereader-agent.service", gpio_sim::UNIT],
         name: "codereader-test-amd64",
     })?;
     println!(
@@ -347,6 +356,9 @@ fn checks(
         restarts.trim()
     );
 
+    // 3. A GPIO button press speaks a code the same way.
+    gpio::check_press(&mut vm, clips, verifier, &mut given)?;
+
     // 4. The keypad pulled out and plugged back in (same port): it works again without a
     // restart.
     let mark = vm.wav.mark()?;
@@ -359,6 +371,7 @@ fn checks(
             told.summary()
         )
     })?;
+    gpio::check_press_unplugged(&mut vm, clips, verifier, &mut given)?;
     vm.qmp(
         "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"usb-kbd\",\"id\":\"keypad\",\
          \"bus\":\"xhci.0\",\"port\":\"1\"}}",

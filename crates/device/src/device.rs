@@ -887,11 +887,28 @@ pub fn run(
              keypad or keyboard to appear in /dev/input (checked every {} s)",
             RETRY.as_secs()
         ));
-        let found = watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
-        if found == 0 {
+    }
+    // No keypad named and no terminal: any keypad that is plugged in is taken, also beside
+    // GPIO buttons or a braille display (an appliance's button stays while its USB keypad
+    // comes and goes). That none is connected is said at start only when nothing else was
+    // configured to listen to and none is there.
+    if terminal.is_none() && config.input.evdev.is_empty() {
+        // Waiting a moment for a keypad at start is worth it only when nothing else listens.
+        let first_look = if only_terminal {
+            FIRST_LOOK
+        } else {
+            Duration::ZERO
+        };
+        let found = watch_for_keypads(
+            config.input.grab,
+            config.chords.clone(),
+            events.clone(),
+            first_look,
+        );
+        if found == 0 && only_terminal {
             log("no keypad or keyboard in /dev/input yet");
         }
-        no_input = found == 0;
+        no_input = found == 0 && only_terminal;
     }
     drop(events);
     let no_token = matches!(state.load(), Err(StateError::NoToken { .. }));
@@ -1094,8 +1111,13 @@ fn terminal_thread(events: &Sender<Event>) {
 /// With no input configured: every [`RETRY`], takes each keypad or keyboard in /dev/input
 /// not yet read (one that has Enter, keypad Enter or a first button) and reads it until it
 /// goes away; then it may be taken again when it comes back. Looks before it returns (for
-/// up to [`FIRST_LOOK`] while there is none) and returns how many it took.
-fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) -> usize {
+/// up to `first_look` while there is none) and returns how many it took.
+fn watch_for_keypads(
+    grab: bool,
+    chords: Vec<Chord>,
+    events: Sender<Event>,
+    first_look: Duration,
+) -> usize {
     let reading: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
     let scan = move || {
         let mut taken = 0;
@@ -1120,7 +1142,7 @@ fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) -> u
     };
     let looking = Instant::now();
     let mut found = scan();
-    while found == 0 && looking.elapsed() < FIRST_LOOK {
+    while found == 0 && looking.elapsed() < first_look {
         thread::sleep(Duration::from_millis(200));
         found = scan();
     }
