@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use codereader_otp::pskc::{self, PreSharedKey};
-use codereader_otp::{Code, Counter, KeyPolicy, OtpKind, UnixTime};
+use codereader_otp::{Code, KeyPolicy, UnixTime};
 
 use crate::budget::{Admission, Budgets, ClientBudget};
 use crate::keycache::KeyCache;
@@ -28,7 +28,7 @@ use crate::store::{
     AuditAction, AuditEntry, AuditEvent, AuditOutcome, Claim, DeadLetter, Delivery, Event, Store,
     StoreError, TokenRecord, Tx, work,
 };
-use crate::token::{Caller, ClientId, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
+use crate::token::{Caller, ClientId, KeyId, TokenId, TokenParams, TokenState, UserId};
 
 /// An event that changes nothing in the store ([`Verifier::record_event`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -663,16 +663,7 @@ impl Verifier {
                     .push(problem(format!("token {id} already exists")));
                 continue;
             }
-            let (kind, counter) = match key.kind {
-                OtpKind::Totp { period } => (
-                    TokenKind::Totp {
-                        period,
-                        t0: UnixTime(0),
-                    },
-                    Counter(0),
-                ),
-                OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
-            };
+            let (kind, counter) = Enrollment::kind_of(key.kind);
             let enrollment = Enrollment {
                 id,
                 params: TokenParams {

@@ -126,16 +126,7 @@ pub struct Enrollment {
 impl Enrollment {
     /// An enrollment from an otpauth URI (TOTP with T0 = 0).
     pub fn from_uri(id: TokenId, uri: &KeyUri) -> Self {
-        let (kind, counter) = match uri.kind() {
-            OtpKind::Totp { period } => (
-                TokenKind::Totp {
-                    period,
-                    t0: UnixTime(0),
-                },
-                Counter(0),
-            ),
-            OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
-        };
+        let (kind, counter) = Self::kind_of(uri.kind());
         Enrollment {
             id,
             params: TokenParams {
@@ -145,6 +136,21 @@ impl Enrollment {
             },
             secret: uri.secret().clone(),
             counter,
+        }
+    }
+
+    /// The kind and first counter of a parsed key (an otpauth URI's or a PSKC file's): TOTP
+    /// with T0 = 0 and counter 0 ([`OtpKind`] carries no T0), HOTP from the key's counter.
+    pub(crate) fn kind_of(kind: OtpKind) -> (TokenKind, Counter) {
+        match kind {
+            OtpKind::Totp { period } => (
+                TokenKind::Totp {
+                    period,
+                    t0: UnixTime(0),
+                },
+                Counter(0),
+            ),
+            OtpKind::Hotp { counter } => (TokenKind::Hotp, counter),
         }
     }
 }
