@@ -71,10 +71,12 @@
 mod budget;
 mod keycache;
 mod keyfile;
+mod operations;
 mod outcome;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 mod policy;
+mod rules;
 mod scan;
 mod seal;
 #[cfg(all(feature = "testing", feature = "pkcs11"))]
@@ -83,12 +85,16 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod token;
-mod verifier;
 
 pub use crate::budget::{Admission, ClientBudget};
 pub use crate::keyfile::{HsmOpener, KeyRole, KeyringFile};
+pub use crate::operations::{
+    DEFAULT_KEY_CACHE, ImportProblem, ImportReport, NoticeAction, RotationReport, TokenInfo,
+    Verifier,
+};
 pub use crate::outcome::{Accepted, Matched, Outcome};
 pub use crate::policy::{FailureDelay, Policy};
+pub use crate::rules::{Activation, Enrollment, KeySource, OwnedSubject, Subject, VerifyError};
 pub use crate::seal::{
     Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed, SealingKey, UnusableKey,
 };
@@ -102,10 +108,6 @@ pub use crate::store::{
 pub use crate::token::{
     Caller, ClientId, IdError, KeyId, MAX_ID_LEN, TokenId, TokenKind, TokenParams, TokenState,
     UserId,
-};
-pub use crate::verifier::{
-    Activation, DEFAULT_KEY_CACHE, Enrollment, ImportProblem, ImportReport, KeySource,
-    NoticeAction, OwnedSubject, RotationReport, Subject, TokenInfo, Verifier, VerifyError,
 };
 
 /// The server shares one [`Verifier`] between blocking threads; this fails to compile if a

@@ -40,7 +40,8 @@ use tokio_postgres::{Config, Statement};
 use super::pgclient::{Hosts, PgClient, PgError};
 use super::postgres_events;
 use super::sql::{
-    AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
+    AuditColumns, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, saturating_i64,
+    to_i64,
 };
 use super::{
     Advance, AuditEntry, AuditEvent, Claim, DeadLetter, Delivery, Event, NewToken, Reads, Store,
@@ -730,7 +731,7 @@ impl Reads for PgConn<'_> {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let after = after.map(|a| a.as_str().to_owned());
         self.with(|conn| {
             let rows = conn
@@ -748,7 +749,7 @@ impl Reads for PgConn<'_> {
     }
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         self.with(|conn| {
             let rows = conn
                 .client
@@ -782,8 +783,8 @@ impl Reads for PgConn<'_> {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = saturating_i64(limit);
+        let before = before.map(saturating_i64);
         self.with(|conn| {
             let rows = conn
                 .client
@@ -806,9 +807,9 @@ impl Reads for PgConn<'_> {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let since = to_i64(since.0, "time")?;
-        let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let after = saturating_i64(after.unwrap_or(0));
         self.with(|conn| {
             let rows = conn
                 .client
@@ -828,7 +829,7 @@ impl Reads for PgConn<'_> {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let after = after.map(|a| a.as_str().to_owned());
         self.with(|conn| {
             let rows = conn

@@ -7,7 +7,7 @@ use super::pgclient::PgClient;
 use super::postgres::db;
 
 use super::events::event_condition;
-use super::sql::{audit_entry, to_i64};
+use super::sql::{audit_entry, saturating_i64, to_i64};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 2: the outbox, written by a trigger on the audit table, and delivery state.
@@ -61,8 +61,8 @@ pub(super) fn events_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
-    let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let after = saturating_i64(after);
+    let limit = saturating_i64(limit);
     let rows = client
         .query(
             "SELECT e.id, a.seq, a.token_id, a.user_id, a.action, a.outcome, a.at, a.caller

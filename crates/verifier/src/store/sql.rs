@@ -118,16 +118,22 @@ pub(crate) fn to_i64(value: u64, what: &'static str) -> Result<i64, StoreError> 
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { what })
 }
 
-/// A value that [`NewToken::new`] already checked; saturates rather than fails, which it
-/// cannot.
-fn checked(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+/// A value for an `INTEGER`/`BIGINT` column or parameter where saturating is right: a query's
+/// limit or cursor (past `i64::MAX` means "no limit" or "after every row", which no row id
+/// reaches), or a value [`NewToken::new`] or the clock already kept in range. The one place
+/// a `u64` or `usize` is clamped for SQL; [`to_i64`] is for values that must fail instead.
+pub(crate) fn saturating_i64(value: impl TryInto<i64>) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
 }
 
 impl<'a> TokenColumns<'a> {
     pub(crate) fn of(token: &'a NewToken) -> Self {
         let (kind, period, t0) = match token.params.kind {
-            TokenKind::Totp { period, t0 } => ("totp", checked(period.seconds()), checked(t0.0)),
+            TokenKind::Totp { period, t0 } => (
+                "totp",
+                saturating_i64(period.seconds()),
+                saturating_i64(t0.0),
+            ),
             TokenKind::Hotp => ("hotp", 0, 0),
         };
         TokenColumns {
@@ -136,7 +142,7 @@ impl<'a> TokenColumns<'a> {
             digits: i64::from(token.params.digits.get()),
             period,
             t0,
-            next: checked(token.next),
+            next: saturating_i64(token.next),
             token,
         }
     }
@@ -161,7 +167,7 @@ impl<'a> AuditColumns<'a> {
             action: e.action.as_str(),
             outcome: e.outcome.text(),
             // A time past 2^63 s is no time a clock gives; kept as the latest one.
-            at: checked(e.at.0),
+            at: saturating_i64(e.at.0),
             caller: e.caller.as_str(),
         }
     }

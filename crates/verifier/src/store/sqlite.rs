@@ -27,7 +27,8 @@ use rusqlite::{
 };
 
 use super::sql::{
-    AuditColumns, AuditRow, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event, to_i64,
+    AuditColumns, AuditRow, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event,
+    saturating_i64, to_i64,
 };
 use super::sqlite_events;
 use super::{
@@ -851,7 +852,7 @@ impl Reads for Conn<'_, '_> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
         );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let raws = conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
@@ -864,7 +865,7 @@ impl Reads for Conn<'_, '_> {
 
     fn audit_trail(&self, token: &TokenId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let conn = self.conn;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let rows = conn
             .prepare_cached(
                 // Newest first along the token's chain (see migration 2).
@@ -909,8 +910,8 @@ impl Reads for Conn<'_, '_> {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = saturating_i64(limit);
+        let before = before.map(saturating_i64);
         let rows = conn
             .prepare_cached(
                 // Newest first along the token's chain (see migration 2), from its head or
@@ -947,9 +948,9 @@ impl Reads for Conn<'_, '_> {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let since = to_i64(since.0, "time")?;
-        let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let after = saturating_i64(after.unwrap_or(0));
         let rows = conn
             .prepare_cached(
                 "SELECT seq, token_id, user_id, action, outcome, at, caller FROM audit
@@ -972,7 +973,7 @@ impl Reads for Conn<'_, '_> {
         limit: usize,
     ) -> Result<Vec<(TokenId, SealedSeed)>, StoreError> {
         let conn = self.conn;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = saturating_i64(limit);
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens
               WHERE key_id <> ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"

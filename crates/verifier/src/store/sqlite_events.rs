@@ -6,7 +6,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::event_condition;
-use super::sql::{AuditRow, audit_entry, to_i64};
+use super::sql::{AuditRow, audit_entry, saturating_i64, to_i64};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 3: the outbox, written by triggers on the audit table, and delivery state. A line
@@ -110,8 +110,8 @@ pub(super) fn events_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
-    let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let after = saturating_i64(after);
+    let limit = saturating_i64(limit);
     let rows = conn
         .prepare_cached(
             "SELECT e.id, a.seq, a.token_id, a.user_id, a.action, a.outcome, a.at, a.caller
