@@ -24,6 +24,11 @@ use crate::demo::target_dir;
 use crate::image::{self, Arch};
 use crate::{cargo, deb, deb_check, packages, run};
 
+mod arm64;
+mod machine;
+
+use machine::Machine;
+
 /// The test token's secret (160 bits, base32): RFC 4226's test secret.
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 const AGENT_PORT: &str = "org.codereader.agent";
@@ -88,14 +93,14 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
             other => return Err(format!("system-test: unknown argument '{other}'")),
         }
     }
-    if arch != Arch::Amd64 {
-        return Err("system-test: only the amd64 image is tested so far".to_owned());
-    }
     let started = Instant::now();
     packages::ensure(packages::TEST)?;
     packages::ensure(packages::IMAGE)?;
     packages::ensure(packages::SYSTEM_TEST)?;
     packages::ensure_backports(packages::BACKPORTS)?;
+    if arch == Arch::Arm64 {
+        packages::ensure_backports(packages::BACKPORTS_ARM64)?;
+    }
     let work = target_dir().join("system-test");
     if work.exists() {
         fs::remove_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -126,14 +131,19 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     )?;
     let voices = work.join("voices");
     deb_check::render_step_zero(&voices)?;
-    let deb = deb::build(&deb::Deb {
-        binary: &target_dir().join("debug/codereader"),
-        arch: arch.debian(),
-        strip: "strip",
-        voices: &voices,
-        epoch: "1767225600",
-        out_dir: &work,
-    })?;
+    let deb = match arch {
+        Arch::Amd64 => deb::build(&deb::Deb {
+            binary: &target_dir().join("debug/codereader"),
+            arch: arch.debian(),
+            strip: "strip",
+            voices: &voices,
+            epoch: "1767225600",
+            out_dir: &work,
+        })?,
+        // The release package a Pi gets (cross-built); its clips come from the same
+        // renderer as the ones rendered above, which the test listens for.
+        Arch::Arm64 => arm64::package()?,
+    };
     let config = test_config();
     let extra = vec![
         (
@@ -154,7 +164,7 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
         config: &config,
         extra: &extra,
         enable: &["codereader-agent.service"],
-        name: "codereader-test-amd64",
+        name: &format!("codereader-test-{}", arch.debian()),
     })?;
     println!(
         "xtask: system-test: test image ready in {:.0} s ({} MiB)",
@@ -169,9 +179,13 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
             .arg(&image)
             .arg(&disk),
     )?;
+    let machine = Machine::new(arch, &image, disk, &work)?;
     let clips = Clips::load(&voices.join("en"))?;
     let verifier = Verifier::start(&work)?;
-    let result = checks(&work, &disk, &clips, &verifier);
+    let result = match arch {
+        Arch::Amd64 => checks(&work, &machine, &clips, &verifier),
+        Arch::Arm64 => arm64::checks(&work, &machine, &clips, &verifier),
+    };
     drop(verifier);
     result?;
     println!(
@@ -181,9 +195,14 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Result<(), String> {
+fn checks(
+    work: &Path,
+    machine: &Machine,
+    clips: &Clips,
+    verifier: &Verifier,
+) -> Result<(), String> {
     // 1. Boot to the ready tone: KVM when it boots this kernel, else TCG.
-    let mut vm = boot_any(work, disk)?;
+    let mut vm = boot_any(work, machine)?;
     let mut report = vec![format!(
         "boot to the ready tone: {:.1} s ({})",
         vm.ready_after.as_secs_f64(),
@@ -327,7 +346,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
             }
         }
         vm.power_cut();
-        vm = Vm::boot(work, disk, vm.accel)?;
+        vm = Vm::boot(work, machine, vm.accel)?;
         let failed = vm.agent("systemctl --failed --no-legend --plain")?;
         expect(failed.trim().is_empty(), || {
             format!("failed units after a power cut:\n{failed}")
@@ -353,7 +372,7 @@ fn checks(work: &Path, disk: &Path, clips: &Clips, verifier: &Verifier) -> Resul
     // A clean shutdown, then the state file system checked from outside.
     vm.agent_nowait("systemctl poweroff")?;
     vm.wait_exit(Duration::from_secs(120))?;
-    fsck_state(work, disk)?;
+    fsck_state(work, &machine.disk)?;
     for line in &report {
         println!("xtask: system-test: {line}");
     }
@@ -473,29 +492,29 @@ struct Vm {
 }
 
 /// Boots with KVM when it works here, else with TCG (never skipped).
-fn boot_any(work: &Path, disk: &Path) -> Result<Vm, String> {
+fn boot_any(work: &Path, machine: &Machine) -> Result<Vm, String> {
     if fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok()
     {
-        match Vm::boot_within(work, disk, "kvm", Duration::from_secs(60)) {
+        match Vm::boot_within(work, machine, "kvm", Duration::from_secs(60)) {
             Ok(vm) => return Ok(vm),
             Err(e) => println!("xtask: system-test: KVM did not boot the image ({e}); using TCG"),
         }
     }
-    Vm::boot(work, disk, "tcg")
+    Vm::boot(work, machine, "tcg")
 }
 
 impl Vm {
-    fn boot(work: &Path, disk: &Path, accel: &'static str) -> Result<Vm, String> {
-        Vm::boot_within(work, disk, accel, BOOT_DEADLINE)
+    fn boot(work: &Path, machine: &Machine, accel: &'static str) -> Result<Vm, String> {
+        Vm::boot_within(work, machine, accel, machine.boot_deadline(BOOT_DEADLINE))
     }
 
     fn boot_within(
         work: &Path,
-        disk: &Path,
+        machine: &Machine,
         accel: &'static str,
         deadline: Duration,
     ) -> Result<Vm, String> {
@@ -504,22 +523,11 @@ impl Vm {
         let agent_path = work.join(format!("agent-{n}.sock"));
         let wav_path = work.join(format!("sound-{n}.wav"));
         let serial = work.join(format!("serial-{n}.log"));
-        let mut command = Command::new("qemu-system-x86_64");
+        // The board, processor, firmware or kernel, and disk; the rest is the same for both.
+        let mut command = machine.qemu(accel);
         command
-            .args([
-                "-machine",
-                "q35,i8042=off",
-                "-accel",
-                accel,
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-            ])
+            .args(["-accel", accel, "-m", "1024", "-smp", "1"])
             .args(["-display", "none", "-no-user-config", "-nodefaults"])
-            .args(["-bios", "/usr/share/ovmf/OVMF.fd"])
-            .arg("-drive")
-            .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
             .args(["-rtc", "base=utc"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -544,15 +552,10 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if accel == "tcg" {
-            command.args(["-cpu", "max"]);
-        } else {
-            command.args(["-cpu", "host"]);
-        }
         let powered_on = Instant::now();
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+            .map_err(|e| format!("cannot start {}: {e}", machine.qemu_binary()))?;
         let connect = |path: &Path, child: &mut Child| -> Result<UnixStream, String> {
             let until = Instant::now() + Duration::from_secs(20);
             loop {
