@@ -14,12 +14,13 @@
 //!   that part).
 //! - `test`: the README's test command and what CI runs: install the Debian packages the
 //!   tests need, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` without
-//!   warnings, `cargo test --workspace`, then `deb-check`.
+//!   warnings, `cargo test --workspace`, then `deb-check`, then `system-test`.
 //! - `image [--arch amd64|arm64]`: the appliance, a bootable Debian bookworm disk image with
 //!   the device program (`xtask/src/image.rs`, `crates/device/PACKAGING.md`).
-//! - `system-test [--arch amd64|arm64]`: boots the test image in QEMU and checks it from
-//!   outside: its sound card recorded, its USB keypad pressed and unplugged, power cuts, the
-//!   codes checked by a verifier (`xtask/src/system_test.rs`); not yet part of `test`.
+//! - `system-test [--arch amd64|arm64] [--power-cuts N]`: boots the test image in QEMU and
+//!   checks it from outside: its sound card recorded, its USB keypad pressed and unplugged,
+//!   power cuts, the codes checked by a verifier (`xtask/src/system_test.rs`; the hearing in
+//!   `xtask/src/hearing.rs`); `--hear WAV` decodes a kept recording instead.
 //! - `voices [--check] [TAG...]`: render every voice's clips (`voices/<lang>/clips/<voice>/`)
 //!   at every speed step with the engine the voice names (espeak-ng, flite), with a progress
 //!   bar, through the speech crate's `codereader-speak clips`; `--check` validates recorded
@@ -41,6 +42,7 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod hearing;
 mod image;
 mod intelligibility;
 mod packages;
@@ -82,11 +84,13 @@ fn print_help() {
                  and the verifier's .deb (this machine's architecture; --verifier-only)\n  \
          deb-check [--verifier-only]\n          \
                  build, lint, install, use and purge test .debs (root; CI)\n  \
-         test    install test dependencies, then fmt --check, clippy -D warnings, doc, test\n  \
+         test    install test dependencies, then fmt --check, clippy -D warnings, doc, test,\n          \
+                 deb-check and system-test\n  \
          image [--arch amd64|arm64]\n          \
                  the appliance: a bootable Debian disk image with the device (target/image/)\n  \
-         system-test [--arch amd64|arm64]\n          \
-                 boot the test image in QEMU and drive it like a person (root)\n  \
+         system-test [--arch amd64|arm64] [--power-cuts N]\n          \
+                 boot the test image in QEMU and drive it like a person (root);\n          \
+                 --hear WAV [VOICES]: decode a kept recording of it\n  \
          voices [--check] [TAG...]\n          \
                  render every voice's clips with its engine at every speed step;\n          \
                  --check: validate recorded voices (voices/RECORDING.md)\n  \
@@ -185,9 +189,10 @@ fn test(_args: &[String]) -> Result<(), String> {
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )?;
     // The Debian package, installed, used and purged on this machine.
-    // The appliance's system test (`cargo xtask system-test`) is not run here yet: under
-    // TCG on a busy machine its recording sometimes mishears a digit (see PACKAGING.md).
-    deb_check::deb_check(&[])
+    deb_check::deb_check(&[])?;
+    // The appliance booted in QEMU and used like a person (it installs QEMU, mmdebstrap and
+    // the firmware itself; the image is cached by content under /var/cache/codereader).
+    system_test::system_test(&[])
 }
 
 /// Renders the clips of every voice of every pack in `voices/` (or of the tags given as

@@ -36,6 +36,11 @@ use crate::voice::{self, Message, Voices};
 /// How often a missing audio device or evdev device is looked for again.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// With no input configured, how long `run` looks for a keypad before it greets: one plugged
+/// in at power-on may appear in /dev/input a moment after the service starts, and the
+/// greeting says "No keypad is connected" only when there is none.
+const FIRST_LOOK: Duration = Duration::from_secs(2);
+
 /// Battery level at and below which `status` warns.
 const LOW_BATTERY_PERCENT: u8 = 20;
 
@@ -872,16 +877,21 @@ pub fn run(
     let only_terminal = config.input.evdev.is_empty()
         && config.gpio.is_empty()
         && !config.outputs.has(Output::Braille);
-    let no_input = terminal.is_none() && only_terminal;
-    if no_input {
-        // Nothing to listen to: say so, and take any keypad or keyboard that is plugged in.
+    // Nothing configured to listen to: take any keypad or keyboard that is plugged in, and
+    // say that none is connected only when none is.
+    let mut no_input = false;
+    if terminal.is_none() && only_terminal {
         log(&format!(
             "no input: standard input is not a terminal and the config lists no evdev device \
              ([input] evdev), no GPIO button ([[gpio]]) and no braille output; listening for a \
              keypad or keyboard to appear in /dev/input (checked every {} s)",
             RETRY.as_secs()
         ));
-        watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
+        let found = watch_for_keypads(config.input.grab, config.chords.clone(), events.clone());
+        if found == 0 {
+            log("no keypad or keyboard in /dev/input yet");
+        }
+        no_input = found == 0;
     }
     drop(events);
     let no_token = matches!(state.load(), Err(StateError::NoToken { .. }));
@@ -1083,35 +1093,49 @@ fn terminal_thread(events: &Sender<Event>) {
 
 /// With no input configured: every [`RETRY`], takes each keypad or keyboard in /dev/input
 /// not yet read (one that has Enter, keypad Enter or a first button) and reads it until it
-/// goes away; then it may be taken again when it comes back.
-fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
+/// goes away; then it may be taken again when it comes back. Looks before it returns (for
+/// up to [`FIRST_LOOK`] while there is none) and returns how many it took.
+fn watch_for_keypads(grab: bool, chords: Vec<Chord>, events: Sender<Event>) -> usize {
     let reading: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+    let scan = move || {
+        let mut taken = 0;
+        for (path, device) in evdev::enumerate() {
+            let keypad = device.supported_keys().is_some_and(|keys| {
+                [KeyCode::KEY_ENTER, KeyCode::KEY_KPENTER, KeyCode::BTN_0]
+                    .into_iter()
+                    .any(|k| keys.contains(k))
+            });
+            drop(device);
+            let new = keypad
+                && reading
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(path.clone());
+            if new {
+                read_found_keypad(path, grab, chords.clone(), events.clone(), &reading);
+                taken += 1;
+            }
+        }
+        taken
+    };
+    let looking = Instant::now();
+    let mut found = scan();
+    while found == 0 && looking.elapsed() < FIRST_LOOK {
+        thread::sleep(Duration::from_millis(200));
+        found = scan();
+    }
     let spawned = thread::Builder::new()
         .name("keypad-watch".into())
         .spawn(move || {
             loop {
-                for (path, device) in evdev::enumerate() {
-                    let keypad = device.supported_keys().is_some_and(|keys| {
-                        [KeyCode::KEY_ENTER, KeyCode::KEY_KPENTER, KeyCode::BTN_0]
-                            .into_iter()
-                            .any(|k| keys.contains(k))
-                    });
-                    drop(device);
-                    let new = keypad
-                        && reading
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(path.clone());
-                    if new {
-                        read_found_keypad(path, grab, chords.clone(), events.clone(), &reading);
-                    }
-                }
                 thread::sleep(RETRY);
+                scan();
             }
         });
     if let Err(e) = spawned {
         log(&format!("error: cannot start the keypad watch thread: {e}"));
     }
+    found
 }
 
 /// Reads a keypad [`watch_for_keypads`] found, until it goes away.
