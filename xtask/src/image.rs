@@ -5,11 +5,13 @@
 //! configured with here), is cached as a tarball by the hash of what it is made of, and
 //! gets our `.deb` installed with `dpkg` in a chroot. The disk (MBR, as a Raspberry Pi's
 //! firmware wants) is assembled from file-system images made without mounting anything
-//! (`mkfs.vfat` + `mcopy`, `mkfs.ext4 -d`), so this runs in a container:
+//! (`mkfs.vfat` + `mcopy`, `mkfs.ext4 -d`), so this runs in a container (the one mount is
+//! the arm64 image's `/proc` for raspi-firmware's hook, in a private mount namespace, as
+//! `mmdebstrap` itself does):
 //!
 //! ```text
 //! p1  boot   FAT32  128 MiB  amd64: systemd-boot (EFI/BOOT/BOOTX64.EFI), kernel, initrd
-//!                            arm64: what raspi-firmware's kernel hook writes to
+//!                   256 MiB  arm64: what raspi-firmware's kernel hook writes to
 //!                            /boot/firmware (the Pi's firmware, config.txt, cmdline.txt,
 //!                            kernel, initrd, device trees); mounted read-only there
 //! p2  root   ext4   mounted read-only: a power cut cannot damage the system
@@ -682,6 +684,7 @@ fn boot_mib(arch: Arch) -> u64 {
         Arch::Arm64 => 256,
     }
 }
+
 fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), String> {
     let boot_size = boot_mib(arch);
     // The boot partition's files, taken out of the root.
