@@ -44,7 +44,9 @@ pub(super) fn checks(
     enrol(&mut vm, &totp)?;
     vm.greeted_with_keypad(clips, "restarted after enrolling")?;
 
-    // 6. Nothing synchronised the clock since boot: the warning, then the code.
+    // 6. Nothing synchronised the clock since boot: the warning, then the code. Pressed
+    // early in a time step, so the device does not first say the code is about to change.
+    wait_for_next_step();
     let Reading {
         code: first,
         opening,
