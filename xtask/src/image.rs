@@ -5,11 +5,15 @@
 //! configured with here), is cached as a tarball by the hash of what it is made of, and
 //! gets our `.deb` installed with `dpkg` in a chroot. The disk (MBR, as a Raspberry Pi's
 //! firmware wants) is assembled from file-system images made without mounting anything
-//! (`mkfs.vfat` + `mcopy`, `mkfs.ext4 -d`), so this runs in a container:
+//! (`mkfs.vfat` + `mcopy`, `mkfs.ext4 -d`), so this runs in a container (the one mount is
+//! the arm64 image's `/proc` for raspi-firmware's hook, in a private mount namespace, as
+//! `mmdebstrap` itself does):
 //!
 //! ```text
 //! p1  boot   FAT32  128 MiB  amd64: systemd-boot (EFI/BOOT/BOOTX64.EFI), kernel, initrd
-//!                            arm64: raspi-firmware, kernel, initrd, device trees
+//!                   256 MiB  arm64: what raspi-firmware's kernel hook writes to
+//!                            /boot/firmware (the Pi's firmware, config.txt, cmdline.txt,
+//!                            kernel, initrd, device trees); mounted read-only there
 //! p2  root   ext4   mounted read-only: a power cut cannot damage the system
 //! p3  state  ext4    64 MiB  /state: the token and settings (/var/lib/codereader) and
 //!                            systemd's state (timesync clock, random seed), bind-mounted
@@ -55,7 +59,9 @@ fn packages_for(arch: Arch) -> Vec<&'static str> {
     ];
     match arch {
         Arch::Amd64 => list.extend(["linux-image-amd64", "systemd-boot-efi"]),
-        Arch::Arm64 => list.extend(["linux-image-arm64", "raspi-firmware", "systemd-boot-efi"]),
+        // No boot loader: a Pi's firmware loads the kernel and initrd that raspi-firmware's
+        // hooks copy to the firmware partition, and QEMU's `virt` loads the same two files.
+        Arch::Arm64 => list.extend(["linux-image-arm64", "raspi-firmware"]),
     }
     list
 }
@@ -89,7 +95,7 @@ fn dpkg_excludes(arch: Arch) -> Vec<String> {
     for dir in dirs {
         rules.push(format!("path-exclude={modules}/{dir}/*"));
     }
-    for keep in [
+    let mut keeps = vec![
         "fs/ext4/*",
         "fs/autofs/*",
         "fs/jbd2/*",
@@ -98,7 +104,12 @@ fn dpkg_excludes(arch: Arch) -> Vec<String> {
         "fs/nls/*",
         "fs/9p/*",
         "net/9p/*",
-    ] {
+    ];
+    if arch == Arch::Arm64 {
+        // A Pi's headphone jack: the firmware's audio service (snd-bcm2835, vchiq).
+        keeps.push("drivers/staging/vc04_services/*");
+    }
+    for keep in keeps {
         rules.push(format!("path-include={modules}/{keep}"));
     }
     rules
@@ -165,21 +176,11 @@ pub(crate) fn image(args: &[String]) -> Result<(), String> {
             other => return Err(format!("image: unknown argument '{other}'")),
         }
     }
-    // The release package, with every voice at every speed step.
-    let target = match arch {
-        Arch::Amd64 => None,
-        Arch::Arm64 => Some("aarch64-unknown-linux-gnu"),
-    };
-    let mut dist_args = Vec::new();
-    if let Some(t) = target {
-        dist_args.extend(["--target".to_owned(), t.to_owned()]);
-    }
-    crate::dist::dist(&dist_args)?;
-    let deb = target_dir().join("dist").join(format!(
-        "codereader_{}_{}.deb",
-        crate::dist::version(),
-        arch.debian()
-    ));
+    // The base system first: for arm64 it is the slow part (its maintainer scripts run under
+    // emulation), and a failure there is better known before the release build.
+    packages::ensure(packages::IMAGE)?;
+    base(arch)?;
+    let deb = release_deb(arch)?;
     let name = format!("codereader-{}", arch.debian());
     let built = build(&Spec {
         arch,
@@ -199,12 +200,40 @@ pub(crate) fn image(args: &[String]) -> Result<(), String> {
             .arg(&built)
             .arg(&dest),
     )?;
+    let bmap = dest.with_extension("bmap");
+    run(
+        "the block map (bmaptool)",
+        Command::new("bmaptool")
+            .args(["create", "-o"])
+            .arg(&bmap)
+            .arg(&dest),
+    )?;
     println!(
-        "xtask: image: {} ({} MiB; write it with `dd if=... of=/dev/sdX bs=4M conv=fsync`)",
+        "xtask: image: {} ({} MiB) and its block map {}; write it to a card with \
+         `bmaptool copy` or `dd` (crates/device/PACKAGING.md, \"Writing it to an SD card\")",
         dest.display(),
-        fs::metadata(&dest).map(|m| m.len() >> 20).unwrap_or(0)
+        fs::metadata(&dest).map(|m| m.len() >> 20).unwrap_or(0),
+        bmap.display()
     );
     Ok(())
+}
+
+/// The release package for `arch` (`cargo xtask dist`, cross-built for arm64), with every
+/// voice at every speed step.
+pub(crate) fn release_deb(arch: Arch) -> Result<PathBuf, String> {
+    let mut dist_args = Vec::new();
+    if arch == Arch::Arm64 {
+        dist_args.extend([
+            "--target".to_owned(),
+            "aarch64-unknown-linux-gnu".to_owned(),
+        ]);
+    }
+    crate::dist::dist(&dist_args)?;
+    Ok(target_dir().join("dist").join(format!(
+        "codereader_{}_{}.deb",
+        crate::dist::version(),
+        arch.debian()
+    )))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
@@ -228,7 +257,7 @@ pub(crate) fn hash_hex(parts: &[&[u8]]) -> String {
 pub(crate) fn base(arch: Arch) -> Result<PathBuf, String> {
     let packages = packages_for(arch).join(",");
     let excludes = dpkg_excludes(arch);
-    let sources = apt_sources()?;
+    let sources = apt_sources(arch)?;
     let key = hash_hex(&[
         FORMAT.as_bytes(),
         arch.debian().as_bytes(),
@@ -245,6 +274,7 @@ pub(crate) fn base(arch: Arch) -> Result<PathBuf, String> {
     fs::create_dir_all(cache).map_err(io(cache))?;
     if arch == Arch::Arm64 {
         packages::ensure(packages::IMAGE_ARM64)?;
+        arm64_emulation()?;
     }
     let partial = tar.with_extension("tar.partial");
     let mut mm = Command::new("mmdebstrap");
@@ -266,7 +296,11 @@ pub(crate) fn base(arch: Arch) -> Result<PathBuf, String> {
     // The machine's own apt sources (deb822 text on standard input).
     mm.arg("-");
     let started = std::time::Instant::now();
-    run_with_stdin("mmdebstrap (the base system)", &mut mm, &sources)?;
+    if let Err(e) = run_with_stdin("mmdebstrap (the base system)", &mut mm, &sources) {
+        // Nothing half-made stays in the shared cache.
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
     fs::rename(&partial, &tar).map_err(io(&tar))?;
     prune(cache, &format!("base-{}-", arch.debian()), ".tar", &tar);
     println!(
@@ -277,9 +311,37 @@ pub(crate) fn base(arch: Arch) -> Result<PathBuf, String> {
     Ok(tar)
 }
 
+/// Makes arm64 programs run here through `qemu-user-static` (the packages' maintainer
+/// scripts, and later raspi-firmware's hook). In a container neither the `binfmt_misc`
+/// file system nor binfmt-support's service is started at boot, so both are done here.
+fn arm64_emulation() -> Result<(), String> {
+    let registry = Path::new("/proc/sys/fs/binfmt_misc");
+    if registry.join("qemu-aarch64").exists() {
+        return Ok(());
+    }
+    if !registry.join("register").exists() {
+        run(
+            "mounting binfmt_misc",
+            Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(registry),
+        )?;
+    }
+    run(
+        "registering qemu-aarch64 with binfmt_misc",
+        Command::new("update-binfmts").args(["--enable", "qemu-aarch64"]),
+    )
+}
+
 /// The bookworm sources of this machine's apt (one-line or deb822 files), as one deb822
-/// text for the image: Debian's main archive, updates and security, never backports.
-fn apt_sources() -> Result<String, String> {
+/// text for the image: Debian's main archive, updates and security, never backports. The
+/// arm64 image also takes `non-free-firmware`, where bookworm keeps `raspi-firmware` (the
+/// Pi's boot firmware, which Broadcom ships as binaries).
+fn apt_sources(arch: Arch) -> Result<String, String> {
+    let components = match arch {
+        Arch::Amd64 => "main",
+        Arch::Arm64 => "main non-free-firmware",
+    };
     let mut text = String::new();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
@@ -317,7 +379,7 @@ fn apt_sources() -> Result<String, String> {
                     continue;
                 }
                 text.push_str(&format!(
-                    "Types: deb\nURIs: {uris}\nSuites: {}\nComponents: main\n\
+                    "Types: deb\nURIs: {uris}\nSuites: {}\nComponents: {components}\n\
                      Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n",
                     suites.join(" ")
                 ));
@@ -332,7 +394,7 @@ fn apt_sources() -> Result<String, String> {
                     && !words[2].ends_with("backports")
                 {
                     text.push_str(&format!(
-                        "Types: deb\nURIs: {}\nSuites: {}\nComponents: main\n\
+                        "Types: deb\nURIs: {}\nSuites: {}\nComponents: {components}\n\
                          Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n",
                         words[1], words[2]
                     ));
@@ -371,12 +433,14 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<PathBuf, String> {
     packages::ensure(packages::IMAGE)?;
     let base = base(spec.arch)?;
     let deb = fs::read(spec.deb).map_err(io(spec.deb))?;
+    let layout = format!("boot {} MiB, state {STATE_MIB} MiB", boot_mib(spec.arch));
     let mut parts: Vec<&[u8]> = vec![
         FORMAT.as_bytes(),
         base.as_os_str().as_encoded_bytes(),
         &deb,
         spec.config.as_bytes(),
         spec.name.as_bytes(),
+        layout.as_bytes(),
     ];
     for (path, content, _) in spec.extra {
         parts.push(path.as_bytes());
@@ -408,7 +472,10 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<PathBuf, String> {
     )?;
     configure(&rootfs, spec)?;
     let partial = image.with_extension("img.partial");
-    assemble(&rootfs, &work, spec.arch, &partial)?;
+    if let Err(e) = assemble(&rootfs, &work, spec.arch, &partial) {
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
     fs::rename(&partial, &image).map_err(io(&image))?;
     fs::remove_dir_all(&work).map_err(io(&work))?;
     prune(cache, &format!("{}-", spec.name), ".img", &image);
@@ -470,6 +537,65 @@ tmpfs           /var/tmp             tmpfs  nosuid,nodev,mode=1777 0 0
 tmpfs           /var/log             tmpfs  nosuid,nodev,noexec,mode=0755 0 0
 ";
 
+/// The arm64 image's firmware partition, read-only like the root: the firmware reads it,
+/// nothing at run time writes it; a kernel upgrade needs `mount -o remount,rw` of both.
+const FSTAB_PI_FIRMWARE: &str = "\
+LABEL=CR-BOOT   /boot/firmware       vfat   ro,noatime,nofail             0 0
+";
+
+/// What `raspi-firmware`'s kernel hook writes to `/boot/firmware` when the kernel or the
+/// initramfs changes (as on Debian's own Raspberry Pi images): the Pi's boot firmware, the
+/// kernel, the initrd, the device trees, `config.txt` (`kernel=`, `initramfs`) and
+/// `cmdline.txt`, the latter two from `/etc/default/raspi-firmware` and the two files
+/// beside it. Setting those files and running the hook here means an upgrade on the device
+/// writes the same boot configuration again.
+const PI_FIRMWARE_DEFAULTS: &str = "
+# codereader appliance (crates/device/PACKAGING.md, \"The appliance image\"): the root by
+# its label on any card or USB disk; the screen and the Pi 3/4 serial console (not probed
+# on the building machine); no cma= (the hook leaves it out only when it runs on a Pi 4,
+# and a Pi 4 does not boot with cma=64M).
+ROOTPART=LABEL=cr-root
+CONSOLES=\"tty0 ttyS1,115200\"
+CMA=0
+";
+
+fn pi_firmware(rootfs: &Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let defaults = rootfs.join("etc/default/raspi-firmware");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&defaults)
+        .and_then(|mut f| f.write_all(PI_FIRMWARE_DEFAULTS.as_bytes()))
+        .map_err(io(&defaults))?;
+    // The hook's command line says `rw`; the later `ro` wins (the kernel and the
+    // initramfs read the options in order).
+    write(
+        rootfs,
+        "/etc/default/raspi-extra-cmdline",
+        b"ro quiet\n",
+        0o644,
+    )?;
+    // The headphone jack (the firmware's audio parameter for the device tree).
+    write(
+        rootfs,
+        "/etc/default/raspi-firmware-custom",
+        b"dtparam=audio=on\n",
+        0o644,
+    )?;
+    // The hook checks that it runs in a chroot (else it wants /boot/firmware mounted):
+    // `ischroot` needs /proc, mounted in a private mount namespace that ends with it.
+    run(
+        "raspi-firmware's hook (the firmware partition's files)",
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount -t proc proc \"$0/proc\" && exec chroot \"$0\" \
+                 env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware",
+            )
+            .arg(rootfs),
+    )
+}
+
 fn configure(rootfs: &Path, spec: &Spec<'_>) -> Result<(), String> {
     // Our package, as apt would install it (postinst: user, groups, enabled unit).
     let inside = "/tmp/codereader.deb";
@@ -488,7 +614,12 @@ fn configure(rootfs: &Path, spec: &Spec<'_>) -> Result<(), String> {
         spec.config.as_bytes(),
         0o644,
     )?;
-    write(rootfs, "/etc/fstab", FSTAB.as_bytes(), 0o644)?;
+    let mut fstab = FSTAB.to_owned();
+    if spec.arch == Arch::Arm64 {
+        fstab.push_str(FSTAB_PI_FIRMWARE);
+        pi_firmware(rootfs)?;
+    }
+    write(rootfs, "/etc/fstab", fstab.as_bytes(), 0o644)?;
     write(rootfs, "/etc/hostname", b"codereader\n", 0o644)?;
     // Empty: systemd makes one at each boot on the read-only root.
     write(rootfs, "/etc/machine-id", b"", 0o444)?;
@@ -558,22 +689,35 @@ fn capture(step: &str, command: &mut Command) -> Result<String, String> {
 }
 
 const MIB: u64 = 1 << 20;
-const BOOT_MIB: u64 = 128;
 const STATE_MIB: u64 = 64;
 
+/// The boot partition's size. A Pi's holds the firmware (20 MB), a kernel (33 MB) and an
+/// initrd (21 MB), and a kernel upgrade copies the new pair before the hook deletes the old
+/// one: 256 MiB leaves room for that.
+fn boot_mib(arch: Arch) -> u64 {
+    match arch {
+        Arch::Amd64 => 128,
+        Arch::Arm64 => 256,
+    }
+}
+
 fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), String> {
+    let boot_size = boot_mib(arch);
     // The boot partition's files, taken out of the root.
     let boot = work.join("boot");
     fs::create_dir_all(&boot).map_err(io(&boot))?;
-    let kernel = newest(&rootfs.join("boot"), "vmlinuz-")?;
-    let initrd = newest(&rootfs.join("boot"), "initrd.img-")?;
-    let cmdline = "root=LABEL=cr-root ro rootwait console=ttyS0,115200 quiet";
-    let mut files: Vec<(PathBuf, String)> = vec![
-        (kernel, "vmlinuz".to_owned()),
-        (initrd, "initrd.img".to_owned()),
-    ];
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     match arch {
         Arch::Amd64 => {
+            let cmdline = "root=LABEL=cr-root ro rootwait console=ttyS0,115200 quiet";
+            files.push((
+                newest(&rootfs.join("boot"), "vmlinuz-")?,
+                "vmlinuz".to_owned(),
+            ));
+            files.push((
+                newest(&rootfs.join("boot"), "initrd.img-")?,
+                "initrd.img".to_owned(),
+            ));
             files.push((
                 rootfs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
                 "EFI/BOOT/BOOTX64.EFI".to_owned(),
@@ -595,61 +739,14 @@ fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), 
             )?;
         }
         Arch::Arm64 => {
-            files.push((
-                rootfs.join("usr/lib/systemd/boot/efi/systemd-bootaa64.efi"),
-                "EFI/BOOT/BOOTAA64.EFI".to_owned(),
-            ));
-            write(
-                &boot,
-                "loader/loader.conf",
-                b"default codereader.conf\ntimeout 0\n",
-                0o644,
-            )?;
-            let cmdline = cmdline.replace("console=ttyS0,115200", "console=ttyAMA0,115200");
-            write(
-                &boot,
-                "loader/entries/codereader.conf",
-                format!(
-                    "title codereader\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"
-                )
-                .as_bytes(),
-                0o644,
-            )?;
-            // A Raspberry Pi's firmware: raspi-firmware's files, as Debian's Pi images lay
-            // them out (config.txt names the kernel and initrd, cmdline.txt the root).
-            let firmware = rootfs.join("usr/lib/raspi-firmware");
+            // What raspi-firmware's hooks put in /boot/firmware (`pi_firmware`) is the
+            // partition's content; the root keeps the empty directory to mount it on.
+            let firmware = rootfs.join("boot/firmware");
             for entry in fs::read_dir(&firmware).map_err(io(&firmware))? {
                 let path = entry.map_err(|e| e.to_string())?.path();
-                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                    files.push((path.clone(), name.to_owned()));
-                }
+                let name = path.file_name().unwrap_or_default();
+                fs::rename(&path, boot.join(name)).map_err(io(&path))?;
             }
-            let dtbs = newest(&rootfs.join("usr/lib"), "linux-image-")?.join("broadcom");
-            if let Ok(dir) = fs::read_dir(&dtbs) {
-                for entry in dir.filter_map(Result::ok) {
-                    let path = entry.path();
-                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                        if name.starts_with("bcm27") && name.ends_with(".dtb") {
-                            files.push((path.clone(), name.to_owned()));
-                        }
-                    }
-                }
-            }
-            write(
-                &boot,
-                "config.txt",
-                b"# codereader appliance (Raspberry Pi 3, 4, Zero 2)\narm_64bit=1\n\
-                  enable_uart=1\nupstream_kernel=1\nkernel=vmlinuz\ninitramfs initrd.img\n\
-                  dtparam=audio=on\n",
-                0o644,
-            )?;
-            write(
-                &boot,
-                "cmdline.txt",
-                "root=LABEL=cr-root ro rootwait console=tty0 console=ttyS1,115200 quiet\n"
-                    .as_bytes(),
-                0o644,
-            )?;
         }
     }
     for (from, to) in &files {
@@ -666,7 +763,7 @@ fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), 
         Command::new("mkfs.vfat")
             .args(["-F", "32", "-n", "CR-BOOT", "-C"])
             .arg(&boot_img)
-            .arg((BOOT_MIB * 1024).to_string()),
+            .arg((boot_size * 1024).to_string()),
     )?;
     let mut mcopy = Command::new("mcopy");
     mcopy.args(["-s", "-p", "-m", "-i"]).arg(&boot_img);
@@ -745,7 +842,7 @@ fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), 
     )?;
 
     // The disk: 1 MiB for the partition table, then the three partitions.
-    let total = 1 + BOOT_MIB + root_mib + STATE_MIB;
+    let total = 1 + boot_size + root_mib + STATE_MIB;
     let _ = fs::remove_file(image);
     let disk = fs::File::create(image).map_err(io(image))?;
     disk.set_len(total * MIB).map_err(io(image))?;
@@ -755,10 +852,10 @@ fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), 
          start=2048, size={}, type=c, bootable\n\
          start={}, size={}, type=83\n\
          start={}, size={}, type=83\n",
-        BOOT_MIB * 2048,
-        (1 + BOOT_MIB) * 2048,
+        boot_size * 2048,
+        (1 + boot_size) * 2048,
         root_mib * 2048,
-        (1 + BOOT_MIB + root_mib) * 2048,
+        (1 + boot_size + root_mib) * 2048,
         STATE_MIB * 2048
     );
     run_with_stdin(
@@ -768,8 +865,8 @@ fn assemble(rootfs: &Path, work: &Path, arch: Arch, image: &Path) -> Result<(), 
     )?;
     for (part, offset) in [
         (&boot_img, 1),
-        (&root_img, 1 + BOOT_MIB),
-        (&state_img, 1 + BOOT_MIB + root_mib),
+        (&root_img, 1 + boot_size),
+        (&state_img, 1 + boot_size + root_mib),
     ] {
         run(
             &format!("writing {}", part.display()),

@@ -96,12 +96,20 @@ pub(crate) const INTELLIGIBILITY: &[&str] =
     &["festival", "festvox-kallpc16k", "festvox-us-slt-hts"];
 
 /// What `cargo xtask image` needs on the building machine: the root file system from
-/// Debian's packages, and the disk assembled without mounting anything.
-pub(crate) const IMAGE: &[&str] = &["mmdebstrap", "fdisk", "dosfstools", "mtools", "e2fsprogs"];
+/// Debian's packages, the disk assembled without mounting anything, and its block map (so
+/// `bmaptool copy` writes a card with only the blocks in use).
+pub(crate) const IMAGE: &[&str] = &[
+    "mmdebstrap",
+    "fdisk",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "bmap-tools",
+];
 
 /// What an arm64 image needs besides [`IMAGE`]: the arm64 packages' maintainer scripts run
-/// under emulation.
-pub(crate) const IMAGE_ARM64: &[&str] = &["qemu-user-static", "binfmt-support"];
+/// under emulation (`mmdebstrap` checks with `arch-test` that arm64 programs can run here).
+pub(crate) const IMAGE_ARM64: &[&str] = &["qemu-user-static", "binfmt-support", "arch-test"];
 
 /// What `cargo xtask system-test` needs besides [`IMAGE`]: the UEFI firmware the image boots
 /// with, and (from [`BACKPORTS`]) QEMU itself. The test image's `gpio-sim` module
@@ -117,6 +125,11 @@ pub(crate) const SYSTEM_TEST: &[&str] =
 /// `qemu-utils` (`qemu-img`, for the test's copy-on-write disk) is named too: QEMU only
 /// recommends it, and recommendations are not installed.
 pub(crate) const BACKPORTS: &[&str] = &["qemu-system-x86", "qemu-utils"];
+
+/// What `cargo xtask system-test --arch arm64` takes from `bookworm-backports` besides
+/// [`BACKPORTS`]: `qemu-system-aarch64` (its `virt` board direct-boots the image's kernel,
+/// so no UEFI firmware is needed).
+pub(crate) const BACKPORTS_ARM64: &[&str] = &["qemu-system-arm"];
 
 /// apt's sources file this module writes for backports.
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";

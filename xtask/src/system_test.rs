@@ -32,7 +32,11 @@ use crate::hearing::{self, Clips, Heard};
 use crate::image::{self, Arch};
 use crate::{cargo, deb, deb_check, gpio_sim, packages, run};
 
+mod arm64;
 mod gpio;
+mod machine;
+
+use machine::Machine;
 
 /// The test token's secret (160 bits, base32): RFC 4226's test secret.
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
@@ -85,16 +89,21 @@ RestartSec=1
 WantedBy=multi-user.target
 ";
 
-/// The test image's config: the shipped one (any keypad that appears is taken) with a GPIO
-/// button on the simulated chip (`gpio_sim.rs`), playing on QEMU's HDA card directly.
+/// The test image's config: the shipped one (any keypad that appears is taken), with `gpio`
+/// a GPIO button on the simulated chip (`gpio_sim.rs`, amd64 only), playing on QEMU's HDA
+/// card directly.
 /// Through ALSA's `default` (dmix) the emulated card stops receiving samples after the
 /// service restarts: dmix's free-running stream and QEMU's HDA timing under TCG (seen here;
 /// a real card is not affected).
-fn test_config() -> String {
+fn test_config(gpio: bool) -> String {
     format!(
         "{}\n[audio]\ndevice = \"plughw:CARD=Intel,DEV=0\"\n{}",
         image::SHIPPED_CONFIG,
-        gpio_sim::config()
+        if gpio {
+            gpio_sim::config()
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -123,14 +132,14 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
             other => return Err(format!("system-test: unknown argument '{other}'")),
         }
     }
-    if arch != Arch::Amd64 {
-        return Err("system-test: only the amd64 image is tested so far".to_owned());
-    }
     let started = Instant::now();
     packages::ensure(packages::TEST)?;
     packages::ensure(packages::IMAGE)?;
     packages::ensure(packages::SYSTEM_TEST)?;
     packages::ensure_backports(packages::BACKPORTS)?;
+    if arch == Arch::Arm64 {
+        packages::ensure_backports(packages::BACKPORTS_ARM64)?;
+    }
     let work = target_dir().join("system-test");
     if work.exists() {
         fs::remove_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -161,17 +170,28 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
     )?;
     let voices = work.join("voices");
     deb_check::render_step_zero(&voices)?;
-    let deb = deb::build(&deb::Deb {
-        binary: &target_dir().join("debug/codereader"),
-        arch: arch.debian(),
-        strip: "strip",
-        voices: &voices,
-        epoch: "1767225600",
-        out_dir: &work,
-    })?;
-    let config = test_config();
-    // The GPIO button's kernel module, built for the image's kernel.
-    let gpio_sim = gpio_sim::modules(arch, &image::base(arch)?)?.extras();
+    let deb = match arch {
+        Arch::Amd64 => deb::build(&deb::Deb {
+            binary: &target_dir().join("debug/codereader"),
+            arch: arch.debian(),
+            strip: "strip",
+            voices: &voices,
+            epoch: "1767225600",
+            out_dir: &work,
+        })?,
+        // The release package a Pi gets (cross-built); its clips come from the same
+        // renderer as the ones rendered above, which the test listens for.
+        Arch::Arm64 => arm64::package()?,
+    };
+    // The GPIO button's kernel module, built for the image's kernel (amd64 only: the arm64
+    // run checks steps 1, 6 and 2).
+    let gpio = arch == Arch::Amd64;
+    let config = test_config(gpio);
+    let gpio_sim = if gpio {
+        gpio_sim::modules(arch, &image::base(arch)?)?.extras()
+    } else {
+        Vec::new()
+    };
     let mut extra = vec![
         (
             "/usr/local/sbin/codereader-agent",
@@ -191,8 +211,12 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
         deb: &deb,
         config: &config,
         extra: &extra,
-        enable: &["codereader-agent.service", gpio_sim::UNIT],
-        name: "codereader-test-amd64",
+        enable: if gpio {
+            &["codereader-agent.service", gpio_sim::UNIT]
+        } else {
+            &["codereader-agent.service"]
+        },
+        name: &format!("codereader-test-{}", arch.debian()),
     })?;
     println!(
         "xtask: system-test: test image ready in {:.0} s ({} MiB)",
@@ -226,10 +250,14 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
         &voices,
         &chimes,
     )?;
+    let machine = Machine::new(arch, &base, disk, &work)?;
     let clips = Clips::load(&voices.join("en"), &chimes)?;
     let verifier = Verifier::start(&work)?;
     let prepared = started.elapsed();
-    let result = checks(&work, &disk, &clips, &verifier, power_cuts);
+    let result = match arch {
+        Arch::Amd64 => checks(&work, &machine, &clips, &verifier, power_cuts),
+        Arch::Arm64 => arm64::checks(&work, &machine, &clips, &verifier),
+    };
     drop(verifier);
     result?;
     println!(
@@ -244,13 +272,13 @@ pub(crate) fn system_test(args: &[String]) -> Result<(), String> {
 
 fn checks(
     work: &Path,
-    disk: &Path,
+    machine: &Machine,
     clips: &Clips,
     verifier: &Verifier,
     power_cuts: usize,
 ) -> Result<(), String> {
     // 1. Boot to the ready tone: KVM when it boots this kernel, else TCG.
-    let mut vm = boot_any(work, disk)?;
+    let mut vm = boot_any(work, machine)?;
     let mut report = vec![format!(
         "boot to the ready tone: {:.1} s ({})",
         vm.ready_after.as_secs_f64(),
@@ -402,7 +430,7 @@ fn checks(
             }
         }
         vm.power_cut();
-        vm = Vm::boot(work, disk, vm.accel)?;
+        vm = Vm::boot(work, machine, vm.accel)?;
         vm.greeted_with_keypad(clips, "booted after a power cut")?;
         let failed = vm.agent("systemctl --failed --no-legend --plain")?;
         expect(failed.trim().is_empty(), || {
@@ -443,7 +471,7 @@ fn checks(
     // A clean shutdown, then the state file system checked from outside.
     vm.agent_nowait("systemctl poweroff")?;
     vm.wait_exit(Duration::from_secs(120))?;
-    fsck_state(work, disk)?;
+    fsck_state(work, &machine.disk)?;
     for line in &report {
         println!("xtask: system-test: {line}");
     }
@@ -566,29 +594,29 @@ struct Vm {
 }
 
 /// Boots with KVM when it works here, else with TCG (never skipped).
-fn boot_any(work: &Path, disk: &Path) -> Result<Vm, String> {
+fn boot_any(work: &Path, machine: &Machine) -> Result<Vm, String> {
     if fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok()
     {
-        match Vm::boot_within(work, disk, "kvm", Duration::from_secs(60)) {
+        match Vm::boot_within(work, machine, "kvm", Duration::from_secs(60)) {
             Ok(vm) => return Ok(vm),
             Err(e) => println!("xtask: system-test: KVM did not boot the image ({e}); using TCG"),
         }
     }
-    Vm::boot(work, disk, "tcg")
+    Vm::boot(work, machine, "tcg")
 }
 
 impl Vm {
-    fn boot(work: &Path, disk: &Path, accel: &'static str) -> Result<Vm, String> {
-        Vm::boot_within(work, disk, accel, BOOT_DEADLINE)
+    fn boot(work: &Path, machine: &Machine, accel: &'static str) -> Result<Vm, String> {
+        Vm::boot_within(work, machine, accel, machine.boot_deadline(BOOT_DEADLINE))
     }
 
     fn boot_within(
         work: &Path,
-        disk: &Path,
+        machine: &Machine,
         accel: &'static str,
         deadline: Duration,
     ) -> Result<Vm, String> {
@@ -597,22 +625,11 @@ impl Vm {
         let agent_path = work.join(format!("agent-{n}.sock"));
         let wav_path = work.join(format!("sound-{n}.wav"));
         let serial = work.join(format!("serial-{n}.log"));
-        let mut command = Command::new("qemu-system-x86_64");
+        // The board, processor, firmware or kernel, and disk; the rest is the same for both.
+        let mut command = machine.qemu(accel);
         command
-            .args([
-                "-machine",
-                "q35,i8042=off",
-                "-accel",
-                accel,
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-            ])
+            .args(["-accel", accel, "-m", "1024", "-smp", "1"])
             .args(["-display", "none", "-no-user-config", "-nodefaults"])
-            .args(["-bios", "/usr/share/ovmf/OVMF.fd"])
-            .arg("-drive")
-            .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
             .args(["-rtc", "base=utc"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -637,15 +654,10 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if accel == "tcg" {
-            command.args(["-cpu", "max"]);
-        } else {
-            command.args(["-cpu", "host"]);
-        }
         let powered_on = Instant::now();
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+            .map_err(|e| format!("cannot start {}: {e}", machine.qemu_binary()))?;
         let connect = |path: &Path, child: &mut Child| -> Result<UnixStream, String> {
             let until = Instant::now() + Duration::from_secs(20);
             loop {
