@@ -291,70 +291,7 @@ fn checks(
         format!("codereader is {active}")
     })?;
 
-    // The TOTP token, enrolled on the device as a helper would; the verifier holds it too.
-    let totp = format!("otpauth://totp/System:test?secret={SECRET}&issuer=System");
-    verifier.add("SYS-T", &totp)?;
-    enrol(&mut vm, &totp)?;
-    vm.greeted_with_keypad(clips, "restarted after enrolling")?;
-
-    // 6. The clock not synchronised since boot: the warning, then the code.
-    let flag = vm.agent("test -e /run/systemd/timesync/synchronized && echo synced || echo not")?;
-    expect(flag.trim() == "not", || {
-        format!("the guest says its clock was synchronised: {flag}")
-    })?;
-    let Reading { code, opening, .. } = vm.hear_code("kp_5", clips)?;
-    expect(opening.as_deref() == Some("clock_unsynced"), || {
-        format!("no clock warning before the code {code}: heard {opening:?} first")
-    })?;
-    verifier.expect("SYS-T", &code, "accepted")?;
-    println!("xtask: system-test: 6. unsynchronised clock: warning, then {code} (accepted)");
-
-    // 2. Clock synchronised: a key press speaks the current code; a second press in the
-    // same time step says the same code (the verifier refuses it again); replay says it.
-    vm.agent("mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized")?;
-    wait_for_next_step();
-    let pressed = vm.hear_code("kp_5", clips)?;
-    let (heard, code) = (pressed.first(), pressed.code.clone());
-    // (A sentence garbled by the emulated card is unsure: then only the code is checked.)
-    expect(heard.first_sentence().is_none_or(|s| s == "intro"), || {
-        format!("not 'Your code is' first: heard {}", heard.summary())
-    })?;
-    verifier.expect("SYS-T", &code, "accepted")?;
-    // Replay says the same code ("Again. Your code is"; the verifier: replayed), or, once
-    // its time step has passed, says so and gives the new code (accepted). A second press
-    // in the same step says the same code again.
-    let replay = vm.hear_code("kp_0", clips)?;
-    let replayed = replay.code.clone();
-    let mut last = replayed.clone();
-    match replay.opening.as_deref() {
-        Some("replay_intro") => {
-            expect(replayed == code, || {
-                format!("replay said {replayed}, the last code was {code}")
-            })?;
-            verifier.expect("SYS-T", &replayed, "replayed")?;
-        }
-        Some("expired_intro") => verifier.expect("SYS-T", &replayed, "accepted")?,
-        _ => {
-            return Err(format!(
-                "replay said neither 'Again' nor 'expired': {}",
-                replay.first().summary()
-            ));
-        }
-    }
-    let again = vm.hear_code("kp_5", clips)?.code;
-    let second = if again == last {
-        "replayed"
-    } else {
-        "accepted"
-    };
-    verifier.expect("SYS-T", &again, second)?;
-    last = again;
-    let log = vm.agent("journalctl -u codereader -o cat --no-pager | grep 'speaking the code'")?;
-    print!("{log}");
-    println!(
-        "xtask: system-test: 2. key press: {code} (accepted); replay {replayed}; second \
-         press {last} ({second})"
-    );
+    totp_checks(&mut vm, clips, verifier)?;
 
     // 7. The service active, no error in the journal, restarted when killed.
     let errors = vm.agent("journalctl -b -p err -o cat --no-pager")?;
@@ -476,6 +413,93 @@ fn checks(
         println!("xtask: system-test: {line}");
     }
     Ok(())
+}
+
+/// What the TOTP checks heard: the code after the clock warning, the first code with the
+/// clock synchronised, what replay said, and the second press's code.
+struct TotpCodes {
+    warned: String,
+    code: String,
+    replayed: String,
+    again: String,
+}
+
+/// Checks 6 and 2 on a TOTP token (both architectures): the token enrolled on the device as
+/// a helper would (the verifier holds it too); 6. before the clock is synchronised, the
+/// warning, then the code (accepted); 2. synchronised, a press speaks the current code
+/// (accepted), replay says it again (the verifier: replayed) or, once its time step has
+/// passed, that it expired and the new one (accepted), and a second press in the same step
+/// says the same code again. Each press comes early in a time step, so the device does not
+/// first say that the code is about to change.
+fn totp_checks(vm: &mut Vm, clips: &Clips, verifier: &Verifier) -> Result<TotpCodes, String> {
+    let totp = format!("otpauth://totp/System:test?secret={SECRET}&issuer=System");
+    verifier.add("SYS-T", &totp)?;
+    enrol(vm, &totp)?;
+    vm.greeted_with_keypad(clips, "restarted after enrolling")?;
+
+    // 6. The clock not synchronised since boot: the warning, then the code.
+    let flag = vm.agent("test -e /run/systemd/timesync/synchronized && echo synced || echo not")?;
+    expect(flag.trim() == "not", || {
+        format!("the guest says its clock was synchronised: {flag}")
+    })?;
+    wait_for_next_step();
+    let Reading {
+        code: warned,
+        opening,
+        ..
+    } = vm.hear_code("kp_5", clips)?;
+    expect(opening.as_deref() == Some("clock_unsynced"), || {
+        format!("no clock warning before the code {warned}: heard {opening:?} first")
+    })?;
+    verifier.expect("SYS-T", &warned, "accepted")?;
+    println!("xtask: system-test: 6. unsynchronised clock: warning, then {warned} (accepted)");
+
+    // 2. Clock synchronised, in the next time step.
+    vm.agent("mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized")?;
+    wait_for_next_step();
+    let pressed = vm.hear_code("kp_5", clips)?;
+    let (heard, code) = (pressed.first(), pressed.code.clone());
+    // (A sentence garbled by the emulated card is unsure: then only the code is checked.)
+    expect(heard.first_sentence().is_none_or(|s| s == "intro"), || {
+        format!("not 'Your code is' first: heard {}", heard.summary())
+    })?;
+    verifier.expect("SYS-T", &code, "accepted")?;
+    let replay = vm.hear_code("kp_0", clips)?;
+    let replayed = replay.code.clone();
+    match replay.opening.as_deref() {
+        Some("replay_intro") => {
+            expect(replayed == code, || {
+                format!("replay said {replayed}, the last code was {code}")
+            })?;
+            verifier.expect("SYS-T", &replayed, "replayed")?;
+        }
+        Some("expired_intro") => verifier.expect("SYS-T", &replayed, "accepted")?,
+        _ => {
+            return Err(format!(
+                "replay said neither 'Again' nor 'expired': {}",
+                replay.first().summary()
+            ));
+        }
+    }
+    let again = vm.hear_code("kp_5", clips)?.code;
+    let second = if again == replayed {
+        "replayed"
+    } else {
+        "accepted"
+    };
+    verifier.expect("SYS-T", &again, second)?;
+    let log = vm.agent("journalctl -u codereader -o cat --no-pager | grep 'speaking the code'")?;
+    print!("{log}");
+    println!(
+        "xtask: system-test: 2. key press: {code} (accepted); replay {replayed}; second \
+         press {again} ({second})"
+    );
+    Ok(TotpCodes {
+        warned,
+        code,
+        replayed,
+        again,
+    })
 }
 
 fn expect(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
