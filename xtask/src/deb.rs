@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::demo::root;
+use crate::root;
 use crate::run;
 
 /// Runtime dependencies of the program. The libraries are those `readelf -d` lists as
@@ -97,7 +97,7 @@ pub(crate) fn files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<(), Str
 
 /// Builds the package and returns its path.
 pub(crate) fn build(deb: &Deb<'_>) -> Result<PathBuf, String> {
-    let version = crate::dist::version();
+    let version = crate::VERSION.to_owned();
     let stage = deb.out_dir.join(format!("deb-{}", deb.arch));
     if stage.exists() {
         std::fs::remove_dir_all(&stage).map_err(io(&stage))?;

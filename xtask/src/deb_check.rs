@@ -24,8 +24,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::demo::{root, target_dir};
 use crate::{cargo, deb, ensure, ok, output, packages, run};
+use crate::{root, target_dir};
 
 /// RFC 6238's test secret: public, nothing real is exposed.
 const TEST_URI: &str = "otpauth://totp/deb-check:test?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=deb-check&digits=6&period=30";

@@ -28,8 +28,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::deb::{Control, changelog, install, seal};
-use crate::demo::{root, target_dir};
 use crate::{cargo, ensure, ok, output, run};
+use crate::{root, target_dir};
 
 /// The package, its user and group, its directories.
 const NAME: &str = "codereader-verifier";
@@ -63,7 +63,7 @@ pub(crate) fn build(
     out_dir: &Path,
     compression: Compression,
 ) -> Result<PathBuf, String> {
-    let version = crate::dist::version();
+    let version = crate::VERSION.to_owned();
     let stage = out_dir.join(format!("deb-{NAME}-{arch}"));
     if stage.exists() {
         std::fs::remove_dir_all(&stage).map_err(io(&stage))?;

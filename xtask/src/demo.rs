@@ -6,27 +6,15 @@
 //!
 //! The demo secret is public (RFC 6238's test secret), so nothing real is exposed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::{cargo, packages, run};
+use crate::{cargo, packages, root, run, target_dir};
 
 const DEMO_URI: &str = "otpauth://totp/codereader%20demo:demo?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=codereader%20demo&algorithm=SHA1&digits=6&period=30";
 
 /// `codereader`'s exit status when there is no audio device.
 const EXIT_NO_AUDIO: i32 = 6;
-
-/// The workspace root (xtask lives in `<root>/xtask`).
-pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// Cargo's target directory.
-pub(crate) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
-}
 
 /// The demo's own config: English, whose default voice (flite `slt`, from rendered clips)
 /// is the clearest measured (`docs/voices.md`); everything else at its default.

@@ -25,8 +25,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::demo::{root, target_dir};
 use crate::{cargo, packages, run};
+use crate::{root, target_dir};
 
 const PI_TARGET: &str = "aarch64-unknown-linux-gnu";
 
@@ -41,15 +41,6 @@ fn capture(command: &mut Command) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-pub(crate) fn version() -> String {
-    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap_or_default();
-    manifest
-        .lines()
-        .skip_while(|l| l.trim() != "[workspace.package]")
-        .find_map(|l| l.strip_prefix("version = "))
-        .map_or_else(|| "0.0.0".to_owned(), |v| v.trim_matches('"').to_owned())
 }
 
 fn host_target() -> String {
@@ -233,7 +224,7 @@ fn build_sysroot(sysroot: &Path) -> Result<(), String> {
 }
 
 fn package(binary: &Path, target: &str, epoch: &str, cross: bool) -> Result<(), String> {
-    let name = format!("codereader-{}-{target}", version());
+    let name = format!("codereader-{}-{target}", crate::VERSION);
     let dist = target_dir().join("dist");
     let stage = dist.join(&name);
     if stage.exists() {

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::demo::target_dir;
 use crate::image::{self, Arch, CACHE};
+use crate::target_dir;
 use crate::{packages, run};
 
 /// Bump when the recipe below changes (the cache key includes it).

@@ -588,7 +588,7 @@ pub(crate) fn hear_file(wav: &Path, voices: &Path, speak: &Path) -> Result<(), S
 
 /// The default voices directory a `--hear` uses: the last system test's.
 pub(crate) fn last_voices() -> PathBuf {
-    crate::demo::target_dir().join("system-test/voices")
+    crate::target_dir().join("system-test/voices")
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::demo::target_dir;
+use crate::target_dir;
 use crate::{packages, run};
 
 /// Bump when the way images are made changes (the cache key includes it).
@@ -231,7 +231,7 @@ pub(crate) fn release_deb(arch: Arch) -> Result<PathBuf, String> {
     crate::dist::dist(&dist_args)?;
     Ok(target_dir().join("dist").join(format!(
         "codereader_{}_{}.deb",
-        crate::dist::version(),
+        crate::VERSION.to_owned(),
         arch.debian()
     )))
 }

@@ -36,6 +36,7 @@
 //! Kept to the standard library so it compiles in seconds on a fresh machine.
 
 use std::env;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod deb;
@@ -106,6 +107,21 @@ fn print_help() {
 }
 
 /// The cargo that runs this xtask, so that the same toolchain does the work.
+/// The project's version (xtask takes the workspace's), for package and tarball names.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The workspace root (xtask lives in `<root>/xtask`).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Cargo's target directory.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }

@@ -27,9 +27,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::demo::target_dir;
 use crate::hearing::{self, Clips, Heard};
 use crate::image::{self, Arch};
+use crate::target_dir;
 use crate::{cargo, deb, deb_check, gpio_sim, packages, run};
 
 mod arm64;
