@@ -129,14 +129,24 @@ fn cargo() -> Command {
 /// Runs a command to completion; a non-zero exit is an error naming the step.
 fn run(step: &str, command: &mut Command) -> Result<(), String> {
     println!("xtask: {step}");
-    let status = command
-        .status()
-        .map_err(|e| format!("{step}: cannot start: {e}"))?;
+    let status = timed(step, || {
+        command
+            .status()
+            .map_err(|e| format!("{step}: cannot start: {e}"))
+    })?;
     if status.success() {
         Ok(())
     } else {
         Err(format!("{step}: failed ({status})"))
     }
+}
+
+/// Runs `task` and prints how long it took, so a CI log shows where its minutes went.
+fn timed<T>(step: &str, task: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    let result = task();
+    println!("xtask: {step}: {:.0} s", started.elapsed().as_secs_f64());
+    result
 }
 
 /// Runs a command and keeps what it printed; only a failure to start it is an error.
@@ -207,10 +217,10 @@ fn test(_args: &[String]) -> Result<(), String> {
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )?;
     // The Debian package, installed, used and purged on this machine.
-    deb_check::deb_check(&[])?;
+    timed("deb-check", || deb_check::deb_check(&[]))?;
     // The appliance booted in QEMU and used like a person (it installs QEMU, mmdebstrap and
     // the firmware itself; the image is cached by content under /var/cache/codereader).
-    system_test::system_test(&[])
+    timed("system-test", || system_test::system_test(&[]))
 }
 
 /// Renders the clips of every voice of every pack in `voices/` (or of the tags given as
