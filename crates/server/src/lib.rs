@@ -17,7 +17,7 @@
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`hsm`]: the PKCS#11 settings and the hardware-module keys opened;
-//! - [`state`]: the state directory, its default paths, and atomic private file writes;
+//! - [`state_dir`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
 //! - [`webhooks`]: the store's events POSTed, signed, to `--webhook` destinations;
@@ -35,7 +35,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod sealwatch;
 pub mod service;
-pub mod state;
+pub mod state_dir;
 pub mod timefmt;
 pub mod tls;
 pub mod webhooks;

@@ -194,7 +194,7 @@ impl Library {
         let store: Box<dyn Store> = match db {
             StoreAddress::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    crate::state::create_private_dir(parent)?;
+                    crate::state_dir::create_private_dir(parent)?;
                 }
                 let durability = if config.sqlite_full_sync {
                     Durability::Full
