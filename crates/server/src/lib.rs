@@ -13,7 +13,8 @@
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
 //! - [`hangup`]: reloads run in order on SIGHUP (settings file, keyring, API keys, TLS
 //!   certificate);
-//! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`key_source`]: where the keyring comes from: the key-encryption key files (and
+//!   PKCS#11 keys) read at start, on SIGHUP and after another process rotated;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`hsm`]: the PKCS#11 settings and the hardware-module keys opened;
@@ -31,7 +32,7 @@ pub mod error_code;
 pub mod hangup;
 pub mod hsm;
 pub mod http;
-pub mod keyring;
+pub mod key_source;
 pub mod metrics;
 pub mod sealwatch;
 pub mod service;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use codereader_verifier::{KeyId, KeyringFile, StoreAddress};
 use codereader_verifier_server::hsm::HsmKeys;
-use codereader_verifier_server::keyring::KeyFiles;
+use codereader_verifier_server::key_source::KeyFiles;
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
 use codereader_verifier_server::state_dir;
 

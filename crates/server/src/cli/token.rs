@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use codereader_otp::UnixTime;
 use codereader_verifier::{AuditEntry, Caller, TokenId};
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
-use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
+use codereader_verifier_server::service::{self, EnrollInput, MAX_AUDIT_PAGE};
 use codereader_verifier_server::{timefmt, wire};
 use zeroize::Zeroizing;
 
@@ -151,7 +151,7 @@ fn add(
     caller: &Caller,
 ) -> Result<()> {
     let label = uri_label(&uri);
-    let info = library.enroll(&service::token_id(serial)?, &Enrollment::Uri(uri), caller)?;
+    let info = library.enroll(&service::token_id(serial)?, &EnrollInput::Uri(uri), caller)?;
     writeln!(out, "enrolled:")?;
     print_token(out, &wire::Token::from(&info))?;
     if let Some(label) = label {
