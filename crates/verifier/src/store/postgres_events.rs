@@ -7,7 +7,7 @@ use super::pgclient::PgClient;
 use super::postgres::db;
 
 use super::events::event_condition;
-use super::sql::{corrupt, saturating_i64, to_delivery, to_event, to_i64};
+use super::sql::{DeliveryColumns, corrupt, saturating_i64, to_delivery, to_event, to_i64};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 2: the outbox, written by a trigger on the audit table, and delivery state.
@@ -140,10 +140,7 @@ pub(super) fn settle(
     d: &Delivery,
     dead: Option<&DeadLetter>,
 ) -> Result<bool, StoreError> {
-    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
-    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
-    let count = to_i64(d.dead, "count")?;
-    let attempts = i64::from(d.attempts);
+    let c = DeliveryColumns::of(d)?;
     let event = dead.map(|x| to_i64(x.event, "event id")).transpose()?;
     let at = dead.map(|x| to_i64(x.at, "time")).transpose()?;
     let reason = dead.map(|x| x.reason.as_str());
@@ -163,11 +160,11 @@ pub(super) fn settle(
             &[
                 &destination,
                 &holder,
-                &after,
-                &attempts,
-                &failing,
-                &retry_at,
-                &count,
+                &c.handled,
+                &c.attempts,
+                &c.failing_since,
+                &c.retry_at,
+                &c.dead,
                 &event,
                 &at,
                 &reason,

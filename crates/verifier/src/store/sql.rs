@@ -234,6 +234,30 @@ pub(crate) fn to_event(id: i64, seq: i64, row: AuditRow) -> Result<Event, StoreE
 /// A delivery cursor as selected: `handled, attempts, failing_since, retry_at, dead`.
 pub(crate) type DeliveryRow = (i64, i64, Option<i64>, i64, i64);
 
+/// A [`Delivery`] as the cursor's column values (`handled, attempts, failing_since,
+/// retry_at, dead`), for the statement that settles it.
+pub(crate) struct DeliveryColumns {
+    pub(crate) handled: i64,
+    pub(crate) attempts: i64,
+    pub(crate) failing_since: Option<i64>,
+    pub(crate) retry_at: i64,
+    pub(crate) dead: i64,
+}
+
+impl DeliveryColumns {
+    /// # Errors
+    /// [`StoreError::OutOfRange`] for a value above `i64::MAX`.
+    pub(crate) fn of(d: &Delivery) -> Result<Self, StoreError> {
+        Ok(DeliveryColumns {
+            failing_since: d.failing_since.map(|t| to_i64(t, "time")).transpose()?,
+            handled: to_i64(d.after, "event id")?,
+            retry_at: to_i64(d.retry_at, "time")?,
+            dead: to_i64(d.dead, "count")?,
+            attempts: i64::from(d.attempts),
+        })
+    }
+}
+
 /// A delivery cursor row as a [`Delivery`].
 pub(crate) fn to_delivery(
     (handled, attempts, failing_since, retry_at, dead): DeliveryRow,

@@ -6,7 +6,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::event_condition;
-use super::sql::{AuditRow, DeliveryRow, saturating_i64, to_delivery, to_event, to_i64};
+use super::sql::{
+    AuditRow, DeliveryColumns, DeliveryRow, saturating_i64, to_delivery, to_event, to_i64,
+};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 3: the outbox, written by triggers on the audit table, and delivery state. A line
@@ -184,9 +186,7 @@ pub(super) fn settle(
     d: &Delivery,
     dead: Option<&DeadLetter>,
 ) -> Result<bool, StoreError> {
-    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
-    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
-    let count = to_i64(d.dead, "count")?;
+    let c = DeliveryColumns::of(d)?;
     let n = conn
         .prepare_cached(
             "UPDATE webhook_cursors
@@ -197,11 +197,11 @@ pub(super) fn settle(
             s.execute(params![
                 destination,
                 holder,
-                after,
-                d.attempts,
-                failing,
-                retry_at,
-                count,
+                c.handled,
+                c.attempts,
+                c.failing_since,
+                c.retry_at,
+                c.dead,
             ])
         })
         .map_err(db)?;
