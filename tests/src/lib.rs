@@ -88,6 +88,52 @@ pub fn voices_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../voices")
 }
 
+/// `dir/voices` with the shipped packs' `voice.toml` (Danish and English) and no clips (a
+/// development machine may have rendered clips into the repository's `voices/`).
+///
+/// # Panics
+/// When the files cannot be copied (a test helper).
+pub fn packs_without_clips(dir: &Path) -> PathBuf {
+    let voices = dir.join("voices");
+    for tag in ["da", "en"] {
+        let (from, to) = (voices_dir().join(tag), voices.join(tag));
+        std::fs::create_dir_all(&to)
+            .and_then(|()| std::fs::copy(from.join("voice.toml"), to.join("voice.toml")))
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", from.display()));
+    }
+    voices
+}
+
+/// [`packs_without_clips`] with the English default voice's (flite `slt`, the clearest)
+/// clips at speed step 0, rendered by the speech crate's `codereader-speak` as `cargo xtask
+/// voices` would.
+///
+/// # Panics
+/// When the packs cannot be copied or the clips not rendered (a test helper).
+pub fn packs_with_english_clips(dir: &Path) -> PathBuf {
+    let voices = packs_without_clips(dir);
+    let out = std::process::Command::new(codereader_speak_bin())
+        .args([
+            "clips",
+            "--lang",
+            "en",
+            "--voice",
+            "flite-slt",
+            "--speeds",
+            "0",
+        ])
+        .arg("--voices")
+        .arg(&voices)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run codereader-speak: {e}"));
+    assert!(
+        out.status.success(),
+        "rendering the clips: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    voices
+}
+
 /// The Python with PocketSphinx for the offline recognizer
 /// (`crates/speech/tools/recognize_digits.py`): `CODEREADER_ASR_PYTHON` (set by `cargo xtask
 /// test`), else the virtualenv `cargo xtask test` makes in `target/asr-venv`, else `python3`.

@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use codereader_e2e::{Audio, code_segments, codereader_bin, voices_dir};
+use codereader_e2e::{
+    Audio, code_segments, codereader_bin, packs_with_english_clips, packs_without_clips, voices_dir,
+};
 
 /// RFC 4226's secret "12345678901234567890" in base32 and hex.
 const SECRET_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
@@ -692,21 +694,6 @@ fn enroll_from_pskc_plain_and_encrypted_matches_oathtool() {
     }
 }
 
-/// The shipped packs' `voice.toml` files, without any clips, in `dir/voices` (a development
-/// machine may have rendered clips into the repository's `voices/`).
-fn packs_without_clips(dir: &Path) -> std::path::PathBuf {
-    let voices = dir.join("voices");
-    for tag in ["da", "en"] {
-        fs::create_dir_all(voices.join(tag)).unwrap();
-        fs::copy(
-            voices_dir().join(tag).join("voice.toml"),
-            voices.join(tag).join("voice.toml"),
-        )
-        .unwrap();
-    }
-    voices
-}
-
 /// `codereader --voices VOICES ARGS...`.
 fn with_voices(state: &Path, voices: &Path, args: &[&str]) -> Output {
     let mut all = vec!["--voices", voices.to_str().unwrap()];
@@ -934,33 +921,6 @@ fn settings_of_the_previous_format_load_unchanged_and_newer_ones_are_refused() {
         );
         assert_eq!(fingerprint(&file), before, "{args:?} changed the file");
     }
-}
-
-/// `dir/voices` with the shipped packs and the English default voice's (flite slt) clips at
-/// speed step 0, rendered by the speech crate's `codereader-speak` as `cargo xtask voices`
-/// would.
-fn packs_with_english_clips(dir: &Path) -> std::path::PathBuf {
-    let voices = packs_without_clips(dir);
-    let out = Command::new(codereader_e2e::codereader_speak_bin())
-        .args([
-            "clips",
-            "--lang",
-            "en",
-            "--voice",
-            "flite-slt",
-            "--speeds",
-            "0",
-        ])
-        .arg("--voices")
-        .arg(&voices)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rendering the clips: {}",
-        stderr(&out)
-    );
-    voices
 }
 
 /// Damages clips of every kind a voice has (a digit word missing, the intro and another

@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use codereader_e2e::{
-    AlsaCapture, Audio, Pty, Span, asr_python, codereader_bin, codereader_speak_bin, correlation,
-    voices_dir,
+    AlsaCapture, Audio, Pty, Span, asr_python, codereader_bin, correlation,
+    packs_with_english_clips, voices_dir,
 };
 
 const URI: &str = "otpauth://totp/Bank:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Bank";
@@ -716,46 +716,12 @@ fn recognized(audio: &Audio, code: &str, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// The English default voice (flite `slt`, the clearest) with its clips rendered at speed
-/// step 0, in `dir/voices`, as `cargo xtask voices` would render them.
-fn voices_with_english_clips(dir: &Path) -> PathBuf {
-    let voices = dir.join("voices");
-    for tag in ["da", "en"] {
-        fs::create_dir_all(voices.join(tag)).unwrap();
-        fs::copy(
-            voices_dir().join(tag).join("voice.toml"),
-            voices.join(tag).join("voice.toml"),
-        )
-        .unwrap();
-    }
-    let out = Command::new(codereader_speak_bin())
-        .args([
-            "clips",
-            "--lang",
-            "en",
-            "--voice",
-            "flite-slt",
-            "--speeds",
-            "0",
-        ])
-        .arg("--voices")
-        .arg(&voices)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rendering the clips: {}",
-        stderr(&out)
-    );
-    voices
-}
-
 /// The codes said after a notice (the settings' mistake; the code about to change) are the
 /// right ones to an independent listener: an offline recognizer hears them exactly.
 #[test]
 fn the_codes_after_a_notice_are_heard_exactly_by_a_recognizer() {
     let dir = with_mistakes();
-    let voices = voices_with_english_clips(dir.path());
+    let voices = packs_with_english_clips(dir.path());
     let spoken = |name: &str, at: u64| -> Audio {
         let wav = dir.path().join(format!("{name}.wav"));
         let at = at.to_string();

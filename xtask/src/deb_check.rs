@@ -24,25 +24,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::{cargo, deb, ensure, ok, output, packages, run};
+use crate::{cargo, deb, dpkg, ensure, ok, output, packages, run};
 use crate::{root, target_dir};
 
 /// RFC 6238's test secret: public, nothing real is exposed.
 const TEST_URI: &str = "otpauth://totp/deb-check:test?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=deb-check&digits=6&period=30";
-
-fn group_exists(group: &str) -> bool {
-    Command::new("getent")
-        .args(["group", group])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn package_installed() -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "codereader"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
 
 pub(crate) fn deb_check(args: &[String]) -> Result<(), String> {
     packages::ensure(packages::DEB_CHECK)?;
@@ -55,11 +41,7 @@ pub(crate) fn deb_check(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--verifier-only") {
         return Ok(());
     }
-    ensure(!package_installed(), || {
-        "the codereader package is installed on this machine; deb-check would replace and \
-         purge it (with its token): remove it first"
-            .to_owned()
-    })?;
+    dpkg::refuse_if_installed("codereader", "its token")?;
     run(
         "building codereader and codereader-speak (debug)",
         cargo().args([
@@ -90,23 +72,11 @@ pub(crate) fn deb_check(args: &[String]) -> Result<(), String> {
         epoch: "1767225600",
         out_dir: &work,
     })?;
-    inspect(&file)?;
-    let result = install_and_use(&file);
-    // Whatever happened, leave the machine as it was.
-    let purge = output(Command::new("dpkg").args(["--purge", "codereader"]));
-    result?;
-    ok("dpkg --purge codereader", &purge?)?;
-    ensure(!Path::new("/etc/codereader/config.toml").exists(), || {
-        "purge left /etc/codereader/config.toml".to_owned()
-    })?;
-    ensure(!Path::new("/var/lib/codereader").exists(), || {
-        "purge left /var/lib/codereader".to_owned()
-    })?;
-    ensure(
-        !output(Command::new("getent").args(["passwd", "codereader"]))?
-            .status
-            .success(),
-        || "purge left the codereader user".to_owned(),
+    dpkg::inspect(&file, &EXPECTED)?;
+    dpkg::purge_after(
+        install_and_use(&file),
+        "codereader",
+        &["/etc/codereader/config.toml", "/var/lib/codereader"],
     )?;
     println!("xtask: deb-check passed: {}", file.display());
     Ok(())
@@ -142,13 +112,11 @@ pub(crate) fn render_step_zero(voices: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The package's metadata, scripts and contents, then lintian.
-fn inspect(file: &Path) -> Result<(), String> {
-    let info = ok(
-        "dpkg-deb --info",
-        &output(Command::new("dpkg-deb").arg("--info").arg(file))?,
-    )?;
-    for needle in [
+/// What the device's package must hold: every file root's and world-readable, the program
+/// executable.
+const EXPECTED: dpkg::Expected<'static> = dpkg::Expected {
+    package: "codereader",
+    info: &[
         "Package: codereader",
         "Depends: libc6",
         "libespeak-ng1",
@@ -157,75 +125,50 @@ fn inspect(file: &Path) -> Result<(), String> {
         "prerm",
         "postrm",
         "conffiles",
-    ] {
-        ensure(info.contains(needle), || {
-            format!("dpkg-deb --info lacks `{needle}`:\n{info}")
-        })?;
-    }
-    let conffiles = ok(
-        "dpkg-deb --info conffiles",
-        &output(
-            Command::new("dpkg-deb")
-                .arg("--info")
-                .arg(file)
-                .arg("conffiles"),
-        )?,
-    )?;
-    ensure(conffiles.trim() == "/etc/codereader/config.toml", || {
-        format!("conffiles: {conffiles}")
-    })?;
-    let contents = ok(
-        "dpkg-deb --contents",
-        &output(Command::new("dpkg-deb").arg("--contents").arg(file))?,
-    )?;
-    for path in [
-        "./usr/bin/codereader",
-        "./etc/codereader/config.toml",
-        "./lib/systemd/system/codereader.service",
-        "./lib/udev/rules.d/60-codereader.rules",
-        "./usr/share/doc/codereader/copyright",
-        "./usr/share/doc/codereader/changelog.gz",
-        "./usr/share/codereader/voices/da/voice.toml",
-        "./usr/share/codereader/voices/da/clips/espeak/clips.toml",
-        "./usr/share/codereader/voices/da/clips/espeak/digit-7@0.wav",
-        "./usr/share/codereader/voices/en/clips/flite-slt/clips.toml",
-    ] {
-        let line = contents.lines().find(|l| l.ends_with(path));
-        ensure(line.is_some(), || {
-            format!("the package lacks {path}:\n{contents}")
-        })?;
-        // Every file root's, world-readable; the program executable.
-        let line = line.unwrap_or_default();
-        let mode = if path.ends_with("bin/codereader") {
-            "-rwxr-xr-x root/root"
-        } else {
-            "-rw-r--r-- root/root"
-        };
-        ensure(line.starts_with(mode), || {
-            format!("{path}: expected {mode}, got {line}")
-        })?;
-    }
-    run(
-        "lintian --fail-on error",
-        Command::new("lintian")
-            .args([
-                "--fail-on",
-                "error",
-                "--allow-root",
-                "--tag-display-limit",
-                "0",
-            ])
-            .arg(file),
-    )
-}
+    ],
+    conffile: "/etc/codereader/config.toml",
+    files: &[
+        ("./usr/bin/codereader", "-rwxr-xr-x root/root"),
+        ("./etc/codereader/config.toml", "-rw-r--r-- root/root"),
+        (
+            "./lib/systemd/system/codereader.service",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./lib/udev/rules.d/60-codereader.rules",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/doc/codereader/copyright",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/doc/codereader/changelog.gz",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/codereader/voices/da/voice.toml",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/codereader/voices/da/clips/espeak/clips.toml",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/codereader/voices/da/clips/espeak/digit-7@0.wav",
+            "-rw-r--r-- root/root",
+        ),
+        (
+            "./usr/share/codereader/voices/en/clips/flite-slt/clips.toml",
+            "-rw-r--r-- root/root",
+        ),
+    ],
+};
 
 /// Installs the package, checks what `postinst` did and speaks a code with the installed
 /// program, then removes it (keeping the conffile).
 fn install_and_use(file: &Path) -> Result<(), String> {
-    ok(
-        "dpkg -i",
-        &output(Command::new("dpkg").arg("-i").arg(file))?,
-    )?;
+    dpkg::install(file)?;
     // The user and its groups: exactly those of audio, input, gpio this machine has.
     let groups = ok(
         "id -nG codereader",
@@ -235,7 +178,7 @@ fn install_and_use(file: &Path) -> Result<(), String> {
     have.sort_unstable();
     let mut want: Vec<&str> = ["audio", "input", "gpio"]
         .into_iter()
-        .filter(|g| group_exists(g))
+        .filter(|g| dpkg::getent("group", g))
         .chain(["codereader"])
         .collect();
     want.sort_unstable();
@@ -297,16 +240,11 @@ fn install_and_use(file: &Path) -> Result<(), String> {
         })?;
         check_wav(Path::new(&wav))?;
     }
-    ok(
-        "dpkg -r",
-        &output(Command::new("dpkg").args(["-r", "codereader"]))?,
-    )?;
-    ensure(!Path::new("/usr/bin/codereader").exists(), || {
-        "dpkg -r left /usr/bin/codereader".to_owned()
-    })?;
-    ensure(Path::new("/etc/codereader/config.toml").exists(), || {
-        "dpkg -r removed the conffile (only purge may)".to_owned()
-    })
+    dpkg::remove(
+        "codereader",
+        "/usr/bin/codereader",
+        "/etc/codereader/config.toml",
+    )
 }
 
 /// A spoken six-digit code: a mono 16-bit WAV of 2 to 30 seconds that is not silence.

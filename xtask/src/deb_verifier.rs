@@ -28,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::deb::{Control, changelog, install, seal};
-use crate::{cargo, ensure, ok, output, run};
+use crate::{cargo, dpkg, ensure, ok, output, run};
 use crate::{root, target_dir};
 
 /// The package, its user and group, its directories.
@@ -141,25 +141,9 @@ pub(crate) fn build(
     Ok(file)
 }
 
-fn exists(database: &str, name: &str) -> bool {
-    Command::new("getent")
-        .args([database, name])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// `deb-check`'s part for the verifier (root; the device's part has checked that).
 pub(crate) fn check() -> Result<(), String> {
-    let installed = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", NAME]))?;
-    ensure(
-        !String::from_utf8_lossy(&installed.stdout).contains("install ok installed"),
-        || {
-            format!(
-                "the {NAME} package is installed on this machine; deb-check would replace and \
-                 purge it (with its tokens): remove it first"
-            )
-        },
-    )?;
+    dpkg::refuse_if_installed(NAME, "its tokens")?;
     run(
         "building codereader-verifier (debug)",
         cargo().args([
@@ -186,17 +170,11 @@ pub(crate) fn check() -> Result<(), String> {
         &work,
         Compression::Quick,
     )?;
-    inspect(&file)?;
-    let result = install_and_serve(&file);
-    // Whatever happened, leave the machine as it was.
-    let purge = output(Command::new("dpkg").args(["--purge", NAME]));
-    result?;
-    ok(&format!("dpkg --purge {NAME}"), &purge?)?;
-    for path in [CONFIG_DIR, STATE] {
-        ensure(!Path::new(path).exists(), || format!("purge left {path}"))?;
-    }
-    ensure(!exists("passwd", NAME), || "purge left the user".to_owned())?;
-    ensure(!exists("group", NAME), || "purge left the group".to_owned())?;
+    dpkg::inspect(&file, &EXPECTED)?;
+    dpkg::purge_after(install_and_serve(&file), NAME, &[CONFIG_DIR, STATE])?;
+    ensure(!dpkg::getent("group", NAME), || {
+        "purge left the group".to_owned()
+    })?;
     let overrides = output(Command::new("dpkg-statoverride").arg("--list"))?;
     ensure(
         !String::from_utf8_lossy(&overrides.stdout).contains(CONFIG_DIR),
@@ -210,42 +188,20 @@ pub(crate) fn check() -> Result<(), String> {
     Ok(())
 }
 
-/// The package's metadata, scripts and contents, then lintian.
-fn inspect(file: &Path) -> Result<(), String> {
-    let info = ok(
-        "dpkg-deb --info",
-        &output(Command::new("dpkg-deb").arg("--info").arg(file))?,
-    )?;
-    for needle in [
-        &format!("Package: {NAME}") as &str,
+/// What the verifier's package must hold.
+const EXPECTED: dpkg::Expected<'static> = dpkg::Expected {
+    package: NAME,
+    info: &[
+        "Package: codereader-verifier",
         "Depends: libc6",
         "passwd",
         "postinst",
         "prerm",
         "postrm",
         "conffiles",
-    ] {
-        ensure(info.contains(needle), || {
-            format!("dpkg-deb --info lacks `{needle}`:\n{info}")
-        })?;
-    }
-    let conffiles = ok(
-        "dpkg-deb --info conffiles",
-        &output(
-            Command::new("dpkg-deb")
-                .arg("--info")
-                .arg(file)
-                .arg("conffiles"),
-        )?,
-    )?;
-    ensure(conffiles.trim() == CONFIG, || {
-        format!("conffiles: {conffiles}")
-    })?;
-    let contents = ok(
-        "dpkg-deb --contents",
-        &output(Command::new("dpkg-deb").arg("--contents").arg(file))?,
-    )?;
-    for (path, mode) in [
+    ],
+    conffile: CONFIG,
+    files: &[
         ("./usr/bin/codereader-verifier", "-rwxr-xr-x root/root"),
         (
             "./etc/codereader-verifier/verifier.toml",
@@ -263,25 +219,8 @@ fn inspect(file: &Path) -> Result<(), String> {
             "./usr/share/doc/codereader-verifier/changelog.gz",
             "-rw-r--r-- root/root",
         ),
-    ] {
-        let line = contents.lines().find(|l| l.ends_with(path));
-        ensure(line.is_some_and(|l| l.starts_with(mode)), || {
-            format!("the package lacks {path} ({mode}):\n{contents}")
-        })?;
-    }
-    run(
-        "lintian --fail-on error (verifier)",
-        Command::new("lintian")
-            .args([
-                "--fail-on",
-                "error",
-                "--allow-root",
-                "--tag-display-limit",
-                "0",
-            ])
-            .arg(file),
-    )
-}
+    ],
+};
 
 /// `stat -c '%a %U %G'` of `path`.
 fn owner_and_mode(path: &str) -> Result<String, String> {
@@ -317,11 +256,8 @@ fn as_service(args: &[&str]) -> Command {
 /// Installs the package, checks what `postinst` did, serves with the packaged settings,
 /// then removes the package (keeping the conffile).
 fn install_and_serve(file: &Path) -> Result<(), String> {
-    ok(
-        "dpkg -i",
-        &output(Command::new("dpkg").arg("-i").arg(file))?,
-    )?;
-    ensure(exists("passwd", NAME), || format!("no user {NAME}"))?;
+    dpkg::install(file)?;
+    ensure(dpkg::getent("passwd", NAME), || format!("no user {NAME}"))?;
     for (path, want) in [
         (STATE, format!("700 {NAME} {NAME}")),
         (CONFIG_DIR, format!("750 root {NAME}")),
@@ -342,13 +278,7 @@ fn install_and_serve(file: &Path) -> Result<(), String> {
         .unwrap_or_default()
         .to_owned();
     serve_and_ask(&key)?;
-    ok("dpkg -r", &output(Command::new("dpkg").args(["-r", NAME]))?)?;
-    ensure(!Path::new("/usr/bin/codereader-verifier").exists(), || {
-        "dpkg -r left /usr/bin/codereader-verifier".to_owned()
-    })?;
-    ensure(Path::new(CONFIG).exists(), || {
-        "dpkg -r removed the conffile (only purge may)".to_owned()
-    })
+    dpkg::remove(NAME, "/usr/bin/codereader-verifier", CONFIG)
 }
 
 /// `serve --config` the packaged settings (the port from the command line, as

@@ -44,6 +44,7 @@ mod deb_check;
 mod deb_verifier;
 mod demo;
 mod dist;
+mod dpkg;
 mod gpio_sim;
 mod hearing;
 mod image;

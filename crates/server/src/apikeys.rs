@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
 
-use crate::state::write_atomic;
+use crate::state_dir::write_atomic;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -391,7 +391,7 @@ fn add_entry(
     };
     keys.entries.push(entry.clone());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::state::create_private_dir(parent)?;
+        crate::state_dir::create_private_dir(parent)?;
     }
     write_atomic(path, keys.render().as_bytes())?;
     Ok(entry)

@@ -13,11 +13,12 @@
 //! - [`apikeys`]: the API-key file (hashed keys with scopes, constant-time checks);
 //! - [`hangup`]: reloads run in order on SIGHUP (settings file, keyring, API keys, TLS
 //!   certificate);
-//! - [`keyring`]: the key-encryption key files, re-read after a rotation;
+//! - [`key_source`]: where the keyring comes from: the key-encryption key files (and
+//!   PKCS#11 keys) read at start, on SIGHUP and after another process rotated;
 //! - [`tls`]: HTTPS on the server's own port, mutual TLS, certificate reload;
 //! - [`timefmt`]: UTC times in RFC 3339 for the audit commands;
 //! - [`hsm`]: the PKCS#11 settings and the hardware-module keys opened;
-//! - [`state`]: the state directory, its default paths, and atomic private file writes;
+//! - [`state_dir`]: the state directory, its default paths, and atomic private file writes;
 //! - [`metrics`]: Prometheus counters and the latency histogram;
 //! - [`sealwatch`]: seeds that did not open, for the log and `/healthz`;
 //! - [`webhooks`]: the store's events POSTed, signed, to `--webhook` destinations;
@@ -31,11 +32,11 @@ pub mod error_code;
 pub mod hangup;
 pub mod hsm;
 pub mod http;
-pub mod keyring;
+pub mod key_source;
 pub mod metrics;
 pub mod sealwatch;
 pub mod service;
-pub mod state;
+pub mod state_dir;
 pub mod timefmt;
 pub mod tls;
 pub mod webhooks;

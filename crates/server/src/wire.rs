@@ -285,6 +285,24 @@ impl Token {
     }
 }
 
+/// The `name=value` pairs of a query string (`&`-separated; a pair without `=` has an
+/// empty value).
+fn query_pairs(raw: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    raw.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// A page's `limit`: a number from 1 to `max`.
+fn page_limit(value: &str, max: usize) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("`limit` is a number from 1 to {max}"))
+}
+
 /// Lines of an audit page when `limit` is not given.
 pub const DEFAULT_AUDIT_LIMIT: usize = 50;
 
@@ -296,15 +314,10 @@ pub const DEFAULT_AUDIT_LIMIT: usize = 50;
 /// the value).
 pub fn audit_query(raw: Option<&str>) -> Result<(usize, Option<u64>), String> {
     let (mut limit, mut before) = (DEFAULT_AUDIT_LIMIT, None);
-    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(raw) {
         match name {
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
-                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_AUDIT_PAGE}"))?;
+                limit = page_limit(value, MAX_AUDIT_PAGE)?;
             }
             "before" => {
                 before = Some(value.parse().map_err(|_| {
@@ -327,15 +340,10 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// An unknown parameter, a bad number or bad percent-encoding, in words.
 pub fn list_query(raw: Option<&str>) -> Result<(Option<String>, usize), String> {
     let (mut after, mut limit) = (None, DEFAULT_LIST_LIMIT);
-    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(raw) {
         match name {
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIST_PAGE).contains(n))
-                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_LIST_PAGE}"))?;
+                limit = page_limit(value, MAX_LIST_PAGE)?;
             }
             "after" => {
                 after =
@@ -739,15 +747,10 @@ pub const MAX_EVENT_PAGE: usize = 1000;
 /// A message for the 400 answer.
 pub fn events_query(raw: Option<&str>) -> Result<(u64, usize), String> {
     let (mut after, mut limit) = (0, 100);
-    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(raw) {
         match name {
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_EVENT_PAGE).contains(n))
-                    .ok_or_else(|| format!("`limit` is a number from 1 to {MAX_EVENT_PAGE}"))?;
+                limit = page_limit(value, MAX_EVENT_PAGE)?;
             }
             "after" => {
                 after = value

@@ -70,7 +70,8 @@
 
 mod budget;
 mod keycache;
-mod keyfile;
+mod keyring;
+mod keyring_file;
 mod operations;
 mod outcome;
 #[cfg(feature = "pkcs11")]
@@ -87,7 +88,8 @@ pub mod testing;
 mod token;
 
 pub use crate::budget::{Admission, ClientBudget};
-pub use crate::keyfile::{HsmOpener, KeyRole, KeyringFile};
+pub use crate::keyring::Keyring;
+pub use crate::keyring_file::{HsmOpener, KeyRole, KeyringFile};
 pub use crate::operations::{
     DEFAULT_KEY_CACHE, ImportProblem, ImportReport, NoticeAction, RotationReport, TokenInfo,
     Verifier,
@@ -95,9 +97,7 @@ pub use crate::operations::{
 pub use crate::outcome::{Accepted, Matched, Outcome};
 pub use crate::policy::{FailureDelay, Policy};
 pub use crate::rules::{Activation, Enrollment, KeySource, OwnedSubject, Subject, VerifyError};
-pub use crate::seal::{
-    Kek, KeyFailure, Keyring, NONCE_LEN, SealError, SealedSeed, SealingKey, UnusableKey,
-};
+pub use crate::seal::{Kek, KeyFailure, NONCE_LEN, SealError, SealedSeed, SealingKey, UnusableKey};
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::postgres::PgStore;
 pub use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};

@@ -20,10 +20,11 @@ use codereader_otp::{Code, KeyPolicy, UnixTime};
 
 use crate::budget::{Admission, Budgets, ClientBudget};
 use crate::keycache::KeyCache;
+use crate::keyring::Keyring;
 use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::rules::{Activation, Enrollment, KeySource, OwnedSubject, Rules, Subject, VerifyError};
-use crate::seal::{Keyring, SealError};
+use crate::seal::SealError;
 use crate::store::{
     AuditAction, AuditEntry, AuditEvent, AuditOutcome, Claim, DeadLetter, Delivery, Event, Store,
     StoreError, TokenRecord, Tx, work,

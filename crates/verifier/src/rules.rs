@@ -21,10 +21,11 @@ use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, Ti
 use codereader_otp::{TimeStep, UnixTime};
 
 use crate::keycache::KeyCache;
+use crate::keyring::Keyring;
 use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
 use crate::scan::{Scan, scan, scan_pair};
-use crate::seal::{Keyring, SealError, SealedSeed};
+use crate::seal::{SealError, SealedSeed};
 use crate::store::{
     Advance, AuditAction, AuditEvent, AuditOutcome, NewToken, Reads, StoreError, TokenRecord, Tx,
 };

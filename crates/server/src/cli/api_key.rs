@@ -9,7 +9,7 @@ use codereader_otp::UnixTime;
 use codereader_verifier::StoreAddress;
 use codereader_verifier_server::apikeys::{self, ApiKeys, Scope};
 use codereader_verifier_server::service;
-use codereader_verifier_server::{state, timefmt};
+use codereader_verifier_server::{state_dir, timefmt};
 
 use super::args::ApiKeyCommand;
 use super::store::db_spec;
@@ -36,7 +36,7 @@ pub(crate) fn api_key(command: ApiKeyCommand) -> Result<()> {
         } => {
             let path = match api_keys {
                 Some(p) => p,
-                None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
+                None => state_dir::ensure_state_dir()?.join(state_dir::DEFAULT_API_KEYS_FILE),
             };
             let expires = expires
                 .map(|t| timefmt::parse_time(&t).context("--expires"))
@@ -67,7 +67,7 @@ pub(crate) fn api_key(command: ApiKeyCommand) -> Result<()> {
 pub(crate) fn api_keys_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     match arg {
         Some(p) => Ok(p),
-        None => Ok(state::state_dir()?.join(state::DEFAULT_API_KEYS_FILE)),
+        None => Ok(state_dir::state_dir()?.join(state_dir::DEFAULT_API_KEYS_FILE)),
     }
 }
 
@@ -106,7 +106,7 @@ fn revoke_api_key(name: &str, api_keys: Option<PathBuf>, db: Option<&str>) -> Re
         Some(text) => Some(db_spec(Some(text))?),
         None => {
             // Only a database that exists: revoking a key never creates one.
-            let default = state::state_dir()?.join(state::DEFAULT_DB_FILE);
+            let default = state_dir::state_dir()?.join(state_dir::DEFAULT_DB_FILE);
             default.exists().then_some(StoreAddress::Sqlite(default))
         }
     };
@@ -160,7 +160,7 @@ fn add_certificate(
         .transpose()?;
     let path = match api_keys {
         Some(p) => p,
-        None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
+        None => state_dir::ensure_state_dir()?.join(state_dir::DEFAULT_API_KEYS_FILE),
     };
     let entry = apikeys::add_certificate(&path, scope, name, &der, apikeys::unix_now(), expires)?;
     writeln!(

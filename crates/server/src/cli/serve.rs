@@ -17,7 +17,7 @@ use codereader_verifier_server::connections::{self, ConnLimits, Plain};
 use codereader_verifier_server::hangup::{self, Reload};
 use codereader_verifier_server::http::{self, AppState, Limits};
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
-use codereader_verifier_server::state;
+use codereader_verifier_server::state_dir;
 use codereader_verifier_server::tls::{TlsFiles, TlsState};
 use codereader_verifier_server::webhooks::{self, WebhookTiming};
 
@@ -26,75 +26,24 @@ use super::args::{Cli, ServeArgs};
 use super::store::{db_spec, open_library};
 
 pub(crate) fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result<()> {
-    let keys_path = match &args.api_keys {
-        Some(p) => p.clone(),
-        None => state::ensure_state_dir()?.join(state::DEFAULT_API_KEYS_FILE),
-    };
-    let keys = ApiKeys::load(&keys_path)?;
-    if keys.entries().is_empty() {
-        eprintln!(
-            "codereader-verifier: no API keys in {}; every /v1 call will be refused. \
-             Create one with `codereader-verifier api-key create --scope verify`.",
-            keys_path.display()
-        );
-    }
+    let (keys_path, keys) = load_api_keys(&args)?;
     let db = db_spec(args.store.db.as_deref())?;
     let store_concurrency = args.store_concurrency.unwrap_or(match db {
         StoreAddress::Sqlite(_) => args.blocking_threads,
         StoreAddress::Postgres(_) => args.pg_connections.max(1),
     });
-    let config = LibraryConfig {
-        max_failures: args.max_failures,
-        sqlite_full_sync: !args.sqlite_normal_sync,
-        pg_connections: args.pg_connections.max(1),
-        pg_deadline: std::time::Duration::from_millis(args.pg_deadline_ms.max(1)),
-        // Every store call that may run at once keeps its read connection open.
-        sqlite_connections: store_concurrency.max(1),
-        key_cache: args.key_cache,
-        client_budget: (args.client_failures > 0).then_some(ClientBudget {
-            failures: args.client_failures,
-            window_seconds: args.client_window_s.max(1),
-        }),
-        failure_delay: doubling(args.failure_delay_s, args.failure_delay_max_s),
-        temporary_lock: doubling(args.lock_period_s, args.lock_period_max_s),
-        unknown_as_rejected: args.unknown_as_rejected,
-    };
+    let config = library_config(&args, store_concurrency);
     let library = open_library(&args.store, config)?;
     eprintln!(
         "codereader-verifier: keyring {}",
         library.describe_keyring()
     );
     let (hooks, destinations) = webhooks::prepare(&args.webhook)?;
-    let timing = WebhookTiming {
-        retry_for: Duration::from_secs(args.webhook_retry_for_s),
-        backoff: Duration::from_millis(args.webhook_backoff_ms.max(1)),
-        backoff_max: Duration::from_millis(args.webhook_backoff_max_ms.max(1)),
-        timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
-        poll: Duration::from_millis(args.webhook_poll_ms.max(1)),
-    };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsState::new(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: args.client_ca.clone(),
-        })?),
-        _ => None,
-    };
-    let limits = Limits {
-        max_body: args.max_body,
-        max_import_body: args.max_import_body,
-        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
-        body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
-    };
+    let timing = webhook_timing(&args);
+    let tls = tls_state(&args)?;
+    let limits = http_limits(&args);
     let conn_limits = connection_limits(&args, store_concurrency, config);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime
-        .enable_all()
-        .max_blocking_threads(args.blocking_threads.max(1));
-    if let Some(n) = args.worker_threads {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = runtime.build().context("cannot start the async runtime")?;
+    let runtime = async_runtime(&args)?;
     let served = runtime.block_on(async move {
         let shutdown = http::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -125,18 +74,11 @@ pub(crate) fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result
         reloads.push(keyring_reload);
         reloads.push(reload_keys(state.clone(), keys_path));
         if let Some(tls) = tls.clone() {
-            reloads.push(Reload::new("TLS certificate", move || {
-                tls.reload().map(|()| "the TLS certificate".to_owned())
-            }));
+            reloads.push(reload_tls(tls));
         }
         hangup::on_sighup_in_order(reloads);
         let router = http::router(state, limits);
-        {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "codereader-verifier: listening on {scheme}://{local}")?;
-            out.flush()?;
-        }
+        announce(if tls.is_some() { "https" } else { "http" }, local)?;
         let grace = limits.request_timeout + Duration::from_secs(5);
         match tls {
             Some(tls) => {
@@ -155,6 +97,98 @@ pub(crate) fn serve(args: ServeArgs, settings: Option<SettingsSource>) -> Result
     // not keep the process from exiting: dropping the runtime would wait for it forever.
     runtime.shutdown_timeout(Duration::from_secs(1));
     served
+}
+
+/// The API-key file (`--api-keys`, else the state directory's) and its keys; a warning when
+/// it holds none, since every /v1 call is then refused.
+fn load_api_keys(args: &ServeArgs) -> Result<(PathBuf, ApiKeys)> {
+    let keys_path = match &args.api_keys {
+        Some(p) => p.clone(),
+        None => state_dir::ensure_state_dir()?.join(state_dir::DEFAULT_API_KEYS_FILE),
+    };
+    let keys = ApiKeys::load(&keys_path)?;
+    if keys.entries().is_empty() {
+        eprintln!(
+            "codereader-verifier: no API keys in {}; every /v1 call will be refused. \
+             Create one with `codereader-verifier api-key create --scope verify`.",
+            keys_path.display()
+        );
+    }
+    Ok((keys_path, keys))
+}
+
+/// The verifier library's settings from the flags; `store_concurrency` is how many store
+/// calls may run at once.
+fn library_config(args: &ServeArgs, store_concurrency: usize) -> LibraryConfig {
+    LibraryConfig {
+        max_failures: args.max_failures,
+        sqlite_full_sync: !args.sqlite_normal_sync,
+        pg_connections: args.pg_connections.max(1),
+        pg_deadline: std::time::Duration::from_millis(args.pg_deadline_ms.max(1)),
+        // Every store call that may run at once keeps its read connection open.
+        sqlite_connections: store_concurrency.max(1),
+        key_cache: args.key_cache,
+        client_budget: (args.client_failures > 0).then_some(ClientBudget {
+            failures: args.client_failures,
+            window_seconds: args.client_window_s.max(1),
+        }),
+        failure_delay: doubling(args.failure_delay_s, args.failure_delay_max_s),
+        temporary_lock: doubling(args.lock_period_s, args.lock_period_max_s),
+        unknown_as_rejected: args.unknown_as_rejected,
+    }
+}
+
+/// How webhooks are retried, timed out and polled for.
+fn webhook_timing(args: &ServeArgs) -> WebhookTiming {
+    WebhookTiming {
+        retry_for: Duration::from_secs(args.webhook_retry_for_s),
+        backoff: Duration::from_millis(args.webhook_backoff_ms.max(1)),
+        backoff_max: Duration::from_millis(args.webhook_backoff_max_ms.max(1)),
+        timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+        poll: Duration::from_millis(args.webhook_poll_ms.max(1)),
+    }
+}
+
+/// The TLS certificate and key (loaded now), when both are given; else plain HTTP.
+fn tls_state(args: &ServeArgs) -> Result<Option<Arc<TlsState>>> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsState::new(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        })?)),
+        _ => Ok(None),
+    }
+}
+
+/// The request size and time limits.
+fn http_limits(args: &ServeArgs) -> Limits {
+    Limits {
+        max_body: args.max_body,
+        max_import_body: args.max_import_body,
+        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(args.body_timeout_ms.max(1)),
+    }
+}
+
+/// The async runtime, with `--blocking-threads` for the store calls and `--worker-threads`.
+fn async_runtime(args: &ServeArgs) -> Result<tokio::runtime::Runtime> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime
+        .enable_all()
+        .max_blocking_threads(args.blocking_threads.max(1));
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    runtime.build().context("cannot start the async runtime")
+}
+
+/// The line that says the server is ready (tests and scripts wait for it), flushed at once.
+fn announce(scheme: &str, local: std::net::SocketAddr) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "codereader-verifier: listening on {scheme}://{local}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// A doubling wait from `base` seconds up to `max` (0: none).
@@ -303,6 +337,13 @@ fn reload_keys(state: Arc<AppState>, path: Arc<RwLock<PathBuf>>) -> Reload {
         let count = keys.entries().len();
         state.replace_keys(keys);
         Ok(format!("{count} API key(s) from {}", path.display()))
+    })
+}
+
+/// Reloads the TLS certificate and key on SIGHUP, from the files the settings name now.
+fn reload_tls(tls: Arc<TlsState>) -> Reload {
+    Reload::new("TLS certificate", move || {
+        tls.reload().map(|()| "the TLS certificate".to_owned())
     })
 }
 

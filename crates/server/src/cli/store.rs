@@ -8,16 +8,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use codereader_verifier::{KeyId, KeyringFile, StoreAddress};
 use codereader_verifier_server::hsm::HsmKeys;
-use codereader_verifier_server::keyring::KeyFiles;
+use codereader_verifier_server::key_source::KeyFiles;
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
-use codereader_verifier_server::state;
+use codereader_verifier_server::state_dir;
 
 use super::args::StoreArgs;
 
 fn kek_path(arg: Option<&Path>) -> Result<PathBuf> {
     match arg {
         Some(p) => Ok(p.to_path_buf()),
-        None => Ok(state::ensure_state_dir()?.join(state::DEFAULT_KEK_FILE)),
+        None => Ok(state_dir::ensure_state_dir()?.join(state_dir::DEFAULT_KEK_FILE)),
     }
 }
 
@@ -25,7 +25,7 @@ fn kek_path(arg: Option<&Path>) -> Result<PathBuf> {
 /// the id of its current key.
 pub(crate) fn load_kek(path: &Path) -> Result<KeyId> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        state::create_private_dir(parent)?;
+        state_dir::create_private_dir(parent)?;
     }
     let (file, created) = KeyringFile::load_or_create(path)
         .with_context(|| format!("key-encryption key {}", path.display()))?;
@@ -46,7 +46,7 @@ pub(crate) fn db_spec(arg: Option<&str>) -> Result<StoreAddress> {
             .parse()
             .with_context(|| format!("unknown database '{text}'")),
         None => Ok(StoreAddress::Sqlite(
-            state::ensure_state_dir()?.join(state::DEFAULT_DB_FILE),
+            state_dir::ensure_state_dir()?.join(state_dir::DEFAULT_DB_FILE),
         )),
     }
 }

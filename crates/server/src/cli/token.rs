@@ -1,18 +1,22 @@
 //! `token ...`: the offline administration commands, run directly on the store (no server
 //! needed), printing for people or, where asked, JSON lines.
+//!
+//! [`token`] names the caller the audit trail records and hands each subcommand to its own
+//! function below, in the order `--help` lists them.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use codereader_otp::UnixTime;
-use codereader_verifier::AuditEntry;
-use codereader_verifier_server::service::library::LibraryConfig;
-use codereader_verifier_server::service::{self, Enrollment, MAX_AUDIT_PAGE};
+use codereader_verifier::{AuditEntry, Caller, TokenId};
+use codereader_verifier_server::service::library::{Library, LibraryConfig};
+use codereader_verifier_server::service::{self, EnrollInput, MAX_AUDIT_PAGE};
 use codereader_verifier_server::{timefmt, wire};
 use zeroize::Zeroizing;
 
-use super::args::TokenCommand;
+use super::args::{StoreArgs, TokenCommand};
 use super::kek::{NewKey, prune_kek, rotate_kek};
 use super::print::{print_audit, print_imported, print_token};
 use super::store::open_library;
@@ -22,28 +26,12 @@ pub(crate) fn token(command: TokenCommand) -> Result<()> {
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
     ))?;
-    let config = LibraryConfig::default();
-    let mut out = std::io::stdout().lock();
+    let out = &mut std::io::stdout().lock();
+    let open = |store: &StoreArgs| open_library(store, LibraryConfig::default());
     match command {
         TokenCommand::Add { serial, uri, store } => {
-            let uri = if uri == "-" {
-                let mut text = Zeroizing::new(String::new());
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("cannot read the URI from stdin")?;
-                Zeroizing::new(text.trim().to_owned())
-            } else {
-                Zeroizing::new(uri)
-            };
-            let library = open_library(&store, config)?;
-            let label = uri_label(&uri);
-            let info =
-                library.enroll(&service::token_id(&serial)?, &Enrollment::Uri(uri), &caller)?;
-            writeln!(out, "enrolled:")?;
-            print_token(&mut out, &wire::Token::from(&info))?;
-            if let Some(label) = label {
-                writeln!(out, "{label}")?;
-            }
+            let uri = read_uri(uri)?;
+            add(out, &open(&store)?, &serial, uri, &caller)
         }
         TokenCommand::Import {
             pskc,
@@ -53,77 +41,26 @@ pub(crate) fn token(command: TokenCommand) -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&pskc)
                 .with_context(|| format!("cannot read {}", pskc.display()))?;
-            let psk = match preshared_key_file {
-                Some(path) => {
-                    let hex = Zeroizing::new(
-                        std::fs::read_to_string(&path)
-                            .with_context(|| format!("cannot read {}", path.display()))?,
-                    );
-                    Some(Zeroizing::new(
-                        data_encoding::HEXLOWER_PERMISSIVE
-                            .decode(hex.trim().as_bytes())
-                            .map_err(|_| anyhow::anyhow!("{} must hold hex", path.display()))?,
-                    ))
-                }
-                None => None,
-            };
-            let library = open_library(&store, config)?;
-            let report = wire::Imported::from(&library.import_pskc(
-                &text,
-                psk.as_ref().map(|k| k.as_slice()),
-                allow_short_secret,
-                &caller,
-            )?);
-            for refused in &report.rejected {
-                writeln!(out, "refused {}: {}", refused.id, refused.reason)?;
-            }
-            print_imported(&mut out, &report.imported)?;
-            if !report.rejected.is_empty() {
-                // The library's reason says short keys need explicit permission; name it.
-                let short = !allow_short_secret
-                    && report
-                        .rejected
-                        .iter()
-                        .any(|r| r.reason.contains("(128 bits)"));
-                bail!(
-                    "{} key(s) were refused{}",
-                    report.rejected.len(),
-                    if short {
-                        "; --allow-short-secret accepts secrets shorter than 128 bits"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            let psk = preshared_key_file
+                .as_deref()
+                .map(read_hex_key)
+                .transpose()?;
+            let library = open(&store)?;
+            let psk = psk.as_ref().map(|k| k.as_slice());
+            import(out, &library, &text, psk, allow_short_secret, &caller)
         }
-        TokenCommand::List { store } => {
-            let library = open_library(&store, config)?;
-            for info in library.list()? {
-                let token = wire::Token::from(&info);
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}",
-                    token.serial,
-                    token.kind,
-                    token.user.as_deref().unwrap_or("-"),
-                    token.status()
-                )?;
-            }
-        }
+        TokenCommand::List { store } => list(out, &open(&store)?),
         TokenCommand::Show { serial, store } => {
-            let library = open_library(&store, config)?;
-            let info = library.show(&service::token_id(&serial)?)?;
-            print_token(&mut out, &wire::Token::from(&info))?;
+            let info = open(&store)?.show(&service::token_id(&serial)?)?;
+            print_token(out, &wire::Token::from(&info))
         }
         TokenCommand::Unlock { serial, store } => {
-            let library = open_library(&store, config)?;
-            let info = library.unlock(&service::token_id(&serial)?, &caller)?;
-            writeln!(out, "unlocked {}", info.id)?;
+            let info = open(&store)?.unlock(&service::token_id(&serial)?, &caller)?;
+            Ok(writeln!(out, "unlocked {}", info.id)?)
         }
         TokenCommand::Disable { serial, store } => {
-            let library = open_library(&store, config)?;
-            let info = library.disable(&service::token_id(&serial)?, &caller)?;
-            writeln!(out, "disabled {}", info.id)?;
+            let info = open(&store)?.disable(&service::token_id(&serial)?, &caller)?;
+            Ok(writeln!(out, "disabled {}", info.id)?)
         }
         TokenCommand::RotateKek {
             new_kek_file,
@@ -138,38 +75,23 @@ pub(crate) fn token(command: TokenCommand) -> Result<()> {
                 (None, None) => None,
             };
             rotate_kek(
-                &mut out,
+                out,
                 &store,
                 new.as_ref(),
                 stage,
                 use_key.as_deref(),
                 &caller,
-            )?
+            )
         }
-        TokenCommand::PruneKek { store } => prune_kek(&mut out, &store)?,
+        TokenCommand::PruneKek { store } => prune_kek(out, &store),
         TokenCommand::Events {
             after,
             follow,
             interval_ms,
             store,
         } => {
-            let library = open_library(&store, config)?;
-            let mut after = after;
-            loop {
-                let page = library.events_after(after, wire::MAX_EVENT_PAGE)?;
-                for event in &page {
-                    serde_json::to_writer(&mut out, &wire::EventBody::of(event))?;
-                    writeln!(out)?;
-                }
-                out.flush()?;
-                match page.last() {
-                    Some(last) => after = last.id,
-                    None if follow => {
-                        std::thread::sleep(Duration::from_millis(interval_ms.max(1)));
-                    }
-                    None => break,
-                }
-            }
+            let interval = follow.then(|| Duration::from_millis(interval_ms.max(1)));
+            events(out, &open(&store)?, after, interval)
         }
         TokenCommand::Audit {
             serial,
@@ -179,44 +101,182 @@ pub(crate) fn token(command: TokenCommand) -> Result<()> {
             json,
             store,
         } => {
-            let library = open_library(&store, config)?;
-            let show = |out: &mut dyn Write, entry: &AuditEntry| print_audit(out, entry, json);
+            let library = open(&store)?;
             match serial {
                 Some(serial) => {
                     let serial = service::token_id(&serial)?;
-                    let mut left = limit.unwrap_or(wire::DEFAULT_AUDIT_LIMIT);
-                    let mut before = None;
-                    while left > 0 {
-                        let page = library.audit(&serial, before, left.min(MAX_AUDIT_PAGE))?;
-                        let Some(last) = page.last() else { break };
-                        before = Some(last.seq);
-                        left -= page.len();
-                        for entry in &page {
-                            show(&mut out, entry)?;
-                        }
-                    }
+                    let limit = limit.unwrap_or(wire::DEFAULT_AUDIT_LIMIT);
+                    audit_token(out, &library, &serial, limit, json)
                 }
                 None => {
                     let since = timefmt::parse_time(since.as_deref().unwrap_or_default())
                         .context("--since")?;
-                    let mut left = limit.unwrap_or(usize::MAX);
-                    let mut after = None;
-                    while left > 0 {
-                        let page = library.audit_since(
-                            UnixTime(since),
-                            after,
-                            left.min(MAX_AUDIT_PAGE),
-                        )?;
-                        let Some(last) = page.last() else { break };
-                        after = Some(last.seq);
-                        left -= page.len();
-                        for entry in &page {
-                            show(&mut out, entry)?;
-                        }
-                    }
+                    let limit = limit.unwrap_or(usize::MAX);
+                    audit_all(out, &library, UnixTime(since), limit, json)
                 }
             }
         }
+    }
+}
+
+/// `token add --uri`: the URI itself, or with `-` what stdin holds (trimmed).
+fn read_uri(uri: String) -> Result<Zeroizing<String>> {
+    if uri != "-" {
+        return Ok(Zeroizing::new(uri));
+    }
+    let mut text = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the URI from stdin")?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
+}
+
+/// `token import --preshared-key-file`: the key the file holds in hex.
+fn read_hex_key(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let hex = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let key = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(hex.trim().as_bytes())
+        .map_err(|_| anyhow::anyhow!("{} must hold hex", path.display()))?;
+    Ok(Zeroizing::new(key))
+}
+
+/// `token add`: enrol, print the token and the account the URI names.
+fn add(
+    out: &mut impl Write,
+    library: &Library,
+    serial: &str,
+    uri: Zeroizing<String>,
+    caller: &Caller,
+) -> Result<()> {
+    let label = uri_label(&uri);
+    let info = library.enroll(&service::token_id(serial)?, &EnrollInput::Uri(uri), caller)?;
+    writeln!(out, "enrolled:")?;
+    print_token(out, &wire::Token::from(&info))?;
+    if let Some(label) = label {
+        writeln!(out, "{label}")?;
+    }
+    Ok(())
+}
+
+/// `token import`: enrol a PSKC file's keys, print what was refused and what was imported;
+/// an error if any key was refused.
+fn import(
+    out: &mut impl Write,
+    library: &Library,
+    pskc: &str,
+    psk: Option<&[u8]>,
+    allow_short_secret: bool,
+    caller: &Caller,
+) -> Result<()> {
+    let report =
+        wire::Imported::from(&library.import_pskc(pskc, psk, allow_short_secret, caller)?);
+    for refused in &report.rejected {
+        writeln!(out, "refused {}: {}", refused.id, refused.reason)?;
+    }
+    print_imported(out, &report.imported)?;
+    if report.rejected.is_empty() {
+        return Ok(());
+    }
+    // The library's reason says short keys need explicit permission; name it.
+    let short = !allow_short_secret
+        && report
+            .rejected
+            .iter()
+            .any(|r| r.reason.contains("(128 bits)"));
+    bail!(
+        "{} key(s) were refused{}",
+        report.rejected.len(),
+        if short {
+            "; --allow-short-secret accepts secrets shorter than 128 bits"
+        } else {
+            ""
+        }
+    );
+}
+
+/// `token list`: one line a token, tab-separated.
+fn list(out: &mut impl Write, library: &Library) -> Result<()> {
+    for info in library.list()? {
+        let token = wire::Token::from(&info);
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}",
+            token.serial,
+            token.kind,
+            token.user.as_deref().unwrap_or("-"),
+            token.status()
+        )?;
+    }
+    Ok(())
+}
+
+/// `token events`: the events after `after`, one JSON line each; with `follow` (`--follow`
+/// and its interval) it then keeps looking for new ones, else it stops at the last.
+fn events(
+    out: &mut impl Write,
+    library: &Library,
+    mut after: u64,
+    follow: Option<Duration>,
+) -> Result<()> {
+    loop {
+        let page = library.events_after(after, wire::MAX_EVENT_PAGE)?;
+        for event in &page {
+            serde_json::to_writer(&mut *out, &wire::EventBody::of(event))?;
+            writeln!(out)?;
+        }
+        out.flush()?;
+        match (page.last(), follow) {
+            (Some(last), _) => after = last.id,
+            (None, Some(interval)) => std::thread::sleep(interval),
+            (None, None) => return Ok(()),
+        }
+    }
+}
+
+/// `token audit --serial`: one token's latest `limit` lines, newest first.
+fn audit_token(
+    out: &mut impl Write,
+    library: &Library,
+    serial: &TokenId,
+    mut left: usize,
+    json: bool,
+) -> Result<()> {
+    let mut before = None;
+    while left > 0 {
+        let page = library.audit(serial, before, left.min(MAX_AUDIT_PAGE))?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        left -= page.len();
+        print_page(out, &page, json)?;
+    }
+    Ok(())
+}
+
+/// `token audit --all --since`: every token's lines since `since`, oldest first, at most
+/// `limit`.
+fn audit_all(
+    out: &mut impl Write,
+    library: &Library,
+    since: UnixTime,
+    mut left: usize,
+    json: bool,
+) -> Result<()> {
+    let mut after = None;
+    while left > 0 {
+        let page = library.audit_since(since, after, left.min(MAX_AUDIT_PAGE))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        left -= page.len();
+        print_page(out, &page, json)?;
+    }
+    Ok(())
+}
+
+fn print_page(out: &mut impl Write, page: &[AuditEntry], json: bool) -> Result<()> {
+    for entry in page {
+        print_audit(out, entry, json)?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use codereader_otp::{Code, CodeError};
 use codereader_verifier::{Caller, ClientId, Outcome, OwnedSubject};
 
 use crate::error_code::ErrorCode;
-use crate::service::{self, Enrollment, Library, ServiceError, Verdict};
+use crate::service::{self, EnrollInput, Library, ServiceError, Verdict};
 use crate::wire;
 
 use super::body::{body_error, parse_json};
@@ -274,7 +274,7 @@ pub(super) async fn enroll(
                     "with `uri`, the parameters come from the URI; give no others",
                 ));
             }
-            Enrollment::Uri(uri)
+            EnrollInput::Uri(uri)
         }
         (None, Some(secret)) => {
             let hotp = match request.kind.as_deref() {
@@ -293,7 +293,7 @@ pub(super) async fn enroll(
                     "`counter` is for HOTP tokens and `period` for TOTP tokens",
                 ));
             }
-            Enrollment::Params {
+            EnrollInput::Params {
                 hotp,
                 secret_base32: secret,
                 algorithm: request.algorithm.unwrap_or_else(|| "SHA1".to_owned()),

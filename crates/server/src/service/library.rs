@@ -13,17 +13,17 @@ use codereader_otp::{
 use codereader_verifier::store::work;
 use codereader_verifier::{
     Activation, AuditEntry, Caller, Claim, ClientBudget, ClientId, DEFAULT_KEY_CACHE, DeadLetter,
-    Delivery, Durability, Enrollment as LibEnrollment, Event, FailureDelay, ImportReport, Kek,
-    Keyring, NoticeAction, Outcome, OwnedSubject, PgStore, Policy, RotationReport, SqliteOptions,
+    Delivery, Durability, Enrollment, Event, FailureDelay, ImportReport, Kek, Keyring,
+    NoticeAction, Outcome, OwnedSubject, PgStore, Policy, RotationReport, SqliteOptions,
     SqliteStore, Store, StoreAddress, Subject, TokenId, TokenInfo, TokenKind, TokenParams, Tx,
     UserId, Verifier, VerifyError,
 };
 
 use super::{
-    Enrollment, MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict, invalid, storable, token_id,
+    EnrollInput, MAX_AUDIT_PAGE, MAX_LIST_PAGE, ServiceError, Verdict, invalid, storable, token_id,
 };
 use crate::error_code::ErrorCode;
-use crate::keyring::{FileKeySource, KeyFiles};
+use crate::key_source::{FileKeySource, KeyFiles};
 use crate::webhooks::Bursts;
 
 /// Choices passed to the library.
@@ -153,7 +153,7 @@ impl Library {
             bail!("the keys were not read from files");
         };
         let keyring = files.load()?;
-        let described = crate::keyring::describe(&keyring);
+        let described = crate::key_source::describe(&keyring);
         self.verifier.replace_keyring(keyring);
         Ok(described)
     }
@@ -182,7 +182,7 @@ impl Library {
 
     /// The keyring in use, described by key ids.
     pub fn describe_keyring(&self) -> String {
-        crate::keyring::describe(&self.verifier.keyring())
+        crate::key_source::describe(&self.verifier.keyring())
     }
 
     fn open_keyring(
@@ -194,7 +194,7 @@ impl Library {
         let store: Box<dyn Store> = match db {
             StoreAddress::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    crate::state::create_private_dir(parent)?;
+                    crate::state_dir::create_private_dir(parent)?;
                 }
                 let durability = if config.sqlite_full_sync {
                     Durability::Full
@@ -243,17 +243,14 @@ impl Library {
         Ok(self.verifier.rotate(now(), caller)?)
     }
 
-    fn lib_enrollment(
-        serial: TokenId,
-        enrollment: &Enrollment,
-    ) -> Result<LibEnrollment, ServiceError> {
-        match enrollment {
-            Enrollment::Uri(text) => {
+    fn enrollment(serial: TokenId, input: &EnrollInput) -> Result<Enrollment, ServiceError> {
+        match input {
+            EnrollInput::Uri(text) => {
                 let uri = KeyUri::parse(text, KeyPolicy::Rfc4226)
                     .map_err(|e| invalid(ErrorCode::InvalidUri, e.to_string()))?;
-                Ok(LibEnrollment::from_uri(serial, &uri))
+                Ok(Enrollment::from_uri(serial, &uri))
             }
-            Enrollment::Params {
+            EnrollInput::Params {
                 hotp,
                 secret_base32,
                 algorithm,
@@ -281,7 +278,7 @@ impl Library {
                         t0: UnixTime(0),
                     }
                 };
-                Ok(LibEnrollment {
+                Ok(Enrollment {
                     id: serial,
                     params: TokenParams {
                         kind,
@@ -397,10 +394,10 @@ impl Library {
     pub fn enroll(
         &self,
         serial: &TokenId,
-        enrollment: &Enrollment,
+        input: &EnrollInput,
         caller: &Caller,
     ) -> Result<TokenInfo, ServiceError> {
-        let lib = Self::lib_enrollment(serial.clone(), enrollment)?;
+        let lib = Self::enrollment(serial.clone(), input)?;
         self.verifier
             .enroll(std::slice::from_ref(&lib), now(), caller)
             .map_err(storable)?;

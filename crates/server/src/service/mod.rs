@@ -5,7 +5,7 @@
 //! library's own types (`TokenId`, `OwnedSubject`, `Outcome`, `TokenInfo`, `AuditEntry`...),
 //! so the server holds no copies of them. This module adds only what the server needs
 //! besides: [`ServiceError`], the one mapping of the library's errors to the API's stable
-//! error codes; [`Verdict`], an outcome with what an answer tells beside it; [`Enrollment`],
+//! error codes; [`Verdict`], an outcome with what an answer tells beside it; [`EnrollInput`],
 //! a token's parameters as a request gives them; and the parsing of identifiers. Turning
 //! library types into JSON is [`crate::wire`]'s job.
 //!
@@ -199,9 +199,10 @@ pub fn caller(name: &str) -> Result<Caller, ServiceError> {
     Caller::new(name).map_err(|e| ServiceError::Internal(format!("caller name: {e}")))
 }
 
-/// How to make a token for enrolment, as a request gives it ([`Library::enroll`] checks it).
+/// How to make a token for enrolment, as a request gives it, not checked yet: the
+/// library's `Enrollment` is what [`Library::enroll`] makes of it.
 #[derive(Clone)]
-pub enum Enrollment {
+pub enum EnrollInput {
     /// An `otpauth://totp/...` or `otpauth://hotp/...` URI.
     Uri(Zeroizing<String>),
     /// Parameters one by one.
@@ -221,9 +222,9 @@ pub enum Enrollment {
     },
 }
 
-impl std::fmt::Debug for Enrollment {
+impl std::fmt::Debug for EnrollInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Enrollment([redacted])")
+        f.write_str("EnrollInput([redacted])")
     }
 }
 

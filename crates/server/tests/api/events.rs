@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::common::{BIN, Conn, Server, hotp, run_cli};
+use crate::common::{BIN, Conn, Server, hotp, run_cli, wrong_hotp};
 
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
@@ -191,15 +191,6 @@ fn seed(i: usize) -> Vec<u8> {
     format!("event-test-seed-{i:08}").into_bytes()
 }
 
-/// A wrong code for the token of `seed(i)` (none of its first 200 counters).
-fn wrong(i: usize) -> String {
-    let valid: Vec<String> = (0..200).map(|c| hotp(&seed(i), c, 6)).collect();
-    (0..)
-        .map(|n| format!("{:06}", 222_222 + n))
-        .find(|c| !valid.contains(c))
-        .unwrap()
-}
-
 /// `(type, token)` of events as JSON bodies.
 fn kinds(events: &[Value]) -> Vec<(String, Option<String>)> {
     events
@@ -266,7 +257,7 @@ async fn every_event_arrives_once_in_order_and_signed() {
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
     for left in [2, 1, 0] {
-        let r = c.verify(verify, "T1", &wrong(1)).await;
+        let r = c.verify(verify, "T1", &wrong_hotp(&seed(1))).await;
         assert_eq!(r.body["attempts_left"], left, "{:?}", r.body);
     }
     assert_eq!(
@@ -693,7 +684,10 @@ async fn kill_during_locks(mut server: Server, receiver: Receiver) {
             };
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(3 * (i as u64 % 16))).await;
-                match conn.verify(&key, &format!("K-{i}"), &wrong(i)).await {
+                match conn
+                    .verify(&key, &format!("K-{i}"), &wrong_hotp(&seed(i)))
+                    .await
+                {
                     Ok(r) if r.body["attempts_left"] == 0 => answered.lock().unwrap().push(i),
                     Ok(r) => assert_eq!(r.body["result"], "rejected", "{:?}", r.body),
                     Err(_) => return,

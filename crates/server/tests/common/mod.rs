@@ -490,6 +490,16 @@ pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
     hotp.code(Counter(counter)).as_str().to_owned()
 }
 
+/// A 6-digit code that none of the first 200 HOTP counters of `secret` gives: wrong
+/// however far a test moves the token's counter.
+pub fn wrong_hotp(secret: &[u8]) -> String {
+    let valid: Vec<String> = (0..200).map(|c| hotp(secret, c, 6)).collect();
+    (0..)
+        .map(|n| format!("{:06}", 222_222 + n))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
 /// Base32 (no padding) of raw bytes, for otpauth URIs.
 pub fn base32(bytes: &[u8]) -> String {
     data_encoding::BASE32_NOPAD.encode(bytes)

@@ -7,7 +7,7 @@ use super::pgclient::PgClient;
 use super::postgres::db;
 
 use super::events::event_condition;
-use super::sql::{audit_entry, saturating_i64, to_i64};
+use super::sql::{DeliveryColumns, corrupt, saturating_i64, to_delivery, to_event, to_i64};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 2: the outbox, written by a trigger on the audit table, and delivery state.
@@ -49,13 +49,6 @@ pub(super) const MIGRATION: &str = concat!(
      );"
 );
 
-fn corrupt(reason: &str) -> StoreError {
-    StoreError::Corrupt {
-        token: String::new(),
-        reason: reason.to_owned(),
-    }
-}
-
 pub(super) fn events_after(
     client: &mut PgClient,
     after: u64,
@@ -73,38 +66,28 @@ pub(super) fn events_after(
         .map_err(db)?;
     rows.iter()
         .map(|r| {
-            let id: i64 = r.try_get(0).map_err(db)?;
-            let id = u64::try_from(id).map_err(|_| corrupt("bad event id"))?;
-            let line = audit_entry(
-                r.try_get(1).map_err(db)?,
-                (
-                    r.try_get(2).map_err(db)?,
-                    r.try_get(3).map_err(db)?,
-                    r.try_get(4).map_err(db)?,
-                    r.try_get(5).map_err(db)?,
-                    r.try_get(6).map_err(db)?,
-                    r.try_get(7).map_err(db)?,
-                ),
-            )?;
-            Event::new(id, line).ok_or_else(|| corrupt("an event of no kind"))
+            let row = (
+                r.try_get(2).map_err(db)?,
+                r.try_get(3).map_err(db)?,
+                r.try_get(4).map_err(db)?,
+                r.try_get(5).map_err(db)?,
+                r.try_get(6).map_err(db)?,
+                r.try_get(7).map_err(db)?,
+            );
+            to_event(r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, row)
         })
         .collect()
 }
 
+/// A delivery cursor selected as `handled, attempts, failing_since, retry_at, dead`.
 fn delivery(r: &tokio_postgres::Row) -> Result<Delivery, StoreError> {
-    let bad = |_| corrupt("bad delivery cursor");
-    let handled: i64 = r.try_get(0).map_err(db)?;
-    let attempts: i64 = r.try_get(1).map_err(db)?;
-    let failing_since: Option<i64> = r.try_get(2).map_err(db)?;
-    let retry_at: i64 = r.try_get(3).map_err(db)?;
-    let dead: i64 = r.try_get(4).map_err(db)?;
-    Ok(Delivery {
-        after: u64::try_from(handled).map_err(bad)?,
-        attempts: u32::try_from(attempts).map_err(bad)?,
-        failing_since: failing_since.map(u64::try_from).transpose().map_err(bad)?,
-        retry_at: u64::try_from(retry_at).map_err(bad)?,
-        dead: u64::try_from(dead).map_err(bad)?,
-    })
+    to_delivery((
+        r.try_get(0).map_err(db)?,
+        r.try_get(1).map_err(db)?,
+        r.try_get(2).map_err(db)?,
+        r.try_get(3).map_err(db)?,
+        r.try_get(4).map_err(db)?,
+    ))
 }
 
 pub(super) fn claim(
@@ -157,10 +140,7 @@ pub(super) fn settle(
     d: &Delivery,
     dead: Option<&DeadLetter>,
 ) -> Result<bool, StoreError> {
-    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
-    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
-    let count = to_i64(d.dead, "count")?;
-    let attempts = i64::from(d.attempts);
+    let c = DeliveryColumns::of(d)?;
     let event = dead.map(|x| to_i64(x.event, "event id")).transpose()?;
     let at = dead.map(|x| to_i64(x.at, "time")).transpose()?;
     let reason = dead.map(|x| x.reason.as_str());
@@ -180,11 +160,11 @@ pub(super) fn settle(
             &[
                 &destination,
                 &holder,
-                &after,
-                &attempts,
-                &failing,
-                &retry_at,
-                &count,
+                &c.handled,
+                &c.attempts,
+                &c.failing_since,
+                &c.retry_at,
+                &c.dead,
                 &event,
                 &at,
                 &reason,

@@ -1,12 +1,12 @@
 //! What the SQL stores (SQLite and PostgreSQL) share: the token columns and how a row becomes
 //! a [`TokenRecord`], how a [`NewToken`] and an audit line become column values, and how an
-//! audit row is read back. Only here do typed values meet their SQL text and integers.
+//! audit row, an event and a delivery cursor are read back. Only here do typed values meet their SQL text and integers.
 
 use std::borrow::Cow;
 
 use codereader_otp::{Algorithm, Digits, Period, UnixTime};
 
-use super::{AuditEntry, AuditEvent, NewToken, StoreError, TokenRecord};
+use super::{AuditEntry, AuditEvent, Delivery, Event, NewToken, StoreError, TokenRecord};
 use crate::seal::{NONCE_LEN, SealedSeed};
 use crate::token::{Caller, KeyId, TokenId, TokenKind, TokenParams, TokenState, UserId};
 
@@ -213,5 +213,61 @@ pub(crate) fn audit_event(row: AuditRow) -> Result<AuditEvent, StoreError> {
             .map_err(|_| corrupt("unknown audit outcome"))?,
         at: UnixTime(u64::try_from(at).map_err(|_| corrupt("bad audit time"))?),
         caller: Caller::new(caller).map_err(|_| corrupt("bad audit caller"))?,
+    })
+}
+
+/// A stored row that is not what this version writes: not tied to one token.
+pub(crate) fn corrupt(reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        token: String::new(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// An outbox row (its event id) joined with its audit line (sequence number and row) as an
+/// [`Event`]; an audit line that is no event is a corrupt row.
+pub(crate) fn to_event(id: i64, seq: i64, row: AuditRow) -> Result<Event, StoreError> {
+    let id = u64::try_from(id).map_err(|_| corrupt("bad event id"))?;
+    Event::new(id, audit_entry(seq, row)?).ok_or_else(|| corrupt("an event of no kind"))
+}
+
+/// A delivery cursor as selected: `handled, attempts, failing_since, retry_at, dead`.
+pub(crate) type DeliveryRow = (i64, i64, Option<i64>, i64, i64);
+
+/// A [`Delivery`] as the cursor's column values (`handled, attempts, failing_since,
+/// retry_at, dead`), for the statement that settles it.
+pub(crate) struct DeliveryColumns {
+    pub(crate) handled: i64,
+    pub(crate) attempts: i64,
+    pub(crate) failing_since: Option<i64>,
+    pub(crate) retry_at: i64,
+    pub(crate) dead: i64,
+}
+
+impl DeliveryColumns {
+    /// # Errors
+    /// [`StoreError::OutOfRange`] for a value above `i64::MAX`.
+    pub(crate) fn of(d: &Delivery) -> Result<Self, StoreError> {
+        Ok(DeliveryColumns {
+            failing_since: d.failing_since.map(|t| to_i64(t, "time")).transpose()?,
+            handled: to_i64(d.after, "event id")?,
+            retry_at: to_i64(d.retry_at, "time")?,
+            dead: to_i64(d.dead, "count")?,
+            attempts: i64::from(d.attempts),
+        })
+    }
+}
+
+/// A delivery cursor row as a [`Delivery`].
+pub(crate) fn to_delivery(
+    (handled, attempts, failing_since, retry_at, dead): DeliveryRow,
+) -> Result<Delivery, StoreError> {
+    let bad = |_| corrupt("bad delivery cursor");
+    Ok(Delivery {
+        after: u64::try_from(handled).map_err(bad)?,
+        attempts: u32::try_from(attempts).map_err(bad)?,
+        failing_since: failing_since.map(u64::try_from).transpose().map_err(bad)?,
+        retry_at: u64::try_from(retry_at).map_err(bad)?,
+        dead: u64::try_from(dead).map_err(bad)?,
     })
 }

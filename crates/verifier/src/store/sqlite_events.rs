@@ -6,7 +6,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::event_condition;
-use super::sql::{AuditRow, audit_entry, saturating_i64, to_i64};
+use super::sql::{
+    AuditRow, DeliveryColumns, DeliveryRow, saturating_i64, to_delivery, to_event, to_i64,
+};
 use super::{Claim, DeadLetter, Delivery, Event, StoreError};
 
 /// Migration 3: the outbox, written by triggers on the audit table, and delivery state. A line
@@ -98,13 +100,6 @@ fn db(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn corrupt(reason: &str) -> StoreError {
-    StoreError::Corrupt {
-        token: String::new(),
-        reason: reason.to_owned(),
-    }
-}
-
 pub(super) fn events_after(
     conn: &Connection,
     after: u64,
@@ -134,29 +129,12 @@ pub(super) fn events_after(
         })
         .map_err(db)?;
     rows.into_iter()
-        .map(|(id, seq, row)| {
-            let id = u64::try_from(id).map_err(|_| corrupt("bad event id"))?;
-            Event::new(id, audit_entry(seq, row)?).ok_or_else(|| corrupt("an event of no kind"))
-        })
+        .map(|(id, seq, row)| to_event(id, seq, row))
         .collect()
 }
 
-fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Option<i64>, i64, i64)> {
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-}
-
-/// A cursor row (`handled, attempts, failing_since, retry_at, dead`) as a [`Delivery`].
-pub(super) fn to_delivery(
-    (handled, attempts, failing_since, retry_at, dead): (i64, i64, Option<i64>, i64, i64),
-) -> Result<Delivery, StoreError> {
-    let bad = |_| corrupt("bad delivery cursor");
-    Ok(Delivery {
-        after: u64::try_from(handled).map_err(bad)?,
-        attempts: u32::try_from(attempts).map_err(bad)?,
-        failing_since: failing_since.map(u64::try_from).transpose().map_err(bad)?,
-        retry_at: u64::try_from(retry_at).map_err(bad)?,
-        dead: u64::try_from(dead).map_err(bad)?,
-    })
 }
 
 pub(super) fn claim(
@@ -178,7 +156,7 @@ pub(super) fn claim(
              RETURNING handled, attempts, failing_since, retry_at, dead",
         )
         .and_then(|mut s| {
-            s.query_row(params![destination, holder, now, until], delivery)
+            s.query_row(params![destination, holder, now, until], delivery_row)
                 .optional()
         })
         .map_err(db)?;
@@ -193,7 +171,7 @@ pub(super) fn claim(
             "SELECT handled, attempts, failing_since, retry_at, dead
                FROM webhook_cursors WHERE name = ?1",
         )
-        .and_then(|mut s| s.query_row([destination], delivery))
+        .and_then(|mut s| s.query_row([destination], delivery_row))
         .map_err(db)?;
     Ok(Claim {
         delivery: to_delivery(row)?,
@@ -208,9 +186,7 @@ pub(super) fn settle(
     d: &Delivery,
     dead: Option<&DeadLetter>,
 ) -> Result<bool, StoreError> {
-    let failing = d.failing_since.map(|t| to_i64(t, "time")).transpose()?;
-    let (after, retry_at) = (to_i64(d.after, "event id")?, to_i64(d.retry_at, "time")?);
-    let count = to_i64(d.dead, "count")?;
+    let c = DeliveryColumns::of(d)?;
     let n = conn
         .prepare_cached(
             "UPDATE webhook_cursors
@@ -221,11 +197,11 @@ pub(super) fn settle(
             s.execute(params![
                 destination,
                 holder,
-                after,
-                d.attempts,
-                failing,
-                retry_at,
-                count,
+                c.handled,
+                c.attempts,
+                c.failing_since,
+                c.retry_at,
+                c.dead,
             ])
         })
         .map_err(db)?;

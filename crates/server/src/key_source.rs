@@ -1,4 +1,4 @@
-//! Where the server's key-encryption keys come from: the keyring file named by `--kek-file`
+//! The server's `KeySource`: where its key-encryption keys come from: the keyring file named by `--kek-file`
 //! (see `codereader_verifier::KeyringFile`) plus any `--old-kek-file`, read at start, again
 //! on SIGHUP, and again when a seed names a key the server has not loaded yet (another
 //! process rotated), at most once a second so that a seed sealed under a key nobody has

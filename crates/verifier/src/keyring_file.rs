@@ -2,6 +2,10 @@
 //! `--kek-file` names, so that a rotation changes that file and a restart with the same
 //! command line keeps working.
 //!
+//! This is the keyring on disk; [`KeyringFile::keyring`] (or [`KeyringFile::keyring_with`],
+//! for keys in a hardware module) turns it into the [`Keyring`] a verifier seals and opens
+//! with in memory.
+//!
 //! Format, one key a line (`#` comments and blank lines ignored):
 //!
 //! ```text
@@ -30,7 +34,8 @@ use zeroize::Zeroizing;
 
 use std::sync::Arc;
 
-use crate::seal::{Kek, Keyring, SealError, SealingKey, UnusableKey};
+use crate::keyring::Keyring;
+use crate::seal::{Kek, SealError, SealingKey, UnusableKey};
 use crate::token::KeyId;
 
 /// What a key of the file does.
