@@ -1,8 +1,10 @@
 //! `token ...`: the offline administration commands, run directly on the store (no server
 //! needed), printing for people or, where asked, JSON lines.
 //!
-//! [`token`] names the caller the audit trail records and hands each subcommand to its own
-//! function below, in the order `--help` lists them.
+//! [`token`] names the caller the audit trail records, reads what the flags name (stdin,
+//! files) and hands each subcommand to its own function below; `show`, `unlock` and
+//! `disable` are one library call each and stay in the match, and the KEK commands are
+//! `kek`'s.
 
 use std::io::{Read, Write};
 use std::path::Path;
