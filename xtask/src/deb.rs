@@ -135,29 +135,10 @@ pub(crate) fn build(deb: &Deb<'_>) -> Result<PathBuf, String> {
         ),
         (device.join("PACKAGING.md"), doc.join("PACKAGING.md"), 0o644),
         (root().join("README.md"), doc.join("README.md"), 0o644),
-        (
-            packaging.join("debian/copyright"),
-            doc.join("copyright"),
-            0o644,
-        ),
-        (
-            packaging.join("debian/postinst"),
-            stage.join("DEBIAN/postinst"),
-            0o755,
-        ),
-        (
-            packaging.join("debian/prerm"),
-            stage.join("DEBIAN/prerm"),
-            0o755,
-        ),
-        (
-            packaging.join("debian/postrm"),
-            stage.join("DEBIAN/postrm"),
-            0o755,
-        ),
     ] {
         install(&from, &to, mode)?;
     }
+    install_debian_files(&packaging, &stage, &doc)?;
     copy_voices(deb.voices, &stage.join("usr/share/codereader/voices"))?;
     changelog(&doc, "codereader", &version, deb.epoch)?;
 
@@ -231,6 +212,25 @@ pub(crate) fn changelog(
         &format!("compressing {package}'s changelog"),
         Command::new("gzip").args(["-9n", "--force"]).arg(&file),
     )
+}
+
+/// Installs what a package's `packaging/debian/` holds: `copyright` into `doc`, and the
+/// maintainer scripts (`postinst`, `prerm`, `postrm`) into the stage's `DEBIAN/`.
+pub(crate) fn install_debian_files(
+    packaging: &Path,
+    stage: &Path,
+    doc: &Path,
+) -> Result<(), String> {
+    let debian = packaging.join("debian");
+    install(&debian.join("copyright"), &doc.join("copyright"), 0o644)?;
+    for script in ["postinst", "prerm", "postrm"] {
+        install(
+            &debian.join(script),
+            &stage.join("DEBIAN").join(script),
+            0o755,
+        )?;
+    }
+    Ok(())
 }
 
 /// What `DEBIAN/control` says of a package, beside what [`seal`] measures.

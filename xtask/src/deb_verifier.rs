@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deb::{Control, changelog, install, seal};
+use crate::deb::{Control, changelog, install, install_debian_files, seal};
 use crate::{cargo, dpkg, ensure, ok, output, run};
 use crate::{root, target_dir};
 
@@ -89,29 +89,10 @@ pub(crate) fn build(
             0o644,
         ),
         (server.join("README.md"), doc.join("README.md"), 0o644),
-        (
-            packaging.join("debian/copyright"),
-            doc.join("copyright"),
-            0o644,
-        ),
-        (
-            packaging.join("debian/postinst"),
-            stage.join("DEBIAN/postinst"),
-            0o755,
-        ),
-        (
-            packaging.join("debian/prerm"),
-            stage.join("DEBIAN/prerm"),
-            0o755,
-        ),
-        (
-            packaging.join("debian/postrm"),
-            stage.join("DEBIAN/postrm"),
-            0o755,
-        ),
     ] {
         install(&from, &to, mode)?;
     }
+    install_debian_files(&packaging, &stage, &doc)?;
     changelog(&doc, NAME, &version, epoch)?;
 
     let file = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));

@@ -1,8 +1,10 @@
 //! `token ...`: the offline administration commands, run directly on the store (no server
 //! needed), printing for people or, where asked, JSON lines.
 //!
-//! [`token`] names the caller the audit trail records and hands each subcommand to its own
-//! function below, in the order `--help` lists them.
+//! [`token`] names the caller the audit trail records, reads what the flags name (stdin,
+//! files) and hands each subcommand to its own function below; `show`, `unlock` and
+//! `disable` are one library call each and stay in the match, and the KEK commands are
+//! `kek`'s.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -12,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use codereader_otp::UnixTime;
 use codereader_verifier::{AuditEntry, Caller, TokenId};
 use codereader_verifier_server::service::library::{Library, LibraryConfig};
-use codereader_verifier_server::service::{self, EnrollInput, MAX_AUDIT_PAGE};
+use codereader_verifier_server::service::{self, EnrollInput, MAX_AUDIT_PAGE, ServiceError};
 use codereader_verifier_server::{timefmt, wire};
 use zeroize::Zeroizing;
 
@@ -240,18 +242,12 @@ fn audit_token(
     out: &mut impl Write,
     library: &Library,
     serial: &TokenId,
-    mut left: usize,
+    limit: usize,
     json: bool,
 ) -> Result<()> {
-    let mut before = None;
-    while left > 0 {
-        let page = library.audit(serial, before, left.min(MAX_AUDIT_PAGE))?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.seq);
-        left -= page.len();
-        print_page(out, &page, json)?;
-    }
-    Ok(())
+    print_audit_pages(out, limit, json, |before, n| {
+        library.audit(serial, before, n)
+    })
 }
 
 /// `token audit --all --since`: every token's lines since `since`, oldest first, at most
@@ -260,23 +256,31 @@ fn audit_all(
     out: &mut impl Write,
     library: &Library,
     since: UnixTime,
-    mut left: usize,
+    limit: usize,
     json: bool,
 ) -> Result<()> {
-    let mut after = None;
-    while left > 0 {
-        let page = library.audit_since(since, after, left.min(MAX_AUDIT_PAGE))?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.seq);
-        left -= page.len();
-        print_page(out, &page, json)?;
-    }
-    Ok(())
+    print_audit_pages(out, limit, json, |after, n| {
+        library.audit_since(since, after, n)
+    })
 }
 
-fn print_page(out: &mut impl Write, page: &[AuditEntry], json: bool) -> Result<()> {
-    for entry in page {
-        print_audit(out, entry, json)?;
+/// Prints up to `left` audit lines, a page at a time: `page(cursor, n)` gives the next at
+/// most `n` lines after `cursor` (the last line's sequence number; `None` at first).
+fn print_audit_pages(
+    out: &mut impl Write,
+    mut left: usize,
+    json: bool,
+    mut page: impl FnMut(Option<u64>, usize) -> Result<Vec<AuditEntry>, ServiceError>,
+) -> Result<()> {
+    let mut cursor = None;
+    while left > 0 {
+        let lines = page(cursor, left.min(MAX_AUDIT_PAGE))?;
+        let Some(last) = lines.last() else { break };
+        cursor = Some(last.seq);
+        left -= lines.len();
+        for entry in &lines {
+            print_audit(out, entry, json)?;
+        }
     }
     Ok(())
 }

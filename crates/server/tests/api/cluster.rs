@@ -19,16 +19,8 @@ const EACH: usize = 60;
 async fn three_servers_on_one_postgres() {
     let pg = TempPostgres::start().unwrap();
     let url = pg.url();
-    let first = Server::start(Some(&url));
-    // The same keyring on every server (one host here; a copy of the file on each in real
-    // deployments), each with its own API keys.
-    let kek = first.dir.join("kek").display().to_string();
-    let temp = tempfile::tempdir().unwrap();
-    let servers = [
-        first,
-        Server::start_in(temp.path().join("b"), Some(&url), &["--kek-file", &kek]),
-        Server::start_in(temp.path().join("c"), Some(&url), &["--kek-file", &kek]),
-    ];
+    // The same keyring on every server, each with its own API keys.
+    let servers = Server::start_three(&url, &[]);
     let r = servers[0]
         .client()
         .add_hotp(&servers[0].admin_key, "CL-1", SEED)
@@ -155,16 +147,7 @@ async fn three_servers_share_one_failure_budget_per_client() {
         "--max-failures",
         "1000",
     ];
-    let first = Server::start_with(Some(&url), &budget);
-    let kek = first.dir.join("kek").display().to_string();
-    let temp = tempfile::tempdir().unwrap();
-    let mut more = budget.to_vec();
-    more.extend(["--kek-file", &kek]);
-    let servers = [
-        first,
-        Server::start_in(temp.path().join("b"), Some(&url), &more),
-        Server::start_in(temp.path().join("c"), Some(&url), &more),
-    ];
+    let servers = Server::start_three(&url, &budget);
     let r = servers[0]
         .client()
         .add_hotp(&servers[0].admin_key, "BUD-1", SEED)

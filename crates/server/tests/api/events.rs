@@ -517,20 +517,9 @@ async fn retries_then_delivery_or_dead_letter() {
     assert_eq!(health.body["status"], "degraded", "{:?}", health.body);
     let failing = health.body["webhooks_failing"].as_array().unwrap().clone();
     assert!(failing.contains(&Value::from("gone")), "{failing:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("webhook stuck: event 1 failed")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            server.stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_for_log("webhook stuck: event 1 failed", Duration::from_secs(10))
+        .await;
     let text = c.metrics().await;
     assert_eq!(
         metric(&text, "codereader_webhook_failing{webhook=\"gone\"}"),
@@ -585,15 +574,8 @@ async fn retries_then_delivery_or_dead_letter() {
         assert!(Instant::now() < deadline, "not dead-lettered: {text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        server
-            .stderr
-            .lock()
-            .unwrap()
-            .contains("webhook gone: gave up on event 1"),
-        "{}",
-        server.stderr.lock().unwrap()
-    );
+    let log = server.log();
+    assert!(log.contains("webhook gone: gave up on event 1"), "{log}");
     let health = c.get("/healthz", None).await;
     assert_eq!(health.body["status"], "ok", "{:?}", health.body);
     // A failing destination costs verifications nothing measurable.
@@ -614,16 +596,7 @@ async fn three_servers_deliver_each_event_once() {
     let (secret, key) = secret_file(keys.path(), "s", true);
     let hook = webhook(&receiver.url(), &secret, "name=siem");
     let args = ["--webhook", &hook, "--webhook-poll-ms", "20"];
-    let first = Server::start_with(Some(&url), &args);
-    let kek = first.dir.join("kek").display().to_string();
-    let temp = tempfile::tempdir().unwrap();
-    let mut more = args.to_vec();
-    more.extend(["--kek-file", &kek]);
-    let servers = [
-        first,
-        Server::start_in(temp.path().join("b"), Some(&url), &more),
-        Server::start_in(temp.path().join("c"), Some(&url), &more),
-    ];
+    let servers = Server::start_three(&url, &args);
     // Events made through all three, concurrently.
     let mut tasks = Vec::new();
     for (n, server) in servers.iter().enumerate() {
@@ -874,14 +847,10 @@ async fn https_destinations_are_checked_against_their_ca() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(untrusted.got().is_empty());
+    let log = server.log();
     assert!(
-        server
-            .stderr
-            .lock()
-            .unwrap()
-            .contains("webhook bad: event 1 failed, retrying: TLS"),
-        "{}",
-        server.stderr.lock().unwrap()
+        log.contains("webhook bad: event 1 failed, retrying: TLS"),
+        "{log}"
     );
 
     let refused = std::process::Command::new(BIN)

@@ -594,40 +594,16 @@ async fn api_keys_reload_on_sighup() {
     let r = c.post("/v1/verify", &new_key, body.clone()).await;
     assert_eq!(r.status, 401);
     server.signal("HUP");
-    let mut status = 0;
-    for _ in 0..100 {
-        if server
-            .stderr
-            .lock()
-            .unwrap()
-            .contains("reloaded 3 API key(s)")
-        {
-            status = c.post("/v1/verify", &new_key, body.clone()).await.status;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200, "{}", server.stderr.lock().unwrap());
+    server
+        .wait_for_log("reloaded 3 API key(s)", Duration::from_secs(2))
+        .await;
+    let status = c.post("/v1/verify", &new_key, body.clone()).await.status;
+    assert_eq!(status, 200, "{}", server.log());
     // A damaged file keeps the old keys.
     std::fs::write(server.dir.join("api-keys"), "verify broken\n").unwrap();
     server.signal("HUP");
-    for _ in 0..100 {
-        if server
-            .stderr
-            .lock()
-            .unwrap()
-            .contains("keeping the old API keys")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        server
-            .stderr
-            .lock()
-            .unwrap()
-            .contains("keeping the old API keys")
-    );
+    server
+        .wait_for_log("keeping the old API keys", Duration::from_secs(2))
+        .await;
     assert_eq!(c.post("/v1/verify", &new_key, body).await.status, 200);
 }

@@ -223,20 +223,7 @@ async fn https_with_reload_and_mutual_tls() {
         .status()
         .unwrap();
     assert!(hup.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("reloaded the TLS certificate")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            server.stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_log(&server.stderr, "reloaded the TLS certificate", 1).await;
     let renewed = healthy(server.addr, plain_client.clone()).await;
     assert_ne!(renewed, first_cert);
     drop(server);

@@ -79,6 +79,21 @@ impl Server {
         server
     }
 
+    /// Three servers on the one store `db`, each with its own state directory and API keys
+    /// and `extra` arguments, all with the first one's key-encryption key file (as a copy
+    /// of the file on each host would be).
+    pub fn start_three(db: &str, extra: &[&str]) -> [Server; 3] {
+        let first = Self::start_with(Some(db), extra);
+        let kek = first.dir.join("kek").display().to_string();
+        let mut more = extra.to_vec();
+        more.extend(["--kek-file", &kek]);
+        [
+            first,
+            Self::start_with(Some(db), &more),
+            Self::start_with(Some(db), &more),
+        ]
+    }
+
     /// A server on the state directory `dir` (which the caller keeps), with new API keys.
     pub fn start_in(dir: PathBuf, db: Option<&str>, extra: &[&str]) -> Server {
         Self::start_under(dir, db, extra, None)
@@ -208,6 +223,25 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// What the server has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the server has written `text` to stderr; fails the test, showing the
+    /// log, if it has not within `within`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no `{text}` within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The server process's id, while it runs.
