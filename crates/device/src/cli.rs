@@ -15,13 +15,15 @@ use codereader_speech::{
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
-use crate::device;
 use crate::keys::{Action, EvKey, TermKey};
 use crate::outputs::Output;
 use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
+use crate::run_loop;
 use crate::speechd::SpeechdAddress;
-use crate::state::{Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step};
 use crate::timesync::{self, ClockVerdict};
+use crate::token_file::{
+    Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step,
+};
 use crate::voice::{self, Message};
 
 /// codereader: the talking token. One key speaks the current one-time code.
@@ -259,13 +261,13 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run(args) => {
             // A mistake in the config never stops the device: it starts on the defaults for
-            // what is wrong and says so (`device::run`).
+            // what is wrong and says so (`run_loop::run`).
             let (config, mistakes) = Config::find_lenient(cli.config.as_deref());
-            device::run(
+            run_loop::run(
                 &state,
                 &config,
                 cli.voices.as_deref(),
-                &device::RunOptions {
+                &run_loop::RunOptions {
                     at: args.at,
                     terminal: config.input.terminal && !args.no_terminal,
                     mistakes: mistakes.iter().map(ToString::to_string).collect(),
@@ -822,7 +824,7 @@ fn take_and_plan(
     wait_below: u64,
 ) -> Result<(Planned, Result<(), TakeError>), Failure> {
     let wait = (verdict != ClockVerdict::Refuse)
-        .then(|| device::wait_for_next(state, wait_below, now(at), at.is_some()))
+        .then(|| run_loop::wait_for_next(state, wait_below, now(at), at.is_some()))
         .flatten();
     let next = wait.and_then(|wait| plan_next_code(state, pack, at, wait, verdict).transpose());
     let (mut planned, result) = match next {
@@ -1174,8 +1176,8 @@ pub fn utc_date(secs: u64) -> String {
 fn status(state: &StateDir) -> Result<(), Failure> {
     let token = match state.load() {
         Ok(token) => token,
-        Err(e @ crate::state::StateError::NoToken { .. }) => {
-            println!("token: none\n{}", device::enroll_help(state));
+        Err(e @ crate::token_file::StateError::NoToken { .. }) => {
+            println!("token: none\n{}", run_loop::enroll_help(state));
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
@@ -1209,7 +1211,7 @@ fn status(state: &StateDir) -> Result<(), Failure> {
         ),
     }
     println!("{}", clock_state(&token, now(None), build_floor()));
-    if let Some(percent) = device::battery_percent() {
+    if let Some(percent) = run_loop::battery_percent() {
         println!("battery: {percent} %");
     }
     Ok(())

@@ -13,8 +13,8 @@ use codereader_speech::{
 
 use crate::config::{Config, Listening, SETTINGS_FILE, SynthChoice, UserSettings};
 use crate::process::log;
-use crate::state::{StateDir, StateError, TakeError};
 use crate::timesync::ClockVerdict;
+use crate::token_file::{StateDir, StateError, TakeError};
 
 /// Why the voices cannot be used.
 ///

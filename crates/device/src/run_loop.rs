@@ -1,5 +1,6 @@
 //! `codereader run`: the device loop. Keys arrive from the terminal, evdev devices and GPIO
-//! lines (one thread each, all feeding one channel); the loop turns them into speech.
+//! lines (one thread each, all feeding one channel: the `input` module); the loop turns them
+//! into speech.
 //!
 //! Any key first stops the speech in progress (EN 301 549 5.1.3.5), then does its action.
 //! Codes are taken from the state (progress stored before speaking), feedback and errors are
@@ -7,34 +8,28 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::ops::RangeInclusive;
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use codereader_otp::UnixTime;
 use codereader_speech::{CodeIntro, LivePlayer, Prompt, Utterance, VoicePack};
-use evdev::KeyCode;
 use zeroize::Zeroizing;
 
 use crate::braille::BrailleKey;
 use crate::config::{
-    Chord, ClockConfig, Config, Effective, Gpio, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
+    ClockConfig, Config, Effective, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
 };
-use crate::keys::{Action, EvKey, TermDecoder, TermKey};
+use crate::input::{Event, RETRY, RawTerminal, start_evdev, start_gpio, watch_for_keypads};
+use crate::keys::Action;
 use crate::outputs::{Output, Senses};
-use crate::process::{Failure, build_floor, log, now, set_raw_terminal};
+use crate::process::{Failure, build_floor, log, now};
 use crate::speechd::SpeechdVoice;
-use crate::state::{Basis, Progress, Reserved, StateDir, StateError, TakeError, current_step};
 use crate::timesync::{self, ClockVerdict};
+use crate::token_file::{Basis, Progress, Reserved, StateDir, StateError, TakeError, current_step};
 use crate::voice::{self, Message, Voices};
-
-/// How often a missing audio device or evdev device is looked for again.
-const RETRY: Duration = Duration::from_secs(2);
 
 /// With no input configured, how long `run` looks for a keypad before it greets: one plugged
 /// in at power-on may appear in /dev/input a moment after the service starts, and the
@@ -53,24 +48,6 @@ pub struct RunOptions {
     pub terminal: bool,
     /// Mistakes of the config set aside (its defaults used for them), to log and announce.
     pub mistakes: Vec<String>,
-}
-
-/// What an input thread reports.
-#[derive(Debug)]
-enum Event {
-    /// A terminal key.
-    Term(TermKey),
-    /// An evdev key press (chords already resolved into actions).
-    Ev(EvKey),
-    /// An action decided by the input itself (chords, GPIO buttons).
-    Action(Action),
-    /// The terminal closed (end of input).
-    TermClosed,
-    /// A key of the braille display.
-    Braille(BrailleKey),
-    /// The last keypad went away (unplugged): the user is told, since their keys now do
-    /// nothing until it is back.
-    KeypadGone,
 }
 
 /// The battery charge in percent, if the platform reports a battery.
@@ -1050,306 +1027,10 @@ fn braille_action(key: BrailleKey, effective: &Effective) -> Option<Action> {
     }
 }
 
-/// The terminal in raw mode (single keys, no echo) until dropped.
-struct RawTerminal {
-    saved: rustix::termios::Termios,
-}
-
-impl RawTerminal {
-    fn start(events: Sender<Event>) -> Result<Self, Failure> {
-        let stdin = io::stdin();
-        let saved = rustix::termios::tcgetattr(stdin.as_fd())
-            .map_err(|e| anyhow::anyhow!("cannot read the terminal's mode: {e}"))?;
-        let mut raw = saved.clone();
-        raw.make_raw();
-        // Output processing stays on so that log lines still end properly.
-        raw.output_modes = saved.output_modes;
-        rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &raw)
-            .map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode: {e}"))?;
-        set_raw_terminal(true);
-        thread::Builder::new()
-            .name("terminal".into())
-            .spawn(move || terminal_thread(&events))
-            .map_err(|e| anyhow::anyhow!("cannot start the terminal thread: {e}"))?;
-        Ok(RawTerminal { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
-            io::stdin().as_fd(),
-            rustix::termios::OptionalActions::Now,
-            &self.saved,
-        );
-        set_raw_terminal(false);
-    }
-}
-
-fn terminal_thread(events: &Sender<Event>) {
-    let mut decoder = TermDecoder::default();
-    let mut buf = [0u8; 64];
-    let mut stdin = io::stdin().lock();
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = events.send(Event::TermClosed);
-                return;
-            }
-            Ok(n) => {
-                // Escape sequences arrive in one read, so a lone ESC at the end is the key.
-                for key in decoder.feed(&buf[..n], true) {
-                    if events.send(Event::Term(key)).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// With no input configured: every [`RETRY`], takes each keypad or keyboard in /dev/input
-/// not yet read (one that has Enter, keypad Enter or a first button) and reads it until it
-/// goes away; then it may be taken again when it comes back. Looks before it returns (for
-/// up to `first_look` while there is none) and returns how many it took.
-fn watch_for_keypads(
-    grab: bool,
-    chords: Vec<Chord>,
-    events: Sender<Event>,
-    first_look: Duration,
-) -> usize {
-    let reading: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
-    let scan = move || {
-        let mut taken = 0;
-        for (path, device) in evdev::enumerate() {
-            let keypad = device.supported_keys().is_some_and(|keys| {
-                [KeyCode::KEY_ENTER, KeyCode::KEY_KPENTER, KeyCode::BTN_0]
-                    .into_iter()
-                    .any(|k| keys.contains(k))
-            });
-            drop(device);
-            let new = keypad
-                && reading
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(path.clone());
-            if new {
-                read_found_keypad(path, grab, chords.clone(), events.clone(), &reading);
-                taken += 1;
-            }
-        }
-        taken
-    };
-    let looking = Instant::now();
-    let mut found = scan();
-    while found == 0 && looking.elapsed() < first_look {
-        thread::sleep(Duration::from_millis(200));
-        found = scan();
-    }
-    let spawned = thread::Builder::new()
-        .name("keypad-watch".into())
-        .spawn(move || {
-            loop {
-                thread::sleep(RETRY);
-                scan();
-            }
-        });
-    if let Err(e) = spawned {
-        log(&format!("error: cannot start the keypad watch thread: {e}"));
-    }
-    found
-}
-
-/// Reads a keypad [`watch_for_keypads`] found, until it goes away.
-fn read_found_keypad(
-    path: PathBuf,
-    grab: bool,
-    chords: Vec<Chord>,
-    events: Sender<Event>,
-    reading: &Arc<Mutex<BTreeSet<PathBuf>>>,
-) {
-    let mine = Arc::clone(reading);
-    let forget = path.clone();
-    let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
-        let opened = Instant::now();
-        let failed = read_evdev(&path, grab, &chords, &events).err();
-        if let Some(e) = &failed {
-            log(&format!("input device {}: {e}", path.display()));
-        }
-        // Gone after it was read a while (not a device that fails at once, e.g. grabbed by
-        // another program, which would otherwise be announced at every 2 s scan).
-        let gone = failed.is_some() && opened.elapsed() > Duration::from_millis(100);
-        let mut reading = mine.lock().unwrap_or_else(PoisonError::into_inner);
-        reading.remove(&path);
-        if gone && reading.is_empty() {
-            let _ = events.send(Event::KeypadGone);
-        }
-    });
-    if let Err(e) = spawned {
-        log(&format!("error: cannot start the evdev thread: {e}"));
-        reading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&forget);
-    }
-}
-
-/// Reads one evdev device, reopening it when it disappears (USB keypads come and go).
-fn start_evdev(path: PathBuf, grab: bool, chords: Vec<Chord>, events: Sender<Event>) {
-    let spawned = thread::Builder::new().name("evdev".into()).spawn(move || {
-        loop {
-            let opened = Instant::now();
-            match read_evdev(&path, grab, &chords, &events) {
-                Ok(()) => return,
-                Err(e) => {
-                    // Failing after it was open a while: it went away (said once; a device
-                    // that cannot be opened fails at once, at every retry, silently).
-                    if opened.elapsed() > Duration::from_millis(100)
-                        && events.send(Event::KeypadGone).is_err()
-                    {
-                        return;
-                    }
-                    log(&format!(
-                        "error: input device {}: {e}; trying again in {} s",
-                        path.display(),
-                        RETRY.as_secs()
-                    ));
-                }
-            }
-            thread::sleep(RETRY);
-        }
-    });
-    if let Err(e) = spawned {
-        log(&format!("error: cannot start the evdev thread: {e}"));
-    }
-}
-
-/// Returns `Ok` only when the loop has ended (the receiver is gone).
-fn read_evdev(path: &Path, grab: bool, chords: &[Chord], events: &Sender<Event>) -> io::Result<()> {
-    let mut device = evdev::Device::open(path)?;
-    if grab {
-        device.grab()?;
-    }
-    log(&format!(
-        "input device {} ({})",
-        path.display(),
-        device.name().unwrap_or("unnamed")
-    ));
-    let mut chords = ChordTracker::new(chords.to_vec());
-    loop {
-        for event in device.fetch_events()? {
-            if let evdev::EventSummary::Key(_, code, value) = event.destructure() {
-                if let Some(event) = chords.key(EvKey(code), value) {
-                    if events.send(event).is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Turns evdev key events into [`Event`]s: presses only (auto-repeat and releases do
-/// nothing, so holding a key never repeats its action), and a configured chord's action when
-/// its key is pressed while its hold key is down.
-#[derive(Debug)]
-struct ChordTracker {
-    chords: Vec<Chord>,
-    held: Vec<EvKey>,
-}
-
-impl ChordTracker {
-    fn new(chords: Vec<Chord>) -> Self {
-        ChordTracker {
-            chords,
-            held: Vec::new(),
-        }
-    }
-
-    /// `value` is evdev's: 1 press, 0 release, 2 auto-repeat.
-    fn key(&mut self, key: EvKey, value: i32) -> Option<Event> {
-        match value {
-            1 => {
-                let chord = self
-                    .chords
-                    .iter()
-                    .find(|c| c.key == key && self.held.contains(&c.hold));
-                let event = match chord {
-                    Some(chord) => Event::Action(chord.action),
-                    None => Event::Ev(key),
-                };
-                self.held.push(key);
-                Some(event)
-            }
-            0 => {
-                self.held.retain(|k| *k != key);
-                None
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Watches one GPIO button.
-fn start_gpio(button: Gpio, events: Sender<Event>) {
-    let spawned = thread::Builder::new().name("gpio".into()).spawn(move || {
-        loop {
-            match read_gpio(&button, &events) {
-                Ok(()) => return,
-                Err(e) => log(&format!(
-                    "error: GPIO {} line {}: {e}; trying again in {} s",
-                    button.chip.display(),
-                    button.line,
-                    RETRY.as_secs()
-                )),
-            }
-            thread::sleep(RETRY);
-        }
-    });
-    if let Err(e) = spawned {
-        log(&format!("error: cannot start the GPIO thread: {e}"));
-    }
-}
-
-fn read_gpio(button: &Gpio, events: &Sender<Event>) -> Result<(), gpiocdev::Error> {
-    use gpiocdev::line::{Bias, EdgeDetection};
-    let mut builder = gpiocdev::Request::builder();
-    builder
-        .on_chip(&button.chip)
-        .with_consumer("codereader")
-        .with_line(button.line)
-        .as_input();
-    if button.active_low {
-        builder.as_active_low().with_bias(Bias::PullUp);
-    } else {
-        builder.with_bias(Bias::PullDown);
-    }
-    let request = builder
-        // With active_low, pressing is the rising edge of the *logical* value.
-        .with_edge_detection(EdgeDetection::RisingEdge)
-        .with_debounce_period(Duration::from_millis(u64::from(button.debounce_ms)))
-        .request()?;
-    log(&format!(
-        "GPIO button {} line {} does {}",
-        button.chip.display(),
-        button.line,
-        button.action
-    ));
-    loop {
-        request.read_edge_event()?;
-        if events.send(Event::Action(button.action)).is_err() {
-            return Ok(());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(name: &str) -> EvKey {
-        name.parse().unwrap()
-    }
+    use crate::keys::TermKey;
 
     #[test]
     fn braille_routing_and_panning_keys_speak_and_replay() {
@@ -1370,28 +1051,5 @@ mod tests {
             Some(Action::Quit)
         );
         assert_eq!(act(BrailleKey::Other), None);
-    }
-
-    #[test]
-    fn chords_fire_only_while_the_hold_key_is_down() {
-        let mut t = ChordTracker::new(vec![Chord {
-            hold: key("KEY_F1"),
-            key: key("KEY_1"),
-            action: Action::Status,
-        }]);
-        assert!(matches!(t.key(key("KEY_1"), 1), Some(Event::Ev(k)) if k == key("KEY_1")));
-        assert!(t.key(key("KEY_1"), 0).is_none());
-        assert!(matches!(t.key(key("KEY_F1"), 1), Some(Event::Ev(_))));
-        assert!(
-            t.key(key("KEY_F1"), 2).is_none(),
-            "auto-repeat must not act"
-        );
-        assert!(matches!(
-            t.key(key("KEY_1"), 1),
-            Some(Event::Action(Action::Status))
-        ));
-        assert!(t.key(key("KEY_1"), 0).is_none());
-        assert!(t.key(key("KEY_F1"), 0).is_none());
-        assert!(matches!(t.key(key("KEY_1"), 1), Some(Event::Ev(_))));
     }
 }
