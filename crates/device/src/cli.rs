@@ -223,18 +223,12 @@ pub struct ClockArgs {
 /// # Errors
 /// When neither `XDG_STATE_HOME` nor `HOME` is set.
 pub fn state_dir(explicit: Option<&Path>) -> anyhow::Result<StateDir> {
-    if let Some(dir) = explicit {
-        return Ok(StateDir::new(dir));
+    match codereader_atomicfile::state_dir(explicit) {
+        Some(dir) => Ok(StateDir::new(dir)),
+        None => bail!(
+            "no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME"
+        ),
     }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(StateDir::new(PathBuf::from(dir).join("codereader")));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return Ok(StateDir::new(
-            PathBuf::from(home).join(".local/state/codereader"),
-        ));
-    }
-    bail!("no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME")
 }
 
 /// Runs the program; `main` is this plus the exit status.
