@@ -10,21 +10,23 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use codereader_otp::{KeyPolicy, KeyUri, OtpKind, TimeStep, UnixTime, pskc};
 use codereader_speech::{
-    CodeIntro, LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
+    CodeIntro, LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Settings, Utterance, VoicePack,
 };
 use zeroize::Zeroizing;
 
-use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
+use crate::config::{
+    Config, ConfigError, Effective, Listening, RATE_RANGE, UserSettings, VOLUME_RANGE,
+};
 use crate::keys::{Action, EvKey, TermKey};
-use crate::outputs::Output;
+use crate::outputs::{Output, OutputsConfig};
 use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
 use crate::run_loop;
-use crate::speechd::SpeechdAddress;
+use crate::speechd::{Speechd, SpeechdAddress};
 use crate::timesync::{self, ClockVerdict};
 use crate::token_file::{
     Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step,
 };
-use crate::voice::{self, Message};
+use crate::voice::{self, Message, VoiceError, Voices};
 
 /// codereader: the talking token. One key speaks the current one-time code.
 #[derive(Debug, Parser)]
@@ -547,237 +549,44 @@ fn speak(
     voices_dir: Option<&Path>,
     args: &SpeakArgs,
 ) -> Result<(), Failure> {
-    // A bad setting falls back to its default and is said before the code: only the token
-    // decides whether a code is given.
-    let (config, user, effective, mut mistakes) = load_settings_lenient(state, config_path);
-    let mut listening = effective.listening;
-    if let Some(lang) = &args.lang {
-        listening.language.clone_from(lang);
-    }
-    if let Some(rate) = args.rate {
-        check_step("--rate", rate, &RATE_RANGE)?;
-        listening.rate = rate;
-    }
-    if let Some(volume) = args.volume {
-        check_step("--volume", volume, &VOLUME_RANGE)?;
-        listening.volume = volume;
-    }
-    let mut outputs = config.outputs.clone();
-    if !args.output.is_empty() {
-        outputs.list =
-            crate::outputs::parse_outputs(&args.output).map_err(|m| anyhow!("--output: {m}"))?;
-    }
-    let (mut voices, more) = voice::load_voices_lenient(state, &config, &user, voices_dir)?;
-    mistakes.extend(more);
-    if args.lang.is_none() {
-        // The language of the config or the settings: one without a pack is a mistake too.
-        mistakes.extend(voice::settle_language(
-            &voices,
-            &config,
-            &user,
-            &mut listening,
-        ));
-    }
-    if let Some(name) = &args.voice {
-        voices.choose(&listening.language, name)?;
-    }
-    crate::config::log_mistakes(&mistakes);
-    let mut notices = Vec::new();
-    let mut pack = voices.pack(&listening.language)?;
-    // A language nothing can speak is said so, in one that can be spoken.
-    if let Err(why) = voices.check_speakable(pack) {
-        let Some(other) = voices.speakable_instead(pack.tag()) else {
-            return Err(anyhow!(
-                "language `{}` cannot be spoken ({why}), and no other language can",
-                pack.tag()
-            )
-            .into());
-        };
-        log(&format!(
-            "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
-            pack.tag()
-        ));
-        pack = voices.pack(&other)?;
-        notices.push(Prompt::LanguageUnusable);
-    }
-    if !mistakes.is_empty() {
-        notices.push(Prompt::SettingsMistake);
-    }
-    if let Some(note) = voices.fallback_note(pack) {
+    let setup = SpeakSetup::load(state, config_path, voices_dir, args)?;
+    let (pack, notices) = setup.pack_to_speak()?;
+    if let Some(note) = setup.voices.fallback_note(pack) {
         log(&format!("warning: {note}"));
     }
-    let settings = voice::speech_settings(&listening);
-    let verdict = timesync::verdict(
-        &config.clock,
-        args.at,
-        state.load().ok().map(|t| t.progress).as_ref(),
-    );
-    // Logged just before the code is taken: a failure to open the outputs comes alone.
-    let log_clock = || {
-        if verdict == ClockVerdict::Warn {
-            if let Some(line) = timesync::explain(&config.clock, verdict) {
-                log(&line);
-            }
-        }
-    };
-    // With [clock] unsynced = "refuse", no code is taken: the device says why, and exits 5.
-    let refused = |result: Result<(), TakeError>| -> Result<(), Failure> {
-        if verdict == ClockVerdict::Refuse {
-            return Err(Failure {
-                exit: Exit::Clock,
-                error: anyhow!(
-                    "the clock has not been synchronised since boot ({} does not exist) and \
-                     [clock] unsynced = \"refuse\": no code given",
-                    config.clock.sync_flag.display()
-                ),
-            });
-        }
-        result.map_err(Failure::from)
+    let config = &setup.config;
+    let job = SpeakJob {
+        state,
+        args,
+        config,
+        voices: &setup.voices,
+        pack,
+        notices,
+        settings: voice::speech_settings(&setup.listening),
+        verdict: timesync::verdict(
+            &config.clock,
+            args.at,
+            state.load().ok().map(|t| t.progress).as_ref(),
+        ),
     };
     if let Some(path) = &args.wav {
-        // A WAV file is the sound card's speech, whatever the outputs say.
-        log_clock();
-        let (utterance, result) = take_and_plan(
-            state,
-            pack,
-            args.at,
-            &notices,
-            verdict,
-            config.code.wait_for_next_below,
-        )?;
-        let mut synth = voices.synth(pack)?;
-        Renderer::new(SampleRate::ESPEAK)
-            .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        record_when_due(state, utterance.record);
-        return refused(result);
+        return job.speak_to_wav(path);
     }
     // Open every output before taking the code: with none working, no HOTP counter is used.
     // Each fails alone; the code is taken when at least one works.
     let (braille_keys, braille_rx) = std::sync::mpsc::channel();
     let mut senses = crate::outputs::Senses::new(
-        &outputs,
+        &setup.outputs,
         false,
         Some(Box::new(move |key| braille_keys.send(key).is_ok())),
         Box::new(log),
     );
-    let braille = senses.braille_connected();
-    let uses = |o| outputs.has(o);
-    let mut speechd = None;
-    let mut failures = Vec::new();
-    // Without Speech Dispatcher (after trying to start it), the device's own voice speaks on
-    // the sound card: a desktop shortcut must never end in silence.
-    let mut own_voice = uses(Output::Speech);
-    if uses(Output::Speechd) {
-        let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
-            .and_then(|address| crate::speechd::connect_or_spawn(&address))
-            .and_then(|mut s| s.set_language(pack.tag()).map(|()| s));
-        match connected {
-            Ok(s) => speechd = Some(s),
-            Err(e) => {
-                log(&format!(
-                    "warning: {e}; the device's own voice speaks on the sound card instead"
-                ));
-                own_voice = true;
-            }
-        }
-    }
-    let player = if own_voice || speechd.is_some() {
-        match LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?) {
-            Ok(player) => Some(player),
-            Err(e) if own_voice => {
-                failures.push(
-                    anyhow::Error::new(e).context("cannot speak: no working audio output device"),
-                );
-                None
-            }
-            Err(e) => {
-                // Speech Dispatcher has its own audio; only the earcons are lost.
-                log(&format!(
-                    "warning: no earcons: no audio output device ({e})"
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let speaking = (own_voice && player.is_some()) || speechd.is_some();
-    if !speaking && !braille {
-        // Nothing works: the first failure says why (the sound card's gives exit status 6).
-        return Err(failures.into_iter().next().map_or_else(
-            || anyhow!("no output works (see the messages above)").into(),
-            Failure::from,
-        ));
-    }
-    for failure in &failures {
-        log(&format!("error: {failure:#}; the other outputs go on"));
-    }
-    log_clock();
-    let (utterance, result) = take_and_plan(
-        state,
-        pack,
-        args.at,
-        &notices,
-        verdict,
-        config.code.wait_for_next_below,
-    )?;
-    // Copied while the code is spoken (taking the clipboard takes up to half a second).
-    let copying = (args.copy || config.desktop.copy)
-        .then(|| utterance.shown.clone())
-        .flatten()
-        .map(|(code, left)| {
-            std::thread::spawn(move || {
-                copy_to_clipboard(
-                    &code,
-                    left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS),
-                );
-            })
-        });
+    let mut voices = job.open_voices(&setup.outputs, senses.braille_connected())?;
+    let (utterance, result) = job.take()?;
     // Waited for however `speak` ends, so its line is logged and the holder started.
-    let _copying = JoinOnDrop(copying);
-    match (&utterance.shown, &result) {
-        (Some((code, left)), _) => {
-            senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
-        }
-        (None, Err(e)) => {
-            senses.show_text(&pack.phrase(PhraseKey::Prompt(voice::prompt_for(e))).text)
-        }
-        (None, Ok(())) if verdict == ClockVerdict::Refuse => {
-            senses.show_text(&pack.phrase(PhraseKey::Prompt(Prompt::ClockUnsynced)).text);
-        }
-        (None, Ok(())) => {}
-    }
-    let play = |part: Utterance| -> Result<(), Failure> {
-        let Some(player) = &player else { return Ok(()) };
-        player.play(part, settings)?;
-        // Long enough for the slowest code; normal codes take about five seconds.
-        if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
-            return Err(Failure {
-                exit: Exit::Audio,
-                error: anyhow!("the audio output failed while speaking"),
-            });
-        }
-        Ok(())
-    };
-    if let Some(speechd) = &mut speechd {
-        let (head, words, tail) = crate::speechd::split_earcons(&utterance.utterance);
-        play(head)?;
-        match speechd.speak(&words, SPEECHD_START, Duration::from_secs(60)) {
-            Ok(()) => play(tail)?,
-            Err(e) if player.is_some() => {
-                log(&format!(
-                    "warning: {e}; the device's own voice speaks on the sound card instead"
-                ));
-                let mut rest = words;
-                rest.extend(tail.segments().iter().cloned());
-                play(Utterance::from_segments(rest))?;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).into()),
-        }
-    } else if own_voice {
-        play(utterance.utterance)?;
-    }
+    let _copying = JoinOnDrop(job.start_copying(&utterance));
+    job.show(&mut senses, &utterance, &result);
+    job.say(&mut voices, utterance.utterance)?;
     record_when_due(state, utterance.record);
     if senses.braille_connected() {
         // The code stays on the display until it expires or a key is pressed there (a
@@ -786,7 +595,308 @@ fn speak(
         let limit = if utterance.shown.is_some() { 120 } else { 20 };
         senses.hold(&braille_rx, Duration::from_secs(limit));
     }
-    refused(result)
+    job.refused(result)
+}
+
+/// What `speak` speaks with: the config and the user's settings with this command's options
+/// over them, and the voices.
+struct SpeakSetup {
+    config: Config,
+    listening: Listening,
+    outputs: OutputsConfig,
+    voices: Voices,
+    /// Mistakes of the config, the settings or the voice packs (each set aside for its
+    /// default and logged), so the user hears that a helper can fix the settings.
+    mistakes: Vec<String>,
+}
+
+impl SpeakSetup {
+    /// Loads the config, the settings and the voices leniently (a bad setting falls back to
+    /// its default and is said before the code: only the token decides whether a code is
+    /// given), applies the options and logs the mistakes.
+    fn load(
+        state: &StateDir,
+        config_path: Option<&Path>,
+        voices_dir: Option<&Path>,
+        args: &SpeakArgs,
+    ) -> Result<Self, Failure> {
+        let (config, user, effective, mut mistakes) = load_settings_lenient(state, config_path);
+        let mut listening = effective.listening;
+        if let Some(lang) = &args.lang {
+            listening.language.clone_from(lang);
+        }
+        if let Some(rate) = args.rate {
+            check_step("--rate", rate, &RATE_RANGE)?;
+            listening.rate = rate;
+        }
+        if let Some(volume) = args.volume {
+            check_step("--volume", volume, &VOLUME_RANGE)?;
+            listening.volume = volume;
+        }
+        let mut outputs = config.outputs.clone();
+        if !args.output.is_empty() {
+            outputs.list = crate::outputs::parse_outputs(&args.output)
+                .map_err(|m| anyhow!("--output: {m}"))?;
+        }
+        let (mut voices, more) = voice::load_voices_lenient(state, &config, &user, voices_dir)?;
+        mistakes.extend(more);
+        if args.lang.is_none() {
+            // The language of the config or the settings: one without a pack is a mistake too.
+            mistakes.extend(voice::settle_language(
+                &voices,
+                &config,
+                &user,
+                &mut listening,
+            ));
+        }
+        if let Some(name) = &args.voice {
+            voices.choose(&listening.language, name)?;
+        }
+        crate::config::log_mistakes(&mistakes);
+        Ok(SpeakSetup {
+            config,
+            listening,
+            outputs,
+            voices,
+            mistakes,
+        })
+    }
+
+    /// The pack of the language to speak, and the notices to say before the code: a
+    /// language nothing can speak is said so, in one that can be spoken; a mistake in the
+    /// settings is said too.
+    fn pack_to_speak(&self) -> Result<(&VoicePack, Vec<Prompt>), Failure> {
+        let voices = &self.voices;
+        let mut notices = Vec::new();
+        let mut pack = voices.pack(&self.listening.language)?;
+        if let Err(why) = voices.check_speakable(pack) {
+            let Some(other) = voices.speakable_instead(pack.tag()) else {
+                return Err(anyhow!(
+                    "language `{}` cannot be spoken ({why}), and no other language can",
+                    pack.tag()
+                )
+                .into());
+            };
+            log(&format!(
+                "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
+                pack.tag()
+            ));
+            pack = voices.pack(&other)?;
+            notices.push(Prompt::LanguageUnusable);
+        }
+        if !self.mistakes.is_empty() {
+            notices.push(Prompt::SettingsMistake);
+        }
+        Ok((pack, notices))
+    }
+}
+
+/// One `speak`: what it speaks with, and the clock's verdict on giving a code now.
+struct SpeakJob<'a> {
+    state: &'a StateDir,
+    args: &'a SpeakArgs,
+    config: &'a Config,
+    voices: &'a Voices,
+    pack: &'a VoicePack,
+    notices: Vec<Prompt>,
+    settings: Settings,
+    verdict: ClockVerdict,
+}
+
+/// The voices `speak` opened: Speech Dispatcher, the sound card, or both (the sound card
+/// for the earcons beside Speech Dispatcher).
+struct SpeakVoices {
+    // Dropped in this order: the player, then Speech Dispatcher's connection.
+    player: Option<LivePlayer>,
+    speechd: Option<Speechd>,
+    /// Whether the device's own voice speaks the code on the sound card.
+    own_voice: bool,
+}
+
+impl SpeakJob<'_> {
+    /// Writes what would be said to a WAV file: the sound card's speech, whatever the
+    /// outputs say.
+    fn speak_to_wav(&self, path: &Path) -> Result<(), Failure> {
+        let (utterance, result) = self.take()?;
+        let mut synth = self.voices.synth(self.pack)?;
+        Renderer::new(SampleRate::ESPEAK)
+            .render_to_wav(&utterance.utterance, synth.as_mut(), self.settings, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        record_when_due(self.state, utterance.record);
+        self.refused(result)
+    }
+
+    /// Opens Speech Dispatcher and the sound card as the outputs ask. Without Speech
+    /// Dispatcher (after trying to start it), the device's own voice speaks on the sound
+    /// card: a desktop shortcut must never end in silence. Fails when nothing works
+    /// (`braille`: the braille display is connected).
+    fn open_voices(&self, outputs: &OutputsConfig, braille: bool) -> Result<SpeakVoices, Failure> {
+        let uses = |o| outputs.has(o);
+        let mut speechd = None;
+        let mut failures = Vec::new();
+        let mut own_voice = uses(Output::Speech);
+        if uses(Output::Speechd) {
+            let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
+                .and_then(|address| crate::speechd::connect_or_spawn(&address))
+                .and_then(|mut s| s.set_language(self.pack.tag()).map(|()| s));
+            match connected {
+                Ok(s) => speechd = Some(s),
+                Err(e) => {
+                    log(&format!(
+                        "warning: {e}; the device's own voice speaks on the sound card instead"
+                    ));
+                    own_voice = true;
+                }
+            }
+        }
+        let player = if own_voice || speechd.is_some() {
+            let device = self.config.audio.device.as_deref();
+            match LivePlayer::open(device, self.voices.synth(self.pack)?) {
+                Ok(player) => Some(player),
+                Err(e) if own_voice => {
+                    failures.push(
+                        anyhow::Error::new(e)
+                            .context("cannot speak: no working audio output device"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    // Speech Dispatcher has its own audio; only the earcons are lost.
+                    log(&format!(
+                        "warning: no earcons: no audio output device ({e})"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let speaking = (own_voice && player.is_some()) || speechd.is_some();
+        if !speaking && !braille {
+            // Nothing works: the first failure says why (the sound card's gives exit status 6).
+            return Err(failures.into_iter().next().map_or_else(
+                || anyhow!("no output works (see the messages above)").into(),
+                Failure::from,
+            ));
+        }
+        for failure in &failures {
+            log(&format!("error: {failure:#}; the other outputs go on"));
+        }
+        Ok(SpeakVoices {
+            player,
+            speechd,
+            own_voice,
+        })
+    }
+
+    /// Logs the clock's warning (just before the code is taken: a failure to open the
+    /// outputs comes alone), then takes the code and plans what to say.
+    fn take(&self) -> Result<(Planned, Result<(), TakeError>), Failure> {
+        if self.verdict == ClockVerdict::Warn {
+            if let Some(line) = timesync::explain(&self.config.clock, self.verdict) {
+                log(&line);
+            }
+        }
+        take_and_plan(
+            self.state,
+            self.pack,
+            self.args.at,
+            &self.notices,
+            self.verdict,
+            self.config.code.wait_for_next_below,
+        )
+    }
+
+    /// Copies the code to the clipboard while it is spoken (taking the clipboard takes up to
+    /// half a second), when `--copy` or the config asks.
+    fn start_copying(&self, utterance: &Planned) -> Option<std::thread::JoinHandle<()>> {
+        (self.args.copy || self.config.desktop.copy)
+            .then(|| utterance.shown.clone())
+            .flatten()
+            .map(|(code, left)| {
+                std::thread::spawn(move || {
+                    copy_to_clipboard(
+                        &code,
+                        left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS),
+                    );
+                })
+            })
+    }
+
+    /// Shows the code, or why there is none, on the braille display.
+    fn show(
+        &self,
+        senses: &mut crate::outputs::Senses,
+        utterance: &Planned,
+        result: &Result<(), TakeError>,
+    ) {
+        let pack = self.pack;
+        match (&utterance.shown, result) {
+            (Some((code, left)), _) => {
+                senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
+            }
+            (None, Err(e)) => {
+                senses.show_text(&pack.phrase(PhraseKey::Prompt(voice::prompt_for(e))).text)
+            }
+            (None, Ok(())) if self.verdict == ClockVerdict::Refuse => {
+                senses.show_text(&pack.phrase(PhraseKey::Prompt(Prompt::ClockUnsynced)).text);
+            }
+            (None, Ok(())) => {}
+        }
+    }
+
+    /// Says `utterance` through Speech Dispatcher (the earcons on the sound card; the rest
+    /// too if Speech Dispatcher fails) or the device's own voice, to its end.
+    fn say(&self, voices: &mut SpeakVoices, utterance: Utterance) -> Result<(), Failure> {
+        let player = &voices.player;
+        let play = |part: Utterance| -> Result<(), Failure> {
+            let Some(player) = player else { return Ok(()) };
+            player.play(part, self.settings)?;
+            // Long enough for the slowest code; normal codes take about five seconds.
+            if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
+                return Err(Failure {
+                    exit: Exit::Audio,
+                    error: anyhow!("the audio output failed while speaking"),
+                });
+            }
+            Ok(())
+        };
+        if let Some(speechd) = &mut voices.speechd {
+            let (head, words, tail) = crate::speechd::split_earcons(&utterance);
+            play(head)?;
+            match speechd.speak(&words, SPEECHD_START, Duration::from_secs(60)) {
+                Ok(()) => play(tail)?,
+                Err(e) if player.is_some() => {
+                    log(&format!(
+                        "warning: {e}; the device's own voice speaks on the sound card instead"
+                    ));
+                    let mut rest = words;
+                    rest.extend(tail.segments().iter().cloned());
+                    play(Utterance::from_segments(rest))?;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).into()),
+            }
+        } else if voices.own_voice {
+            play(utterance)?;
+        }
+        Ok(())
+    }
+
+    /// `result`, unless `[clock] unsynced = "refuse"` refused the code: then the device has
+    /// said why, and `speak` exits 5.
+    fn refused(&self, result: Result<(), TakeError>) -> Result<(), Failure> {
+        if self.verdict == ClockVerdict::Refuse {
+            return Err(Failure {
+                exit: Exit::Clock,
+                error: anyhow!(
+                    "the clock has not been synchronised since boot ({} does not exist) and \
+                     [clock] unsynced = \"refuse\": no code given",
+                    self.config.clock.sync_flag.display()
+                ),
+            });
+        }
+        result.map_err(Failure::from)
+    }
 }
 
 /// What `speak` says, and the code to show (with its seconds left) if there is one.
@@ -991,11 +1101,33 @@ fn settings(
             .context("cannot write to standard output")?;
         return Ok(());
     }
-    if let (Some(lang), Ok(voices)) = (&args.lang, &voices) {
+    change_settings(&mut user, args, &config, voices.as_mut().ok())?;
+    // Validate the combination (e.g. a key bound twice) before saving anything.
+    let effective = Effective::new(&config, &user, state.path())?;
+    if changing {
+        user.save(state.path())?;
+    }
+    let text = settings_text(state, &config, &effective, &voices);
+    io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// Applies `settings`' options to `user`, checking each (a language or voice against the
+/// packs, when they load).
+fn change_settings(
+    user: &mut UserSettings,
+    args: &SettingsArgs,
+    config: &Config,
+    mut voices: Option<&mut Voices>,
+) -> Result<(), Failure> {
+    if let (Some(lang), Some(voices)) = (&args.lang, &voices) {
         voices.pack(lang)?;
         user.language = Some(lang.clone());
     }
-    if let (Some(name), Ok(voices)) = (&args.voice, &mut voices) {
+    if let (Some(name), Some(voices)) = (&args.voice, &mut voices) {
         // The language this voice is for: the one set in this command, else the current one.
         let tag = user
             .language
@@ -1020,13 +1152,18 @@ fn settings(
         let (action, keys) = parse_bind::<EvKey>(bind)?;
         user.evdev_keys.insert(action.name().to_owned(), keys);
     }
-    // Validate the combination (e.g. a key bound twice) before saving anything.
-    let effective = Effective::new(&config, &user, state.path())?;
-    if changing {
-        user.save(state.path())?;
-    }
+    Ok(())
+}
+
+/// The settings as `settings` shows them: where they come from, listening, the voice per
+/// language (or why the packs cannot be used) and both key maps.
+fn settings_text(
+    state: &StateDir,
+    config: &Config,
+    effective: &Effective,
+    voices: &Result<Voices, VoiceError>,
+) -> String {
     let l = &effective.listening;
-    let mut out = io::stdout().lock();
     let source = config.source.as_ref().map_or_else(
         || "built-in defaults".to_owned(),
         |p| p.display().to_string(),
@@ -1044,7 +1181,7 @@ fn settings(
         RATE_RANGE.end(),
     );
     text.push_str("[voice]\n");
-    match &voices {
+    match voices {
         Ok(voices) => {
             for tag in voices.languages() {
                 if let Ok((names, now)) = voices.voice_names(&tag) {
@@ -1064,9 +1201,7 @@ fn settings(
         let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
         text.push_str(&format!("{action} = {}\n", names.join(", ")));
     }
-    out.write_all(text.as_bytes())
-        .context("cannot write to standard output")?;
-    Ok(())
+    text
 }
 
 fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(), Failure> {

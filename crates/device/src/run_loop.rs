@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::ops::RangeInclusive;
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use codereader_otp::UnixTime;
@@ -799,161 +799,21 @@ pub fn run(
     voices_dir: Option<&Path>,
     options: &RunOptions,
 ) -> Result<(), Failure> {
-    // A mistake in the config or the settings never silences the device: the defaults are
-    // used for what is wrong, the log says which key and how to fix it, and the user hears
-    // once that a helper can fix the settings.
-    let mut mistakes = options.mistakes.clone();
-    let (user, more) = UserSettings::load_lenient(state.path());
-    mistakes.extend(more.iter().map(ToString::to_string));
-    let (effective, more) = Effective::lenient(config, &user, state.path());
-    mistakes.extend(more.iter().map(ToString::to_string));
-    let (voices, more) = voice::load_voices_lenient(state, config, &user, voices_dir)?;
-    mistakes.extend(more);
-    let mut listening = effective.listening.clone();
-    mistakes.extend(voice::settle_language(
-        &voices,
-        config,
-        &user,
-        &mut listening,
-    ));
-    crate::config::log_mistakes(&mistakes);
-    let language_unusable = match speakable_language(&voices, &listening.language) {
-        Some(other) if other != listening.language => {
-            listening.language = other;
-            true
-        }
-        _ => false,
-    };
+    let settled = Settled::load(state, config, voices_dir, options)?;
     let (events, rx) = mpsc::channel();
-    let terminal = if options.terminal && rustix::termios::isatty(io::stdin()) {
-        Some(RawTerminal::start(events.clone())?)
-    } else {
-        None
-    };
-    for path in &config.input.evdev {
-        start_evdev(
-            path.clone(),
-            config.input.grab,
-            config.chords.clone(),
-            events.clone(),
-        );
-    }
-    for button in &config.gpio {
-        start_gpio(button.clone(), events.clone());
-    }
-    let braille_keys = events.clone();
-    let senses = Senses::new(
-        &config.outputs,
-        terminal.is_some(),
-        Some(Box::new(move |key| {
-            braille_keys.send(Event::Braille(key)).is_ok()
-        })),
-        Box::new(log),
-    );
-    // A braille display's keys are input too (a deafblind user's device may have no other).
-    let only_terminal = config.input.evdev.is_empty()
-        && config.gpio.is_empty()
-        && !config.outputs.has(Output::Braille);
-    // Nothing configured to listen to: take any keypad or keyboard that is plugged in, and
-    // say that none is connected only when none is.
-    let mut no_input = false;
-    if terminal.is_none() && only_terminal {
-        log(&format!(
-            "no input: standard input is not a terminal and the config lists no evdev device \
-             ([input] evdev), no GPIO button ([[gpio]]) and no braille output; listening for a \
-             keypad or keyboard to appear in /dev/input (checked every {} s)",
-            RETRY.as_secs()
-        ));
-    }
-    // No keypad named and no terminal: any keypad that is plugged in is taken, also beside
-    // GPIO buttons or a braille display (an appliance's button stays while its USB keypad
-    // comes and goes). That none is connected is said at start only when nothing else was
-    // configured to listen to and none is there.
-    if terminal.is_none() && config.input.evdev.is_empty() {
-        // Waiting a moment for a keypad at start is worth it only when nothing else listens.
-        let first_look = if only_terminal {
-            FIRST_LOOK
-        } else {
-            Duration::ZERO
-        };
-        let found = watch_for_keypads(
-            config.input.grab,
-            config.chords.clone(),
-            events.clone(),
-            first_look,
-        );
-        if found == 0 && only_terminal {
-            log("no keypad or keyboard in /dev/input yet");
-        }
-        no_input = found == 0 && only_terminal;
-    }
-    drop(events);
-    let no_token = matches!(state.load(), Err(StateError::NoToken { .. }));
-    let mut device = Device {
-        state,
-        voices,
-        listening,
-        player: None,
-        last_attempt: None,
-        last_code: None,
-        reserved: None,
-        audio_error: None,
-        fallbacks_logged: BTreeSet::new(),
-        at: options.at,
+    let Inputs {
+        terminal,
         senses,
-        speech_on: config.outputs.has(Output::Speech),
-        speechd: config
-            .outputs
-            .has(Output::Speechd)
-            .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
-        greeting: Some(Message::Ready {
-            language_unusable,
-            settings_mistake: !mistakes.is_empty(),
-            no_token,
-            phrase: config.say_ready,
-            no_input,
-        }),
-        keys: effective.clone(),
-        from_keypad: false,
-        output: config.audio.device.clone(),
-        clock: config.clock.clone(),
-        quiet_since: None,
-        wait_below: config.code.wait_for_next_below,
-        pending: None,
-    };
+        only_terminal,
+        no_input,
+    } = Inputs::start(config, options, events)?;
+    let no_token = matches!(state.load(), Err(StateError::NoToken { .. }));
+    let mut device = Device::new(state, config, options, settled, senses, no_input, no_token);
     device.ensure_player(true);
     device.prepare();
-    if no_token {
-        log(&format!("saying `no_token_set_up`: {}", enroll_help(state)));
-    } else if state.load().is_err() {
-        log("warning: no usable token; the speak key will say so");
-    }
-    let speak_keys: Vec<String> = effective
-        .keys
-        .bindings()
-        .get(&Action::Speak)
-        .map(|k| k.iter().map(ToString::to_string).collect())
-        .unwrap_or_default();
-    let voice = device
-        .pack()
-        .map_or_else(String::new, |p| format!(", voice {}", p.voice().name));
-    log(&format!(
-        "ready (language {}{voice}); speak: {}",
-        device.listening.language,
-        speak_keys.join(", ")
-    ));
+    device.log_ready(no_token);
     loop {
-        let mut wait = if device.announce() {
-            ANNOUNCE_POLL
-        } else {
-            RETRY
-        };
-        if device.give_pending() {
-            if let Some(pending) = device.pending {
-                let due = pending.due.saturating_duration_since(Instant::now());
-                wait = wait.min(due.max(ANNOUNCE_POLL.min(wait)));
-            }
-        }
+        let wait = device.next_wait();
         let event = match rx.recv_timeout(device.senses.next_tick(wait)) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) => {
@@ -963,55 +823,294 @@ pub fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        device.from_keypad = !matches!(event, Event::Term(_));
-        // Panning keys read on through a message longer than the display.
-        if let Event::Braille(key @ (BrailleKey::PanLeft | BrailleKey::PanRight)) = &event {
-            if device.senses.pan(*key == BrailleKey::PanRight) {
-                continue;
-            }
-        }
-        let action = match event {
-            Event::Term(key) => effective.keys.action(key),
-            Event::Ev(key) => effective.evdev_keys.action(key),
-            Event::Action(action) => Some(action),
-            Event::TermClosed => {
-                if only_terminal {
-                    break;
-                }
-                continue;
-            }
-            Event::Braille(key) => braille_action(key, &effective),
-            Event::KeypadGone => {
-                log("the keypad was disconnected; waiting for one");
-                device.stop();
-                device.say(&Message::Prompt(Prompt::NoInput));
-                continue;
-            }
-        };
-        // Any key stops the speech in progress, bound or not, and takes the shown message
-        // off the braille display.
-        device.stop();
-        device.senses.key_pressed();
-        if device.pending.take().is_some() {
-            log("the promised code is cancelled by a key");
-        }
-        match action {
-            Some(action) => {
-                if !device.act(action) {
-                    break;
-                }
-            }
-            None => {
-                // Which key is not logged: it could be a digit of a code being typed.
-                log("a key with no action: a short tone");
-                device.say(&Message::UnknownKey);
-            }
+        if !device.on_event(event, only_terminal) {
+            break;
         }
     }
     device.stop();
     drop(terminal);
     log("bye");
     Ok(())
+}
+
+/// What `run` works with from the config, the user's settings and the voice packs.
+struct Settled {
+    effective: Effective,
+    voices: Voices,
+    listening: Listening,
+    /// Mistakes of the config, the settings and the packs, each set aside for its default.
+    mistakes: Vec<String>,
+    /// Whether the chosen language cannot be spoken (another one is spoken instead).
+    language_unusable: bool,
+}
+
+impl Settled {
+    /// Loads them leniently. A mistake in the config or the settings never silences the
+    /// device: the defaults are used for what is wrong, the log says which key and how to
+    /// fix it, and the user hears once that a helper can fix the settings.
+    fn load(
+        state: &StateDir,
+        config: &Config,
+        voices_dir: Option<&Path>,
+        options: &RunOptions,
+    ) -> Result<Self, Failure> {
+        let mut mistakes = options.mistakes.clone();
+        let (user, more) = UserSettings::load_lenient(state.path());
+        mistakes.extend(more.iter().map(ToString::to_string));
+        let (effective, more) = Effective::lenient(config, &user, state.path());
+        mistakes.extend(more.iter().map(ToString::to_string));
+        let (voices, more) = voice::load_voices_lenient(state, config, &user, voices_dir)?;
+        mistakes.extend(more);
+        let mut listening = effective.listening.clone();
+        mistakes.extend(voice::settle_language(
+            &voices,
+            config,
+            &user,
+            &mut listening,
+        ));
+        crate::config::log_mistakes(&mistakes);
+        let language_unusable = match speakable_language(&voices, &listening.language) {
+            Some(other) if other != listening.language => {
+                listening.language = other;
+                true
+            }
+            _ => false,
+        };
+        Ok(Settled {
+            effective,
+            voices,
+            listening,
+            mistakes,
+            language_unusable,
+        })
+    }
+}
+
+/// The inputs `run` listens to, started, each sending into one channel.
+struct Inputs {
+    /// The terminal in raw mode, while it is read.
+    terminal: Option<RawTerminal>,
+    /// Braille display and large print (the display's keys are input too).
+    senses: Senses,
+    /// Whether the terminal is the only input configured (its end ends `run`).
+    only_terminal: bool,
+    /// Whether nothing is there to listen to (the greeting says so).
+    no_input: bool,
+}
+
+impl Inputs {
+    /// Starts the terminal (with `--terminal`), the configured evdev devices and GPIO
+    /// buttons, the braille display, and, with no keypad named, the watch for any keypad.
+    fn start(
+        config: &Config,
+        options: &RunOptions,
+        events: Sender<Event>,
+    ) -> Result<Self, Failure> {
+        let terminal = if options.terminal && rustix::termios::isatty(io::stdin()) {
+            Some(RawTerminal::start(events.clone())?)
+        } else {
+            None
+        };
+        for path in &config.input.evdev {
+            start_evdev(
+                path.clone(),
+                config.input.grab,
+                config.chords.clone(),
+                events.clone(),
+            );
+        }
+        for button in &config.gpio {
+            start_gpio(button.clone(), events.clone());
+        }
+        let braille_keys = events.clone();
+        let senses = Senses::new(
+            &config.outputs,
+            terminal.is_some(),
+            Some(Box::new(move |key| {
+                braille_keys.send(Event::Braille(key)).is_ok()
+            })),
+            Box::new(log),
+        );
+        // A braille display's keys are input too (a deafblind user's device may have no other).
+        let only_terminal = config.input.evdev.is_empty()
+            && config.gpio.is_empty()
+            && !config.outputs.has(Output::Braille);
+        // Nothing configured to listen to: take any keypad or keyboard that is plugged in, and
+        // say that none is connected only when none is.
+        let mut no_input = false;
+        if terminal.is_none() && only_terminal {
+            log(&format!(
+                "no input: standard input is not a terminal and the config lists no evdev device \
+                 ([input] evdev), no GPIO button ([[gpio]]) and no braille output; listening for a \
+                 keypad or keyboard to appear in /dev/input (checked every {} s)",
+                RETRY.as_secs()
+            ));
+        }
+        // No keypad named and no terminal: any keypad that is plugged in is taken, also beside
+        // GPIO buttons or a braille display (an appliance's button stays while its USB keypad
+        // comes and goes). That none is connected is said at start only when nothing else was
+        // configured to listen to and none is there.
+        if terminal.is_none() && config.input.evdev.is_empty() {
+            // Waiting a moment for a keypad at start is worth it only when nothing else listens.
+            let first_look = if only_terminal {
+                FIRST_LOOK
+            } else {
+                Duration::ZERO
+            };
+            let found = watch_for_keypads(
+                config.input.grab,
+                config.chords.clone(),
+                events.clone(),
+                first_look,
+            );
+            if found == 0 && only_terminal {
+                log("no keypad or keyboard in /dev/input yet");
+            }
+            no_input = found == 0 && only_terminal;
+        }
+        drop(events);
+        Ok(Inputs {
+            terminal,
+            senses,
+            only_terminal,
+            no_input,
+        })
+    }
+}
+
+impl<'a> Device<'a> {
+    /// The device as `run` starts it: nothing said yet, the greeting (which says when there
+    /// is no input or no token) waiting for the sound card.
+    fn new(
+        state: &'a StateDir,
+        config: &Config,
+        options: &RunOptions,
+        settled: Settled,
+        senses: Senses,
+        no_input: bool,
+        no_token: bool,
+    ) -> Self {
+        Device {
+            state,
+            voices: settled.voices,
+            listening: settled.listening,
+            player: None,
+            last_attempt: None,
+            last_code: None,
+            reserved: None,
+            audio_error: None,
+            fallbacks_logged: BTreeSet::new(),
+            at: options.at,
+            senses,
+            speech_on: config.outputs.has(Output::Speech),
+            speechd: config
+                .outputs
+                .has(Output::Speechd)
+                .then(|| SpeechdVoice::new(config.outputs.speechd_address.clone())),
+            greeting: Some(Message::Ready {
+                language_unusable: settled.language_unusable,
+                settings_mistake: !settled.mistakes.is_empty(),
+                no_token,
+                phrase: config.say_ready,
+                no_input,
+            }),
+            keys: settled.effective,
+            from_keypad: false,
+            output: config.audio.device.clone(),
+            clock: config.clock.clone(),
+            quiet_since: None,
+            wait_below: config.code.wait_for_next_below,
+            pending: None,
+        }
+    }
+}
+
+impl Device<'_> {
+    /// Logs how the device starts: what is wrong with the token, and "ready" with the
+    /// language, voice and speak keys.
+    fn log_ready(&self, no_token: bool) {
+        if no_token {
+            log(&format!(
+                "saying `no_token_set_up`: {}",
+                enroll_help(self.state)
+            ));
+        } else if self.state.load().is_err() {
+            log("warning: no usable token; the speak key will say so");
+        }
+        let speak_keys: Vec<String> = self
+            .keys
+            .keys
+            .bindings()
+            .get(&Action::Speak)
+            .map(|k| k.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let voice = self
+            .pack()
+            .map_or_else(String::new, |p| format!(", voice {}", p.voice().name));
+        log(&format!(
+            "ready (language {}{voice}); speak: {}",
+            self.listening.language,
+            speak_keys.join(", ")
+        ));
+    }
+
+    /// Says the greeting or a waiting notice, or gives a promised code, when due; returns
+    /// how long the loop may wait for a key before it looks again.
+    fn next_wait(&mut self) -> Duration {
+        let mut wait = if self.announce() {
+            ANNOUNCE_POLL
+        } else {
+            RETRY
+        };
+        if self.give_pending() {
+            if let Some(pending) = self.pending {
+                let due = pending.due.saturating_duration_since(Instant::now());
+                wait = wait.min(due.max(ANNOUNCE_POLL.min(wait)));
+            }
+        }
+        wait
+    }
+
+    /// Does what `event` asks; `false` means `run` ends (the quit key, or the end of the
+    /// terminal when it is the only input).
+    fn on_event(&mut self, event: Event, only_terminal: bool) -> bool {
+        self.from_keypad = !matches!(event, Event::Term(_));
+        // Panning keys read on through a message longer than the display.
+        if let Event::Braille(key @ (BrailleKey::PanLeft | BrailleKey::PanRight)) = &event {
+            if self.senses.pan(*key == BrailleKey::PanRight) {
+                return true;
+            }
+        }
+        let action = match event {
+            Event::Term(key) => self.keys.keys.action(key),
+            Event::Ev(key) => self.keys.evdev_keys.action(key),
+            Event::Action(action) => Some(action),
+            Event::TermClosed => return !only_terminal,
+            Event::Braille(key) => braille_action(key, &self.keys),
+            Event::KeypadGone => {
+                log("the keypad was disconnected; waiting for one");
+                self.stop();
+                self.say(&Message::Prompt(Prompt::NoInput));
+                return true;
+            }
+        };
+        // Any key stops the speech in progress, bound or not, and takes the shown message
+        // off the braille display.
+        self.stop();
+        self.senses.key_pressed();
+        if self.pending.take().is_some() {
+            log("the promised code is cancelled by a key");
+        }
+        match action {
+            Some(action) => self.act(action),
+            None => {
+                // Which key is not logged: it could be a digit of a code being typed.
+                log("a key with no action: a short tone");
+                self.say(&Message::UnknownKey);
+                true
+            }
+        }
+    }
 }
 
 /// What a key of the braille display does: a routing key (above any cell) or panning right
