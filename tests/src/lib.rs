@@ -24,6 +24,7 @@ pub fn codereader_bin() -> PathBuf {
     // `src/bin/`, which do not make this one stale).
     let sources = [
         "crates/device/src",
+        "crates/device/src/cli",
         "crates/device/src/input",
         "crates/speech/src",
         "crates/otp/src",
