@@ -26,6 +26,7 @@ pub fn codereader_bin() -> PathBuf {
         "crates/device/src",
         "crates/device/src/cli",
         "crates/device/src/input",
+        "crates/device/src/run_loop",
         "crates/speech/src",
         "crates/otp/src",
         "crates/atomicfile/src",
