@@ -24,6 +24,9 @@ pub fn codereader_bin() -> PathBuf {
     // `src/bin/`, which do not make this one stale).
     let sources = [
         "crates/device/src",
+        "crates/device/src/cli",
+        "crates/device/src/input",
+        "crates/device/src/run_loop",
         "crates/speech/src",
         "crates/otp/src",
         "crates/atomicfile/src",

@@ -17,6 +17,10 @@
 //! process is no longer alive (on Linux, no `/proc/PID`; a live process's are never touched,
 //! and without `/proc` none are).
 //!
+//! [`state_dir`] is the other half of how the workspace keeps its files: *where* (the state
+//! directory both programs look up by one rule). It lives here rather than in a crate of its
+//! own because every program that writes there already depends on this crate.
+//!
 //! Standard library only, and licensed like the verifier (MIT or Apache-2.0), so every crate
 //! of the workspace may use it without crossing the licence line.
 
@@ -25,6 +29,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+mod state_dir;
+
+pub use state_dir::state_dir;
 
 /// The step of a write that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use codereader::config::{Listening, SynthChoice};
 use codereader::keys::{Action, KeyMap, TermDecoder, TermKey};
-use codereader::state::{StateDir, Token};
+use codereader::token_file::{StateDir, Token};
 use codereader::voice::{self, Message, Voices};
 use codereader_e2e::{AlsaCapture, Pty};
 use codereader_otp::{KeyPolicy, KeyUri, UnixTime};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, Action, EvKey, KeyMap, TermKey};
-use crate::state::{StateError, write_atomic};
+use crate::token_file::{StateError, write_atomic};
 
 /// Name of the settings file inside the state directory.
 pub const SETTINGS_FILE: &str = "settings.toml";

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use codereader_otp::UnixTime;
 
 use crate::config::ConfigError;
-use crate::state::{StateError, TakeError};
+use crate::token_file::{StateError, TakeError};
 
 /// Exit status for each kind of failure, so scripts and the service manager can tell them
 /// apart.

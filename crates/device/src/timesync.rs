@@ -25,7 +25,7 @@
 use std::path::Path;
 
 use crate::config::{ClockConfig, UnsyncedClock};
-use crate::state::Progress;
+use crate::token_file::Progress;
 
 /// What to do about the clock before a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use codereader_speech::{
 
 use crate::config::{Config, Listening, SETTINGS_FILE, SynthChoice, UserSettings};
 use crate::process::log;
-use crate::state::{StateDir, StateError, TakeError};
 use crate::timesync::ClockVerdict;
+use crate::token_file::{StateDir, StateError, TakeError};
 
 /// Why the voices cannot be used.
 ///
@@ -696,25 +696,7 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             warning,
             code,
             intro,
-        } => {
-            let plain = Utterance::code(pack, code, *intro)?;
-            let mut segments = plain.segments().to_vec();
-            // After the start earcon and its pause: the warning, then the code as usual.
-            let at = segments
-                .iter()
-                .position(|s| matches!(s, Segment::Speech(_)))
-                .unwrap_or(0);
-            segments.splice(
-                at..at,
-                [
-                    Segment::Speech(pack.phrase(PhraseKey::Prompt(*warning))),
-                    Segment::Pause {
-                        ms: pack.pauses().between_groups_ms,
-                    },
-                ],
-            );
-            Ok(Utterance::from_segments(segments))
-        }
+        } => warned_code(pack, *warning, code, *intro),
         Message::Prompt(prompt) => Ok(Utterance::prompt(pack, *prompt)),
         Message::Limit | Message::Goodbye => {
             Ok(Utterance::from_segments(vec![Segment::Earcon(Earcon::End)]))
@@ -730,7 +712,6 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
             phrase,
             no_input,
         } => {
-            let mut segments = vec![Segment::Earcon(Earcon::Start)];
             let prompts = language_unusable
                 .then_some(Prompt::LanguageUnusable)
                 .into_iter()
@@ -738,65 +719,107 @@ pub fn plan(pack: &VoicePack, message: &Message<'_>) -> Result<Utterance, Speech
                 .chain(no_token.then_some(Prompt::NoTokenSetUp))
                 .chain(phrase.then_some(Prompt::Ready))
                 .chain(no_input.then_some(Prompt::NoInput));
-            for prompt in prompts {
-                segments.push(Segment::Pause {
-                    ms: pack.pauses().around_earcon_ms,
-                });
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
-            }
-            Ok(Utterance::from_segments(segments))
+            Ok(ready(pack, prompts))
         }
         Message::Status {
             serial_digits,
             clock_set,
             problems,
-        } => {
-            let pauses = pack.pauses();
-            let mut segments = vec![
-                Segment::Earcon(Earcon::Start),
-                Segment::Pause {
-                    ms: pauses.around_earcon_ms,
-                },
-            ];
-            let digits: Vec<u8> = serial_digits
-                .bytes()
-                .filter(u8::is_ascii_digit)
-                .map(|d| d - b'0')
-                .collect();
-            if !digits.is_empty() {
-                segments.push(Segment::Speech(
-                    pack.phrase(PhraseKey::Prompt(Prompt::StatusToken)),
-                ));
-                segments.push(Segment::Pause {
-                    ms: pauses.after_intro_ms,
-                });
-            }
-            for (i, d) in digits.into_iter().enumerate() {
-                if i > 0 {
-                    segments.push(Segment::Pause {
-                        ms: pauses.between_digits_ms,
-                    });
-                }
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d))));
-            }
-            let sentences = clock_set
-                .then_some(Prompt::StatusClockSet)
-                .into_iter()
-                .chain(problems.iter().copied())
-                .chain(problems.is_empty().then_some(Prompt::StatusAllWell));
-            for prompt in sentences {
-                segments.push(Segment::Pause {
-                    ms: pauses.between_groups_ms,
-                });
-                segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
-            }
-            segments.push(Segment::Pause {
-                ms: pauses.around_earcon_ms,
-            });
-            segments.push(Segment::Earcon(Earcon::End));
-            Ok(Utterance::from_segments(segments))
-        }
+        } => Ok(status(pack, serial_digits, *clock_set, problems)),
     }
+}
+
+/// [`Message::WarnedCode`]: after the start earcon and its pause, `warning`, then the code
+/// as usual.
+fn warned_code(
+    pack: &VoicePack,
+    warning: Prompt,
+    code: &str,
+    intro: CodeIntro,
+) -> Result<Utterance, SpeechError> {
+    let plain = Utterance::code(pack, code, intro)?;
+    let mut segments = plain.segments().to_vec();
+    let at = segments
+        .iter()
+        .position(|s| matches!(s, Segment::Speech(_)))
+        .unwrap_or(0);
+    segments.splice(
+        at..at,
+        [
+            Segment::Speech(pack.phrase(PhraseKey::Prompt(warning))),
+            Segment::Pause {
+                ms: pack.pauses().between_groups_ms,
+            },
+        ],
+    );
+    Ok(Utterance::from_segments(segments))
+}
+
+/// [`Message::Ready`]: the start tone, then each of `prompts` after a pause.
+fn ready(pack: &VoicePack, prompts: impl IntoIterator<Item = Prompt>) -> Utterance {
+    let mut segments = vec![Segment::Earcon(Earcon::Start)];
+    for prompt in prompts {
+        segments.push(Segment::Pause {
+            ms: pack.pauses().around_earcon_ms,
+        });
+        segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
+    }
+    Utterance::from_segments(segments)
+}
+
+/// [`Message::Status`]: between the start and end tones, "Token ending in" and the serial's
+/// digits (when there are any), "Clock set." when `clock_set`, and each problem or "All is
+/// well.".
+fn status(
+    pack: &VoicePack,
+    serial_digits: &str,
+    clock_set: bool,
+    problems: &[Prompt],
+) -> Utterance {
+    let pauses = pack.pauses();
+    let mut segments = vec![
+        Segment::Earcon(Earcon::Start),
+        Segment::Pause {
+            ms: pauses.around_earcon_ms,
+        },
+    ];
+    let digits: Vec<u8> = serial_digits
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|d| d - b'0')
+        .collect();
+    if !digits.is_empty() {
+        segments.push(Segment::Speech(
+            pack.phrase(PhraseKey::Prompt(Prompt::StatusToken)),
+        ));
+        segments.push(Segment::Pause {
+            ms: pauses.after_intro_ms,
+        });
+    }
+    for (i, d) in digits.into_iter().enumerate() {
+        if i > 0 {
+            segments.push(Segment::Pause {
+                ms: pauses.between_digits_ms,
+            });
+        }
+        segments.push(Segment::Speech(pack.phrase(PhraseKey::Digit(d))));
+    }
+    let sentences = clock_set
+        .then_some(Prompt::StatusClockSet)
+        .into_iter()
+        .chain(problems.iter().copied())
+        .chain(problems.is_empty().then_some(Prompt::StatusAllWell));
+    for prompt in sentences {
+        segments.push(Segment::Pause {
+            ms: pauses.between_groups_ms,
+        });
+        segments.push(Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))));
+    }
+    segments.push(Segment::Pause {
+        ms: pauses.around_earcon_ms,
+    });
+    segments.push(Segment::Earcon(Earcon::End));
+    Utterance::from_segments(segments)
 }
 
 /// What `message` says, as text for a braille display or large print, in `pack`'s

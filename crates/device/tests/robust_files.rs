@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use codereader::config::{Config, ConfigError, Effective, SETTINGS_FILE, UserSettings};
-use codereader::state::{StateDir, StateError, TakeError, Token};
+use codereader::token_file::{StateDir, StateError, TakeError, Token};
 use codereader_otp::{KeyUri, TimeStep, UnixTime};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};

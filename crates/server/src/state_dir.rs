@@ -23,16 +23,10 @@ pub const DEFAULT_API_KEYS_FILE: &str = "api-keys";
 /// # Errors
 /// When none of `CODEREADER_STATE`, `XDG_STATE_HOME` or `HOME` is set.
 pub fn state_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CODEREADER_STATE").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+    match codereader_atomicfile::state_dir(None) {
+        Some(dir) => Ok(dir),
+        None => bail!("no state directory: set CODEREADER_STATE (or HOME)"),
     }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("codereader"));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(home).join(".local/state/codereader"));
-    }
-    bail!("no state directory: set CODEREADER_STATE (or HOME)")
 }
 
 /// Creates the state directory (mode 0700) if needed and returns it.

@@ -377,77 +377,143 @@ fn worker(
     commands: &mpsc::Receiver<Command>,
     shared: &Arc<Shared>,
     name: Option<&str>,
-    mut synth: Box<dyn Synth>,
+    synth: Box<dyn Synth>,
     ready: &mpsc::Sender<Result<OutputInfo, SpeechError>>,
 ) {
+    // Collects alsa-lib's messages for as long as the worker runs (it opens the device
+    // again after an idle close).
     let alsa_says = AlsaMessages::collect();
-    let (stream, info, mut producer) = match open_stream(shared, name) {
-        Ok(opened) => opened,
-        Err(e) => {
-            let message = match e {
-                SpeechError::Device(message) => message,
-                other => other.to_string(),
-            };
-            let _ = ready.send(Err(alsa_says.error(&message)));
-            return;
-        }
-    };
-    let mut renderer = Renderer::new(info.sample_rate);
-    if let Err(e) = renderer.prepare(synth.sample_rate()) {
-        let _ = ready.send(Err(e));
-        return;
+    if let Some(worker) = Worker::open(shared, name, synth, &alsa_says, ready) {
+        worker.serve(commands);
     }
-    if ready.send(Ok(info.clone())).is_err() {
-        return;
-    }
-    let mut last: Option<Utterance> = None;
-    let mut finished = 0u64;
-    let mut idle_pause = IDLE_PAUSE;
-    let mut stream = Some(stream);
-    loop {
-        let paused = shared.paused.load(Ordering::Acquire);
-        let command = if paused {
-            commands
-                .recv()
-                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-        } else {
-            commands.recv_timeout(idle_pause)
+}
+
+/// What the worker thread owns while it serves: the stream (`None` while closed for being
+/// idle), the ring's producer, the renderer and the synthesiser. Fields drop in this order.
+struct Worker<'a> {
+    stream: Option<cpal::Stream>,
+    /// The last utterance played, for a replay.
+    last: Option<Utterance>,
+    renderer: Renderer,
+    producer: Producer<f32>,
+    synth: Box<dyn Synth>,
+    shared: &'a Arc<Shared>,
+    name: Option<&'a str>,
+    /// Requests finished so far (published as `Shared::completed`).
+    finished: u64,
+    /// How long without a request before the stream is paused.
+    idle_pause: Duration,
+}
+
+impl<'a> Worker<'a> {
+    /// Opens the device and prepares the renderer, and tells the player through `ready`
+    /// how it went; `None` when it failed (or the player is gone).
+    fn open(
+        shared: &'a Arc<Shared>,
+        name: Option<&'a str>,
+        synth: Box<dyn Synth>,
+        alsa_says: &AlsaMessages,
+        ready: &mpsc::Sender<Result<OutputInfo, SpeechError>>,
+    ) -> Option<Self> {
+        let (stream, info, producer) = match open_stream(shared, name) {
+            Ok(opened) => opened,
+            Err(e) => {
+                let message = match e {
+                    SpeechError::Device(message) => message,
+                    other => other.to_string(),
+                };
+                let _ = ready.send(Err(alsa_says.error(&message)));
+                return None;
+            }
         };
-        let command = match command {
-            Ok(command) => command,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: every request has finished, so nothing queued is cut off. Pause where
-                // the device can; otherwise close it (the next request opens it again).
-                if stream.as_ref().is_some_and(|s| s.pause().is_err()) {
-                    stream = None;
+        let mut renderer = Renderer::new(info.sample_rate);
+        if let Err(e) = renderer.prepare(synth.sample_rate()) {
+            let _ = ready.send(Err(e));
+            return None;
+        }
+        if ready.send(Ok(info.clone())).is_err() {
+            return None;
+        }
+        Some(Worker {
+            stream: Some(stream),
+            last: None,
+            renderer,
+            producer,
+            synth,
+            shared,
+            name,
+            finished: 0,
+            idle_pause: IDLE_PAUSE,
+        })
+    }
+
+    /// Serves commands until shutdown (or the player is gone), pausing the stream when idle.
+    fn serve(mut self, commands: &mpsc::Receiver<Command>) {
+        loop {
+            let paused = self.shared.paused.load(Ordering::Acquire);
+            let command = if paused {
+                commands
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                commands.recv_timeout(self.idle_pause)
+            };
+            let command = match command {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.pause();
+                    continue;
                 }
-                shared.paused.store(true, Ordering::Release);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        if paused && matches!(command, Command::Play(..) | Command::Replay(..)) {
-            let resumed = match &stream {
-                Some(running) => running.play().is_ok(),
-                None => match open_stream(shared, name) {
-                    Ok((reopened, info, ring)) => {
-                        if info.sample_rate != renderer.sample_rate() {
-                            renderer = Renderer::new(info.sample_rate);
-                            let _ = renderer.prepare(synth.sample_rate());
-                        }
-                        producer = ring;
-                        stream = Some(reopened);
-                        true
-                    }
-                    Err(_) => false,
-                },
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            if !resumed {
-                // The request ends at once; the caller sees `failed` and reopens the device.
-                shared.failed.store(true, Ordering::Relaxed);
+            if paused && matches!(command, Command::Play(..) | Command::Replay(..)) {
+                self.resume();
             }
-            shared.paused.store(false, Ordering::Release);
+            if !self.obey(command) {
+                break;
+            }
+            self.shared
+                .completed
+                .store(self.finished, Ordering::Release);
         }
+        drop(self.stream.take());
+    }
+
+    /// Idle: every request has finished, so nothing queued is cut off. Pauses where the
+    /// device can; otherwise closes it (the next request opens it again).
+    fn pause(&mut self) {
+        if self.stream.as_ref().is_some_and(|s| s.pause().is_err()) {
+            self.stream = None;
+        }
+        self.shared.paused.store(true, Ordering::Release);
+    }
+
+    /// Resumes the paused stream, or opens the device again if it was closed.
+    fn resume(&mut self) {
+        let resumed = match &self.stream {
+            Some(running) => running.play().is_ok(),
+            None => match open_stream(self.shared, self.name) {
+                Ok((reopened, info, ring)) => {
+                    if info.sample_rate != self.renderer.sample_rate() {
+                        self.renderer = Renderer::new(info.sample_rate);
+                        let _ = self.renderer.prepare(self.synth.sample_rate());
+                    }
+                    self.producer = ring;
+                    self.stream = Some(reopened);
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if !resumed {
+            // The request ends at once; the caller sees `failed` and reopens the device.
+            self.shared.failed.store(true, Ordering::Relaxed);
+        }
+        self.shared.paused.store(false, Ordering::Release);
+    }
+
+    /// Does `command`; `false` on shutdown.
+    fn obey(&mut self, command: Command) -> bool {
         match command {
             Command::Play(utterance, settings, generation) => {
                 let job = Job {
@@ -457,16 +523,16 @@ fn worker(
                 speak(
                     &utterance,
                     job,
-                    &mut renderer,
-                    synth.as_mut(),
-                    &mut producer,
-                    shared,
+                    &mut self.renderer,
+                    self.synth.as_mut(),
+                    &mut self.producer,
+                    self.shared,
                 );
-                last = Some(utterance);
-                finished += 1;
+                self.last = Some(utterance);
+                self.finished += 1;
             }
             Command::Replay(settings, generation) => {
-                if let Some(utterance) = &last {
+                if let Some(utterance) = &self.last {
                     let job = Job {
                         settings,
                         generation,
@@ -474,24 +540,23 @@ fn worker(
                     speak(
                         utterance,
                         job,
-                        &mut renderer,
-                        synth.as_mut(),
-                        &mut producer,
-                        shared,
+                        &mut self.renderer,
+                        self.synth.as_mut(),
+                        &mut self.producer,
+                        self.shared,
                     );
                 }
-                finished += 1;
+                self.finished += 1;
             }
             Command::SetSynth(new) => {
-                synth = new;
-                let _ = renderer.prepare(synth.sample_rate());
+                self.synth = new;
+                let _ = self.renderer.prepare(self.synth.sample_rate());
             }
-            Command::IdlePause(after) => idle_pause = after,
-            Command::Shutdown => break,
+            Command::IdlePause(after) => self.idle_pause = after,
+            Command::Shutdown => return false,
         }
-        shared.completed.store(finished, Ordering::Release);
+        true
     }
-    drop(stream);
 }
 
 /// One play request as the worker sees it.

@@ -1,28 +1,29 @@
 //! The command line: `enroll`, `code`, `speak`, `settings`, `run`, `clock`, `status`,
-//! `audio`.
+//! `audio`. The clap types and the small commands are here; `speak` (its outputs and
+//! planning) and `settings` (checking and showing them) have a file each, and `run` is
+//! [`crate::run_loop`].
+
+mod settings;
+mod speak;
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use codereader_otp::{KeyPolicy, KeyUri, OtpKind, TimeStep, UnixTime, pskc};
-use codereader_speech::{
-    CodeIntro, LivePlayer, PhraseKey, Prompt, Renderer, SampleRate, Utterance, VoicePack,
-};
+use codereader_otp::{KeyPolicy, KeyUri, OtpKind, UnixTime, pskc};
+use codereader_speech::VoicePack;
 use zeroize::Zeroizing;
 
-use crate::config::{Config, ConfigError, Effective, RATE_RANGE, UserSettings, VOLUME_RANGE};
-use crate::device;
-use crate::keys::{Action, EvKey, TermKey};
-use crate::outputs::Output;
+use crate::config::{Config, ConfigError, Effective, UserSettings};
 use crate::process::{EXIT_HELP, Exit, Failure, build_floor, log, now};
-use crate::speechd::SpeechdAddress;
-use crate::state::{Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step};
-use crate::timesync::{self, ClockVerdict};
-use crate::voice::{self, Message};
+use crate::run_loop;
+use crate::timesync;
+use crate::token_file::{
+    Basis, Label, Progress, StateDir, TakeError, TakenCode, Token, current_step,
+};
+use crate::voice;
 
 /// codereader: the talking token. One key speaks the current one-time code.
 #[derive(Debug, Parser)]
@@ -221,18 +222,12 @@ pub struct ClockArgs {
 /// # Errors
 /// When neither `XDG_STATE_HOME` nor `HOME` is set.
 pub fn state_dir(explicit: Option<&Path>) -> anyhow::Result<StateDir> {
-    if let Some(dir) = explicit {
-        return Ok(StateDir::new(dir));
+    match codereader_atomicfile::state_dir(explicit) {
+        Some(dir) => Ok(StateDir::new(dir)),
+        None => bail!(
+            "no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME"
+        ),
     }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(StateDir::new(PathBuf::from(dir).join("codereader")));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return Ok(StateDir::new(
-            PathBuf::from(home).join(".local/state/codereader"),
-        ));
-    }
-    bail!("no state directory: give --state DIR or set CODEREADER_STATE, XDG_STATE_HOME or HOME")
 }
 
 /// Runs the program; `main` is this plus the exit status.
@@ -253,19 +248,21 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
         Command::Enroll(args) => enroll(&state, args),
         Command::Code(args) => code(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
         Command::ClipboardHold(args) => crate::clipboard::hold(args.seconds).map_err(Failure::from),
-        Command::Speak(args) => speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args),
+        Command::Speak(args) => {
+            speak::speak(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
+        }
         Command::Settings(args) => {
-            settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
+            settings::settings(&state, cli.config.as_deref(), cli.voices.as_deref(), &args)
         }
         Command::Run(args) => {
             // A mistake in the config never stops the device: it starts on the defaults for
-            // what is wrong and says so (`device::run`).
+            // what is wrong and says so (`run_loop::run`).
             let (config, mistakes) = Config::find_lenient(cli.config.as_deref());
-            device::run(
+            run_loop::run(
                 &state,
                 &config,
                 cli.voices.as_deref(),
-                &device::RunOptions {
+                &run_loop::RunOptions {
                     at: args.at,
                     terminal: config.input.terminal && !args.no_terminal,
                     mistakes: mistakes.iter().map(ToString::to_string).collect(),
@@ -526,10 +523,6 @@ fn copy_to_clipboard(code: &str, seconds: u64) {
     }
 }
 
-/// How long Speech Dispatcher may take to start speaking a code before `speak` says it on
-/// the sound card instead (a spawned daemon loads its voice module in well under a second).
-const SPEECHD_START: Duration = Duration::from_secs(4);
-
 /// [`load_settings`] for the device itself: every mistake of the config and the settings
 /// set aside (the default used for it) and returned as a message naming the file and key.
 pub fn load_settings_lenient(
@@ -545,387 +538,6 @@ pub fn load_settings_lenient(
     (config, user, effective, mistakes)
 }
 
-fn speak(
-    state: &StateDir,
-    config_path: Option<&Path>,
-    voices_dir: Option<&Path>,
-    args: &SpeakArgs,
-) -> Result<(), Failure> {
-    // A bad setting falls back to its default and is said before the code: only the token
-    // decides whether a code is given.
-    let (config, user, effective, mut mistakes) = load_settings_lenient(state, config_path);
-    let mut listening = effective.listening;
-    if let Some(lang) = &args.lang {
-        listening.language.clone_from(lang);
-    }
-    if let Some(rate) = args.rate {
-        check_step("--rate", rate, &RATE_RANGE)?;
-        listening.rate = rate;
-    }
-    if let Some(volume) = args.volume {
-        check_step("--volume", volume, &VOLUME_RANGE)?;
-        listening.volume = volume;
-    }
-    let mut outputs = config.outputs.clone();
-    if !args.output.is_empty() {
-        outputs.list =
-            crate::outputs::parse_outputs(&args.output).map_err(|m| anyhow!("--output: {m}"))?;
-    }
-    let (mut voices, more) = voice::load_voices_lenient(state, &config, &user, voices_dir)?;
-    mistakes.extend(more);
-    if args.lang.is_none() {
-        // The language of the config or the settings: one without a pack is a mistake too.
-        mistakes.extend(voice::settle_language(
-            &voices,
-            &config,
-            &user,
-            &mut listening,
-        ));
-    }
-    if let Some(name) = &args.voice {
-        voices.choose(&listening.language, name)?;
-    }
-    crate::config::log_mistakes(&mistakes);
-    let mut notices = Vec::new();
-    let mut pack = voices.pack(&listening.language)?;
-    // A language nothing can speak is said so, in one that can be spoken.
-    if let Err(why) = voices.check_speakable(pack) {
-        let Some(other) = voices.speakable_instead(pack.tag()) else {
-            return Err(anyhow!(
-                "language `{}` cannot be spoken ({why}), and no other language can",
-                pack.tag()
-            )
-            .into());
-        };
-        log(&format!(
-            "error: language `{}` cannot be spoken ({why}); speaking `{other}` instead",
-            pack.tag()
-        ));
-        pack = voices.pack(&other)?;
-        notices.push(Prompt::LanguageUnusable);
-    }
-    if !mistakes.is_empty() {
-        notices.push(Prompt::SettingsMistake);
-    }
-    if let Some(note) = voices.fallback_note(pack) {
-        log(&format!("warning: {note}"));
-    }
-    let settings = voice::speech_settings(&listening);
-    let verdict = timesync::verdict(
-        &config.clock,
-        args.at,
-        state.load().ok().map(|t| t.progress).as_ref(),
-    );
-    // Logged just before the code is taken: a failure to open the outputs comes alone.
-    let log_clock = || {
-        if verdict == ClockVerdict::Warn {
-            if let Some(line) = timesync::explain(&config.clock, verdict) {
-                log(&line);
-            }
-        }
-    };
-    // With [clock] unsynced = "refuse", no code is taken: the device says why, and exits 5.
-    let refused = |result: Result<(), TakeError>| -> Result<(), Failure> {
-        if verdict == ClockVerdict::Refuse {
-            return Err(Failure {
-                exit: Exit::Clock,
-                error: anyhow!(
-                    "the clock has not been synchronised since boot ({} does not exist) and \
-                     [clock] unsynced = \"refuse\": no code given",
-                    config.clock.sync_flag.display()
-                ),
-            });
-        }
-        result.map_err(Failure::from)
-    };
-    if let Some(path) = &args.wav {
-        // A WAV file is the sound card's speech, whatever the outputs say.
-        log_clock();
-        let (utterance, result) = take_and_plan(
-            state,
-            pack,
-            args.at,
-            &notices,
-            verdict,
-            config.code.wait_for_next_below,
-        )?;
-        let mut synth = voices.synth(pack)?;
-        Renderer::new(SampleRate::ESPEAK)
-            .render_to_wav(&utterance.utterance, synth.as_mut(), settings, path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        record_when_due(state, utterance.record);
-        return refused(result);
-    }
-    // Open every output before taking the code: with none working, no HOTP counter is used.
-    // Each fails alone; the code is taken when at least one works.
-    let (braille_keys, braille_rx) = std::sync::mpsc::channel();
-    let mut senses = crate::outputs::Senses::new(
-        &outputs,
-        false,
-        Some(Box::new(move |key| braille_keys.send(key).is_ok())),
-        Box::new(log),
-    );
-    let braille = senses.braille_connected();
-    let uses = |o| outputs.has(o);
-    let mut speechd = None;
-    let mut failures = Vec::new();
-    // Without Speech Dispatcher (after trying to start it), the device's own voice speaks on
-    // the sound card: a desktop shortcut must never end in silence.
-    let mut own_voice = uses(Output::Speech);
-    if uses(Output::Speechd) {
-        let connected = SpeechdAddress::find(outputs.speechd_address.as_deref())
-            .and_then(|address| crate::speechd::connect_or_spawn(&address))
-            .and_then(|mut s| s.set_language(pack.tag()).map(|()| s));
-        match connected {
-            Ok(s) => speechd = Some(s),
-            Err(e) => {
-                log(&format!(
-                    "warning: {e}; the device's own voice speaks on the sound card instead"
-                ));
-                own_voice = true;
-            }
-        }
-    }
-    let player = if own_voice || speechd.is_some() {
-        match LivePlayer::open(config.audio.device.as_deref(), voices.synth(pack)?) {
-            Ok(player) => Some(player),
-            Err(e) if own_voice => {
-                failures.push(
-                    anyhow::Error::new(e).context("cannot speak: no working audio output device"),
-                );
-                None
-            }
-            Err(e) => {
-                // Speech Dispatcher has its own audio; only the earcons are lost.
-                log(&format!(
-                    "warning: no earcons: no audio output device ({e})"
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let speaking = (own_voice && player.is_some()) || speechd.is_some();
-    if !speaking && !braille {
-        // Nothing works: the first failure says why (the sound card's gives exit status 6).
-        return Err(failures.into_iter().next().map_or_else(
-            || anyhow!("no output works (see the messages above)").into(),
-            Failure::from,
-        ));
-    }
-    for failure in &failures {
-        log(&format!("error: {failure:#}; the other outputs go on"));
-    }
-    log_clock();
-    let (utterance, result) = take_and_plan(
-        state,
-        pack,
-        args.at,
-        &notices,
-        verdict,
-        config.code.wait_for_next_below,
-    )?;
-    // Copied while the code is spoken (taking the clipboard takes up to half a second).
-    let copying = (args.copy || config.desktop.copy)
-        .then(|| utterance.shown.clone())
-        .flatten()
-        .map(|(code, left)| {
-            std::thread::spawn(move || {
-                copy_to_clipboard(
-                    &code,
-                    left.unwrap_or(crate::clipboard::COUNTER_CODE_SECONDS),
-                );
-            })
-        });
-    // Waited for however `speak` ends, so its line is logged and the holder started.
-    let _copying = JoinOnDrop(copying);
-    match (&utterance.shown, &result) {
-        (Some((code, left)), _) => {
-            senses.show_code(code, &pack.grouping(code.len()), *left, pack.tag());
-        }
-        (None, Err(e)) => {
-            senses.show_text(&pack.phrase(PhraseKey::Prompt(voice::prompt_for(e))).text)
-        }
-        (None, Ok(())) if verdict == ClockVerdict::Refuse => {
-            senses.show_text(&pack.phrase(PhraseKey::Prompt(Prompt::ClockUnsynced)).text);
-        }
-        (None, Ok(())) => {}
-    }
-    let play = |part: Utterance| -> Result<(), Failure> {
-        let Some(player) = &player else { return Ok(()) };
-        player.play(part, settings)?;
-        // Long enough for the slowest code; normal codes take about five seconds.
-        if !player.wait_until_idle(Duration::from_secs(60)) || player.failed() {
-            return Err(Failure {
-                exit: Exit::Audio,
-                error: anyhow!("the audio output failed while speaking"),
-            });
-        }
-        Ok(())
-    };
-    if let Some(speechd) = &mut speechd {
-        let (head, words, tail) = crate::speechd::split_earcons(&utterance.utterance);
-        play(head)?;
-        match speechd.speak(&words, SPEECHD_START, Duration::from_secs(60)) {
-            Ok(()) => play(tail)?,
-            Err(e) if player.is_some() => {
-                log(&format!(
-                    "warning: {e}; the device's own voice speaks on the sound card instead"
-                ));
-                let mut rest = words;
-                rest.extend(tail.segments().iter().cloned());
-                play(Utterance::from_segments(rest))?;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).into()),
-        }
-    } else if own_voice {
-        play(utterance.utterance)?;
-    }
-    record_when_due(state, utterance.record);
-    if senses.braille_connected() {
-        // The code stays on the display until it expires or a key is pressed there (a
-        // counter-based code, which does not expire, for two minutes at most); a message
-        // (no code) until a key, for twenty seconds at most.
-        let limit = if utterance.shown.is_some() { 120 } else { 20 };
-        senses.hold(&braille_rx, Duration::from_secs(limit));
-    }
-    refused(result)
-}
-
-/// What `speak` says, and the code to show (with its seconds left) if there is one.
-struct Planned {
-    utterance: Utterance,
-    shown: Option<(Zeroizing<String>, Option<u64>)>,
-    /// A code of the next time step, given before its step began: its step, recorded once
-    /// the step has begun ([`record_when_due`]).
-    record: Option<(TimeStep, Instant)>,
-}
-
-/// Records the time step of a code given ahead of its step ([`Planned::record`]) once the
-/// step has begun, so a `speak` meanwhile does not find the clock "moved backwards".
-fn record_when_due(state: &StateDir, record: Option<(TimeStep, Instant)>) {
-    let Some((step, due)) = record else { return };
-    std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    if let Err(e) = state.record_step(step) {
-        log(&format!("error: cannot record the time step: {e}"));
-    }
-}
-
-/// Takes the code (or the reason there is none) and plans what to say.
-fn take_and_plan(
-    state: &StateDir,
-    pack: &VoicePack,
-    at: Option<u64>,
-    notices: &[Prompt],
-    verdict: ClockVerdict,
-    wait_below: u64,
-) -> Result<(Planned, Result<(), TakeError>), Failure> {
-    let wait = (verdict != ClockVerdict::Refuse)
-        .then(|| device::wait_for_next(state, wait_below, now(at), at.is_some()))
-        .flatten();
-    let next = wait.and_then(|wait| plan_next_code(state, pack, at, wait, verdict).transpose());
-    let (mut planned, result) = match next {
-        Some(planned) => (planned?, Ok(())),
-        None => take_and_plan_in(state, pack, at, verdict)?,
-    };
-    // The first notice is said first.
-    for notice in notices.iter().rev() {
-        planned.utterance = voice::after_notice(pack, *notice, &planned.utterance);
-    }
-    Ok((planned, result))
-}
-
-/// With `wait` seconds left in the step (under `[code] wait_for_next_below`): "this code is
-/// about to change", silence until the next step begins, and that step's code, valid for
-/// the whole step. `None` if the next step's code cannot be had (then the usual path says
-/// why).
-fn plan_next_code(
-    state: &StateDir,
-    pack: &VoicePack,
-    at: Option<u64>,
-    wait: u64,
-    verdict: ClockVerdict,
-) -> Result<Option<Planned>, Failure> {
-    let Ok(taken) = state.code_at(UnixTime(now(at).0.saturating_add(wait))) else {
-        return Ok(None);
-    };
-    let Basis::Step { step, seconds_left } = taken.basis else {
-        return Ok(None);
-    };
-    log(&format!(
-        "saying `code_changing`: {wait} s left (under [code] wait_for_next_below); speaking \
-         the code of time step {step} when it begins"
-    ));
-    let code = Zeroizing::new(taken.code.as_str().to_owned());
-    let utterance = voice::plan(pack, &voice::code_message(&code, CodeIntro::First, verdict))?;
-    let ms = u32::try_from(wait.saturating_mul(1000)).unwrap_or(u32::MAX);
-    Ok(Some(Planned {
-        utterance: voice::after_notice_and_pause(pack, Prompt::CodeChanging, ms, &utterance),
-        shown: Some((code, Some(seconds_left))),
-        // A stated time (`--at`) leaves the clock's record alone.
-        record: at
-            .is_none()
-            .then(|| (step, Instant::now() + Duration::from_secs(wait))),
-    }))
-}
-
-fn take_and_plan_in(
-    state: &StateDir,
-    pack: &VoicePack,
-    at: Option<u64>,
-    verdict: ClockVerdict,
-) -> Result<(Planned, Result<(), TakeError>), Failure> {
-    if verdict == ClockVerdict::Refuse {
-        // No time step is used: the prepared HOTP code (if any) stays prepared.
-        log("saying `clock_unsynced`; no code given");
-        let utterance = voice::plan(pack, &Message::Prompt(Prompt::ClockUnsynced))?;
-        return Ok((
-            Planned {
-                utterance,
-                shown: None,
-                record: None,
-            },
-            Ok(()),
-        ));
-    }
-    match take_code(state, at) {
-        Ok(taken) => {
-            let left = match taken.basis {
-                Basis::Counter(c) => {
-                    log(&format!("speaking HOTP counter {}", c.0));
-                    None
-                }
-                Basis::Step { seconds_left, .. } => Some(seconds_left),
-            };
-            let code = Zeroizing::new(taken.code.as_str().to_owned());
-            let utterance =
-                voice::plan(pack, &voice::code_message(&code, CodeIntro::First, verdict))?;
-            Ok((
-                Planned {
-                    utterance,
-                    shown: Some((code, left)),
-                    record: None,
-                },
-                Ok(()),
-            ))
-        }
-        Err(e) => {
-            let prompt = voice::prompt_for(&e);
-            log(&format!("saying `{}`", prompt.key()));
-            let utterance = voice::plan(pack, &Message::Prompt(prompt))?;
-            Ok((
-                Planned {
-                    utterance,
-                    shown: None,
-                    record: None,
-                },
-                Err(e),
-            ))
-        }
-    }
-}
-
 fn check_step(flag: &str, value: i8, range: &std::ops::RangeInclusive<i8>) -> anyhow::Result<()> {
     if range.contains(&value) {
         Ok(())
@@ -936,141 +548,6 @@ fn check_step(flag: &str, value: i8, range: &std::ops::RangeInclusive<i8>) -> an
             range.end()
         )
     }
-}
-
-/// Parses `ACTION=KEY[,KEY...]`, checking each key with `K`'s parser.
-fn parse_bind<K: std::str::FromStr>(text: &str) -> anyhow::Result<(Action, Vec<String>)>
-where
-    K::Err: std::error::Error + Send + Sync + 'static,
-{
-    let (action, keys) = text
-        .split_once('=')
-        .ok_or_else(|| anyhow!("`{text}`: expected ACTION=KEY[,KEY...]"))?;
-    let action: Action = action.trim().parse()?;
-    let keys: Vec<String> = keys
-        .split(',')
-        .map(|k| match k {
-            " " => k.to_owned(),
-            _ => k.trim().to_owned(),
-        })
-        .filter(|k| !k.is_empty())
-        .collect();
-    for key in &keys {
-        key.parse::<K>()?;
-    }
-    Ok((action, keys))
-}
-
-fn settings(
-    state: &StateDir,
-    config_path: Option<&Path>,
-    voices_dir: Option<&Path>,
-    args: &SettingsArgs,
-) -> Result<(), Failure> {
-    let config = Config::find(config_path)?;
-    let mut user = if args.reset {
-        UserSettings::default()
-    } else {
-        UserSettings::load(state.path())?
-    };
-    let changing = args.reset
-        || args.lang.is_some()
-        || args.voice.is_some()
-        || args.volume.is_some()
-        || args.rate.is_some()
-        || !args.bind.is_empty()
-        || !args.evdev_bind.is_empty();
-    // The packs are needed to check a language or voice and to list the voices; for showing
-    // the settings only, a pack problem is shown instead of failing.
-    let needs_voices = args.list_voices || args.lang.is_some() || args.voice.is_some();
-    let mut voices = match voice::load_voices(state, &config, &user, voices_dir) {
-        Ok(voices) => Ok(voices),
-        Err(e) if needs_voices => return Err(e.into()),
-        Err(e) => Err(e),
-    };
-    if let (true, Ok(voices)) = (args.list_voices, &voices) {
-        io::stdout()
-            .lock()
-            .write_all(voices.listing().as_bytes())
-            .context("cannot write to standard output")?;
-        return Ok(());
-    }
-    if let (Some(lang), Ok(voices)) = (&args.lang, &voices) {
-        voices.pack(lang)?;
-        user.language = Some(lang.clone());
-    }
-    if let (Some(name), Ok(voices)) = (&args.voice, &mut voices) {
-        // The language this voice is for: the one set in this command, else the current one.
-        let tag = user
-            .language
-            .clone()
-            .unwrap_or_else(|| config.defaults.language.clone());
-        voices.choose(&tag, name)?;
-        user.voice.insert(tag, name.clone());
-    }
-    if let Some(volume) = args.volume {
-        check_step("--volume", volume, &VOLUME_RANGE)?;
-        user.volume = Some(i64::from(volume));
-    }
-    if let Some(rate) = args.rate {
-        check_step("--rate", rate, &RATE_RANGE)?;
-        user.rate = Some(i64::from(rate));
-    }
-    for bind in &args.bind {
-        let (action, keys) = parse_bind::<TermKey>(bind)?;
-        user.keys.insert(action.name().to_owned(), keys);
-    }
-    for bind in &args.evdev_bind {
-        let (action, keys) = parse_bind::<EvKey>(bind)?;
-        user.evdev_keys.insert(action.name().to_owned(), keys);
-    }
-    // Validate the combination (e.g. a key bound twice) before saving anything.
-    let effective = Effective::new(&config, &user, state.path())?;
-    if changing {
-        user.save(state.path())?;
-    }
-    let l = &effective.listening;
-    let mut out = io::stdout().lock();
-    let source = config.source.as_ref().map_or_else(
-        || "built-in defaults".to_owned(),
-        |p| p.display().to_string(),
-    );
-    let mut text = format!(
-        "config: {source}\nsettings: {}\nlanguage = {}\nvolume = {} (of {}..{}, {} dB)\nrate = {} (of {}..{})\n",
-        state.path().join(crate::config::SETTINGS_FILE).display(),
-        l.language,
-        l.volume,
-        VOLUME_RANGE.start(),
-        VOLUME_RANGE.end(),
-        f32::from(l.volume) * codereader_speech::Volume::STEP_DB,
-        l.rate,
-        RATE_RANGE.start(),
-        RATE_RANGE.end(),
-    );
-    text.push_str("[voice]\n");
-    match &voices {
-        Ok(voices) => {
-            for tag in voices.languages() {
-                if let Ok((names, now)) = voices.voice_names(&tag) {
-                    text.push_str(&format!("{tag} = {now} (of {})\n", names.join(", ")));
-                }
-            }
-        }
-        Err(e) => text.push_str(&format!("# the voice packs cannot be used: {e}\n")),
-    }
-    text.push_str("[keys]\n");
-    for (action, keys) in effective.keys.bindings() {
-        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
-        text.push_str(&format!("{action} = {}\n", names.join(", ")));
-    }
-    text.push_str("[evdev_keys]\n");
-    for (action, keys) in effective.evdev_keys.bindings() {
-        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
-        text.push_str(&format!("{action} = {}\n", names.join(", ")));
-    }
-    out.write_all(text.as_bytes())
-        .context("cannot write to standard output")?;
-    Ok(())
 }
 
 fn clock(state: &StateDir, config_path: Option<&Path>, accept: bool) -> Result<(), Failure> {
@@ -1174,8 +651,8 @@ pub fn utc_date(secs: u64) -> String {
 fn status(state: &StateDir) -> Result<(), Failure> {
     let token = match state.load() {
         Ok(token) => token,
-        Err(e @ crate::state::StateError::NoToken { .. }) => {
-            println!("token: none\n{}", device::enroll_help(state));
+        Err(e @ crate::token_file::StateError::NoToken { .. }) => {
+            println!("token: none\n{}", run_loop::enroll_help(state));
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
@@ -1209,7 +686,7 @@ fn status(state: &StateDir) -> Result<(), Failure> {
         ),
     }
     println!("{}", clock_state(&token, now(None), build_floor()));
-    if let Some(percent) = device::battery_percent() {
+    if let Some(percent) = run_loop::battery_percent() {
         println!("battery: {percent} %");
     }
     Ok(())
