@@ -20,13 +20,10 @@ use std::time::{Duration, Instant};
 /// # Panics
 /// If it has not been built (then the message says how to build it).
 pub fn codereader_bin() -> PathBuf {
-    // The library modules the binary is built from (`src/*.rs`; not other binaries in
-    // `src/bin/`, which do not make this one stale).
+    // The library modules the binary is built from (`src/` and its module folders; not
+    // other binaries in `src/bin/`, which do not make this one stale).
     let sources = [
         "crates/device/src",
-        "crates/device/src/cli",
-        "crates/device/src/input",
-        "crates/device/src/run_loop",
         "crates/speech/src",
         "crates/otp/src",
         "crates/atomicfile/src",
@@ -69,11 +66,7 @@ fn built_bin(name: &str, package: &str, sources: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let newest = sources
         .iter()
-        .filter_map(|dir| std::fs::read_dir(root.join(dir)).ok())
-        .flatten()
-        .flatten()
-        .filter(|entry| entry.path().extension().is_some_and(|e| e == "rs"))
-        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .filter_map(|dir| newest_source(&root.join(dir)))
         .max();
     if let (Some(built), Some(newest)) = (built, newest) {
         assert!(
@@ -84,6 +77,28 @@ fn built_bin(name: &str, package: &str, sources: &[&str]) -> PathBuf {
         );
     }
     bin
+}
+
+/// When the newest `.rs` file under `dir` was changed, looking into module folders at any
+/// depth but not into `bin/` folders below `dir` (other binaries' sources).
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            let meta = entry.metadata().ok()?;
+            if meta.is_dir() {
+                (path.file_name() != Some("bin".as_ref()))
+                    .then(|| newest_source(&path))
+                    .flatten()
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                meta.modified().ok()
+            } else {
+                None
+            }
+        })
+        .max()
 }
 
 /// The repository's `voices/` directory.
