@@ -16,6 +16,7 @@
 //! ```
 
 mod base32;
+pub mod calendar;
 mod code;
 mod hotp;
 pub mod percent;

@@ -1,38 +1,9 @@
 //! UTC times as people and SIEMs read them (RFC 3339, `2026-12-02T16:00:00Z`), for the audit
-//! commands. A few lines of civil-calendar arithmetic (Howard Hinnant's `days_from_civil`)
-//! rather than a date crate: the server only ever prints and parses UTC.
+//! commands. The calendar arithmetic is `codereader_otp::calendar` rather than a date crate:
+//! the server only ever prints and parses UTC.
 
 use anyhow::{Result, bail};
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both fit: day is 1..=31 and month 1..=12 by construction.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
-}
+use codereader_otp::calendar::{civil_from_days, days_from_civil};
 
 /// `2026-12-02T16:00:00Z` for Unix seconds.
 pub fn rfc3339(unix: u64) -> String {

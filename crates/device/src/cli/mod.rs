@@ -628,18 +628,9 @@ pub fn clock_state(token: &Token, now: UnixTime, floor: UnixTime) -> String {
 /// `secs` since 1970 as a UTC date and time, `2033-05-18 03:33:20 UTC` (ISO 8601 with a
 /// space), so a helper compares it with a watch, not a count of seconds.
 pub fn utc_date(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rest = secs % 86_400;
-    // Howard Hinnant's days-to-civil, on the proleptic Gregorian calendar (era of 400 years).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) =
+        codereader_otp::calendar::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         rest / 3600,
