@@ -42,7 +42,7 @@
 //! state (public to the scan, as in `scan`), never from the code being checked.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use codereader_otp::{Code, Counter, Hotp};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
@@ -217,12 +217,16 @@ impl KeyCache {
         &self.shards[(hash % SHARDS as u64) as usize]
     }
 
+    /// The locked shard of `id`.
+    fn locked(&self, id: &TokenId) -> MutexGuard<'_, HashMap<TokenId, Entry>> {
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The prepared key for `id` if it was made from exactly this seal and these parameters.
     pub(crate) fn get(&self, id: &TokenId, seed: &SealedSeed, params: TokenParams) -> Option<Hotp> {
-        let shard = self
-            .shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shard = self.locked(id);
         shard
             .get(id)
             .filter(|e| e.params == params && e.seed == *seed)
@@ -239,10 +243,7 @@ impl KeyCache {
         params: TokenParams,
         f: impl FnOnce(&Hotp, &mut Memo) -> R,
     ) -> Option<R> {
-        let mut shard = self
-            .shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.locked(id);
         shard
             .get_mut(id)
             .filter(|e| e.params == params && e.seed == *seed)
@@ -259,10 +260,7 @@ impl KeyCache {
         hotp: Hotp,
         codes: Memo,
     ) {
-        let mut shard = self
-            .shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.locked(id);
         if shard.len() >= self.per_shard && !shard.contains_key(id) {
             // Which entry goes is decided by the map's randomly keyed hash order: no caller
             // can aim evictions at a particular token.
@@ -290,10 +288,7 @@ impl KeyCache {
 
     /// Forgets `id` (its token was deleted or enrolled again).
     pub(crate) fn remove(&self, id: &TokenId) {
-        self.shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+        self.locked(id).remove(id);
     }
 
     /// How many keys are held.

@@ -4,8 +4,9 @@
 //! (rusqlite connections are not `Sync`). Every unit of work ([`Store::submit`]) goes to one
 //! writer thread per store, which owns the only writing connection: it takes every unit
 //! waiting in its queue, runs them one after the other inside one `BEGIN IMMEDIATE`
-//! transaction, and commits once (group commit); only then does each unit hear that it was
-//! committed. Each state change runs in its own savepoint, so one that fails leaves nothing
+//! transaction, and commits once (group commit; with `Durability::Full`, while the last
+//! batch's fsync runs the transaction stays open for the units arriving meanwhile, see
+//! [`Durable::wait`]); only then does each unit hear that it was committed. Each state change runs in its own savepoint, so one that fails leaves nothing
 //! behind and does not undo the others. A unit reads on the writer's connection, so it sees
 //! every write committed or queued before it: a verification reads, decides and writes
 //! without a hand-off between threads, and one fsync covers a whole batch of them, which is
