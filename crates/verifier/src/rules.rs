@@ -20,7 +20,7 @@ use codereader_otp::pskc;
 use codereader_otp::{Code, Counter, Hotp, KeyPolicy, KeyUri, OtpKind, Secret, TimeError};
 use codereader_otp::{TimeStep, UnixTime};
 
-use crate::keycache::KeyCache;
+use crate::keycache::{KeyCache, Memo};
 use crate::keyring::Keyring;
 use crate::outcome::{Accepted, Matched, Outcome};
 use crate::policy::Policy;
@@ -323,19 +323,61 @@ impl Rules {
         {
             return Ok(hotp);
         }
-        let secret = self.open_seed(&self.keyring(), &record.id, &record.seed)?;
-        let hotp = Hotp::new(&secret, p.algorithm, p.digits);
+        let hotp = self.open_hotp(record)?;
         if let Some(keys) = &self.keys {
-            keys.put(&record.id, &record.seed, p, hotp.clone());
+            keys.put(&record.id, &record.seed, p, hotp.clone(), Memo::default());
         }
         Ok(hotp)
     }
 
-    fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
+    /// Opens a token's seal and prepares its HMAC key (no cache).
+    fn open_hotp(&self, record: &TokenRecord) -> Result<Hotp, VerifyError> {
         let p = record.params;
-        // One HMAC key schedule per verification: TOTP is HOTP over the step, so the step is
-        // computed here (checked, like `Totp::step_at`) rather than by a second generator.
-        let current = match p.kind {
+        let secret = self.open_seed(&self.keyring(), &record.id, &record.seed)?;
+        Ok(Hotp::new(&secret, p.algorithm, p.digits))
+    }
+
+    /// Scans the verification window `w` of a token whose first unused value is `next`
+    /// ([`scan`]), with the codes its key-cache entry remembers from its last scan when it
+    /// has one made from this very seal ([`Memo::scan`]: usually one new HMAC instead of the
+    /// whole window), and remembers the window's codes for the next scan.
+    ///
+    /// Under [`Policy::unknown_as_rejected`] no codes are remembered: an unknown serial is
+    /// answered after computing a whole window ([`Rules::as_if_rejected`]), so a known
+    /// token's window must cost as much.
+    fn scan_window(
+        &self,
+        record: &TokenRecord,
+        code: &Code,
+        w: &Window,
+        next: u64,
+    ) -> Result<Scan, VerifyError> {
+        let p = record.params;
+        let keys = self.keys.as_ref();
+        if self.policy.unknown_as_rejected || keys.is_none() {
+            return Ok(scan(&self.hotp(record)?, code, w.lo, w.hi, next));
+        }
+        let remembered = keys.and_then(|k| {
+            k.with(&record.id, &record.seed, p, |hotp, memo| {
+                memo.scan(hotp, code, w.lo, w.hi, next)
+            })
+        });
+        if let Some(found) = remembered {
+            return Ok(found);
+        }
+        let hotp = self.open_hotp(record)?;
+        let mut memo = Memo::default();
+        let found = memo.scan(&hotp, code, w.lo, w.hi, next);
+        if let Some(keys) = keys {
+            keys.put(&record.id, &record.seed, p, hotp, memo);
+        }
+        Ok(found)
+    }
+
+    /// The current step of a TOTP token (`None` for HOTP). TOTP is HOTP over the step, so
+    /// the step is computed here (checked, like `Totp::step_at`) and one HMAC key serves.
+    fn current_step(record: &TokenRecord, now: UnixTime) -> Result<Option<u64>, VerifyError> {
+        Ok(match record.params.kind {
             TokenKind::Totp { period, t0 } => {
                 let elapsed = now.0.checked_sub(t0.0).ok_or(TimeError::BeforeT0 {
                     time: now.0,
@@ -344,18 +386,21 @@ impl Rules {
                 Some(elapsed / period.seconds())
             }
             TokenKind::Hotp => None,
-        };
+        })
+    }
+
+    fn generator(&self, record: &TokenRecord, now: UnixTime) -> Result<Generator, VerifyError> {
         Ok(Generator {
+            current: Self::current_step(record, now)?,
             hotp: self.hotp(record)?,
-            current,
         })
     }
 
     /// The verification window: TOTP, `totp_window` steps either side of the current step
-    /// moved by the remembered drift; HOTP, from the last used counter (to recognise a replay
-    /// of the last code) to `hotp_look_ahead` past the next one.
-    fn window(&self, g: &Generator, state: &TokenState) -> Window {
-        match g.current {
+    /// (`current`) moved by the remembered drift; HOTP (`None`), from the last used counter
+    /// (to recognise a replay of the last code) to `hotp_look_ahead` past the next one.
+    fn window(&self, current: Option<u64>, state: &TokenState) -> Window {
+        match current {
             Some(current) => {
                 let centre = i128::from(current) + i128::from(state.drift);
                 let w = i128::from(self.policy.totp_window);
@@ -612,9 +657,8 @@ impl Rules {
             self.log(store, &record, action, &outcome, now, caller)?;
             return Ok(outcome);
         }
-        let g = self.generator(&record, now)?;
-        let w = self.window(&g, &record.state);
-        match scan(&g.hotp, code, w.lo, w.hi, record.state.next) {
+        let w = self.window(Self::current_step(&record, now)?, &record.state);
+        match self.scan_window(&record, code, &w, record.state.next)? {
             Scan::Fresh(value) => {
                 let drift = drift_of(value, w.origin);
                 let advance = Advance {

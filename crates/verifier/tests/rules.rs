@@ -1142,3 +1142,83 @@ fn key_source_follows_a_rotation_done_elsewhere() {
     );
     assert_eq!(calls.load(Ordering::Relaxed), 1);
 }
+
+/// The codes a key-cache entry remembers from its token's last window ([`Verifier`]'s key
+/// cache, on by default) never let a code through twice, nor outlive the seal they came
+/// from: HOTP codes accepted in turn and replayed, a jump ahead, the token deleted and
+/// enrolled again with another seed, a rotation, and a keyring reloaded without the key.
+fn remembered_codes_follow_the_token(make: Factory<'_>) {
+    let v = make(Policy::default());
+    let h = enroll(&v, "H", 1, hotp_params(), 0);
+    for counter in 0..30 {
+        assert_eq!(
+            accepted(&verify(&v, &h, &code(1, counter), NOW)).0,
+            Matched::Counter(Counter(counter))
+        );
+        assert_eq!(verify(&v, &h, &code(1, counter), NOW), Outcome::Replayed);
+    }
+    // A jump to the window's edge, then everything it skipped is gone.
+    assert_eq!(accepted(&verify(&v, &h, &code(1, 40), NOW)).1, 10);
+    assert_eq!(verify(&v, &h, &code(1, 40), NOW), Outcome::Replayed);
+    assert!(matches!(
+        verify(&v, &h, &code(1, 35), NOW),
+        Outcome::Rejected { .. }
+    ));
+    // Racing callers with the next code: exactly one is accepted.
+    let next = code(1, 41);
+    let answers: Vec<Outcome> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| verify(&v, &h, &next, NOW)))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let wins = answers
+        .iter()
+        .filter(|o| matches!(o, Outcome::Accepted(_)))
+        .count();
+    assert_eq!(wins, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted(_) | Outcome::Replayed))
+    );
+    // Enrolled again with another seed: the old seed's next code is wrong now.
+    v.delete(&h, NOW, &caller()).unwrap();
+    let h = enroll(&v, "H", 2, hotp_params(), 42);
+    assert!(matches!(
+        verify(&v, &h, &code(1, 42), NOW),
+        Outcome::Rejected { .. }
+    ));
+    accepted(&verify(&v, &h, &code(2, 43), NOW));
+    // A rotation re-seals every seed: codes go on being checked against the token's.
+    let rotated = Verifier::new(
+        v.into_store(),
+        Keyring::new(Kek::from_bytes(KeyId::new("k2").unwrap(), [2; 32]))
+            .with_older(Kek::from_bytes(KeyId::new("k1").unwrap(), [1; 32])),
+        Policy::default(),
+    );
+    accepted(&verify(&rotated, &h, &code(2, 44), NOW));
+    rotated.rotate(NOW, &caller()).unwrap();
+    assert_eq!(verify(&rotated, &h, &code(2, 44), NOW), Outcome::Replayed);
+    accepted(&verify(&rotated, &h, &code(2, 45), NOW));
+    // The keyring replaced without the seed's key: no remembered code verifies any more.
+    rotated.replace_keyring(Keyring::new(Kek::from_bytes(
+        KeyId::new("k9").unwrap(),
+        [9; 32],
+    )));
+    assert!(matches!(
+        rotated.verify(Subject::Token(&h), &code(2, 46), NOW, &caller()),
+        Err(codereader_verifier::VerifyError::Seal(_))
+    ));
+}
+
+#[test]
+fn remembered_codes_follow_the_token_in_memory() {
+    remembered_codes_follow_the_token(&on_memory);
+}
+
+#[test]
+fn remembered_codes_follow_the_token_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    remembered_codes_follow_the_token(&|policy| on_sqlite(&dir, policy));
+}
