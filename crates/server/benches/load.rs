@@ -15,7 +15,11 @@
 //! `serve` option, e.g. `--server-arg --worker-threads --server-arg 1`, to compare tunings).
 //!
 //! PostgreSQL's rows are followed by pgbench's rate for one durable single-row `UPDATE` on the
-//! same cluster, in the same run, and the verify rates as ratios of it (`pgbench/mod.rs`).
+//! same cluster, in the same run (once before and once after the verify phases), and the
+//! verify rates as ratios of it (`pgbench/mod.rs`). `--pg-pools 16,32,64` adds a verify
+//! phase per pool size (the server's `--pg-connections`), each on a database of its own on
+//! the same cluster and with at least as many load connections as the pool holds, so that
+//! the pool is full: what a pool size is worth is measured beside pgbench in one run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -40,6 +44,8 @@ struct Options {
     stores: Vec<String>,
     store_concurrency: Option<String>,
     server_args: Vec<String>,
+    /// Pool sizes (`--pg-connections`) for the extra PostgreSQL verify phases.
+    pg_pools: Vec<usize>,
 }
 
 fn options() -> Options {
@@ -51,6 +57,7 @@ fn options() -> Options {
         stores: vec!["sqlite".into(), "sqlite-normal".into(), "postgres".into()],
         store_concurrency: None,
         server_args: Vec::new(),
+        pg_pools: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +71,16 @@ fn options() -> Options {
             "--stores" => o.stores = value.split(',').map(str::to_owned).collect(),
             "--store-concurrency" => o.store_concurrency = Some(value),
             "--server-arg" => o.server_args.push(value),
+            "--pg-pools" => {
+                o.pg_pools = value
+                    .split(',')
+                    .map(|n| {
+                        n.parse::<usize>()
+                            .expect("--pg-pools N,N,...")
+                            .clamp(1, 500)
+                    })
+                    .collect();
+            }
             _ => {
                 // `cargo bench` adds `--bench`; anything else unknown is ignored too.
                 i += 1;
@@ -295,6 +312,7 @@ fn seed(i: usize) -> Vec<u8> {
 async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     let mut pg = None;
     let mut pg_url = None;
+    let mut pgbench_before = None;
     let mut extra = Vec::new();
     if let Some(n) = &o.store_concurrency {
         extra.extend(["--store-concurrency", n.as_str()]);
@@ -311,6 +329,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         "postgres" => {
             // Durable commits (fsync on), like the SQLite store's default.
             let cluster = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            pgbench_before = Some(pgbench::before(&cluster));
             pg_url = Some(cluster.url());
             let server = Server::start_with(Some(&cluster.url()), &extra);
             pg = Some(cluster);
@@ -318,16 +337,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         }
         other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
     };
-    eprintln!("bench-verifier: {store}: enrolling {} tokens", o.tokens);
-    let mut conn = Conn::open(server.addr).await.unwrap();
-    for i in 0..o.tokens {
-        let body = json!({"serial": format!("B-{i}"), "kind": "hotp", "secret": base32(&seed(i))});
-        let r = conn
-            .post("/v1/tokens", &server.admin_key, &body)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201, "{:?}", r.body);
-    }
+    enrol(store, &server, o.tokens).await;
 
     // Baseline: the HTTP floor (auth + JSON + code check, no store).
     let per_conn = o.max_requests / o.connections;
@@ -336,15 +346,121 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         .collect();
     let floor = drive(&server, floor_bodies, 400, None, o.seconds).await;
 
-    // Verifications: connection j owns tokens j, j+C, ...; it walks their counters in turn,
-    // so every request carries a valid code that was never used.
+    let verify = verify_phase(store, &server, o.connections, o.tokens, o).await;
+    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
+    // start inside this one.
+    let library = std::thread::scope(|scope| {
+        scope
+            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
+            .join()
+            .unwrap()
+    });
+    let mut rows = vec![
+        (format!("{store}: floor (400, no store)"), floor),
+        (format!("{store}: verify (accepted)"), verify),
+        (format!("{store}: library in process"), library),
+    ];
+    if let (Some(pg), Some(before)) = (&pg, pgbench_before) {
+        let pool = pool_of(&o.server_args);
+        let mut verifies = vec![
+            (
+                format!("{store}: verify, pool {pool}, {} conns", o.connections),
+                rows[1].1.rate(),
+            ),
+            (
+                format!("{store}: library, pool {pool}, {} threads", o.connections),
+                rows[2].1.rate(),
+            ),
+        ];
+        // The first server is idle now; its store connections stay open, as pgbench's are.
+        for &pool in &o.pg_pools {
+            let (name, phase) = pool_phase(store, pg, pool, &extra, o).await;
+            verifies.push((name.clone(), phase.rate()));
+            rows.push((name, phase));
+        }
+        pgbench::after(store, pg, before, verifies);
+    }
+    rows
+}
+
+/// The server's `--pg-connections` as `args` give it, else the store's default.
+fn pool_of(args: &[String]) -> usize {
+    args.iter()
+        .position(|a| a == "--pg-connections")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)
+}
+
+/// A verify phase on a server holding at most `pool` connections, on a fresh database of
+/// `pg`, driven by at least `pool` load connections (fewer could not fill the pool).
+async fn pool_phase(
+    store: &str,
+    pg: &TempPostgres,
+    pool: usize,
+    extra: &[&str],
+    o: &Options,
+) -> (String, Phase) {
+    let db = format!("pool{pool}_{}", std::process::id());
+    // On a thread of its own: the sync `postgres` client runs a runtime of its own.
+    let url = std::thread::scope(|scope| scope.spawn(|| pg.create_database(&db)).join())
+        .unwrap()
+        .unwrap();
+    let pool_arg = pool.to_string();
+    // The first server's own `--pg-connections`, if given, is replaced by this pool's.
+    let mut args: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < extra.len() {
+        if extra[i] == "--pg-connections" {
+            i += 2;
+            continue;
+        }
+        args.push(extra[i]);
+        i += 1;
+    }
+    args.extend(["--pg-connections", pool_arg.as_str()]);
+    let server = Server::start_with(Some(&url), &args);
+    let connections = o.connections.max(pool);
+    let tokens = o.tokens.max(connections);
+    enrol(store, &server, tokens).await;
+    let phase = verify_phase(store, &server, connections, tokens, o).await;
+    (
+        format!("{store}: verify, pool {pool}, {connections} conns"),
+        phase,
+    )
+}
+
+/// Enrols HOTP tokens `B-0`..`B-{tokens-1}` over HTTP.
+async fn enrol(store: &str, server: &Server, tokens: usize) {
+    eprintln!("bench-verifier: {store}: enrolling {tokens} tokens");
+    let mut conn = Conn::open(server.addr).await.unwrap();
+    for i in 0..tokens {
+        let body = json!({"serial": format!("B-{i}"), "kind": "hotp", "secret": base32(&seed(i))});
+        let r = conn
+            .post("/v1/tokens", &server.admin_key, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+}
+
+/// Accepted verifications on `connections` keep-alive connections: connection j owns tokens
+/// j, j+C, ...; it walks their counters in turn, so every request carries a valid code that
+/// was never used.
+async fn verify_phase(
+    store: &str,
+    server: &Server,
+    connections: usize,
+    tokens: usize,
+    o: &Options,
+) -> Phase {
+    let per_conn = o.max_requests / connections;
     eprintln!(
         "bench-verifier: {store}: precomputing {} codes",
-        per_conn * o.connections
+        per_conn * connections
     );
-    let bodies: Vec<Vec<Vec<u8>>> = (0..o.connections)
+    let bodies: Vec<Vec<Vec<u8>>> = (0..connections)
         .map(|j| {
-            let owned: Vec<usize> = (j..o.tokens).step_by(o.connections).collect();
+            let owned: Vec<usize> = (j..tokens).step_by(connections).collect();
             (0..per_conn)
                 .map(|n| {
                     let token = owned[n % owned.len()];
@@ -356,24 +472,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
                 .collect()
         })
         .collect();
-    let verify = drive(&server, bodies, 200, Some("accepted"), o.seconds).await;
-    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
-    // start inside this one.
-    let library = std::thread::scope(|scope| {
-        scope
-            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
-            .join()
-            .unwrap()
-    });
-    if let Some(pg) = &pg {
-        // The server is idle now; its store connections stay open, as pgbench's are.
-        pgbench::run_beside(store, pg, verify.rate(), library.rate());
-    }
-    vec![
-        (format!("{store}: floor (400, no store)"), floor),
-        (format!("{store}: verify (accepted)"), verify),
-        (format!("{store}: library in process"), library),
-    ]
+    drive(server, bodies, 200, Some("accepted"), o.seconds).await
 }
 
 /// The library without HTTP: `connections` threads verify fresh HOTP codes of their own

@@ -7,6 +7,11 @@
 //! PostgreSQL store can approach on this machine (issue 27's goal: verify over HTTP >= 0.9x
 //! of it). Kept apart from the load generator's phases so that both evolve on their own.
 //!
+//! pgbench runs twice, once before the store's verify phases and once after them, and each
+//! verify rate is set against the mean of the two: on a machine whose load drifts (other
+//! jobs on the same cores), a single pgbench run minutes away from the verify phase measured
+//! the drift as much as the store. The two runs are printed, so the drift shows.
+//!
 //! `--pgbench-seconds S` (default 10), `--pgbench-clients C` (default 32; `-j 2` threads).
 
 use std::process::Command;
@@ -14,12 +19,13 @@ use std::sync::Mutex;
 
 use codereader_verifier::testing::TempPostgres;
 
-/// One pgbench run beside a store's verify rates.
+/// A store's pgbench runs and the verify rates measured between them.
 struct Row {
     store: String,
-    tps: Result<f64, String>,
-    verify: f64,
-    library: f64,
+    before: Result<f64, String>,
+    after: Result<f64, String>,
+    /// Phase name and verifies/s.
+    verifies: Vec<(String, f64)>,
 }
 
 /// The runs of this process, printed after the main table.
@@ -39,23 +45,62 @@ fn option(name: &str, default: u64, max: u64) -> u64 {
         .clamp(1, max)
 }
 
-/// Runs pgbench on `pg` (in a database of its own) and keeps its rate beside `verify` (over
-/// HTTP) and `library` (in process), the store's rates measured just before on the same
-/// cluster.
-pub(crate) fn run_beside(store: &str, pg: &TempPostgres, verify: f64, library: f64) {
+/// Creates pgbench's database on `pg` and runs pgbench once; the rate, kept as the `before`
+/// of [`after`].
+pub(crate) fn before(pg: &TempPostgres) -> Result<f64, String> {
     // On a thread of its own: creating the database uses the sync `postgres` client, whose
     // runtime may not start inside the load generator's.
-    let tps = std::thread::scope(|scope| scope.spawn(|| measure(pg)).join())
-        .unwrap_or_else(|_| Err("pgbench's thread panicked".to_owned()));
-    if let Err(e) = &tps {
-        eprintln!("bench-verifier: pgbench: {e}");
-    }
+    let tps = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pg.create_database("pgbench").map_err(|e| e.to_string())?;
+                run(Command::new(pg.bin().join("pgbench"))
+                    .args(connect(pg))
+                    .args(["-i", "-q", "-s", "1", "pgbench"]))?;
+                measure(pg)
+            })
+            .join()
+    })
+    .unwrap_or_else(|_| Err("pgbench's thread panicked".to_owned()));
+    report(&tps);
+    tps
+}
+
+/// Runs pgbench again on `pg` and keeps both rates beside `verifies` (phase name, verifies/s),
+/// the store's rates measured in between on the same cluster.
+pub(crate) fn after(
+    store: &str,
+    pg: &TempPostgres,
+    before: Result<f64, String>,
+    verifies: Vec<(String, f64)>,
+) {
+    let tps = measure(pg);
+    report(&tps);
     ROWS.lock().unwrap().push(Row {
         store: store.to_owned(),
-        tps,
-        verify,
-        library,
+        before,
+        after: tps,
+        verifies,
     });
+}
+
+fn report(tps: &Result<f64, String>) {
+    if let Err(e) = tps {
+        eprintln!("bench-verifier: pgbench: {e}");
+    }
+}
+
+fn connect(pg: &TempPostgres) -> Vec<String> {
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 fn measure(pg: &TempPostgres) -> Result<f64, String> {
@@ -63,21 +108,13 @@ fn measure(pg: &TempPostgres) -> Result<f64, String> {
         option("--pgbench-seconds", 10, 60),
         option("--pgbench-clients", 32, 1000),
     );
-    pg.create_database("pgbench").map_err(|e| e.to_string())?;
-    let pgbench = pg.bin().join("pgbench");
-    let port = pg.port().to_string();
-    let connect = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
-    eprintln!("bench-verifier: postgres: pgbench -i -s 1");
-    run(Command::new(&pgbench)
-        .args(connect)
-        .args(["-i", "-q", "-s", "1", "pgbench"]))?;
     let script =
         std::env::temp_dir().join(format!("codereader-pgbench-{}.sql", std::process::id()));
     std::fs::write(&script, SCRIPT).map_err(|e| format!("writing {}: {e}", script.display()))?;
     eprintln!("bench-verifier: postgres: pgbench -c {clients} -j 2 -T {seconds}, one UPDATE");
-    let out = run(Command::new(&pgbench)
+    let out = run(Command::new(pg.bin().join("pgbench"))
         .env("PGOPTIONS", "-c synchronous_commit=on")
-        .args(connect)
+        .args(connect(pg))
         .args([
             "-n",
             "-c",
@@ -120,31 +157,38 @@ pub(crate) fn print() {
     if rows.is_empty() {
         return;
     }
-    println!(
-        "\n{:<34} {:>11} {:>16} {:>16}",
-        "pgbench, same cluster", "tps", "verify HTTP vs", "in process vs"
-    );
+    let show = |tps: &Result<f64, String>| match tps {
+        Ok(tps) => format!("{tps:.0}"),
+        Err(_) => "failed".to_owned(),
+    };
     for row in rows.iter() {
-        match &row.tps {
-            Ok(tps) => println!(
-                "{:<34} {:>11.0} {:>15.2}x {:>15.2}x",
-                format!("{}: one-row UPDATE", row.store),
-                tps,
-                row.verify / tps,
-                row.library / tps
-            ),
-            Err(_) => println!(
-                "{:<34} {:>11}",
-                format!("{}: one-row UPDATE", row.store),
-                "failed"
-            ),
+        let mean = match (&row.before, &row.after) {
+            (Ok(b), Ok(a)) => Some((b + a) / 2.0),
+            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Some(*one),
+            (Err(_), Err(_)) => None,
+        };
+        println!(
+            "\n{}: pgbench one-row UPDATE, tps before / after the verify phases: {} / {}",
+            row.store,
+            show(&row.before),
+            show(&row.after)
+        );
+        println!(
+            "{:<44} {:>11} {:>22}",
+            "same cluster, between the two pgbench runs", "per second", "vs pgbench (mean)"
+        );
+        for (name, rate) in &row.verifies {
+            match mean {
+                Some(mean) => println!("{name:<44} {rate:>11.0} {:>21.2}x", rate / mean),
+                None => println!("{name:<44} {rate:>11.0} {:>22}", "pgbench failed"),
+            }
         }
     }
     println!(
         "pgbench: -c {} -j 2 -T {} (--pgbench-clients, --pgbench-seconds), synchronous_commit=on, \
-         127.0.0.1, right after the store's phases; goal (issue 27): verify over HTTP >= 0.9x\n\
-         (the server holds at most --pg-connections database connections, 16 unless given with\n\
-         --server-arg; pgbench holds one per client)",
+         127.0.0.1; goal (issue 27): verify over HTTP >= 0.9x\n\
+         (pgbench holds one connection per client; each verify phase names the server's \
+         --pg-connections and the load generator's connections)",
         option("--pgbench-clients", 32, 1000),
         option("--pgbench-seconds", 10, 60)
     );
