@@ -16,14 +16,23 @@
 
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use codereader_verifier::testing::TempPostgres;
+
+/// One pgbench run: transactions per second, and the CPU per transaction (microseconds) of
+/// the database cluster and of pgbench itself.
+pub(crate) struct Run {
+    tps: f64,
+    database_us: f64,
+    client_us: f64,
+}
 
 /// A store's pgbench runs and the verify rates measured between them.
 struct Row {
     store: String,
-    before: Result<f64, String>,
-    after: Result<f64, String>,
+    before: Result<Run, String>,
+    after: Result<Run, String>,
     /// Phase name and verifies/s.
     verifies: Vec<(String, f64)>,
 }
@@ -47,7 +56,7 @@ fn option(name: &str, default: u64, max: u64) -> u64 {
 
 /// Creates pgbench's database on `pg` and runs pgbench once; the rate, kept as the `before`
 /// of [`after`].
-pub(crate) fn before(pg: &TempPostgres) -> Result<f64, String> {
+pub(crate) fn before(pg: &TempPostgres) -> Result<Run, String> {
     // On a thread of its own: creating the database uses the sync `postgres` client, whose
     // runtime may not start inside the load generator's.
     let tps = std::thread::scope(|scope| {
@@ -71,7 +80,7 @@ pub(crate) fn before(pg: &TempPostgres) -> Result<f64, String> {
 pub(crate) fn after(
     store: &str,
     pg: &TempPostgres,
-    before: Result<f64, String>,
+    before: Result<Run, String>,
     verifies: Vec<(String, f64)>,
 ) {
     let tps = measure(pg);
@@ -84,7 +93,7 @@ pub(crate) fn after(
     });
 }
 
-fn report(tps: &Result<f64, String>) {
+fn report(tps: &Result<Run, String>) {
     if let Err(e) = tps {
         eprintln!("bench-verifier: pgbench: {e}");
     }
@@ -103,7 +112,63 @@ fn connect(pg: &TempPostgres) -> Vec<String> {
     .to_vec()
 }
 
-fn measure(pg: &TempPostgres) -> Result<f64, String> {
+/// The postmaster's process id, from its data directory's `postmaster.pid`.
+pub(crate) fn postmaster(pg: &TempPostgres) -> Option<u32> {
+    std::fs::read_to_string(pg.dir().join("data").join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Fields after the command name of `/proc/PID/stat`, if the process is there (counted
+/// from 0 after the name: 11 and 12 are user and system time, 13 and 14 those of children
+/// waited for, in ticks of 1/100 s, Linux's `USER_HZ` on every architecture).
+pub(crate) fn stat(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces; fields count from after it.
+    Some(
+        stat[stat.rfind(')')? + 2..]
+            .split(' ')
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU time (user + system, in ticks of 1/100 s) the whole database cluster has used so
+/// far: the postmaster, its live children (backends, WAL writer, checkpointer...), and the
+/// children that ended (counted in the postmaster's `cutime`/`cstime` once reaped).
+pub(crate) fn cluster_cpu(postmaster: u32) -> Duration {
+    let pm = postmaster.to_string();
+    let Some(own) = stat(&pm) else {
+        return Duration::ZERO;
+    };
+    let mut ticks = own[11] + own[12] + own[13] + own[14];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = stat(pid).filter(|f| f[1] == u64::from(postmaster)) {
+            ticks += f[11] + f[12];
+        }
+    }
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time the children of this process that ended have used (pgbench, once waited for).
+fn children_cpu() -> Duration {
+    stat("self").map_or(Duration::ZERO, |f| {
+        Duration::from_millis((f[13] + f[14]) * 10)
+    })
+}
+
+fn measure(pg: &TempPostgres) -> Result<Run, String> {
     let (seconds, clients) = (
         option("--pgbench-seconds", 10, 60),
         option("--pgbench-clients", 32, 1000),
@@ -112,6 +177,9 @@ fn measure(pg: &TempPostgres) -> Result<f64, String> {
         std::env::temp_dir().join(format!("codereader-pgbench-{}.sql", std::process::id()));
     std::fs::write(&script, SCRIPT).map_err(|e| format!("writing {}: {e}", script.display()))?;
     eprintln!("bench-verifier: postgres: pgbench -c {clients} -j 2 -T {seconds}, one UPDATE");
+    let postmaster = postmaster(pg);
+    let cpu = |pm: Option<u32>| pm.map_or(Duration::ZERO, cluster_cpu);
+    let (database_before, client_before) = (cpu(postmaster), children_cpu());
     let out = run(Command::new(pg.bin().join("pgbench"))
         .env("PGOPTIONS", "-c synchronous_commit=on")
         .args(connect(pg))
@@ -128,13 +196,30 @@ fn measure(pg: &TempPostgres) -> Result<f64, String> {
         .arg(&script)
         .arg("pgbench"));
     let _ = std::fs::remove_file(&script);
+    let (database, client) = (
+        cpu(postmaster) - database_before,
+        children_cpu() - client_before,
+    );
     let out = out?;
     // "tps = 19834.123456 (without initial connection time)"
-    out.lines()
+    let tps: f64 = out
+        .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("no tps in pgbench's output:\n{out}"))
+        .ok_or_else(|| format!("no tps in pgbench's output:\n{out}"))?;
+    // "number of transactions actually processed: 198341"
+    let transactions: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split(['/', ' ']).next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / transactions;
+    Ok(Run {
+        tps,
+        database_us: per(database),
+        client_us: per(client),
+    })
 }
 
 fn run(command: &mut Command) -> Result<String, String> {
@@ -157,21 +242,27 @@ pub(crate) fn print() {
     if rows.is_empty() {
         return;
     }
-    let show = |tps: &Result<f64, String>| match tps {
-        Ok(tps) => format!("{tps:.0}"),
+    let show = |run: &Result<Run, String>| match run {
+        Ok(r) => format!(
+            "{:.0} tps ({:.1} us database, {:.1} us pgbench CPU per transaction)",
+            r.tps, r.database_us, r.client_us
+        ),
         Err(_) => "failed".to_owned(),
     };
     for row in rows.iter() {
         let mean = match (&row.before, &row.after) {
-            (Ok(b), Ok(a)) => Some((b + a) / 2.0),
-            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Some(*one),
+            (Ok(b), Ok(a)) => Some((b.tps + a.tps) / 2.0),
+            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Some(one.tps),
             (Err(_), Err(_)) => None,
         };
         println!(
-            "\n{}: pgbench one-row UPDATE, tps before / after the verify phases: {} / {}",
+            "\n{}: pgbench one-row UPDATE, before the verify phases: {}\n\
+             {:>w$}  after them: {}",
             row.store,
             show(&row.before),
-            show(&row.after)
+            "",
+            show(&row.after),
+            w = row.store.len()
         );
         println!(
             "{:<44} {:>11} {:>22}",
