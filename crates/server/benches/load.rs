@@ -15,7 +15,11 @@
 //! `serve` option, e.g. `--server-arg --worker-threads --server-arg 1`, to compare tunings).
 //!
 //! PostgreSQL's rows are followed by pgbench's rate for one durable single-row `UPDATE` on the
-//! same cluster, in the same run, and the verify rates as ratios of it (`pgbench/mod.rs`).
+//! same cluster, in the same run (once before and once after the verify phases), and the
+//! verify rates as ratios of it (`pgbench/mod.rs`). `--pg-pools 16,32,64` adds a verify
+//! phase per pool size (the server's `--pg-connections`), each on a database of its own on
+//! the same cluster and with at least as many load connections as the pool holds, so that
+//! the pool is full: what a pool size is worth is measured beside pgbench in one run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -40,6 +44,8 @@ struct Options {
     stores: Vec<String>,
     store_concurrency: Option<String>,
     server_args: Vec<String>,
+    /// Pool sizes (`--pg-connections`) for the extra PostgreSQL verify phases.
+    pg_pools: Vec<usize>,
 }
 
 fn options() -> Options {
@@ -51,6 +57,7 @@ fn options() -> Options {
         stores: vec!["sqlite".into(), "sqlite-normal".into(), "postgres".into()],
         store_concurrency: None,
         server_args: Vec::new(),
+        pg_pools: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +71,16 @@ fn options() -> Options {
             "--stores" => o.stores = value.split(',').map(str::to_owned).collect(),
             "--store-concurrency" => o.store_concurrency = Some(value),
             "--server-arg" => o.server_args.push(value),
+            "--pg-pools" => {
+                o.pg_pools = value
+                    .split(',')
+                    .map(|n| {
+                        n.parse::<usize>()
+                            .expect("--pg-pools N,N,...")
+                            .clamp(1, 500)
+                    })
+                    .collect();
+            }
             _ => {
                 // `cargo bench` adds `--bench`; anything else unknown is ignored too.
                 i += 1;
@@ -98,26 +115,41 @@ struct Phase {
     server_cpu: Duration,
     /// CPU time the load generator used (zero in process).
     client_cpu: Duration,
+    /// CPU time the PostgreSQL cluster used (zero on SQLite, whose work is the server's).
+    database_cpu: Duration,
+}
+
+/// The PostgreSQL cluster's postmaster while a PostgreSQL store runs (0: none), so that each
+/// phase also counts the database's CPU time per request: on two cores shared by server,
+/// load generator and database, that is what a durable verify costs beside pgbench.
+static POSTMASTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn database_cpu() -> Duration {
+    match POSTMASTER.load(Ordering::Relaxed) {
+        0 => Duration::ZERO,
+        pm => pgbench::cluster_cpu(pm),
+    }
 }
 
 /// CPU time (user + system, every thread, live or ended) a process has used so far, from
 /// `/proc/PID/stat` in clock ticks of 1/100 s (Linux's `USER_HZ` on every architecture).
 fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name, in parentheses, may hold spaces; fields count from after it.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+    let fields = pgbench::stat(pid).unwrap();
+    Duration::from_millis((fields[11] + fields[12]) * 10)
 }
 
 impl Phase {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
-    /// Microseconds of CPU per request: (server, load generator).
-    fn cpu_per_request(&self) -> (f64, f64) {
+    /// Microseconds of CPU per request: (server, load generator, database).
+    fn cpu_per_request(&self) -> (f64, f64, f64) {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / self.requests.max(1) as f64;
-        (per(self.server_cpu), per(self.client_cpu))
+        (
+            per(self.server_cpu),
+            per(self.client_cpu),
+            per(self.database_cpu),
+        )
     }
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -233,7 +265,8 @@ async fn drive(
         })
         .collect();
     let server_pid = server.pid().unwrap().to_string();
-    let (server_before, client_before) = (cpu_time(&server_pid), cpu_time("self"));
+    let (server_before, client_before, database_before) =
+        (cpu_time(&server_pid), cpu_time("self"), database_cpu());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for list in requests {
@@ -272,9 +305,10 @@ async fn drive(
         unexpected += u;
     }
     let elapsed = started.elapsed();
-    let (server_cpu, client_cpu) = (
+    let (server_cpu, client_cpu, database_cpu) = (
         cpu_time(&server_pid) - server_before,
         cpu_time("self") - client_before,
+        database_cpu() - database_before,
     );
     timer.abort();
     latencies.sort_unstable();
@@ -285,6 +319,7 @@ async fn drive(
         unexpected,
         server_cpu,
         client_cpu,
+        database_cpu,
     }
 }
 
@@ -295,6 +330,7 @@ fn seed(i: usize) -> Vec<u8> {
 async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
     let mut pg = None;
     let mut pg_url = None;
+    let mut pgbench_before = None;
     let mut extra = Vec::new();
     if let Some(n) = &o.store_concurrency {
         extra.extend(["--store-concurrency", n.as_str()]);
@@ -311,6 +347,11 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         "postgres" => {
             // Durable commits (fsync on), like the SQLite store's default.
             let cluster = TempPostgres::start_with(PgOptions::default().with_fsync(true)).unwrap();
+            pgbench_before = Some(pgbench::before(&cluster));
+            POSTMASTER.store(
+                pgbench::postmaster(&cluster).unwrap_or(0),
+                Ordering::Relaxed,
+            );
             pg_url = Some(cluster.url());
             let server = Server::start_with(Some(&cluster.url()), &extra);
             pg = Some(cluster);
@@ -318,16 +359,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         }
         other => panic!("unknown store {other} (sqlite, sqlite-normal, postgres)"),
     };
-    eprintln!("bench-verifier: {store}: enrolling {} tokens", o.tokens);
-    let mut conn = Conn::open(server.addr).await.unwrap();
-    for i in 0..o.tokens {
-        let body = json!({"serial": format!("B-{i}"), "kind": "hotp", "secret": base32(&seed(i))});
-        let r = conn
-            .post("/v1/tokens", &server.admin_key, &body)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201, "{:?}", r.body);
-    }
+    enrol(store, &server, o.tokens).await;
 
     // Baseline: the HTTP floor (auth + JSON + code check, no store).
     let per_conn = o.max_requests / o.connections;
@@ -336,15 +368,121 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
         .collect();
     let floor = drive(&server, floor_bodies, 400, None, o.seconds).await;
 
-    // Verifications: connection j owns tokens j, j+C, ...; it walks their counters in turn,
-    // so every request carries a valid code that was never used.
+    let verify = verify_phase(store, &server, o.connections, o.tokens, o).await;
+    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
+    // start inside this one.
+    let library = std::thread::scope(|scope| {
+        scope
+            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
+            .join()
+            .unwrap()
+    });
+    let mut rows = vec![
+        (format!("{store}: floor (400, no store)"), floor),
+        (format!("{store}: verify (accepted)"), verify),
+        (format!("{store}: library in process"), library),
+    ];
+    if let (Some(pg), Some(before)) = (&pg, pgbench_before) {
+        let pool = pool_of(&o.server_args);
+        let mut verifies = vec![
+            (
+                format!("{store}: verify, pool {pool}, {} conns", o.connections),
+                rows[1].1.rate(),
+            ),
+            (
+                format!("{store}: library, pool {pool}, {} threads", o.connections),
+                rows[2].1.rate(),
+            ),
+        ];
+        // The first server is idle now; its store connections stay open, as pgbench's are.
+        for &pool in &o.pg_pools {
+            let (name, phase) = pool_phase(store, pg, pool, &extra, o).await;
+            verifies.push((name.clone(), phase.rate()));
+            rows.push((name, phase));
+        }
+        pgbench::after(store, pg, before, verifies);
+    }
+    rows
+}
+
+/// The server's `--pg-connections` as `args` give it, else the store's default.
+fn pool_of(args: &[String]) -> usize {
+    args.iter()
+        .position(|a| a == "--pg-connections")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)
+}
+
+/// A verify phase on a server holding at most `pool` connections, on a fresh database of
+/// `pg`, driven by at least `pool` load connections (fewer could not fill the pool).
+async fn pool_phase(
+    store: &str,
+    pg: &TempPostgres,
+    pool: usize,
+    extra: &[&str],
+    o: &Options,
+) -> (String, Phase) {
+    let db = format!("pool{pool}_{}", std::process::id());
+    // On a thread of its own: the sync `postgres` client runs a runtime of its own.
+    let url = std::thread::scope(|scope| scope.spawn(|| pg.create_database(&db)).join())
+        .unwrap()
+        .unwrap();
+    let pool_arg = pool.to_string();
+    // The first server's own `--pg-connections`, if given, is replaced by this pool's.
+    let mut args: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < extra.len() {
+        if extra[i] == "--pg-connections" {
+            i += 2;
+            continue;
+        }
+        args.push(extra[i]);
+        i += 1;
+    }
+    args.extend(["--pg-connections", pool_arg.as_str()]);
+    let server = Server::start_with(Some(&url), &args);
+    let connections = o.connections.max(pool);
+    let tokens = o.tokens.max(connections);
+    enrol(store, &server, tokens).await;
+    let phase = verify_phase(store, &server, connections, tokens, o).await;
+    (
+        format!("{store}: verify, pool {pool}, {connections} conns"),
+        phase,
+    )
+}
+
+/// Enrols HOTP tokens `B-0`..`B-{tokens-1}` over HTTP.
+async fn enrol(store: &str, server: &Server, tokens: usize) {
+    eprintln!("bench-verifier: {store}: enrolling {tokens} tokens");
+    let mut conn = Conn::open(server.addr).await.unwrap();
+    for i in 0..tokens {
+        let body = json!({"serial": format!("B-{i}"), "kind": "hotp", "secret": base32(&seed(i))});
+        let r = conn
+            .post("/v1/tokens", &server.admin_key, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+}
+
+/// Accepted verifications on `connections` keep-alive connections: connection j owns tokens
+/// j, j+C, ...; it walks their counters in turn, so every request carries a valid code that
+/// was never used.
+async fn verify_phase(
+    store: &str,
+    server: &Server,
+    connections: usize,
+    tokens: usize,
+    o: &Options,
+) -> Phase {
+    let per_conn = o.max_requests / connections;
     eprintln!(
         "bench-verifier: {store}: precomputing {} codes",
-        per_conn * o.connections
+        per_conn * connections
     );
-    let bodies: Vec<Vec<Vec<u8>>> = (0..o.connections)
+    let bodies: Vec<Vec<Vec<u8>>> = (0..connections)
         .map(|j| {
-            let owned: Vec<usize> = (j..o.tokens).step_by(o.connections).collect();
+            let owned: Vec<usize> = (j..tokens).step_by(connections).collect();
             (0..per_conn)
                 .map(|n| {
                     let token = owned[n % owned.len()];
@@ -356,24 +494,7 @@ async fn run_store(store: &str, o: &Options) -> Vec<(String, Phase)> {
                 .collect()
         })
         .collect();
-    let verify = drive(&server, bodies, 200, Some("accepted"), o.seconds).await;
-    // On a thread of its own: the sync `postgres` client runs its own runtime, which may not
-    // start inside this one.
-    let library = std::thread::scope(|scope| {
-        scope
-            .spawn(|| in_process(store, &server, pg_url.as_deref(), o))
-            .join()
-            .unwrap()
-    });
-    if let Some(pg) = &pg {
-        // The server is idle now; its store connections stay open, as pgbench's are.
-        pgbench::run_beside(store, pg, verify.rate(), library.rate());
-    }
-    vec![
-        (format!("{store}: floor (400, no store)"), floor),
-        (format!("{store}: verify (accepted)"), verify),
-        (format!("{store}: library in process"), library),
-    ]
+    drive(server, bodies, 200, Some("accepted"), o.seconds).await
 }
 
 /// The library without HTTP: `connections` threads verify fresh HOTP codes of their own
@@ -439,7 +560,7 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
-    let cpu_before = cpu_time("self");
+    let (cpu_before, database_before) = (cpu_time("self"), database_cpu());
     let started = Instant::now();
     let results: Vec<(Vec<u32>, usize)> = std::thread::scope(|scope| {
         let handles: Vec<_> = codes
@@ -477,7 +598,10 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = started.elapsed();
-    let server_cpu = cpu_time("self") - cpu_before;
+    let (server_cpu, database_cpu) = (
+        cpu_time("self") - cpu_before,
+        database_cpu() - database_before,
+    );
     let mut latencies: Vec<u32> = results
         .iter()
         .flat_map(|(l, _)| l.iter().copied())
@@ -490,6 +614,7 @@ fn in_process(store: &str, server: &Server, pg_url: Option<&str>, o: &Options) -
         latencies,
         server_cpu,
         client_cpu: Duration::ZERO,
+        database_cpu,
     }
 }
 
@@ -509,7 +634,7 @@ fn rate_of(rows: &[(String, Phase)], name: &str, phase: &str) -> Option<f64> {
 /// so a store may add phases of its own).
 fn print_table(rows: &[(String, Phase)], cores: usize) {
     println!(
-        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>13} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "\n{:<34} {:>9} {:>11} {:>9} {:>9} {:>13} {:>11} {:>11} {:>10} {:>10} {:>7} {:>10}",
         "phase",
         "requests",
         "per second",
@@ -520,14 +645,15 @@ fn print_table(rows: &[(String, Phase)], cores: usize) {
         "unexpected",
         "server us",
         "loadgen us",
+        "db us",
         "cpu bound/s"
     );
     for (name, phase) in rows {
         let floor = rate_of(rows, name, "floor").unwrap_or(f64::NAN);
         let library = rate_of(rows, name, "library").unwrap_or(f64::NAN);
-        let (server_us, client_us) = phase.cpu_per_request();
+        let (server_us, client_us, database_us) = phase.cpu_per_request();
         println!(
-            "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>12.2}x {:>10.2}x {:>11} {:>10.1} {:>10.1} {:>11.0}",
+            "{:<34} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>12.2}x {:>10.2}x {:>11} {:>10.1} {:>10.1} {:>7.1} {:>11.0}",
             name,
             phase.requests,
             phase.rate(),
@@ -538,7 +664,8 @@ fn print_table(rows: &[(String, Phase)], cores: usize) {
             phase.unexpected,
             server_us,
             client_us,
-            cores as f64 * 1e6 / (server_us + client_us),
+            database_us,
+            cores as f64 * 1e6 / (server_us + client_us + database_us),
         );
     }
     println!(
@@ -583,9 +710,9 @@ fn main() {
     }
     print_table(&rows, cores);
     println!(
-        "\nserver us / loadgen us: CPU time (user + system, all threads) per request of the \
-         server process and of the load generator during the phase; cpu bound/s: the rate at \
-         which those two together would use all {cores} cores\n\
+        "\nserver us / loadgen us / db us: CPU time (user + system, all threads) per request of the \
+         server process, of the load generator and (PostgreSQL) of the database cluster during the \
+         phase; cpu bound/s: the rate at which those together would use all {cores} cores\n\
          goal (issue 6): >= 50000 verifies/s with p99 < 5 ms on SQLite (2 cores); \
          'unexpected' must be 0 (every verify accepted)"
     );

@@ -97,6 +97,10 @@ impl PgClient {
     where
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
+        // Boxed once: the driver's futures are large, and unboxed they were copied whole by
+        // every layer that moves them (the timeout, the async block, `block_on`), a couple
+        // of thousand instructions of `memcpy` per call.
+        let f = Box::pin(f);
         match self
             .runtime
             .block_on(async { tokio::time::timeout(self.deadline, f).await })

@@ -106,19 +106,21 @@ fn is_unique_violation(e: &PgError) -> bool {
 struct Conn {
     client: PgClient,
     /// By the address and length of the statement's text: every text here is a `&'static
-    /// str`, so the pair names one text, and hashing it instead of a kilobyte of SQL saves
-    /// thousands of instructions per call (one text at two addresses is prepared twice).
-    statements: HashMap<(usize, usize), Statement>,
+    /// str`, so the pair names one text, and comparing it instead of a kilobyte of SQL saves
+    /// thousands of instructions per call (one text at two addresses is prepared twice). A
+    /// list, not a map: a connection prepares a dozen texts at most, and comparing two words
+    /// each costs less than hashing one key.
+    statements: Vec<((usize, usize), Statement)>,
 }
 
 impl Conn {
     fn statement(&mut self, sql: &'static str) -> Result<Statement, PgError> {
         let key = (sql.as_ptr() as usize, sql.len());
-        if let Some(s) = self.statements.get(&key) {
+        if let Some((_, s)) = self.statements.iter().find(|(k, _)| *k == key) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql)?;
-        self.statements.insert(key, s.clone());
+        self.statements.push((key, s.clone()));
         Ok(s)
     }
 }
@@ -170,6 +172,9 @@ impl Copies {
 struct Pool {
     idle: Vec<Conn>,
     open: usize,
+    /// Callers waiting for a connection to come back: only then does returning one wake
+    /// anybody (a wake with nobody waiting is still a system call, on every verification).
+    waiting: usize,
 }
 
 /// Token state in a PostgreSQL database.
@@ -267,6 +272,7 @@ impl PgStore {
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 open: 1,
+                waiting: 0,
             }),
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
@@ -357,7 +363,7 @@ impl PgPool {
     fn open(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
             client: self.hosts.connect().map_err(db)?,
-            statements: HashMap::new(),
+            statements: Vec::new(),
         })
     }
 
@@ -368,8 +374,11 @@ impl PgPool {
             Some(c) if !c.client.is_closed() => pool.idle.push(c),
             _ => pool.open = pool.open.saturating_sub(1),
         }
+        let wake = pool.waiting > 0;
         drop(pool);
-        self.returned.notify_one();
+        if wake {
+            self.returned.notify_one();
+        }
     }
 
     /// Takes an idle connection, or the right to open one, waiting if all are in use.
@@ -383,10 +392,12 @@ impl PgPool {
                 pool.open += 1;
                 return None;
             }
+            pool.waiting += 1;
             pool = self
                 .returned
                 .wait(pool)
                 .unwrap_or_else(PoisonError::into_inner);
+            pool.waiting -= 1;
         }
     }
 
@@ -1316,8 +1327,13 @@ impl Store for PgStore {
         if start {
             state.workers += 1;
         }
+        // Only a waiting worker needs waking: a busy one takes the work when it is done, and
+        // a wake with nobody waiting is still a system call on every verification.
+        let wake = state.idle > 0;
         drop(state);
-        self.queue.ready.notify_one();
+        if wake {
+            self.queue.ready.notify_one();
+        }
         if start {
             self.start_worker();
         }
