@@ -6,8 +6,8 @@
 //! waiting in its queue, runs them one after the other inside one `BEGIN IMMEDIATE`
 //! transaction, and commits once (group commit; with `Durability::Full`, while the last
 //! batch's fsync runs the transaction stays open for the units arriving meanwhile, see
-//! [`Durable::wait`]); only then does each unit hear that it was committed. Each state change runs in its own savepoint, so one that fails leaves nothing
-//! behind and does not undo the others. A unit reads on the writer's connection, so it sees
+//! `Durable::wait`); only then does each unit hear that it was committed. Each state change
+//! runs in its own savepoint, so one that fails leaves nothing behind and does not undo the others. A unit reads on the writer's connection, so it sees
 //! every write committed or queued before it: a verification reads, decides and writes
 //! without a hand-off between threads, and one fsync covers a whole batch of them, which is
 //! what makes `synchronous = FULL` fast enough.
