@@ -410,3 +410,136 @@ fn postgres_servers_deciding_on_stale_copies() {
         .count();
     assert_eq!(accepted, 9, "{lines:?}");
 }
+
+/// Verifications of many tokens at once on PostgreSQL travel to the database together,
+/// several in one statement (`pg_batch.rs`): every code is still accepted once and replayed
+/// after, every attempt has its audit line, and activations that bind one user to two
+/// tokens at once give that user exactly one of them.
+#[test]
+fn postgres_many_tokens_at_once() {
+    const TOKENS: usize = 32;
+    const ROUNDS: u64 = 6;
+    let pg = TempPostgres::start().unwrap();
+    let url = pg.create_database("many").unwrap();
+    let v = Arc::new(verifier(open_store(&url).unwrap(), Policy::default()));
+    let byte = |i: usize| 20 + i as u8;
+    let tokens: Vec<TokenId> = (0..TOKENS)
+        .map(|i| enroll(&v, &format!("MANY-{i}"), byte(i), totp_params(), 0))
+        .collect();
+    let barrier = Barrier::new(TOKENS);
+    let labels: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let (v, barrier) = (&v, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let mut labels = Vec::new();
+                    for round in 0..ROUNDS {
+                        let now = codereader_otp::UnixTime(NOW.0 + 30 * round);
+                        let c = code(byte(i), step(now));
+                        // The code, then the same code again: a replay.
+                        for _ in 0..2 {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            v.verify_then(
+                                OwnedSubject::Token(token.clone()),
+                                c,
+                                now,
+                                caller(),
+                                move |r| tx.send(r).unwrap(),
+                            );
+                            labels.push(rx.recv().unwrap().unwrap().label().to_owned());
+                        }
+                    }
+                    labels
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let expected: Vec<String> = (0..ROUNDS)
+        .flat_map(|_| ["accepted".to_owned(), "replayed".to_owned()])
+        .collect();
+    for (token, got) in tokens.iter().zip(&labels) {
+        assert_eq!(got, &expected, "{token}");
+        let trail = v.audit_trail(token, 1000).unwrap();
+        let verifies: Vec<_> = trail
+            .iter()
+            .filter(|e| e.action == AuditAction::Verify)
+            .collect();
+        let accepted = verifies
+            .iter()
+            .filter(|e| e.outcome == AuditOutcome::Accepted)
+            .count();
+        assert_eq!(
+            (verifies.len(), accepted),
+            (2 * ROUNDS as usize, ROUNDS as usize)
+        );
+    }
+    // Several acceptances committed in one transaction: their audit lines share an xmin.
+    let psql = |sql: &str| -> String {
+        let out = Command::new(pg.bin().join("psql"))
+            .args([url.as_str(), "-At", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (lines, transactions): (usize, usize) = {
+        let row = psql(
+            "SELECT count(*), count(DISTINCT xmin::TEXT) FROM audit
+              WHERE action = 'verify' AND outcome = 'accepted'",
+        );
+        let (a, b) = row.split_once('|').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    assert_eq!(lines, TOKENS * ROUNDS as usize);
+    assert!(
+        transactions < lines,
+        "no two acceptances shared a statement: {transactions}"
+    );
+
+    // Pairs of unbound tokens, each pair activated for one user at the same moment: one
+    // activation of each pair binds, the other finds the user has a token.
+    let pairs: Vec<(TokenId, TokenId, codereader_verifier::UserId)> = (0..8)
+        .map(|p| {
+            let a = enroll(&v, &format!("BIND-{p}-A"), byte(2 * p), totp_params(), 0);
+            let b = enroll(
+                &v,
+                &format!("BIND-{p}-B"),
+                byte(2 * p + 1),
+                totp_params(),
+                0,
+            );
+            (
+                a,
+                b,
+                codereader_verifier::UserId::new(format!("user-{p}")).unwrap(),
+            )
+        })
+        .collect();
+    let barrier = Barrier::new(pairs.len() * 2);
+    let bound: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, (a, b, user))| [(2 * p, a, user), (2 * p + 1, b, user)])
+            .map(|(i, token, user)| {
+                let (v, barrier) = (&v, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    match v.activate(token, user, &code(byte(i), step(NOW)), NOW, &caller()) {
+                        Ok(codereader_verifier::Activation::Activated(_)) => true,
+                        Ok(codereader_verifier::Activation::UserHasToken) => false,
+                        other => panic!("{token}: {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, pair) in bound.chunks(2).enumerate() {
+        assert_eq!(pair.iter().filter(|b| **b).count(), 1, "pair {p}: {pair:?}");
+    }
+}

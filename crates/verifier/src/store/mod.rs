@@ -34,6 +34,7 @@ mod audit;
 mod events;
 pub mod memory;
 mod open;
+mod pg_batch;
 mod pgclient;
 pub mod postgres;
 mod postgres_events;
