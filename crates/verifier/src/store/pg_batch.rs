@@ -153,16 +153,20 @@ impl Batcher {
             state.leading = true;
             let (batch, workers) = take_batch(&mut state.waiting);
             drop(state);
-            let (answers, broken) = run(runner, batch);
+            let (mut answers, broken) = run(runner, batch);
+            // This worker's own answer, if its row was in the batch, is kept here rather
+            // than passed through the map.
+            let own = answers
+                .iter()
+                .position(|(t, _)| *t == ticket)
+                .map(|i| answers.swap_remove(i).1);
             state = self.lock();
             state.leading = false;
             state.answers.extend(answers);
-            let mut own = None;
             if broken.is_some() {
                 // This connection is gone: the rows still waiting are left to the other
                 // workers, and this worker's own (if it was not in the batch) fails as it
                 // would have on this connection.
-                own = state.answers.remove(&ticket);
                 state.waiting.retain(|(t, _, _)| *t != ticket);
             }
             let next = state.wants_leader().then(|| state.waiting[0].2.clone());
@@ -176,8 +180,11 @@ impl Batcher {
                     worker.unpark();
                 }
             }
+            if let Some(own) = own {
+                return own;
+            }
             if let Some(error) = broken {
-                return own.unwrap_or(Err(error));
+                return Err(error);
             }
             state = self.lock();
         }
