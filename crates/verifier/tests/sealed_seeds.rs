@@ -177,6 +177,8 @@ fn kek_file() -> impl Strategy<Value = Vec<u8>> {
         any::<[u8; 32]>().prop_map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>());
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..100),
+        // Words on a line, as a keyring line that is wrong.
+        "(current |open )?[a-z0-9]{1,10}( [a-z0-9]{1,10}){1,3}\n?".prop_map(String::into_bytes),
         any::<[u8; 32]>().prop_map(|k| k.to_vec()),
         (hex.clone(), "[ \t\n]{0,3}", "[ \t\n]{0,3}", any::<bool>()).prop_map(
             |(h, a, b, upper)| {
@@ -202,8 +204,8 @@ fn kek_file() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Any file content: the key the model reads (named by its fingerprint) or
-    /// `BadKeyFormat`, whose message shows nothing of the file; the file is not changed.
+    /// Any file content: the key the model reads (named by its fingerprint), or an error
+    /// whose message shows nothing of the file; the file is not changed.
     #[test]
     fn kek_file_of_any_content(content in kek_file()) {
         use std::os::unix::fs::PermissionsExt;
@@ -219,7 +221,20 @@ proptest! {
             }
             None => {
                 let err = got.unwrap_err();
-                prop_assert_eq!(&err, &SealError::BadKeyFormat);
+                // Text whose first line (comments aside) has several words reads as a
+                // keyring line that is wrong (`BadKeyring`, naming the line); anything
+                // else as no key at all.
+                let several_words = std::str::from_utf8(&content).is_ok_and(|text| {
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or_default().trim())
+                        .find(|l| !l.is_empty())
+                        .is_some_and(|l| l.split_whitespace().nth(1).is_some())
+                });
+                if several_words {
+                    prop_assert!(matches!(err, SealError::BadKeyring { .. }), "{:?}", err);
+                } else {
+                    prop_assert_eq!(&err, &SealError::BadKeyFormat);
+                }
                 let shown = format!("{err} {err:?}");
                 let text = String::from_utf8_lossy(&content);
                 let text = text.trim();
