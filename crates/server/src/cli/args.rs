@@ -147,7 +147,9 @@ pub(crate) struct ServeArgs {
     /// could be accepted again after a reboot. Off by default.
     #[arg(long)]
     pub(crate) sqlite_normal_sync: bool,
-    /// PostgreSQL: most connections this server opens.
+    /// PostgreSQL: most connections this server opens. The store runs four worker threads
+    /// per connection: a verification waiting for the batch that carries its acceptance
+    /// holds no connection.
     #[arg(long, default_value_t = codereader_verifier::store::postgres::DEFAULT_MAX_CONNECTIONS)]
     pub(crate) pg_connections: usize,
     /// PostgreSQL: the longest wait, in milliseconds, for any one answer of the database (a
