@@ -543,3 +543,46 @@ fn postgres_many_tokens_at_once() {
         assert_eq!(pair.iter().filter(|b| **b).count(), 1, "pair {p}: {pair:?}");
     }
 }
+
+/// A pool of one connection, and racing verifications of one token among others: the rows
+/// of one token wait for later batches, so a worker that led a batch may wait again for its
+/// own, and must not keep the only connection meanwhile (the invariant is checked
+/// deterministically by `pg_batch`'s unit test `a_worker_that_waits_again_holds_no_connection`;
+/// here, on a real server). Every verification answers, and each code is accepted once.
+#[test]
+fn postgres_one_connection_and_racing_rows_of_one_token() {
+    const RACERS: usize = 24;
+    let pg = TempPostgres::start().unwrap();
+    let store = codereader_verifier::PgStore::connect_with(&pg.url(), 1).unwrap();
+    let v = Arc::new(verifier(Box::new(store), Policy::default()));
+    let same = enroll(&v, "ONE-CONN", 60, totp_params(), 0);
+    let others: Vec<TokenId> = (0..4)
+        .map(|i| enroll(&v, &format!("ONE-CONN-{i}"), 61 + i as u8, totp_params(), 0))
+        .collect();
+    for t in others.iter().chain([&same]) {
+        // Copies of the rows: the verifications' first statements are their acceptances.
+        v.show(Subject::Token(t)).unwrap().unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..RACERS {
+        let (v, tx) = (Arc::clone(&v), tx.clone());
+        // The first four verify the other tokens, the rest all race on `same`.
+        let (token, c) = match others.get(i) {
+            Some(t) => (t.clone(), code(61 + i as u8, step(NOW))),
+            None => (same.clone(), code(60, step(NOW))),
+        };
+        v.verify_then(OwnedSubject::Token(token), c, NOW, caller(), move |r| {
+            tx.send(r.map(|o| o.label().to_owned())).unwrap();
+        });
+    }
+    drop(tx);
+    let labels: Vec<String> = (0..RACERS)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("a verification never answered")
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(count(&labels, "accepted"), 5, "{labels:?}");
+    assert_eq!(count(&labels, "replayed"), RACERS - 5, "{labels:?}");
+}

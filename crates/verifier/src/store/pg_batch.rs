@@ -85,7 +85,7 @@ pub(super) struct Row {
 /// How one row fared: moved (`true`) or not, or why it could not be run.
 pub(super) type Answer = Result<bool, StoreError>;
 
-/// The rows waiting, the answers not yet taken, and how many batches are in flight.
+/// The rows waiting, the answers not yet taken, and whether a batch is in flight.
 #[derive(Default)]
 struct State {
     next_ticket: u64,
@@ -113,16 +113,21 @@ pub(super) struct Batcher {
     state: Mutex<State>,
 }
 
-/// What a leader runs its batch with: its own connection, behind the store's statements.
+/// What a leader runs its batch with: a connection of the pool, behind the store's
+/// statements.
 pub(super) trait Runner {
     /// Runs one row in the single-row statement: how many rows it moved (0 or 1).
     fn one(&mut self, row: &Row) -> Result<bool, PgError>;
     /// Runs every row in one statement: the serials of the rows it moved.
     fn many(&mut self, rows: &[&Row]) -> Result<Vec<String>, PgError>;
-    /// Whether the connection can take another statement (it did not break or time out).
+    /// Whether the server answered `error` (so the statement was rolled back, and the rows
+    /// may run again), rather than leaving its outcome unknown (no answer in time, a lost
+    /// connection).
     fn usable(&self, error: &PgError) -> bool;
     /// The store's error for a row's failure (`UserTaken` for a second binding, ...).
     fn error(&self, row: &Row, error: PgError) -> StoreError;
+    /// Gives back the connection the batch ran on, if it holds one.
+    fn release(&mut self);
 }
 
 impl Batcher {
@@ -131,8 +136,7 @@ impl Batcher {
     }
 
     /// Runs `row`, alone or with the rows of other workers, and answers once the statement
-    /// that carried it has committed. `runner` is this worker's connection, used if this
-    /// worker leads a batch.
+    /// that carried it has committed. `runner` runs the batch if this worker leads one.
     pub(super) fn advance(&self, runner: &mut dyn Runner, row: Row) -> Answer {
         let mut state = self.lock();
         let ticket = state.next_ticket;
@@ -154,6 +158,10 @@ impl Batcher {
             let (batch, workers) = take_batch(&mut state.waiting);
             drop(state);
             let (mut answers, broken) = run(runner, batch);
+            // Given back before this worker may wait again (its own row can be left for a
+            // later batch): a waiting worker holding a connection could starve the next
+            // leader of one.
+            runner.release();
             // This worker's own answer, if its row was in the batch, is kept here rather
             // than passed through the map.
             let own = answers
@@ -357,6 +365,8 @@ mod tests {
                 reason: format!("failed at {}", row.token),
             }
         }
+
+        fn release(&mut self) {}
     }
 
     fn batch(tokens: &[&str]) -> Vec<(u64, Row)> {
@@ -448,6 +458,7 @@ mod tests {
             fn error(&self, _: &Row, _: PgError) -> StoreError {
                 StoreError::Stale
             }
+            fn release(&mut self) {}
         }
         let batcher = Batcher::default();
         let sizes = Mutex::new(Vec::new());
@@ -470,6 +481,76 @@ mod tests {
         let state = batcher.lock();
         assert!(state.waiting.is_empty() && state.answers.is_empty());
         assert!(!state.leading);
+    }
+
+    /// Rows of a few tokens from many workers, so that leaders' own rows are often left for
+    /// a later batch and they wait again: at no moment do two runners hold a connection
+    /// (one leader at a time, and one that waits again has given its connection back).
+    #[test]
+    fn a_worker_that_waits_again_holds_no_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counted<'a> {
+            held: &'a AtomicUsize,
+            most: &'a AtomicUsize,
+            holding: bool,
+        }
+        impl Counted<'_> {
+            fn take(&mut self) {
+                if !self.holding {
+                    self.holding = true;
+                    let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.most.fetch_max(now, Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        }
+        impl Runner for Counted<'_> {
+            fn one(&mut self, _: &Row) -> Result<bool, PgError> {
+                self.take();
+                Ok(true)
+            }
+            fn many(&mut self, rows: &[&Row]) -> Result<Vec<String>, PgError> {
+                self.take();
+                Ok(rows.iter().map(|r| r.token.to_string()).collect())
+            }
+            fn usable(&self, _: &PgError) -> bool {
+                true
+            }
+            fn error(&self, _: &Row, _: PgError) -> StoreError {
+                StoreError::Stale
+            }
+            fn release(&mut self) {
+                if self.holding {
+                    self.holding = false;
+                    self.held.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.release();
+            }
+        }
+        let batcher = Batcher::default();
+        let (held, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for worker in 0..16 {
+                let (batcher, held, most) = (&batcher, &held, &most);
+                scope.spawn(move || {
+                    for i in 0..30 {
+                        let mut runner = Counted {
+                            held,
+                            most,
+                            holding: false,
+                        };
+                        let token = format!("t{}", (worker + i) % 3);
+                        assert_eq!(batcher.advance(&mut runner, row(&token)), Ok(true));
+                    }
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        assert_eq!(held.load(Ordering::SeqCst), 0);
     }
 
     #[test]

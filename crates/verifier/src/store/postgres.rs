@@ -858,9 +858,7 @@ impl PoolRunner<'_> {
 
 impl Drop for PoolRunner<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.give_back(Some(conn));
-        }
+        self.release();
     }
 }
 
@@ -993,6 +991,12 @@ impl Runner for PoolRunner<'_> {
         // The server answered with an error: the statement was rolled back. Anything else
         // (no answer in time, a connection lost) leaves its outcome unknown.
         error.code().is_some()
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(Some(conn));
+        }
     }
 
     fn error(&self, row: &pg_batch::Row, error: PgError) -> StoreError {
