@@ -858,7 +858,14 @@ impl PoolRunner<'_> {
 
 impl Drop for PoolRunner<'_> {
     fn drop(&mut self) {
-        self.release();
+        if std::thread::panicking() {
+            // Perhaps in the middle of a statement: closed, never reused.
+            if self.conn.take().is_some() {
+                self.pool.give_back(None);
+            }
+        } else {
+            self.release();
+        }
     }
 }
 
