@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use codereader_e2e::{AlsaCapture, codereader_bin, voices_dir};
+use codereader_e2e::{AlsaCapture, CAPTURE_RATE, codereader_bin, voices_dir};
 
 const URI: &str = "otpauth://totp/Bank:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Bank";
 
@@ -75,17 +75,23 @@ fn speak_plays_on_the_configured_device_while_the_default_is_missing() {
     setup(dir.path(), Some("talk"));
     let capture = AlsaCapture::start(dir.path()).unwrap();
     // The capture's config, with `default` pointing at a missing card and `talk` at the
-    // capture.
+    // capture, in the capture's format: the capture reads at the real-time rate of that
+    // format, so any other would play slower than real time.
     let alsa = format!(
         "{}:{}",
         capture.config_path,
         missing_default(
             dir.path(),
-            "pcm.talk { type plug; slave.pcm \"capture\"; hint { show on; description \"t\" } }\n"
+            &format!(
+                "pcm.talk {{ type plug; slave {{ pcm \"capture\"; format S16_LE; rate {CAPTURE_RATE}; \
+                 channels 1 }} hint {{ show on; description \"t\" }} }}\n"
+            )
         )
         .trim_start_matches("/usr/share/alsa/alsa.conf:")
     );
-    let out = codereader(dir.path(), &alsa, &["speak"]);
+    // A stated time early in its step: a time read from the clock could fall in the last
+    // seconds of a step, where `speak` first waits for the next one.
+    let out = codereader(dir.path(), &alsa, &["speak", "--at", "1800000000"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("ALSA lib"), "{}", stderr(&out));
     let audio = capture.audio();
