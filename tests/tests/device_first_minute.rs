@@ -93,6 +93,19 @@ fn db(ratio: f32) -> f32 {
     20.0 * ratio.log10()
 }
 
+/// Where in `spoken` (seconds from its start) `code`, a whole utterance that `spoken` ends
+/// with, begins.
+fn code_starts(spoken: &Audio, code: &Audio) -> f64 {
+    assert_eq!(spoken.rate, code.rate);
+    assert!(spoken.samples.len() >= code.samples.len());
+    let tail = &spoken.samples[spoken.samples.len() - code.samples.len()..];
+    assert!(
+        tail == &code.samples[..],
+        "the utterance does not end with the code alone"
+    );
+    (spoken.samples.len() - code.samples.len()) as f64 / f64::from(spoken.rate)
+}
+
 /// The longest silence between two sounds in `audio`, in seconds.
 fn longest_gap(audio: &Audio) -> f64 {
     audio
@@ -479,7 +492,8 @@ fn a_code_with_little_time_left_is_replaced_by_the_next_after_a_notice() {
     let next_code = next.slice(sounding(&next));
     let next_s = next_code.samples.len() as f64 / f64::from(next.rate);
     // 10 s left (the threshold): the code itself. 9 s and 3 s: the notice, the silence
-    // until the step ends, and the next code.
+    // until the step ends, and the next code. The notice (about 4 s) is longer than 3 s: then
+    // the code follows it.
     let (at_threshold, log) = speak(dir.path(), "ten", T, &[]);
     assert!(!log.contains("code_changing"), "{log}");
     assert!(longest_gap(&at_threshold) < 1.0);
@@ -490,9 +504,10 @@ fn a_code_with_little_time_left_is_replaced_by_the_next_after_a_notice() {
             "{log}"
         );
         let gap = longest_gap(&spoken);
+        let starts = code_starts(&spoken, &next);
         assert!(
-            gap > left as f64 - 0.1 && gap < left as f64 + 1.0,
-            "{left} s left: the longest silence is {gap:.2} s"
+            starts >= left as f64 - 0.01 && (starts <= left as f64 + 0.01 || gap < 1.0),
+            "{left} s left: the next code starts {starts:.2} s in, after {gap:.2} s of silence"
         );
         let r = correlation(
             &tail(&spoken, next_code.envelope().len()),
@@ -508,10 +523,22 @@ fn a_code_with_little_time_left_is_replaced_by_the_next_after_a_notice() {
              {r_current:.3}"
         );
         println!(
-            "{left} s left: silence {gap:.2} s, then the next code (r = {r:.3}; the current \
-             one: {r_current:.3})"
+            "{left} s left: silence {gap:.2} s, then the next code {starts:.2} s in (r = \
+             {r:.3}; the current one: {r_current:.3})"
         );
     }
+    // At the slowest rate too the code begins with its step: the wait is on the clock, not
+    // stretched like the pauses between words.
+    ok(&codereader(dir.path(), &["settings", "--rate", "-3"]));
+    let (slow_next, _) = speak(dir.path(), "slow-next", T + 10, &[]);
+    let (slow, log) = speak(dir.path(), "slow", T + 1, &[]);
+    assert!(log.contains("saying `code_changing`: 9 s left"), "{log}");
+    let starts = code_starts(&slow, &slow_next);
+    assert!(
+        (starts - 9.0).abs() <= 0.01,
+        "at rate -3 the next code starts {starts:.2} s in, not with its step 9 s in"
+    );
+    ok(&codereader(dir.path(), &["settings", "--rate", "0"]));
     // The threshold is a setting: 0 never waits, 3 waits only below 3 s.
     for threshold in [0, 3] {
         fs::write(
@@ -722,7 +749,7 @@ fn recognized(audio: &Audio, code: &str, dir: &Path) -> Result<(), String> {
 fn the_codes_after_a_notice_are_heard_exactly_by_a_recognizer() {
     let dir = with_mistakes();
     let voices = packs_with_english_clips(dir.path());
-    let spoken = |name: &str, at: u64| -> Audio {
+    let spoken = |name: &str, at: u64| -> (Audio, String) {
         let wav = dir.path().join(format!("{name}.wav"));
         let at = at.to_string();
         let out = command(
@@ -735,17 +762,18 @@ fn the_codes_after_a_notice_are_heard_exactly_by_a_recognizer() {
         let log = stderr(&out);
         assert!(out.status.success(), "{log}");
         assert!(!log.contains("no clips"), "not the clearest voice: {log}");
-        Audio::read_wav(&wav).unwrap()
+        (Audio::read_wav(&wav).unwrap(), log)
     };
     // After "The settings have a mistake ...": the code of T.
-    let mistake = spoken("mistake", T);
+    let (mistake, _) = spoken("mistake", T);
     assert!(longest_gap(&mistake) < 1.0);
     let code = code_at(dir.path(), T);
     recognized(&mistake, &code, dir.path())
         .unwrap_or_else(|line| panic!("after the notice, {code} was not heard: {line}"));
-    // 3 s left: "This code is about to change ...", 3 s, and the next step's code.
-    let next = spoken("next", T + 7);
-    assert!(longest_gap(&next) > 2.9);
+    // 3 s left: "This code is about to change ..." (after the mistake's notice, together
+    // longer than the 3 s), and the next step's code.
+    let (next, log) = spoken("next", T + 7);
+    assert!(log.contains("saying `code_changing`: 3 s left"), "{log}");
     let code = code_at(dir.path(), T + 10);
     recognized(&next, &code, dir.path())
         .unwrap_or_else(|line| panic!("after the wait, {code} was not heard: {line}"));

@@ -146,6 +146,9 @@ pub fn ssml(segments: &[Segment]) -> String {
                 }
             }
             Segment::Pause { ms } => text.push_str(&format!("<break time=\"{ms}ms\"/>")),
+            // Speech Dispatcher does not say how long the words before took: the wait
+            // begins where they end.
+            Segment::Until { ms } => text.push_str(&format!("<break time=\"{ms}ms\"/>")),
             Segment::Earcon(_) => {}
         }
     }
@@ -611,6 +614,16 @@ mod tests {
         assert_eq!(
             ssml(&words),
             "<speak>four<break time=\"150ms\"/>&lt;&amp;&gt;</speak>"
+        );
+        // A wait for a moment: Speech Dispatcher cannot say when the words before ended, so
+        // the wait begins there.
+        assert_eq!(
+            ssml(&[
+                speech("four", 4),
+                Segment::Until { ms: 8000 },
+                speech("two", 2)
+            ]),
+            "<speak>four<break time=\"8000ms\"/>two</speak>"
         );
     }
 }

@@ -882,21 +882,29 @@ pub fn text(pack: &VoicePack, message: &Message<'_>) -> Option<String> {
 
 /// `utterance` with `prompt` said first (e.g. that the chosen language cannot be spoken).
 pub fn after_notice(pack: &VoicePack, prompt: Prompt, utterance: &Utterance) -> Utterance {
-    after_notice_and_pause(pack, prompt, pack.pauses().between_groups_ms, utterance)
+    let ms = pack.pauses().between_groups_ms;
+    after_notice_and(pack, prompt, Segment::Until { ms }, utterance)
 }
 
-/// `utterance` with `prompt` said first and then `ms` of silence (e.g. the wait for the
-/// next time step after "this code is about to change").
-pub fn after_notice_and_pause(
+/// `utterance` with `prompt` said first, and `utterance` beginning `ms` after the start of
+/// what is said, whatever the speed: the wait for the next time step after "this code is
+/// about to change" (the notice is part of the wait; if it is longer, the code follows it).
+pub fn after_notice_until(
     pack: &VoicePack,
     prompt: Prompt,
     ms: u32,
     utterance: &Utterance,
 ) -> Utterance {
-    let mut segments = vec![
-        Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))),
-        Segment::Pause { ms },
-    ];
+    after_notice_and(pack, prompt, Segment::Until { ms }, utterance)
+}
+
+fn after_notice_and(
+    pack: &VoicePack,
+    prompt: Prompt,
+    gap: Segment,
+    utterance: &Utterance,
+) -> Utterance {
+    let mut segments = vec![Segment::Speech(pack.phrase(PhraseKey::Prompt(prompt))), gap];
     segments.extend(utterance.segments().iter().cloned());
     Utterance::from_segments(segments)
 }

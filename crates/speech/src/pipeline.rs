@@ -101,6 +101,9 @@ impl Renderer {
                 Segment::Pause { ms } => {
                     vec![0.0; self.rate.samples_for_ms(settings.speed.scale_ms(*ms))]
                 }
+                Segment::Until { ms } => {
+                    vec![0.0; self.rate.samples_for_ms(*ms).saturating_sub(report.samples)]
+                }
                 Segment::Speech(phrase) => {
                     let mut raw: Vec<i16> = Vec::new();
                     synth.speak(phrase, settings.speed, &mut |chunk| {

@@ -66,6 +66,13 @@ pub enum Segment {
         /// Length at speed step 0.
         ms: u32,
     },
+    /// Silence until `ms` milliseconds of the utterance have sounded, whatever the speed
+    /// (nothing if they already have): a moment on the clock to wait for, such as the start
+    /// of the next time step, not a pause in the rhythm of speech.
+    Until {
+        /// Milliseconds from the start of the utterance.
+        ms: u32,
+    },
 }
 
 /// What the device wants said before a code.

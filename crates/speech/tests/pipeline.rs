@@ -308,3 +308,41 @@ fn espeak_knows_which_voices_it_has() {
         assert!(!espeak.has_voice(name).unwrap(), "{name}");
     }
 }
+
+/// `Until` pads with silence to its moment from the start of the utterance, at any speed,
+/// and adds nothing once that moment has passed; `Pause` scales with the speed.
+#[test]
+fn until_waits_for_its_moment_whatever_the_speed() {
+    let pack = VoicePack::load(&voices_dir().join("en")).unwrap();
+    let phrase = pack.phrase(PhraseKey::Prompt(Prompt::CodeChanging));
+    let rate = SampleRate::new(22_050).unwrap();
+    // What `Hot` says, as rendered: the moment after it.
+    let (said, _) = Renderer::new(rate)
+        .render_to_vec(
+            &Utterance::from_segments(vec![Segment::Speech(phrase.clone())]),
+            &mut Hot,
+            Settings::default(),
+        )
+        .unwrap();
+    for speed in [Speed::MIN, Speed::new(0), Speed::MAX] {
+        let settings = Settings {
+            speed,
+            ..Settings::default()
+        };
+        let render = |segments: Vec<Segment>| {
+            let (samples, report) = Renderer::new(rate)
+                .render_to_vec(&Utterance::from_segments(segments), &mut Hot, settings)
+                .unwrap();
+            assert_eq!(samples.len(), report.samples);
+            samples.len()
+        };
+        let until = |ms| render(vec![Segment::Speech(phrase.clone()), Segment::Until { ms }]);
+        assert_eq!(until(2000), rate.samples_for_ms(2000), "{speed:?}");
+        assert_eq!(until(50), said.len(), "{speed:?}: the moment has passed");
+        assert_eq!(
+            render(vec![Segment::Pause { ms: 2000 }]),
+            rate.samples_for_ms(speed.scale_ms(2000)),
+            "{speed:?}"
+        );
+    }
+}

@@ -454,7 +454,7 @@ fn plan_next_code(
     let utterance = voice::plan(pack, &voice::code_message(&code, CodeIntro::First, verdict))?;
     let ms = u32::try_from(wait.saturating_mul(1000)).unwrap_or(u32::MAX);
     Ok(Some(Planned {
-        utterance: voice::after_notice_and_pause(pack, Prompt::CodeChanging, ms, &utterance),
+        utterance: voice::after_notice_until(pack, Prompt::CodeChanging, ms, &utterance),
         shown: Some((code, Some(seconds_left))),
         // A stated time (`--at`) leaves the clock's record alone.
         record: at
