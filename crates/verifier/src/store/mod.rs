@@ -40,6 +40,7 @@ pub mod postgres;
 mod postgres_events;
 mod sql;
 pub mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_events;
 
 pub use audit::{AuditAction, AuditOutcome, UnknownAuditText};

@@ -31,6 +31,7 @@ use super::sql::{
     AuditColumns, AuditRow, RawToken, TOKEN_COLUMNS, TokenColumns, audit_entry, audit_event,
     saturating_i64, to_i64,
 };
+use super::sqlite_checkpoint::{Checkpointer, Nudge, backstop};
 use super::sqlite_events;
 use super::{
     Advance, AuditEntry, AuditEvent, Claim, DeadLetter, Delivery, Event, NewToken, Reads, Store,
@@ -212,6 +213,8 @@ struct Writer {
     /// The thread that makes committed batches durable ([`sync_loop`]), if the writer does
     /// not leave that to SQLite.
     syncer: Option<std::thread::JoinHandle<()>>,
+    /// The thread that checkpoints the write-ahead log, if the database has one.
+    checkpointer: Option<Checkpointer>,
 }
 
 /// Where the writer hands committed batches to be made durable before they hear so: the
@@ -367,7 +370,12 @@ fn take(queue: &mpsc::Receiver<Msg>, block: bool) -> Next {
 /// fsync no longer adds to the time of every batch, and keeps their transaction open until
 /// that fsync ends ([`Durable::wait`]). Without, SQLite's own `synchronous` setting
 /// decides, and units hear of the commit here.
-fn write_loop(conn: Connection, queue: mpsc::Receiver<Msg>, durable: Option<Durable>) {
+fn write_loop(
+    conn: Connection,
+    queue: mpsc::Receiver<Msg>,
+    durable: Option<Durable>,
+    nudge: Option<Nudge>,
+) {
     let held = Held::default();
     let view = Conn {
         conn: &conn,
@@ -436,6 +444,9 @@ fn write_loop(conn: Connection, queue: mpsc::Receiver<Msg>, durable: Option<Dura
                 db(e)
             })
         };
+        if let (Ok(()), Some(nudge)) = (&committed, &nudge) {
+            nudge.committed();
+        }
         if let (Ok(()), Some(durable)) = (&committed, &durable) {
             durable.shared.in_flight.fetch_add(1, Ordering::SeqCst);
             if let Err(mpsc::SendError(batch)) = durable.batches.send(batch) {
@@ -656,6 +667,18 @@ impl SqliteStore {
             wal.push("-wal");
             PathBuf::from(wal)
         });
+        // Checkpoints off the writer's path (sqlite_checkpoint.rs), on a connection of their
+        // own; the writer's are the backstop.
+        let (mut checkpointer, mut nudge) = (None, None);
+        if mode.eq_ignore_ascii_case("wal") {
+            backstop(&mut conn).map_err(db)?;
+            let (started, theirs) =
+                Checkpointer::start(store.connect()?).map_err(|e| StoreError::Database {
+                    backend: "sqlite",
+                    reason: format!("cannot start the sqlite-checkpointer thread: {e}"),
+                })?;
+            (checkpointer, nudge) = (Some(started), Some(theirs));
+        }
         let (queue, jobs) = mpsc::channel::<Msg>();
         let (mut durable, mut syncer) = (None, None);
         if let Some(wal) = wal {
@@ -672,12 +695,13 @@ impl SqliteStore {
         }
         let thread = spawn(
             "sqlite-writer",
-            Box::new(move || write_loop(conn, jobs, durable)),
+            Box::new(move || write_loop(conn, jobs, durable, nudge)),
         )?;
         store.writer = Some(Writer {
             queue,
             thread: Some(thread),
             syncer,
+            checkpointer,
         });
         Ok(store)
     }
@@ -719,6 +743,9 @@ impl Drop for SqliteStore {
         // `Stop` ends the writer loop after the writes already queued (the syncer's sender
         // keeps the queue open).
         if let Some(mut writer) = self.writer.take() {
+            // First the checkpointer, which holds nothing of the store, so that the writer's
+            // connection is the last to close (SQLite then checkpoints and removes the log).
+            drop(writer.checkpointer.take());
             let (thread, syncer) = (writer.thread.take(), writer.syncer.take());
             let _ = writer.queue.send(Msg::Stop);
             drop(writer);
@@ -1517,6 +1544,35 @@ mod tests {
         assert_eq!(got[1], ("second", Ok(()), 2));
         let actions: Vec<String> = trail(&store, "T").into_iter().map(|(a, _)| a).collect();
         assert_eq!(actions, ["enroll", "verify"]);
+    }
+
+    /// Commits reach the database file before the writer's own checkpoint is due (fewer
+    /// commits and frames than its backstop): the checkpointer copies them there (only a
+    /// checkpoint writes that file).
+    #[test]
+    fn the_checkpointer_copies_commits_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let line = || event(AuditAction::Unlock, AuditOutcome::Ok);
+        write(&store, move |tx| tx.append_audit(&line())).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = size();
+        // About 20 audit lines to a 1 KiB page: ten new pages, in 200 commits.
+        for _ in 0..200 {
+            write(&store, move |tx| tx.append_audit(&line())).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let grown = before + 5 * PAGE_SIZE as u64;
+        while size() < grown && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            size() >= grown,
+            "the database file stayed at {} bytes (was {before})",
+            size()
+        );
     }
 
     /// A new database gets [`PAGE_SIZE`] pages, and keeps them when opened again.
