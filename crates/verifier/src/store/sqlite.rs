@@ -743,8 +743,8 @@ impl Drop for SqliteStore {
         // `Stop` ends the writer loop after the writes already queued (the syncer's sender
         // keeps the queue open).
         if let Some(mut writer) = self.writer.take() {
-            // First the checkpointer, which holds nothing of the store, so that the writer's
-            // connection is the last to close (SQLite then checkpoints and removes the log).
+            // First the checkpointer, which holds nothing of the store and has nothing left
+            // to do (the last connection to close checkpoints and removes the log).
             drop(writer.checkpointer.take());
             let (thread, syncer) = (writer.thread.take(), writer.syncer.take());
             let _ = writer.queue.send(Msg::Stop);

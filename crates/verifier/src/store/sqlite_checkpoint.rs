@@ -158,6 +158,10 @@ fn run(conn: &Connection, shared: &Shared) {
             continue;
         }
         std::thread::park_timeout(GATHER);
+        if shared.stop.load(Ordering::SeqCst) {
+            // The store's last connection to close checkpoints.
+            break;
+        }
         seen = shared.commits.load(Ordering::SeqCst);
         // A failure (the log busy with another checkpoint, an I/O error) leaves the log as
         // it was: the next commit tries again, and the writer's own checkpoint and commits
