@@ -673,10 +673,7 @@ impl SqliteStore {
         if mode.eq_ignore_ascii_case("wal") {
             backstop(&mut conn).map_err(db)?;
             let (started, theirs) =
-                Checkpointer::start(store.connect()?).map_err(|e| StoreError::Database {
-                    backend: "sqlite",
-                    reason: format!("cannot start the sqlite-checkpointer thread: {e}"),
-                })?;
+                Checkpointer::start(store.connect()?, |f| spawn("sqlite-checkpointer", f))?;
             (checkpointer, nudge) = (Some(started), Some(theirs));
         }
         let (queue, jobs) = mpsc::channel::<Msg>();

@@ -106,17 +106,19 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on `conn`, a connection of its own to the store's database. Returns
-    /// the checkpointer and the writer's [`Nudge`].
+    /// Starts the thread, with `spawn` (the store's, which names its threads and words the
+    /// error), on `conn`, a connection of its own to the store's database. Returns the
+    /// checkpointer and the writer's [`Nudge`].
     ///
     /// # Errors
-    /// The thread could not be started.
-    pub(super) fn start(conn: Connection) -> std::io::Result<(Checkpointer, Nudge)> {
+    /// What `spawn` returns when the thread could not be started.
+    pub(super) fn start<E>(
+        conn: Connection,
+        spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> Result<JoinHandle<()>, E>,
+    ) -> Result<(Checkpointer, Nudge), E> {
         let shared = Arc::new(Shared::default());
         let theirs = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("sqlite-checkpointer".to_owned())
-            .spawn(move || run(&conn, &theirs))?;
+        let thread = spawn(Box::new(move || run(&conn, &theirs)))?;
         let nudge = Nudge {
             shared: Arc::clone(&shared),
             thread: thread.thread().clone(),
